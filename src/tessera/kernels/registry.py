@@ -1,0 +1,84 @@
+"""Backend registry: the normalized call every attention backend receives, and the dispatch table.
+
+``tessera.attention`` validates its arguments once and hands each backend an ``AttentionCall``;
+a backend returns ``(o, lse)``. Backends never re-validate user input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from ..patterns.base import Pattern
+
+
+@dataclass
+class AttentionCall:
+    """Validated arguments of one attention call.
+
+    Shapes (``bshd`` logical order; tensors may be strided views, e.g. of ``bhsd`` inputs):
+        q: ``[B, S_q, H_q, D]``; k: ``[B, S_k, H_kv, D]``; v: ``[B, S_k, H_kv, D_v]``;
+        ``H_q % H_kv == 0`` (query head ``h`` reads kv head ``h // (H_q // H_kv)``).
+        With ``cu_seqlens_q`` / ``cu_seqlens_k`` (int32 ``[N + 1]``, varlen), ``B == 1`` and sequence
+        ``i`` occupies rows ``cu_seqlens[i]:cu_seqlens[i + 1]`` of q (resp. k, v); positions restart
+        at 0 in every sequence and each is aligned bottom-right on its own.
+    Fields:
+        pattern: which pairs are allowed (``None`` = all), ``causal`` already folded in.
+        causal: True when the call asked for causal masking (lets backends use a causal fast path).
+        scale: multiplies ``q @ k^T``.
+        score: ``"softmax"`` or ``"sigmoid"``.
+        sigmoid_bias: added to every logit before the sigmoid (``score == "sigmoid"`` only).
+        bias: a ``tessera.bias.Bias`` (tensor, ALiBi, low-rank, relative position) or ``None``.
+        softcap: ``s -> softcap * tanh(s / softcap)`` applied to the scaled logits before the bias.
+        sinks: float ``[H_q]`` sink logits joining the softmax denominator, or ``None``.
+        return_lse: whether the caller wants the log-sum-exp.
+    """
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    pattern: Optional[Pattern]
+    causal: bool
+    scale: float
+    score: str
+    sigmoid_bias: Optional[float]
+    bias: Optional[object]
+    softcap: Optional[float]
+    sinks: Optional[torch.Tensor]
+    return_lse: bool
+    cu_seqlens_q: Optional[torch.Tensor] = None
+    cu_seqlens_k: Optional[torch.Tensor] = None
+    deterministic: bool = False
+
+
+# A backend: (call) -> (o [B, S_q, H_q, D_v] in q's dtype, lse float32 [B, H_q, S_q] or None).
+# ``supports(call)`` returns None when the backend can run the call, else the reason it cannot.
+BackendFn = Callable[[AttentionCall], "tuple[torch.Tensor, Optional[torch.Tensor]]"]
+SupportsFn = Callable[[AttentionCall], Optional[str]]
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    run: BackendFn
+    supports: SupportsFn
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(name: str, run: BackendFn, supports: SupportsFn) -> None:
+    """Add (or replace) a backend under ``name``."""
+    _BACKENDS[name] = Backend(name, run, supports)
+
+
+def get_backend(name: str) -> Backend:
+    if name not in _BACKENDS:
+        raise ValueError(f"backend must be one of {sorted(_BACKENDS) + ['auto']}, got {name!r}")
+    return _BACKENDS[name]
+
+
+def available_backends() -> list[str]:
+    return sorted(_BACKENDS)
