@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: the GPU tests, then the side-by-side benchmarks. Logs and results
+# JSON land under $OUT (the device tool brings them back); copy the JSON into benchmarks/results/.
+#   bash benchmarks/gpu_run.sh [tests] [attention] [linear]     (default: all three)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+OUT="${OUT:-/tmp/tessera-gpu-out}"
+mkdir -p "$OUT"
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+steps="${*:-tests attention linear}"
+status=0
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+for step in $steps; do
+  case "$step" in
+    tests) python3 -m pytest -m gpu -q -p no:cacheprovider tests 2>&1 | tee "$OUT/gpu-tests.log" || status=1 ;;
+    attention) python3 benchmarks/attention.py --out "$OUT" 2>&1 | tee "$OUT/attention.log" || status=1 ;;
+    linear) python3 benchmarks/linear.py --out "$OUT" 2>&1 | tee "$OUT/linear.log" || status=1 ;;
+    *) echo "unknown step $step (tests, attention, linear)"; status=2 ;;
+  esac
+done
+exit $status

@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks: tessera against SDPA, FlexAttention and fla, as ratios."""

@@ -1,0 +1,261 @@
+"""The attention benchmark suite: tessera against SDPA (cuDNN, flash) and FlexAttention.
+
+Every implementation of a case runs on the same inputs in the same process. A record follows the
+shared results format: ``{"suite", "case", "impl", "direction", "ms", "useful_tflops",
+"tokens_per_s", "tbps"}``; ``useful_tflops`` counts only allowed (query, key) pairs:
+``4 * B * H * pairs * D`` forward, 3.5x that forward+backward.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from .timing import median_ms
+
+FWD_BWD_FLOP_FACTOR = 3.5
+
+
+@dataclass
+class Case:
+    """One benchmark problem. ``pattern`` builds the tessera Pattern (None = dense)."""
+
+    name: str
+    batch: int
+    heads: int
+    seq: int
+    head_dim: int
+    pattern: Optional[Callable[[], object]] = None
+    causal: bool = False
+    score: str = "softmax"
+    low_rank: int = 0
+    impls: tuple[str, ...] = ("tessera", "flex")
+    auto_row: bool = False
+    tags: dict = field(default_factory=dict)
+
+
+def _causal_window(left: int):
+    from ..patterns import Causal, Window
+    return lambda: Window(left, 0) & Causal()
+
+
+def _strided():
+    from ..patterns import Strided
+    return lambda: Strided(block=128, local_blocks=8, stride=8, causal=True)
+
+
+def _power():
+    from ..patterns import Power
+    return lambda: Power(local=256, causal=True)
+
+
+def _random_blocks(seq: int, density: float, heads: int):
+    from ..patterns.blocksparse import BlockSparse
+    return lambda: BlockSparse.random(seq, density, block=128, num_heads=heads, seed=0)
+
+
+def gpu_cases() -> list[Case]:
+    """The H100 suite of the kernel issue: bf16, D = 128, H = 16."""
+    dense_impls = ("tessera", "sdpa-cudnn", "sdpa-flash", "flex")
+    cases = []
+    for seq, batch in ((4096, 8), (16384, 2)):
+        cases.append(Case(f"dense S={seq} B={batch}", batch, 16, seq, 128, impls=dense_impls, auto_row=True))
+        cases.append(Case(f"causal S={seq} B={batch}", batch, 16, seq, 128, causal=True,
+                          impls=dense_impls, auto_row=True))
+    for seq in (16384, 65536):
+        cases.append(Case(f"causal window 1024 S={seq}", 1, 16, seq, 128, pattern=_causal_window(1024)))
+    for density in (0.1, 0.3):
+        cases.append(Case(f"random blocks {int(density * 100)}% S=16384", 1, 16, 16384, 128,
+                          pattern=_random_blocks(16384, density, 16)))
+    cases.append(Case("strided (S2) S=32768", 1, 16, 32768, 128, pattern=_strided()))
+    cases.append(Case("power local 256 S=32768", 1, 16, 32768, 128, pattern=_power()))
+    cases.append(Case("sigmoid S=16384", 1, 16, 16384, 128, score="sigmoid", impls=("tessera", "reference")))
+    cases.append(Case("low-rank bias R=8 S=16384", 1, 16, 16384, 128, low_rank=8, impls=("tessera", "flex")))
+    return cases
+
+
+def cpu_cases() -> list[Case]:
+    """A small suite that finishes in about a minute on a laptop CPU (float32)."""
+    impls = ("tessera", "sdpa-flash")
+    return [
+        Case("dense S=1024", 1, 4, 1024, 64, impls=impls),
+        Case("causal S=1024", 1, 4, 1024, 64, causal=True, impls=impls),
+        Case("causal window 128 S=2048", 1, 4, 2048, 64, pattern=_causal_window(128), impls=impls),
+        Case("strided (S2) S=2048", 1, 8, 2048, 64, pattern=_strided(), impls=impls),
+        Case("power local 256 S=2048", 1, 4, 2048, 64, pattern=_power(), impls=impls),
+    ]
+
+
+def useful_pairs(case: Case, pattern) -> float:
+    """Allowed (query, key) pairs summed over heads, for one batch element."""
+    if pattern is None:
+        full = case.seq * case.seq
+        return case.heads * (full if not case.causal else case.seq * (case.seq + 1) / 2)
+    return pattern.density(case.seq, case.seq, case.heads) * case.seq * case.seq * case.heads
+
+
+class _Inputs:
+    def __init__(self, case: Case, device: torch.device, dtype: torch.dtype, seed: int = 0):
+        gen = torch.Generator(device=device).manual_seed(seed)
+        shape = (case.batch, case.seq, case.heads, case.head_dim)
+        self.q, self.k, self.v = (torch.randn(shape, device=device, dtype=dtype, generator=gen)
+                                  for _ in range(3))
+        self.do = torch.randn(shape, device=device, dtype=dtype, generator=gen)
+        self.u = self.w = None
+        if case.low_rank:
+            lr = (case.batch, case.heads, case.seq, case.low_rank)
+            self.u = torch.randn(lr, device=device, dtype=dtype, generator=gen) / math.sqrt(case.low_rank)
+            self.w = torch.randn(lr, device=device, dtype=dtype, generator=gen)
+
+    def grad_leaves(self):
+        return [t for t in (self.q, self.k, self.v) if t.requires_grad]
+
+    def require_grad(self, flag: bool):
+        for t in (self.q, self.k, self.v):
+            t.requires_grad_(flag)
+
+
+def _tessera_fn(case, pattern, inp, backend):
+    import tessera
+    bias = tessera.bias.LowRank(inp.u, inp.w) if case.low_rank else None
+
+    def run():
+        return tessera.attention(inp.q, inp.k, inp.v, pattern=pattern, causal=case.causal,
+                                 score=case.score, bias=bias, backend=backend)
+    return run
+
+
+def _sdpa_fn(case, inp, which):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+    backend = {"sdpa-cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa-flash": SDPBackend.FLASH_ATTENTION}[which]
+
+    def run():
+        with sdpa_kernel(backend):
+            o = sdpa(inp.q.transpose(1, 2), inp.k.transpose(1, 2), inp.v.transpose(1, 2), is_causal=case.causal)
+        return o.transpose(1, 2)
+    return run
+
+
+_FLEX = None
+
+
+def _flex_fn(case, pattern, inp):
+    global _FLEX
+    from torch.nn.attention.flex_attention import flex_attention
+    if _FLEX is None:
+        _FLEX = torch.compile(flex_attention, dynamic=False)
+    block_mask = None
+    if pattern is not None or case.causal:
+        from ..patterns import Causal, to_flex
+        full = pattern if pattern is not None else Causal()
+        if pattern is not None and case.causal:
+            full = pattern & Causal()
+        _, block_mask = to_flex(full, case.seq, case.seq, num_heads=case.heads, block_size=128,
+                                device=inp.q.device)
+    score_mod = None
+    if case.low_rank:
+        u, w, rank = inp.u, inp.w, case.low_rank
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            bias = u[b, h, q_idx, 0] * w[b, h, kv_idx, 0]
+            for r in range(1, rank):
+                bias = bias + u[b, h, q_idx, r] * w[b, h, kv_idx, r]
+            return score + bias
+
+    def run():
+        o = _FLEX(inp.q.transpose(1, 2), inp.k.transpose(1, 2), inp.v.transpose(1, 2),
+                  score_mod=score_mod, block_mask=block_mask)
+        return o.transpose(1, 2)
+    return run
+
+
+def _impl_fn(impl: str, case: Case, pattern, inp, device: torch.device):
+    if impl == "tessera":
+        return _tessera_fn(case, pattern, inp, "triton" if device.type == "cuda" else "reference")
+    if impl == "reference":
+        return _tessera_fn(case, pattern, inp, "reference")
+    if impl.startswith("sdpa"):
+        return _sdpa_fn(case, inp, impl)
+    if impl == "flex":
+        return _flex_fn(case, pattern, inp)
+    raise ValueError(f"impl must be tessera, reference, sdpa-cudnn, sdpa-flash or flex, got {impl!r}")
+
+
+def _record(case_name, impl, direction, ms, flops):
+    return {"suite": "attention", "case": case_name, "impl": impl, "direction": direction,
+            "ms": ms, "useful_tflops": (flops / (ms * 1e-3) / 1e12) if ms else None,
+            "tokens_per_s": None, "tbps": None}
+
+
+def _measure(fn, inp: _Inputs, direction: str, device) -> float:
+    if direction == "fwd":
+        inp.require_grad(False)
+        with torch.no_grad():
+            return median_ms(fn, device)
+    inp.require_grad(True)
+
+    def fwd_bwd():
+        o = fn()
+        torch.autograd.grad(o, inp.grad_leaves(), inp.do)
+    return median_ms(fwd_bwd, device)
+
+
+def run_case(case: Case, device: torch.device, dtype: torch.dtype, directions=("fwd", "fwd+bwd"),
+             log: Callable[[str], None] = print) -> list[dict]:
+    """Measure every implementation of ``case`` (plus tessera's auto dispatch and dense baselines
+    where the case asks for them); failures are logged and recorded with ``ms = None``."""
+    pattern = case.pattern() if case.pattern is not None else None
+    inp = _Inputs(case, device, dtype)
+    pairs = useful_pairs(case, pattern)
+    records = []
+    rows = [(impl, case.name, impl) for impl in case.impls]
+    if case.auto_row:
+        rows.append(("tessera-auto", f"{case.name} auto", "tessera"))
+    for direction in directions:
+        flops = 4 * case.batch * pairs * case.head_dim * (FWD_BWD_FLOP_FACTOR if direction != "fwd" else 1)
+        for key, case_name, impl in rows:
+            try:
+                if key == "tessera-auto":
+                    fn = _tessera_fn(case, pattern, inp, "auto")
+                else:
+                    fn = _impl_fn(impl, case, pattern, inp, device)
+                ms = _measure(fn, inp, direction, device)
+            except Exception as exc:  # one broken implementation must not hide the others
+                log(f"  {case_name} / {impl} / {direction}: FAILED {type(exc).__name__}: {str(exc)[:300]}")
+                ms = None
+            records.append(_record(case_name, impl, direction, ms, flops))
+            if ms is not None:
+                log(f"  {case_name:34s} {impl:11s} {direction:8s} {ms:9.3f} ms "
+                    f"{records[-1]['useful_tflops']:7.1f} TFLOP/s")
+    return records
+
+
+def dense_baselines(cases: list[Case], device, dtype, impls=("sdpa-cudnn", "tessera"), log=print) -> list[dict]:
+    """Dense non-causal runs at each sparse case's shape, for speedup and sparse efficiency."""
+    shapes = {(c.batch, c.heads, c.seq, c.head_dim) for c in cases if c.pattern is not None}
+    records = []
+    for batch, heads, seq, dim in sorted(shapes):
+        base = Case(f"dense baseline S={seq} B={batch} H={heads}", batch, heads, seq, dim, impls=impls)
+        records += run_case(base, device, dtype, log=log)
+    return records
+
+
+def run_suite(device: torch.device, cases: list[Case] | None = None, dtype: torch.dtype | None = None,
+              log: Callable[[str], None] = print) -> list[dict]:
+    """Run ``cases`` (default: the GPU suite on CUDA, the small CPU suite otherwise)."""
+    if cases is None:
+        cases = gpu_cases() if device.type == "cuda" else cpu_cases()
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    records = []
+    for case in cases:
+        log(case.name)
+        records += run_case(case, device, dtype, log=log)
+    records += dense_baselines(cases, device, dtype,
+                               impls=("sdpa-cudnn", "tessera") if device.type == "cuda" else ("sdpa-flash", "tessera"),
+                               log=log)
+    return records

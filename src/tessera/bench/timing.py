@@ -1,0 +1,55 @@
+"""Timing of device work: median over repeats, with warm-up, events on CUDA."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+
+def median_ms(fn: Callable[[], object], device: torch.device, warmup_ms: float = 100.0,
+              rep_ms: float = 500.0) -> float:
+    """Median wall time of ``fn()`` in milliseconds.
+
+    CUDA: ``triton.testing.do_bench`` (CUDA events, L2 flushed between calls) when triton is
+    importable, else CUDA events around each call. CPU: ``time.perf_counter`` around each call.
+    """
+    if device.type == "cuda":
+        try:
+            from triton.testing import do_bench
+        except ImportError:
+            return _median_cuda_events(fn, warmup_ms, rep_ms)
+        return float(do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+    return _median_host_clock(fn, warmup_ms, rep_ms)
+
+
+def _median_host_clock(fn, warmup_ms: float, rep_ms: float) -> float:
+    start = time.perf_counter()
+    fn()
+    first = (time.perf_counter() - start) * 1e3
+    for _ in range(max(0, min(3, int(warmup_ms / max(first, 1e-3))))):
+        fn()
+    samples = []
+    budget_end = time.perf_counter() + rep_ms / 1e3
+    while len(samples) < 3 or (time.perf_counter() < budget_end and len(samples) < 100):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+def _median_cuda_events(fn, warmup_ms: float, rep_ms: float) -> float:
+    fn()
+    torch.cuda.synchronize()
+    samples = []
+    budget_end = time.perf_counter() + (warmup_ms + rep_ms) / 1e3
+    while len(samples) < 5 or (time.perf_counter() < budget_end and len(samples) < 200):
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        fn()
+        end.record()
+        end.synchronize()
+        samples.append(begin.elapsed_time(end))
+    return statistics.median(samples)
