@@ -77,15 +77,32 @@ class TileMap:
     @staticmethod
     def from_states(states: torch.Tensor, q_len: int, k_len: int, block_m: int, block_n: int) -> "TileMap":
         """Build a TileMap from dense tile states ``[H, n_q_tiles, n_k_tiles]`` (0/1/2)."""
+        columns = torch.arange(states.shape[-1], device=states.device)
+        return TileMap.from_candidates(columns, states, q_len, k_len, block_m, block_n)
+
+    @staticmethod
+    def from_candidates(columns: torch.Tensor, states: torch.Tensor, q_len: int, k_len: int,
+                        block_m: int, block_n: int) -> "TileMap":
+        """Build a TileMap from the states of candidate key tiles only.
+
+        Args:
+            columns: int ``[n_q_tiles, W]``, ``[H, n_q_tiles, W]`` or ``[W]`` (shared by all query
+                tiles): key-tile index of each candidate, strictly ascending along the last axis
+                among the candidates that ``states`` marks non-empty.
+            states: int8 ``[H, n_q_tiles, W]`` state (0/1/2) of each candidate; unlisted key tiles
+                are empty.
+        Costs O(H * n_q_tiles * W): no sort, no dense ``n_k_tiles`` axis.
+        """
         listed = states > EMPTY
-        count = listed.sum(-1).to(torch.int32)
+        count = listed.sum(-1, dtype=torch.int32)
         width = max(int(count.max().item()) if count.numel() else 0, 1)
-        # A stable sort of "not listed" puts the listed tiles first, in ascending tile order.
-        order = torch.sort((~listed).to(torch.int8), dim=-1, stable=True).indices[..., :width]
-        valid = torch.arange(width, device=states.device) < count[..., None]
-        index = torch.where(valid, order, torch.zeros_like(order)).to(torch.int32)
-        full = (torch.gather(states, -1, order) == FULL) & valid
-        return TileMap(count.contiguous(), index.contiguous(), full.contiguous(), q_len, k_len, block_m, block_n)
+        slot = torch.where(listed, listed.cumsum(-1) - 1, width)          # unlisted -> spill slot
+        shape = (*states.shape[:-1], width + 1)
+        cols = columns.expand(states.shape).to(torch.int32)
+        index = torch.zeros(shape, dtype=torch.int32, device=states.device).scatter_(-1, slot, cols)
+        full = torch.zeros(shape, dtype=torch.bool, device=states.device).scatter_(-1, slot, states == FULL)
+        return TileMap(count.contiguous(), index[..., :width].contiguous(), full[..., :width].contiguous(),
+                       q_len, k_len, block_m, block_n)
 
     def transpose(self) -> "TileMap":
         """The key-major view (for backward passes that loop over query tiles per key tile).
