@@ -1,4 +1,4 @@
-"""The ``tessera`` command: ``info``, ``show PATTERN``, ``bench``."""
+"""The ``tessera`` command: ``info``, ``show PATTERN``, ``bench``, ``eval``."""
 
 from __future__ import annotations
 
@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--plot", default="tessera-bench.png", help="PNG chart (default tessera-bench.png; '' for none)")
     bench.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     bench.set_defaults(run=_cmd_bench)
+
+    from tessera.eval.commands import add_parsers
+    add_parsers(sub)
     return parser
 
 

@@ -1,0 +1,50 @@
+"""Benchmark harness on CPU: a tiny suite runs every implementation, the report computes ratios."""
+
+import json
+
+import pytest
+import torch
+
+from tessera.bench.attention import Case, run_suite, useful_pairs
+from tessera.bench.report import benchmarks_markdown, comparison_rows, markdown_table, write_results
+from tessera.patterns import Causal, Window
+
+
+def record(case, impl, direction, ms, tflops=None):
+    return {"suite": "attention", "case": case, "impl": impl, "direction": direction, "ms": ms,
+            "useful_tflops": tflops, "tokens_per_s": None, "tbps": None}
+
+
+def test_ratios_speedup_and_sparse_efficiency():
+    records = [
+        record("causal window 1024 S=16384", "tessera", "fwd", 0.5, 300.0),
+        record("causal window 1024 S=16384", "flex", "fwd", 1.0, 150.0),
+        record("dense baseline S=16384 B=1 H=16", "sdpa-cudnn", "fwd", 10.0, 600.0),
+        record("dense baseline S=16384 B=1 H=16", "tessera", "fwd", 12.0, 500.0),
+    ]
+    rows = {r["case"]: r for r in comparison_rows(records)}
+    window = rows["causal window 1024 S=16384"]
+    assert window["ratio"]["flex"] == pytest.approx(2.0)
+    assert window["speedup_vs_dense_cudnn"] == pytest.approx(20.0)
+    assert window["sparse_efficiency"] == pytest.approx(0.6)
+    assert "2.00x" in markdown_table({"records": records})
+
+
+def test_useful_pairs_counts_allowed_pairs_only():
+    case = Case("x", 1, 2, 64, 8, causal=True)
+    assert useful_pairs(case, None) == 2 * 64 * 65 / 2
+    window = Window(7, 0) & Causal()
+    assert useful_pairs(case, window) == pytest.approx(2 * window.dense_mask(64, 64).sum().item())
+
+
+def test_tiny_cpu_suite_runs_and_writes_results(tmp_path):
+    cases = [Case("causal window 16 S=128", 1, 2, 128, 16, pattern=lambda: Window(16, 0) & Causal(),
+                  impls=("tessera", "sdpa-flash")),
+             Case("dense S=128", 1, 2, 128, 16, impls=("tessera", "sdpa-flash"))]
+    records = run_suite(torch.device("cpu"), cases, log=lambda msg: None)
+    assert {r["impl"] for r in records} == {"tessera", "sdpa-flash"}
+    assert all(r["ms"] and r["ms"] > 0 for r in records), records
+    path = tmp_path / "r.json"
+    payload = write_results(path, torch.device("cpu"), records)
+    assert json.loads(path.read_text())["device"] == "cpu" and payload["records"] == records
+    assert "causal window 16" in benchmarks_markdown(tmp_path)
