@@ -1,3 +1,14 @@
-"""tessera: every efficient-attention mechanism behind one API."""
+"""tessera: every efficient-attention mechanism behind one API.
+
+``tessera.attention(q, k, v, ...)`` runs dense, causal, local and sparse attention (a
+``tessera.patterns.Pattern``), softmax or sigmoid scores, biases (``tessera.bias``), softcap,
+sinks, GQA and varlen, on the best backend for the call; ``tessera.api.explain`` tells why each
+backend was or was not chosen.
+"""
 
 __version__ = "0.1.0"
+
+from . import bias, kernels, patterns
+from .api import attention, explain
+
+__all__ = ["attention", "explain", "bias", "patterns", "kernels", "__version__"]

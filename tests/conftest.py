@@ -1,0 +1,61 @@
+"""Shared test setup: seeding, NaN-poisoned scratch tensors, and skipping of ``gpu`` / ``slow``
+tests (markers are declared in pyproject.toml)."""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config, items):
+    has_cuda = torch.cuda.is_available()
+    run_slow = os.environ.get("TESSERA_SLOW") == "1"
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    skip_slow = pytest.mark.skip(reason="slow; set TESSERA_SLOW=1 to run")
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip_gpu)
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(skip_slow)
+
+
+@pytest.fixture(autouse=True)
+def seed(request) -> int:
+    """Seed torch per test from the test's id, so that a failure reproduces alone and different
+    tests draw different inputs. Returns the seed."""
+    value = zlib.crc32(request.node.nodeid.encode())
+    torch.manual_seed(value)
+    return value
+
+
+def nan_like(t: torch.Tensor) -> torch.Tensor:
+    """An uninitialized-looking tensor like ``t`` filled with NaN (integers: their max value), so
+    that memory a kernel forgets to write shows up in comparisons."""
+    return nan_empty(t.shape, dtype=t.dtype, device=t.device)
+
+
+def nan_empty(shape, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    """``torch.empty`` filled with NaN (integers: their max value)."""
+    out = torch.empty(shape, dtype=dtype, device=device)
+    if dtype.is_floating_point:
+        return out.fill_(float("nan"))
+    return out.fill_(torch.iinfo(dtype).max)
+
+
+@pytest.fixture
+def poison():
+    """The ``nan_empty`` helper as a fixture: ``poison(shape, dtype, device)``."""
+    return nan_empty
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """``||out - ref|| / ||ref||`` in float64 (0 when both are zero); inf where out has NaN."""
+    out, ref = out.double(), ref.double()
+    if torch.isnan(out).any():
+        return float("inf")
+    denom = ref.norm().item()
+    diff = (out - ref).norm().item()
+    return diff if denom == 0 else diff / denom
