@@ -29,8 +29,10 @@ class AttentionCall:
         causal: True when the call asked for causal masking (lets backends use a causal fast path).
         scale: multiplies ``q @ k^T``.
         score: ``"softmax"`` or ``"sigmoid"``.
-        sigmoid_bias: added to every logit before the sigmoid (``score == "sigmoid"`` only).
-        bias: a ``tessera.bias.Bias`` (tensor, ALiBi, low-rank, relative position) or ``None``.
+        sigmoid_bias: added to every logit before the sigmoid (``score == "sigmoid"`` only);
+            ``None`` means ``-log(S_k)`` of each sequence (per sequence for varlen).
+        bias: a ``tessera.bias.Bias`` (``TensorBias`` wraps user tensors; ALiBi, LowRank,
+            RelativePosition) or ``None``.
         softcap: ``s -> softcap * tanh(s / softcap)`` applied to the scaled logits before the bias.
         sinks: float ``[H_q]`` sink logits joining the softmax denominator, or ``None``.
         return_lse: whether the caller wants the log-sum-exp.
