@@ -148,7 +148,8 @@ def benchmarks_markdown(results_dir: Path) -> str:
         if any(r.get("suite") == "attention" for r in payload["records"]):
             parts += [markdown_table(payload), ""]
         else:
-            parts += [_plain_table(payload["records"]), ""]
+            # Launch-setting sweeps are tuning notes, not comparisons.
+            parts += [_plain_table([r for r in payload["records"] if not str(r.get("suite")).endswith("sweep")]), ""]
     return "\n".join(parts)
 
 

@@ -1,0 +1,243 @@
+"""Linear-attention benchmark: tessera vs fla vs SDPA (cuDNN), forward and forward+backward, bf16.
+
+tessera runs its Triton kernels for every op (``backend="triton"`` for the delta rules, which ``"auto"``
+does not pick yet).
+
+Usage (on a CUDA machine): python benchmarks/linear.py --out DIR [--T 4096 16384 65536] [--sweep]
+Writes DIR/<yyyy-mm-dd>-<device>-linear.json ({"device","torch","triton","date","records":[...]}) and prints
+a table. Inputs are the same tensors for every implementation; times are medians of
+triton.testing.do_bench. Shapes: B=2, H=16, D=K=V=128. fla is optional (records are null without it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import traceback
+
+import torch
+import torch.nn.functional as F
+import triton
+from triton.testing import do_bench
+
+from tessera.linear import ops
+from tessera.linear.triton import simple_gla as sgla_kernels
+
+B, H, D = 2, 16, 128
+
+
+DEVICE = "cuda"
+
+
+def make_inputs(op: str, T: int, device=None, dtype=torch.bfloat16):
+    device = device or DEVICE
+    q = torch.randn(B, T, H, D, device=device, dtype=dtype)
+    k = torch.randn(B, T, H, D, device=device, dtype=dtype)
+    v = torch.randn(B, T, H, D, device=device, dtype=dtype)
+    extra = {}
+    if op in ("delta_rule", "gated_delta_rule"):
+        k = F.normalize(k.float(), dim=-1).to(dtype)
+        extra["beta"] = torch.rand(B, T, H, device=device, dtype=dtype).sigmoid()
+    if op in ("simple_gla", "gated_delta_rule"):
+        extra["g"] = F.logsigmoid(torch.randn(B, T, H, device=device, dtype=torch.float32))
+    if op == "gla":
+        extra["g"] = F.logsigmoid(torch.randn(B, T, H, D, device=device, dtype=torch.float32)).to(dtype)
+    return q, k, v, extra
+
+
+def tessera_fn(op):
+    if op == "simple_gla":
+        return lambda q, k, v, e: ops.simple_gla(q, k, v, e["g"])[0]
+    if op == "lightning":
+        return lambda q, k, v, e: ops.lightning_attn(q, k, v, layer_idx=0, num_layers=4)[0]
+    if op == "gla":
+        return lambda q, k, v, e: ops.gla(q, k, v, e["g"])[0]
+    if op == "delta_rule":
+        return lambda q, k, v, e: ops.delta_rule(q, k, v, e["beta"], backend="triton")[0]
+    if op == "gated_delta_rule":
+        return lambda q, k, v, e: ops.gated_delta_rule(q, k, v, e["g"], e["beta"], backend="triton")[0]
+    raise ValueError(op)
+
+
+def fla_fn(op):
+    try:
+        if op == "simple_gla":
+            from fla.ops.simple_gla import chunk_simple_gla
+            return lambda q, k, v, e: chunk_simple_gla(q, k, v, e["g"])[0]
+        if op == "lightning":
+            from fla.ops.lightning_attn import chunk_lightning_attn
+            return lambda q, k, v, e: chunk_lightning_attn(q, k, v, layer_idx=0, num_layers=4)[0]
+        if op == "gla":
+            from fla.ops.gla import chunk_gla
+            return lambda q, k, v, e: chunk_gla(q, k, v, e["g"])[0]
+        if op == "delta_rule":
+            from fla.ops.delta_rule import chunk_delta_rule
+            return lambda q, k, v, e: chunk_delta_rule(q, k, v, e["beta"])[0]
+        if op == "gated_delta_rule":
+            from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+            return lambda q, k, v, e: chunk_gated_delta_rule(q, k, v, e["g"], e["beta"])[0]
+    except Exception as exc:  # fla missing or broken: reported as null records
+        return repr(exc)
+    raise ValueError(op)
+
+
+def sdpa_fn():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def run(q, k, v, e):
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                  is_causal=True).transpose(1, 2)
+    return run
+
+
+def time_fn(fn, q, k, v, extra, direction):
+    leaves = [q, k, v] + [x for x in extra.values() if x.is_floating_point()]
+    if direction == "fwd":
+        with torch.no_grad():
+            fn(q, k, v, extra)
+            return do_bench(lambda: fn(q, k, v, extra), warmup=25, rep=150, return_mode="median")
+    for x in leaves:
+        x.requires_grad_(True)
+    do = torch.randn_like(v)
+
+    def step():
+        for x in leaves:
+            x.grad = None
+        fn(q, k, v, extra).backward(do)
+    step()
+    ms = do_bench(step, warmup=25, rep=150, return_mode="median")
+    for x in leaves:
+        x.requires_grad_(False)
+        x.grad = None
+    return ms
+
+
+def _cpu_timer(fn, warmup=0, rep=0, return_mode="median"):
+    import time
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def record(case, impl, direction, ms, T, note=None):
+    r = {"suite": "linear", "case": case, "impl": impl, "direction": direction, "ms": ms,
+         "useful_tflops": None, "tokens_per_s": None if ms is None else B * T / (ms * 1e-3), "tbps": None}
+    if note:
+        r["note"] = note[:300]
+    return r
+
+
+def measure(impl, fn, op, T, direction, records, case):
+    if isinstance(fn, str):
+        records.append(record(case, impl, direction, None, T, f"unavailable: {fn}"))
+        return
+    torch.manual_seed(0)
+    q, k, v, extra = make_inputs(op, T)
+    try:
+        ms = time_fn(fn, q, k, v, extra, direction)
+        records.append(record(case, impl, direction, ms, T))
+    except Exception as exc:
+        msg = f"{type(exc).__name__}: {exc}"
+        records.append(record(case, impl, direction, None, T, msg))
+        traceback.print_exc()
+    finally:
+        del q, k, v, extra
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def sweep_simple_gla(records, T=16384):
+    T = T if DEVICE == "cuda" else 256
+    """Time a few launch settings of the simple-GLA kernels; keep the fastest fwd+bwd."""
+    variants = [
+        {},
+        {"state_block_v": 64},
+        {"state_block_v": 64, "state_warps": 8},
+        {"state_stages": 2},
+        {"out_block_v": 128},
+        {"dqk_block_v": 32},
+        {"grad_stages": 3},
+    ]
+    base = dict(sgla_kernels.KERNEL_CONFIG)
+    best = None
+    for var in variants:
+        sgla_kernels.KERNEL_CONFIG.update(base)
+        sgla_kernels.KERNEL_CONFIG.update(var)
+        row = {}
+        for direction in ("fwd", "fwd+bwd"):
+            tmp = []
+            measure("tessera", tessera_fn("simple_gla"), "simple_gla", T, direction, tmp, "sweep")
+            row[direction] = tmp[0]["ms"]
+        print("sweep", var, row, flush=True)
+        records.append({"suite": "linear-sweep", "case": f"simple_gla/T{T}", "config": var, **row})
+        if row["fwd+bwd"] is not None and (best is None or row["fwd"] + row["fwd+bwd"] < best[0]):
+            best = (row["fwd"] + row["fwd+bwd"], var)
+    sgla_kernels.KERNEL_CONFIG.update(base)
+    if best is not None:
+        sgla_kernels.KERNEL_CONFIG.update(best[1])
+    print("chosen", sgla_kernels.KERNEL_CONFIG, flush=True)
+
+
+def write(path, device_name, records):
+    out = {"device": device_name, "torch": torch.__version__, "triton": triton.__version__,
+           "date": datetime.date.today().isoformat(), "kernel_config": dict(sgla_kernels.KERNEL_CONFIG),
+           "records": records}
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--T", type=int, nargs="+", default=[4096, 16384, 65536])
+    p.add_argument("--ops", nargs="+", default=["simple_gla", "lightning", "gla", "delta_rule", "gated_delta_rule"])
+    p.add_argument("--sweep", action="store_true")
+    p.add_argument("--sweep-only", action="store_true", help="only the launch-setting sweep and simple_gla at T=16384")
+    p.add_argument("--dry-run", action="store_true", help="CPU, plain timer: checks the script, not the kernels")
+    args = p.parse_args()
+    if args.dry_run:
+        global DEVICE, do_bench
+        DEVICE = "cpu"
+        do_bench = _cpu_timer
+    device_name = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"{datetime.date.today().isoformat()}-{device_name.replace(' ', '-')}-linear.json")
+    records = []
+    if args.sweep:
+        sweep_simple_gla(records)
+    if args.sweep_only:
+        args.ops, args.T = ["simple_gla", "lightning"], [16384]
+    cases = [(op, T) for op in args.ops for T in args.T] + [("sdpa", T) for T in args.T]
+    for op, T in cases:
+        for direction in ("fwd", "fwd+bwd"):
+            start = len(records)
+            if op == "sdpa":
+                measure("sdpa-cudnn", sdpa_fn(), "sdpa", T, direction, records, f"sdpa_causal/B{B}-H{H}-D{D}-T{T}")
+            else:
+                case = f"{op}/B{B}-H{H}-D{D}-T{T}"
+                measure("tessera", tessera_fn(op), op, T, direction, records, case)
+                measure("fla", fla_fn(op), op, T, direction, records, case)
+            for r in records[start:]:
+                print(f"{r['case']:36s} {r['impl']:10s} {r['direction']:8s} {r['ms']}", flush=True)
+            write(path, device_name, records)
+    print(f"\nwrote {path}")
+    print(f"{'case':40s} {'dir':8s} {'tessera ms':>11s} {'fla ms':>9s} {'ratio':>6s} {'sdpa ms':>8s}")
+    by = {(r["case"], r["impl"], r["direction"]): r["ms"] for r in records if r["suite"] == "linear"}
+    for r in records:
+        if r["suite"] != "linear" or r["impl"] != "tessera":
+            continue
+        T = r["case"].split("-T")[-1]
+        f_ms = by.get((r["case"], "fla", r["direction"]))
+        s_ms = by.get((f"sdpa_causal/B{B}-H{H}-D{D}-T{T}", "sdpa-cudnn", r["direction"]))
+        t_ms = r["ms"]
+        ratio = f"{f_ms / t_ms:.2f}" if (f_ms and t_ms) else "-"
+        fmt = lambda x: f"{x:.3f}" if x else "null"
+        print(f"{r['case']:40s} {r['direction']:8s} {fmt(t_ms):>11s} {fmt(f_ms):>9s} {ratio:>6s} {fmt(s_ms):>8s}")
+
+
+if __name__ == "__main__":
+    main()

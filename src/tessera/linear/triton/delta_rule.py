@@ -1,0 +1,431 @@
+"""Chunked Triton kernels of the (gated) delta rule, forward and backward (WY / UT-transform form).
+
+Per chunk of ``BT`` tokens, with local cumulative log-decay ``b`` (zero without a gate), ``D_ij =
+exp(b_i - b_j)`` and incoming state ``S`` (``[K, V]``):
+    M = tril_strict(beta_i D_ij k_i . k_j),  T = (I + M)^-1          (product of (I + (-M)^(2^p)), float32)
+    U = T (beta v),  W = T (beta exp(b) k),  u = U - W S              (the values actually written)
+    o = scale exp(b) q S + A u,  A = scale tril(D_ij q_i . k_j)       (``simple_gla``'s output kernel)
+    S' = exp(b_C) S + (exp(b_C - b) k)^T u
+Backward, with ``dS'`` the gradient of the outgoing state:
+    du = A^T do + (exp(b_C - b) k) dS'    (``A^T do`` for all chunks at once, the rest in the state pass)
+    dS = exp(b_C) dS' + scale (exp(b) q)^T do - W^T du
+    dW = -du S^T,  dT = du (beta v)^T + dW (beta exp(b) k)^T,  dM = -T^T dT T^T (strict lower part)
+and the chain rule through ``U``, ``W``, ``M`` to ``v``, ``k``, ``beta``, ``b``. ``dq`` and the parts of
+``dk``/``dg`` that come through ``o`` and ``S'`` are those of simple GLA with ``v := u`` (its kernel is
+reused); the WY kernel adds the parts through ``U``, ``W``, ``M``. Every use of the gate inside a chunk
+goes through the local ``b``, so ``dg`` is the reverse cumulative sum, within the chunk, of ``db``. Keys are used as given (the caller L2-normalises them, as in fla).
+Limits: ``K <= 128`` (the whole key dimension is one block); ``V`` any.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import simple_gla as sgla
+from .simple_gla import (_INTERPRETING, _block, _chunk_dv_kernel, _chunk_output_kernel, _dot, _gate_cumsum, _rows, _rows_t, _state,
+                         _state_dtype, packed_chunks)
+
+KERNEL_CONFIG = {
+    "chunk": 64,
+    "prepare_warps": 8,
+    "state_block_v": 32,
+    "state_warps": 8,
+    "state_stages": 2,
+    "out_block_k": 64,
+    "out_block_v": 64,
+    "out_warps": 8,
+    "grad_block_v": 32,
+    "grad_warps": 8,
+}
+
+
+@triton.jit
+def _per_token(x, bos, seq_len, i_h, H, row0, BT: tl.constexpr):
+    """A chunk of a ``[TT, H]`` per-token scalar (zeros past the sequence), float32."""
+    o_t = row0 + tl.arange(0, BT)
+    return tl.load(x + (bos + o_t).to(tl.int64) * H + i_h, mask=o_t < seq_len, other=0.).to(tl.float32)
+
+
+@triton.jit
+def _decay(b_b, o_t, INCLUSIVE: tl.constexpr):
+    """``exp(b_i - b_j)`` on ``j <= i`` (``j < i`` unless ``INCLUSIVE``), 0 elsewhere."""
+    if INCLUSIVE:
+        keep = o_t[:, None] >= o_t[None, :]
+    else:
+        keep = o_t[:, None] > o_t[None, :]
+    return tl.exp(tl.where(keep, b_b[:, None] - b_b[None, :], float("-inf")))
+
+
+@triton.jit
+def _dot_fp32(a, b, IEEE: tl.constexpr):
+    """Float32 product at float32 accuracy: exact FMA when ``IEEE``, else three TF32 tensor-core passes."""
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a, b, input_precision="tf32x3")
+
+
+@triton.jit
+def _delta_prepare_kernel(k, v, beta, g, Tinv, w, u0, cu_seqlens, chunk_indices, H,
+                          K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                          BV: tl.constexpr, LOG2_BT: tl.constexpr, USE_G: tl.constexpr, IEEE: tl.constexpr):
+    """``T = (I + M)^-1`` (stored float32, one row per token), ``W = T (beta exp(b) k)``, ``U = T (beta v)``."""
+    i_c = tl.program_id(0)
+    i_h = tl.program_id(1)
+    i_n = tl.load(chunk_indices + i_c * 2)
+    i_t = tl.load(chunk_indices + i_c * 2 + 1)
+    bos = tl.load(cu_seqlens + i_n)
+    seq_len = tl.load(cu_seqlens + i_n + 1) - bos
+    row0 = i_t * BT
+    o_t = tl.arange(0, BT)
+
+    b_k = tl.load(_rows(k, bos, seq_len, i_h, H, K, row0, 0, BT, BK), boundary_check=(0, 1), padding_option="zero")
+    b_beta = _per_token(beta, bos, seq_len, i_h, H, row0, BT)
+    b_kk = _dot(b_k, tl.trans(b_k), IEEE)
+    if USE_G:
+        b_b, _ = _gate_cumsum(g, bos, seq_len, i_h, H, row0, BT)
+        b_X = -(b_beta[:, None] * b_kk * _decay(b_b, o_t, False))
+    else:
+        b_X = -tl.where(o_t[:, None] > o_t[None, :], b_beta[:, None] * b_kk, 0.)
+    # (I + M)^-1 = sum_p (-M)^p = (I + X)(I + X^2)(I + X^4)...(I + X^(BT/2)) with X = -M nilpotent.
+    b_T = b_X + (o_t[:, None] == o_t[None, :]).to(tl.float32)
+    b_P = b_X
+    for _ in tl.static_range(LOG2_BT - 1):
+        b_P = _dot_fp32(b_P, b_P, IEEE)
+        b_T += _dot_fp32(b_T, b_P, IEEE)
+    tl.store(_rows(Tinv, bos, seq_len, i_h, H, BT, row0, 0, BT, BT), b_T, boundary_check=(0, 1))
+
+    b_Tc = b_T.to(b_k.dtype)
+    if USE_G:
+        b_kw = (b_k.to(tl.float32) * (b_beta * tl.exp(b_b))[:, None]).to(b_k.dtype)
+    else:
+        b_kw = (b_k.to(tl.float32) * b_beta[:, None]).to(b_k.dtype)
+    tl.store(_rows(w, bos, seq_len, i_h, H, K, row0, 0, BT, BK), _dot(b_Tc, b_kw, IEEE).to(w.dtype.element_ty),
+             boundary_check=(0, 1))
+    for i_v in range(0, tl.cdiv(V, BV)):
+        b_v = tl.load(_rows(v, bos, seq_len, i_h, H, V, row0, i_v * BV, BT, BV), boundary_check=(0, 1),
+                      padding_option="zero")
+        b_vb = (b_v.to(tl.float32) * b_beta[:, None]).to(b_v.dtype)
+        tl.store(_rows(u0, bos, seq_len, i_h, H, V, row0, i_v * BV, BT, BV),
+                 _dot(b_Tc, b_vb, IEEE).to(u0.dtype.element_ty), boundary_check=(0, 1))
+
+
+@triton.jit
+def _delta_state_step(k, w, u0, u, g, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, v0,
+                      K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                      USE_G: tl.constexpr, IEEE: tl.constexpr):
+    """Store the state entering chunk ``i_t`` and the written values ``u``; return the state leaving it."""
+    row0 = i_t * BT
+    tl.store(_state(h, first_chunk + i_t, i_h, H, K, V, 0, v0, BK, BV), b_h.to(h.dtype.element_ty),
+             boundary_check=(0, 1))
+    b_w = tl.load(_rows(w, bos, seq_len, i_h, H, K, row0, 0, BT, BK), boundary_check=(0, 1), padding_option="zero")
+    b_u = tl.load(_rows(u0, bos, seq_len, i_h, H, V, row0, v0, BT, BV), boundary_check=(0, 1),
+                  padding_option="zero").to(tl.float32)
+    b_u -= _dot(b_w, b_h.to(b_w.dtype), IEEE)
+    tl.store(_rows(u, bos, seq_len, i_h, H, V, row0, v0, BT, BV), b_u.to(u.dtype.element_ty), boundary_check=(0, 1))
+    b_kt = tl.load(_rows_t(k, bos, seq_len, i_h, H, K, row0, 0, BT, BK), boundary_check=(0, 1),
+                   padding_option="zero")
+    if USE_G:
+        b_b, b_last = _gate_cumsum(g, bos, seq_len, i_h, H, row0, BT)
+        b_h *= tl.exp(b_last)
+        b_u *= tl.exp(b_last - b_b)[:, None]
+    b_h += _dot(b_kt, b_u.to(b_kt.dtype), IEEE)
+    return b_h
+
+
+@triton.jit
+def _delta_states_kernel(k, w, u0, u, g, h, h0, ht, cu_seqlens, chunk_offsets, H,
+                         K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                         USE_G: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IEEE: tl.constexpr,
+                         WHILE_LOOP: tl.constexpr):
+    i_v = tl.program_id(0)
+    i_nh = tl.program_id(1)
+    i_n = i_nh // H
+    i_h = i_nh % H
+    bos = tl.load(cu_seqlens + i_n)
+    seq_len = tl.load(cu_seqlens + i_n + 1) - bos
+    first_chunk = tl.load(chunk_offsets + i_n)
+    n_chunks = tl.cdiv(seq_len, BT)
+    v0 = i_v * BV
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_H0:
+        b_h += tl.load(_state(h0, i_n, i_h, H, K, V, 0, v0, BK, BV), boundary_check=(0, 1),
+                       padding_option="zero").to(tl.float32)
+    if WHILE_LOOP:
+        i_t = 0
+        while i_t < n_chunks:
+            b_h = _delta_state_step(k, w, u0, u, g, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, v0,
+                                    K, V, BT, BK, BV, USE_G, IEEE)
+            i_t += 1
+    else:
+        for i_t in range(0, n_chunks):
+            b_h = _delta_state_step(k, w, u0, u, g, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, v0,
+                                    K, V, BT, BK, BV, USE_G, IEEE)
+    if STORE_HT:
+        tl.store(_state(ht, i_n, i_h, H, K, V, 0, v0, BK, BV), b_h, boundary_check=(0, 1))
+
+
+@triton.jit
+def _delta_state_grad_step(q, k, w, g, do, h, dh, du, hdh, b_dh, i_t, bos, seq_len, first_chunk, i_h, H, scale,
+                           v0, i_v, NV, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                           BV: tl.constexpr, USE_G: tl.constexpr, IEEE: tl.constexpr):
+    """Store ``dS'`` of chunk ``i_t``, complete ``du`` (holding ``A^T do`` on entry) and, gated, this block's
+    ``<S, dS'>``; return ``dS``."""
+    row0 = i_t * BT
+    chunk = first_chunk + i_t
+    tl.store(_state(dh, chunk, i_h, H, K, V, 0, v0, BK, BV), b_dh.to(dh.dtype.element_ty), boundary_check=(0, 1))
+    b_q = tl.load(_rows(q, bos, seq_len, i_h, H, K, row0, 0, BT, BK), boundary_check=(0, 1), padding_option="zero")
+    b_k = tl.load(_rows(k, bos, seq_len, i_h, H, K, row0, 0, BT, BK), boundary_check=(0, 1), padding_option="zero")
+    b_do = tl.load(_rows(do, bos, seq_len, i_h, H, V, row0, v0, BT, BV), boundary_check=(0, 1),
+                   padding_option="zero")
+    p_du = _rows(du, bos, seq_len, i_h, H, V, row0, v0, BT, BV)
+    b_du = tl.load(p_du, boundary_check=(0, 1), padding_option="zero")
+    if USE_G:
+        b_b, b_last = _gate_cumsum(g, bos, seq_len, i_h, H, row0, BT)
+        b_k = (b_k.to(tl.float32) * tl.exp(b_last - b_b)[:, None]).to(b_do.dtype)
+        b_q = (b_q.to(tl.float32) * (tl.exp(b_b) * scale)[:, None]).to(b_do.dtype)
+        b_h = tl.load(_state(h, chunk, i_h, H, K, V, 0, v0, BK, BV), boundary_check=(0, 1), padding_option="zero")
+        tl.store(hdh + (chunk.to(tl.int64) * H + i_h) * NV + i_v, tl.sum(tl.sum(b_h.to(tl.float32) * b_dh, 1), 0))
+    else:
+        b_q = (b_q.to(tl.float32) * scale).to(b_do.dtype)
+    b_du += _dot(b_k, b_dh.to(b_k.dtype), IEEE)
+    tl.store(p_du, b_du, boundary_check=(0, 1))
+    b_w = tl.load(_rows(w, bos, seq_len, i_h, H, K, row0, 0, BT, BK), boundary_check=(0, 1), padding_option="zero")
+    if USE_G:
+        b_dh *= tl.exp(b_last)
+    b_dh += _dot(tl.trans(b_q), b_do, IEEE)
+    b_dh -= _dot(tl.trans(b_w), b_du.to(b_w.dtype), IEEE)
+    return b_dh
+
+
+@triton.jit
+def _delta_state_grads_kernel(q, k, w, g, do, h, dh, du, hdh, dht, dh0, cu_seqlens, chunk_offsets, scale, H,
+                              K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                              BV: tl.constexpr, USE_G: tl.constexpr, USE_DHT: tl.constexpr,
+                              STORE_DH0: tl.constexpr, IEEE: tl.constexpr, WHILE_LOOP: tl.constexpr):
+    i_v = tl.program_id(0)
+    i_nh = tl.program_id(1)
+    NV = tl.num_programs(0)
+    i_n = i_nh // H
+    i_h = i_nh % H
+    bos = tl.load(cu_seqlens + i_n)
+    seq_len = tl.load(cu_seqlens + i_n + 1) - bos
+    first_chunk = tl.load(chunk_offsets + i_n)
+    n_chunks = tl.cdiv(seq_len, BT)
+    v0 = i_v * BV
+    b_dh = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_DHT:
+        b_dh += tl.load(_state(dht, i_n, i_h, H, K, V, 0, v0, BK, BV), boundary_check=(0, 1),
+                        padding_option="zero").to(tl.float32)
+    if WHILE_LOOP:
+        i_t = n_chunks - 1
+        while i_t >= 0:
+            b_dh = _delta_state_grad_step(q, k, w, g, do, h, dh, du, hdh, b_dh, i_t, bos, seq_len, first_chunk, i_h,
+                                          H, scale, v0, i_v, NV, K, V, BT, BK, BV, USE_G, IEEE)
+            i_t -= 1
+    else:
+        for i_r in range(0, n_chunks):
+            b_dh = _delta_state_grad_step(q, k, w, g, do, h, dh, du, hdh, b_dh, n_chunks - 1 - i_r, bos, seq_len,
+                                          first_chunk, i_h, H, scale, v0, i_v, NV, K, V, BT, BK, BV, USE_G, IEEE)
+    if STORE_DH0:
+        tl.store(_state(dh0, i_n, i_h, H, K, V, 0, v0, BK, BV), b_dh, boundary_check=(0, 1))
+
+
+@triton.jit
+def _delta_wy_grads_kernel(k, v, beta, g, Tinv, h, du, dk_partial, dg_partial, dk, dv, dbeta, dg,
+                           cu_seqlens, chunk_indices, H,
+                           K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                           USE_G: tl.constexpr, IEEE: tl.constexpr):
+    """Gradients through ``U = T (beta v)``, ``W = T (beta exp(b) k)`` and ``T = (I + M)^-1``: ``dv``,
+    ``dbeta``, and ``dk``/``dg`` completed from the partial ones of the output and state terms."""
+    i_c = tl.program_id(0)
+    i_h = tl.program_id(1)
+    i_n = tl.load(chunk_indices + i_c * 2)
+    i_t = tl.load(chunk_indices + i_c * 2 + 1)
+    bos = tl.load(cu_seqlens + i_n)
+    seq_len = tl.load(cu_seqlens + i_n + 1) - bos
+    row0 = i_t * BT
+    o_t = tl.arange(0, BT)
+
+    b_k = tl.load(_rows(k, bos, seq_len, i_h, H, K, row0, 0, BT, BK), boundary_check=(0, 1), padding_option="zero")
+    b_beta = _per_token(beta, bos, seq_len, i_h, H, row0, BT)
+    if USE_G:
+        b_b, _ = _gate_cumsum(g, bos, seq_len, i_h, H, row0, BT)
+        b_ekb = tl.exp(b_b)
+        b_D = _decay(b_b, o_t, False)
+    else:
+        b_ekb = tl.full([BT], 1., dtype=tl.float32)
+        b_D = (o_t[:, None] > o_t[None, :]).to(tl.float32)
+    b_T = tl.load(_rows(Tinv, bos, seq_len, i_h, H, BT, row0, 0, BT, BT), boundary_check=(0, 1),
+                  padding_option="zero")
+    b_kf = b_k.to(tl.float32)
+    b_kw = (b_kf * (b_beta * b_ekb)[:, None]).to(b_k.dtype)
+
+    b_dw = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dT = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        v0 = i_v * BV
+        b_v = tl.load(_rows(v, bos, seq_len, i_h, H, V, row0, v0, BT, BV), boundary_check=(0, 1),
+                      padding_option="zero")
+        b_du = tl.load(_rows(du, bos, seq_len, i_h, H, V, row0, v0, BT, BV), boundary_check=(0, 1),
+                       padding_option="zero").to(b_v.dtype)
+        b_h = tl.load(_state(h, i_c, i_h, H, K, V, 0, v0, BK, BV), boundary_check=(0, 1),
+                      padding_option="zero").to(b_v.dtype)
+        b_dw -= _dot(b_du, tl.trans(b_h), IEEE)
+        b_dT += _dot(b_du, tl.trans((b_v.to(tl.float32) * b_beta[:, None]).to(b_v.dtype)), IEEE)
+
+    b_Tt = tl.trans(b_T)
+    b_dT += _dot(b_dw.to(b_k.dtype), tl.trans(b_kw), IEEE)
+    # Through W: d(beta exp(b) k) = T^T dW.
+    b_dkw = _dot(b_Tt.to(b_k.dtype), b_dw.to(b_k.dtype), IEEE)
+    b_dk = b_dkw * (b_beta * b_ekb)[:, None]
+    b_dkw_k = tl.sum(b_dkw * b_kf, axis=1)
+    b_dbeta = b_dkw_k * b_ekb
+    b_db = b_dkw_k * b_ekb * b_beta
+    # Through M = tril_strict(beta_i D_ij k_i . k_j): dM = -T^T dT T^T.
+    b_dM = -_dot_fp32(_dot_fp32(b_Tt, b_dT, IEEE), b_Tt, IEEE)
+    b_kk = _dot(b_k, tl.trans(b_k), IEEE)
+    b_DM = b_dM * b_D
+    b_dbeta += tl.sum(b_DM * b_kk, axis=1)
+    b_Q = b_DM * b_kk * b_beta[:, None]
+    b_db += tl.sum(b_Q, axis=1) - tl.sum(b_Q, axis=0)
+    b_dk += _dot((b_DM * b_beta[:, None]).to(b_k.dtype), b_k, IEEE)
+    b_dk += _dot(tl.trans(b_DM).to(b_k.dtype), (b_kf * b_beta[:, None]).to(b_k.dtype), IEEE)
+    # Through U: d(beta v) = T^T du.
+    for i_v in range(0, tl.cdiv(V, BV)):
+        v0 = i_v * BV
+        b_v = tl.load(_rows(v, bos, seq_len, i_h, H, V, row0, v0, BT, BV), boundary_check=(0, 1),
+                      padding_option="zero")
+        b_du = tl.load(_rows(du, bos, seq_len, i_h, H, V, row0, v0, BT, BV), boundary_check=(0, 1),
+                       padding_option="zero").to(b_v.dtype)
+        b_dvb = _dot(b_Tt.to(b_v.dtype), b_du, IEEE)
+        b_dbeta += tl.sum(b_dvb * b_v.to(tl.float32), axis=1)
+        tl.store(_rows(dv, bos, seq_len, i_h, H, V, row0, v0, BT, BV),
+                 (b_dvb * b_beta[:, None]).to(dv.dtype.element_ty), boundary_check=(0, 1))
+
+    b_dk += tl.load(_rows(dk_partial, bos, seq_len, i_h, H, K, row0, 0, BT, BK), boundary_check=(0, 1),
+                    padding_option="zero")
+    tl.store(_rows(dk, bos, seq_len, i_h, H, K, row0, 0, BT, BK), b_dk.to(dk.dtype.element_ty), boundary_check=(0, 1))
+    o_row = row0 + o_t
+    m_row = o_row < seq_len
+    tok = (bos + o_row).to(tl.int64) * H + i_h
+    tl.store(dbeta + tok, b_dbeta, mask=m_row)
+    if USE_G:
+        b_dg = tl.cumsum(b_db, axis=0, reverse=True) + tl.load(dg_partial + tok, mask=m_row, other=0.)
+        tl.store(dg + tok, b_dg, mask=m_row)
+
+
+def delta_rule_forward(q, k, v, beta, g, scale, initial_state, output_final_state, packed):
+    """Packed ``[TT, H, D]`` inputs, ``beta``/``g`` float32 ``[TT, H]`` (``g`` may be None).
+    Returns ``(o, final_state, saved)`` with ``saved`` the tensors the backward reuses."""
+    TT, H, K = q.shape
+    V = v.shape[-1]
+    cfg = KERNEL_CONFIG
+    BT = cfg["chunk"]
+    BK = _block(K, 256)
+    ieee = q.dtype == torch.float32
+    use_g = g is not None
+    N = packed.num_sequences
+    Tinv = torch.empty(TT, H, BT, dtype=torch.float32, device=q.device)
+    w = torch.empty_like(k)
+    u0 = torch.empty_like(v)
+    _delta_prepare_kernel[(packed.num_chunks, H)](
+        k, v, beta, g, Tinv, w, u0, packed.cu_seqlens, packed.chunk_indices, H,
+        K=K, V=V, BT=BT, BK=BK, BV=_block(V, 64), LOG2_BT=BT.bit_length() - 1, USE_G=use_g, IEEE=ieee,
+        num_warps=cfg["prepare_warps"])
+    h = torch.empty(packed.num_chunks, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
+    u = torch.empty_like(v)
+    ht = torch.empty(N, H, K, V, dtype=torch.float32, device=q.device) if output_final_state else None
+    BV = _block(V, cfg["state_block_v"])
+    _delta_states_kernel[(triton.cdiv(V, BV), N * H)](
+        k, w, u0, u, g, h, initial_state, ht, packed.cu_seqlens, packed.chunk_offsets, H,
+        K=K, V=V, BT=BT, BK=BK, BV=BV, USE_G=use_g, USE_H0=initial_state is not None, STORE_HT=output_final_state,
+        IEEE=ieee, WHILE_LOOP=_INTERPRETING, num_warps=cfg["state_warps"], num_stages=cfg["state_stages"])
+    o = torch.empty_like(v)
+    BKo, BVo = _block(K, cfg["out_block_k"]), _block(V, cfg["out_block_v"])
+    _chunk_output_kernel[(triton.cdiv(V, BVo), packed.num_chunks, H)](
+        q, k, u, g, h, o, packed.cu_seqlens, packed.chunk_indices, scale, H,
+        K=K, V=V, BT=BT, BK=BKo, BV=BVo, USE_G=use_g, IEEE=ieee, num_warps=cfg["out_warps"])
+    return o, ht, (Tinv, w, u, h)
+
+
+def delta_rule_backward(q, k, v, beta, g, saved, do, dht, scale, need_dh0, packed):
+    TT, H, K = q.shape
+    V = v.shape[-1]
+    Tinv, w, u, h = saved
+    cfg = KERNEL_CONFIG
+    BT = cfg["chunk"]
+    BK = _block(K, 256)
+    ieee = q.dtype == torch.float32
+    use_g = g is not None
+    N = packed.num_sequences
+    dh = torch.empty(packed.num_chunks, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
+    du = torch.empty(TT, H, V, dtype=torch.float32, device=q.device)
+    BV = _block(V, cfg["state_block_v"])
+    NV = triton.cdiv(V, BV)
+    hdh = torch.empty(packed.num_chunks, H, NV, dtype=torch.float32, device=q.device) if use_g else None
+    dh0 = torch.empty(N, H, K, V, dtype=torch.float32, device=q.device) if need_dh0 else None
+    BKd, BVd = _block(K, cfg["out_block_k"]), _block(V, cfg["out_block_v"])
+    _chunk_dv_kernel[(triton.cdiv(V, BVd), packed.num_chunks, H)](
+        q, k, g, do, None, du, packed.cu_seqlens, packed.chunk_indices, scale, H,
+        K=K, V=V, BT=BT, BK=BKd, BV=BVd, USE_G=use_g, IEEE=ieee, USE_DH=False, num_warps=cfg["out_warps"])
+    _delta_state_grads_kernel[(NV, N * H)](
+        q, k, w, g, do, h, dh, du, hdh, dht, dh0, packed.cu_seqlens, packed.chunk_offsets, scale, H,
+        K=K, V=V, BT=BT, BK=BK, BV=BV, USE_G=use_g, USE_DHT=dht is not None, STORE_DH0=need_dh0, IEEE=ieee,
+        WHILE_LOOP=_INTERPRETING, num_warps=cfg["state_warps"], num_stages=cfg["state_stages"])
+    # dq, and the parts of dk and dg through o and S': simple GLA's kernel with v := u.
+    dq = torch.empty_like(q)
+    dk_partial = torch.empty(TT, H, K, dtype=torch.float32, device=q.device)
+    BKq, BVq = _block(K, sgla.KERNEL_CONFIG["dqk_block_k"]), _block(V, sgla.KERNEL_CONFIG["dqk_block_v"])
+    NK = triton.cdiv(K, BKq)
+    dg_parts = torch.empty(NK, TT, H, dtype=torch.float32, device=q.device) if use_g else None
+    sgla._chunk_dqk_kernel[(NK, packed.num_chunks, H)](
+        q, k, u, g, h, do, dh, None if hdh is None else hdh.sum(-1), dq, dk_partial, dg_parts,
+        packed.cu_seqlens, packed.chunk_indices, scale, H, TT,
+        K=K, V=V, BT=BT, BK=BKq, BV=BVq, USE_G=use_g, IEEE=ieee,
+        num_warps=sgla.KERNEL_CONFIG["dqk_warps"], num_stages=sgla.KERNEL_CONFIG["grad_stages"])
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    dbeta = torch.empty(TT, H, dtype=torch.float32, device=q.device)
+    dg = torch.empty(TT, H, dtype=torch.float32, device=q.device) if use_g else None
+    _delta_wy_grads_kernel[(packed.num_chunks, H)](
+        k, v, beta, g, Tinv, h, du, dk_partial, None if dg_parts is None else dg_parts.sum(0), dk, dv, dbeta, dg,
+        packed.cu_seqlens, packed.chunk_indices, H,
+        K=K, V=V, BT=BT, BK=BK, BV=_block(V, cfg["grad_block_v"]), USE_G=use_g, IEEE=ieee,
+        num_warps=cfg["grad_warps"])
+    return dq, dk, dv, dbeta, dg, dh0
+
+
+class DeltaRuleFunction(torch.autograd.Function):
+    """Autograd wrapper over the delta-rule kernels; inputs packed ``[TT, H, D]``, contiguous."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, beta, g, scale, initial_state, output_final_state, packed):
+        o, ht, saved = delta_rule_forward(q, k, v, beta, g, scale, initial_state, output_final_state, packed)
+        ctx.save_for_backward(q, k, v, beta, g, *saved)
+        ctx.scale = scale
+        ctx.packed = packed
+        ctx.has_initial_state = initial_state is not None
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, beta, g, *saved = ctx.saved_tensors
+        dq, dk, dv, dbeta, dg, dh0 = delta_rule_backward(
+            q, k, v, beta, g, saved, do.contiguous(), None if dht is None else dht.contiguous(), ctx.scale,
+            ctx.has_initial_state, ctx.packed)
+        return dq, dk, dv, dbeta, dg, None, dh0, None, None
+
+
+def chunk_gated_delta_rule_triton(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens):
+    """``[B, T, H, D]`` entry point; ``g`` ``[B, T, H]`` or None (plain delta rule); ``beta`` ``[B, T, H]``."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    packed = packed_chunks(B, T, KERNEL_CONFIG["chunk"], q.device, cu_seqlens)
+    flat = [x.reshape(B * T, H, -1).contiguous() for x in (q, k, v)]
+    bf = beta.float().reshape(B * T, H).contiguous()
+    gf = None if g is None else g.float().reshape(B * T, H).contiguous()
+    h0 = None if initial_state is None else initial_state.float().contiguous()
+    o, ht = DeltaRuleFunction.apply(*flat, bf, gf, scale, h0, output_final_state, packed)
+    return o.view(B, T, H, V), ht

@@ -1,0 +1,514 @@
+"""Chunked Triton kernels of scalar-gated linear attention (simple GLA), forward and backward.
+
+Serves ``simple_gla``, ``lightning_attn`` (constant gate per head) and ``linear_attention`` (no gate).
+Math per chunk of ``BT`` tokens with local cumulative log-decay ``b`` (``b_C`` its last value) and
+incoming state ``S`` (``[K, V]``):
+    o = scale * (exp(b) * q) @ S + A @ v,   A = scale * tril(exp(b_i - b_j) q_i . k_j)
+    S' = exp(b_C) S + (exp(b_C - b) * k)^T @ v
+Backward, with ``dS'`` the gradient of the chunk's outgoing state:
+    dS = exp(b_C) dS' + scale * (exp(b) * q)^T @ do
+    dq = scale * exp(b) * (do @ S^T) + dA @ k,   dk = dA^T @ q + exp(b_C - b) * (v @ dS'^T)
+    dv = A^T @ do + (exp(b_C - b) * k) @ dS',    dA = scale * tril(exp(b_i - b_j) do_i . v_j)
+Gate gradient. A pair (reader ``i``, writer ``j``) is weighted by ``exp(g_{j+1} + ... + g_i)``, so
+``dg_s`` sums the pair terms over pairs with ``j < s <= i``. With ``dB_t = q_t . dq_t - k_t . dk_t``
+this is, for ``s`` in a chunk,
+    dg_s = sum_{t >= s in the chunk} dB_t + <S_leaving, dS'>,
+    <S_leaving, dS'> = exp(b_C) <S, dS'> + sum_{j in the chunk} k_j . dk_inter_j
+(``dk_inter`` the state term of ``dk``): the pairs reaching past the chunk are summed through the
+state, so no reverse cumulative sum runs over the whole sequence (that form loses accuracy as ``T``
+grows, its terms cancelling over long spans).
+
+Kernels see packed sequences: tokens ``[TT, H, D]`` (``TT = B * T``), ``cu_seqlens`` (``[N + 1]``),
+``chunk_offsets`` (global index of each sequence's first chunk, ``[N + 1]``) and ``chunk_indices``
+(``(sequence, chunk within it)`` for every global chunk, ``[NT, 2]``). States are accumulated in
+float32; the per-chunk states kept between passes are stored in the input dtype for bf16 inputs (as
+fla does) and in float32 otherwise. Key and value channels are split in blocks (``BK``, ``BV``) so
+that the sequential state passes run ``N * H * (K / BK) * (V / BV)`` programs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+# The interpreter cannot bound a ``for`` loop by a loaded scalar; compiled kernels keep ``for`` (pipelined).
+_INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+# Launch settings. Tried one at a time on an H200 (bf16, K = V = 128, T = 16384): out_block_v 128 (vs 64)
+# cut fwd 13% and fwd+bwd 13%; grad_stages 3 (vs 2) cut fwd+bwd 12%; the two together are untried.
+# Benchmarks may override entries.
+KERNEL_CONFIG = {
+    "chunk": 64,
+    "state_block_k": 64,
+    "state_block_v": 32,
+    "state_warps": 4,
+    "state_stages": 3,
+    "out_block_k": 64,
+    "out_block_v": 128,
+    "out_warps": 8,
+    "out_stages": 2,
+    "dv_block_k": 64,
+    "dv_block_v": 64,
+    "dv_warps": 8,
+    "dqk_block_k": 64,
+    "dqk_block_v": 64,
+    "dqk_warps": 8,
+    "grad_stages": 3,
+}
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a, b)
+
+
+@triton.jit
+def _rows(x, bos, seq_len, i_h, H, D: tl.constexpr, row0, col0, BR: tl.constexpr, BD: tl.constexpr):
+    """Block pointer to rows ``row0 : row0 + BR`` of one sequence, channels ``col0 : col0 + BD``, of ``x[TT, H, D]``."""
+    return tl.make_block_ptr(x + (bos.to(tl.int64) * H + i_h) * D, (seq_len, D), (H * D, 1),
+                             (row0, col0), (BR, BD), (1, 0))
+
+
+@triton.jit
+def _rows_t(x, bos, seq_len, i_h, H, D: tl.constexpr, row0, col0, BR: tl.constexpr, BD: tl.constexpr):
+    """``_rows`` transposed: a ``[BD, BR]`` block (channels by rows)."""
+    return tl.make_block_ptr(x + (bos.to(tl.int64) * H + i_h) * D, (D, seq_len), (1, H * D),
+                             (col0, row0), (BD, BR), (0, 1))
+
+
+@triton.jit
+def _state(x, chunk, i_h, H, K: tl.constexpr, V: tl.constexpr, k0, v0, BK: tl.constexpr, BV: tl.constexpr):
+    """Block pointer to ``x[chunk, i_h, k0 : k0 + BK, v0 : v0 + BV]`` of a ``[NT, H, K, V]`` state buffer."""
+    return tl.make_block_ptr(x + (chunk.to(tl.int64) * H + i_h) * K * V, (K, V), (V, 1), (k0, v0), (BK, BV), (1, 0))
+
+
+@triton.jit
+def _gate_cumsum(g, bos, seq_len, i_h, H, row0, BT: tl.constexpr):
+    """Local cumulative log-decay ``b`` of a chunk (padded rows repeat the last value) and its total."""
+    o_t = row0 + tl.arange(0, BT)
+    b_g = tl.load(g + (bos + o_t).to(tl.int64) * H + i_h, mask=o_t < seq_len, other=0.).to(tl.float32)
+    return tl.cumsum(b_g, axis=0), tl.sum(b_g, axis=0)
+
+
+@triton.jit
+def _state_step(k, v, g, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, k0, v0,
+                K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                USE_G: tl.constexpr, IEEE: tl.constexpr):
+    """Store the state entering chunk ``i_t`` and return the state leaving it."""
+    tl.store(_state(h, first_chunk + i_t, i_h, H, K, V, k0, v0, BK, BV), b_h.to(h.dtype.element_ty),
+             boundary_check=(0, 1))
+    b_kt = tl.load(_rows_t(k, bos, seq_len, i_h, H, K, i_t * BT, k0, BT, BK), boundary_check=(0, 1),
+                   padding_option="zero")
+    b_v = tl.load(_rows(v, bos, seq_len, i_h, H, V, i_t * BT, v0, BT, BV), boundary_check=(0, 1),
+                  padding_option="zero")
+    if USE_G:
+        b_b, b_last = _gate_cumsum(g, bos, seq_len, i_h, H, i_t * BT, BT)
+        b_h *= tl.exp(b_last)
+        b_v = (b_v.to(tl.float32) * tl.exp(b_last - b_b)[:, None]).to(b_kt.dtype)
+    b_h += _dot(b_kt, b_v, IEEE)
+    return b_h
+
+
+@triton.jit
+def _chunk_states_kernel(k, v, g, h, h0, ht, cu_seqlens, chunk_offsets, H,
+                         K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                         BV: tl.constexpr, USE_G: tl.constexpr, USE_H0: tl.constexpr,
+                         STORE_HT: tl.constexpr, IEEE: tl.constexpr, WHILE_LOOP: tl.constexpr):
+    """Store the state entering every chunk (``h[chunk, head]``) and optionally the final state."""
+    i_k = tl.program_id(0)
+    i_v = tl.program_id(1)
+    i_nh = tl.program_id(2)
+    i_n = i_nh // H
+    i_h = i_nh % H
+    bos = tl.load(cu_seqlens + i_n)
+    seq_len = tl.load(cu_seqlens + i_n + 1) - bos
+    first_chunk = tl.load(chunk_offsets + i_n)
+    n_chunks = tl.cdiv(seq_len, BT)
+    k0 = i_k * BK
+    v0 = i_v * BV
+
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_H0:
+        b_h += tl.load(_state(h0, i_n, i_h, H, K, V, k0, v0, BK, BV), boundary_check=(0, 1),
+                       padding_option="zero").to(tl.float32)
+    if WHILE_LOOP:
+        i_t = 0
+        while i_t < n_chunks:
+            b_h = _state_step(k, v, g, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, k0, v0,
+                              K, V, BT, BK, BV, USE_G, IEEE)
+            i_t += 1
+    else:
+        for i_t in range(0, n_chunks):
+            b_h = _state_step(k, v, g, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, k0, v0,
+                              K, V, BT, BK, BV, USE_G, IEEE)
+    if STORE_HT:
+        tl.store(_state(ht, i_n, i_h, H, K, V, k0, v0, BK, BV), b_h, boundary_check=(0, 1))
+
+
+@triton.jit
+def _chunk_output_kernel(q, k, v, g, h, o, cu_seqlens, chunk_indices, scale, H,
+                         K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                         BV: tl.constexpr, USE_G: tl.constexpr, IEEE: tl.constexpr):
+    """``o`` of one chunk, one head, one block of value channels."""
+    i_v = tl.program_id(0)
+    i_c = tl.program_id(1)
+    i_h = tl.program_id(2)
+    i_n = tl.load(chunk_indices + i_c * 2)
+    i_t = tl.load(chunk_indices + i_c * 2 + 1)
+    bos = tl.load(cu_seqlens + i_n)
+    seq_len = tl.load(cu_seqlens + i_n + 1) - bos
+    v0 = i_v * BV
+    row0 = i_t * BT
+
+    b_o = tl.zeros([BT, BV], dtype=tl.float32)
+    b_A = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(K, BK)):
+        b_q = tl.load(_rows(q, bos, seq_len, i_h, H, K, row0, i_k * BK, BT, BK), boundary_check=(0, 1),
+                      padding_option="zero")
+        b_kt = tl.load(_rows_t(k, bos, seq_len, i_h, H, K, row0, i_k * BK, BT, BK), boundary_check=(0, 1),
+                       padding_option="zero")
+        b_h = tl.load(_state(h, i_c, i_h, H, K, V, i_k * BK, v0, BK, BV), boundary_check=(0, 1),
+                      padding_option="zero").to(b_q.dtype)
+        b_o += _dot(b_q, b_h, IEEE)
+        b_A += _dot(b_q, b_kt, IEEE)
+    o_t = tl.arange(0, BT)
+    causal = o_t[:, None] >= o_t[None, :]
+    if USE_G:
+        b_b, _ = _gate_cumsum(g, bos, seq_len, i_h, H, row0, BT)
+        b_o *= tl.exp(b_b)[:, None]
+        b_A *= tl.exp(tl.where(causal, b_b[:, None] - b_b[None, :], float("-inf")))
+    b_A = tl.where(causal, b_A, 0.)
+    b_v = tl.load(_rows(v, bos, seq_len, i_h, H, V, row0, v0, BT, BV), boundary_check=(0, 1), padding_option="zero")
+    b_o += _dot(b_A.to(b_v.dtype), b_v, IEEE)
+    b_o *= scale
+    tl.store(_rows(o, bos, seq_len, i_h, H, V, row0, v0, BT, BV), b_o.to(o.dtype.element_ty), boundary_check=(0, 1))
+
+
+@triton.jit
+def _state_grad_step(q, do, g, h, dh, hdh, b_dh, i_t, bos, seq_len, first_chunk, i_h, H, scale, k0, v0, i_kv,
+                     K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                     NKV: tl.constexpr, USE_G: tl.constexpr, IEEE: tl.constexpr):
+    """Store the gradient of the state leaving chunk ``i_t`` and return that of the state entering it.
+
+    With a gate, also store this block's share of ``<S, dS'>`` (state entering, gradient of state leaving)."""
+    chunk = first_chunk + i_t
+    tl.store(_state(dh, chunk, i_h, H, K, V, k0, v0, BK, BV), b_dh.to(dh.dtype.element_ty), boundary_check=(0, 1))
+    if USE_G:
+        b_h = tl.load(_state(h, chunk, i_h, H, K, V, k0, v0, BK, BV), boundary_check=(0, 1), padding_option="zero")
+        tl.store(hdh + (chunk.to(tl.int64) * H + i_h) * NKV + i_kv, tl.sum(tl.sum(b_h.to(tl.float32) * b_dh, 1), 0))
+    b_qt = tl.load(_rows_t(q, bos, seq_len, i_h, H, K, i_t * BT, k0, BT, BK), boundary_check=(0, 1),
+                   padding_option="zero")
+    b_do = tl.load(_rows(do, bos, seq_len, i_h, H, V, i_t * BT, v0, BT, BV), boundary_check=(0, 1),
+                   padding_option="zero")
+    if USE_G:
+        b_b, b_last = _gate_cumsum(g, bos, seq_len, i_h, H, i_t * BT, BT)
+        b_dh *= tl.exp(b_last)
+        b_qt = (b_qt.to(tl.float32) * (tl.exp(b_b) * scale)[None, :]).to(b_do.dtype)
+    else:
+        b_qt = (b_qt.to(tl.float32) * scale).to(b_do.dtype)
+    b_dh += _dot(b_qt, b_do, IEEE)
+    return b_dh
+
+
+@triton.jit
+def _chunk_state_grads_kernel(q, do, g, h, dh, hdh, dht, dh0, cu_seqlens, chunk_offsets, scale, H,
+                              K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                              BV: tl.constexpr, NKV: tl.constexpr, USE_G: tl.constexpr, USE_DHT: tl.constexpr,
+                              STORE_DH0: tl.constexpr, IEEE: tl.constexpr, WHILE_LOOP: tl.constexpr):
+    """Store the gradient of the state leaving every chunk (``dh[chunk, head]``), walking backwards."""
+    i_k = tl.program_id(0)
+    i_v = tl.program_id(1)
+    i_nh = tl.program_id(2)
+    i_n = i_nh // H
+    i_h = i_nh % H
+    bos = tl.load(cu_seqlens + i_n)
+    seq_len = tl.load(cu_seqlens + i_n + 1) - bos
+    first_chunk = tl.load(chunk_offsets + i_n)
+    n_chunks = tl.cdiv(seq_len, BT)
+    k0 = i_k * BK
+    v0 = i_v * BV
+    i_kv = i_k * tl.num_programs(1) + i_v
+
+    b_dh = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_DHT:
+        b_dh += tl.load(_state(dht, i_n, i_h, H, K, V, k0, v0, BK, BV), boundary_check=(0, 1),
+                        padding_option="zero").to(tl.float32)
+    if WHILE_LOOP:
+        i_t = n_chunks - 1
+        while i_t >= 0:
+            b_dh = _state_grad_step(q, do, g, h, dh, hdh, b_dh, i_t, bos, seq_len, first_chunk, i_h, H, scale, k0, v0,
+                                    i_kv, K, V, BT, BK, BV, NKV, USE_G, IEEE)
+            i_t -= 1
+    else:
+        for i_r in range(0, n_chunks):
+            b_dh = _state_grad_step(q, do, g, h, dh, hdh, b_dh, n_chunks - 1 - i_r, bos, seq_len, first_chunk, i_h, H,
+                                    scale, k0, v0, i_kv, K, V, BT, BK, BV, NKV, USE_G, IEEE)
+    if STORE_DH0:
+        tl.store(_state(dh0, i_n, i_h, H, K, V, k0, v0, BK, BV), b_dh, boundary_check=(0, 1))
+
+
+@triton.jit
+def _chunk_dv_kernel(q, k, g, do, dh, dv, cu_seqlens, chunk_indices, scale, H,
+                     K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                     USE_G: tl.constexpr, IEEE: tl.constexpr, USE_DH: tl.constexpr = True):
+    """``dv = A^T @ do + (exp(b_C - b) * k) @ dS'`` of one chunk, head and block of value channels
+    (only ``A^T @ do`` without ``USE_DH``)."""
+    i_v = tl.program_id(0)
+    i_c = tl.program_id(1)
+    i_h = tl.program_id(2)
+    i_n = tl.load(chunk_indices + i_c * 2)
+    i_t = tl.load(chunk_indices + i_c * 2 + 1)
+    bos = tl.load(cu_seqlens + i_n)
+    seq_len = tl.load(cu_seqlens + i_n + 1) - bos
+    v0 = i_v * BV
+    row0 = i_t * BT
+    if USE_G:
+        b_b, b_last = _gate_cumsum(g, bos, seq_len, i_h, H, row0, BT)
+        b_tail = tl.exp(b_last - b_b)
+
+    b_At = tl.zeros([BT, BT], dtype=tl.float32)
+    b_dv = tl.zeros([BT, BV], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(K, BK)):
+        b_k = tl.load(_rows(k, bos, seq_len, i_h, H, K, row0, i_k * BK, BT, BK), boundary_check=(0, 1),
+                      padding_option="zero")
+        b_qt = tl.load(_rows_t(q, bos, seq_len, i_h, H, K, row0, i_k * BK, BT, BK), boundary_check=(0, 1),
+                       padding_option="zero")
+        b_At += _dot(b_k, b_qt, IEEE)
+        if USE_DH:
+            b_dh = tl.load(_state(dh, i_c, i_h, H, K, V, i_k * BK, v0, BK, BV), boundary_check=(0, 1),
+                           padding_option="zero").to(b_k.dtype)
+            if USE_G:
+                b_k = (b_k.to(tl.float32) * b_tail[:, None]).to(b_dh.dtype)
+            b_dv += _dot(b_k, b_dh, IEEE)
+    o_t = tl.arange(0, BT)
+    anticausal = o_t[:, None] <= o_t[None, :]
+    b_At *= scale
+    if USE_G:
+        b_At *= tl.exp(tl.where(anticausal, b_b[None, :] - b_b[:, None], float("-inf")))
+    b_At = tl.where(anticausal, b_At, 0.)
+    b_do = tl.load(_rows(do, bos, seq_len, i_h, H, V, row0, v0, BT, BV), boundary_check=(0, 1),
+                   padding_option="zero")
+    b_dv += _dot(b_At.to(b_do.dtype), b_do, IEEE)
+    tl.store(_rows(dv, bos, seq_len, i_h, H, V, row0, v0, BT, BV), b_dv.to(dv.dtype.element_ty),
+             boundary_check=(0, 1))
+
+
+@triton.jit
+def _chunk_dqk_kernel(q, k, v, g, h, do, dh, hdh, dq, dk, dg, cu_seqlens, chunk_indices, scale, H, TT,
+                      K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                      USE_G: tl.constexpr, IEEE: tl.constexpr):
+    """``dq``, ``dk`` of one chunk, head and block of key channels, and that block's share of ``dg``."""
+    i_k = tl.program_id(0)
+    i_c = tl.program_id(1)
+    i_h = tl.program_id(2)
+    i_n = tl.load(chunk_indices + i_c * 2)
+    i_t = tl.load(chunk_indices + i_c * 2 + 1)
+    bos = tl.load(cu_seqlens + i_n)
+    seq_len = tl.load(cu_seqlens + i_n + 1) - bos
+    k0 = i_k * BK
+    row0 = i_t * BT
+
+    b_dq = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dA = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        b_vt = tl.load(_rows_t(v, bos, seq_len, i_h, H, V, row0, i_v * BV, BT, BV), boundary_check=(0, 1),
+                       padding_option="zero")
+        b_v = tl.load(_rows(v, bos, seq_len, i_h, H, V, row0, i_v * BV, BT, BV), boundary_check=(0, 1),
+                      padding_option="zero")
+        b_do = tl.load(_rows(do, bos, seq_len, i_h, H, V, row0, i_v * BV, BT, BV), boundary_check=(0, 1),
+                       padding_option="zero")
+        b_h = tl.load(_state(h, i_c, i_h, H, K, V, k0, i_v * BV, BK, BV), boundary_check=(0, 1),
+                      padding_option="zero")
+        b_dh = tl.load(_state(dh, i_c, i_h, H, K, V, k0, i_v * BV, BK, BV), boundary_check=(0, 1),
+                       padding_option="zero")
+        b_dA += _dot(b_do, b_vt, IEEE)
+        b_dq += _dot(b_do, tl.trans(b_h.to(b_do.dtype)), IEEE)
+        b_dk += _dot(b_v, tl.trans(b_dh.to(b_v.dtype)), IEEE)
+
+    b_q = tl.load(_rows(q, bos, seq_len, i_h, H, K, row0, k0, BT, BK), boundary_check=(0, 1), padding_option="zero")
+    b_k = tl.load(_rows(k, bos, seq_len, i_h, H, K, row0, k0, BT, BK), boundary_check=(0, 1), padding_option="zero")
+    o_t = tl.arange(0, BT)
+    causal = o_t[:, None] >= o_t[None, :]
+    b_dA = b_dA * scale
+    if USE_G:
+        b_b, b_last = _gate_cumsum(g, bos, seq_len, i_h, H, row0, BT)
+        b_dA *= tl.exp(tl.where(causal, b_b[:, None] - b_b[None, :], float("-inf")))
+        b_dq *= (tl.exp(b_b) * scale)[:, None]
+        b_dk *= tl.exp(b_last - b_b)[:, None]
+    else:
+        b_dq *= scale
+    b_dA = tl.where(causal, b_dA, 0.)
+    if USE_G:
+        writers_before = tl.sum(tl.sum(b_k.to(tl.float32) * b_dk, axis=1), axis=0)
+    b_dAc = b_dA.to(b_q.dtype)
+    b_dq += _dot(b_dAc, b_k, IEEE)
+    b_dk += _dot(tl.trans(b_dAc), b_q, IEEE)
+    if USE_G:
+        # Gate gradient (see the module docstring): this block's share of it.
+        b_db = tl.sum(b_q.to(tl.float32) * b_dq, axis=1) - tl.sum(b_k.to(tl.float32) * b_dk, axis=1)
+        leaving = writers_before + tl.exp(b_last) * tl.load(hdh + i_c.to(tl.int64) * H + i_h) * (i_k == 0)
+        b_dg = tl.cumsum(b_db, axis=0, reverse=True) + leaving
+        o_row = row0 + o_t
+        tl.store(dg + (i_k * TT + bos + o_row).to(tl.int64) * H + i_h, b_dg, mask=o_row < seq_len)
+    tl.store(_rows(dq, bos, seq_len, i_h, H, K, row0, k0, BT, BK), b_dq.to(dq.dtype.element_ty), boundary_check=(0, 1))
+    tl.store(_rows(dk, bos, seq_len, i_h, H, K, row0, k0, BT, BK), b_dk.to(dk.dtype.element_ty), boundary_check=(0, 1))
+
+
+class PackedChunks:
+    """Sequence and chunk bookkeeping of packed ``[TT, ...]`` tokens for chunk size ``chunk``.
+
+    ``cu_seqlens`` (int32 ``[N + 1]``), ``chunk_offsets`` (int32 ``[N + 1]``: first global chunk of each
+    sequence), ``chunk_indices`` (int32 ``[NT, 2]``: sequence and local index of each global chunk).
+    Build it with ``packed_chunks``: equal-length batches are built on the device without a host sync
+    and cached; packed varlen sequences read their lengths on the host once.
+    """
+
+    def __init__(self, cu_seqlens: torch.Tensor, chunk_offsets: torch.Tensor, chunk_indices: torch.Tensor):
+        self.cu_seqlens = cu_seqlens
+        self.chunk_offsets = chunk_offsets
+        self.chunk_indices = chunk_indices
+        self.num_sequences = cu_seqlens.numel() - 1
+        self.num_chunks = chunk_indices.shape[0]
+
+
+_EQUAL_LENGTH_CACHE: dict = {}
+
+
+def packed_chunks(batch: int, length: int, chunk: int, device: torch.device,
+                  cu_seqlens: Optional[torch.Tensor] = None) -> PackedChunks:
+    """``PackedChunks`` of ``batch`` sequences of ``length`` tokens, or of the packed ``cu_seqlens``."""
+    if cu_seqlens is None:
+        key = (batch, length, chunk, str(device))
+        if key not in _EQUAL_LENGTH_CACHE:
+            if len(_EQUAL_LENGTH_CACHE) >= 64:
+                _EQUAL_LENGTH_CACHE.clear()
+            per_seq = triton.cdiv(length, chunk)
+            steps = torch.arange(batch + 1, dtype=torch.int32, device=device)
+            ids = torch.arange(batch * per_seq, dtype=torch.int32, device=device)
+            indices = torch.stack([ids // per_seq, ids % per_seq], dim=1).contiguous()
+            _EQUAL_LENGTH_CACHE[key] = PackedChunks(steps * length, steps * per_seq, indices)
+        return _EQUAL_LENGTH_CACHE[key]
+    cu = cu_seqlens.to(device=device, dtype=torch.int32)
+    counts = [triton.cdiv(int(n), chunk) for n in (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()]
+    offsets = [0]
+    for c in counts:
+        offsets.append(offsets[-1] + c)
+    indices = [(n, i) for n, c in enumerate(counts) for i in range(c)]
+    return PackedChunks(cu, torch.tensor(offsets, dtype=torch.int32, device=device),
+                        torch.tensor(indices, dtype=torch.int32, device=device).reshape(-1, 2))
+
+
+def _state_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+
+
+def _block(n: int, limit: int) -> int:
+    return max(16, min(limit, triton.next_power_of_2(n)))
+
+
+def simple_gla_forward(q, k, v, g, scale, initial_state, output_final_state, packed: PackedChunks):
+    """q, k: ``[TT, H, K]``; v: ``[TT, H, V]``; g: float32 ``[TT, H]`` or None (all contiguous).
+    Returns ``(o [TT, H, V], h [NT, H, K, V], final_state float32 [N, H, K, V] or None)``."""
+    TT, H, K = q.shape
+    V = v.shape[-1]
+    cfg = KERNEL_CONFIG
+    BT = cfg["chunk"]
+    ieee = q.dtype == torch.float32
+    N = packed.num_sequences
+    h = torch.empty(packed.num_chunks, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
+    ht = torch.empty(N, H, K, V, dtype=torch.float32, device=q.device) if output_final_state else None
+    BK, BV = _block(K, cfg["state_block_k"]), _block(V, cfg["state_block_v"])
+    _chunk_states_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
+        k, v, g, h, initial_state, ht, packed.cu_seqlens, packed.chunk_offsets, H,
+        K=K, V=V, BT=BT, BK=BK, BV=BV, USE_G=g is not None, USE_H0=initial_state is not None,
+        STORE_HT=output_final_state, IEEE=ieee, WHILE_LOOP=_INTERPRETING,
+        num_warps=cfg["state_warps"], num_stages=cfg["state_stages"])
+    o = torch.empty(TT, H, V, dtype=q.dtype, device=q.device)
+    BK, BV = _block(K, cfg["out_block_k"]), _block(V, cfg["out_block_v"])
+    _chunk_output_kernel[(triton.cdiv(V, BV), packed.num_chunks, H)](
+        q, k, v, g, h, o, packed.cu_seqlens, packed.chunk_indices, scale, H,
+        K=K, V=V, BT=BT, BK=BK, BV=BV, USE_G=g is not None, IEEE=ieee,
+        num_warps=cfg["out_warps"], num_stages=cfg["out_stages"])
+    return o, h, ht
+
+
+def simple_gla_backward(q, k, v, g, h, do, dht, scale, need_dh0: bool, packed: PackedChunks):
+    """Gradients ``(dq, dk, dv, dg float32 [TT, H] or None, dh0 float32 [N, H, K, V] or None)``."""
+    TT, H, K = q.shape
+    V = v.shape[-1]
+    cfg = KERNEL_CONFIG
+    BT = cfg["chunk"]
+    ieee = q.dtype == torch.float32
+    N = packed.num_sequences
+    dh = torch.empty(packed.num_chunks, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
+    dh0 = torch.empty(N, H, K, V, dtype=torch.float32, device=q.device) if need_dh0 else None
+    BK, BV = _block(K, cfg["state_block_k"]), _block(V, cfg["state_block_v"])
+    NKV = triton.cdiv(K, BK) * triton.cdiv(V, BV)
+    hdh = torch.empty(packed.num_chunks, H, NKV, dtype=torch.float32, device=q.device) if g is not None else None
+    _chunk_state_grads_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
+        q, do, g, h, dh, hdh, dht, dh0, packed.cu_seqlens, packed.chunk_offsets, scale, H,
+        K=K, V=V, BT=BT, BK=BK, BV=BV, NKV=NKV, USE_G=g is not None, USE_DHT=dht is not None,
+        STORE_DH0=need_dh0, IEEE=ieee, WHILE_LOOP=_INTERPRETING,
+        num_warps=cfg["state_warps"], num_stages=cfg["state_stages"])
+    dv = torch.empty_like(v)
+    BK, BV = _block(K, cfg["dv_block_k"]), _block(V, cfg["dv_block_v"])
+    _chunk_dv_kernel[(triton.cdiv(V, BV), packed.num_chunks, H)](
+        q, k, g, do, dh, dv, packed.cu_seqlens, packed.chunk_indices, scale, H,
+        K=K, V=V, BT=BT, BK=BK, BV=BV, USE_G=g is not None, IEEE=ieee,
+        num_warps=cfg["dv_warps"], num_stages=cfg["grad_stages"])
+    dq = torch.empty_like(q)
+    dk = torch.empty_like(k)
+    BK, BV = _block(K, cfg["dqk_block_k"]), _block(V, cfg["dqk_block_v"])
+    NK = triton.cdiv(K, BK)
+    dg_parts = torch.empty(NK, TT, H, dtype=torch.float32, device=q.device) if g is not None else None
+    _chunk_dqk_kernel[(NK, packed.num_chunks, H)](
+        q, k, v, g, h, do, dh, None if hdh is None else hdh.sum(-1), dq, dk, dg_parts, packed.cu_seqlens, packed.chunk_indices, scale, H, TT,
+        K=K, V=V, BT=BT, BK=BK, BV=BV, USE_G=g is not None, IEEE=ieee,
+        num_warps=cfg["dqk_warps"], num_stages=cfg["grad_stages"])
+    dg = None if g is None else dg_parts.sum(0)
+    return dq, dk, dv, dg, dh0
+
+
+class SimpleGLAFunction(torch.autograd.Function):
+    """Autograd wrapper over the chunked kernels; inputs packed ``[TT, H, D]``, contiguous."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, scale, initial_state, output_final_state, packed):
+        o, h, ht = simple_gla_forward(q, k, v, g, scale, initial_state, output_final_state, packed)
+        ctx.save_for_backward(q, k, v, g, h)
+        ctx.scale = scale
+        ctx.packed = packed
+        ctx.has_initial_state = initial_state is not None
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, g, h = ctx.saved_tensors
+        do = do.contiguous()
+        dht = None if dht is None else dht.contiguous()
+        dq, dk, dv, dg, dh0 = simple_gla_backward(q, k, v, g, h, do, dht, ctx.scale, ctx.has_initial_state,
+                                                  ctx.packed)
+        return dq, dk, dv, dg, None, dh0, None, None
+
+
+def chunk_simple_gla_triton(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens):
+    """``[B, T, H, D]`` entry point: packs the batch, runs ``SimpleGLAFunction``, unpacks.
+
+    ``g``: ``[B, T, H]`` or None; ``initial_state``: ``[N, H, K, V]`` or None.
+    """
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    packed = packed_chunks(B, T, KERNEL_CONFIG["chunk"], q.device, cu_seqlens)
+    flat = [x.reshape(B * T, H, -1).contiguous() for x in (q, k, v)]
+    gf = None if g is None else g.float().reshape(B * T, H).contiguous()
+    h0 = None if initial_state is None else initial_state.float().contiguous()
+    o, ht = SimpleGLAFunction.apply(*flat, gf, scale, h0, output_final_state, packed)
+    return o.view(B, T, H, V), ht

@@ -1,0 +1,108 @@
+"""Triton kernels (simple GLA, GLA, delta rule) on a CUDA GPU in bf16 at long lengths, against float64
+(the chunked torch form, itself checked against the per-token references on CPU)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tessera.linear import ops
+
+pytestmark = pytest.mark.gpu
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@cuda
+@pytest.mark.parametrize("T,gate,varlen", [(4096, "g", False), (16384, "g", False), (16384, None, False),
+                                           (8191, "g_gamma", False), (10000, "g", True)])
+def test_simple_gla_bf16_long(T, gate, varlen):
+    B, H, D = (1, 2, 128)
+    dev = "cuda"
+    q, k, v = (torch.randn(B, T, H, D, device=dev, dtype=torch.bfloat16) for _ in range(3))
+    k = k * 0.5
+    cu = torch.tensor([0, 3000, 3001, 7777, T], dtype=torch.int32, device=dev) if varlen else None
+    N = 4 if varlen else B
+    h0 = torch.randn(N, H, D, D, device=dev)
+    g = {"g": F.logsigmoid(torch.randn(B, T, H, device=dev) + 3).to(torch.bfloat16),
+         "g_gamma": -torch.rand(H, device=dev) * 0.1, None: None}[gate]
+    leaves = {"q": q, "k": k, "v": v, "h0": h0}
+    if g is not None:
+        leaves["g"] = g
+    for x in leaves.values():
+        x.requires_grad_(True)
+    kw = {gate: g} if gate else {}
+    o, s = ops.simple_gla(q, k, v, **kw, initial_state=h0, output_final_state=True, cu_seqlens=cu, backend="triton")
+    do, ds = torch.randn_like(o), torch.randn_like(s)
+    grads = torch.autograd.grad((o.float() * do).sum() + (s * ds).sum(), list(leaves.values()))
+    ref = {n: x.detach().double().requires_grad_(True) for n, x in leaves.items()}
+    kw_ref = {gate: ref["g"]} if gate else {}
+    o_ref, s_ref = ops.simple_gla(ref["q"], ref["k"], ref["v"], **kw_ref, initial_state=ref["h0"],
+                                  output_final_state=True, cu_seqlens=cu, backend="torch")
+    grads_ref = torch.autograd.grad((o_ref * do.double()).sum() + (s_ref * ds.double()).sum(), list(ref.values()))
+    errors = {"o": rel(o, o_ref), "final_state": rel(s, s_ref)}
+    errors.update({f"d{n}": rel(a, b) for n, a, b in zip(leaves, grads, grads_ref)})
+    print(T, gate, varlen, {n: f"{e:.2e}" for n, e in errors.items()})
+    for name, err in errors.items():
+        assert err < 2e-2, (name, err)
+
+
+@cuda
+@pytest.mark.parametrize("T,varlen", [(4096, False), (16384, False), (10000, True)])
+def test_gla_bf16_long(T, varlen):
+    B, H, D = (1, 2, 128)
+    dev = "cuda"
+    q, k, v = (torch.randn(B, T, H, D, device=dev, dtype=torch.bfloat16) for _ in range(3))
+    g = F.logsigmoid(torch.randn(B, T, H, D, device=dev) + 2).to(torch.bfloat16)
+    cu = torch.tensor([0, 3000, 3001, 7777, T], dtype=torch.int32, device=dev) if varlen else None
+    N = 4 if varlen else B
+    h0 = torch.randn(N, H, D, D, device=dev)
+    leaves = {"q": q, "k": k, "v": v, "h0": h0, "g": g}
+    for x in leaves.values():
+        x.requires_grad_(True)
+    o, s = ops.gla(q, k, v, g, initial_state=h0, output_final_state=True, cu_seqlens=cu, backend="triton")
+    do, ds = torch.randn_like(o), torch.randn_like(s)
+    grads = torch.autograd.grad((o.float() * do).sum() + (s * ds).sum(), list(leaves.values()))
+    ref = {n: x.detach().double().requires_grad_(True) for n, x in leaves.items()}
+    o_ref, s_ref = ops.gla(ref["q"], ref["k"], ref["v"], ref["g"], initial_state=ref["h0"], output_final_state=True,
+                           cu_seqlens=cu, backend="torch")
+    grads_ref = torch.autograd.grad((o_ref * do.double()).sum() + (s_ref * ds.double()).sum(), list(ref.values()))
+    errors = {"o": rel(o, o_ref), "final_state": rel(s, s_ref)}
+    errors.update({f"d{n}": rel(a, b) for n, a, b in zip(leaves, grads, grads_ref)})
+    print("gla", T, varlen, {n: f"{e:.2e}" for n, e in errors.items()})
+    for name, err in errors.items():
+        assert err < 2e-2, (name, err)
+
+
+@cuda
+@pytest.mark.parametrize("T,gated,varlen", [(4096, False, False), (16384, True, False), (10000, True, True)])
+def test_delta_rule_bf16_long(T, gated, varlen):
+    B, H, D = (1, 2, 128)
+    dev = "cuda"
+    q, v = (torch.randn(B, T, H, D, device=dev, dtype=torch.bfloat16) for _ in range(2))
+    k = F.normalize(torch.randn(B, T, H, D, device=dev), dim=-1).to(torch.bfloat16)
+    beta = torch.rand(B, T, H, device=dev).to(torch.bfloat16)
+    g = F.logsigmoid(torch.randn(B, T, H, device=dev) + 3).to(torch.bfloat16) if gated else None
+    cu = torch.tensor([0, 3000, 3001, 7777, T], dtype=torch.int32, device=dev) if varlen else None
+    h0 = 0.1 * torch.randn(4 if varlen else B, H, D, D, device=dev)
+    leaves = {"q": q, "k": k, "v": v, "h0": h0, "beta": beta}
+    if gated:
+        leaves["g"] = g
+    for x in leaves.values():
+        x.requires_grad_(True)
+    o, s = ops.gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True, cu_seqlens=cu,
+                                backend="triton")
+    do, ds = torch.randn_like(o), torch.randn_like(s)
+    grads = torch.autograd.grad((o.float() * do).sum() + (s * ds).sum(), list(leaves.values()))
+    ref = {n: x.detach().double().requires_grad_(True) for n, x in leaves.items()}
+    o_ref, s_ref = ops.gated_delta_rule(ref["q"], ref["k"], ref["v"], ref.get("g"), ref["beta"],
+                                        initial_state=ref["h0"], output_final_state=True, cu_seqlens=cu,
+                                        backend="torch")
+    grads_ref = torch.autograd.grad((o_ref * do.double()).sum() + (s_ref * ds.double()).sum(), list(ref.values()))
+    errors = {"o": rel(o, o_ref), "final_state": rel(s, s_ref)}
+    errors.update({f"d{n}": rel(a, b) for n, a, b in zip(leaves, grads, grads_ref)})
+    print("delta", T, gated, varlen, {n: f"{e:.2e}" for n, e in errors.items()})
+    for name, err in errors.items():
+        assert err < 2e-2, (name, err)
