@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from tessera.bench.attention import cpu_cases, gpu_cases, run_suite
+from tessera.bench.attention import baseline_impls, cpu_cases, dense_baselines, gpu_cases, run_case
 from tessera.bench.report import print_table, results_path, write_results
 
 
@@ -28,8 +28,15 @@ def main() -> None:
     cases = gpu_cases() if device.type == "cuda" else cpu_cases()
     if args.only:
         cases = [c for c in cases if any(s in c.name for s in args.only)]
-    records = run_suite(device, cases)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     path = results_path(Path(args.out), device, "attention", datetime.date.today().isoformat())
+    records = []
+    # Written after every case, so a run stopped by a time limit keeps what it measured.
+    for case in cases:
+        print(case.name)
+        records += run_case(case, device, dtype)
+        write_results(path, device, records)
+    records += dense_baselines(cases, device, dtype, impls=baseline_impls(device))
     payload = write_results(path, device, records)
     print_table(payload)
     print(f"results -> {path}")

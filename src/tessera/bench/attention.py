@@ -255,7 +255,10 @@ def run_suite(device: torch.device, cases: list[Case] | None = None, dtype: torc
     for case in cases:
         log(case.name)
         records += run_case(case, device, dtype, log=log)
-    records += dense_baselines(cases, device, dtype,
-                               impls=("sdpa-cudnn", "tessera") if device.type == "cuda" else ("sdpa-flash", "tessera"),
-                               log=log)
+    records += dense_baselines(cases, device, dtype, impls=baseline_impls(device), log=log)
     return records
+
+
+def baseline_impls(device: torch.device) -> tuple[str, str]:
+    """Dense references for speedups: cuDNN on GPU (SDPA's flash kernel on CPU), and tessera."""
+    return ("sdpa-cudnn", "tessera") if device.type == "cuda" else ("sdpa-flash", "tessera")

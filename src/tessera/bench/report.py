@@ -106,7 +106,7 @@ def print_table(payload: dict) -> None:
     for r in rows:
         cells = [r["case"], r["direction"]] + [_fmt(r["ms"].get(i)) for i in impls]
         cells += [_fmt(r["ratio"].get(a), "{:.2f}x") for a in ratios]
-        cells.append(_fmt(r["tflops"].get("tessera"), "{:.1f}"))
+        cells.append(_fmt(r["tflops"].get("tessera"), "{:.3g}"))
         table.add_row(*cells)
     Console().print(table)
 
