@@ -1,0 +1,259 @@
+"""The ``"triton"`` attention backend: block-sparse flash kernels behind ``tessera.attention``.
+
+``run(call)`` returns ``(o [B, S_q, H_q, D_v], lse float32 [B, H_q, S_q])`` (lse None for sigmoid
+scores) and records an autograd node when any input tensor requires grad: gradients reach q, k, v,
+``sinks``, ALiBi ``slopes`` and a ``TensorBias`` tensor. The backward is deterministic (no atomics).
+Varlen calls (``cu_seqlens``) launch the kernels once per sequence. Not supported (``supports``
+says so): ``LowRank`` and ``RelativePosition`` biases, float64.
+
+Runs on CUDA tensors; on CPU tensors only under ``TRITON_INTERPRET=1`` (Triton's interpreter, slow:
+for tests). fp32 inputs use tf32 dot products when ``torch.backends.cuda.matmul.allow_tf32`` is
+set, exact fp32 otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from triton.runtime.errors import OutOfResources
+
+from ...bias import ALiBi, TensorBias
+from ...patterns.base import Dense
+from ..registry import AttentionCall, register_backend
+from . import flash_bwd, flash_fwd
+from .masks import get_plan, offset_band
+from .scoring import INTERPRETED
+from .tuning import KernelConfig, kernel_config
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_MAX_HEAD_DIM = 256
+
+
+def kernels_interpreted() -> bool:
+    """Whether the kernels were defined under ``TRITON_INTERPRET=1`` (Triton decides compiled vs
+    interpreted when a kernel is defined, and its own library functions when it is imported, so
+    the variable must be set before ``import triton``)."""
+    return INTERPRETED
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """The non-tensor part of a call, as the autograd node keeps it."""
+
+    pattern: object
+    scale: float
+    softcap: Optional[float]
+    sigmoid_bias: Optional[float]
+    precision: str
+    interpret: bool
+
+
+def supports(call: AttentionCall) -> Optional[str]:
+    q, k, v = call.q, call.k, call.v
+    if INTERPRETED:
+        if q.device.type != "cpu":
+            return f"kernels are interpreted (TRITON_INTERPRET=1): needs CPU tensors, got {q.device.type}"
+    elif q.device.type != "cuda":
+        return (f"needs CUDA tensors (or TRITON_INTERPRET=1 set before importing triton, to "
+                f"emulate on CPU), got device {q.device.type}")
+    if q.dtype not in _DTYPES:
+        return f"dtype must be float16, bfloat16 or float32, got {q.dtype}"
+    if not (q.dtype == k.dtype == v.dtype):
+        return f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
+    if max(q.shape[-1], v.shape[-1]) > _MAX_HEAD_DIM:
+        return f"head dims up to {_MAX_HEAD_DIM}, got D={q.shape[-1]}, D_v={v.shape[-1]}"
+    if call.bias is not None and not isinstance(call.bias, (ALiBi, TensorBias)):
+        return (f"bias {type(call.bias).__name__} is not supported (TensorBias and ALiBi are); "
+                f"materialize it as a TensorBias")
+    if call.score == "sigmoid" and call.sinks is not None:
+        return "sinks join a softmax denominator; sigmoid scores have none"
+    if call.cu_seqlens_q is None and (q.shape[1] == 0 or k.shape[1] == 0):
+        return "empty sequences are not supported"
+    return None
+
+
+def _head_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _precision(dtype: torch.dtype, interpret: bool) -> str:
+    if dtype == torch.float32 and not interpret:
+        return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _configs(q, v, interpret, pattern):
+    dim = max(q.shape[-1], v.shape[-1])
+    masked = pattern is not None and not isinstance(pattern, Dense)
+    return {name: kernel_config(name, dim, q.dtype, interpret, masked) for name in ("fwd", "dq", "dkdv")}
+
+
+def _plan(spec: _Spec, q, k, config):
+    return get_plan(spec.pattern, q.shape[1], k.shape[1], config.block_m, config.block_n,
+                    q.shape[2], q.device)
+
+
+# (kernel, chosen config, variant) -> the smaller config that fit in shared memory.
+_FITTING: dict[tuple, KernelConfig] = {}
+
+
+def _smaller(config: KernelConfig) -> Optional[KernelConfig]:
+    """Next configuration to try after running out of shared memory (None: nothing smaller)."""
+    if config.block_n > 32:
+        return KernelConfig(config.block_m, config.block_n // 2, config.num_warps, config.num_stages)
+    if config.num_stages > 1:
+        return KernelConfig(config.block_m, config.block_n, config.num_warps, config.num_stages - 1)
+    if config.block_m > 32:
+        return KernelConfig(config.block_m // 2, config.block_n, config.num_warps, config.num_stages)
+    return None
+
+
+def _variant(spec: _Spec, q, v, *tensors) -> tuple:
+    return (q.dtype, q.shape[-1], v.shape[-1], spec.softcap is not None, spec.sigmoid_bias is not None,
+            spec.pattern is None or isinstance(spec.pattern, Dense), offset_band(spec.pattern) is None,
+            tuple(t is not None and (t.requires_grad, t.dtype) for t in tensors))
+
+
+def _fitting(kernel: str, config: KernelConfig, variant: tuple) -> KernelConfig:
+    return _FITTING.get((kernel, config, variant), config)
+
+
+def _shrink(kernel: str, original: KernelConfig, current: KernelConfig, variant: tuple,
+            error: Exception) -> KernelConfig:
+    smaller = _smaller(current)
+    if smaller is None:
+        raise error
+    _FITTING[(kernel, original, variant)] = smaller
+    return smaller
+
+
+def _forward(spec: _Spec, q, k, v, sinks, slopes, bias):
+    original = _configs(q, v, spec.interpret, spec.pattern)["fwd"]
+    variant = _variant(spec, q, v, sinks, slopes, bias)
+    config = _fitting("fwd", original, variant)
+    while True:
+        try:
+            return flash_fwd.forward(q, k, v, _plan(spec, q, k, config), scale=spec.scale,
+                                     config=config, softcap=spec.softcap, sinks=sinks,
+                                     slopes=slopes, bias=bias, sigmoid_bias=spec.sigmoid_bias,
+                                     precision=spec.precision)
+        except OutOfResources as error:
+            config = _shrink("fwd", original, config, variant, error)
+
+
+def _sum_to(grad: torch.Tensor, shape) -> torch.Tensor:
+    """Sum a ``[B, H, S_q, S_k]`` gradient over the dims a bias of ``shape`` broadcasts along."""
+    dims = tuple(i for i, s in enumerate(shape) if s == 1 and grad.shape[i] != 1)
+    return grad.sum(dims, keepdim=True) if dims else grad
+
+
+class FlashAttention(torch.autograd.Function):
+    """Autograd node over the forward and backward kernels."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, sinks, slopes, bias, spec: _Spec):
+        o, lse = _forward(spec, q, k, v, sinks, slopes, bias)
+        if lse is None:
+            lse = torch.empty(0, dtype=torch.float32, device=q.device)
+        ctx.save_for_backward(q, k, v, o, lse, sinks, slopes, bias)
+        ctx.spec = spec
+        ctx.mark_non_differentiable(lse)
+        return o, lse
+
+    @staticmethod
+    def backward(ctx, do, _dlse):
+        q, k, v, o, lse, sinks, slopes, bias = ctx.saved_tensors
+        spec: _Spec = ctx.spec
+        original = _configs(q, v, spec.interpret, spec.pattern)
+        do = _head_contiguous(do)
+        bias_grad = bias is not None and ctx.needs_input_grad[5]
+        slope_grad = slopes is not None and ctx.needs_input_grad[4]
+        variant = _variant(spec, q, v, sinks, slopes, bias) + (bias_grad, slope_grad)
+        configs = {name: _fitting(name, original[name], variant) for name in ("dq", "dkdv")}
+        while True:
+            try:
+                dq, dk, dv, dbias, dslopes = flash_bwd.backward(
+                    do, q, k, v, o, lse, _plan(spec, q, k, configs["dq"]),
+                    _plan(spec, q, k, configs["dkdv"]), scale=spec.scale,
+                    dq_config=configs["dq"], dkdv_config=configs["dkdv"], softcap=spec.softcap,
+                    slopes=slopes, bias=bias, sigmoid_bias=spec.sigmoid_bias, bias_grad=bias_grad,
+                    slope_grad=slope_grad, precision=spec.precision)
+                break
+            except OutOfResources as error:
+                name = getattr(error, "kernel", "dq")
+                configs[name] = _shrink(name, original[name], configs[name], variant, error)
+        dsinks = None
+        if sinks is not None and ctx.needs_input_grad[3]:
+            # d sink_h = -sum_rows exp(sink_h - lse) * rowsum(o * do)
+            delta = (o.float() * do.float()).sum(-1).transpose(1, 2)
+            p_sink = torch.exp(sinks.float().view(1, -1, 1) - lse)
+            dsinks = -(p_sink * delta).sum((0, 2)).to(sinks.dtype)
+        if dbias is not None:
+            dbias = _sum_to(dbias, bias.shape).to(bias.dtype)
+        if dslopes is not None:
+            dslopes = dslopes.to(slopes.dtype)
+        return dq, dk, dv, dsinks, dslopes, dbias, None
+
+
+def run(call: AttentionCall):
+    """Backend entry point (see ``tessera.kernels.registry``). Varlen calls (``cu_seqlens``) run
+    one kernel launch per sequence on views of the packed tensors."""
+    if call.cu_seqlens_q is not None:
+        return _run_varlen(call)
+    return _run_one(call, call.q, call.k, call.v, call.bias)
+
+
+def _run_one(call: AttentionCall, q, k, v, bias_spec):
+    q, k, v = (_head_contiguous(t) for t in (q, k, v))
+    sigmoid_bias = None
+    if call.score == "sigmoid":
+        sigmoid_bias = call.sigmoid_bias if call.sigmoid_bias is not None else -math.log(k.shape[1])
+    spec = _Spec(call.pattern, float(call.scale), call.softcap, sigmoid_bias,
+                 _precision(q.dtype, INTERPRETED), INTERPRETED)
+    slopes = bias_spec.slopes if isinstance(bias_spec, ALiBi) else None
+    bias = bias_spec.tensor if isinstance(bias_spec, TensorBias) else None
+    sinks = call.sinks
+    tensors = (q, k, v, sinks, slopes, bias)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        o, lse = FlashAttention.apply(q, k, v, sinks, slopes, bias, spec)
+    else:
+        o, lse = _forward(spec, q, k, v, sinks, slopes, bias)
+    if call.score == "sigmoid":
+        lse = None
+    return o, lse
+
+
+def _run_varlen(call: AttentionCall):
+    q, k, v = call.q, call.k, call.v
+    heads = q.shape[2]
+    cu_q, cu_k = call.cu_seqlens_q.tolist(), call.cu_seqlens_k.tolist()
+    outs, lses = [], []
+    for i in range(len(cu_q) - 1):
+        q0, q1, k0, k1 = cu_q[i], cu_q[i + 1], cu_k[i], cu_k[i + 1]
+        if q1 == q0:
+            continue
+        if k1 == k0:
+            # No keys: o = 0 and lse = -inf (lse = sink with sinks).
+            outs.append(q.new_zeros(1, q1 - q0, heads, v.shape[3]) + 0 * q[:, q0:q1, :, :1].sum())
+            lse = torch.full((1, heads, q1 - q0), -math.inf, device=q.device)
+            if call.sinks is not None:
+                lse = call.sinks.float().view(1, heads, 1).expand_as(lse).contiguous()
+            lses.append(lse)
+            continue
+        bias = None if call.bias is None else call.bias.for_sequence(q0, q1, k0, k1)
+        o, lse = _run_one(call, q[:, q0:q1], k[:, k0:k1], v[:, k0:k1], bias)
+        outs.append(o)
+        lses.append(lse)
+    if not outs:
+        empty = q.new_zeros(1, 0, heads, v.shape[3])
+        return empty, (None if call.score == "sigmoid"
+                       else torch.zeros(1, heads, 0, device=q.device))
+    o = torch.cat(outs, dim=1)
+    lse = None if call.score == "sigmoid" else torch.cat(lses, dim=2)
+    return o, lse
+
+
+register_backend("triton", run, supports)

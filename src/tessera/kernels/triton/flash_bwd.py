@@ -1,0 +1,410 @@
+"""Block-sparse flash-attention backward (Triton), FlashAttention-2 style, deterministic.
+
+Three steps, no atomics:
+  * ``delta = rowsum(o * do)`` (float32 ``[B, H_q, S_q]``, torch);
+  * dk/dv: one program per (key tile, batch x kv head); it loops over the query heads of its GQA
+    group and, for each, over the query tiles that list this key tile (the plan's transposed
+    lists), recomputing ``p = exp(z - lse)``;
+  * dq: one program per (query tile, batch x query head) over the listed key tiles; it also writes
+    the tensor-bias gradient tile ``dz`` and the ALiBi slope gradient partial sums when asked.
+Masking and score variants are the forward's (``scoring.score_tile``).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .flash_fwd import LOG2E, broadcast_strides, tma_ok
+from triton.runtime.errors import OutOfResources
+from triton.tools.tensor_descriptor import TensorDescriptor
+from .scoring import INTERPRETED, interpreter_range, score_tile
+
+if INTERPRETED:
+    range = interpreter_range  # noqa: A001
+
+
+@triton.jit
+def _dkdv_tiles(dk, dv, k, v, q_base, do_base, s_qs, s_dos, q_desc, do_desc, b, h, lse_base, delta_base,
+                idx_ptr, bits_idx_ptr, count, BITS, k_pos, offs_n, offs_m, offs_d, offs_dv, S_Q, S_K,
+                scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
+                bias_base, s_bias_m, s_bias_n,
+                HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, MASKED: tl.constexpr, MASK_MODE: tl.constexpr,
+                SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, TENSOR_BIAS: tl.constexpr,
+                SIGMOID: tl.constexpr, PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
+                D_PAD: tl.constexpr, DV_PAD: tl.constexpr):
+    NW: tl.constexpr = BLOCK_N // 32
+    for t in range(count):
+        m = tl.load(idx_ptr + t)
+        q_row = m * BLOCK_M + offs_m
+        q_pos = q_row + (S_K - S_Q)
+        q_ptrs = q_base + q_row.to(tl.int64)[:, None] * s_qs + offs_d[None, :]
+        do_ptrs = do_base + q_row.to(tl.int64)[:, None] * s_dos + offs_dv[None, :]
+        if USE_TMA:
+            q = q_desc.load([b, m * BLOCK_M, h, 0]).reshape(BLOCK_M, D_PAD)
+            do = do_desc.load([b, m * BLOCK_M, h, 0]).reshape(BLOCK_M, DV_PAD)
+        if MASKED:
+            row_ok = q_row < S_Q
+            if not USE_TMA:
+                q = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d[None, :] < HEAD_D), other=0.0)
+                do = tl.load(do_ptrs, mask=row_ok[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
+            if not SIGMOID:
+                lse = tl.load(lse_base + q_row, mask=row_ok, other=float("inf"))
+                delta = tl.load(delta_base + q_row, mask=row_ok, other=0.0)
+        else:
+            if not USE_TMA:
+                q = tl.load(q_ptrs, mask=offs_d[None, :] < HEAD_D, other=0.0)
+                do = tl.load(do_ptrs, mask=offs_dv[None, :] < HEAD_DV, other=0.0)
+            if not SIGMOID:
+                lse = tl.load(lse_base + q_row)
+                delta = tl.load(delta_base + q_row)
+        qk_t = tl.dot(k, tl.trans(q), input_precision=PRECISION)                    # [BN, BM]
+        bits_base = BITS
+        if MASKED:
+            if MASK_MODE == 2:
+                bits_base = BITS + tl.load(bits_idx_ptr + t).to(tl.int64) * (BLOCK_M * NW)
+        z2, th = score_tile(qk_t, q_row[None, :], q_pos[None, :], k_pos[:, None], offs_m[None, :],
+                            offs_n[:, None], S_Q, S_K, scale, qk_scale, softcap, slope, band_lo,
+                            band_hi, bias_base, s_bias_m, s_bias_n, bits_base,
+                            MASKED, MASK_MODE, SOFTCAP, ALIBI, TENSOR_BIAS, NW)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)                   # [BN, BM]
+        if SIGMOID:
+            p_t = 1.0 / (1.0 + tl.exp2(-(z2 + sig_bias2)))
+            ds_t = p_t * (1.0 - p_t) * dp_t
+        else:
+            # Fully masked rows have lse = -inf: read as +inf so that p = 0 there.
+            lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+            if MASKED or SOFTCAP or ALIBI or TENSOR_BIAS:
+                p_t = tl.exp2(z2 - lse2[None, :])
+            else:
+                p_t = tl.exp2(qk_t * qk_scale - lse2[None, :])
+            ds_t = p_t * (dp_t - delta[None, :])
+        if SOFTCAP:
+            ds_t = ds_t * (1.0 - th * th)
+        dv += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)
+        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION)
+    return dk, dv
+
+
+@triton.jit(do_not_specialize=["S_Q", "S_K"])
+def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV,
+                   FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, PART_BITS, BITS, SLOPES, BIAS,
+                   s_qb, s_qs, s_qh, s_kb, s_ks, s_kh, s_vb, s_vs, s_vh, s_dob, s_dos, s_doh,
+                   s_dkb, s_dks, s_dkh, s_dvb, s_dvs, s_dvh,
+                   s_bias_b, s_bias_h, s_bias_m, s_bias_n,
+                   H_Q, H_KV, GROUP, S_Q, S_K, MAP_HEADS, N_K_TILES, FULL_W, PART_W,
+                   scale, qk_scale, softcap, band_lo, band_hi, sig_bias2,
+                   HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr,
+                   DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   MASK_MODE: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
+                   TENSOR_BIAS: tl.constexpr, SIGMOID: tl.constexpr, PRECISION: tl.constexpr,
+                   USE_TMA: tl.constexpr):
+    n = tl.program_id(0)
+    bhk = tl.program_id(1)
+    b = bhk // H_KV
+    hk = bhk % H_KV
+
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    k_pos = n * BLOCK_N + offs_n
+    k_ok = k_pos < S_K
+
+    k = tl.load(K + b.to(tl.int64) * s_kb + hk.to(tl.int64) * s_kh
+                + k_pos.to(tl.int64)[:, None] * s_ks + offs_d[None, :],
+                mask=k_ok[:, None] & (offs_d[None, :] < HEAD_D), other=0.0)
+    v = tl.load(V + b.to(tl.int64) * s_vb + hk.to(tl.int64) * s_vh
+                + k_pos.to(tl.int64)[:, None] * s_vs + offs_dv[None, :],
+                mask=k_ok[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
+    dk = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, DV_PAD], dtype=tl.float32)
+
+    for g in range(GROUP):
+        h = hk * GROUP + g
+        hm = h % MAP_HEADS
+        row = hm * N_K_TILES + n
+        q_base = Q + b.to(tl.int64) * s_qb + h.to(tl.int64) * s_qh
+        do_base = DO + b.to(tl.int64) * s_dob + h.to(tl.int64) * s_doh
+        lse_base = LSE + (b * H_Q + h).to(tl.int64) * S_Q
+        delta_base = DELTA + (b * H_Q + h).to(tl.int64) * S_Q
+        slope = 0.0
+        if ALIBI:
+            slope = tl.load(SLOPES + h).to(tl.float32)
+        bias_base = BIAS
+        if TENSOR_BIAS:
+            bias_base = BIAS + b.to(tl.int64) * s_bias_b + h.to(tl.int64) * s_bias_h
+        part_count = tl.load(PART_CNT + row)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, s_qs, s_dos, Q_DESC, DO_DESC, b, h,
+                             lse_base, delta_base,
+                             PART_IDX + row.to(tl.int64) * PART_W,
+                             PART_BITS + row.to(tl.int64) * PART_W, part_count, BITS,
+                             k_pos, offs_n, offs_m, offs_d, offs_dv, S_Q, S_K,
+                             scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
+                             bias_base, s_bias_m, s_bias_n, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_N,
+                             True, MASK_MODE, SOFTCAP, ALIBI, TENSOR_BIAS, SIGMOID, PRECISION,
+                             USE_TMA, D_PAD, DV_PAD)
+        full_count = tl.load(FULL_CNT + row)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, s_qs, s_dos, Q_DESC, DO_DESC, b, h,
+                             lse_base, delta_base,
+                             FULL_IDX + row.to(tl.int64) * FULL_W,
+                             FULL_IDX + row.to(tl.int64) * FULL_W, full_count, BITS,
+                             k_pos, offs_n, offs_m, offs_d, offs_dv, S_Q, S_K,
+                             scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
+                             bias_base, s_bias_m, s_bias_n, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_N,
+                             False, MASK_MODE, SOFTCAP, ALIBI, TENSOR_BIAS, SIGMOID, PRECISION,
+                             USE_TMA, D_PAD, DV_PAD)
+
+    dk = dk * scale
+    tl.store(DK + b.to(tl.int64) * s_dkb + hk.to(tl.int64) * s_dkh
+             + k_pos.to(tl.int64)[:, None] * s_dks + offs_d[None, :],
+             dk.to(DK.dtype.element_ty), mask=k_ok[:, None] & (offs_d[None, :] < HEAD_D))
+    tl.store(DV + b.to(tl.int64) * s_dvb + hk.to(tl.int64) * s_dvh
+             + k_pos.to(tl.int64)[:, None] * s_dvs + offs_dv[None, :],
+             dv.to(DV.dtype.element_ty), mask=k_ok[:, None] & (offs_dv[None, :] < HEAD_DV))
+
+
+@triton.jit
+def _dq_tiles(dq, dslope, q, do, lse2, delta, k_base, v_base, s_kn, s_vn, k_desc, v_desc, b, hk,
+              idx_ptr, bits_idx_ptr,
+              count, BITS, q_row, q_pos, offs_m, offs_n, offs_d, offs_dv, S_Q, S_K,
+              scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
+              bias_base, s_bias_m, s_bias_n, dbias_base, S_K_DB,
+              HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr,
+              DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              MASKED: tl.constexpr, MASK_MODE: tl.constexpr, SOFTCAP: tl.constexpr,
+              ALIBI: tl.constexpr, TENSOR_BIAS: tl.constexpr, SIGMOID: tl.constexpr,
+              BIAS_GRAD: tl.constexpr, SLOPE_GRAD: tl.constexpr, PRECISION: tl.constexpr,
+              USE_TMA: tl.constexpr):
+    NW: tl.constexpr = BLOCK_N // 32
+    for t in range(count):
+        n = tl.load(idx_ptr + t)
+        k_pos = n * BLOCK_N + offs_n
+        k_ptrs = k_base + k_pos.to(tl.int64)[:, None] * s_kn + offs_d[None, :]
+        v_ptrs = v_base + k_pos.to(tl.int64)[:, None] * s_vn + offs_dv[None, :]
+        if USE_TMA:
+            k = k_desc.load([b, n * BLOCK_N, hk, 0]).reshape(BLOCK_N, D_PAD)
+            v = v_desc.load([b, n * BLOCK_N, hk, 0]).reshape(BLOCK_N, DV_PAD)
+        elif MASKED:
+            k = tl.load(k_ptrs, mask=(k_pos[:, None] < S_K) & (offs_d[None, :] < HEAD_D), other=0.0)
+            v = tl.load(v_ptrs, mask=(k_pos[:, None] < S_K) & (offs_dv[None, :] < HEAD_DV), other=0.0)
+        else:
+            k = tl.load(k_ptrs, mask=offs_d[None, :] < HEAD_D, other=0.0)
+            v = tl.load(v_ptrs, mask=offs_dv[None, :] < HEAD_DV, other=0.0)
+        qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        bits_base = BITS
+        if MASKED:
+            if MASK_MODE == 2:
+                bits_base = BITS + tl.load(bits_idx_ptr + t).to(tl.int64) * (BLOCK_M * NW)
+        z2, th = score_tile(qk, q_row[:, None], q_pos[:, None], k_pos[None, :], offs_m[:, None],
+                            offs_n[None, :], S_Q, S_K, scale, qk_scale, softcap, slope, band_lo,
+                            band_hi, bias_base, s_bias_m, s_bias_n, bits_base,
+                            MASKED, MASK_MODE, SOFTCAP, ALIBI, TENSOR_BIAS, NW)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        if SIGMOID:
+            p = 1.0 / (1.0 + tl.exp2(-(z2 + sig_bias2)))
+            ds = p * (1.0 - p) * dp
+        else:
+            if MASKED or SOFTCAP or ALIBI or TENSOR_BIAS:
+                p = tl.exp2(z2 - lse2[:, None])
+            else:
+                p = tl.exp2(qk * qk_scale - lse2[:, None])
+            ds = p * (dp - delta[:, None])
+        if BIAS_GRAD:
+            db_ptrs = dbias_base + q_row.to(tl.int64)[:, None] * S_K_DB + k_pos[None, :]
+            if MASKED:
+                tl.store(db_ptrs, ds, mask=(q_row[:, None] < S_Q) & (k_pos[None, :] < S_K))
+            else:
+                tl.store(db_ptrs, ds)
+        if SLOPE_GRAD:
+            dist = tl.abs(q_pos[:, None] - k_pos[None, :]).to(tl.float32)
+            dslope += tl.sum(tl.sum(ds * dist, 1), 0)
+        if SOFTCAP:
+            ds = ds * (1.0 - th * th)
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+    return dq, dslope
+
+
+@triton.jit(do_not_specialize=["S_Q", "S_K"])
+def _attn_bwd_dq(Q, K, V, DO, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE,
+                 FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, PART_BITS, BITS, SLOPES, BIAS,
+                 s_qb, s_qs, s_qh, s_kb, s_ks, s_kh, s_vb, s_vs, s_vh, s_dob, s_dos, s_doh,
+                 s_dqb, s_dqs, s_dqh,
+                 s_bias_b, s_bias_h, s_bias_m, s_bias_n,
+                 H_Q, GROUP, S_Q, S_K, MAP_HEADS, N_Q_TILES, FULL_W, PART_W,
+                 scale, qk_scale, softcap, band_lo, band_hi, sig_bias2,
+                 HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr,
+                 DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 MASK_MODE: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
+                 TENSOR_BIAS: tl.constexpr, SIGMOID: tl.constexpr, BIAS_GRAD: tl.constexpr,
+                 SLOPE_GRAD: tl.constexpr, PRECISION: tl.constexpr, USE_TMA: tl.constexpr):
+    m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H_Q
+    h = bh % H_Q
+    hk = h // GROUP
+    hm = h % MAP_HEADS
+
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    q_row = m * BLOCK_M + offs_m
+    q_pos = q_row + (S_K - S_Q)
+    row_ok = q_row < S_Q
+
+    q = tl.load(Q + b.to(tl.int64) * s_qb + h.to(tl.int64) * s_qh
+                + q_row.to(tl.int64)[:, None] * s_qs + offs_d[None, :],
+                mask=row_ok[:, None] & (offs_d[None, :] < HEAD_D), other=0.0)
+    do = tl.load(DO + b.to(tl.int64) * s_dob + h.to(tl.int64) * s_doh
+                 + q_row.to(tl.int64)[:, None] * s_dos + offs_dv[None, :],
+                 mask=row_ok[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
+    lse2 = tl.zeros([BLOCK_M], dtype=tl.float32)
+    delta = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if not SIGMOID:
+        lse = tl.load(LSE + bh.to(tl.int64) * S_Q + q_row, mask=row_ok, other=float("inf"))
+        lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+        delta = tl.load(DELTA + bh.to(tl.int64) * S_Q + q_row, mask=row_ok, other=0.0)
+
+    k_base = K + b.to(tl.int64) * s_kb + hk.to(tl.int64) * s_kh
+    v_base = V + b.to(tl.int64) * s_vb + hk.to(tl.int64) * s_vh
+    slope = 0.0
+    if ALIBI:
+        slope = tl.load(SLOPES + h).to(tl.float32)
+    bias_base = BIAS
+    if TENSOR_BIAS:
+        bias_base = BIAS + b.to(tl.int64) * s_bias_b + h.to(tl.int64) * s_bias_h
+    dbias_base = DBIAS
+    if BIAS_GRAD:
+        dbias_base = DBIAS + bh.to(tl.int64) * S_Q * S_K
+
+    dq = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+    dslope = 0.0
+    row = hm * N_Q_TILES + m
+    part_count = tl.load(PART_CNT + row)
+    dq, dslope = _dq_tiles(dq, dslope, q, do, lse2, delta, k_base, v_base, s_ks, s_vs,
+                           K_DESC, V_DESC, b, hk,
+                           PART_IDX + row.to(tl.int64) * PART_W, PART_BITS + row.to(tl.int64) * PART_W,
+                           part_count, BITS, q_row, q_pos, offs_m, offs_n, offs_d, offs_dv, S_Q, S_K,
+                           scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
+                           bias_base, s_bias_m, s_bias_n, dbias_base, S_K,
+                           HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, True, MASK_MODE,
+                           SOFTCAP, ALIBI, TENSOR_BIAS, SIGMOID, BIAS_GRAD, SLOPE_GRAD, PRECISION,
+                           USE_TMA)
+    full_count = tl.load(FULL_CNT + row)
+    dq, dslope = _dq_tiles(dq, dslope, q, do, lse2, delta, k_base, v_base, s_ks, s_vs,
+                           K_DESC, V_DESC, b, hk,
+                           FULL_IDX + row.to(tl.int64) * FULL_W, FULL_IDX + row.to(tl.int64) * FULL_W,
+                           full_count, BITS, q_row, q_pos, offs_m, offs_n, offs_d, offs_dv, S_Q, S_K,
+                           scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
+                           bias_base, s_bias_m, s_bias_n, dbias_base, S_K,
+                           HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, False, MASK_MODE,
+                           SOFTCAP, ALIBI, TENSOR_BIAS, SIGMOID, BIAS_GRAD, SLOPE_GRAD, PRECISION,
+                           USE_TMA)
+    dq = dq * scale
+    tl.store(DQ + b.to(tl.int64) * s_dqb + h.to(tl.int64) * s_dqh
+             + q_row.to(tl.int64)[:, None] * s_dqs + offs_d[None, :],
+             dq.to(DQ.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_D))
+    if SLOPE_GRAD:
+        tl.store(DSLOPE + bh * N_Q_TILES + m, -dslope)
+
+
+def _named_launch(launch, name: str):
+    """Wrap a kernel launch so that an ``OutOfResources`` error says which kernel (``.kernel``)."""
+    def run(*args, **kwargs):
+        try:
+            return launch(*args, **kwargs)
+        except OutOfResources as error:
+            error.kernel = name
+            raise
+    return run
+
+
+def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config, dkdv_config,
+             softcap=None, slopes=None, bias=None, sigmoid_bias=None, bias_grad: bool = False,
+             slope_grad: bool = False, precision: str = "ieee"):
+    """Launch the backward kernels.
+
+    ``dq_plan`` is used by the dq kernel (its query-tile lists), ``dkdv_plan`` by the dk/dv kernel
+    (its transposed lists); their block sizes match ``dq_config`` / ``dkdv_config``.
+    Returns ``(dq, dk, dv, dbias, dslopes)``: dq/dk/dv like q/k/v; dbias float32
+    ``[B, H_q, S_q, S_k]`` (gradient of the logits, zero outside listed tiles) or None; dslopes
+    float32 ``[H_q]`` or None.
+    """
+    batch, q_len, heads, dim = q.shape
+    k_len, kv_heads, dim_v = k.shape[1], k.shape[2], v.shape[3]
+    sigmoid = sigmoid_bias is not None
+    device = q.device
+    if sigmoid:
+        delta = torch.zeros(1, dtype=torch.float32, device=device)
+        lse = delta
+    else:
+        delta = (o.float() * do.float()).sum(-1).transpose(1, 2).contiguous()
+    dq = torch.empty_like(q)
+    dk = torch.empty(batch, k_len, kv_heads, dim, dtype=k.dtype, device=device)
+    dv = torch.empty(batch, k_len, kv_heads, dim_v, dtype=v.dtype, device=device)
+    dummy = delta
+    bias_strides = broadcast_strides(bias) if bias is not None else (0, 0, 0, 0)
+    dbias = torch.zeros(batch, heads, q_len, k_len, dtype=torch.float32, device=device) if bias_grad else None
+    dslope = (torch.empty(batch * heads * dq_plan.n_q_tiles, dtype=torch.float32, device=device)
+              if slope_grad else None)
+    common = dict(
+        HEAD_D=dim, HEAD_DV=dim_v, D_PAD=max(16, triton.next_power_of_2(dim)),
+        DV_PAD=max(16, triton.next_power_of_2(dim_v)), SOFTCAP=softcap is not None,
+        ALIBI=slopes is not None, TENSOR_BIAS=bias is not None, SIGMOID=sigmoid, PRECISION=precision,
+    )
+    variant_args = (scale, scale * LOG2E, softcap if softcap is not None else 1.0)
+    sig_bias2 = (sigmoid_bias if sigmoid else 0.0) * LOG2E
+
+    d_pad, dv_pad = common["D_PAD"], common["DV_PAD"]
+
+    def descriptor(t, block, width):
+        return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, block, 1, width])
+
+    cols = dkdv_plan.cols
+    use_tma = tma_ok(q, do, dkdv_plan.block_m)
+    q_desc, do_desc = ((descriptor(q, dkdv_plan.block_m, d_pad), descriptor(do, dkdv_plan.block_m, dv_pad))
+                       if use_tma else (q, do))
+    launch_dkdv = _attn_bwd_dkdv[(dkdv_plan.n_k_tiles, batch * kv_heads)]
+    launch_dkdv = _named_launch(launch_dkdv, "dkdv")
+    launch_dkdv(
+        q, k, v, do, q_desc, do_desc, lse, delta, dk, dv,
+        cols.full_count, cols.full_index, cols.part_count, cols.part_index, cols.part_bits,
+        dkdv_plan.bits, slopes if slopes is not None else dummy, bias if bias is not None else dummy,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
+        dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
+        *bias_strides,
+        heads, kv_heads, heads // kv_heads, q_len, k_len, dkdv_plan.map_heads, dkdv_plan.n_k_tiles,
+        cols.full_width, cols.part_width,
+        *variant_args, dkdv_plan.band_lo, dkdv_plan.band_hi, sig_bias2,
+        BLOCK_M=dkdv_plan.block_m, BLOCK_N=dkdv_plan.block_n, MASK_MODE=dkdv_plan.mask_mode,
+        USE_TMA=use_tma, num_warps=dkdv_config.num_warps, num_stages=dkdv_config.num_stages, **common,
+    )
+    rows = dq_plan.rows
+    use_tma = tma_ok(k, v, dq_plan.block_n)
+    k_desc, v_desc = ((descriptor(k, dq_plan.block_n, d_pad), descriptor(v, dq_plan.block_n, dv_pad))
+                      if use_tma else (k, v))
+    launch_dq = _named_launch(_attn_bwd_dq[(dq_plan.n_q_tiles, batch * heads)], "dq")
+    launch_dq(
+        q, k, v, do, k_desc, v_desc, lse, delta, dq, dbias if dbias is not None else dummy,
+        dslope if dslope is not None else dummy,
+        rows.full_count, rows.full_index, rows.part_count, rows.part_index, rows.part_bits,
+        dq_plan.bits, slopes if slopes is not None else dummy, bias if bias is not None else dummy,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
+        dq.stride(0), dq.stride(1), dq.stride(2),
+        *bias_strides,
+        heads, heads // kv_heads, q_len, k_len, dq_plan.map_heads, dq_plan.n_q_tiles,
+        rows.full_width, rows.part_width,
+        *variant_args, dq_plan.band_lo, dq_plan.band_hi, sig_bias2,
+        BLOCK_M=dq_plan.block_m, BLOCK_N=dq_plan.block_n, MASK_MODE=dq_plan.mask_mode,
+        BIAS_GRAD=bias_grad, SLOPE_GRAD=slope_grad, USE_TMA=use_tma,
+        num_warps=dq_config.num_warps, num_stages=dq_config.num_stages, **common,
+    )
+    dslopes = None
+    if dslope is not None:
+        dslopes = dslope.view(batch, heads, -1).sum((0, 2))
+    return dq, dk, dv, dbias, dslopes

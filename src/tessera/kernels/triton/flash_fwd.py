@@ -1,0 +1,249 @@
+"""Block-sparse flash-attention forward (Triton).
+
+One program per (query tile, batch x query head). It walks the key tiles its ``KernelPlan`` lists
+for (head, query tile): first the partial tiles (masked: bounds plus band or bitmask), then the
+full tiles (no masking at all), with an online softmax in exp2 (``scale * log2(e)`` folded into
+the logits). Writes ``o [B, S_q, H_q, D_v]`` and ``lse`` float32 ``[B, H_q, S_q]`` (natural log).
+Fully masked rows give ``o = 0``, ``lse = -inf`` (``lse = sink`` with sinks). With sigmoid scores
+``o = sum_j sigmoid(z_j + sigmoid_bias) v_j`` and no lse.
+
+Query head ``h`` reads kv head ``h // (H_q // H_kv)``; inputs may be any strided view whose head
+dim is contiguous. Sequence lengths are runtime arguments (no recompilation per length).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
+
+from .scoring import INTERPRETED, interpreter_range, score_tile
+
+if INTERPRETED:
+    range = interpreter_range  # noqa: A001
+
+
+@triton.jit
+def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_desc, v_desc, b, hk,
+               idx_ptr, bits_idx_ptr, count, BITS,
+               q_row, q_pos, offs_m, offs_n, offs_d, offs_dv, S_Q, S_K,
+               scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
+               bias_base, s_bias_m, s_bias_n,
+               HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+               MASK_MODE: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
+               TENSOR_BIAS: tl.constexpr, SIGMOID: tl.constexpr, PRECISION: tl.constexpr,
+               USE_TMA: tl.constexpr):
+    NW: tl.constexpr = BLOCK_N // 32
+    for t in range(count):
+        n = tl.load(idx_ptr + t)
+        k_pos = n * BLOCK_N + offs_n
+        k_ptrs = k_base + k_pos.to(tl.int64)[None, :] * s_kn + offs_d[:, None]
+        v_ptrs = v_base + k_pos.to(tl.int64)[:, None] * s_vn + offs_dv[None, :]
+        if USE_TMA:
+            # Bulk tensor copies: rows past S_k and columns past D arrive as zeros.
+            k = tl.trans(k_desc.load([b, n * BLOCK_N, hk, 0]).reshape(BLOCK_N, D_PAD))
+            v = v_desc.load([b, n * BLOCK_N, hk, 0]).reshape(BLOCK_N, DV_PAD)
+        elif MASKED:
+            k = tl.load(k_ptrs, mask=(k_pos[None, :] < S_K) & (offs_d[:, None] < HEAD_D), other=0.0)
+            v = tl.load(v_ptrs, mask=(k_pos[:, None] < S_K) & (offs_dv[None, :] < HEAD_DV), other=0.0)
+        else:
+            if D_PAD != HEAD_D:
+                k = tl.load(k_ptrs, mask=offs_d[:, None] < HEAD_D, other=0.0)
+            else:
+                k = tl.load(k_ptrs)
+            if DV_PAD != HEAD_DV:
+                v = tl.load(v_ptrs, mask=offs_dv[None, :] < HEAD_DV, other=0.0)
+            else:
+                v = tl.load(v_ptrs)
+        qk = tl.dot(q, k, input_precision=PRECISION)
+        bits_base = BITS
+        if MASKED:
+            if MASK_MODE == 2:
+                bits_base = BITS + tl.load(bits_idx_ptr + t).to(tl.int64) * (BLOCK_M * NW)
+        z2, _t = score_tile(qk, q_row[:, None], q_pos[:, None], k_pos[None, :], offs_m[:, None],
+                            offs_n[None, :], S_Q, S_K, scale, qk_scale, softcap, slope, band_lo,
+                            band_hi, bias_base, s_bias_m, s_bias_n, bits_base,
+                            MASKED, MASK_MODE, SOFTCAP, ALIBI, TENSOR_BIAS, NW)
+        if SIGMOID:
+            p = 1.0 / (1.0 + tl.exp2(-(z2 + sig_bias2)))
+            acc += tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        elif not (MASKED or SOFTCAP or ALIBI or TENSOR_BIAS):
+            # Unmasked plain logits are finite: no -inf guard, and the scale folds into one FMA.
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(qk * qk_scale - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            m_i = m_new
+        else:
+            m_new = tl.maximum(m_i, tl.max(z2, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp2(m_i - m_safe)
+            p = tl.exp2(z2 - m_safe[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit(do_not_specialize=["S_Q", "S_K"])
+def _attn_fwd(Q, K, V, K_DESC, V_DESC, O, LSE,
+              FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, PART_BITS, BITS,
+              SINKS, SLOPES, BIAS,
+              s_qb, s_qs, s_qh, s_kb, s_ks, s_kh, s_vb, s_vs, s_vh, s_ob, s_os, s_oh,
+              s_bias_b, s_bias_h, s_bias_m, s_bias_n,
+              H_Q, GROUP, S_Q, S_K, MAP_HEADS, N_Q_TILES, FULL_W, PART_W,
+              scale, qk_scale, softcap, band_lo, band_hi, sig_bias2,
+              HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr,
+              DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              MASK_MODE: tl.constexpr, SOFTCAP: tl.constexpr, SINK: tl.constexpr,
+              ALIBI: tl.constexpr, TENSOR_BIAS: tl.constexpr, SIGMOID: tl.constexpr,
+              PRECISION: tl.constexpr, USE_TMA: tl.constexpr):
+    m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H_Q
+    h = bh % H_Q
+    hk = h // GROUP
+    hm = h % MAP_HEADS
+
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    q_row = m * BLOCK_M + offs_m
+    q_pos = q_row + (S_K - S_Q)
+
+    q_base = Q + b.to(tl.int64) * s_qb + h.to(tl.int64) * s_qh
+    k_base = K + b.to(tl.int64) * s_kb + hk.to(tl.int64) * s_kh
+    v_base = V + b.to(tl.int64) * s_vb + hk.to(tl.int64) * s_vh
+    q = tl.load(q_base + q_row.to(tl.int64)[:, None] * s_qs + offs_d[None, :],
+                mask=(q_row[:, None] < S_Q) & (offs_d[None, :] < HEAD_D), other=0.0)
+
+    slope = 0.0
+    if ALIBI:
+        slope = tl.load(SLOPES + h).to(tl.float32)
+    bias_base = BIAS
+    if TENSOR_BIAS:
+        bias_base = BIAS + b.to(tl.int64) * s_bias_b + h.to(tl.int64) * s_bias_h
+
+    acc = tl.zeros([BLOCK_M, DV_PAD], dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+
+    row = hm * N_Q_TILES + m
+    part_count = tl.load(PART_CNT + row)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_ks, s_vs, K_DESC, V_DESC, b, hk,
+                               PART_IDX + row.to(tl.int64) * PART_W,
+                               PART_BITS + row.to(tl.int64) * PART_W, part_count, BITS,
+                               q_row, q_pos, offs_m, offs_n, offs_d, offs_dv, S_Q, S_K,
+                               scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
+                               bias_base, s_bias_m, s_bias_n,
+                               HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, True, MASK_MODE,
+                               SOFTCAP, ALIBI, TENSOR_BIAS, SIGMOID, PRECISION, USE_TMA)
+    full_count = tl.load(FULL_CNT + row)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_ks, s_vs, K_DESC, V_DESC, b, hk,
+                               FULL_IDX + row.to(tl.int64) * FULL_W,
+                               FULL_IDX + row.to(tl.int64) * FULL_W, full_count, BITS,
+                               q_row, q_pos, offs_m, offs_n, offs_d, offs_dv, S_Q, S_K,
+                               scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
+                               bias_base, s_bias_m, s_bias_n,
+                               HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, False, MASK_MODE,
+                               SOFTCAP, ALIBI, TENSOR_BIAS, SIGMOID, PRECISION, USE_TMA)
+
+    o_base = O + b.to(tl.int64) * s_ob + h.to(tl.int64) * s_oh
+    o_ptrs = o_base + q_row.to(tl.int64)[:, None] * s_os + offs_dv[None, :]
+    o_mask = (q_row[:, None] < S_Q) & (offs_dv[None, :] < HEAD_DV)
+    if SIGMOID:
+        tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=o_mask)
+    else:
+        if SINK:
+            sink2 = tl.load(SINKS + h).to(tl.float32) * 1.4426950408889634
+            m_f = tl.maximum(m_i, sink2)
+            corr = tl.exp2(m_i - m_f)
+            l_i = l_i * corr + tl.exp2(sink2 - m_f)
+            acc = acc * corr[:, None]
+            m_i = m_f
+        empty = l_i == 0.0
+        l_safe = tl.where(empty, 1.0, l_i)
+        o = acc / l_safe[:, None]
+        lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) * 0.6931471805599453)
+        tl.store(o_ptrs, o.to(O.dtype.element_ty), mask=o_mask)
+        tl.store(LSE + bh.to(tl.int64) * S_Q + q_row, lse, mask=q_row < S_Q)
+
+
+LOG2E = 1.4426950408889634
+
+
+# Set False to force pointer loads (kernel development, comparisons).
+TMA_ENABLED = True
+
+
+def tma_ok(k: torch.Tensor, v: torch.Tensor, block_n: int) -> bool:
+    """Whether k and v can be read through tensor descriptors (Hopper bulk copies): a CUDA device
+    of compute capability >= 9, 16-byte aligned bases and strides."""
+    if not TMA_ENABLED or INTERPRETED or k.device.type != "cuda":
+        return False
+    if torch.cuda.get_device_capability(k.device)[0] < 9:
+        return False
+    for t in (k, v):
+        if t.data_ptr() % 16 or any((s * t.element_size()) % 16 for s in t.stride()[:-1]):
+            return False
+    return True
+
+
+def broadcast_strides(t: torch.Tensor) -> tuple[int, ...]:
+    """Strides of a 4-D tensor with 0 for its size-1 (broadcast) dims."""
+    return tuple(0 if size == 1 else stride for size, stride in zip(t.shape, t.stride()))
+
+
+def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, slopes=None,
+            bias=None, sigmoid_bias=None, precision: str = "ieee"):
+    """Launch the forward kernel.
+
+    Args:
+        q ``[B, S_q, H_q, D]``, k ``[B, S_k, H_kv, D]``, v ``[B, S_k, H_kv, D_v]`` (head dim
+        contiguous); plan: ``KernelPlan`` with ``block_m/block_n == config.block_m/block_n``;
+        config: ``KernelConfig`` (num_warps, num_stages); softcap: float or None; sinks: ``[H_q]``;
+        slopes: ALiBi ``[H_q]``; bias: 4-D tensor broadcastable to ``[B, H_q, S_q, S_k]``;
+        sigmoid_bias: float for sigmoid scores, None for softmax.
+    Returns:
+        o ``[B, S_q, H_q, D_v]`` (q's dtype), lse float32 ``[B, H_q, S_q]`` (None for sigmoid).
+    """
+    batch, q_len, heads, dim = q.shape
+    k_len, kv_heads, dim_v = k.shape[1], k.shape[2], v.shape[3]
+    sigmoid = sigmoid_bias is not None
+    o = torch.empty(batch, q_len, heads, dim_v, dtype=q.dtype, device=q.device)
+    lse = torch.empty(batch, heads, q_len, dtype=torch.float32, device=q.device)
+    dummy = lse
+    bias_strides = broadcast_strides(bias) if bias is not None else (0, 0, 0, 0)
+    rows = plan.rows
+    grid = (plan.n_q_tiles, batch * heads)
+    use_tma = tma_ok(k, v, plan.block_n)
+    if use_tma:
+        d_pad, dv_pad = max(16, triton.next_power_of_2(dim)), max(16, triton.next_power_of_2(dim_v))
+        k_desc = TensorDescriptor(k, list(k.shape), list(k.stride()), [1, plan.block_n, 1, d_pad])
+        v_desc = TensorDescriptor(v, list(v.shape), list(v.stride()), [1, plan.block_n, 1, dv_pad])
+    else:
+        k_desc, v_desc = k, v
+    _attn_fwd[grid](
+        q, k, v, k_desc, v_desc, o, lse,
+        rows.full_count, rows.full_index, rows.part_count, rows.part_index, rows.part_bits, plan.bits,
+        sinks if sinks is not None else dummy, slopes if slopes is not None else dummy,
+        bias if bias is not None else dummy,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
+        *bias_strides,
+        heads, heads // kv_heads, q_len, k_len, plan.map_heads, plan.n_q_tiles,
+        rows.full_width, rows.part_width,
+        scale, scale * LOG2E, softcap if softcap is not None else 1.0, plan.band_lo, plan.band_hi,
+        (sigmoid_bias if sigmoid else 0.0) * LOG2E,
+        HEAD_D=dim, HEAD_DV=dim_v, D_PAD=max(16, triton.next_power_of_2(dim)),
+        DV_PAD=max(16, triton.next_power_of_2(dim_v)), BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
+        MASK_MODE=plan.mask_mode, SOFTCAP=softcap is not None, SINK=sinks is not None,
+        ALIBI=slopes is not None, TENSOR_BIAS=bias is not None, SIGMOID=sigmoid,
+        PRECISION=precision, USE_TMA=use_tma, num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
+    return o, (None if sigmoid else lse)

@@ -1,0 +1,250 @@
+"""Kernel plans: a pattern's tile map, split for the flash kernels, and how partial tiles are masked.
+
+A ``KernelPlan`` holds, for one ``(pattern, q_len, k_len, block_m, block_n, heads, device)``:
+  * per (head, query tile) two CSR lists of key tiles: *full* tiles (every pair allowed, every row
+    and column inside the sequences: the kernel skips all masking) and *partial* tiles (masked);
+  * the same two lists transposed (per key tile, the query tiles that list it) for the dk/dv pass;
+  * the mask kind of partial tiles: ``MASK_NONE`` (bounds only: dense), ``MASK_BAND`` (the offset
+    band ``band_lo <= q_pos - k_pos <= band_hi`` evaluated in-kernel: causal, windows and their
+    intersections) or ``MASK_BITS`` (a packed bitmask per partial tile, built once on the device by
+    evaluating ``pattern.mask`` inside the partial tiles only).
+
+Tiles cut by the end of a sequence (last query tile when ``q_len % block_m``, last key tile when
+``k_len % block_n``) are always listed as partial, so the full path needs no bounds checks.
+
+Bitmask layout: int32 ``[n_partial, block_m, block_n // 32]``; bit ``c % 32`` of word
+``[t, r, c // 32]`` says whether row ``r`` may see column ``c`` of partial tile ``t``. Each
+partial list entry carries ``t``.
+
+Plans are cached in a small LRU keyed by the pattern's identity (its ``repr`` for patterns that
+hold no tensors, the object itself otherwise), lengths, tile sizes, heads and device.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from ...patterns.base import Dense, Pattern
+from ...patterns.tilemap import FULL, PARTIAL, cdiv
+
+MASK_NONE, MASK_BAND, MASK_BITS = 0, 1, 2
+
+# Band ends beyond this are unbounded for any sequence a kernel can index (int32 arguments).
+BAND_LIMIT = 1 << 30
+
+# Elements of [partial tiles, block_m, block_n] evaluated at once when building bitmasks.
+_BITMASK_CHUNK = 1 << 24
+
+PLAN_CACHE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class TileLists:
+    """Full and partial tile lists for one direction (rows are query tiles, or key tiles when
+    transposed). All int32, contiguous; ``[Ht, n_rows]`` counts, ``[Ht, n_rows, width]`` entries."""
+
+    full_count: torch.Tensor
+    full_index: torch.Tensor
+    part_count: torch.Tensor
+    part_index: torch.Tensor
+    part_bits: torch.Tensor
+
+    @property
+    def full_width(self) -> int:
+        return self.full_index.shape[-1]
+
+    @property
+    def part_width(self) -> int:
+        return self.part_index.shape[-1]
+
+
+@dataclass
+class KernelPlan:
+    """Everything a kernel launch needs from the pattern (see the module docstring)."""
+
+    q_len: int
+    k_len: int
+    block_m: int
+    block_n: int
+    map_heads: int
+    mask_mode: int
+    band_lo: int
+    band_hi: int
+    rows: TileLists
+    bits: torch.Tensor
+    _states: torch.Tensor = field(repr=False)
+    _part_id: torch.Tensor = field(repr=False)
+    _cols: Optional[TileLists] = field(default=None, repr=False)
+
+    @property
+    def n_q_tiles(self) -> int:
+        return cdiv(self.q_len, self.block_m)
+
+    @property
+    def n_k_tiles(self) -> int:
+        return cdiv(self.k_len, self.block_n)
+
+    @property
+    def cols(self) -> TileLists:
+        """Transposed lists: per (head, key tile) the query tiles listing it (built on first use)."""
+        if self._cols is None:
+            self._cols = _lists(self._states.transpose(1, 2), self._part_id.transpose(1, 2))
+        return self._cols
+
+    def listed_pairs(self) -> int:
+        """Number of listed (head, query tile, key tile) triples."""
+        return int(self.rows.full_count.sum().item() + self.rows.part_count.sum().item())
+
+
+def _csr(selected: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pack ``values`` where ``selected`` along the last axis: (count, entries)."""
+    count = selected.sum(-1, dtype=torch.int32)
+    width = max(int(count.max().item()) if count.numel() else 0, 1)
+    slot = torch.where(selected, selected.cumsum(-1) - 1, width)
+    shape = (*selected.shape[:-1], width + 1)
+    out = torch.zeros(shape, dtype=torch.int32, device=selected.device)
+    out.scatter_(-1, slot, values.expand(selected.shape).to(torch.int32))
+    return count.contiguous(), out[..., :width].contiguous()
+
+
+def _lists(states: torch.Tensor, part_id: torch.Tensor) -> TileLists:
+    cols = torch.arange(states.shape[-1], device=states.device, dtype=torch.int32)
+    full_count, full_index = _csr(states == FULL, cols)
+    part = states == PARTIAL
+    part_count, part_index = _csr(part, cols)
+    _, part_bits = _csr(part, part_id)
+    return TileLists(full_count, full_index, part_count, part_index, part_bits)
+
+
+def offset_band(pattern: Optional[Pattern]) -> Optional[tuple[int, int]]:
+    """``(lo, hi)`` when ``pattern`` allows exactly the pairs with ``lo <= q_pos - k_pos <= hi``
+    (ends clamped to +-BAND_LIMIT), else None. Dense (or None) gives the unbounded band."""
+    if pattern is None or isinstance(pattern, Dense):
+        return (-BAND_LIMIT, BAND_LIMIT)
+    offsets = getattr(pattern, "offsets", None)
+    if offsets is None or getattr(pattern, "head_dependent", False):
+        return None
+    found = offsets()
+    intervals = getattr(found, "intervals", None)
+    if intervals is None or len(intervals) != 1:
+        return None
+    lo, hi = intervals[0]
+    return max(int(lo), -BAND_LIMIT), min(int(hi), BAND_LIMIT)
+
+
+def _pack_bits(allowed: torch.Tensor) -> torch.Tensor:
+    """bool ``[P, bm, bn]`` -> int32 ``[P, bm, bn // 32]`` (bit ``c % 32`` of word ``c // 32``)."""
+    p, bm, bn = allowed.shape
+    weights = torch.ones(32, dtype=torch.int64, device=allowed.device) << torch.arange(32, device=allowed.device)
+    words = (allowed.view(p, bm, bn // 32, 32).to(torch.int64) * weights).sum(-1)
+    words = torch.where(words >= (1 << 31), words - (1 << 32), words)
+    return words.to(torch.int32)
+
+
+def _bitmasks(pattern: Pattern, states: torch.Tensor, q_len: int, k_len: int, block_m: int,
+              block_n: int) -> torch.Tensor:
+    """Packed masks of the partial tiles of ``states``, in row-major (head, m, n) order."""
+    device = states.device
+    hh, mm, nn = (states == PARTIAL).nonzero(as_tuple=True)
+    total = hh.numel()
+    out = torch.zeros(max(total, 1), block_m, block_n // 32, dtype=torch.int32, device=device)
+    rows = torch.arange(block_m, device=device)
+    cols = torch.arange(block_n, device=device)
+    offset = k_len - q_len
+    step = max(1, _BITMASK_CHUNK // (block_m * block_n))
+    for s in range(0, total, step):
+        h, m, n = hh[s:s + step], mm[s:s + step], nn[s:s + step]
+        q_row = m[:, None] * block_m + rows                           # [P, bm]
+        k_pos = n[:, None] * block_n + cols                           # [P, bn]
+        valid = (q_row < q_len)[:, :, None] & (k_pos < k_len)[:, None, :]
+        allowed = pattern.mask((q_row + offset)[:, :, None], k_pos[:, None, :], h[:, None, None])
+        out[s:s + step] = _pack_bits(allowed.expand_as(valid) & valid)
+    return out
+
+
+def build_plan(pattern: Optional[Pattern], q_len: int, k_len: int, block_m: int, block_n: int,
+               num_heads: int, device: torch.device) -> KernelPlan:
+    """A fresh (uncached) plan. ``num_heads`` is the number of query heads; head-independent
+    patterns get a one-head plan that every head shares."""
+    if block_n % 32:
+        raise ValueError(f"block_n must be a multiple of 32, got {block_n}")
+    nq, nk = cdiv(q_len, block_m), cdiv(k_len, block_n)
+    if pattern is None:
+        states = torch.full((1, nq, nk), FULL, dtype=torch.int8, device=device)
+    else:
+        heads = num_heads if pattern.head_dependent else 1
+        states = pattern.tile_states(q_len, k_len, block_m, block_n, heads, device).to(torch.int8)
+    states = states.clone()
+    if q_len % block_m:
+        last = states[:, -1, :]
+        last[last == FULL] = PARTIAL
+    if k_len % block_n:
+        last = states[:, :, -1]
+        last[last == FULL] = PARTIAL
+    part = states == PARTIAL
+    part_id = (part.flatten().cumsum(0) - 1).view(states.shape).to(torch.int32)
+    band = offset_band(pattern)
+    if pattern is None or isinstance(pattern, Dense) or not bool(part.any()):
+        mode, band = MASK_NONE, (-BAND_LIMIT, BAND_LIMIT)
+    elif band is not None:
+        mode = MASK_BAND
+    else:
+        mode, band = MASK_BITS, (-BAND_LIMIT, BAND_LIMIT)
+    if mode == MASK_BITS and bool(part.any()):
+        bits = _bitmasks(pattern, states, q_len, k_len, block_m, block_n)
+    else:
+        bits = torch.zeros(1, dtype=torch.int32, device=device)
+    return KernelPlan(q_len, k_len, block_m, block_n, states.shape[0], mode, band[0], band[1],
+                      _lists(states, part_id), bits, states, part_id)
+
+
+def _pattern_key(pattern: Optional[Pattern]):
+    """Cache identity of a pattern: its repr when nothing in it is a tensor (built-in rules are
+    fully described by their repr), else the object itself."""
+    if pattern is None:
+        return None
+    if type(pattern).__repr__ is object.__repr__ or _holds_tensor(pattern, depth=0):
+        return ("object", id(pattern))
+    return ("repr", type(pattern).__qualname__, repr(pattern))
+
+
+def _holds_tensor(obj, depth: int) -> bool:
+    if isinstance(obj, torch.Tensor):
+        return True
+    if depth > 4:
+        return True
+    if isinstance(obj, (list, tuple)):
+        return any(_holds_tensor(x, depth + 1) for x in obj)
+    if isinstance(obj, dict):
+        return any(_holds_tensor(x, depth + 1) for x in obj.values())
+    if isinstance(obj, Pattern):
+        return any(_holds_tensor(x, depth + 1) for x in vars(obj).values())
+    return False
+
+
+_PLANS: "OrderedDict[tuple, tuple[object, KernelPlan]]" = OrderedDict()
+
+
+def get_plan(pattern: Optional[Pattern], q_len: int, k_len: int, block_m: int, block_n: int,
+             num_heads: int, device: torch.device) -> KernelPlan:
+    """The cached plan (see ``build_plan``); repeated calls with the same problem cost a dict lookup."""
+    heads = num_heads if (pattern is not None and pattern.head_dependent) else 1
+    key = (_pattern_key(pattern), q_len, k_len, block_m, block_n, heads, str(device))
+    hit = _PLANS.get(key)
+    if hit is not None:
+        _PLANS.move_to_end(key)
+        return hit[1]
+    plan = build_plan(pattern, q_len, k_len, block_m, block_n, num_heads, device)
+    # The pattern is kept alive with its plan so that an id-based key cannot be reused.
+    _PLANS[key] = (pattern, plan)
+    while len(_PLANS) > PLAN_CACHE_SIZE:
+        _PLANS.popitem(last=False)
+    return plan
+
+
+def clear_plan_cache() -> None:
+    _PLANS.clear()

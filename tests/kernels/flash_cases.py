@@ -1,0 +1,132 @@
+"""Shared helpers of the Triton flash-kernel tests: build a call, run the ``triton`` backend and the
+reference, and check the FlashAttention error rule against float64.
+
+Rule: ``err(kernel) <= factor * err(same-dtype reference) + atol`` where both errors are
+``||x - x64|| / ||x64||`` against the float64 reference; factor 2 for the forward (o, lse), 3 for
+the gradients.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from tessera.kernels.reference import reference_attention
+from tessera.kernels.registry import AttentionCall
+from tessera.kernels.triton.backend import run, supports
+
+ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.double(), ref.double()
+    if torch.isnan(out).any():
+        return float("inf")
+    finite = torch.isfinite(ref)
+    if not bool((torch.isfinite(out) == finite).all()) or not bool((out[~finite] == ref[~finite]).all()):
+        return float("inf")
+    out, ref = out[finite], ref[finite]
+    denom = ref.norm().item()
+    diff = (out - ref).norm().item()
+    return diff if denom == 0 else diff / denom
+
+
+def make_inputs(batch, q_len, k_len, heads, kv_heads, dim, dtype, device="cpu", dim_v=None,
+                layout="bshd", requires_grad=True):
+    """Fresh random q, k, v in bshd logical order (bhsd layout: transposed views of bhsd storage)."""
+    dim_v = dim if dim_v is None else dim_v
+
+    def one(length, h, d):
+        if layout == "bhsd":
+            t = torch.randn(batch, h, length, d, device=device, dtype=dtype).transpose(1, 2)
+        else:
+            t = torch.randn(batch, length, h, d, device=device, dtype=dtype)
+        return t.requires_grad_(requires_grad)
+
+    return one(q_len, heads, dim), one(k_len, kv_heads, dim), one(k_len, kv_heads, dim_v)
+
+
+def make_call(q, k, v, pattern=None, *, scale=None, score="softmax", sigmoid_bias=None, bias=None,
+              softcap=None, sinks=None) -> AttentionCall:
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return AttentionCall(q, k, v, pattern, False, scale, score, sigmoid_bias, bias, softcap, sinks,
+                         True)
+
+
+def _leaf_like(t, dtype):
+    return t.detach().to(dtype).requires_grad_(t.requires_grad)
+
+
+def _cast_extra(extra: dict, dtype):
+    """Copies of the learnable tensors of a call (sinks, bias parameters) in ``dtype``."""
+    from tessera.bias import ALiBi, TensorBias
+    out = dict(extra)
+    if extra.get("sinks") is not None:
+        out["sinks"] = _leaf_like(extra["sinks"], torch.float64 if dtype == torch.float64 else extra["sinks"].dtype)
+    bias = extra.get("bias")
+    if isinstance(bias, TensorBias):
+        out["bias"] = TensorBias(_leaf_like(bias.tensor, torch.float64 if dtype == torch.float64 else bias.tensor.dtype))
+    if isinstance(bias, ALiBi):
+        out["bias"] = ALiBi(_leaf_like(bias.slopes, torch.float64 if dtype == torch.float64 else bias.slopes.dtype))
+    return out
+
+
+def _learnables(extra: dict) -> list[torch.Tensor]:
+    from tessera.bias import ALiBi, TensorBias
+    found = []
+    if extra.get("sinks") is not None and extra["sinks"].requires_grad:
+        found.append(extra["sinks"])
+    bias = extra.get("bias")
+    if isinstance(bias, TensorBias) and bias.tensor.requires_grad:
+        found.append(bias.tensor)
+    if isinstance(bias, ALiBi) and bias.slopes.requires_grad:
+        found.append(bias.slopes)
+    return found
+
+
+def _attend(backend, q, k, v, pattern, extra, do):
+    call = make_call(q, k, v, pattern, **extra)
+    o, lse = backend(call)
+    inputs = [t for t in (q, k, v) if t.requires_grad] + _learnables(extra)
+    grads = []
+    if do is not None and inputs:
+        grads = torch.autograd.grad(o, inputs, do, allow_unused=False)
+    return o, lse, list(grads)
+
+
+def check_against_reference(q, k, v, pattern=None, *, backward=True, fwd_factor=2.0,
+                            bwd_factor=3.0, **extra) -> dict:
+    """Run the Triton backend and the references on the same inputs; assert the error rule.
+    Returns the measured errors (for messages)."""
+    call = make_call(q, k, v, pattern, **extra)
+    reason = supports(call)
+    assert reason is None, reason
+    dtype = q.dtype
+    do = torch.randn(q.shape[:-1] + (v.shape[-1],), dtype=dtype, device=q.device) if backward else None
+
+    o, lse, grads = _attend(run, q, k, v, pattern, extra, do)
+    e64 = _cast_extra(extra, torch.float64)
+    q64, k64, v64 = (_leaf_like(t, torch.float64) for t in (q, k, v))
+    o64, lse64, grads64 = _attend(reference_attention, q64, k64, v64, pattern, e64,
+                                  None if do is None else do.double())
+    esame = _cast_extra(extra, dtype)
+    qs, ks, vs = (_leaf_like(t, dtype) for t in (q, k, v))
+    os_, lses, gradss = _attend(reference_attention, qs, ks, vs, pattern, esame, do)
+
+    atol = ATOL[dtype]
+    errors = {}
+    pairs = [("o", o, os_, o64, fwd_factor)]
+    if lse64 is not None:
+        assert lse is not None
+        pairs.append(("lse", lse, lses, lse64, fwd_factor))
+    names = ["dq", "dk", "dv", "dextra0", "dextra1"]
+    for i, (g, gs, g64) in enumerate(zip(grads, gradss, grads64)):
+        pairs.append((names[i], g, gs, g64, bwd_factor))
+    for name, out, same, ref, factor in pairs:
+        assert out.shape == ref.shape, (name, out.shape, ref.shape)
+        assert not torch.isnan(out).any(), f"{name} has NaN"
+        err, err_same = rel_err(out, ref), rel_err(same, ref)
+        errors[name] = (err, err_same)
+        assert err <= factor * err_same + atol, f"{name}: kernel {err:.3g} vs reference {err_same:.3g}"
+    return errors

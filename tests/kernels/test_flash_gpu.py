@@ -1,0 +1,132 @@
+"""Triton flash kernels on a CUDA GPU: bf16/fp16 at long lengths, every score variant, fully masked
+rows, extreme logits, NaN-poisoned outputs. Marked ``gpu``: skipped without CUDA."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from flash_cases import check_against_reference, make_call, make_inputs
+
+pytestmark = pytest.mark.gpu
+
+if torch.cuda.is_available():
+    from tessera.bias import ALiBi, TensorBias
+    from tessera.kernels.triton.backend import run
+    from tessera.patterns import Causal, FromMask, Power, Strided, Window
+    from tessera.patterns.blocksparse import BlockSparse
+
+DEVICE = "cuda"
+
+
+@pytest.fixture(autouse=True)
+def nan_poison(monkeypatch):
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def poisoned(result):
+        if result.dtype.is_floating_point and not result.requires_grad:
+            result.fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: poisoned(empty(*a, **kw)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: poisoned(empty_like(*a, **kw)))
+
+
+def _patterns():
+    return {
+        "dense": None,
+        "causal": Causal(),
+        "window": Window(300, 0),
+        "power": Power(128),
+        "strided": Strided(block=64, local_blocks=2, stride=4),
+        "blocksparse": BlockSparse.random(2048, 0.3, block=96, seed=3),
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["dense", "causal", "window", "power", "strided", "blocksparse"])
+def test_patterns_forward_backward(name, dtype):
+    pattern = _patterns()[name]
+    q, k, v = make_inputs(2, 1000, 1500, 8, 2, 128, dtype, DEVICE)
+    check_against_reference(q, k, v, pattern)
+
+
+@pytest.mark.parametrize("dim", [32, 64, 96, 256])
+def test_head_dims(dim):
+    q, k, v = make_inputs(1, 777, 777, 4, 4, dim, torch.bfloat16, DEVICE, layout="bhsd")
+    check_against_reference(q, k, v, Causal())
+
+
+def test_fp32_inputs():
+    q, k, v = make_inputs(1, 500, 600, 4, 2, 64, torch.float32, DEVICE)
+    check_against_reference(q, k, v, Window(100, 20))
+
+
+@pytest.mark.parametrize("name", ["dense", "causal", "window"])
+def test_long_sequences_forward(name):
+    pattern = {"dense": None, "causal": Causal(), "window": Window(1023, 0)}[name]
+    q, k, v = make_inputs(1, 16384, 16384, 2, 1, 128, torch.bfloat16, DEVICE, requires_grad=False)
+    check_against_reference(q, k, v, pattern, backward=False)
+
+
+def test_long_sequence_backward_window():
+    q, k, v = make_inputs(1, 16384, 16384, 2, 2, 64, torch.bfloat16, DEVICE)
+    check_against_reference(q, k, v, Window(511, 0))
+
+
+@pytest.mark.parametrize("variant", ["softcap", "sinks", "alibi", "sigmoid", "tensor_bias"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_score_variants(variant, dtype):
+    heads = 4
+    q, k, v = make_inputs(2, 700, 900, heads, 2, 64, dtype, DEVICE)
+    extra = {}
+    if variant == "softcap":
+        extra["softcap"] = 5.0
+        q.data.mul_(4.0)
+    elif variant == "sinks":
+        extra["sinks"] = torch.randn(heads, device=DEVICE).requires_grad_()
+    elif variant == "alibi":
+        extra["bias"] = ALiBi(ALiBi.default_slopes(heads, device=DEVICE).requires_grad_())
+    elif variant == "sigmoid":
+        extra.update(score="sigmoid", sigmoid_bias=-math.log(900))
+    elif variant == "tensor_bias":
+        extra["bias"] = TensorBias(torch.randn(1, heads, 700, 900, device=DEVICE).requires_grad_())
+    check_against_reference(q, k, v, Window(400, 50), **extra)
+
+
+def test_every_softmax_variant_at_once_head_dim_128():
+    # softcap + sinks + learnable tensor bias + bitmask tiles: the largest kernels (shared memory
+    # fallback to smaller tiles when the default does not fit).
+    heads = 4
+    q, k, v = make_inputs(1, 900, 1100, heads, 2, 128, torch.bfloat16, DEVICE)
+    with torch.no_grad():
+        q.mul_(3.0)
+    check_against_reference(q, k, v, Power(64), softcap=8.0,
+                            sinks=torch.randn(heads, device=DEVICE).requires_grad_(),
+                            bias=TensorBias(torch.randn(1, heads, 900, 1100, device=DEVICE).requires_grad_()))
+
+
+def test_fully_masked_rows_zero_output_finite_grads():
+    heads, q_len, k_len = 4, 600, 700
+    allowed = torch.rand(heads, q_len, k_len, device=DEVICE) < 0.2
+    allowed[:, 100:140] = False
+    q, k, v = make_inputs(1, q_len, k_len, heads, 2, 64, torch.bfloat16, DEVICE)
+    pattern = FromMask(allowed)
+    check_against_reference(q, k, v, pattern)
+    o, lse = run(make_call(q, k, v, pattern))
+    o.float().sum().backward()
+    assert torch.all(o[:, 100:140] == 0) and torch.all(lse[:, :, 100:140] == -math.inf)
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+def test_extreme_logits_no_nan():
+    q, k, v = make_inputs(1, 1000, 1000, 2, 2, 64, torch.bfloat16, DEVICE)
+    with torch.no_grad():
+        q.mul_(40.0)
+        k.mul_(40.0)          # |s| ~ 1e4 after scaling
+    o, lse = run(make_call(q, k, v, Causal()))
+    o.float().sum().backward()
+    assert torch.isfinite(o).all() and torch.isfinite(lse).all()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
