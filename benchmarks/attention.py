@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from tessera.bench.attention import baseline_impls, cpu_cases, dense_baselines, gpu_cases, run_case
+from tessera.bench.attention import cpu_cases, gpu_cases, run_case
 from tessera.bench.report import print_table, results_path, write_results
 
 
@@ -35,9 +35,7 @@ def main() -> None:
     for case in cases:
         print(case.name)
         records += run_case(case, device, dtype)
-        write_results(path, device, records)
-    records += dense_baselines(cases, device, dtype, impls=baseline_impls(device))
-    payload = write_results(path, device, records)
+        payload = write_results(path, device, records)
     print_table(payload)
     print(f"results -> {path}")
 

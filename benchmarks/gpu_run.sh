@@ -19,7 +19,8 @@ for step in $steps; do
   case "$step" in
     tests) timeout "${TESSERA_GPU_TEST_TIMEOUT:-240}" python3 -m pytest -m gpu -q -p no:cacheprovider tests \
              2>&1 | tee "$OUT/gpu-tests.log" || status=1 ;;
-    attention) python3 benchmarks/attention.py --out "$OUT" 2>&1 | tee "$OUT/attention.log" || status=1 ;;
+    attention) timeout "${TESSERA_ATTENTION_TIMEOUT:-420}" python3 benchmarks/attention.py --out "$OUT" \
+                 2>&1 | tee "$OUT/attention.log" || status=1 ;;
     linear) timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/linear.py --out "$OUT" ${LINEAR_BENCH_ARGS:-} \
               2>&1 | tee "$OUT/linear.log" || status=1 ;;
     *) echo "unknown step $step (tests, attention, linear)"; status=2 ;;

@@ -38,7 +38,7 @@ def test_useful_pairs_counts_allowed_pairs_only():
 
 
 def test_tiny_cpu_suite_runs_and_writes_results(tmp_path):
-    cases = [Case("causal window 16 S=128", 1, 2, 128, 16, pattern=lambda: Window(16, 0) & Causal(),
+    cases = [Case("causal window 16 S=128", 1, 2, 128, 16, pattern=lambda device: Window(16, 0) & Causal(),
                   impls=("tessera", "sdpa-flash")),
              Case("dense S=128", 1, 2, 128, 16, impls=("tessera", "sdpa-flash"))]
     records = run_suite(torch.device("cpu"), cases, log=lambda msg: None)

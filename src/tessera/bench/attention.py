@@ -21,14 +21,14 @@ FWD_BWD_FLOP_FACTOR = 3.5
 
 @dataclass
 class Case:
-    """One benchmark problem. ``pattern`` builds the tessera Pattern (None = dense)."""
+    """One benchmark problem. ``pattern(device)`` builds the tessera Pattern (None = dense)."""
 
     name: str
     batch: int
     heads: int
     seq: int
     head_dim: int
-    pattern: Optional[Callable[[], object]] = None
+    pattern: Optional[Callable[[torch.device], object]] = None
     causal: bool = False
     score: str = "softmax"
     low_rank: int = 0
@@ -39,32 +39,35 @@ class Case:
 
 def _causal_window(left: int):
     from ..patterns import Causal, Window
-    return lambda: Window(left, 0) & Causal()
+    return lambda device: Window(left, 0) & Causal()
 
 
 def _strided():
     from ..patterns import Strided
-    return lambda: Strided(block=128, local_blocks=8, stride=8, causal=True)
+    return lambda device: Strided(block=128, local_blocks=8, stride=8, causal=True)
 
 
 def _power():
     from ..patterns import Power
-    return lambda: Power(local=256, causal=True)
+    return lambda device: Power(local=256, causal=True)
 
 
 def _random_blocks(seq: int, density: float, heads: int):
     from ..patterns.blocksparse import BlockSparse
-    return lambda: BlockSparse.random(seq, density, block=128, num_heads=heads, seed=0)
+    return lambda device: BlockSparse.random(seq, density, block=128, num_heads=heads, seed=0, device=device)
+
+
+def _baseline(seq: int, batch: int, heads: int, dim: int, impls: tuple[str, ...]) -> Case:
+    """Dense non-causal run at a sparse case's shape: the reference point for its speedup over
+    dense cuDNN and for its sparse efficiency (useful TFLOP/s over tessera's own dense TFLOP/s)."""
+    return Case(f"dense baseline S={seq} B={batch} H={heads}", batch, heads, seq, dim, impls=impls)
 
 
 def gpu_cases() -> list[Case]:
-    """The H100 suite of the kernel issue: bf16, D = 128, H = 16."""
+    """The H100 suite of the kernel issue: bf16, D = 128, H = 16. Sparse cases first, then their
+    dense baselines, then the dense comparisons and score variants."""
     dense_impls = ("tessera", "sdpa-cudnn", "sdpa-flash", "flex")
     cases = []
-    for seq, batch in ((4096, 8), (16384, 2)):
-        cases.append(Case(f"dense S={seq} B={batch}", batch, 16, seq, 128, impls=dense_impls, auto_row=True))
-        cases.append(Case(f"causal S={seq} B={batch}", batch, 16, seq, 128, causal=True,
-                          impls=dense_impls, auto_row=True))
     for seq in (16384, 65536):
         cases.append(Case(f"causal window 1024 S={seq}", 1, 16, seq, 128, pattern=_causal_window(1024)))
     for density in (0.1, 0.3):
@@ -72,6 +75,11 @@ def gpu_cases() -> list[Case]:
                           pattern=_random_blocks(16384, density, 16)))
     cases.append(Case("strided (S2) S=32768", 1, 16, 32768, 128, pattern=_strided()))
     cases.append(Case("power local 256 S=32768", 1, 16, 32768, 128, pattern=_power()))
+    cases += [_baseline(seq, 1, 16, 128, ("sdpa-cudnn", "tessera")) for seq in (16384, 32768, 65536)]
+    for seq, batch in ((16384, 2), (4096, 8)):
+        cases.append(Case(f"dense S={seq} B={batch}", batch, 16, seq, 128, impls=dense_impls, auto_row=True))
+        cases.append(Case(f"causal S={seq} B={batch}", batch, 16, seq, 128, causal=True,
+                          impls=dense_impls, auto_row=True))
     cases.append(Case("sigmoid S=16384", 1, 16, 16384, 128, score="sigmoid", impls=("tessera", "reference")))
     cases.append(Case("low-rank bias R=8 S=16384", 1, 16, 16384, 128, low_rank=8, impls=("tessera", "flex")))
     return cases
@@ -84,8 +92,9 @@ def cpu_cases() -> list[Case]:
         Case("dense S=1024", 1, 4, 1024, 64, impls=impls),
         Case("causal S=1024", 1, 4, 1024, 64, causal=True, impls=impls),
         Case("causal window 128 S=2048", 1, 4, 2048, 64, pattern=_causal_window(128), impls=impls),
-        Case("strided (S2) S=2048", 1, 8, 2048, 64, pattern=_strided(), impls=impls),
         Case("power local 256 S=2048", 1, 4, 2048, 64, pattern=_power(), impls=impls),
+        Case("strided (S2) S=2048", 1, 4, 2048, 64, pattern=_strided(), impls=impls),
+        _baseline(2048, 1, 4, 64, impls),
     ]
 
 
@@ -208,7 +217,7 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, directions=("
              log: Callable[[str], None] = print) -> list[dict]:
     """Measure every implementation of ``case`` (plus tessera's auto dispatch and dense baselines
     where the case asks for them); failures are logged and recorded with ``ms = None``."""
-    pattern = case.pattern() if case.pattern is not None else None
+    pattern = case.pattern(device) if case.pattern is not None else None
     inp = _Inputs(case, device, dtype)
     pairs = useful_pairs(case, pattern)
     records = []
@@ -234,16 +243,6 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, directions=("
     return records
 
 
-def dense_baselines(cases: list[Case], device, dtype, impls=("sdpa-cudnn", "tessera"), log=print) -> list[dict]:
-    """Dense non-causal runs at each sparse case's shape, for speedup and sparse efficiency."""
-    shapes = {(c.batch, c.heads, c.seq, c.head_dim) for c in cases if c.pattern is not None}
-    records = []
-    for batch, heads, seq, dim in sorted(shapes):
-        base = Case(f"dense baseline S={seq} B={batch} H={heads}", batch, heads, seq, dim, impls=impls)
-        records += run_case(base, device, dtype, log=log)
-    return records
-
-
 def run_suite(device: torch.device, cases: list[Case] | None = None, dtype: torch.dtype | None = None,
               log: Callable[[str], None] = print) -> list[dict]:
     """Run ``cases`` (default: the GPU suite on CUDA, the small CPU suite otherwise)."""
@@ -255,10 +254,4 @@ def run_suite(device: torch.device, cases: list[Case] | None = None, dtype: torc
     for case in cases:
         log(case.name)
         records += run_case(case, device, dtype, log=log)
-    records += dense_baselines(cases, device, dtype, impls=baseline_impls(device), log=log)
     return records
-
-
-def baseline_impls(device: torch.device) -> tuple[str, str]:
-    """Dense references for speedups: cuDNN on GPU (SDPA's flash kernel on CPU), and tessera."""
-    return ("sdpa-cudnn", "tessera") if device.type == "cuda" else ("sdpa-flash", "tessera")

@@ -9,8 +9,8 @@ from typing import Callable
 import torch
 
 
-def median_ms(fn: Callable[[], object], device: torch.device, warmup_ms: float = 100.0,
-              rep_ms: float = 500.0) -> float:
+def median_ms(fn: Callable[[], object], device: torch.device, warmup_ms: float = 25.0,
+              rep_ms: float = 150.0) -> float:
     """Median wall time of ``fn()`` in milliseconds.
 
     CUDA: ``triton.testing.do_bench`` (CUDA events, L2 flushed between calls) when triton is

@@ -41,16 +41,17 @@ class BlockSparse(Pattern):
 
     @classmethod
     def random(cls, seq_len: int, density: float, block: int = 128, num_heads: int = 1,
-               seed: int = 0) -> "BlockSparse":
+               seed: int = 0, device: torch.device | str = "cpu") -> "BlockSparse":
         """Each (head, query block, key block) kept independently with probability ``density``;
-        the diagonal block is always kept so that no query row is empty."""
+        the diagonal block is always kept so that no query row is empty. The layout is drawn on
+        CPU (the same for every device) and stored on ``device``."""
         if not 0.0 < density <= 1.0:
             raise ValueError(f"density must be in (0, 1], got {density}")
         n = cdiv(seq_len, block)
         gen = torch.Generator().manual_seed(seed)
         layout = torch.rand(num_heads, n, n, generator=gen) < density
         layout |= torch.eye(n, dtype=torch.bool)
-        return cls(layout, block, block)
+        return cls(layout.to(device), block, block)
 
     def _head(self, head: torch.Tensor) -> torch.Tensor:
         return head % self.layout.shape[0]
