@@ -9,6 +9,7 @@ shared results format: ``{"suite", "case", "impl", "direction", "ms", "useful_tf
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -149,14 +150,18 @@ def _sdpa_fn(case, inp, which):
     return run
 
 
-_FLEX = None
+def _compiled_flex():
+    """A freshly compiled flex_attention. Every case compiles anew (new shapes, masks and score
+    mods), so the compile cache is reset first: past torch._dynamo's recompile limit FlexAttention
+    silently falls back to an unfused eager version that materializes S x S scores, and timing
+    that would misstate its speed."""
+    from torch.nn.attention.flex_attention import flex_attention
+    torch._dynamo.reset()
+    return torch.compile(flex_attention, dynamic=False)
 
 
 def _flex_fn(case, pattern, inp):
-    global _FLEX
-    from torch.nn.attention.flex_attention import flex_attention
-    if _FLEX is None:
-        _FLEX = torch.compile(flex_attention, dynamic=False)
+    flex = _compiled_flex()
     block_mask = None
     if pattern is not None or case.causal:
         from ..patterns import Causal, to_flex
@@ -176,8 +181,8 @@ def _flex_fn(case, pattern, inp):
             return score + bias
 
     def run():
-        o = _FLEX(inp.q.transpose(1, 2), inp.k.transpose(1, 2), inp.v.transpose(1, 2),
-                  score_mod=score_mod, block_mask=block_mask)
+        o = flex(inp.q.transpose(1, 2), inp.k.transpose(1, 2), inp.v.transpose(1, 2),
+                 score_mod=score_mod, block_mask=block_mask)
         return o.transpose(1, 2)
     return run
 
@@ -201,6 +206,13 @@ def _record(case_name, impl, direction, ms, flops):
 
 
 def _measure(fn, inp: _Inputs, direction: str, device) -> float:
+    with warnings.catch_warnings():
+        # FlexAttention warns when it runs uncompiled; that is a failed measurement, not a number.
+        warnings.filterwarnings("error", message=".*without torch.compile.*")
+        return _measure_median(fn, inp, direction, device)
+
+
+def _measure_median(fn, inp: _Inputs, direction: str, device) -> float:
     if direction == "fwd":
         inp.require_grad(False)
         with torch.no_grad():
