@@ -22,6 +22,8 @@ import torch.nn.functional as F
 import triton
 from triton.testing import do_bench
 
+from tessera.bench.environment import device_name
+from tessera.bench.report import results_path
 from tessera.linear import ops
 from tessera.linear.triton import simple_gla as sgla_kernels
 
@@ -182,8 +184,8 @@ def sweep_simple_gla(records, T=16384):
     print("chosen", sgla_kernels.KERNEL_CONFIG, flush=True)
 
 
-def write(path, device_name, records):
-    out = {"device": device_name, "torch": torch.__version__, "triton": triton.__version__,
+def write(path, records):
+    out = {"device": device_name(torch.device(DEVICE)), "torch": torch.__version__, "triton": triton.__version__,
            "date": datetime.date.today().isoformat(), "kernel_config": dict(sgla_kernels.KERNEL_CONFIG),
            "records": records}
     with open(path, "w") as f:
@@ -203,9 +205,8 @@ def main():
         global DEVICE, do_bench
         DEVICE = "cpu"
         do_bench = _cpu_timer
-    device_name = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"{datetime.date.today().isoformat()}-{device_name.replace(' ', '-')}-linear.json")
+    path = str(results_path(args.out, torch.device(DEVICE), "linear", datetime.date.today().isoformat()))
     records = []
     if args.sweep:
         sweep_simple_gla(records)
@@ -223,7 +224,7 @@ def main():
                 measure("fla", fla_fn(op), op, T, direction, records, case)
             for r in records[start:]:
                 print(f"{r['case']:36s} {r['impl']:10s} {r['direction']:8s} {r['ms']}", flush=True)
-            write(path, device_name, records)
+            write(path, records)
     print(f"\nwrote {path}")
     print(f"{'case':40s} {'dir':8s} {'tessera ms':>11s} {'fla ms':>9s} {'ratio':>6s} {'sdpa ms':>8s}")
     by = {(r["case"], r["impl"], r["direction"]): r["ms"] for r in records if r["suite"] == "linear"}

@@ -44,6 +44,7 @@ def comparison_rows(records: list[dict]) -> list[dict]:
     to every anchor present (anchor ms / tessera ms: above 1 means tessera is faster), tessera's
     speedup over dense cuDNN at the same shape and its sparse efficiency (useful TFLOP/s over its
     own dense TFLOP/s at the same shape)."""
+    records = [r for r in records if not r.get("invalid")]
     rows: dict[tuple[str, str], dict] = {}
     for r in records:
         row = rows.setdefault((r["case"], r["direction"]), {"case": r["case"], "direction": r["direction"],
@@ -145,6 +146,7 @@ def benchmarks_markdown(results_dir: Path) -> str:
         payload = json.loads(path.read_text())
         parts += [f"## {path.name}", "",
                   f"{payload['device']} · torch {payload['torch']} · triton {payload['triton']} · {payload['date']}", ""]
+        parts += [f"> {note}" for note in payload.get("notes", [])] + ([""] if payload.get("notes") else [])
         if any(r.get("suite") == "attention" for r in payload["records"]):
             parts += [markdown_table(payload), ""]
         else:

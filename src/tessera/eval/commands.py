@@ -126,7 +126,8 @@ def run_mqar(args) -> int:
                     results.append(r)
     _table("MQAR answer accuracy", ["pattern", "seq", "kv pairs", "d_model", "accuracy"],
            [[r.pattern, str(r.seq_len), str(r.num_kv_pairs), str(r.d_model), f"{r.accuracy:.3f}"] for r in results])
-    _write(args.json, "mqar", {k: v for k, v in vars(args).items() if k != "run"}, results)
+    settings = {k: v for k, v in vars(args).items() if k not in ("run", "command", "eval_command")}
+    _write(args.json, "mqar", settings, results)
     plt = _plot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for spec in args.patterns:
