@@ -152,7 +152,21 @@ def benchmarks_markdown(results_dir: Path) -> str:
         else:
             # Launch-setting sweeps are tuning notes, not comparisons.
             parts += [_plain_table([r for r in payload["records"] if not str(r.get("suite")).endswith("sweep")]), ""]
+    for path in sorted((Path(results_dir) / "eval").glob("*.json"), reverse=True):
+        payload = json.loads(path.read_text())
+        parts += [f"## {path.name} (quality: {payload['eval']})", "",
+                  f"torch {payload['torch']} · {payload['date']} · `{payload.get('command', '')}`", "",
+                  _rows_table(payload["results"]), ""]
     return "\n".join(parts)
+
+
+def _rows_table(rows: list[dict]) -> str:
+    """A Markdown table of uniform dicts, columns in their key order."""
+    cols = list(rows[0]) if rows else []
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    return "\n".join(lines)
 
 
 def _plain_table(records: list[dict]) -> str:
