@@ -8,7 +8,7 @@ backend was or was not chosen.
 
 __version__ = "0.1.0"
 
-from . import bias, kernels, linear, patterns
+from . import bias, kernels, linear, natten, patterns
 from .api import attention, explain
 
-__all__ = ["attention", "explain", "bias", "patterns", "kernels", "linear", "__version__"]
+__all__ = ["attention", "explain", "bias", "patterns", "kernels", "linear", "natten", "__version__"]

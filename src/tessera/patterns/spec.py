@@ -26,6 +26,17 @@ Patterns and their arguments (in positional order; defaults in brackets):
                               ``local_blocks`` is also accepted for ``local``
     power:[local=256,causal=true]
                               ``Power(local, causal)`` (PowerAttention)
+    neighborhood:grid,kernel[,dilation=1,stride=1,causal=false]
+                              ``Neighborhood`` over an N-D grid (NATTEN semantics); per-axis
+                              values as ``64x64``, e.g. ``neighborhood:grid=64x64,kernel=7x7``
+    swin:grid,window[,shifted=false]
+                              ``Swin`` windows, shifted windows with cyclic-shift masking
+    maxvit_block:grid,block   ``MaxViTBlock``: non-overlapping block attention
+    maxvit_grid:grid,grid_size
+                              ``MaxViTGrid``: dilated grid attention
+    halo:grid,block,halo      ``Halo``: HaloNet blocks extended by a halo
+    crisscross:grid           ``CrissCross``: same row or column (CCNet)
+    radial:grid[,window=none] ``Radial``: video window shrinking with temporal distance
     ========================  ===================================================================
 
 Examples: ``causal``, ``window:256``, ``window:256,64``, ``window:256+sinks:4`` (StreamingLLM),
@@ -44,8 +55,10 @@ import re
 from .base import Dense, Pattern
 from .combine import Intersection, Union
 from .local import Blocked, Causal, Window
+from .neighborhood import Neighborhood
 from .sinks import Sinks
 from .sparse import Dilated, Power, Strided
+from .vision import CrissCross, Halo, MaxViTBlock, MaxViTGrid, Radial, Swin
 
 # name -> (constructor, positional parameter names, accepted keys -> parameter name)
 _PATTERNS = {
@@ -60,6 +73,14 @@ _PATTERNS = {
                 {"block": "block", "local": "local_blocks", "local_blocks": "local_blocks",
                  "stride": "stride", "causal": "causal"}),
     "power": (Power, ("local", "causal"), {"local": "local", "causal": "causal"}),
+    "neighborhood": (Neighborhood, ("grid", "kernel", "dilation", "stride", "causal"),
+                     {k: k for k in ("grid", "kernel", "dilation", "stride", "causal")}),
+    "swin": (Swin, ("grid", "window", "shifted"), {k: k for k in ("grid", "window", "shifted")}),
+    "maxvit_block": (MaxViTBlock, ("grid", "block"), {k: k for k in ("grid", "block")}),
+    "maxvit_grid": (MaxViTGrid, ("grid", "grid_size"), {k: k for k in ("grid", "grid_size")}),
+    "halo": (Halo, ("grid", "block", "halo"), {k: k for k in ("grid", "block", "halo")}),
+    "crisscross": (CrissCross, ("grid",), {"grid": "grid"}),
+    "radial": (Radial, ("grid", "window"), {k: k for k in ("grid", "window")}),
 }
 
 _TOKEN = re.compile(r"\s*(?:(?P<op>[+&()])|(?P<term>[^+&()]+))")
@@ -73,8 +94,10 @@ def _value(text: str, token: str, spec: str):
         return word == "true"
     if re.fullmatch(r"[+-]?\d+", word):
         return int(word)
+    if re.fullmatch(r"\d+(x\d+)+", word):
+        return tuple(int(part) for part in word.split("x"))
     raise ValueError(f"bad value {text.strip()!r} in {token!r} of spec {spec!r}: expected an integer, "
-                     f"none, true or false")
+                     f"per-axis integers such as 64x64, none, true or false")
 
 
 def _term(token: str, spec: str) -> Pattern:
@@ -186,6 +209,10 @@ def _side(value) -> str:
     return "none" if value is None else str(value)
 
 
+def _axes(values) -> str:
+    return "x".join(str(v) for v in values)
+
+
 def to_spec(pattern: Pattern) -> str:
     """Canonical spec string of ``pattern``; ValueError for patterns a spec cannot express
     (``PerHead``, ``FromMask``, ``FromFlex``)."""
@@ -209,6 +236,22 @@ def to_spec(pattern: Pattern) -> str:
                 f"causal={str(pattern.causal).lower()}")
     if kind is Power:
         return f"power:local={pattern.local},causal={str(pattern.causal).lower()}"
+    if kind is Neighborhood and len(set(pattern.causal)) == 1:
+        return (f"neighborhood:grid={_axes(pattern.grid)},kernel={_axes(pattern.kernel)},"
+                f"dilation={_axes(pattern.dilation)},stride={_axes(pattern.stride)},"
+                f"causal={str(pattern.causal[0]).lower()}")
+    if kind is Swin:
+        return f"swin:grid={_axes(pattern.grid)},window={_axes(pattern.window)},shifted={str(pattern.shifted).lower()}"
+    if kind is MaxViTBlock:
+        return f"maxvit_block:grid={_axes(pattern.grid)},block={_axes(pattern.window)}"
+    if kind is MaxViTGrid:
+        return f"maxvit_grid:grid={_axes(pattern.grid)},grid_size={_axes(pattern.grid_size)}"
+    if kind is Halo:
+        return f"halo:grid={_axes(pattern.grid)},block={_axes(pattern.block)},halo={_axes(pattern.halo)}"
+    if kind is CrissCross:
+        return f"crisscross:grid={_axes(pattern.grid)}"
+    if kind is Radial:
+        return f"radial:grid={_axes(pattern.grid)},window={pattern.window}"
     if kind is Union:
         return "+".join(to_spec(p) for p in pattern.parts)
     if kind is Intersection:

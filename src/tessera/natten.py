@@ -1,0 +1,135 @@
+"""Neighborhood attention on 1-, 2- and 3-D token grids with NATTEN's interface: ``na1d``, ``na2d``,
+``na3d``.
+
+The tensors are flattened to ``[B, S, H, D]`` (row-major over the grid), optionally reordered tile
+by tile (``GridLayout``) so that neighborhoods become dense tiles for the block-sparse kernels, run
+through ``tessera.attention`` with the ``Neighborhood`` pattern, and put back in grid shape.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Optional, Union
+
+import torch
+
+from .api import attention
+from .patterns.layout import GridLayout, Permuted, as_axes, choose_tile_shape
+from .patterns.neighborhood import Neighborhood
+
+# Tokens per tile when ``layout="auto"`` reorders the grid (the kernels' query/key tile size).
+AUTO_TILE_TOKENS = 128
+
+
+@functools.lru_cache(maxsize=32)
+def _grid_layout(grid: tuple, tile_shape: tuple) -> GridLayout:
+    return GridLayout(grid, tile_shape)
+
+
+@functools.lru_cache(maxsize=32)
+def _auto_layout(grid, kernel, dilation, stride, causal) -> Optional[GridLayout]:
+    shape = choose_tile_shape(grid, kernel, AUTO_TILE_TOKENS, dilation, stride, causal)
+    return None if shape is None else _grid_layout(grid, shape)
+
+
+def _resolve_layout(layout, grid, kernel, dilation, stride, causal, device) -> Optional[GridLayout]:
+    if isinstance(layout, str):
+        if layout == "row-major":
+            return None
+        if layout == "auto":
+            # The reference backend (CPU) gains nothing from a tiled order; the block-sparse
+            # kernels do, when some tile shape divides the grid.
+            if device.type != "cuda" or math.prod(grid) < 2 * AUTO_TILE_TOKENS:
+                return None
+            return _auto_layout(grid, kernel, dilation, stride, causal)
+        raise ValueError(f"layout must be 'auto', 'row-major' or a tile shape tuple, got {layout!r}")
+    if isinstance(layout, GridLayout):
+        if layout.grid != grid:
+            raise ValueError(f"layout.grid must be the input grid {grid}, got {layout.grid}")
+        return layout
+    if isinstance(layout, (tuple, list)):
+        return _grid_layout(grid, as_axes("layout", tuple(layout), len(grid)))
+    raise TypeError(f"layout must be 'auto', 'row-major', a tile shape tuple or a GridLayout, "
+                    f"got {type(layout).__name__} ({layout!r})")
+
+
+def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size,
+                           dilation=1, stride=1, is_causal=False, *, na_dim: int,
+                           layout: Union[str, tuple, GridLayout] = "auto", backend: str = "auto",
+                           scale: Optional[float] = None, return_lse: bool = False):
+    """N-D neighborhood attention (see ``na1d`` / ``na2d`` / ``na3d``) on ``[B, *grid, H, D]``."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != na_dim + 3:
+            axes = ", ".join(f"X{i}" for i in range(na_dim))
+            raise ValueError(f"{name} must be {na_dim + 3}-D [B, {axes}, H, D] for na{na_dim}d, "
+                             f"got shape {tuple(t.shape)}")
+    grid = tuple(q.shape[1:1 + na_dim])
+    for name, t in (("k", k), ("v", v)):
+        if tuple(t.shape[1:1 + na_dim]) != grid:
+            raise ValueError(f"{name} must have q's token grid {grid}, got {tuple(t.shape[1:1 + na_dim])}")
+    pattern = Neighborhood(grid, kernel_size, dilation=dilation, stride=stride, causal=is_causal)
+    tiled = _resolve_layout(layout, grid, pattern.kernel, pattern.dilation, pattern.stride,
+                            pattern.causal, q.device)
+    batch, n = q.shape[0], math.prod(grid)
+    flat = [t.reshape(batch, n, *t.shape[1 + na_dim:]) for t in (q, k, v)]
+    if tiled is not None:
+        flat = [tiled.permute(t, 1) for t in flat]
+        pattern = Permuted(pattern, tiled)
+    out = attention(*flat, pattern=pattern, scale=scale, return_lse=return_lse, backend=backend)
+    o, lse = out if return_lse else (out, None)
+    if tiled is not None:
+        o = tiled.unpermute(o, 1)
+        lse = None if lse is None else tiled.unpermute(lse, 2)
+    o = o.reshape(batch, *grid, *o.shape[2:])
+    if lse is None:
+        return o
+    return o, lse.reshape(batch, lse.shape[1], *grid)
+
+
+def na1d(q, k, v, kernel_size, dilation=1, stride=1, is_causal=False, *, layout="auto",
+         backend="auto", scale=None, return_lse=False):
+    """1-D neighborhood attention (NATTEN ``na1d``).
+
+    Shapes: q ``[B, L, H_q, D]``, k ``[B, L, H_kv, D]``, v ``[B, L, H_kv, D_v]`` (GQA:
+    ``H_q % H_kv == 0``) -> o ``[B, L, H_q, D_v]``, and with ``return_lse`` also lse
+    ``[B, H_q, L]`` (float32, natural log).
+
+    ``kernel_size``, ``dilation``, ``stride`` (int) and ``is_causal`` (bool) follow NATTEN exactly
+    (see ``tessera.patterns.neighborhood.Neighborhood``): ``kernel_size * dilation <= L``,
+    ``stride <= kernel_size``. ``layout``: ``"row-major"`` (tokens in input order), a tile shape
+    (tokens reordered tile by tile for the kernels; the result is the same), or ``"auto"`` (a tile
+    shape chosen by ``choose_tile_shape`` on CUDA, row-major elsewhere). ``scale`` defaults to
+    ``1/sqrt(D)``; ``backend`` as in ``tessera.attention``.
+    """
+    return neighborhood_attention(q, k, v, kernel_size, dilation, stride, is_causal, na_dim=1,
+                                  layout=layout, backend=backend, scale=scale, return_lse=return_lse)
+
+
+def na2d(q, k, v, kernel_size, dilation=1, stride=1, is_causal=False, *, layout="auto",
+         backend="auto", scale=None, return_lse=False):
+    """2-D neighborhood attention (NATTEN ``na2d``) on ``[B, X, Y, H, D]`` tensors.
+
+    As ``na1d`` with per-axis parameters: ``kernel_size``, ``dilation``, ``stride`` an int or a
+    tuple of 2 ints, ``is_causal`` a bool or a tuple of 2 bools; ``layout`` a tile shape ``(tx, ty)``.
+    Returns o ``[B, X, Y, H_q, D_v]`` (and lse ``[B, H_q, X, Y]``).
+    """
+    return neighborhood_attention(q, k, v, kernel_size, dilation, stride, is_causal, na_dim=2,
+                                  layout=layout, backend=backend, scale=scale, return_lse=return_lse)
+
+
+def na3d(q, k, v, kernel_size, dilation=1, stride=1, is_causal=False, *, layout="auto",
+         backend="auto", scale=None, return_lse=False):
+    """3-D neighborhood attention (NATTEN ``na3d``) on ``[B, X, Y, Z, H, D]`` tensors (video:
+    ``X`` frames).
+
+    As ``na1d`` with per-axis parameters (ints or tuples of 3); ``layout`` a tile shape
+    ``(tx, ty, tz)``. Returns o ``[B, X, Y, Z, H_q, D_v]`` (and lse ``[B, H_q, X, Y, Z]``).
+    """
+    return neighborhood_attention(q, k, v, kernel_size, dilation, stride, is_causal, na_dim=3,
+                                  layout=layout, backend=backend, scale=scale, return_lse=return_lse)
+
+
+__all__ = ["na1d", "na2d", "na3d", "neighborhood_attention"]
