@@ -60,7 +60,7 @@ def _leaf_like(t, dtype):
 
 def _cast_extra(extra: dict, dtype):
     """Copies of the learnable tensors of a call (sinks, bias parameters) in ``dtype``."""
-    from tessera.bias import ALiBi, TensorBias
+    from tessera.bias import ALiBi, LowRank, RelativePosition, TensorBias
     out = dict(extra)
     if extra.get("sinks") is not None:
         out["sinks"] = _leaf_like(extra["sinks"], torch.float64 if dtype == torch.float64 else extra["sinks"].dtype)
@@ -69,11 +69,17 @@ def _cast_extra(extra: dict, dtype):
         out["bias"] = TensorBias(_leaf_like(bias.tensor, torch.float64 if dtype == torch.float64 else bias.tensor.dtype))
     if isinstance(bias, ALiBi):
         out["bias"] = ALiBi(_leaf_like(bias.slopes, torch.float64 if dtype == torch.float64 else bias.slopes.dtype))
+    if isinstance(bias, LowRank):
+        to = torch.float64 if dtype == torch.float64 else bias.u.dtype
+        out["bias"] = LowRank(_leaf_like(bias.u, to), _leaf_like(bias.w, to))
+    if isinstance(bias, RelativePosition):
+        to = torch.float64 if dtype == torch.float64 else bias.table.dtype
+        out["bias"] = RelativePosition(_leaf_like(bias.table, to), bias.grid)
     return out
 
 
 def _learnables(extra: dict) -> list[torch.Tensor]:
-    from tessera.bias import ALiBi, TensorBias
+    from tessera.bias import ALiBi, LowRank, RelativePosition, TensorBias
     found = []
     if extra.get("sinks") is not None and extra["sinks"].requires_grad:
         found.append(extra["sinks"])
@@ -82,6 +88,10 @@ def _learnables(extra: dict) -> list[torch.Tensor]:
         found.append(bias.tensor)
     if isinstance(bias, ALiBi) and bias.slopes.requires_grad:
         found.append(bias.slopes)
+    if isinstance(bias, LowRank):
+        found += [t for t in (bias.u, bias.w) if t.requires_grad]
+    if isinstance(bias, RelativePosition) and bias.table.requires_grad:
+        found.append(bias.table)
     return found
 
 

@@ -13,7 +13,7 @@ from flash_cases import check_against_reference, make_call, make_inputs
 pytestmark = pytest.mark.gpu
 
 if torch.cuda.is_available():
-    from tessera.bias import ALiBi, TensorBias
+    from tessera.bias import ALiBi, LowRank, RelativePosition, TensorBias
     from tessera.kernels.triton.backend import run
     from tessera.patterns import Causal, FromMask, Power, Strided, Window
     from tessera.patterns.blocksparse import BlockSparse
@@ -39,14 +39,16 @@ def _patterns():
         "dense": None,
         "causal": Causal(),
         "window": Window(300, 0),
-        "power": Power(128),
+        "power": Power(128),           # bitmask tiles at 128 x 128
+        "power256": Power(256),        # one offset interval per tile: per-tile bands
         "strided": Strided(block=64, local_blocks=2, stride=4),
         "blocksparse": BlockSparse.random(2048, 0.3, block=96, seed=3),
     }
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("name", ["dense", "causal", "window", "power", "strided", "blocksparse"])
+@pytest.mark.parametrize("name", ["dense", "causal", "window", "power", "power256", "strided",
+                                  "blocksparse"])
 def test_patterns_forward_backward(name, dtype):
     pattern = _patterns()[name]
     q, k, v = make_inputs(2, 1000, 1500, 8, 2, 128, dtype, DEVICE)
@@ -94,6 +96,24 @@ def test_score_variants(variant, dtype):
     elif variant == "tensor_bias":
         extra["bias"] = TensorBias(torch.randn(1, heads, 700, 900, device=DEVICE).requires_grad_())
     check_against_reference(q, k, v, Window(400, 50), **extra)
+
+
+@pytest.mark.parametrize("rank, broadcast, dtype", [(8, True, torch.bfloat16), (64, False, torch.float16),
+                                                    (3, False, torch.float32)])
+def test_low_rank_bias(rank, broadcast, dtype):
+    heads = 4
+    q, k, v = make_inputs(2, 700, 900, heads, 2, 128, dtype, DEVICE)
+    u = torch.randn(1 if broadcast else 2, heads, 700, rank, device=DEVICE, dtype=dtype) / math.sqrt(rank)
+    w = torch.randn(2, 1 if broadcast else heads, 900, rank, device=DEVICE, dtype=dtype)
+    check_against_reference(q, k, v, Power(256), bias=LowRank(u.requires_grad_(), w.requires_grad_()))
+
+
+@pytest.mark.parametrize("grid, table_heads", [((24, 40), 4), ((4, 8, 30), 1), ((960,), 4)])
+def test_relative_position_bias(grid, table_heads):
+    seq = math.prod(grid)
+    q, k, v = make_inputs(2, seq, seq, 4, 2, 64, torch.bfloat16, DEVICE)
+    table = torch.randn(table_heads, *(2 * g - 1 for g in grid), device=DEVICE).requires_grad_()
+    check_against_reference(q, k, v, Causal(), bias=RelativePosition(table, grid))
 
 
 def test_every_softmax_variant_at_once_head_dim_128():

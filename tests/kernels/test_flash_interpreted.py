@@ -30,11 +30,11 @@ if not IN_INTERPRETER:
 
 else:
     from flash_cases import check_against_reference, make_call, make_inputs
-    from tessera.bias import ALiBi, LowRank, TensorBias
+    from tessera.bias import ALiBi, LowRank, RelativePosition, TensorBias
     from tessera.kernels.triton import masks, tuning
     from tessera.kernels.triton.backend import kernels_interpreted, run, supports
     from tessera.kernels.triton.tuning import KernelConfig
-    from tessera.patterns import Causal, Dense, FromMask, PerHead, Power, Window
+    from tessera.patterns import Causal, Dense, Dilated, FromMask, PerHead, Power, Window
 
     pytestmark = pytest.mark.skipif(not kernels_interpreted(),
                                     reason="triton was imported before TRITON_INTERPRET=1 was set")
@@ -79,15 +79,29 @@ else:
         q, k, v = make_inputs(1, 70, 70, 2, 1, 64, torch.float32, dim_v=32)
         check_against_reference(q, k, v, Window(20, 20))
 
-    def test_bitmask_pattern_power_fp32(monkeypatch):
-        # Power's offset set has many intervals: partial tiles go through packed bitmasks; a
-        # 64-wide key tile exercises two mask words per row.
+    def test_bitmask_pattern_dilated_fp32(monkeypatch):
+        # A dilated window meets each partial tile in many offset intervals: partial tiles go
+        # through packed bitmasks; a 64-wide key tile exercises two mask words per row.
         monkeypatch.setitem(tuning.OVERRIDES, "fwd", KernelConfig(32, 64, 4, 1))
         monkeypatch.setitem(tuning.OVERRIDES, "dq", KernelConfig(32, 64, 4, 1))
         q, k, v = make_inputs(1, 130, 130, 2, 2, 32, torch.float32)
-        plan = masks.get_plan(Power(8), 130, 130, 32, 64, 2, q.device)
+        plan = masks.get_plan(Dilated(20, 3), 130, 130, 32, 64, 2, q.device)
         assert plan.mask_mode == masks.MASK_BITS
-        check_against_reference(q, k, v, Power(8))
+        check_against_reference(q, k, v, Dilated(20, 3))
+
+
+    @pytest.mark.parametrize("pattern, bands", [(Power(128), 1), (Power(8), 4)])
+    def test_per_tile_band_patterns_fp16(pattern, bands):
+        # Power(128) meets each partial tile in one interval of its offset set (band [0, 128] or
+        # the diagonal d = 256); Power(8) in up to four (band [0, 8], diagonals 16, 32, 64):
+        # per-tile bands, no bitmask, in all three kernels.
+        q, k, v = make_inputs(1, 200, 300, 2, 1, 32, torch.float16)
+        for name in ("fwd", "dq", "dkdv"):
+            config = tuning.kernel_config(name, 32, torch.float16, True, True)
+            plan = masks.get_plan(pattern, 200, 300, config.block_m, config.block_n, 2, q.device)
+            assert plan.mask_mode == masks.MASK_TILE_BAND, name
+            assert plan.bands_per_tile == bands, name
+        check_against_reference(q, k, v, pattern)
 
 
     def test_head_dependent_mask_with_empty_rows_fp16():
@@ -128,6 +142,51 @@ else:
             extra["bias"] = TensorBias(torch.randn(1, heads, 70, 90).requires_grad_())
         check_against_reference(q, k, v, Causal(), **extra)
 
+
+    def _factors(batch, heads, q_len, k_len, rank, dtype, broadcast):
+        """Learnable low-rank factors; ``broadcast`` gives u one batch row and w one head."""
+        u = torch.randn(1 if broadcast else batch, heads, q_len, rank, dtype=dtype)
+        w = torch.randn(batch, 1 if broadcast else heads, k_len, rank, dtype=dtype)
+        return LowRank((u * 0.5).requires_grad_(), (w * 0.5).requires_grad_())
+
+    def test_low_rank_bias_gqa_unequal_lengths_broadcast_fp32():
+        # GQA 4:2, S_q != S_k, a causal pattern (partial tiles and lengths cut mid-tile), u shared
+        # by the batch and w by the heads (stride-0 reads; gradients summed in torch), rank 5
+        # padded to 16 in-kernel.
+        q, k, v = make_inputs(2, 70, 100, 4, 2, 32, torch.float32)
+        bias = _factors(2, 4, 70, 100, 5, torch.float32, broadcast=True)
+        errors = check_against_reference(q, k, v, Causal(), bias=bias)
+        assert set(errors) >= {"o", "lse", "dq", "dk", "dv", "dextra0", "dextra1"}
+
+    def test_low_rank_bias_bitmask_pattern_fp16():
+        # A head-dependent element mask (bitmask tiles), rank 32, full-size factors, fp16.
+        heads, q_len, k_len = 2, 64, 90
+        allowed = torch.rand(heads, q_len, k_len) < 0.4
+        q, k, v = make_inputs(1, q_len, k_len, heads, 1, 32, torch.float16)
+        bias = _factors(1, heads, q_len, k_len, 32, torch.float16, broadcast=False)
+        check_against_reference(q, k, v, FromMask(allowed), bias=bias)
+
+    def test_low_rank_bias_only_u_learnable_with_softcap_fp32():
+        # Softcap is applied before the bias: du must not carry the softcap derivative.
+        q, k, v = make_inputs(1, 40, 40, 2, 2, 32, torch.float32)
+        q.data.mul_(3.0)
+        bias = _factors(1, 2, 40, 40, 3, torch.float32, broadcast=False)
+        bias.w.requires_grad_(False)
+        check_against_reference(q, k, v, Window(12, 0), bias=bias, softcap=2.0)
+
+    @pytest.mark.parametrize("grid, heads, kv_heads, table_heads, dtype, pattern", [
+        ((6, 11), 4, 2, 4, torch.float32, Causal()),          # 2-D, GQA, per-head table
+        ((3, 4, 6), 2, 1, 1, torch.float16, Window(20, 7)),   # 3-D, one table for all heads
+        ((90,), 2, 2, 2, torch.float32, None),                # 1-D (T5-style offsets), dense
+    ])
+    def test_relative_position_bias(grid, heads, kv_heads, table_heads, dtype, pattern):
+        # The table is gathered in-kernel from the grid coordinates of each (query, key) pair; its
+        # gradient is a deterministic per-query-tile scatter-sum reduced in torch.
+        seq = math.prod(grid)
+        q, k, v = make_inputs(1, seq, seq, heads, kv_heads, 32, dtype)
+        table = torch.randn(table_heads, *(2 * g - 1 for g in grid), dtype=dtype).requires_grad_()
+        errors = check_against_reference(q, k, v, pattern, bias=RelativePosition(table, grid))
+        assert "dextra0" in errors
 
     def test_sinks_fully_masked_rows_give_sink_lse():
         heads = 2
@@ -237,6 +296,10 @@ else:
         q, k, v = make_inputs(1, 16, 16, 2, 2, 32, torch.float64, requires_grad=False)
         assert "dtype" in supports(make_call(q, k, v))
         q, k, v = make_inputs(1, 16, 16, 2, 2, 32, torch.float32, requires_grad=False)
-        low_rank = LowRank(torch.randn(1, 2, 16, 4), torch.randn(1, 2, 16, 4))
-        assert "LowRank" in supports(make_call(q, k, v, bias=low_rank))
+        wide = LowRank(torch.randn(1, 2, 16, 65), torch.randn(1, 2, 16, 65))
+        assert "rank" in supports(make_call(q, k, v, bias=wide))
+        table = RelativePosition(torch.randn(2, 7, 9), (4, 5))
+        assert "S_q == S_k == 20" in supports(make_call(q, k, v, bias=table))
+        table = RelativePosition(torch.randn(2, 1, 1, 1, 7), (1, 1, 1, 4))
+        assert "3 dims" in supports(make_call(q, k, v, bias=table))
         assert "CPU" in supports(make_call(q.to("meta"), k.to("meta"), v.to("meta")))

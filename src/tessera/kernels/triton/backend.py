@@ -2,9 +2,12 @@
 
 ``run(call)`` returns ``(o [B, S_q, H_q, D_v], lse float32 [B, H_q, S_q])`` (lse None for sigmoid
 scores) and records an autograd node when any input tensor requires grad: gradients reach q, k, v,
-``sinks``, ALiBi ``slopes`` and a ``TensorBias`` tensor. The backward is deterministic (no atomics).
-Varlen calls (``cu_seqlens``) launch the kernels once per sequence. Not supported (``supports``
-says so): ``LowRank`` and ``RelativePosition`` biases, float64.
+``sinks``, ALiBi ``slopes``, a ``TensorBias`` tensor, ``LowRank`` factors ``u``, ``w`` (rank up
+to 64; the bias ``u @ w^T`` is formed per tile in-kernel, never as a whole) and a
+``RelativePosition`` table (grids of up to 3 dims; gathered per tile in-kernel; its gradient is
+summed per (batch, head, query tile) in the dq kernel, then in torch). The backward is
+deterministic (no atomics). Varlen calls (``cu_seqlens``) launch the kernels once per sequence.
+Not supported (``supports`` says so): float64 q/k/v.
 
 Runs on CUDA tensors; on CPU tensors only under ``TRITON_INTERPRET=1`` (Triton's interpreter, slow:
 for tests). fp32 inputs use tf32 dot products when ``torch.backends.cuda.matmul.allow_tf32`` is
@@ -20,7 +23,7 @@ from typing import Optional
 import torch
 from triton.runtime.errors import OutOfResources
 
-from ...bias import ALiBi, TensorBias
+from ...bias import ALiBi, LowRank, RelativePosition, TensorBias
 from ...patterns.base import Dense
 from ..registry import AttentionCall, register_backend
 from . import flash_bwd, flash_fwd
@@ -30,6 +33,7 @@ from .tuning import KernelConfig, kernel_config
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAX_HEAD_DIM = 256
+_MAX_RANK = 64
 
 
 def kernels_interpreted() -> bool:
@@ -49,6 +53,7 @@ class _Spec:
     sigmoid_bias: Optional[float]
     precision: str
     interpret: bool
+    grid: Optional[tuple] = None        # RelativePosition token grid
 
 
 def supports(call: AttentionCall) -> Optional[str]:
@@ -65,13 +70,37 @@ def supports(call: AttentionCall) -> Optional[str]:
         return f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
     if max(q.shape[-1], v.shape[-1]) > _MAX_HEAD_DIM:
         return f"head dims up to {_MAX_HEAD_DIM}, got D={q.shape[-1]}, D_v={v.shape[-1]}"
-    if call.bias is not None and not isinstance(call.bias, (ALiBi, TensorBias)):
-        return (f"bias {type(call.bias).__name__} is not supported (TensorBias and ALiBi are); "
-                f"materialize it as a TensorBias")
+    if call.bias is not None and not isinstance(call.bias, (ALiBi, TensorBias, LowRank,
+                                                            RelativePosition)):
+        return (f"bias {type(call.bias).__name__} is not supported (TensorBias, ALiBi, LowRank and "
+                f"RelativePosition are); materialize it as a TensorBias")
+    if isinstance(call.bias, RelativePosition):
+        reason = _rel_pos_reason(call)
+        if reason is not None:
+            return reason
+    if isinstance(call.bias, LowRank) and call.bias.u.shape[-1] > _MAX_RANK:
+        return (f"LowRank rank up to {_MAX_RANK}, got R={call.bias.u.shape[-1]}; materialize it as "
+                f"a TensorBias")
     if call.score == "sigmoid" and call.sinks is not None:
         return "sinks join a softmax denominator; sigmoid scores have none"
     if call.cu_seqlens_q is None and (q.shape[1] == 0 or k.shape[1] == 0):
         return "empty sequences are not supported"
+    return None
+
+
+def _rel_pos_reason(call: AttentionCall) -> Optional[str]:
+    bias: RelativePosition = call.bias
+    if len(bias.grid) > 3:
+        return f"RelativePosition grids of up to 3 dims, got {bias.grid}"
+    if call.cu_seqlens_q is None:
+        lengths = [(call.q.shape[1], call.k.shape[1])]
+    else:
+        cu_q, cu_k = call.cu_seqlens_q.tolist(), call.cu_seqlens_k.tolist()
+        lengths = [(cu_q[i + 1] - cu_q[i], cu_k[i + 1] - cu_k[i]) for i in range(len(cu_q) - 1)]
+    for q_len, k_len in lengths:
+        if q_len != bias.num_tokens or k_len != bias.num_tokens:
+            return (f"RelativePosition over grid {bias.grid} needs S_q == S_k == {bias.num_tokens}, "
+                    f"got S_q={q_len}, S_k={k_len}")
     return None
 
 
@@ -130,22 +159,32 @@ def _shrink(kernel: str, original: KernelConfig, current: KernelConfig, variant:
     return smaller
 
 
-def _forward(spec: _Spec, q, k, v, sinks, slopes, bias):
+def _low_rank(u, w):
+    return None if u is None else (u, w)
+
+
+def _rel_pos(spec: _Spec, table):
+    return None if table is None else (table, spec.grid)
+
+
+def _forward(spec: _Spec, q, k, v, sinks, slopes, bias, u, w, table):
     original = _configs(q, v, spec.interpret, spec.pattern)["fwd"]
-    variant = _variant(spec, q, v, sinks, slopes, bias)
+    variant = _variant(spec, q, v, sinks, slopes, bias, u, table)
     config = _fitting("fwd", original, variant)
     while True:
         try:
             return flash_fwd.forward(q, k, v, _plan(spec, q, k, config), scale=spec.scale,
                                      config=config, softcap=spec.softcap, sinks=sinks,
-                                     slopes=slopes, bias=bias, sigmoid_bias=spec.sigmoid_bias,
+                                     slopes=slopes, bias=bias, low_rank=_low_rank(u, w),
+                                     rel_pos=_rel_pos(spec, table), sigmoid_bias=spec.sigmoid_bias,
                                      precision=spec.precision)
         except OutOfResources as error:
             config = _shrink("fwd", original, config, variant, error)
 
 
 def _sum_to(grad: torch.Tensor, shape) -> torch.Tensor:
-    """Sum a ``[B, H, S_q, S_k]`` gradient over the dims a bias of ``shape`` broadcasts along."""
+    """Sum a ``[B, H, ...]`` gradient over the dims a bias (or factor) of ``shape`` broadcasts
+    along."""
     dims = tuple(i for i, s in enumerate(shape) if s == 1 and grad.shape[i] != 1)
     return grad.sum(dims, keepdim=True) if dims else grad
 
@@ -154,33 +193,38 @@ class FlashAttention(torch.autograd.Function):
     """Autograd node over the forward and backward kernels."""
 
     @staticmethod
-    def forward(ctx, q, k, v, sinks, slopes, bias, spec: _Spec):
-        o, lse = _forward(spec, q, k, v, sinks, slopes, bias)
+    def forward(ctx, q, k, v, sinks, slopes, bias, u, w, table, spec: _Spec):
+        o, lse = _forward(spec, q, k, v, sinks, slopes, bias, u, w, table)
         if lse is None:
             lse = torch.empty(0, dtype=torch.float32, device=q.device)
-        ctx.save_for_backward(q, k, v, o, lse, sinks, slopes, bias)
+        ctx.save_for_backward(q, k, v, o, lse, sinks, slopes, bias, u, w, table)
         ctx.spec = spec
         ctx.mark_non_differentiable(lse)
         return o, lse
 
     @staticmethod
     def backward(ctx, do, _dlse):
-        q, k, v, o, lse, sinks, slopes, bias = ctx.saved_tensors
+        q, k, v, o, lse, sinks, slopes, bias, u, w, table = ctx.saved_tensors
         spec: _Spec = ctx.spec
         original = _configs(q, v, spec.interpret, spec.pattern)
         do = _head_contiguous(do)
         bias_grad = bias is not None and ctx.needs_input_grad[5]
         slope_grad = slopes is not None and ctx.needs_input_grad[4]
-        variant = _variant(spec, q, v, sinks, slopes, bias) + (bias_grad, slope_grad)
+        low_rank_grad = u is not None and (ctx.needs_input_grad[6] or ctx.needs_input_grad[7])
+        table_grad = table is not None and ctx.needs_input_grad[8]
+        variant = (_variant(spec, q, v, sinks, slopes, bias, u, table)
+                   + (bias_grad, slope_grad, low_rank_grad, table_grad))
         configs = {name: _fitting(name, original[name], variant) for name in ("dq", "dkdv")}
         while True:
             try:
-                dq, dk, dv, dbias, dslopes = flash_bwd.backward(
+                dq, dk, dv, dbias, dslopes, du, dw, dtable = flash_bwd.backward(
                     do, q, k, v, o, lse, _plan(spec, q, k, configs["dq"]),
                     _plan(spec, q, k, configs["dkdv"]), scale=spec.scale,
                     dq_config=configs["dq"], dkdv_config=configs["dkdv"], softcap=spec.softcap,
-                    slopes=slopes, bias=bias, sigmoid_bias=spec.sigmoid_bias, bias_grad=bias_grad,
-                    slope_grad=slope_grad, precision=spec.precision)
+                    slopes=slopes, bias=bias, low_rank=_low_rank(u, w),
+                    rel_pos=_rel_pos(spec, table), sigmoid_bias=spec.sigmoid_bias,
+                    bias_grad=bias_grad, slope_grad=slope_grad, low_rank_grad=low_rank_grad,
+                    rel_pos_grad=table_grad, precision=spec.precision)
                 break
             except OutOfResources as error:
                 name = getattr(error, "kernel", "dq")
@@ -195,7 +239,14 @@ class FlashAttention(torch.autograd.Function):
             dbias = _sum_to(dbias, bias.shape).to(bias.dtype)
         if dslopes is not None:
             dslopes = dslopes.to(slopes.dtype)
-        return dq, dk, dv, dsinks, dslopes, dbias, None
+        if du is not None:
+            du = _sum_to(du, u.shape).to(u.dtype) if ctx.needs_input_grad[6] else None
+            dw = _sum_to(dw, w.shape).to(w.dtype) if ctx.needs_input_grad[7] else None
+        if dtable is not None:
+            if table.shape[0] == 1:
+                dtable = dtable.sum(0, keepdim=True)
+            dtable = dtable.view(table.shape).to(table.dtype)
+        return dq, dk, dv, dsinks, dslopes, dbias, du, dw, dtable, None
 
 
 def run(call: AttentionCall):
@@ -211,19 +262,32 @@ def _run_one(call: AttentionCall, q, k, v, bias_spec):
     sigmoid_bias = None
     if call.score == "sigmoid":
         sigmoid_bias = call.sigmoid_bias if call.sigmoid_bias is not None else -math.log(k.shape[1])
+    grid = bias_spec.grid if isinstance(bias_spec, RelativePosition) else None
     spec = _Spec(call.pattern, float(call.scale), call.softcap, sigmoid_bias,
-                 _precision(q.dtype, INTERPRETED), INTERPRETED)
+                 _precision(q.dtype, INTERPRETED), INTERPRETED, grid)
     slopes = bias_spec.slopes if isinstance(bias_spec, ALiBi) else None
     bias = bias_spec.tensor if isinstance(bias_spec, TensorBias) else None
+    u = w = None
+    if isinstance(bias_spec, LowRank):
+        u, w = (_factor(t) for t in (bias_spec.u, bias_spec.w))
+    table = bias_spec.table.contiguous() if isinstance(bias_spec, RelativePosition) else None
     sinks = call.sinks
-    tensors = (q, k, v, sinks, slopes, bias)
+    tensors = (q, k, v, sinks, slopes, bias, u, w, table)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        o, lse = FlashAttention.apply(q, k, v, sinks, slopes, bias, spec)
+        o, lse = FlashAttention.apply(q, k, v, sinks, slopes, bias, u, w, table, spec)
     else:
-        o, lse = _forward(spec, q, k, v, sinks, slopes, bias)
+        o, lse = _forward(spec, q, k, v, sinks, slopes, bias, u, w, table)
     if call.score == "sigmoid":
         lse = None
     return o, lse
+
+
+def _factor(t: torch.Tensor) -> torch.Tensor:
+    """A low-rank factor as the kernels read it: float64 computed in float32 (Triton dots have no
+    float64), rank dim contiguous."""
+    if t.dtype == torch.float64:
+        t = t.to(torch.float32)
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
 
 
 def _run_varlen(call: AttentionCall):

@@ -4,9 +4,12 @@ Three steps, no atomics:
   * ``delta = rowsum(o * do)`` (float32 ``[B, H_q, S_q]``, torch);
   * dk/dv: one program per (key tile, batch x kv head); it loops over the query heads of its GQA
     group and, for each, over the query tiles that list this key tile (the plan's transposed
-    lists), recomputing ``p = exp(z - lse)``;
-  * dq: one program per (query tile, batch x query head) over the listed key tiles; it also writes
-    the tensor-bias gradient tile ``dz`` and the ALiBi slope gradient partial sums when asked.
+    lists), recomputing ``p = exp(z - lse)``; with low-rank factors it also writes
+    ``dw = dS^T @ u`` for each query head of the group;
+  * dq: one program per (query tile, batch x query head) over the listed key tiles; it also writes,
+    when asked, the tensor-bias gradient tile ``dz``, the ALiBi slope gradient partial sums,
+    ``du = dS @ w`` and the relative-position table gradient summed over its query tile (one
+    buffer per program). Sums over broadcast dims, tiles and batches happen in torch.
 Masking and score variants are the forward's (``scoring.score_tile``).
 """
 
@@ -16,26 +19,31 @@ import torch
 import triton
 import triton.language as tl
 
-from .flash_fwd import LOG2E, broadcast_strides, tma_ok
+from .flash_fwd import LOG2E, broadcast_strides, low_rank_args, rank_pad, rel_pos_args, tma_ok
 from triton.runtime.errors import OutOfResources
 from triton.tools.tensor_descriptor import TensorDescriptor
-from .scoring import INTERPRETED, interpreter_range, score_tile
+from .scoring import (INTERPRETED, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
+                      rel_pos_table_grad, rel_pos_tile, score_tile)
 
 if INTERPRETED:
     range = interpreter_range  # noqa: A001
 
 
 @triton.jit
-def _dkdv_tiles(dk, dv, k, v, q_base, do_base, s_qs, s_dos, q_desc, do_desc, b, h, lse_base, delta_base,
-                idx_ptr, bits_idx_ptr, count, BITS, k_pos, offs_n, offs_m, offs_d, offs_dv, S_Q, S_K,
+def _dkdv_tiles(dk, dv, dw, k, v, q_base, do_base, s_qs, s_dos, q_desc, do_desc, b, h, lse_base,
+                delta_base, idx_ptr, bits_idx_ptr, count, BITS, TILE_BAND, k_pos, offs_n, offs_m,
+                offs_d, offs_dv, S_Q, S_K,
                 scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
-                bias_base, s_bias_m, s_bias_n,
+                bias_base, s_bias_m, s_bias_n, w, u_base, s_um, s_ur, offs_r, RANK,
+                table_base, fk, G1, G2, center,
                 HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr, MASKED: tl.constexpr, MASK_MODE: tl.constexpr,
                 SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, TENSOR_BIAS: tl.constexpr,
+                LOW_RANK: tl.constexpr, LOW_RANK_GRAD: tl.constexpr, REL_POS: tl.constexpr,
                 SIGMOID: tl.constexpr, PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
-                D_PAD: tl.constexpr, DV_PAD: tl.constexpr):
+                D_PAD: tl.constexpr, DV_PAD: tl.constexpr, NB: tl.constexpr):
     NW: tl.constexpr = BLOCK_N // 32
+    TILE_BIAS: tl.constexpr = LOW_RANK or REL_POS
     for t in range(count):
         m = tl.load(idx_ptr + t)
         q_row = m * BLOCK_M + offs_m
@@ -65,10 +73,21 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, s_qs, s_dos, q_desc, do_desc, b, 
         if MASKED:
             if MASK_MODE == 2:
                 bits_base = BITS + tl.load(bits_idx_ptr + t).to(tl.int64) * (BLOCK_M * NW)
+            if MASK_MODE == 3:
+                bits_base = TILE_BAND + tl.load(bits_idx_ptr + t).to(tl.int64) * (2 * NB)
+        tile_bias_t = qk_t
+        u = q
+        if LOW_RANK:
+            u = load_factor_rows(u_base, q_row, offs_r, s_um, s_ur, S_Q, RANK, MASKED)
+            tile_bias_t = low_rank_tile(w, u, PRECISION)                             # [BN, BM]
+        if REL_POS:
+            in_bounds = (q_row[None, :] < S_Q) & (k_pos[:, None] < S_K)
+            tile_bias_t = rel_pos_tile(table_base, grid_flat(q_row, G1, G2)[None, :], fk[:, None],
+                                       center, in_bounds)
         z2, th = score_tile(qk_t, q_row[None, :], q_pos[None, :], k_pos[:, None], offs_m[None, :],
                             offs_n[:, None], S_Q, S_K, scale, qk_scale, softcap, slope, band_lo,
-                            band_hi, bias_base, s_bias_m, s_bias_n, bits_base,
-                            MASKED, MASK_MODE, SOFTCAP, ALIBI, TENSOR_BIAS, NW)
+                            band_hi, bias_base, s_bias_m, s_bias_n, bits_base, tile_bias_t,
+                            MASKED, MASK_MODE, SOFTCAP, ALIBI, TENSOR_BIAS, TILE_BIAS, NW, NB)
         dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)                   # [BN, BM]
         if SIGMOID:
             p_t = 1.0 / (1.0 + tl.exp2(-(z2 + sig_bias2)))
@@ -76,31 +95,37 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, s_qs, s_dos, q_desc, do_desc, b, 
         else:
             # Fully masked rows have lse = -inf: read as +inf so that p = 0 there.
             lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
-            if MASKED or SOFTCAP or ALIBI or TENSOR_BIAS:
+            if MASKED or SOFTCAP or ALIBI or TENSOR_BIAS or TILE_BIAS:
                 p_t = tl.exp2(z2 - lse2[None, :])
             else:
                 p_t = tl.exp2(qk_t * qk_scale - lse2[None, :])
             ds_t = p_t * (dp_t - delta[None, :])
+        if LOW_RANK_GRAD:
+            dw += tl.dot(ds_t.to(u.dtype), u, input_precision=PRECISION)
         if SOFTCAP:
             ds_t = ds_t * (1.0 - th * th)
         dv += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)
         dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION)
-    return dk, dv
+    return dk, dv, dw
 
 
 @triton.jit(do_not_specialize=["S_Q", "S_K"])
-def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV,
-                   FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, PART_BITS, BITS, SLOPES, BIAS,
+def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV, DW,
+                   FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, PART_BITS, BITS, TILE_BAND, SLOPES, BIAS,
+                   U, W, TABLE,
                    s_qb, s_qs, s_qh, s_kb, s_ks, s_kh, s_vb, s_vs, s_vh, s_dob, s_dos, s_doh,
                    s_dkb, s_dks, s_dkh, s_dvb, s_dvs, s_dvh,
                    s_bias_b, s_bias_h, s_bias_m, s_bias_n,
+                   s_ub, s_uh, s_um, s_ur, s_wb, s_wh, s_wn, s_wr, RANK,
+                   s_th, G1, G2, CENTER,
                    H_Q, H_KV, GROUP, S_Q, S_K, MAP_HEADS, N_K_TILES, FULL_W, PART_W,
                    scale, qk_scale, softcap, band_lo, band_hi, sig_bias2,
                    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr,
                    DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    MASK_MODE: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
-                   TENSOR_BIAS: tl.constexpr, SIGMOID: tl.constexpr, PRECISION: tl.constexpr,
-                   USE_TMA: tl.constexpr):
+                   TENSOR_BIAS: tl.constexpr, LOW_RANK: tl.constexpr, LOW_RANK_GRAD: tl.constexpr,
+                   R_PAD: tl.constexpr, REL_POS: tl.constexpr, SIGMOID: tl.constexpr,
+                   PRECISION: tl.constexpr, USE_TMA: tl.constexpr, TILE_BANDS: tl.constexpr):
     n = tl.program_id(0)
     bhk = tl.program_id(1)
     b = bhk // H_KV
@@ -121,6 +146,10 @@ def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV,
                 mask=k_ok[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
     dk = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, DV_PAD], dtype=tl.float32)
+    offs_r = tl.arange(0, R_PAD)
+    fk = k_pos
+    if REL_POS:
+        fk = grid_flat(k_pos, G1, G2)
 
     for g in range(GROUP):
         h = hk * GROUP + g
@@ -136,26 +165,42 @@ def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV,
         bias_base = BIAS
         if TENSOR_BIAS:
             bias_base = BIAS + b.to(tl.int64) * s_bias_b + h.to(tl.int64) * s_bias_h
+        # Low-rank bias: this head's w rows of the key tile, and dw of (b, h) for this key tile
+        # (each query head writes its own slice; broadcast dims are summed in torch).
+        w = k
+        u_base = U
+        dw = tl.zeros([BLOCK_N, R_PAD], dtype=tl.float32)
+        if LOW_RANK:
+            w = load_factor_rows(W + b.to(tl.int64) * s_wb + h.to(tl.int64) * s_wh, k_pos, offs_r,
+                                 s_wn, s_wr, S_K, RANK, True)
+            u_base = U + b.to(tl.int64) * s_ub + h.to(tl.int64) * s_uh
+        table_base = TABLE + h.to(tl.int64) * s_th
         part_count = tl.load(PART_CNT + row)
-        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, s_qs, s_dos, Q_DESC, DO_DESC, b, h,
-                             lse_base, delta_base,
+        dk, dv, dw = _dkdv_tiles(dk, dv, dw, k, v, q_base, do_base, s_qs, s_dos, Q_DESC, DO_DESC,
+                             b, h, lse_base, delta_base,
                              PART_IDX + row.to(tl.int64) * PART_W,
-                             PART_BITS + row.to(tl.int64) * PART_W, part_count, BITS,
+                             PART_BITS + row.to(tl.int64) * PART_W, part_count, BITS, TILE_BAND,
                              k_pos, offs_n, offs_m, offs_d, offs_dv, S_Q, S_K,
                              scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
-                             bias_base, s_bias_m, s_bias_n, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_N,
-                             True, MASK_MODE, SOFTCAP, ALIBI, TENSOR_BIAS, SIGMOID, PRECISION,
-                             USE_TMA, D_PAD, DV_PAD)
+                             bias_base, s_bias_m, s_bias_n, w, u_base, s_um, s_ur, offs_r, RANK,
+                             table_base, fk, G1, G2, CENTER, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_N,
+                             True, MASK_MODE, SOFTCAP, ALIBI, TENSOR_BIAS, LOW_RANK, LOW_RANK_GRAD,
+                             REL_POS, SIGMOID, PRECISION, USE_TMA, D_PAD, DV_PAD, TILE_BANDS)
         full_count = tl.load(FULL_CNT + row)
-        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, s_qs, s_dos, Q_DESC, DO_DESC, b, h,
-                             lse_base, delta_base,
+        dk, dv, dw = _dkdv_tiles(dk, dv, dw, k, v, q_base, do_base, s_qs, s_dos, Q_DESC, DO_DESC,
+                             b, h, lse_base, delta_base,
                              FULL_IDX + row.to(tl.int64) * FULL_W,
-                             FULL_IDX + row.to(tl.int64) * FULL_W, full_count, BITS,
+                             FULL_IDX + row.to(tl.int64) * FULL_W, full_count, BITS, TILE_BAND,
                              k_pos, offs_n, offs_m, offs_d, offs_dv, S_Q, S_K,
                              scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
-                             bias_base, s_bias_m, s_bias_n, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_N,
-                             False, MASK_MODE, SOFTCAP, ALIBI, TENSOR_BIAS, SIGMOID, PRECISION,
-                             USE_TMA, D_PAD, DV_PAD)
+                             bias_base, s_bias_m, s_bias_n, w, u_base, s_um, s_ur, offs_r, RANK,
+                             table_base, fk, G1, G2, CENTER, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_N,
+                             False, MASK_MODE, SOFTCAP, ALIBI, TENSOR_BIAS, LOW_RANK, LOW_RANK_GRAD,
+                             REL_POS, SIGMOID, PRECISION, USE_TMA, D_PAD, DV_PAD, TILE_BANDS)
+        if LOW_RANK_GRAD:
+            tl.store(DW + (b * H_Q + h).to(tl.int64) * S_K * R_PAD
+                     + k_pos.to(tl.int64)[:, None] * R_PAD + offs_r[None, :], dw,
+                     mask=k_ok[:, None])
 
     dk = dk * scale
     tl.store(DK + b.to(tl.int64) * s_dkb + hk.to(tl.int64) * s_dkh
@@ -167,18 +212,22 @@ def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV,
 
 
 @triton.jit
-def _dq_tiles(dq, dslope, q, do, lse2, delta, k_base, v_base, s_kn, s_vn, k_desc, v_desc, b, hk,
+def _dq_tiles(dq, dslope, du, q, do, lse2, delta, k_base, v_base, s_kn, s_vn, k_desc, v_desc, b, hk,
               idx_ptr, bits_idx_ptr,
-              count, BITS, q_row, q_pos, offs_m, offs_n, offs_d, offs_dv, S_Q, S_K,
+              count, BITS, TILE_BAND, q_row, q_pos, offs_m, offs_n, offs_d, offs_dv, S_Q, S_K,
               scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
               bias_base, s_bias_m, s_bias_n, dbias_base, S_K_DB,
+              u, w_base, s_wn, s_wr, offs_r, RANK,
+              table_base, dtab_base, fq, G0, G1, G2, center,
               HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr,
               DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
               MASKED: tl.constexpr, MASK_MODE: tl.constexpr, SOFTCAP: tl.constexpr,
-              ALIBI: tl.constexpr, TENSOR_BIAS: tl.constexpr, SIGMOID: tl.constexpr,
-              BIAS_GRAD: tl.constexpr, SLOPE_GRAD: tl.constexpr, PRECISION: tl.constexpr,
-              USE_TMA: tl.constexpr):
+              ALIBI: tl.constexpr, TENSOR_BIAS: tl.constexpr, LOW_RANK: tl.constexpr,
+              LOW_RANK_GRAD: tl.constexpr, REL_POS: tl.constexpr, REL_POS_GRAD: tl.constexpr,
+              SIGMOID: tl.constexpr, BIAS_GRAD: tl.constexpr, SLOPE_GRAD: tl.constexpr,
+              PRECISION: tl.constexpr, USE_TMA: tl.constexpr, NB: tl.constexpr):
     NW: tl.constexpr = BLOCK_N // 32
+    TILE_BIAS: tl.constexpr = LOW_RANK or REL_POS
     for t in range(count):
         n = tl.load(idx_ptr + t)
         k_pos = n * BLOCK_N + offs_n
@@ -198,16 +247,27 @@ def _dq_tiles(dq, dslope, q, do, lse2, delta, k_base, v_base, s_kn, s_vn, k_desc
         if MASKED:
             if MASK_MODE == 2:
                 bits_base = BITS + tl.load(bits_idx_ptr + t).to(tl.int64) * (BLOCK_M * NW)
+            if MASK_MODE == 3:
+                bits_base = TILE_BAND + tl.load(bits_idx_ptr + t).to(tl.int64) * (2 * NB)
+        tile_bias = qk
+        w = k
+        if LOW_RANK:
+            w = load_factor_rows(w_base, k_pos, offs_r, s_wn, s_wr, S_K, RANK, MASKED)
+            tile_bias = low_rank_tile(u, w, PRECISION)
+        if REL_POS:
+            in_bounds = (q_row[:, None] < S_Q) & (k_pos[None, :] < S_K)
+            tile_bias = rel_pos_tile(table_base, fq[:, None], grid_flat(k_pos, G1, G2)[None, :],
+                                     center, in_bounds)
         z2, th = score_tile(qk, q_row[:, None], q_pos[:, None], k_pos[None, :], offs_m[:, None],
                             offs_n[None, :], S_Q, S_K, scale, qk_scale, softcap, slope, band_lo,
-                            band_hi, bias_base, s_bias_m, s_bias_n, bits_base,
-                            MASKED, MASK_MODE, SOFTCAP, ALIBI, TENSOR_BIAS, NW)
+                            band_hi, bias_base, s_bias_m, s_bias_n, bits_base, tile_bias,
+                            MASKED, MASK_MODE, SOFTCAP, ALIBI, TENSOR_BIAS, TILE_BIAS, NW, NB)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         if SIGMOID:
             p = 1.0 / (1.0 + tl.exp2(-(z2 + sig_bias2)))
             ds = p * (1.0 - p) * dp
         else:
-            if MASKED or SOFTCAP or ALIBI or TENSOR_BIAS:
+            if MASKED or SOFTCAP or ALIBI or TENSOR_BIAS or TILE_BIAS:
                 p = tl.exp2(z2 - lse2[:, None])
             else:
                 p = tl.exp2(qk * qk_scale - lse2[:, None])
@@ -221,25 +281,38 @@ def _dq_tiles(dq, dslope, q, do, lse2, delta, k_base, v_base, s_kn, s_vn, k_desc
         if SLOPE_GRAD:
             dist = tl.abs(q_pos[:, None] - k_pos[None, :]).to(tl.float32)
             dslope += tl.sum(tl.sum(ds * dist, 1), 0)
+        if LOW_RANK_GRAD:
+            du += tl.dot(ds.to(w.dtype), w, input_precision=PRECISION)
+        if REL_POS_GRAD:
+            q_first = tl.min(q_row, 0)
+            rel_pos_table_grad(dtab_base, ds, fq, q_first, tl.minimum(q_first + BLOCK_M, S_Q) - 1,
+                               n * BLOCK_N, tl.minimum(n * BLOCK_N + BLOCK_N, S_K) - 1, n * BLOCK_N,
+                               G0, G1, G2, center, S_K, BLOCK_N, BLOCK_N)
         if SOFTCAP:
             ds = ds * (1.0 - th * th)
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
-    return dq, dslope
+    return dq, dslope, du
 
 
 @triton.jit(do_not_specialize=["S_Q", "S_K"])
-def _attn_bwd_dq(Q, K, V, DO, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE,
-                 FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, PART_BITS, BITS, SLOPES, BIAS,
+def _attn_bwd_dq(Q, K, V, DO, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, DU, DTABLE,
+                 FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, PART_BITS, BITS, TILE_BAND, SLOPES, BIAS,
+                 U, W, TABLE,
                  s_qb, s_qs, s_qh, s_kb, s_ks, s_kh, s_vb, s_vs, s_vh, s_dob, s_dos, s_doh,
                  s_dqb, s_dqs, s_dqh,
                  s_bias_b, s_bias_h, s_bias_m, s_bias_n,
+                 s_ub, s_uh, s_um, s_ur, s_wb, s_wh, s_wn, s_wr, RANK,
+                 s_th, G0, G1, G2, CENTER, TABLE_CHUNKED,
                  H_Q, GROUP, S_Q, S_K, MAP_HEADS, N_Q_TILES, FULL_W, PART_W,
                  scale, qk_scale, softcap, band_lo, band_hi, sig_bias2,
                  HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr,
                  DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  MASK_MODE: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
-                 TENSOR_BIAS: tl.constexpr, SIGMOID: tl.constexpr, BIAS_GRAD: tl.constexpr,
-                 SLOPE_GRAD: tl.constexpr, PRECISION: tl.constexpr, USE_TMA: tl.constexpr):
+                 TENSOR_BIAS: tl.constexpr, LOW_RANK: tl.constexpr, LOW_RANK_GRAD: tl.constexpr,
+                 R_PAD: tl.constexpr, REL_POS: tl.constexpr, REL_POS_GRAD: tl.constexpr,
+                 SIGMOID: tl.constexpr, BIAS_GRAD: tl.constexpr,
+                 SLOPE_GRAD: tl.constexpr, PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
+                 TILE_BANDS: tl.constexpr):
     m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H_Q
@@ -280,35 +353,60 @@ def _attn_bwd_dq(Q, K, V, DO, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE,
     if BIAS_GRAD:
         dbias_base = DBIAS + bh.to(tl.int64) * S_Q * S_K
 
+    offs_r = tl.arange(0, R_PAD)
+    u = q
+    w_base = W
+    if LOW_RANK:
+        u = load_factor_rows(U + b.to(tl.int64) * s_ub + h.to(tl.int64) * s_uh, q_row, offs_r,
+                             s_um, s_ur, S_Q, RANK, True)
+        w_base = W + b.to(tl.int64) * s_wb + h.to(tl.int64) * s_wh
+    table_base = TABLE + h.to(tl.int64) * s_th
+    dtab_base = DTABLE + (bh.to(tl.int64) * N_Q_TILES + m) * TABLE_CHUNKED
+    fq = q_row
+    if REL_POS:
+        fq = grid_flat(q_row, G1, G2)
+
     dq = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+    du = tl.zeros([BLOCK_M, R_PAD], dtype=tl.float32)
     dslope = 0.0
     row = hm * N_Q_TILES + m
     part_count = tl.load(PART_CNT + row)
-    dq, dslope = _dq_tiles(dq, dslope, q, do, lse2, delta, k_base, v_base, s_ks, s_vs,
+    dq, dslope, du = _dq_tiles(dq, dslope, du, q, do, lse2, delta, k_base, v_base, s_ks, s_vs,
                            K_DESC, V_DESC, b, hk,
                            PART_IDX + row.to(tl.int64) * PART_W, PART_BITS + row.to(tl.int64) * PART_W,
-                           part_count, BITS, q_row, q_pos, offs_m, offs_n, offs_d, offs_dv, S_Q, S_K,
+                           part_count, BITS, TILE_BAND, q_row, q_pos, offs_m, offs_n, offs_d, offs_dv,
+                           S_Q, S_K,
                            scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
                            bias_base, s_bias_m, s_bias_n, dbias_base, S_K,
+                           u, w_base, s_wn, s_wr, offs_r, RANK,
+                           table_base, dtab_base, fq, G0, G1, G2, CENTER,
                            HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, True, MASK_MODE,
-                           SOFTCAP, ALIBI, TENSOR_BIAS, SIGMOID, BIAS_GRAD, SLOPE_GRAD, PRECISION,
-                           USE_TMA)
+                           SOFTCAP, ALIBI, TENSOR_BIAS, LOW_RANK, LOW_RANK_GRAD, REL_POS,
+                           REL_POS_GRAD, SIGMOID, BIAS_GRAD, SLOPE_GRAD, PRECISION, USE_TMA,
+                           TILE_BANDS)
     full_count = tl.load(FULL_CNT + row)
-    dq, dslope = _dq_tiles(dq, dslope, q, do, lse2, delta, k_base, v_base, s_ks, s_vs,
+    dq, dslope, du = _dq_tiles(dq, dslope, du, q, do, lse2, delta, k_base, v_base, s_ks, s_vs,
                            K_DESC, V_DESC, b, hk,
                            FULL_IDX + row.to(tl.int64) * FULL_W, FULL_IDX + row.to(tl.int64) * FULL_W,
-                           full_count, BITS, q_row, q_pos, offs_m, offs_n, offs_d, offs_dv, S_Q, S_K,
+                           full_count, BITS, TILE_BAND, q_row, q_pos, offs_m, offs_n, offs_d, offs_dv,
+                           S_Q, S_K,
                            scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
                            bias_base, s_bias_m, s_bias_n, dbias_base, S_K,
+                           u, w_base, s_wn, s_wr, offs_r, RANK,
+                           table_base, dtab_base, fq, G0, G1, G2, CENTER,
                            HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, False, MASK_MODE,
-                           SOFTCAP, ALIBI, TENSOR_BIAS, SIGMOID, BIAS_GRAD, SLOPE_GRAD, PRECISION,
-                           USE_TMA)
+                           SOFTCAP, ALIBI, TENSOR_BIAS, LOW_RANK, LOW_RANK_GRAD, REL_POS,
+                           REL_POS_GRAD, SIGMOID, BIAS_GRAD, SLOPE_GRAD, PRECISION, USE_TMA,
+                           TILE_BANDS)
     dq = dq * scale
     tl.store(DQ + b.to(tl.int64) * s_dqb + h.to(tl.int64) * s_dqh
              + q_row.to(tl.int64)[:, None] * s_dqs + offs_d[None, :],
              dq.to(DQ.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_D))
     if SLOPE_GRAD:
         tl.store(DSLOPE + bh * N_Q_TILES + m, -dslope)
+    if LOW_RANK_GRAD:
+        tl.store(DU + bh.to(tl.int64) * S_Q * R_PAD + q_row.to(tl.int64)[:, None] * R_PAD
+                 + offs_r[None, :], du, mask=row_ok[:, None])
 
 
 def _named_launch(launch, name: str):
@@ -323,15 +421,21 @@ def _named_launch(launch, name: str):
 
 
 def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config, dkdv_config,
-             softcap=None, slopes=None, bias=None, sigmoid_bias=None, bias_grad: bool = False,
-             slope_grad: bool = False, precision: str = "ieee"):
+             softcap=None, slopes=None, bias=None, low_rank=None, rel_pos=None, sigmoid_bias=None,
+             bias_grad: bool = False, slope_grad: bool = False, low_rank_grad: bool = False,
+             rel_pos_grad: bool = False, precision: str = "ieee"):
     """Launch the backward kernels.
 
     ``dq_plan`` is used by the dq kernel (its query-tile lists), ``dkdv_plan`` by the dk/dv kernel
     (its transposed lists); their block sizes match ``dq_config`` / ``dkdv_config``.
-    Returns ``(dq, dk, dv, dbias, dslopes)``: dq/dk/dv like q/k/v; dbias float32
+    Returns ``(dq, dk, dv, dbias, dslopes, du, dw, dtable)``: dq/dk/dv like q/k/v; dbias float32
     ``[B, H_q, S_q, S_k]`` (gradient of the logits, zero outside listed tiles) or None; dslopes
-    float32 ``[H_q]`` or None.
+    float32 ``[H_q]`` or None; with ``low_rank = (u, w)`` and ``low_rank_grad``: du float32
+    ``[B, H_q, S_q, R]`` (``dS @ w``, from the dq kernel) and dw float32 ``[B, H_q, S_k, R]``
+    (``dS^T @ u``, from the dk/dv kernel), not yet summed over the dims u and w broadcast along;
+    else None, None; with ``rel_pos = (table, grid)`` and ``rel_pos_grad``: dtable float32
+    ``[H_q, prod(2g - 1)]`` (per-(batch, head, query tile) partial sums written by the dq kernel,
+    summed here; their buffer holds ``B * H_q * n_q_tiles * prod(2g - 1)`` floats), else None.
     """
     batch, q_len, heads, dim = q.shape
     k_len, kv_heads, dim_v = k.shape[1], k.shape[2], v.shape[3]
@@ -350,10 +454,32 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
     dbias = torch.zeros(batch, heads, q_len, k_len, dtype=torch.float32, device=device) if bias_grad else None
     dslope = (torch.empty(batch * heads * dq_plan.n_q_tiles, dtype=torch.float32, device=device)
               if slope_grad else None)
+    factors = low_rank_args(low_rank, dummy)
+    r_pad = rank_pad(factors[-1])
+    low_rank_grad = low_rank_grad and low_rank is not None
+    table_args = rel_pos_args(rel_pos, dummy)
+    rel_pos_grad = rel_pos_grad and rel_pos is not None
+    g0 = 1
+    table_chunked = 0
+    dtable = None
+    if rel_pos is not None:
+        g0 = (1,) * (3 - len(rel_pos[1])) + tuple(rel_pos[1])
+        g0 = g0[0]
+        entries = table_args[0].shape[1]
+        table_chunked = triton.cdiv(entries, dq_plan.block_n) * dq_plan.block_n
+    if rel_pos_grad:
+        dtable = torch.zeros(batch * heads * dq_plan.n_q_tiles, table_chunked, dtype=torch.float32,
+                             device=device)
+    du = dw = None
+    if low_rank_grad:
+        du = torch.empty(batch, heads, q_len, r_pad, dtype=torch.float32, device=device)
+        dw = torch.empty(batch, heads, k_len, r_pad, dtype=torch.float32, device=device)
     common = dict(
         HEAD_D=dim, HEAD_DV=dim_v, D_PAD=max(16, triton.next_power_of_2(dim)),
         DV_PAD=max(16, triton.next_power_of_2(dim_v)), SOFTCAP=softcap is not None,
-        ALIBI=slopes is not None, TENSOR_BIAS=bias is not None, SIGMOID=sigmoid, PRECISION=precision,
+        ALIBI=slopes is not None, TENSOR_BIAS=bias is not None, LOW_RANK=low_rank is not None,
+        LOW_RANK_GRAD=low_rank_grad, R_PAD=r_pad, REL_POS=rel_pos is not None, SIGMOID=sigmoid,
+        PRECISION=precision,
     )
     variant_args = (scale, scale * LOG2E, softcap if softcap is not None else 1.0)
     sig_bias2 = (sigmoid_bias if sigmoid else 0.0) * LOG2E
@@ -370,18 +496,20 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
     launch_dkdv = _attn_bwd_dkdv[(dkdv_plan.n_k_tiles, batch * kv_heads)]
     launch_dkdv = _named_launch(launch_dkdv, "dkdv")
     launch_dkdv(
-        q, k, v, do, q_desc, do_desc, lse, delta, dk, dv,
+        q, k, v, do, q_desc, do_desc, lse, delta, dk, dv, dw if dw is not None else dummy,
         cols.full_count, cols.full_index, cols.part_count, cols.part_index, cols.part_bits,
-        dkdv_plan.bits, slopes if slopes is not None else dummy, bias if bias is not None else dummy,
+        dkdv_plan.bits, dkdv_plan.tile_band, slopes if slopes is not None else dummy,
+        bias if bias is not None else dummy, *factors[:2], table_args[0],
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
-        *bias_strides,
+        *bias_strides, *factors[2:], *table_args[1:],
         heads, kv_heads, heads // kv_heads, q_len, k_len, dkdv_plan.map_heads, dkdv_plan.n_k_tiles,
         cols.full_width, cols.part_width,
         *variant_args, dkdv_plan.band_lo, dkdv_plan.band_hi, sig_bias2,
         BLOCK_M=dkdv_plan.block_m, BLOCK_N=dkdv_plan.block_n, MASK_MODE=dkdv_plan.mask_mode,
-        USE_TMA=use_tma, num_warps=dkdv_config.num_warps, num_stages=dkdv_config.num_stages, **common,
+        USE_TMA=use_tma, TILE_BANDS=dkdv_plan.bands_per_tile, num_warps=dkdv_config.num_warps,
+        num_stages=dkdv_config.num_stages, **common,
     )
     rows = dq_plan.rows
     use_tma = tma_ok(k, v, dq_plan.block_n)
@@ -390,21 +518,30 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
     launch_dq = _named_launch(_attn_bwd_dq[(dq_plan.n_q_tiles, batch * heads)], "dq")
     launch_dq(
         q, k, v, do, k_desc, v_desc, lse, delta, dq, dbias if dbias is not None else dummy,
-        dslope if dslope is not None else dummy,
+        dslope if dslope is not None else dummy, du if du is not None else dummy,
+        dtable if dtable is not None else dummy,
         rows.full_count, rows.full_index, rows.part_count, rows.part_index, rows.part_bits,
-        dq_plan.bits, slopes if slopes is not None else dummy, bias if bias is not None else dummy,
+        dq_plan.bits, dq_plan.tile_band, slopes if slopes is not None else dummy,
+        bias if bias is not None else dummy, *factors[:2], table_args[0],
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
         dq.stride(0), dq.stride(1), dq.stride(2),
-        *bias_strides,
+        *bias_strides, *factors[2:], table_args[1], g0, *table_args[2:], table_chunked,
         heads, heads // kv_heads, q_len, k_len, dq_plan.map_heads, dq_plan.n_q_tiles,
         rows.full_width, rows.part_width,
         *variant_args, dq_plan.band_lo, dq_plan.band_hi, sig_bias2,
         BLOCK_M=dq_plan.block_m, BLOCK_N=dq_plan.block_n, MASK_MODE=dq_plan.mask_mode,
-        BIAS_GRAD=bias_grad, SLOPE_GRAD=slope_grad, USE_TMA=use_tma,
+        BIAS_GRAD=bias_grad, SLOPE_GRAD=slope_grad, REL_POS_GRAD=rel_pos_grad, USE_TMA=use_tma,
+        TILE_BANDS=dq_plan.bands_per_tile,
         num_warps=dq_config.num_warps, num_stages=dq_config.num_stages, **common,
     )
     dslopes = None
     if dslope is not None:
         dslopes = dslope.view(batch, heads, -1).sum((0, 2))
-    return dq, dk, dv, dbias, dslopes
+    if low_rank_grad:
+        rank = factors[-1]
+        du, dw = du[..., :rank], dw[..., :rank]
+    if rel_pos_grad:
+        entries = table_args[0].shape[1]
+        dtable = dtable.view(batch, heads, -1, table_chunked).sum((0, 2))[:, :entries]
+    return dq, dk, dv, dbias, dslopes, du, dw, dtable

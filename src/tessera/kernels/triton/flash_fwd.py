@@ -1,11 +1,15 @@
 """Block-sparse flash-attention forward (Triton).
 
 One program per (query tile, batch x query head). It walks the key tiles its ``KernelPlan`` lists
-for (head, query tile): first the partial tiles (masked: bounds plus band or bitmask), then the
-full tiles (no masking at all), with an online softmax in exp2 (``scale * log2(e)`` folded into
-the logits). Writes ``o [B, S_q, H_q, D_v]`` and ``lse`` float32 ``[B, H_q, S_q]`` (natural log).
+for (head, query tile): first the partial tiles (masked: bounds plus band, per-tile bands or
+bitmask), then the full tiles (no masking at all), with an online softmax in exp2
+(``scale * log2(e)`` folded into the logits). Writes ``o [B, S_q, H_q, D_v]`` and ``lse`` float32 ``[B, H_q, S_q]`` (natural log).
 Fully masked rows give ``o = 0``, ``lse = -inf`` (``lse = sink`` with sinks). With sigmoid scores
 ``o = sum_j sigmoid(z_j + sigmoid_bias) v_j`` and no lse.
+
+Biases are compile-time switches: ALiBi, a tensor (loaded per tile), low-rank factors (the tile
+``u_rows @ w_rows^T``, one small dot per tile) and a relative-position table (gathered per tile
+from the grid coordinates of each pair); none is ever formed as ``S_q x S_k``.
 
 Query head ``h`` reads kv head ``h // (H_q // H_kv)``; inputs may be any strided view whose head
 dim is contiguous. Sequence lengths are runtime arguments (no recompilation per length).
@@ -18,7 +22,8 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from .scoring import INTERPRETED, interpreter_range, score_tile
+from .scoring import (INTERPRETED, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
+                      rel_pos_tile, score_tile)
 
 if INTERPRETED:
     range = interpreter_range  # noqa: A001
@@ -26,16 +31,19 @@ if INTERPRETED:
 
 @triton.jit
 def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_desc, v_desc, b, hk,
-               idx_ptr, bits_idx_ptr, count, BITS,
+               idx_ptr, bits_idx_ptr, count, BITS, TILE_BAND,
                q_row, q_pos, offs_m, offs_n, offs_d, offs_dv, S_Q, S_K,
                scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
-               bias_base, s_bias_m, s_bias_n,
+               bias_base, s_bias_m, s_bias_n, u, w_base, s_wn, s_wr, offs_r, RANK,
+               table_base, fq, G1, G2, center,
                HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
                MASK_MODE: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
-               TENSOR_BIAS: tl.constexpr, SIGMOID: tl.constexpr, PRECISION: tl.constexpr,
-               USE_TMA: tl.constexpr):
+               TENSOR_BIAS: tl.constexpr, LOW_RANK: tl.constexpr, REL_POS: tl.constexpr,
+               SIGMOID: tl.constexpr, PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
+               NB: tl.constexpr):
     NW: tl.constexpr = BLOCK_N // 32
+    TILE_BIAS: tl.constexpr = LOW_RANK or REL_POS
     for t in range(count):
         n = tl.load(idx_ptr + t)
         k_pos = n * BLOCK_N + offs_n
@@ -62,14 +70,24 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_desc, v_desc, b, 
         if MASKED:
             if MASK_MODE == 2:
                 bits_base = BITS + tl.load(bits_idx_ptr + t).to(tl.int64) * (BLOCK_M * NW)
+            if MASK_MODE == 3:
+                bits_base = TILE_BAND + tl.load(bits_idx_ptr + t).to(tl.int64) * (2 * NB)
+        tile_bias = qk
+        if LOW_RANK:
+            w = load_factor_rows(w_base, k_pos, offs_r, s_wn, s_wr, S_K, RANK, MASKED)
+            tile_bias = low_rank_tile(u, w, PRECISION)
+        if REL_POS:
+            in_bounds = (q_row[:, None] < S_Q) & (k_pos[None, :] < S_K)
+            tile_bias = rel_pos_tile(table_base, fq[:, None], grid_flat(k_pos, G1, G2)[None, :],
+                                     center, in_bounds)
         z2, _t = score_tile(qk, q_row[:, None], q_pos[:, None], k_pos[None, :], offs_m[:, None],
                             offs_n[None, :], S_Q, S_K, scale, qk_scale, softcap, slope, band_lo,
-                            band_hi, bias_base, s_bias_m, s_bias_n, bits_base,
-                            MASKED, MASK_MODE, SOFTCAP, ALIBI, TENSOR_BIAS, NW)
+                            band_hi, bias_base, s_bias_m, s_bias_n, bits_base, tile_bias,
+                            MASKED, MASK_MODE, SOFTCAP, ALIBI, TENSOR_BIAS, TILE_BIAS, NW, NB)
         if SIGMOID:
             p = 1.0 / (1.0 + tl.exp2(-(z2 + sig_bias2)))
             acc += tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        elif not (MASKED or SOFTCAP or ALIBI or TENSOR_BIAS):
+        elif not (MASKED or SOFTCAP or ALIBI or TENSOR_BIAS or TILE_BIAS):
             # Unmasked plain logits are finite: no -inf guard, and the scale folds into one FMA.
             m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
             alpha = tl.exp2(m_i - m_new)
@@ -90,17 +108,20 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_desc, v_desc, b, 
 
 @triton.jit(do_not_specialize=["S_Q", "S_K"])
 def _attn_fwd(Q, K, V, K_DESC, V_DESC, O, LSE,
-              FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, PART_BITS, BITS,
-              SINKS, SLOPES, BIAS,
+              FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, PART_BITS, BITS, TILE_BAND,
+              SINKS, SLOPES, BIAS, U, W, TABLE,
               s_qb, s_qs, s_qh, s_kb, s_ks, s_kh, s_vb, s_vs, s_vh, s_ob, s_os, s_oh,
               s_bias_b, s_bias_h, s_bias_m, s_bias_n,
+              s_ub, s_uh, s_um, s_ur, s_wb, s_wh, s_wn, s_wr, RANK,
+              s_th, G1, G2, CENTER,
               H_Q, GROUP, S_Q, S_K, MAP_HEADS, N_Q_TILES, FULL_W, PART_W,
               scale, qk_scale, softcap, band_lo, band_hi, sig_bias2,
               HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr,
               DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
               MASK_MODE: tl.constexpr, SOFTCAP: tl.constexpr, SINK: tl.constexpr,
-              ALIBI: tl.constexpr, TENSOR_BIAS: tl.constexpr, SIGMOID: tl.constexpr,
-              PRECISION: tl.constexpr, USE_TMA: tl.constexpr):
+              ALIBI: tl.constexpr, TENSOR_BIAS: tl.constexpr, LOW_RANK: tl.constexpr,
+              R_PAD: tl.constexpr, REL_POS: tl.constexpr, SIGMOID: tl.constexpr,
+              PRECISION: tl.constexpr, USE_TMA: tl.constexpr, TILE_BANDS: tl.constexpr):
     m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H_Q
@@ -127,6 +148,17 @@ def _attn_fwd(Q, K, V, K_DESC, V_DESC, O, LSE,
     bias_base = BIAS
     if TENSOR_BIAS:
         bias_base = BIAS + b.to(tl.int64) * s_bias_b + h.to(tl.int64) * s_bias_h
+    offs_r = tl.arange(0, R_PAD)
+    u = q
+    w_base = W
+    if LOW_RANK:
+        u = load_factor_rows(U + b.to(tl.int64) * s_ub + h.to(tl.int64) * s_uh, q_row, offs_r,
+                             s_um, s_ur, S_Q, RANK, True)
+        w_base = W + b.to(tl.int64) * s_wb + h.to(tl.int64) * s_wh
+    table_base = TABLE + h.to(tl.int64) * s_th
+    fq = q_row
+    if REL_POS:
+        fq = grid_flat(q_row, G1, G2)
 
     acc = tl.zeros([BLOCK_M, DV_PAD], dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -136,21 +168,25 @@ def _attn_fwd(Q, K, V, K_DESC, V_DESC, O, LSE,
     part_count = tl.load(PART_CNT + row)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_ks, s_vs, K_DESC, V_DESC, b, hk,
                                PART_IDX + row.to(tl.int64) * PART_W,
-                               PART_BITS + row.to(tl.int64) * PART_W, part_count, BITS,
+                               PART_BITS + row.to(tl.int64) * PART_W, part_count, BITS, TILE_BAND,
                                q_row, q_pos, offs_m, offs_n, offs_d, offs_dv, S_Q, S_K,
                                scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
-                               bias_base, s_bias_m, s_bias_n,
+                               bias_base, s_bias_m, s_bias_n, u, w_base, s_wn, s_wr, offs_r, RANK,
+                               table_base, fq, G1, G2, CENTER,
                                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, True, MASK_MODE,
-                               SOFTCAP, ALIBI, TENSOR_BIAS, SIGMOID, PRECISION, USE_TMA)
+                               SOFTCAP, ALIBI, TENSOR_BIAS, LOW_RANK, REL_POS, SIGMOID, PRECISION,
+                               USE_TMA, TILE_BANDS)
     full_count = tl.load(FULL_CNT + row)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_ks, s_vs, K_DESC, V_DESC, b, hk,
                                FULL_IDX + row.to(tl.int64) * FULL_W,
-                               FULL_IDX + row.to(tl.int64) * FULL_W, full_count, BITS,
+                               FULL_IDX + row.to(tl.int64) * FULL_W, full_count, BITS, TILE_BAND,
                                q_row, q_pos, offs_m, offs_n, offs_d, offs_dv, S_Q, S_K,
                                scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
-                               bias_base, s_bias_m, s_bias_n,
+                               bias_base, s_bias_m, s_bias_n, u, w_base, s_wn, s_wr, offs_r, RANK,
+                               table_base, fq, G1, G2, CENTER,
                                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, False, MASK_MODE,
-                               SOFTCAP, ALIBI, TENSOR_BIAS, SIGMOID, PRECISION, USE_TMA)
+                               SOFTCAP, ALIBI, TENSOR_BIAS, LOW_RANK, REL_POS, SIGMOID, PRECISION,
+                               USE_TMA, TILE_BANDS)
 
     o_base = O + b.to(tl.int64) * s_ob + h.to(tl.int64) * s_oh
     o_ptrs = o_base + q_row.to(tl.int64)[:, None] * s_os + offs_dv[None, :]
@@ -198,8 +234,35 @@ def broadcast_strides(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(0 if size == 1 else stride for size, stride in zip(t.shape, t.stride()))
 
 
+def rank_pad(rank: int) -> int:
+    """Rank columns a low-rank factor tile holds in-kernel: a power of two, at least 16 (dot)."""
+    return max(16, triton.next_power_of_2(rank))
+
+
+def low_rank_args(low_rank, dummy: torch.Tensor) -> tuple:
+    """``(U, W, *u_strides, *w_strides, RANK)`` kernel arguments of a ``(u, w)`` pair or None."""
+    if low_rank is None:
+        return (dummy, dummy) + (0,) * 8 + (1,)
+    u, w = low_rank
+    return (u, w, *broadcast_strides(u), *broadcast_strides(w), u.shape[-1])
+
+
+def rel_pos_args(rel_pos, dummy: torch.Tensor) -> tuple:
+    """``(TABLE, s_th, G1, G2, CENTER)`` kernel arguments of a ``(table, grid)`` pair or None: the
+    table flattened per head (``[H|1, prod(2g - 1)]``, contiguous), its head stride (0 when
+    shared), the last two grid extents (1-D and 2-D grids padded with leading 1s) and the flat
+    index of the last token (the table's center offset)."""
+    if rel_pos is None:
+        return (dummy, 0, 1, 1, 0)
+    table, grid = rel_pos
+    g0, g1, g2 = (1,) * (3 - len(grid)) + tuple(grid)
+    flat = table.reshape(table.shape[0], -1)
+    center = ((g0 - 1) * (2 * g1 - 1) + g1 - 1) * (2 * g2 - 1) + g2 - 1
+    return (flat, 0 if table.shape[0] == 1 else flat.stride(0), g1, g2, center)
+
+
 def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, slopes=None,
-            bias=None, sigmoid_bias=None, precision: str = "ieee"):
+            bias=None, low_rank=None, rel_pos=None, sigmoid_bias=None, precision: str = "ieee"):
     """Launch the forward kernel.
 
     Args:
@@ -207,7 +270,10 @@ def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, sl
         contiguous); plan: ``KernelPlan`` with ``block_m/block_n == config.block_m/block_n``;
         config: ``KernelConfig`` (num_warps, num_stages); softcap: float or None; sinks: ``[H_q]``;
         slopes: ALiBi ``[H_q]``; bias: 4-D tensor broadcastable to ``[B, H_q, S_q, S_k]``;
-        sigmoid_bias: float for sigmoid scores, None for softmax.
+        low_rank: ``(u [B|1, H_q|1, S_q, R], w [B|1, H_q|1, S_k, R])`` (one dtype, R <= 64), the
+        bias ``u @ w^T`` computed per tile; rel_pos: ``(table [H_q|1, 2g0-1, ...], grid)`` with
+        ``S_q == S_k == prod(grid)`` and at most 3 grid dims (a contiguous table), the bias
+        gathered per tile; sigmoid_bias: float for sigmoid scores, None for softmax.
     Returns:
         o ``[B, S_q, H_q, D_v]`` (q's dtype), lse float32 ``[B, H_q, S_q]`` (None for sigmoid).
     """
@@ -218,6 +284,8 @@ def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, sl
     lse = torch.empty(batch, heads, q_len, dtype=torch.float32, device=q.device)
     dummy = lse
     bias_strides = broadcast_strides(bias) if bias is not None else (0, 0, 0, 0)
+    factors = low_rank_args(low_rank, dummy)
+    table_args = rel_pos_args(rel_pos, dummy)
     rows = plan.rows
     grid = (plan.n_q_tiles, batch * heads)
     use_tma = tma_ok(k, v, plan.block_n)
@@ -230,11 +298,12 @@ def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, sl
     _attn_fwd[grid](
         q, k, v, k_desc, v_desc, o, lse,
         rows.full_count, rows.full_index, rows.part_count, rows.part_index, rows.part_bits, plan.bits,
-        sinks if sinks is not None else dummy, slopes if slopes is not None else dummy,
-        bias if bias is not None else dummy,
+        plan.tile_band, sinks if sinks is not None else dummy,
+        slopes if slopes is not None else dummy, bias if bias is not None else dummy,
+        *factors[:2], table_args[0],
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
-        *bias_strides,
+        *bias_strides, *factors[2:], *table_args[1:],
         heads, heads // kv_heads, q_len, k_len, plan.map_heads, plan.n_q_tiles,
         rows.full_width, rows.part_width,
         scale, scale * LOG2E, softcap if softcap is not None else 1.0, plan.band_lo, plan.band_hi,
@@ -242,8 +311,9 @@ def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, sl
         HEAD_D=dim, HEAD_DV=dim_v, D_PAD=max(16, triton.next_power_of_2(dim)),
         DV_PAD=max(16, triton.next_power_of_2(dim_v)), BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
         MASK_MODE=plan.mask_mode, SOFTCAP=softcap is not None, SINK=sinks is not None,
-        ALIBI=slopes is not None, TENSOR_BIAS=bias is not None, SIGMOID=sigmoid,
-        PRECISION=precision, USE_TMA=use_tma, num_warps=config.num_warps,
-        num_stages=config.num_stages,
+        ALIBI=slopes is not None, TENSOR_BIAS=bias is not None, LOW_RANK=low_rank is not None,
+        R_PAD=rank_pad(factors[-1]), REL_POS=rel_pos is not None, SIGMOID=sigmoid,
+        PRECISION=precision, USE_TMA=use_tma, TILE_BANDS=plan.bands_per_tile,
+        num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return o, (None if sigmoid else lse)

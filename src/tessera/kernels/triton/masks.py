@@ -6,15 +6,20 @@ A ``KernelPlan`` holds, for one ``(pattern, q_len, k_len, block_m, block_n, head
   * the same two lists transposed (per key tile, the query tiles that list it) for the dk/dv pass;
   * the mask kind of partial tiles: ``MASK_NONE`` (bounds only: dense), ``MASK_BAND`` (the offset
     band ``band_lo <= q_pos - k_pos <= band_hi`` evaluated in-kernel: causal, windows and their
-    intersections) or ``MASK_BITS`` (a packed bitmask per partial tile, built once on the device by
-    evaluating ``pattern.mask`` inside the partial tiles only).
+    intersections), ``MASK_TILE_BAND`` (up to ``MAX_TILE_BANDS`` offset bands per partial tile:
+    offset patterns with several intervals that meet each partial tile in a few of them, such as
+    a band plus a few diagonals: Power, Window | Power) or ``MASK_BITS`` (a packed bitmask per
+    partial tile, built once on the device by evaluating ``pattern.mask`` inside the partial tiles
+    only).
 
 Tiles cut by the end of a sequence (last query tile when ``q_len % block_m``, last key tile when
 ``k_len % block_n``) are always listed as partial, so the full path needs no bounds checks.
 
 Bitmask layout: int32 ``[n_partial, block_m, block_n // 32]``; bit ``c % 32`` of word
 ``[t, r, c // 32]`` says whether row ``r`` may see column ``c`` of partial tile ``t``. Each
-partial list entry carries ``t``.
+partial list entry carries ``t``. Per-tile bands: int32 ``[n_partial, bands_per_tile, 2]``, the
+``(lo, hi)`` bands of tile ``t`` (clipped to the tile's offset range; unused slots hold the empty
+band ``(1, 0)``), addressed by the same ``t``; ``bands_per_tile`` is 1, 2 or 4.
 
 Plans are cached in a small LRU keyed by the pattern's identity (its ``repr`` for patterns that
 hold no tensors, the object itself otherwise), lengths, tile sizes, heads and device.
@@ -31,7 +36,7 @@ import torch
 from ...patterns.base import Dense, Pattern
 from ...patterns.tilemap import FULL, PARTIAL, cdiv
 
-MASK_NONE, MASK_BAND, MASK_BITS = 0, 1, 2
+MASK_NONE, MASK_BAND, MASK_BITS, MASK_TILE_BAND = 0, 1, 2, 3
 
 # Band ends beyond this are unbounded for any sequence a kernel can index (int32 arguments).
 BAND_LIMIT = 1 << 30
@@ -40,6 +45,9 @@ BAND_LIMIT = 1 << 30
 _BITMASK_CHUNK = 1 << 24
 
 PLAN_CACHE_SIZE = 64
+
+# Most offset bands one partial tile may meet for MASK_TILE_BAND (beyond: bitmasks).
+MAX_TILE_BANDS = 4
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,8 @@ class KernelPlan:
     band_hi: int
     rows: TileLists
     bits: torch.Tensor
+    tile_band: torch.Tensor
+    bands_per_tile: int
     _states: torch.Tensor = field(repr=False)
     _part_id: torch.Tensor = field(repr=False)
     _cols: Optional[TileLists] = field(default=None, repr=False)
@@ -120,11 +130,28 @@ def _lists(states: torch.Tensor, part_id: torch.Tensor) -> TileLists:
     return TileLists(full_count, full_index, part_count, part_index, part_bits)
 
 
+# Pattern cache key (repr-described patterns only) -> offset_band's answer.
+_BANDS: dict = {}
+
+
 def offset_band(pattern: Optional[Pattern]) -> Optional[tuple[int, int]]:
     """``(lo, hi)`` when ``pattern`` allows exactly the pairs with ``lo <= q_pos - k_pos <= hi``
-    (ends clamped to +-BAND_LIMIT), else None. Dense (or None) gives the unbounded band."""
+    (ends clamped to +-BAND_LIMIT), else None. Dense (or None) gives the unbounded band.
+    Answers are remembered per pattern (building an offset set costs tens of microseconds, and
+    every kernel call asks)."""
     if pattern is None or isinstance(pattern, Dense):
         return (-BAND_LIMIT, BAND_LIMIT)
+    key = _pattern_key(pattern)
+    if key[0] != "repr":
+        return _offset_band(pattern)
+    if key not in _BANDS:
+        if len(_BANDS) >= 4 * PLAN_CACHE_SIZE:
+            _BANDS.clear()
+        _BANDS[key] = _offset_band(pattern)
+    return _BANDS[key]
+
+
+def _offset_band(pattern: Pattern) -> Optional[tuple[int, int]]:
     offsets = getattr(pattern, "offsets", None)
     if offsets is None or getattr(pattern, "head_dependent", False):
         return None
@@ -134,6 +161,47 @@ def offset_band(pattern: Optional[Pattern]) -> Optional[tuple[int, int]]:
         return None
     lo, hi = intervals[0]
     return max(int(lo), -BAND_LIMIT), min(int(hi), BAND_LIMIT)
+
+
+def _offset_intervals(pattern: Optional[Pattern]) -> Optional[tuple[tuple[int, int], ...]]:
+    """The intervals of a head-independent offset pattern's offset set, else None."""
+    offsets = getattr(pattern, "offsets", None)
+    if offsets is None or getattr(pattern, "head_dependent", False):
+        return None
+    return getattr(offsets(), "intervals", None)
+
+
+def _tile_bands(intervals, states: torch.Tensor, q_len: int, k_len: int, block_m: int,
+                block_n: int) -> Optional[torch.Tensor]:
+    """int32 ``[n_partial, nb, 2]`` bands of each partial tile (row-major (head, m, n) order;
+    ``nb`` the smallest power of two holding the most any tile meets), or None when some partial
+    tile meets more than ``MAX_TILE_BANDS`` intervals of the offset set."""
+    if not intervals:
+        return None
+    device = states.device
+    _, mm, nn = (states == PARTIAL).nonzero(as_tuple=True)
+    offset = k_len - q_len
+    q_lo = mm * block_m + offset
+    q_hi = torch.clamp((mm + 1) * block_m, max=q_len) - 1 + offset
+    k_lo = nn * block_n
+    k_hi = torch.clamp((nn + 1) * block_n, max=k_len) - 1
+    a, b = q_lo - k_hi, q_hi - k_lo                     # the offsets inside each tile
+    los = torch.tensor([lo for lo, _ in intervals], dtype=torch.int64, device=device)
+    his = torch.tensor([hi for _, hi in intervals], dtype=torch.int64, device=device)
+    # Intervals are sorted and disjoint: those meeting [a, b] are a contiguous run starting at the
+    # first interval ending at or after a.
+    first = torch.searchsorted(his, a.contiguous())
+    count = (torch.searchsorted(los, b.contiguous(), right=True) - first).clamp(min=0)
+    most = int(count.max().item()) if count.numel() else 1
+    if most > MAX_TILE_BANDS:
+        return None
+    slots = 1 << max(most - 1, 0).bit_length()
+    pick = (first[:, None] + torch.arange(slots, device=device)).clamp(max=len(intervals) - 1)
+    used = torch.arange(slots, device=device) < count[:, None]
+    lo = torch.where(used, torch.maximum(los[pick], a[:, None]), 1)
+    hi = torch.where(used, torch.minimum(his[pick], b[:, None]), 0)
+    out = torch.stack([lo, hi], dim=-1).to(torch.int32)
+    return out if out.numel() else torch.zeros(1, 1, 2, dtype=torch.int32, device=device)
 
 
 def _pack_bits(allowed: torch.Tensor) -> torch.Tensor:
@@ -188,18 +256,23 @@ def build_plan(pattern: Optional[Pattern], q_len: int, k_len: int, block_m: int,
     part = states == PARTIAL
     part_id = (part.flatten().cumsum(0) - 1).view(states.shape).to(torch.int32)
     band = offset_band(pattern)
+    bits = torch.zeros(1, dtype=torch.int32, device=device)
+    tile_band = torch.zeros(1, 1, 2, dtype=torch.int32, device=device)
     if pattern is None or isinstance(pattern, Dense) or not bool(part.any()):
         mode, band = MASK_NONE, (-BAND_LIMIT, BAND_LIMIT)
     elif band is not None:
         mode = MASK_BAND
     else:
         mode, band = MASK_BITS, (-BAND_LIMIT, BAND_LIMIT)
-    if mode == MASK_BITS and bool(part.any()):
-        bits = _bitmasks(pattern, states, q_len, k_len, block_m, block_n)
-    else:
-        bits = torch.zeros(1, dtype=torch.int32, device=device)
+        intervals = _offset_intervals(pattern)
+        bands = None if intervals is None else _tile_bands(intervals, states, q_len, k_len,
+                                                             block_m, block_n)
+        if bands is not None:
+            mode, tile_band = MASK_TILE_BAND, bands
+        else:
+            bits = _bitmasks(pattern, states, q_len, k_len, block_m, block_n)
     return KernelPlan(q_len, k_len, block_m, block_n, states.shape[0], mode, band[0], band[1],
-                      _lists(states, part_id), bits, states, part_id)
+                      _lists(states, part_id), bits, tile_band, tile_band.shape[1], states, part_id)
 
 
 def _pattern_key(pattern: Optional[Pattern]):
