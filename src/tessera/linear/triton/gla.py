@@ -15,8 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .simple_gla import (_INTERPRETING, PackedChunks, _block, _dot, _rows, _rows_t, _state, _state_dtype,
-                         packed_chunks)
+from .simple_gla import (_INTERPRETING, PackedChunks, _block, _dot, _dqk_partials, _rows, _state,
+                         _state_dtype, packed_chunks)
 
 KERNEL_CONFIG = {
     "chunk": 64,
@@ -259,23 +259,7 @@ def _gla_dqk_kernel(q, k, v, g, h, do, dh, hdh, dq, dk, dg, cu_seqlens, chunk_in
     k0 = i_k * BK
     row0 = i_t * BT
 
-    b_dq = tl.zeros([BT, BK], dtype=tl.float32)
-    b_dk = tl.zeros([BT, BK], dtype=tl.float32)
-    b_dA = tl.zeros([BT, BT], dtype=tl.float32)
-    for i_v in range(0, tl.cdiv(V, BV)):
-        b_vt = tl.load(_rows_t(v, bos, seq_len, i_h, H, V, row0, i_v * BV, BT, BV), boundary_check=(0, 1),
-                       padding_option="zero")
-        b_v = tl.load(_rows(v, bos, seq_len, i_h, H, V, row0, i_v * BV, BT, BV), boundary_check=(0, 1),
-                      padding_option="zero")
-        b_do = tl.load(_rows(do, bos, seq_len, i_h, H, V, row0, i_v * BV, BT, BV), boundary_check=(0, 1),
-                       padding_option="zero")
-        b_h = tl.load(_state(h, i_c, i_h, H, K, V, k0, i_v * BV, BK, BV), boundary_check=(0, 1),
-                      padding_option="zero")
-        b_dh = tl.load(_state(dh, i_c, i_h, H, K, V, k0, i_v * BV, BK, BV), boundary_check=(0, 1),
-                       padding_option="zero")
-        b_dA += _dot(b_do, b_vt, IEEE)
-        b_dq += _dot(b_do, tl.trans(b_h.to(b_do.dtype)), IEEE)
-        b_dk += _dot(b_v, tl.trans(b_dh.to(b_v.dtype)), IEEE)
+    b_dq, b_dk, b_dA = _dqk_partials(v, do, h, dh, bos, seq_len, i_c, i_h, H, row0, k0, K, V, BT, BK, BV, IEEE)
 
     b_q = tl.load(_rows(q, bos, seq_len, i_h, H, K, row0, k0, BT, BK), boundary_check=(0, 1), padding_option="zero")
     b_k = tl.load(_rows(k, bos, seq_len, i_h, H, K, row0, k0, BT, BK), boundary_check=(0, 1), padding_option="zero")

@@ -301,20 +301,11 @@ def _chunk_dv_kernel(q, k, g, do, dh, dv, cu_seqlens, chunk_indices, scale, H,
 
 
 @triton.jit
-def _chunk_dqk_kernel(q, k, v, g, h, do, dh, hdh, dq, dk, dg, cu_seqlens, chunk_indices, scale, H, TT,
-                      K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                      USE_G: tl.constexpr, IEEE: tl.constexpr):
-    """``dq``, ``dk`` of one chunk, head and block of key channels, and that block's share of ``dg``."""
-    i_k = tl.program_id(0)
-    i_c = tl.program_id(1)
-    i_h = tl.program_id(2)
-    i_n = tl.load(chunk_indices + i_c * 2)
-    i_t = tl.load(chunk_indices + i_c * 2 + 1)
-    bos = tl.load(cu_seqlens + i_n)
-    seq_len = tl.load(cu_seqlens + i_n + 1) - bos
-    k0 = i_k * BK
-    row0 = i_t * BT
-
+def _dqk_partials(v, do, h, dh, bos, seq_len, i_c, i_h, H, row0, k0, K: tl.constexpr, V: tl.constexpr,
+                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr):
+    """One chunk's sums over value blocks, float32: ``dA = do @ v^T`` ``[BT, BT]`` (before gating
+    and the causal mask), ``dq = do @ h^T`` and ``dk = v @ dh^T`` ``[BT, BK]`` (key channels
+    ``k0:k0 + BK``)."""
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)
     b_dk = tl.zeros([BT, BK], dtype=tl.float32)
     b_dA = tl.zeros([BT, BT], dtype=tl.float32)
@@ -332,6 +323,25 @@ def _chunk_dqk_kernel(q, k, v, g, h, do, dh, hdh, dq, dk, dg, cu_seqlens, chunk_
         b_dA += _dot(b_do, b_vt, IEEE)
         b_dq += _dot(b_do, tl.trans(b_h.to(b_do.dtype)), IEEE)
         b_dk += _dot(b_v, tl.trans(b_dh.to(b_v.dtype)), IEEE)
+    return b_dq, b_dk, b_dA
+
+
+@triton.jit
+def _chunk_dqk_kernel(q, k, v, g, h, do, dh, hdh, dq, dk, dg, cu_seqlens, chunk_indices, scale, H, TT,
+                      K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                      USE_G: tl.constexpr, IEEE: tl.constexpr):
+    """``dq``, ``dk`` of one chunk, head and block of key channels, and that block's share of ``dg``."""
+    i_k = tl.program_id(0)
+    i_c = tl.program_id(1)
+    i_h = tl.program_id(2)
+    i_n = tl.load(chunk_indices + i_c * 2)
+    i_t = tl.load(chunk_indices + i_c * 2 + 1)
+    bos = tl.load(cu_seqlens + i_n)
+    seq_len = tl.load(cu_seqlens + i_n + 1) - bos
+    k0 = i_k * BK
+    row0 = i_t * BT
+
+    b_dq, b_dk, b_dA = _dqk_partials(v, do, h, dh, bos, seq_len, i_c, i_h, H, row0, k0, K, V, BT, BK, BV, IEEE)
 
     b_q = tl.load(_rows(q, bos, seq_len, i_h, H, K, row0, k0, BT, BK), boundary_check=(0, 1), padding_option="zero")
     b_k = tl.load(_rows(k, bos, seq_len, i_h, H, K, row0, k0, BT, BK), boundary_check=(0, 1), padding_option="zero")
