@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: the GPU tests, then the side-by-side benchmarks. Logs and results
 # JSON land under $OUT (the device tool brings them back); copy the JSON into benchmarks/results/.
-#   bash benchmarks/gpu_run.sh [tests] [attention] [linear]     (default: all three)
+#   bash benchmarks/gpu_run.sh [tests] [attention] [natten] [linear] [kernel-next]
+#   (default: tests attention natten linear)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -11,7 +12,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
-steps="${*:-tests attention linear}"
+steps="${*:-tests attention natten linear}"
 status=0
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
@@ -21,9 +22,12 @@ for step in $steps; do
              2>&1 | tee "$OUT/gpu-tests.log" || status=1 ;;
     attention) timeout "${TESSERA_ATTENTION_TIMEOUT:-420}" python3 benchmarks/attention.py --out "$OUT" \
                  2>&1 | tee "$OUT/attention.log" || status=1 ;;
+    natten) timeout "${TESSERA_NATTEN_TIMEOUT:-420}" python3 benchmarks/natten.py --out "$OUT" \
+              2>&1 | tee "$OUT/natten.log" || status=1 ;;
+    kernel-next) bash benchmarks/gpu_kernel_next.sh 2>&1 | tee "$OUT/kernel-next.log" || status=1 ;;
     linear) timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/linear.py --out "$OUT" ${LINEAR_BENCH_ARGS:-} \
               2>&1 | tee "$OUT/linear.log" || status=1 ;;
-    *) echo "unknown step $step (tests, attention, linear)"; status=2 ;;
+    *) echo "unknown step $step (tests, attention, natten, linear, kernel-next)"; status=2 ;;
   esac
 done
 exit $status

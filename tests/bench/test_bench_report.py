@@ -56,3 +56,23 @@ def test_sdpa_never_stands_in_for_a_pattern_it_cannot_run():
     records = run_suite(torch.device("cpu"), [case], log=logged.append)
     assert all(r["ms"] is None for r in records)
     assert any("dense or causal softmax only" in line for line in logged)
+
+
+def test_neighborhood_case_runs_and_counts_pairs_exactly():
+    from tessera.bench.attention import _na_case
+    case = _na_case("2-D 12x12 k5", (12, 12), (5, 5), dim=16, impls=("tessera",))
+    case.heads = 2
+    pattern = case.pattern(torch.device("cpu"))
+    assert useful_pairs(case, pattern) == pytest.approx(2 * pattern.dense_mask(144, 144).sum().item())
+    records = run_suite(torch.device("cpu"), [case], log=lambda msg: None)
+    assert all(r["ms"] and r["ms"] > 0 for r in records), records
+
+
+def test_neighborhood_rows_find_their_dense_baseline():
+    records = [
+        record("3-D 16x48x48 k5x13x13 D=64", "tessera", "fwd", 2.0, 100.0),
+        record("dense baseline S=36864 B=1 H=16 D=128", "sdpa-cudnn", "fwd", 50.0, 600.0),
+        record("dense baseline S=36864 B=1 H=16 D=64", "sdpa-cudnn", "fwd", 40.0, 500.0),
+    ]
+    row = next(r for r in comparison_rows(records) if r["case"].startswith("3-D"))
+    assert row["speedup_vs_dense_cudnn"] == pytest.approx(20.0)

@@ -36,6 +36,10 @@ class Case:
     impls: tuple[str, ...] = ("tessera", "flex")
     auto_row: bool = False
     tags: dict = field(default_factory=dict)
+    # N-D neighborhood cases: {"grid", "kernel", "dilation", "stride", "layout"}; tessera runs
+    # tessera.natten on [B, *grid, H, D] views (its token permutation timed too), "flex" the
+    # row-major pattern, "flex-tiled" the same pattern in tessera's tiled token order.
+    na: Optional[dict] = None
 
 
 def _causal_window(left: int):
@@ -86,6 +90,34 @@ def gpu_cases() -> list[Case]:
     return cases
 
 
+def _na_case(name: str, grid, kernel, dim: int = 128, dilation=1, stride=1, layout="auto",
+             impls=("tessera", "flex", "flex-tiled")) -> Case:
+    from ..patterns import Neighborhood
+    seq = math.prod(grid)
+    return Case(name, 1, 16, seq, dim, pattern=lambda device: Neighborhood(grid, kernel, dilation, stride),
+                impls=impls, na={"grid": grid, "kernel": kernel, "dilation": dilation, "stride": stride,
+                                 "layout": layout})
+
+
+def natten_cases() -> list[Case]:
+    """The N-D issue's suite: bf16, H = 16, B = 1; tessera in tiled order (and once row-major)
+    against FlexAttention row-major and in the same tiled order, with dense baselines."""
+    cases = [
+        _na_case("2-D 128x128 k17", (128, 128), (17, 17)),
+        _na_case("2-D 128x128 k17 row-major", (128, 128), (17, 17), layout="row-major", impls=("tessera",)),
+        _na_case("2-D 128x128 k17 D=64", (128, 128), (17, 17), dim=64),
+        _na_case("2-D 128x128 k17 dil2", (128, 128), (17, 17), dilation=2),
+        _na_case("3-D 16x48x48 k5x13x13", (16, 48, 48), (5, 13, 13)),
+        _na_case("3-D 16x48x48 k5x13x13 D=64", (16, 48, 48), (5, 13, 13), dim=64),
+        _na_case("3-D 16x48x48 blocked 4x8x8", (16, 48, 48), (4, 8, 8), stride=(4, 8, 8)),
+        _na_case("1-D 32768 window 2048", (32768,), (2048,)),
+    ]
+    shapes = sorted({(c.seq, c.head_dim) for c in cases})
+    cases += [Case(f"dense baseline S={seq} B=1 H=16 D={dim}", 1, 16, seq, dim, impls=("sdpa-cudnn", "tessera"))
+              for seq, dim in shapes]
+    return cases
+
+
 def cpu_cases() -> list[Case]:
     """A small suite that finishes in well under a minute on a laptop CPU (float32). SDPA cannot
     run the sparse patterns, so those rows compare with the dense baseline at the same shape."""
@@ -102,6 +134,9 @@ def cpu_cases() -> list[Case]:
 
 def useful_pairs(case: Case, pattern) -> float:
     """Allowed (query, key) pairs summed over heads, for one batch element."""
+    from ..patterns import Neighborhood
+    if isinstance(pattern, Neighborhood) and not any(pattern.causal):
+        return case.heads * case.seq * math.prod(pattern.kernel)    # NATTEN: every query sees prod(kernel)
     if pattern is None:
         full = case.seq * case.seq
         return case.heads * (full if not case.causal else case.seq * (case.seq + 1) / 2)
@@ -131,12 +166,40 @@ class _Inputs:
 
 def _tessera_fn(case, pattern, inp, backend):
     import tessera
+    if case.na is not None:
+        return _natten_fn(case, inp, backend)
     bias = tessera.bias.LowRank(inp.u, inp.w) if case.low_rank else None
 
     def run():
         return tessera.attention(inp.q, inp.k, inp.v, pattern=pattern, causal=case.causal,
                                  score=case.score, bias=bias, backend=backend)
     return run
+
+
+def _natten_fn(case, inp, backend):
+    from ..natten import neighborhood_attention
+    na = case.na
+    grid = tuple(na["grid"])
+    shape = (case.batch, *grid, case.heads, case.head_dim)
+
+    def run():
+        o = neighborhood_attention(inp.q.view(shape), inp.k.view(shape), inp.v.view(shape), na["kernel"],
+                                   na.get("dilation", 1), na.get("stride", 1), na_dim=len(grid),
+                                   layout=na.get("layout", "auto"), backend=backend)
+        return o.reshape(inp.q.shape)
+    return run
+
+
+def tiled_pattern(case: Case, device: torch.device):
+    """The case's Neighborhood in the token order tessera's "auto" layout picks on a GPU."""
+    from ..natten import _auto_layout
+    from ..patterns import Neighborhood, Permuted
+    na = case.na
+    pattern = Neighborhood(na["grid"], na["kernel"], na.get("dilation", 1), na.get("stride", 1))
+    layout = _auto_layout(pattern.grid, pattern.kernel, pattern.dilation, pattern.stride, pattern.causal)
+    if layout is None:
+        raise ValueError(f"no tile shape divides grid {pattern.grid} for {case.name!r}")
+    return Permuted(pattern, layout)
 
 
 def _sdpa_fn(case, pattern, inp, which):
@@ -199,7 +262,9 @@ def _impl_fn(impl: str, case: Case, pattern, inp, device: torch.device):
         return _sdpa_fn(case, pattern, inp, impl)
     if impl == "flex":
         return _flex_fn(case, pattern, inp)
-    raise ValueError(f"impl must be tessera, reference, sdpa-cudnn, sdpa-flash or flex, got {impl!r}")
+    if impl == "flex-tiled":
+        return _flex_fn(case, tiled_pattern(case, device), inp)
+    raise ValueError(f"impl must be tessera, reference, sdpa-cudnn, sdpa-flash, flex or flex-tiled, got {impl!r}")
 
 
 def _record(case_name, impl, direction, ms, flops):

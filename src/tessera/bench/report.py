@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -23,10 +24,15 @@ def write_results(path: Path, device, records: list[dict]) -> dict:
     return payload
 
 
-def _shape_key(case: str) -> tuple[str, str]:
+def _shape_key(case: str) -> tuple[str, str, str]:
+    """(sequence length, batch, head dim) named in a case; batch 1 and head dim 128 by default.
+    N-D cases name their grid instead of S: its token count stands for S."""
     seq = re.search(r"S=(\d+)", case)
+    grid = re.search(r"\b(\d+(?:x\d+)*) (?:k|blocked|window)", case)
     batch = re.search(r"B=(\d+)", case)
-    return (seq.group(1) if seq else "", batch.group(1) if batch else "1")
+    dim = re.search(r"D=(\d+)", case)
+    tokens = seq.group(1) if seq else (str(math.prod(int(g) for g in grid.group(1).split("x"))) if grid else "")
+    return (tokens, batch.group(1) if batch else "1", dim.group(1) if dim else "128")
 
 
 def _baseline(records: list[dict], case: str, direction: str, impl: str) -> dict | None:
