@@ -6,16 +6,16 @@ import argparse
 import dataclasses
 import datetime
 import json
-import shlex
-import sys
 from pathlib import Path
 
 import torch
 
 
-def _write(path: str, kind: str, settings: dict, results: list) -> None:
+def _write(args, kind: str, settings: dict, results: list) -> None:
+    """The results file of ``args.json``, with the command line that produced it."""
+    path = args.json
     payload = {"eval": kind, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
-               "command": "tessera " + shlex.join(sys.argv[1:]), "settings": settings, "results": [dataclasses.asdict(r) for r in results]}
+               "command": args.command_line, "settings": settings, "results": [dataclasses.asdict(r) for r in results]}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(payload, indent=1) + "\n")
 
@@ -60,7 +60,7 @@ def run_perplexity(args) -> int:
            ["pattern", "perplexity", "ratio to dense"],
            [[r.pattern, f"{r.perplexity:.3f}", "-" if r.ratio_to_dense is None else f"{r.ratio_to_dense:.3f}"]
             for r in results])
-    _write(args.json, "perplexity", {"model": args.model, "context": args.context, "windows": args.windows,
+    _write(args, "perplexity", {"model": args.model, "context": args.context, "windows": args.windows,
                                      "corpus": "wikipedia-leads-en"}, results)
     plt = _plot()
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -90,7 +90,7 @@ def run_passkey(args) -> int:
             rows.append([spec, str(length)] + [f"{a:.2f}" for a in accs])
     _table(f"passkey accuracy, {args.model}, {args.trials} trials", ["pattern", "length"]
            + [f"depth {d:g}" for d in args.depths], rows)
-    _write(args.json, "passkey", {"model": args.model, "trials": args.trials}, results)
+    _write(args, "passkey", {"model": args.model, "trials": args.trials}, results)
     plt = _plot()
     fig, axes = plt.subplots(1, len(args.patterns), figsize=(3.2 * len(args.patterns), 3), squeeze=False)
     for ax, spec in zip(axes[0], args.patterns):
@@ -114,20 +114,24 @@ def run_mqar(args) -> int:
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     results = []
-    for spec in args.patterns:
-        pattern = None if spec == "dense" else parse(spec)
-        for seq_len in args.seq_lens:
-            for pairs in args.kv_pairs:
-                for d_model in args.d_models:
-                    r = train_mqar(seq_len, pairs, d_model, args.vocab, pattern, args.train, args.test,
-                                   args.epochs, args.batch_size, args.lr, device=device,
-                                   log=lambda msg: print(f"  [{spec} S={seq_len} kv={pairs} d={d_model}] {msg}"))
-                    r.pattern = spec
-                    results.append(r)
+    configs = [(spec, seq_len, pairs, d_model) for spec in args.patterns for seq_len in args.seq_lens
+               for pairs in args.kv_pairs for d_model in args.d_models]
+    with _progress() as bar:
+        for spec, seq_len, pairs, d_model in configs:
+            label = f"{spec} S={seq_len} kv={pairs} d={d_model}"
+            task = bar.add_task(label, total=args.epochs)
+
+            def log(msg, task=task, label=label):
+                bar.console.print(f"  [{label}] {msg}", markup=False)
+                bar.advance(task)
+            r = train_mqar(seq_len, pairs, d_model, args.vocab, None if spec == "dense" else parse(spec),
+                           args.train, args.test, args.epochs, args.batch_size, args.lr, device=device, log=log)
+            r.pattern = spec
+            results.append(r)
     _table("MQAR answer accuracy", ["pattern", "seq", "kv pairs", "d_model", "accuracy"],
            [[r.pattern, str(r.seq_len), str(r.num_kv_pairs), str(r.d_model), f"{r.accuracy:.3f}"] for r in results])
-    settings = {k: v for k, v in vars(args).items() if k not in ("run", "command", "eval_command")}
-    _write(args.json, "mqar", settings, results)
+    settings = {k: v for k, v in vars(args).items() if k not in ("run", "command", "eval_command", "command_line")}
+    _write(args, "mqar", settings, results)
     plt = _plot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for spec in args.patterns:
