@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .simple_gla import (_INTERPRETING, PackedChunks, _block, _dot, _dqk_partials, _rows, _state,
-                         _state_dtype, packed_chunks)
+                         _state_dtype, gated_chunk_function, packed_chunks)
 
 KERNEL_CONFIG = {
     "chunk": 64,
@@ -342,25 +342,7 @@ def gla_backward(q, k, v, g, h, do, dht, scale, need_dh0: bool, packed: PackedCh
     return dq, dk, dv, dg, dh0
 
 
-class GLAFunction(torch.autograd.Function):
-    """Autograd wrapper over the GLA kernels; inputs packed ``[TT, H, D]``, contiguous."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, g, scale, initial_state, output_final_state, packed):
-        o, h, ht = gla_forward(q, k, v, g, scale, initial_state, output_final_state, packed)
-        ctx.save_for_backward(q, k, v, g, h)
-        ctx.scale = scale
-        ctx.packed = packed
-        ctx.has_initial_state = initial_state is not None
-        return o, ht
-
-    @staticmethod
-    def backward(ctx, do, dht):
-        q, k, v, g, h = ctx.saved_tensors
-        do = do.contiguous()
-        dht = None if dht is None else dht.contiguous()
-        dq, dk, dv, dg, dh0 = gla_backward(q, k, v, g, h, do, dht, ctx.scale, ctx.has_initial_state, ctx.packed)
-        return dq, dk, dv, dg, None, dh0, None, None
+GLAFunction = gated_chunk_function("GLAFunction", gla_forward, gla_backward)
 
 
 def chunk_gla_triton(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens):

@@ -487,26 +487,34 @@ def simple_gla_backward(q, k, v, g, h, do, dht, scale, need_dh0: bool, packed: P
     return dq, dk, dv, dg, dh0
 
 
-class SimpleGLAFunction(torch.autograd.Function):
-    """Autograd wrapper over the chunked kernels; inputs packed ``[TT, H, D]``, contiguous."""
+def gated_chunk_function(name: str, forward, backward) -> type:
+    """An autograd Function over a pair of chunked gated-linear-attention launchers with the
+    signatures of ``simple_gla_forward`` / ``simple_gla_backward`` (inputs packed ``[TT, H, D]``,
+    contiguous)."""
 
-    @staticmethod
-    def forward(ctx, q, k, v, g, scale, initial_state, output_final_state, packed):
-        o, h, ht = simple_gla_forward(q, k, v, g, scale, initial_state, output_final_state, packed)
-        ctx.save_for_backward(q, k, v, g, h)
-        ctx.scale = scale
-        ctx.packed = packed
-        ctx.has_initial_state = initial_state is not None
-        return o, ht
+    class GatedChunkFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v, g, scale, initial_state, output_final_state, packed):
+            o, h, ht = forward(q, k, v, g, scale, initial_state, output_final_state, packed)
+            ctx.save_for_backward(q, k, v, g, h)
+            ctx.scale = scale
+            ctx.packed = packed
+            ctx.has_initial_state = initial_state is not None
+            return o, ht
 
-    @staticmethod
-    def backward(ctx, do, dht):
-        q, k, v, g, h = ctx.saved_tensors
-        do = do.contiguous()
-        dht = None if dht is None else dht.contiguous()
-        dq, dk, dv, dg, dh0 = simple_gla_backward(q, k, v, g, h, do, dht, ctx.scale, ctx.has_initial_state,
-                                                  ctx.packed)
-        return dq, dk, dv, dg, None, dh0, None, None
+        @staticmethod
+        def backward(ctx, do, dht):
+            q, k, v, g, h = ctx.saved_tensors
+            do = do.contiguous()
+            dht = None if dht is None else dht.contiguous()
+            dq, dk, dv, dg, dh0 = backward(q, k, v, g, h, do, dht, ctx.scale, ctx.has_initial_state, ctx.packed)
+            return dq, dk, dv, dg, None, dh0, None, None
+
+    GatedChunkFunction.__name__ = GatedChunkFunction.__qualname__ = name
+    return GatedChunkFunction
+
+
+SimpleGLAFunction = gated_chunk_function("SimpleGLAFunction", simple_gla_forward, simple_gla_backward)
 
 
 def chunk_simple_gla_triton(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens):
