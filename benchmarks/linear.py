@@ -25,7 +25,7 @@ from triton.testing import do_bench
 from tessera.bench.environment import device_name
 from tessera.bench.report import results_path
 from tessera.linear import ops
-from tessera.linear.triton import simple_gla as sgla_kernels
+from tessera.linear.triton import tuning
 
 B, H, D = 2, 16, 128
 
@@ -153,40 +153,26 @@ def measure(impl, fn, op, T, direction, records, case):
 
 
 def sweep_simple_gla(records, T=16384):
+    """Time simple GLA (fwd, fwd+bwd) with each candidate configuration of its forward kernels forced
+    (tuning.OVERRIDES); benchmarks/gpu_linear_sweep.py times the kernels alone."""
     T = T if DEVICE == "cuda" else 256
-    """Time a few launch settings of the simple-GLA kernels; keep the fastest fwd+bwd."""
-    variants = [
-        {},
-        {"state_block_v": 64},
-        {"state_block_v": 64, "state_warps": 8},
-        {"state_stages": 2},
-        {"out_block_v": 128},
-        {"dqk_block_v": 32},
-        {"grad_stages": 3},
-    ]
-    base = dict(sgla_kernels.KERNEL_CONFIG)
-    best = None
-    for var in variants:
-        sgla_kernels.KERNEL_CONFIG.update(base)
-        sgla_kernels.KERNEL_CONFIG.update(var)
-        row = {}
-        for direction in ("fwd", "fwd+bwd"):
-            tmp = []
-            measure("tessera", tessera_fn("simple_gla"), "simple_gla", T, direction, tmp, "sweep")
-            row[direction] = tmp[0]["ms"]
-        print("sweep", var, row, flush=True)
-        records.append({"suite": "linear-sweep", "case": f"simple_gla/T{T}", "config": var, **row})
-        if row["fwd+bwd"] is not None and (best is None or row["fwd"] + row["fwd+bwd"] < best[0]):
-            best = (row["fwd"] + row["fwd+bwd"], var)
-    sgla_kernels.KERNEL_CONFIG.update(base)
-    if best is not None:
-        sgla_kernels.KERNEL_CONFIG.update(best[1])
-    print("chosen", sgla_kernels.KERNEL_CONFIG, flush=True)
+    for kernel in ("simple_gla.state", "simple_gla.output"):
+        for cfg in tuning.CANDIDATES[kernel]:
+            tuning.OVERRIDES[kernel] = cfg
+            row = {}
+            for direction in ("fwd", "fwd+bwd"):
+                tmp = []
+                measure("tessera", tessera_fn("simple_gla"), "simple_gla", T, direction, tmp, "sweep")
+                row[direction] = tmp[0]["ms"]
+            tuning.OVERRIDES.pop(kernel, None)
+            print("sweep", kernel, cfg, row, flush=True)
+            records.append({"suite": "linear-sweep", "case": f"simple_gla/T{T}", "kernel": kernel,
+                            "config": vars(cfg), **row})
 
 
 def write(path, records):
     out = {"device": device_name(torch.device(DEVICE)), "torch": torch.__version__, "triton": triton.__version__,
-           "date": datetime.date.today().isoformat(), "kernel_config": dict(sgla_kernels.KERNEL_CONFIG),
+           "date": datetime.date.today().isoformat(), "tuned": tuning.chosen(),
            "records": records}
     with open(path, "w") as f:
         json.dump(out, f, indent=1)

@@ -86,18 +86,27 @@ def run_case(dtype, B, T, H, K, V, gate, varlen):
     return {"case": [dtype, B, T, H, K, V, gate, varlen], "errors": errors, "non_finite": bool(unwritten)}
 
 
-DELTA_CASES = [  # dtype, B, T, H, K, V, gated, varlen
-    ("float32", 2, 63, 2, 32, 32, True, False),
-    ("float16", 1, 150, 2, 64, 32, True, True),
-    ("float32", 1, 100, 1, 32, 96, False, False),
-    ("float32", 1, 70, 1, 128, 64, True, False),
+DELTA_CASES = [  # dtype, B, T, H, K, V, gated, varlen, key correlation
+    ("float32", 2, 63, 2, 32, 32, True, False, 0.),
+    ("float16", 1, 150, 2, 64, 32, True, True, 0.),
+    ("float32", 1, 100, 1, 32, 96, False, False, 0.),
+    ("float32", 1, 70, 1, 128, 64, True, False, 0.),
+    ("float32", 1, 130, 2, 64, 32, False, False, 0.9),
+    ("float16", 1, 150, 2, 64, 32, True, True, 0.9),
 ]
 
 
-def run_delta_case(dtype, B, T, H, K, V, gated, varlen):
+def correlated_keys(B, T, H, K, corr):
+    """L2-normalised keys ``[B, T, H, K]`` sharing a direction per head with weight ``corr`` (0: independent)."""
+    shared = F.normalize(torch.randn(B, 1, H, K), dim=-1)
+    return F.normalize(corr * shared + (1 - corr) * F.normalize(torch.randn(B, T, H, K), dim=-1), dim=-1)
+
+
+def run_delta_case(dtype, B, T, H, K, V, gated, varlen, corr):
+    """Strongly correlated keys (``corr`` near 1) make ``I + M`` hard to invert stably per chunk."""
     dt = getattr(torch, dtype)
     q, v = torch.randn(B, T, H, K, dtype=dt), torch.randn(B, T, H, V, dtype=dt)
-    k = F.normalize(torch.randn(B, T, H, K), dim=-1).to(dt)
+    k = correlated_keys(B, T, H, K, corr).to(dt)
     beta = torch.rand(B, T, H).to(dt)
     g = F.logsigmoid(torch.randn(B, T, H) + 3).to(dt) if gated else None
     cu = torch.tensor([0, 40, 40, 41, T], dtype=torch.int32) if varlen else None
@@ -118,7 +127,8 @@ def run_delta_case(dtype, B, T, H, K, V, gated, varlen):
     errors = {"o": rel(o, o_ref), "final_state": rel(s, s_ref)}
     errors.update({f"d{name}": rel(a, b) for name, a, b in zip(leaves, grads, grads_ref)})
     unwritten = not (torch.isfinite(o).all() and all(torch.isfinite(x).all() for x in grads))
-    return {"case": [dtype, B, T, H, K, V, "delta" + ("-gated" if gated else ""), varlen], "errors": errors,
+    return {"case": [dtype, B, T, H, K, V, "delta" + ("-gated" if gated else "") + (f"-corr{corr}" if corr else ""),
+                     varlen], "errors": errors,
             "non_finite": bool(unwritten)}
 
 

@@ -1,5 +1,6 @@
-"""Triton kernels (simple GLA, GLA, delta rule) on a CUDA GPU in bf16 at long lengths, against float64
-(the chunked torch form, itself checked against the per-token references on CPU)."""
+"""Triton kernels (simple GLA, GLA, delta rule) on a CUDA GPU in bf16 / fp16 at long lengths, against
+float64 (the chunked torch form, itself checked against the per-token references on CPU), and every
+candidate launch configuration of ``tuning.CANDIDATES`` compiled for the GPU."""
 
 import pytest
 import torch
@@ -77,14 +78,25 @@ def test_gla_bf16_long(T, varlen):
 
 
 @cuda
-@pytest.mark.parametrize("T,gated,varlen", [(4096, False, False), (16384, True, False), (10000, True, True)])
-def test_delta_rule_bf16_long(T, gated, varlen):
+@pytest.mark.parametrize("T,gated,varlen,dtype,corr", [(4096, False, False, torch.bfloat16, 0.),
+                                                       (16384, True, False, torch.bfloat16, 0.),
+                                                       (10000, True, True, torch.bfloat16, 0.),
+                                                       (4096, False, False, torch.float16, 0.),
+                                                       (10000, True, True, torch.float16, 0.),
+                                                       (4096, False, False, torch.bfloat16, 0.9),
+                                                       (4096, True, False, torch.float16, 0.9)])
+def test_delta_rule_long(T, gated, varlen, dtype, corr):
+    """Delta rule / gated delta rule Triton kernels: o, final state and every gradient (q, k, v,
+    initial state, beta, g) against float64; ``corr``: weight of a key direction shared by all tokens
+    of a head (correlated keys make the per-chunk triangular inverse ill-conditioned)."""
     B, H, D = (1, 2, 128)
     dev = "cuda"
-    q, v = (torch.randn(B, T, H, D, device=dev, dtype=torch.bfloat16) for _ in range(2))
-    k = F.normalize(torch.randn(B, T, H, D, device=dev), dim=-1).to(torch.bfloat16)
-    beta = torch.rand(B, T, H, device=dev).to(torch.bfloat16)
-    g = F.logsigmoid(torch.randn(B, T, H, device=dev) + 3).to(torch.bfloat16) if gated else None
+    q, v = (torch.randn(B, T, H, D, device=dev, dtype=dtype) for _ in range(2))
+    shared = F.normalize(torch.randn(B, 1, H, D, device=dev), dim=-1)
+    k = F.normalize(corr * shared + (1 - corr) * F.normalize(torch.randn(B, T, H, D, device=dev), dim=-1), dim=-1)
+    k = k.to(dtype)
+    beta = torch.rand(B, T, H, device=dev).to(dtype)
+    g = F.logsigmoid(torch.randn(B, T, H, device=dev) + 3).to(dtype) if gated else None
     cu = torch.tensor([0, 3000, 3001, 7777, T], dtype=torch.int32, device=dev) if varlen else None
     h0 = 0.1 * torch.randn(4 if varlen else B, H, D, D, device=dev)
     leaves = {"q": q, "k": k, "v": v, "h0": h0, "beta": beta}
@@ -103,6 +115,60 @@ def test_delta_rule_bf16_long(T, gated, varlen):
     grads_ref = torch.autograd.grad((o_ref * do.double()).sum() + (s_ref * ds.double()).sum(), list(ref.values()))
     errors = {"o": rel(o, o_ref), "final_state": rel(s, s_ref)}
     errors.update({f"d{n}": rel(a, b) for n, a, b in zip(leaves, grads, grads_ref)})
-    print("delta", T, gated, varlen, {n: f"{e:.2e}" for n, e in errors.items()})
+    print("delta", T, gated, varlen, dtype, corr, {n: f"{e:.2e}" for n, e in errors.items()})
     for name, err in errors.items():
         assert err < 2e-2, (name, err)
+
+
+def _candidate_cases():
+    from tessera.linear.triton import tuning
+    return [(kernel, cfg) for kernel, cands in tuning.CANDIDATES.items() for cfg in cands]
+
+
+@cuda
+@pytest.mark.parametrize("kernel,cfg", _candidate_cases(), ids=lambda x: str(x))
+def test_every_launch_config_bf16(kernel, cfg):
+    """Each candidate configuration (forced through ``tuning.OVERRIDES``) compiles for this GPU and
+    matches float64 in bf16 (a timed choice may pick any of them)."""
+    from tessera.linear.triton import tuning
+
+    B, T, H, D = 1, 1000, 2, 128
+    dev = "cuda"
+    q, v = (torch.randn(B, T, H, D, device=dev, dtype=torch.bfloat16) for _ in range(2))
+    op = kernel.split(".")[0]
+    k = torch.randn(B, T, H, D, device=dev, dtype=torch.bfloat16)
+    leaves = {"q": q, "k": k, "v": v, "h0": torch.randn(B, H, D, D, device=dev)}
+    if op == "simple_gla":
+        leaves["g"] = F.logsigmoid(torch.randn(B, T, H, device=dev) + 3)
+    elif op == "gla":
+        leaves["g"] = F.logsigmoid(torch.randn(B, T, H, D, device=dev) + 2)
+    else:
+        leaves["k"] = F.normalize(k.float(), dim=-1).to(torch.bfloat16)
+        leaves["h0"] = 0.1 * leaves["h0"]
+        leaves["beta"] = torch.rand(B, T, H, device=dev)
+        leaves["g"] = F.logsigmoid(torch.randn(B, T, H, device=dev) + 3)
+
+    def call(x, backend):
+        kw = dict(initial_state=x["h0"], output_final_state=True, backend=backend)
+        if op == "simple_gla":
+            return ops.simple_gla(x["q"], x["k"], x["v"], x["g"], **kw)
+        if op == "gla":
+            return ops.gla(x["q"], x["k"], x["v"], x["g"], **kw)
+        return ops.gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"], **kw)
+
+    for x in leaves.values():
+        x.requires_grad_(True)
+    tuning.OVERRIDES[kernel] = cfg
+    try:
+        o, s = call(leaves, "triton")
+        do, ds = torch.randn_like(o), torch.randn_like(s)
+        grads = torch.autograd.grad((o.float() * do).sum() + (s * ds).sum(), list(leaves.values()))
+    finally:
+        tuning.OVERRIDES.pop(kernel, None)
+    ref = {n: x.detach().double().requires_grad_(True) for n, x in leaves.items()}
+    o_ref, s_ref = call(ref, "torch")
+    grads_ref = torch.autograd.grad((o_ref * do.double()).sum() + (s_ref * ds.double()).sum(), list(ref.values()))
+    errors = {"o": rel(o, o_ref), "final_state": rel(s, s_ref)}
+    errors.update({f"d{n}": rel(a, b) for n, a, b in zip(leaves, grads, grads_ref)})
+    for name, err in errors.items():
+        assert err < 2e-2, (kernel, cfg, name, err)

@@ -26,13 +26,31 @@ def test_triton_kernels_match_float64_reference(seed):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert len(results) == 13, proc.stdout
+    assert len(results) == 15, proc.stdout
     for r in results:
         dtype = r["case"][0]
         assert not r["non_finite"], r
         for name, err in r["errors"].items():
             bound = GATE_BOUNDS[dtype] if name in ("dg", "dh0", "dbeta", "final_state", "final_z") else BOUNDS[dtype]
             assert err < bound, (r["case"], name, err)
+
+
+def test_every_candidate_launch_config_matches_float64_reference(seed):
+    """Each block-size / warps / stages candidate the GPU may pick computes the same thing."""
+    from tessera.linear.triton import tuning
+
+    script = Path(__file__).with_name("interpret_configs.py")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, str(script), str(seed)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(results) == sum(len(c) - 1 for c in tuning.CANDIDATES.values()), proc.stdout
+    for r in results:
+        assert not r["non_finite"], r
+        for name, err in r["errors"].items():
+            bound = GATE_BOUNDS["float32"] if name in ("dg", "dh0", "dbeta", "final_state") else BOUNDS["float32"]
+            assert err < bound, (r["kernel"], r["config"], name, err)
 
 
 def test_interpreter_setting_does_not_leak():

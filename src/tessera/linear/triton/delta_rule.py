@@ -2,7 +2,7 @@
 
 Per chunk of ``BT`` tokens, with local cumulative log-decay ``b`` (zero without a gate), ``D_ij =
 exp(b_i - b_j)`` and incoming state ``S`` (``[K, V]``):
-    M = tril_strict(beta_i D_ij k_i . k_j),  T = (I + M)^-1          (product of (I + (-M)^(2^p)), float32)
+    M = tril_strict(beta_i D_ij k_i . k_j),  T = (I + M)^-1          (block forward substitution, float32)
     U = T (beta v),  W = T (beta exp(b) k),  u = U - W S              (the values actually written)
     o = scale exp(b) q S + A u,  A = scale tril(D_ij q_i . k_j)       (``simple_gla``'s output kernel)
     S' = exp(b_C) S + (exp(b_C - b) k)^T u
@@ -14,6 +14,8 @@ and the chain rule through ``U``, ``W``, ``M`` to ``v``, ``k``, ``beta``, ``b``.
 ``dk``/``dg`` that come through ``o`` and ``S'`` are those of simple GLA with ``v := u`` (its kernel is
 reused); the WY kernel adds the parts through ``U``, ``W``, ``M``. Every use of the gate inside a chunk
 goes through the local ``b``, so ``dg`` is the reverse cumulative sum, within the chunk, of ``db``. Keys are used as given (the caller L2-normalises them, as in fla).
+The local ``b`` is computed once per call (``simple_gla.chunk_local_cumsum``); the kernels' ``gc``
+argument is that float32 ``[TT, H]`` tensor.
 Limits: ``K <= 128`` (the whole key dimension is one block); ``V`` any.
 """
 
@@ -23,22 +25,9 @@ import torch
 import triton
 import triton.language as tl
 
-from . import simple_gla as sgla
-from .simple_gla import (_INTERPRETING, _block, _chunk_dv_kernel, _chunk_output_kernel, _dot, _gate_cumsum, _rows, _rows_t, _state,
-                         _state_dtype, packed_chunks)
-
-KERNEL_CONFIG = {
-    "chunk": 64,
-    "prepare_warps": 8,
-    "state_block_v": 32,
-    "state_warps": 8,
-    "state_stages": 2,
-    "out_block_k": 64,
-    "out_block_v": 64,
-    "out_warps": 8,
-    "grad_block_v": 32,
-    "grad_warps": 8,
-}
+from . import tuning
+from .simple_gla import (_INTERPRETING, CHUNK, _block, _dot, _gate_local, _rows, _rows_t, _state, _state_dtype,
+                         chunk_dqk, chunk_dv, chunk_local_cumsum, chunk_output, packed_chunks)
 
 
 @triton.jit
@@ -68,7 +57,27 @@ def _dot_fp32(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _delta_prepare_kernel(k, v, beta, g, Tinv, w, u0, cu_seqlens, chunk_indices, H,
+def _unit_lower_inverse(b_X, o_t, LOG2_BT: tl.constexpr, IEEE: tl.constexpr):
+    """``(I - X)^-1`` for strictly lower triangular ``X`` (``[BT, BT]`` float32) by block forward substitution.
+
+    Diagonal blocks of 2, 4, ..., BT rows are inverted in turn, each level merging pairs of inverted
+    blocks: ``[[A, 0], [C, D]]^-1 = [[A^-1, 0], [-D^-1 C A^-1, D^-1]]``. Every intermediate is a block of
+    the inverse itself, so nothing grows; the product form ``(I + X)(I + X^2)(I + X^4)...`` has the same
+    cost but its powers of ``X`` grow by orders of magnitude (and cancel) when keys are correlated."""
+    rows = o_t[:, None]
+    cols = o_t[None, :]
+    b_T = (rows == cols).to(tl.float32) + tl.where(rows // 2 == cols // 2, b_X, 0.)
+    s = 2
+    for _ in tl.static_range(LOG2_BT - 1):
+        # -C of every pair of s-blocks: the part of -M below the diagonal s-blocks, within each 2s-block.
+        b_C = tl.where((rows // (2 * s) == cols // (2 * s)) & (rows // s != cols // s), b_X, 0.)
+        b_T += _dot_fp32(b_T, _dot_fp32(b_C, b_T, IEEE), IEEE)
+        s = s * 2
+    return b_T
+
+
+@triton.jit
+def _delta_prepare_kernel(k, v, beta, gc, Tinv, w, u0, cu_seqlens, chunk_indices, H,
                           K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                           BV: tl.constexpr, LOG2_BT: tl.constexpr, USE_G: tl.constexpr, IEEE: tl.constexpr):
     """``T = (I + M)^-1`` (stored float32, one row per token), ``W = T (beta exp(b) k)``, ``U = T (beta v)``."""
@@ -85,16 +94,11 @@ def _delta_prepare_kernel(k, v, beta, g, Tinv, w, u0, cu_seqlens, chunk_indices,
     b_beta = _per_token(beta, bos, seq_len, i_h, H, row0, BT)
     b_kk = _dot(b_k, tl.trans(b_k), IEEE)
     if USE_G:
-        b_b, _ = _gate_cumsum(g, bos, seq_len, i_h, H, row0, BT)
+        b_b, _ = _gate_local(gc, bos, seq_len, i_h, H, row0, BT)
         b_X = -(b_beta[:, None] * b_kk * _decay(b_b, o_t, False))
     else:
         b_X = -tl.where(o_t[:, None] > o_t[None, :], b_beta[:, None] * b_kk, 0.)
-    # (I + M)^-1 = sum_p (-M)^p = (I + X)(I + X^2)(I + X^4)...(I + X^(BT/2)) with X = -M nilpotent.
-    b_T = b_X + (o_t[:, None] == o_t[None, :]).to(tl.float32)
-    b_P = b_X
-    for _ in tl.static_range(LOG2_BT - 1):
-        b_P = _dot_fp32(b_P, b_P, IEEE)
-        b_T += _dot_fp32(b_T, b_P, IEEE)
+    b_T = _unit_lower_inverse(b_X, o_t, LOG2_BT, IEEE)
     tl.store(_rows(Tinv, bos, seq_len, i_h, H, BT, row0, 0, BT, BT), b_T, boundary_check=(0, 1))
 
     b_Tc = b_T.to(b_k.dtype)
@@ -113,7 +117,7 @@ def _delta_prepare_kernel(k, v, beta, g, Tinv, w, u0, cu_seqlens, chunk_indices,
 
 
 @triton.jit
-def _delta_state_step(k, w, u0, u, g, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, v0,
+def _delta_state_step(k, w, u0, u, gc, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, v0,
                       K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                       USE_G: tl.constexpr, IEEE: tl.constexpr):
     """Store the state entering chunk ``i_t`` and the written values ``u``; return the state leaving it."""
@@ -128,7 +132,7 @@ def _delta_state_step(k, w, u0, u, g, h, b_h, i_t, bos, seq_len, first_chunk, i_
     b_kt = tl.load(_rows_t(k, bos, seq_len, i_h, H, K, row0, 0, BT, BK), boundary_check=(0, 1),
                    padding_option="zero")
     if USE_G:
-        b_b, b_last = _gate_cumsum(g, bos, seq_len, i_h, H, row0, BT)
+        b_b, b_last = _gate_local(gc, bos, seq_len, i_h, H, row0, BT)
         b_h *= tl.exp(b_last)
         b_u *= tl.exp(b_last - b_b)[:, None]
     b_h += _dot(b_kt, b_u.to(b_kt.dtype), IEEE)
@@ -136,7 +140,7 @@ def _delta_state_step(k, w, u0, u, g, h, b_h, i_t, bos, seq_len, first_chunk, i_
 
 
 @triton.jit
-def _delta_states_kernel(k, w, u0, u, g, h, h0, ht, cu_seqlens, chunk_offsets, H,
+def _delta_states_kernel(k, w, u0, u, gc, h, h0, ht, cu_seqlens, chunk_offsets, H,
                          K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                          USE_G: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IEEE: tl.constexpr,
                          WHILE_LOOP: tl.constexpr):
@@ -156,19 +160,19 @@ def _delta_states_kernel(k, w, u0, u, g, h, h0, ht, cu_seqlens, chunk_offsets, H
     if WHILE_LOOP:
         i_t = 0
         while i_t < n_chunks:
-            b_h = _delta_state_step(k, w, u0, u, g, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, v0,
+            b_h = _delta_state_step(k, w, u0, u, gc, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, v0,
                                     K, V, BT, BK, BV, USE_G, IEEE)
             i_t += 1
     else:
         for i_t in range(0, n_chunks):
-            b_h = _delta_state_step(k, w, u0, u, g, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, v0,
+            b_h = _delta_state_step(k, w, u0, u, gc, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, v0,
                                     K, V, BT, BK, BV, USE_G, IEEE)
     if STORE_HT:
         tl.store(_state(ht, i_n, i_h, H, K, V, 0, v0, BK, BV), b_h, boundary_check=(0, 1))
 
 
 @triton.jit
-def _delta_state_grad_step(q, k, w, g, do, h, dh, du, hdh, b_dh, i_t, bos, seq_len, first_chunk, i_h, H, scale,
+def _delta_state_grad_step(q, k, w, gc, do, h, dh, du, hdh, b_dh, i_t, bos, seq_len, first_chunk, i_h, H, scale,
                            v0, i_v, NV, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                            BV: tl.constexpr, USE_G: tl.constexpr, IEEE: tl.constexpr):
     """Store ``dS'`` of chunk ``i_t``, complete ``du`` (holding ``A^T do`` on entry) and, gated, this block's
@@ -183,7 +187,7 @@ def _delta_state_grad_step(q, k, w, g, do, h, dh, du, hdh, b_dh, i_t, bos, seq_l
     p_du = _rows(du, bos, seq_len, i_h, H, V, row0, v0, BT, BV)
     b_du = tl.load(p_du, boundary_check=(0, 1), padding_option="zero")
     if USE_G:
-        b_b, b_last = _gate_cumsum(g, bos, seq_len, i_h, H, row0, BT)
+        b_b, b_last = _gate_local(gc, bos, seq_len, i_h, H, row0, BT)
         b_k = (b_k.to(tl.float32) * tl.exp(b_last - b_b)[:, None]).to(b_do.dtype)
         b_q = (b_q.to(tl.float32) * (tl.exp(b_b) * scale)[:, None]).to(b_do.dtype)
         b_h = tl.load(_state(h, chunk, i_h, H, K, V, 0, v0, BK, BV), boundary_check=(0, 1), padding_option="zero")
@@ -201,7 +205,7 @@ def _delta_state_grad_step(q, k, w, g, do, h, dh, du, hdh, b_dh, i_t, bos, seq_l
 
 
 @triton.jit
-def _delta_state_grads_kernel(q, k, w, g, do, h, dh, du, hdh, dht, dh0, cu_seqlens, chunk_offsets, scale, H,
+def _delta_state_grads_kernel(q, k, w, gc, do, h, dh, du, hdh, dht, dh0, cu_seqlens, chunk_offsets, scale, H,
                               K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                               BV: tl.constexpr, USE_G: tl.constexpr, USE_DHT: tl.constexpr,
                               STORE_DH0: tl.constexpr, IEEE: tl.constexpr, WHILE_LOOP: tl.constexpr):
@@ -222,19 +226,19 @@ def _delta_state_grads_kernel(q, k, w, g, do, h, dh, du, hdh, dht, dh0, cu_seqle
     if WHILE_LOOP:
         i_t = n_chunks - 1
         while i_t >= 0:
-            b_dh = _delta_state_grad_step(q, k, w, g, do, h, dh, du, hdh, b_dh, i_t, bos, seq_len, first_chunk, i_h,
+            b_dh = _delta_state_grad_step(q, k, w, gc, do, h, dh, du, hdh, b_dh, i_t, bos, seq_len, first_chunk, i_h,
                                           H, scale, v0, i_v, NV, K, V, BT, BK, BV, USE_G, IEEE)
             i_t -= 1
     else:
         for i_r in range(0, n_chunks):
-            b_dh = _delta_state_grad_step(q, k, w, g, do, h, dh, du, hdh, b_dh, n_chunks - 1 - i_r, bos, seq_len,
+            b_dh = _delta_state_grad_step(q, k, w, gc, do, h, dh, du, hdh, b_dh, n_chunks - 1 - i_r, bos, seq_len,
                                           first_chunk, i_h, H, scale, v0, i_v, NV, K, V, BT, BK, BV, USE_G, IEEE)
     if STORE_DH0:
         tl.store(_state(dh0, i_n, i_h, H, K, V, 0, v0, BK, BV), b_dh, boundary_check=(0, 1))
 
 
 @triton.jit
-def _delta_wy_grads_kernel(k, v, beta, g, Tinv, h, du, dk_partial, dg_partial, dk, dv, dbeta, dg,
+def _delta_wy_grads_kernel(k, v, beta, gc, Tinv, h, du, dk_partial, dg_partial, dk, dv, dbeta, dg,
                            cu_seqlens, chunk_indices, H,
                            K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                            USE_G: tl.constexpr, IEEE: tl.constexpr):
@@ -252,7 +256,7 @@ def _delta_wy_grads_kernel(k, v, beta, g, Tinv, h, du, dk_partial, dg_partial, d
     b_k = tl.load(_rows(k, bos, seq_len, i_h, H, K, row0, 0, BT, BK), boundary_check=(0, 1), padding_option="zero")
     b_beta = _per_token(beta, bos, seq_len, i_h, H, row0, BT)
     if USE_G:
-        b_b, _ = _gate_cumsum(g, bos, seq_len, i_h, H, row0, BT)
+        b_b, _ = _gate_local(gc, bos, seq_len, i_h, H, row0, BT)
         b_ekb = tl.exp(b_b)
         b_D = _decay(b_b, o_t, False)
     else:
@@ -317,83 +321,106 @@ def _delta_wy_grads_kernel(k, v, beta, g, Tinv, h, du, dk_partial, dg_partial, d
         tl.store(dg + tok, b_dg, mask=m_row)
 
 
-def delta_rule_forward(q, k, v, beta, g, scale, initial_state, output_final_state, packed):
-    """Packed ``[TT, H, D]`` inputs, ``beta``/``g`` float32 ``[TT, H]`` (``g`` may be None).
-    Returns ``(o, final_state, saved)`` with ``saved`` the tensors the backward reuses."""
-    TT, H, K = q.shape
+def _key(q: torch.Tensor, v: torch.Tensor, gated: bool) -> tuple:
+    """Tuning key of a launch on packed ``[TT, H, D]`` tensors: heads, head dims, dtype, whether gated
+    (never a length)."""
+    return q.shape[1], q.shape[-1], v.shape[-1], str(q.dtype), gated
+
+
+def delta_prepare(k, v, beta, gc, packed):
+    """``(Tinv float32 [TT, H, BT], w [TT, H, K], u0 [TT, H, V])``: the per-chunk inverse ``T`` (one row per
+    token), ``W = T (beta exp(b) k)`` and ``U = T (beta v)``."""
+    TT, H, K = k.shape
     V = v.shape[-1]
-    cfg = KERNEL_CONFIG
-    BT = cfg["chunk"]
-    BK = _block(K, 256)
-    ieee = q.dtype == torch.float32
-    use_g = g is not None
-    N = packed.num_sequences
-    Tinv = torch.empty(TT, H, BT, dtype=torch.float32, device=q.device)
+    cfg = tuning.pick("delta.prepare", _key(k, v, gc is not None), None)
+    Tinv = torch.empty(TT, H, CHUNK, dtype=torch.float32, device=k.device)
     w = torch.empty_like(k)
     u0 = torch.empty_like(v)
     _delta_prepare_kernel[(packed.num_chunks, H)](
-        k, v, beta, g, Tinv, w, u0, packed.cu_seqlens, packed.chunk_indices, H,
-        K=K, V=V, BT=BT, BK=BK, BV=_block(V, 64), LOG2_BT=BT.bit_length() - 1, USE_G=use_g, IEEE=ieee,
-        num_warps=cfg["prepare_warps"])
-    h = torch.empty(packed.num_chunks, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
-    u = torch.empty_like(v)
-    ht = torch.empty(N, H, K, V, dtype=torch.float32, device=q.device) if output_final_state else None
-    BV = _block(V, cfg["state_block_v"])
-    _delta_states_kernel[(triton.cdiv(V, BV), N * H)](
-        k, w, u0, u, g, h, initial_state, ht, packed.cu_seqlens, packed.chunk_offsets, H,
-        K=K, V=V, BT=BT, BK=BK, BV=BV, USE_G=use_g, USE_H0=initial_state is not None, STORE_HT=output_final_state,
-        IEEE=ieee, WHILE_LOOP=_INTERPRETING, num_warps=cfg["state_warps"], num_stages=cfg["state_stages"])
-    o = torch.empty_like(v)
-    BKo, BVo = _block(K, cfg["out_block_k"]), _block(V, cfg["out_block_v"])
-    _chunk_output_kernel[(triton.cdiv(V, BVo), packed.num_chunks, H)](
-        q, k, u, g, h, o, packed.cu_seqlens, packed.chunk_indices, scale, H,
-        K=K, V=V, BT=BT, BK=BKo, BV=BVo, USE_G=use_g, IEEE=ieee, num_warps=cfg["out_warps"])
-    return o, ht, (Tinv, w, u, h)
+        k, v, beta, gc, Tinv, w, u0, packed.cu_seqlens, packed.chunk_indices, H,
+        K=K, V=V, BT=CHUNK, BK=_block(K, 256), BV=_block(V, cfg.block_v), LOG2_BT=CHUNK.bit_length() - 1,
+        USE_G=gc is not None, IEEE=k.dtype == torch.float32, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return Tinv, w, u0
 
 
-def delta_rule_backward(q, k, v, beta, g, saved, do, dht, scale, need_dh0, packed):
-    TT, H, K = q.shape
-    V = v.shape[-1]
-    Tinv, w, u, h = saved
-    cfg = KERNEL_CONFIG
-    BT = cfg["chunk"]
-    BK = _block(K, 256)
-    ieee = q.dtype == torch.float32
-    use_g = g is not None
+def delta_states(k, w, u0, gc, initial_state, output_final_state, packed):
+    """``(h [NT, H, K, V], u [TT, H, V], final_state float32 or None)``: the states entering every chunk,
+    the values actually written ``u = U - W S`` and the final state."""
+    TT, H, K = k.shape
+    V = u0.shape[-1]
     N = packed.num_sequences
-    dh = torch.empty(packed.num_chunks, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
-    du = torch.empty(TT, H, V, dtype=torch.float32, device=q.device)
-    BV = _block(V, cfg["state_block_v"])
+
+    def launch(cfg):
+        BV = _block(V, cfg.block_v)
+        h = torch.empty(packed.num_chunks, H, K, V, dtype=_state_dtype(k.dtype), device=k.device)
+        u = torch.empty_like(u0)
+        ht = torch.empty(N, H, K, V, dtype=torch.float32, device=k.device) if output_final_state else None
+        _delta_states_kernel[(triton.cdiv(V, BV), N * H)](
+            k, w, u0, u, gc, h, initial_state, ht, packed.cu_seqlens, packed.chunk_offsets, H,
+            K=K, V=V, BT=CHUNK, BK=_block(K, 256), BV=BV, USE_G=gc is not None, USE_H0=initial_state is not None,
+            STORE_HT=output_final_state, IEEE=k.dtype == torch.float32, WHILE_LOOP=_INTERPRETING,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        return h, u, ht
+    return tuning.run("delta.state", _key(k, u0, gc is not None), launch)
+
+
+def delta_rule_forward(q, k, v, beta, g, scale, initial_state, output_final_state, packed):
+    """Packed ``[TT, H, D]`` inputs, ``beta``/``g`` float32 ``[TT, H]`` (``g`` may be None).
+    Returns ``(o, final_state, saved)`` with ``saved`` the tensors the backward reuses
+    ``(Tinv, w, u, h, gc)``, ``gc`` the chunk-local cumulative log-decay (None without a gate)."""
+    gc = None if g is None else chunk_local_cumsum(g, packed)
+    Tinv, w, u0 = delta_prepare(k, v, beta, gc, packed)
+    h, u, ht = delta_states(k, w, u0, gc, initial_state, output_final_state, packed)
+    o = chunk_output(q, k, u, gc, h, scale, packed, kernel="delta.output")
+    return o, ht, (Tinv, w, u, h, gc)
+
+
+def delta_state_grads(q, k, w, gc, do, h, du, dht, scale, need_dh0, packed):
+    """Walk the chunks backwards: ``dh [NT, H, K, V]``, ``dh0`` (or None), ``<S, dS'>`` per chunk and head
+    (gated; else None); completes ``du`` in place (it holds ``A^T do`` on entry)."""
+    TT, H, K = q.shape
+    V = do.shape[-1]
+    N = packed.num_sequences
+    cfg = tuning.pick("delta.state_grad", _key(q, do, gc is not None), None)
+    BV = _block(V, cfg.block_v)
     NV = triton.cdiv(V, BV)
-    hdh = torch.empty(packed.num_chunks, H, NV, dtype=torch.float32, device=q.device) if use_g else None
+    dh = torch.empty(packed.num_chunks, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
+    hdh = torch.empty(packed.num_chunks, H, NV, dtype=torch.float32, device=q.device) if gc is not None else None
     dh0 = torch.empty(N, H, K, V, dtype=torch.float32, device=q.device) if need_dh0 else None
-    BKd, BVd = _block(K, cfg["out_block_k"]), _block(V, cfg["out_block_v"])
-    _chunk_dv_kernel[(triton.cdiv(V, BVd), packed.num_chunks, H)](
-        q, k, g, do, None, du, packed.cu_seqlens, packed.chunk_indices, scale, H,
-        K=K, V=V, BT=BT, BK=BKd, BV=BVd, USE_G=use_g, IEEE=ieee, USE_DH=False, num_warps=cfg["out_warps"])
     _delta_state_grads_kernel[(NV, N * H)](
-        q, k, w, g, do, h, dh, du, hdh, dht, dh0, packed.cu_seqlens, packed.chunk_offsets, scale, H,
-        K=K, V=V, BT=BT, BK=BK, BV=BV, USE_G=use_g, USE_DHT=dht is not None, STORE_DH0=need_dh0, IEEE=ieee,
-        WHILE_LOOP=_INTERPRETING, num_warps=cfg["state_warps"], num_stages=cfg["state_stages"])
-    # dq, and the parts of dk and dg through o and S': simple GLA's kernel with v := u.
-    dq = torch.empty_like(q)
-    dk_partial = torch.empty(TT, H, K, dtype=torch.float32, device=q.device)
-    BKq, BVq = _block(K, sgla.KERNEL_CONFIG["dqk_block_k"]), _block(V, sgla.KERNEL_CONFIG["dqk_block_v"])
-    NK = triton.cdiv(K, BKq)
-    dg_parts = torch.empty(NK, TT, H, dtype=torch.float32, device=q.device) if use_g else None
-    sgla._chunk_dqk_kernel[(NK, packed.num_chunks, H)](
-        q, k, u, g, h, do, dh, None if hdh is None else hdh.sum(-1), dq, dk_partial, dg_parts,
-        packed.cu_seqlens, packed.chunk_indices, scale, H, TT,
-        K=K, V=V, BT=BT, BK=BKq, BV=BVq, USE_G=use_g, IEEE=ieee,
-        num_warps=sgla.KERNEL_CONFIG["dqk_warps"], num_stages=sgla.KERNEL_CONFIG["grad_stages"])
+        q, k, w, gc, do, h, dh, du, hdh, dht, dh0, packed.cu_seqlens, packed.chunk_offsets, scale, H,
+        K=K, V=V, BT=CHUNK, BK=_block(K, 256), BV=BV, USE_G=gc is not None, USE_DHT=dht is not None,
+        STORE_DH0=need_dh0, IEEE=q.dtype == torch.float32, WHILE_LOOP=_INTERPRETING,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return dh, dh0, None if hdh is None else hdh.sum(-1)
+
+
+def delta_wy_grads(k, v, beta, gc, Tinv, h, du, dk_partial, dg_partial, packed):
+    """``(dk, dv, dbeta float32, dg float32 or None)`` through ``U``, ``W`` and ``T``, completing the
+    partial ``dk``/``dg`` of the output and state terms."""
+    TT, H, K = k.shape
+    V = v.shape[-1]
+    cfg = tuning.pick("delta.wy_grad", _key(k, v, gc is not None), None)
     dk, dv = torch.empty_like(k), torch.empty_like(v)
-    dbeta = torch.empty(TT, H, dtype=torch.float32, device=q.device)
-    dg = torch.empty(TT, H, dtype=torch.float32, device=q.device) if use_g else None
+    dbeta = torch.empty(TT, H, dtype=torch.float32, device=k.device)
+    dg = torch.empty(TT, H, dtype=torch.float32, device=k.device) if gc is not None else None
     _delta_wy_grads_kernel[(packed.num_chunks, H)](
-        k, v, beta, g, Tinv, h, du, dk_partial, None if dg_parts is None else dg_parts.sum(0), dk, dv, dbeta, dg,
+        k, v, beta, gc, Tinv, h, du, dk_partial, dg_partial, dk, dv, dbeta, dg,
         packed.cu_seqlens, packed.chunk_indices, H,
-        K=K, V=V, BT=BT, BK=BK, BV=_block(V, cfg["grad_block_v"]), USE_G=use_g, IEEE=ieee,
-        num_warps=cfg["grad_warps"])
+        K=K, V=V, BT=CHUNK, BK=_block(K, 256), BV=_block(V, cfg.block_v), USE_G=gc is not None,
+        IEEE=k.dtype == torch.float32, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return dk, dv, dbeta, dg
+
+
+def delta_rule_backward(q, k, v, beta, saved, do, dht, scale, need_dh0, packed):
+    """Gradients ``(dq, dk, dv, dbeta, dg or None, dh0 or None)``; ``saved`` from ``delta_rule_forward``."""
+    Tinv, w, u, h, gc = saved
+    du = chunk_dv(q, k, gc, do, None, scale, packed, kernel="delta.attn_dv", out_dtype=torch.float32)
+    dh, dh0, hdh = delta_state_grads(q, k, w, gc, do, h, du, dht, scale, need_dh0, packed)
+    # dq, and the parts of dk and dg through o and S': simple GLA's kernel with v := u.
+    dq, dk_partial, dg_partial = chunk_dqk(q, k, u, gc, h, do, dh, hdh, scale, packed, kernel="delta.dqk",
+                                           dk_dtype=torch.float32)
+    dk, dv, dbeta, dg = delta_wy_grads(k, v, beta, gc, Tinv, h, du, dk_partial, dg_partial, packed)
     return dq, dk, dv, dbeta, dg, dh0
 
 
@@ -403,7 +430,7 @@ class DeltaRuleFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, beta, g, scale, initial_state, output_final_state, packed):
         o, ht, saved = delta_rule_forward(q, k, v, beta, g, scale, initial_state, output_final_state, packed)
-        ctx.save_for_backward(q, k, v, beta, g, *saved)
+        ctx.save_for_backward(q, k, v, beta, *saved)
         ctx.scale = scale
         ctx.packed = packed
         ctx.has_initial_state = initial_state is not None
@@ -411,9 +438,9 @@ class DeltaRuleFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, beta, g, *saved = ctx.saved_tensors
+        q, k, v, beta, *saved = ctx.saved_tensors
         dq, dk, dv, dbeta, dg, dh0 = delta_rule_backward(
-            q, k, v, beta, g, saved, do.contiguous(), None if dht is None else dht.contiguous(), ctx.scale,
+            q, k, v, beta, saved, do.contiguous(), None if dht is None else dht.contiguous(), ctx.scale,
             ctx.has_initial_state, ctx.packed)
         return dq, dk, dv, dbeta, dg, None, dh0, None, None
 
@@ -422,7 +449,7 @@ def chunk_gated_delta_rule_triton(q, k, v, g, beta, scale, initial_state, output
     """``[B, T, H, D]`` entry point; ``g`` ``[B, T, H]`` or None (plain delta rule); ``beta`` ``[B, T, H]``."""
     B, T, H, K = q.shape
     V = v.shape[-1]
-    packed = packed_chunks(B, T, KERNEL_CONFIG["chunk"], q.device, cu_seqlens)
+    packed = packed_chunks(B, T, CHUNK, q.device, cu_seqlens)
     flat = [x.reshape(B * T, H, -1).contiguous() for x in (q, k, v)]
     bf = beta.float().reshape(B * T, H).contiguous()
     gf = None if g is None else g.float().reshape(B * T, H).contiguous()

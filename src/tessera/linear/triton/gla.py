@@ -6,7 +6,9 @@ key channel (``b[t, c]``). Intra-chunk scores ``A_ij = scale * sum_c q_ic k_jc e
 at the middle row of the chunk, so each factor's exponent spans at most half a chunk. This needs
 ``|b_i - r| < ~80`` (an average log-decay above about -2.5 per token): stronger gates overflow.
 The gate gradient per channel is the local reverse cumulative sum of ``q . dq - k . dk`` plus
-``<S_leaving[c, :], dS'[c, :]>``, as in ``simple_gla.py``.
+``<S_leaving[c, :], dS'[c, :]>``, as in ``simple_gla.py``. As there, the chunk-local cumulative
+log-decay (float32 ``[TT, H, K]``) is computed once per call by a parallel kernel and the kernels'
+``gc`` argument is that tensor.
 """
 
 from __future__ import annotations
@@ -15,27 +17,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .simple_gla import (_INTERPRETING, PackedChunks, _block, _dot, _dqk_partials, _rows, _state,
+from . import tuning
+from .simple_gla import (_INTERPRETING, CHUNK, PackedChunks, _block, _dot, _dqk_partials, _rows, _state,
                          _state_dtype, gated_chunk_function, packed_chunks)
-
-KERNEL_CONFIG = {
-    "chunk": 64,
-    "state_block_k": 64,
-    "state_block_v": 32,
-    "state_warps": 4,
-    "state_stages": 3,
-    "out_block_k": 64,
-    "out_block_v": 64,
-    "out_warps": 8,
-    "out_stages": 2,
-    "dv_block_k": 64,
-    "dv_block_v": 64,
-    "dv_warps": 8,
-    "dqk_block_k": 64,
-    "dqk_block_v": 64,
-    "dqk_warps": 8,
-    "grad_stages": 2,
-}
 
 
 @triton.jit
@@ -49,19 +33,39 @@ def _wide(x, dtype: tl.constexpr, WIDE: tl.constexpr):
 
 
 @triton.jit
-def _gates(g, bos, seq_len, i_h, H, K: tl.constexpr, row0, k0, BT: tl.constexpr, BK: tl.constexpr):
-    """Cumulative log-decay ``b [BT, BK]`` of a chunk (padded rows repeat the last), its last row and
-    its middle row (the reference ``r``)."""
-    b_g = tl.load(_rows(g, bos, seq_len, i_h, H, K, row0, k0, BT, BK), boundary_check=(0, 1),
+def _gla_cumsum_kernel(g, gc, cu_seqlens, chunk_indices, H, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
+    """``gc[t, h, c]``: cumulative sum of the log-decay ``g[TT, H, K]`` over the tokens of ``t``'s chunk
+    up to ``t`` (float32); one program per chunk, head and block of channels."""
+    i_c = tl.program_id(0)
+    i_h = tl.program_id(1)
+    i_k = tl.program_id(2)
+    i_n = tl.load(chunk_indices + i_c * 2)
+    i_t = tl.load(chunk_indices + i_c * 2 + 1)
+    bos = tl.load(cu_seqlens + i_n)
+    seq_len = tl.load(cu_seqlens + i_n + 1) - bos
+    b_g = tl.load(_rows(g, bos, seq_len, i_h, H, K, i_t * BT, i_k * BK, BT, BK), boundary_check=(0, 1),
                   padding_option="zero").to(tl.float32)
-    b_b = tl.cumsum(b_g, axis=0)
-    o_t = tl.arange(0, BT)
-    b_ref = tl.sum(tl.where(o_t[:, None] == BT // 2, b_b, 0.), axis=0)
-    return b_b, tl.sum(b_g, axis=0), b_ref
+    tl.store(_rows(gc, bos, seq_len, i_h, H, K, i_t * BT, i_k * BK, BT, BK), tl.cumsum(b_g, axis=0),
+             boundary_check=(0, 1))
 
 
 @triton.jit
-def _gla_state_step(k, v, g, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, k0, v0,
+def _gates(gc, bos, seq_len, i_h, H, K: tl.constexpr, row0, k0, BT: tl.constexpr, BK: tl.constexpr):
+    """Cumulative log-decay ``b [BT, BK]`` of a chunk read from ``gc`` (padded rows repeat the last),
+    its last row and its middle row (the reference ``r``)."""
+    o_t = tl.arange(0, BT)
+    o_k = k0 + tl.arange(0, BK)
+    last = tl.minimum(row0 + BT, seq_len) - 1
+    b_last = tl.load(gc + ((bos + last).to(tl.int64) * H + i_h) * K + o_k, mask=o_k < K, other=0.)
+    b_b = tl.load(_rows(gc, bos, seq_len, i_h, H, K, row0, k0, BT, BK), boundary_check=(0, 1),
+                  padding_option="zero")
+    b_b = tl.where((row0 + o_t < seq_len)[:, None], b_b, b_last[None, :])
+    b_ref = tl.sum(tl.where(o_t[:, None] == BT // 2, b_b, 0.), axis=0)
+    return b_b, b_last, b_ref
+
+
+@triton.jit
+def _gla_state_step(k, v, gc, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, k0, v0,
                     K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                     IEEE: tl.constexpr):
     tl.store(_state(h, first_chunk + i_t, i_h, H, K, V, k0, v0, BK, BV), b_h.to(h.dtype.element_ty),
@@ -70,7 +74,7 @@ def _gla_state_step(k, v, g, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, k0,
                   padding_option="zero")
     b_v = tl.load(_rows(v, bos, seq_len, i_h, H, V, i_t * BT, v0, BT, BV), boundary_check=(0, 1),
                   padding_option="zero")
-    b_b, b_last, _ = _gates(g, bos, seq_len, i_h, H, K, i_t * BT, k0, BT, BK)
+    b_b, b_last, _ = _gates(gc, bos, seq_len, i_h, H, K, i_t * BT, k0, BT, BK)
     b_h *= tl.exp(b_last)[:, None]
     b_kt = tl.trans((b_k.to(tl.float32) * tl.exp(b_last[None, :] - b_b)).to(b_v.dtype))
     b_h += _dot(b_kt, b_v, IEEE)
@@ -78,7 +82,7 @@ def _gla_state_step(k, v, g, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, k0,
 
 
 @triton.jit
-def _gla_states_kernel(k, v, g, h, h0, ht, cu_seqlens, chunk_offsets, H,
+def _gla_states_kernel(k, v, gc, h, h0, ht, cu_seqlens, chunk_offsets, H,
                        K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                        USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IEEE: tl.constexpr,
                        WHILE_LOOP: tl.constexpr):
@@ -101,19 +105,19 @@ def _gla_states_kernel(k, v, g, h, h0, ht, cu_seqlens, chunk_offsets, H,
     if WHILE_LOOP:
         i_t = 0
         while i_t < n_chunks:
-            b_h = _gla_state_step(k, v, g, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, k0, v0,
+            b_h = _gla_state_step(k, v, gc, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, k0, v0,
                                   K, V, BT, BK, BV, IEEE)
             i_t += 1
     else:
         for i_t in range(0, n_chunks):
-            b_h = _gla_state_step(k, v, g, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, k0, v0,
+            b_h = _gla_state_step(k, v, gc, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, k0, v0,
                                   K, V, BT, BK, BV, IEEE)
     if STORE_HT:
         tl.store(_state(ht, i_n, i_h, H, K, V, k0, v0, BK, BV), b_h, boundary_check=(0, 1))
 
 
 @triton.jit
-def _gla_output_kernel(q, k, v, g, h, o, cu_seqlens, chunk_indices, scale, H,
+def _gla_output_kernel(q, k, v, gc, h, o, cu_seqlens, chunk_indices, scale, H,
                        K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                        IEEE: tl.constexpr, WIDE: tl.constexpr):
     i_v = tl.program_id(0)
@@ -135,7 +139,7 @@ def _gla_output_kernel(q, k, v, g, h, o, cu_seqlens, chunk_indices, scale, H,
                       padding_option="zero")
         b_h = tl.load(_state(h, i_c, i_h, H, K, V, i_k * BK, v0, BK, BV), boundary_check=(0, 1),
                       padding_option="zero")
-        b_b, _, b_ref = _gates(g, bos, seq_len, i_h, H, K, row0, i_k * BK, BT, BK)
+        b_b, _, b_ref = _gates(gc, bos, seq_len, i_h, H, K, row0, i_k * BK, BT, BK)
         b_qf = b_q.to(tl.float32)
         b_o += _dot((b_qf * tl.exp(b_b)).to(b_q.dtype), b_h.to(b_q.dtype), IEEE)
         b_qr = _wide(b_qf * tl.exp(b_b - b_ref[None, :]), b_q.dtype, WIDE)
@@ -150,7 +154,7 @@ def _gla_output_kernel(q, k, v, g, h, o, cu_seqlens, chunk_indices, scale, H,
 
 
 @triton.jit
-def _gla_state_grad_step(q, do, g, h, dh, hdh, b_dh, i_t, bos, seq_len, first_chunk, i_h, H, scale, k0, v0, i_v,
+def _gla_state_grad_step(q, do, gc, h, dh, hdh, b_dh, i_t, bos, seq_len, first_chunk, i_h, H, scale, k0, v0, i_v,
                          NV, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                          BV: tl.constexpr, IEEE: tl.constexpr):
     chunk = first_chunk + i_t
@@ -163,7 +167,7 @@ def _gla_state_grad_step(q, do, g, h, dh, hdh, b_dh, i_t, bos, seq_len, first_ch
                   padding_option="zero")
     b_do = tl.load(_rows(do, bos, seq_len, i_h, H, V, i_t * BT, v0, BT, BV), boundary_check=(0, 1),
                    padding_option="zero")
-    b_b, b_last, _ = _gates(g, bos, seq_len, i_h, H, K, i_t * BT, k0, BT, BK)
+    b_b, b_last, _ = _gates(gc, bos, seq_len, i_h, H, K, i_t * BT, k0, BT, BK)
     b_dh *= tl.exp(b_last)[:, None]
     b_qt = tl.trans((b_q.to(tl.float32) * tl.exp(b_b) * scale).to(b_do.dtype))
     b_dh += _dot(b_qt, b_do, IEEE)
@@ -171,7 +175,7 @@ def _gla_state_grad_step(q, do, g, h, dh, hdh, b_dh, i_t, bos, seq_len, first_ch
 
 
 @triton.jit
-def _gla_state_grads_kernel(q, do, g, h, dh, hdh, dht, dh0, cu_seqlens, chunk_offsets, scale, H,
+def _gla_state_grads_kernel(q, do, gc, h, dh, hdh, dht, dh0, cu_seqlens, chunk_offsets, scale, H,
                             K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                             BV: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
                             IEEE: tl.constexpr, WHILE_LOOP: tl.constexpr):
@@ -195,19 +199,19 @@ def _gla_state_grads_kernel(q, do, g, h, dh, hdh, dht, dh0, cu_seqlens, chunk_of
     if WHILE_LOOP:
         i_t = n_chunks - 1
         while i_t >= 0:
-            b_dh = _gla_state_grad_step(q, do, g, h, dh, hdh, b_dh, i_t, bos, seq_len, first_chunk, i_h, H, scale,
+            b_dh = _gla_state_grad_step(q, do, gc, h, dh, hdh, b_dh, i_t, bos, seq_len, first_chunk, i_h, H, scale,
                                         k0, v0, i_v, NV, K, V, BT, BK, BV, IEEE)
             i_t -= 1
     else:
         for i_r in range(0, n_chunks):
-            b_dh = _gla_state_grad_step(q, do, g, h, dh, hdh, b_dh, n_chunks - 1 - i_r, bos, seq_len, first_chunk,
+            b_dh = _gla_state_grad_step(q, do, gc, h, dh, hdh, b_dh, n_chunks - 1 - i_r, bos, seq_len, first_chunk,
                                         i_h, H, scale, k0, v0, i_v, NV, K, V, BT, BK, BV, IEEE)
     if STORE_DH0:
         tl.store(_state(dh0, i_n, i_h, H, K, V, k0, v0, BK, BV), b_dh, boundary_check=(0, 1))
 
 
 @triton.jit
-def _gla_dv_kernel(q, k, g, do, dh, dv, cu_seqlens, chunk_indices, scale, H,
+def _gla_dv_kernel(q, k, gc, do, dh, dv, cu_seqlens, chunk_indices, scale, H,
                    K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                    IEEE: tl.constexpr, WIDE: tl.constexpr):
     """``dv = A^T @ do + (exp(b_C - b) * k) @ dS'``."""
@@ -229,7 +233,7 @@ def _gla_dv_kernel(q, k, g, do, dh, dv, cu_seqlens, chunk_indices, scale, H,
                       padding_option="zero")
         b_dh = tl.load(_state(dh, i_c, i_h, H, K, V, i_k * BK, v0, BK, BV), boundary_check=(0, 1),
                        padding_option="zero").to(b_k.dtype)
-        b_b, b_last, b_ref = _gates(g, bos, seq_len, i_h, H, K, row0, i_k * BK, BT, BK)
+        b_b, b_last, b_ref = _gates(gc, bos, seq_len, i_h, H, K, row0, i_k * BK, BT, BK)
         b_kf = b_k.to(tl.float32)
         b_kr = _wide(b_kf * tl.exp(b_ref[None, :] - b_b), b_k.dtype, WIDE)
         b_qr = _wide(b_q.to(tl.float32) * tl.exp(b_b - b_ref[None, :]), b_k.dtype, WIDE)
@@ -245,7 +249,7 @@ def _gla_dv_kernel(q, k, g, do, dh, dv, cu_seqlens, chunk_indices, scale, H,
 
 
 @triton.jit
-def _gla_dqk_kernel(q, k, v, g, h, do, dh, hdh, dq, dk, dg, cu_seqlens, chunk_indices, scale, H,
+def _gla_dqk_kernel(q, k, v, gc, h, do, dh, hdh, dq, dk, dg, cu_seqlens, chunk_indices, scale, H,
                     K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                     IEEE: tl.constexpr, WIDE: tl.constexpr):
     """``dq``, ``dk`` and ``dg`` of one chunk, head and block of key channels."""
@@ -263,7 +267,7 @@ def _gla_dqk_kernel(q, k, v, g, h, do, dh, hdh, dq, dk, dg, cu_seqlens, chunk_in
 
     b_q = tl.load(_rows(q, bos, seq_len, i_h, H, K, row0, k0, BT, BK), boundary_check=(0, 1), padding_option="zero")
     b_k = tl.load(_rows(k, bos, seq_len, i_h, H, K, row0, k0, BT, BK), boundary_check=(0, 1), padding_option="zero")
-    b_b, b_last, b_ref = _gates(g, bos, seq_len, i_h, H, K, row0, k0, BT, BK)
+    b_b, b_last, b_ref = _gates(gc, bos, seq_len, i_h, H, K, row0, k0, BT, BK)
     o_t = tl.arange(0, BT)
     b_dA = _wide(tl.where(o_t[:, None] >= o_t[None, :], b_dA * scale, 0.), b_q.dtype, WIDE)
     b_qf = b_q.to(tl.float32)
@@ -285,60 +289,126 @@ def _gla_dqk_kernel(q, k, v, g, h, do, dh, hdh, dq, dk, dg, cu_seqlens, chunk_in
     tl.store(_rows(dk, bos, seq_len, i_h, H, K, row0, k0, BT, BK), b_dk.to(dk.dtype.element_ty), boundary_check=(0, 1))
 
 
+def _key(q: torch.Tensor, v: torch.Tensor) -> tuple:
+    """Tuning key of a launch on packed ``[TT, H, D]`` tensors: heads, head dims, dtype (never a length)."""
+    return q.shape[1], q.shape[-1], v.shape[-1], str(q.dtype)
+
+
+def gla_local_cumsum(g: torch.Tensor, packed: PackedChunks) -> torch.Tensor:
+    """Float32 ``[TT, H, K]``: cumulative sums of the log-decay ``g[TT, H, K]`` within each chunk."""
+    TT, H, K = g.shape
+    gc = torch.empty(TT, H, K, dtype=torch.float32, device=g.device)
+    BK = _block(K, 64)
+    if packed.num_chunks:
+        _gla_cumsum_kernel[(packed.num_chunks, H, triton.cdiv(K, BK))](
+            g, gc, packed.cu_seqlens, packed.chunk_indices, H, K=K, BT=CHUNK, BK=BK, num_warps=4)
+    return gc
+
+
+def gla_states(k, v, gc, initial_state, output_final_state, packed: PackedChunks):
+    """States entering every chunk ``h [NT, H, K, V]`` and the final state (float32, or None)."""
+    TT, H, K = k.shape
+    V = v.shape[-1]
+    N = packed.num_sequences
+
+    def launch(cfg):
+        BK, BV = _block(K, cfg.block_k), _block(V, cfg.block_v)
+        h = torch.empty(packed.num_chunks, H, K, V, dtype=_state_dtype(k.dtype), device=k.device)
+        ht = torch.empty(N, H, K, V, dtype=torch.float32, device=k.device) if output_final_state else None
+        _gla_states_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
+            k, v, gc, h, initial_state, ht, packed.cu_seqlens, packed.chunk_offsets, H,
+            K=K, V=V, BT=CHUNK, BK=BK, BV=BV, USE_H0=initial_state is not None, STORE_HT=output_final_state,
+            IEEE=k.dtype == torch.float32, WHILE_LOOP=_INTERPRETING, num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages)
+        return h, ht
+    return tuning.run("gla.state", _key(k, v), launch)
+
+
+def gla_output(q, k, v, gc, h, scale, packed: PackedChunks):
+    """``o [TT, H, V]`` from the states entering every chunk."""
+    TT, H, K = q.shape
+    V = v.shape[-1]
+
+    def launch(cfg):
+        BK, BV = _block(K, cfg.block_k), _block(V, cfg.block_v)
+        o = torch.empty(TT, H, V, dtype=q.dtype, device=q.device)
+        _gla_output_kernel[(triton.cdiv(V, BV), packed.num_chunks, H)](
+            q, k, v, gc, h, o, packed.cu_seqlens, packed.chunk_indices, scale, H,
+            K=K, V=V, BT=CHUNK, BK=BK, BV=BV, IEEE=q.dtype == torch.float32, WIDE=q.dtype == torch.float16,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        return o
+    return tuning.run("gla.output", _key(q, v), launch)
+
+
 def gla_forward(q, k, v, g, scale, initial_state, output_final_state, packed: PackedChunks):
-    """q, k, g: ``[TT, H, K]`` (g float32); v: ``[TT, H, V]``; contiguous. Returns ``(o, h, final_state)``."""
-    TT, H, K = q.shape
-    V = v.shape[-1]
-    cfg = KERNEL_CONFIG
-    BT = cfg["chunk"]
-    ieee = q.dtype == torch.float32
-    wide = q.dtype == torch.float16
-    N = packed.num_sequences
-    h = torch.empty(packed.num_chunks, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
-    ht = torch.empty(N, H, K, V, dtype=torch.float32, device=q.device) if output_final_state else None
-    BK, BV = _block(K, cfg["state_block_k"]), _block(V, cfg["state_block_v"])
-    _gla_states_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
-        k, v, g, h, initial_state, ht, packed.cu_seqlens, packed.chunk_offsets, H,
-        K=K, V=V, BT=BT, BK=BK, BV=BV, USE_H0=initial_state is not None, STORE_HT=output_final_state,
-        IEEE=ieee, WHILE_LOOP=_INTERPRETING, num_warps=cfg["state_warps"], num_stages=cfg["state_stages"])
-    o = torch.empty(TT, H, V, dtype=q.dtype, device=q.device)
-    BK, BV = _block(K, cfg["out_block_k"]), _block(V, cfg["out_block_v"])
-    _gla_output_kernel[(triton.cdiv(V, BV), packed.num_chunks, H)](
-        q, k, v, g, h, o, packed.cu_seqlens, packed.chunk_indices, scale, H,
-        K=K, V=V, BT=BT, BK=BK, BV=BV, IEEE=ieee, WIDE=wide, num_warps=cfg["out_warps"], num_stages=cfg["out_stages"])
-    return o, h, ht
+    """q, k, g: ``[TT, H, K]`` (g float32); v: ``[TT, H, V]``; contiguous. Returns ``(o, h, final_state,
+    gc)`` with ``gc`` the chunk-local cumulative log-decay (float32 ``[TT, H, K]``)."""
+    gc = gla_local_cumsum(g, packed)
+    h, ht = gla_states(k, v, gc, initial_state, output_final_state, packed)
+    return gla_output(q, k, v, gc, h, scale, packed), h, ht, gc
 
 
-def gla_backward(q, k, v, g, h, do, dht, scale, need_dh0: bool, packed: PackedChunks):
-    """Gradients ``(dq, dk, dv, dg float32 [TT, H, K], dh0 or None)``."""
+def gla_state_grads(q, do, gc, h, dht, scale, need_dh0: bool, packed: PackedChunks):
+    """``dh [NT, H, K, V]`` (gradients of the states leaving every chunk), ``dh0`` (or None) and the rows
+    of ``<S, dS'>`` per chunk and head (float32 ``[NT, H, K]``)."""
+    TT, H, K = q.shape
+    V = do.shape[-1]
+    N = packed.num_sequences
+
+    def launch(cfg):
+        BK, BV = _block(K, cfg.block_k), _block(V, cfg.block_v)
+        NV = triton.cdiv(V, BV)
+        dh = torch.empty(packed.num_chunks, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
+        dh0 = torch.empty(N, H, K, V, dtype=torch.float32, device=q.device) if need_dh0 else None
+        hdh = torch.empty(packed.num_chunks, H, NV, K, dtype=torch.float32, device=q.device)
+        _gla_state_grads_kernel[(triton.cdiv(K, BK), NV, N * H)](
+            q, do, gc, h, dh, hdh, dht, dh0, packed.cu_seqlens, packed.chunk_offsets, scale, H,
+            K=K, V=V, BT=CHUNK, BK=BK, BV=BV, USE_DHT=dht is not None, STORE_DH0=need_dh0,
+            IEEE=q.dtype == torch.float32, WHILE_LOOP=_INTERPRETING, num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages)
+        return dh, dh0, hdh
+    dh, dh0, hdh = tuning.run("gla.state_grad", _key(q, do), launch)
+    return dh, dh0, hdh.sum(2)
+
+
+def gla_dv(q, k, gc, do, dh, scale, packed: PackedChunks):
+    """``dv [TT, H, V]``."""
+    TT, H, K = q.shape
+    V = do.shape[-1]
+
+    def launch(cfg):
+        BK, BV = _block(K, cfg.block_k), _block(V, cfg.block_v)
+        dv = torch.empty(TT, H, V, dtype=do.dtype, device=q.device)
+        _gla_dv_kernel[(triton.cdiv(V, BV), packed.num_chunks, H)](
+            q, k, gc, do, dh, dv, packed.cu_seqlens, packed.chunk_indices, scale, H,
+            K=K, V=V, BT=CHUNK, BK=BK, BV=BV, IEEE=q.dtype == torch.float32, WIDE=q.dtype == torch.float16,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        return dv
+    return tuning.run("gla.dv", _key(q, do), launch)
+
+
+def gla_dqk(q, k, v, gc, h, do, dh, hdh, scale, packed: PackedChunks):
+    """``dq``, ``dk`` and ``dg`` (float32 ``[TT, H, K]``)."""
     TT, H, K = q.shape
     V = v.shape[-1]
-    cfg = KERNEL_CONFIG
-    BT = cfg["chunk"]
-    ieee = q.dtype == torch.float32
-    wide = q.dtype == torch.float16
-    N = packed.num_sequences
-    dh = torch.empty(packed.num_chunks, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
-    dh0 = torch.empty(N, H, K, V, dtype=torch.float32, device=q.device) if need_dh0 else None
-    BK, BV = _block(K, cfg["state_block_k"]), _block(V, cfg["state_block_v"])
-    NV = triton.cdiv(V, BV)
-    hdh = torch.empty(packed.num_chunks, H, NV, K, dtype=torch.float32, device=q.device)
-    _gla_state_grads_kernel[(triton.cdiv(K, BK), NV, N * H)](
-        q, do, g, h, dh, hdh, dht, dh0, packed.cu_seqlens, packed.chunk_offsets, scale, H,
-        K=K, V=V, BT=BT, BK=BK, BV=BV, USE_DHT=dht is not None, STORE_DH0=need_dh0, IEEE=ieee,
-        WHILE_LOOP=_INTERPRETING, num_warps=cfg["state_warps"], num_stages=cfg["state_stages"])
-    dv = torch.empty_like(v)
-    BK, BV = _block(K, cfg["dv_block_k"]), _block(V, cfg["dv_block_v"])
-    _gla_dv_kernel[(triton.cdiv(V, BV), packed.num_chunks, H)](
-        q, k, g, do, dh, dv, packed.cu_seqlens, packed.chunk_indices, scale, H,
-        K=K, V=V, BT=BT, BK=BK, BV=BV, IEEE=ieee, WIDE=wide, num_warps=cfg["dv_warps"], num_stages=cfg["grad_stages"])
-    dq = torch.empty_like(q)
-    dk = torch.empty_like(k)
-    dg = torch.empty(TT, H, K, dtype=torch.float32, device=q.device)
-    BK, BV = _block(K, cfg["dqk_block_k"]), _block(V, cfg["dqk_block_v"])
-    _gla_dqk_kernel[(triton.cdiv(K, BK), packed.num_chunks, H)](
-        q, k, v, g, h, do, dh, hdh.sum(2), dq, dk, dg, packed.cu_seqlens, packed.chunk_indices, scale, H,
-        K=K, V=V, BT=BT, BK=BK, BV=BV, IEEE=ieee, WIDE=wide, num_warps=cfg["dqk_warps"], num_stages=cfg["grad_stages"])
+
+    def launch(cfg):
+        BK, BV = _block(K, cfg.block_k), _block(V, cfg.block_v)
+        dq, dk = torch.empty_like(q), torch.empty_like(k)
+        dg = torch.empty(TT, H, K, dtype=torch.float32, device=q.device)
+        _gla_dqk_kernel[(triton.cdiv(K, BK), packed.num_chunks, H)](
+            q, k, v, gc, h, do, dh, hdh, dq, dk, dg, packed.cu_seqlens, packed.chunk_indices, scale, H,
+            K=K, V=V, BT=CHUNK, BK=BK, BV=BV, IEEE=q.dtype == torch.float32, WIDE=q.dtype == torch.float16,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        return dq, dk, dg
+    return tuning.run("gla.dqk", _key(q, v), launch)
+
+
+def gla_backward(q, k, v, gc, h, do, dht, scale, need_dh0: bool, packed: PackedChunks):
+    """Gradients ``(dq, dk, dv, dg float32 [TT, H, K], dh0 or None)``; ``gc`` as returned by ``gla_forward``."""
+    dh, dh0, hdh = gla_state_grads(q, do, gc, h, dht, scale, need_dh0, packed)
+    dv = gla_dv(q, k, gc, do, dh, scale, packed)
+    dq, dk, dg = gla_dqk(q, k, v, gc, h, do, dh, hdh, scale, packed)
     return dq, dk, dv, dg, dh0
 
 
@@ -349,7 +419,7 @@ def chunk_gla_triton(q, k, v, g, scale, initial_state, output_final_state, cu_se
     """``[B, T, H, D]`` entry point; ``g``: ``[B, T, H, K]`` log-decay."""
     B, T, H, K = q.shape
     V = v.shape[-1]
-    packed = packed_chunks(B, T, KERNEL_CONFIG["chunk"], q.device, cu_seqlens)
+    packed = packed_chunks(B, T, CHUNK, q.device, cu_seqlens)
     flat = [x.reshape(B * T, H, -1).contiguous() for x in (q, k, v)]
     gf = g.float().reshape(B * T, H, K).contiguous()
     h0 = None if initial_state is None else initial_state.float().contiguous()

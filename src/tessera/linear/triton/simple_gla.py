@@ -24,6 +24,11 @@ Kernels see packed sequences: tokens ``[TT, H, D]`` (``TT = B * T``), ``cu_seqle
 float32; the per-chunk states kept between passes are stored in the input dtype for bf16 inputs (as
 fla does) and in float32 otherwise. Key and value channels are split in blocks (``BK``, ``BV``) so
 that the sequential state passes run ``N * H * (K / BK) * (V / BV)`` programs.
+
+The local cumulative log-decay ``b`` is computed once per call by a parallel kernel
+(``chunk_local_cumsum``, float32 ``[TT, H]``) and read by every other kernel, so the sequential state
+passes carry no cumulative sum in their loops. Block sizes, warps and stages of each kernel are
+chosen among a few candidates per head-dim / dtype key (``tuning.py``).
 """
 
 from __future__ import annotations
@@ -35,30 +40,13 @@ import torch
 import triton
 import triton.language as tl
 
+from . import tuning
+
 # The interpreter cannot bound a ``for`` loop by a loaded scalar; compiled kernels keep ``for`` (pipelined).
 _INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-# Launch settings. Tried one at a time on an H200 (bf16, K = V = 128, T = 16384): out_block_v 128 (vs 64)
-# cut fwd 13% and fwd+bwd 13%; grad_stages 3 (vs 2) cut fwd+bwd 12%; the two together are untried.
-# Benchmarks may override entries.
-KERNEL_CONFIG = {
-    "chunk": 64,
-    "state_block_k": 64,
-    "state_block_v": 32,
-    "state_warps": 4,
-    "state_stages": 3,
-    "out_block_k": 64,
-    "out_block_v": 128,
-    "out_warps": 8,
-    "out_stages": 2,
-    "dv_block_k": 64,
-    "dv_block_v": 64,
-    "dv_warps": 8,
-    "dqk_block_k": 64,
-    "dqk_block_v": 64,
-    "dqk_warps": 8,
-    "grad_stages": 3,
-}
+# Tokens per chunk (BT) of every linear-attention kernel.
+CHUNK = 64
 
 
 @triton.jit
@@ -90,15 +78,35 @@ def _state(x, chunk, i_h, H, K: tl.constexpr, V: tl.constexpr, k0, v0, BK: tl.co
 
 
 @triton.jit
-def _gate_cumsum(g, bos, seq_len, i_h, H, row0, BT: tl.constexpr):
-    """Local cumulative log-decay ``b`` of a chunk (padded rows repeat the last value) and its total."""
-    o_t = row0 + tl.arange(0, BT)
-    b_g = tl.load(g + (bos + o_t).to(tl.int64) * H + i_h, mask=o_t < seq_len, other=0.).to(tl.float32)
-    return tl.cumsum(b_g, axis=0), tl.sum(b_g, axis=0)
+def _chunk_cumsum_kernel(g, gc, cu_seqlens, chunk_indices, H, BT: tl.constexpr, BH: tl.constexpr):
+    """``gc[t, h]``: cumulative sum of the float32 log-decay ``g[TT, H]`` over the tokens of ``t``'s
+    chunk up to ``t``; one program per chunk, all heads."""
+    i_c = tl.program_id(0)
+    i_n = tl.load(chunk_indices + i_c * 2)
+    i_t = tl.load(chunk_indices + i_c * 2 + 1)
+    bos = tl.load(cu_seqlens + i_n)
+    seq_len = tl.load(cu_seqlens + i_n + 1) - bos
+    o_t = i_t * BT + tl.arange(0, BT)
+    o_h = tl.arange(0, BH)
+    offs = (bos + o_t).to(tl.int64)[:, None] * H + o_h[None, :]
+    mask = (o_t < seq_len)[:, None] & (o_h < H)[None, :]
+    b_g = tl.load(g + offs, mask=mask, other=0.).to(tl.float32)
+    tl.store(gc + offs, tl.cumsum(b_g, axis=0), mask=mask)
 
 
 @triton.jit
-def _state_step(k, v, g, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, k0, v0,
+def _gate_local(gc, bos, seq_len, i_h, H, row0, BT: tl.constexpr):
+    """Local cumulative log-decay ``b`` of a chunk, read from ``gc[TT, H]`` (padded rows repeat the
+    last value), and its last value ``b_C``."""
+    o_t = row0 + tl.arange(0, BT)
+    last = tl.minimum(row0 + BT, seq_len) - 1
+    b_last = tl.load(gc + (bos + last).to(tl.int64) * H + i_h)
+    b_b = tl.load(gc + (bos + o_t).to(tl.int64) * H + i_h, mask=o_t < seq_len, other=0.)
+    return tl.where(o_t < seq_len, b_b, b_last), b_last
+
+
+@triton.jit
+def _state_step(k, v, gc, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, k0, v0,
                 K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                 USE_G: tl.constexpr, IEEE: tl.constexpr):
     """Store the state entering chunk ``i_t`` and return the state leaving it."""
@@ -109,7 +117,7 @@ def _state_step(k, v, g, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, k0, v0,
     b_v = tl.load(_rows(v, bos, seq_len, i_h, H, V, i_t * BT, v0, BT, BV), boundary_check=(0, 1),
                   padding_option="zero")
     if USE_G:
-        b_b, b_last = _gate_cumsum(g, bos, seq_len, i_h, H, i_t * BT, BT)
+        b_b, b_last = _gate_local(gc, bos, seq_len, i_h, H, i_t * BT, BT)
         b_h *= tl.exp(b_last)
         b_v = (b_v.to(tl.float32) * tl.exp(b_last - b_b)[:, None]).to(b_kt.dtype)
     b_h += _dot(b_kt, b_v, IEEE)
@@ -117,7 +125,7 @@ def _state_step(k, v, g, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, k0, v0,
 
 
 @triton.jit
-def _chunk_states_kernel(k, v, g, h, h0, ht, cu_seqlens, chunk_offsets, H,
+def _chunk_states_kernel(k, v, gc, h, h0, ht, cu_seqlens, chunk_offsets, H,
                          K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                          BV: tl.constexpr, USE_G: tl.constexpr, USE_H0: tl.constexpr,
                          STORE_HT: tl.constexpr, IEEE: tl.constexpr, WHILE_LOOP: tl.constexpr):
@@ -141,19 +149,19 @@ def _chunk_states_kernel(k, v, g, h, h0, ht, cu_seqlens, chunk_offsets, H,
     if WHILE_LOOP:
         i_t = 0
         while i_t < n_chunks:
-            b_h = _state_step(k, v, g, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, k0, v0,
+            b_h = _state_step(k, v, gc, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, k0, v0,
                               K, V, BT, BK, BV, USE_G, IEEE)
             i_t += 1
     else:
         for i_t in range(0, n_chunks):
-            b_h = _state_step(k, v, g, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, k0, v0,
+            b_h = _state_step(k, v, gc, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, k0, v0,
                               K, V, BT, BK, BV, USE_G, IEEE)
     if STORE_HT:
         tl.store(_state(ht, i_n, i_h, H, K, V, k0, v0, BK, BV), b_h, boundary_check=(0, 1))
 
 
 @triton.jit
-def _chunk_output_kernel(q, k, v, g, h, o, cu_seqlens, chunk_indices, scale, H,
+def _chunk_output_kernel(q, k, v, gc, h, o, cu_seqlens, chunk_indices, scale, H,
                          K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                          BV: tl.constexpr, USE_G: tl.constexpr, IEEE: tl.constexpr):
     """``o`` of one chunk, one head, one block of value channels."""
@@ -181,7 +189,7 @@ def _chunk_output_kernel(q, k, v, g, h, o, cu_seqlens, chunk_indices, scale, H,
     o_t = tl.arange(0, BT)
     causal = o_t[:, None] >= o_t[None, :]
     if USE_G:
-        b_b, _ = _gate_cumsum(g, bos, seq_len, i_h, H, row0, BT)
+        b_b, _ = _gate_local(gc, bos, seq_len, i_h, H, row0, BT)
         b_o *= tl.exp(b_b)[:, None]
         b_A *= tl.exp(tl.where(causal, b_b[:, None] - b_b[None, :], float("-inf")))
     b_A = tl.where(causal, b_A, 0.)
@@ -192,7 +200,7 @@ def _chunk_output_kernel(q, k, v, g, h, o, cu_seqlens, chunk_indices, scale, H,
 
 
 @triton.jit
-def _state_grad_step(q, do, g, h, dh, hdh, b_dh, i_t, bos, seq_len, first_chunk, i_h, H, scale, k0, v0, i_kv,
+def _state_grad_step(q, do, gc, h, dh, hdh, b_dh, i_t, bos, seq_len, first_chunk, i_h, H, scale, k0, v0, i_kv,
                      K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                      NKV: tl.constexpr, USE_G: tl.constexpr, IEEE: tl.constexpr):
     """Store the gradient of the state leaving chunk ``i_t`` and return that of the state entering it.
@@ -208,7 +216,7 @@ def _state_grad_step(q, do, g, h, dh, hdh, b_dh, i_t, bos, seq_len, first_chunk,
     b_do = tl.load(_rows(do, bos, seq_len, i_h, H, V, i_t * BT, v0, BT, BV), boundary_check=(0, 1),
                    padding_option="zero")
     if USE_G:
-        b_b, b_last = _gate_cumsum(g, bos, seq_len, i_h, H, i_t * BT, BT)
+        b_b, b_last = _gate_local(gc, bos, seq_len, i_h, H, i_t * BT, BT)
         b_dh *= tl.exp(b_last)
         b_qt = (b_qt.to(tl.float32) * (tl.exp(b_b) * scale)[None, :]).to(b_do.dtype)
     else:
@@ -218,7 +226,7 @@ def _state_grad_step(q, do, g, h, dh, hdh, b_dh, i_t, bos, seq_len, first_chunk,
 
 
 @triton.jit
-def _chunk_state_grads_kernel(q, do, g, h, dh, hdh, dht, dh0, cu_seqlens, chunk_offsets, scale, H,
+def _chunk_state_grads_kernel(q, do, gc, h, dh, hdh, dht, dh0, cu_seqlens, chunk_offsets, scale, H,
                               K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                               BV: tl.constexpr, NKV: tl.constexpr, USE_G: tl.constexpr, USE_DHT: tl.constexpr,
                               STORE_DH0: tl.constexpr, IEEE: tl.constexpr, WHILE_LOOP: tl.constexpr):
@@ -243,19 +251,19 @@ def _chunk_state_grads_kernel(q, do, g, h, dh, hdh, dht, dh0, cu_seqlens, chunk_
     if WHILE_LOOP:
         i_t = n_chunks - 1
         while i_t >= 0:
-            b_dh = _state_grad_step(q, do, g, h, dh, hdh, b_dh, i_t, bos, seq_len, first_chunk, i_h, H, scale, k0, v0,
+            b_dh = _state_grad_step(q, do, gc, h, dh, hdh, b_dh, i_t, bos, seq_len, first_chunk, i_h, H, scale, k0, v0,
                                     i_kv, K, V, BT, BK, BV, NKV, USE_G, IEEE)
             i_t -= 1
     else:
         for i_r in range(0, n_chunks):
-            b_dh = _state_grad_step(q, do, g, h, dh, hdh, b_dh, n_chunks - 1 - i_r, bos, seq_len, first_chunk, i_h, H,
+            b_dh = _state_grad_step(q, do, gc, h, dh, hdh, b_dh, n_chunks - 1 - i_r, bos, seq_len, first_chunk, i_h, H,
                                     scale, k0, v0, i_kv, K, V, BT, BK, BV, NKV, USE_G, IEEE)
     if STORE_DH0:
         tl.store(_state(dh0, i_n, i_h, H, K, V, k0, v0, BK, BV), b_dh, boundary_check=(0, 1))
 
 
 @triton.jit
-def _chunk_dv_kernel(q, k, g, do, dh, dv, cu_seqlens, chunk_indices, scale, H,
+def _chunk_dv_kernel(q, k, gc, do, dh, dv, cu_seqlens, chunk_indices, scale, H,
                      K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                      USE_G: tl.constexpr, IEEE: tl.constexpr, USE_DH: tl.constexpr = True):
     """``dv = A^T @ do + (exp(b_C - b) * k) @ dS'`` of one chunk, head and block of value channels
@@ -270,7 +278,7 @@ def _chunk_dv_kernel(q, k, g, do, dh, dv, cu_seqlens, chunk_indices, scale, H,
     v0 = i_v * BV
     row0 = i_t * BT
     if USE_G:
-        b_b, b_last = _gate_cumsum(g, bos, seq_len, i_h, H, row0, BT)
+        b_b, b_last = _gate_local(gc, bos, seq_len, i_h, H, row0, BT)
         b_tail = tl.exp(b_last - b_b)
 
     b_At = tl.zeros([BT, BT], dtype=tl.float32)
@@ -327,7 +335,7 @@ def _dqk_partials(v, do, h, dh, bos, seq_len, i_c, i_h, H, row0, k0, K: tl.const
 
 
 @triton.jit
-def _chunk_dqk_kernel(q, k, v, g, h, do, dh, hdh, dq, dk, dg, cu_seqlens, chunk_indices, scale, H, TT,
+def _chunk_dqk_kernel(q, k, v, gc, h, do, dh, hdh, dq, dk, dg, cu_seqlens, chunk_indices, scale, H, TT,
                       K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                       USE_G: tl.constexpr, IEEE: tl.constexpr):
     """``dq``, ``dk`` of one chunk, head and block of key channels, and that block's share of ``dg``."""
@@ -349,7 +357,7 @@ def _chunk_dqk_kernel(q, k, v, g, h, do, dh, hdh, dq, dk, dg, cu_seqlens, chunk_
     causal = o_t[:, None] >= o_t[None, :]
     b_dA = b_dA * scale
     if USE_G:
-        b_b, b_last = _gate_cumsum(g, bos, seq_len, i_h, H, row0, BT)
+        b_b, b_last = _gate_local(gc, bos, seq_len, i_h, H, row0, BT)
         b_dA *= tl.exp(tl.where(causal, b_b[:, None] - b_b[None, :], float("-inf")))
         b_dq *= (tl.exp(b_b) * scale)[:, None]
         b_dk *= tl.exp(b_last - b_b)[:, None]
@@ -424,79 +432,148 @@ def _block(n: int, limit: int) -> int:
     return max(16, min(limit, triton.next_power_of_2(n)))
 
 
+def _key(q: torch.Tensor, v: torch.Tensor, gated: bool) -> tuple:
+    """Tuning key of a launch on packed ``[TT, H, D]`` tensors: heads, head dims, dtype, whether gated
+    (never a length)."""
+    return q.shape[1], q.shape[-1], v.shape[-1], str(q.dtype), gated
+
+
+def chunk_local_cumsum(g: torch.Tensor, packed: PackedChunks) -> torch.Tensor:
+    """Float32 ``[TT, H]``: cumulative sums of the float32 log-decay ``g[TT, H]`` within each chunk."""
+    TT, H = g.shape
+    gc = torch.empty(TT, H, dtype=torch.float32, device=g.device)
+    if packed.num_chunks:
+        _chunk_cumsum_kernel[(packed.num_chunks,)](g, gc, packed.cu_seqlens, packed.chunk_indices, H,
+                                                   BT=CHUNK, BH=max(2, triton.next_power_of_2(H)), num_warps=4)
+    return gc
+
+
+def chunk_states(k, v, gc, initial_state, output_final_state, packed: PackedChunks, kernel="simple_gla.state"):
+    """States entering every chunk ``h [NT, H, K, V]`` (input dtype for bf16, else float32) and the final
+    state (float32 ``[N, H, K, V]``, or None). ``gc``: chunk-local cumulative log-decay or None."""
+    TT, H, K = k.shape
+    V = v.shape[-1]
+    N = packed.num_sequences
+
+    def launch(cfg):
+        BK, BV = _block(K, cfg.block_k), _block(V, cfg.block_v)
+        h = torch.empty(packed.num_chunks, H, K, V, dtype=_state_dtype(k.dtype), device=k.device)
+        ht = torch.empty(N, H, K, V, dtype=torch.float32, device=k.device) if output_final_state else None
+        _chunk_states_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
+            k, v, gc, h, initial_state, ht, packed.cu_seqlens, packed.chunk_offsets, H,
+            K=K, V=V, BT=CHUNK, BK=BK, BV=BV, USE_G=gc is not None, USE_H0=initial_state is not None,
+            STORE_HT=output_final_state, IEEE=k.dtype == torch.float32, WHILE_LOOP=_INTERPRETING,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        return h, ht
+    return tuning.run(kernel, _key(k, v, gc is not None), launch)
+
+
+def chunk_output(q, k, v, gc, h, scale, packed: PackedChunks, kernel="simple_gla.output"):
+    """``o [TT, H, V]`` (``q``'s dtype) from the states entering every chunk ``h``."""
+    TT, H, K = q.shape
+    V = v.shape[-1]
+
+    def launch(cfg):
+        BK, BV = _block(K, cfg.block_k), _block(V, cfg.block_v)
+        o = torch.empty(TT, H, V, dtype=q.dtype, device=q.device)
+        _chunk_output_kernel[(triton.cdiv(V, BV), packed.num_chunks, H)](
+            q, k, v, gc, h, o, packed.cu_seqlens, packed.chunk_indices, scale, H,
+            K=K, V=V, BT=CHUNK, BK=BK, BV=BV, USE_G=gc is not None, IEEE=q.dtype == torch.float32,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        return o
+    return tuning.run(kernel, _key(q, v, gc is not None), launch)
+
+
+def chunk_state_grads(q, do, gc, h, dht, scale, need_dh0: bool, packed: PackedChunks):
+    """Gradients of the states leaving every chunk ``dh [NT, H, K, V]``, ``dh0`` (float32 or None) and,
+    gated, ``<S, dS'>`` per chunk and head (float32 ``[NT, H]``, else None)."""
+    TT, H, K = q.shape
+    V = do.shape[-1]
+    N = packed.num_sequences
+
+    def launch(cfg):
+        BK, BV = _block(K, cfg.block_k), _block(V, cfg.block_v)
+        NKV = triton.cdiv(K, BK) * triton.cdiv(V, BV)
+        dh = torch.empty(packed.num_chunks, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
+        dh0 = torch.empty(N, H, K, V, dtype=torch.float32, device=q.device) if need_dh0 else None
+        hdh = torch.empty(packed.num_chunks, H, NKV, dtype=torch.float32, device=q.device) if gc is not None else None
+        _chunk_state_grads_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
+            q, do, gc, h, dh, hdh, dht, dh0, packed.cu_seqlens, packed.chunk_offsets, scale, H,
+            K=K, V=V, BT=CHUNK, BK=BK, BV=BV, NKV=NKV, USE_G=gc is not None, USE_DHT=dht is not None,
+            STORE_DH0=need_dh0, IEEE=q.dtype == torch.float32, WHILE_LOOP=_INTERPRETING,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        return dh, dh0, hdh
+    dh, dh0, hdh = tuning.run("simple_gla.state_grad", _key(q, do, gc is not None), launch)
+    return dh, dh0, None if hdh is None else hdh.sum(-1)
+
+
+def chunk_dv(q, k, gc, do, dh, scale, packed: PackedChunks, kernel="simple_gla.dv", out_dtype=None):
+    """``dv = A^T @ do + (exp(b_C - b) * k) @ dS'`` (only ``A^T @ do`` when ``dh`` is None), ``[TT, H, V]``
+    in ``out_dtype`` (default: ``do``'s dtype)."""
+    TT, H, K = q.shape
+    V = do.shape[-1]
+
+    def launch(cfg):
+        BK, BV = _block(K, cfg.block_k), _block(V, cfg.block_v)
+        dv = torch.empty(TT, H, V, dtype=out_dtype or do.dtype, device=q.device)
+        _chunk_dv_kernel[(triton.cdiv(V, BV), packed.num_chunks, H)](
+            q, k, gc, do, dh, dv, packed.cu_seqlens, packed.chunk_indices, scale, H,
+            K=K, V=V, BT=CHUNK, BK=BK, BV=BV, USE_G=gc is not None, IEEE=q.dtype == torch.float32,
+            USE_DH=dh is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        return dv
+    return tuning.run(kernel, _key(q, do, gc is not None), launch)
+
+
+def chunk_dqk(q, k, v, gc, h, do, dh, hdh, scale, packed: PackedChunks, kernel="simple_gla.dqk", dk_dtype=None):
+    """``dq``, ``dk`` (``dk_dtype``, default ``k``'s) and the gate gradient (float32 ``[TT, H]``, or None
+    without a gate); ``hdh``: ``<S, dS'>`` per chunk and head from ``chunk_state_grads``."""
+    TT, H, K = q.shape
+    V = v.shape[-1]
+
+    def launch(cfg):
+        BK, BV = _block(K, cfg.block_k), _block(V, cfg.block_v)
+        NK = triton.cdiv(K, BK)
+        dq = torch.empty_like(q)
+        dk = torch.empty(TT, H, K, dtype=dk_dtype or k.dtype, device=k.device)
+        dg_parts = torch.empty(NK, TT, H, dtype=torch.float32, device=q.device) if gc is not None else None
+        _chunk_dqk_kernel[(NK, packed.num_chunks, H)](
+            q, k, v, gc, h, do, dh, hdh, dq, dk, dg_parts, packed.cu_seqlens, packed.chunk_indices, scale, H, TT,
+            K=K, V=V, BT=CHUNK, BK=BK, BV=BV, USE_G=gc is not None, IEEE=q.dtype == torch.float32,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        return dq, dk, dg_parts
+    dq, dk, dg_parts = tuning.run(kernel, _key(q, v, gc is not None), launch)
+    return dq, dk, None if dg_parts is None else dg_parts.sum(0)
+
+
 def simple_gla_forward(q, k, v, g, scale, initial_state, output_final_state, packed: PackedChunks):
     """q, k: ``[TT, H, K]``; v: ``[TT, H, V]``; g: float32 ``[TT, H]`` or None (all contiguous).
-    Returns ``(o [TT, H, V], h [NT, H, K, V], final_state float32 [N, H, K, V] or None)``."""
-    TT, H, K = q.shape
-    V = v.shape[-1]
-    cfg = KERNEL_CONFIG
-    BT = cfg["chunk"]
-    ieee = q.dtype == torch.float32
-    N = packed.num_sequences
-    h = torch.empty(packed.num_chunks, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
-    ht = torch.empty(N, H, K, V, dtype=torch.float32, device=q.device) if output_final_state else None
-    BK, BV = _block(K, cfg["state_block_k"]), _block(V, cfg["state_block_v"])
-    _chunk_states_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
-        k, v, g, h, initial_state, ht, packed.cu_seqlens, packed.chunk_offsets, H,
-        K=K, V=V, BT=BT, BK=BK, BV=BV, USE_G=g is not None, USE_H0=initial_state is not None,
-        STORE_HT=output_final_state, IEEE=ieee, WHILE_LOOP=_INTERPRETING,
-        num_warps=cfg["state_warps"], num_stages=cfg["state_stages"])
-    o = torch.empty(TT, H, V, dtype=q.dtype, device=q.device)
-    BK, BV = _block(K, cfg["out_block_k"]), _block(V, cfg["out_block_v"])
-    _chunk_output_kernel[(triton.cdiv(V, BV), packed.num_chunks, H)](
-        q, k, v, g, h, o, packed.cu_seqlens, packed.chunk_indices, scale, H,
-        K=K, V=V, BT=BT, BK=BK, BV=BV, USE_G=g is not None, IEEE=ieee,
-        num_warps=cfg["out_warps"], num_stages=cfg["out_stages"])
-    return o, h, ht
+    Returns ``(o [TT, H, V], h [NT, H, K, V], final_state float32 [N, H, K, V] or None, gc)`` with ``gc``
+    the chunk-local cumulative log-decay (float32 ``[TT, H]``, or None)."""
+    gc = None if g is None else chunk_local_cumsum(g, packed)
+    h, ht = chunk_states(k, v, gc, initial_state, output_final_state, packed)
+    o = chunk_output(q, k, v, gc, h, scale, packed)
+    return o, h, ht, gc
 
 
-def simple_gla_backward(q, k, v, g, h, do, dht, scale, need_dh0: bool, packed: PackedChunks):
-    """Gradients ``(dq, dk, dv, dg float32 [TT, H] or None, dh0 float32 [N, H, K, V] or None)``."""
-    TT, H, K = q.shape
-    V = v.shape[-1]
-    cfg = KERNEL_CONFIG
-    BT = cfg["chunk"]
-    ieee = q.dtype == torch.float32
-    N = packed.num_sequences
-    dh = torch.empty(packed.num_chunks, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
-    dh0 = torch.empty(N, H, K, V, dtype=torch.float32, device=q.device) if need_dh0 else None
-    BK, BV = _block(K, cfg["state_block_k"]), _block(V, cfg["state_block_v"])
-    NKV = triton.cdiv(K, BK) * triton.cdiv(V, BV)
-    hdh = torch.empty(packed.num_chunks, H, NKV, dtype=torch.float32, device=q.device) if g is not None else None
-    _chunk_state_grads_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
-        q, do, g, h, dh, hdh, dht, dh0, packed.cu_seqlens, packed.chunk_offsets, scale, H,
-        K=K, V=V, BT=BT, BK=BK, BV=BV, NKV=NKV, USE_G=g is not None, USE_DHT=dht is not None,
-        STORE_DH0=need_dh0, IEEE=ieee, WHILE_LOOP=_INTERPRETING,
-        num_warps=cfg["state_warps"], num_stages=cfg["state_stages"])
-    dv = torch.empty_like(v)
-    BK, BV = _block(K, cfg["dv_block_k"]), _block(V, cfg["dv_block_v"])
-    _chunk_dv_kernel[(triton.cdiv(V, BV), packed.num_chunks, H)](
-        q, k, g, do, dh, dv, packed.cu_seqlens, packed.chunk_indices, scale, H,
-        K=K, V=V, BT=BT, BK=BK, BV=BV, USE_G=g is not None, IEEE=ieee,
-        num_warps=cfg["dv_warps"], num_stages=cfg["grad_stages"])
-    dq = torch.empty_like(q)
-    dk = torch.empty_like(k)
-    BK, BV = _block(K, cfg["dqk_block_k"]), _block(V, cfg["dqk_block_v"])
-    NK = triton.cdiv(K, BK)
-    dg_parts = torch.empty(NK, TT, H, dtype=torch.float32, device=q.device) if g is not None else None
-    _chunk_dqk_kernel[(NK, packed.num_chunks, H)](
-        q, k, v, g, h, do, dh, None if hdh is None else hdh.sum(-1), dq, dk, dg_parts, packed.cu_seqlens, packed.chunk_indices, scale, H, TT,
-        K=K, V=V, BT=BT, BK=BK, BV=BV, USE_G=g is not None, IEEE=ieee,
-        num_warps=cfg["dqk_warps"], num_stages=cfg["grad_stages"])
-    dg = None if g is None else dg_parts.sum(0)
+def simple_gla_backward(q, k, v, gc, h, do, dht, scale, need_dh0: bool, packed: PackedChunks):
+    """Gradients ``(dq, dk, dv, dg float32 [TT, H] or None, dh0 float32 [N, H, K, V] or None)``; ``gc`` as
+    returned by ``simple_gla_forward``."""
+    dh, dh0, hdh = chunk_state_grads(q, do, gc, h, dht, scale, need_dh0, packed)
+    dv = chunk_dv(q, k, gc, do, dh, scale, packed)
+    dq, dk, dg = chunk_dqk(q, k, v, gc, h, do, dh, hdh, scale, packed)
     return dq, dk, dv, dg, dh0
 
 
 def gated_chunk_function(name: str, forward, backward) -> type:
     """An autograd Function over a pair of chunked gated-linear-attention launchers with the
     signatures of ``simple_gla_forward`` / ``simple_gla_backward`` (inputs packed ``[TT, H, D]``,
-    contiguous)."""
+    contiguous; the forward's cumulative gate is what the backward receives)."""
 
     class GatedChunkFunction(torch.autograd.Function):
         @staticmethod
         def forward(ctx, q, k, v, g, scale, initial_state, output_final_state, packed):
-            o, h, ht = forward(q, k, v, g, scale, initial_state, output_final_state, packed)
-            ctx.save_for_backward(q, k, v, g, h)
+            o, h, ht, gc = forward(q, k, v, g, scale, initial_state, output_final_state, packed)
+            ctx.save_for_backward(q, k, v, gc, h)
             ctx.scale = scale
             ctx.packed = packed
             ctx.has_initial_state = initial_state is not None
@@ -504,10 +581,10 @@ def gated_chunk_function(name: str, forward, backward) -> type:
 
         @staticmethod
         def backward(ctx, do, dht):
-            q, k, v, g, h = ctx.saved_tensors
+            q, k, v, gc, h = ctx.saved_tensors
             do = do.contiguous()
             dht = None if dht is None else dht.contiguous()
-            dq, dk, dv, dg, dh0 = backward(q, k, v, g, h, do, dht, ctx.scale, ctx.has_initial_state, ctx.packed)
+            dq, dk, dv, dg, dh0 = backward(q, k, v, gc, h, do, dht, ctx.scale, ctx.has_initial_state, ctx.packed)
             return dq, dk, dv, dg, None, dh0, None, None
 
     GatedChunkFunction.__name__ = GatedChunkFunction.__qualname__ = name
@@ -524,7 +601,7 @@ def chunk_simple_gla_triton(q, k, v, g, scale, initial_state, output_final_state
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
-    packed = packed_chunks(B, T, KERNEL_CONFIG["chunk"], q.device, cu_seqlens)
+    packed = packed_chunks(B, T, CHUNK, q.device, cu_seqlens)
     flat = [x.reshape(B * T, H, -1).contiguous() for x in (q, k, v)]
     gf = None if g is None else g.float().reshape(B * T, H).contiguous()
     h0 = None if initial_state is None else initial_state.float().contiguous()

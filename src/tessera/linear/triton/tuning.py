@@ -1,0 +1,117 @@
+"""Launch configurations of the chunked linear-attention kernels, and a timed choice among them.
+
+Every kernel has a short list of candidate ``LaunchConfig``s (``CANDIDATES``, first entry the default).
+On a GPU, the first call for a key (kernel, number of heads, head dims, dtype, flags; never a length
+or batch size) times every candidate with ``triton.testing.do_bench`` and keeps the fastest for the
+rest of the process, like ``triton.autotune`` keyed on dims only. Lengths never enter the key, so the
+choice is made at the first length seen. The default (first) candidate is used under the Triton
+interpreter, when ``TESSERA_LINEAR_TUNE=0``, and for kernels with one candidate; the timing
+synchronises the device, so set ``TESSERA_LINEAR_TUNE=0`` where a first call must not (CUDA graph
+capture). ``OVERRIDES`` forces a configuration per kernel name (tests, sweeps); it bypasses the cache.
+
+Candidate lists follow fla 0.6's Hopper search spaces (``fla/ops/common/chunk_h.py``: BK, BV in
+{32, 64}, 1-8 warps, 2-4 stages for the sequential state passes; ``chunk_o.py``: (128, 128, 8 warps,
+3 stages), (64, 64, 4, 3), (32, 32, 2, 3) for the per-chunk output kernel), cut to a few entries to
+bound compile time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Callable, Hashable, Optional
+
+_INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """``block_k`` key channels and ``block_v`` value channels per program (0: not a knob of the
+    kernel), ``num_warps`` warps per program, ``num_stages`` software-pipelining depth."""
+
+    block_k: int
+    block_v: int
+    num_warps: int
+    num_stages: int
+
+
+C = LaunchConfig
+
+# Sequential state passes (grid: key blocks x value blocks x sequences x heads): smaller blocks give
+# more programs to hide the per-chunk latency of the recurrence.
+_STATE = (C(64, 32, 4, 3), C(64, 64, 4, 3), C(32, 32, 2, 3), C(32, 32, 1, 3), C(32, 64, 4, 3), C(64, 64, 8, 2),
+          C(32, 32, 4, 4))
+# The delta-rule state pass keeps the whole key dimension in one block (block_k unused).
+_DELTA_STATE = (C(0, 32, 8, 2), C(0, 32, 4, 3), C(0, 64, 4, 3), C(0, 32, 2, 3), C(0, 16, 4, 3))
+
+# The first candidates are the settings used before the timed choice; on an H200 (bf16, K = V = 128,
+# T = 16384, one change at a time) simple GLA's output block_v 128 (vs 64) cut fwd 13% and dv / dqk
+# with 3 stages (vs 2) cut fwd+bwd 12%.
+CANDIDATES: dict[str, tuple[LaunchConfig, ...]] = {
+    "simple_gla.state": _STATE,
+    "simple_gla.output": (C(64, 128, 8, 2), C(128, 128, 8, 3), C(64, 64, 4, 3), C(32, 32, 2, 3)),
+    "simple_gla.state_grad": _STATE,
+    "simple_gla.dv": (C(64, 64, 8, 3), C(64, 64, 4, 3), C(64, 128, 8, 3)),
+    "simple_gla.dqk": (C(64, 64, 8, 3), C(64, 64, 4, 3), C(64, 128, 8, 2), C(32, 64, 4, 3)),
+    "gla.state": _STATE,
+    "gla.output": (C(64, 64, 8, 2), C(64, 128, 8, 2), C(64, 64, 4, 3), C(32, 64, 4, 3)),
+    "gla.state_grad": _STATE,
+    "gla.dv": (C(64, 64, 8, 2), C(64, 64, 4, 3), C(32, 64, 4, 3)),
+    "gla.dqk": (C(64, 64, 8, 2), C(64, 64, 4, 3), C(32, 64, 4, 3)),
+    "delta.prepare": (C(0, 64, 8, 3),),
+    "delta.state": _DELTA_STATE,
+    "delta.output": (C(64, 64, 8, 3), C(128, 128, 8, 3), C(64, 128, 8, 2), C(32, 32, 2, 3)),
+    # Updates du in place: a timed choice would run it repeatedly, so one candidate (sweeps use OVERRIDES).
+    "delta.state_grad": (C(0, 32, 8, 2),),
+    "delta.attn_dv": (C(64, 64, 8, 3),),
+    "delta.dqk": (C(64, 64, 8, 3), C(64, 64, 4, 3), C(64, 128, 8, 2)),
+    "delta.wy_grad": (C(0, 32, 8, 3),),
+}
+
+# Kernel name -> forced configuration; empty by default.
+OVERRIDES: dict[str, LaunchConfig] = {}
+
+# (kernel name, key) -> chosen configuration.
+_CHOSEN: dict[tuple, LaunchConfig] = {}
+
+
+def _tuning_enabled() -> bool:
+    return not _INTERPRETING and os.environ.get("TESSERA_LINEAR_TUNE", "1") != "0"
+
+
+def _time_ms(launch: Callable[[LaunchConfig], object], cfg: LaunchConfig) -> float:
+    """Median time of one launch with ``cfg`` in ms; ``inf`` if it fails to compile or run."""
+    import triton.testing
+
+    try:
+        return triton.testing.do_bench(lambda: launch(cfg), warmup=5, rep=20, return_mode="median")
+    except Exception:  # e.g. out of shared memory for this block shape
+        return math.inf
+
+
+def pick(kernel: str, key: Hashable, launch: Optional[Callable[[LaunchConfig], object]]) -> LaunchConfig:
+    """The configuration of ``kernel`` for ``key``: the override, the default, or the fastest candidate
+    (timed through ``launch(cfg)`` on the first call for the key; ``launch=None``: never timed)."""
+    if kernel in OVERRIDES:
+        return OVERRIDES[kernel]
+    candidates = CANDIDATES[kernel]
+    if launch is None or len(candidates) == 1 or not _tuning_enabled():
+        return candidates[0]
+    full_key = (kernel, key)
+    if full_key not in _CHOSEN:
+        times = [_time_ms(launch, cfg) for cfg in candidates]
+        best = min(range(len(candidates)), key=lambda i: times[i])
+        _CHOSEN[full_key] = candidates[best]
+    return _CHOSEN[full_key]
+
+
+def run(kernel: str, key: Hashable, launch: Callable[[LaunchConfig], object]):
+    """``launch(cfg)`` with the configuration ``pick`` returns; ``launch`` allocates its outputs, so
+    the timed choice never accumulates into the caller's buffers."""
+    return launch(pick(kernel, key, launch))
+
+
+def chosen() -> dict[str, dict]:
+    """The choices made so far, ``"kernel|key" -> config fields`` (for benchmark reports)."""
+    return {f"{k}|{key}": vars(cfg) for (k, key), cfg in _CHOSEN.items()}
