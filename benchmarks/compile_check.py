@@ -15,7 +15,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
+import subprocess
 import sys
+import tempfile
 import time
 
 if os.environ.get("TRITON_INTERPRET"):
@@ -32,6 +35,8 @@ import tessera
 from tessera.kernels.registry import AttentionCall
 from tessera.kernels.triton import backend, flash_bwd, flash_fwd
 from tessera.patterns import Causal, FromMask, Power, Strided, Window
+from tessera.patterns.layout import GridLayout, Permuted
+from tessera.patterns.neighborhood import Neighborhood
 
 HOPPER = GPUTarget("cuda", 90, 32)
 SHARED_LIMIT = 232448
@@ -100,6 +105,20 @@ def _source(fn: JITFunction, args: tuple, kwargs: dict):
     return ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs), options, key
 
 
+def _resources(kernel) -> str:
+    """``regs R stack B`` of a compiled kernel (registers per thread, and the per-thread stack
+    frame: local memory that holds spilled registers), read by cuobjdump from its cubin."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+    regs, stack = re.search(r"REG:(\d+)", out), re.search(r"STACK:(\d+)", out)
+    if regs is None or stack is None:
+        return "regs ? stack ?"
+    return f"regs {regs.group(1):>3s} stack {stack.group(1):>4s} B"
+
+
 def _call(q, k, v, pattern=None, causal=False, **extra) -> AttentionCall:
     from tessera.api import _build_call
     call, _ = _build_call(q, k, v, pattern=pattern, causal=causal, **extra)
@@ -131,6 +150,14 @@ def variants():
         make("power (tile bands) bf16 D128", pattern=Power(local=64, causal=True)),
         make("strided (bitmask) bf16 D128", pattern=Strided(block=64, local_blocks=2, stride=4)),
         make("from-mask bf16 D128", pattern=FromMask(torch.rand(512, 512) < 0.2)),
+        make("neighborhood 2-D tiled bf16 D128",
+             pattern=Permuted(Neighborhood((16, 32), 7, dilation=(1, 2)),
+                              GridLayout((16, 32), (8, 16)))),
+        make("na2d 128x128 k17 bf16 D128", seq=16384,
+             pattern=Permuted(Neighborhood((128, 128), 17), GridLayout((128, 128), (8, 8)))),
+        make("neighborhood 3-D causal fp16 D64", dtype=torch.float16, dim=64,
+             pattern=Neighborhood((8, 8, 8), (3, 5, 5), stride=(1, 2, 1),
+                                  causal=(True, False, False))),
         make("softcap+sinks+alibi bf16 D128", causal=True, softcap=30.0,
              sinks=lambda: torch.randn(h).requires_grad_(),
              bias=lambda: tessera.bias.ALiBi(torch.rand(h).requires_grad_())),
@@ -172,6 +199,7 @@ def main() -> int:
             flag = "OVER 227 KB: needs the run-time fallback" if shared > SHARED_LIMIT else "ok"
             print(f"{flag:4s} {name:32s} {fn.__name__:18s} warps {options.get('num_warps')} "
                   f"stages {options.get('num_stages')} shared {math.ceil(shared / 1024)} KB "
+                  f"{_resources(kernel)} "
                   f"({time.time() - start:.1f} s)", flush=True)
     print(f"{compiled} compiled, {failures} failed")
     return 1 if failures else 0

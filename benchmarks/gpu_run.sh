@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: the GPU tests, then the side-by-side benchmarks. Logs and results
 # JSON land under $OUT (the device tool brings them back); copy the JSON into benchmarks/results/.
-#   bash benchmarks/gpu_run.sh [tests] [attention] [natten] [linear] [kernel-next]
+#   bash benchmarks/gpu_run.sh [tests] [tests-quick] [streams-ab] [attention] [natten] [linear] [kernel-next]
 #   (default: tests attention natten linear)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -18,8 +18,15 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 for step in $steps; do
   case "$step" in
-    tests) timeout "${TESSERA_GPU_TEST_TIMEOUT:-240}" python3 -m pytest -m gpu -q -p no:cacheprovider tests \
-             2>&1 | tee "$OUT/gpu-tests.log" || status=1 ;;
+    tests) GPU_TEST_LINEAR=${GPU_TEST_LINEAR:-1} bash benchmarks/gpu_tests.sh 2>&1 | tee "$OUT/gpu-tests.log" || status=1 ;;
+    tests-quick) GPU_TEST_GROUPS="patterns neighborhood" bash benchmarks/gpu_tests.sh 2>&1 \
+                   | tee "$OUT/gpu-tests.log" || status=1 ;;
+    streams-ab)
+      # Later steps run with the faster setting (TESSERA_BWD_STREAMS), printed here.
+      timeout "${TESSERA_STREAMS_TIMEOUT:-90}" python3 benchmarks/gpu_streams_ab.py --out "$OUT" \
+        2>&1 | tee "$OUT/streams-ab.log" || status=1
+      export TESSERA_BWD_STREAMS=$(python3 benchmarks/gpu_streams_ab.py --verdict "$OUT/streams_ab.json")
+      echo "TESSERA_BWD_STREAMS=$TESSERA_BWD_STREAMS" ;;
     attention) timeout "${TESSERA_ATTENTION_TIMEOUT:-420}" python3 benchmarks/attention.py --out "$OUT" \
                  2>&1 | tee "$OUT/attention.log" || status=1 ;;
     natten) timeout "${TESSERA_NATTEN_TIMEOUT:-420}" python3 benchmarks/natten.py --out "$OUT" \
@@ -27,7 +34,7 @@ for step in $steps; do
     kernel-next) bash benchmarks/gpu_kernel_next.sh 2>&1 | tee "$OUT/kernel-next.log" || status=1 ;;
     linear) timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/linear.py --out "$OUT" ${LINEAR_BENCH_ARGS:-} \
               2>&1 | tee "$OUT/linear.log" || status=1 ;;
-    *) echo "unknown step $step (tests, attention, natten, linear, kernel-next)"; status=2 ;;
+    *) echo "unknown step $step (tests, tests-quick, streams-ab, attention, natten, linear, kernel-next)"; status=2 ;;
   esac
 done
 exit $status

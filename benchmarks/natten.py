@@ -5,20 +5,56 @@
 GPU only: tessera (tessera.natten, tiled token order chosen automatically, permutation included
 in the time; one case also row-major) against FlexAttention with the same mask in row-major order
 ("flex") and in tessera's tiled order ("flex-tiled"), and dense cuDNN baselines. bf16, H = 16.
-Prints the comparison table and each case's predicted speedup (tile map only) last.
+The results file's notes give, per case with a tiled layout, the ideal speedup over dense
+(1 / density), the tile-map prediction (``predicted_speedup``) and the measured forward and
+forward+backward speedups over tessera's own dense kernel at the same shape with their fraction
+of the ideal.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 from pathlib import Path
 
 import torch
 
 from tessera.bench.attention import natten_cases, run_case, tiled_pattern
 from tessera.bench.report import print_table, results_path, write_results
-from tessera.patterns import predicted_speedup
+from tessera.kernels.triton.backend import forward_tiles
+from tessera.patterns import Neighborhood, predicted_speedup
+
+
+def _own_dense_ms(records: list[dict], seq: int, dim: int, direction: str):
+    name = f"dense baseline S={seq} B=1 H=16 D={dim}"
+    for r in records:
+        if r["case"] == name and r["impl"] == "tessera" and r["direction"] == direction and r["ms"]:
+            return r["ms"]
+    return None
+
+
+def speedup_notes(cases, records: list[dict]) -> list[str]:
+    """One line per tiled case: ideal, predicted and measured speedups over tessera's dense."""
+    notes = []
+    for case in cases:
+        if case.na is None or case.na.get("layout") != "auto":
+            continue
+        na = case.na
+        ideal = 1.0 / Neighborhood(na["grid"], na["kernel"], na["dilation"], na["stride"]).density(case.seq, case.seq)
+        tiled = tiled_pattern(case, torch.device("cpu"))
+        block_m, block_n = forward_tiles(tiled, case.seq, case.seq, case.heads, case.head_dim)
+        predicted = predicted_speedup(tiled, case.seq, case.seq, block_m, block_n)
+        parts = [f"{case.name}: ideal {ideal:.1f}x, predicted {predicted:.1f}x ({block_m}x{block_n} tiles)"]
+        for direction in ("fwd", "fwd+bwd"):
+            ours = next((r["ms"] for r in records if r["case"] == case.name and r["impl"] == "tessera"
+                         and r["direction"] == direction and r["ms"]), None)
+            dense = _own_dense_ms(records, case.seq, case.head_dim, direction)
+            if ours and dense:
+                measured = dense / ours
+                parts.append(f"measured {direction} {measured:.1f}x ({measured / ideal:.2f} of ideal)")
+        notes.append(", ".join(parts))
+    return notes
 
 
 def main() -> None:
@@ -33,18 +69,18 @@ def main() -> None:
     if args.only:
         cases = [c for c in cases if any(s in c.name for s in args.only)]
     path = results_path(Path(args.out), device, "natten", datetime.date.today().isoformat())
-    records, predictions = [], []
+    records, done = [], []
     # Written after every case, so a run stopped by a time limit keeps what it measured.
     for case in cases:
         print(case.name)
         records += run_case(case, device, torch.bfloat16)
+        done.append(case)
         payload = write_results(path, device, records)
-        if case.na is not None and case.na.get("layout") == "auto":
-            tiled = tiled_pattern(case, torch.device("cpu"))
-            predictions.append((case.name, predicted_speedup(tiled, case.seq, case.seq)))
+        payload["notes"] = speedup_notes(done, records)
+        path.write_text(json.dumps(payload, indent=1) + "\n")
     print_table(payload)
-    for name, speedup in predictions:
-        print(f"predicted speedup over dense (tile map only): {name}: {speedup:.2f}x")
+    for note in payload["notes"]:
+        print(note)
     print(f"results -> {path}")
 
 

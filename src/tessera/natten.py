@@ -18,8 +18,11 @@ from .api import attention
 from .patterns.layout import GridLayout, Permuted, as_axes, choose_tile_shape
 from .patterns.neighborhood import Neighborhood
 
-# Tokens per tile when ``layout="auto"`` reorders the grid (the kernels' query/key tile size).
-AUTO_TILE_TOKENS = 128
+# Tokens per tile when ``layout="auto"`` reorders the grid: the kernels' tile size on neighborhood
+# maps (64 x 64: their partial tiles make them "ragged" in kernels.triton.tuning). Against 128-token
+# layout tiles with 128 x 128 kernel tiles, a 2-D 17 x 17 neighborhood visits 576 instead of 1056
+# keys per query tile (tile maps of the 128 x 128 grid).
+AUTO_TILE_TOKENS = 64
 
 
 @functools.lru_cache(maxsize=32)

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.gpu
 if torch.cuda.is_available():
     from tessera.bias import ALiBi, LowRank, RelativePosition, TensorBias
     from tessera.kernels.triton.backend import run
-    from tessera.patterns import Causal, FromMask, Power, Strided, Window
+    from tessera.patterns import Causal, FromMask, Neighborhood, Power, Strided, Window
+    from tessera.patterns.layout import GridLayout, Permuted
     from tessera.patterns.blocksparse import BlockSparse
 
 DEVICE = "cuda"
@@ -52,6 +53,32 @@ def _patterns():
 def test_patterns_forward_backward(name, dtype):
     pattern = _patterns()[name]
     q, k, v = make_inputs(2, 1000, 1500, 8, 2, 128, dtype, DEVICE)
+    check_against_reference(q, k, v, pattern)
+
+
+def _neighborhoods():
+    """N-D neighborhoods in a tiled token order (the in-kernel N-D mask) and row-major (its
+    general integer-division path)."""
+    two_d = Neighborhood((32, 48), (7, 9), dilation=(1, 2))
+    three_d = Neighborhood((8, 16, 16), (3, 5, 5), causal=(True, False, False))
+    return {
+        "2d tiled": Permuted(two_d, GridLayout((32, 48), (8, 8))),
+        "2d row-major": two_d,
+        "3d tiled": Permuted(three_d, GridLayout((8, 16, 16), (1, 8, 8))),
+        "3d strided tiled": Permuted(Neighborhood((8, 16, 16), (3, 7, 7), stride=(1, 2, 2)),
+                                     GridLayout((8, 16, 16), (2, 4, 8))),
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["2d tiled", "2d row-major", "3d tiled", "3d strided tiled"])
+def test_neighborhood_forward_backward(name, dtype):
+    from tessera.kernels.triton import masks
+    pattern = _neighborhoods()[name]
+    seq = 1536 if name.startswith("2d") else 2048
+    plan = masks.get_plan(pattern, seq, seq, 64, 64, 8, torch.device(DEVICE))
+    assert plan.mask_mode == masks.MASK_NEIGHBORHOOD
+    q, k, v = make_inputs(2, seq, seq, 8, 2, 128, dtype, DEVICE)
     check_against_reference(q, k, v, pattern)
 
 

@@ -45,8 +45,11 @@ def test_permute_round_trip_and_gradients():
         assert torch.equal(y[:, 0], x[:, int(layout.positions()[0])])
         assert torch.equal(layout.unpermute(y, 1), x)
         assert torch.equal(layout.permute(layout.unpermute(x, 1), 1), x)
-        y.sum().backward()
-        assert torch.equal(x.grad, torch.ones_like(x))
+        upstream = torch.randn_like(y)
+        y.backward(upstream)
+        assert torch.equal(x.grad, layout.unpermute(upstream, 1))
+        assert (layout.permute(x, 1) is x) == layout.is_identity
+        assert layout.is_identity == torch.equal(layout.positions(), torch.arange(math.prod(grid)))
         z = torch.randn(3, math.prod(grid))
         assert torch.equal(layout.unpermute(layout.permute(z, -1), -1), z)
 

@@ -337,6 +337,21 @@ def grid_candidates(pattern: GridPattern, boxes_of, runs_of, q_lo, q_hi, k_len: 
     return columns if pattern.head_dependent else columns[0]
 
 
+class _Reorder(torch.autograd.Function):
+    """``x.index_select(dim, order)`` for a permutation ``order`` whose inverse is ``inverse``: the
+    backward gathers the gradient by ``inverse`` (index_select's own backward scatters with
+    atomic adds)."""
+
+    @staticmethod
+    def forward(ctx, x, dim, order, inverse):
+        ctx.dim, ctx.inverse = dim, inverse
+        return x.index_select(dim, order)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.index_select(ctx.dim, ctx.inverse), None, None, None
+
+
 class GridLayout:
     """A token order of an N-D grid by tiles: tiles of ``tile_shape`` (clipped at the grid's far
     edges) in row-major order over the tile grid, and the tokens of each tile in row-major order.
@@ -369,6 +384,7 @@ class GridLayout:
         self._tiled = self._tile_start[tile] + inner                  # row-major -> tiled
         self._positions = torch.empty_like(self._tiled)
         self._positions[self._tiled] = torch.arange(self._tiled.numel())
+        self._identity = bool(torch.equal(self._tiled, torch.arange(self._tiled.numel())))
         self._cache: dict = {}
 
     @property
@@ -409,15 +425,27 @@ class GridLayout:
             raise ValueError(f"x.shape[{dim}] must be prod(grid) = {self.size}, got {x.shape[dim]}")
         return dim
 
+    @property
+    def is_identity(self) -> bool:
+        """Whether the tiled order is the row-major order (1-D grids, tiles spanning all trailing
+        axes, ...): permuting is then a no-op."""
+        return self._identity
+
     def permute(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
-        """``x`` with its row-major token axis ``dim`` reordered into tiled order."""
+        """``x`` with its row-major token axis ``dim`` reordered into tiled order (``x`` itself
+        when the order is the identity). Its gradient is the inverse gather, not a scatter."""
         dim = self._check_dim(x, dim)
-        return x.index_select(dim, self.positions(x.device))
+        if self.is_identity:
+            return x
+        return _Reorder.apply(x, dim, self.positions(x.device), self.tiled_positions(x.device))
 
     def unpermute(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
-        """``x`` with its tiled token axis ``dim`` put back in row-major order."""
+        """``x`` with its tiled token axis ``dim`` put back in row-major order (the inverse of
+        ``permute``)."""
         dim = self._check_dim(x, dim)
-        return x.index_select(dim, self.tiled_positions(x.device))
+        if self.is_identity:
+            return x
+        return _Reorder.apply(x, dim, self.tiled_positions(x.device), self.positions(x.device))
 
     def boxes(self, lo: torch.Tensor, hi: torch.Tensor):
         """Split tiled-order ranges ``[lo, hi]`` into grid boxes (as ``row_major_boxes``): the part

@@ -27,9 +27,10 @@ from ...bias import ALiBi, LowRank, RelativePosition, TensorBias
 from ...patterns.base import Dense
 from ..registry import AttentionCall, register_backend
 from . import flash_bwd, flash_fwd
-from .masks import get_plan, offset_band
+from .row_dot import row_dot
+from .masks import MASK_BAND, MASK_NEIGHBORHOOD, MASK_NONE, get_plan, offset_band
 from .scoring import INTERPRETED
-from .tuning import KernelConfig, kernel_config
+from .tuning import KernelConfig, MaskShape, kernel_config
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAX_HEAD_DIM = 256
@@ -114,10 +115,31 @@ def _precision(dtype: torch.dtype, interpret: bool) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _configs(q, v, interpret, pattern):
+def _mask_shape(pattern, q, k) -> Optional[MaskShape]:
+    """The pattern's tile map at 64 x 64 tiles as the tile-size choice sees it (None: dense):
+    its fraction of partial tiles, whether they are masked by one offset band, and whether by the
+    N-D neighborhood mask."""
+    if pattern is None or isinstance(pattern, Dense):
+        return None
+    plan = get_plan(pattern, q.shape[1], k.shape[1], 64, 64, q.shape[2], q.device)
+    return MaskShape(plan.partial_fraction(), plan.mask_mode in (MASK_NONE, MASK_BAND),
+                     neighborhood=plan.mask_mode == MASK_NEIGHBORHOOD)
+
+
+def forward_tiles(pattern, q_len: int, k_len: int, heads: int, dim: int,
+                  dtype: torch.dtype = torch.bfloat16) -> tuple[int, int]:
+    """``(block_m, block_n)`` of the forward kernel on a GPU for ``pattern`` at these lengths,
+    heads and head dim (the tile map the kernel walks; tile plans are built on the CPU here)."""
+    probe = torch.empty(1, q_len, heads, 0)
+    shape = _mask_shape(pattern, probe, torch.empty(1, k_len, heads, 0))
+    config = kernel_config("fwd", dim, dtype, False, shape)
+    return config.block_m, config.block_n
+
+
+def _configs(q, k, v, interpret, pattern):
     dim = max(q.shape[-1], v.shape[-1])
-    masked = pattern is not None and not isinstance(pattern, Dense)
-    return {name: kernel_config(name, dim, q.dtype, interpret, masked) for name in ("fwd", "dq", "dkdv")}
+    shape = None if interpret else _mask_shape(pattern, q, k)
+    return {name: kernel_config(name, dim, q.dtype, interpret, shape) for name in ("fwd", "dq", "dkdv")}
 
 
 def _plan(spec: _Spec, q, k, config):
@@ -168,7 +190,7 @@ def _rel_pos(spec: _Spec, table):
 
 
 def _forward(spec: _Spec, q, k, v, sinks, slopes, bias, u, w, table):
-    original = _configs(q, v, spec.interpret, spec.pattern)["fwd"]
+    original = _configs(q, k, v, spec.interpret, spec.pattern)["fwd"]
     variant = _variant(spec, q, v, sinks, slopes, bias, u, table)
     config = _fitting("fwd", original, variant)
     while True:
@@ -206,7 +228,7 @@ class FlashAttention(torch.autograd.Function):
     def backward(ctx, do, _dlse):
         q, k, v, o, lse, sinks, slopes, bias, u, w, table = ctx.saved_tensors
         spec: _Spec = ctx.spec
-        original = _configs(q, v, spec.interpret, spec.pattern)
+        original = _configs(q, k, v, spec.interpret, spec.pattern)
         do = _head_contiguous(do)
         bias_grad = bias is not None and ctx.needs_input_grad[5]
         slope_grad = slopes is not None and ctx.needs_input_grad[4]
@@ -232,7 +254,7 @@ class FlashAttention(torch.autograd.Function):
         dsinks = None
         if sinks is not None and ctx.needs_input_grad[3]:
             # d sink_h = -sum_rows exp(sink_h - lse) * rowsum(o * do)
-            delta = (o.float() * do.float()).sum(-1).transpose(1, 2)
+            delta = row_dot(o, do)
             p_sink = torch.exp(sinks.float().view(1, -1, 1) - lse)
             dsinks = -(p_sink * delta).sum((0, 2)).to(sinks.dtype)
         if dbias is not None:

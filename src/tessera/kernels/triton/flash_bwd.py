@@ -1,8 +1,9 @@
 """Block-sparse flash-attention backward (Triton), FlashAttention-2 style, deterministic.
 
 Three steps, no atomics:
-  * ``delta = rowsum(o * do)`` (float32 ``[B, H_q, S_q]``, torch);
-  * dk/dv: one program per (key tile, batch x kv head); it loops over the query heads of its GQA
+  * ``delta = rowsum(o * do)`` (float32 ``[B, H_q, S_q]``, ``row_dot``);
+  * dk/dv (on a side CUDA stream, overlapping the dq kernel: ``streams``): one program per
+    (key tile, batch x kv head); it loops over the query heads of its GQA
     group and, for each, over the query tiles that list this key tile (the plan's transposed
     lists), recomputing ``p = exp(z - lse)``; with low-rank factors it also writes
     ``dw = dS^T @ u`` for each query head of the group;
@@ -19,11 +20,15 @@ import torch
 import triton
 import triton.language as tl
 
-from .flash_fwd import LOG2E, broadcast_strides, low_rank_args, rank_pad, rel_pos_args, tma_ok
 from triton.runtime.errors import OutOfResources
 from triton.tools.tensor_descriptor import TensorDescriptor
+
+from . import streams
+from .flash_fwd import LOG2E, broadcast_strides, low_rank_args, rank_pad, rel_pos_args, tma_ok
+from .row_dot import row_dot
 from .scoring import (INTERPRETED, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
-                      rel_pos_table_grad, rel_pos_tile, score_tile)
+                      na_codes, na_key_windows, na_query_windows, rel_pos_table_grad,
+                      rel_pos_tile, score_tile)
 
 if INTERPRETED:
     range = interpreter_range  # noqa: A001
@@ -31,7 +36,8 @@ if INTERPRETED:
 
 @triton.jit
 def _dkdv_tiles(dk, dv, dw, k, v, q_base, do_base, s_qs, s_dos, q_desc, do_desc, b, h, lse_base,
-                delta_base, idx_ptr, bits_idx_ptr, count, BITS, TILE_BAND, k_pos, offs_n, offs_m,
+                delta_base, idx_ptr, bits_idx_ptr, count, BITS, TILE_BAND, NA, na_win, k_pos,
+                offs_n, offs_m,
                 offs_d, offs_dv, S_Q, S_K,
                 scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
                 bias_base, s_bias_m, s_bias_n, w, u_base, s_um, s_ur, offs_r, RANK,
@@ -41,7 +47,8 @@ def _dkdv_tiles(dk, dv, dw, k, v, q_base, do_base, s_qs, s_dos, q_desc, do_desc,
                 SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, TENSOR_BIAS: tl.constexpr,
                 LOW_RANK: tl.constexpr, LOW_RANK_GRAD: tl.constexpr, REL_POS: tl.constexpr,
                 SIGMOID: tl.constexpr, PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
-                D_PAD: tl.constexpr, DV_PAD: tl.constexpr, NB: tl.constexpr):
+                D_PAD: tl.constexpr, DV_PAD: tl.constexpr, NB: tl.constexpr,
+                NA_STATIC: tl.constexpr):
     NW: tl.constexpr = BLOCK_N // 32
     TILE_BIAS: tl.constexpr = LOW_RANK or REL_POS
     for t in range(count):
@@ -59,8 +66,15 @@ def _dkdv_tiles(dk, dv, dw, k, v, q_base, do_base, s_qs, s_dos, q_desc, do_desc,
                 q = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d[None, :] < HEAD_D), other=0.0)
                 do = tl.load(do_ptrs, mask=row_ok[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
             if not SIGMOID:
-                lse = tl.load(lse_base + q_row, mask=row_ok, other=float("inf"))
-                delta = tl.load(delta_base + q_row, mask=row_ok, other=0.0)
+                if MASK_MODE == 4:
+                    # Rows past S_Q read the last row's statistics and are masked out below (a
+                    # pipelined masked load would keep a row mask per stage live in registers).
+                    last = tl.minimum(q_row, S_Q - 1)
+                    lse = tl.load(lse_base + last)
+                    delta = tl.load(delta_base + last)
+                else:
+                    lse = tl.load(lse_base + q_row, mask=row_ok, other=float("inf"))
+                    delta = tl.load(delta_base + q_row, mask=row_ok, other=0.0)
         else:
             if not USE_TMA:
                 q = tl.load(q_ptrs, mask=offs_d[None, :] < HEAD_D, other=0.0)
@@ -75,6 +89,12 @@ def _dkdv_tiles(dk, dv, dw, k, v, q_base, do_base, s_qs, s_dos, q_desc, do_desc,
                 bits_base = BITS + tl.load(bits_idx_ptr + t).to(tl.int64) * (BLOCK_M * NW)
             if MASK_MODE == 3:
                 bits_base = TILE_BAND + tl.load(bits_idx_ptr + t).to(tl.int64) * (2 * NB)
+        na_code = (q_row,)
+        if MASKED and MASK_MODE == 4:
+            na_code = na_codes(offs_m[None, :], m * BLOCK_M, NA, 0, NA_STATIC)
+            # Query rows past S_Q get a code below every window.
+            na_code = (na_code[0], na_code[1],
+                       tl.where(offs_m[None, :] < S_Q - m * BLOCK_M, na_code[2], -1))
         tile_bias_t = qk_t
         u = q
         if LOW_RANK:
@@ -87,7 +107,8 @@ def _dkdv_tiles(dk, dv, dw, k, v, q_base, do_base, s_qs, s_dos, q_desc, do_desc,
         z2, th = score_tile(qk_t, q_row[None, :], q_pos[None, :], k_pos[:, None], offs_m[None, :],
                             offs_n[:, None], S_Q, S_K, scale, qk_scale, softcap, slope, band_lo,
                             band_hi, bias_base, s_bias_m, s_bias_n, bits_base, tile_bias_t,
-                            MASKED, MASK_MODE, SOFTCAP, ALIBI, TENSOR_BIAS, TILE_BIAS, NW, NB)
+                            na_win, na_code, MASKED, MASK_MODE, SOFTCAP, ALIBI, TENSOR_BIAS,
+                            TILE_BIAS, NW, NB, NA_STATIC)
         dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)                   # [BN, BM]
         if SIGMOID:
             p_t = 1.0 / (1.0 + tl.exp2(-(z2 + sig_bias2)))
@@ -111,8 +132,8 @@ def _dkdv_tiles(dk, dv, dw, k, v, q_base, do_base, s_qs, s_dos, q_desc, do_desc,
 
 @triton.jit(do_not_specialize=["S_Q", "S_K"])
 def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV, DW,
-                   FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, PART_BITS, BITS, TILE_BAND, SLOPES, BIAS,
-                   U, W, TABLE,
+                   FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, PART_BITS, BITS, TILE_BAND, NA, SLOPES,
+                   BIAS, U, W, TABLE,
                    s_qb, s_qs, s_qh, s_kb, s_ks, s_kh, s_vb, s_vs, s_vh, s_dob, s_dos, s_doh,
                    s_dkb, s_dks, s_dkh, s_dvb, s_dvs, s_dvh,
                    s_bias_b, s_bias_h, s_bias_m, s_bias_n,
@@ -125,7 +146,8 @@ def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV, DW,
                    MASK_MODE: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
                    TENSOR_BIAS: tl.constexpr, LOW_RANK: tl.constexpr, LOW_RANK_GRAD: tl.constexpr,
                    R_PAD: tl.constexpr, REL_POS: tl.constexpr, SIGMOID: tl.constexpr,
-                   PRECISION: tl.constexpr, USE_TMA: tl.constexpr, TILE_BANDS: tl.constexpr):
+                   PRECISION: tl.constexpr, USE_TMA: tl.constexpr, TILE_BANDS: tl.constexpr,
+                   NA_STATIC: tl.constexpr):
     n = tl.program_id(0)
     bhk = tl.program_id(1)
     b = bhk // H_KV
@@ -150,6 +172,10 @@ def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV, DW,
     fk = k_pos
     if REL_POS:
         fk = grid_flat(k_pos, G1, G2)
+    # Neighborhood windows of the keys (the queries that see them), once per program.
+    na_win = (k_pos,)
+    if MASK_MODE == 4:
+        na_win = na_key_windows(offs_n[:, None], n * BLOCK_N, NA, NA_STATIC)
 
     for g in range(GROUP):
         h = hk * GROUP + g
@@ -180,23 +206,25 @@ def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV, DW,
                              b, h, lse_base, delta_base,
                              PART_IDX + row.to(tl.int64) * PART_W,
                              PART_BITS + row.to(tl.int64) * PART_W, part_count, BITS, TILE_BAND,
-                             k_pos, offs_n, offs_m, offs_d, offs_dv, S_Q, S_K,
+                             NA, na_win, k_pos, offs_n, offs_m, offs_d, offs_dv, S_Q, S_K,
                              scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
                              bias_base, s_bias_m, s_bias_n, w, u_base, s_um, s_ur, offs_r, RANK,
                              table_base, fk, G1, G2, CENTER, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_N,
                              True, MASK_MODE, SOFTCAP, ALIBI, TENSOR_BIAS, LOW_RANK, LOW_RANK_GRAD,
-                             REL_POS, SIGMOID, PRECISION, USE_TMA, D_PAD, DV_PAD, TILE_BANDS)
+                             REL_POS, SIGMOID, PRECISION, USE_TMA, D_PAD, DV_PAD, TILE_BANDS,
+                             NA_STATIC)
         full_count = tl.load(FULL_CNT + row)
         dk, dv, dw = _dkdv_tiles(dk, dv, dw, k, v, q_base, do_base, s_qs, s_dos, Q_DESC, DO_DESC,
                              b, h, lse_base, delta_base,
                              FULL_IDX + row.to(tl.int64) * FULL_W,
                              FULL_IDX + row.to(tl.int64) * FULL_W, full_count, BITS, TILE_BAND,
-                             k_pos, offs_n, offs_m, offs_d, offs_dv, S_Q, S_K,
+                             NA, na_win, k_pos, offs_n, offs_m, offs_d, offs_dv, S_Q, S_K,
                              scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
                              bias_base, s_bias_m, s_bias_n, w, u_base, s_um, s_ur, offs_r, RANK,
                              table_base, fk, G1, G2, CENTER, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_N,
                              False, MASK_MODE, SOFTCAP, ALIBI, TENSOR_BIAS, LOW_RANK, LOW_RANK_GRAD,
-                             REL_POS, SIGMOID, PRECISION, USE_TMA, D_PAD, DV_PAD, TILE_BANDS)
+                             REL_POS, SIGMOID, PRECISION, USE_TMA, D_PAD, DV_PAD, TILE_BANDS,
+                             NA_STATIC)
         if LOW_RANK_GRAD:
             tl.store(DW + (b * H_Q + h).to(tl.int64) * S_K * R_PAD
                      + k_pos.to(tl.int64)[:, None] * R_PAD + offs_r[None, :], dw,
@@ -214,7 +242,8 @@ def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV, DW,
 @triton.jit
 def _dq_tiles(dq, dslope, du, q, do, lse2, delta, k_base, v_base, s_kn, s_vn, k_desc, v_desc, b, hk,
               idx_ptr, bits_idx_ptr,
-              count, BITS, TILE_BAND, q_row, q_pos, offs_m, offs_n, offs_d, offs_dv, S_Q, S_K,
+              count, BITS, TILE_BAND, NA, na_win, q_row, q_pos, offs_m, offs_n, offs_d, offs_dv,
+              S_Q, S_K,
               scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
               bias_base, s_bias_m, s_bias_n, dbias_base, S_K_DB,
               u, w_base, s_wn, s_wr, offs_r, RANK,
@@ -225,7 +254,8 @@ def _dq_tiles(dq, dslope, du, q, do, lse2, delta, k_base, v_base, s_kn, s_vn, k_
               ALIBI: tl.constexpr, TENSOR_BIAS: tl.constexpr, LOW_RANK: tl.constexpr,
               LOW_RANK_GRAD: tl.constexpr, REL_POS: tl.constexpr, REL_POS_GRAD: tl.constexpr,
               SIGMOID: tl.constexpr, BIAS_GRAD: tl.constexpr, SLOPE_GRAD: tl.constexpr,
-              PRECISION: tl.constexpr, USE_TMA: tl.constexpr, NB: tl.constexpr):
+              PRECISION: tl.constexpr, USE_TMA: tl.constexpr, NB: tl.constexpr,
+              NA_STATIC: tl.constexpr):
     NW: tl.constexpr = BLOCK_N // 32
     TILE_BIAS: tl.constexpr = LOW_RANK or REL_POS
     for t in range(count):
@@ -249,6 +279,9 @@ def _dq_tiles(dq, dslope, du, q, do, lse2, delta, k_base, v_base, s_kn, s_vn, k_
                 bits_base = BITS + tl.load(bits_idx_ptr + t).to(tl.int64) * (BLOCK_M * NW)
             if MASK_MODE == 3:
                 bits_base = TILE_BAND + tl.load(bits_idx_ptr + t).to(tl.int64) * (2 * NB)
+        na_code = (k_pos,)
+        if MASKED and MASK_MODE == 4:
+            na_code = na_codes(offs_n[None, :], n * BLOCK_N, NA, 1, NA_STATIC)
         tile_bias = qk
         w = k
         if LOW_RANK:
@@ -260,8 +293,9 @@ def _dq_tiles(dq, dslope, du, q, do, lse2, delta, k_base, v_base, s_kn, s_vn, k_
                                      center, in_bounds)
         z2, th = score_tile(qk, q_row[:, None], q_pos[:, None], k_pos[None, :], offs_m[:, None],
                             offs_n[None, :], S_Q, S_K, scale, qk_scale, softcap, slope, band_lo,
-                            band_hi, bias_base, s_bias_m, s_bias_n, bits_base, tile_bias,
-                            MASKED, MASK_MODE, SOFTCAP, ALIBI, TENSOR_BIAS, TILE_BIAS, NW, NB)
+                            band_hi, bias_base, s_bias_m, s_bias_n, bits_base, tile_bias, na_win,
+                            na_code, MASKED, MASK_MODE, SOFTCAP, ALIBI, TENSOR_BIAS, TILE_BIAS,
+                            NW, NB, NA_STATIC)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         if SIGMOID:
             p = 1.0 / (1.0 + tl.exp2(-(z2 + sig_bias2)))
@@ -296,8 +330,8 @@ def _dq_tiles(dq, dslope, du, q, do, lse2, delta, k_base, v_base, s_kn, s_vn, k_
 
 @triton.jit(do_not_specialize=["S_Q", "S_K"])
 def _attn_bwd_dq(Q, K, V, DO, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, DU, DTABLE,
-                 FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, PART_BITS, BITS, TILE_BAND, SLOPES, BIAS,
-                 U, W, TABLE,
+                 FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, PART_BITS, BITS, TILE_BAND, NA, SLOPES,
+                 BIAS, U, W, TABLE,
                  s_qb, s_qs, s_qh, s_kb, s_ks, s_kh, s_vb, s_vs, s_vh, s_dob, s_dos, s_doh,
                  s_dqb, s_dqs, s_dqh,
                  s_bias_b, s_bias_h, s_bias_m, s_bias_n,
@@ -312,8 +346,10 @@ def _attn_bwd_dq(Q, K, V, DO, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, DU,
                  R_PAD: tl.constexpr, REL_POS: tl.constexpr, REL_POS_GRAD: tl.constexpr,
                  SIGMOID: tl.constexpr, BIAS_GRAD: tl.constexpr,
                  SLOPE_GRAD: tl.constexpr, PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
-                 TILE_BANDS: tl.constexpr):
-    m = tl.program_id(0)
+                 TILE_BANDS: tl.constexpr, NA_STATIC: tl.constexpr):
+    # Query tiles in descending order: on causal-like maps the longest programs start first and
+    # the last wave holds short ones (longest-processing-time-first).
+    m = N_Q_TILES - 1 - tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H_Q
     h = bh % H_Q
@@ -365,6 +401,10 @@ def _attn_bwd_dq(Q, K, V, DO, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, DU,
     fq = q_row
     if REL_POS:
         fq = grid_flat(q_row, G1, G2)
+    # Neighborhood windows of the query rows, once per program (MASK_MODE 4).
+    na_win = (q_row,)
+    if MASK_MODE == 4:
+        na_win = na_query_windows(offs_m[:, None], m * BLOCK_M, NA, NA_STATIC)
 
     dq = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
     du = tl.zeros([BLOCK_M, R_PAD], dtype=tl.float32)
@@ -374,8 +414,8 @@ def _attn_bwd_dq(Q, K, V, DO, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, DU,
     dq, dslope, du = _dq_tiles(dq, dslope, du, q, do, lse2, delta, k_base, v_base, s_ks, s_vs,
                            K_DESC, V_DESC, b, hk,
                            PART_IDX + row.to(tl.int64) * PART_W, PART_BITS + row.to(tl.int64) * PART_W,
-                           part_count, BITS, TILE_BAND, q_row, q_pos, offs_m, offs_n, offs_d, offs_dv,
-                           S_Q, S_K,
+                           part_count, BITS, TILE_BAND, NA, na_win, q_row, q_pos, offs_m, offs_n,
+                           offs_d, offs_dv, S_Q, S_K,
                            scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
                            bias_base, s_bias_m, s_bias_n, dbias_base, S_K,
                            u, w_base, s_wn, s_wr, offs_r, RANK,
@@ -383,13 +423,13 @@ def _attn_bwd_dq(Q, K, V, DO, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, DU,
                            HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, True, MASK_MODE,
                            SOFTCAP, ALIBI, TENSOR_BIAS, LOW_RANK, LOW_RANK_GRAD, REL_POS,
                            REL_POS_GRAD, SIGMOID, BIAS_GRAD, SLOPE_GRAD, PRECISION, USE_TMA,
-                           TILE_BANDS)
+                           TILE_BANDS, NA_STATIC)
     full_count = tl.load(FULL_CNT + row)
     dq, dslope, du = _dq_tiles(dq, dslope, du, q, do, lse2, delta, k_base, v_base, s_ks, s_vs,
                            K_DESC, V_DESC, b, hk,
                            FULL_IDX + row.to(tl.int64) * FULL_W, FULL_IDX + row.to(tl.int64) * FULL_W,
-                           full_count, BITS, TILE_BAND, q_row, q_pos, offs_m, offs_n, offs_d, offs_dv,
-                           S_Q, S_K,
+                           full_count, BITS, TILE_BAND, NA, na_win, q_row, q_pos, offs_m, offs_n,
+                           offs_d, offs_dv, S_Q, S_K,
                            scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
                            bias_base, s_bias_m, s_bias_n, dbias_base, S_K,
                            u, w_base, s_wn, s_wr, offs_r, RANK,
@@ -397,7 +437,7 @@ def _attn_bwd_dq(Q, K, V, DO, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, DU,
                            HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, False, MASK_MODE,
                            SOFTCAP, ALIBI, TENSOR_BIAS, LOW_RANK, LOW_RANK_GRAD, REL_POS,
                            REL_POS_GRAD, SIGMOID, BIAS_GRAD, SLOPE_GRAD, PRECISION, USE_TMA,
-                           TILE_BANDS)
+                           TILE_BANDS, NA_STATIC)
     dq = dq * scale
     tl.store(DQ + b.to(tl.int64) * s_dqb + h.to(tl.int64) * s_dqh
              + q_row.to(tl.int64)[:, None] * s_dqs + offs_d[None, :],
@@ -445,7 +485,7 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
         delta = torch.zeros(1, dtype=torch.float32, device=device)
         lse = delta
     else:
-        delta = (o.float() * do.float()).sum(-1).transpose(1, 2).contiguous()
+        delta = row_dot(o, do)
     dq = torch.empty_like(q)
     dk = torch.empty(batch, k_len, kv_heads, dim, dtype=k.dtype, device=device)
     dv = torch.empty(batch, k_len, kv_heads, dim_v, dtype=v.dtype, device=device)
@@ -495,22 +535,25 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
                        if use_tma else (q, do))
     launch_dkdv = _attn_bwd_dkdv[(dkdv_plan.n_k_tiles, batch * kv_heads)]
     launch_dkdv = _named_launch(launch_dkdv, "dkdv")
-    launch_dkdv(
-        q, k, v, do, q_desc, do_desc, lse, delta, dk, dv, dw if dw is not None else dummy,
-        cols.full_count, cols.full_index, cols.part_count, cols.part_index, cols.part_bits,
-        dkdv_plan.bits, dkdv_plan.tile_band, slopes if slopes is not None else dummy,
-        bias if bias is not None else dummy, *factors[:2], table_args[0],
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
-        dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
-        *bias_strides, *factors[2:], *table_args[1:],
-        heads, kv_heads, heads // kv_heads, q_len, k_len, dkdv_plan.map_heads, dkdv_plan.n_k_tiles,
-        cols.full_width, cols.part_width,
-        *variant_args, dkdv_plan.band_lo, dkdv_plan.band_hi, sig_bias2,
-        BLOCK_M=dkdv_plan.block_m, BLOCK_N=dkdv_plan.block_n, MASK_MODE=dkdv_plan.mask_mode,
-        USE_TMA=use_tma, TILE_BANDS=dkdv_plan.bands_per_tile, num_warps=dkdv_config.num_warps,
-        num_stages=dkdv_config.num_stages, **common,
-    )
+    side = streams.fork(q, k, v, do, lse, delta, dk, dv, dw if dw is not None else dummy)
+    with streams.on(side):
+        launch_dkdv(
+            q, k, v, do, q_desc, do_desc, lse, delta, dk, dv, dw if dw is not None else dummy,
+            cols.full_count, cols.full_index, cols.part_count, cols.part_index, cols.part_bits,
+            dkdv_plan.bits, dkdv_plan.tile_band, dkdv_plan.na_params,
+            slopes if slopes is not None else dummy,
+            bias if bias is not None else dummy, *factors[:2], table_args[0],
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
+            dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
+            *bias_strides, *factors[2:], *table_args[1:],
+            heads, kv_heads, heads // kv_heads, q_len, k_len, dkdv_plan.map_heads, dkdv_plan.n_k_tiles,
+            cols.full_width, cols.part_width,
+            *variant_args, dkdv_plan.band_lo, dkdv_plan.band_hi, sig_bias2,
+            BLOCK_M=dkdv_plan.block_m, BLOCK_N=dkdv_plan.block_n, MASK_MODE=dkdv_plan.mask_mode,
+            USE_TMA=use_tma, TILE_BANDS=dkdv_plan.bands_per_tile, NA_STATIC=dkdv_plan.na_static,
+            num_warps=dkdv_config.num_warps, num_stages=dkdv_config.num_stages, **common,
+        )
     rows = dq_plan.rows
     use_tma = tma_ok(k, v, dq_plan.block_n)
     k_desc, v_desc = ((descriptor(k, dq_plan.block_n, d_pad), descriptor(v, dq_plan.block_n, dv_pad))
@@ -521,7 +564,7 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
         dslope if dslope is not None else dummy, du if du is not None else dummy,
         dtable if dtable is not None else dummy,
         rows.full_count, rows.full_index, rows.part_count, rows.part_index, rows.part_bits,
-        dq_plan.bits, dq_plan.tile_band, slopes if slopes is not None else dummy,
+        dq_plan.bits, dq_plan.tile_band, dq_plan.na_params, slopes if slopes is not None else dummy,
         bias if bias is not None else dummy, *factors[:2], table_args[0],
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
@@ -532,9 +575,10 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
         *variant_args, dq_plan.band_lo, dq_plan.band_hi, sig_bias2,
         BLOCK_M=dq_plan.block_m, BLOCK_N=dq_plan.block_n, MASK_MODE=dq_plan.mask_mode,
         BIAS_GRAD=bias_grad, SLOPE_GRAD=slope_grad, REL_POS_GRAD=rel_pos_grad, USE_TMA=use_tma,
-        TILE_BANDS=dq_plan.bands_per_tile,
+        TILE_BANDS=dq_plan.bands_per_tile, NA_STATIC=dq_plan.na_static,
         num_warps=dq_config.num_warps, num_stages=dq_config.num_stages, **common,
     )
+    streams.join(side)
     dslopes = None
     if dslope is not None:
         dslopes = dslope.view(batch, heads, -1).sum((0, 2))

@@ -1,9 +1,9 @@
 """Block-sparse flash-attention forward (Triton).
 
 One program per (query tile, batch x query head). It walks the key tiles its ``KernelPlan`` lists
-for (head, query tile): first the partial tiles (masked: bounds plus band, per-tile bands or
-bitmask), then the full tiles (no masking at all), with an online softmax in exp2
-(``scale * log2(e)`` folded into the logits). Writes ``o [B, S_q, H_q, D_v]`` and ``lse`` float32 ``[B, H_q, S_q]`` (natural log).
+for (head, query tile): first the partial tiles (masked: bounds plus band, per-tile bands,
+N-D neighborhood or bitmask), then the full tiles (no masking at all), with an online softmax in
+exp2 (``scale * log2(e)`` folded into the logits). Writes ``o [B, S_q, H_q, D_v]`` and ``lse`` float32 ``[B, H_q, S_q]`` (natural log).
 Fully masked rows give ``o = 0``, ``lse = -inf`` (``lse = sink`` with sinks). With sigmoid scores
 ``o = sum_j sigmoid(z_j + sigmoid_bias) v_j`` and no lse.
 
@@ -23,7 +23,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .scoring import (INTERPRETED, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
-                      rel_pos_tile, score_tile)
+                      na_codes, na_query_windows, rel_pos_tile, score_tile)
 
 if INTERPRETED:
     range = interpreter_range  # noqa: A001
@@ -31,7 +31,7 @@ if INTERPRETED:
 
 @triton.jit
 def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_desc, v_desc, b, hk,
-               idx_ptr, bits_idx_ptr, count, BITS, TILE_BAND,
+               idx_ptr, bits_idx_ptr, count, BITS, TILE_BAND, NA, na_win,
                q_row, q_pos, offs_m, offs_n, offs_d, offs_dv, S_Q, S_K,
                scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
                bias_base, s_bias_m, s_bias_n, u, w_base, s_wn, s_wr, offs_r, RANK,
@@ -41,7 +41,7 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_desc, v_desc, b, 
                MASK_MODE: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
                TENSOR_BIAS: tl.constexpr, LOW_RANK: tl.constexpr, REL_POS: tl.constexpr,
                SIGMOID: tl.constexpr, PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
-               NB: tl.constexpr):
+               NB: tl.constexpr, NA_STATIC: tl.constexpr):
     NW: tl.constexpr = BLOCK_N // 32
     TILE_BIAS: tl.constexpr = LOW_RANK or REL_POS
     for t in range(count):
@@ -72,6 +72,9 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_desc, v_desc, b, 
                 bits_base = BITS + tl.load(bits_idx_ptr + t).to(tl.int64) * (BLOCK_M * NW)
             if MASK_MODE == 3:
                 bits_base = TILE_BAND + tl.load(bits_idx_ptr + t).to(tl.int64) * (2 * NB)
+        na_code = (k_pos,)
+        if MASKED and MASK_MODE == 4:
+            na_code = na_codes(offs_n[None, :], n * BLOCK_N, NA, 1, NA_STATIC)
         tile_bias = qk
         if LOW_RANK:
             w = load_factor_rows(w_base, k_pos, offs_r, s_wn, s_wr, S_K, RANK, MASKED)
@@ -82,8 +85,9 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_desc, v_desc, b, 
                                      center, in_bounds)
         z2, _t = score_tile(qk, q_row[:, None], q_pos[:, None], k_pos[None, :], offs_m[:, None],
                             offs_n[None, :], S_Q, S_K, scale, qk_scale, softcap, slope, band_lo,
-                            band_hi, bias_base, s_bias_m, s_bias_n, bits_base, tile_bias,
-                            MASKED, MASK_MODE, SOFTCAP, ALIBI, TENSOR_BIAS, TILE_BIAS, NW, NB)
+                            band_hi, bias_base, s_bias_m, s_bias_n, bits_base, tile_bias, na_win,
+                            na_code, MASKED, MASK_MODE, SOFTCAP, ALIBI, TENSOR_BIAS, TILE_BIAS,
+                            NW, NB, NA_STATIC)
         if SIGMOID:
             p = 1.0 / (1.0 + tl.exp2(-(z2 + sig_bias2)))
             acc += tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
@@ -108,7 +112,7 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_desc, v_desc, b, 
 
 @triton.jit(do_not_specialize=["S_Q", "S_K"])
 def _attn_fwd(Q, K, V, K_DESC, V_DESC, O, LSE,
-              FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, PART_BITS, BITS, TILE_BAND,
+              FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, PART_BITS, BITS, TILE_BAND, NA,
               SINKS, SLOPES, BIAS, U, W, TABLE,
               s_qb, s_qs, s_qh, s_kb, s_ks, s_kh, s_vb, s_vs, s_vh, s_ob, s_os, s_oh,
               s_bias_b, s_bias_h, s_bias_m, s_bias_n,
@@ -121,8 +125,11 @@ def _attn_fwd(Q, K, V, K_DESC, V_DESC, O, LSE,
               MASK_MODE: tl.constexpr, SOFTCAP: tl.constexpr, SINK: tl.constexpr,
               ALIBI: tl.constexpr, TENSOR_BIAS: tl.constexpr, LOW_RANK: tl.constexpr,
               R_PAD: tl.constexpr, REL_POS: tl.constexpr, SIGMOID: tl.constexpr,
-              PRECISION: tl.constexpr, USE_TMA: tl.constexpr, TILE_BANDS: tl.constexpr):
-    m = tl.program_id(0)
+              PRECISION: tl.constexpr, USE_TMA: tl.constexpr, TILE_BANDS: tl.constexpr,
+              NA_STATIC: tl.constexpr):
+    # Query tiles in descending order: on causal-like maps the longest programs start first and
+    # the last wave holds short ones (longest-processing-time-first).
+    m = N_Q_TILES - 1 - tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H_Q
     h = bh % H_Q
@@ -159,6 +166,10 @@ def _attn_fwd(Q, K, V, K_DESC, V_DESC, O, LSE,
     fq = q_row
     if REL_POS:
         fq = grid_flat(q_row, G1, G2)
+    # Neighborhood windows of the query rows, once per program (MASK_MODE 4).
+    na_win = (q_row,)
+    if MASK_MODE == 4:
+        na_win = na_query_windows(offs_m[:, None], m * BLOCK_M, NA, NA_STATIC)
 
     acc = tl.zeros([BLOCK_M, DV_PAD], dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -169,24 +180,26 @@ def _attn_fwd(Q, K, V, K_DESC, V_DESC, O, LSE,
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_ks, s_vs, K_DESC, V_DESC, b, hk,
                                PART_IDX + row.to(tl.int64) * PART_W,
                                PART_BITS + row.to(tl.int64) * PART_W, part_count, BITS, TILE_BAND,
+                               NA, na_win,
                                q_row, q_pos, offs_m, offs_n, offs_d, offs_dv, S_Q, S_K,
                                scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
                                bias_base, s_bias_m, s_bias_n, u, w_base, s_wn, s_wr, offs_r, RANK,
                                table_base, fq, G1, G2, CENTER,
                                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, True, MASK_MODE,
                                SOFTCAP, ALIBI, TENSOR_BIAS, LOW_RANK, REL_POS, SIGMOID, PRECISION,
-                               USE_TMA, TILE_BANDS)
+                               USE_TMA, TILE_BANDS, NA_STATIC)
     full_count = tl.load(FULL_CNT + row)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_ks, s_vs, K_DESC, V_DESC, b, hk,
                                FULL_IDX + row.to(tl.int64) * FULL_W,
                                FULL_IDX + row.to(tl.int64) * FULL_W, full_count, BITS, TILE_BAND,
+                               NA, na_win,
                                q_row, q_pos, offs_m, offs_n, offs_d, offs_dv, S_Q, S_K,
                                scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
                                bias_base, s_bias_m, s_bias_n, u, w_base, s_wn, s_wr, offs_r, RANK,
                                table_base, fq, G1, G2, CENTER,
                                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, False, MASK_MODE,
                                SOFTCAP, ALIBI, TENSOR_BIAS, LOW_RANK, REL_POS, SIGMOID, PRECISION,
-                               USE_TMA, TILE_BANDS)
+                               USE_TMA, TILE_BANDS, NA_STATIC)
 
     o_base = O + b.to(tl.int64) * s_ob + h.to(tl.int64) * s_oh
     o_ptrs = o_base + q_row.to(tl.int64)[:, None] * s_os + offs_dv[None, :]
@@ -298,7 +311,7 @@ def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, sl
     _attn_fwd[grid](
         q, k, v, k_desc, v_desc, o, lse,
         rows.full_count, rows.full_index, rows.part_count, rows.part_index, rows.part_bits, plan.bits,
-        plan.tile_band, sinks if sinks is not None else dummy,
+        plan.tile_band, plan.na_params, sinks if sinks is not None else dummy,
         slopes if slopes is not None else dummy, bias if bias is not None else dummy,
         *factors[:2], table_args[0],
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -314,6 +327,6 @@ def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, sl
         ALIBI=slopes is not None, TENSOR_BIAS=bias is not None, LOW_RANK=low_rank is not None,
         R_PAD=rank_pad(factors[-1]), REL_POS=rel_pos is not None, SIGMOID=sigmoid,
         PRECISION=precision, USE_TMA=use_tma, TILE_BANDS=plan.bands_per_tile,
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        NA_STATIC=plan.na_static, num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return o, (None if sigmoid else lse)

@@ -8,9 +8,11 @@ A ``KernelPlan`` holds, for one ``(pattern, q_len, k_len, block_m, block_n, head
     band ``band_lo <= q_pos - k_pos <= band_hi`` evaluated in-kernel: causal, windows and their
     intersections), ``MASK_TILE_BAND`` (up to ``MAX_TILE_BANDS`` offset bands per partial tile:
     offset patterns with several intervals that meet each partial tile in a few of them, such as
-    a band plus a few diagonals: Power, Window | Power) or ``MASK_BITS`` (a packed bitmask per
-    partial tile, built once on the device by evaluating ``pattern.mask`` inside the partial tiles
-    only).
+    a band plus a few diagonals: Power, Window | Power), ``MASK_NEIGHBORHOOD`` (N-D neighborhood
+    attention evaluated in-kernel from the grid coordinates of each token: ``Neighborhood``, or
+    ``Permuted(Neighborhood, GridLayout)`` with a tile shape dividing the grid) or ``MASK_BITS``
+    (a packed bitmask per partial tile, built once on the device by evaluating ``pattern.mask``
+    inside the partial tiles only).
 
 Tiles cut by the end of a sequence (last query tile when ``q_len % block_m``, last key tile when
 ``k_len % block_n``) are always listed as partial, so the full path needs no bounds checks.
@@ -19,7 +21,9 @@ Bitmask layout: int32 ``[n_partial, block_m, block_n // 32]``; bit ``c % 32`` of
 ``[t, r, c // 32]`` says whether row ``r`` may see column ``c`` of partial tile ``t``. Each
 partial list entry carries ``t``. Per-tile bands: int32 ``[n_partial, bands_per_tile, 2]``, the
 ``(lo, hi)`` bands of tile ``t`` (clipped to the tile's offset range; unused slots hold the empty
-band ``(1, 0)``), addressed by the same ``t``; ``bands_per_tile`` is 1, 2 or 4.
+band ``(1, 0)``), addressed by the same ``t``; ``bands_per_tile`` is 1, 2 or 4. Neighborhood
+parameters: int32 ``[NA_FIELDS * 3 + 3]`` (``neighborhood_params``), the same for every tile, and
+their compile-time switches ``na_static`` (``neighborhood_switches``; 0 for other mask kinds).
 
 Plans are cached in a small LRU keyed by the pattern's identity (its ``repr`` for patterns that
 hold no tensors, the object itself otherwise), lengths, tile sizes, heads and device.
@@ -27,6 +31,7 @@ hold no tensors, the object itself otherwise), lengths, tile sizes, heads and de
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Optional
@@ -34,9 +39,14 @@ from typing import Optional
 import torch
 
 from ...patterns.base import Dense, Pattern
+from ...patterns.layout import Permuted
+from ...patterns.neighborhood import Neighborhood
 from ...patterns.tilemap import FULL, PARTIAL, cdiv
 
-MASK_NONE, MASK_BAND, MASK_BITS, MASK_TILE_BAND = 0, 1, 2, 3
+MASK_NONE, MASK_BAND, MASK_BITS, MASK_TILE_BAND, MASK_NEIGHBORHOOD = 0, 1, 2, 3, 4
+
+# Fields of the neighborhood parameters, in the order of scoring.NA_GRID ... NA_SHIFT.
+NA_FIELD_NAMES = ("grid", "tile", "tiles", "kernel", "dilation", "stride", "causal", "shift")
 
 # Band ends beyond this are unbounded for any sequence a kernel can index (int32 arguments).
 BAND_LIMIT = 1 << 30
@@ -45,6 +55,9 @@ BAND_LIMIT = 1 << 30
 _BITMASK_CHUNK = 1 << 24
 
 PLAN_CACHE_SIZE = 64
+
+# False: N-D neighborhoods take bitmasks (comparisons; clear the plan cache after changing it).
+ANALYTIC_NEIGHBORHOOD = True
 
 # Most offset bands one partial tile may meet for MASK_TILE_BAND (beyond: bitmasks).
 MAX_TILE_BANDS = 4
@@ -86,9 +99,12 @@ class KernelPlan:
     bits: torch.Tensor
     tile_band: torch.Tensor
     bands_per_tile: int
+    na_params: torch.Tensor
+    na_static: int
     _states: torch.Tensor = field(repr=False)
     _part_id: torch.Tensor = field(repr=False)
     _cols: Optional[TileLists] = field(default=None, repr=False)
+    _partial_fraction: Optional[float] = field(default=None, repr=False)
 
     @property
     def n_q_tiles(self) -> int:
@@ -108,6 +124,14 @@ class KernelPlan:
     def listed_pairs(self) -> int:
         """Number of listed (head, query tile, key tile) triples."""
         return int(self.rows.full_count.sum().item() + self.rows.part_count.sum().item())
+
+    def partial_fraction(self) -> float:
+        """Partial tiles over listed tiles (0 when nothing is listed); computed once."""
+        if self._partial_fraction is None:
+            listed = self.listed_pairs()
+            partial = int(self.rows.part_count.sum().item())
+            self._partial_fraction = partial / listed if listed else 0.0
+        return self._partial_fraction
 
 
 def _csr(selected: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,6 +228,69 @@ def _tile_bands(intervals, states: torch.Tensor, q_len: int, k_len: int, block_m
     return out if out.numel() else torch.zeros(1, 1, 2, dtype=torch.int32, device=device)
 
 
+def neighborhood_params(pattern: Optional[Pattern], block_m: int,
+                        block_n: int) -> Optional[list[int]]:
+    """The ``MASK_NEIGHBORHOOD`` parameters of ``pattern`` for ``block_m x block_n`` tiles, or None
+    when the pattern is not a ``Neighborhood`` over at most 3 axes, in row-major order or in a
+    ``GridLayout`` whose tiles divide the grid.
+
+    Flat int32 values: ``NA_FIELD_NAMES`` field-major, 3 axes each (grids padded with leading
+    axes of extent 1; ``tile`` / ``tiles`` are the extents and counts of the token order's tiles,
+    the whole grid as one tile in row-major order; ``shift`` their log2 where powers of two), then
+    the flags ``aligned`` for query tiles (``block_m``) and key tiles (``block_n``): power-of-two
+    order tiles and one order tile holding every kernel tile of that side (a single order tile,
+    or a tile volume the block size divides), and ``dilated`` (some dilation > 1)."""
+    if type(pattern) is Neighborhood:
+        rule, tile = pattern, pattern.grid
+    elif (type(pattern) is Permuted and type(pattern.pattern) is Neighborhood
+          and all(g % t == 0 for g, t in zip(pattern.layout.grid, pattern.layout.tile_shape))):
+        rule, tile = pattern.pattern, pattern.layout.tile_shape
+    else:
+        return None
+    pad = 3 - rule.ndim
+    if pad < 0:
+        return None
+
+    def axes(values, fill):
+        return [fill] * pad + [int(v) for v in values]
+
+    counts = [g // t for g, t in zip(rule.grid, tile)]
+    fields = {
+        "grid": axes(rule.grid, 1),
+        "tile": axes(tile, 1),
+        "tiles": axes(counts, 1),
+        "kernel": axes(rule.kernel, 1),
+        "dilation": axes(rule.dilation, 1),
+        "stride": axes(rule.stride, 1),
+        "causal": axes(rule.causal, 0),
+        "shift": axes((t.bit_length() - 1 for t in tile), 0),
+    }
+    volume = math.prod(tile)
+    shifts = all(t & (t - 1) == 0 for t in tile)
+    aligned = [int(shifts and (math.prod(counts) == 1 or volume % block == 0))
+               for block in (block_m, block_n)]
+    dilated = any(d > 1 for d in rule.dilation)
+    return [v for name in NA_FIELD_NAMES for v in fields[name]] + aligned + [int(dilated)]
+
+
+def neighborhood_switches(params: list[int]) -> int:
+    """The kernels' constexpr ``NA_STATIC`` of ``neighborhood_params`` values (scoring.py): the two
+    aligned flags (bits 0 and 1), bit 2 when some dilation, bit 3 when some stride exceeds 1, bit 4
+    when some axis is causal, plus 32 times the number of grid axes (leading axes of extent 1
+    that pad a 1-D or 2-D grid do not count), plus, when every order-tile extent is a power of
+    two, their log2 in 5-bit fields from bit 7 (axis 2, then 1, then 0)."""
+    field = {name: params[3 * i:3 * i + 3] for i, name in enumerate(NA_FIELD_NAMES)}
+    aligned_q, aligned_k, dilated = params[3 * len(NA_FIELD_NAMES):]
+    axes = 3
+    while axes > 1 and field["grid"][3 - axes] == 1 and field["tile"][3 - axes] == 1:
+        axes -= 1
+    shifts = 0
+    if all(t & (t - 1) == 0 for t in field["tile"]):
+        shifts = sum(sh << (7 + 5 * (2 - axis)) for axis, sh in enumerate(field["shift"]))
+    return (aligned_q | aligned_k << 1 | dilated << 2 | any(s > 1 for s in field["stride"]) << 3
+            | any(c != 0 for c in field["causal"]) << 4 | axes << 5 | shifts)
+
+
 def _pack_bits(allowed: torch.Tensor) -> torch.Tensor:
     """bool ``[P, bm, bn]`` -> int32 ``[P, bm, bn // 32]`` (bit ``c % 32`` of word ``c // 32``)."""
     p, bm, bn = allowed.shape
@@ -258,10 +345,17 @@ def build_plan(pattern: Optional[Pattern], q_len: int, k_len: int, block_m: int,
     band = offset_band(pattern)
     bits = torch.zeros(1, dtype=torch.int32, device=device)
     tile_band = torch.zeros(1, 1, 2, dtype=torch.int32, device=device)
+    na_params = torch.zeros(1, dtype=torch.int32, device=device)
+    na_static = 0
+    neighborhood = neighborhood_params(pattern, block_m, block_n)
     if pattern is None or isinstance(pattern, Dense) or not bool(part.any()):
         mode, band = MASK_NONE, (-BAND_LIMIT, BAND_LIMIT)
     elif band is not None:
         mode = MASK_BAND
+    elif neighborhood is not None and ANALYTIC_NEIGHBORHOOD:
+        mode, band = MASK_NEIGHBORHOOD, (-BAND_LIMIT, BAND_LIMIT)
+        na_params = torch.tensor(neighborhood, dtype=torch.int32, device=device)
+        na_static = neighborhood_switches(neighborhood)
     else:
         mode, band = MASK_BITS, (-BAND_LIMIT, BAND_LIMIT)
         intervals = _offset_intervals(pattern)
@@ -272,7 +366,8 @@ def build_plan(pattern: Optional[Pattern], q_len: int, k_len: int, block_m: int,
         else:
             bits = _bitmasks(pattern, states, q_len, k_len, block_m, block_n)
     return KernelPlan(q_len, k_len, block_m, block_n, states.shape[0], mode, band[0], band[1],
-                      _lists(states, part_id), bits, tile_band, tile_band.shape[1], states, part_id)
+                      _lists(states, part_id), bits, tile_band, tile_band.shape[1], na_params,
+                      na_static, states, part_id)
 
 
 def _pattern_key(pattern: Optional[Pattern]):

@@ -7,6 +7,7 @@ and tuning scripts force a configuration per kernel (``"fwd"``, ``"dq"``, ``"dkd
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -30,14 +31,69 @@ _INTERPRETED = {"fwd": KernelConfig(64, 32, 4, 1), "dq": KernelConfig(64, 32, 4,
                 "dkdv": KernelConfig(32, 64, 4, 1)}
 
 
-# Hopper choices (bf16, D = 128, S = 16384, H200; benchmarks/kernel_dev.py --sweep, results in
-# benchmarks/results/kernel_dev-h200-*.json): fwd (128, 128, 8, 3) beat (128, 64, 8, 2|3|4),
-# (128, 128, 8, 2) and every 4-warp choice; dkdv (64, 64, 4, 3) beat (64, 128, 8, 2|3),
-# (32, 64, 4, 4) [except on the sparse window, by 10%], (128, 128, 8, 2); dq (128, 128, 8, 2) beat
-# (128, 64, 8, 2) by 4% on dense, but with bitmask tiles needs 262 KB of shared memory (over
-# the 227 KB limit), so dq keeps (128, 64, 8, 2).
-def _gpu_config(kernel: str, dim: int, dtype: torch.dtype, masked: bool) -> KernelConfig:
+@dataclass(frozen=True)
+class MaskShape:
+    """What a pattern's tile map looks like at 64 x 64 tiles, as far as tile sizes are concerned.
+
+    partial_fraction: partial tiles over listed tiles; band_only: partial tiles are masked by one
+    offset band in-kernel (``MASK_BAND``: causal, windows) rather than per-tile data (bitmasks,
+    per-tile bands, N-D neighborhoods); neighborhood: partial tiles take the in-kernel N-D
+    neighborhood mask (``MASK_NEIGHBORHOOD``)."""
+
+    partial_fraction: float
+    band_only: bool
+    neighborhood: bool = False
+
+    @property
+    def ragged(self) -> bool:
+        """Many partial tiles, or partial tiles that read per-tile mask data: smaller tiles waste
+        less on masked-out pairs and keep the heavier masked variant's shared memory low."""
+        return self.partial_fraction > RAGGED_PARTIAL_FRACTION or (
+            not self.band_only and self.partial_fraction > 0)
+
+
+# A 64 x 64 plan with more partial tiles than this counts as ragged (windows: 0.12, causal: 0.01).
+RAGGED_PARTIAL_FRACTION = 0.05
+
+
+# Dense Hopper choices (bf16, D = 128, S = 16384, H200; benchmarks/kernel_dev.py --sweep): fwd
+# (128, 128, 8, 3) beat (128, 64, 8, 2|3|4), (128, 128, 8, 2) and every 4-warp choice; dkdv
+# (64, 64, 4, 3) beat (64, 128, 8, 2|3), (32, 64, 4, 4), (128, 128, 8, 2); dq (128, 128, 8, 2)
+# beat (128, 64, 8, 2) by 4%, but with bitmask tiles needs 262 KB of shared memory.
+#
+# Masked choices for D <= 128 in 16 bits (H100, per-kernel CUDA time, benchmarks/gpu_config_sweep.py,
+# results/tuning/2026-11-22-h100-config-sweep.json; window 1024 and causal at S = 16384, random
+# 128-blocks at 10% and 30%, S2 strided and Power at S = 32768):
+#   fwd  (128, 128, 8, 3) is best where partial tiles are few and band-masked (causal, random
+#        blocks); (64, 64, 4, 2) on ragged maps (window 0.369 vs 0.396 ms, strided 1.96 vs 2.31,
+#        Power 0.554 vs 0.897).
+#   dq   (64, 64, 4, 2) is best or within 2% of best on every case (was (128, 64, 8, 2): window
+#        0.392 vs 0.484 ms, Power 0.58 vs 0.98, strided 2.09 vs 2.59).
+#   dkdv (64, 128, 8, 2) on causal-like maps (a few band-masked partial tiles: 4.04 ms; (64, 64,
+#        4, 3) 5.86); (32, 64, 4, 3) on ragged band-masked maps (window 0.657 vs 0.712); (64, 64,
+#        4, 3) on the rest, including maps without partial tiles (random 10% 0.855 vs 0.962,
+#        strided 3.53 vs 4.19, Power 1.02 vs 1.63).
+#   dkdv on N-D neighborhoods (sm_90 compile counts, na2d 128 x 128 kernel 17 in (8, 8) tiles):
+#        (64, 64, 4, 3) spills in both tile loops and needs 129 KB of shared memory (one program
+#        per SM); (32, 64, 4, 3) does not spill, needs 80 KB (two programs per SM) and issues
+#        about as many instructions per 64 x 64 block.
+def _masked_config(kernel: str, shape: MaskShape) -> KernelConfig:
+    if kernel == "fwd":
+        return KernelConfig(64, 64, 4, 2) if shape.ragged else KernelConfig(128, 128, 8, 3)
+    if kernel == "dq":
+        return KernelConfig(64, 64, 4, 2)
+    if shape.neighborhood and shape.partial_fraction > 0:
+        return KernelConfig(32, 64, 4, 3)
+    if shape.band_only and shape.partial_fraction > 0:
+        return KernelConfig(32, 64, 4, 3) if shape.ragged else KernelConfig(64, 128, 8, 2)
+    return KernelConfig(64, 64, 4, 3)
+
+
+def _gpu_config(kernel: str, dim: int, dtype: torch.dtype, shape: Optional[MaskShape]) -> KernelConfig:
     wide = dtype == torch.float32
+    masked = shape is not None
+    if masked and not wide and 64 < dim <= 128 and kernel in ("fwd", "dq", "dkdv"):
+        return _masked_config(kernel, shape)
     if kernel == "fwd":
         if dim <= 64:
             return KernelConfig(128, 64, 4, 3)
@@ -56,19 +112,19 @@ def _gpu_config(kernel: str, dim: int, dtype: torch.dtype, masked: bool) -> Kern
         if dim <= 128:
             if wide:
                 return KernelConfig(32, 64, 8, 2)
-            # Dense favours 64-key tiles (19.4 vs 20.9 ms fwd+bwd); masked patterns 128-key tiles
-            # (causal 9.7 vs 11.5 ms, window 1024: 1.95 vs 2.11 ms).
             return KernelConfig(64, 128, 8, 2) if masked else KernelConfig(64, 64, 4, 3)
         return KernelConfig(32, 64, 8, 2)
     raise ValueError(f"kernel must be 'fwd', 'dq' or 'dkdv', got {kernel!r}")
 
 
 def kernel_config(kernel: str, dim: int, dtype: torch.dtype, interpret: bool,
-                  masked: bool = False) -> KernelConfig:
+                  shape: Optional[MaskShape] = None) -> KernelConfig:
     """The configuration of ``kernel`` for head dim ``dim`` (the larger of D and D_v), ``dtype`` and
-    whether the call has a (non-dense) pattern."""
+    the pattern's ``MaskShape`` (None: dense)."""
     if kernel in OVERRIDES:
         return OVERRIDES[kernel]
     if interpret:
         return _INTERPRETED[kernel]
-    return _gpu_config(kernel, dim, dtype, masked)
+    if kernel not in _INTERPRETED:
+        raise ValueError(f"kernel must be 'fwd', 'dq' or 'dkdv', got {kernel!r}")
+    return _gpu_config(kernel, dim, dtype, shape)

@@ -1,0 +1,123 @@
+"""Block sizes / warps / stages of the flash kernels per mask shape: per-kernel CUDA time (torch
+profiler) of the forward, dq and dk/dv kernels at each candidate configuration, on the benchmark
+cases of the kernel issue. GPU only.
+
+    python benchmarks/gpu_config_sweep.py --out DIR [--cases window1024 power ...] [--kernels fwd dq dkdv]
+
+Each row: case, kernel, config (block_m, block_n, warps, stages), ms per call of that kernel
+(median of --iters profiled fwd+bwd steps, summed over launches of the kernel), listed tiles of
+the plan at that config. Written to ``config_sweep.json`` after every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from tessera.kernels.registry import AttentionCall
+from tessera.kernels.triton import masks, tuning
+from tessera.kernels.triton.backend import run
+from tessera.kernels.triton.tuning import KernelConfig
+from tessera.patterns import Causal, Power, Strided, Window
+from tessera.patterns.blocksparse import BlockSparse
+
+CASES = {
+    "window1024": (16384, lambda s: Window(1023, 0)),
+    "random10": (16384, lambda s: BlockSparse.random(s, 0.10, block=128, seed=0, device="cuda")),
+    "random30": (16384, lambda s: BlockSparse.random(s, 0.30, block=128, seed=0, device="cuda")),
+    "strided": (32768, lambda s: Strided(block=128, local_blocks=8, stride=8, causal=True)),
+    "power": (32768, lambda s: Power(local=256, causal=True)),
+    "causal": (16384, lambda s: Causal()),
+}
+
+CONFIGS = {
+    "fwd": [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3),
+            (64, 64, 4, 2), (64, 128, 4, 3)],
+    "dq": [(128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (64, 64, 4, 2),
+           (64, 128, 4, 2), (128, 64, 4, 2)],
+    "dkdv": [(64, 128, 8, 2), (64, 128, 8, 3), (64, 64, 4, 3), (64, 128, 4, 3), (32, 64, 4, 3),
+             (128, 128, 8, 2), (32, 128, 4, 3)],
+}
+
+KERNEL_NAMES = {"fwd": "_attn_fwd", "dq": "_attn_bwd_dq", "dkdv": "_attn_bwd_dkdv"}
+
+
+def per_kernel_ms(step, iters: int) -> dict:
+    """Median per-step CUDA ms of each tessera kernel over ``iters`` profiled steps."""
+    for _ in range(2):
+        step()
+    torch.cuda.synchronize()
+    samples = {name: [] for name in KERNEL_NAMES.values()}
+    for _ in range(iters):
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            step()
+            torch.cuda.synchronize()
+        totals = dict.fromkeys(samples, 0.0)
+        for event in prof.events():
+            if event.name in totals:
+                totals[event.name] += event.device_time_total / 1e3
+        for name, value in totals.items():
+            samples[name].append(value)
+    return {name: statistics.median(values) for name, values in samples.items() if values}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=".")
+    parser.add_argument("--cases", nargs="*", default=list(CASES))
+    parser.add_argument("--kernels", nargs="*", default=list(CONFIGS))
+    parser.add_argument("--iters", type=int, default=5)
+    args = parser.parse_args()
+    H, D = 16, 128
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "heads": H, "dim": D, "rows": []}
+    path = os.path.join(args.out, "config_sweep.json")
+    for case in args.cases:
+        seq, make = CASES[case]
+        pattern = make(seq)
+        q, k, v, do = (torch.randn(1, seq, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+        for t in (q, k, v):
+            t.requires_grad_()
+
+        def step():
+            o, _ = run(AttentionCall(q, k, v, pattern, False, D ** -0.5, "softmax", None, None,
+                                     None, None, True))
+            o.backward(do)
+            q.grad = k.grad = v.grad = None
+
+        width = max(len(CONFIGS[kernel]) for kernel in args.kernels)
+        for i in range(width):
+            tuning.OVERRIDES.clear()
+            for kernel in args.kernels:
+                configs = CONFIGS[kernel]
+                tuning.OVERRIDES[kernel] = KernelConfig(*configs[i % len(configs)])
+            try:
+                times = per_kernel_ms(step, args.iters)
+            except Exception as exc:  # noqa: BLE001
+                times, error = {}, repr(exc)[:300]
+            else:
+                error = None
+            for kernel in args.kernels:
+                cfg = tuning.OVERRIDES[kernel]
+                plan = masks.get_plan(pattern, seq, seq, cfg.block_m, cfg.block_n, H, q.device)
+                row = {"case": case, "kernel": kernel,
+                       "config": [cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages],
+                       "ms": times.get(KERNEL_NAMES[kernel]), "listed_tiles": plan.listed_pairs(),
+                       "mask_mode": plan.mask_mode, "error": error}
+                print(json.dumps(row), flush=True)
+                result["rows"].append(row)
+            with open(path, "w") as f:
+                json.dump(result, f, indent=1)
+        tuning.OVERRIDES.clear()
+        del q, k, v, do
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""N-D neighborhood mask kinds on the GPU: the in-kernel neighborhood mask against packed bitmasks,
+tessera only (the full comparison with Flex is benchmarks/natten.py), bf16, H = 16, D = 128.
+
+    python benchmarks/gpu_natten_mask.py --out DIR [--profile] [--dkdv 64,64,4,3 32,64,4,3]
+
+Writes ``natten_mask.json``: per case and mask kind, forward and forward+backward ms (medians of
+``triton.testing.do_bench``) with the automatic tiled layout and the kernel configs it implies;
+with ``--profile`` also the CUDA time of every kernel of one fwd+bwd step (torch.profiler, mean
+of 5 steps) with the in-kernel mask; with ``--dkdv`` forward+backward with each given dk/dv config forced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+from triton.testing import do_bench
+
+from tessera.kernels.triton import masks, tuning
+from tessera.kernels.triton.tuning import KernelConfig
+from tessera.natten import neighborhood_attention
+
+CASES = {
+    "2-D 128x128 k17": ((128, 128), (17, 17), 1, 1),
+    "3-D 16x48x48 k5x13x13": ((16, 48, 48), (5, 13, 13), 1, 1),
+    "1-D 32768 window 2048": ((32768,), (2048,), 1, 1),
+}
+
+
+def kernel_times(step, *leaves, iters: int = 5) -> dict:
+    """Mean CUDA ms per step of every kernel ``step`` launches, largest first."""
+    from torch.profiler import ProfilerActivity, profile
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            step()
+            for t in leaves:
+                t.grad = None
+        torch.cuda.synchronize()
+    times = {event.key[:80]: round(event.device_time_total / 1e3 / iters, 4)
+             for event in prof.key_averages() if event.device_time_total}
+    return dict(sorted(times.items(), key=lambda kv: -kv[1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=".")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--dkdv", nargs="*", default=[], help="dk/dv configs to time, e.g. 64,64,4,3")
+    args = parser.parse_args()
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": []}
+    for name, (grid, kernel, dilation, stride) in CASES.items():
+        shape = (1, *grid, 16, 128)
+        q, k, v, do = (torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+        for t in (q, k, v):
+            t.requires_grad_()
+
+        def fwd():
+            with torch.no_grad():
+                return neighborhood_attention(q, k, v, kernel, dilation, stride, na_dim=len(grid))
+
+        def fwd_bwd():
+            neighborhood_attention(q, k, v, kernel, dilation, stride, na_dim=len(grid)).backward(do)
+
+        for analytic in (True, False):
+            masks.ANALYTIC_NEIGHBORHOOD = analytic
+            masks.clear_plan_cache()
+            row = {"case": name, "mask": "neighborhood" if analytic else "bits"}
+            try:
+                row["fwd_ms"] = float(do_bench(fwd, warmup=10, rep=50, return_mode="median"))
+                row["fwd_bwd_ms"] = float(do_bench(fwd_bwd, warmup=5, rep=30, grad_to_none=[q, k, v],
+                                                   return_mode="median"))
+            except Exception as exc:  # noqa: BLE001
+                row["error"] = repr(exc)[:300]
+            print(json.dumps(row), flush=True)
+            result["rows"].append(row)
+            with open(os.path.join(args.out, "natten_mask.json"), "w") as f:
+                json.dump(result, f, indent=1)
+        masks.ANALYTIC_NEIGHBORHOOD = True
+        masks.clear_plan_cache()
+        for cfg in args.dkdv:
+            tuning.OVERRIDES["dkdv"] = KernelConfig(*(int(x) for x in cfg.split(",")))
+            row = {"case": name, "mask": "neighborhood", "dkdv": cfg}
+            try:
+                row["fwd_bwd_ms"] = float(do_bench(fwd_bwd, warmup=5, rep=30, grad_to_none=[q, k, v],
+                                                   return_mode="median"))
+            except Exception as exc:  # noqa: BLE001
+                row["error"] = repr(exc)[:300]
+            tuning.OVERRIDES.clear()
+            print(json.dumps(row), flush=True)
+            result["rows"].append(row)
+        if args.profile:
+            row = {"case": name, "mask": "neighborhood", "kernels_ms": kernel_times(fwd_bwd, q, k, v)}
+            print(json.dumps(row), flush=True)
+            result["rows"].append(row)
+            with open(os.path.join(args.out, "natten_mask.json"), "w") as f:
+                json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""The in-kernel N-D neighborhood mask (``MASK_NEIGHBORHOOD``): plan selection, the mask helpers
+against ``Neighborhood.mask`` element by element, and the flash kernels (forward, dq, dk/dv)
+against the float64 reference.
+
+Kernel cases run under Triton's CPU interpreter: run normally, this module holds the plan tests
+and one test that re-runs the module in a fresh Python process with ``TRITON_INTERPRET=1`` (set
+before triton is imported); run with the variable set, it holds the kernel cases. Tiny grids only.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tessera.kernels.triton import masks
+from tessera.patterns.layout import GridLayout, Permuted, choose_tile_shape
+from tessera.patterns.neighborhood import Neighborhood
+
+IN_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
+CPU = torch.device("cpu")
+
+
+def _tiled(pattern: Neighborhood, tile_shape) -> Permuted:
+    return Permuted(pattern, GridLayout(pattern.grid, tile_shape))
+
+
+# (pattern, tile shape of the token order or None for row-major): 1-, 2- and 3-D, dilation, stride,
+# causal axes, lengths that are no multiple of the kernel tiles; with 64 x 64 kernel tiles, tile
+# coordinates by division (general) and by shifts (power-of-two order tiles holding kernel tiles).
+MASK_CASES = [
+    (Neighborhood(200, 7), None),
+    (Neighborhood(256, 13, dilation=5, stride=4), None),
+    (Neighborhood((8, 32), (3, 7), dilation=(2, 3), causal=(False, True)), None),
+    (Neighborhood(150, 9, dilation=4, stride=3), None),
+    (Neighborhood(130, 6, dilation=2, stride=2, causal=True), None),
+    (Neighborhood((9, 13), (3, 5), dilation=(2, 1)), None),
+    (Neighborhood((12, 16), (4, 5), stride=(4, 2), causal=(True, False)), (4, 16)),
+    (Neighborhood((12, 16), (4, 5), stride=(4, 2), causal=(True, False)), (4, 8)),
+    (Neighborhood((10, 14), 4, dilation=(2, 3), stride=(3, 1)), (5, 7)),
+    (Neighborhood((4, 6, 10), (3, 3, 5), dilation=(1, 2, 1), causal=(True, False, False)),
+     (2, 3, 5)),
+    (Neighborhood((5, 6, 7), (2, 3, 4), stride=(2, 3, 2), causal=(False, True, False)), None),
+    (Neighborhood((6, 6, 6), (3, 2, 3), dilation=(2, 3, 2), stride=(1, 2, 3),
+                  causal=(False, False, True)), (3, 2, 6)),
+    (Neighborhood((4, 8, 8), 4, stride=4), (2, 4, 8)),
+    # Neither dilation, stride nor causal axes (that code compiled out); shifts on both sides.
+    (Neighborhood((16, 16), 5), (8, 8)),
+    (Neighborhood((4, 8, 8), 3), (2, 4, 8)),
+    (Neighborhood((4, 8), (3, 5)), None),
+]
+
+
+def _pattern(rule: Neighborhood, tile_shape):
+    return rule if tile_shape is None else _tiled(rule, tile_shape)
+
+
+@pytest.mark.parametrize("rule, tile_shape", MASK_CASES)
+def test_plans_choose_the_neighborhood_mask_and_build_no_bitmask(rule, tile_shape):
+    pattern = _pattern(rule, tile_shape)
+    plan = masks.build_plan(pattern, rule.size, rule.size, 32, 64, 4, CPU)
+    assert plan.mask_mode == masks.MASK_NEIGHBORHOOD
+    assert plan.bits.numel() == 1 and plan.map_heads == 1
+    assert plan.na_params.tolist() == masks.neighborhood_params(pattern, 32, 64)
+
+
+def test_neighborhood_parameters_pad_to_three_axes():
+    pattern = _tiled(Neighborhood((12, 16), (4, 5), dilation=(1, 2), stride=(4, 2),
+                                  causal=(True, False)), (4, 8))
+    fields = masks.neighborhood_params(pattern, 32, 32)
+    by_name = {name: fields[3 * i:3 * i + 3] for i, name in enumerate(masks.NA_FIELD_NAMES)}
+    assert by_name == {"grid": [1, 12, 16], "tile": [1, 4, 8], "tiles": [1, 3, 2],
+                       "kernel": [1, 4, 5], "dilation": [1, 1, 2], "stride": [1, 4, 2],
+                       "causal": [0, 1, 0], "shift": [0, 2, 3]}
+    assert fields[-3:] == [1, 1, 1]            # 32-token order tiles hold 32-row, 32-key tiles
+    assert masks.neighborhood_params(pattern, 64, 32)[-3:] == [0, 1, 1]
+    # One tile (row-major order) is aligned at any length when its extents are powers of two.
+    assert masks.neighborhood_params(Neighborhood((4, 32), 3), 64, 64)[-3:] == [1, 1, 0]
+    assert masks.neighborhood_params(Neighborhood((4, 30), 3), 64, 64)[-3:] == [0, 0, 0]
+
+
+def test_compile_time_switches():
+    pattern = _tiled(Neighborhood((12, 16), (4, 5), dilation=(1, 2), stride=(4, 2),
+                                  causal=(True, False)), (4, 8))
+    switches = masks.neighborhood_switches(masks.neighborhood_params(pattern, 64, 32))
+    assert switches == 0b10 | 0b11100 | 2 << 5 | 3 << 7 | 2 << 12
+    plain = masks.neighborhood_params(Neighborhood(200, 7), 64, 64)
+    assert masks.neighborhood_switches(plain) == 1 << 5      # 1 axis, no shifts (200 tokens)
+    plan = masks.build_plan(pattern, 192, 192, 64, 32, 1, CPU)
+    assert plan.na_static == switches
+    assert masks.build_plan(None, 64, 64, 32, 32, 1, CPU).na_static == 0
+
+
+def test_field_order_matches_the_kernel_constants():
+    from tessera.kernels.triton import scoring
+    names = [f"NA_{name.upper()}" for name in masks.NA_FIELD_NAMES]
+    assert [getattr(scoring, n).value for n in names] == list(range(len(names)))
+    assert scoring.NA_FIELDS == len(names)
+    flags = (scoring.NA_ALIGNED.value, scoring.NA_DILATED.value)
+    assert flags == (3 * len(names), 3 * len(names) + 2)
+
+
+@pytest.mark.parametrize("grid, kernel, dilation", [((128, 128), 17, 2),
+                                                     ((16, 48, 48), (5, 13, 13), 1)])
+def test_video_and_image_sizes_need_no_bitmask(grid, kernel, dilation):
+    rule = Neighborhood(grid, kernel, dilation=dilation)
+    pattern = _tiled(rule, choose_tile_shape(grid, rule.kernel, 128, rule.dilation))
+    for block_m, block_n in ((128, 128), (128, 64), (64, 64)):
+        plan = masks.build_plan(pattern, rule.size, rule.size, block_m, block_n, 8, CPU)
+        assert plan.mask_mode == masks.MASK_NEIGHBORHOOD and plan.bits.numel() == 1
+        assert plan.na_params.tolist()[-3:-1] == [1, 1]        # tile coordinates by shifts
+
+
+def test_other_orders_and_patterns_keep_their_masks():
+    rule = Neighborhood((10, 12), 3)
+    # Tiles clipped at the grid's edges: no analytic tile index, bitmasks.
+    clipped = masks.build_plan(_tiled(rule, (4, 5)), 120, 120, 32, 32, 1, CPU)
+    assert clipped.mask_mode == masks.MASK_BITS
+    # A neighborhood inside a composition is another rule.
+    union = masks.build_plan(rule | Neighborhood((10, 12), 1), 120, 120, 32, 32, 1, CPU)
+    assert union.mask_mode == masks.MASK_BITS
+
+
+if not IN_INTERPRETER:
+
+    def test_interpreted_cases_in_a_fresh_process():
+        env = dict(os.environ, TRITON_INTERPRET="1")
+        result = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-x",
+                                 "-p", "no:cacheprovider", "-k", "interpreted"],
+                                env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
+
+else:
+    import triton
+    import triton.language as tl
+
+    from flash_cases import check_against_reference, make_inputs
+    from tessera.kernels.triton import tuning
+    from tessera.kernels.triton.backend import kernels_interpreted
+    from tessera.kernels.triton.scoring import (na_allowed, na_codes, na_key_windows,
+                                                na_query_windows)
+
+    pytestmark = pytest.mark.skipif(not kernels_interpreted(),
+                                    reason="triton was imported before TRITON_INTERPRET=1 was set")
+
+    @pytest.fixture(autouse=True)
+    def nan_poison(monkeypatch):
+        """Floating ``torch.empty``/``empty_like`` come back NaN-filled during a test, so that
+        output memory a kernel forgets to write shows up."""
+        empty, empty_like = torch.empty, torch.empty_like
+
+        def poisoned(result):
+            if result.dtype.is_floating_point and not result.requires_grad:
+                result.fill_(float("nan"))
+            return result
+
+        monkeypatch.setattr(torch, "empty", lambda *a, **kw: poisoned(empty(*a, **kw)))
+        monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: poisoned(empty_like(*a, **kw)))
+
+    @triton.jit
+    def _mask_kernel(NA, OUT, S, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
+                     BY_KEYS: tl.constexpr, NA_STATIC: tl.constexpr):
+        """``OUT[q, k]`` over ``BLOCK_Q x BLOCK_K`` tiles of ``S x S``: query windows against key
+        codes (as the forward and dq), or key windows against query codes (dk/dv) with BY_KEYS."""
+        q_first = tl.program_id(0) * BLOCK_Q
+        k_first = tl.program_id(1) * BLOCK_K
+        offs_q = tl.arange(0, BLOCK_Q)
+        offs_k = tl.arange(0, BLOCK_K)
+        rows = q_first + offs_q
+        cols = k_first + offs_k
+        if BY_KEYS:
+            allowed = na_allowed(na_key_windows(offs_k[None, :], k_first, NA, NA_STATIC),
+                                 na_codes(offs_q[:, None], q_first, NA, 0, NA_STATIC), NA_STATIC)
+        else:
+            allowed = na_allowed(na_query_windows(offs_q[:, None], q_first, NA, NA_STATIC),
+                                 na_codes(offs_k[None, :], k_first, NA, 1, NA_STATIC), NA_STATIC)
+        inside = (rows[:, None] < S) & (cols[None, :] < S)
+        tl.store(OUT + rows[:, None] * S + cols[None, :], allowed.to(tl.int8), mask=inside)
+
+    def _check_mask_helpers(pattern, size, block_q, block_k, by_keys):
+        params = masks.neighborhood_params(pattern, block_q, block_k)
+        out = torch.empty(size, size, dtype=torch.int8)
+        grid = (triton.cdiv(size, block_q), triton.cdiv(size, block_k))
+        _mask_kernel[grid](torch.tensor(params, dtype=torch.int32), out, size, block_q, block_k,
+                           by_keys, masks.neighborhood_switches(params))
+        pos = torch.arange(size)
+        expected = pattern.mask(pos[:, None], pos[None, :], torch.zeros(1, 1, dtype=torch.long))
+        assert torch.equal(out.bool(), expected)
+        return params
+
+    @pytest.mark.parametrize("by_keys", [False, True])
+    @pytest.mark.parametrize("rule, tile_shape", MASK_CASES)
+    def test_interpreted_mask_helpers_match_the_pattern(rule, tile_shape, by_keys):
+        _check_mask_helpers(_pattern(rule, tile_shape), rule.size, 64, 64, by_keys)
+
+    @pytest.mark.parametrize("by_keys", [False, True])
+    def test_interpreted_mask_helpers_with_one_aligned_side(by_keys):
+        # 64-token order tiles: 128-row query tiles span two of them (coordinates by division),
+        # 64-key tiles lie inside one (shifts); and the mirror image.
+        rule = Neighborhood((16, 16), (5, 7), stride=(1, 2), causal=(False, True))
+        pattern = _tiled(rule, (8, 8))
+        assert _check_mask_helpers(pattern, 256, 128, 64, by_keys)[-3:-1] == [0, 1]
+        assert _check_mask_helpers(pattern, 256, 64, 128, by_keys)[-3:-1] == [1, 0]
+
+
+    def _assert_neighborhood_plans(pattern, size, heads):
+        """Every kernel's plan (its interpreter tile sizes) masks with MASK_NEIGHBORHOOD."""
+        for name in ("fwd", "dq", "dkdv"):
+            config = tuning.kernel_config(name, 32, torch.float32, True)
+            plan = masks.get_plan(pattern, size, size, config.block_m, config.block_n, heads, CPU)
+            assert plan.mask_mode == masks.MASK_NEIGHBORHOOD, name
+
+    # (pattern, tile shape, batch, heads, kv heads, dtype)
+    FLASH_CASES = [
+        (Neighborhood((9, 13), (3, 5), dilation=(2, 1)), None, 2, 2, 1, torch.float32),
+        (Neighborhood((8, 16), (5, 3), dilation=(1, 2), stride=(2, 1), causal=(False, True)),
+         (4, 16), 1, 2, 2, torch.float16),
+        (Neighborhood((4, 6, 10), (3, 3, 5), dilation=(1, 2, 1), causal=(True, False, False)),
+         (2, 3, 5), 1, 2, 1, torch.float16),
+        (Neighborhood(150, 21, dilation=3, stride=4, causal=True), None, 1, 2, 2, torch.float32),
+        (Neighborhood((5, 6, 7), (2, 3, 4), stride=(2, 3, 2), causal=(False, True, False)), None,
+         1, 2, 1, torch.float32),
+        # One power-of-two tile shorter than the kernel tiles: shifts, rows and keys past the end.
+        (Neighborhood((4, 8), (3, 5)), None, 1, 2, 1, torch.float32),
+    ]
+
+    @pytest.mark.parametrize("rule, tile_shape, batch, heads, kv_heads, dtype", FLASH_CASES)
+    def test_interpreted_flash_kernels_against_reference(rule, tile_shape, batch, heads, kv_heads,
+                                                         dtype):
+        pattern = _pattern(rule, tile_shape)
+        _assert_neighborhood_plans(pattern, rule.size, heads)
+        q, k, v = make_inputs(batch, rule.size, rule.size, heads, kv_heads, 32, dtype)
+        errors = check_against_reference(q, k, v, pattern)
+        assert {"o", "lse", "dq", "dk", "dv"} <= set(errors)
+
+    def test_interpreted_na2d_tiled_layout_through_the_public_api():
+        import tessera
+        q, k, v = (torch.randn(1, 8, 8, 2, 32) for _ in range(3))
+        o = tessera.natten.na2d(q, k, v, (3, 5), dilation=(2, 1), layout=(4, 8), backend="triton")
+        ref = tessera.natten.na2d(*(t.double() for t in (q, k, v)), (3, 5), dilation=(2, 1),
+                                  layout="row-major", backend="reference")
+        assert (o.double() - ref).norm() / ref.norm() < 1e-5
+        pattern = _tiled(Neighborhood((8, 8), (3, 5), dilation=(2, 1)), (4, 8))
+        _assert_neighborhood_plans(pattern, 64, 2)
