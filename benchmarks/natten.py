@@ -1,6 +1,6 @@
 """N-D neighborhood benchmark (the N-D issue's suite) -> one results JSON.
 
-    python benchmarks/natten.py --out benchmarks/results [--only SUBSTRING ...]
+    python benchmarks/natten.py --out benchmarks/results [--only SUBSTRING ...] [--impls tessera ...]
 
 GPU only: tessera (tessera.natten, tiled token order chosen automatically, permutation included
 in the time; one case also row-major) against FlexAttention with the same mask in row-major order
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -61,6 +62,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results", help="folder for the results JSON")
     parser.add_argument("--only", nargs="*", default=None, help="run only cases whose name contains one of these")
+    parser.add_argument("--impls", nargs="*", default=None,
+                        help="run only these implementations (dense baselines keep theirs)")
+    parser.add_argument("--suite", default="natten", help="suite name in the results file name")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/natten.py needs a CUDA GPU (tests/test_natten.py checks correctness on CPU)")
@@ -68,7 +72,10 @@ def main() -> None:
     cases = natten_cases()
     if args.only:
         cases = [c for c in cases if any(s in c.name for s in args.only)]
-    path = results_path(Path(args.out), device, "natten", datetime.date.today().isoformat())
+    if args.impls:
+        cases = [c if c.na is None else replace(c, impls=tuple(i for i in c.impls if i in args.impls))
+                 for c in cases]
+    path = results_path(Path(args.out), device, args.suite, datetime.date.today().isoformat())
     records, done = [], []
     # Written after every case, so a run stopped by a time limit keeps what it measured.
     for case in cases:
