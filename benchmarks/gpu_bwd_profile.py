@@ -16,8 +16,8 @@ import os
 import time
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
+from tessera.bench.timing import cuda_kernel_ms
 from tessera.kernels.registry import AttentionCall
 from tessera.kernels.triton.backend import run
 from tessera.patterns import Causal, Window
@@ -29,22 +29,6 @@ CASES = {
     "random10": lambda s: BlockSparse.random(s, 0.10, block=128, seed=0, device="cuda"),
     "causal": lambda s: Causal(),
 }
-
-
-def kernel_times(fn, iters: int) -> dict:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
-            fn()
-        torch.cuda.synchronize()
-    times = {}
-    for event in prof.key_averages():
-        cuda_us = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
-        if cuda_us:
-            times[event.key[:90]] = round(cuda_us / 1e3 / iters, 4)
-    return dict(sorted(times.items(), key=lambda kv: -kv[1]))
 
 
 def main() -> None:
@@ -85,7 +69,7 @@ def main() -> None:
         entry = {}
         for impl, fn in (("tessera", tessera_step), ("flex", flex_step)):
             try:
-                entry[impl] = kernel_times(fn, args.iters)
+                entry[impl] = cuda_kernel_ms(fn, args.iters)
             except Exception as exc:  # noqa: BLE001
                 entry[impl] = {"error": repr(exc)[:300]}
             print(name, impl, json.dumps(entry[impl], indent=1), flush=True)

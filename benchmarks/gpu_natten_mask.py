@@ -19,6 +19,7 @@ import time
 import torch
 from triton.testing import do_bench
 
+from tessera.bench.timing import cuda_kernel_ms
 from tessera.kernels.triton import masks, tuning
 from tessera.kernels.triton.tuning import KernelConfig
 from tessera.natten import neighborhood_attention
@@ -28,22 +29,6 @@ CASES = {
     "3-D 16x48x48 k5x13x13": ((16, 48, 48), (5, 13, 13), 1, 1),
     "1-D 32768 window 2048": ((32768,), (2048,), 1, 1),
 }
-
-
-def kernel_times(step, *leaves, iters: int = 5) -> dict:
-    """Mean CUDA ms per step of every kernel ``step`` launches, largest first."""
-    from torch.profiler import ProfilerActivity, profile
-    step()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
-            step()
-            for t in leaves:
-                t.grad = None
-        torch.cuda.synchronize()
-    times = {event.key[:80]: round(event.device_time_total / 1e3 / iters, 4)
-             for event in prof.key_averages() if event.device_time_total}
-    return dict(sorted(times.items(), key=lambda kv: -kv[1]))
 
 
 def main() -> None:
@@ -66,6 +51,10 @@ def main() -> None:
 
         def fwd_bwd():
             neighborhood_attention(q, k, v, kernel, dilation, stride, na_dim=len(grid)).backward(do)
+
+        def fwd_bwd_fresh():
+            fwd_bwd()
+            q.grad = k.grad = v.grad = None
 
         for analytic in (True, False):
             masks.ANALYTIC_NEIGHBORHOOD = analytic
@@ -95,7 +84,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             result["rows"].append(row)
         if args.profile:
-            row = {"case": name, "mask": "neighborhood", "kernels_ms": kernel_times(fwd_bwd, q, k, v)}
+            row = {"case": name, "mask": "neighborhood", "kernels_ms": cuda_kernel_ms(fwd_bwd_fresh, iters=5)}
             print(json.dumps(row), flush=True)
             result["rows"].append(row)
             with open(os.path.join(args.out, "natten_mask.json"), "w") as f:

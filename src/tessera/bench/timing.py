@@ -53,3 +53,24 @@ def _median_cuda_events(fn, warmup_ms: float, rep_ms: float) -> float:
         end.synchronize()
         samples.append(begin.elapsed_time(end))
     return statistics.median(samples)
+
+
+def cuda_kernel_ms(step: Callable[[], object], iters: int = 10, warmup: int = 3) -> dict[str, float]:
+    """CUDA time per call of ``step`` spent in each kernel it launches (``torch.profiler``):
+    ``{kernel name (first 90 characters): ms}``, summed over the kernel's launches in a step and
+    averaged over ``iters`` steps, largest first. ``step`` must leave no state that changes the
+    next call's work (reset gradients inside it)."""
+    from torch.profiler import ProfilerActivity, profile
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            step()
+        torch.cuda.synchronize()
+    times = {}
+    for event in prof.key_averages():
+        total_us = getattr(event, "device_time_total", 0) or getattr(event, "cuda_time_total", 0)
+        if total_us:
+            times[event.key[:90]] = round(total_us / 1e3 / iters, 4)
+    return dict(sorted(times.items(), key=lambda kv: -kv[1]))

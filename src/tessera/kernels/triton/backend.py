@@ -115,13 +115,13 @@ def _precision(dtype: torch.dtype, interpret: bool) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _mask_shape(pattern, q, k) -> Optional[MaskShape]:
+def _mask_shape(pattern, q_len: int, k_len: int, heads: int, device) -> Optional[MaskShape]:
     """The pattern's tile map at 64 x 64 tiles as the tile-size choice sees it (None: dense):
     its fraction of partial tiles, whether they are masked by one offset band, and whether by the
     N-D neighborhood mask."""
     if pattern is None or isinstance(pattern, Dense):
         return None
-    plan = get_plan(pattern, q.shape[1], k.shape[1], 64, 64, q.shape[2], q.device)
+    plan = get_plan(pattern, q_len, k_len, 64, 64, heads, device)
     return MaskShape(plan.partial_fraction(), plan.mask_mode in (MASK_NONE, MASK_BAND),
                      neighborhood=plan.mask_mode == MASK_NEIGHBORHOOD)
 
@@ -130,15 +130,14 @@ def forward_tiles(pattern, q_len: int, k_len: int, heads: int, dim: int,
                   dtype: torch.dtype = torch.bfloat16) -> tuple[int, int]:
     """``(block_m, block_n)`` of the forward kernel on a GPU for ``pattern`` at these lengths,
     heads and head dim (the tile map the kernel walks; tile plans are built on the CPU here)."""
-    probe = torch.empty(1, q_len, heads, 0)
-    shape = _mask_shape(pattern, probe, torch.empty(1, k_len, heads, 0))
+    shape = _mask_shape(pattern, q_len, k_len, heads, torch.device("cpu"))
     config = kernel_config("fwd", dim, dtype, False, shape)
     return config.block_m, config.block_n
 
 
 def _configs(q, k, v, interpret, pattern):
     dim = max(q.shape[-1], v.shape[-1])
-    shape = None if interpret else _mask_shape(pattern, q, k)
+    shape = None if interpret else _mask_shape(pattern, q.shape[1], k.shape[1], q.shape[2], q.device)
     return {name: kernel_config(name, dim, q.dtype, interpret, shape) for name in ("fwd", "dq", "dkdv")}
 
 

@@ -1,0 +1,60 @@
+"""Tile-size choice per mask shape (kernels/triton/tuning.py): the measured rules, pinned."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tessera.kernels.triton.backend import forward_tiles
+from tessera.kernels.triton.tuning import KernelConfig, MaskShape, kernel_config
+from tessera.patterns import Causal, Neighborhood, Power, Strided, Window
+from tessera.patterns.blocksparse import BlockSparse
+from tessera.patterns.layout import GridLayout, Permuted
+
+
+def _config(kernel, shape, dim=128, dtype=torch.bfloat16):
+    return kernel_config(kernel, dim, dtype, False, shape)
+
+
+def test_ragged_means_many_partial_tiles_or_per_tile_mask_data():
+    assert not MaskShape(0.01, True).ragged             # causal-like
+    assert MaskShape(0.12, True).ragged                 # window
+    assert MaskShape(0.02, False).ragged                # bitmask partial tiles
+    assert not MaskShape(0.0, False).ragged             # block-sparse without partial tiles
+
+
+@pytest.mark.parametrize("shape, fwd, dq, dkdv", [
+    (MaskShape(0.01, True), (128, 128, 8, 3), (64, 64, 4, 2), (64, 128, 8, 2)),
+    (MaskShape(0.12, True), (64, 64, 4, 2), (64, 64, 4, 2), (32, 64, 4, 3)),
+    (MaskShape(0.0, False), (128, 128, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3)),
+    (MaskShape(0.7, False), (64, 64, 4, 2), (64, 64, 4, 2), (64, 64, 4, 3)),
+    (MaskShape(0.9, False, neighborhood=True), (64, 64, 4, 2), (64, 64, 4, 2), (32, 64, 4, 3)),
+])
+def test_masked_configs_16_bit_head_dim_128(shape, fwd, dq, dkdv):
+    assert _config("fwd", shape) == KernelConfig(*fwd)
+    assert _config("dq", shape) == KernelConfig(*dq)
+    assert _config("dkdv", shape) == KernelConfig(*dkdv)
+
+
+def test_dense_fp32_and_other_head_dims_keep_their_configs():
+    assert _config("fwd", None) == KernelConfig(128, 128, 8, 3)
+    assert _config("dkdv", None) == KernelConfig(64, 64, 4, 3)
+    ragged = MaskShape(0.5, False)
+    assert _config("fwd", ragged, dtype=torch.float32) == KernelConfig(128, 64, 8, 2)
+    assert _config("fwd", ragged, dim=64) == KernelConfig(128, 64, 4, 3)
+
+
+def test_forward_tiles_follow_the_pattern_tile_map():
+    assert forward_tiles(Causal(), 4096, 4096, 4, 128) == (128, 128)
+    assert forward_tiles(Window(1023, 0), 16384, 16384, 4, 128) == (64, 64)
+    assert forward_tiles(Power(local=256, causal=True), 8192, 8192, 4, 128) == (64, 64)
+    assert forward_tiles(Strided(block=128, local_blocks=8, stride=8, causal=True), 8192, 8192, 4, 128) == (64, 64)
+    assert forward_tiles(BlockSparse.random(4096, 0.1, block=128, seed=0), 4096, 4096, 1, 128) == (128, 128)
+    grid = (32, 32)
+    na = Permuted(Neighborhood(grid, (7, 7)), GridLayout(grid, (8, 8)))
+    assert forward_tiles(na, 1024, 1024, 2, 128) == (64, 64)
+
+
+def test_unknown_kernel_name_is_refused():
+    with pytest.raises(ValueError, match="kernel must be"):
+        kernel_config("dv", 128, torch.bfloat16, False, None)
