@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: the GPU tests, then the side-by-side benchmarks. Logs and results
 # JSON land under $OUT (the device tool brings them back); copy the JSON into benchmarks/results/.
-#   bash benchmarks/gpu_run.sh [tests] [tests-quick] [streams-ab] [attention] [natten] [linear] [kernel-next]
+#   bash benchmarks/gpu_run.sh [tests] [tests-quick] [streams-ab] [schedule-ab] [attention] [natten] [linear]
+#                              [kernel-next]
 #   (default: tests attention natten linear)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,8 @@ for step in $steps; do
         2>&1 | tee "$OUT/streams-ab.log" || status=1
       export TESSERA_BWD_STREAMS=$(python3 benchmarks/gpu_streams_ab.py --verdict "$OUT/streams_ab.json")
       echo "TESSERA_BWD_STREAMS=$TESSERA_BWD_STREAMS" ;;
+    schedule-ab) timeout "${TESSERA_SCHEDULE_TIMEOUT:-240}" python3 benchmarks/gpu_schedule_ab.py --out "$OUT" \
+                   2>&1 | tee "$OUT/schedule-ab.log" || status=1 ;;
     attention) timeout "${TESSERA_ATTENTION_TIMEOUT:-420}" python3 benchmarks/attention.py --out "$OUT" \
                  2>&1 | tee "$OUT/attention.log" || status=1 ;;
     natten) timeout "${TESSERA_NATTEN_TIMEOUT:-420}" python3 benchmarks/natten.py --out "$OUT" \
@@ -34,7 +37,7 @@ for step in $steps; do
     kernel-next) bash benchmarks/gpu_kernel_next.sh 2>&1 | tee "$OUT/kernel-next.log" || status=1 ;;
     linear) timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/linear.py --out "$OUT" ${LINEAR_BENCH_ARGS:-} \
               2>&1 | tee "$OUT/linear.log" || status=1 ;;
-    *) echo "unknown step $step (tests, tests-quick, streams-ab, attention, natten, linear, kernel-next)"; status=2 ;;
+    *) echo "unknown step $step (tests, tests-quick, streams-ab, schedule-ab, attention, natten, linear, kernel-next)"; status=2 ;;
   esac
 done
 exit $status

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from tessera.kernels.triton import masks
-from tessera.patterns import Causal, Dilated, Power, Window
+from tessera.patterns import Causal, Dilated, Power, Strided, Window
+from tessera.patterns.blocksparse import BlockSparse
 
 
 def _decoded_partial_masks(plan: masks.KernelPlan):
@@ -42,6 +43,15 @@ def _decoded_partial_masks(plan: masks.KernelPlan):
     (Power(8), 300, 300, 32, 64, masks.MASK_TILE_BAND),
     (Dilated(16, 3), 300, 300, 32, 64, masks.MASK_BITS),
     (Causal(), 300, 250, 64, 32, masks.MASK_BAND),
+    # Partial tiles that all follow one band although the pattern is not a band: the causal
+    # diagonal tiles of S2 strided and of a causal block-sparse mask (aligned blocks), the
+    # cut-off last tiles of a non-causal one; misaligned blocks need bitmasks.
+    (Strided(block=64, local_blocks=3, stride=4), 1024, 1024, 64, 32, masks.MASK_BAND),
+    (Strided(block=64, local_blocks=3, stride=4), 1000, 1000, 64, 64, masks.MASK_BAND),
+    (Strided(block=64, local_blocks=3, stride=4, causal=False), 1000, 1000, 64, 64, masks.MASK_BAND),
+    (Strided(block=64, local_blocks=3, stride=4), 1000, 1024, 64, 64, masks.MASK_BITS),
+    (Strided(block=96, local_blocks=2, stride=3), 960, 960, 64, 64, masks.MASK_BITS),
+    (BlockSparse.random(1024, 0.4, block=64, seed=1) & Causal(), 1024, 1024, 32, 64, masks.MASK_BAND),
 ])
 def test_partial_tile_masks_match_the_pattern(pattern, q_len, k_len, block_m, block_n, mode):
     plan = masks.build_plan(pattern, q_len, k_len, block_m, block_n, 1, torch.device("cpu"))

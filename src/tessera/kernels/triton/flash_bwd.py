@@ -25,7 +25,9 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from . import streams
 from .flash_fwd import LOG2E, broadcast_strides, low_rank_args, rank_pad, rel_pos_args, tma_ok
+from .program_ids import program_cols, program_rows
 from .row_dot import row_dot
+from .schedule import col_schedule, row_schedule
 from .scoring import (INTERPRETED, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
                       na_codes, na_key_windows, na_query_windows, rel_pos_table_grad,
                       rel_pos_tile, score_tile)
@@ -132,8 +134,8 @@ def _dkdv_tiles(dk, dv, dw, k, v, q_base, do_base, s_qs, s_dos, q_desc, do_desc,
 
 @triton.jit(do_not_specialize=["S_Q", "S_K"])
 def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV, DW,
-                   FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, PART_BITS, BITS, TILE_BAND, NA, SLOPES,
-                   BIAS, U, W, TABLE,
+                   FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, PART_BITS, BITS, TILE_BAND, NA,
+                   ORDER, REPS, ORDER_HEADS, SLOPES, BIAS, U, W, TABLE,
                    s_qb, s_qs, s_qh, s_kb, s_ks, s_kh, s_vb, s_vs, s_vh, s_dob, s_dos, s_doh,
                    s_dkb, s_dks, s_dkh, s_dvb, s_dvs, s_dvh,
                    s_bias_b, s_bias_h, s_bias_m, s_bias_n,
@@ -147,11 +149,8 @@ def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV, DW,
                    TENSOR_BIAS: tl.constexpr, LOW_RANK: tl.constexpr, LOW_RANK_GRAD: tl.constexpr,
                    R_PAD: tl.constexpr, REL_POS: tl.constexpr, SIGMOID: tl.constexpr,
                    PRECISION: tl.constexpr, USE_TMA: tl.constexpr, TILE_BANDS: tl.constexpr,
-                   NA_STATIC: tl.constexpr):
-    n = tl.program_id(0)
-    bhk = tl.program_id(1)
-    b = bhk // H_KV
-    hk = bhk % H_KV
+                   NA_STATIC: tl.constexpr, SCHEDULED: tl.constexpr):
+    n, b, hk = program_cols(ORDER, REPS, ORDER_HEADS, H_KV, N_K_TILES, SCHEDULED)
 
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -330,8 +329,8 @@ def _dq_tiles(dq, dslope, du, q, do, lse2, delta, k_base, v_base, s_kn, s_vn, k_
 
 @triton.jit(do_not_specialize=["S_Q", "S_K"])
 def _attn_bwd_dq(Q, K, V, DO, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, DU, DTABLE,
-                 FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, PART_BITS, BITS, TILE_BAND, NA, SLOPES,
-                 BIAS, U, W, TABLE,
+                 FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, PART_BITS, BITS, TILE_BAND, NA,
+                 ORDER, REPS, ORDER_HEADS, SLOPES, BIAS, U, W, TABLE,
                  s_qb, s_qs, s_qh, s_kb, s_ks, s_kh, s_vb, s_vs, s_vh, s_dob, s_dos, s_doh,
                  s_dqb, s_dqs, s_dqh,
                  s_bias_b, s_bias_h, s_bias_m, s_bias_n,
@@ -346,13 +345,9 @@ def _attn_bwd_dq(Q, K, V, DO, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, DU,
                  R_PAD: tl.constexpr, REL_POS: tl.constexpr, REL_POS_GRAD: tl.constexpr,
                  SIGMOID: tl.constexpr, BIAS_GRAD: tl.constexpr,
                  SLOPE_GRAD: tl.constexpr, PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
-                 TILE_BANDS: tl.constexpr, NA_STATIC: tl.constexpr):
-    # Query tiles in descending order: on causal-like maps the longest programs start first and
-    # the last wave holds short ones (longest-processing-time-first).
-    m = N_Q_TILES - 1 - tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H_Q
-    h = bh % H_Q
+                 TILE_BANDS: tl.constexpr, NA_STATIC: tl.constexpr, SCHEDULED: tl.constexpr):
+    m, b, h = program_rows(ORDER, REPS, ORDER_HEADS, H_Q, N_Q_TILES, SCHEDULED)
+    bh = b * H_Q + h
     hk = h // GROUP
     hm = h % MAP_HEADS
 
@@ -533,7 +528,10 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
     use_tma = tma_ok(q, do, dkdv_plan.block_m)
     q_desc, do_desc = ((descriptor(q, dkdv_plan.block_m, d_pad), descriptor(do, dkdv_plan.block_m, dv_pad))
                        if use_tma else (q, do))
-    launch_dkdv = _attn_bwd_dkdv[(dkdv_plan.n_k_tiles, batch * kv_heads)]
+    col_order = col_schedule(dkdv_plan, kv_heads)
+    grid, col_reps = (((dkdv_plan.n_k_tiles, batch * kv_heads), 1) if col_order is None
+                      else col_order.launch(batch, kv_heads))
+    launch_dkdv = _attn_bwd_dkdv[grid]
     launch_dkdv = _named_launch(launch_dkdv, "dkdv")
     side = streams.fork(q, k, v, do, lse, delta, dk, dv, dw if dw is not None else dummy)
     with streams.on(side):
@@ -541,7 +539,8 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
             q, k, v, do, q_desc, do_desc, lse, delta, dk, dv, dw if dw is not None else dummy,
             cols.full_count, cols.full_index, cols.part_count, cols.part_index, cols.part_bits,
             dkdv_plan.bits, dkdv_plan.tile_band, dkdv_plan.na_params,
-            slopes if slopes is not None else dummy,
+            dummy if col_order is None else col_order.order, col_reps,
+            1 if col_order is None else col_order.heads, slopes if slopes is not None else dummy,
             bias if bias is not None else dummy, *factors[:2], table_args[0],
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
@@ -552,19 +551,24 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
             *variant_args, dkdv_plan.band_lo, dkdv_plan.band_hi, sig_bias2,
             BLOCK_M=dkdv_plan.block_m, BLOCK_N=dkdv_plan.block_n, MASK_MODE=dkdv_plan.mask_mode,
             USE_TMA=use_tma, TILE_BANDS=dkdv_plan.bands_per_tile, NA_STATIC=dkdv_plan.na_static,
-            num_warps=dkdv_config.num_warps, num_stages=dkdv_config.num_stages, **common,
+            SCHEDULED=col_order is not None, num_warps=dkdv_config.num_warps, num_stages=dkdv_config.num_stages, **common,
         )
     rows = dq_plan.rows
     use_tma = tma_ok(k, v, dq_plan.block_n)
     k_desc, v_desc = ((descriptor(k, dq_plan.block_n, d_pad), descriptor(v, dq_plan.block_n, dv_pad))
                       if use_tma else (k, v))
-    launch_dq = _named_launch(_attn_bwd_dq[(dq_plan.n_q_tiles, batch * heads)], "dq")
+    row_order = row_schedule(dq_plan)
+    grid, row_reps = (((dq_plan.n_q_tiles, batch * heads), 1) if row_order is None
+                      else row_order.launch(batch, heads))
+    launch_dq = _named_launch(_attn_bwd_dq[grid], "dq")
     launch_dq(
         q, k, v, do, k_desc, v_desc, lse, delta, dq, dbias if dbias is not None else dummy,
         dslope if dslope is not None else dummy, du if du is not None else dummy,
         dtable if dtable is not None else dummy,
         rows.full_count, rows.full_index, rows.part_count, rows.part_index, rows.part_bits,
-        dq_plan.bits, dq_plan.tile_band, dq_plan.na_params, slopes if slopes is not None else dummy,
+        dq_plan.bits, dq_plan.tile_band, dq_plan.na_params,
+        dummy if row_order is None else row_order.order, row_reps,
+        1 if row_order is None else row_order.heads, slopes if slopes is not None else dummy,
         bias if bias is not None else dummy, *factors[:2], table_args[0],
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
@@ -576,7 +580,7 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
         BLOCK_M=dq_plan.block_m, BLOCK_N=dq_plan.block_n, MASK_MODE=dq_plan.mask_mode,
         BIAS_GRAD=bias_grad, SLOPE_GRAD=slope_grad, REL_POS_GRAD=rel_pos_grad, USE_TMA=use_tma,
         TILE_BANDS=dq_plan.bands_per_tile, NA_STATIC=dq_plan.na_static,
-        num_warps=dq_config.num_warps, num_stages=dq_config.num_stages, **common,
+        SCHEDULED=row_order is not None, num_warps=dq_config.num_warps, num_stages=dq_config.num_stages, **common,
     )
     streams.join(side)
     dslopes = None

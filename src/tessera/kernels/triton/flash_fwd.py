@@ -22,6 +22,8 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from .program_ids import program_rows
+from .schedule import row_schedule
 from .scoring import (INTERPRETED, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
                       na_codes, na_query_windows, rel_pos_tile, score_tile)
 
@@ -113,7 +115,7 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_desc, v_desc, b, 
 @triton.jit(do_not_specialize=["S_Q", "S_K"])
 def _attn_fwd(Q, K, V, K_DESC, V_DESC, O, LSE,
               FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, PART_BITS, BITS, TILE_BAND, NA,
-              SINKS, SLOPES, BIAS, U, W, TABLE,
+              ORDER, REPS, ORDER_HEADS, SINKS, SLOPES, BIAS, U, W, TABLE,
               s_qb, s_qs, s_qh, s_kb, s_ks, s_kh, s_vb, s_vs, s_vh, s_ob, s_os, s_oh,
               s_bias_b, s_bias_h, s_bias_m, s_bias_n,
               s_ub, s_uh, s_um, s_ur, s_wb, s_wh, s_wn, s_wr, RANK,
@@ -126,13 +128,9 @@ def _attn_fwd(Q, K, V, K_DESC, V_DESC, O, LSE,
               ALIBI: tl.constexpr, TENSOR_BIAS: tl.constexpr, LOW_RANK: tl.constexpr,
               R_PAD: tl.constexpr, REL_POS: tl.constexpr, SIGMOID: tl.constexpr,
               PRECISION: tl.constexpr, USE_TMA: tl.constexpr, TILE_BANDS: tl.constexpr,
-              NA_STATIC: tl.constexpr):
-    # Query tiles in descending order: on causal-like maps the longest programs start first and
-    # the last wave holds short ones (longest-processing-time-first).
-    m = N_Q_TILES - 1 - tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H_Q
-    h = bh % H_Q
+              NA_STATIC: tl.constexpr, SCHEDULED: tl.constexpr):
+    m, b, h = program_rows(ORDER, REPS, ORDER_HEADS, H_Q, N_Q_TILES, SCHEDULED)
+    bh = b * H_Q + h
     hk = h // GROUP
     hm = h % MAP_HEADS
 
@@ -300,7 +298,9 @@ def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, sl
     factors = low_rank_args(low_rank, dummy)
     table_args = rel_pos_args(rel_pos, dummy)
     rows = plan.rows
-    grid = (plan.n_q_tiles, batch * heads)
+    schedule = row_schedule(plan)
+    grid, reps = ((plan.n_q_tiles, batch * heads), 1) if schedule is None else schedule.launch(batch, heads)
+    order = dummy if schedule is None else schedule.order
     use_tma = tma_ok(k, v, plan.block_n)
     if use_tma:
         d_pad, dv_pad = max(16, triton.next_power_of_2(dim)), max(16, triton.next_power_of_2(dim_v))
@@ -311,7 +311,8 @@ def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, sl
     _attn_fwd[grid](
         q, k, v, k_desc, v_desc, o, lse,
         rows.full_count, rows.full_index, rows.part_count, rows.part_index, rows.part_bits, plan.bits,
-        plan.tile_band, plan.na_params, sinks if sinks is not None else dummy,
+        plan.tile_band, plan.na_params, order, reps, 1 if schedule is None else schedule.heads,
+        sinks if sinks is not None else dummy,
         slopes if slopes is not None else dummy, bias if bias is not None else dummy,
         *factors[:2], table_args[0],
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -327,6 +328,7 @@ def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, sl
         ALIBI=slopes is not None, TENSOR_BIAS=bias is not None, LOW_RANK=low_rank is not None,
         R_PAD=rank_pad(factors[-1]), REL_POS=rel_pos is not None, SIGMOID=sigmoid,
         PRECISION=precision, USE_TMA=use_tma, TILE_BANDS=plan.bands_per_tile,
-        NA_STATIC=plan.na_static, num_warps=config.num_warps, num_stages=config.num_stages,
+        NA_STATIC=plan.na_static, SCHEDULED=schedule is not None, num_warps=config.num_warps,
+        num_stages=config.num_stages,
     )
     return o, (None if sigmoid else lse)

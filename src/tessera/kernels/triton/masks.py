@@ -6,7 +6,8 @@ A ``KernelPlan`` holds, for one ``(pattern, q_len, k_len, block_m, block_n, head
   * the same two lists transposed (per key tile, the query tiles that list it) for the dk/dv pass;
   * the mask kind of partial tiles: ``MASK_NONE`` (bounds only: dense), ``MASK_BAND`` (the offset
     band ``band_lo <= q_pos - k_pos <= band_hi`` evaluated in-kernel: causal, windows and their
-    intersections), ``MASK_TILE_BAND`` (up to ``MAX_TILE_BANDS`` offset bands per partial tile:
+    intersections, and patterns whose partial tiles all follow one band, such as the causal
+    diagonal tiles of S2 ``Strided`` or of a causal block-sparse mask), ``MASK_TILE_BAND`` (up to ``MAX_TILE_BANDS`` offset bands per partial tile:
     offset patterns with several intervals that meet each partial tile in a few of them, such as
     a band plus a few diagonals: Power, Window | Power), ``MASK_NEIGHBORHOOD`` (N-D neighborhood
     attention evaluated in-kernel from the grid coordinates of each token: ``Neighborhood``, or
@@ -105,6 +106,8 @@ class KernelPlan:
     _part_id: torch.Tensor = field(repr=False)
     _cols: Optional[TileLists] = field(default=None, repr=False)
     _partial_fraction: Optional[float] = field(default=None, repr=False)
+    # Launch orders built for this plan (schedule.py), by kernel direction and heads.
+    schedules: dict = field(default_factory=dict, repr=False)
 
     @property
     def n_q_tiles(self) -> int:
@@ -301,8 +304,9 @@ def _pack_bits(allowed: torch.Tensor) -> torch.Tensor:
 
 
 def _bitmasks(pattern: Pattern, states: torch.Tensor, q_len: int, k_len: int, block_m: int,
-              block_n: int) -> torch.Tensor:
-    """Packed masks of the partial tiles of ``states``, in row-major (head, m, n) order."""
+              block_n: int) -> tuple[torch.Tensor, Optional[tuple[int, int]]]:
+    """Packed masks of the partial tiles of ``states``, in row-major (head, m, n) order, and the
+    offset band every partial tile's mask follows (``_common_band``; None when there is none)."""
     device = states.device
     hh, mm, nn = (states == PARTIAL).nonzero(as_tuple=True)
     total = hh.numel()
@@ -311,14 +315,59 @@ def _bitmasks(pattern: Pattern, states: torch.Tensor, q_len: int, k_len: int, bl
     cols = torch.arange(block_n, device=device)
     offset = k_len - q_len
     step = max(1, _BITMASK_CHUNK // (block_m * block_n))
+    spans = []
     for s in range(0, total, step):
         h, m, n = hh[s:s + step], mm[s:s + step], nn[s:s + step]
         q_row = m[:, None] * block_m + rows                           # [P, bm]
         k_pos = n[:, None] * block_n + cols                           # [P, bn]
         valid = (q_row < q_len)[:, :, None] & (k_pos < k_len)[:, None, :]
         allowed = pattern.mask((q_row + offset)[:, :, None], k_pos[:, None, :], h[:, None, None])
-        out[s:s + step] = _pack_bits(allowed.expand_as(valid) & valid)
-    return out
+        allowed = allowed.expand_as(valid) & valid
+        out[s:s + step] = _pack_bits(allowed)
+        spans.append(_tile_offset_spans((q_row + offset)[:, :, None] - k_pos[:, None, :], valid,
+                                        allowed))
+    if not spans:
+        return out, None
+    lo_t, hi_t, a_t, b_t, banded = (torch.cat(parts) for parts in zip(*spans))
+    return out, (_common_band(lo_t, hi_t, a_t, b_t) if bool(banded.all()) else None)
+
+
+def _tile_offset_spans(d: torch.Tensor, valid: torch.Tensor, allowed: torch.Tensor):
+    """Per tile of ``[P, bm, bn]`` offsets ``d = q_pos - k_pos``: the allowed offsets' range
+    ``(lo_t, hi_t)``, the valid offsets' range ``(a_t, b_t)``, and whether the allowed pairs are
+    exactly the valid pairs with ``lo_t <= d <= hi_t``."""
+    big = BAND_LIMIT
+    flat_d, flat_v, flat_a = d.flatten(1), valid.flatten(1), allowed.flatten(1)
+    lo_t = torch.where(flat_a, flat_d, big).amin(1)
+    hi_t = torch.where(flat_a, flat_d, -big).amax(1)
+    a_t = torch.where(flat_v, flat_d, big).amin(1)
+    b_t = torch.where(flat_v, flat_d, -big).amax(1)
+    in_band = flat_v & (flat_d >= lo_t[:, None]) & (flat_d <= hi_t[:, None])
+    return lo_t, hi_t, a_t, b_t, (in_band == flat_a).all(1)
+
+
+def _common_band(lo_t: torch.Tensor, hi_t: torch.Tensor, a_t: torch.Tensor,
+                 b_t: torch.Tensor) -> Optional[tuple[int, int]]:
+    """The one offset band ``(lo, hi)`` that masks every partial tile, given per tile the band it
+    allows ``[lo_t, hi_t]`` within its range of offsets ``[a_t, b_t]`` (None when no band fits).
+
+    Tile ``t`` under ``(lo, hi)`` allows ``[max(lo, a_t), min(hi, b_t)]``: a tile whose band starts
+    inside its range (``lo_t > a_t``) fixes ``lo = lo_t``, one whose band starts at the range's
+    start only needs ``lo <= a_t``; the same for ``hi``. Causal masks on the diagonal tiles of a
+    block pattern (S2 ``Strided``, causal block-sparse) give ``(0, BAND_LIMIT)``."""
+    ends = []
+    for inner, edge, fixed_at, bound in ((lo_t, a_t, lo_t > a_t, -BAND_LIMIT),
+                                         (-hi_t, -b_t, hi_t < b_t, -BAND_LIMIT)):
+        fixed = inner[fixed_at]
+        if fixed.numel() == 0:
+            ends.append(bound)
+            continue
+        end = int(fixed[0].item())
+        free_edges = edge[~fixed_at]
+        if bool((fixed != end).any()) or (free_edges.numel() and end > int(free_edges.min().item())):
+            return None
+        ends.append(end)
+    return ends[0], -ends[1]
 
 
 def build_plan(pattern: Optional[Pattern], q_len: int, k_len: int, block_m: int, block_n: int,
@@ -364,7 +413,9 @@ def build_plan(pattern: Optional[Pattern], q_len: int, k_len: int, block_m: int,
         if bands is not None:
             mode, tile_band = MASK_TILE_BAND, bands
         else:
-            bits = _bitmasks(pattern, states, q_len, k_len, block_m, block_n)
+            bits, common = _bitmasks(pattern, states, q_len, k_len, block_m, block_n)
+            if common is not None:
+                mode, band, bits = MASK_BAND, common, torch.zeros(1, dtype=torch.int32, device=device)
     return KernelPlan(q_len, k_len, block_m, block_n, states.shape[0], mode, band[0], band[1],
                       _lists(states, part_id), bits, tile_band, tile_band.shape[1], na_params,
                       na_static, states, part_id)

@@ -1,0 +1,49 @@
+"""Which (tile, batch, head) a flash-kernel program works on: the plain 2-D grid, or the 1-D
+longest-first launch order of ``schedule.py``."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def program_rows(ORDER, REPS, ORDER_HEADS, H_Q, N_Q_TILES, SCHEDULED: tl.constexpr):
+    """``(m, b, h)``: query tile, batch, query head. Plain grid ``(N_Q_TILES, B * H_Q)`` with the
+    query tiles in descending order (on causal-like maps the longest first); scheduled grid
+    ``(len(ORDER) * REPS,)``: entry ``ORDER[pid // REPS] = head_entry * N_Q_TILES + m``, replica
+    ``pid % REPS`` over the batch and the heads ``head_entry + j * ORDER_HEADS``."""
+    if SCHEDULED:
+        pid = tl.program_id(0)
+        entry = tl.load(ORDER + pid // REPS)
+        rep = pid % REPS
+        per = H_Q // ORDER_HEADS
+        m = entry % N_Q_TILES
+        h = (rep % per) * ORDER_HEADS + entry // N_Q_TILES
+        b = rep // per
+    else:
+        m = N_Q_TILES - 1 - tl.program_id(0)
+        bh = tl.program_id(1)
+        b = bh // H_Q
+        h = bh % H_Q
+    return m, b, h
+
+
+@triton.jit
+def program_cols(ORDER, REPS, ORDER_HEADS, H_KV, N_K_TILES, SCHEDULED: tl.constexpr):
+    """``(n, b, hk)``: key tile, batch, key/value head. Plain grid ``(N_K_TILES, B * H_KV)``;
+    scheduled grid as ``program_rows`` with key tiles and key/value heads."""
+    if SCHEDULED:
+        pid = tl.program_id(0)
+        entry = tl.load(ORDER + pid // REPS)
+        rep = pid % REPS
+        per = H_KV // ORDER_HEADS
+        n = entry % N_K_TILES
+        hk = (rep % per) * ORDER_HEADS + entry // N_K_TILES
+        b = rep // per
+    else:
+        n = tl.program_id(0)
+        bhk = tl.program_id(1)
+        b = bhk // H_KV
+        hk = bhk % H_KV
+    return n, b, hk

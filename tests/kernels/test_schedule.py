@@ -1,0 +1,50 @@
+"""Longest-first launch orders (no kernel runs): permutations of the plan's entries in
+decreasing order of listed work, none for uniform maps, per key/value head for dk/dv."""
+
+from __future__ import annotations
+
+import torch
+
+from tessera.kernels.triton import masks, schedule
+from tessera.patterns import Causal, Strided
+
+
+def _costs(lists: masks.TileLists) -> torch.Tensor:
+    return (lists.full_count.float() + schedule.PARTIAL_TILE_COST * lists.part_count.float()).flatten()
+
+
+def test_dense_maps_keep_the_plain_order():
+    plan = masks.build_plan(None, 1000, 1000, 64, 64, 4, torch.device("cpu"))
+    assert schedule.row_schedule(plan) is None and schedule.col_schedule(plan, 4) is None
+
+
+def test_causal_rows_longest_first_and_ties_to_later_tiles():
+    plan = masks.build_plan(Causal(), 1024, 1024, 64, 64, 4, torch.device("cpu"))
+    rows = schedule.row_schedule(plan)
+    assert rows.heads == 1
+    # Causal with aligned tiles: query tile m lists m + 1 tiles, so the order is m descending.
+    assert rows.order.tolist() == list(range(15, -1, -1))
+    grid, reps = rows.launch(batch=3, kernel_heads=4)
+    assert reps == 12 and grid == (16 * 12,)
+
+
+def test_head_dependent_columns_summed_over_each_kv_group():
+    heads, kv_heads, n = 8, 2, 2048
+    plan = masks.build_plan(Strided(block=64, local_blocks=2, stride=4), n, n, 64, 64, heads,
+                            torch.device("cpu"))
+    cols = schedule.col_schedule(plan, kv_heads)
+    assert cols.heads == kv_heads
+    per_entry = _costs(plan.cols).view(kv_heads, heads // kv_heads, -1).sum(1).flatten()
+    order = cols.order.long()
+    assert sorted(order.tolist()) == list(range(per_entry.numel()))
+    assert bool((per_entry[order][1:] <= per_entry[order][:-1]).all())
+    # The long columns (a key block in a head's shard) come first; the last ones are short.
+    assert per_entry[order[0]] > 4 * per_entry[order[-1]]
+    grid, reps = cols.launch(batch=2, kernel_heads=kv_heads)
+    assert reps == 2 and grid == (per_entry.numel() * 2,)
+
+
+def test_disabled_gives_the_plain_order(monkeypatch):
+    monkeypatch.setattr(schedule, "ENABLED", False)
+    plan = masks.build_plan(Causal(), 512, 512, 64, 64, 1, torch.device("cpu"))
+    assert schedule.row_schedule(plan) is None and schedule.col_schedule(plan, 1) is None
