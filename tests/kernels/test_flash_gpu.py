@@ -63,7 +63,7 @@ def test_patterns_forward_backward_strided_band_masked_longest_first(dtype):
     from tessera.kernels.triton import masks, schedule
     pattern = Strided(block=128, local_blocks=3, stride=4)
     plan = masks.get_plan(pattern, 4096, 4096, 64, 64, 8, torch.device(DEVICE))
-    assert plan.mask_mode == masks.MASK_BAND and schedule.col_schedule(plan, 2) is not None
+    assert plan.mask_mode == masks.MASK_BAND and schedule.col_schedule(plan, 2, 2) is not None
     q, k, v = make_inputs(2, 4096, 4096, 8, 2, 128, dtype, DEVICE)
     check_against_reference(q, k, v, pattern)
 

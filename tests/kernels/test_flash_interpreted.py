@@ -130,8 +130,8 @@ else:
             config = tuning.kernel_config(name, 32, torch.float16, True)
             plan = masks.get_plan(pattern, 200, 200, config.block_m, config.block_n, 4, q.device)
             assert plan.mask_mode == masks.MASK_BAND
-            order = (schedule.row_schedule(plan) if name == "fwd"
-                     else schedule.col_schedule(plan, 2))
+            order = (schedule.row_schedule(plan, 2, 4) if name == "fwd"
+                     else schedule.col_schedule(plan, 2, 2))
             assert order is not None and order.heads == (4 if name == "fwd" else 2)
         check_against_reference(q, k, v, pattern)
 

@@ -1,5 +1,6 @@
-"""Longest-first launch orders (no kernel runs): permutations of the plan's entries in
-decreasing order of listed work, none for uniform maps, per key/value head for dk/dv."""
+"""Launch orders (no kernel runs): permutations of the plan's entries in decreasing order of
+listed work, per key/value head for dk/dv; chosen only where the longest program is long
+against an SM's share of the launch."""
 
 from __future__ import annotations
 
@@ -15,24 +16,27 @@ def _costs(lists: masks.TileLists) -> torch.Tensor:
 
 def test_dense_maps_keep_the_plain_order():
     plan = masks.build_plan(None, 1000, 1000, 64, 64, 4, torch.device("cpu"))
-    assert schedule.row_schedule(plan) is None and schedule.col_schedule(plan, 4) is None
+    assert schedule.row_schedule(plan, 1, 4) is None and schedule.col_schedule(plan, 1, 4) is None
 
 
-def test_causal_rows_longest_first_and_ties_to_later_tiles():
+def test_causal_rows_longest_first_on_small_launches_plain_on_large_ones():
     plan = masks.build_plan(Causal(), 1024, 1024, 64, 64, 4, torch.device("cpu"))
-    rows = schedule.row_schedule(plan)
+    rows = schedule.row_schedule(plan, 3, 4)
     assert rows.heads == 1
     # Causal with aligned tiles: query tile m lists m + 1 tiles, so the order is m descending.
     assert rows.order.tolist() == list(range(15, -1, -1))
     grid, reps = rows.launch(batch=3, kernel_heads=4)
     assert reps == 12 and grid == (16 * 12,)
+    # 16k causal, batch 2, 16 heads: the longest row is 6% of an SM's share, the plain grid stays.
+    big = masks.build_plan(Causal(), 16384, 16384, 128, 128, 16, torch.device("cpu"))
+    assert schedule.row_schedule(big, 2, 16) is None
 
 
-def test_head_dependent_columns_summed_over_each_kv_group():
+def test_strided_columns_longest_first_summed_over_each_kv_group():
     heads, kv_heads, n = 8, 2, 2048
     plan = masks.build_plan(Strided(block=64, local_blocks=2, stride=4), n, n, 64, 64, heads,
                             torch.device("cpu"))
-    cols = schedule.col_schedule(plan, kv_heads)
+    cols = schedule.col_schedule(plan, 2, kv_heads)
     assert cols.heads == kv_heads
     per_entry = _costs(plan.cols).view(kv_heads, heads // kv_heads, -1).sum(1).flatten()
     order = cols.order.long()
@@ -44,7 +48,16 @@ def test_head_dependent_columns_summed_over_each_kv_group():
     assert reps == 2 and grid == (per_entry.numel() * 2,)
 
 
+def test_benchmark_strided_dkdv_is_the_long_tail_case():
+    # S2 strided at S = 32768, 16 heads: dk/dv columns in a head's shard span the rest of the
+    # sequence (longest first); its forward rows do not (plain grid).
+    plan = masks.build_plan(Strided(block=128, local_blocks=8, stride=8), 32768, 32768, 64, 128, 16,
+                            torch.device("cpu"))
+    assert schedule.col_schedule(plan, 1, 16) is not None
+    assert schedule.row_schedule(plan, 1, 16) is None
+
+
 def test_disabled_gives_the_plain_order(monkeypatch):
     monkeypatch.setattr(schedule, "ENABLED", False)
     plan = masks.build_plan(Causal(), 512, 512, 64, 64, 1, torch.device("cpu"))
-    assert schedule.row_schedule(plan) is None and schedule.col_schedule(plan, 1) is None
+    assert schedule.row_schedule(plan, 1, 1) is None and schedule.col_schedule(plan, 1, 1) is None

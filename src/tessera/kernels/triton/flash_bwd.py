@@ -528,7 +528,7 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
     use_tma = tma_ok(q, do, dkdv_plan.block_m)
     q_desc, do_desc = ((descriptor(q, dkdv_plan.block_m, d_pad), descriptor(do, dkdv_plan.block_m, dv_pad))
                        if use_tma else (q, do))
-    col_order = col_schedule(dkdv_plan, kv_heads)
+    col_order = col_schedule(dkdv_plan, batch, kv_heads)
     grid, col_reps = (((dkdv_plan.n_k_tiles, batch * kv_heads), 1) if col_order is None
                       else col_order.launch(batch, kv_heads))
     launch_dkdv = _attn_bwd_dkdv[grid]
@@ -557,7 +557,7 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
     use_tma = tma_ok(k, v, dq_plan.block_n)
     k_desc, v_desc = ((descriptor(k, dq_plan.block_n, d_pad), descriptor(v, dq_plan.block_n, dv_pad))
                       if use_tma else (k, v))
-    row_order = row_schedule(dq_plan)
+    row_order = row_schedule(dq_plan, batch, heads)
     grid, row_reps = (((dq_plan.n_q_tiles, batch * heads), 1) if row_order is None
                       else row_order.launch(batch, heads))
     launch_dq = _named_launch(_attn_bwd_dq[grid], "dq")

@@ -298,7 +298,7 @@ def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, sl
     factors = low_rank_args(low_rank, dummy)
     table_args = rel_pos_args(rel_pos, dummy)
     rows = plan.rows
-    schedule = row_schedule(plan)
+    schedule = row_schedule(plan, batch, heads)
     grid, reps = ((plan.n_q_tiles, batch * heads), 1) if schedule is None else schedule.launch(batch, heads)
     order = dummy if schedule is None else schedule.order
     use_tma = tma_ok(k, v, plan.block_n)

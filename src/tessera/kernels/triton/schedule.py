@@ -1,16 +1,21 @@
-"""Launch order of the flash kernels' programs: longest first.
+"""Launch order of the flash kernels' programs: the plain grid, or longest first where one long
+program would otherwise finish alone.
 
-Each kernel runs one program per (batch, head, tile), and the GPU starts programs in launch order
-as SMs free up. When tiles list different numbers of tiles (causal, windows, block-sparse, S2
-strided: a key block in a head's shard is seen by every later query), a long program launched
-last keeps a few SMs busy after the rest are idle. Launching programs in decreasing order of
-work (longest-processing-time-first list scheduling) bounds that tail by the shortest programs.
-On the H100 benchmark maps the simulated gain is 8% for S2 strided's dk/dv pass (a long column
-every ``stride`` key tiles), 2-4% on random block masks and windows, none on causal.
+Each kernel runs one program per (batch, head, tile); the GPU starts programs in launch order as
+SMs free up. The plain grid walks the tiles of one head before the next, so programs running
+together share that head's keys and values (or queries) in L2. When a few programs are much
+longer than the rest, one of them launched late keeps an SM busy after the others are idle: S2
+strided's dk/dv pass, where a key block in a head's shard is seen by every later query, has
+columns of up to a third of an SM's share of the work. There, launching programs by decreasing
+work (longest-processing-time-first) removes the tail; elsewhere it loses more in L2 locality
+than it gains (H200, ``benchmarks/gpu_schedule_ab.py``, results/tuning/2026-11-30-h200-schedule-
+ab.json: strided dk/dv 3.96 -> 3.39 ms; random blocks 10% dk/dv 0.85 -> 1.11 ms, causal forward
+4.72 -> 5.21 ms). So the order is longest-first only when the longest program holds at least
+``TAIL_FRACTION`` of an SM's even share of the launch.
 
 A ``Schedule`` is a permutation of *entries* ``head_entry * n_tiles + tile``; the kernel's
 program ``pid`` takes entry ``order[pid // reps]`` and replica ``pid % reps`` (the batch and the
-heads that share the entry's lists). Uniform maps (dense) keep the plain 2-D launch grid.
+heads that share the entry's lists).
 """
 
 from __future__ import annotations
@@ -28,30 +33,46 @@ from .masks import KernelPlan, TileLists
 PARTIAL_TILE_COST = 1.25
 PROGRAM_COST = 1.5
 
-# Set False (or TESSERA_LONGEST_FIRST=0) for the plain launch order (comparisons).
+# Longest first when the longest program costs at least this fraction of total / SMs (the
+# benchmark maps at 132 SMs: S2 strided dk/dv 0.35; every kernel of causal, windows, random blocks
+# and Power at most 0.13).
+TAIL_FRACTION = 0.25
+
+# Set False (or TESSERA_LONGEST_FIRST=0) for the plain launch order everywhere (comparisons).
 ENABLED = os.environ.get("TESSERA_LONGEST_FIRST", "1") != "0"
+
+# SM count assumed off the GPU (interpreter): an H100's.
+_DEFAULT_SMS = 132
 
 
 @dataclass(frozen=True)
 class Schedule:
     """``order`` int32 ``[heads * n_tiles]`` entries ``head_entry * n_tiles + tile``, most work
     first; ``heads``: the head entries it distinguishes (1 when every head shares the lists, else
-    the kernel's heads: query heads for rows, key/value heads for columns)."""
+    the kernel's heads: query heads for rows, key/value heads for columns); ``longest`` and
+    ``total``: the largest and the summed entry cost."""
 
     order: torch.Tensor
     heads: int
+    longest: float
+    total: float
 
     def launch(self, batch: int, kernel_heads: int) -> tuple[tuple[int], int]:
         """``(grid, reps)`` of a kernel over ``batch`` x ``kernel_heads`` heads."""
         reps = batch * (kernel_heads // self.heads)
         return (self.order.numel() * reps,), reps
 
+    def has_tail(self, batch: int, kernel_heads: int, sms: int) -> bool:
+        """Whether the longest program is long against an SM's share of the whole launch."""
+        reps = batch * (kernel_heads // self.heads)
+        return self.longest >= TAIL_FRACTION * self.total * reps / sms
+
 
 def _cost(lists: TileLists) -> torch.Tensor:
     return lists.full_count.float() + PARTIAL_TILE_COST * lists.part_count.float() + PROGRAM_COST
 
 
-def _longest_first(lists: TileLists, group: int, reverse_ties: bool) -> Optional[torch.Tensor]:
+def _longest_first(lists: TileLists, group: int, reverse_ties: bool, heads: int) -> Optional[Schedule]:
     """Entries of the lists' heads (summed over groups of ``group`` consecutive heads) and tiles
     by decreasing cost (ties by increasing tile index, or decreasing with ``reverse_ties``); None
     when every entry lists as many tiles (dense maps, also with a cut-off last tile)."""
@@ -66,29 +87,42 @@ def _longest_first(lists: TileLists, group: int, reverse_ties: bool) -> Optional
     order = torch.argsort(keyed.flatten(), descending=True, stable=True)
     if reverse_ties:
         order = (order // n_tiles) * n_tiles + (n_tiles - 1 - order % n_tiles)
-    return order.to(torch.int32).contiguous()
+    return Schedule(order.to(torch.int32).contiguous(), heads, float(cost.max().item()),
+                    float(cost.sum().item()))
 
 
-def row_schedule(plan: KernelPlan) -> Optional[Schedule]:
-    """The launch order of the forward and dq kernels (programs per query tile), or None for the
-    plain order. Ties go to later query tiles first (the causal-like order)."""
+def _sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return _DEFAULT_SMS
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _chosen(found: Optional[Schedule], batch: int, kernel_heads: int, device) -> Optional[Schedule]:
+    if found is None or not found.has_tail(batch, kernel_heads, _sms(device)):
+        return None
+    return found
+
+
+def row_schedule(plan: KernelPlan, batch: int, heads: int) -> Optional[Schedule]:
+    """The launch order of the forward and dq kernels (programs per query tile) over ``batch`` x
+    ``heads`` query heads, or None for the plain grid. Ties go to later query tiles first (the
+    causal-like order)."""
     if not ENABLED:
         return None
     key = ("rows",)
     if key not in plan.schedules:
-        order = _longest_first(plan.rows, 1, reverse_ties=True)
-        plan.schedules[key] = None if order is None else Schedule(order, plan.map_heads)
-    return plan.schedules[key]
+        plan.schedules[key] = _longest_first(plan.rows, 1, True, plan.map_heads)
+    return _chosen(plan.schedules[key], batch, heads, plan.rows.full_count.device)
 
 
-def col_schedule(plan: KernelPlan, kv_heads: int) -> Optional[Schedule]:
+def col_schedule(plan: KernelPlan, batch: int, kv_heads: int) -> Optional[Schedule]:
     """The launch order of the dk/dv kernel (programs per key/value head and key tile, each
-    walking the lists of its ``heads // kv_heads`` query heads), or None for the plain order."""
+    walking the lists of its query heads) over ``batch`` x ``kv_heads``, or None for the plain
+    grid."""
     if not ENABLED:
         return None
     key = ("cols", kv_heads)
     if key not in plan.schedules:
         group = plan.map_heads // kv_heads if plan.map_heads > 1 else 1
-        order = _longest_first(plan.cols, group, reverse_ties=False)
-        plan.schedules[key] = None if order is None else Schedule(order, plan.map_heads // group)
-    return plan.schedules[key]
+        plan.schedules[key] = _longest_first(plan.cols, group, False, plan.map_heads // group)
+    return _chosen(plan.schedules[key], batch, kv_heads, plan.cols.full_count.device)
