@@ -132,6 +132,44 @@ def run_delta_case(dtype, B, T, H, K, V, gated, varlen, corr):
             "non_finite": bool(unwritten)}
 
 
+INVERSE_CASES = [  # dtype, T, H, K, gated, key correlation
+    ("float32", 130, 2, 32, True, 0.9),
+    ("float32", 64, 2, 64, False, 0.99),
+    ("float16", 100, 1, 32, True, 0.9),
+]
+
+
+def run_inverse_case(dtype, T, H, K, gated, corr):
+    """The per-chunk ``T = (I + M)^-1`` of ``delta_prepare`` against ``torch.linalg.inv`` in float64, for
+    correlated unit keys and ``beta`` in ``[0, 2)`` (entries of ``M`` up to about 2; a larger ``beta`` makes
+    ``T`` itself grow exponentially with the chunk length): relative error of ``T`` and ``||T (I + M) - I|| / ||I||``
+    over all chunks and heads."""
+    dt = getattr(torch, dtype)
+    k = correlated_keys(1, T, H, K, corr).to(dt).reshape(T, H, K).contiguous()
+    v = torch.randn(T, H, 16, dtype=dt)
+    beta = 2 * torch.rand(T, H)
+    packed = kernels.packed_chunks(1, T, kernels.CHUNK, k.device, None)
+    gc = kernels.chunk_local_cumsum(F.logsigmoid(torch.randn(T, H) + 3), packed) if gated else None
+    Tinv, _, _ = delta_kernels.delta_prepare(k, v, beta, gc, packed)
+    err2 = ref2 = res2 = eye2 = 0.
+    for c0 in range(0, T, kernels.CHUNK):
+        n = min(kernels.CHUNK, T - c0)
+        eye = torch.eye(n, dtype=torch.float64)
+        for h in range(H):
+            kc = k[c0:c0 + n, h].double()
+            b = torch.zeros(n, dtype=torch.float64) if gc is None else gc[c0:c0 + n, h].double()
+            M = torch.tril(beta[c0:c0 + n, h].double()[:, None] * torch.exp(b[:, None] - b[None, :]) * (kc @ kc.T), -1)
+            ref = torch.linalg.inv(eye + M)
+            Tk = Tinv[c0:c0 + n, h].double()
+            err2 += (Tk[:, :n] - ref).norm().item() ** 2 + Tk[:, n:].norm().item() ** 2
+            ref2 += ref.norm().item() ** 2
+            res2 += (Tk[:, :n] @ (eye + M) - eye).norm().item() ** 2
+            eye2 += n
+    return {"case": [dtype, 1, T, H, K, 0, f"delta-inverse-corr{corr}" + ("-gated" if gated else ""), False],
+            "errors": {"inverse": (err2 / ref2) ** 0.5, "inverse_residual": (res2 / eye2) ** 0.5},
+            "non_finite": not bool(torch.isfinite(Tinv).all())}
+
+
 def run_normalized_linear_attention():
     """``linear_attention`` (elu + 1, normalized, with a carried state) through the Triton path."""
     B, T, H, K, V = 2, 70, 2, 32, 16
@@ -160,4 +198,6 @@ if __name__ == "__main__":
         print(json.dumps(run_case(*case)), flush=True)
     for case in DELTA_CASES:
         print(json.dumps(run_delta_case(*case)), flush=True)
+    for case in INVERSE_CASES:
+        print(json.dumps(run_inverse_case(*case)), flush=True)
     print(json.dumps(run_normalized_linear_attention()), flush=True)

@@ -38,6 +38,12 @@ def _per_token(x, bos, seq_len, i_h, H, row0, BT: tl.constexpr):
 
 
 @triton.jit
+def _sub_rows(x, bos, seq_len, i_h, H, D: tl.constexpr, row0, BR: tl.constexpr, BD: tl.constexpr):
+    """Rows ``row0 : row0 + BR`` of one sequence of ``x[TT, H, D]``, ``[BR, BD]`` (zeros past the sequence or ``D``)."""
+    return tl.load(_rows(x, bos, seq_len, i_h, H, D, row0, 0, BR, BD), boundary_check=(0, 1), padding_option="zero")
+
+
+@triton.jit
 def _decay(b_b, o_t, INCLUSIVE: tl.constexpr):
     """``exp(b_i - b_j)`` on ``j <= i`` (``j < i`` unless ``INCLUSIVE``), 0 elsewhere."""
     if INCLUSIVE:
@@ -57,30 +63,102 @@ def _dot_fp32(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _unit_lower_inverse(b_X, o_t, LOG2_BT: tl.constexpr, IEEE: tl.constexpr):
-    """``(I - X)^-1`` for strictly lower triangular ``X`` (``[BT, BT]`` float32) by block forward substitution.
+def _stack4(a, b, c, d):
+    """Four ``[R, C]`` blocks as one ``[4, R, C]`` batch, in order."""
+    R: tl.constexpr = a.shape[0]
+    C: tl.constexpr = a.shape[1]
+    # join(join(a, b), join(c, d))[r, s, t, u] is block 2u + t.
+    return tl.reshape(tl.permute(tl.join(tl.join(a, b), tl.join(c, d)), (3, 2, 0, 1)), (4, R, C))
 
-    Diagonal blocks of 2, 4, ..., BT rows are inverted in turn, each level merging pairs of inverted
-    blocks: ``[[A, 0], [C, D]]^-1 = [[A^-1, 0], [-D^-1 C A^-1, D^-1]]``. Every intermediate is a block of
-    the inverse itself, so nothing grows; the product form ``(I + X)(I + X^2)(I + X^4)...`` has the same
-    cost but its powers of ``X`` grow by orders of magnitude (and cancel) when keys are correlated."""
-    rows = o_t[:, None]
-    cols = o_t[None, :]
-    b_T = (rows == cols).to(tl.float32) + tl.where(rows // 2 == cols // 2, b_X, 0.)
-    s = 2
-    for _ in tl.static_range(LOG2_BT - 1):
-        # -C of every pair of s-blocks: the part of -M below the diagonal s-blocks, within each 2s-block.
-        b_C = tl.where((rows // (2 * s) == cols // (2 * s)) & (rows // s != cols // s), b_X, 0.)
-        b_T += _dot_fp32(b_T, _dot_fp32(b_C, b_T, IEEE), IEEE)
-        s = s * 2
+
+@triton.jit
+def _unstack4(x):
+    """The four ``[R, C]`` blocks of a ``[4, R, C]`` batch (inverse of ``_stack4``)."""
+    R: tl.constexpr = x.shape[1]
+    C: tl.constexpr = x.shape[2]
+    ab, cd = tl.split(tl.permute(tl.reshape(x, (2, 2, R, C)), (2, 3, 1, 0)))
+    a, b = tl.split(ab)
+    c, d = tl.split(cd)
+    return a, b, c, d
+
+
+@triton.jit
+def _m_block(Tinv, bos, seq_len, i_h, H, BT: tl.constexpr, row0, a: tl.constexpr, b: tl.constexpr,
+             BC: tl.constexpr):
+    """Block ``M_ab`` (``[BC, BC]``: rows of block ``a``, columns of block ``b``) of a chunk's ``M`` held in
+    its rows of ``Tinv[TT, H, BT]`` (zeros past the sequence)."""
+    return tl.load(_rows(Tinv, bos, seq_len, i_h, H, BT, row0 + a * BC, b * BC, BC, BC), boundary_check=(0, 1),
+                   padding_option="zero")
+
+
+@triton.jit
+def _m_diag_t(Tinv, bos, seq_len, i_h, H, BT: tl.constexpr, row0, a: tl.constexpr, BC: tl.constexpr):
+    """``M_aa^T`` (``[BC, BC]``), the transposed diagonal block ``a`` of ``M`` held as in ``_m_block``."""
+    return tl.load(_rows_t(Tinv, bos, seq_len, i_h, H, BT, row0 + a * BC, a * BC, BC, BC), boundary_check=(0, 1),
+                   padding_option="zero")
+
+
+@triton.jit
+def _diag_inverses(b_Lt):
+    """``(I + L)^-1`` for a ``[NB, BC, BC]`` batch of strictly lower ``L``, given as ``L^T``, by forward
+    substitution: row ``i`` of the inverse is ``e_i - sum_{j < i} L_ij T_j``, all blocks at once. Only
+    final rows of the inverse enter each step, so nothing grows beyond the inverse itself (float32 FMAs)."""
+    o_c = tl.arange(0, b_Lt.shape[1])
+    rows = o_c[None, :, None]
+    cols = o_c[None, None, :]
+    b_T = tl.zeros(b_Lt.shape, dtype=tl.float32) + (rows == cols).to(tl.float32)
+    for i in tl.static_range(1, b_Lt.shape[1]):
+        b_l = tl.sum(tl.where(cols == i, b_Lt, 0.), 2)  # [NB, BC]: row i of each L
+        b_T = tl.where(rows == i, b_T - tl.sum(b_l[:, :, None] * b_T, 1)[:, None, :], b_T)
     return b_T
+
+
+@triton.jit
+def _unit_lower_inverse(T0, T1, T2, T3, M10, M20, M21, M30, M31, M32, IEEE: tl.constexpr):
+    """The blocks below the diagonal ``(T10, T20, T21, T30, T31, T32)``, each ``[BC, BC]`` float32, of
+    ``(I + M)^-1`` for a strictly lower ``[4 BC, 4 BC]`` ``M`` given by its blocks ``M_ab`` (``a > b``) and the
+    inverses ``T_a`` of its diagonal blocks ``I + M_aa`` (the diagonal blocks of the result).
+
+    Pairs of blocks merge into 2-block inverses, then those into the whole:
+    ``[[A, 0], [C, D]]^-1 = [[A^-1, 0], [-D^-1 C A^-1, D^-1]]``. Every intermediate is a block of the inverse
+    (or ``C A^-1``), so nothing grows when keys are correlated; 16 ``BC^3`` float32 products (``_dot_fp32``)."""
+    T10 = -_dot_fp32(T1, _dot_fp32(M10, T0, IEEE), IEEE)
+    T32 = -_dot_fp32(T3, _dot_fp32(M32, T2, IEEE), IEEE)
+    # C A^-1 for the lower left 2 x 2 blocks, C = [[M20, M21], [M30, M31]], A^-1 = [[T0, 0], [T10, T1]].
+    X20 = _dot_fp32(M20, T0, IEEE) + _dot_fp32(M21, T10, IEEE)
+    X21 = _dot_fp32(M21, T1, IEEE)
+    X30 = _dot_fp32(M30, T0, IEEE) + _dot_fp32(M31, T10, IEEE)
+    X31 = _dot_fp32(M31, T1, IEEE)
+    # -D^-1 (C A^-1), D^-1 = [[T2, 0], [T32, T3]].
+    T20 = -_dot_fp32(T2, X20, IEEE)
+    T21 = -_dot_fp32(T2, X21, IEEE)
+    T30 = -(_dot_fp32(T32, X20, IEEE) + _dot_fp32(T3, X30, IEEE))
+    T31 = -(_dot_fp32(T32, X21, IEEE) + _dot_fp32(T3, X31, IEEE))
+    return T10, T20, T21, T30, T31, T32
+
+
+@triton.jit
+def _store_row_block(Tinv, bos, seq_len, i_h, H, BT: tl.constexpr, row0, B0, B1, B2, B3):
+    """Rows ``row0 : row0 + BC`` of ``T`` (``Tinv[TT, H, BT]``) from its four ``[BC, BC]`` column blocks."""
+    BC: tl.constexpr = B0.shape[0]
+    tl.store(_rows(Tinv, bos, seq_len, i_h, H, BT, row0, 0, BC, BC), B0, boundary_check=(0, 1))
+    tl.store(_rows(Tinv, bos, seq_len, i_h, H, BT, row0, BC, BC, BC), B1, boundary_check=(0, 1))
+    tl.store(_rows(Tinv, bos, seq_len, i_h, H, BT, row0, 2 * BC, BC, BC), B2, boundary_check=(0, 1))
+    tl.store(_rows(Tinv, bos, seq_len, i_h, H, BT, row0, 3 * BC, BC, BC), B3, boundary_check=(0, 1))
 
 
 @triton.jit
 def _delta_prepare_kernel(k, v, beta, gc, Tinv, w, u0, cu_seqlens, chunk_indices, H,
                           K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                          BV: tl.constexpr, LOG2_BT: tl.constexpr, USE_G: tl.constexpr, IEEE: tl.constexpr):
-    """``T = (I + M)^-1`` (stored float32, one row per token), ``W = T (beta exp(b) k)``, ``U = T (beta v)``."""
+                          BV: tl.constexpr, USE_G: tl.constexpr, IEEE: tl.constexpr):
+    """``T = (I + M)^-1`` (stored float32, one row per token), ``W = T (beta exp(b) k)``, ``U = T (beta v)``.
+
+    ``M`` comes from one ``BT x BT`` product and is inverted in ``BC = BT / 4`` blocks: the four diagonal
+    blocks by forward substitution (``_diag_inverses``), then two merge levels of ``BC x BC`` products
+    (``_unit_lower_inverse``; float32 accuracy: IEEE for float32 inputs, three TF32 passes otherwise). The
+    blocks of ``M`` are read back from the chunk's own rows of ``Tinv``, which ``T`` then overwrites."""
+    BC: tl.constexpr = BT // 4
+    o_t = tl.arange(0, BT)
     i_c = tl.program_id(0)
     i_h = tl.program_id(1)
     i_n = tl.load(chunk_indices + i_c * 2)
@@ -88,19 +166,39 @@ def _delta_prepare_kernel(k, v, beta, gc, Tinv, w, u0, cu_seqlens, chunk_indices
     bos = tl.load(cu_seqlens + i_n)
     seq_len = tl.load(cu_seqlens + i_n + 1) - bos
     row0 = i_t * BT
-    o_t = tl.arange(0, BT)
 
-    b_k = tl.load(_rows(k, bos, seq_len, i_h, H, K, row0, 0, BT, BK), boundary_check=(0, 1), padding_option="zero")
+    b_k = _sub_rows(k, bos, seq_len, i_h, H, K, row0, BT, BK)
     b_beta = _per_token(beta, bos, seq_len, i_h, H, row0, BT)
-    b_kk = _dot(b_k, tl.trans(b_k), IEEE)
+    b_M = _dot(b_k, tl.trans(b_k), IEEE) * b_beta[:, None]
     if USE_G:
         b_b, _ = _gate_local(gc, bos, seq_len, i_h, H, row0, BT)
-        b_X = -(b_beta[:, None] * b_kk * _decay(b_b, o_t, False))
+        b_M *= _decay(b_b, o_t, False)
     else:
-        b_X = -tl.where(o_t[:, None] > o_t[None, :], b_beta[:, None] * b_kk, 0.)
-    b_T = _unit_lower_inverse(b_X, o_t, LOG2_BT, IEEE)
-    tl.store(_rows(Tinv, bos, seq_len, i_h, H, BT, row0, 0, BT, BT), b_T, boundary_check=(0, 1))
-
+        b_M = tl.where(o_t[:, None] > o_t[None, :], b_M, 0.)
+    # M goes through this chunk's rows of Tinv (overwritten by T below) to be read back in BC x BC blocks;
+    # block barriers order this program's stores and loads of it.
+    p_T = _rows(Tinv, bos, seq_len, i_h, H, BT, row0, 0, BT, BT)
+    tl.store(p_T, b_M, boundary_check=(0, 1))
+    tl.debug_barrier()
+    T0, T1, T2, T3 = _unstack4(_diag_inverses(_stack4(
+        _m_diag_t(Tinv, bos, seq_len, i_h, H, BT, row0, 0, BC), _m_diag_t(Tinv, bos, seq_len, i_h, H, BT, row0, 1, BC),
+        _m_diag_t(Tinv, bos, seq_len, i_h, H, BT, row0, 2, BC),
+        _m_diag_t(Tinv, bos, seq_len, i_h, H, BT, row0, 3, BC))))
+    T10, T20, T21, T30, T31, T32 = _unit_lower_inverse(
+        T0, T1, T2, T3, _m_block(Tinv, bos, seq_len, i_h, H, BT, row0, 1, 0, BC),
+        _m_block(Tinv, bos, seq_len, i_h, H, BT, row0, 2, 0, BC), _m_block(Tinv, bos, seq_len, i_h, H, BT, row0, 2, 1, BC),
+        _m_block(Tinv, bos, seq_len, i_h, H, BT, row0, 3, 0, BC), _m_block(Tinv, bos, seq_len, i_h, H, BT, row0, 3, 1, BC),
+        _m_block(Tinv, bos, seq_len, i_h, H, BT, row0, 3, 2, BC), IEEE)
+    tl.debug_barrier()
+    Z = tl.zeros([BC, BC], dtype=tl.float32)
+    _store_row_block(Tinv, bos, seq_len, i_h, H, BT, row0, T0, Z, Z, Z)
+    _store_row_block(Tinv, bos, seq_len, i_h, H, BT, row0 + BC, T10, T1, Z, Z)
+    _store_row_block(Tinv, bos, seq_len, i_h, H, BT, row0 + 2 * BC, T20, T21, T2, Z)
+    _store_row_block(Tinv, bos, seq_len, i_h, H, BT, row0 + 3 * BC, T30, T31, T32, T3)
+    # T back as one [BT, BT] tile for the W and U products (rows past the sequence read as zeros; their W
+    # and U rows are not stored).
+    tl.debug_barrier()
+    b_T = tl.load(p_T, boundary_check=(0, 1), padding_option="zero")
     b_Tc = b_T.to(b_k.dtype)
     if USE_G:
         b_kw = (b_k.to(tl.float32) * (b_beta * tl.exp(b_b))[:, None]).to(b_k.dtype)
@@ -332,15 +430,17 @@ def delta_prepare(k, v, beta, gc, packed):
     token), ``W = T (beta exp(b) k)`` and ``U = T (beta v)``."""
     TT, H, K = k.shape
     V = v.shape[-1]
-    cfg = tuning.pick("delta.prepare", _key(k, v, gc is not None), None)
-    Tinv = torch.empty(TT, H, CHUNK, dtype=torch.float32, device=k.device)
-    w = torch.empty_like(k)
-    u0 = torch.empty_like(v)
-    _delta_prepare_kernel[(packed.num_chunks, H)](
-        k, v, beta, gc, Tinv, w, u0, packed.cu_seqlens, packed.chunk_indices, H,
-        K=K, V=V, BT=CHUNK, BK=_block(K, 256), BV=_block(V, cfg.block_v), LOG2_BT=CHUNK.bit_length() - 1,
-        USE_G=gc is not None, IEEE=k.dtype == torch.float32, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    return Tinv, w, u0
+
+    def launch(cfg):
+        Tinv = torch.empty(TT, H, CHUNK, dtype=torch.float32, device=k.device)
+        w = torch.empty_like(k)
+        u0 = torch.empty_like(v)
+        _delta_prepare_kernel[(packed.num_chunks, H)](
+            k, v, beta, gc, Tinv, w, u0, packed.cu_seqlens, packed.chunk_indices, H,
+            K=K, V=V, BT=CHUNK, BK=_block(K, 256), BV=_block(V, cfg.block_v), USE_G=gc is not None,
+            IEEE=k.dtype == torch.float32, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        return Tinv, w, u0
+    return tuning.run("delta.prepare", _key(k, v, gc is not None), launch)
 
 
 def delta_states(k, w, u0, gc, initial_state, output_final_state, packed):

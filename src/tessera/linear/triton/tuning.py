@@ -59,7 +59,7 @@ CANDIDATES: dict[str, tuple[LaunchConfig, ...]] = {
     "gla.state_grad": _STATE,
     "gla.dv": (C(64, 64, 8, 2), C(64, 64, 4, 3), C(32, 64, 4, 3)),
     "gla.dqk": (C(64, 64, 8, 2), C(64, 64, 4, 3), C(32, 64, 4, 3)),
-    "delta.prepare": (C(0, 64, 8, 3),),
+    "delta.prepare": (C(0, 64, 8, 3), C(0, 64, 4, 3), C(0, 128, 8, 2), C(0, 64, 4, 2)),
     "delta.state": _DELTA_STATE,
     "delta.output": (C(64, 64, 8, 3), C(128, 128, 8, 3), C(64, 128, 8, 2), C(32, 32, 2, 3)),
     # Updates du in place: a timed choice would run it repeatedly, so one candidate (sweeps use OVERRIDES).
