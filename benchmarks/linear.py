@@ -85,6 +85,20 @@ def fla_fn(op):
     raise ValueError(op)
 
 
+GUARD_NOTE = ("fla's guard lifted (--fla-unguarded): fla refuses gated chunk_bwd_dqkwg on Triton 3.4-3.7.1 + "
+              "Hopper because its results are wrong there; this times that backward, speed only")
+
+
+def lift_fla_hopper_guard() -> bool:
+    """Let fla run its gated backward on Triton < 3.7.1 + Hopper (it raises there, see GUARD_NOTE)."""
+    try:
+        import fla.ops.common.chunk_o as chunk_o
+    except Exception:
+        return False
+    chunk_o.TRITON_ABOVE_3_7_1 = True
+    return True
+
+
 def sdpa_fn():
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -133,7 +147,7 @@ def record(case, impl, direction, ms, T, note=None):
     return r
 
 
-def measure(impl, fn, op, T, direction, records, case):
+def measure(impl, fn, op, T, direction, records, case, note=None):
     if isinstance(fn, str):
         records.append(record(case, impl, direction, None, T, f"unavailable: {fn}"))
         return
@@ -141,7 +155,7 @@ def measure(impl, fn, op, T, direction, records, case):
     q, k, v, extra = make_inputs(op, T)
     try:
         ms = time_fn(fn, q, k, v, extra, direction)
-        records.append(record(case, impl, direction, ms, T))
+        records.append(record(case, impl, direction, ms, T, note))
     except Exception as exc:
         msg = f"{type(exc).__name__}: {exc}"
         records.append(record(case, impl, direction, None, T, msg))
@@ -186,7 +200,10 @@ def main():
     p.add_argument("--sweep", action="store_true")
     p.add_argument("--sweep-only", action="store_true", help="only the launch-setting sweep and simple_gla at T=16384")
     p.add_argument("--dry-run", action="store_true", help="CPU, plain timer: checks the script, not the kernels")
+    p.add_argument("--fla-unguarded", action="store_true",
+                   help="time fla's gated backward where fla refuses it (wrong results on Triton < 3.7.1 + Hopper)")
     args = p.parse_args()
+    unguarded = args.fla_unguarded and lift_fla_hopper_guard()
     if args.dry_run:
         global DEVICE, do_bench
         DEVICE = "cpu"
@@ -207,7 +224,9 @@ def main():
             else:
                 case = f"{op}/B{B}-H{H}-D{D}-T{T}"
                 measure("tessera", tessera_fn(op), op, T, direction, records, case)
-                measure("fla", fla_fn(op), op, T, direction, records, case)
+                gated_bwd = direction == "fwd+bwd" and op in ("simple_gla", "gla", "gated_delta_rule")
+                measure("fla", fla_fn(op), op, T, direction, records, case,
+                        GUARD_NOTE if unguarded and gated_bwd else None)
             for r in records[start:]:
                 print(f"{r['case']:36s} {r['impl']:10s} {r['direction']:8s} {r['ms']}", flush=True)
             write(path, records)
