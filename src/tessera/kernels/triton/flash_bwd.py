@@ -25,7 +25,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from . import streams
 from .flash_fwd import LOG2E, broadcast_strides, low_rank_args, rank_pad, rel_pos_args, tma_ok
-from .program_ids import program_cols, program_rows
+from .program_ids import RUN_TIME_INTS, program_cols, program_rows
 from .row_dot import row_dot
 from .schedule import col_schedule, row_schedule
 from .scoring import (INTERPRETED, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
@@ -132,7 +132,7 @@ def _dkdv_tiles(dk, dv, dw, k, v, q_base, do_base, s_qs, s_dos, q_desc, do_desc,
     return dk, dv, dw
 
 
-@triton.jit(do_not_specialize=["S_Q", "S_K"])
+@triton.jit(do_not_specialize=RUN_TIME_INTS)
 def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV, DW,
                    FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, PART_BITS, BITS, TILE_BAND, NA,
                    ORDER, REPS, ORDER_HEADS, SLOPES, BIAS, U, W, TABLE,
@@ -149,7 +149,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV, DW,
                    TENSOR_BIAS: tl.constexpr, LOW_RANK: tl.constexpr, LOW_RANK_GRAD: tl.constexpr,
                    R_PAD: tl.constexpr, REL_POS: tl.constexpr, SIGMOID: tl.constexpr,
                    PRECISION: tl.constexpr, USE_TMA: tl.constexpr, TILE_BANDS: tl.constexpr,
-                   NA_STATIC: tl.constexpr, SCHEDULED: tl.constexpr):
+                   NA_STATIC: tl.constexpr, SCHEDULED):
     n, b, hk = program_cols(ORDER, REPS, ORDER_HEADS, H_KV, N_K_TILES, SCHEDULED)
 
     offs_m = tl.arange(0, BLOCK_M)
@@ -327,7 +327,7 @@ def _dq_tiles(dq, dslope, du, q, do, lse2, delta, k_base, v_base, s_kn, s_vn, k_
     return dq, dslope, du
 
 
-@triton.jit(do_not_specialize=["S_Q", "S_K"])
+@triton.jit(do_not_specialize=RUN_TIME_INTS)
 def _attn_bwd_dq(Q, K, V, DO, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, DU, DTABLE,
                  FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, PART_BITS, BITS, TILE_BAND, NA,
                  ORDER, REPS, ORDER_HEADS, SLOPES, BIAS, U, W, TABLE,
@@ -345,7 +345,7 @@ def _attn_bwd_dq(Q, K, V, DO, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, DU,
                  R_PAD: tl.constexpr, REL_POS: tl.constexpr, REL_POS_GRAD: tl.constexpr,
                  SIGMOID: tl.constexpr, BIAS_GRAD: tl.constexpr,
                  SLOPE_GRAD: tl.constexpr, PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
-                 TILE_BANDS: tl.constexpr, NA_STATIC: tl.constexpr, SCHEDULED: tl.constexpr):
+                 TILE_BANDS: tl.constexpr, NA_STATIC: tl.constexpr, SCHEDULED):
     m, b, h = program_rows(ORDER, REPS, ORDER_HEADS, H_Q, N_Q_TILES, SCHEDULED)
     bh = b * H_Q + h
     hk = h // GROUP
@@ -539,7 +539,7 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
             q, k, v, do, q_desc, do_desc, lse, delta, dk, dv, dw if dw is not None else dummy,
             cols.full_count, cols.full_index, cols.part_count, cols.part_index, cols.part_bits,
             dkdv_plan.bits, dkdv_plan.tile_band, dkdv_plan.na_params,
-            dummy if col_order is None else col_order.order, col_reps,
+            cols.full_count if col_order is None else col_order.order, col_reps,
             1 if col_order is None else col_order.heads, slopes if slopes is not None else dummy,
             bias if bias is not None else dummy, *factors[:2], table_args[0],
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -551,7 +551,7 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
             *variant_args, dkdv_plan.band_lo, dkdv_plan.band_hi, sig_bias2,
             BLOCK_M=dkdv_plan.block_m, BLOCK_N=dkdv_plan.block_n, MASK_MODE=dkdv_plan.mask_mode,
             USE_TMA=use_tma, TILE_BANDS=dkdv_plan.bands_per_tile, NA_STATIC=dkdv_plan.na_static,
-            SCHEDULED=col_order is not None, num_warps=dkdv_config.num_warps, num_stages=dkdv_config.num_stages, **common,
+            SCHEDULED=int(col_order is not None), num_warps=dkdv_config.num_warps, num_stages=dkdv_config.num_stages, **common,
         )
     rows = dq_plan.rows
     use_tma = tma_ok(k, v, dq_plan.block_n)
@@ -567,7 +567,7 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
         dtable if dtable is not None else dummy,
         rows.full_count, rows.full_index, rows.part_count, rows.part_index, rows.part_bits,
         dq_plan.bits, dq_plan.tile_band, dq_plan.na_params,
-        dummy if row_order is None else row_order.order, row_reps,
+        rows.full_count if row_order is None else row_order.order, row_reps,
         1 if row_order is None else row_order.heads, slopes if slopes is not None else dummy,
         bias if bias is not None else dummy, *factors[:2], table_args[0],
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -580,7 +580,7 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
         BLOCK_M=dq_plan.block_m, BLOCK_N=dq_plan.block_n, MASK_MODE=dq_plan.mask_mode,
         BIAS_GRAD=bias_grad, SLOPE_GRAD=slope_grad, REL_POS_GRAD=rel_pos_grad, USE_TMA=use_tma,
         TILE_BANDS=dq_plan.bands_per_tile, NA_STATIC=dq_plan.na_static,
-        SCHEDULED=row_order is not None, num_warps=dq_config.num_warps, num_stages=dq_config.num_stages, **common,
+        SCHEDULED=int(row_order is not None), num_warps=dq_config.num_warps, num_stages=dq_config.num_stages, **common,
     )
     streams.join(side)
     dslopes = None

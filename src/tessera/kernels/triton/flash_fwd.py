@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from .program_ids import program_rows
+from .program_ids import RUN_TIME_INTS, program_rows
 from .schedule import row_schedule
 from .scoring import (INTERPRETED, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
                       na_codes, na_query_windows, rel_pos_tile, score_tile)
@@ -112,7 +112,7 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_desc, v_desc, b, 
     return acc, l_i, m_i
 
 
-@triton.jit(do_not_specialize=["S_Q", "S_K"])
+@triton.jit(do_not_specialize=RUN_TIME_INTS)
 def _attn_fwd(Q, K, V, K_DESC, V_DESC, O, LSE,
               FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, PART_BITS, BITS, TILE_BAND, NA,
               ORDER, REPS, ORDER_HEADS, SINKS, SLOPES, BIAS, U, W, TABLE,
@@ -128,7 +128,7 @@ def _attn_fwd(Q, K, V, K_DESC, V_DESC, O, LSE,
               ALIBI: tl.constexpr, TENSOR_BIAS: tl.constexpr, LOW_RANK: tl.constexpr,
               R_PAD: tl.constexpr, REL_POS: tl.constexpr, SIGMOID: tl.constexpr,
               PRECISION: tl.constexpr, USE_TMA: tl.constexpr, TILE_BANDS: tl.constexpr,
-              NA_STATIC: tl.constexpr, SCHEDULED: tl.constexpr):
+              NA_STATIC: tl.constexpr, SCHEDULED):
     m, b, h = program_rows(ORDER, REPS, ORDER_HEADS, H_Q, N_Q_TILES, SCHEDULED)
     bh = b * H_Q + h
     hk = h // GROUP
@@ -300,7 +300,7 @@ def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, sl
     rows = plan.rows
     schedule = row_schedule(plan, batch, heads)
     grid, reps = ((plan.n_q_tiles, batch * heads), 1) if schedule is None else schedule.launch(batch, heads)
-    order = dummy if schedule is None else schedule.order
+    order = rows.full_count if schedule is None else schedule.order     # int32 either way
     use_tma = tma_ok(k, v, plan.block_n)
     if use_tma:
         d_pad, dv_pad = max(16, triton.next_power_of_2(dim)), max(16, triton.next_power_of_2(dim_v))
@@ -328,7 +328,7 @@ def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, sl
         ALIBI=slopes is not None, TENSOR_BIAS=bias is not None, LOW_RANK=low_rank is not None,
         R_PAD=rank_pad(factors[-1]), REL_POS=rel_pos is not None, SIGMOID=sigmoid,
         PRECISION=precision, USE_TMA=use_tma, TILE_BANDS=plan.bands_per_tile,
-        NA_STATIC=plan.na_static, SCHEDULED=schedule is not None, num_warps=config.num_warps,
+        NA_STATIC=plan.na_static, SCHEDULED=int(schedule is not None), num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
     return o, (None if sigmoid else lse)

@@ -6,13 +6,20 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+# Integer arguments of the flash kernels that vary with lengths or patterns: kept out of Triton's
+# specialization (value 1, divisibility by 16), so that a new length, window size, block layout or
+# launch order reuses the compiled kernel (a kernel names only those of them it has).
+RUN_TIME_INTS = ["S_Q", "S_K", "N_Q_TILES", "N_K_TILES", "FULL_W", "PART_W", "band_lo", "band_hi",
+                 "REPS", "ORDER_HEADS", "MAP_HEADS", "SCHEDULED"]
+
 
 @triton.jit
-def program_rows(ORDER, REPS, ORDER_HEADS, H_Q, N_Q_TILES, SCHEDULED: tl.constexpr):
-    """``(m, b, h)``: query tile, batch, query head. Plain grid ``(N_Q_TILES, B * H_Q)`` with the
-    query tiles in descending order (on causal-like maps the longest first); scheduled grid
-    ``(len(ORDER) * REPS,)``: entry ``ORDER[pid // REPS] = head_entry * N_Q_TILES + m``, replica
-    ``pid % REPS`` over the batch and the heads ``head_entry + j * ORDER_HEADS``."""
+def program_rows(ORDER, REPS, ORDER_HEADS, H_Q, N_Q_TILES, SCHEDULED):
+    """``(m, b, h)``: query tile, batch, query head. ``SCHEDULED`` (run-time 0 or 1) off: grid
+    ``(N_Q_TILES, B * H_Q)``, query tiles in descending order (on causal-like maps the longest
+    first). On: grid ``(len(ORDER) * REPS,)``, entry ``ORDER[pid // REPS] = head_entry *
+    N_Q_TILES + m`` (int32), replica ``pid % REPS`` over the batch and the heads ``head_entry +
+    j * ORDER_HEADS``."""
     if SCHEDULED:
         pid = tl.program_id(0)
         entry = tl.load(ORDER + pid // REPS)
@@ -30,7 +37,7 @@ def program_rows(ORDER, REPS, ORDER_HEADS, H_Q, N_Q_TILES, SCHEDULED: tl.constex
 
 
 @triton.jit
-def program_cols(ORDER, REPS, ORDER_HEADS, H_KV, N_K_TILES, SCHEDULED: tl.constexpr):
+def program_cols(ORDER, REPS, ORDER_HEADS, H_KV, N_K_TILES, SCHEDULED):
     """``(n, b, hk)``: key tile, batch, key/value head. Plain grid ``(N_K_TILES, B * H_KV)``;
     scheduled grid as ``program_rows`` with key tiles and key/value heads."""
     if SCHEDULED:
