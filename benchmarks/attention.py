@@ -17,6 +17,7 @@ import torch
 
 from tessera.bench.attention import cpu_cases, gpu_cases, run_case
 from tessera.bench.report import print_table, results_path, write_results
+from tessera.bench.timing import warm_up_gpu
 
 
 def main() -> None:
@@ -31,6 +32,7 @@ def main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     path = results_path(Path(args.out), device, "attention", datetime.date.today().isoformat())
     records = []
+    warm_up_gpu(device)
     # Written after every case, so a run stopped by a time limit keeps what it measured.
     for case in cases:
         print(case.name)

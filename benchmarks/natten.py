@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from tessera.bench.attention import natten_cases, run_case, tiled_pattern
+from tessera.bench.timing import warm_up_gpu
 from tessera.bench.report import print_table, results_path, write_results
 from tessera.kernels.triton.backend import forward_tiles
 from tessera.patterns import Neighborhood, predicted_speedup
@@ -77,6 +78,7 @@ def main() -> None:
                  for c in cases]
     path = results_path(Path(args.out), device, args.suite, datetime.date.today().isoformat())
     records, done = [], []
+    warm_up_gpu(device)
     # Written after every case, so a run stopped by a time limit keeps what it measured.
     for case in cases:
         print(case.name)

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .timing import median_ms
+from .timing import median_ms, warm_up_gpu
 
 FWD_BWD_FLOP_FACTOR = 3.5
 
@@ -336,6 +336,7 @@ def run_suite(device: torch.device, cases: list[Case] | None = None, dtype: torc
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     records = []
+    warm_up_gpu(device)
     for case in cases:
         log(case.name)
         records += run_case(case, device, dtype, log=log)
