@@ -6,7 +6,8 @@ configuration of tessera's forward kernels. GPU only (--dry-run checks the scrip
 Shapes: B=2, H=16, K=V=128, bf16; T in --T (default 4096 16384); sweeps and breakdowns at the largest T.
 Times are medians of triton.testing.do_bench on the same input tensors for both libraries.
 
-Rows, in priority order (a run cut short by --budget or a kill keeps everything measured before):
+Rows, in priority order (a run cut short by --budget or a kill keeps everything measured before); --parts
+picks which run (default all: compare, simple-gla-breakdown, sweep, delta-breakdown):
   1. part="compare": the first op (simple_gla), forward, impl tessera and fla, at the largest T;
   2. part="breakdown": the forward of simple_gla split into its kernels, tessera and fla;
   3. part="sweep": every candidate configuration (tuning.CANDIDATES, forced through tuning.OVERRIDES)
@@ -14,18 +15,39 @@ Rows, in priority order (a run cut short by --budget or a kill keeps everything 
      timed alone;
   4. part="compare": the other ops' forward at the largest T, then fwd+bwd of every op, then both
      directions at the other T (each followed by an impl="ratio" row: fla ms / tessera ms);
-  5. part="breakdown" of the simple_gla backward (tessera).
+  5. part="breakdown" of the simple_gla backward (tessera);
+  6. part="breakdown", op="delta_rule" (ungated, --parts delta-breakdown): each kernel timed alone, in
+     this order, every block after a stage="setup" row; "group" names what tessera and fla rows compare:
+     a. fwd, tessera: delta.prepare (group prepare: T = (I + M)^-1, W and U in one kernel), delta.state
+        (state), delta.output (output), delta_rule_forward (total);
+     b. fwd, fla: chunk_scaled_dot_kkt_fwd, solve_tril, recompute_w_u_fwd (group prepare: their sum is
+        tessera's delta.prepare), prepare_wy_repr_fwd (prepare-call: the three as one call),
+        chunk_gated_delta_rule_fwd_h (state), chunk_fwd_o (output), chunk_delta_rule_fwd (total);
+     c. bwd, tessera, on the saved tensors of one forward: delta.attn_dv (attn_dv: du = A^T do),
+        delta.state_grad (state_grad; it completes du in place, so du is restored before every call and
+        that copy's time, reset_ms, subtracted from ms_gross), delta.dqk (dqk), delta.wy_grad (wy_grad),
+        delta_rule_backward (total);
+     d. bwd, fla, on the A of one forward: recompute_w_u_fwd and chunk_gated_delta_rule_fwd_h (recompute:
+        fla recomputes W, U, the states and the new values that tessera saves), chunk_bwd_dv_local
+        (attn_dv), chunk_gated_delta_rule_bwd_dhu (state_grad), chunk_bwd_dqkwg (dqk),
+        prepare_wy_repr_bwd and dk.add_(dk2) (wy_grad), chunk_delta_rule_bwd (total).
+     A stage whose input comes from a failed earlier stage gets a row with that reason.
 The first tessera call per kernel times its candidates (tuning.py) and the first fla call runs fla's
-autotuning; both are compile-heavy, so compare rows warm up once before timing.
+autotuning; both are compile-heavy, so compare rows warm up once before timing (breakdown rows: do_bench's
+first call).
 fla 0.6 refuses the gated backward (chunk_bwd_dqkwg) on Triton 3.4-3.7.0 + Hopper (its issue #640);
 that refusal is recorded, then the backward is timed with the check bypassed (impl "fla-unchecked":
-speed only, its gradients may be wrong).
+speed only, its gradients may be wrong). The delta-rule breakdown is ungated, so it is not affected.
 
 Usage (GPU machine; fla from the carried wheels):
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
   PYTHONPATH=/tmp/site:$PWD/src python3 benchmarks/gpu_linear_sweep.py --out $OUT
+  # the delta-rule breakdowns alone (about 200 s):
+  PYTHONPATH=/tmp/site:$PWD/src python3 benchmarks/gpu_linear_sweep.py --out $OUT \
+      --parts delta-breakdown --ops delta_rule --T 16384 --no-sweep --budget 190
 Writes OUT/gpu_linear_sweep.json ({"device", "torch", "triton", "fla", "date", "tuned", "rows"}) after
-every row and prints one line per row. --check: parse arguments, import, exit (works without a GPU).
+every row and prints one line per row, then summaries (compare; the delta-rule breakdown summed by group).
+--check: parse arguments, import, exit (works without a GPU).
 """
 
 from __future__ import annotations
@@ -45,6 +67,10 @@ import torch.nn.functional as F
 B, H, D = 2, 16, 128
 CASE_TIMEOUT_S = 150
 DEVICE = "cuda"
+PARTS = {"compare": "tessera vs fla, whole op, every op and T",
+         "simple-gla-breakdown": "simple_gla forward (tessera, fla) and backward (tessera) per kernel",
+         "sweep": "every launch configuration of tessera's forward kernels",
+         "delta-breakdown": "delta_rule forward and backward per kernel, tessera and fla"}
 
 
 def parse_args(argv=None):
@@ -56,7 +82,10 @@ def parse_args(argv=None):
     p.add_argument("--budget", type=float, default=255.0,
                    help="seconds; rows not started by then are recorded as skipped, a row running then is cut"
                         " 15 s later")
-    p.add_argument("--no-sweep", action="store_true", help="skip the launch-configuration sweep")
+    p.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS),
+                   help="parts to run (default: all): " + "; ".join(f"{k}: {v}" for k, v in PARTS.items()))
+    p.add_argument("--no-sweep", action="store_true", help="skip the launch-configuration sweep (same as leaving"
+                   " 'sweep' out of --parts)")
     p.add_argument("--no-fla", action="store_true", help="tessera rows only")
     p.add_argument("--check", action="store_true", help="parse arguments, import, exit")
     p.add_argument("--dry-run", action="store_true",
@@ -356,6 +385,218 @@ def breakdown_backward(report, budget, T: int):
         guarded(report, budget, dict(base, stage=stage), lambda fn=fn: {"ms": bench(fn)})
 
 
+class Saved(dict):
+    """Outputs of earlier stages, by name; a missing one (its stage failed) raises a readable error."""
+
+    def __missing__(self, name):
+        raise RuntimeError(f"needs {name!r} from an earlier stage that failed or did not run")
+
+
+def time_stages(report, budget, base: dict, stages: list):
+    """One row per ``(stage, group, step, reset)``, in order: median ms of ``step()`` alone. ``step`` stores
+    what later stages read in a shared ``Saved``; ``reset`` (or None) restores an input that ``step``
+    changes in place, is timed alone, and its time is subtracted (``ms_gross``, ``reset_ms``)."""
+    for stage, group, step, reset in stages:
+        def measure(step=step, reset=reset):
+            if reset is None:
+                return {"ms": bench(step)}
+
+            def gross():
+                reset()
+                step()
+            gross_ms, reset_ms = bench(gross), bench(reset)
+            return {"ms": gross_ms - reset_ms, "ms_gross": gross_ms, "reset_ms": reset_ms}
+        guarded(report, budget, dict(base, stage=stage, group=group), measure)
+
+
+def tessera_delta_forward_stages(flat: dict, packed) -> list:
+    """tessera's delta-rule forward (ungated): ``delta.prepare`` (T = (I + M)^-1, W, U in one kernel),
+    ``delta.state``, ``delta.output``, each alone on precomputed inputs, then the whole
+    ``delta_rule_forward``."""
+    from tessera.linear.triton import delta_rule as dr
+    launch = forward_stages("delta_rule", flat, packed)
+    q, k, v, beta = flat["q"], flat["k"], flat["v"], flat["beta"]
+    return [("delta.prepare", "prepare", launch["delta.prepare"], None),
+            ("delta.state", "state", launch["delta.state"], None),
+            ("delta.output", "output", launch["delta.output"], None),
+            ("delta_rule_forward", "total",
+             lambda: dr.delta_rule_forward(q, k, v, beta, None, D ** -0.5, None, False, packed), None)]
+
+
+def fla_delta_forward_stages(x: dict) -> list:
+    """fla 0.6's chunk_delta_rule forward: chunk_scaled_dot_kkt_fwd (beta K K^T), solve_tril ((I + A)^-1),
+    recompute_w_u_fwd (W, U): together group "prepare", like tessera's delta.prepare; then the three as
+    one prepare_wy_repr_fwd call (group "prepare-call"), chunk_gated_delta_rule_fwd_h (states and new
+    values), chunk_fwd_o, and the whole chunk_delta_rule_fwd."""
+    from fla.ops.common.chunk_delta_h import chunk_gated_delta_rule_fwd_h
+    from fla.ops.common.chunk_o import chunk_fwd_o
+    from fla.ops.common.chunk_scaled_dot_kkt import chunk_scaled_dot_kkt_fwd
+    from fla.ops.delta_rule.chunk import chunk_delta_rule_fwd
+    from fla.ops.delta_rule.wy_fast import prepare_wy_repr_fwd, recompute_w_u_fwd
+    from fla.ops.utils.solve_tril import solve_tril
+    q, k, v, beta = x["q"], x["k"], x["v"], x["beta"]
+    scale, s = D ** -0.5, Saved()
+
+    def kkt():
+        s["A_kkt"] = chunk_scaled_dot_kkt_fwd(k=k, beta=beta, cu_seqlens=None, chunk_size=64,
+                                              output_dtype=torch.float32)
+
+    def tril():
+        s["A"] = solve_tril(A=s["A_kkt"], cu_seqlens=None, output_dtype=k.dtype)
+
+    def w_u():
+        s["w"], s["u"] = recompute_w_u_fwd(k=k, v=v, beta=beta, A=s["A"], cu_seqlens=None)
+
+    def state():
+        s["h"], s["v_new"], _ = chunk_gated_delta_rule_fwd_h(k=k, w=s["w"], u=s["u"], g=None, initial_state=None,
+                                                             output_final_state=False, cu_seqlens=None,
+                                                             chunk_size=64)
+    return [("chunk_scaled_dot_kkt_fwd", "prepare", kkt, None),
+            ("solve_tril", "prepare", tril, None),
+            ("recompute_w_u_fwd", "prepare", w_u, None),
+            ("prepare_wy_repr_fwd", "prepare-call",
+             lambda: prepare_wy_repr_fwd(k=k, v=v, beta=beta, cu_seqlens=None, chunk_size=64), None),
+            ("chunk_gated_delta_rule_fwd_h", "state", state, None),
+            ("chunk_fwd_o", "output",
+             lambda: chunk_fwd_o(q=q, k=k, v=s["v_new"], h=s["h"], g=None, scale=scale, cu_seqlens=None,
+                                 chunk_size=64), None),
+            ("chunk_delta_rule_fwd", "total",
+             lambda: chunk_delta_rule_fwd(q=q, k=k, v=v, beta=beta, scale=scale, initial_state=None,
+                                          output_final_state=False, cu_seqlens=None), None)]
+
+
+def tessera_delta_backward_stages(flat: dict, packed) -> list:
+    """tessera's delta-rule backward (ungated) on the saved tensors of one ``delta_rule_forward``: the
+    functions ``delta_rule_backward`` calls, each alone (``delta.attn_dv``: ``du = A^T do``;
+    ``delta.state_grad``: ``dh``, completes ``du`` in place, so ``du`` is restored before each call and that
+    copy's time subtracted; ``delta.dqk``; ``delta.wy_grad``), then the whole ``delta_rule_backward``."""
+    from tessera.linear.triton import delta_rule as dr
+    q, k, v, beta = flat["q"], flat["k"], flat["v"], flat["beta"]
+    scale = D ** -0.5
+    _, _, saved = dr.delta_rule_forward(q, k, v, beta, None, scale, None, False, packed)
+    Tinv, w, u, h, _ = saved
+    do = torch.randn_like(v)
+    s = Saved()
+
+    def attn_dv():
+        s["du_attn"] = dr.chunk_dv(q, k, None, do, None, scale, packed, kernel="delta.attn_dv",
+                                   out_dtype=torch.float32)
+
+    def reset_du():
+        if "du" not in s:
+            s["du"] = torch.empty_like(s["du_attn"])
+        s["du"].copy_(s["du_attn"])
+
+    def state_grad():
+        s["dh"], _, s["hdh"] = dr.delta_state_grads(q, k, w, None, do, h, s["du"], None, scale, False, packed)
+
+    def dqk():
+        s["dq"], s["dk_partial"], s["dg_partial"] = dr.chunk_dqk(
+            q, k, u, None, h, do, s["dh"], s["hdh"], scale, packed, kernel="delta.dqk", dk_dtype=torch.float32)
+    return [("delta.attn_dv", "attn_dv", attn_dv, None),
+            ("delta.state_grad", "state_grad", state_grad, reset_du),
+            ("delta.dqk", "dqk", dqk, None),
+            ("delta.wy_grad", "wy_grad",
+             lambda: dr.delta_wy_grads(k, v, beta, None, Tinv, h, s["du"], s["dk_partial"], s["dg_partial"],
+                                       packed), None),
+            ("delta_rule_backward", "total",
+             lambda: dr.delta_rule_backward(q, k, v, beta, saved, do, None, scale, False, packed), None)]
+
+
+def fla_delta_backward_stages(x: dict) -> list:
+    """fla 0.6's chunk_delta_rule backward on the ``A`` of one forward: recompute_w_u_fwd and
+    chunk_gated_delta_rule_fwd_h (group "recompute": fla recomputes W, U, the states and the new values,
+    tessera saves them), chunk_bwd_dv_local, chunk_gated_delta_rule_bwd_dhu, chunk_bwd_dqkwg,
+    prepare_wy_repr_bwd and its ``dk += dk2``, each alone, then the whole chunk_delta_rule_bwd."""
+    from fla.ops.common.chunk_delta_h import chunk_gated_delta_rule_bwd_dhu, chunk_gated_delta_rule_fwd_h
+    from fla.ops.common.chunk_o import chunk_bwd_dqkwg, chunk_bwd_dv_local
+    from fla.ops.delta_rule.chunk import chunk_delta_rule_bwd
+    from fla.ops.delta_rule.wy_fast import prepare_wy_repr_bwd, prepare_wy_repr_fwd, recompute_w_u_fwd
+    q, k, v, beta = x["q"], x["k"], x["v"], x["beta"]
+    scale = D ** -0.5
+    _, _, A = prepare_wy_repr_fwd(k=k, v=v, beta=beta, cu_seqlens=None, chunk_size=64)
+    do = torch.randn_like(v)
+    s = Saved()
+
+    def w_u():
+        s["w"], s["u"] = recompute_w_u_fwd(k=k, v=v, beta=beta, A=A, cu_seqlens=None)
+
+    def states():
+        s["h"], s["v_new"], _ = chunk_gated_delta_rule_fwd_h(k=k, w=s["w"], u=s["u"], g=None, initial_state=None,
+                                                             output_final_state=False, cu_seqlens=None,
+                                                             chunk_size=64)
+
+    def dv_local():
+        s["dv"] = chunk_bwd_dv_local(q=q, k=k, do=do, g=None, scale=scale, cu_seqlens=None, chunk_size=64)
+
+    def dhu():
+        s["dh"], _, s["dv2"] = chunk_gated_delta_rule_bwd_dhu(q=q, k=k, w=s["w"], g=None, h0=None, dht=None, do=do,
+                                                              dv=s["dv"], scale=scale, cu_seqlens=None,
+                                                              chunk_size=64)
+
+    def dqkwg():
+        s["dq"], s["dk"], s["dw"], _ = chunk_bwd_dqkwg(q=q, k=k, v=s["v_new"], h=s["h"], w=s["w"], dv=s["dv2"],
+                                                       do=do, dh=s["dh"], g=None, scale=scale, cu_seqlens=None,
+                                                       chunk_size=64)
+
+    def wy_bwd():
+        s["dk2"], _, _ = prepare_wy_repr_bwd(k=k, v=v, beta=beta, A=A, dw=s["dw"], du=s["dv2"], cu_seqlens=None)
+    return [("recompute_w_u_fwd", "recompute", w_u, None),
+            ("chunk_gated_delta_rule_fwd_h", "recompute", states, None),
+            ("chunk_bwd_dv_local", "attn_dv", dv_local, None),
+            ("chunk_gated_delta_rule_bwd_dhu", "state_grad", dhu, None),
+            ("chunk_bwd_dqkwg", "dqk", dqkwg, None),
+            ("prepare_wy_repr_bwd", "wy_grad", wy_bwd, None),
+            ("dk.add_(dk2)", "wy_grad", lambda: s["dk"].add_(s["dk2"]), None),
+            ("chunk_delta_rule_bwd", "total",
+             lambda: chunk_delta_rule_bwd(q=q, k=k, v=v, beta=beta, A=A, scale=scale, initial_state=None, do=do,
+                                          dht=None, cu_seqlens=None), None)]
+
+
+def breakdown_delta(report, budget, T: int, with_fla: bool = True):
+    """The delta rule (ungated) split into its kernels, each timed alone: tessera forward, fla forward,
+    tessera backward, fla backward (each preceded by a ``stage="setup"`` row)."""
+    holder = {}
+
+    def inputs():
+        holder["x"], holder["flat"], holder["packed"] = packed_inputs("delta_rule", T)
+    plan = [("fwd", "tessera", lambda: tessera_delta_forward_stages(holder["flat"], holder["packed"])),
+            ("fwd", "fla", lambda: fla_delta_forward_stages(holder["x"])),
+            ("bwd", "tessera", lambda: tessera_delta_backward_stages(holder["flat"], holder["packed"])),
+            ("bwd", "fla", lambda: fla_delta_backward_stages(holder["x"]))]
+    for direction, impl, make in plan:
+        if impl == "fla" and not with_fla:
+            continue
+        base = {"part": "breakdown", "op": "delta_rule", "T": T, "direction": direction, "impl": impl}
+        stages = []
+
+        def prepare(make=make):
+            if "x" not in holder:
+                inputs()
+            with torch.no_grad():
+                stages.extend(make())
+            return {"ms": None, "note": "inputs ready"}
+        if guarded(report, budget, dict(base, stage="setup"), prepare) is not None:
+            with torch.no_grad():
+                time_stages(report, budget, base, stages)
+
+
+def print_breakdown_summary(rows: list):
+    """The delta-rule breakdown by group: tessera ms and fla ms per (direction, group), summed over the
+    group's stages; groups in first-seen order."""
+    by = {}
+    for r in rows:
+        if r["part"] == "breakdown" and r["op"] == "delta_rule" and r.get("group") and r.get("ms") is not None:
+            cell = by.setdefault((r["T"], r["direction"], r["group"]), {})
+            cell[r["impl"]] = cell.get(r["impl"], 0.0) + r["ms"]
+    if not by:
+        return
+    print(f"delta_rule breakdown\n{'T':>6s} {'dir':4s} {'group':13s} {'tessera':>9s} {'fla':>9s}")
+    fmt = lambda x: f"{x:.3f}" if x is not None else "-"
+    for (T, direction, group), ms in by.items():
+        print(f"{T:6d} {direction:4s} {group:13s} {fmt(ms.get('tessera')):>9s} {fmt(ms.get('fla')):>9s}")
+
+
 def print_summary(rows: list):
     """One line per (op, T, direction): tessera ms, fla ms, fla / tessera (``*``: fla-unchecked)."""
     by = {}
@@ -408,25 +649,31 @@ def main(argv=None):
     report = Report(os.path.join(args.out, "gpu_linear_sweep.json"), metadata())
     big, others = max(args.T), sorted(set(args.T) - {max(args.T)})
     fla = not args.no_fla
+    parts = set(args.parts) - ({"sweep"} if args.no_sweep else set())
     first, rest = args.ops[0], args.ops[1:]
-    compare(report, args.budget, first, big, "fwd", fla)
-    if "simple_gla" in args.ops:
+    if "compare" in parts:
+        compare(report, args.budget, first, big, "fwd", fla)
+    if "simple-gla-breakdown" in parts and "simple_gla" in args.ops:
         breakdown_forward(report, args.budget, big, fla)
-    if not args.no_sweep:
+    if "sweep" in parts:
         for op in args.ops:
             sweep_forward(report, args.budget, op, big)
-    for op in rest:
-        compare(report, args.budget, op, big, "fwd", fla)
-    for op in args.ops:
-        compare(report, args.budget, op, big, "fwd+bwd", fla)
-    for T in others:
+    if "compare" in parts:
+        for op in rest:
+            compare(report, args.budget, op, big, "fwd", fla)
         for op in args.ops:
-            for direction in ("fwd", "fwd+bwd"):
-                compare(report, args.budget, op, T, direction, fla)
-    if "simple_gla" in args.ops:
+            compare(report, args.budget, op, big, "fwd+bwd", fla)
+        for T in others:
+            for op in args.ops:
+                for direction in ("fwd", "fwd+bwd"):
+                    compare(report, args.budget, op, T, direction, fla)
+    if "simple-gla-breakdown" in parts and "simple_gla" in args.ops:
         breakdown_backward(report, args.budget, big)
+    if "delta-breakdown" in parts and "delta_rule" in args.ops:
+        breakdown_delta(report, args.budget, big, fla)
     report.write()
     print_summary(report.rows)
+    print_breakdown_summary(report.rows)
     print(f"wrote {report.path} in {time.time() - report.t0:.0f} s")
     return 0
 
