@@ -128,14 +128,16 @@ def _call(q, k, v, pattern=None, causal=False, **extra) -> AttentionCall:
 def variants():
     """(name, thunk) pairs; each thunk runs forward and backward through the Triton backend."""
     def make(name, dtype=torch.bfloat16, dim=128, seq=512, heads=4, kv_heads=2, pattern=None,
-             causal=False, grid=None, **extra):
+             causal=False, grid=None, grid_order=False, **extra):
         def thunk():
             gen = torch.Generator().manual_seed(0)
             q = torch.randn(1, seq, heads, dim, generator=gen).to(dtype).requires_grad_()
             k = torch.randn(1, seq, kv_heads, dim, generator=gen).to(dtype).requires_grad_()
             v = torch.randn(1, seq, kv_heads, dim, generator=gen).to(dtype).requires_grad_()
             kwargs = {key: (val() if callable(val) else val) for key, val in extra.items()}
-            o, _ = backend.run(_call(q, k, v, pattern=pattern, causal=causal, **kwargs))
+            call = _call(q, k, v, pattern=pattern, causal=causal, **kwargs)
+            call.grid_order = grid_order
+            o, _ = backend.run(call)
             o.float().sum().backward()
         return name, thunk
 
@@ -155,6 +157,11 @@ def variants():
                               GridLayout((16, 32), (8, 16)))),
         make("na2d 128x128 k17 bf16 D128", seq=16384,
              pattern=Permuted(Neighborhood((128, 128), 17), GridLayout((128, 128), (8, 8)))),
+        make("na2d 128x128 k17 grid order bf16 D128", seq=16384, grid_order=True,
+             pattern=Permuted(Neighborhood((128, 128), 17), GridLayout((128, 128), (8, 8)))),
+        make("na3d blocked grid order bf16 D128", seq=16 * 48 * 48, grid_order=True,
+             pattern=Permuted(Neighborhood((16, 48, 48), (4, 8, 8), stride=(4, 8, 8)),
+                              GridLayout((16, 48, 48), (1, 8, 8)))),
         make("neighborhood 3-D causal fp16 D64", dtype=torch.float16, dim=64,
              pattern=Neighborhood((8, 8, 8), (3, 5, 5), stride=(1, 2, 1),
                                   causal=(True, False, False))),

@@ -1,6 +1,7 @@
 """N-D neighborhood benchmark (the N-D issue's suite) -> one results JSON.
 
     python benchmarks/natten.py --out benchmarks/results [--only SUBSTRING ...] [--impls tessera ...]
+        [--grid-order --suite natten-grid-order]
 
 GPU only: tessera (tessera.natten, tiled token order chosen automatically, permutation included
 in the time; one case also row-major) against FlexAttention with the same mask in row-major order
@@ -66,7 +67,13 @@ def main() -> None:
     parser.add_argument("--impls", nargs="*", default=None,
                         help="run only these implementations (dense baselines keep theirs)")
     parser.add_argument("--suite", default="natten", help="suite name in the results file name")
+    parser.add_argument("--grid-order", action="store_true",
+                        help="tessera addresses the tiled order in-kernel (tessera.natten.GRID_ORDER_IN_KERNEL) "
+                             "instead of reordering q, k, v and o; use with --suite natten-grid-order")
     args = parser.parse_args()
+    if args.grid_order:
+        import tessera.natten
+        tessera.natten.GRID_ORDER_IN_KERNEL = True
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/natten.py needs a CUDA GPU (tests/test_natten.py checks correctness on CPU)")
     device = torch.device("cuda")

@@ -3,20 +3,29 @@
 
 The tensors are flattened to ``[B, S, H, D]`` (row-major over the grid), optionally reordered tile
 by tile (``GridLayout``) so that neighborhoods become dense tiles for the block-sparse kernels, run
-through ``tessera.attention`` with the ``Neighborhood`` pattern, and put back in grid shape.
+through ``tessera.attention`` with the ``Neighborhood`` pattern, and put back in grid shape. With
+``GRID_ORDER_IN_KERNEL`` the Triton kernels read and write the grid-order tensors through the tile
+order themselves (no reordering copies; ``AttentionCall.grid_order``).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import Optional, Union
 
 import torch
 
-from .api import attention
+from .api import _build_call, _check_backend_name, attention
+from .kernels import registry
 from .patterns.layout import GridLayout, Permuted, as_axes, choose_tile_shape
 from .patterns.neighborhood import Neighborhood
+
+# Tiled orders addressed inside the Triton kernels instead of reordering q, k, v and o (4 + 4
+# gathers of [B, S, H, D] per forward and backward). Off until measured against the copies on a
+# GPU (benchmarks/natten.py --grid-order); TESSERA_NATTEN_GRID_ORDER=1 turns it on.
+GRID_ORDER_IN_KERNEL = os.environ.get("TESSERA_NATTEN_GRID_ORDER", "0") == "1"
 
 # Tokens per tile when ``layout="auto"`` reorders the grid: the kernels' tile size on neighborhood
 # maps (64 x 64: their partial tiles make them "ragged" in kernels.triton.tuning). Against 128-token
@@ -78,6 +87,12 @@ def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke
                             pattern.causal, q.device)
     batch, n = q.shape[0], math.prod(grid)
     flat = [t.reshape(batch, n, *t.shape[1 + na_dim:]) for t in (q, k, v)]
+    in_kernel = None if tiled is None else _grid_order_run(flat, Permuted(pattern, tiled), scale,
+                                                           return_lse, backend)
+    if in_kernel is not None:
+        o, lse = in_kernel
+        o = o.reshape(batch, *grid, *o.shape[2:])
+        return (o, lse.reshape(batch, lse.shape[1], *grid)) if return_lse else o
     if tiled is not None:
         flat = [tiled.permute(t, 1) for t in flat]
         pattern = Permuted(pattern, tiled)
@@ -90,6 +105,22 @@ def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke
     if lse is None:
         return o
     return o, lse.reshape(batch, lse.shape[1], *grid)
+
+
+def _grid_order_run(flat, pattern: Permuted, scale, return_lse: bool, backend: str):
+    """``(o, lse)`` of the Triton kernels run on grid-order ``[B, S, H, D]`` tensors with the tiled
+    ``pattern`` addressed in-kernel, or None when that path is off or not available for the call
+    (then the caller reorders the tensors)."""
+    _check_backend_name(backend)
+    wants_triton = backend == "triton" or (backend == "auto" and flat[0].device.type == "cuda")
+    if not (GRID_ORDER_IN_KERNEL and wants_triton and "triton" in registry.available_backends()):
+        return None
+    call, _ = _build_call(*flat, pattern=pattern, scale=scale, return_lse=return_lse)
+    call.grid_order = True
+    triton_backend = registry.get_backend("triton")
+    if triton_backend.supports(call) is not None:
+        return None
+    return triton_backend.run(call)
 
 
 def na1d(q, k, v, kernel_size, dilation=1, stride=1, is_causal=False, *, layout="auto",

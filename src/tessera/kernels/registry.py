@@ -36,6 +36,9 @@ class AttentionCall:
         softcap: ``s -> softcap * tanh(s / softcap)`` applied to the scaled logits before the bias.
         sinks: float ``[H_q]`` sink logits joining the softmax denominator, or ``None``.
         return_lse: whether the caller wants the log-sum-exp.
+        grid_order: the pattern is ``Permuted(Neighborhood, GridLayout)`` but q, k, v (and o, lse)
+            stay in the grid's row-major order: position ``p`` of the pattern lives at the grid row
+            of tiled position ``p``. Only the Triton backend accepts it (``tessera.natten`` sets it).
     """
 
     q: torch.Tensor
@@ -53,6 +56,7 @@ class AttentionCall:
     cu_seqlens_q: Optional[torch.Tensor] = None
     cu_seqlens_k: Optional[torch.Tensor] = None
     deterministic: bool = False
+    grid_order: bool = False
 
 
 # A backend: (call) -> (o [B, S_q, H_q, D_v] in q's dtype, lse float32 [B, H_q, S_q] or None).

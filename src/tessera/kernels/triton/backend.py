@@ -28,7 +28,7 @@ from ...patterns.base import Dense
 from ..registry import AttentionCall, register_backend
 from . import flash_bwd, flash_fwd
 from .row_dot import row_dot
-from .masks import MASK_BAND, MASK_NEIGHBORHOOD, MASK_NONE, get_plan, offset_band
+from .masks import MASK_BAND, MASK_NEIGHBORHOOD, MASK_NONE, get_plan, neighborhood_params, offset_band
 from .scoring import INTERPRETED
 from .tuning import KernelConfig, MaskShape, kernel_config
 
@@ -55,6 +55,7 @@ class _Spec:
     precision: str
     interpret: bool
     grid: Optional[tuple] = None        # RelativePosition token grid
+    grid_order: bool = False            # AttentionCall.grid_order
 
 
 def supports(call: AttentionCall) -> Optional[str]:
@@ -86,6 +87,19 @@ def supports(call: AttentionCall) -> Optional[str]:
         return "sinks join a softmax denominator; sigmoid scores have none"
     if call.cu_seqlens_q is None and (q.shape[1] == 0 or k.shape[1] == 0):
         return "empty sequences are not supported"
+    if call.grid_order:
+        return _grid_order_reason(call)
+    return None
+
+
+def _grid_order_reason(call: AttentionCall) -> Optional[str]:
+    if call.bias is not None or call.cu_seqlens_q is not None:
+        return "grid-order calls take no bias and no cu_seqlens"
+    if call.q.shape[1] != call.k.shape[1]:
+        return f"grid-order calls need S_q == S_k, got {call.q.shape[1]} and {call.k.shape[1]}"
+    if neighborhood_params(call.pattern, 64, 64) is None:
+        return ("grid-order calls need a Neighborhood (at most 3 axes) in a GridLayout whose tiles "
+                f"divide the grid, got {call.pattern!r}")
     return None
 
 
@@ -198,7 +212,7 @@ def _forward(spec: _Spec, q, k, v, sinks, slopes, bias, u, w, table):
                                      config=config, softcap=spec.softcap, sinks=sinks,
                                      slopes=slopes, bias=bias, low_rank=_low_rank(u, w),
                                      rel_pos=_rel_pos(spec, table), sigmoid_bias=spec.sigmoid_bias,
-                                     precision=spec.precision)
+                                     precision=spec.precision, grid_order=spec.grid_order)
         except OutOfResources as error:
             config = _shrink("fwd", original, config, variant, error)
 
@@ -245,7 +259,7 @@ class FlashAttention(torch.autograd.Function):
                     slopes=slopes, bias=bias, low_rank=_low_rank(u, w),
                     rel_pos=_rel_pos(spec, table), sigmoid_bias=spec.sigmoid_bias,
                     bias_grad=bias_grad, slope_grad=slope_grad, low_rank_grad=low_rank_grad,
-                    rel_pos_grad=table_grad, precision=spec.precision)
+                    rel_pos_grad=table_grad, precision=spec.precision, grid_order=spec.grid_order)
                 break
             except OutOfResources as error:
                 name = getattr(error, "kernel", "dq")
@@ -285,7 +299,7 @@ def _run_one(call: AttentionCall, q, k, v, bias_spec):
         sigmoid_bias = call.sigmoid_bias if call.sigmoid_bias is not None else -math.log(k.shape[1])
     grid = bias_spec.grid if isinstance(bias_spec, RelativePosition) else None
     spec = _Spec(call.pattern, float(call.scale), call.softcap, sigmoid_bias,
-                 _precision(q.dtype, INTERPRETED), INTERPRETED, grid)
+                 _precision(q.dtype, INTERPRETED), INTERPRETED, grid, call.grid_order)
     slopes = bias_spec.slopes if isinstance(bias_spec, ALiBi) else None
     bias = bias_spec.tensor if isinstance(bias_spec, TensorBias) else None
     u = w = None

@@ -29,7 +29,7 @@ from .program_ids import RUN_TIME_INTS, program_cols, program_rows
 from .row_dot import row_dot
 from .schedule import col_schedule, row_schedule
 from .scoring import (INTERPRETED, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
-                      na_codes, na_key_windows, na_query_windows, rel_pos_table_grad,
+                      memory_rows, na_codes, na_key_windows, na_query_windows, rel_pos_table_grad,
                       rel_pos_tile, score_tile)
 
 if INTERPRETED:
@@ -50,15 +50,16 @@ def _dkdv_tiles(dk, dv, dw, k, v, q_base, do_base, s_qs, s_dos, q_desc, do_desc,
                 LOW_RANK: tl.constexpr, LOW_RANK_GRAD: tl.constexpr, REL_POS: tl.constexpr,
                 SIGMOID: tl.constexpr, PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
                 D_PAD: tl.constexpr, DV_PAD: tl.constexpr, NB: tl.constexpr,
-                NA_STATIC: tl.constexpr):
+                NA_STATIC: tl.constexpr, GRID_ORDER: tl.constexpr):
     NW: tl.constexpr = BLOCK_N // 32
     TILE_BIAS: tl.constexpr = LOW_RANK or REL_POS
     for t in range(count):
         m = tl.load(idx_ptr + t)
         q_row = m * BLOCK_M + offs_m
         q_pos = q_row + (S_K - S_Q)
-        q_ptrs = q_base + q_row.to(tl.int64)[:, None] * s_qs + offs_d[None, :]
-        do_ptrs = do_base + q_row.to(tl.int64)[:, None] * s_dos + offs_dv[None, :]
+        q_mem = memory_rows(offs_m, m * BLOCK_M, NA, 0, NA_STATIC, GRID_ORDER)
+        q_ptrs = q_base + q_mem.to(tl.int64)[:, None] * s_qs + offs_d[None, :]
+        do_ptrs = do_base + q_mem.to(tl.int64)[:, None] * s_dos + offs_dv[None, :]
         if USE_TMA:
             q = q_desc.load([b, m * BLOCK_M, h, 0]).reshape(BLOCK_M, D_PAD)
             do = do_desc.load([b, m * BLOCK_M, h, 0]).reshape(BLOCK_M, DV_PAD)
@@ -71,19 +72,20 @@ def _dkdv_tiles(dk, dv, dw, k, v, q_base, do_base, s_qs, s_dos, q_desc, do_desc,
                 if MASK_MODE == 4:
                     # Rows past S_Q read the last row's statistics and are masked out below (a
                     # pipelined masked load would keep a row mask per stage live in registers).
-                    last = tl.minimum(q_row, S_Q - 1)
+                    last = memory_rows(tl.minimum(offs_m, S_Q - 1 - m * BLOCK_M), m * BLOCK_M, NA, 0,
+                                       NA_STATIC, GRID_ORDER)
                     lse = tl.load(lse_base + last)
                     delta = tl.load(delta_base + last)
                 else:
-                    lse = tl.load(lse_base + q_row, mask=row_ok, other=float("inf"))
-                    delta = tl.load(delta_base + q_row, mask=row_ok, other=0.0)
+                    lse = tl.load(lse_base + q_mem, mask=row_ok, other=float("inf"))
+                    delta = tl.load(delta_base + q_mem, mask=row_ok, other=0.0)
         else:
             if not USE_TMA:
                 q = tl.load(q_ptrs, mask=offs_d[None, :] < HEAD_D, other=0.0)
                 do = tl.load(do_ptrs, mask=offs_dv[None, :] < HEAD_DV, other=0.0)
             if not SIGMOID:
-                lse = tl.load(lse_base + q_row)
-                delta = tl.load(delta_base + q_row)
+                lse = tl.load(lse_base + q_mem)
+                delta = tl.load(delta_base + q_mem)
         qk_t = tl.dot(k, tl.trans(q), input_precision=PRECISION)                    # [BN, BM]
         bits_base = BITS
         if MASKED:
@@ -149,7 +151,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV, DW,
                    TENSOR_BIAS: tl.constexpr, LOW_RANK: tl.constexpr, LOW_RANK_GRAD: tl.constexpr,
                    R_PAD: tl.constexpr, REL_POS: tl.constexpr, SIGMOID: tl.constexpr,
                    PRECISION: tl.constexpr, USE_TMA: tl.constexpr, TILE_BANDS: tl.constexpr,
-                   NA_STATIC: tl.constexpr, SCHEDULED):
+                   NA_STATIC: tl.constexpr, GRID_ORDER: tl.constexpr, SCHEDULED):
     n, b, hk = program_cols(ORDER, REPS, ORDER_HEADS, H_KV, N_K_TILES, SCHEDULED)
 
     offs_m = tl.arange(0, BLOCK_M)
@@ -158,12 +160,13 @@ def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV, DW,
     offs_dv = tl.arange(0, DV_PAD)
     k_pos = n * BLOCK_N + offs_n
     k_ok = k_pos < S_K
+    k_mem = memory_rows(offs_n, n * BLOCK_N, NA, 1, NA_STATIC, GRID_ORDER).to(tl.int64)
 
     k = tl.load(K + b.to(tl.int64) * s_kb + hk.to(tl.int64) * s_kh
-                + k_pos.to(tl.int64)[:, None] * s_ks + offs_d[None, :],
+                + k_mem[:, None] * s_ks + offs_d[None, :],
                 mask=k_ok[:, None] & (offs_d[None, :] < HEAD_D), other=0.0)
     v = tl.load(V + b.to(tl.int64) * s_vb + hk.to(tl.int64) * s_vh
-                + k_pos.to(tl.int64)[:, None] * s_vs + offs_dv[None, :],
+                + k_mem[:, None] * s_vs + offs_dv[None, :],
                 mask=k_ok[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
     dk = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, DV_PAD], dtype=tl.float32)
@@ -211,7 +214,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV, DW,
                              table_base, fk, G1, G2, CENTER, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_N,
                              True, MASK_MODE, SOFTCAP, ALIBI, TENSOR_BIAS, LOW_RANK, LOW_RANK_GRAD,
                              REL_POS, SIGMOID, PRECISION, USE_TMA, D_PAD, DV_PAD, TILE_BANDS,
-                             NA_STATIC)
+                             NA_STATIC, GRID_ORDER)
         full_count = tl.load(FULL_CNT + row)
         dk, dv, dw = _dkdv_tiles(dk, dv, dw, k, v, q_base, do_base, s_qs, s_dos, Q_DESC, DO_DESC,
                              b, h, lse_base, delta_base,
@@ -223,7 +226,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV, DW,
                              table_base, fk, G1, G2, CENTER, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_N,
                              False, MASK_MODE, SOFTCAP, ALIBI, TENSOR_BIAS, LOW_RANK, LOW_RANK_GRAD,
                              REL_POS, SIGMOID, PRECISION, USE_TMA, D_PAD, DV_PAD, TILE_BANDS,
-                             NA_STATIC)
+                             NA_STATIC, GRID_ORDER)
         if LOW_RANK_GRAD:
             tl.store(DW + (b * H_Q + h).to(tl.int64) * S_K * R_PAD
                      + k_pos.to(tl.int64)[:, None] * R_PAD + offs_r[None, :], dw,
@@ -231,10 +234,10 @@ def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV, DW,
 
     dk = dk * scale
     tl.store(DK + b.to(tl.int64) * s_dkb + hk.to(tl.int64) * s_dkh
-             + k_pos.to(tl.int64)[:, None] * s_dks + offs_d[None, :],
+             + k_mem[:, None] * s_dks + offs_d[None, :],
              dk.to(DK.dtype.element_ty), mask=k_ok[:, None] & (offs_d[None, :] < HEAD_D))
     tl.store(DV + b.to(tl.int64) * s_dvb + hk.to(tl.int64) * s_dvh
-             + k_pos.to(tl.int64)[:, None] * s_dvs + offs_dv[None, :],
+             + k_mem[:, None] * s_dvs + offs_dv[None, :],
              dv.to(DV.dtype.element_ty), mask=k_ok[:, None] & (offs_dv[None, :] < HEAD_DV))
 
 
@@ -254,14 +257,15 @@ def _dq_tiles(dq, dslope, du, q, do, lse2, delta, k_base, v_base, s_kn, s_vn, k_
               LOW_RANK_GRAD: tl.constexpr, REL_POS: tl.constexpr, REL_POS_GRAD: tl.constexpr,
               SIGMOID: tl.constexpr, BIAS_GRAD: tl.constexpr, SLOPE_GRAD: tl.constexpr,
               PRECISION: tl.constexpr, USE_TMA: tl.constexpr, NB: tl.constexpr,
-              NA_STATIC: tl.constexpr):
+              NA_STATIC: tl.constexpr, GRID_ORDER: tl.constexpr):
     NW: tl.constexpr = BLOCK_N // 32
     TILE_BIAS: tl.constexpr = LOW_RANK or REL_POS
     for t in range(count):
         n = tl.load(idx_ptr + t)
         k_pos = n * BLOCK_N + offs_n
-        k_ptrs = k_base + k_pos.to(tl.int64)[:, None] * s_kn + offs_d[None, :]
-        v_ptrs = v_base + k_pos.to(tl.int64)[:, None] * s_vn + offs_dv[None, :]
+        k_rows = memory_rows(offs_n, n * BLOCK_N, NA, 1, NA_STATIC, GRID_ORDER).to(tl.int64)
+        k_ptrs = k_base + k_rows[:, None] * s_kn + offs_d[None, :]
+        v_ptrs = v_base + k_rows[:, None] * s_vn + offs_dv[None, :]
         if USE_TMA:
             k = k_desc.load([b, n * BLOCK_N, hk, 0]).reshape(BLOCK_N, D_PAD)
             v = v_desc.load([b, n * BLOCK_N, hk, 0]).reshape(BLOCK_N, DV_PAD)
@@ -345,7 +349,8 @@ def _attn_bwd_dq(Q, K, V, DO, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, DU,
                  R_PAD: tl.constexpr, REL_POS: tl.constexpr, REL_POS_GRAD: tl.constexpr,
                  SIGMOID: tl.constexpr, BIAS_GRAD: tl.constexpr,
                  SLOPE_GRAD: tl.constexpr, PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
-                 TILE_BANDS: tl.constexpr, NA_STATIC: tl.constexpr, SCHEDULED):
+                 TILE_BANDS: tl.constexpr, NA_STATIC: tl.constexpr, GRID_ORDER: tl.constexpr,
+                 SCHEDULED):
     m, b, h = program_rows(ORDER, REPS, ORDER_HEADS, H_Q, N_Q_TILES, SCHEDULED)
     bh = b * H_Q + h
     hk = h // GROUP
@@ -358,19 +363,20 @@ def _attn_bwd_dq(Q, K, V, DO, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, DU,
     q_row = m * BLOCK_M + offs_m
     q_pos = q_row + (S_K - S_Q)
     row_ok = q_row < S_Q
+    q_mem = memory_rows(offs_m, m * BLOCK_M, NA, 0, NA_STATIC, GRID_ORDER).to(tl.int64)
 
     q = tl.load(Q + b.to(tl.int64) * s_qb + h.to(tl.int64) * s_qh
-                + q_row.to(tl.int64)[:, None] * s_qs + offs_d[None, :],
+                + q_mem[:, None] * s_qs + offs_d[None, :],
                 mask=row_ok[:, None] & (offs_d[None, :] < HEAD_D), other=0.0)
     do = tl.load(DO + b.to(tl.int64) * s_dob + h.to(tl.int64) * s_doh
-                 + q_row.to(tl.int64)[:, None] * s_dos + offs_dv[None, :],
+                 + q_mem[:, None] * s_dos + offs_dv[None, :],
                  mask=row_ok[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
     lse2 = tl.zeros([BLOCK_M], dtype=tl.float32)
     delta = tl.zeros([BLOCK_M], dtype=tl.float32)
     if not SIGMOID:
-        lse = tl.load(LSE + bh.to(tl.int64) * S_Q + q_row, mask=row_ok, other=float("inf"))
+        lse = tl.load(LSE + bh.to(tl.int64) * S_Q + q_mem, mask=row_ok, other=float("inf"))
         lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
-        delta = tl.load(DELTA + bh.to(tl.int64) * S_Q + q_row, mask=row_ok, other=0.0)
+        delta = tl.load(DELTA + bh.to(tl.int64) * S_Q + q_mem, mask=row_ok, other=0.0)
 
     k_base = K + b.to(tl.int64) * s_kb + hk.to(tl.int64) * s_kh
     v_base = V + b.to(tl.int64) * s_vb + hk.to(tl.int64) * s_vh
@@ -418,7 +424,7 @@ def _attn_bwd_dq(Q, K, V, DO, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, DU,
                            HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, True, MASK_MODE,
                            SOFTCAP, ALIBI, TENSOR_BIAS, LOW_RANK, LOW_RANK_GRAD, REL_POS,
                            REL_POS_GRAD, SIGMOID, BIAS_GRAD, SLOPE_GRAD, PRECISION, USE_TMA,
-                           TILE_BANDS, NA_STATIC)
+                           TILE_BANDS, NA_STATIC, GRID_ORDER)
     full_count = tl.load(FULL_CNT + row)
     dq, dslope, du = _dq_tiles(dq, dslope, du, q, do, lse2, delta, k_base, v_base, s_ks, s_vs,
                            K_DESC, V_DESC, b, hk,
@@ -432,10 +438,10 @@ def _attn_bwd_dq(Q, K, V, DO, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, DU,
                            HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, False, MASK_MODE,
                            SOFTCAP, ALIBI, TENSOR_BIAS, LOW_RANK, LOW_RANK_GRAD, REL_POS,
                            REL_POS_GRAD, SIGMOID, BIAS_GRAD, SLOPE_GRAD, PRECISION, USE_TMA,
-                           TILE_BANDS, NA_STATIC)
+                           TILE_BANDS, NA_STATIC, GRID_ORDER)
     dq = dq * scale
     tl.store(DQ + b.to(tl.int64) * s_dqb + h.to(tl.int64) * s_dqh
-             + q_row.to(tl.int64)[:, None] * s_dqs + offs_d[None, :],
+             + q_mem[:, None] * s_dqs + offs_d[None, :],
              dq.to(DQ.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_D))
     if SLOPE_GRAD:
         tl.store(DSLOPE + bh * N_Q_TILES + m, -dslope)
@@ -458,7 +464,7 @@ def _named_launch(launch, name: str):
 def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config, dkdv_config,
              softcap=None, slopes=None, bias=None, low_rank=None, rel_pos=None, sigmoid_bias=None,
              bias_grad: bool = False, slope_grad: bool = False, low_rank_grad: bool = False,
-             rel_pos_grad: bool = False, precision: str = "ieee"):
+             rel_pos_grad: bool = False, precision: str = "ieee", grid_order: bool = False):
     """Launch the backward kernels.
 
     ``dq_plan`` is used by the dq kernel (its query-tile lists), ``dkdv_plan`` by the dk/dv kernel
@@ -471,6 +477,8 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
     else None, None; with ``rel_pos = (table, grid)`` and ``rel_pos_grad``: dtable float32
     ``[H_q, prod(2g - 1)]`` (per-(batch, head, query tile) partial sums written by the dq kernel,
     summed here; their buffer holds ``B * H_q * n_q_tiles * prod(2g - 1)`` floats), else None.
+    ``grid_order``: tensors in grid order, positions tiled, as in ``flash_fwd.forward`` (no
+    bias, low-rank or relative-position terms with it).
     """
     batch, q_len, heads, dim = q.shape
     k_len, kv_heads, dim_v = k.shape[1], k.shape[2], v.shape[3]
@@ -525,7 +533,7 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
         return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, block, 1, width])
 
     cols = dkdv_plan.cols
-    use_tma = tma_ok(q, do, dkdv_plan.block_m)
+    use_tma = tma_ok(q, do, dkdv_plan.block_m) and not grid_order
     q_desc, do_desc = ((descriptor(q, dkdv_plan.block_m, d_pad), descriptor(do, dkdv_plan.block_m, dv_pad))
                        if use_tma else (q, do))
     col_order = col_schedule(dkdv_plan, batch, kv_heads)
@@ -551,10 +559,10 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
             *variant_args, dkdv_plan.band_lo, dkdv_plan.band_hi, sig_bias2,
             BLOCK_M=dkdv_plan.block_m, BLOCK_N=dkdv_plan.block_n, MASK_MODE=dkdv_plan.mask_mode,
             USE_TMA=use_tma, TILE_BANDS=dkdv_plan.bands_per_tile, NA_STATIC=dkdv_plan.na_static,
-            SCHEDULED=int(col_order is not None), num_warps=dkdv_config.num_warps, num_stages=dkdv_config.num_stages, **common,
+            GRID_ORDER=grid_order, SCHEDULED=int(col_order is not None), num_warps=dkdv_config.num_warps, num_stages=dkdv_config.num_stages, **common,
         )
     rows = dq_plan.rows
-    use_tma = tma_ok(k, v, dq_plan.block_n)
+    use_tma = tma_ok(k, v, dq_plan.block_n) and not grid_order
     k_desc, v_desc = ((descriptor(k, dq_plan.block_n, d_pad), descriptor(v, dq_plan.block_n, dv_pad))
                       if use_tma else (k, v))
     row_order = row_schedule(dq_plan, batch, heads)
@@ -580,7 +588,7 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
         BLOCK_M=dq_plan.block_m, BLOCK_N=dq_plan.block_n, MASK_MODE=dq_plan.mask_mode,
         BIAS_GRAD=bias_grad, SLOPE_GRAD=slope_grad, REL_POS_GRAD=rel_pos_grad, USE_TMA=use_tma,
         TILE_BANDS=dq_plan.bands_per_tile, NA_STATIC=dq_plan.na_static,
-        SCHEDULED=int(row_order is not None), num_warps=dq_config.num_warps, num_stages=dq_config.num_stages, **common,
+        GRID_ORDER=grid_order, SCHEDULED=int(row_order is not None), num_warps=dq_config.num_warps, num_stages=dq_config.num_stages, **common,
     )
     streams.join(side)
     dslopes = None

@@ -25,7 +25,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from .program_ids import RUN_TIME_INTS, program_rows
 from .schedule import row_schedule
 from .scoring import (INTERPRETED, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
-                      na_codes, na_query_windows, rel_pos_tile, score_tile)
+                      memory_rows, na_codes, na_query_windows, rel_pos_tile, score_tile)
 
 if INTERPRETED:
     range = interpreter_range  # noqa: A001
@@ -43,14 +43,15 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_desc, v_desc, b, 
                MASK_MODE: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
                TENSOR_BIAS: tl.constexpr, LOW_RANK: tl.constexpr, REL_POS: tl.constexpr,
                SIGMOID: tl.constexpr, PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
-               NB: tl.constexpr, NA_STATIC: tl.constexpr):
+               NB: tl.constexpr, NA_STATIC: tl.constexpr, GRID_ORDER: tl.constexpr):
     NW: tl.constexpr = BLOCK_N // 32
     TILE_BIAS: tl.constexpr = LOW_RANK or REL_POS
     for t in range(count):
         n = tl.load(idx_ptr + t)
         k_pos = n * BLOCK_N + offs_n
-        k_ptrs = k_base + k_pos.to(tl.int64)[None, :] * s_kn + offs_d[:, None]
-        v_ptrs = v_base + k_pos.to(tl.int64)[:, None] * s_vn + offs_dv[None, :]
+        k_rows = memory_rows(offs_n, n * BLOCK_N, NA, 1, NA_STATIC, GRID_ORDER).to(tl.int64)
+        k_ptrs = k_base + k_rows[None, :] * s_kn + offs_d[:, None]
+        v_ptrs = v_base + k_rows[:, None] * s_vn + offs_dv[None, :]
         if USE_TMA:
             # Bulk tensor copies: rows past S_k and columns past D arrive as zeros.
             k = tl.trans(k_desc.load([b, n * BLOCK_N, hk, 0]).reshape(BLOCK_N, D_PAD))
@@ -128,7 +129,7 @@ def _attn_fwd(Q, K, V, K_DESC, V_DESC, O, LSE,
               ALIBI: tl.constexpr, TENSOR_BIAS: tl.constexpr, LOW_RANK: tl.constexpr,
               R_PAD: tl.constexpr, REL_POS: tl.constexpr, SIGMOID: tl.constexpr,
               PRECISION: tl.constexpr, USE_TMA: tl.constexpr, TILE_BANDS: tl.constexpr,
-              NA_STATIC: tl.constexpr, SCHEDULED):
+              NA_STATIC: tl.constexpr, GRID_ORDER: tl.constexpr, SCHEDULED):
     m, b, h = program_rows(ORDER, REPS, ORDER_HEADS, H_Q, N_Q_TILES, SCHEDULED)
     bh = b * H_Q + h
     hk = h // GROUP
@@ -144,7 +145,8 @@ def _attn_fwd(Q, K, V, K_DESC, V_DESC, O, LSE,
     q_base = Q + b.to(tl.int64) * s_qb + h.to(tl.int64) * s_qh
     k_base = K + b.to(tl.int64) * s_kb + hk.to(tl.int64) * s_kh
     v_base = V + b.to(tl.int64) * s_vb + hk.to(tl.int64) * s_vh
-    q = tl.load(q_base + q_row.to(tl.int64)[:, None] * s_qs + offs_d[None, :],
+    q_mem = memory_rows(offs_m, m * BLOCK_M, NA, 0, NA_STATIC, GRID_ORDER).to(tl.int64)
+    q = tl.load(q_base + q_mem[:, None] * s_qs + offs_d[None, :],
                 mask=(q_row[:, None] < S_Q) & (offs_d[None, :] < HEAD_D), other=0.0)
 
     slope = 0.0
@@ -185,7 +187,7 @@ def _attn_fwd(Q, K, V, K_DESC, V_DESC, O, LSE,
                                table_base, fq, G1, G2, CENTER,
                                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, True, MASK_MODE,
                                SOFTCAP, ALIBI, TENSOR_BIAS, LOW_RANK, REL_POS, SIGMOID, PRECISION,
-                               USE_TMA, TILE_BANDS, NA_STATIC)
+                               USE_TMA, TILE_BANDS, NA_STATIC, GRID_ORDER)
     full_count = tl.load(FULL_CNT + row)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_ks, s_vs, K_DESC, V_DESC, b, hk,
                                FULL_IDX + row.to(tl.int64) * FULL_W,
@@ -197,10 +199,10 @@ def _attn_fwd(Q, K, V, K_DESC, V_DESC, O, LSE,
                                table_base, fq, G1, G2, CENTER,
                                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, False, MASK_MODE,
                                SOFTCAP, ALIBI, TENSOR_BIAS, LOW_RANK, REL_POS, SIGMOID, PRECISION,
-                               USE_TMA, TILE_BANDS, NA_STATIC)
+                               USE_TMA, TILE_BANDS, NA_STATIC, GRID_ORDER)
 
     o_base = O + b.to(tl.int64) * s_ob + h.to(tl.int64) * s_oh
-    o_ptrs = o_base + q_row.to(tl.int64)[:, None] * s_os + offs_dv[None, :]
+    o_ptrs = o_base + q_mem[:, None] * s_os + offs_dv[None, :]
     o_mask = (q_row[:, None] < S_Q) & (offs_dv[None, :] < HEAD_DV)
     if SIGMOID:
         tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=o_mask)
@@ -217,7 +219,7 @@ def _attn_fwd(Q, K, V, K_DESC, V_DESC, O, LSE,
         o = acc / l_safe[:, None]
         lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) * 0.6931471805599453)
         tl.store(o_ptrs, o.to(O.dtype.element_ty), mask=o_mask)
-        tl.store(LSE + bh.to(tl.int64) * S_Q + q_row, lse, mask=q_row < S_Q)
+        tl.store(LSE + bh.to(tl.int64) * S_Q + q_mem, lse, mask=q_row < S_Q)
 
 
 LOG2E = 1.4426950408889634
@@ -273,7 +275,8 @@ def rel_pos_args(rel_pos, dummy: torch.Tensor) -> tuple:
 
 
 def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, slopes=None,
-            bias=None, low_rank=None, rel_pos=None, sigmoid_bias=None, precision: str = "ieee"):
+            bias=None, low_rank=None, rel_pos=None, sigmoid_bias=None, precision: str = "ieee",
+            grid_order: bool = False):
     """Launch the forward kernel.
 
     Args:
@@ -284,7 +287,10 @@ def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, sl
         low_rank: ``(u [B|1, H_q|1, S_q, R], w [B|1, H_q|1, S_k, R])`` (one dtype, R <= 64), the
         bias ``u @ w^T`` computed per tile; rel_pos: ``(table [H_q|1, 2g0-1, ...], grid)`` with
         ``S_q == S_k == prod(grid)`` and at most 3 grid dims (a contiguous table), the bias
-        gathered per tile; sigmoid_bias: float for sigmoid scores, None for softmax.
+        gathered per tile; sigmoid_bias: float for sigmoid scores, None for softmax;
+        grid_order: q, k, v, o and lse rows are in the grid's row-major order while the plan's
+        positions follow its tiled token order (an N-D neighborhood plan with its parameters:
+        ``plan.na_params``); the kernel addresses memory through that map.
     Returns:
         o ``[B, S_q, H_q, D_v]`` (q's dtype), lse float32 ``[B, H_q, S_q]`` (None for sigmoid).
     """
@@ -301,7 +307,7 @@ def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, sl
     schedule = row_schedule(plan, batch, heads)
     grid, reps = ((plan.n_q_tiles, batch * heads), 1) if schedule is None else schedule.launch(batch, heads)
     order = rows.full_count if schedule is None else schedule.order     # int32 either way
-    use_tma = tma_ok(k, v, plan.block_n)
+    use_tma = tma_ok(k, v, plan.block_n) and not grid_order
     if use_tma:
         d_pad, dv_pad = max(16, triton.next_power_of_2(dim)), max(16, triton.next_power_of_2(dim_v))
         k_desc = TensorDescriptor(k, list(k.shape), list(k.stride()), [1, plan.block_n, 1, d_pad])
@@ -328,7 +334,7 @@ def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, sl
         ALIBI=slopes is not None, TENSOR_BIAS=bias is not None, LOW_RANK=low_rank is not None,
         R_PAD=rank_pad(factors[-1]), REL_POS=rel_pos is not None, SIGMOID=sigmoid,
         PRECISION=precision, USE_TMA=use_tma, TILE_BANDS=plan.bands_per_tile,
-        NA_STATIC=plan.na_static, SCHEDULED=int(schedule is not None), num_warps=config.num_warps,
+        NA_STATIC=plan.na_static, GRID_ORDER=grid_order, SCHEDULED=int(schedule is not None), num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
     return o, (None if sigmoid else lse)

@@ -24,7 +24,8 @@ partial list entry carries ``t``. Per-tile bands: int32 ``[n_partial, bands_per_
 ``(lo, hi)`` bands of tile ``t`` (clipped to the tile's offset range; unused slots hold the empty
 band ``(1, 0)``), addressed by the same ``t``; ``bands_per_tile`` is 1, 2 or 4. Neighborhood
 parameters: int32 ``[NA_FIELDS * 3 + 3]`` (``neighborhood_params``), the same for every tile, and
-their compile-time switches ``na_static`` (``neighborhood_switches``; 0 for other mask kinds).
+their compile-time switches ``na_static`` (``neighborhood_switches``): set for every plan of an N-D
+neighborhood the in-kernel mask can evaluate (also when no tile is partial), 0 for other patterns.
 
 Plans are cached in a small LRU keyed by the pattern's identity (its ``repr`` for patterns that
 hold no tensors, the object itself otherwise), lengths, tile sizes, heads and device.
@@ -403,8 +404,6 @@ def build_plan(pattern: Optional[Pattern], q_len: int, k_len: int, block_m: int,
         mode = MASK_BAND
     elif neighborhood is not None and ANALYTIC_NEIGHBORHOOD:
         mode, band = MASK_NEIGHBORHOOD, (-BAND_LIMIT, BAND_LIMIT)
-        na_params = torch.tensor(neighborhood, dtype=torch.int32, device=device)
-        na_static = neighborhood_switches(neighborhood)
     else:
         mode, band = MASK_BITS, (-BAND_LIMIT, BAND_LIMIT)
         intervals = _offset_intervals(pattern)
@@ -416,6 +415,10 @@ def build_plan(pattern: Optional[Pattern], q_len: int, k_len: int, block_m: int,
             bits, common = _bitmasks(pattern, states, q_len, k_len, block_m, block_n)
             if common is not None:
                 mode, band, bits = MASK_BAND, common, torch.zeros(1, dtype=torch.int32, device=device)
+    if neighborhood is not None and ANALYTIC_NEIGHBORHOOD:
+        # Also without partial tiles (blocked neighborhoods): the grid-order addressing reads them.
+        na_params = torch.tensor(neighborhood, dtype=torch.int32, device=device)
+        na_static = neighborhood_switches(neighborhood)
     return KernelPlan(q_len, k_len, block_m, block_n, states.shape[0], mode, band[0], band[1],
                       _lists(states, part_id), bits, tile_band, tile_band.shape[1], na_params,
                       na_static, states, part_id)

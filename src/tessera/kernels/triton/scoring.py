@@ -327,6 +327,22 @@ def na_windows(offs, first, NA, side: tl.constexpr, NA_STATIC: tl.constexpr):
 
 
 @triton.jit
+def memory_rows(offs, first, NA, side: tl.constexpr, NA_STATIC: tl.constexpr,
+                GRID_ORDER: tl.constexpr):
+    """Rows of the q/k/v/o (and lse, delta) tensors that hold positions ``first + offs`` of a
+    query (``side`` 0) or key (1) tile: the positions themselves, or with ``GRID_ORDER`` (tensors
+    in the grid's row-major order, positions in the tiled order of the neighborhood parameters
+    ``NA``) the grid rows of those positions. Positions past the sequence get rows the callers'
+    bounds masks hide."""
+    if GRID_ORDER:
+        c0, c1, c2 = na_coords(offs, first, NA, side, NA_STATIC)
+        rows = (c0 * na_param(NA, NA_GRID, 1) + c1) * na_param(NA, NA_GRID, 2) + c2
+    else:
+        rows = first + offs
+    return rows
+
+
+@triton.jit
 def na_query_windows(offs, first, NA, NA_STATIC: tl.constexpr):
     """Per-axis windows of the queries at offsets ``offs`` (any shape) of the query tile starting
     at ``first``: ``(lo0, hi0, lo1, hi1, lo2, hi2)`` over key codes (``na_codes``)."""
