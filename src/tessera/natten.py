@@ -87,8 +87,9 @@ def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke
                             pattern.causal, q.device)
     batch, n = q.shape[0], math.prod(grid)
     flat = [t.reshape(batch, n, *t.shape[1 + na_dim:]) for t in (q, k, v)]
-    in_kernel = None if tiled is None else _grid_order_run(flat, Permuted(pattern, tiled), scale,
-                                                           return_lse, backend)
+    in_kernel = None
+    if tiled is not None and not tiled.is_identity:
+        in_kernel = _grid_order_run(flat, Permuted(pattern, tiled), scale, return_lse, backend)
     if in_kernel is not None:
         o, lse = in_kernel
         o = o.reshape(batch, *grid, *o.shape[2:])

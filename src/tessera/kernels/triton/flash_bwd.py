@@ -21,15 +21,14 @@ import triton
 import triton.language as tl
 
 from triton.runtime.errors import OutOfResources
-from triton.tools.tensor_descriptor import TensorDescriptor
 
 from . import streams
-from .flash_fwd import LOG2E, broadcast_strides, low_rank_args, rank_pad, rel_pos_args, tma_ok
+from .flash_fwd import LOG2E, broadcast_strides, low_rank_args, rank_pad, rel_pos_args, row_descriptors
 from .program_ids import RUN_TIME_INTS, program_cols, program_rows
 from .row_dot import row_dot
 from .schedule import col_schedule, row_schedule
 from .scoring import (INTERPRETED, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
-                      memory_rows, na_codes, na_key_windows, na_query_windows, rel_pos_table_grad,
+                      grid_box_origin, memory_rows, na_codes, na_key_windows, na_query_windows, rel_pos_table_grad,
                       rel_pos_tile, score_tile)
 
 if INTERPRETED:
@@ -61,8 +60,13 @@ def _dkdv_tiles(dk, dv, dw, k, v, q_base, do_base, s_qs, s_dos, q_desc, do_desc,
         q_ptrs = q_base + q_mem.to(tl.int64)[:, None] * s_qs + offs_d[None, :]
         do_ptrs = do_base + q_mem.to(tl.int64)[:, None] * s_dos + offs_dv[None, :]
         if USE_TMA:
-            q = q_desc.load([b, m * BLOCK_M, h, 0]).reshape(BLOCK_M, D_PAD)
-            do = do_desc.load([b, m * BLOCK_M, h, 0]).reshape(BLOCK_M, DV_PAD)
+            if GRID_ORDER:
+                row0, c1, c2 = grid_box_origin(m * BLOCK_M, b, NA, 0, NA_STATIC)
+                q = q_desc.load([row0, c1, c2, h, 0]).reshape(BLOCK_M, D_PAD)
+                do = do_desc.load([row0, c1, c2, h, 0]).reshape(BLOCK_M, DV_PAD)
+            else:
+                q = q_desc.load([b, m * BLOCK_M, h, 0]).reshape(BLOCK_M, D_PAD)
+                do = do_desc.load([b, m * BLOCK_M, h, 0]).reshape(BLOCK_M, DV_PAD)
         if MASKED:
             row_ok = q_row < S_Q
             if not USE_TMA:
@@ -267,8 +271,13 @@ def _dq_tiles(dq, dslope, du, q, do, lse2, delta, k_base, v_base, s_kn, s_vn, k_
         k_ptrs = k_base + k_rows[:, None] * s_kn + offs_d[None, :]
         v_ptrs = v_base + k_rows[:, None] * s_vn + offs_dv[None, :]
         if USE_TMA:
-            k = k_desc.load([b, n * BLOCK_N, hk, 0]).reshape(BLOCK_N, D_PAD)
-            v = v_desc.load([b, n * BLOCK_N, hk, 0]).reshape(BLOCK_N, DV_PAD)
+            if GRID_ORDER:
+                row0, c1, c2 = grid_box_origin(n * BLOCK_N, b, NA, 1, NA_STATIC)
+                k = k_desc.load([row0, c1, c2, hk, 0]).reshape(BLOCK_N, D_PAD)
+                v = v_desc.load([row0, c1, c2, hk, 0]).reshape(BLOCK_N, DV_PAD)
+            else:
+                k = k_desc.load([b, n * BLOCK_N, hk, 0]).reshape(BLOCK_N, D_PAD)
+                v = v_desc.load([b, n * BLOCK_N, hk, 0]).reshape(BLOCK_N, DV_PAD)
         elif MASKED:
             k = tl.load(k_ptrs, mask=(k_pos[:, None] < S_K) & (offs_d[None, :] < HEAD_D), other=0.0)
             v = tl.load(v_ptrs, mask=(k_pos[:, None] < S_K) & (offs_dv[None, :] < HEAD_DV), other=0.0)
@@ -527,15 +536,11 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
     variant_args = (scale, scale * LOG2E, softcap if softcap is not None else 1.0)
     sig_bias2 = (sigmoid_bias if sigmoid else 0.0) * LOG2E
 
-    d_pad, dv_pad = common["D_PAD"], common["DV_PAD"]
-
-    def descriptor(t, block, width):
-        return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, block, 1, width])
-
     cols = dkdv_plan.cols
-    use_tma = tma_ok(q, do, dkdv_plan.block_m) and not grid_order
-    q_desc, do_desc = ((descriptor(q, dkdv_plan.block_m, d_pad), descriptor(do, dkdv_plan.block_m, dv_pad))
-                       if use_tma else (q, do))
+    q_desc, do_desc = row_descriptors(q, do, dkdv_plan, dkdv_plan.block_m, grid_order)
+    use_tma = q_desc is not None
+    if not use_tma:
+        q_desc, do_desc = q, do
     col_order = col_schedule(dkdv_plan, batch, kv_heads)
     grid, col_reps = (((dkdv_plan.n_k_tiles, batch * kv_heads), 1) if col_order is None
                       else col_order.launch(batch, kv_heads))
@@ -559,12 +564,14 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
             *variant_args, dkdv_plan.band_lo, dkdv_plan.band_hi, sig_bias2,
             BLOCK_M=dkdv_plan.block_m, BLOCK_N=dkdv_plan.block_n, MASK_MODE=dkdv_plan.mask_mode,
             USE_TMA=use_tma, TILE_BANDS=dkdv_plan.bands_per_tile, NA_STATIC=dkdv_plan.na_static,
-            GRID_ORDER=grid_order, SCHEDULED=int(col_order is not None), num_warps=dkdv_config.num_warps, num_stages=dkdv_config.num_stages, **common,
+            GRID_ORDER=grid_order, SCHEDULED=int(col_order is not None),
+            num_warps=dkdv_config.num_warps, num_stages=dkdv_config.num_stages, **common,
         )
     rows = dq_plan.rows
-    use_tma = tma_ok(k, v, dq_plan.block_n) and not grid_order
-    k_desc, v_desc = ((descriptor(k, dq_plan.block_n, d_pad), descriptor(v, dq_plan.block_n, dv_pad))
-                      if use_tma else (k, v))
+    k_desc, v_desc = row_descriptors(k, v, dq_plan, dq_plan.block_n, grid_order)
+    use_tma = k_desc is not None
+    if not use_tma:
+        k_desc, v_desc = k, v
     row_order = row_schedule(dq_plan, batch, heads)
     grid, row_reps = (((dq_plan.n_q_tiles, batch * heads), 1) if row_order is None
                       else row_order.launch(batch, heads))
@@ -588,7 +595,8 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
         BLOCK_M=dq_plan.block_m, BLOCK_N=dq_plan.block_n, MASK_MODE=dq_plan.mask_mode,
         BIAS_GRAD=bias_grad, SLOPE_GRAD=slope_grad, REL_POS_GRAD=rel_pos_grad, USE_TMA=use_tma,
         TILE_BANDS=dq_plan.bands_per_tile, NA_STATIC=dq_plan.na_static,
-        GRID_ORDER=grid_order, SCHEDULED=int(row_order is not None), num_warps=dq_config.num_warps, num_stages=dq_config.num_stages, **common,
+        GRID_ORDER=grid_order, SCHEDULED=int(row_order is not None),
+        num_warps=dq_config.num_warps, num_stages=dq_config.num_stages, **common,
     )
     streams.join(side)
     dslopes = None

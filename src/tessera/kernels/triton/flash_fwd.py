@@ -17,6 +17,8 @@ dim is contiguous. Sequence lengths are runtime arguments (no recompilation per 
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -25,7 +27,8 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from .program_ids import RUN_TIME_INTS, program_rows
 from .schedule import row_schedule
 from .scoring import (INTERPRETED, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
-                      memory_rows, na_codes, na_query_windows, rel_pos_tile, score_tile)
+                      grid_box_origin, memory_rows, na_codes, na_query_windows, rel_pos_tile,
+                      score_tile)
 
 if INTERPRETED:
     range = interpreter_range  # noqa: A001
@@ -53,9 +56,15 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_desc, v_desc, b, 
         k_ptrs = k_base + k_rows[None, :] * s_kn + offs_d[:, None]
         v_ptrs = v_base + k_rows[:, None] * s_vn + offs_dv[None, :]
         if USE_TMA:
-            # Bulk tensor copies: rows past S_k and columns past D arrive as zeros.
-            k = tl.trans(k_desc.load([b, n * BLOCK_N, hk, 0]).reshape(BLOCK_N, D_PAD))
-            v = v_desc.load([b, n * BLOCK_N, hk, 0]).reshape(BLOCK_N, DV_PAD)
+            # Bulk tensor copies: rows past S_k and columns past D arrive as zeros. In grid order
+            # the key tile is one box of the [B * G0, G1, G2, H, D] view (grid_box).
+            if GRID_ORDER:
+                row0, c1, c2 = grid_box_origin(n * BLOCK_N, b, NA, 1, NA_STATIC)
+                k = tl.trans(k_desc.load([row0, c1, c2, hk, 0]).reshape(BLOCK_N, D_PAD))
+                v = v_desc.load([row0, c1, c2, hk, 0]).reshape(BLOCK_N, DV_PAD)
+            else:
+                k = tl.trans(k_desc.load([b, n * BLOCK_N, hk, 0]).reshape(BLOCK_N, D_PAD))
+                v = v_desc.load([b, n * BLOCK_N, hk, 0]).reshape(BLOCK_N, DV_PAD)
         elif MASKED:
             k = tl.load(k_ptrs, mask=(k_pos[None, :] < S_K) & (offs_d[:, None] < HEAD_D), other=0.0)
             v = tl.load(v_ptrs, mask=(k_pos[:, None] < S_K) & (offs_dv[None, :] < HEAD_DV), other=0.0)
@@ -242,6 +251,55 @@ def tma_ok(k: torch.Tensor, v: torch.Tensor, block_n: int) -> bool:
     return True
 
 
+def grid_box(plan, block: int) -> Optional[tuple[int, int, int]]:
+    """Extents ``(b0, b1, b2)`` of the grid box that each kernel tile of ``block`` consecutive
+    positions covers in the tiled order of a plan with neighborhood values (tiles ``(t0, t1,
+    t2)``, row-major inside): whole rows or planes of one tile; None when a kernel tile is not one
+    box (it spans tiles, or cuts a row)."""
+    if not plan.na_values:
+        return None
+    t0, t1, t2 = plan.na_values[3:6]
+    if (t0 * t1 * t2) % block:
+        return None
+    if block % (t1 * t2) == 0:
+        return block // (t1 * t2), t1, t2
+    if block % t2 == 0 and t1 % (block // t2) == 0:
+        return 1, block // t2, t2
+    if t2 % block == 0:
+        return 1, 1, block
+    return None
+
+
+def _grid_descriptor(t: torch.Tensor, grid, box, width: int) -> Optional[TensorDescriptor]:
+    """``t [B, S, H, D]`` in grid order as ``[B * g0, g1, g2, H, D]`` with box ``[*box, 1, width]``,
+    or None when its strides allow no such view or no bulk copies."""
+    g0, g1, g2 = grid
+    try:
+        view = t.view(t.shape[0] * g0, g1, g2, t.shape[2], t.shape[3])
+    except RuntimeError:
+        return None
+    if any((s * view.element_size()) % 16 for s in view.stride()[:-1]):
+        return None
+    return TensorDescriptor(view, list(view.shape), list(view.stride()), [*box, 1, width])
+
+
+def row_descriptors(a: torch.Tensor, b: torch.Tensor, plan, block: int, grid_order: bool):
+    """Tensor descriptors of ``a``, ``b`` (``[B, S, H, D]``) for bulk copies of ``block`` rows
+    (Hopper), or ``(None, None)``: row blocks in the plan's token order, or in grid order boxes
+    of the grid (``grid_box``)."""
+    if not tma_ok(a, b, block):
+        return None, None
+    widths = [max(16, triton.next_power_of_2(t.shape[3])) for t in (a, b)]
+    if not grid_order:
+        return tuple(TensorDescriptor(t, list(t.shape), list(t.stride()), [1, block, 1, w])
+                     for t, w in zip((a, b), widths))
+    box = grid_box(plan, block)
+    if box is None:
+        return None, None
+    descs = [_grid_descriptor(t, plan.na_values[0:3], box, w) for t, w in zip((a, b), widths)]
+    return (None, None) if None in descs else tuple(descs)
+
+
 def broadcast_strides(t: torch.Tensor) -> tuple[int, ...]:
     """Strides of a 4-D tensor with 0 for its size-1 (broadcast) dims."""
     return tuple(0 if size == 1 else stride for size, stride in zip(t.shape, t.stride()))
@@ -307,12 +365,9 @@ def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, sl
     schedule = row_schedule(plan, batch, heads)
     grid, reps = ((plan.n_q_tiles, batch * heads), 1) if schedule is None else schedule.launch(batch, heads)
     order = rows.full_count if schedule is None else schedule.order     # int32 either way
-    use_tma = tma_ok(k, v, plan.block_n) and not grid_order
-    if use_tma:
-        d_pad, dv_pad = max(16, triton.next_power_of_2(dim)), max(16, triton.next_power_of_2(dim_v))
-        k_desc = TensorDescriptor(k, list(k.shape), list(k.stride()), [1, plan.block_n, 1, d_pad])
-        v_desc = TensorDescriptor(v, list(v.shape), list(v.stride()), [1, plan.block_n, 1, dv_pad])
-    else:
+    k_desc, v_desc = row_descriptors(k, v, plan, plan.block_n, grid_order)
+    use_tma = k_desc is not None
+    if not use_tma:
         k_desc, v_desc = k, v
     _attn_fwd[grid](
         q, k, v, k_desc, v_desc, o, lse,

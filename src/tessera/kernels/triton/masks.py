@@ -109,6 +109,8 @@ class KernelPlan:
     _partial_fraction: Optional[float] = field(default=None, repr=False)
     # Launch orders built for this plan (schedule.py), by kernel direction and heads.
     schedules: dict = field(default_factory=dict, repr=False)
+    # ``na_params`` as Python ints (empty when the plan has none).
+    na_values: tuple = ()
 
     @property
     def n_q_tiles(self) -> int:
@@ -421,7 +423,8 @@ def build_plan(pattern: Optional[Pattern], q_len: int, k_len: int, block_m: int,
         na_static = neighborhood_switches(neighborhood)
     return KernelPlan(q_len, k_len, block_m, block_n, states.shape[0], mode, band[0], band[1],
                       _lists(states, part_id), bits, tile_band, tile_band.shape[1], na_params,
-                      na_static, states, part_id)
+                      na_static, states, part_id,
+                      na_values=tuple(neighborhood) if na_static else ())
 
 
 def _pattern_key(pattern: Optional[Pattern]):

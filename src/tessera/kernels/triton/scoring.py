@@ -343,6 +343,15 @@ def memory_rows(offs, first, NA, side: tl.constexpr, NA_STATIC: tl.constexpr,
 
 
 @triton.jit
+def grid_box_origin(first, b, NA, side: tl.constexpr, NA_STATIC: tl.constexpr):
+    """``(row0, c1, c2)``: the first three coordinates of the grid box holding the tile that starts
+    at tiled position ``first`` (a query (``side`` 0) or key (1) tile), in the ``[B * G0, G1, G2,
+    H, D]`` view of grid-order tensors of batch ``b``."""
+    c0, c1, c2 = na_coords(first * 0, first, NA, side, NA_STATIC)
+    return b * na_param(NA, NA_GRID, 0) + c0, c1, c2
+
+
+@triton.jit
 def na_query_windows(offs, first, NA, NA_STATIC: tl.constexpr):
     """Per-axis windows of the queries at offsets ``offs`` (any shape) of the query tile starting
     at ``first``: ``(lo0, hi0, lo1, hi1, lo2, hi2)`` over key codes (``na_codes``)."""
