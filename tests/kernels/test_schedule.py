@@ -17,6 +17,10 @@ def _costs(lists: masks.TileLists) -> torch.Tensor:
 def test_dense_maps_keep_the_plain_order():
     plan = masks.build_plan(None, 1000, 1000, 64, 64, 4, torch.device("cpu"))
     assert schedule.row_schedule(plan, 1, 4) is None and schedule.col_schedule(plan, 1, 4) is None
+    # Their kernels are compiled without the run-time choice of order.
+    assert not schedule.reorderable(plan) and not schedule.reorderable(plan, 4)
+    causal = masks.build_plan(Causal(), 1000, 1000, 64, 64, 4, torch.device("cpu"))
+    assert schedule.reorderable(causal) and schedule.reorderable(causal, 4)
 
 
 def test_causal_rows_longest_first_on_small_launches_plain_on_large_ones():
@@ -61,3 +65,4 @@ def test_disabled_gives_the_plain_order(monkeypatch):
     monkeypatch.setattr(schedule, "ENABLED", False)
     plan = masks.build_plan(Causal(), 512, 512, 64, 64, 1, torch.device("cpu"))
     assert schedule.row_schedule(plan, 1, 1) is None and schedule.col_schedule(plan, 1, 1) is None
+    assert not schedule.reorderable(plan)

@@ -26,7 +26,7 @@ from . import streams
 from .flash_fwd import LOG2E, broadcast_strides, low_rank_args, rank_pad, rel_pos_args, row_descriptors
 from .program_ids import RUN_TIME_INTS, program_cols, program_rows
 from .row_dot import row_dot
-from .schedule import col_schedule, row_schedule
+from .schedule import col_schedule, reorderable, row_schedule
 from .scoring import (INTERPRETED, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
                       grid_box_origin, memory_rows, na_codes, na_key_windows, na_query_windows, rel_pos_table_grad,
                       rel_pos_tile, score_tile)
@@ -155,8 +155,9 @@ def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV, DW,
                    TENSOR_BIAS: tl.constexpr, LOW_RANK: tl.constexpr, LOW_RANK_GRAD: tl.constexpr,
                    R_PAD: tl.constexpr, REL_POS: tl.constexpr, SIGMOID: tl.constexpr,
                    PRECISION: tl.constexpr, USE_TMA: tl.constexpr, TILE_BANDS: tl.constexpr,
-                   NA_STATIC: tl.constexpr, GRID_ORDER: tl.constexpr, SCHEDULED):
-    n, b, hk = program_cols(ORDER, REPS, ORDER_HEADS, H_KV, N_K_TILES, SCHEDULED)
+                   NA_STATIC: tl.constexpr, GRID_ORDER: tl.constexpr, SCHEDULED,
+                   MAY_SCHEDULE: tl.constexpr):
+    n, b, hk = program_cols(ORDER, REPS, ORDER_HEADS, H_KV, N_K_TILES, SCHEDULED, MAY_SCHEDULE)
 
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -359,8 +360,8 @@ def _attn_bwd_dq(Q, K, V, DO, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, DU,
                  SIGMOID: tl.constexpr, BIAS_GRAD: tl.constexpr,
                  SLOPE_GRAD: tl.constexpr, PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
                  TILE_BANDS: tl.constexpr, NA_STATIC: tl.constexpr, GRID_ORDER: tl.constexpr,
-                 SCHEDULED):
-    m, b, h = program_rows(ORDER, REPS, ORDER_HEADS, H_Q, N_Q_TILES, SCHEDULED)
+                 SCHEDULED, MAY_SCHEDULE: tl.constexpr):
+    m, b, h = program_rows(ORDER, REPS, ORDER_HEADS, H_Q, N_Q_TILES, SCHEDULED, MAY_SCHEDULE)
     bh = b * H_Q + h
     hk = h // GROUP
     hm = h % MAP_HEADS
@@ -565,6 +566,7 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
             BLOCK_M=dkdv_plan.block_m, BLOCK_N=dkdv_plan.block_n, MASK_MODE=dkdv_plan.mask_mode,
             USE_TMA=use_tma, TILE_BANDS=dkdv_plan.bands_per_tile, NA_STATIC=dkdv_plan.na_static,
             GRID_ORDER=grid_order, SCHEDULED=int(col_order is not None),
+            MAY_SCHEDULE=reorderable(dkdv_plan, kv_heads),
             num_warps=dkdv_config.num_warps, num_stages=dkdv_config.num_stages, **common,
         )
     rows = dq_plan.rows
@@ -596,6 +598,7 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
         BIAS_GRAD=bias_grad, SLOPE_GRAD=slope_grad, REL_POS_GRAD=rel_pos_grad, USE_TMA=use_tma,
         TILE_BANDS=dq_plan.bands_per_tile, NA_STATIC=dq_plan.na_static,
         GRID_ORDER=grid_order, SCHEDULED=int(row_order is not None),
+        MAY_SCHEDULE=reorderable(dq_plan),
         num_warps=dq_config.num_warps, num_stages=dq_config.num_stages, **common,
     )
     streams.join(side)

@@ -25,7 +25,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .program_ids import RUN_TIME_INTS, program_rows
-from .schedule import row_schedule
+from .schedule import reorderable, row_schedule
 from .scoring import (INTERPRETED, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
                       grid_box_origin, memory_rows, na_codes, na_query_windows, rel_pos_tile,
                       score_tile)
@@ -138,8 +138,9 @@ def _attn_fwd(Q, K, V, K_DESC, V_DESC, O, LSE,
               ALIBI: tl.constexpr, TENSOR_BIAS: tl.constexpr, LOW_RANK: tl.constexpr,
               R_PAD: tl.constexpr, REL_POS: tl.constexpr, SIGMOID: tl.constexpr,
               PRECISION: tl.constexpr, USE_TMA: tl.constexpr, TILE_BANDS: tl.constexpr,
-              NA_STATIC: tl.constexpr, GRID_ORDER: tl.constexpr, SCHEDULED):
-    m, b, h = program_rows(ORDER, REPS, ORDER_HEADS, H_Q, N_Q_TILES, SCHEDULED)
+              NA_STATIC: tl.constexpr, GRID_ORDER: tl.constexpr, SCHEDULED,
+              MAY_SCHEDULE: tl.constexpr):
+    m, b, h = program_rows(ORDER, REPS, ORDER_HEADS, H_Q, N_Q_TILES, SCHEDULED, MAY_SCHEDULE)
     bh = b * H_Q + h
     hk = h // GROUP
     hm = h % MAP_HEADS
@@ -389,7 +390,8 @@ def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, sl
         ALIBI=slopes is not None, TENSOR_BIAS=bias is not None, LOW_RANK=low_rank is not None,
         R_PAD=rank_pad(factors[-1]), REL_POS=rel_pos is not None, SIGMOID=sigmoid,
         PRECISION=precision, USE_TMA=use_tma, TILE_BANDS=plan.bands_per_tile,
-        NA_STATIC=plan.na_static, GRID_ORDER=grid_order, SCHEDULED=int(schedule is not None), num_warps=config.num_warps,
+        NA_STATIC=plan.na_static, GRID_ORDER=grid_order, SCHEDULED=int(schedule is not None),
+        MAY_SCHEDULE=reorderable(plan), num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
     return o, (None if sigmoid else lse)

@@ -14,43 +14,55 @@ RUN_TIME_INTS = ["S_Q", "S_K", "N_Q_TILES", "N_K_TILES", "FULL_W", "PART_W", "ba
 
 
 @triton.jit
-def program_rows(ORDER, REPS, ORDER_HEADS, H_Q, N_Q_TILES, SCHEDULED):
-    """``(m, b, h)``: query tile, batch, query head. ``SCHEDULED`` (run-time 0 or 1) off: grid
-    ``(N_Q_TILES, B * H_Q)``, query tiles in descending order (on causal-like maps the longest
-    first). On: grid ``(len(ORDER) * REPS,)``, entry ``ORDER[pid // REPS] = head_entry *
-    N_Q_TILES + m`` (int32), replica ``pid % REPS`` over the batch and the heads ``head_entry +
-    j * ORDER_HEADS``."""
-    if SCHEDULED:
-        pid = tl.program_id(0)
-        entry = tl.load(ORDER + pid // REPS)
-        rep = pid % REPS
-        per = H_Q // ORDER_HEADS
-        m = entry % N_Q_TILES
-        h = (rep % per) * ORDER_HEADS + entry // N_Q_TILES
-        b = rep // per
+def program_rows(ORDER, REPS, ORDER_HEADS, H_Q, N_Q_TILES, SCHEDULED, MAY_SCHEDULE: tl.constexpr):
+    """``(m, b, h)``: query tile, batch, query head. Plain grid ``(N_Q_TILES, B * H_Q)``, query
+    tiles in descending order (on causal-like maps the longest first). With ``MAY_SCHEDULE`` the
+    run-time 0 or 1 ``SCHEDULED`` picks the longest-first grid ``(len(ORDER) * REPS,)`` instead:
+    entry ``ORDER[pid // REPS] = head_entry * N_Q_TILES + m`` (int32), replica ``pid % REPS`` over
+    the batch and the heads ``head_entry + j * ORDER_HEADS``."""
+    if MAY_SCHEDULE:
+        if SCHEDULED:
+            pid = tl.program_id(0)
+            entry = tl.load(ORDER + pid // REPS)
+            rep = pid % REPS
+            per = H_Q // ORDER_HEADS
+            m = entry % N_Q_TILES
+            h = (rep % per) * ORDER_HEADS + entry // N_Q_TILES
+            b = rep // per
+        else:
+            m, b, h = _plain_rows(H_Q, N_Q_TILES)
     else:
-        m = N_Q_TILES - 1 - tl.program_id(0)
-        bh = tl.program_id(1)
-        b = bh // H_Q
-        h = bh % H_Q
+        m, b, h = _plain_rows(H_Q, N_Q_TILES)
     return m, b, h
 
 
 @triton.jit
-def program_cols(ORDER, REPS, ORDER_HEADS, H_KV, N_K_TILES, SCHEDULED):
+def _plain_rows(H_Q, N_Q_TILES):
+    bh = tl.program_id(1)
+    return N_Q_TILES - 1 - tl.program_id(0), bh // H_Q, bh % H_Q
+
+
+@triton.jit
+def program_cols(ORDER, REPS, ORDER_HEADS, H_KV, N_K_TILES, SCHEDULED, MAY_SCHEDULE: tl.constexpr):
     """``(n, b, hk)``: key tile, batch, key/value head. Plain grid ``(N_K_TILES, B * H_KV)``;
     scheduled grid as ``program_rows`` with key tiles and key/value heads."""
-    if SCHEDULED:
-        pid = tl.program_id(0)
-        entry = tl.load(ORDER + pid // REPS)
-        rep = pid % REPS
-        per = H_KV // ORDER_HEADS
-        n = entry % N_K_TILES
-        hk = (rep % per) * ORDER_HEADS + entry // N_K_TILES
-        b = rep // per
+    if MAY_SCHEDULE:
+        if SCHEDULED:
+            pid = tl.program_id(0)
+            entry = tl.load(ORDER + pid // REPS)
+            rep = pid % REPS
+            per = H_KV // ORDER_HEADS
+            n = entry % N_K_TILES
+            hk = (rep % per) * ORDER_HEADS + entry // N_K_TILES
+            b = rep // per
+        else:
+            n, b, hk = _plain_cols(H_KV)
     else:
-        n = tl.program_id(0)
-        bhk = tl.program_id(1)
-        b = bhk // H_KV
-        hk = bhk % H_KV
+        n, b, hk = _plain_cols(H_KV)
     return n, b, hk
+
+
+@triton.jit
+def _plain_cols(H_KV):
+    bhk = tl.program_id(1)
+    return tl.program_id(0), bhk // H_KV, bhk % H_KV

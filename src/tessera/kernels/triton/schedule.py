@@ -103,16 +103,39 @@ def _chosen(found: Optional[Schedule], batch: int, kernel_heads: int, device) ->
     return found
 
 
+def _row_candidate(plan: KernelPlan) -> Optional[Schedule]:
+    key = ("rows",)
+    if key not in plan.schedules:
+        plan.schedules[key] = _longest_first(plan.rows, 1, True, plan.map_heads)
+    return plan.schedules[key]
+
+
+def _col_candidate(plan: KernelPlan, kv_heads: int) -> Optional[Schedule]:
+    key = ("cols", kv_heads)
+    if key not in plan.schedules:
+        group = plan.map_heads // kv_heads if plan.map_heads > 1 else 1
+        plan.schedules[key] = _longest_first(plan.cols, group, False, plan.map_heads // group)
+    return plan.schedules[key]
+
+
+def reorderable(plan: KernelPlan, kv_heads: Optional[int] = None) -> bool:
+    """Whether launches over this plan's rows (``kv_heads`` None) or columns may take a
+    longest-first order: their lists differ in length. Kernels over uniform maps (dense) are
+    compiled without the run-time choice of order (the constexpr ``MAY_SCHEDULE``), which keeps
+    the program ids out of the registers of their tile loops."""
+    if not ENABLED:
+        return False
+    found = _row_candidate(plan) if kv_heads is None else _col_candidate(plan, kv_heads)
+    return found is not None
+
+
 def row_schedule(plan: KernelPlan, batch: int, heads: int) -> Optional[Schedule]:
     """The launch order of the forward and dq kernels (programs per query tile) over ``batch`` x
     ``heads`` query heads, or None for the plain grid. Ties go to later query tiles first (the
     causal-like order)."""
     if not ENABLED:
         return None
-    key = ("rows",)
-    if key not in plan.schedules:
-        plan.schedules[key] = _longest_first(plan.rows, 1, True, plan.map_heads)
-    return _chosen(plan.schedules[key], batch, heads, plan.rows.full_count.device)
+    return _chosen(_row_candidate(plan), batch, heads, plan.rows.full_count.device)
 
 
 def col_schedule(plan: KernelPlan, batch: int, kv_heads: int) -> Optional[Schedule]:
@@ -121,8 +144,4 @@ def col_schedule(plan: KernelPlan, batch: int, kv_heads: int) -> Optional[Schedu
     grid."""
     if not ENABLED:
         return None
-    key = ("cols", kv_heads)
-    if key not in plan.schedules:
-        group = plan.map_heads // kv_heads if plan.map_heads > 1 else 1
-        plan.schedules[key] = _longest_first(plan.cols, group, False, plan.map_heads // group)
-    return _chosen(plan.schedules[key], batch, kv_heads, plan.cols.full_count.device)
+    return _chosen(_col_candidate(plan, kv_heads), batch, kv_heads, plan.cols.full_count.device)
