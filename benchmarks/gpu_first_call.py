@@ -29,10 +29,12 @@ def _cases():
         return BlockSparse.random(seq, density, block=128, num_heads=H, seed=seed, device="cuda")
     return [
         ("window 1023 -> window 767", (16384, Window(1023, 0)), (16384, Window(767, 0))),
-        ("random 10% -> random 20% (new seed)", (16384, blocks(16384, 0.1, 0)), (16384, blocks(16384, 0.2, 1))),
+        ("random 10% -> random 20% (new seed)", (16384, blocks(16384, 0.1, 0)),
+         (16384, blocks(16384, 0.2, 1))),
         ("strided stride 8 -> stride 4", (32768, Strided(block=128, local_blocks=8, stride=8)),
          (32768, Strided(block=128, local_blocks=4, stride=4))),
-        ("power local 256 -> local 512", (32768, Power(local=256, causal=True)), (32768, Power(local=512, causal=True))),
+        ("power local 256 -> local 512", (32768, Power(local=256, causal=True)),
+         (32768, Power(local=512, causal=True))),
         ("causal S=16384 -> S=12000", (16384, Causal()), (12000, Causal())),
     ]
 

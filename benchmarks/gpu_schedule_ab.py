@@ -126,7 +126,8 @@ def main() -> None:
                     tuning.OVERRIDES[kernel] = KernelConfig(*config)
                     try:
                         kernels = cuda_kernel_ms(forward_backward, iters=5)
-                        ms = sum(t for key, t in kernels.items() if f"_attn_{'bwd_' if kernel != 'fwd' else ''}{kernel}" in key)
+                        name = "_attn_fwd" if kernel == "fwd" else f"_attn_bwd_{kernel}"
+                        ms = sum(t for key, t in kernels.items() if name in key)
                     except Exception as exc:  # a config that does not fit must not end the sweep
                         print(f"{kernel} {config}: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
                         ms = None

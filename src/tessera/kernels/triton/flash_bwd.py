@@ -28,8 +28,8 @@ from .program_ids import RUN_TIME_INTS, program_cols, program_rows
 from .row_dot import row_dot
 from .schedule import col_schedule, reorderable, row_schedule
 from .scoring import (INTERPRETED, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
-                      grid_box_origin, memory_rows, na_codes, na_key_windows, na_query_windows, rel_pos_table_grad,
-                      rel_pos_tile, score_tile)
+                      grid_box_origin, memory_rows, na_codes, na_key_windows, na_query_windows,
+                      rel_pos_table_grad, rel_pos_tile, score_tile)
 
 if INTERPRETED:
     range = interpreter_range  # noqa: A001

@@ -7,9 +7,10 @@ A ``KernelPlan`` holds, for one ``(pattern, q_len, k_len, block_m, block_n, head
   * the mask kind of partial tiles: ``MASK_NONE`` (bounds only: dense), ``MASK_BAND`` (the offset
     band ``band_lo <= q_pos - k_pos <= band_hi`` evaluated in-kernel: causal, windows and their
     intersections, and patterns whose partial tiles all follow one band, such as the causal
-    diagonal tiles of S2 ``Strided`` or of a causal block-sparse mask), ``MASK_TILE_BAND`` (up to ``MAX_TILE_BANDS`` offset bands per partial tile:
-    offset patterns with several intervals that meet each partial tile in a few of them, such as
-    a band plus a few diagonals: Power, Window | Power), ``MASK_NEIGHBORHOOD`` (N-D neighborhood
+    diagonal tiles of S2 ``Strided`` or of a causal block-sparse mask), ``MASK_TILE_BAND`` (up to
+    ``MAX_TILE_BANDS`` offset bands per partial tile: offset patterns with several intervals that
+    meet each partial tile in a few of them, such as a band plus a few diagonals: Power,
+    Window | Power), ``MASK_NEIGHBORHOOD`` (N-D neighborhood
     attention evaluated in-kernel from the grid coordinates of each token: ``Neighborhood``, or
     ``Permuted(Neighborhood, GridLayout)`` with a tile shape dividing the grid) or ``MASK_BITS``
     (a packed bitmask per partial tile, built once on the device by evaluating ``pattern.mask``
@@ -417,14 +418,15 @@ def build_plan(pattern: Optional[Pattern], q_len: int, k_len: int, block_m: int,
             bits, common = _bitmasks(pattern, states, q_len, k_len, block_m, block_n)
             if common is not None:
                 mode, band, bits = MASK_BAND, common, torch.zeros(1, dtype=torch.int32, device=device)
+    na_values = ()
     if neighborhood is not None and ANALYTIC_NEIGHBORHOOD:
         # Also without partial tiles (blocked neighborhoods): the grid-order addressing reads them.
+        na_values = tuple(neighborhood)
         na_params = torch.tensor(neighborhood, dtype=torch.int32, device=device)
         na_static = neighborhood_switches(neighborhood)
     return KernelPlan(q_len, k_len, block_m, block_n, states.shape[0], mode, band[0], band[1],
                       _lists(states, part_id), bits, tile_band, tile_band.shape[1], na_params,
-                      na_static, states, part_id,
-                      na_values=tuple(neighborhood) if na_static else ())
+                      na_static, states, part_id, na_values=na_values)
 
 
 def _pattern_key(pattern: Optional[Pattern]):
