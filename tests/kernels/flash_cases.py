@@ -140,3 +140,20 @@ def check_against_reference(q, k, v, pattern=None, *, backward=True, fwd_factor=
         errors[name] = (err, err_same)
         assert err <= factor * err_same + atol, f"{name}: kernel {err:.3g} vs reference {err_same:.3g}"
     return errors
+
+
+def grid_order_outputs(q, k, v, do, pattern, grid_order: bool) -> list:
+    """``[o, lse, dq, dk, dv]`` of the Triton backend for ``Permuted(Neighborhood, GridLayout)``
+    on grid-order q, k, v: addressed through the tiled order in-kernel (``grid_order``), or
+    reordered into the tiled order around the call."""
+    layout = pattern.layout
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    if grid_order:
+        call = make_call(*leaves, pattern)
+        call.grid_order = True
+        o, lse = run(call)
+    else:
+        o, lse = run(make_call(*(layout.permute(t, 1) for t in leaves), pattern))
+        o, lse = layout.unpermute(o, 1), layout.unpermute(lse, 2)
+    o.backward(do)
+    return [o, lse] + [t.grad for t in leaves]

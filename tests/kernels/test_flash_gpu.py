@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from flash_cases import check_against_reference, make_call, make_inputs
+from flash_cases import check_against_reference, grid_order_outputs, make_call, make_inputs
 
 pytestmark = pytest.mark.gpu
 
@@ -100,24 +100,12 @@ def test_neighborhood_grid_order_matches_reordering(name, dtype):
     # Grid-order tensors addressed through the tiled order in-kernel (TMA boxes where the kernel
     # tiles are whole rows or planes of a layout tile) against reordering around the call.
     pattern = _neighborhoods()[name]
-    layout = pattern.layout
     seq = 1536 if name.startswith("2d") else 2048
     q, k, v = make_inputs(2, seq, seq, 8, 2, 128, dtype, DEVICE)
     do = torch.randn_like(q)
-
-    def outputs(grid_order: bool):
-        leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-        if grid_order:
-            call = make_call(*leaves, pattern)
-            call.grid_order = True
-            o, lse = run(call)
-        else:
-            o, lse = run(make_call(*(layout.permute(t, 1) for t in leaves), pattern))
-            o, lse = layout.unpermute(o, 1), layout.unpermute(lse, 2)
-        o.backward(do)
-        return [o, lse] + [t.grad for t in leaves]
-
-    for label, a, b in zip(("o", "lse", "dq", "dk", "dv"), outputs(True), outputs(False)):
+    in_kernel = grid_order_outputs(q, k, v, do, pattern, True)
+    reordered = grid_order_outputs(q, k, v, do, pattern, False)
+    for label, a, b in zip(("o", "lse", "dq", "dk", "dv"), in_kernel, reordered):
         assert torch.isfinite(a).all(), label
         torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-3, msg=label)
 

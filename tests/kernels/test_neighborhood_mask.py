@@ -137,7 +137,7 @@ else:
     import triton
     import triton.language as tl
 
-    from flash_cases import check_against_reference, make_inputs
+    from flash_cases import check_against_reference, grid_order_outputs, make_inputs
     from tessera.kernels.triton import tuning
     from tessera.kernels.triton.backend import kernels_interpreted
     from tessera.kernels.triton.scoring import (na_allowed, na_codes, na_key_windows,
@@ -256,23 +256,6 @@ else:
         (Neighborhood((4, 6, 10), (3, 3, 5), dilation=(1, 2, 1)), (2, 3, 5), 2, 2, 1, torch.float16),
     ]
 
-    def _grid_order_outputs(q, k, v, do, pattern, grid_order: bool):
-        """o, lse and the q/k/v gradients of the Triton backend: grid-order tensors addressed
-        in-kernel, or reordered into the tiled order around the call (the reference path)."""
-        from flash_cases import make_call
-        from tessera.kernels.triton.backend import run
-        layout = pattern.layout
-        leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-        if grid_order:
-            call = make_call(*leaves, pattern)
-            call.grid_order = True
-            o, lse = run(call)
-        else:
-            o, lse = run(make_call(*(layout.permute(t, 1) for t in leaves), pattern))
-            o, lse = layout.unpermute(o, 1), layout.unpermute(lse, 2)
-        o.backward(do)
-        return [o, lse] + [t.grad for t in leaves]
-
     @pytest.mark.parametrize("bulk_copies", [False, True])
     @pytest.mark.parametrize("rule, tile_shape, batch, heads, kv_heads, dtype", GRID_ORDER_CASES)
     def test_interpreted_grid_order_addressing_equals_reordering(rule, tile_shape, batch, heads,
@@ -291,8 +274,8 @@ else:
         pattern = _tiled(rule, tile_shape)
         q, k, v = make_inputs(batch, rule.size, rule.size, heads, kv_heads, 32, dtype)
         do = torch.randn_like(q)
-        in_kernel = _grid_order_outputs(q, k, v, do, pattern, True)
-        reordered = _grid_order_outputs(q, k, v, do, pattern, False)
+        in_kernel = grid_order_outputs(q, k, v, do, pattern, True)
+        reordered = grid_order_outputs(q, k, v, do, pattern, False)
         for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), in_kernel, reordered):
             assert torch.equal(a, b), name
 

@@ -28,7 +28,7 @@ from .program_ids import RUN_TIME_INTS, program_cols, program_rows
 from .row_dot import row_dot
 from .schedule import col_schedule, reorderable, row_schedule
 from .scoring import (INTERPRETED, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
-                      grid_box_origin, memory_rows, na_codes, na_key_windows, na_query_windows,
+                      load_row_tiles, memory_rows, na_codes, na_key_windows, na_query_windows,
                       rel_pos_table_grad, rel_pos_tile, score_tile)
 
 if INTERPRETED:
@@ -60,13 +60,8 @@ def _dkdv_tiles(dk, dv, dw, k, v, q_base, do_base, s_qs, s_dos, q_desc, do_desc,
         q_ptrs = q_base + q_mem.to(tl.int64)[:, None] * s_qs + offs_d[None, :]
         do_ptrs = do_base + q_mem.to(tl.int64)[:, None] * s_dos + offs_dv[None, :]
         if USE_TMA:
-            if GRID_ORDER:
-                row0, c1, c2 = grid_box_origin(m * BLOCK_M, b, NA, 0, NA_STATIC)
-                q = q_desc.load([row0, c1, c2, h, 0]).reshape(BLOCK_M, D_PAD)
-                do = do_desc.load([row0, c1, c2, h, 0]).reshape(BLOCK_M, DV_PAD)
-            else:
-                q = q_desc.load([b, m * BLOCK_M, h, 0]).reshape(BLOCK_M, D_PAD)
-                do = do_desc.load([b, m * BLOCK_M, h, 0]).reshape(BLOCK_M, DV_PAD)
+            q, do = load_row_tiles(q_desc, do_desc, m * BLOCK_M, b, h, NA, 0, NA_STATIC, GRID_ORDER,
+                                   BLOCK_M, D_PAD, DV_PAD)
         if MASKED:
             row_ok = q_row < S_Q
             if not USE_TMA:
@@ -272,13 +267,8 @@ def _dq_tiles(dq, dslope, du, q, do, lse2, delta, k_base, v_base, s_kn, s_vn, k_
         k_ptrs = k_base + k_rows[:, None] * s_kn + offs_d[None, :]
         v_ptrs = v_base + k_rows[:, None] * s_vn + offs_dv[None, :]
         if USE_TMA:
-            if GRID_ORDER:
-                row0, c1, c2 = grid_box_origin(n * BLOCK_N, b, NA, 1, NA_STATIC)
-                k = k_desc.load([row0, c1, c2, hk, 0]).reshape(BLOCK_N, D_PAD)
-                v = v_desc.load([row0, c1, c2, hk, 0]).reshape(BLOCK_N, DV_PAD)
-            else:
-                k = k_desc.load([b, n * BLOCK_N, hk, 0]).reshape(BLOCK_N, D_PAD)
-                v = v_desc.load([b, n * BLOCK_N, hk, 0]).reshape(BLOCK_N, DV_PAD)
+            k, v = load_row_tiles(k_desc, v_desc, n * BLOCK_N, b, hk, NA, 1, NA_STATIC, GRID_ORDER,
+                                  BLOCK_N, D_PAD, DV_PAD)
         elif MASKED:
             k = tl.load(k_ptrs, mask=(k_pos[:, None] < S_K) & (offs_d[None, :] < HEAD_D), other=0.0)
             v = tl.load(v_ptrs, mask=(k_pos[:, None] < S_K) & (offs_dv[None, :] < HEAD_DV), other=0.0)

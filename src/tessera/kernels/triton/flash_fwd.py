@@ -27,7 +27,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from .program_ids import RUN_TIME_INTS, program_rows
 from .schedule import reorderable, row_schedule
 from .scoring import (INTERPRETED, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
-                      grid_box_origin, memory_rows, na_codes, na_query_windows, rel_pos_tile,
+                      load_row_tiles, memory_rows, na_codes, na_query_windows, rel_pos_tile,
                       score_tile)
 
 if INTERPRETED:
@@ -56,15 +56,9 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_desc, v_desc, b, 
         k_ptrs = k_base + k_rows[None, :] * s_kn + offs_d[:, None]
         v_ptrs = v_base + k_rows[:, None] * s_vn + offs_dv[None, :]
         if USE_TMA:
-            # Bulk tensor copies: rows past S_k and columns past D arrive as zeros. In grid order
-            # the key tile is one box of the [B * G0, G1, G2, H, D] view (grid_box).
-            if GRID_ORDER:
-                row0, c1, c2 = grid_box_origin(n * BLOCK_N, b, NA, 1, NA_STATIC)
-                k = tl.trans(k_desc.load([row0, c1, c2, hk, 0]).reshape(BLOCK_N, D_PAD))
-                v = v_desc.load([row0, c1, c2, hk, 0]).reshape(BLOCK_N, DV_PAD)
-            else:
-                k = tl.trans(k_desc.load([b, n * BLOCK_N, hk, 0]).reshape(BLOCK_N, D_PAD))
-                v = v_desc.load([b, n * BLOCK_N, hk, 0]).reshape(BLOCK_N, DV_PAD)
+            k, v = load_row_tiles(k_desc, v_desc, n * BLOCK_N, b, hk, NA, 1, NA_STATIC, GRID_ORDER,
+                                  BLOCK_N, D_PAD, DV_PAD)
+            k = tl.trans(k)
         elif MASKED:
             k = tl.load(k_ptrs, mask=(k_pos[None, :] < S_K) & (offs_d[:, None] < HEAD_D), other=0.0)
             v = tl.load(v_ptrs, mask=(k_pos[:, None] < S_K) & (offs_dv[None, :] < HEAD_DV), other=0.0)

@@ -17,52 +17,48 @@ RUN_TIME_INTS = ["S_Q", "S_K", "N_Q_TILES", "N_K_TILES", "FULL_W", "PART_W", "ba
 def program_rows(ORDER, REPS, ORDER_HEADS, H_Q, N_Q_TILES, SCHEDULED, MAY_SCHEDULE: tl.constexpr):
     """``(m, b, h)``: query tile, batch, query head. Plain grid ``(N_Q_TILES, B * H_Q)``, query
     tiles in descending order (on causal-like maps the longest first). With ``MAY_SCHEDULE`` the
-    run-time 0 or 1 ``SCHEDULED`` picks the longest-first grid ``(len(ORDER) * REPS,)`` instead:
-    entry ``ORDER[pid // REPS] = head_entry * N_Q_TILES + m`` (int32), replica ``pid % REPS`` over
-    the batch and the heads ``head_entry + j * ORDER_HEADS``."""
+    run-time 0 or 1 ``SCHEDULED`` picks the longest-first grid instead (``_scheduled``)."""
     if MAY_SCHEDULE:
         if SCHEDULED:
-            pid = tl.program_id(0)
-            entry = tl.load(ORDER + pid // REPS)
-            rep = pid % REPS
-            per = H_Q // ORDER_HEADS
-            m = entry % N_Q_TILES
-            h = (rep % per) * ORDER_HEADS + entry // N_Q_TILES
-            b = rep // per
+            m, b, h = _scheduled(ORDER, REPS, ORDER_HEADS, H_Q, N_Q_TILES)
         else:
-            m, b, h = _plain_rows(H_Q, N_Q_TILES)
+            m, b, h = _plain(H_Q, N_Q_TILES, True)
     else:
-        m, b, h = _plain_rows(H_Q, N_Q_TILES)
+        m, b, h = _plain(H_Q, N_Q_TILES, True)
     return m, b, h
 
 
 @triton.jit
-def _plain_rows(H_Q, N_Q_TILES):
-    bh = tl.program_id(1)
-    return N_Q_TILES - 1 - tl.program_id(0), bh // H_Q, bh % H_Q
-
-
-@triton.jit
 def program_cols(ORDER, REPS, ORDER_HEADS, H_KV, N_K_TILES, SCHEDULED, MAY_SCHEDULE: tl.constexpr):
-    """``(n, b, hk)``: key tile, batch, key/value head. Plain grid ``(N_K_TILES, B * H_KV)``;
-    scheduled grid as ``program_rows`` with key tiles and key/value heads."""
+    """``(n, b, hk)``: key tile, batch, key/value head. Plain grid ``(N_K_TILES, B * H_KV)``, key
+    tiles in ascending order; scheduled grid as ``program_rows``."""
     if MAY_SCHEDULE:
         if SCHEDULED:
-            pid = tl.program_id(0)
-            entry = tl.load(ORDER + pid // REPS)
-            rep = pid % REPS
-            per = H_KV // ORDER_HEADS
-            n = entry % N_K_TILES
-            hk = (rep % per) * ORDER_HEADS + entry // N_K_TILES
-            b = rep // per
+            n, b, hk = _scheduled(ORDER, REPS, ORDER_HEADS, H_KV, N_K_TILES)
         else:
-            n, b, hk = _plain_cols(H_KV)
+            n, b, hk = _plain(H_KV, N_K_TILES, False)
     else:
-        n, b, hk = _plain_cols(H_KV)
+        n, b, hk = _plain(H_KV, N_K_TILES, False)
     return n, b, hk
 
 
 @triton.jit
-def _plain_cols(H_KV):
-    bhk = tl.program_id(1)
-    return tl.program_id(0), bhk // H_KV, bhk % H_KV
+def _scheduled(ORDER, REPS, ORDER_HEADS, HEADS, N_TILES):
+    """Grid ``(len(ORDER) * REPS,)``: entry ``ORDER[pid // REPS] = head_entry * N_TILES + tile``
+    (int32), replica ``pid % REPS`` over the batch and the heads ``head_entry + j * ORDER_HEADS``
+    of the ``HEADS`` heads."""
+    pid = tl.program_id(0)
+    entry = tl.load(ORDER + pid // REPS)
+    rep = pid % REPS
+    per = HEADS // ORDER_HEADS
+    return entry % N_TILES, rep // per, (rep % per) * ORDER_HEADS + entry // N_TILES
+
+
+@triton.jit
+def _plain(HEADS, N_TILES, DESCENDING: tl.constexpr):
+    """Grid ``(N_TILES, B * HEADS)``: ``(tile, batch, head)``, tiles descending or ascending."""
+    tile = tl.program_id(0)
+    if DESCENDING:
+        tile = N_TILES - 1 - tile
+    bh = tl.program_id(1)
+    return tile, bh // HEADS, bh % HEADS

@@ -352,6 +352,24 @@ def grid_box_origin(first, b, NA, side: tl.constexpr, NA_STATIC: tl.constexpr):
 
 
 @triton.jit
+def load_row_tiles(desc_a, desc_b, first, b, h, NA, side: tl.constexpr, NA_STATIC: tl.constexpr,
+                   GRID_ORDER: tl.constexpr, ROWS: tl.constexpr, WIDTH_A: tl.constexpr,
+                   WIDTH_B: tl.constexpr):
+    """Bulk copies of positions ``first .. first + ROWS`` of batch ``b``, head ``h`` of two
+    tensors: ``[ROWS, WIDTH_A]`` and ``[ROWS, WIDTH_B]`` (rows past the sequence and columns past D
+    arrive as zeros). Row blocks of ``[B, S, H, D]`` descriptors, or with ``GRID_ORDER`` the grid
+    box of the tile (``grid_box_origin``; a query (``side`` 0) or key (1) tile)."""
+    if GRID_ORDER:
+        row0, c1, c2 = grid_box_origin(first, b, NA, side, NA_STATIC)
+        tile_a = desc_a.load([row0, c1, c2, h, 0]).reshape(ROWS, WIDTH_A)
+        tile_b = desc_b.load([row0, c1, c2, h, 0]).reshape(ROWS, WIDTH_B)
+    else:
+        tile_a = desc_a.load([b, first, h, 0]).reshape(ROWS, WIDTH_A)
+        tile_b = desc_b.load([b, first, h, 0]).reshape(ROWS, WIDTH_B)
+    return tile_a, tile_b
+
+
+@triton.jit
 def na_query_windows(offs, first, NA, NA_STATIC: tl.constexpr):
     """Per-axis windows of the queries at offsets ``offs`` (any shape) of the query tile starting
     at ``first``: ``(lo0, hi0, lo1, hi1, lo2, hi2)`` over key codes (``na_codes``)."""
