@@ -66,3 +66,16 @@ def test_disabled_gives_the_plain_order(monkeypatch):
     plan = masks.build_plan(Causal(), 512, 512, 64, 64, 1, torch.device("cpu"))
     assert schedule.row_schedule(plan, 1, 1) is None and schedule.col_schedule(plan, 1, 1) is None
     assert not schedule.reorderable(plan)
+
+
+def test_launch_arguments_plain_and_longest_first():
+    dense = masks.build_plan(None, 1000, 1000, 64, 64, 4, torch.device("cpu"))
+    plain = schedule.row_launch(dense, 2, 4)
+    assert plain.grid == (16, 8) and (plain.reps, plain.heads, plain.scheduled) == (1, 1, 0)
+    assert not plain.may_schedule and plain.order.dtype == torch.int32
+    strided = masks.build_plan(Strided(block=64, local_blocks=2, stride=4), 2048, 2048, 64, 64, 8,
+                               torch.device("cpu"))
+    cols = schedule.col_launch(strided, 2, 2)
+    found = schedule.col_schedule(strided, 2, 2)
+    assert cols.scheduled == 1 and cols.may_schedule and cols.heads == found.heads == 2
+    assert cols.grid == found.launch(2, 2)[0] and torch.equal(cols.order, found.order)

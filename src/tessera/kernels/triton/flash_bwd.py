@@ -24,9 +24,9 @@ from triton.runtime.errors import OutOfResources
 
 from . import streams
 from .flash_fwd import LOG2E, broadcast_strides, low_rank_args, rank_pad, rel_pos_args, row_descriptors
-from .program_ids import RUN_TIME_INTS, program_cols, program_rows
+from .program_ids import RUN_TIME_INTS, program_ids
 from .row_dot import row_dot
-from .schedule import col_schedule, reorderable, row_schedule
+from .schedule import col_launch, row_launch
 from .scoring import (INTERPRETED, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
                       load_row_tiles, memory_rows, na_codes, na_key_windows, na_query_windows,
                       rel_pos_table_grad, rel_pos_tile, score_tile)
@@ -152,7 +152,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV, DW,
                    PRECISION: tl.constexpr, USE_TMA: tl.constexpr, TILE_BANDS: tl.constexpr,
                    NA_STATIC: tl.constexpr, GRID_ORDER: tl.constexpr, SCHEDULED,
                    MAY_SCHEDULE: tl.constexpr):
-    n, b, hk = program_cols(ORDER, REPS, ORDER_HEADS, H_KV, N_K_TILES, SCHEDULED, MAY_SCHEDULE)
+    n, b, hk = program_ids(ORDER, REPS, ORDER_HEADS, H_KV, N_K_TILES, SCHEDULED, MAY_SCHEDULE, False)
 
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -351,7 +351,7 @@ def _attn_bwd_dq(Q, K, V, DO, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, DU,
                  SLOPE_GRAD: tl.constexpr, PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
                  TILE_BANDS: tl.constexpr, NA_STATIC: tl.constexpr, GRID_ORDER: tl.constexpr,
                  SCHEDULED, MAY_SCHEDULE: tl.constexpr):
-    m, b, h = program_rows(ORDER, REPS, ORDER_HEADS, H_Q, N_Q_TILES, SCHEDULED, MAY_SCHEDULE)
+    m, b, h = program_ids(ORDER, REPS, ORDER_HEADS, H_Q, N_Q_TILES, SCHEDULED, MAY_SCHEDULE, True)
     bh = b * H_Q + h
     hk = h // GROUP
     hm = h % MAP_HEADS
@@ -532,10 +532,8 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
     use_tma = q_desc is not None
     if not use_tma:
         q_desc, do_desc = q, do
-    col_order = col_schedule(dkdv_plan, batch, kv_heads)
-    grid, col_reps = (((dkdv_plan.n_k_tiles, batch * kv_heads), 1) if col_order is None
-                      else col_order.launch(batch, kv_heads))
-    launch_dkdv = _attn_bwd_dkdv[grid]
+    col_order = col_launch(dkdv_plan, batch, kv_heads)
+    launch_dkdv = _attn_bwd_dkdv[col_order.grid]
     launch_dkdv = _named_launch(launch_dkdv, "dkdv")
     side = streams.fork(q, k, v, do, lse, delta, dk, dv, dw if dw is not None else dummy)
     with streams.on(side):
@@ -543,8 +541,7 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
             q, k, v, do, q_desc, do_desc, lse, delta, dk, dv, dw if dw is not None else dummy,
             cols.full_count, cols.full_index, cols.part_count, cols.part_index, cols.part_bits,
             dkdv_plan.bits, dkdv_plan.tile_band, dkdv_plan.na_params,
-            cols.full_count if col_order is None else col_order.order, col_reps,
-            1 if col_order is None else col_order.heads, slopes if slopes is not None else dummy,
+            col_order.order, col_order.reps, col_order.heads, slopes if slopes is not None else dummy,
             bias if bias is not None else dummy, *factors[:2], table_args[0],
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
@@ -555,8 +552,7 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
             *variant_args, dkdv_plan.band_lo, dkdv_plan.band_hi, sig_bias2,
             BLOCK_M=dkdv_plan.block_m, BLOCK_N=dkdv_plan.block_n, MASK_MODE=dkdv_plan.mask_mode,
             USE_TMA=use_tma, TILE_BANDS=dkdv_plan.bands_per_tile, NA_STATIC=dkdv_plan.na_static,
-            GRID_ORDER=grid_order, SCHEDULED=int(col_order is not None),
-            MAY_SCHEDULE=reorderable(dkdv_plan, kv_heads),
+            GRID_ORDER=grid_order, SCHEDULED=col_order.scheduled, MAY_SCHEDULE=col_order.may_schedule,
             num_warps=dkdv_config.num_warps, num_stages=dkdv_config.num_stages, **common,
         )
     rows = dq_plan.rows
@@ -564,18 +560,15 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
     use_tma = k_desc is not None
     if not use_tma:
         k_desc, v_desc = k, v
-    row_order = row_schedule(dq_plan, batch, heads)
-    grid, row_reps = (((dq_plan.n_q_tiles, batch * heads), 1) if row_order is None
-                      else row_order.launch(batch, heads))
-    launch_dq = _named_launch(_attn_bwd_dq[grid], "dq")
+    row_order = row_launch(dq_plan, batch, heads)
+    launch_dq = _named_launch(_attn_bwd_dq[row_order.grid], "dq")
     launch_dq(
         q, k, v, do, k_desc, v_desc, lse, delta, dq, dbias if dbias is not None else dummy,
         dslope if dslope is not None else dummy, du if du is not None else dummy,
         dtable if dtable is not None else dummy,
         rows.full_count, rows.full_index, rows.part_count, rows.part_index, rows.part_bits,
         dq_plan.bits, dq_plan.tile_band, dq_plan.na_params,
-        rows.full_count if row_order is None else row_order.order, row_reps,
-        1 if row_order is None else row_order.heads, slopes if slopes is not None else dummy,
+        row_order.order, row_order.reps, row_order.heads, slopes if slopes is not None else dummy,
         bias if bias is not None else dummy, *factors[:2], table_args[0],
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
@@ -587,8 +580,7 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
         BLOCK_M=dq_plan.block_m, BLOCK_N=dq_plan.block_n, MASK_MODE=dq_plan.mask_mode,
         BIAS_GRAD=bias_grad, SLOPE_GRAD=slope_grad, REL_POS_GRAD=rel_pos_grad, USE_TMA=use_tma,
         TILE_BANDS=dq_plan.bands_per_tile, NA_STATIC=dq_plan.na_static,
-        GRID_ORDER=grid_order, SCHEDULED=int(row_order is not None),
-        MAY_SCHEDULE=reorderable(dq_plan),
+        GRID_ORDER=grid_order, SCHEDULED=row_order.scheduled, MAY_SCHEDULE=row_order.may_schedule,
         num_warps=dq_config.num_warps, num_stages=dq_config.num_stages, **common,
     )
     streams.join(side)

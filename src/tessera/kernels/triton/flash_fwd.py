@@ -24,8 +24,8 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from .program_ids import RUN_TIME_INTS, program_rows
-from .schedule import reorderable, row_schedule
+from .program_ids import RUN_TIME_INTS, program_ids
+from .schedule import row_launch
 from .scoring import (INTERPRETED, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
                       load_row_tiles, memory_rows, na_codes, na_query_windows, rel_pos_tile,
                       score_tile)
@@ -134,7 +134,7 @@ def _attn_fwd(Q, K, V, K_DESC, V_DESC, O, LSE,
               PRECISION: tl.constexpr, USE_TMA: tl.constexpr, TILE_BANDS: tl.constexpr,
               NA_STATIC: tl.constexpr, GRID_ORDER: tl.constexpr, SCHEDULED,
               MAY_SCHEDULE: tl.constexpr):
-    m, b, h = program_rows(ORDER, REPS, ORDER_HEADS, H_Q, N_Q_TILES, SCHEDULED, MAY_SCHEDULE)
+    m, b, h = program_ids(ORDER, REPS, ORDER_HEADS, H_Q, N_Q_TILES, SCHEDULED, MAY_SCHEDULE, True)
     bh = b * H_Q + h
     hk = h // GROUP
     hm = h % MAP_HEADS
@@ -357,17 +357,15 @@ def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, sl
     factors = low_rank_args(low_rank, dummy)
     table_args = rel_pos_args(rel_pos, dummy)
     rows = plan.rows
-    schedule = row_schedule(plan, batch, heads)
-    grid, reps = ((plan.n_q_tiles, batch * heads), 1) if schedule is None else schedule.launch(batch, heads)
-    order = rows.full_count if schedule is None else schedule.order     # int32 either way
+    launch = row_launch(plan, batch, heads)
     k_desc, v_desc = row_descriptors(k, v, plan, plan.block_n, grid_order)
     use_tma = k_desc is not None
     if not use_tma:
         k_desc, v_desc = k, v
-    _attn_fwd[grid](
+    _attn_fwd[launch.grid](
         q, k, v, k_desc, v_desc, o, lse,
         rows.full_count, rows.full_index, rows.part_count, rows.part_index, rows.part_bits, plan.bits,
-        plan.tile_band, plan.na_params, order, reps, 1 if schedule is None else schedule.heads,
+        plan.tile_band, plan.na_params, launch.order, launch.reps, launch.heads,
         sinks if sinks is not None else dummy,
         slopes if slopes is not None else dummy, bias if bias is not None else dummy,
         *factors[:2], table_args[0],
@@ -384,8 +382,8 @@ def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, sl
         ALIBI=slopes is not None, TENSOR_BIAS=bias is not None, LOW_RANK=low_rank is not None,
         R_PAD=rank_pad(factors[-1]), REL_POS=rel_pos is not None, SIGMOID=sigmoid,
         PRECISION=precision, USE_TMA=use_tma, TILE_BANDS=plan.bands_per_tile,
-        NA_STATIC=plan.na_static, GRID_ORDER=grid_order, SCHEDULED=int(schedule is not None),
-        MAY_SCHEDULE=reorderable(plan), num_warps=config.num_warps,
+        NA_STATIC=plan.na_static, GRID_ORDER=grid_order, SCHEDULED=launch.scheduled,
+        MAY_SCHEDULE=launch.may_schedule, num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
     return o, (None if sigmoid else lse)

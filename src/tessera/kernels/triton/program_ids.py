@@ -1,5 +1,5 @@
 """Which (tile, batch, head) a flash-kernel program works on: the plain 2-D grid, or the 1-D
-longest-first launch order of ``schedule.py``."""
+longest-first launch order of ``schedule.py`` (its ``Launch`` supplies the arguments)."""
 
 from __future__ import annotations
 
@@ -14,32 +14,21 @@ RUN_TIME_INTS = ["S_Q", "S_K", "N_Q_TILES", "N_K_TILES", "FULL_W", "PART_W", "ba
 
 
 @triton.jit
-def program_rows(ORDER, REPS, ORDER_HEADS, H_Q, N_Q_TILES, SCHEDULED, MAY_SCHEDULE: tl.constexpr):
-    """``(m, b, h)``: query tile, batch, query head. Plain grid ``(N_Q_TILES, B * H_Q)``, query
-    tiles in descending order (on causal-like maps the longest first). With ``MAY_SCHEDULE`` the
-    run-time 0 or 1 ``SCHEDULED`` picks the longest-first grid instead (``_scheduled``)."""
+def program_ids(ORDER, REPS, ORDER_HEADS, HEADS, N_TILES, SCHEDULED, MAY_SCHEDULE: tl.constexpr,
+                DESCENDING: tl.constexpr):
+    """``(tile, batch, head)`` of this program over ``N_TILES`` tiles (query tiles of the forward
+    and dq kernels, key tiles of dk/dv) and ``HEADS`` heads (query or key/value heads). Plain grid
+    ``(N_TILES, B * HEADS)``, tiles descending (``DESCENDING``: on causal-like query maps the
+    longest first) or ascending. With ``MAY_SCHEDULE`` the run-time 0 or 1 ``SCHEDULED`` picks the
+    longest-first grid instead (``_scheduled``)."""
     if MAY_SCHEDULE:
         if SCHEDULED:
-            m, b, h = _scheduled(ORDER, REPS, ORDER_HEADS, H_Q, N_Q_TILES)
+            tile, b, h = _scheduled(ORDER, REPS, ORDER_HEADS, HEADS, N_TILES)
         else:
-            m, b, h = _plain(H_Q, N_Q_TILES, True)
+            tile, b, h = _plain(HEADS, N_TILES, DESCENDING)
     else:
-        m, b, h = _plain(H_Q, N_Q_TILES, True)
-    return m, b, h
-
-
-@triton.jit
-def program_cols(ORDER, REPS, ORDER_HEADS, H_KV, N_K_TILES, SCHEDULED, MAY_SCHEDULE: tl.constexpr):
-    """``(n, b, hk)``: key tile, batch, key/value head. Plain grid ``(N_K_TILES, B * H_KV)``, key
-    tiles in ascending order; scheduled grid as ``program_rows``."""
-    if MAY_SCHEDULE:
-        if SCHEDULED:
-            n, b, hk = _scheduled(ORDER, REPS, ORDER_HEADS, H_KV, N_K_TILES)
-        else:
-            n, b, hk = _plain(H_KV, N_K_TILES, False)
-    else:
-        n, b, hk = _plain(H_KV, N_K_TILES, False)
-    return n, b, hk
+        tile, b, h = _plain(HEADS, N_TILES, DESCENDING)
+    return tile, b, h
 
 
 @triton.jit

@@ -145,3 +145,37 @@ def col_schedule(plan: KernelPlan, batch: int, kv_heads: int) -> Optional[Schedu
     if not ENABLED:
         return None
     return _chosen(_col_candidate(plan, kv_heads), batch, kv_heads, plan.cols.full_count.device)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How a flash kernel is launched over a plan: ``grid``, and its ``program_ids`` arguments
+    ``order`` (int32; any int32 tensor when not scheduled), ``reps``, ``heads`` (ORDER_HEADS),
+    ``scheduled`` (0 or 1, run-time) and ``may_schedule`` (constexpr: ``reorderable``)."""
+
+    grid: tuple
+    order: torch.Tensor
+    reps: int
+    heads: int
+    scheduled: int
+    may_schedule: bool
+
+
+def _launch(found: Optional[Schedule], lists: TileLists, n_tiles: int, batch: int,
+            kernel_heads: int, may_schedule: bool) -> Launch:
+    if found is None:
+        return Launch((n_tiles, batch * kernel_heads), lists.full_count, 1, 1, 0, may_schedule)
+    grid, reps = found.launch(batch, kernel_heads)
+    return Launch(grid, found.order, reps, found.heads, 1, may_schedule)
+
+
+def row_launch(plan: KernelPlan, batch: int, heads: int) -> Launch:
+    """The launch of the forward or dq kernel over ``plan`` (``row_schedule``)."""
+    return _launch(row_schedule(plan, batch, heads), plan.rows, plan.n_q_tiles, batch, heads,
+                   reorderable(plan))
+
+
+def col_launch(plan: KernelPlan, batch: int, kv_heads: int) -> Launch:
+    """The launch of the dk/dv kernel over ``plan`` (``col_schedule``)."""
+    return _launch(col_schedule(plan, batch, kv_heads), plan.cols, plan.n_k_tiles, batch, kv_heads,
+                   reorderable(plan, kv_heads))
