@@ -1,0 +1,102 @@
+"""Is a short attention call bound by the GPU or by the host? For the suite's short sparse cases
+(bf16, H = 16, D = 128, B = 1) this measures, forward+backward:
+
+- ``bench_ms``: the suite's timing (``median_ms``: CUDA events, L2 flushed);
+- ``host_ms``: host time per call to queue the work (20 calls, no synchronisation in between);
+- ``kernel_ms``: the CUDA time of the kernels the call launches (``torch.profiler``);
+- the host functions costing most (``cProfile``, cumulative ms per call).
+
+Run in a fresh process, before and after FlexAttention compiles (the suite's first case is
+measured right after Flex's forward compile).
+
+    python benchmarks/gpu_host_overhead.py --out DIR   -> DIR/host_overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import pstats
+import time
+
+import torch
+
+from tessera.bench.attention import _flex_fn, _Inputs, _measure, _tessera_fn, gpu_cases
+from tessera.bench.timing import cuda_kernel_ms, median_ms, warm_up_gpu
+
+
+def _fwd_bwd(fn, inp):
+    def step():
+        o = fn()
+        torch.autograd.grad(o, inp.grad_leaves(), inp.do)
+    return step
+
+
+def _host_ms(step, calls: int = 20) -> float:
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        step()
+    host = (time.perf_counter() - start) * 1e3 / calls
+    torch.cuda.synchronize()
+    return host
+
+
+def _top_host_functions(step, calls: int = 20, top: int = 25) -> list[str]:
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        step()
+    profiler.disable()
+    torch.cuda.synchronize()
+    stats = pstats.Stats(profiler)
+    rows = []
+    for (path, line, name), (_, ncalls, tottime, cumtime, _) in stats.stats.items():
+        rows.append((cumtime, tottime, ncalls, f"{path.split('site-packages/')[-1].split('src/')[-1]}:{line}({name})"))
+    rows.sort(reverse=True)
+    return [f"cum {c / calls * 1e3:7.3f} ms  self {t / calls * 1e3:7.3f} ms  calls/step {n / calls:5.1f}  {where}"
+            for c, t, n, where in rows[:top]]
+
+
+def _measure_case(case, device, label: str) -> dict:
+    inp = _Inputs(case, device, torch.bfloat16)
+    pattern = case.pattern(device)
+    fn = _tessera_fn(case, pattern, inp, "triton")
+    inp.require_grad(True)
+    step = _fwd_bwd(fn, inp)
+    step()
+    torch.cuda.synchronize()
+    row = {"case": case.name, "when": label,
+           "bench_ms": [round(_measure(fn, inp, "fwd+bwd", device), 4) for _ in range(3)],
+           "host_ms": [round(_host_ms(step), 4) for _ in range(3)],
+           "kernel_ms": cuda_kernel_ms(step)}
+    row["kernel_sum_ms"] = round(sum(row["kernel_ms"].values()), 4)
+    row["host_top"] = _top_host_functions(step)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=".")
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    cases = {c.name: c for c in gpu_cases()}
+    names = ["causal window 1024 S=16384", "random blocks 10% S=16384"]
+    warm_up_gpu(device)
+    rows = [_measure_case(cases[n], device, "fresh process") for n in names]
+    window = cases[names[0]]
+    inp = _Inputs(window, device, torch.bfloat16)
+    flex_ms = _measure(_flex_fn(window, window.pattern(device), inp), inp, "fwd+bwd", device)
+    rows += [_measure_case(cases[n], device, "after flex compiled") for n in names]
+    for row in rows:
+        print(json.dumps({k: v for k, v in row.items() if k != "host_top"}))
+        print("\n".join(row["host_top"][:12]))
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "flex_window_fwd_bwd_ms": flex_ms, "rows": rows}
+    with open(f"{args.out}/host_overhead.json", "w") as f:
+        json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
