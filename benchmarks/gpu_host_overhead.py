@@ -7,7 +7,8 @@
 - the host functions costing most (``cProfile``, cumulative ms per call).
 
 Run in a fresh process, before and after FlexAttention compiles (the suite's first case is
-measured right after Flex's forward compile).
+measured right after Flex's forward compile); then the window case with the side stream off,
+with tensor descriptors off, with garbage collection frozen; and Flex's own host time.
 
     python benchmarks/gpu_host_overhead.py --out DIR   -> DIR/host_overhead.json
 """
@@ -76,6 +77,42 @@ def _measure_case(case, device, label: str) -> dict:
     return row
 
 
+def _variants(case, device) -> list[dict]:
+    """The window case again with one host-side change at a time: no side stream, no tensor
+    descriptors, garbage collection frozen."""
+    import gc
+    from tessera.kernels.triton import flash_fwd, streams
+    rows = []
+    for label, setting in (("side stream off", (streams, "ENABLED", False)),
+                           ("tensor descriptors off", (flash_fwd, "TMA_ENABLED", False))):
+        module, name, value = setting
+        before = getattr(module, name)
+        setattr(module, name, value)
+        try:
+            rows.append(_measure_case(case, device, label))
+        finally:
+            setattr(module, name, before)
+    gc.collect()
+    gc.freeze()
+    rows.append(_measure_case(case, device, "gc frozen"))
+    gc.unfreeze()
+    return rows
+
+
+def _flex_host(case, device) -> dict:
+    inp = _Inputs(case, device, torch.bfloat16)
+    fn = _flex_fn(case, case.pattern(device), inp)
+    inp.require_grad(True)
+    step = _fwd_bwd(fn, inp)
+    step()
+    torch.cuda.synchronize()
+    row = {"case": case.name, "when": "flex", "bench_ms": [round(_measure(fn, inp, "fwd+bwd", device), 4)],
+           "host_ms": [round(_host_ms(step), 4) for _ in range(3)], "kernel_ms": cuda_kernel_ms(step)}
+    row["kernel_sum_ms"] = round(sum(row["kernel_ms"].values()), 4)
+    row["host_top"] = []
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=".")
@@ -89,6 +126,8 @@ def main() -> None:
     inp = _Inputs(window, device, torch.bfloat16)
     flex_ms = _measure(_flex_fn(window, window.pattern(device), inp), inp, "fwd+bwd", device)
     rows += [_measure_case(cases[n], device, "after flex compiled") for n in names]
+    rows += _variants(window, device)
+    rows.append(_flex_host(window, device))
     for row in rows:
         print(json.dumps({k: v for k, v in row.items() if k != "host_top"}))
         print("\n".join(row["host_top"][:12]))

@@ -2,7 +2,7 @@
 # One call on the GPU machine: the GPU tests, then the side-by-side benchmarks. Logs and results
 # JSON land under $OUT (the device tool brings them back); copy the JSON into benchmarks/results/.
 #   bash benchmarks/gpu_run.sh [tests] [tests-quick] [streams-ab] [schedule-ab] [attention] [natten]
-#                              [natten-grid-order] [host-overhead] [linear] [linear-delta] [kernel-next]
+#                              [natten-reorder] [host-overhead] [linear] [linear-delta] [kernel-next]
 #   (linear, linear-delta: carry .whl for fla)
 #   (default: tests attention natten linear)
 set -uo pipefail
@@ -35,11 +35,11 @@ for step in $steps; do
                  2>&1 | tee "$OUT/attention.log" || status=1 ;;
     natten) timeout "${TESSERA_NATTEN_TIMEOUT:-420}" python3 benchmarks/natten.py --out "$OUT" \
               2>&1 | tee "$OUT/natten.log" || status=1 ;;
-    natten-grid-order)
+    natten-reorder)
       timeout 200 python3 -m pytest -m gpu -q -p no:cacheprovider tests/kernels/test_flash_gpu.py -k grid_order \
         2>&1 | tee "$OUT/gpu-tests-grid-order.log" || status=1
-      timeout "${TESSERA_NATTEN_TIMEOUT:-420}" python3 benchmarks/natten.py --out "$OUT" --grid-order \
-        --suite natten-grid-order --impls tessera --only 1-D 2-D 3-D 2>&1 | tee "$OUT/natten-grid-order.log" || status=1 ;;
+      timeout "${TESSERA_NATTEN_TIMEOUT:-420}" python3 benchmarks/natten.py --out "$OUT" --grid-order off \
+        --suite natten-reorder --impls tessera --only 1-D 2-D 3-D 2>&1 | tee "$OUT/natten-reorder.log" || status=1 ;;
     host-overhead) timeout 200 python3 benchmarks/gpu_host_overhead.py --out "$OUT" \
                      2>&1 | tee "$OUT/host-overhead.log" || status=1 ;;
     linear-delta) timeout "${TESSERA_LINEAR_TIMEOUT:-240}" python3 benchmarks/gpu_linear_sweep.py --out "$OUT" \
@@ -48,7 +48,7 @@ for step in $steps; do
     kernel-next) bash benchmarks/gpu_kernel_next.sh 2>&1 | tee "$OUT/kernel-next.log" || status=1 ;;
     linear) timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/linear.py --out "$OUT" ${LINEAR_BENCH_ARGS:-} \
               2>&1 | tee "$OUT/linear.log" || status=1 ;;
-    *) echo "unknown step $step (tests, tests-quick, streams-ab, schedule-ab, attention, natten, natten-grid-order, host-overhead, linear, linear-delta, kernel-next)"; status=2 ;;
+    *) echo "unknown step $step (tests, tests-quick, streams-ab, schedule-ab, attention, natten, natten-reorder, host-overhead, linear, linear-delta, kernel-next)"; status=2 ;;
   esac
 done
 exit $status

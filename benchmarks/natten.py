@@ -1,7 +1,7 @@
 """N-D neighborhood benchmark (the N-D issue's suite) -> one results JSON.
 
     python benchmarks/natten.py --out benchmarks/results [--only SUBSTRING ...] [--impls tessera ...]
-        [--grid-order --suite natten-grid-order]
+        [--grid-order auto|on|off --suite natten-grid-order-on]
 
 GPU only: tessera (tessera.natten, tiled token order chosen automatically, permutation included
 in the time; one case also row-major) against FlexAttention with the same mask in row-major order
@@ -67,13 +67,14 @@ def main() -> None:
     parser.add_argument("--impls", nargs="*", default=None,
                         help="run only these implementations (dense baselines keep theirs)")
     parser.add_argument("--suite", default="natten", help="suite name in the results file name")
-    parser.add_argument("--grid-order", action="store_true",
-                        help="tessera addresses the tiled order in-kernel (tessera.natten.GRID_ORDER_IN_KERNEL) "
-                             "instead of reordering q, k, v and o; use with --suite natten-grid-order")
+    parser.add_argument("--grid-order", choices=("auto", "on", "off"), default="auto",
+                        help="whether tessera addresses the tiled order in-kernel instead of reordering q, k, v "
+                             "and o (tessera.natten.GRID_ORDER_IN_KERNEL; auto: its rule); with on / off, "
+                             "name the suite apart (--suite natten-grid-order-on)")
     args = parser.parse_args()
-    if args.grid_order:
+    if args.grid_order != "auto":
         import tessera.natten
-        tessera.natten.GRID_ORDER_IN_KERNEL = True
+        tessera.natten.GRID_ORDER_IN_KERNEL = args.grid_order == "on"
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/natten.py needs a CUDA GPU (tests/test_natten.py checks correctness on CPU)")
     device = torch.device("cuda")

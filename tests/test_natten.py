@@ -101,3 +101,16 @@ def test_bad_arguments():
         na2d(q, q, q, 3, layout=(0, 2))
     with pytest.raises(ValueError, match=r"tile_shape\[1\] must be <= grid\[1\] = 6"):
         na2d(q, q, q, 3, layout=(2, 7))
+
+
+def test_grid_order_rule(monkeypatch):
+    """In-kernel grid-order addressing: on for undilated neighborhoods, off for dilated ones;
+    GRID_ORDER_IN_KERNEL forces either."""
+    import tessera.natten as natten
+    monkeypatch.setattr(natten, "GRID_ORDER_IN_KERNEL", None)
+    assert natten.grid_order_in_kernel((1, 1, 1))
+    assert not natten.grid_order_in_kernel((1, 2))
+    monkeypatch.setattr(natten, "GRID_ORDER_IN_KERNEL", False)
+    assert not natten.grid_order_in_kernel((1, 1))
+    monkeypatch.setattr(natten, "GRID_ORDER_IN_KERNEL", True)
+    assert natten.grid_order_in_kernel((2, 2))

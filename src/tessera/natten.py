@@ -3,9 +3,10 @@
 
 The tensors are flattened to ``[B, S, H, D]`` (row-major over the grid), optionally reordered tile
 by tile (``GridLayout``) so that neighborhoods become dense tiles for the block-sparse kernels, run
-through ``tessera.attention`` with the ``Neighborhood`` pattern, and put back in grid shape. With
-``GRID_ORDER_IN_KERNEL`` the Triton kernels read and write the grid-order tensors through the tile
-order themselves (no reordering copies; ``AttentionCall.grid_order``).
+through ``tessera.attention`` with the ``Neighborhood`` pattern, and put back in grid shape. For
+undilated neighborhoods on the Triton backend (``grid_order_in_kernel``) the kernels instead read
+and write the grid-order tensors through the tile order themselves (no reordering copies;
+``AttentionCall.grid_order``).
 """
 
 from __future__ import annotations
@@ -23,9 +24,19 @@ from .patterns.layout import GridLayout, Permuted, as_axes, choose_tile_shape
 from .patterns.neighborhood import Neighborhood
 
 # Tiled orders addressed inside the Triton kernels instead of reordering q, k, v and o (4 + 4
-# gathers of [B, S, H, D] per forward and backward). Off until measured against the copies on a
-# GPU (benchmarks/natten.py --grid-order); TESSERA_NATTEN_GRID_ORDER=1 turns it on.
-GRID_ORDER_IN_KERNEL = os.environ.get("TESSERA_NATTEN_GRID_ORDER", "0") == "1"
+# gathers of [B, S, H, D] per forward and backward): True, False, or None for the measured rule
+# (``grid_order_in_kernel``). TESSERA_NATTEN_GRID_ORDER=1 / 0 forces it on / off.
+GRID_ORDER_IN_KERNEL: Optional[bool] = {"1": True, "0": False}.get(os.environ.get("TESSERA_NATTEN_GRID_ORDER", ""))
+
+
+def grid_order_in_kernel(dilation: tuple) -> bool:
+    """Whether the Triton kernels address the tiled order of a neighborhood with this per-axis
+    ``dilation`` themselves. Measured on an H200 (``benchmarks/natten.py --grid-order on|off``,
+    bf16, D = 128): undilated 2-D 17 x 17 forward 1.41x, 3-D blocked 4 x 8 x 8 forward+backward
+    1.52x faster than reordering; dilated (interleaved groups: gathers) 6-7% slower."""
+    if GRID_ORDER_IN_KERNEL is not None:
+        return GRID_ORDER_IN_KERNEL
+    return all(d == 1 for d in dilation)
 
 # Tokens per tile when ``layout="auto"`` reorders the grid: the kernels' tile size on neighborhood
 # maps (64 x 64: their partial tiles make them "ragged" in kernels.triton.tuning). Against 128-token
@@ -89,7 +100,8 @@ def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke
     flat = [t.reshape(batch, n, *t.shape[1 + na_dim:]) for t in (q, k, v)]
     in_kernel = None
     if tiled is not None and not tiled.is_identity:
-        in_kernel = _grid_order_run(flat, Permuted(pattern, tiled), scale, return_lse, backend)
+        if grid_order_in_kernel(pattern.dilation):
+            in_kernel = _grid_order_run(flat, Permuted(pattern, tiled), scale, return_lse, backend)
     if in_kernel is not None:
         o, lse = in_kernel
         o = o.reshape(batch, *grid, *o.shape[2:])
@@ -110,11 +122,11 @@ def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke
 
 def _grid_order_run(flat, pattern: Permuted, scale, return_lse: bool, backend: str):
     """``(o, lse)`` of the Triton kernels run on grid-order ``[B, S, H, D]`` tensors with the tiled
-    ``pattern`` addressed in-kernel, or None when that path is off or not available for the call
-    (then the caller reorders the tensors)."""
+    ``pattern`` addressed in-kernel, or None when the call does not go to the Triton backend or
+    that backend cannot take it (then the caller reorders the tensors)."""
     _check_backend_name(backend)
     wants_triton = backend == "triton" or (backend == "auto" and flat[0].device.type == "cuda")
-    if not (GRID_ORDER_IN_KERNEL and wants_triton and "triton" in registry.available_backends()):
+    if not (wants_triton and "triton" in registry.available_backends()):
         return None
     call, _ = _build_call(*flat, pattern=pattern, scale=scale, return_lse=return_lse)
     call.grid_order = True

@@ -28,7 +28,8 @@ from ...patterns.base import Dense
 from ..registry import AttentionCall, register_backend
 from . import flash_bwd, flash_fwd
 from .row_dot import row_dot
-from .masks import MASK_BAND, MASK_NEIGHBORHOOD, MASK_NONE, get_plan, neighborhood_params, offset_band
+from .masks import (MASK_BAND, MASK_NEIGHBORHOOD, MASK_NONE, get_plan, neighborhood_params, offset_band,
+                    pattern_key)
 from .scoring import INTERPRETED
 from .tuning import KernelConfig, MaskShape, kernel_config
 
@@ -56,6 +57,7 @@ class _Spec:
     interpret: bool
     grid: Optional[tuple] = None        # RelativePosition token grid
     grid_order: bool = False            # AttentionCall.grid_order
+    pattern_key: object = None          # masks.pattern_key(pattern), computed once per call
 
 
 def supports(call: AttentionCall) -> Optional[str]:
@@ -129,13 +131,13 @@ def _precision(dtype: torch.dtype, interpret: bool) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _mask_shape(pattern, q_len: int, k_len: int, heads: int, device) -> Optional[MaskShape]:
+def _mask_shape(pattern, q_len: int, k_len: int, heads: int, device, key=None) -> Optional[MaskShape]:
     """The pattern's tile map at 64 x 64 tiles as the tile-size choice sees it (None: dense):
     its fraction of partial tiles, whether they are masked by one offset band, and whether by the
-    N-D neighborhood mask."""
+    N-D neighborhood mask. ``key``: the pattern's ``pattern_key`` when known."""
     if pattern is None or isinstance(pattern, Dense):
         return None
-    plan = get_plan(pattern, q_len, k_len, 64, 64, heads, device)
+    plan = get_plan(pattern, q_len, k_len, 64, 64, heads, device, key)
     return MaskShape(plan.partial_fraction(), plan.mask_mode in (MASK_NONE, MASK_BAND),
                      neighborhood=plan.mask_mode == MASK_NEIGHBORHOOD)
 
@@ -149,15 +151,16 @@ def forward_tiles(pattern, q_len: int, k_len: int, heads: int, dim: int,
     return config.block_m, config.block_n
 
 
-def _configs(q, k, v, interpret, pattern):
+def _configs(spec: _Spec, q, k, v):
     dim = max(q.shape[-1], v.shape[-1])
-    shape = None if interpret else _mask_shape(pattern, q.shape[1], k.shape[1], q.shape[2], q.device)
-    return {name: kernel_config(name, dim, q.dtype, interpret, shape) for name in ("fwd", "dq", "dkdv")}
+    shape = None if spec.interpret else _mask_shape(spec.pattern, q.shape[1], k.shape[1], q.shape[2],
+                                                    q.device, spec.pattern_key)
+    return {name: kernel_config(name, dim, q.dtype, spec.interpret, shape) for name in ("fwd", "dq", "dkdv")}
 
 
 def _plan(spec: _Spec, q, k, config):
     return get_plan(spec.pattern, q.shape[1], k.shape[1], config.block_m, config.block_n,
-                    q.shape[2], q.device)
+                    q.shape[2], q.device, spec.pattern_key)
 
 
 # (kernel, chosen config, variant) -> the smaller config that fit in shared memory.
@@ -177,7 +180,8 @@ def _smaller(config: KernelConfig) -> Optional[KernelConfig]:
 
 def _variant(spec: _Spec, q, v, *tensors) -> tuple:
     return (q.dtype, q.shape[-1], v.shape[-1], spec.softcap is not None, spec.sigmoid_bias is not None,
-            spec.pattern is None or isinstance(spec.pattern, Dense), offset_band(spec.pattern) is None,
+            spec.pattern is None or isinstance(spec.pattern, Dense),
+            offset_band(spec.pattern, spec.pattern_key) is None,
             tuple(t is not None and (t.requires_grad, t.dtype) for t in tensors))
 
 
@@ -203,7 +207,7 @@ def _rel_pos(spec: _Spec, table):
 
 
 def _forward(spec: _Spec, q, k, v, sinks, slopes, bias, u, w, table):
-    original = _configs(q, k, v, spec.interpret, spec.pattern)["fwd"]
+    original = _configs(spec, q, k, v)["fwd"]
     variant = _variant(spec, q, v, sinks, slopes, bias, u, table)
     config = _fitting("fwd", original, variant)
     while True:
@@ -241,7 +245,7 @@ class FlashAttention(torch.autograd.Function):
     def backward(ctx, do, _dlse):
         q, k, v, o, lse, sinks, slopes, bias, u, w, table = ctx.saved_tensors
         spec: _Spec = ctx.spec
-        original = _configs(q, k, v, spec.interpret, spec.pattern)
+        original = _configs(spec, q, k, v)
         do = _head_contiguous(do)
         bias_grad = bias is not None and ctx.needs_input_grad[5]
         slope_grad = slopes is not None and ctx.needs_input_grad[4]
@@ -299,7 +303,8 @@ def _run_one(call: AttentionCall, q, k, v, bias_spec):
         sigmoid_bias = call.sigmoid_bias if call.sigmoid_bias is not None else -math.log(k.shape[1])
     grid = bias_spec.grid if isinstance(bias_spec, RelativePosition) else None
     spec = _Spec(call.pattern, float(call.scale), call.softcap, sigmoid_bias,
-                 _precision(q.dtype, INTERPRETED), INTERPRETED, grid, call.grid_order)
+                 _precision(q.dtype, INTERPRETED), INTERPRETED, grid, call.grid_order,
+                 pattern_key(call.pattern))
     slopes = bias_spec.slopes if isinstance(bias_spec, ALiBi) else None
     bias = bias_spec.tensor if isinstance(bias_spec, TensorBias) else None
     u = w = None

@@ -17,6 +17,7 @@ dim is contiguous. Sequence lengths are runtime arguments (no recompilation per 
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -233,12 +234,17 @@ LOG2E = 1.4426950408889634
 TMA_ENABLED = True
 
 
+@functools.lru_cache(maxsize=None)
+def _major_capability(index: Optional[int]) -> int:
+    return torch.cuda.get_device_capability(index)[0]
+
+
 def tma_ok(k: torch.Tensor, v: torch.Tensor, block_n: int) -> bool:
     """Whether k and v can be read through tensor descriptors (Hopper bulk copies): a CUDA device
     of compute capability >= 9, 16-byte aligned bases and strides."""
     if not TMA_ENABLED or INTERPRETED or k.device.type != "cuda":
         return False
-    if torch.cuda.get_device_capability(k.device)[0] < 9:
+    if _major_capability(k.device.index) < 9:
         return False
     for t in (k, v):
         if t.data_ptr() % 16 or any((s * t.element_size()) % 16 for s in t.stride()[:-1]):

@@ -165,14 +165,15 @@ def _lists(states: torch.Tensor, part_id: torch.Tensor) -> TileLists:
 _BANDS: dict = {}
 
 
-def offset_band(pattern: Optional[Pattern]) -> Optional[tuple[int, int]]:
+def offset_band(pattern: Optional[Pattern], key=None) -> Optional[tuple[int, int]]:
     """``(lo, hi)`` when ``pattern`` allows exactly the pairs with ``lo <= q_pos - k_pos <= hi``
     (ends clamped to +-BAND_LIMIT), else None. Dense (or None) gives the unbounded band.
     Answers are remembered per pattern (building an offset set costs tens of microseconds, and
-    every kernel call asks)."""
+    every kernel call asks). ``key``: the pattern's ``pattern_key``, when the caller has it."""
     if pattern is None or isinstance(pattern, Dense):
         return (-BAND_LIMIT, BAND_LIMIT)
-    key = _pattern_key(pattern)
+    if key is None:
+        key = pattern_key(pattern)
     if key[0] != "repr":
         return _offset_band(pattern)
     if key not in _BANDS:
@@ -429,9 +430,10 @@ def build_plan(pattern: Optional[Pattern], q_len: int, k_len: int, block_m: int,
                       na_static, states, part_id, na_values=na_values)
 
 
-def _pattern_key(pattern: Optional[Pattern]):
+def pattern_key(pattern: Optional[Pattern]):
     """Cache identity of a pattern: its repr when nothing in it is a tensor (built-in rules are
-    fully described by their repr), else the object itself."""
+    fully described by their repr), else the object itself. Computing it walks the pattern's
+    fields: a kernel call computes it once and passes it to ``get_plan`` and ``offset_band``."""
     if pattern is None:
         return None
     if type(pattern).__repr__ is object.__repr__ or _holds_tensor(pattern, depth=0):
@@ -457,10 +459,12 @@ _PLANS: "OrderedDict[tuple, tuple[object, KernelPlan]]" = OrderedDict()
 
 
 def get_plan(pattern: Optional[Pattern], q_len: int, k_len: int, block_m: int, block_n: int,
-             num_heads: int, device: torch.device) -> KernelPlan:
-    """The cached plan (see ``build_plan``); repeated calls with the same problem cost a dict lookup."""
+             num_heads: int, device: torch.device, key=None) -> KernelPlan:
+    """The cached plan (see ``build_plan``); repeated calls with the same problem cost a dict lookup.
+    ``key``: the pattern's ``pattern_key``, when the caller has it."""
     heads = num_heads if (pattern is not None and pattern.head_dependent) else 1
-    key = (_pattern_key(pattern), q_len, k_len, block_m, block_n, heads, str(device))
+    key = (pattern_key(pattern) if key is None else key, q_len, k_len, block_m, block_n, heads,
+           str(device))
     hit = _PLANS.get(key)
     if hit is not None:
         _PLANS.move_to_end(key)
