@@ -2,8 +2,9 @@
 # One call on the GPU machine: the GPU tests, then the side-by-side benchmarks. Logs and results
 # JSON land under $OUT (the device tool brings them back); copy the JSON into benchmarks/results/.
 #   bash benchmarks/gpu_run.sh [tests] [tests-quick] [streams-ab] [schedule-ab] [attention] [natten]
-#                              [natten-reorder] [host-overhead] [linear] [linear-delta] [kernel-next]
-#   (linear, linear-delta: carry .whl for fla)
+#                              [natten-reorder] [host-overhead] [host-breakdown] [linear] [linear-final]
+#                              [linear-delta] [kernel-next]
+#   (linear, linear-final, linear-delta: carry .whl for fla)
 #   (default: tests attention natten linear)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -42,13 +43,26 @@ for step in $steps; do
         --suite natten-reorder --impls tessera --only 1-D 2-D 3-D 2>&1 | tee "$OUT/natten-reorder.log" || status=1 ;;
     host-overhead) timeout 200 python3 benchmarks/gpu_host_overhead.py --out "$OUT" \
                      2>&1 | tee "$OUT/host-overhead.log" || status=1 ;;
+    host-breakdown) timeout 100 python3 benchmarks/gpu_host_overhead.py --out "$OUT" --breakdown-only \
+                      2>&1 | tee "$OUT/host-breakdown.log" || status=1 ;;
+    linear-final)
+      # The linear GPU tests (two processes: compiling dominates), then the acceptance ops at T = 16384.
+      timeout 280 python3 -m pytest -m gpu -q -p no:cacheprovider tests/linear -k delta \
+        > "$OUT/gpu-tests-linear-delta.log" 2>&1 & delta_tests=$!
+      timeout 280 python3 -m pytest -m gpu -q -p no:cacheprovider tests/linear -k "not delta" \
+        > "$OUT/gpu-tests-linear-other.log" 2>&1 & other_tests=$!
+      wait $delta_tests || status=1
+      wait $other_tests || status=1
+      tail -2 "$OUT"/gpu-tests-linear-*.log
+      timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/linear.py --out "$OUT" --T 16384 \
+        --ops simple_gla delta_rule gla --fla-unguarded 2>&1 | tee "$OUT/linear.log" || status=1 ;;
     linear-delta) timeout "${TESSERA_LINEAR_TIMEOUT:-240}" python3 benchmarks/gpu_linear_sweep.py --out "$OUT" \
                     --parts delta-breakdown --ops delta_rule --T 16384 --no-sweep --budget 190 \
                     2>&1 | tee "$OUT/linear-delta.log" || status=1 ;;
     kernel-next) bash benchmarks/gpu_kernel_next.sh 2>&1 | tee "$OUT/kernel-next.log" || status=1 ;;
     linear) timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/linear.py --out "$OUT" ${LINEAR_BENCH_ARGS:-} \
               2>&1 | tee "$OUT/linear.log" || status=1 ;;
-    *) echo "unknown step $step (tests, tests-quick, streams-ab, schedule-ab, attention, natten, natten-reorder, host-overhead, linear, linear-delta, kernel-next)"; status=2 ;;
+    *) echo "unknown step $step (tests, tests-quick, streams-ab, schedule-ab, attention, natten, natten-reorder, host-overhead, host-breakdown, linear, linear-final, linear-delta, kernel-next)"; status=2 ;;
   esac
 done
 exit $status
