@@ -194,8 +194,9 @@ def _chunk_output_kernel(q, k, v, gc, h, o, cu_seqlens, chunk_indices, scale, H,
         b_A *= tl.exp(tl.where(causal, b_b[:, None] - b_b[None, :], float("-inf")))
     b_A = tl.where(causal, b_A, 0.)
     b_v = tl.load(_rows(v, bos, seq_len, i_h, H, V, row0, v0, BT, BV), boundary_check=(0, 1), padding_option="zero")
-    b_o += _dot(b_A.to(b_v.dtype), b_v, IEEE)
-    b_o *= scale
+    # Added, not accumulated in one dot: as the dot's accumulator, ``b_o`` would take another layout than
+    # the key loop's product and be converted through shared memory when that loop has one block.
+    b_o = b_o * scale + _dot(b_A.to(b_v.dtype), b_v, IEEE) * scale
     tl.store(_rows(o, bos, seq_len, i_h, H, V, row0, v0, BT, BV), b_o.to(o.dtype.element_ty), boundary_check=(0, 1))
 
 
