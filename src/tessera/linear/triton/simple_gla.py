@@ -278,9 +278,6 @@ def _chunk_dv_kernel(q, k, gc, do, dh, dv, cu_seqlens, chunk_indices, scale, H,
     seq_len = tl.load(cu_seqlens + i_n + 1) - bos
     v0 = i_v * BV
     row0 = i_t * BT
-    if USE_G:
-        b_b, b_last = _gate_local(gc, bos, seq_len, i_h, H, row0, BT)
-        b_tail = tl.exp(b_last - b_b)
 
     b_At = tl.zeros([BT, BT], dtype=tl.float32)
     b_dv = tl.zeros([BT, BV], dtype=tl.float32)
@@ -293,14 +290,14 @@ def _chunk_dv_kernel(q, k, gc, do, dh, dv, cu_seqlens, chunk_indices, scale, H,
         if USE_DH:
             b_dh = tl.load(_state(dh, i_c, i_h, H, K, V, i_k * BK, v0, BK, BV), boundary_check=(0, 1),
                            padding_option="zero").to(b_k.dtype)
-            if USE_G:
-                b_k = (b_k.to(tl.float32) * b_tail[:, None]).to(b_dh.dtype)
             b_dv += _dot(b_k, b_dh, IEEE)
     o_t = tl.arange(0, BT)
     anticausal = o_t[:, None] <= o_t[None, :]
     b_At *= scale
     if USE_G:
+        b_b, b_last = _gate_local(gc, bos, seq_len, i_h, H, row0, BT)
         b_At *= tl.exp(tl.where(anticausal, b_b[None, :] - b_b[:, None], float("-inf")))
+        b_dv *= tl.exp(b_last - b_b)[:, None]
     b_At = tl.where(anticausal, b_At, 0.)
     b_do = tl.load(_rows(do, bos, seq_len, i_h, H, V, row0, v0, BT, BV), boundary_check=(0, 1),
                    padding_option="zero")
