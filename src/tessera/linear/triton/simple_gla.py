@@ -79,6 +79,24 @@ def _rows_t(x, bos, seq_len, i_h, H, D: tl.constexpr, row0, col0, BR: tl.constex
 
 
 @triton.jit
+def _load_rows(x, bos, seq_len, i_h, H, D: tl.constexpr, row0, col0, BR: tl.constexpr, BD: tl.constexpr,
+               TRANS: tl.constexpr = False):
+    """Rows ``row0 : row0 + BR`` of one sequence, channels ``col0 : col0 + BD``, of ``x[TT, H, D]`` (zeros
+    outside): ``[BR, BD]``, or ``[BD, BR]`` with ``TRANS``. Plain masked pointers: fewer address
+    instructions than a block pointer's two-sided bounds checks."""
+    o_r = row0 + tl.arange(0, BR)
+    o_d = col0 + tl.arange(0, BD)
+    base = x + (bos.to(tl.int64) * H + i_h) * D
+    if TRANS:
+        ptrs = base + o_d[:, None] + o_r.to(tl.int64)[None, :] * (H * D)
+        mask = (o_d < D)[:, None] & (o_r < seq_len)[None, :]
+    else:
+        ptrs = base + o_r.to(tl.int64)[:, None] * (H * D) + o_d[None, :]
+        mask = (o_r < seq_len)[:, None] & (o_d < D)[None, :]
+    return tl.load(ptrs, mask=mask, other=0.)
+
+
+@triton.jit
 def _state(x, chunk, i_h, H, K: tl.constexpr, V: tl.constexpr, k0, v0, BK: tl.constexpr, BV: tl.constexpr):
     """Block pointer to ``x[chunk, i_h, k0 : k0 + BK, v0 : v0 + BV]`` of a ``[NT, H, K, V]`` state buffer."""
     return tl.make_block_ptr(x + (chunk.to(tl.int64) * H + i_h) * K * V, (K, V), (V, 1), (k0, v0), (BK, BV), (1, 0))
@@ -119,10 +137,8 @@ def _state_step(k, v, gc, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, k0, v0
     """Store the state entering chunk ``i_t`` and return the state leaving it."""
     tl.store(_state(h, first_chunk + i_t, i_h, H, K, V, k0, v0, BK, BV), b_h.to(h.dtype.element_ty),
              boundary_check=(0, 1))
-    b_kt = tl.load(_rows_t(k, bos, seq_len, i_h, H, K, i_t * BT, k0, BT, BK), boundary_check=(0, 1),
-                   padding_option="zero")
-    b_v = tl.load(_rows(v, bos, seq_len, i_h, H, V, i_t * BT, v0, BT, BV), boundary_check=(0, 1),
-                  padding_option="zero")
+    b_kt = _load_rows(k, bos, seq_len, i_h, H, K, i_t * BT, k0, BT, BK, TRANS=True)
+    b_v = _load_rows(v, bos, seq_len, i_h, H, V, i_t * BT, v0, BT, BV)
     if USE_G:
         b_b, b_last = _gate_local(gc, bos, seq_len, i_h, H, i_t * BT, BT)
         b_h *= tl.exp(b_last)
@@ -132,7 +148,7 @@ def _state_step(k, v, gc, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, k0, v0
 
 
 @triton.jit
-def _chunk_states_kernel(k, v, gc, h, h0, ht, cu_seqlens, chunk_offsets, H,
+def _chunk_states_kernel(k, v, gc, h, h0, ht, cu_seqlens, chunk_offsets, H: tl.constexpr,
                          K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                          BV: tl.constexpr, USE_G: tl.constexpr, USE_H0: tl.constexpr,
                          STORE_HT: tl.constexpr, IEEE: tl.constexpr, WHILE_LOOP: tl.constexpr):
@@ -168,7 +184,7 @@ def _chunk_states_kernel(k, v, gc, h, h0, ht, cu_seqlens, chunk_offsets, H,
 
 
 @triton.jit
-def _chunk_output_kernel(q, k, v, gc, h, o, cu_seqlens, chunk_indices, scale, H,
+def _chunk_output_kernel(q, k, v, gc, h, o, cu_seqlens, chunk_indices, scale, H: tl.constexpr,
                          K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                          BV: tl.constexpr, USE_G: tl.constexpr, IEEE: tl.constexpr):
     """``o`` of one chunk, one head, one block of value channels."""
@@ -220,10 +236,8 @@ def _state_grad_step(q, do, gc, h, dh, hdh, b_dh, i_t, bos, seq_len, first_chunk
     if STORE_HDH:
         b_h = tl.load(_state(h, chunk, i_h, H, K, V, k0, v0, BK, BV), boundary_check=(0, 1), padding_option="zero")
         tl.store(hdh + (chunk.to(tl.int64) * H + i_h) * NKV + i_kv, tl.sum(tl.sum(b_h.to(tl.float32) * b_dh, 1), 0))
-    b_qt = tl.load(_rows_t(q, bos, seq_len, i_h, H, K, i_t * BT, k0, BT, BK), boundary_check=(0, 1),
-                   padding_option="zero")
-    b_do = tl.load(_rows(do, bos, seq_len, i_h, H, V, i_t * BT, v0, BT, BV), boundary_check=(0, 1),
-                   padding_option="zero")
+    b_qt = _load_rows(q, bos, seq_len, i_h, H, K, i_t * BT, k0, BT, BK, TRANS=True)
+    b_do = _load_rows(do, bos, seq_len, i_h, H, V, i_t * BT, v0, BT, BV)
     if USE_G:
         b_b, b_last = _gate_local(gc, bos, seq_len, i_h, H, i_t * BT, BT)
         b_dh *= tl.exp(b_last)
@@ -235,7 +249,7 @@ def _state_grad_step(q, do, gc, h, dh, hdh, b_dh, i_t, bos, seq_len, first_chunk
 
 
 @triton.jit
-def _chunk_state_grads_kernel(q, do, gc, h, dh, hdh, dht, dh0, cu_seqlens, chunk_offsets, scale, H,
+def _chunk_state_grads_kernel(q, do, gc, h, dh, hdh, dht, dh0, cu_seqlens, chunk_offsets, scale, H: tl.constexpr,
                               K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                               BV: tl.constexpr, NKV: tl.constexpr, USE_G: tl.constexpr, USE_DHT: tl.constexpr,
                               STORE_DH0: tl.constexpr, IEEE: tl.constexpr, WHILE_LOOP: tl.constexpr,
@@ -273,7 +287,7 @@ def _chunk_state_grads_kernel(q, do, gc, h, dh, hdh, dht, dh0, cu_seqlens, chunk
 
 
 @triton.jit
-def _chunk_dv_kernel(q, k, gc, do, dh, dv, cu_seqlens, chunk_indices, scale, H,
+def _chunk_dv_kernel(q, k, gc, do, dh, dv, cu_seqlens, chunk_indices, scale, H: tl.constexpr,
                      K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                      USE_G: tl.constexpr, IEEE: tl.constexpr, USE_DH: tl.constexpr = True):
     """``dv = A^T @ do + (exp(b_C - b) * k) @ dS'`` of one chunk, head and block of value channels
@@ -344,9 +358,9 @@ def _dqk_partials(v, do, h, dh, bos, seq_len, i_c, i_h, H, row0, k0, K: tl.const
 
 
 @triton.jit
-def _chunk_dqk_kernel(q, k, v, gc, h, do, dh, hdh, dq, dk, dg, cu_seqlens, chunk_indices, scale, H, TT,
-                      K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                      USE_G: tl.constexpr, IEEE: tl.constexpr, STATE_DOT: tl.constexpr = False):
+def _chunk_dqk_kernel(q, k, v, gc, h, do, dh, hdh, dq, dk, dg, cu_seqlens, chunk_indices, scale, TT,
+                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                      BV: tl.constexpr, USE_G: tl.constexpr, IEEE: tl.constexpr, STATE_DOT: tl.constexpr = False):
     """``dq``, ``dk`` of one chunk, head and block of key channels, and that block's share of ``dg``.
 
     ``<S, dS'>`` of the gate gradient: summed here over the block's key channels from ``h`` and ``dh``
@@ -558,7 +572,7 @@ def chunk_dqk(q, k, v, gc, h, do, dh, hdh, scale, packed: PackedChunks, kernel="
         dk = torch.empty(TT, H, K, dtype=dk_dtype or k.dtype, device=k.device)
         dg_parts = torch.empty(NK, TT, H, dtype=torch.float32, device=q.device) if gc is not None else None
         _chunk_dqk_kernel[(NK, packed.num_chunks, H)](
-            q, k, v, gc, h, do, dh, hdh, dq, dk, dg_parts, packed.cu_seqlens, packed.chunk_indices, scale, H, TT,
+            q, k, v, gc, h, do, dh, hdh, dq, dk, dg_parts, packed.cu_seqlens, packed.chunk_indices, scale, TT, H,
             K=K, V=V, BT=CHUNK, BK=BK, BV=BV, USE_G=gc is not None, IEEE=q.dtype == torch.float32,
             STATE_DOT=state_dot, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         return dq, dk, dg_parts
