@@ -1,11 +1,13 @@
 """sm_90 compile statistics of the simple GLA kernels (and fla 0.6's equivalents) on a machine without a GPU.
 
-    python benchmarks/linear_compile_check.py [--kernels simple_gla.dqk ...] [--fla /tmp/fla]
+    python benchmarks/linear_compile_check.py [--kernels simple_gla.dqk ...] [--config KERNEL:BK,BV,W,S ...]
+                                              [--fla /tmp/fla]
 
 Runs simple_gla forward and backward on small CPU tensors (bf16, K = V = 128, gated) with kernel launches
 intercepted, once per candidate of ``tuning.CANDIDATES`` (forced through ``tuning.OVERRIDES``), compiles
 each launch for Hopper with its constexprs and launch options, and prints registers per thread, stack
-(spilled registers) and shared memory. ``--fla DIR`` (an unpacked fla 0.6 wheel) also compiles fla's
+(spilled registers), shared memory and the PTX instructions of the first loop's body (the
+recurrence of the sequential state passes). ``--fla DIR`` (an unpacked fla 0.6 wheel) also compiles fla's
 chunk_fwd_h / chunk_fwd_o / chunk_bwd_dh / chunk_bwd_dv / chunk_bwd_dqkwg kernels at the block sizes
 fla uses on Hopper (its autotuned warps / stages picked from the same lists).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 
 if os.environ.get("TRITON_INTERPRET"):
@@ -51,25 +54,38 @@ def _captured(kernel: str, cfg) -> list:
     return launches
 
 
+def _loop_instructions(ptx: str) -> str:
+    """PTX instructions of the first loop's body (its header label to the branch back), or ``-``."""
+    lines = ptx.splitlines()
+    header = next((i for i, line in enumerate(lines) if "Loop Header" in line), None)
+    if header is None:
+        return "-"
+    label = next(lines[j].split(":")[0] for j in range(header, -1, -1) if re.match(r"^\$L__BB\d+_\d+:", lines[j]))
+    end = max(i for i, line in enumerate(lines) if re.search(r"bra(\.uni)?\s+" + re.escape(label) + ";", line))
+    body = [line.strip() for line in lines[header:end + 1]]
+    return str(sum(1 for s in body if s and s not in "{}" and not s.startswith(("//", "$L", ".loc", ".reg"))))
+
+
 def _compile(fn, args, kwargs) -> str:
     src, options, _ = _source(fn, args, kwargs)
     try:
         kernel = triton.compile(src, target=HOPPER, options=options)
     except Exception as exc:  # report and go on
         return f"FAIL {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-    return f"shared {math.ceil(kernel.metadata.shared / 1024):3d} KB {_resources(kernel)}"
+    return (f"shared {math.ceil(kernel.metadata.shared / 1024):3d} KB {_resources(kernel)} "
+            f"loop {_loop_instructions(kernel.asm['ptx']):>4s}")
 
 
-def tessera_rows(kernels) -> None:
+def tessera_rows(configs) -> None:
+    """One row per ``(kernel name, LaunchConfig)``."""
     names = {"simple_gla.state": "_chunk_states_kernel", "simple_gla.output": "_chunk_output_kernel",
              "simple_gla.state_grad": "_chunk_state_grads_kernel", "simple_gla.dv": "_chunk_dv_kernel",
              "simple_gla.dqk": "_chunk_dqk_kernel"}
-    for kernel in kernels:
-        for cfg in tuning.CANDIDATES[kernel]:
-            for fn, args, kwargs in _captured(kernel, cfg):
-                if fn.__name__ == names[kernel]:
-                    print(f"tessera {kernel:22s} {cfg.block_k:3d} {cfg.block_v:3d} w{cfg.num_warps} "
-                          f"s{cfg.num_stages}  {_compile(fn, args, kwargs)}", flush=True)
+    for kernel, cfg in configs:
+        for fn, args, kwargs in _captured(kernel, cfg):
+            if fn.__name__ == names[kernel]:
+                print(f"tessera {kernel:22s} {cfg.block_k:3d} {cfg.block_v:3d} w{cfg.num_warps} "
+                      f"s{cfg.num_stages}  {_compile(fn, args, kwargs)}", flush=True)
 
 
 def _jit(fn):
@@ -126,9 +142,15 @@ def fla_rows(path: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernels", nargs="*", default=list(KERNELS), choices=KERNELS)
+    parser.add_argument("--config", nargs="*", default=[], metavar="KERNEL:BK,BV,WARPS,STAGES",
+                        help="configurations to compile instead of the candidates, e.g. simple_gla.dqk:128,64,8,3")
     parser.add_argument("--fla", help="directory of an unpacked fla 0.6 wheel (fla/ops/...)")
     args = parser.parse_args()
-    tessera_rows(args.kernels)
+    configs = [(k, cfg) for k in args.kernels for cfg in tuning.CANDIDATES[k]]
+    if args.config:
+        configs = [(spec.split(":")[0], tuning.LaunchConfig(*map(int, spec.split(":")[1].split(","))))
+                   for spec in args.config]
+    tessera_rows(configs)
     if args.fla:
         fla_rows(args.fla)
     return 0
