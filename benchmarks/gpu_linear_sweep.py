@@ -373,9 +373,11 @@ def breakdown_backward(report, budget, T: int):
         q, k, v, g = flat["q"], flat["k"], flat["v"], flat["g"]
         _, h, _, gc = sg.simple_gla_forward(q, k, v, g, D ** -0.5, None, False, packed)
         do = torch.randn_like(v)
-        dh, _, hdh = sg.chunk_state_grads(q, do, gc, h, None, D ** -0.5, False, packed)
+        in_pass = not sg.STATE_DOT_IN_DQK
+        dh, _, hdh = sg.chunk_state_grads(q, do, gc, h, None, D ** -0.5, False, packed, state_dot=in_pass)
         holder["stages"] = {
-            "simple_gla.state_grad": lambda: sg.chunk_state_grads(q, do, gc, h, None, D ** -0.5, False, packed),
+            "simple_gla.state_grad": lambda: sg.chunk_state_grads(q, do, gc, h, None, D ** -0.5, False, packed,
+                                                                  state_dot=in_pass),
             "simple_gla.dv": lambda: sg.chunk_dv(q, k, gc, do, dh, D ** -0.5, packed),
             "simple_gla.dqk": lambda: sg.chunk_dqk(q, k, v, gc, h, do, dh, hdh, D ** -0.5, packed)}
         return {"ms": None, "note": "inputs ready"}

@@ -86,6 +86,23 @@ def run_case(dtype, B, T, H, K, V, gate, varlen):
     return {"case": [dtype, B, T, H, K, V, gate, varlen], "errors": errors, "non_finite": bool(unwritten)}
 
 
+# Simple GLA with ``<S, dS'>`` summed in the state-gradient pass (``STATE_DOT_IN_DQK = False``).
+STATE_DOT_IN_PASS_CASES = [
+    ("float16", 1, 150, 2, 64, 32, "g", True),
+    ("float32", 1, 130, 1, 128, 96, "g", False),
+]
+
+
+def run_state_dot_in_pass_case(*case):
+    kernels.STATE_DOT_IN_DQK = False
+    try:
+        result = run_case(*case)
+    finally:
+        kernels.STATE_DOT_IN_DQK = True
+    result["case"][6] += "-state-dot-in-pass"
+    return result
+
+
 DELTA_CASES = [  # dtype, B, T, H, K, V, gated, varlen, key correlation
     ("float32", 2, 63, 2, 32, 32, True, False, 0.),
     ("float16", 1, 150, 2, 64, 32, True, True, 0.),
@@ -196,6 +213,8 @@ if __name__ == "__main__":
     torch.manual_seed(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
     for case in CASES:
         print(json.dumps(run_case(*case)), flush=True)
+    for case in STATE_DOT_IN_PASS_CASES:
+        print(json.dumps(run_state_dot_in_pass_case(*case)), flush=True)
     for case in DELTA_CASES:
         print(json.dumps(run_delta_case(*case)), flush=True)
     for case in INVERSE_CASES:

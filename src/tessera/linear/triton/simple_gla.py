@@ -48,6 +48,13 @@ _INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # Tokens per chunk (BT) of every linear-attention kernel.
 CHUNK = 64
 
+# Where simple GLA's backward sums ``<S, dS'>`` (the state term of the gate gradient). True: in the dq / dk
+# kernel, from the ``h`` and ``dh`` blocks it loads anyway (as fla does), for bf16 inputs from ``dh``
+# rounded to bf16. False: in the sequential state-gradient pass, from its float32 accumulator, at the
+# cost of one more load of ``h``, a block reduction and a store in every step of the recurrence, and a
+# sum over the blocks after it.
+STATE_DOT_IN_DQK = True
+
 
 @triton.jit
 def _dot(a, b, IEEE: tl.constexpr):
@@ -69,6 +76,24 @@ def _rows_t(x, bos, seq_len, i_h, H, D: tl.constexpr, row0, col0, BR: tl.constex
     """``_rows`` transposed: a ``[BD, BR]`` block (channels by rows)."""
     return tl.make_block_ptr(x + (bos.to(tl.int64) * H + i_h) * D, (D, seq_len), (1, H * D),
                              (col0, row0), (BD, BR), (0, 1))
+
+
+@triton.jit
+def _load_rows(x, bos, seq_len, i_h, H, D: tl.constexpr, row0, col0, BR: tl.constexpr, BD: tl.constexpr,
+               TRANS: tl.constexpr = False):
+    """Rows ``row0 : row0 + BR`` of one sequence, channels ``col0 : col0 + BD``, of ``x[TT, H, D]`` (zeros
+    outside): ``[BR, BD]``, or ``[BD, BR]`` with ``TRANS``. Plain masked pointers: fewer address
+    instructions than a block pointer's two-sided bounds checks."""
+    o_r = row0 + tl.arange(0, BR)
+    o_d = col0 + tl.arange(0, BD)
+    base = x + (bos.to(tl.int64) * H + i_h) * D
+    if TRANS:
+        ptrs = base + o_d[:, None] + o_r.to(tl.int64)[None, :] * (H * D)
+        mask = (o_d < D)[:, None] & (o_r < seq_len)[None, :]
+    else:
+        ptrs = base + o_r.to(tl.int64)[:, None] * (H * D) + o_d[None, :]
+        mask = (o_r < seq_len)[:, None] & (o_d < D)[None, :]
+    return tl.load(ptrs, mask=mask, other=0.)
 
 
 @triton.jit
@@ -112,10 +137,8 @@ def _state_step(k, v, gc, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, k0, v0
     """Store the state entering chunk ``i_t`` and return the state leaving it."""
     tl.store(_state(h, first_chunk + i_t, i_h, H, K, V, k0, v0, BK, BV), b_h.to(h.dtype.element_ty),
              boundary_check=(0, 1))
-    b_kt = tl.load(_rows_t(k, bos, seq_len, i_h, H, K, i_t * BT, k0, BT, BK), boundary_check=(0, 1),
-                   padding_option="zero")
-    b_v = tl.load(_rows(v, bos, seq_len, i_h, H, V, i_t * BT, v0, BT, BV), boundary_check=(0, 1),
-                  padding_option="zero")
+    b_kt = _load_rows(k, bos, seq_len, i_h, H, K, i_t * BT, k0, BT, BK, TRANS=True)
+    b_v = _load_rows(v, bos, seq_len, i_h, H, V, i_t * BT, v0, BT, BV)
     if USE_G:
         b_b, b_last = _gate_local(gc, bos, seq_len, i_h, H, i_t * BT, BT)
         b_h *= tl.exp(b_last)
@@ -125,7 +148,7 @@ def _state_step(k, v, gc, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, k0, v0
 
 
 @triton.jit
-def _chunk_states_kernel(k, v, gc, h, h0, ht, cu_seqlens, chunk_offsets, H,
+def _chunk_states_kernel(k, v, gc, h, h0, ht, cu_seqlens, chunk_offsets, H: tl.constexpr,
                          K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                          BV: tl.constexpr, USE_G: tl.constexpr, USE_H0: tl.constexpr,
                          STORE_HT: tl.constexpr, IEEE: tl.constexpr, WHILE_LOOP: tl.constexpr):
@@ -161,7 +184,7 @@ def _chunk_states_kernel(k, v, gc, h, h0, ht, cu_seqlens, chunk_offsets, H,
 
 
 @triton.jit
-def _chunk_output_kernel(q, k, v, gc, h, o, cu_seqlens, chunk_indices, scale, H,
+def _chunk_output_kernel(q, k, v, gc, h, o, cu_seqlens, chunk_indices, scale, H: tl.constexpr,
                          K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                          BV: tl.constexpr, USE_G: tl.constexpr, IEEE: tl.constexpr):
     """``o`` of one chunk, one head, one block of value channels."""
@@ -194,27 +217,27 @@ def _chunk_output_kernel(q, k, v, gc, h, o, cu_seqlens, chunk_indices, scale, H,
         b_A *= tl.exp(tl.where(causal, b_b[:, None] - b_b[None, :], float("-inf")))
     b_A = tl.where(causal, b_A, 0.)
     b_v = tl.load(_rows(v, bos, seq_len, i_h, H, V, row0, v0, BT, BV), boundary_check=(0, 1), padding_option="zero")
-    b_o += _dot(b_A.to(b_v.dtype), b_v, IEEE)
-    b_o *= scale
+    # Added, not accumulated in one dot: as the dot's accumulator, ``b_o`` would take another layout than
+    # the key loop's product and be converted through shared memory when that loop has one block.
+    b_o = b_o * scale + _dot(b_A.to(b_v.dtype), b_v, IEEE) * scale
     tl.store(_rows(o, bos, seq_len, i_h, H, V, row0, v0, BT, BV), b_o.to(o.dtype.element_ty), boundary_check=(0, 1))
 
 
 @triton.jit
 def _state_grad_step(q, do, gc, h, dh, hdh, b_dh, i_t, bos, seq_len, first_chunk, i_h, H, scale, k0, v0, i_kv,
                      K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                     NKV: tl.constexpr, USE_G: tl.constexpr, IEEE: tl.constexpr):
+                     NKV: tl.constexpr, USE_G: tl.constexpr, STORE_HDH: tl.constexpr, IEEE: tl.constexpr):
     """Store the gradient of the state leaving chunk ``i_t`` and return that of the state entering it.
 
-    With a gate, also store this block's share of ``<S, dS'>`` (state entering, gradient of state leaving)."""
+    With ``STORE_HDH``, also store this block's share of ``<S, dS'>`` (state entering, gradient of state
+    leaving)."""
     chunk = first_chunk + i_t
     tl.store(_state(dh, chunk, i_h, H, K, V, k0, v0, BK, BV), b_dh.to(dh.dtype.element_ty), boundary_check=(0, 1))
-    if USE_G:
+    if STORE_HDH:
         b_h = tl.load(_state(h, chunk, i_h, H, K, V, k0, v0, BK, BV), boundary_check=(0, 1), padding_option="zero")
         tl.store(hdh + (chunk.to(tl.int64) * H + i_h) * NKV + i_kv, tl.sum(tl.sum(b_h.to(tl.float32) * b_dh, 1), 0))
-    b_qt = tl.load(_rows_t(q, bos, seq_len, i_h, H, K, i_t * BT, k0, BT, BK), boundary_check=(0, 1),
-                   padding_option="zero")
-    b_do = tl.load(_rows(do, bos, seq_len, i_h, H, V, i_t * BT, v0, BT, BV), boundary_check=(0, 1),
-                   padding_option="zero")
+    b_qt = _load_rows(q, bos, seq_len, i_h, H, K, i_t * BT, k0, BT, BK, TRANS=True)
+    b_do = _load_rows(do, bos, seq_len, i_h, H, V, i_t * BT, v0, BT, BV)
     if USE_G:
         b_b, b_last = _gate_local(gc, bos, seq_len, i_h, H, i_t * BT, BT)
         b_dh *= tl.exp(b_last)
@@ -226,10 +249,11 @@ def _state_grad_step(q, do, gc, h, dh, hdh, b_dh, i_t, bos, seq_len, first_chunk
 
 
 @triton.jit
-def _chunk_state_grads_kernel(q, do, gc, h, dh, hdh, dht, dh0, cu_seqlens, chunk_offsets, scale, H,
+def _chunk_state_grads_kernel(q, do, gc, h, dh, hdh, dht, dh0, cu_seqlens, chunk_offsets, scale, H: tl.constexpr,
                               K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                               BV: tl.constexpr, NKV: tl.constexpr, USE_G: tl.constexpr, USE_DHT: tl.constexpr,
-                              STORE_DH0: tl.constexpr, IEEE: tl.constexpr, WHILE_LOOP: tl.constexpr):
+                              STORE_DH0: tl.constexpr, IEEE: tl.constexpr, WHILE_LOOP: tl.constexpr,
+                              STORE_HDH: tl.constexpr = True):
     """Store the gradient of the state leaving every chunk (``dh[chunk, head]``), walking backwards."""
     i_k = tl.program_id(0)
     i_v = tl.program_id(1)
@@ -252,18 +276,18 @@ def _chunk_state_grads_kernel(q, do, gc, h, dh, hdh, dht, dh0, cu_seqlens, chunk
         i_t = n_chunks - 1
         while i_t >= 0:
             b_dh = _state_grad_step(q, do, gc, h, dh, hdh, b_dh, i_t, bos, seq_len, first_chunk, i_h, H, scale, k0, v0,
-                                    i_kv, K, V, BT, BK, BV, NKV, USE_G, IEEE)
+                                    i_kv, K, V, BT, BK, BV, NKV, USE_G, STORE_HDH, IEEE)
             i_t -= 1
     else:
         for i_r in range(0, n_chunks):
             b_dh = _state_grad_step(q, do, gc, h, dh, hdh, b_dh, n_chunks - 1 - i_r, bos, seq_len, first_chunk, i_h, H,
-                                    scale, k0, v0, i_kv, K, V, BT, BK, BV, NKV, USE_G, IEEE)
+                                    scale, k0, v0, i_kv, K, V, BT, BK, BV, NKV, USE_G, STORE_HDH, IEEE)
     if STORE_DH0:
         tl.store(_state(dh0, i_n, i_h, H, K, V, k0, v0, BK, BV), b_dh, boundary_check=(0, 1))
 
 
 @triton.jit
-def _chunk_dv_kernel(q, k, gc, do, dh, dv, cu_seqlens, chunk_indices, scale, H,
+def _chunk_dv_kernel(q, k, gc, do, dh, dv, cu_seqlens, chunk_indices, scale, H: tl.constexpr,
                      K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                      USE_G: tl.constexpr, IEEE: tl.constexpr, USE_DH: tl.constexpr = True):
     """``dv = A^T @ do + (exp(b_C - b) * k) @ dS'`` of one chunk, head and block of value channels
@@ -277,9 +301,6 @@ def _chunk_dv_kernel(q, k, gc, do, dh, dv, cu_seqlens, chunk_indices, scale, H,
     seq_len = tl.load(cu_seqlens + i_n + 1) - bos
     v0 = i_v * BV
     row0 = i_t * BT
-    if USE_G:
-        b_b, b_last = _gate_local(gc, bos, seq_len, i_h, H, row0, BT)
-        b_tail = tl.exp(b_last - b_b)
 
     b_At = tl.zeros([BT, BT], dtype=tl.float32)
     b_dv = tl.zeros([BT, BV], dtype=tl.float32)
@@ -292,14 +313,14 @@ def _chunk_dv_kernel(q, k, gc, do, dh, dv, cu_seqlens, chunk_indices, scale, H,
         if USE_DH:
             b_dh = tl.load(_state(dh, i_c, i_h, H, K, V, i_k * BK, v0, BK, BV), boundary_check=(0, 1),
                            padding_option="zero").to(b_k.dtype)
-            if USE_G:
-                b_k = (b_k.to(tl.float32) * b_tail[:, None]).to(b_dh.dtype)
             b_dv += _dot(b_k, b_dh, IEEE)
     o_t = tl.arange(0, BT)
     anticausal = o_t[:, None] <= o_t[None, :]
     b_At *= scale
     if USE_G:
+        b_b, b_last = _gate_local(gc, bos, seq_len, i_h, H, row0, BT)
         b_At *= tl.exp(tl.where(anticausal, b_b[None, :] - b_b[:, None], float("-inf")))
+        b_dv *= tl.exp(b_last - b_b)[:, None]
     b_At = tl.where(anticausal, b_At, 0.)
     b_do = tl.load(_rows(do, bos, seq_len, i_h, H, V, row0, v0, BT, BV), boundary_check=(0, 1),
                    padding_option="zero")
@@ -310,16 +331,16 @@ def _chunk_dv_kernel(q, k, gc, do, dh, dv, cu_seqlens, chunk_indices, scale, H,
 
 @triton.jit
 def _dqk_partials(v, do, h, dh, bos, seq_len, i_c, i_h, H, row0, k0, K: tl.constexpr, V: tl.constexpr,
-                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr):
+                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr,
+                  STATE_DOT: tl.constexpr = False):
     """One chunk's sums over value blocks, float32: ``dA = do @ v^T`` ``[BT, BT]`` (before gating
     and the causal mask), ``dq = do @ h^T`` and ``dk = v @ dh^T`` ``[BT, BK]`` (key channels
-    ``k0:k0 + BK``)."""
+    ``k0:k0 + BK``), and ``<h, dh>`` over those key channels with ``STATE_DOT`` (else 0)."""
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)
     b_dk = tl.zeros([BT, BK], dtype=tl.float32)
     b_dA = tl.zeros([BT, BT], dtype=tl.float32)
+    b_hdh = 0.
     for i_v in range(0, tl.cdiv(V, BV)):
-        b_vt = tl.load(_rows_t(v, bos, seq_len, i_h, H, V, row0, i_v * BV, BT, BV), boundary_check=(0, 1),
-                       padding_option="zero")
         b_v = tl.load(_rows(v, bos, seq_len, i_h, H, V, row0, i_v * BV, BT, BV), boundary_check=(0, 1),
                       padding_option="zero")
         b_do = tl.load(_rows(do, bos, seq_len, i_h, H, V, row0, i_v * BV, BT, BV), boundary_check=(0, 1),
@@ -328,17 +349,22 @@ def _dqk_partials(v, do, h, dh, bos, seq_len, i_c, i_h, H, row0, k0, K: tl.const
                       padding_option="zero")
         b_dh = tl.load(_state(dh, i_c, i_h, H, K, V, k0, i_v * BV, BK, BV), boundary_check=(0, 1),
                        padding_option="zero")
-        b_dA += _dot(b_do, b_vt, IEEE)
+        b_dA += _dot(b_do, tl.trans(b_v), IEEE)
         b_dq += _dot(b_do, tl.trans(b_h.to(b_do.dtype)), IEEE)
         b_dk += _dot(b_v, tl.trans(b_dh.to(b_v.dtype)), IEEE)
-    return b_dq, b_dk, b_dA
+        if STATE_DOT:
+            b_hdh += tl.sum(b_h.to(tl.float32) * b_dh.to(tl.float32))
+    return b_dq, b_dk, b_dA, b_hdh
 
 
 @triton.jit
-def _chunk_dqk_kernel(q, k, v, gc, h, do, dh, hdh, dq, dk, dg, cu_seqlens, chunk_indices, scale, H, TT,
-                      K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                      USE_G: tl.constexpr, IEEE: tl.constexpr):
-    """``dq``, ``dk`` of one chunk, head and block of key channels, and that block's share of ``dg``."""
+def _chunk_dqk_kernel(q, k, v, gc, h, do, dh, hdh, dq, dk, dg, cu_seqlens, chunk_indices, scale, TT,
+                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                      BV: tl.constexpr, USE_G: tl.constexpr, IEEE: tl.constexpr, STATE_DOT: tl.constexpr = False):
+    """``dq``, ``dk`` of one chunk, head and block of key channels, and that block's share of ``dg``.
+
+    ``<S, dS'>`` of the gate gradient: summed here over the block's key channels from ``h`` and ``dh``
+    with ``STATE_DOT``, else read (whole) from ``hdh`` ``[NT, H]`` by the first key block."""
     i_k = tl.program_id(0)
     i_c = tl.program_id(1)
     i_h = tl.program_id(2)
@@ -349,7 +375,8 @@ def _chunk_dqk_kernel(q, k, v, gc, h, do, dh, hdh, dq, dk, dg, cu_seqlens, chunk
     k0 = i_k * BK
     row0 = i_t * BT
 
-    b_dq, b_dk, b_dA = _dqk_partials(v, do, h, dh, bos, seq_len, i_c, i_h, H, row0, k0, K, V, BT, BK, BV, IEEE)
+    b_dq, b_dk, b_dA, b_hdh = _dqk_partials(v, do, h, dh, bos, seq_len, i_c, i_h, H, row0, k0, K, V, BT, BK, BV,
+                                            IEEE, STATE_DOT and USE_G)
 
     b_q = tl.load(_rows(q, bos, seq_len, i_h, H, K, row0, k0, BT, BK), boundary_check=(0, 1), padding_option="zero")
     b_k = tl.load(_rows(k, bos, seq_len, i_h, H, K, row0, k0, BT, BK), boundary_check=(0, 1), padding_option="zero")
@@ -365,15 +392,18 @@ def _chunk_dqk_kernel(q, k, v, gc, h, do, dh, hdh, dq, dk, dg, cu_seqlens, chunk
         b_dq *= scale
     b_dA = tl.where(causal, b_dA, 0.)
     if USE_G:
-        writers_before = tl.sum(tl.sum(b_k.to(tl.float32) * b_dk, axis=1), axis=0)
+        writers_before = tl.sum(b_k.to(tl.float32) * b_dk)
     b_dAc = b_dA.to(b_q.dtype)
     b_dq += _dot(b_dAc, b_k, IEEE)
     b_dk += _dot(tl.trans(b_dAc), b_q, IEEE)
     if USE_G:
         # Gate gradient (see the module docstring): this block's share of it.
         b_db = tl.sum(b_q.to(tl.float32) * b_dq, axis=1) - tl.sum(b_k.to(tl.float32) * b_dk, axis=1)
-        leaving = writers_before + tl.exp(b_last) * tl.load(hdh + i_c.to(tl.int64) * H + i_h) * (i_k == 0)
-        b_dg = tl.cumsum(b_db, axis=0, reverse=True) + leaving
+        if STATE_DOT:
+            state_dot = b_hdh
+        else:
+            state_dot = tl.load(hdh + i_c.to(tl.int64) * H + i_h) * (i_k == 0)
+        b_dg = tl.cumsum(b_db, axis=0, reverse=True) + (writers_before + tl.exp(b_last) * state_dot)
         o_row = row0 + o_t
         tl.store(dg + (i_k * TT + bos + o_row).to(tl.int64) * H + i_h, b_dg, mask=o_row < seq_len)
     tl.store(_rows(dq, bos, seq_len, i_h, H, K, row0, k0, BT, BK), b_dq.to(dq.dtype.element_ty), boundary_check=(0, 1))
@@ -484,27 +514,30 @@ def chunk_output(q, k, v, gc, h, scale, packed: PackedChunks, kernel="simple_gla
     return tuning.run(kernel, _key(q, v, gc is not None), launch)
 
 
-def chunk_state_grads(q, do, gc, h, dht, scale, need_dh0: bool, packed: PackedChunks):
+def chunk_state_grads(q, do, gc, h, dht, scale, need_dh0: bool, packed: PackedChunks, state_dot: bool = True):
     """Gradients of the states leaving every chunk ``dh [NT, H, K, V]``, ``dh0`` (float32 or None) and,
-    gated, ``<S, dS'>`` per chunk and head (float32 ``[NT, H]``, else None)."""
+    gated with ``state_dot``, ``<S, dS'>`` per chunk and head (float32 ``[NT, H]``, else None)."""
     TT, H, K = q.shape
     V = do.shape[-1]
     N = packed.num_sequences
+    store_hdh = gc is not None and state_dot
 
     def launch(cfg):
         BK, BV = _block(K, cfg.block_k), _block(V, cfg.block_v)
         NKV = triton.cdiv(K, BK) * triton.cdiv(V, BV)
         dh = torch.empty(packed.num_chunks, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
         dh0 = torch.empty(N, H, K, V, dtype=torch.float32, device=q.device) if need_dh0 else None
-        hdh = torch.empty(packed.num_chunks, H, NKV, dtype=torch.float32, device=q.device) if gc is not None else None
+        hdh = torch.empty(packed.num_chunks, H, NKV, dtype=torch.float32, device=q.device) if store_hdh else None
         _chunk_state_grads_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
             q, do, gc, h, dh, hdh, dht, dh0, packed.cu_seqlens, packed.chunk_offsets, scale, H,
             K=K, V=V, BT=CHUNK, BK=BK, BV=BV, NKV=NKV, USE_G=gc is not None, USE_DHT=dht is not None,
-            STORE_DH0=need_dh0, IEEE=q.dtype == torch.float32, WHILE_LOOP=_INTERPRETING,
+            STORE_DH0=need_dh0, IEEE=q.dtype == torch.float32, WHILE_LOOP=_INTERPRETING, STORE_HDH=store_hdh,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         return dh, dh0, hdh
-    dh, dh0, hdh = tuning.run("simple_gla.state_grad", _key(q, do, gc is not None), launch)
-    return dh, dh0, None if hdh is None else hdh.sum(-1)
+    dh, dh0, hdh = tuning.run("simple_gla.state_grad", _key(q, do, gc is not None) + (store_hdh,), launch)
+    if hdh is None:
+        return dh, dh0, None
+    return dh, dh0, hdh[..., 0] if hdh.shape[-1] == 1 else hdh.sum(-1)
 
 
 def chunk_dv(q, k, gc, do, dh, scale, packed: PackedChunks, kernel="simple_gla.dv", out_dtype=None):
@@ -526,9 +559,11 @@ def chunk_dv(q, k, gc, do, dh, scale, packed: PackedChunks, kernel="simple_gla.d
 
 def chunk_dqk(q, k, v, gc, h, do, dh, hdh, scale, packed: PackedChunks, kernel="simple_gla.dqk", dk_dtype=None):
     """``dq``, ``dk`` (``dk_dtype``, default ``k``'s) and the gate gradient (float32 ``[TT, H]``, or None
-    without a gate); ``hdh``: ``<S, dS'>`` per chunk and head from ``chunk_state_grads``."""
+    without a gate); ``hdh``: ``<S, dS'>`` per chunk and head from ``chunk_state_grads``, or None to sum
+    it here from ``h`` and ``dh``."""
     TT, H, K = q.shape
     V = v.shape[-1]
+    state_dot = gc is not None and hdh is None
 
     def launch(cfg):
         BK, BV = _block(K, cfg.block_k), _block(V, cfg.block_v)
@@ -537,12 +572,14 @@ def chunk_dqk(q, k, v, gc, h, do, dh, hdh, scale, packed: PackedChunks, kernel="
         dk = torch.empty(TT, H, K, dtype=dk_dtype or k.dtype, device=k.device)
         dg_parts = torch.empty(NK, TT, H, dtype=torch.float32, device=q.device) if gc is not None else None
         _chunk_dqk_kernel[(NK, packed.num_chunks, H)](
-            q, k, v, gc, h, do, dh, hdh, dq, dk, dg_parts, packed.cu_seqlens, packed.chunk_indices, scale, H, TT,
+            q, k, v, gc, h, do, dh, hdh, dq, dk, dg_parts, packed.cu_seqlens, packed.chunk_indices, scale, TT, H,
             K=K, V=V, BT=CHUNK, BK=BK, BV=BV, USE_G=gc is not None, IEEE=q.dtype == torch.float32,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            STATE_DOT=state_dot, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         return dq, dk, dg_parts
-    dq, dk, dg_parts = tuning.run(kernel, _key(q, v, gc is not None), launch)
-    return dq, dk, None if dg_parts is None else dg_parts.sum(0)
+    dq, dk, dg_parts = tuning.run(kernel, _key(q, v, gc is not None) + (state_dot,), launch)
+    if dg_parts is None:
+        return dq, dk, None
+    return dq, dk, dg_parts[0] if dg_parts.shape[0] == 1 else dg_parts.sum(0)
 
 
 def simple_gla_forward(q, k, v, g, scale, initial_state, output_final_state, packed: PackedChunks):
@@ -558,7 +595,7 @@ def simple_gla_forward(q, k, v, g, scale, initial_state, output_final_state, pac
 def simple_gla_backward(q, k, v, gc, h, do, dht, scale, need_dh0: bool, packed: PackedChunks):
     """Gradients ``(dq, dk, dv, dg float32 [TT, H] or None, dh0 float32 [N, H, K, V] or None)``; ``gc`` as
     returned by ``simple_gla_forward``."""
-    dh, dh0, hdh = chunk_state_grads(q, do, gc, h, dht, scale, need_dh0, packed)
+    dh, dh0, hdh = chunk_state_grads(q, do, gc, h, dht, scale, need_dh0, packed, state_dot=not STATE_DOT_IN_DQK)
     dv = chunk_dv(q, k, gc, do, dh, scale, packed)
     dq, dk, dg = chunk_dqk(q, k, v, gc, h, do, dh, hdh, scale, packed)
     return dq, dk, dv, dg, dh0
