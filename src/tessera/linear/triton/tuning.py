@@ -62,11 +62,11 @@ CANDIDATES: dict[str, tuple[LaunchConfig, ...]] = {
     "delta.prepare": (C(0, 64, 8, 3), C(0, 64, 4, 3), C(0, 128, 8, 2), C(0, 64, 4, 2)),
     "delta.state": _DELTA_STATE,
     "delta.output": (C(64, 64, 8, 3), C(128, 128, 8, 3), C(64, 128, 8, 2), C(32, 32, 2, 3)),
-    # Updates du in place: a timed choice would run it repeatedly, so one candidate (sweeps use OVERRIDES).
-    "delta.state_grad": (C(0, 32, 8, 2),),
-    "delta.attn_dv": (C(64, 64, 8, 3),),
-    "delta.dqk": (C(64, 64, 8, 3), C(64, 64, 4, 3), C(64, 128, 8, 2)),
-    "delta.wy_grad": (C(0, 32, 8, 3),),
+    "delta.state_grad": (C(0, 32, 4, 2), C(0, 32, 4, 3), C(0, 64, 4, 3), C(0, 32, 2, 3), C(0, 64, 4, 2),
+                         C(0, 32, 8, 2)),
+    "delta.attn_dv": (C(128, 128, 4, 3), C(128, 128, 4, 2), C(128, 128, 8, 2), C(64, 64, 8, 3)),
+    "delta.dqk": (C(128, 64, 8, 2), C(128, 128, 8, 2), C(128, 64, 4, 3), C(64, 64, 4, 3), C(64, 64, 8, 3)),
+    "delta.wy_grad": (C(64, 64, 4, 3), C(64, 64, 8, 2), C(128, 64, 8, 2), C(64, 64, 2, 3), C(32, 32, 4, 3)),
 }
 
 # Kernel name -> forced configuration; empty by default.
