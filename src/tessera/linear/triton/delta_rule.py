@@ -153,8 +153,9 @@ def _store_row_block(Tinv, bos, seq_len, i_h, H, BT: tl.constexpr, row0, B0, B1,
 @triton.jit
 def _delta_prepare_kernel(k, v, beta, gc, Tinv, w, u0, cu_seqlens, chunk_indices, H,
                           K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                          BV: tl.constexpr, USE_G: tl.constexpr, IEEE: tl.constexpr):
-    """``T = (I + M)^-1`` (stored float32, one row per token), ``W = T (beta exp(b) k)``, ``U = T (beta v)``.
+                          BV: tl.constexpr, USE_G: tl.constexpr, IEEE: tl.constexpr, WU: tl.constexpr):
+    """``T = (I + M)^-1`` (stored float32, one row per token) and, if ``WU``, ``W = T (beta exp(b) k)``,
+    ``U = T (beta v)`` (else ``_delta_wu_kernel`` computes them).
 
     ``M`` comes from one ``BT x BT`` product and is inverted in ``BC = BT / 4`` blocks: the four diagonal
     blocks by forward substitution (``_diag_inverses``), then two merge levels of ``BC x BC`` products
@@ -198,23 +199,56 @@ def _delta_prepare_kernel(k, v, beta, gc, Tinv, w, u0, cu_seqlens, chunk_indices
     _store_row_block(Tinv, bos, seq_len, i_h, H, BT, row0 + BC, T10, T1, Z, Z)
     _store_row_block(Tinv, bos, seq_len, i_h, H, BT, row0 + 2 * BC, T20, T21, T2, Z)
     _store_row_block(Tinv, bos, seq_len, i_h, H, BT, row0 + 3 * BC, T30, T31, T32, T3)
-    # T back as one [BT, BT] tile for the W and U products (rows past the sequence read as zeros; their W
-    # and U rows are not stored).
-    tl.debug_barrier()
-    b_T = tl.load(p_T, boundary_check=(0, 1), padding_option="zero")
-    b_Tc = b_T.to(b_k.dtype)
-    if USE_G:
-        b_kw = (b_k.to(tl.float32) * (b_beta * tl.exp(b_b))[:, None]).to(b_k.dtype)
-    else:
-        b_kw = (b_k.to(tl.float32) * b_beta[:, None]).to(b_k.dtype)
-    tl.store(_rows(w, bos, seq_len, i_h, H, K, row0, 0, BT, BK), _dot(b_Tc, b_kw, IEEE).to(w.dtype.element_ty),
-             boundary_check=(0, 1))
-    for i_v in range(0, tl.cdiv(V, BV)):
-        b_v = tl.load(_rows(v, bos, seq_len, i_h, H, V, row0, i_v * BV, BT, BV), boundary_check=(0, 1),
+    if WU:
+        # T back as one [BT, BT] tile for the W and U products (rows past the sequence read as zeros; their W
+        # and U rows are not stored).
+        tl.debug_barrier()
+        b_Tc = tl.load(p_T, boundary_check=(0, 1), padding_option="zero").to(b_k.dtype)
+        if USE_G:
+            b_kw = (b_k.to(tl.float32) * (b_beta * tl.exp(b_b))[:, None]).to(b_k.dtype)
+        else:
+            b_kw = (b_k.to(tl.float32) * b_beta[:, None]).to(b_k.dtype)
+        tl.store(_rows(w, bos, seq_len, i_h, H, K, row0, 0, BT, BK), _dot(b_Tc, b_kw, IEEE).to(w.dtype.element_ty),
+                 boundary_check=(0, 1))
+        _store_scaled_products(b_Tc, v, u0, b_beta, bos, seq_len, i_h, H, row0, V, BT, BV, IEEE)
+
+
+@triton.jit
+def _store_scaled_products(b_Tc, x, y, b_s, bos, seq_len, i_h, H, row0, D: tl.constexpr, BT: tl.constexpr,
+                           BD: tl.constexpr, IEEE: tl.constexpr):
+    """``y = T (s x)`` for one chunk of ``x[TT, H, D]`` (``y`` likewise), by blocks of ``BD`` channels; ``b_Tc``:
+    ``T`` ``[BT, BT]`` in the operand dtype, ``b_s`` the float32 per-token scale ``[BT]``."""
+    for i_d in range(0, tl.cdiv(D, BD)):
+        b_x = tl.load(_rows(x, bos, seq_len, i_h, H, D, row0, i_d * BD, BT, BD), boundary_check=(0, 1),
                       padding_option="zero")
-        b_vb = (b_v.to(tl.float32) * b_beta[:, None]).to(b_v.dtype)
-        tl.store(_rows(u0, bos, seq_len, i_h, H, V, row0, i_v * BV, BT, BV),
-                 _dot(b_Tc, b_vb, IEEE).to(u0.dtype.element_ty), boundary_check=(0, 1))
+        b_xs = (b_x.to(tl.float32) * b_s[:, None]).to(b_x.dtype)
+        tl.store(_rows(y, bos, seq_len, i_h, H, D, row0, i_d * BD, BT, BD),
+                 _dot(b_Tc, b_xs, IEEE).to(y.dtype.element_ty), boundary_check=(0, 1))
+
+
+@triton.jit
+def _delta_wu_kernel(k, v, beta, gc, Tinv, w, u0, cu_seqlens, chunk_indices, H,
+                     K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                     USE_G: tl.constexpr, IEEE: tl.constexpr):
+    """``W = T (beta exp(b) k)`` and ``U = T (beta v)`` of one chunk and head from the stored ``T`` (the second
+    half of a split prepare: ``_delta_prepare_kernel`` with ``WU=False`` stores ``T``)."""
+    i_c = tl.program_id(0)
+    i_h = tl.program_id(1)
+    i_n = tl.load(chunk_indices + i_c * 2)
+    i_t = tl.load(chunk_indices + i_c * 2 + 1)
+    bos = tl.load(cu_seqlens + i_n)
+    seq_len = tl.load(cu_seqlens + i_n + 1) - bos
+    row0 = i_t * BT
+    b_beta = _per_token(beta, bos, seq_len, i_h, H, row0, BT)
+    b_Tc = tl.load(_rows(Tinv, bos, seq_len, i_h, H, BT, row0, 0, BT, BT), boundary_check=(0, 1),
+                   padding_option="zero").to(w.dtype.element_ty)
+    if USE_G:
+        b_b, _ = _gate_local(gc, bos, seq_len, i_h, H, row0, BT)
+        b_kscale = b_beta * tl.exp(b_b)
+    else:
+        b_kscale = b_beta
+    _store_scaled_products(b_Tc, k, w, b_kscale, bos, seq_len, i_h, H, row0, K, BT, BK, IEEE)
+    _store_scaled_products(b_Tc, v, u0, b_beta, bos, seq_len, i_h, H, row0, V, BT, BV, IEEE)
 
 
 @triton.jit
@@ -517,7 +551,8 @@ def _key(q: torch.Tensor, v: torch.Tensor, gated: bool) -> tuple:
 
 def delta_prepare(k, v, beta, gc, packed):
     """``(Tinv float32 [TT, H, BT], w [TT, H, K], u0 [TT, H, V])``: the per-chunk inverse ``T`` (one row per
-    token), ``W = T (beta exp(b) k)`` and ``U = T (beta v)``."""
+    token), ``W = T (beta exp(b) k)`` and ``U = T (beta v)``. One kernel, or (candidates with ``block_v = 0``)
+    one for ``T`` and one for ``W`` and ``U`` (``delta_wu``), as fla splits it."""
     TT, H, K = k.shape
     V = v.shape[-1]
 
@@ -525,12 +560,30 @@ def delta_prepare(k, v, beta, gc, packed):
         Tinv = torch.empty(TT, H, CHUNK, dtype=torch.float32, device=k.device)
         w = torch.empty_like(k)
         u0 = torch.empty_like(v)
+        fused = cfg.block_v > 0
         _delta_prepare_kernel[(packed.num_chunks, H)](
             k, v, beta, gc, Tinv, w, u0, packed.cu_seqlens, packed.chunk_indices, H,
             K=K, V=V, BT=CHUNK, BK=_block(K, 256), BV=_block(V, cfg.block_v), USE_G=gc is not None,
-            IEEE=k.dtype == torch.float32, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            IEEE=k.dtype == torch.float32, WU=fused, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        if not fused:
+            w, u0 = delta_wu(k, v, beta, gc, Tinv, packed)
         return Tinv, w, u0
     return tuning.run("delta.prepare", _key(k, v, gc is not None), launch)
+
+
+def delta_wu(k, v, beta, gc, Tinv, packed):
+    """``(w [TT, H, K], u0 [TT, H, V])``: ``W = T (beta exp(b) k)`` and ``U = T (beta v)`` from the stored ``T``."""
+    TT, H, K = k.shape
+    V = v.shape[-1]
+
+    def launch(cfg):
+        w, u0 = torch.empty_like(k), torch.empty_like(v)
+        _delta_wu_kernel[(packed.num_chunks, H)](
+            k, v, beta, gc, Tinv, w, u0, packed.cu_seqlens, packed.chunk_indices, H,
+            K=K, V=V, BT=CHUNK, BK=_block(K, cfg.block_k), BV=_block(V, cfg.block_v), USE_G=gc is not None,
+            IEEE=k.dtype == torch.float32, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        return w, u0
+    return tuning.run("delta.wu", _key(k, v, gc is not None), launch)
 
 
 def delta_states(k, w, u0, gc, initial_state, output_final_state, packed):

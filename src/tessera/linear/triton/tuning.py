@@ -59,7 +59,10 @@ CANDIDATES: dict[str, tuple[LaunchConfig, ...]] = {
     "gla.state_grad": _STATE,
     "gla.dv": (C(64, 64, 8, 2), C(64, 64, 4, 3), C(32, 64, 4, 3)),
     "gla.dqk": (C(64, 64, 8, 2), C(64, 64, 4, 3), C(32, 64, 4, 3)),
-    "delta.prepare": (C(0, 64, 8, 3), C(0, 64, 4, 3), C(0, 128, 8, 2), C(0, 64, 4, 2)),
+    # block_v 0: T alone, then W and U by "delta.wu" (fla's split: solve_tril, recompute_w_u_fwd).
+    "delta.prepare": (C(0, 64, 8, 3), C(0, 64, 4, 3), C(0, 128, 8, 2), C(0, 64, 4, 2), C(0, 0, 4, 2), C(0, 0, 8, 2),
+                      C(0, 0, 2, 2)),
+    "delta.wu": (C(64, 64, 4, 3), C(64, 64, 8, 2), C(128, 128, 8, 2), C(64, 64, 2, 3)),
     "delta.state": _DELTA_STATE,
     "delta.output": (C(64, 64, 8, 3), C(128, 128, 8, 3), C(64, 128, 8, 2), C(32, 32, 2, 3)),
     "delta.state_grad": (C(0, 32, 4, 2), C(0, 32, 4, 3), C(0, 64, 4, 3), C(0, 32, 2, 3), C(0, 64, 4, 2),
@@ -71,6 +74,9 @@ CANDIDATES: dict[str, tuple[LaunchConfig, ...]] = {
 
 # Kernel name -> forced configuration; empty by default.
 OVERRIDES: dict[str, LaunchConfig] = {}
+
+# Kernel name -> the overrides under which it runs at all (tests and sweeps forcing one of its candidates).
+PREREQUISITES: dict[str, dict[str, LaunchConfig]] = {"delta.wu": {"delta.prepare": C(0, 0, 4, 2)}}
 
 # (kernel name, key) -> chosen configuration.
 _CHOSEN: dict[tuple, LaunchConfig] = {}
