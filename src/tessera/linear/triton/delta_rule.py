@@ -509,7 +509,6 @@ def _delta_wy_grads_kernel(k, v, beta, gc, Tinv, du, dw, dk_partial, dg_partial,
     else:
         b_DM = tl.where(o_t[:, None] > o_t[None, :], b_DM, 0.)
     b_DMc = b_DM.to(dw.dtype.element_ty)
-    b_DMtc = tl.trans(b_DM).to(dw.dtype.element_ty)
     b_db = tl.zeros([BT], dtype=tl.float32)
     for i_k in range(0, tl.cdiv(K, BK)):
         k0 = i_k * BK
@@ -525,7 +524,7 @@ def _delta_wy_grads_kernel(k, v, beta, gc, Tinv, du, dw, dk_partial, dg_partial,
         # Rows i of M give beta_i (DM k)_i to dk_i, columns j give (DM^T (beta k))_j to dk_j; their dot
         # products with the keys are the dbeta and db terms.
         b_dka = _dot(b_DMc, b_k, IEEE)
-        b_dkb = _dot(b_DMtc, (b_kf * b_beta[:, None]).to(b_k.dtype), IEEE)
+        b_dkb = _dot(tl.trans(b_DMc), (b_kf * b_beta[:, None]).to(b_k.dtype), IEEE)
         b_dka_k = tl.sum(b_dka * b_kf, axis=1)
         b_dbeta += b_dkw_k + b_dka_k
         b_db += (b_dkw_k + b_dka_k) * b_beta - tl.sum(b_dkb * b_kf, axis=1)

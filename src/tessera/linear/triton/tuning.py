@@ -12,7 +12,11 @@ capture). ``OVERRIDES`` forces a configuration per kernel name (tests, sweeps); 
 Candidate lists follow fla 0.6's Hopper search spaces (``fla/ops/common/chunk_h.py``: BK, BV in
 {32, 64}, 1-8 warps, 2-4 stages for the sequential state passes; ``chunk_o.py``: (128, 128, 8 warps,
 3 stages), (64, 64, 4, 3), (32, 32, 2, 3) for the per-chunk output kernel), cut to a few entries to
-bound compile time.
+bound compile time. The delta-rule backward follows fla's Hopper settings of the same steps:
+``chunk_delta_h.py`` (state gradients: BV 32 / 64, 2 or 4 warps, 2-4 stages), ``chunk_o.py``
+(``chunk_bwd_dv_local`` and ``chunk_bwd_dqkwg``: BK = BV = 128, 2 or 4 warps), ``wy_fast.py``
+(``prepare_wy_repr_bwd``: BK = BV = 64). No kernel updates its inputs in place, so every candidate list
+can be timed.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ C = LaunchConfig
 _STATE = (C(64, 32, 4, 3), C(64, 64, 4, 3), C(32, 32, 2, 3), C(32, 32, 1, 3), C(32, 64, 4, 3), C(64, 64, 8, 2),
           C(32, 32, 4, 4))
 # The delta-rule state pass keeps the whole key dimension in one block (block_k unused).
-_DELTA_STATE = (C(0, 32, 8, 2), C(0, 32, 4, 3), C(0, 64, 4, 3), C(0, 32, 2, 3), C(0, 16, 4, 3))
+_DELTA_STATE = (C(0, 32, 8, 2), C(0, 32, 4, 3), C(0, 64, 4, 3), C(0, 32, 2, 3), C(0, 16, 4, 3), C(0, 32, 4, 2))
 
 # The first candidates are the settings used before the timed choice; on an H200 (bf16, K = V = 128,
 # T = 16384, one change at a time) simple GLA's output block_v 128 (vs 64) cut fwd 13% and dv / dqk
