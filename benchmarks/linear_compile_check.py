@@ -122,7 +122,8 @@ def tessera_stats(gated: bool, all_candidates: bool, only, seen: set):
     from tessera.linear.triton import tuning
     runs = [("default", {})]
     if all_candidates:
-        runs += [(f"{name} {tuple(vars(cfg).values())}", {**tuning.PREREQUISITES.get(name, {}), name: cfg})
+        needs = getattr(tuning, "PREREQUISITES", {})  # absent in older trees (comparisons across commits)
+        runs += [(f"{name} {tuple(vars(cfg).values())}", {**needs.get(name, {}), name: cfg})
                  for name, cands in tuning.CANDIDATES.items() if name.startswith("delta.") for cfg in cands[1:]]
     for label, overrides in runs:
         for fn, bound, options in tessera_launches(gated, overrides):
