@@ -23,10 +23,9 @@ picks which run (default all: compare, simple-gla-breakdown, sweep, delta-breakd
      b. fwd, fla: chunk_scaled_dot_kkt_fwd, solve_tril, recompute_w_u_fwd (group prepare: their sum is
         tessera's delta.prepare), prepare_wy_repr_fwd (prepare-call: the three as one call),
         chunk_gated_delta_rule_fwd_h (state), chunk_fwd_o (output), chunk_delta_rule_fwd (total);
-     c. bwd, tessera, on the saved tensors of one forward: delta.attn_dv (attn_dv: du = A^T do),
-        delta.state_grad (state_grad; it completes du in place, so du is restored before every call and
-        that copy's time, reset_ms, subtracted from ms_gross), delta.dqk (dqk), delta.wy_grad (wy_grad),
-        delta_rule_backward (total);
+     c. bwd, tessera, on the saved tensors of one forward: delta.attn_dv (attn_dv: A^T do),
+        delta.state_grad (state_grad: dh and du), delta.dqk (dqk: dq, partial dk, dW), delta.wy_grad
+        (wy_grad), delta_rule_backward (total);
      d. bwd, fla, on the A of one forward: recompute_w_u_fwd and chunk_gated_delta_rule_fwd_h (recompute:
         fla recomputes W, U, the states and the new values that tessera saves), chunk_bwd_dv_local
         (attn_dv), chunk_gated_delta_rule_bwd_dhu (state_grad), chunk_bwd_dqkwg (dqk),
@@ -469,9 +468,9 @@ def fla_delta_forward_stages(x: dict) -> list:
 
 def tessera_delta_backward_stages(flat: dict, packed) -> list:
     """tessera's delta-rule backward (ungated) on the saved tensors of one ``delta_rule_forward``: the
-    functions ``delta_rule_backward`` calls, each alone (``delta.attn_dv``: ``du = A^T do``;
-    ``delta.state_grad``: ``dh``, completes ``du`` in place, so ``du`` is restored before each call and that
-    copy's time subtracted; ``delta.dqk``; ``delta.wy_grad``), then the whole ``delta_rule_backward``."""
+    functions ``delta_rule_backward`` calls, each alone (``delta.attn_dv``: ``du_attn = A^T do``;
+    ``delta.state_grad``: ``dh`` and ``du``; ``delta.dqk``: ``dq``, partial ``dk``, ``dW``; ``delta.wy_grad``),
+    then the whole ``delta_rule_backward``."""
     from tessera.linear.triton import delta_rule as dr
     q, k, v, beta = flat["q"], flat["k"], flat["v"], flat["beta"]
     scale = D ** -0.5
@@ -481,25 +480,20 @@ def tessera_delta_backward_stages(flat: dict, packed) -> list:
     s = Saved()
 
     def attn_dv():
-        s["du_attn"] = dr.chunk_dv(q, k, None, do, None, scale, packed, kernel="delta.attn_dv",
-                                   out_dtype=torch.float32)
-
-    def reset_du():
-        if "du" not in s:
-            s["du"] = torch.empty_like(s["du_attn"])
-        s["du"].copy_(s["du_attn"])
+        s["du_attn"] = dr.chunk_dv(q, k, None, do, None, scale, packed, kernel="delta.attn_dv")
 
     def state_grad():
-        s["dh"], _, s["hdh"] = dr.delta_state_grads(q, k, w, None, do, h, s["du"], None, scale, False, packed)
+        s["dh"], _, s["hdh"], s["du"] = dr.delta_state_grads(q, k, w, None, do, h, s["du_attn"], None, scale, False,
+                                                             packed)
 
     def dqk():
-        s["dq"], s["dk_partial"], s["dg_partial"] = dr.chunk_dqk(
-            q, k, u, None, h, do, s["dh"], s["hdh"], scale, packed, kernel="delta.dqk", dk_dtype=torch.float32)
+        s["dq"], s["dk_partial"], s["dw"], s["dg_partial"] = dr.delta_dqk(q, k, u, None, h, do, s["du"], s["dh"],
+                                                                          s["hdh"], scale, packed)
     return [("delta.attn_dv", "attn_dv", attn_dv, None),
-            ("delta.state_grad", "state_grad", state_grad, reset_du),
+            ("delta.state_grad", "state_grad", state_grad, None),
             ("delta.dqk", "dqk", dqk, None),
             ("delta.wy_grad", "wy_grad",
-             lambda: dr.delta_wy_grads(k, v, beta, None, Tinv, h, s["du"], s["dk_partial"], s["dg_partial"],
+             lambda: dr.delta_wy_grads(k, v, beta, None, Tinv, s["du"], s["dw"], s["dk_partial"], s["dg_partial"],
                                        packed), None),
             ("delta_rule_backward", "total",
              lambda: dr.delta_rule_backward(q, k, v, beta, saved, do, None, scale, False, packed), None)]

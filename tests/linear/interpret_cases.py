@@ -18,6 +18,7 @@ from tessera.linear import naive, ops  # noqa: E402
 from tessera.linear.triton import delta_rule as delta_kernels  # noqa: E402
 from tessera.linear.triton import gla as gla_kernels  # noqa: E402
 from tessera.linear.triton import simple_gla as kernels  # noqa: E402
+from tessera.linear.triton import tuning  # noqa: E402
 
 
 class _NaNPoisonedTorch:
@@ -111,6 +112,15 @@ DELTA_CASES = [  # dtype, B, T, H, K, V, gated, varlen, key correlation
     ("float32", 1, 130, 2, 64, 32, False, False, 0.9),
     ("float16", 1, 150, 2, 64, 32, True, True, 0.9),
 ]
+
+
+# Non-default delta-rule variants on a varlen fp16 case: T and (W, U) in two kernels, and several key and
+# value blocks in the backward kernels (partial dg per key block).
+DELTA_VARIANT_OVERRIDES = {"delta.prepare": tuning.LaunchConfig(0, 0, 4, 2),
+                           "delta.wu": tuning.LaunchConfig(32, 16, 4, 2),
+                           "delta.state_grad": tuning.LaunchConfig(0, 16, 4, 2),
+                           "delta.dqk": tuning.LaunchConfig(32, 16, 4, 2),
+                           "delta.wy_grad": tuning.LaunchConfig(32, 16, 4, 2)}
 
 
 def correlated_keys(B, T, H, K, corr):
@@ -217,6 +227,11 @@ if __name__ == "__main__":
         print(json.dumps(run_state_dot_in_pass_case(*case)), flush=True)
     for case in DELTA_CASES:
         print(json.dumps(run_delta_case(*case)), flush=True)
+    tuning.OVERRIDES.update(DELTA_VARIANT_OVERRIDES)
+    variant = run_delta_case("float16", 1, 150, 2, 64, 48, True, True, 0.9)
+    tuning.OVERRIDES.clear()
+    variant["case"][6] += "-variants"
+    print(json.dumps(variant), flush=True)
     for case in INVERSE_CASES:
         print(json.dumps(run_inverse_case(*case)), flush=True)
     print(json.dumps(run_normalized_linear_attention()), flush=True)

@@ -64,6 +64,7 @@ def run_config(kernel: str, cfg) -> dict:
     for t in leaves.values():
         t.requires_grad_(True)
     tuning.OVERRIDES.clear()
+    tuning.OVERRIDES.update(tuning.PREREQUISITES.get(kernel, {}))
     tuning.OVERRIDES[kernel] = cfg
     o, s = call(op, leaves, backend="triton")
     do, ds = torch.randn_like(o), torch.randn_like(s)

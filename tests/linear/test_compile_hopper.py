@@ -80,6 +80,7 @@ def _captured_launches() -> list:
             op = kernel.split(".")[0]
             for cfg in candidates:
                 tuning.OVERRIDES.clear()
+                tuning.OVERRIDES.update(tuning.PREREQUISITES.get(kernel, {}))
                 tuning.OVERRIDES[kernel] = cfg
                 _run(op, torch.bfloat16)
         tuning.OVERRIDES.clear()

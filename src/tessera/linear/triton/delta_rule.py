@@ -11,8 +11,11 @@ Backward, with ``dS'`` the gradient of the outgoing state:
     dS = exp(b_C) dS' + scale (exp(b) q)^T do - W^T du
     dW = -du S^T,  dT = du (beta v)^T + dW (beta exp(b) k)^T,  dM = -T^T dT T^T (strict lower part)
 and the chain rule through ``U``, ``W``, ``M`` to ``v``, ``k``, ``beta``, ``b``. ``dq`` and the parts of
-``dk``/``dg`` that come through ``o`` and ``S'`` are those of simple GLA with ``v := u`` (its kernel is
-reused); the WY kernel adds the parts through ``U``, ``W``, ``M``. Every use of the gate inside a chunk
+``dk``/``dg`` that come through ``o`` and ``S'`` are those of simple GLA with ``v := u``; the dqk kernel
+computes them together with ``dW`` (it reads ``S`` for ``dq`` anyway), and the WY kernel adds the parts
+through ``U``, ``W``, ``M``. As in fla, the tensors passed between backward kernels (``A^T do``, ``du``,
+``dW``, partial ``dk``) are stored in the input dtype (each is only an operand of 16-bit products next);
+every kernel accumulates in float32. Every use of the gate inside a chunk
 goes through the local ``b``, so ``dg`` is the reverse cumulative sum, within the chunk, of ``db``. Keys are used as given (the caller L2-normalises them, as in fla).
 The local ``b`` is computed once per call (``simple_gla.chunk_local_cumsum``); the kernels' ``gc``
 argument is that float32 ``[TT, H]`` tensor.
@@ -27,7 +30,7 @@ import triton.language as tl
 
 from . import tuning
 from .simple_gla import (_INTERPRETING, CHUNK, _block, _dot, _gate_local, _rows, _rows_t, _state, _state_dtype,
-                         chunk_dqk, chunk_dv, chunk_local_cumsum, chunk_output, packed_chunks)
+                         chunk_dv, chunk_local_cumsum, chunk_output, packed_chunks)
 
 
 @triton.jit
@@ -150,8 +153,9 @@ def _store_row_block(Tinv, bos, seq_len, i_h, H, BT: tl.constexpr, row0, B0, B1,
 @triton.jit
 def _delta_prepare_kernel(k, v, beta, gc, Tinv, w, u0, cu_seqlens, chunk_indices, H,
                           K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                          BV: tl.constexpr, USE_G: tl.constexpr, IEEE: tl.constexpr):
-    """``T = (I + M)^-1`` (stored float32, one row per token), ``W = T (beta exp(b) k)``, ``U = T (beta v)``.
+                          BV: tl.constexpr, USE_G: tl.constexpr, IEEE: tl.constexpr, WU: tl.constexpr):
+    """``T = (I + M)^-1`` (stored float32, one row per token) and, if ``WU``, ``W = T (beta exp(b) k)``,
+    ``U = T (beta v)`` (else ``_delta_wu_kernel`` computes them).
 
     ``M`` comes from one ``BT x BT`` product and is inverted in ``BC = BT / 4`` blocks: the four diagonal
     blocks by forward substitution (``_diag_inverses``), then two merge levels of ``BC x BC`` products
@@ -195,23 +199,56 @@ def _delta_prepare_kernel(k, v, beta, gc, Tinv, w, u0, cu_seqlens, chunk_indices
     _store_row_block(Tinv, bos, seq_len, i_h, H, BT, row0 + BC, T10, T1, Z, Z)
     _store_row_block(Tinv, bos, seq_len, i_h, H, BT, row0 + 2 * BC, T20, T21, T2, Z)
     _store_row_block(Tinv, bos, seq_len, i_h, H, BT, row0 + 3 * BC, T30, T31, T32, T3)
-    # T back as one [BT, BT] tile for the W and U products (rows past the sequence read as zeros; their W
-    # and U rows are not stored).
-    tl.debug_barrier()
-    b_T = tl.load(p_T, boundary_check=(0, 1), padding_option="zero")
-    b_Tc = b_T.to(b_k.dtype)
-    if USE_G:
-        b_kw = (b_k.to(tl.float32) * (b_beta * tl.exp(b_b))[:, None]).to(b_k.dtype)
-    else:
-        b_kw = (b_k.to(tl.float32) * b_beta[:, None]).to(b_k.dtype)
-    tl.store(_rows(w, bos, seq_len, i_h, H, K, row0, 0, BT, BK), _dot(b_Tc, b_kw, IEEE).to(w.dtype.element_ty),
-             boundary_check=(0, 1))
-    for i_v in range(0, tl.cdiv(V, BV)):
-        b_v = tl.load(_rows(v, bos, seq_len, i_h, H, V, row0, i_v * BV, BT, BV), boundary_check=(0, 1),
+    if WU:
+        # T back as one [BT, BT] tile for the W and U products (rows past the sequence read as zeros; their W
+        # and U rows are not stored).
+        tl.debug_barrier()
+        b_Tc = tl.load(p_T, boundary_check=(0, 1), padding_option="zero").to(b_k.dtype)
+        if USE_G:
+            b_kw = (b_k.to(tl.float32) * (b_beta * tl.exp(b_b))[:, None]).to(b_k.dtype)
+        else:
+            b_kw = (b_k.to(tl.float32) * b_beta[:, None]).to(b_k.dtype)
+        tl.store(_rows(w, bos, seq_len, i_h, H, K, row0, 0, BT, BK), _dot(b_Tc, b_kw, IEEE).to(w.dtype.element_ty),
+                 boundary_check=(0, 1))
+        _store_scaled_products(b_Tc, v, u0, b_beta, bos, seq_len, i_h, H, row0, V, BT, BV, IEEE)
+
+
+@triton.jit
+def _store_scaled_products(b_Tc, x, y, b_s, bos, seq_len, i_h, H, row0, D: tl.constexpr, BT: tl.constexpr,
+                           BD: tl.constexpr, IEEE: tl.constexpr):
+    """``y = T (s x)`` for one chunk of ``x[TT, H, D]`` (``y`` likewise), by blocks of ``BD`` channels; ``b_Tc``:
+    ``T`` ``[BT, BT]`` in the operand dtype, ``b_s`` the float32 per-token scale ``[BT]``."""
+    for i_d in range(0, tl.cdiv(D, BD)):
+        b_x = tl.load(_rows(x, bos, seq_len, i_h, H, D, row0, i_d * BD, BT, BD), boundary_check=(0, 1),
                       padding_option="zero")
-        b_vb = (b_v.to(tl.float32) * b_beta[:, None]).to(b_v.dtype)
-        tl.store(_rows(u0, bos, seq_len, i_h, H, V, row0, i_v * BV, BT, BV),
-                 _dot(b_Tc, b_vb, IEEE).to(u0.dtype.element_ty), boundary_check=(0, 1))
+        b_xs = (b_x.to(tl.float32) * b_s[:, None]).to(b_x.dtype)
+        tl.store(_rows(y, bos, seq_len, i_h, H, D, row0, i_d * BD, BT, BD),
+                 _dot(b_Tc, b_xs, IEEE).to(y.dtype.element_ty), boundary_check=(0, 1))
+
+
+@triton.jit
+def _delta_wu_kernel(k, v, beta, gc, Tinv, w, u0, cu_seqlens, chunk_indices, H,
+                     K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                     USE_G: tl.constexpr, IEEE: tl.constexpr):
+    """``W = T (beta exp(b) k)`` and ``U = T (beta v)`` of one chunk and head from the stored ``T`` (the second
+    half of a split prepare: ``_delta_prepare_kernel`` with ``WU=False`` stores ``T``)."""
+    i_c = tl.program_id(0)
+    i_h = tl.program_id(1)
+    i_n = tl.load(chunk_indices + i_c * 2)
+    i_t = tl.load(chunk_indices + i_c * 2 + 1)
+    bos = tl.load(cu_seqlens + i_n)
+    seq_len = tl.load(cu_seqlens + i_n + 1) - bos
+    row0 = i_t * BT
+    b_beta = _per_token(beta, bos, seq_len, i_h, H, row0, BT)
+    b_Tc = tl.load(_rows(Tinv, bos, seq_len, i_h, H, BT, row0, 0, BT, BT), boundary_check=(0, 1),
+                   padding_option="zero").to(w.dtype.element_ty)
+    if USE_G:
+        b_b, _ = _gate_local(gc, bos, seq_len, i_h, H, row0, BT)
+        b_kscale = b_beta * tl.exp(b_b)
+    else:
+        b_kscale = b_beta
+    _store_scaled_products(b_Tc, k, w, b_kscale, bos, seq_len, i_h, H, row0, K, BT, BK, IEEE)
+    _store_scaled_products(b_Tc, v, u0, b_beta, bos, seq_len, i_h, H, row0, V, BT, BV, IEEE)
 
 
 @triton.jit
@@ -270,43 +307,48 @@ def _delta_states_kernel(k, w, u0, u, gc, h, h0, ht, cu_seqlens, chunk_offsets, 
 
 
 @triton.jit
-def _delta_state_grad_step(q, k, w, gc, do, h, dh, du, hdh, b_dh, i_t, bos, seq_len, first_chunk, i_h, H, scale,
-                           v0, i_v, NV, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                           BV: tl.constexpr, USE_G: tl.constexpr, IEEE: tl.constexpr):
-    """Store ``dS'`` of chunk ``i_t``, complete ``du`` (holding ``A^T do`` on entry) and, gated, this block's
-    ``<S, dS'>``; return ``dS``."""
+def _delta_state_grad_step(q, k, w, gc, do, h, du_attn, du, dh, hdh, b_dh, i_t, bos, seq_len, first_chunk, i_h,
+                           H, scale, v0, i_v, NV, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                           BK: tl.constexpr, BV: tl.constexpr, USE_G: tl.constexpr, IEEE: tl.constexpr):
+    """Store ``dS'`` of chunk ``i_t``, ``du = A^T do + (exp(b_C - b) k) dS'`` (``A^T do`` read from ``du_attn``)
+    and, gated, this block's ``<S, dS'>``; return ``dS``. Queries and ``W`` are read transposed (``[BK, BT]``),
+    as the products want them."""
     row0 = i_t * BT
     chunk = first_chunk + i_t
     tl.store(_state(dh, chunk, i_h, H, K, V, 0, v0, BK, BV), b_dh.to(dh.dtype.element_ty), boundary_check=(0, 1))
-    b_q = tl.load(_rows(q, bos, seq_len, i_h, H, K, row0, 0, BT, BK), boundary_check=(0, 1), padding_option="zero")
     b_k = tl.load(_rows(k, bos, seq_len, i_h, H, K, row0, 0, BT, BK), boundary_check=(0, 1), padding_option="zero")
+    b_du = tl.load(_rows(du_attn, bos, seq_len, i_h, H, V, row0, v0, BT, BV), boundary_check=(0, 1),
+                   padding_option="zero").to(tl.float32)
     b_do = tl.load(_rows(do, bos, seq_len, i_h, H, V, row0, v0, BT, BV), boundary_check=(0, 1),
                    padding_option="zero")
-    p_du = _rows(du, bos, seq_len, i_h, H, V, row0, v0, BT, BV)
-    b_du = tl.load(p_du, boundary_check=(0, 1), padding_option="zero")
+    b_qt = tl.load(_rows_t(q, bos, seq_len, i_h, H, K, row0, 0, BT, BK), boundary_check=(0, 1),
+                   padding_option="zero")
+    b_wt = tl.load(_rows_t(w, bos, seq_len, i_h, H, K, row0, 0, BT, BK), boundary_check=(0, 1),
+                   padding_option="zero")
     if USE_G:
         b_b, b_last = _gate_local(gc, bos, seq_len, i_h, H, row0, BT)
         b_k = (b_k.to(tl.float32) * tl.exp(b_last - b_b)[:, None]).to(b_do.dtype)
-        b_q = (b_q.to(tl.float32) * (tl.exp(b_b) * scale)[:, None]).to(b_do.dtype)
+        b_qt = (b_qt.to(tl.float32) * (tl.exp(b_b) * scale)[None, :]).to(b_do.dtype)
         b_h = tl.load(_state(h, chunk, i_h, H, K, V, 0, v0, BK, BV), boundary_check=(0, 1), padding_option="zero")
         tl.store(hdh + (chunk.to(tl.int64) * H + i_h) * NV + i_v, tl.sum(tl.sum(b_h.to(tl.float32) * b_dh, 1), 0))
-    else:
-        b_q = (b_q.to(tl.float32) * scale).to(b_do.dtype)
     b_du += _dot(b_k, b_dh.to(b_k.dtype), IEEE)
-    tl.store(p_du, b_du, boundary_check=(0, 1))
-    b_w = tl.load(_rows(w, bos, seq_len, i_h, H, K, row0, 0, BT, BK), boundary_check=(0, 1), padding_option="zero")
+    b_duc = b_du.to(du.dtype.element_ty)
+    tl.store(_rows(du, bos, seq_len, i_h, H, V, row0, v0, BT, BV), b_duc, boundary_check=(0, 1))
     if USE_G:
         b_dh *= tl.exp(b_last)
-    b_dh += _dot(tl.trans(b_q), b_do, IEEE)
-    b_dh -= _dot(tl.trans(b_w), b_du.to(b_w.dtype), IEEE)
-    return b_dh
+        b_dh += _dot(b_qt, b_do, IEEE)
+    else:
+        b_dh += _dot(b_qt, b_do, IEEE) * scale
+    return b_dh - _dot(b_wt, b_duc.to(b_wt.dtype), IEEE)
 
 
 @triton.jit
-def _delta_state_grads_kernel(q, k, w, gc, do, h, dh, du, hdh, dht, dh0, cu_seqlens, chunk_offsets, scale, H,
-                              K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+def _delta_state_grads_kernel(q, k, w, gc, do, h, du_attn, du, dh, hdh, dht, dh0, cu_seqlens, chunk_offsets, scale,
+                              H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                               BV: tl.constexpr, USE_G: tl.constexpr, USE_DHT: tl.constexpr,
                               STORE_DH0: tl.constexpr, IEEE: tl.constexpr, WHILE_LOOP: tl.constexpr):
+    """Walk one sequence's chunks backwards for one head and one block of ``BV`` value channels (``dS`` stays in
+    registers, float32, ``[BK, BV]``)."""
     i_v = tl.program_id(0)
     i_nh = tl.program_id(1)
     NV = tl.num_programs(0)
@@ -324,24 +366,103 @@ def _delta_state_grads_kernel(q, k, w, gc, do, h, dh, du, hdh, dht, dh0, cu_seql
     if WHILE_LOOP:
         i_t = n_chunks - 1
         while i_t >= 0:
-            b_dh = _delta_state_grad_step(q, k, w, gc, do, h, dh, du, hdh, b_dh, i_t, bos, seq_len, first_chunk, i_h,
-                                          H, scale, v0, i_v, NV, K, V, BT, BK, BV, USE_G, IEEE)
+            b_dh = _delta_state_grad_step(q, k, w, gc, do, h, du_attn, du, dh, hdh, b_dh, i_t, bos, seq_len,
+                                          first_chunk, i_h, H, scale, v0, i_v, NV, K, V, BT, BK, BV, USE_G, IEEE)
             i_t -= 1
     else:
         for i_r in range(0, n_chunks):
-            b_dh = _delta_state_grad_step(q, k, w, gc, do, h, dh, du, hdh, b_dh, n_chunks - 1 - i_r, bos, seq_len,
-                                          first_chunk, i_h, H, scale, v0, i_v, NV, K, V, BT, BK, BV, USE_G, IEEE)
+            b_dh = _delta_state_grad_step(q, k, w, gc, do, h, du_attn, du, dh, hdh, b_dh, n_chunks - 1 - i_r, bos,
+                                          seq_len, first_chunk, i_h, H, scale, v0, i_v, NV, K, V, BT, BK, BV, USE_G,
+                                          IEEE)
     if STORE_DH0:
         tl.store(_state(dh0, i_n, i_h, H, K, V, 0, v0, BK, BV), b_dh, boundary_check=(0, 1))
 
 
 @triton.jit
-def _delta_wy_grads_kernel(k, v, beta, gc, Tinv, h, du, dk_partial, dg_partial, dk, dv, dbeta, dg,
+def _delta_dqk_partials(u, do, du, h, dh, bos, seq_len, i_c, i_h, H, row0, k0, K: tl.constexpr, V: tl.constexpr,
+                        BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr):
+    """One chunk's sums over value blocks, float32: ``dA = do u^T`` ``[BT, BT]`` (before gating and the causal
+    mask), ``dq = do S^T``, ``dk = u dS'^T`` and ``dW = -du S^T`` ``[BT, BK]`` (key channels ``k0 : k0 + BK``)."""
+    b_dq = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dw = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dA = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        v0 = i_v * BV
+        b_u = tl.load(_rows(u, bos, seq_len, i_h, H, V, row0, v0, BT, BV), boundary_check=(0, 1),
+                      padding_option="zero")
+        b_do = tl.load(_rows(do, bos, seq_len, i_h, H, V, row0, v0, BT, BV), boundary_check=(0, 1),
+                       padding_option="zero")
+        b_du = tl.load(_rows(du, bos, seq_len, i_h, H, V, row0, v0, BT, BV), boundary_check=(0, 1),
+                       padding_option="zero")
+        b_ht = tl.trans(tl.load(_state(h, i_c, i_h, H, K, V, k0, v0, BK, BV), boundary_check=(0, 1),
+                                padding_option="zero").to(b_do.dtype))
+        b_dht = tl.trans(tl.load(_state(dh, i_c, i_h, H, K, V, k0, v0, BK, BV), boundary_check=(0, 1),
+                                 padding_option="zero").to(b_u.dtype))
+        b_dA += _dot(b_do, tl.trans(b_u), IEEE)
+        b_dq += _dot(b_do, b_ht, IEEE)
+        b_dk += _dot(b_u, b_dht, IEEE)
+        b_dw += _dot(b_du.to(b_do.dtype), b_ht, IEEE)
+    return b_dq, b_dk, -b_dw, b_dA
+
+
+@triton.jit
+def _delta_dqk_kernel(q, k, u, gc, h, do, du, dh, hdh, dq, dk, dw, dg, cu_seqlens, chunk_indices, scale, H, TT,
+                      K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                      USE_G: tl.constexpr, IEEE: tl.constexpr):
+    """``dq``, the output and state terms of ``dk`` and their share of ``dg`` (simple GLA's with ``v := u``),
+    and ``dW = -du S^T``, of one chunk, head and block of key channels."""
+    i_k = tl.program_id(0)
+    i_c = tl.program_id(1)
+    i_h = tl.program_id(2)
+    i_n = tl.load(chunk_indices + i_c * 2)
+    i_t = tl.load(chunk_indices + i_c * 2 + 1)
+    bos = tl.load(cu_seqlens + i_n)
+    seq_len = tl.load(cu_seqlens + i_n + 1) - bos
+    k0 = i_k * BK
+    row0 = i_t * BT
+
+    b_dq, b_dk, b_dw, b_dA = _delta_dqk_partials(u, do, du, h, dh, bos, seq_len, i_c, i_h, H, row0, k0, K, V, BT,
+                                                 BK, BV, IEEE)
+    tl.store(_rows(dw, bos, seq_len, i_h, H, K, row0, k0, BT, BK), b_dw.to(dw.dtype.element_ty), boundary_check=(0, 1))
+    b_q = tl.load(_rows(q, bos, seq_len, i_h, H, K, row0, k0, BT, BK), boundary_check=(0, 1), padding_option="zero")
+    b_k = tl.load(_rows(k, bos, seq_len, i_h, H, K, row0, k0, BT, BK), boundary_check=(0, 1), padding_option="zero")
+    o_t = tl.arange(0, BT)
+    causal = o_t[:, None] >= o_t[None, :]
+    b_dA = b_dA * scale
+    if USE_G:
+        b_b, b_last = _gate_local(gc, bos, seq_len, i_h, H, row0, BT)
+        b_dA *= tl.exp(tl.where(causal, b_b[:, None] - b_b[None, :], float("-inf")))
+        b_dq *= (tl.exp(b_b) * scale)[:, None]
+        b_dk *= tl.exp(b_last - b_b)[:, None]
+        writers_before = tl.sum(tl.sum(b_k.to(tl.float32) * b_dk, axis=1), axis=0)
+    else:
+        b_dq *= scale
+    b_dAc = tl.where(causal, b_dA, 0.).to(b_q.dtype)
+    b_dq += _dot(b_dAc, b_k, IEEE)
+    b_dk += _dot(tl.trans(b_dAc), b_q, IEEE)
+    if USE_G:
+        # The gate gradient of simple GLA (see simple_gla's module docstring): this block's share of it.
+        b_db = tl.sum(b_q.to(tl.float32) * b_dq, axis=1) - tl.sum(b_k.to(tl.float32) * b_dk, axis=1)
+        leaving = writers_before + tl.exp(b_last) * tl.load(hdh + i_c.to(tl.int64) * H + i_h) * (i_k == 0)
+        o_row = row0 + o_t
+        tl.store(dg + (i_k * TT + bos + o_row).to(tl.int64) * H + i_h, tl.cumsum(b_db, axis=0, reverse=True) + leaving,
+                 mask=o_row < seq_len)
+    tl.store(_rows(dq, bos, seq_len, i_h, H, K, row0, k0, BT, BK), b_dq.to(dq.dtype.element_ty), boundary_check=(0, 1))
+    tl.store(_rows(dk, bos, seq_len, i_h, H, K, row0, k0, BT, BK), b_dk.to(dk.dtype.element_ty), boundary_check=(0, 1))
+
+
+@triton.jit
+def _delta_wy_grads_kernel(k, v, beta, gc, Tinv, du, dw, dk_partial, dg_partial, dk, dv, dbeta, dg,
                            cu_seqlens, chunk_indices, H,
                            K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                            USE_G: tl.constexpr, IEEE: tl.constexpr):
-    """Gradients through ``U = T (beta v)``, ``W = T (beta exp(b) k)`` and ``T = (I + M)^-1``: ``dv``,
-    ``dbeta``, and ``dk``/``dg`` completed from the partial ones of the output and state terms."""
+    """Gradients through ``U = T (beta v)``, ``W = T (beta exp(b) k)`` and ``T = (I + M)^-1`` from ``du`` and
+    ``dW``: ``dv``, ``dbeta``, and ``dk``/``dg`` completed from the partial ones of the output and state terms.
+
+    Three passes over the chunk's rows: value blocks (``dv``, and ``dT`` from ``U``), key blocks (``dT`` from
+    ``W``), then ``dM`` and key blocks again (``dk``, recomputing ``T^T dW``), so that only ``[BT, BK]`` /
+    ``[BT, BV]`` tiles are live besides the ``[BT, BT]`` ones."""
     i_c = tl.program_id(0)
     i_h = tl.program_id(1)
     i_n = tl.load(chunk_indices + i_c * 2)
@@ -351,65 +472,67 @@ def _delta_wy_grads_kernel(k, v, beta, gc, Tinv, h, du, dk_partial, dg_partial, 
     row0 = i_t * BT
     o_t = tl.arange(0, BT)
 
-    b_k = tl.load(_rows(k, bos, seq_len, i_h, H, K, row0, 0, BT, BK), boundary_check=(0, 1), padding_option="zero")
     b_beta = _per_token(beta, bos, seq_len, i_h, H, row0, BT)
     if USE_G:
         b_b, _ = _gate_local(gc, bos, seq_len, i_h, H, row0, BT)
         b_ekb = tl.exp(b_b)
-        b_D = _decay(b_b, o_t, False)
     else:
         b_ekb = tl.full([BT], 1., dtype=tl.float32)
-        b_D = (o_t[:, None] > o_t[None, :]).to(tl.float32)
-    b_T = tl.load(_rows(Tinv, bos, seq_len, i_h, H, BT, row0, 0, BT, BT), boundary_check=(0, 1),
-                  padding_option="zero")
-    b_kf = b_k.to(tl.float32)
-    b_kw = (b_kf * (b_beta * b_ekb)[:, None]).to(b_k.dtype)
-
-    b_dw = tl.zeros([BT, BK], dtype=tl.float32)
+    b_Tt = tl.load(_rows_t(Tinv, bos, seq_len, i_h, H, BT, row0, 0, BT, BT), boundary_check=(0, 1),
+                   padding_option="zero")
+    b_Ttc = b_Tt.to(dw.dtype.element_ty)
+    # Through U: d(beta v) = T^T du, dT = du (beta v)^T.
     b_dT = tl.zeros([BT, BT], dtype=tl.float32)
+    b_dbeta = tl.zeros([BT], dtype=tl.float32)
     for i_v in range(0, tl.cdiv(V, BV)):
         v0 = i_v * BV
         b_v = tl.load(_rows(v, bos, seq_len, i_h, H, V, row0, v0, BT, BV), boundary_check=(0, 1),
                       padding_option="zero")
         b_du = tl.load(_rows(du, bos, seq_len, i_h, H, V, row0, v0, BT, BV), boundary_check=(0, 1),
                        padding_option="zero").to(b_v.dtype)
-        b_h = tl.load(_state(h, i_c, i_h, H, K, V, 0, v0, BK, BV), boundary_check=(0, 1),
-                      padding_option="zero").to(b_v.dtype)
-        b_dw -= _dot(b_du, tl.trans(b_h), IEEE)
         b_dT += _dot(b_du, tl.trans((b_v.to(tl.float32) * b_beta[:, None]).to(b_v.dtype)), IEEE)
-
-    b_Tt = tl.trans(b_T)
-    b_dT += _dot(b_dw.to(b_k.dtype), tl.trans(b_kw), IEEE)
-    # Through W: d(beta exp(b) k) = T^T dW.
-    b_dkw = _dot(b_Tt.to(b_k.dtype), b_dw.to(b_k.dtype), IEEE)
-    b_dk = b_dkw * (b_beta * b_ekb)[:, None]
-    b_dkw_k = tl.sum(b_dkw * b_kf, axis=1)
-    b_dbeta = b_dkw_k * b_ekb
-    b_db = b_dkw_k * b_ekb * b_beta
-    # Through M = tril_strict(beta_i D_ij k_i . k_j): dM = -T^T dT T^T.
-    b_dM = -_dot_fp32(_dot_fp32(b_Tt, b_dT, IEEE), b_Tt, IEEE)
-    b_kk = _dot(b_k, tl.trans(b_k), IEEE)
-    b_DM = b_dM * b_D
-    b_dbeta += tl.sum(b_DM * b_kk, axis=1)
-    b_Q = b_DM * b_kk * b_beta[:, None]
-    b_db += tl.sum(b_Q, axis=1) - tl.sum(b_Q, axis=0)
-    b_dk += _dot((b_DM * b_beta[:, None]).to(b_k.dtype), b_k, IEEE)
-    b_dk += _dot(tl.trans(b_DM).to(b_k.dtype), (b_kf * b_beta[:, None]).to(b_k.dtype), IEEE)
-    # Through U: d(beta v) = T^T du.
-    for i_v in range(0, tl.cdiv(V, BV)):
-        v0 = i_v * BV
-        b_v = tl.load(_rows(v, bos, seq_len, i_h, H, V, row0, v0, BT, BV), boundary_check=(0, 1),
-                      padding_option="zero")
-        b_du = tl.load(_rows(du, bos, seq_len, i_h, H, V, row0, v0, BT, BV), boundary_check=(0, 1),
-                       padding_option="zero").to(b_v.dtype)
-        b_dvb = _dot(b_Tt.to(b_v.dtype), b_du, IEEE)
+        b_dvb = _dot(b_Ttc.to(b_v.dtype), b_du, IEEE)
         b_dbeta += tl.sum(b_dvb * b_v.to(tl.float32), axis=1)
         tl.store(_rows(dv, bos, seq_len, i_h, H, V, row0, v0, BT, BV),
                  (b_dvb * b_beta[:, None]).to(dv.dtype.element_ty), boundary_check=(0, 1))
-
-    b_dk += tl.load(_rows(dk_partial, bos, seq_len, i_h, H, K, row0, 0, BT, BK), boundary_check=(0, 1),
-                    padding_option="zero")
-    tl.store(_rows(dk, bos, seq_len, i_h, H, K, row0, 0, BT, BK), b_dk.to(dk.dtype.element_ty), boundary_check=(0, 1))
+    # Through W: dT += dW (beta exp(b) k)^T.
+    for i_k in range(0, tl.cdiv(K, BK)):
+        b_k = tl.load(_rows(k, bos, seq_len, i_h, H, K, row0, i_k * BK, BT, BK), boundary_check=(0, 1),
+                      padding_option="zero")
+        b_dw = tl.load(_rows(dw, bos, seq_len, i_h, H, K, row0, i_k * BK, BT, BK), boundary_check=(0, 1),
+                       padding_option="zero")
+        b_dT += _dot(b_dw, tl.trans((b_k.to(tl.float32) * (b_beta * b_ekb)[:, None]).to(b_k.dtype)), IEEE)
+    # Through M = tril_strict(beta_i D_ij k_i . k_j): dM = -T^T dT T^T, DM = dM * D.
+    b_DM = -_dot_fp32(_dot_fp32(b_Tt, b_dT, IEEE), b_Tt, IEEE)
+    if USE_G:
+        b_DM *= _decay(b_b, o_t, False)
+    else:
+        b_DM = tl.where(o_t[:, None] > o_t[None, :], b_DM, 0.)
+    b_DMc = b_DM.to(dw.dtype.element_ty)
+    b_db = tl.zeros([BT], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(K, BK)):
+        k0 = i_k * BK
+        b_k = tl.load(_rows(k, bos, seq_len, i_h, H, K, row0, k0, BT, BK), boundary_check=(0, 1),
+                      padding_option="zero")
+        b_dw = tl.load(_rows(dw, bos, seq_len, i_h, H, K, row0, k0, BT, BK), boundary_check=(0, 1),
+                       padding_option="zero")
+        b_kf = b_k.to(tl.float32)
+        # d(beta exp(b) k) = T^T dW.
+        b_dkw = _dot(b_Ttc, b_dw, IEEE)
+        b_dkw_k = tl.sum(b_dkw * b_kf, axis=1) * b_ekb
+        b_dk = b_dkw * (b_beta * b_ekb)[:, None]
+        # Rows i of M give beta_i (DM k)_i to dk_i, columns j give (DM^T (beta k))_j to dk_j; their dot
+        # products with the keys are the dbeta and db terms.
+        b_dka = _dot(b_DMc, b_k, IEEE)
+        b_dkb = _dot(tl.trans(b_DMc), (b_kf * b_beta[:, None]).to(b_k.dtype), IEEE)
+        b_dka_k = tl.sum(b_dka * b_kf, axis=1)
+        b_dbeta += b_dkw_k + b_dka_k
+        b_db += (b_dkw_k + b_dka_k) * b_beta - tl.sum(b_dkb * b_kf, axis=1)
+        b_dk += b_dka * b_beta[:, None] + b_dkb
+        b_dk += tl.load(_rows(dk_partial, bos, seq_len, i_h, H, K, row0, k0, BT, BK), boundary_check=(0, 1),
+                        padding_option="zero").to(tl.float32)
+        tl.store(_rows(dk, bos, seq_len, i_h, H, K, row0, k0, BT, BK), b_dk.to(dk.dtype.element_ty),
+                 boundary_check=(0, 1))
     o_row = row0 + o_t
     m_row = o_row < seq_len
     tok = (bos + o_row).to(tl.int64) * H + i_h
@@ -427,7 +550,8 @@ def _key(q: torch.Tensor, v: torch.Tensor, gated: bool) -> tuple:
 
 def delta_prepare(k, v, beta, gc, packed):
     """``(Tinv float32 [TT, H, BT], w [TT, H, K], u0 [TT, H, V])``: the per-chunk inverse ``T`` (one row per
-    token), ``W = T (beta exp(b) k)`` and ``U = T (beta v)``."""
+    token), ``W = T (beta exp(b) k)`` and ``U = T (beta v)``. One kernel, or (candidates with ``block_v = 0``)
+    one for ``T`` and one for ``W`` and ``U`` (``delta_wu``), as fla splits it."""
     TT, H, K = k.shape
     V = v.shape[-1]
 
@@ -435,12 +559,30 @@ def delta_prepare(k, v, beta, gc, packed):
         Tinv = torch.empty(TT, H, CHUNK, dtype=torch.float32, device=k.device)
         w = torch.empty_like(k)
         u0 = torch.empty_like(v)
+        fused = cfg.block_v > 0
         _delta_prepare_kernel[(packed.num_chunks, H)](
             k, v, beta, gc, Tinv, w, u0, packed.cu_seqlens, packed.chunk_indices, H,
             K=K, V=V, BT=CHUNK, BK=_block(K, 256), BV=_block(V, cfg.block_v), USE_G=gc is not None,
-            IEEE=k.dtype == torch.float32, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            IEEE=k.dtype == torch.float32, WU=fused, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        if not fused:
+            w, u0 = delta_wu(k, v, beta, gc, Tinv, packed)
         return Tinv, w, u0
     return tuning.run("delta.prepare", _key(k, v, gc is not None), launch)
+
+
+def delta_wu(k, v, beta, gc, Tinv, packed):
+    """``(w [TT, H, K], u0 [TT, H, V])``: ``W = T (beta exp(b) k)`` and ``U = T (beta v)`` from the stored ``T``."""
+    TT, H, K = k.shape
+    V = v.shape[-1]
+
+    def launch(cfg):
+        w, u0 = torch.empty_like(k), torch.empty_like(v)
+        _delta_wu_kernel[(packed.num_chunks, H)](
+            k, v, beta, gc, Tinv, w, u0, packed.cu_seqlens, packed.chunk_indices, H,
+            K=K, V=V, BT=CHUNK, BK=_block(K, cfg.block_k), BV=_block(V, cfg.block_v), USE_G=gc is not None,
+            IEEE=k.dtype == torch.float32, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        return w, u0
+    return tuning.run("delta.wu", _key(k, v, gc is not None), launch)
 
 
 def delta_states(k, w, u0, gc, initial_state, output_final_state, packed):
@@ -475,52 +617,80 @@ def delta_rule_forward(q, k, v, beta, g, scale, initial_state, output_final_stat
     return o, ht, (Tinv, w, u, h, gc)
 
 
-def delta_state_grads(q, k, w, gc, do, h, du, dht, scale, need_dh0, packed):
-    """Walk the chunks backwards: ``dh [NT, H, K, V]``, ``dh0`` (or None), ``<S, dS'>`` per chunk and head
-    (gated; else None); completes ``du`` in place (it holds ``A^T do`` on entry)."""
+def delta_state_grads(q, k, w, gc, do, h, du_attn, dht, scale, need_dh0, packed):
+    """Walk the chunks backwards: ``(dh [NT, H, K, V], dh0 or None, <S, dS'> per chunk and head (gated; else
+    None), du [TT, H, V])`` with ``du = A^T do + (exp(b_C - b) k) dS'`` in ``do``'s dtype (``du_attn`` holds
+    ``A^T do``; it is only read, so the launch configuration can be timed)."""
     TT, H, K = q.shape
     V = do.shape[-1]
     N = packed.num_sequences
-    cfg = tuning.pick("delta.state_grad", _key(q, do, gc is not None), None)
-    BV = _block(V, cfg.block_v)
-    NV = triton.cdiv(V, BV)
-    dh = torch.empty(packed.num_chunks, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
-    hdh = torch.empty(packed.num_chunks, H, NV, dtype=torch.float32, device=q.device) if gc is not None else None
-    dh0 = torch.empty(N, H, K, V, dtype=torch.float32, device=q.device) if need_dh0 else None
-    _delta_state_grads_kernel[(NV, N * H)](
-        q, k, w, gc, do, h, dh, du, hdh, dht, dh0, packed.cu_seqlens, packed.chunk_offsets, scale, H,
-        K=K, V=V, BT=CHUNK, BK=_block(K, 256), BV=BV, USE_G=gc is not None, USE_DHT=dht is not None,
-        STORE_DH0=need_dh0, IEEE=q.dtype == torch.float32, WHILE_LOOP=_INTERPRETING,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    return dh, dh0, None if hdh is None else hdh.sum(-1)
+
+    def launch(cfg):
+        BV = _block(V, cfg.block_v)
+        NV = triton.cdiv(V, BV)
+        dh = torch.empty(packed.num_chunks, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
+        du = torch.empty_like(do)
+        hdh = torch.empty(packed.num_chunks, H, NV, dtype=torch.float32, device=q.device) if gc is not None else None
+        dh0 = torch.empty(N, H, K, V, dtype=torch.float32, device=q.device) if need_dh0 else None
+        _delta_state_grads_kernel[(NV, N * H)](
+            q, k, w, gc, do, h, du_attn, du, dh, hdh, dht, dh0, packed.cu_seqlens, packed.chunk_offsets, scale, H,
+            K=K, V=V, BT=CHUNK, BK=_block(K, 256), BV=BV, USE_G=gc is not None, USE_DHT=dht is not None,
+            STORE_DH0=need_dh0, IEEE=q.dtype == torch.float32, WHILE_LOOP=_INTERPRETING,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        return dh, dh0, hdh, du
+    dh, dh0, hdh, du = tuning.run("delta.state_grad", _key(q, do, gc is not None), launch)
+    return dh, dh0, None if hdh is None else hdh.sum(-1), du
 
 
-def delta_wy_grads(k, v, beta, gc, Tinv, h, du, dk_partial, dg_partial, packed):
+def delta_dqk(q, k, u, gc, h, do, du, dh, hdh, scale, packed):
+    """``(dq, dk_partial, dW, dg_partial float32 or None)``: ``dq``, the output and state terms of ``dk`` and
+    ``dg`` (simple GLA's with ``v := u``; ``hdh``: ``<S, dS'>`` per chunk and head) and ``dW = -du S^T``, all
+    ``[TT, H, K]`` in ``k``'s dtype."""
+    TT, H, K = q.shape
+    V = u.shape[-1]
+
+    def launch(cfg):
+        BK, BV = _block(K, cfg.block_k), _block(V, cfg.block_v)
+        NK = triton.cdiv(K, BK)
+        dq, dk, dw = torch.empty_like(q), torch.empty_like(k), torch.empty_like(k)
+        dg_parts = torch.empty(NK, TT, H, dtype=torch.float32, device=q.device) if gc is not None else None
+        _delta_dqk_kernel[(NK, packed.num_chunks, H)](
+            q, k, u, gc, h, do, du, dh, hdh, dq, dk, dw, dg_parts, packed.cu_seqlens, packed.chunk_indices, scale,
+            H, TT, K=K, V=V, BT=CHUNK, BK=BK, BV=BV, USE_G=gc is not None, IEEE=q.dtype == torch.float32,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        return dq, dk, dw, dg_parts
+    dq, dk, dw, dg_parts = tuning.run("delta.dqk", _key(q, u, gc is not None), launch)
+    return dq, dk, dw, None if dg_parts is None else dg_parts.sum(0)
+
+
+def delta_wy_grads(k, v, beta, gc, Tinv, du, dw, dk_partial, dg_partial, packed):
     """``(dk, dv, dbeta float32, dg float32 or None)`` through ``U``, ``W`` and ``T``, completing the
     partial ``dk``/``dg`` of the output and state terms."""
     TT, H, K = k.shape
     V = v.shape[-1]
-    cfg = tuning.pick("delta.wy_grad", _key(k, v, gc is not None), None)
-    dk, dv = torch.empty_like(k), torch.empty_like(v)
-    dbeta = torch.empty(TT, H, dtype=torch.float32, device=k.device)
-    dg = torch.empty(TT, H, dtype=torch.float32, device=k.device) if gc is not None else None
-    _delta_wy_grads_kernel[(packed.num_chunks, H)](
-        k, v, beta, gc, Tinv, h, du, dk_partial, dg_partial, dk, dv, dbeta, dg,
-        packed.cu_seqlens, packed.chunk_indices, H,
-        K=K, V=V, BT=CHUNK, BK=_block(K, 256), BV=_block(V, cfg.block_v), USE_G=gc is not None,
-        IEEE=k.dtype == torch.float32, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    return dk, dv, dbeta, dg
+
+    def launch(cfg):
+        dk, dv = torch.empty_like(k), torch.empty_like(v)
+        dbeta = torch.empty(TT, H, dtype=torch.float32, device=k.device)
+        dg = torch.empty(TT, H, dtype=torch.float32, device=k.device) if gc is not None else None
+        _delta_wy_grads_kernel[(packed.num_chunks, H)](
+            k, v, beta, gc, Tinv, du, dw, dk_partial, dg_partial, dk, dv, dbeta, dg,
+            packed.cu_seqlens, packed.chunk_indices, H,
+            K=K, V=V, BT=CHUNK, BK=_block(K, cfg.block_k), BV=_block(V, cfg.block_v), USE_G=gc is not None,
+            IEEE=k.dtype == torch.float32, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        return dk, dv, dbeta, dg
+    return tuning.run("delta.wy_grad", _key(k, v, gc is not None), launch)
 
 
 def delta_rule_backward(q, k, v, beta, saved, do, dht, scale, need_dh0, packed):
-    """Gradients ``(dq, dk, dv, dbeta, dg or None, dh0 or None)``; ``saved`` from ``delta_rule_forward``."""
+    """Gradients ``(dq, dk, dv, dbeta, dg or None, dh0 or None)``; ``saved`` from ``delta_rule_forward``.
+    Intermediates between the kernels (``A^T do``, ``du``, ``dW``, partial ``dk``) are kept in the input
+    dtype, as fla does; every product accumulates in float32."""
     Tinv, w, u, h, gc = saved
-    du = chunk_dv(q, k, gc, do, None, scale, packed, kernel="delta.attn_dv", out_dtype=torch.float32)
-    dh, dh0, hdh = delta_state_grads(q, k, w, gc, do, h, du, dht, scale, need_dh0, packed)
-    # dq, and the parts of dk and dg through o and S': simple GLA's kernel with v := u.
-    dq, dk_partial, dg_partial = chunk_dqk(q, k, u, gc, h, do, dh, hdh, scale, packed, kernel="delta.dqk",
-                                           dk_dtype=torch.float32)
-    dk, dv, dbeta, dg = delta_wy_grads(k, v, beta, gc, Tinv, h, du, dk_partial, dg_partial, packed)
+    du_attn = chunk_dv(q, k, gc, do, None, scale, packed, kernel="delta.attn_dv")
+    dh, dh0, hdh, du = delta_state_grads(q, k, w, gc, do, h, du_attn, dht, scale, need_dh0, packed)
+    dq, dk_partial, dw, dg_partial = delta_dqk(q, k, u, gc, h, do, du, dh, hdh, scale, packed)
+    dk, dv, dbeta, dg = delta_wy_grads(k, v, beta, gc, Tinv, du, dw, dk_partial, dg_partial, packed)
     return dq, dk, dv, dbeta, dg, dh0
 
 

@@ -12,7 +12,11 @@ capture). ``OVERRIDES`` forces a configuration per kernel name (tests, sweeps); 
 Candidate lists follow fla 0.6's Hopper search spaces (``fla/ops/common/chunk_h.py``: BK, BV in
 {32, 64}, 1-8 warps, 2-4 stages for the sequential state passes; ``chunk_o.py``: (128, 128, 8 warps,
 3 stages), (64, 64, 4, 3), (32, 32, 2, 3) for the per-chunk output kernel), cut to a few entries to
-bound compile time.
+bound compile time. The delta-rule backward follows fla's Hopper settings of the same steps:
+``chunk_delta_h.py`` (state gradients: BV 32 / 64, 2 or 4 warps, 2-4 stages), ``chunk_o.py``
+(``chunk_bwd_dv_local`` and ``chunk_bwd_dqkwg``: BK = BV = 128, 2 or 4 warps), ``wy_fast.py``
+(``prepare_wy_repr_bwd``: BK = BV = 64). No kernel updates its inputs in place, so every candidate list
+can be timed.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ _STATE = (C(64, 32, 4, 3), C(64, 64, 4, 3), C(32, 32, 2, 3), C(32, 32, 1, 3), C(
 # 2-4 stages and was 13% faster than the best of _STATE on an H100).
 _SIMPLE_STATE = _STATE + (C(64, 32, 4, 2), C(64, 32, 2, 2), C(32, 64, 2, 2), C(64, 64, 4, 2))
 # The delta-rule state pass keeps the whole key dimension in one block (block_k unused).
-_DELTA_STATE = (C(0, 32, 8, 2), C(0, 32, 4, 3), C(0, 64, 4, 3), C(0, 32, 2, 3), C(0, 16, 4, 3))
+_DELTA_STATE = (C(0, 32, 8, 2), C(0, 32, 4, 3), C(0, 64, 4, 3), C(0, 32, 2, 3), C(0, 16, 4, 3), C(0, 32, 4, 2))
 
 # The first candidates are the settings used before the timed choice; on an H200 (bf16, K = V = 128,
 # T = 16384, one change at a time) simple GLA's output block_v 128 (vs 64) cut fwd 13% and dv / dqk
@@ -67,18 +71,24 @@ CANDIDATES: dict[str, tuple[LaunchConfig, ...]] = {
     "gla.state_grad": _STATE,
     "gla.dv": (C(64, 64, 8, 2), C(64, 64, 4, 3), C(32, 64, 4, 3)),
     "gla.dqk": (C(64, 64, 8, 2), C(64, 64, 4, 3), C(32, 64, 4, 3)),
-    "delta.prepare": (C(0, 64, 8, 3), C(0, 64, 4, 3), C(0, 128, 8, 2), C(0, 64, 4, 2)),
+    # block_v 0: T alone, then W and U by "delta.wu" (fla's split: solve_tril, recompute_w_u_fwd).
+    "delta.prepare": (C(0, 64, 8, 3), C(0, 64, 4, 3), C(0, 128, 8, 2), C(0, 64, 4, 2), C(0, 0, 4, 2), C(0, 0, 8, 2),
+                      C(0, 0, 2, 2)),
+    "delta.wu": (C(64, 64, 4, 3), C(64, 64, 8, 2), C(128, 128, 8, 2), C(64, 64, 2, 3)),
     "delta.state": _DELTA_STATE,
     "delta.output": (C(64, 64, 8, 3), C(128, 128, 8, 3), C(64, 128, 8, 2), C(32, 32, 2, 3)),
-    # Updates du in place: a timed choice would run it repeatedly, so one candidate (sweeps use OVERRIDES).
-    "delta.state_grad": (C(0, 32, 8, 2),),
-    "delta.attn_dv": (C(64, 64, 8, 3),),
-    "delta.dqk": (C(64, 64, 8, 3), C(64, 64, 4, 3), C(64, 128, 8, 2)),
-    "delta.wy_grad": (C(0, 32, 8, 3),),
+    "delta.state_grad": (C(0, 32, 4, 2), C(0, 32, 4, 3), C(0, 64, 4, 3), C(0, 32, 2, 3), C(0, 64, 4, 2),
+                         C(0, 32, 8, 2)),
+    "delta.attn_dv": (C(128, 128, 4, 3), C(128, 128, 4, 2), C(128, 128, 8, 2), C(64, 64, 8, 3)),
+    "delta.dqk": (C(128, 64, 8, 2), C(128, 128, 8, 2), C(128, 64, 4, 3), C(64, 64, 4, 3), C(64, 64, 8, 3)),
+    "delta.wy_grad": (C(64, 64, 4, 3), C(64, 64, 8, 2), C(128, 64, 8, 2), C(64, 64, 2, 3), C(32, 32, 4, 3)),
 }
 
 # Kernel name -> forced configuration; empty by default.
 OVERRIDES: dict[str, LaunchConfig] = {}
+
+# Kernel name -> the overrides under which it runs at all (tests and sweeps forcing one of its candidates).
+PREREQUISITES: dict[str, dict[str, LaunchConfig]] = {"delta.wu": {"delta.prepare": C(0, 0, 4, 2)}}
 
 # (kernel name, key) -> chosen configuration.
 _CHOSEN: dict[tuple, LaunchConfig] = {}

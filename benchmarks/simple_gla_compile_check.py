@@ -1,6 +1,6 @@
 """sm_90 compile statistics of the simple GLA kernels (and fla 0.6's equivalents) on a machine without a GPU.
 
-    python benchmarks/linear_compile_check.py [--kernels simple_gla.dqk ...] [--config KERNEL:BK,BV,W,S ...]
+    python benchmarks/simple_gla_compile_check.py [--kernels simple_gla.dqk ...] [--config KERNEL:BK,BV,W,S ...]
                                               [--fla /tmp/fla]
 
 Runs simple_gla forward and backward on small CPU tensors (bf16, K = V = 128, gated) with kernel launches
