@@ -55,7 +55,7 @@ for step in $steps; do
       wait $other_tests || status=1
       tail -2 "$OUT"/gpu-tests-linear-*.log
       timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/linear.py --out "$OUT" --T 16384 \
-        --ops simple_gla delta_rule gla --fla-unguarded 2>&1 | tee "$OUT/linear.log" || status=1 ;;
+        --ops delta_rule simple_gla gla --fla-unguarded 2>&1 | tee "$OUT/linear.log" || status=1 ;;
     linear-delta) timeout "${TESSERA_LINEAR_TIMEOUT:-240}" python3 benchmarks/gpu_linear_sweep.py --out "$OUT" \
                     --parts delta-breakdown --ops delta_rule --T 16384 --no-sweep --budget 190 \
                     2>&1 | tee "$OUT/linear-delta.log" || status=1 ;;
