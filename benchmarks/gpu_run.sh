@@ -53,7 +53,7 @@ for step in $steps; do
         > "$OUT/gpu-tests-linear-other.log" 2>&1 & other_tests=$!
       wait $delta_tests || status=1
       wait $other_tests || status=1
-      tail -2 "$OUT"/gpu-tests-linear-*.log
+      tail -n 2 "$OUT"/gpu-tests-linear-*.log
       timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/linear.py --out "$OUT" --T 16384 \
         --ops delta_rule simple_gla gla --fla-unguarded 2>&1 | tee "$OUT/linear.log" || status=1 ;;
     linear-delta) timeout "${TESSERA_LINEAR_TIMEOUT:-240}" python3 benchmarks/gpu_linear_sweep.py --out "$OUT" \
