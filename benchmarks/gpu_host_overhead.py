@@ -37,6 +37,8 @@ def _fwd_bwd(fn, inp):
 
 
 def _host_ms(step, calls: int = 20) -> float:
+    """Host ms per call of ``step`` (after one untimed call: compiles and tuning stay out)."""
+    step()
     torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(calls):
