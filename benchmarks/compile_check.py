@@ -15,33 +15,21 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
-import subprocess
 import sys
-import tempfile
 import time
 
 if os.environ.get("TRITON_INTERPRET"):
     sys.exit("unset TRITON_INTERPRET: this script compiles kernels, it does not interpret them")
 
 import torch
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from triton.runtime.jit import JITFunction
-from triton.tools.tensor_descriptor import TensorDescriptor
 
 import tessera
+from tessera.bench.hopper_compile import SHARED_LIMIT, LaunchRecorder, compile_launch, launch_source, resources
 from tessera.kernels.registry import AttentionCall
 from tessera.kernels.triton import backend, flash_bwd, flash_fwd
-from tessera.patterns import Causal, FromMask, Power, Strided, Window
+from tessera.patterns import FromMask, Power, Strided, Window
 from tessera.patterns.layout import GridLayout, Permuted
 from tessera.patterns.neighborhood import Neighborhood
-
-HOPPER = GPUTarget("cuda", 90, 32)
-SHARED_LIMIT = 232448
-DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int32: "i32",
-          torch.int64: "i64", torch.int8: "i8", torch.uint8: "u8", torch.bool: "i1"}
 
 
 def _hopper_tma(a, b, block):
@@ -49,74 +37,22 @@ def _hopper_tma(a, b, block):
                for t in (a, b))
 
 
-class Capture:
-    """Records kernel launches instead of running them."""
-
-    def __init__(self):
-        self.launches = []
+class Capture(LaunchRecorder):
+    """Records kernel launches instead of running them, with the tensor-descriptor path taken as on
+    a Hopper GPU."""
 
     def __enter__(self):
-        self._getitem = JITFunction.__getitem__
-        capture = self
-
-        def getitem(fn, grid):
-            return lambda *args, **kwargs: capture.launches.append((fn, args, kwargs))
-        JITFunction.__getitem__ = getitem
         self._tma = flash_fwd.tma_ok, getattr(flash_bwd, "tma_ok", None)
         flash_fwd.tma_ok = _hopper_tma
         if self._tma[1] is not None:
             flash_bwd.tma_ok = _hopper_tma
-        return self
+        return super().__enter__()
 
     def __exit__(self, *exc):
-        JITFunction.__getitem__ = self._getitem
+        super().__exit__(*exc)
         flash_fwd.tma_ok = self._tma[0]
         if self._tma[1] is not None:
             flash_bwd.tma_ok = self._tma[1]
-
-
-def _source(fn: JITFunction, args: tuple, kwargs: dict):
-    names = fn.arg_names
-    bound = dict(zip(names, args))
-    bound.update({k: v for k, v in kwargs.items() if k in names})
-    options = {k: v for k, v in kwargs.items() if k not in names}
-    signature, constexprs, attrs = {}, {}, {}
-    for i, (name, param) in enumerate(zip(names, fn.params)):
-        value = bound.get(name, param.default)
-        if param.is_constexpr or value is None:
-            signature[name] = "constexpr"
-            constexprs[(i,)] = value
-        elif isinstance(value, TensorDescriptor):
-            block = ",".join(str(b) for b in value.block_shape)
-            signature[name] = f"tensordesc<{DTYPES[value.base.dtype]}[{block}]>"
-        elif isinstance(value, torch.Tensor):
-            signature[name] = "*" + DTYPES[value.dtype]
-            attrs[(i,)] = [["tt.divisibility", 16]]
-        elif isinstance(value, bool):
-            signature[name] = "i1"
-        elif isinstance(value, int):
-            signature[name] = "i64" if abs(value) >= 2 ** 31 else "i32"
-        elif isinstance(value, float):
-            signature[name] = "fp32"
-        else:
-            raise TypeError(f"{fn.__name__}: argument {name} of type {type(value).__name__}")
-    key = (fn.__name__, repr(sorted(signature.items())), repr(sorted(constexprs.items())),
-           repr(sorted(options.items())))
-    return ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs), options, key
-
-
-def _resources(kernel) -> str:
-    """``regs R stack B`` of a compiled kernel (registers per thread, and the per-thread stack
-    frame: local memory that holds spilled registers), read by cuobjdump from its cubin."""
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(kernel.asm["cubin"])
-        f.flush()
-        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
-    regs, stack = re.search(r"REG:(\d+)", out), re.search(r"STACK:(\d+)", out)
-    if regs is None or stack is None:
-        return "regs ? stack ?"
-    return f"regs {regs.group(1):>3s} stack {stack.group(1):>4s} B"
 
 
 def _call(q, k, v, pattern=None, causal=False, **extra) -> AttentionCall:
@@ -190,13 +126,13 @@ def main() -> int:
         with Capture() as capture:
             thunk()
         for fn, launch_args, kwargs in capture.launches:
-            src, options, key = _source(fn, launch_args, kwargs)
+            _, options, key = launch_source(fn, launch_args, kwargs)
             if key in seen:
                 continue
             seen.add(key)
             start = time.time()
             try:
-                kernel = triton.compile(src, target=HOPPER, options=options)
+                kernel = compile_launch(fn, launch_args, kwargs)
             except Exception as exc:  # report every variant, then fail
                 failures += 1
                 print(f"FAIL {name:32s} {fn.__name__:18s} {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
@@ -204,10 +140,10 @@ def main() -> int:
             compiled += 1
             shared = kernel.metadata.shared
             flag = "OVER 227 KB: needs the run-time fallback" if shared > SHARED_LIMIT else "ok"
+            regs, stack = resources(kernel)
             print(f"{flag:4s} {name:32s} {fn.__name__:18s} warps {options.get('num_warps')} "
                   f"stages {options.get('num_stages')} shared {math.ceil(shared / 1024)} KB "
-                  f"{_resources(kernel)} "
-                  f"({time.time() - start:.1f} s)", flush=True)
+                  f"regs {regs:>3d} stack {stack:>4d} B ({time.time() - start:.1f} s)", flush=True)
     print(f"{compiled} compiled, {failures} failed")
     return 1 if failures else 0
 

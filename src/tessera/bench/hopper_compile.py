@@ -1,0 +1,103 @@
+"""Ahead-of-time compilation of Triton kernel launches for Hopper (sm_90) on a machine without a GPU.
+
+An op runs on small CPU tensors inside ``LaunchRecorder`` (no kernel executes: each launch is recorded
+as ``(fn, args, kwargs)``); ``compile_launch`` then compiles a recorded launch with its constexprs,
+argument types and launch options, and ``resources`` reads registers and spills from the result.
+Used by ``benchmarks/compile_check.py``, ``benchmarks/linear_compile_check.py`` and the linear
+kernels' compile test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.runtime.jit import JITFunction
+from triton.tools.tensor_descriptor import TensorDescriptor
+
+HOPPER = GPUTarget("cuda", 90, 32)
+# Shared memory one block may use on Hopper (227 KB).
+SHARED_LIMIT = 232448
+_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int32: "i32",
+           torch.int64: "i64", torch.int8: "i8", torch.uint8: "u8", torch.bool: "i1"}
+
+
+class LaunchRecorder:
+    """Context in which ``kernel[grid](...)`` records ``(fn, args, kwargs)`` in ``.launches`` instead
+    of launching."""
+
+    def __init__(self):
+        self.launches = []
+
+    def __enter__(self):
+        self._getitem = JITFunction.__getitem__
+        launches = self.launches
+        JITFunction.__getitem__ = lambda fn, grid: (lambda *args, **kwargs: launches.append((fn, args, kwargs)))
+        return self
+
+    def __exit__(self, *exc):
+        JITFunction.__getitem__ = self._getitem
+
+
+def jit_function(kernel) -> JITFunction:
+    """The ``JITFunction`` under ``triton.autotune`` / ``triton.heuristics`` wrappers."""
+    while not isinstance(kernel, JITFunction):
+        kernel = kernel.fn
+    return kernel
+
+
+def launch_source(fn: JITFunction, args: tuple, kwargs: dict):
+    """``(ASTSource, launch options, key)`` of one recorded launch: tensors stand for 16-byte aligned
+    pointers of their dtype, ints for i32 (i64 beyond its range), None and constexprs for constants;
+    ``key`` is equal for launches that compile to the same kernel."""
+    names = fn.arg_names
+    bound = dict(zip(names, args))
+    bound.update({k: v for k, v in kwargs.items() if k in names})
+    options = {k: v for k, v in kwargs.items() if k not in names}
+    signature, constexprs, attrs = {}, {}, {}
+    for i, (name, param) in enumerate(zip(names, fn.params)):
+        value = bound.get(name, param.default)
+        if param.is_constexpr or value is None:
+            signature[name] = "constexpr"
+            constexprs[(i,)] = value
+        elif isinstance(value, TensorDescriptor):
+            block = ",".join(str(b) for b in value.block_shape)
+            signature[name] = f"tensordesc<{_DTYPES[value.base.dtype]}[{block}]>"
+        elif isinstance(value, torch.Tensor):
+            signature[name] = "*" + _DTYPES[value.dtype]
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(value, bool):
+            signature[name] = "i1"
+        elif isinstance(value, int):
+            signature[name] = "i64" if abs(value) >= 2 ** 31 else "i32"
+        elif isinstance(value, float):
+            signature[name] = "fp32"
+        else:
+            raise TypeError(f"{fn.__name__}: argument {name} of type {type(value).__name__}")
+    key = (fn.__name__, repr(sorted(signature.items())), repr(sorted(constexprs.items())),
+           repr(sorted(options.items())))
+    return ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs), options, key
+
+
+def compile_launch(fn: JITFunction, args: tuple, kwargs: dict):
+    """The sm_90 kernel of one recorded launch (raises what the compiler raises)."""
+    src, options, _ = launch_source(fn, args, kwargs)
+    return triton.compile(src, target=HOPPER, options=options)
+
+
+def resources(kernel) -> tuple[int, int]:
+    """``(registers per thread, stack bytes per thread)`` of a compiled kernel (the stack frame is
+    local memory holding spilled registers), read by cuobjdump from its cubin; -1 when unread."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+    regs, stack = re.search(r"REG:(\d+)", out), re.search(r"STACK:(\d+)", out)
+    return int(regs.group(1)) if regs else -1, int(stack.group(1)) if stack else -1
