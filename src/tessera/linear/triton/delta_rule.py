@@ -29,8 +29,8 @@ import triton
 import triton.language as tl
 
 from . import tuning
-from .simple_gla import (_INTERPRETING, CHUNK, _block, _dot, _gate_local, _rows, _rows_t, _state, _state_dtype,
-                         chunk_dv, chunk_local_cumsum, chunk_output, packed_chunks)
+from .simple_gla import (_INTERPRETING, CHUNK, _block, _chunk_rows, _dot, _gate_local, _rows, _rows_t, _state,
+                         _state_dtype, chunk_dv, chunk_local_cumsum, chunk_output, packed_chunks)
 
 
 @triton.jit
@@ -165,10 +165,7 @@ def _delta_prepare_kernel(k, v, beta, gc, Tinv, w, u0, cu_seqlens, chunk_indices
     o_t = tl.arange(0, BT)
     i_c = tl.program_id(0)
     i_h = tl.program_id(1)
-    i_n = tl.load(chunk_indices + i_c * 2)
-    i_t = tl.load(chunk_indices + i_c * 2 + 1)
-    bos = tl.load(cu_seqlens + i_n)
-    seq_len = tl.load(cu_seqlens + i_n + 1) - bos
+    bos, seq_len, i_t = _chunk_rows(cu_seqlens, chunk_indices, i_c)
     row0 = i_t * BT
 
     b_k = _sub_rows(k, bos, seq_len, i_h, H, K, row0, BT, BK)
@@ -234,10 +231,7 @@ def _delta_wu_kernel(k, v, beta, gc, Tinv, w, u0, cu_seqlens, chunk_indices, H,
     half of a split prepare: ``_delta_prepare_kernel`` with ``WU=False`` stores ``T``)."""
     i_c = tl.program_id(0)
     i_h = tl.program_id(1)
-    i_n = tl.load(chunk_indices + i_c * 2)
-    i_t = tl.load(chunk_indices + i_c * 2 + 1)
-    bos = tl.load(cu_seqlens + i_n)
-    seq_len = tl.load(cu_seqlens + i_n + 1) - bos
+    bos, seq_len, i_t = _chunk_rows(cu_seqlens, chunk_indices, i_c)
     row0 = i_t * BT
     b_beta = _per_token(beta, bos, seq_len, i_h, H, row0, BT)
     b_Tc = tl.load(_rows(Tinv, bos, seq_len, i_h, H, BT, row0, 0, BT, BT), boundary_check=(0, 1),
@@ -415,10 +409,7 @@ def _delta_dqk_kernel(q, k, u, gc, h, do, du, dh, hdh, dq, dk, dw, dg, cu_seqlen
     i_k = tl.program_id(0)
     i_c = tl.program_id(1)
     i_h = tl.program_id(2)
-    i_n = tl.load(chunk_indices + i_c * 2)
-    i_t = tl.load(chunk_indices + i_c * 2 + 1)
-    bos = tl.load(cu_seqlens + i_n)
-    seq_len = tl.load(cu_seqlens + i_n + 1) - bos
+    bos, seq_len, i_t = _chunk_rows(cu_seqlens, chunk_indices, i_c)
     k0 = i_k * BK
     row0 = i_t * BT
 
@@ -465,10 +456,7 @@ def _delta_wy_grads_kernel(k, v, beta, gc, Tinv, du, dw, dk_partial, dg_partial,
     ``[BT, BV]`` tiles are live besides the ``[BT, BT]`` ones."""
     i_c = tl.program_id(0)
     i_h = tl.program_id(1)
-    i_n = tl.load(chunk_indices + i_c * 2)
-    i_t = tl.load(chunk_indices + i_c * 2 + 1)
-    bos = tl.load(cu_seqlens + i_n)
-    seq_len = tl.load(cu_seqlens + i_n + 1) - bos
+    bos, seq_len, i_t = _chunk_rows(cu_seqlens, chunk_indices, i_c)
     row0 = i_t * BT
     o_t = tl.arange(0, BT)
 

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from . import tuning
-from .simple_gla import (_INTERPRETING, CHUNK, PackedChunks, _block, _dot, _dqk_partials, _rows, _state,
+from .simple_gla import (_INTERPRETING, CHUNK, PackedChunks, _block, _chunk_rows, _dot, _dqk_partials, _rows, _state,
                          _state_dtype, gated_chunk_function, packed_chunks)
 
 
@@ -39,10 +39,7 @@ def _gla_cumsum_kernel(g, gc, cu_seqlens, chunk_indices, H, K: tl.constexpr, BT:
     i_c = tl.program_id(0)
     i_h = tl.program_id(1)
     i_k = tl.program_id(2)
-    i_n = tl.load(chunk_indices + i_c * 2)
-    i_t = tl.load(chunk_indices + i_c * 2 + 1)
-    bos = tl.load(cu_seqlens + i_n)
-    seq_len = tl.load(cu_seqlens + i_n + 1) - bos
+    bos, seq_len, i_t = _chunk_rows(cu_seqlens, chunk_indices, i_c)
     b_g = tl.load(_rows(g, bos, seq_len, i_h, H, K, i_t * BT, i_k * BK, BT, BK), boundary_check=(0, 1),
                   padding_option="zero").to(tl.float32)
     tl.store(_rows(gc, bos, seq_len, i_h, H, K, i_t * BT, i_k * BK, BT, BK), tl.cumsum(b_g, axis=0),
@@ -123,10 +120,7 @@ def _gla_output_kernel(q, k, v, gc, h, o, cu_seqlens, chunk_indices, scale, H,
     i_v = tl.program_id(0)
     i_c = tl.program_id(1)
     i_h = tl.program_id(2)
-    i_n = tl.load(chunk_indices + i_c * 2)
-    i_t = tl.load(chunk_indices + i_c * 2 + 1)
-    bos = tl.load(cu_seqlens + i_n)
-    seq_len = tl.load(cu_seqlens + i_n + 1) - bos
+    bos, seq_len, i_t = _chunk_rows(cu_seqlens, chunk_indices, i_c)
     v0 = i_v * BV
     row0 = i_t * BT
 
@@ -218,10 +212,7 @@ def _gla_dv_kernel(q, k, gc, do, dh, dv, cu_seqlens, chunk_indices, scale, H,
     i_v = tl.program_id(0)
     i_c = tl.program_id(1)
     i_h = tl.program_id(2)
-    i_n = tl.load(chunk_indices + i_c * 2)
-    i_t = tl.load(chunk_indices + i_c * 2 + 1)
-    bos = tl.load(cu_seqlens + i_n)
-    seq_len = tl.load(cu_seqlens + i_n + 1) - bos
+    bos, seq_len, i_t = _chunk_rows(cu_seqlens, chunk_indices, i_c)
     v0 = i_v * BV
     row0 = i_t * BT
     b_At = tl.zeros([BT, BT], dtype=tl.float32)
@@ -256,10 +247,7 @@ def _gla_dqk_kernel(q, k, v, gc, h, do, dh, hdh, dq, dk, dg, cu_seqlens, chunk_i
     i_k = tl.program_id(0)
     i_c = tl.program_id(1)
     i_h = tl.program_id(2)
-    i_n = tl.load(chunk_indices + i_c * 2)
-    i_t = tl.load(chunk_indices + i_c * 2 + 1)
-    bos = tl.load(cu_seqlens + i_n)
-    seq_len = tl.load(cu_seqlens + i_n + 1) - bos
+    bos, seq_len, i_t = _chunk_rows(cu_seqlens, chunk_indices, i_c)
     k0 = i_k * BK
     row0 = i_t * BT
 

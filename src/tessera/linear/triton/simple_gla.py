@@ -65,6 +65,16 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _chunk_rows(cu_seqlens, chunk_indices, i_c):
+    """``(bos, seq_len, i_t)`` of packed chunk ``i_c``: the first row and the length of its sequence, and
+    its chunk number in that sequence (``chunk_indices`` holds ``(sequence, chunk)`` pairs)."""
+    i_n = tl.load(chunk_indices + i_c * 2)
+    i_t = tl.load(chunk_indices + i_c * 2 + 1)
+    bos = tl.load(cu_seqlens + i_n)
+    return bos, tl.load(cu_seqlens + i_n + 1) - bos, i_t
+
+
+@triton.jit
 def _rows(x, bos, seq_len, i_h, H, D: tl.constexpr, row0, col0, BR: tl.constexpr, BD: tl.constexpr):
     """Block pointer to rows ``row0 : row0 + BR`` of one sequence, channels ``col0 : col0 + BD``, of ``x[TT, H, D]``."""
     return tl.make_block_ptr(x + (bos.to(tl.int64) * H + i_h) * D, (seq_len, D), (H * D, 1),
@@ -107,10 +117,7 @@ def _chunk_cumsum_kernel(g, gc, cu_seqlens, chunk_indices, H, BT: tl.constexpr, 
     """``gc[t, h]``: cumulative sum of the float32 log-decay ``g[TT, H]`` over the tokens of ``t``'s
     chunk up to ``t``; one program per chunk, all heads."""
     i_c = tl.program_id(0)
-    i_n = tl.load(chunk_indices + i_c * 2)
-    i_t = tl.load(chunk_indices + i_c * 2 + 1)
-    bos = tl.load(cu_seqlens + i_n)
-    seq_len = tl.load(cu_seqlens + i_n + 1) - bos
+    bos, seq_len, i_t = _chunk_rows(cu_seqlens, chunk_indices, i_c)
     o_t = i_t * BT + tl.arange(0, BT)
     o_h = tl.arange(0, BH)
     offs = (bos + o_t).to(tl.int64)[:, None] * H + o_h[None, :]
@@ -191,10 +198,7 @@ def _chunk_output_kernel(q, k, v, gc, h, o, cu_seqlens, chunk_indices, scale, H:
     i_v = tl.program_id(0)
     i_c = tl.program_id(1)
     i_h = tl.program_id(2)
-    i_n = tl.load(chunk_indices + i_c * 2)
-    i_t = tl.load(chunk_indices + i_c * 2 + 1)
-    bos = tl.load(cu_seqlens + i_n)
-    seq_len = tl.load(cu_seqlens + i_n + 1) - bos
+    bos, seq_len, i_t = _chunk_rows(cu_seqlens, chunk_indices, i_c)
     v0 = i_v * BV
     row0 = i_t * BT
 
@@ -295,10 +299,7 @@ def _chunk_dv_kernel(q, k, gc, do, dh, dv, cu_seqlens, chunk_indices, scale, H: 
     i_v = tl.program_id(0)
     i_c = tl.program_id(1)
     i_h = tl.program_id(2)
-    i_n = tl.load(chunk_indices + i_c * 2)
-    i_t = tl.load(chunk_indices + i_c * 2 + 1)
-    bos = tl.load(cu_seqlens + i_n)
-    seq_len = tl.load(cu_seqlens + i_n + 1) - bos
+    bos, seq_len, i_t = _chunk_rows(cu_seqlens, chunk_indices, i_c)
     v0 = i_v * BV
     row0 = i_t * BT
 
@@ -368,10 +369,7 @@ def _chunk_dqk_kernel(q, k, v, gc, h, do, dh, hdh, dq, dk, dg, cu_seqlens, chunk
     i_k = tl.program_id(0)
     i_c = tl.program_id(1)
     i_h = tl.program_id(2)
-    i_n = tl.load(chunk_indices + i_c * 2)
-    i_t = tl.load(chunk_indices + i_c * 2 + 1)
-    bos = tl.load(cu_seqlens + i_n)
-    seq_len = tl.load(cu_seqlens + i_n + 1) - bos
+    bos, seq_len, i_t = _chunk_rows(cu_seqlens, chunk_indices, i_c)
     k0 = i_k * BK
     row0 = i_t * BT
 
