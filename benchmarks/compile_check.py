@@ -24,7 +24,7 @@ if os.environ.get("TRITON_INTERPRET"):
 import torch
 
 import tessera
-from tessera.bench.hopper_compile import SHARED_LIMIT, LaunchRecorder, compile_launch, launch_source, resources
+from tessera.bench.hopper_compile import SHARED_LIMIT, LaunchRecorder, compile_distinct, resources
 from tessera.kernels.registry import AttentionCall
 from tessera.kernels.triton import backend, flash_bwd, flash_fwd
 from tessera.patterns import FromMask, Power, Strided, Window
@@ -125,17 +125,11 @@ def main() -> int:
             continue
         with Capture() as capture:
             thunk()
-        for fn, launch_args, kwargs in capture.launches:
-            _, options, key = launch_source(fn, launch_args, kwargs)
-            if key in seen:
-                continue
-            seen.add(key)
-            start = time.time()
-            try:
-                kernel = compile_launch(fn, launch_args, kwargs)
-            except Exception as exc:  # report every variant, then fail
+        start = time.time()
+        for fn, options, kernel, error in compile_distinct(capture.launches, seen):
+            if error is not None:  # report every variant, then fail
                 failures += 1
-                print(f"FAIL {name:32s} {fn.__name__:18s} {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+                print(f"FAIL {name:32s} {fn.__name__:18s} {type(error).__name__}: {str(error).splitlines()[0][:200]}")
                 continue
             compiled += 1
             shared = kernel.metadata.shared
@@ -144,6 +138,7 @@ def main() -> int:
             print(f"{flag:4s} {name:32s} {fn.__name__:18s} warps {options.get('num_warps')} "
                   f"stages {options.get('num_stages')} shared {math.ceil(shared / 1024)} KB "
                   f"regs {regs:>3d} stack {stack:>4d} B ({time.time() - start:.1f} s)", flush=True)
+            start = time.time()
     print(f"{compiled} compiled, {failures} failed")
     return 1 if failures else 0
 

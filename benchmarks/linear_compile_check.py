@@ -27,7 +27,7 @@ if os.environ.get("TRITON_INTERPRET"):
 import torch
 import torch.nn.functional as F
 
-from tessera.bench.hopper_compile import LaunchRecorder, compile_launch, jit_function, launch_source, resources
+from tessera.bench.hopper_compile import LaunchRecorder, compile_distinct, jit_function, resources
 from tessera.linear import ops
 from tessera.linear.triton import tuning
 
@@ -73,28 +73,23 @@ def loop_instructions(ptx: str) -> str:
     return str(sum(1 for s in body if s and s not in "{}" and not s.startswith(("//", "$L", ".loc", ".reg"))))
 
 
-def report(label: str, fn, args: tuple, kwargs: dict, seen: set) -> None:
-    """Compile one launch (once per distinct kernel) and print its statistics."""
-    _, options, key = launch_source(fn, args, kwargs)
-    if key in seen:
-        return
-    seen.add(key)
-    try:
-        kernel = compile_launch(fn, args, kwargs)
-    except Exception as exc:  # report and go on
-        print(f"FAIL {label:34s} {fn.__name__:36s} {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
-        return
-    regs, stack = resources(kernel)
-    print(f"{label:34s} {fn.__name__:36s} w{options.get('num_warps', 4)} s{options.get('num_stages', 3)} "
-          f"shared {math.ceil(kernel.metadata.shared / 1024):3d} KB regs {regs:3d} stack {stack:4d} B "
-          f"loop {loop_instructions(kernel.asm['ptx']):>4s}", flush=True)
+def report(label: str, launches, seen: set) -> None:
+    """Compile each distinct kernel of ``launches`` once and print its statistics."""
+    for fn, options, kernel, error in compile_distinct(launches, seen):
+        if error is not None:  # report and go on
+            print(f"FAIL {label:34s} {fn.__name__:36s} {type(error).__name__}: {str(error).splitlines()[0][:160]}")
+            continue
+        regs, stack = resources(kernel)
+        print(f"{label:34s} {fn.__name__:36s} w{options.get('num_warps', 4)} s{options.get('num_stages', 3)} "
+              f"shared {math.ceil(kernel.metadata.shared / 1024):3d} KB regs {regs:3d} stack {stack:4d} B "
+              f"loop {loop_instructions(kernel.asm['ptx']):>4s}", flush=True)
 
 
 def tessera_rows(op: str, gated: bool, runs: list, only, seen: set) -> None:
     for label, overrides in runs:
-        for fn, args, kwargs in _recorded(op, gated, overrides):
-            if not only or any(s in fn.__name__ for s in only):
-                report(f"tessera {label}", fn, args, kwargs, seen)
+        launches = [launch for launch in _recorded(op, gated, overrides)
+                    if not only or any(s in launch[0].__name__ for s in only)]
+        report(f"tessera {label}", launches, seen)
 
 
 def _runs(op: str, all_candidates: bool, configs: list) -> list:
@@ -203,7 +198,7 @@ def fla_rows(op: str, path: str, only, seen: set) -> None:
     for label, kernel, kwargs in rows:
         fn = jit_function(kernel)
         if not only or any(s in fn.__name__ or s in label for s in only):
-            report(f"fla {label}", fn, (), kwargs, seen)
+            report(f"fla {label}", [(fn, (), kwargs)], seen)
 
 
 def main() -> int:

@@ -14,8 +14,7 @@ import torch.nn.functional as F
 
 triton = pytest.importorskip("triton")
 
-from tessera.bench.hopper_compile import (SHARED_LIMIT, LaunchRecorder, compile_launch,  # noqa: E402
-                                          launch_source)
+from tessera.bench.hopper_compile import SHARED_LIMIT, LaunchRecorder, compile_distinct  # noqa: E402
 from tessera.linear import ops  # noqa: E402
 from tessera.linear.triton import tuning  # noqa: E402
 
@@ -60,17 +59,10 @@ def _captured_launches() -> list:
 
 def test_every_kernel_variant_compiles_for_hopper():
     failures, seen = [], set()
-    for fn, args, kwargs in _captured_launches():
-        _, options, key = launch_source(fn, args, kwargs)
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            compiled = compile_launch(fn, args, kwargs)
-        except Exception as exc:  # collect every failing variant
-            failures.append((fn.__name__, options, f"{type(exc).__name__}: {str(exc)[:300]}"))
-            continue
-        if compiled.metadata.shared > SHARED_LIMIT:
+    for fn, options, compiled, error in compile_distinct(_captured_launches(), seen):
+        if error is not None:
+            failures.append((fn.__name__, options, f"{type(error).__name__}: {str(error)[:300]}"))
+        elif compiled.metadata.shared > SHARED_LIMIT:
             failures.append((fn.__name__, options, f"shared memory {compiled.metadata.shared} B"))
     assert seen
     assert not failures, failures

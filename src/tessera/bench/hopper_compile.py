@@ -1,8 +1,9 @@
 """Ahead-of-time compilation of Triton kernel launches for Hopper (sm_90) on a machine without a GPU.
 
 An op runs on small CPU tensors inside ``LaunchRecorder`` (no kernel executes: each launch is recorded
-as ``(fn, args, kwargs)``); ``compile_launch`` then compiles a recorded launch with its constexprs,
-argument types and launch options, and ``resources`` reads registers and spills from the result.
+as ``(fn, args, kwargs)``); ``compile_distinct`` then compiles each distinct kernel of the recorded
+launches once, with its constexprs, argument types and launch options, and ``resources`` reads
+registers and spills from the result.
 Used by ``benchmarks/compile_check.py``, ``benchmarks/linear_compile_check.py`` and the linear
 kernels' compile test.
 """
@@ -85,10 +86,18 @@ def launch_source(fn: JITFunction, args: tuple, kwargs: dict):
     return ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs), options, key
 
 
-def compile_launch(fn: JITFunction, args: tuple, kwargs: dict):
-    """The sm_90 kernel of one recorded launch (raises what the compiler raises)."""
-    src, options, _ = launch_source(fn, args, kwargs)
-    return triton.compile(src, target=HOPPER, options=options)
+def compile_distinct(launches, seen: set):
+    """For each recorded launch whose kernel is not in ``seen`` yet (keys of ``launch_source``, added
+    as they come): ``(fn, launch options, sm_90 kernel or None, compile error or None)``."""
+    for fn, args, kwargs in launches:
+        src, options, key = launch_source(fn, args, kwargs)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            yield fn, options, triton.compile(src, target=HOPPER, options=options), None
+        except Exception as exc:  # the caller reports every failing variant
+            yield fn, options, None, exc
 
 
 def resources(kernel) -> tuple[int, int]:
