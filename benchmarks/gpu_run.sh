@@ -3,7 +3,7 @@
 # JSON land under $OUT (the device tool brings them back); copy the JSON into benchmarks/results/.
 #   bash benchmarks/gpu_run.sh [tests] [tests-quick] [streams-ab] [schedule-ab] [attention] [natten]
 #                              [natten-reorder] [host-overhead] [host-breakdown] [linear] [linear-final]
-#                              [linear-delta] [kernel-next]
+#                              [linear-delta] [kernel-next] [launch-cost]
 #   (linear, linear-final, linear-delta: carry .whl for fla)
 #   (default: tests attention natten linear)
 set -uo pipefail
@@ -45,6 +45,8 @@ for step in $steps; do
                      2>&1 | tee "$OUT/host-overhead.log" || status=1 ;;
     host-breakdown) timeout 100 python3 benchmarks/gpu_host_overhead.py --out "$OUT" --breakdown-only \
                       2>&1 | tee "$OUT/host-breakdown.log" || status=1 ;;
+    launch-cost) timeout 120 python3 benchmarks/gpu_launch_cost.py --out "$OUT" \
+                   2>&1 | tee "$OUT/launch-cost.log" || status=1 ;;
     linear-final)
       # The linear GPU tests (two processes: compiling dominates), then the acceptance ops at T = 16384.
       timeout 280 python3 -m pytest -m gpu -q -p no:cacheprovider tests/linear -k delta \
@@ -62,7 +64,7 @@ for step in $steps; do
     kernel-next) bash benchmarks/gpu_kernel_next.sh 2>&1 | tee "$OUT/kernel-next.log" || status=1 ;;
     linear) timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/linear.py --out "$OUT" ${LINEAR_BENCH_ARGS:-} \
               2>&1 | tee "$OUT/linear.log" || status=1 ;;
-    *) echo "unknown step $step (tests, tests-quick, streams-ab, schedule-ab, attention, natten, natten-reorder, host-overhead, host-breakdown, linear, linear-final, linear-delta, kernel-next)"; status=2 ;;
+    *) echo "unknown step $step (tests, tests-quick, streams-ab, schedule-ab, attention, natten, natten-reorder, host-overhead, host-breakdown, linear, linear-final, linear-delta, kernel-next, launch-cost)"; status=2 ;;
   esac
 done
 exit $status

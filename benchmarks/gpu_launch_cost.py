@@ -1,0 +1,212 @@
+"""Where the host time of one Triton launch goes, for every launch of one window fwd+bwd
+(bf16, H = 16, D = 128, S = 16384: the suite's host-bound case).
+
+Each launch of one step is recorded (and run), then replayed with the same arguments and timed
+on the host (no synchronisation inside a batch, microseconds per launch):
+
+- ``jit``: ``kernel[grid](*args, **kwargs)``, Triton's whole path;
+- ``binder``: Triton's argument binder and specializer alone;
+- ``cache_key``: the binder plus its kernel-cache lookup;
+- ``run``: ``CompiledKernel.run`` with the bound arguments (tensor maps filled per launch);
+- ``tensor_maps``: filling the launch's tensor maps (``fill_tma_descriptor``) alone;
+- ``descriptors``: building the launch's ``TensorDescriptor`` objects alone.
+
+Plus the step's host time, the sum of its launches' ``jit`` times (the rest is the Python and
+torch work around the launches), and ``segments``: host us per step inside each of a list of
+functions (wrapped with timers while the step runs; nested segments overlap).
+
+    python benchmarks/gpu_launch_cost.py --out DIR   -> DIR/launch_cost.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+import triton
+from triton.backends.nvidia import driver as nvidia_driver
+from triton.runtime.jit import JITFunction, compute_cache_key
+from triton.tools.tensor_descriptor import TensorDescriptor
+
+from tessera.bench.attention import _Inputs, _tessera_fn, gpu_cases
+from tessera.bench.timing import warm_up_gpu
+
+
+def _us(fn, calls: int = 50) -> float:
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = (time.perf_counter() - start) * 1e6 / calls
+    torch.cuda.synchronize()
+    return round(elapsed, 2)
+
+
+def _record(step):
+    """Run ``step`` once, returning its launches as ``(fn, grid, args, kwargs, compiled)``."""
+    launches = []
+    original = JITFunction.__getitem__
+
+    def getitem(fn, grid):
+        def launch(*args, **kwargs):
+            compiled = original(fn, grid)(*args, **kwargs)
+            launches.append((fn, grid, args, kwargs, compiled))
+            return compiled
+        return launch
+
+    JITFunction.__getitem__ = getitem
+    try:
+        step()
+    finally:
+        JITFunction.__getitem__ = original
+    torch.cuda.synchronize()
+    return launches
+
+
+def _launch_parts(fn, grid, args, kwargs, compiled) -> dict:
+    device = torch.cuda.current_device()
+    kernel_cache, key_cache, _, _, binder = fn.device_caches[device]
+    bound, _, _ = binder(*args, **kwargs)
+    values = tuple(bound.values())
+    grid = tuple(grid) + (1,) * (3 - len(grid))
+    stream = torch.cuda.current_stream().cuda_stream
+    descs = [a for a in values if isinstance(a, TensorDescriptor)]
+    meta = getattr(compiled.metadata, "tensordesc_meta", None) or [None] * len(descs)
+
+    def cache_key():
+        _, specialization, options = binder(*args, **kwargs)
+        return kernel_cache.get(compute_cache_key(key_cache, specialization, options))
+
+    def run():
+        compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata,
+                     None, None, None, *values)
+
+    def tensor_maps():
+        for d, m in zip(descs, meta):
+            nvidia_driver.make_tensordesc_arg(d, m)
+
+    def descriptors():
+        for d in descs:
+            TensorDescriptor(d.base, list(d.shape), list(d.strides), list(d.block_shape))
+
+    return {"kernel": fn.__name__, "args": len(values), "tensor_descriptors": len(descs),
+            "jit": _us(lambda: fn[grid](*args, **kwargs)), "binder": _us(lambda: binder(*args, **kwargs)),
+            "cache_key": _us(cache_key), "run": _us(run), "tensor_maps": _us(tensor_maps),
+            "descriptors": _us(descriptors)}
+
+
+def _segments(step) -> dict:
+    """Host us per step spent inside each function of ``SEGMENTS`` (timer wrappers)."""
+    import tessera
+    from tessera.kernels.triton import backend, flash_bwd, flash_fwd, row_dot, streams
+    targets = [(tessera, "attention"), (torch.autograd, "grad"), (backend.FlashAttention, "forward"),
+               (backend.FlashAttention, "backward"), (backend, "_configs"), (backend, "_plan"),
+               (flash_fwd, "forward"), (flash_bwd, "backward"), (flash_bwd, "row_descriptors"),
+               (flash_fwd, "row_descriptors"), (row_dot, "row_dot"), (flash_bwd, "row_dot"),
+               (streams, "fork"), (streams, "join"), (streams, "on"), (JITFunction, "run"),
+               (torch, "empty"), (torch, "empty_like")]
+    totals = {f"{getattr(owner, '__name__', owner)}.{name}": 0.0 for owner, name in targets}
+    originals = []
+
+    def timed(label, fn):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                totals[label] += time.perf_counter() - start
+        return wrapper
+
+    for owner, name in targets:
+        fn = owner.__dict__[name]
+        label = f"{getattr(owner, '__name__', owner)}.{name}"
+        originals.append((owner, name, fn))
+        wrapped = timed(label, fn.__func__ if isinstance(fn, staticmethod) else fn)
+        setattr(owner, name, staticmethod(wrapped) if isinstance(fn, staticmethod) else wrapped)
+    calls = 20
+    try:
+        step()
+        torch.cuda.synchronize()
+        for key in totals:
+            totals[key] = 0.0
+        start = time.perf_counter()
+        for _ in range(calls):
+            step()
+        elapsed = time.perf_counter() - start
+        torch.cuda.synchronize()
+    finally:
+        for owner, name, fn in originals:
+            setattr(owner, name, fn)
+    return {"step": round(elapsed * 1e6 / calls, 2),
+            **{k: round(v * 1e6 / calls, 2) for k, v in totals.items()}}
+
+
+def _direct_step_us(step) -> float:
+    """Host us per step when every launch after the first skips Triton's binder and cache: the
+    compiled kernel of ``(kernel, keyword arguments)`` runs directly (a bound on what a launch
+    cache can save; not safe in general: it ignores the specialization of the arguments)."""
+    cache = {}
+    original = JITFunction.__getitem__
+    device = torch.cuda.current_device()
+
+    def getitem(fn, grid):
+        grid = tuple(grid) + (1,) * (3 - len(grid))
+
+        def launch(*args, **kwargs):
+            key = (fn, tuple(kwargs.items()))
+            compiled = cache.get(key)
+            if compiled is None:
+                compiled = cache[key] = original(fn, grid)(*args, **kwargs)
+                return compiled
+            names = fn.arg_names[len(args):]
+            values = args + tuple(kwargs[n] if n in kwargs else fn.params[len(args) + i].default
+                                  for i, n in enumerate(names))
+            stream = torch._C._cuda_getCurrentRawStream(device)
+            compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata,
+                         None, None, None, *values)
+            return compiled
+        return launch
+
+    JITFunction.__getitem__ = getitem
+    try:
+        return [_us(step, 20) for _ in range(3)]
+    finally:
+        JITFunction.__getitem__ = original
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=".")
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    warm_up_gpu(device)
+    case = {c.name: c for c in gpu_cases()}["causal window 1024 S=16384"]
+    inp = _Inputs(case, device, torch.bfloat16)
+    fn = _tessera_fn(case, case.pattern(device), inp, "triton")
+    inp.require_grad(True)
+
+    def step():
+        o = fn()
+        torch.autograd.grad(o, inp.grad_leaves(), inp.do)
+
+    step()
+    launches = _record(step)
+    step_us = [_us(step, 20) for _ in range(3)]
+    parts = [_launch_parts(*launch) for launch in launches]
+    segments = [_segments(step) for _ in range(2)]
+    direct = _direct_step_us(step)
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "case": case.name, "unit": "us per call (host)",
+              "step_us": step_us, "launch_jit_sum_us": round(sum(p["jit"] for p in parts), 2),
+              "launches": parts, "segments": segments,
+              "direct_launch_step_us": direct}
+    print(json.dumps(result, indent=1))
+    with open(f"{args.out}/launch_cost.json", "w") as f:
+        json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
