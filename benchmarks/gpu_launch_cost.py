@@ -5,13 +5,14 @@ Each launch of one step is recorded (and run), then replayed with the same argum
 on the host (no synchronisation inside a batch, microseconds per launch):
 
 - ``jit``: ``kernel[grid](*args, **kwargs)``, Triton's whole path;
+- ``launcher``: tessera's ``Launcher`` on a repeat launch (``launcher_key``: its key alone);
 - ``binder``: Triton's argument binder and specializer alone;
 - ``cache_key``: the binder plus its kernel-cache lookup;
 - ``run``: ``CompiledKernel.run`` with the bound arguments (tensor maps filled per launch);
 - ``tensor_maps``: filling the launch's tensor maps (``fill_tma_descriptor``) alone;
 - ``descriptors``: building the launch's ``TensorDescriptor`` objects alone.
 
-Plus the step's host time, the sum of its launches' ``jit`` times (the rest is the Python and
+Plus the step's host time (and with every launch through Triton's path), the sum of its launches' ``jit`` times (the rest is the Python and
 torch work around the launches), and ``segments``: host us per step inside each of a list of
 functions (wrapped with timers while the step runs; nested segments overlap).
 
@@ -32,6 +33,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from tessera.bench.attention import _Inputs, _tessera_fn, gpu_cases
 from tessera.bench.timing import warm_up_gpu
+from tessera.kernels.triton.launcher import Launcher, specialization_key
 
 
 def _us(fn, calls: int = 50) -> float:
@@ -46,33 +48,32 @@ def _us(fn, calls: int = 50) -> float:
 
 
 def _record(step):
-    """Run ``step`` once, returning its launches as ``(fn, grid, args, kwargs, compiled)``."""
+    """Run ``step`` once, returning its launches as ``(launcher, grid, stream, args, kwargs)``."""
     launches = []
-    original = JITFunction.__getitem__
+    original = Launcher._launch
 
-    def getitem(fn, grid):
-        def launch(*args, **kwargs):
-            compiled = original(fn, grid)(*args, **kwargs)
-            launches.append((fn, grid, args, kwargs, compiled))
-            return compiled
-        return launch
+    def launch(self, grid, stream, args, kwargs):
+        launches.append((self, grid, stream, args, kwargs))
+        return original(self, grid, stream, args, kwargs)
 
-    JITFunction.__getitem__ = getitem
+    Launcher._launch = launch
     try:
         step()
     finally:
-        JITFunction.__getitem__ = original
+        Launcher._launch = original
     torch.cuda.synchronize()
     return launches
 
 
-def _launch_parts(fn, grid, args, kwargs, compiled) -> dict:
+def _launch_parts(launcher, grid, stream, args, kwargs) -> dict:
+    fn = launcher.kernel
+    compiled = launcher._launch(grid, stream, args, kwargs)
     device = torch.cuda.current_device()
     kernel_cache, key_cache, _, _, binder = fn.device_caches[device]
     bound, _, _ = binder(*args, **kwargs)
     values = tuple(bound.values())
     grid = tuple(grid) + (1,) * (3 - len(grid))
-    stream = torch.cuda.current_stream().cuda_stream
+    raw_stream = torch.cuda.current_stream().cuda_stream
     descs = [a for a in values if isinstance(a, TensorDescriptor)]
     meta = getattr(compiled.metadata, "tensordesc_meta", None) or [None] * len(descs)
 
@@ -81,7 +82,7 @@ def _launch_parts(fn, grid, args, kwargs, compiled) -> dict:
         return kernel_cache.get(compute_cache_key(key_cache, specialization, options))
 
     def run():
-        compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata,
+        compiled.run(grid[0], grid[1], grid[2], raw_stream, compiled.function, compiled.packed_metadata,
                      None, None, None, *values)
 
     def tensor_maps():
@@ -93,7 +94,10 @@ def _launch_parts(fn, grid, args, kwargs, compiled) -> dict:
             TensorDescriptor(d.base, list(d.shape), list(d.strides), list(d.block_shape))
 
     return {"kernel": fn.__name__, "args": len(values), "tensor_descriptors": len(descs),
-            "jit": _us(lambda: fn[grid](*args, **kwargs)), "binder": _us(lambda: binder(*args, **kwargs)),
+            "jit": _us(lambda: fn[grid](*args, **kwargs)),
+            "launcher": _us(lambda: launcher._launch(grid, stream, args, kwargs)),
+            "launcher_key": _us(lambda: specialization_key(args, kwargs)),
+            "binder": _us(lambda: binder(*args, **kwargs)),
             "cache_key": _us(cache_key), "run": _us(run), "tensor_maps": _us(tensor_maps),
             "descriptors": _us(descriptors)}
 
@@ -106,7 +110,7 @@ def _segments(step) -> dict:
                (backend.FlashAttention, "backward"), (backend, "_configs"), (backend, "_plan"),
                (flash_fwd, "forward"), (flash_bwd, "backward"), (flash_bwd, "row_descriptors"),
                (flash_fwd, "row_descriptors"), (row_dot, "row_dot"), (flash_bwd, "row_dot"),
-               (streams, "fork"), (streams, "join"), (streams, "on"), (JITFunction, "run"),
+               (streams, "fork"), (streams, "join"), (Launcher, "_launch"), (JITFunction, "run"),
                (torch, "empty"), (torch, "empty_like")]
     totals = {f"{getattr(owner, '__name__', owner)}.{name}": 0.0 for owner, name in targets}
     originals = []
@@ -144,37 +148,14 @@ def _segments(step) -> dict:
             **{k: round(v * 1e6 / calls, 2) for k, v in totals.items()}}
 
 
-def _direct_step_us(step) -> float:
-    """Host us per step when every launch after the first skips Triton's binder and cache: the
-    compiled kernel of ``(kernel, keyword arguments)`` runs directly (a bound on what a launch
-    cache can save; not safe in general: it ignores the specialization of the arguments)."""
-    cache = {}
-    original = JITFunction.__getitem__
-    device = torch.cuda.current_device()
-
-    def getitem(fn, grid):
-        grid = tuple(grid) + (1,) * (3 - len(grid))
-
-        def launch(*args, **kwargs):
-            key = (fn, tuple(kwargs.items()))
-            compiled = cache.get(key)
-            if compiled is None:
-                compiled = cache[key] = original(fn, grid)(*args, **kwargs)
-                return compiled
-            names = fn.arg_names[len(args):]
-            values = args + tuple(kwargs[n] if n in kwargs else fn.params[len(args) + i].default
-                                  for i, n in enumerate(names))
-            stream = torch._C._cuda_getCurrentRawStream(device)
-            compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata,
-                         None, None, None, *values)
-            return compiled
-        return launch
-
-    JITFunction.__getitem__ = getitem
+def _triton_path_step_us(step) -> list[float]:
+    """Host us per step with every launch going through Triton's own launch path."""
+    original = Launcher._launch
+    Launcher._launch = lambda self, grid, stream, args, kwargs: self._through_triton(grid, stream, args, kwargs)
     try:
         return [_us(step, 20) for _ in range(3)]
     finally:
-        JITFunction.__getitem__ = original
+        Launcher._launch = original
 
 
 def main() -> None:
@@ -197,12 +178,12 @@ def main() -> None:
     step_us = [_us(step, 20) for _ in range(3)]
     parts = [_launch_parts(*launch) for launch in launches]
     segments = [_segments(step) for _ in range(2)]
-    direct = _direct_step_us(step)
+    triton_path = _triton_path_step_us(step)
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "case": case.name, "unit": "us per call (host)",
               "step_us": step_us, "launch_jit_sum_us": round(sum(p["jit"] for p in parts), 2),
               "launches": parts, "segments": segments,
-              "direct_launch_step_us": direct}
+              "triton_path_step_us": triton_path}
     print(json.dumps(result, indent=1))
     with open(f"{args.out}/launch_cost.json", "w") as f:
         json.dump(result, f, indent=1)

@@ -239,10 +239,14 @@ class FlashAttention(torch.autograd.Function):
         ctx.save_for_backward(q, k, v, o, lse, sinks, slopes, bias, u, w, table)
         ctx.spec = spec
         ctx.mark_non_differentiable(lse)
+        # lse has no gradient: without this autograd would fill a zero tensor for it per call.
+        ctx.set_materialize_grads(False)
         return o, lse
 
     @staticmethod
     def backward(ctx, do, _dlse):
+        if do is None:
+            return (None,) * 10
         q, k, v, o, lse, sinks, slopes, bias, u, w, table = ctx.saved_tensors
         spec: _Spec = ctx.spec
         original = _configs(spec, q, k, v)

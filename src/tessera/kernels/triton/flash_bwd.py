@@ -24,6 +24,7 @@ from triton.runtime.errors import OutOfResources
 
 from . import streams
 from .flash_fwd import LOG2E, broadcast_strides, low_rank_args, rank_pad, rel_pos_args, row_descriptors
+from .launcher import Launcher
 from .program_ids import RUN_TIME_INTS, program_ids
 from .row_dot import row_dot
 from .schedule import col_launch, row_launch
@@ -450,6 +451,10 @@ def _attn_bwd_dq(Q, K, V, DO, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, DU,
                  + offs_r[None, :], du, mask=row_ok[:, None])
 
 
+_DKDV = Launcher(_attn_bwd_dkdv)
+_DQ = Launcher(_attn_bwd_dq)
+
+
 def _named_launch(launch, name: str):
     """Wrap a kernel launch so that an ``OutOfResources`` error says which kernel (``.kernel``)."""
     def run(*args, **kwargs):
@@ -529,14 +534,20 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
 
     cols = dkdv_plan.cols
     q_desc, do_desc = row_descriptors(q, do, dkdv_plan, dkdv_plan.block_m, grid_order)
-    use_tma = q_desc is not None
-    if not use_tma:
+    dkdv_tma = q_desc is not None
+    if not dkdv_tma:
         q_desc, do_desc = q, do
     col_order = col_launch(dkdv_plan, batch, kv_heads)
-    launch_dkdv = _attn_bwd_dkdv[col_order.grid]
-    launch_dkdv = _named_launch(launch_dkdv, "dkdv")
-    side = streams.fork(q, k, v, do, lse, delta, dk, dv, dw if dw is not None else dummy)
-    with streams.on(side):
+    launch_dkdv = _named_launch(_DKDV[col_order.grid], "dkdv")
+    rows = dq_plan.rows
+    k_desc, v_desc = row_descriptors(k, v, dq_plan, dq_plan.block_n, grid_order)
+    dq_tma = k_desc is not None
+    if not dq_tma:
+        k_desc, v_desc = k, v
+    row_order = row_launch(dq_plan, batch, heads)
+    launch_dq = _named_launch(_DQ[row_order.grid], "dq")
+    side = streams.fork(device)
+    try:
         launch_dkdv(
             q, k, v, do, q_desc, do_desc, lse, delta, dk, dv, dw if dw is not None else dummy,
             cols.full_count, cols.full_index, cols.part_count, cols.part_index, cols.part_bits,
@@ -551,39 +562,33 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
             cols.full_width, cols.part_width,
             *variant_args, dkdv_plan.band_lo, dkdv_plan.band_hi, sig_bias2,
             BLOCK_M=dkdv_plan.block_m, BLOCK_N=dkdv_plan.block_n, MASK_MODE=dkdv_plan.mask_mode,
-            USE_TMA=use_tma, TILE_BANDS=dkdv_plan.bands_per_tile, NA_STATIC=dkdv_plan.na_static,
+            USE_TMA=dkdv_tma, TILE_BANDS=dkdv_plan.bands_per_tile, NA_STATIC=dkdv_plan.na_static,
             GRID_ORDER=grid_order, SCHEDULED=col_order.scheduled, MAY_SCHEDULE=col_order.may_schedule,
-            num_warps=dkdv_config.num_warps, num_stages=dkdv_config.num_stages, **common,
+            num_warps=dkdv_config.num_warps, num_stages=dkdv_config.num_stages, stream=side, **common,
         )
-    rows = dq_plan.rows
-    k_desc, v_desc = row_descriptors(k, v, dq_plan, dq_plan.block_n, grid_order)
-    use_tma = k_desc is not None
-    if not use_tma:
-        k_desc, v_desc = k, v
-    row_order = row_launch(dq_plan, batch, heads)
-    launch_dq = _named_launch(_attn_bwd_dq[row_order.grid], "dq")
-    launch_dq(
-        q, k, v, do, k_desc, v_desc, lse, delta, dq, dbias if dbias is not None else dummy,
-        dslope if dslope is not None else dummy, du if du is not None else dummy,
-        dtable if dtable is not None else dummy,
-        rows.full_count, rows.full_index, rows.part_count, rows.part_index, rows.part_bits,
-        dq_plan.bits, dq_plan.tile_band, dq_plan.na_params,
-        row_order.order, row_order.reps, row_order.heads, slopes if slopes is not None else dummy,
-        bias if bias is not None else dummy, *factors[:2], table_args[0],
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
-        dq.stride(0), dq.stride(1), dq.stride(2),
-        *bias_strides, *factors[2:], table_args[1], g0, *table_args[2:], table_chunked,
-        heads, heads // kv_heads, q_len, k_len, dq_plan.map_heads, dq_plan.n_q_tiles,
-        rows.full_width, rows.part_width,
-        *variant_args, dq_plan.band_lo, dq_plan.band_hi, sig_bias2,
-        BLOCK_M=dq_plan.block_m, BLOCK_N=dq_plan.block_n, MASK_MODE=dq_plan.mask_mode,
-        BIAS_GRAD=bias_grad, SLOPE_GRAD=slope_grad, REL_POS_GRAD=rel_pos_grad, USE_TMA=use_tma,
-        TILE_BANDS=dq_plan.bands_per_tile, NA_STATIC=dq_plan.na_static,
-        GRID_ORDER=grid_order, SCHEDULED=row_order.scheduled, MAY_SCHEDULE=row_order.may_schedule,
-        num_warps=dq_config.num_warps, num_stages=dq_config.num_stages, **common,
-    )
-    streams.join(side)
+        launch_dq(
+            q, k, v, do, k_desc, v_desc, lse, delta, dq, dbias if dbias is not None else dummy,
+            dslope if dslope is not None else dummy, du if du is not None else dummy,
+            dtable if dtable is not None else dummy,
+            rows.full_count, rows.full_index, rows.part_count, rows.part_index, rows.part_bits,
+            dq_plan.bits, dq_plan.tile_band, dq_plan.na_params,
+            row_order.order, row_order.reps, row_order.heads, slopes if slopes is not None else dummy,
+            bias if bias is not None else dummy, *factors[:2], table_args[0],
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
+            dq.stride(0), dq.stride(1), dq.stride(2),
+            *bias_strides, *factors[2:], table_args[1], g0, *table_args[2:], table_chunked,
+            heads, heads // kv_heads, q_len, k_len, dq_plan.map_heads, dq_plan.n_q_tiles,
+            rows.full_width, rows.part_width,
+            *variant_args, dq_plan.band_lo, dq_plan.band_hi, sig_bias2,
+            BLOCK_M=dq_plan.block_m, BLOCK_N=dq_plan.block_n, MASK_MODE=dq_plan.mask_mode,
+            BIAS_GRAD=bias_grad, SLOPE_GRAD=slope_grad, REL_POS_GRAD=rel_pos_grad, USE_TMA=dq_tma,
+            TILE_BANDS=dq_plan.bands_per_tile, NA_STATIC=dq_plan.na_static,
+            GRID_ORDER=grid_order, SCHEDULED=row_order.scheduled, MAY_SCHEDULE=row_order.may_schedule,
+            num_warps=dq_config.num_warps, num_stages=dq_config.num_stages, **common,
+        )
+    finally:
+        streams.join(side)
     dslopes = None
     if dslope is not None:
         dslopes = dslope.view(batch, heads, -1).sum((0, 2))

@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from .launcher import Launcher
 from .program_ids import RUN_TIME_INTS, program_ids
 from .schedule import row_launch
 from .scoring import (INTERPRETED, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
@@ -333,6 +334,9 @@ def rel_pos_args(rel_pos, dummy: torch.Tensor) -> tuple:
     return (flat, 0 if table.shape[0] == 1 else flat.stride(0), g1, g2, center)
 
 
+_FWD = Launcher(_attn_fwd)
+
+
 def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, slopes=None,
             bias=None, low_rank=None, rel_pos=None, sigmoid_bias=None, precision: str = "ieee",
             grid_order: bool = False):
@@ -368,7 +372,7 @@ def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, sl
     use_tma = k_desc is not None
     if not use_tma:
         k_desc, v_desc = k, v
-    _attn_fwd[launch.grid](
+    _FWD[launch.grid](
         q, k, v, k_desc, v_desc, o, lse,
         rows.full_count, rows.full_index, rows.part_count, rows.part_index, rows.part_bits, plan.bits,
         plan.tile_band, plan.na_params, launch.order, launch.reps, launch.heads,

@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .launcher import Launcher
+
 # Rows per program: memory-bound, so enough rows per program to stream, few programs per row.
 ROWS = 64
 
@@ -32,6 +34,9 @@ def _row_dot(O, DO, DELTA, s_ob, s_os, s_oh, s_db, s_ds, s_dh, H, S,
     tl.store(DELTA + bh.to(tl.int64) * S + rows, total, mask=rows < S)
 
 
+_ROW_DOT = Launcher(_row_dot)
+
+
 def row_dot(o: torch.Tensor, do: torch.Tensor) -> torch.Tensor:
     """``(o * do).sum(-1)`` in float32, transposed to ``[B, H, S]`` (contiguous).
 
@@ -46,7 +51,7 @@ def row_dot(o: torch.Tensor, do: torch.Tensor) -> torch.Tensor:
     if delta.numel() == 0:
         return delta
     grid = (triton.cdiv(seq, ROWS), batch * heads)
-    _row_dot[grid](o, do, delta, o.stride(0), o.stride(1), o.stride(2),
+    _ROW_DOT[grid](o, do, delta, o.stride(0), o.stride(1), o.stride(2),
                    do.stride(0), do.stride(1), do.stride(2), heads, seq,
                    DV=dim_v, DV_PAD=max(16, triton.next_power_of_2(dim_v)), ROWS=ROWS,
                    num_warps=4)

@@ -3,12 +3,17 @@ kernels): the side stream starts after everything queued so far on the current s
 current stream waits for it at ``join``, so callers see one ordered sequence of work. The overlap
 fills each kernel's last, partly idle wave with the other kernel's programs.
 
+Memory: tensors the side launches use need no ``record_stream``. Each was allocated on the
+current stream (or the caller's, which is then ordered after it), and its block can only be
+handed out again to work queued on that stream after the tensor is freed; ``join`` runs before
+the launching function returns (call it in a ``finally``), so that work is ordered after the
+side stream's.
+
 ``TESSERA_BWD_STREAMS=0`` turns the overlap off (everything on the current stream).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Optional
 
@@ -18,32 +23,28 @@ from .scoring import INTERPRETED
 
 ENABLED = os.environ.get("TESSERA_BWD_STREAMS", "1") != "0"
 
-_SIDE: dict[torch.device, torch.cuda.Stream] = {}
+# Per device: the side stream and the two events that order it (reused: a wait orders after the
+# event's latest record at the time of the wait).
+_SIDE: dict[torch.device, tuple[torch.cuda.Stream, torch.cuda.Event, torch.cuda.Event]] = {}
 
 
-def fork(*tensors: torch.Tensor) -> Optional[torch.cuda.Stream]:
-    """A side stream ordered after the current stream's queued work, with ``tensors`` (those the
-    side launches read or write) recorded on it so their memory outlives its work; None where
-    there is nothing to overlap (CPU, interpreter, CUDA graph capture, overlap off)."""
-    device = tensors[0].device
+def fork(device: torch.device) -> Optional[torch.cuda.Stream]:
+    """A side stream ordered after the current stream's queued work; None where there is nothing
+    to overlap (CPU, interpreter, CUDA graph capture, overlap off)."""
     if not ENABLED or INTERPRETED or device.type != "cuda" or torch.cuda.is_current_stream_capturing():
         return None
     side = _SIDE.get(device)
     if side is None:
-        side = _SIDE[device] = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    for t in tensors:
-        if t is not None and t.device.type == "cuda":
-            t.record_stream(side)
-    return side
-
-
-def on(side: Optional[torch.cuda.Stream]):
-    """Context that makes ``side`` current (no-op for None)."""
-    return torch.cuda.stream(side) if side is not None else contextlib.nullcontext()
+        side = _SIDE[device] = (torch.cuda.Stream(device), torch.cuda.Event(), torch.cuda.Event())
+    stream, forked, _ = side
+    forked.record(torch.cuda.current_stream(device))
+    stream.wait_event(forked)
+    return stream
 
 
 def join(side: Optional[torch.cuda.Stream]) -> None:
     """Make the current stream wait for everything queued on ``side``."""
     if side is not None:
-        torch.cuda.current_stream(side.device).wait_stream(side)
+        _, _, joined = _SIDE[side.device]
+        joined.record(side)
+        torch.cuda.current_stream(side.device).wait_event(joined)

@@ -1,0 +1,116 @@
+"""The launch cache's key refines Triton's specialization, holds no tensor, and orders a launch's
+arguments like Triton's binder (CPU: Triton's binder is built for an sm_90 target, no GPU)."""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import weakref
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import make_backend
+from triton.runtime.jit import JITFunction, create_function_from_signature
+from triton.tools.tensor_descriptor import TensorDescriptor
+
+from tessera.kernels.triton.launcher import Launcher, _Entry, specialization_key
+
+
+@triton.jit
+def _kernel(X, DESC, n, f, flag, maybe, m=3, C: tl.constexpr = 2):
+    pass
+
+
+pytestmark = pytest.mark.skipif(not isinstance(_kernel, JITFunction),
+                                reason="kernels are interpreted (TRITON_INTERPRET=1): no binder")
+
+
+def _triton_binder():
+    return create_function_from_signature(_kernel.signature, _kernel.params,
+                                          make_backend(GPUTarget("cuda", 90, 32)))
+
+
+def _variants():
+    """Launch arguments differing in each way Triton specializes on, and in ways it does not."""
+    base = torch.zeros(4096, dtype=torch.float16)
+    other = torch.zeros(4096, dtype=torch.bfloat16)
+    pointers = [base[:64], base[1:65], base[8:72], other[:64], other[8:72]]
+    square = base.view(64, 64)
+    descriptors = [TensorDescriptor(square, [64, 64], [64, 1], [16, 16]),
+                   TensorDescriptor(square, [64, 64], [64, 1], [32, 16]),
+                   TensorDescriptor(square[16:], [48, 64], [64, 1], [16, 16])]
+    ints = [1, 2, 16, 17, 32, 2 ** 31, 2 ** 31 + 16, True]
+    floats = [1.0, 0.5]
+    maybes = [None, base[:64]]
+    kwargs = [{}, {"C": 3}, {"C": 2, "m": 1}, {"m": 16, "num_warps": 8}]
+    for x, d, n, f, maybe, kw in itertools.product(pointers, descriptors, ints, floats, maybes, kwargs):
+        yield (x, d, n, f, True, maybe), kw
+    yield (base[:64], descriptors[0], 1.0, 0.5, True, None), {}   # a float where an int was
+
+
+def test_equal_keys_imply_equal_triton_specialization():
+    binder = _triton_binder()
+    seen = {}
+    for args, kwargs in _variants():
+        options = {k: v for k, v in kwargs.items() if k not in _kernel.arg_names}
+        params = {k: v for k, v in kwargs.items() if k in _kernel.arg_names}
+        _, specialization, _ = binder(*args, **params, **options)
+        triton_key = (repr(specialization), repr(sorted(options.items())))
+        key = specialization_key(args, kwargs)
+        assert seen.setdefault(key, triton_key) == triton_key, (args, kwargs)
+
+
+def test_key_separates_alignment_dtype_and_value_types():
+    base = torch.zeros(256, dtype=torch.float16)
+    assert specialization_key((base[:8],), {}) == specialization_key((base[8:16],), {})
+    assert specialization_key((base[:8],), {}) != specialization_key((base[1:9],), {})
+    assert specialization_key((base[:8],), {}) != specialization_key((base.float()[:8],), {})
+    keys = {specialization_key((value,), {}) for value in (1, True, 1.0)}
+    assert len(keys) == 3
+    assert specialization_key((2,), {"B": 1}) != specialization_key((2,), {"B": True})
+
+
+def test_key_holds_no_tensor():
+    t = torch.zeros(64)
+    ref = weakref.ref(t)
+    desc = TensorDescriptor(t.view(8, 8), [8, 8], [8, 1], [8, 8])
+    key = specialization_key((t, desc), {"C": 1})
+    del t, desc
+    gc.collect()
+    assert ref() is None
+    hash(key)
+
+
+class _Recorded:
+    """Stands for a compiled kernel: records the arguments of ``run``."""
+    function = packed_metadata = None
+
+    def __init__(self):
+        self.calls = []
+
+    def run(self, *args):
+        self.calls.append(args)
+
+
+def test_entry_orders_arguments_like_the_signature():
+    compiled = _Recorded()
+    x = torch.zeros(4)
+    entry = _Entry(compiled, _kernel, 2)
+    entry.launch((5,), 7, (x, "desc"), {"flag": False, "n": 4, "f": 0.5, "maybe": None, "C": 9,
+                                        "num_warps": 4})
+    (call,) = compiled.calls
+    assert call[:4] == (5, 1, 1, 7)
+    assert call[9:] == (x, "desc", 4, 0.5, False, None, 3, 9)
+
+
+def test_launcher_without_cuda_goes_through_triton():
+    from tessera.bench.hopper_compile import LaunchRecorder
+    launcher = Launcher(_kernel)
+    with LaunchRecorder() as recorder:
+        launcher[(1,)](torch.zeros(4), None, 1, 1.0, True, None)
+        launcher[(1,)](torch.zeros(4), None, 1, 1.0, True, None)
+    assert len(recorder.launches) == 2
+    assert not launcher._entries
