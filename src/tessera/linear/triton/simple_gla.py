@@ -240,6 +240,10 @@ def _chunk_output_kernel(q, k, v, gc, h, o, cu_seqlens, chunk_indices, scale, T,
     v0 = i_v * BV
     row0 = i_t * BT
 
+    if USE_G:
+        # Loaded before the key loop (into registers), so that its latency overlaps the loop's. ``v`` is
+        # loaded after it: its copy to shared memory would wait for it before the loop's first loads.
+        b_b, _ = _gate_local(gc, bos, seq_len, i_h, H, row0, BT)
     b_o = tl.zeros([BT, BV], dtype=tl.float32)
     b_A = tl.zeros([BT, BT], dtype=tl.float32)
     for i_k in range(0, tl.cdiv(K, BK)):
@@ -254,7 +258,6 @@ def _chunk_output_kernel(q, k, v, gc, h, o, cu_seqlens, chunk_indices, scale, T,
     o_t = tl.arange(0, BT)
     causal = o_t[:, None] >= o_t[None, :]
     if USE_G:
-        b_b, _ = _gate_local(gc, bos, seq_len, i_h, H, row0, BT)
         b_o *= tl.exp(b_b)[:, None]
         b_A = tl.where(causal, b_A * _pair_decay(b_b), 0.)
     else:
