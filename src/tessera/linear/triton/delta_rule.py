@@ -29,8 +29,9 @@ import triton
 import triton.language as tl
 
 from . import tuning
-from .simple_gla import (_INTERPRETING, CHUNK, _block, _chunk_rows, _dot, _gate_local, _rows, _rows_t, _state,
-                         _state_dtype, chunk_dv, chunk_local_cumsum, chunk_output, packed_chunks)
+from .simple_gla import (_INTERPRETING, CHUNK, _block, _chunk_coords, _chunk_rows, _dot, _gate_local, _pair_decay,
+                         _rows, _rows_t, _seq_coords, _state, _state_dtype, chunk_dv, chunk_local_cumsum, chunk_output,
+                         packed_chunks)
 
 
 @triton.jit
@@ -53,7 +54,7 @@ def _decay(b_b, o_t, INCLUSIVE: tl.constexpr):
         keep = o_t[:, None] >= o_t[None, :]
     else:
         keep = o_t[:, None] > o_t[None, :]
-    return tl.exp(tl.where(keep, b_b[:, None] - b_b[None, :], float("-inf")))
+    return tl.where(keep, _pair_decay(b_b), 0.)
 
 
 @triton.jit
@@ -150,10 +151,11 @@ def _store_row_block(Tinv, bos, seq_len, i_h, H, BT: tl.constexpr, row0, B0, B1,
     tl.store(_rows(Tinv, bos, seq_len, i_h, H, BT, row0, 3 * BC, BC, BC), B3, boundary_check=(0, 1))
 
 
-@triton.jit
-def _delta_prepare_kernel(k, v, beta, gc, Tinv, w, u0, cu_seqlens, chunk_indices, H,
+@triton.jit(do_not_specialize=["T"])
+def _delta_prepare_kernel(k, v, beta, gc, Tinv, w, u0, cu_seqlens, chunk_indices, T, H,
                           K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                          BV: tl.constexpr, USE_G: tl.constexpr, IEEE: tl.constexpr, WU: tl.constexpr):
+                          BV: tl.constexpr, USE_G: tl.constexpr, IEEE: tl.constexpr, WU: tl.constexpr,
+                          VARLEN: tl.constexpr):
     """``T = (I + M)^-1`` (stored float32, one row per token) and, if ``WU``, ``W = T (beta exp(b) k)``,
     ``U = T (beta v)`` (else ``_delta_wu_kernel`` computes them).
 
@@ -165,7 +167,7 @@ def _delta_prepare_kernel(k, v, beta, gc, Tinv, w, u0, cu_seqlens, chunk_indices
     o_t = tl.arange(0, BT)
     i_c = tl.program_id(0)
     i_h = tl.program_id(1)
-    bos, seq_len, i_t = _chunk_rows(cu_seqlens, chunk_indices, i_c)
+    bos, seq_len, i_t = _chunk_coords(cu_seqlens, chunk_indices, i_c, T, BT, VARLEN)
     row0 = i_t * BT
 
     b_k = _sub_rows(k, bos, seq_len, i_h, H, K, row0, BT, BK)
@@ -223,15 +225,15 @@ def _store_scaled_products(b_Tc, x, y, b_s, bos, seq_len, i_h, H, row0, D: tl.co
                  _dot(b_Tc, b_xs, IEEE).to(y.dtype.element_ty), boundary_check=(0, 1))
 
 
-@triton.jit
-def _delta_wu_kernel(k, v, beta, gc, Tinv, w, u0, cu_seqlens, chunk_indices, H,
+@triton.jit(do_not_specialize=["T"])
+def _delta_wu_kernel(k, v, beta, gc, Tinv, w, u0, cu_seqlens, chunk_indices, T, H,
                      K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                     USE_G: tl.constexpr, IEEE: tl.constexpr):
+                     USE_G: tl.constexpr, IEEE: tl.constexpr, VARLEN: tl.constexpr):
     """``W = T (beta exp(b) k)`` and ``U = T (beta v)`` of one chunk and head from the stored ``T`` (the second
     half of a split prepare: ``_delta_prepare_kernel`` with ``WU=False`` stores ``T``)."""
     i_c = tl.program_id(0)
     i_h = tl.program_id(1)
-    bos, seq_len, i_t = _chunk_rows(cu_seqlens, chunk_indices, i_c)
+    bos, seq_len, i_t = _chunk_coords(cu_seqlens, chunk_indices, i_c, T, BT, VARLEN)
     row0 = i_t * BT
     b_beta = _per_token(beta, bos, seq_len, i_h, H, row0, BT)
     b_Tc = tl.load(_rows(Tinv, bos, seq_len, i_h, H, BT, row0, 0, BT, BT), boundary_check=(0, 1),
@@ -268,18 +270,16 @@ def _delta_state_step(k, w, u0, u, gc, h, b_h, i_t, bos, seq_len, first_chunk, i
     return b_h
 
 
-@triton.jit
-def _delta_states_kernel(k, w, u0, u, gc, h, h0, ht, cu_seqlens, chunk_offsets, H,
+@triton.jit(do_not_specialize=["T"])
+def _delta_states_kernel(k, w, u0, u, gc, h, h0, ht, cu_seqlens, chunk_offsets, T, H,
                          K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                          USE_G: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IEEE: tl.constexpr,
-                         WHILE_LOOP: tl.constexpr):
+                         WHILE_LOOP: tl.constexpr, VARLEN: tl.constexpr):
     i_v = tl.program_id(0)
     i_nh = tl.program_id(1)
     i_n = i_nh // H
     i_h = i_nh % H
-    bos = tl.load(cu_seqlens + i_n)
-    seq_len = tl.load(cu_seqlens + i_n + 1) - bos
-    first_chunk = tl.load(chunk_offsets + i_n)
+    bos, seq_len, first_chunk = _seq_coords(cu_seqlens, chunk_offsets, i_n, T, BT, VARLEN)
     n_chunks = tl.cdiv(seq_len, BT)
     v0 = i_v * BV
     b_h = tl.zeros([BK, BV], dtype=tl.float32)
@@ -423,7 +423,7 @@ def _delta_dqk_kernel(q, k, u, gc, h, do, du, dh, hdh, dq, dk, dw, dg, cu_seqlen
     b_dA = b_dA * scale
     if USE_G:
         b_b, b_last = _gate_local(gc, bos, seq_len, i_h, H, row0, BT)
-        b_dA *= tl.exp(tl.where(causal, b_b[:, None] - b_b[None, :], float("-inf")))
+        b_dA *= _pair_decay(b_b)
         b_dq *= (tl.exp(b_b) * scale)[:, None]
         b_dk *= tl.exp(b_last - b_b)[:, None]
         writers_before = tl.sum(tl.sum(b_k.to(tl.float32) * b_dk, axis=1), axis=0)
@@ -549,9 +549,9 @@ def delta_prepare(k, v, beta, gc, packed):
         u0 = torch.empty_like(v)
         fused = cfg.block_v > 0
         _delta_prepare_kernel[(packed.num_chunks, H)](
-            k, v, beta, gc, Tinv, w, u0, packed.cu_seqlens, packed.chunk_indices, H,
+            k, v, beta, gc, Tinv, w, u0, packed.cu_seqlens, packed.chunk_indices, packed.T, H,
             K=K, V=V, BT=CHUNK, BK=_block(K, 256), BV=_block(V, cfg.block_v), USE_G=gc is not None,
-            IEEE=k.dtype == torch.float32, WU=fused, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            IEEE=k.dtype == torch.float32, WU=fused, VARLEN=packed.varlen, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         if not fused:
             w, u0 = delta_wu(k, v, beta, gc, Tinv, packed)
         return Tinv, w, u0
@@ -566,9 +566,9 @@ def delta_wu(k, v, beta, gc, Tinv, packed):
     def launch(cfg):
         w, u0 = torch.empty_like(k), torch.empty_like(v)
         _delta_wu_kernel[(packed.num_chunks, H)](
-            k, v, beta, gc, Tinv, w, u0, packed.cu_seqlens, packed.chunk_indices, H,
+            k, v, beta, gc, Tinv, w, u0, packed.cu_seqlens, packed.chunk_indices, packed.T, H,
             K=K, V=V, BT=CHUNK, BK=_block(K, cfg.block_k), BV=_block(V, cfg.block_v), USE_G=gc is not None,
-            IEEE=k.dtype == torch.float32, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            IEEE=k.dtype == torch.float32, VARLEN=packed.varlen, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         return w, u0
     return tuning.run("delta.wu", _key(k, v, gc is not None), launch)
 
@@ -586,10 +586,10 @@ def delta_states(k, w, u0, gc, initial_state, output_final_state, packed):
         u = torch.empty_like(u0)
         ht = torch.empty(N, H, K, V, dtype=torch.float32, device=k.device) if output_final_state else None
         _delta_states_kernel[(triton.cdiv(V, BV), N * H)](
-            k, w, u0, u, gc, h, initial_state, ht, packed.cu_seqlens, packed.chunk_offsets, H,
+            k, w, u0, u, gc, h, initial_state, ht, packed.cu_seqlens, packed.chunk_offsets, packed.T, H,
             K=K, V=V, BT=CHUNK, BK=_block(K, 256), BV=BV, USE_G=gc is not None, USE_H0=initial_state is not None,
             STORE_HT=output_final_state, IEEE=k.dtype == torch.float32, WHILE_LOOP=_INTERPRETING,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            VARLEN=packed.varlen, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         return h, u, ht
     return tuning.run("delta.state", _key(k, u0, gc is not None), launch)
 

@@ -75,6 +75,32 @@ def _chunk_rows(cu_seqlens, chunk_indices, i_c):
 
 
 @triton.jit
+def _chunk_coords(cu_seqlens, chunk_indices, i_c, T, BT: tl.constexpr, VARLEN: tl.constexpr):
+    """``_chunk_rows`` of packed chunk ``i_c``; without ``VARLEN`` every sequence has ``T`` tokens and
+    nothing is loaded (sequence ``i_c // cdiv(T, BT)``)."""
+    if VARLEN:
+        bos, seq_len, i_t = _chunk_rows(cu_seqlens, chunk_indices, i_c)
+    else:
+        per_seq = tl.cdiv(T, BT)
+        i_n = i_c // per_seq
+        bos, seq_len, i_t = i_n * T, T, i_c - i_n * per_seq
+    return bos, seq_len, i_t
+
+
+@triton.jit
+def _seq_coords(cu_seqlens, chunk_offsets, i_n, T, BT: tl.constexpr, VARLEN: tl.constexpr):
+    """``(bos, seq_len, first_chunk)`` of sequence ``i_n``: its first row, length and first global chunk
+    (computed from ``T`` without ``VARLEN``, as in ``_chunk_coords``)."""
+    if VARLEN:
+        bos = tl.load(cu_seqlens + i_n)
+        seq_len = tl.load(cu_seqlens + i_n + 1) - bos
+        first_chunk = tl.load(chunk_offsets + i_n)
+    else:
+        bos, seq_len, first_chunk = i_n * T, T, i_n * tl.cdiv(T, BT)
+    return bos, seq_len, first_chunk
+
+
+@triton.jit
 def _rows(x, bos, seq_len, i_h, H, D: tl.constexpr, row0, col0, BR: tl.constexpr, BD: tl.constexpr):
     """Block pointer to rows ``row0 : row0 + BR`` of one sequence, channels ``col0 : col0 + BD``, of ``x[TT, H, D]``."""
     return tl.make_block_ptr(x + (bos.to(tl.int64) * H + i_h) * D, (seq_len, D), (H * D, 1),
@@ -112,12 +138,13 @@ def _state(x, chunk, i_h, H, K: tl.constexpr, V: tl.constexpr, k0, v0, BK: tl.co
     return tl.make_block_ptr(x + (chunk.to(tl.int64) * H + i_h) * K * V, (K, V), (V, 1), (k0, v0), (BK, BV), (1, 0))
 
 
-@triton.jit
-def _chunk_cumsum_kernel(g, gc, cu_seqlens, chunk_indices, H, BT: tl.constexpr, BH: tl.constexpr):
+@triton.jit(do_not_specialize=["T"])
+def _chunk_cumsum_kernel(g, gc, cu_seqlens, chunk_indices, T, H, BT: tl.constexpr, BH: tl.constexpr,
+                         VARLEN: tl.constexpr):
     """``gc[t, h]``: cumulative sum of the float32 log-decay ``g[TT, H]`` over the tokens of ``t``'s
     chunk up to ``t``; one program per chunk, all heads."""
     i_c = tl.program_id(0)
-    bos, seq_len, i_t = _chunk_rows(cu_seqlens, chunk_indices, i_c)
+    bos, seq_len, i_t = _chunk_coords(cu_seqlens, chunk_indices, i_c, T, BT, VARLEN)
     o_t = i_t * BT + tl.arange(0, BT)
     o_h = tl.arange(0, BH)
     offs = (bos + o_t).to(tl.int64)[:, None] * H + o_h[None, :]
@@ -138,6 +165,18 @@ def _gate_local(gc, bos, seq_len, i_h, H, row0, BT: tl.constexpr):
 
 
 @triton.jit
+def _pair_decay(b_b, TRANS: tl.constexpr = False):
+    """``exp(b_i - b_j)`` ``[BT, BT]`` (``exp(b_j - b_i)`` with ``TRANS``) for the ``[BT]`` log-decay ``b``, over
+    every pair (callers keep the pairs that cannot overflow), as ``exp2`` of differences of ``b / ln 2``: one
+    multiply per row instead of one per pair."""
+    b_b2 = b_b * 1.4426950408889634
+    if TRANS:
+        return tl.exp2(b_b2[None, :] - b_b2[:, None])
+    else:
+        return tl.exp2(b_b2[:, None] - b_b2[None, :])
+
+
+@triton.jit
 def _state_step(k, v, gc, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, k0, v0,
                 K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                 USE_G: tl.constexpr, IEEE: tl.constexpr):
@@ -154,20 +193,19 @@ def _state_step(k, v, gc, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, k0, v0
     return b_h
 
 
-@triton.jit
-def _chunk_states_kernel(k, v, gc, h, h0, ht, cu_seqlens, chunk_offsets, H: tl.constexpr,
+@triton.jit(do_not_specialize=["T"])
+def _chunk_states_kernel(k, v, gc, h, h0, ht, cu_seqlens, chunk_offsets, T, H: tl.constexpr,
                          K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                          BV: tl.constexpr, USE_G: tl.constexpr, USE_H0: tl.constexpr,
-                         STORE_HT: tl.constexpr, IEEE: tl.constexpr, WHILE_LOOP: tl.constexpr):
+                         STORE_HT: tl.constexpr, IEEE: tl.constexpr, WHILE_LOOP: tl.constexpr,
+                         VARLEN: tl.constexpr):
     """Store the state entering every chunk (``h[chunk, head]``) and optionally the final state."""
     i_k = tl.program_id(0)
     i_v = tl.program_id(1)
     i_nh = tl.program_id(2)
     i_n = i_nh // H
     i_h = i_nh % H
-    bos = tl.load(cu_seqlens + i_n)
-    seq_len = tl.load(cu_seqlens + i_n + 1) - bos
-    first_chunk = tl.load(chunk_offsets + i_n)
+    bos, seq_len, first_chunk = _seq_coords(cu_seqlens, chunk_offsets, i_n, T, BT, VARLEN)
     n_chunks = tl.cdiv(seq_len, BT)
     k0 = i_k * BK
     v0 = i_v * BV
@@ -190,18 +228,22 @@ def _chunk_states_kernel(k, v, gc, h, h0, ht, cu_seqlens, chunk_offsets, H: tl.c
         tl.store(_state(ht, i_n, i_h, H, K, V, k0, v0, BK, BV), b_h, boundary_check=(0, 1))
 
 
-@triton.jit
-def _chunk_output_kernel(q, k, v, gc, h, o, cu_seqlens, chunk_indices, scale, H: tl.constexpr,
+@triton.jit(do_not_specialize=["T"])
+def _chunk_output_kernel(q, k, v, gc, h, o, cu_seqlens, chunk_indices, scale, T, H: tl.constexpr,
                          K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                         BV: tl.constexpr, USE_G: tl.constexpr, IEEE: tl.constexpr):
+                         BV: tl.constexpr, USE_G: tl.constexpr, IEEE: tl.constexpr, VARLEN: tl.constexpr):
     """``o`` of one chunk, one head, one block of value channels."""
     i_v = tl.program_id(0)
     i_c = tl.program_id(1)
     i_h = tl.program_id(2)
-    bos, seq_len, i_t = _chunk_rows(cu_seqlens, chunk_indices, i_c)
+    bos, seq_len, i_t = _chunk_coords(cu_seqlens, chunk_indices, i_c, T, BT, VARLEN)
     v0 = i_v * BV
     row0 = i_t * BT
 
+    if USE_G:
+        # Loaded before the key loop (into registers), so that its latency overlaps the loop's. ``v`` is
+        # loaded after it: its copy to shared memory would wait for it before the loop's first loads.
+        b_b, _ = _gate_local(gc, bos, seq_len, i_h, H, row0, BT)
     b_o = tl.zeros([BT, BV], dtype=tl.float32)
     b_A = tl.zeros([BT, BT], dtype=tl.float32)
     for i_k in range(0, tl.cdiv(K, BK)):
@@ -216,10 +258,10 @@ def _chunk_output_kernel(q, k, v, gc, h, o, cu_seqlens, chunk_indices, scale, H:
     o_t = tl.arange(0, BT)
     causal = o_t[:, None] >= o_t[None, :]
     if USE_G:
-        b_b, _ = _gate_local(gc, bos, seq_len, i_h, H, row0, BT)
         b_o *= tl.exp(b_b)[:, None]
-        b_A *= tl.exp(tl.where(causal, b_b[:, None] - b_b[None, :], float("-inf")))
-    b_A = tl.where(causal, b_A, 0.)
+        b_A = tl.where(causal, b_A * _pair_decay(b_b), 0.)
+    else:
+        b_A = tl.where(causal, b_A, 0.)
     b_v = tl.load(_rows(v, bos, seq_len, i_h, H, V, row0, v0, BT, BV), boundary_check=(0, 1), padding_option="zero")
     # Added, not accumulated in one dot: as the dot's accumulator, ``b_o`` would take another layout than
     # the key loop's product and be converted through shared memory when that loop has one block.
@@ -252,21 +294,19 @@ def _state_grad_step(q, do, gc, h, dh, hdh, b_dh, i_t, bos, seq_len, first_chunk
     return b_dh
 
 
-@triton.jit
-def _chunk_state_grads_kernel(q, do, gc, h, dh, hdh, dht, dh0, cu_seqlens, chunk_offsets, scale, H: tl.constexpr,
+@triton.jit(do_not_specialize=["T"])
+def _chunk_state_grads_kernel(q, do, gc, h, dh, hdh, dht, dh0, cu_seqlens, chunk_offsets, scale, T, H: tl.constexpr,
                               K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                               BV: tl.constexpr, NKV: tl.constexpr, USE_G: tl.constexpr, USE_DHT: tl.constexpr,
                               STORE_DH0: tl.constexpr, IEEE: tl.constexpr, WHILE_LOOP: tl.constexpr,
-                              STORE_HDH: tl.constexpr = True):
+                              STORE_HDH: tl.constexpr = True, VARLEN: tl.constexpr = True):
     """Store the gradient of the state leaving every chunk (``dh[chunk, head]``), walking backwards."""
     i_k = tl.program_id(0)
     i_v = tl.program_id(1)
     i_nh = tl.program_id(2)
     i_n = i_nh // H
     i_h = i_nh % H
-    bos = tl.load(cu_seqlens + i_n)
-    seq_len = tl.load(cu_seqlens + i_n + 1) - bos
-    first_chunk = tl.load(chunk_offsets + i_n)
+    bos, seq_len, first_chunk = _seq_coords(cu_seqlens, chunk_offsets, i_n, T, BT, VARLEN)
     n_chunks = tl.cdiv(seq_len, BT)
     k0 = i_k * BK
     v0 = i_v * BV
@@ -290,16 +330,17 @@ def _chunk_state_grads_kernel(q, do, gc, h, dh, hdh, dht, dh0, cu_seqlens, chunk
         tl.store(_state(dh0, i_n, i_h, H, K, V, k0, v0, BK, BV), b_dh, boundary_check=(0, 1))
 
 
-@triton.jit
-def _chunk_dv_kernel(q, k, gc, do, dh, dv, cu_seqlens, chunk_indices, scale, H: tl.constexpr,
+@triton.jit(do_not_specialize=["T"])
+def _chunk_dv_kernel(q, k, gc, do, dh, dv, cu_seqlens, chunk_indices, scale, T, H: tl.constexpr,
                      K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                     USE_G: tl.constexpr, IEEE: tl.constexpr, USE_DH: tl.constexpr = True):
+                     USE_G: tl.constexpr, IEEE: tl.constexpr, USE_DH: tl.constexpr = True,
+                     VARLEN: tl.constexpr = True):
     """``dv = A^T @ do + (exp(b_C - b) * k) @ dS'`` of one chunk, head and block of value channels
     (only ``A^T @ do`` without ``USE_DH``)."""
     i_v = tl.program_id(0)
     i_c = tl.program_id(1)
     i_h = tl.program_id(2)
-    bos, seq_len, i_t = _chunk_rows(cu_seqlens, chunk_indices, i_c)
+    bos, seq_len, i_t = _chunk_coords(cu_seqlens, chunk_indices, i_c, T, BT, VARLEN)
     v0 = i_v * BV
     row0 = i_t * BT
 
@@ -320,9 +361,10 @@ def _chunk_dv_kernel(q, k, gc, do, dh, dv, cu_seqlens, chunk_indices, scale, H: 
     b_At *= scale
     if USE_G:
         b_b, b_last = _gate_local(gc, bos, seq_len, i_h, H, row0, BT)
-        b_At *= tl.exp(tl.where(anticausal, b_b[None, :] - b_b[:, None], float("-inf")))
+        b_At = tl.where(anticausal, b_At * _pair_decay(b_b, TRANS=True), 0.)
         b_dv *= tl.exp(b_last - b_b)[:, None]
-    b_At = tl.where(anticausal, b_At, 0.)
+    else:
+        b_At = tl.where(anticausal, b_At, 0.)
     b_do = tl.load(_rows(do, bos, seq_len, i_h, H, V, row0, v0, BT, BV), boundary_check=(0, 1),
                    padding_option="zero")
     b_dv += _dot(b_At.to(b_do.dtype), b_do, IEEE)
@@ -358,10 +400,11 @@ def _dqk_partials(v, do, h, dh, bos, seq_len, i_c, i_h, H, row0, k0, K: tl.const
     return b_dq, b_dk, b_dA, b_hdh
 
 
-@triton.jit
-def _chunk_dqk_kernel(q, k, v, gc, h, do, dh, hdh, dq, dk, dg, cu_seqlens, chunk_indices, scale, TT,
+@triton.jit(do_not_specialize=["T"])
+def _chunk_dqk_kernel(q, k, v, gc, h, do, dh, hdh, dq, dk, dg, cu_seqlens, chunk_indices, scale, TT, T,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                      BV: tl.constexpr, USE_G: tl.constexpr, IEEE: tl.constexpr, STATE_DOT: tl.constexpr = False):
+                      BV: tl.constexpr, USE_G: tl.constexpr, IEEE: tl.constexpr, STATE_DOT: tl.constexpr = False,
+                      VARLEN: tl.constexpr = True):
     """``dq``, ``dk`` of one chunk, head and block of key channels, and that block's share of ``dg``.
 
     ``<S, dS'>`` of the gate gradient: summed here over the block's key channels from ``h`` and ``dh``
@@ -369,7 +412,7 @@ def _chunk_dqk_kernel(q, k, v, gc, h, do, dh, hdh, dq, dk, dg, cu_seqlens, chunk
     i_k = tl.program_id(0)
     i_c = tl.program_id(1)
     i_h = tl.program_id(2)
-    bos, seq_len, i_t = _chunk_rows(cu_seqlens, chunk_indices, i_c)
+    bos, seq_len, i_t = _chunk_coords(cu_seqlens, chunk_indices, i_c, T, BT, VARLEN)
     k0 = i_k * BK
     row0 = i_t * BT
 
@@ -383,12 +426,12 @@ def _chunk_dqk_kernel(q, k, v, gc, h, do, dh, hdh, dq, dk, dg, cu_seqlens, chunk
     b_dA = b_dA * scale
     if USE_G:
         b_b, b_last = _gate_local(gc, bos, seq_len, i_h, H, row0, BT)
-        b_dA *= tl.exp(tl.where(causal, b_b[:, None] - b_b[None, :], float("-inf")))
+        b_dA = tl.where(causal, b_dA * _pair_decay(b_b), 0.)
         b_dq *= (tl.exp(b_b) * scale)[:, None]
         b_dk *= tl.exp(b_last - b_b)[:, None]
     else:
         b_dq *= scale
-    b_dA = tl.where(causal, b_dA, 0.)
+        b_dA = tl.where(causal, b_dA, 0.)
     if USE_G:
         writers_before = tl.sum(b_k.to(tl.float32) * b_dk)
     b_dAc = b_dA.to(b_q.dtype)
@@ -415,14 +458,21 @@ class PackedChunks:
     sequence), ``chunk_indices`` (int32 ``[NT, 2]``: sequence and local index of each global chunk).
     Build it with ``packed_chunks``: equal-length batches are built on the device without a host sync
     and cached; packed varlen sequences read their lengths on the host once.
+
+    ``length``: the common length of equal-length batches (None for packed varlen sequences). Kernels get it
+    as ``T`` with ``VARLEN = False`` and compute a chunk's sequence and rows from it instead of loading them
+    (``varlen`` True, ``T`` 0 otherwise).
     """
 
-    def __init__(self, cu_seqlens: torch.Tensor, chunk_offsets: torch.Tensor, chunk_indices: torch.Tensor):
+    def __init__(self, cu_seqlens: torch.Tensor, chunk_offsets: torch.Tensor, chunk_indices: torch.Tensor,
+                 length: Optional[int] = None):
         self.cu_seqlens = cu_seqlens
         self.chunk_offsets = chunk_offsets
         self.chunk_indices = chunk_indices
         self.num_sequences = cu_seqlens.numel() - 1
         self.num_chunks = chunk_indices.shape[0]
+        self.varlen = length is None
+        self.T = 0 if length is None else length
 
 
 _EQUAL_LENGTH_CACHE: dict = {}
@@ -440,7 +490,7 @@ def packed_chunks(batch: int, length: int, chunk: int, device: torch.device,
             steps = torch.arange(batch + 1, dtype=torch.int32, device=device)
             ids = torch.arange(batch * per_seq, dtype=torch.int32, device=device)
             indices = torch.stack([ids // per_seq, ids % per_seq], dim=1).contiguous()
-            _EQUAL_LENGTH_CACHE[key] = PackedChunks(steps * length, steps * per_seq, indices)
+            _EQUAL_LENGTH_CACHE[key] = PackedChunks(steps * length, steps * per_seq, indices, length)
         return _EQUAL_LENGTH_CACHE[key]
     cu = cu_seqlens.to(device=device, dtype=torch.int32)
     counts = [triton.cdiv(int(n), chunk) for n in (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()]
@@ -471,8 +521,9 @@ def chunk_local_cumsum(g: torch.Tensor, packed: PackedChunks) -> torch.Tensor:
     TT, H = g.shape
     gc = torch.empty(TT, H, dtype=torch.float32, device=g.device)
     if packed.num_chunks:
-        _chunk_cumsum_kernel[(packed.num_chunks,)](g, gc, packed.cu_seqlens, packed.chunk_indices, H,
-                                                   BT=CHUNK, BH=max(2, triton.next_power_of_2(H)), num_warps=4)
+        _chunk_cumsum_kernel[(packed.num_chunks,)](g, gc, packed.cu_seqlens, packed.chunk_indices, packed.T, H,
+                                                   BT=CHUNK, BH=max(2, triton.next_power_of_2(H)),
+                                                   VARLEN=packed.varlen, num_warps=4)
     return gc
 
 
@@ -488,10 +539,10 @@ def chunk_states(k, v, gc, initial_state, output_final_state, packed: PackedChun
         h = torch.empty(packed.num_chunks, H, K, V, dtype=_state_dtype(k.dtype), device=k.device)
         ht = torch.empty(N, H, K, V, dtype=torch.float32, device=k.device) if output_final_state else None
         _chunk_states_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
-            k, v, gc, h, initial_state, ht, packed.cu_seqlens, packed.chunk_offsets, H,
+            k, v, gc, h, initial_state, ht, packed.cu_seqlens, packed.chunk_offsets, packed.T, H,
             K=K, V=V, BT=CHUNK, BK=BK, BV=BV, USE_G=gc is not None, USE_H0=initial_state is not None,
             STORE_HT=output_final_state, IEEE=k.dtype == torch.float32, WHILE_LOOP=_INTERPRETING,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            VARLEN=packed.varlen, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         return h, ht
     return tuning.run(kernel, _key(k, v, gc is not None), launch)
 
@@ -505,8 +556,9 @@ def chunk_output(q, k, v, gc, h, scale, packed: PackedChunks, kernel="simple_gla
         BK, BV = _block(K, cfg.block_k), _block(V, cfg.block_v)
         o = torch.empty(TT, H, V, dtype=q.dtype, device=q.device)
         _chunk_output_kernel[(triton.cdiv(V, BV), packed.num_chunks, H)](
-            q, k, v, gc, h, o, packed.cu_seqlens, packed.chunk_indices, scale, H,
+            q, k, v, gc, h, o, packed.cu_seqlens, packed.chunk_indices, scale, packed.T, H,
             K=K, V=V, BT=CHUNK, BK=BK, BV=BV, USE_G=gc is not None, IEEE=q.dtype == torch.float32,
+            VARLEN=packed.varlen,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         return o
     return tuning.run(kernel, _key(q, v, gc is not None), launch)
@@ -527,9 +579,10 @@ def chunk_state_grads(q, do, gc, h, dht, scale, need_dh0: bool, packed: PackedCh
         dh0 = torch.empty(N, H, K, V, dtype=torch.float32, device=q.device) if need_dh0 else None
         hdh = torch.empty(packed.num_chunks, H, NKV, dtype=torch.float32, device=q.device) if store_hdh else None
         _chunk_state_grads_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
-            q, do, gc, h, dh, hdh, dht, dh0, packed.cu_seqlens, packed.chunk_offsets, scale, H,
+            q, do, gc, h, dh, hdh, dht, dh0, packed.cu_seqlens, packed.chunk_offsets, scale, packed.T, H,
             K=K, V=V, BT=CHUNK, BK=BK, BV=BV, NKV=NKV, USE_G=gc is not None, USE_DHT=dht is not None,
             STORE_DH0=need_dh0, IEEE=q.dtype == torch.float32, WHILE_LOOP=_INTERPRETING, STORE_HDH=store_hdh,
+            VARLEN=packed.varlen,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         return dh, dh0, hdh
     dh, dh0, hdh = tuning.run("simple_gla.state_grad", _key(q, do, gc is not None) + (store_hdh,), launch)
@@ -548,9 +601,9 @@ def chunk_dv(q, k, gc, do, dh, scale, packed: PackedChunks, kernel="simple_gla.d
         BK, BV = _block(K, cfg.block_k), _block(V, cfg.block_v)
         dv = torch.empty(TT, H, V, dtype=out_dtype or do.dtype, device=q.device)
         _chunk_dv_kernel[(triton.cdiv(V, BV), packed.num_chunks, H)](
-            q, k, gc, do, dh, dv, packed.cu_seqlens, packed.chunk_indices, scale, H,
+            q, k, gc, do, dh, dv, packed.cu_seqlens, packed.chunk_indices, scale, packed.T, H,
             K=K, V=V, BT=CHUNK, BK=BK, BV=BV, USE_G=gc is not None, IEEE=q.dtype == torch.float32,
-            USE_DH=dh is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            USE_DH=dh is not None, VARLEN=packed.varlen, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         return dv
     return tuning.run(kernel, _key(q, do, gc is not None), launch)
 
@@ -570,9 +623,10 @@ def chunk_dqk(q, k, v, gc, h, do, dh, hdh, scale, packed: PackedChunks, kernel="
         dk = torch.empty(TT, H, K, dtype=dk_dtype or k.dtype, device=k.device)
         dg_parts = torch.empty(NK, TT, H, dtype=torch.float32, device=q.device) if gc is not None else None
         _chunk_dqk_kernel[(NK, packed.num_chunks, H)](
-            q, k, v, gc, h, do, dh, hdh, dq, dk, dg_parts, packed.cu_seqlens, packed.chunk_indices, scale, TT, H,
+            q, k, v, gc, h, do, dh, hdh, dq, dk, dg_parts, packed.cu_seqlens, packed.chunk_indices, scale, TT,
+            packed.T, H,
             K=K, V=V, BT=CHUNK, BK=BK, BV=BV, USE_G=gc is not None, IEEE=q.dtype == torch.float32,
-            STATE_DOT=state_dot, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            STATE_DOT=state_dot, VARLEN=packed.varlen, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         return dq, dk, dg_parts
     dq, dk, dg_parts = tuning.run(kernel, _key(q, v, gc is not None) + (state_dot,), launch)
     if dg_parts is None:

@@ -50,6 +50,10 @@ _STATE = (C(64, 32, 4, 3), C(64, 64, 4, 3), C(32, 32, 2, 3), C(32, 32, 1, 3), C(
 # recurrence's loop body by 10-15% against 3; fla 0.6 picks among all of BK, BV in {32, 64}, 1-8 warps,
 # 2-4 stages and was 13% faster than the best of _STATE on an H100).
 _SIMPLE_STATE = _STATE + (C(64, 32, 4, 2), C(64, 32, 2, 2), C(32, 64, 2, 2), C(64, 64, 4, 2))
+# Simple GLA's forward state pass: also the 8-warp, 2-stage and 4-stage shapes of fla's search space that the
+# list above lacks (sm_90 loop bodies: 64 x 32 at 8 warps 2 stages is the shortest, 4 stages deepen the
+# prefetch of k, v and the gate).
+_SIMPLE_STATE_FWD = _SIMPLE_STATE + (C(64, 32, 8, 2), C(32, 32, 4, 2), C(64, 32, 4, 4), C(32, 64, 4, 4))
 # The delta-rule state pass keeps the whole key dimension in one block (block_k unused).
 _DELTA_STATE = (C(0, 32, 8, 2), C(0, 32, 4, 3), C(0, 64, 4, 3), C(0, 32, 2, 3), C(0, 16, 4, 3), C(0, 32, 4, 2))
 
@@ -60,7 +64,7 @@ _DELTA_STATE = (C(0, 32, 8, 2), C(0, 32, 4, 3), C(0, 64, 4, 3), C(0, 32, 2, 3), 
 # chunk instead of once per block; single-block dv / dqk tiles at 8 warps would convert their
 # accumulators between layouts (or spill), so those run at 4 warps or with a value loop.
 CANDIDATES: dict[str, tuple[LaunchConfig, ...]] = {
-    "simple_gla.state": _SIMPLE_STATE,
+    "simple_gla.state": _SIMPLE_STATE_FWD,
     "simple_gla.output": (C(64, 128, 8, 2), C(128, 128, 8, 3), C(64, 64, 4, 3), C(32, 32, 2, 3), C(64, 128, 8, 3)),
     "simple_gla.state_grad": _SIMPLE_STATE,
     "simple_gla.dv": (C(64, 64, 8, 3), C(64, 64, 4, 3), C(64, 128, 8, 3), C(128, 128, 4, 3), C(64, 128, 4, 3)),
