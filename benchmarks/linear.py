@@ -197,6 +197,7 @@ def main():
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--T", type=int, nargs="+", default=[4096, 16384, 65536])
     p.add_argument("--ops", nargs="+", default=["simple_gla", "lightning", "gla", "delta_rule", "gated_delta_rule"])
+    p.add_argument("--directions", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
     p.add_argument("--sweep", action="store_true")
     p.add_argument("--sweep-only", action="store_true", help="only the launch-setting sweep and simple_gla at T=16384")
     p.add_argument("--dry-run", action="store_true", help="CPU, plain timer: checks the script, not the kernels")
@@ -217,7 +218,7 @@ def main():
         args.ops, args.T = ["simple_gla", "lightning"], [16384]
     cases = [(op, T) for op in args.ops for T in args.T] + [("sdpa", T) for T in args.T]
     for op, T in cases:
-        for direction in ("fwd", "fwd+bwd"):
+        for direction in args.directions:
             start = len(records)
             if op == "sdpa":
                 measure("sdpa-cudnn", sdpa_fn(), "sdpa", T, direction, records, f"sdpa_causal/B{B}-H{H}-D{D}-T{T}")

@@ -68,6 +68,16 @@ class _Entry:
 class Launcher:
     """``kernel[grid]`` with a per-key cache of compiled kernels (module docstring)."""
 
+    _shared: dict = {}
+
+    @classmethod
+    def of(cls, kernel) -> "Launcher":
+        """The one ``Launcher`` of ``kernel`` (created on first use)."""
+        launcher = cls._shared.get(kernel)
+        if launcher is None:
+            launcher = cls._shared[kernel] = cls(kernel)
+        return launcher
+
     def __init__(self, kernel):
         self.kernel = kernel
         self._direct: Optional[bool] = None

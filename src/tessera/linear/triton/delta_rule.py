@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ...kernels.triton.launcher import Launcher
 from . import tuning
 from .simple_gla import (_INTERPRETING, CHUNK, _block, _chunk_coords, _chunk_rows, _dot, _gate_local, _pair_decay,
                          _rows, _rows_t, _seq_coords, _state, _state_dtype, chunk_dv, chunk_local_cumsum, chunk_output,
@@ -548,7 +549,7 @@ def delta_prepare(k, v, beta, gc, packed):
         w = torch.empty_like(k)
         u0 = torch.empty_like(v)
         fused = cfg.block_v > 0
-        _delta_prepare_kernel[(packed.num_chunks, H)](
+        Launcher.of(_delta_prepare_kernel)[(packed.num_chunks, H)](
             k, v, beta, gc, Tinv, w, u0, packed.cu_seqlens, packed.chunk_indices, packed.T, H,
             K=K, V=V, BT=CHUNK, BK=_block(K, 256), BV=_block(V, cfg.block_v), USE_G=gc is not None,
             IEEE=k.dtype == torch.float32, WU=fused, VARLEN=packed.varlen, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
@@ -565,7 +566,7 @@ def delta_wu(k, v, beta, gc, Tinv, packed):
 
     def launch(cfg):
         w, u0 = torch.empty_like(k), torch.empty_like(v)
-        _delta_wu_kernel[(packed.num_chunks, H)](
+        Launcher.of(_delta_wu_kernel)[(packed.num_chunks, H)](
             k, v, beta, gc, Tinv, w, u0, packed.cu_seqlens, packed.chunk_indices, packed.T, H,
             K=K, V=V, BT=CHUNK, BK=_block(K, cfg.block_k), BV=_block(V, cfg.block_v), USE_G=gc is not None,
             IEEE=k.dtype == torch.float32, VARLEN=packed.varlen, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
@@ -585,7 +586,7 @@ def delta_states(k, w, u0, gc, initial_state, output_final_state, packed):
         h = torch.empty(packed.num_chunks, H, K, V, dtype=_state_dtype(k.dtype), device=k.device)
         u = torch.empty_like(u0)
         ht = torch.empty(N, H, K, V, dtype=torch.float32, device=k.device) if output_final_state else None
-        _delta_states_kernel[(triton.cdiv(V, BV), N * H)](
+        Launcher.of(_delta_states_kernel)[(triton.cdiv(V, BV), N * H)](
             k, w, u0, u, gc, h, initial_state, ht, packed.cu_seqlens, packed.chunk_offsets, packed.T, H,
             K=K, V=V, BT=CHUNK, BK=_block(K, 256), BV=BV, USE_G=gc is not None, USE_H0=initial_state is not None,
             STORE_HT=output_final_state, IEEE=k.dtype == torch.float32, WHILE_LOOP=_INTERPRETING,
@@ -620,7 +621,7 @@ def delta_state_grads(q, k, w, gc, do, h, du_attn, dht, scale, need_dh0, packed)
         du = torch.empty_like(do)
         hdh = torch.empty(packed.num_chunks, H, NV, dtype=torch.float32, device=q.device) if gc is not None else None
         dh0 = torch.empty(N, H, K, V, dtype=torch.float32, device=q.device) if need_dh0 else None
-        _delta_state_grads_kernel[(NV, N * H)](
+        Launcher.of(_delta_state_grads_kernel)[(NV, N * H)](
             q, k, w, gc, do, h, du_attn, du, dh, hdh, dht, dh0, packed.cu_seqlens, packed.chunk_offsets, scale, H,
             K=K, V=V, BT=CHUNK, BK=_block(K, 256), BV=BV, USE_G=gc is not None, USE_DHT=dht is not None,
             STORE_DH0=need_dh0, IEEE=q.dtype == torch.float32, WHILE_LOOP=_INTERPRETING,
@@ -642,7 +643,7 @@ def delta_dqk(q, k, u, gc, h, do, du, dh, hdh, scale, packed):
         NK = triton.cdiv(K, BK)
         dq, dk, dw = torch.empty_like(q), torch.empty_like(k), torch.empty_like(k)
         dg_parts = torch.empty(NK, TT, H, dtype=torch.float32, device=q.device) if gc is not None else None
-        _delta_dqk_kernel[(NK, packed.num_chunks, H)](
+        Launcher.of(_delta_dqk_kernel)[(NK, packed.num_chunks, H)](
             q, k, u, gc, h, do, du, dh, hdh, dq, dk, dw, dg_parts, packed.cu_seqlens, packed.chunk_indices, scale,
             H, TT, K=K, V=V, BT=CHUNK, BK=BK, BV=BV, USE_G=gc is not None, IEEE=q.dtype == torch.float32,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
@@ -661,7 +662,7 @@ def delta_wy_grads(k, v, beta, gc, Tinv, du, dw, dk_partial, dg_partial, packed)
         dk, dv = torch.empty_like(k), torch.empty_like(v)
         dbeta = torch.empty(TT, H, dtype=torch.float32, device=k.device)
         dg = torch.empty(TT, H, dtype=torch.float32, device=k.device) if gc is not None else None
-        _delta_wy_grads_kernel[(packed.num_chunks, H)](
+        Launcher.of(_delta_wy_grads_kernel)[(packed.num_chunks, H)](
             k, v, beta, gc, Tinv, du, dw, dk_partial, dg_partial, dk, dv, dbeta, dg,
             packed.cu_seqlens, packed.chunk_indices, H,
             K=K, V=V, BT=CHUNK, BK=_block(K, cfg.block_k), BV=_block(V, cfg.block_v), USE_G=gc is not None,

@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ...kernels.triton.launcher import Launcher
 from . import tuning
 from .simple_gla import (_INTERPRETING, CHUNK, PackedChunks, _block, _chunk_rows, _dot, _dqk_partials, _rows, _state,
                          _state_dtype, gated_chunk_function, packed_chunks)
@@ -288,7 +289,7 @@ def gla_local_cumsum(g: torch.Tensor, packed: PackedChunks) -> torch.Tensor:
     gc = torch.empty(TT, H, K, dtype=torch.float32, device=g.device)
     BK = _block(K, 64)
     if packed.num_chunks:
-        _gla_cumsum_kernel[(packed.num_chunks, H, triton.cdiv(K, BK))](
+        Launcher.of(_gla_cumsum_kernel)[(packed.num_chunks, H, triton.cdiv(K, BK))](
             g, gc, packed.cu_seqlens, packed.chunk_indices, H, K=K, BT=CHUNK, BK=BK, num_warps=4)
     return gc
 
@@ -303,7 +304,7 @@ def gla_states(k, v, gc, initial_state, output_final_state, packed: PackedChunks
         BK, BV = _block(K, cfg.block_k), _block(V, cfg.block_v)
         h = torch.empty(packed.num_chunks, H, K, V, dtype=_state_dtype(k.dtype), device=k.device)
         ht = torch.empty(N, H, K, V, dtype=torch.float32, device=k.device) if output_final_state else None
-        _gla_states_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
+        Launcher.of(_gla_states_kernel)[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
             k, v, gc, h, initial_state, ht, packed.cu_seqlens, packed.chunk_offsets, H,
             K=K, V=V, BT=CHUNK, BK=BK, BV=BV, USE_H0=initial_state is not None, STORE_HT=output_final_state,
             IEEE=k.dtype == torch.float32, WHILE_LOOP=_INTERPRETING, num_warps=cfg.num_warps,
@@ -320,7 +321,7 @@ def gla_output(q, k, v, gc, h, scale, packed: PackedChunks):
     def launch(cfg):
         BK, BV = _block(K, cfg.block_k), _block(V, cfg.block_v)
         o = torch.empty(TT, H, V, dtype=q.dtype, device=q.device)
-        _gla_output_kernel[(triton.cdiv(V, BV), packed.num_chunks, H)](
+        Launcher.of(_gla_output_kernel)[(triton.cdiv(V, BV), packed.num_chunks, H)](
             q, k, v, gc, h, o, packed.cu_seqlens, packed.chunk_indices, scale, H,
             K=K, V=V, BT=CHUNK, BK=BK, BV=BV, IEEE=q.dtype == torch.float32, WIDE=q.dtype == torch.float16,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
@@ -349,7 +350,7 @@ def gla_state_grads(q, do, gc, h, dht, scale, need_dh0: bool, packed: PackedChun
         dh = torch.empty(packed.num_chunks, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
         dh0 = torch.empty(N, H, K, V, dtype=torch.float32, device=q.device) if need_dh0 else None
         hdh = torch.empty(packed.num_chunks, H, NV, K, dtype=torch.float32, device=q.device)
-        _gla_state_grads_kernel[(triton.cdiv(K, BK), NV, N * H)](
+        Launcher.of(_gla_state_grads_kernel)[(triton.cdiv(K, BK), NV, N * H)](
             q, do, gc, h, dh, hdh, dht, dh0, packed.cu_seqlens, packed.chunk_offsets, scale, H,
             K=K, V=V, BT=CHUNK, BK=BK, BV=BV, USE_DHT=dht is not None, STORE_DH0=need_dh0,
             IEEE=q.dtype == torch.float32, WHILE_LOOP=_INTERPRETING, num_warps=cfg.num_warps,
@@ -367,7 +368,7 @@ def gla_dv(q, k, gc, do, dh, scale, packed: PackedChunks):
     def launch(cfg):
         BK, BV = _block(K, cfg.block_k), _block(V, cfg.block_v)
         dv = torch.empty(TT, H, V, dtype=do.dtype, device=q.device)
-        _gla_dv_kernel[(triton.cdiv(V, BV), packed.num_chunks, H)](
+        Launcher.of(_gla_dv_kernel)[(triton.cdiv(V, BV), packed.num_chunks, H)](
             q, k, gc, do, dh, dv, packed.cu_seqlens, packed.chunk_indices, scale, H,
             K=K, V=V, BT=CHUNK, BK=BK, BV=BV, IEEE=q.dtype == torch.float32, WIDE=q.dtype == torch.float16,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
@@ -384,7 +385,7 @@ def gla_dqk(q, k, v, gc, h, do, dh, hdh, scale, packed: PackedChunks):
         BK, BV = _block(K, cfg.block_k), _block(V, cfg.block_v)
         dq, dk = torch.empty_like(q), torch.empty_like(k)
         dg = torch.empty(TT, H, K, dtype=torch.float32, device=q.device)
-        _gla_dqk_kernel[(triton.cdiv(K, BK), packed.num_chunks, H)](
+        Launcher.of(_gla_dqk_kernel)[(triton.cdiv(K, BK), packed.num_chunks, H)](
             q, k, v, gc, h, do, dh, hdh, dq, dk, dg, packed.cu_seqlens, packed.chunk_indices, scale, H,
             K=K, V=V, BT=CHUNK, BK=BK, BV=BV, IEEE=q.dtype == torch.float32, WIDE=q.dtype == torch.float16,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)

@@ -40,6 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ...kernels.triton.launcher import Launcher
 from . import tuning
 
 # The interpreter cannot bound a ``for`` loop by a loaded scalar; compiled kernels keep ``for`` (pipelined).
@@ -521,9 +522,9 @@ def chunk_local_cumsum(g: torch.Tensor, packed: PackedChunks) -> torch.Tensor:
     TT, H = g.shape
     gc = torch.empty(TT, H, dtype=torch.float32, device=g.device)
     if packed.num_chunks:
-        _chunk_cumsum_kernel[(packed.num_chunks,)](g, gc, packed.cu_seqlens, packed.chunk_indices, packed.T, H,
-                                                   BT=CHUNK, BH=max(2, triton.next_power_of_2(H)),
-                                                   VARLEN=packed.varlen, num_warps=4)
+        Launcher.of(_chunk_cumsum_kernel)[(packed.num_chunks,)](
+            g, gc, packed.cu_seqlens, packed.chunk_indices, packed.T, H, BT=CHUNK,
+            BH=max(2, triton.next_power_of_2(H)), VARLEN=packed.varlen, num_warps=4)
     return gc
 
 
@@ -538,7 +539,7 @@ def chunk_states(k, v, gc, initial_state, output_final_state, packed: PackedChun
         BK, BV = _block(K, cfg.block_k), _block(V, cfg.block_v)
         h = torch.empty(packed.num_chunks, H, K, V, dtype=_state_dtype(k.dtype), device=k.device)
         ht = torch.empty(N, H, K, V, dtype=torch.float32, device=k.device) if output_final_state else None
-        _chunk_states_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
+        Launcher.of(_chunk_states_kernel)[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
             k, v, gc, h, initial_state, ht, packed.cu_seqlens, packed.chunk_offsets, packed.T, H,
             K=K, V=V, BT=CHUNK, BK=BK, BV=BV, USE_G=gc is not None, USE_H0=initial_state is not None,
             STORE_HT=output_final_state, IEEE=k.dtype == torch.float32, WHILE_LOOP=_INTERPRETING,
@@ -555,7 +556,7 @@ def chunk_output(q, k, v, gc, h, scale, packed: PackedChunks, kernel="simple_gla
     def launch(cfg):
         BK, BV = _block(K, cfg.block_k), _block(V, cfg.block_v)
         o = torch.empty(TT, H, V, dtype=q.dtype, device=q.device)
-        _chunk_output_kernel[(triton.cdiv(V, BV), packed.num_chunks, H)](
+        Launcher.of(_chunk_output_kernel)[(triton.cdiv(V, BV), packed.num_chunks, H)](
             q, k, v, gc, h, o, packed.cu_seqlens, packed.chunk_indices, scale, packed.T, H,
             K=K, V=V, BT=CHUNK, BK=BK, BV=BV, USE_G=gc is not None, IEEE=q.dtype == torch.float32,
             VARLEN=packed.varlen,
@@ -578,7 +579,7 @@ def chunk_state_grads(q, do, gc, h, dht, scale, need_dh0: bool, packed: PackedCh
         dh = torch.empty(packed.num_chunks, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
         dh0 = torch.empty(N, H, K, V, dtype=torch.float32, device=q.device) if need_dh0 else None
         hdh = torch.empty(packed.num_chunks, H, NKV, dtype=torch.float32, device=q.device) if store_hdh else None
-        _chunk_state_grads_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
+        Launcher.of(_chunk_state_grads_kernel)[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
             q, do, gc, h, dh, hdh, dht, dh0, packed.cu_seqlens, packed.chunk_offsets, scale, packed.T, H,
             K=K, V=V, BT=CHUNK, BK=BK, BV=BV, NKV=NKV, USE_G=gc is not None, USE_DHT=dht is not None,
             STORE_DH0=need_dh0, IEEE=q.dtype == torch.float32, WHILE_LOOP=_INTERPRETING, STORE_HDH=store_hdh,
@@ -600,7 +601,7 @@ def chunk_dv(q, k, gc, do, dh, scale, packed: PackedChunks, kernel="simple_gla.d
     def launch(cfg):
         BK, BV = _block(K, cfg.block_k), _block(V, cfg.block_v)
         dv = torch.empty(TT, H, V, dtype=out_dtype or do.dtype, device=q.device)
-        _chunk_dv_kernel[(triton.cdiv(V, BV), packed.num_chunks, H)](
+        Launcher.of(_chunk_dv_kernel)[(triton.cdiv(V, BV), packed.num_chunks, H)](
             q, k, gc, do, dh, dv, packed.cu_seqlens, packed.chunk_indices, scale, packed.T, H,
             K=K, V=V, BT=CHUNK, BK=BK, BV=BV, USE_G=gc is not None, IEEE=q.dtype == torch.float32,
             USE_DH=dh is not None, VARLEN=packed.varlen, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
@@ -622,7 +623,7 @@ def chunk_dqk(q, k, v, gc, h, do, dh, hdh, scale, packed: PackedChunks, kernel="
         dq = torch.empty_like(q)
         dk = torch.empty(TT, H, K, dtype=dk_dtype or k.dtype, device=k.device)
         dg_parts = torch.empty(NK, TT, H, dtype=torch.float32, device=q.device) if gc is not None else None
-        _chunk_dqk_kernel[(NK, packed.num_chunks, H)](
+        Launcher.of(_chunk_dqk_kernel)[(NK, packed.num_chunks, H)](
             q, k, v, gc, h, do, dh, hdh, dq, dk, dg_parts, packed.cu_seqlens, packed.chunk_indices, scale, TT,
             packed.T, H,
             K=K, V=V, BT=CHUNK, BK=BK, BV=BV, USE_G=gc is not None, IEEE=q.dtype == torch.float32,
