@@ -2,7 +2,7 @@
 # One call on the GPU machine: the GPU tests, then the side-by-side benchmarks. Logs and results
 # JSON land under $OUT (the device tool brings them back); copy the JSON into benchmarks/results/.
 #   bash benchmarks/gpu_run.sh [tests] [tests-quick] [streams-ab] [schedule-ab] [attention] [natten]
-#                              [natten-reorder] [host-overhead] [host-breakdown] [linear] [linear-final]
+#                              [natten-reorder] [host-overhead] [host-breakdown] [linear] [tests-linear] [linear-final]
 #                              [linear-delta] [kernel-next] [launch-cost]
 #   (linear, linear-final, linear-delta: carry .whl for fla)
 #   (default: tests attention natten linear)
@@ -47,15 +47,18 @@ for step in $steps; do
                       2>&1 | tee "$OUT/host-breakdown.log" || status=1 ;;
     launch-cost) timeout 120 python3 benchmarks/gpu_launch_cost.py --out "$OUT" \
                    2>&1 | tee "$OUT/launch-cost.log" || status=1 ;;
-    linear-final)
-      # The linear GPU tests (two processes: compiling dominates), then the acceptance ops at T = 16384.
+    tests-linear)
+      # The linear GPU tests in two processes (compiling dominates).
       timeout 280 python3 -m pytest -m gpu -q -p no:cacheprovider tests/linear -k delta \
         > "$OUT/gpu-tests-linear-delta.log" 2>&1 & delta_tests=$!
       timeout 280 python3 -m pytest -m gpu -q -p no:cacheprovider tests/linear -k "not delta" \
         > "$OUT/gpu-tests-linear-other.log" 2>&1 & other_tests=$!
       wait $delta_tests || status=1
       wait $other_tests || status=1
-      tail -n 2 "$OUT"/gpu-tests-linear-*.log
+      tail -n 2 "$OUT"/gpu-tests-linear-*.log ;;
+    linear-final)
+      # The linear GPU tests, then the acceptance ops at T = 16384.
+      bash "$0" tests-linear || status=1
       timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/linear.py --out "$OUT" --T 16384 \
         --ops delta_rule simple_gla gla --fla-unguarded 2>&1 | tee "$OUT/linear.log" || status=1 ;;
     linear-delta) timeout "${TESSERA_LINEAR_TIMEOUT:-240}" python3 benchmarks/gpu_linear_sweep.py --out "$OUT" \
@@ -64,7 +67,7 @@ for step in $steps; do
     kernel-next) bash benchmarks/gpu_kernel_next.sh 2>&1 | tee "$OUT/kernel-next.log" || status=1 ;;
     linear) timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/linear.py --out "$OUT" ${LINEAR_BENCH_ARGS:-} \
               2>&1 | tee "$OUT/linear.log" || status=1 ;;
-    *) echo "unknown step $step (tests, tests-quick, streams-ab, schedule-ab, attention, natten, natten-reorder, host-overhead, host-breakdown, linear, linear-final, linear-delta, kernel-next, launch-cost)"; status=2 ;;
+    *) echo "unknown step $step (tests, tests-quick, streams-ab, schedule-ab, attention, natten, natten-reorder, host-overhead, host-breakdown, linear, tests-linear, linear-final, linear-delta, kernel-next, launch-cost)"; status=2 ;;
   esac
 done
 exit $status
