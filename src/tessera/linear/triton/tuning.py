@@ -56,6 +56,9 @@ _SIMPLE_STATE = _STATE + (C(64, 32, 4, 2), C(64, 32, 2, 2), C(32, 64, 2, 2), C(6
 _SIMPLE_STATE_FWD = _SIMPLE_STATE + (C(64, 32, 8, 2), C(32, 32, 4, 2), C(64, 32, 4, 4), C(32, 64, 4, 4))
 # The delta-rule state pass keeps the whole key dimension in one block (block_k unused).
 _DELTA_STATE = (C(0, 32, 8, 2), C(0, 32, 4, 3), C(0, 64, 4, 3), C(0, 32, 2, 3), C(0, 16, 4, 3), C(0, 32, 4, 2))
+# Its forward: also the 4-stage and 2-warp shapes of fla's search space for chunk_gated_delta_rule_fwd_h
+# (BV 32 / 64, 2 or 4 warps, 2-4 stages) that the list above lacks; 4 stages won simple GLA's forward.
+_DELTA_STATE_FWD = _DELTA_STATE + (C(0, 32, 4, 4), C(0, 32, 2, 4), C(0, 64, 2, 3), C(0, 64, 4, 2))
 
 # The first candidates are the settings used before the timed choice; on an H200 (bf16, K = V = 128,
 # T = 16384, one change at a time) simple GLA's output block_v 128 (vs 64) cut fwd 13% and dv / dqk
@@ -79,8 +82,8 @@ CANDIDATES: dict[str, tuple[LaunchConfig, ...]] = {
     "delta.prepare": (C(0, 64, 8, 3), C(0, 64, 4, 3), C(0, 128, 8, 2), C(0, 64, 4, 2), C(0, 0, 4, 2), C(0, 0, 8, 2),
                       C(0, 0, 2, 2)),
     "delta.wu": (C(64, 64, 4, 3), C(64, 64, 8, 2), C(128, 128, 8, 2), C(64, 64, 2, 3)),
-    "delta.state": _DELTA_STATE,
-    "delta.output": (C(64, 64, 8, 3), C(128, 128, 8, 3), C(64, 128, 8, 2), C(32, 32, 2, 3)),
+    "delta.state": _DELTA_STATE_FWD,
+    "delta.output": (C(64, 64, 8, 3), C(128, 128, 8, 3), C(64, 128, 8, 2), C(32, 32, 2, 3), C(64, 128, 8, 3)),
     "delta.state_grad": (C(0, 32, 4, 2), C(0, 32, 4, 3), C(0, 64, 4, 3), C(0, 32, 2, 3), C(0, 64, 4, 2),
                          C(0, 32, 8, 2)),
     "delta.attn_dv": (C(128, 128, 4, 3), C(128, 128, 4, 2), C(128, 128, 8, 2), C(64, 64, 8, 3)),
