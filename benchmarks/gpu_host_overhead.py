@@ -26,7 +26,7 @@ import time
 import torch
 
 from tessera.bench.attention import _flex_fn, _Inputs, _measure, _tessera_fn, gpu_cases
-from tessera.bench.timing import cuda_kernel_ms, median_ms, warm_up_gpu
+from tessera.bench.timing import cuda_kernel_ms, host_seconds_per_call, warm_up_gpu
 
 
 def _fwd_bwd(fn, inp):
@@ -38,14 +38,7 @@ def _fwd_bwd(fn, inp):
 
 def _host_ms(step, calls: int = 20) -> float:
     """Host ms per call of ``step`` (after one untimed call: compiles and tuning stay out)."""
-    step()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
-        step()
-    host = (time.perf_counter() - start) * 1e3 / calls
-    torch.cuda.synchronize()
-    return host
+    return host_seconds_per_call(step, calls) * 1e3
 
 
 def _top_host_functions(step, calls: int = 20, top: int = 25) -> list[str]:

@@ -32,19 +32,12 @@ from triton.runtime.jit import JITFunction, compute_cache_key
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from tessera.bench.attention import _Inputs, _tessera_fn, gpu_cases
-from tessera.bench.timing import warm_up_gpu
+from tessera.bench.timing import host_seconds_per_call, warm_up_gpu
 from tessera.kernels.triton.launcher import Launcher, specialization_key
 
 
 def _us(fn, calls: int = 50) -> float:
-    fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    elapsed = (time.perf_counter() - start) * 1e6 / calls
-    torch.cuda.synchronize()
-    return round(elapsed, 2)
+    return round(host_seconds_per_call(fn, calls) * 1e6, 2)
 
 
 def _record(step):
@@ -108,8 +101,8 @@ def _segments(step) -> dict:
     from tessera.kernels.triton import backend, flash_bwd, flash_fwd, row_dot, streams
     targets = [(tessera, "attention"), (torch.autograd, "grad"), (backend.FlashAttention, "forward"),
                (backend.FlashAttention, "backward"), (backend, "_configs"), (backend, "_plan"),
-               (flash_fwd, "forward"), (flash_bwd, "backward"), (flash_bwd, "row_descriptors"),
-               (flash_fwd, "row_descriptors"), (row_dot, "row_dot"), (flash_bwd, "row_dot"),
+               (flash_fwd, "forward"), (flash_bwd, "backward"), (flash_bwd, "row_operands"),
+               (flash_fwd, "row_operands"), (row_dot, "row_dot"), (flash_bwd, "row_dot"),
                (streams, "fork"), (streams, "join"), (Launcher, "_launch"), (JITFunction, "run"),
                (torch, "empty"), (torch, "empty_like")]
     totals = {f"{getattr(owner, '__name__', owner)}.{name}": 0.0 for owner, name in targets}

@@ -25,6 +25,19 @@ def median_ms(fn: Callable[[], object], device: torch.device, warmup_ms: float =
     return _median_host_clock(fn, warmup_ms, rep_ms)
 
 
+def host_seconds_per_call(fn: Callable[[], object], calls: int = 20) -> float:
+    """Host seconds per call to queue ``fn()`` on a CUDA device: ``calls`` calls with no
+    synchronisation in between, after one untimed call (compiles and tuning stay out)."""
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = (time.perf_counter() - start) / calls
+    torch.cuda.synchronize()
+    return elapsed
+
+
 def warm_up_gpu(device: torch.device, seconds: float = 2.0) -> None:
     """Keep the GPU busy with bf16 matrix products for ``seconds`` before the first measurement,
     so that the first case of a run is not timed while clocks ramp up from idle (on the H200 the

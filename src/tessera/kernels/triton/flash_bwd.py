@@ -23,7 +23,7 @@ import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
 from . import streams
-from .flash_fwd import LOG2E, broadcast_strides, low_rank_args, rank_pad, rel_pos_args, row_descriptors
+from .flash_fwd import LOG2E, broadcast_strides, low_rank_args, rank_pad, rel_pos_args, row_operands
 from .launcher import Launcher
 from .program_ids import RUN_TIME_INTS, program_ids
 from .row_dot import row_dot
@@ -533,17 +533,11 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
     sig_bias2 = (sigmoid_bias if sigmoid else 0.0) * LOG2E
 
     cols = dkdv_plan.cols
-    q_desc, do_desc = row_descriptors(q, do, dkdv_plan, dkdv_plan.block_m, grid_order)
-    dkdv_tma = q_desc is not None
-    if not dkdv_tma:
-        q_desc, do_desc = q, do
+    q_desc, do_desc, dkdv_tma = row_operands(q, do, dkdv_plan, dkdv_plan.block_m, grid_order)
     col_order = col_launch(dkdv_plan, batch, kv_heads)
     launch_dkdv = _named_launch(_DKDV[col_order.grid], "dkdv")
     rows = dq_plan.rows
-    k_desc, v_desc = row_descriptors(k, v, dq_plan, dq_plan.block_n, grid_order)
-    dq_tma = k_desc is not None
-    if not dq_tma:
-        k_desc, v_desc = k, v
+    k_desc, v_desc, dq_tma = row_operands(k, v, dq_plan, dq_plan.block_n, grid_order)
     row_order = row_launch(dq_plan, batch, heads)
     launch_dq = _named_launch(_DQ[row_order.grid], "dq")
     side = streams.fork(device)

@@ -302,6 +302,13 @@ def row_descriptors(a: torch.Tensor, b: torch.Tensor, plan, block: int, grid_ord
     return (None, None) if None in descs else tuple(descs)
 
 
+def row_operands(a: torch.Tensor, b: torch.Tensor, plan, block: int, grid_order: bool):
+    """``(a', b', use_tma)``: the kernel operands for ``a``, ``b`` (``row_descriptors``): their
+    tensor descriptors and True, or ``a``, ``b`` themselves and False."""
+    descs = row_descriptors(a, b, plan, block, grid_order)
+    return (*descs, True) if descs[0] is not None else (a, b, False)
+
+
 def broadcast_strides(t: torch.Tensor) -> tuple[int, ...]:
     """Strides of a 4-D tensor with 0 for its size-1 (broadcast) dims."""
     return tuple(0 if size == 1 else stride for size, stride in zip(t.shape, t.stride()))
@@ -368,10 +375,7 @@ def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, sl
     table_args = rel_pos_args(rel_pos, dummy)
     rows = plan.rows
     launch = row_launch(plan, batch, heads)
-    k_desc, v_desc = row_descriptors(k, v, plan, plan.block_n, grid_order)
-    use_tma = k_desc is not None
-    if not use_tma:
-        k_desc, v_desc = k, v
+    k_desc, v_desc, use_tma = row_operands(k, v, plan, plan.block_n, grid_order)
     _FWD[launch.grid](
         q, k, v, k_desc, v_desc, o, lse,
         rows.full_count, rows.full_index, rows.part_count, rows.part_index, rows.part_bits, plan.bits,
