@@ -2,8 +2,9 @@
 
 ``Launcher(kernel)[grid](*args, stream=None, **kwargs)`` launches like ``kernel[grid](*args,
 **kwargs)`` (on ``stream`` when given, else on the current stream). Triton's own launch path binds
-and specializes every argument, builds a cache key and launch metadata on each call: about 70-110 us
-of host time for a launch of ~90 arguments on the H200 host, more than some of the kernels take.
+and specializes every argument, builds a cache key and launch metadata on each call: 65-135 us of
+host time for a launch of ~90 arguments on the H200 host (``benchmarks/gpu_launch_cost.py``), more
+than some of the kernels take.
 Here the first launch of each *specialization key* goes through Triton (which compiles or finds
 the kernel and returns it); later launches with the same key call the compiled kernel directly.
 
@@ -11,7 +12,7 @@ The key is a superset of what Triton specializes on, so two launches with one ke
 same compiled kernel Triton would pick: the current device; the type of every argument; for a
 tensor its dtype and whether its address is 16-byte aligned; for a tensor descriptor its dtype,
 block shape and padding (the base is always 16-byte aligned); for any other argument its value;
-and every keyword argument (constexprs, launch options) with its type. Launch hooks (profilers)
+and every keyword argument (constexprs, launch options) with its type. Launch hooks (profilers),
 the interpreter, or a machine without CUDA send every launch through Triton.
 """
 

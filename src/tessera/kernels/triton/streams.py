@@ -3,11 +3,11 @@ kernels): the side stream starts after everything queued so far on the current s
 current stream waits for it at ``join``, so callers see one ordered sequence of work. The overlap
 fills each kernel's last, partly idle wave with the other kernel's programs.
 
-Memory: tensors the side launches use need no ``record_stream``. Each was allocated on the
-current stream (or the caller's, which is then ordered after it), and its block can only be
-handed out again to work queued on that stream after the tensor is freed; ``join`` runs before
-the launching function returns (call it in a ``finally``), so that work is ordered after the
-side stream's.
+Memory: tensors the side launches use need no ``record_stream``. Each is allocated on the
+current (the caller's) stream, and the caching allocator hands its block out again only to work
+queued on that stream after the tensor is freed. ``join`` runs before any of them can be freed
+(call it in a ``finally`` of the launching function), so that work is ordered after the side
+stream's.
 
 ``TESSERA_BWD_STREAMS=0`` turns the overlap off (everything on the current stream).
 """
