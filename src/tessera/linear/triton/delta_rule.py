@@ -552,7 +552,8 @@ def delta_prepare(k, v, beta, gc, packed):
         Launcher.of(_delta_prepare_kernel)[(packed.num_chunks, H)](
             k, v, beta, gc, Tinv, w, u0, packed.cu_seqlens, packed.chunk_indices, packed.T, H,
             K=K, V=V, BT=CHUNK, BK=_block(K, 256), BV=_block(V, cfg.block_v), USE_G=gc is not None,
-            IEEE=k.dtype == torch.float32, WU=fused, VARLEN=packed.varlen, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            IEEE=k.dtype == torch.float32, WU=fused, VARLEN=packed.varlen, num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages)
         if not fused:
             w, u0 = delta_wu(k, v, beta, gc, Tinv, packed)
         return Tinv, w, u0
