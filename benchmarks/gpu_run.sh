@@ -2,7 +2,7 @@
 # One call on the GPU machine: the GPU tests, then the side-by-side benchmarks. Logs and results
 # JSON land under $OUT (the device tool brings them back); copy the JSON into benchmarks/results/.
 #   bash benchmarks/gpu_run.sh [tests] [tests-quick] [streams-ab] [schedule-ab] [attention] [natten]
-#                              [natten-reorder] [host-overhead] [host-breakdown] [linear] [tests-linear] [linear-final]
+#                              [natten-reorder] [host-overhead] [host-breakdown] [linear] [tests-linear] [linear-final] [linear-accept]
 #                              [linear-delta] [kernel-next] [launch-cost]
 #   (linear, linear-final, linear-delta: carry .whl for fla)
 #   (default: tests attention natten linear)
@@ -61,13 +61,20 @@ for step in $steps; do
       bash "$0" tests-linear || status=1
       timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/linear.py --out "$OUT" --T 16384 \
         --ops delta_rule simple_gla gla --fla-unguarded 2>&1 | tee "$OUT/linear.log" || status=1 ;;
+    linear-accept)
+      # The acceptance ops, both directions, in one run at T = 16384, starting from the timed
+      # launch choices of earlier H200 runs (LINEAR_TUNED, oldest first; keys not in them are timed).
+      timeout "${TESSERA_LINEAR_TIMEOUT:-540}" python3 benchmarks/linear.py --out "$OUT" --T 16384 \
+        --ops simple_gla gla delta_rule --fla-unguarded \
+        --tuned-from ${LINEAR_TUNED:-$(ls benchmarks/results/2026-11-30-h200-linear-[456].json)} \
+        2>&1 | tee "$OUT/linear.log" || status=1 ;;
     linear-delta) timeout "${TESSERA_LINEAR_TIMEOUT:-240}" python3 benchmarks/gpu_linear_sweep.py --out "$OUT" \
                     --parts delta-breakdown --ops delta_rule --T 16384 --no-sweep --budget 190 \
                     2>&1 | tee "$OUT/linear-delta.log" || status=1 ;;
     kernel-next) bash benchmarks/gpu_kernel_next.sh 2>&1 | tee "$OUT/kernel-next.log" || status=1 ;;
     linear) timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/linear.py --out "$OUT" ${LINEAR_BENCH_ARGS:-} \
               2>&1 | tee "$OUT/linear.log" || status=1 ;;
-    *) echo "unknown step $step (tests, tests-quick, streams-ab, schedule-ab, attention, natten, natten-reorder, host-overhead, host-breakdown, linear, tests-linear, linear-final, linear-delta, kernel-next, launch-cost)"; status=2 ;;
+    *) echo "unknown step $step (tests, tests-quick, streams-ab, schedule-ab, attention, natten, natten-reorder, host-overhead, host-breakdown, linear, tests-linear, linear-final, linear-accept, linear-delta, kernel-next, launch-cost)"; status=2 ;;
   esac
 done
 exit $status

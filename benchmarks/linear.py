@@ -184,9 +184,20 @@ def sweep_simple_gla(records, T=16384):
                             "config": vars(cfg), **row})
 
 
-def write(path, records):
+def preload_choices(path: str) -> str:
+    """Preload the timed choices of the results file ``path`` (same GPU model only); returns its name."""
+    with open(path) as f:
+        earlier = json.load(f)
+    here = device_name(torch.device(DEVICE))
+    if earlier["device"] != here:
+        raise SystemExit(f"--tuned-from {path}: its choices were timed on {earlier['device']}, this is {here}")
+    print(f"{path}: {tuning.preload(earlier['tuned'])} launch choices preloaded", flush=True)
+    return os.path.basename(path)
+
+
+def write(path, records, tuned_from=()):
     out = {"device": device_name(torch.device(DEVICE)), "torch": torch.__version__, "triton": triton.__version__,
-           "date": datetime.date.today().isoformat(), "tuned": tuning.chosen(),
+           "date": datetime.date.today().isoformat(), "tuned": tuning.chosen(), "tuned_from": list(tuned_from),
            "records": records}
     with open(path, "w") as f:
         json.dump(out, f, indent=1)
@@ -201,6 +212,9 @@ def main():
     p.add_argument("--sweep", action="store_true")
     p.add_argument("--sweep-only", action="store_true", help="only the launch-setting sweep and simple_gla at T=16384")
     p.add_argument("--dry-run", action="store_true", help="CPU, plain timer: checks the script, not the kernels")
+    p.add_argument("--tuned-from", nargs="+", default=[], metavar="JSON",
+                   help="take the timed launch choices (the 'tuned' block) of earlier linear results from this "
+                        "GPU model instead of timing every candidate again")
     p.add_argument("--fla-unguarded", action="store_true",
                    help="time fla's gated backward where fla refuses it (wrong results on Triton < 3.7.1 + Hopper)")
     args = p.parse_args()
@@ -209,6 +223,7 @@ def main():
         global DEVICE, do_bench
         DEVICE = "cpu"
         do_bench = _cpu_timer
+    tuned_from = [preload_choices(f) for f in args.tuned_from]
     os.makedirs(args.out, exist_ok=True)
     path = str(results_path(args.out, torch.device(DEVICE), "linear", datetime.date.today().isoformat()))
     records = []
@@ -230,7 +245,7 @@ def main():
                         GUARD_NOTE if unguarded and gated_bwd else None)
             for r in records[start:]:
                 print(f"{r['case']:36s} {r['impl']:10s} {r['direction']:8s} {r['ms']}", flush=True)
-            write(path, records)
+            write(path, records, tuned_from)
     print(f"\nwrote {path}")
     print(f"{'case':40s} {'dir':8s} {'tessera ms':>11s} {'fla ms':>9s} {'ratio':>6s} {'sdpa ms':>8s}")
     by = {(r["case"], r["impl"], r["direction"]): r["ms"] for r in records if r["suite"] == "linear"}

@@ -8,6 +8,7 @@ choice is made at the first length seen. The default (first) candidate is used u
 interpreter, when ``TESSERA_LINEAR_TUNE=0``, and for kernels with one candidate; the timing
 synchronises the device, so set ``TESSERA_LINEAR_TUNE=0`` where a first call must not (CUDA graph
 capture). ``OVERRIDES`` forces a configuration per kernel name (tests, sweeps); it bypasses the cache.
+``preload`` takes the choices of an earlier timed run on the same GPU model instead of timing again.
 
 Candidate lists follow fla 0.6's Hopper search spaces (``fla/ops/common/chunk_h.py``: BK, BV in
 {32, 64}, 1-8 warps, 2-4 stages for the sequential state passes; ``chunk_o.py``: (128, 128, 8 warps,
@@ -99,6 +100,8 @@ PREREQUISITES: dict[str, dict[str, LaunchConfig]] = {"delta.wu": {"delta.prepare
 
 # (kernel name, key) -> chosen configuration.
 _CHOSEN: dict[tuple, LaunchConfig] = {}
+# "kernel|key" -> a configuration chosen by an earlier timed run (``preload``).
+_PRELOADED: dict[str, LaunchConfig] = {}
 
 
 def _tuning_enabled() -> bool:
@@ -124,6 +127,8 @@ def pick(kernel: str, key: Hashable, launch: Optional[Callable[[LaunchConfig], o
     if launch is None or len(candidates) == 1 or not _tuning_enabled():
         return candidates[0]
     full_key = (kernel, key)
+    if full_key not in _CHOSEN and f"{kernel}|{key}" in _PRELOADED:
+        _CHOSEN[full_key] = _PRELOADED[f"{kernel}|{key}"]
     if full_key not in _CHOSEN:
         times = [_time_ms(launch, cfg) for cfg in candidates]
         best = min(range(len(candidates)), key=lambda i: times[i])
@@ -140,3 +145,17 @@ def run(kernel: str, key: Hashable, launch: Callable[[LaunchConfig], object]):
 def chosen() -> dict[str, dict]:
     """The choices made so far, ``"kernel|key" -> config fields`` (for benchmark reports)."""
     return {f"{k}|{key}": vars(cfg) for (k, key), cfg in _CHOSEN.items()}
+
+
+def preload(choices: dict[str, dict]) -> int:
+    """Take earlier timed choices (``chosen()``'s format: a linear benchmark JSON's ``tuned`` block,
+    from the same GPU model) instead of timing the candidates of those keys again, like an autotuning
+    cache. Entries that name no current candidate are skipped. Returns how many were taken."""
+    taken = 0
+    for name, fields in choices.items():
+        kernel = name.split("|", 1)[0]
+        cfg = LaunchConfig(**fields)
+        if cfg in CANDIDATES.get(kernel, ()):
+            _PRELOADED[name] = cfg
+            taken += 1
+    return taken
