@@ -2,7 +2,7 @@
 # One call on the GPU machine: the GPU tests, then the side-by-side benchmarks. Logs and results
 # JSON land under $OUT (the device tool brings them back); copy the JSON into benchmarks/results/.
 #   bash benchmarks/gpu_run.sh [tests] [tests-quick] [streams-ab] [schedule-ab] [attention] [natten]
-#                              [natten-reorder] [host-overhead] [host-breakdown] [linear] [tests-linear] [linear-final] [linear-accept]
+#                              [natten-reorder] [natten-profile] [host-overhead] [host-breakdown] [linear] [tests-linear] [linear-final] [linear-accept]
 #                              [linear-delta] [kernel-next] [launch-cost]
 #   (linear, linear-final, linear-delta: carry .whl for fla)
 #   (default: tests attention natten linear)
@@ -36,6 +36,8 @@ for step in $steps; do
                  2>&1 | tee "$OUT/attention.log" || status=1 ;;
     natten) timeout "${TESSERA_NATTEN_TIMEOUT:-420}" python3 benchmarks/natten.py --out "$OUT" \
               2>&1 | tee "$OUT/natten.log" || status=1 ;;
+    natten-profile) timeout "${TESSERA_NATTEN_TIMEOUT:-240}" python3 benchmarks/gpu_natten_mask.py --out "$OUT" --profile \
+                      2>&1 | tee "$OUT/natten-profile.log" || status=1 ;;
     natten-reorder)
       timeout 200 python3 -m pytest -m gpu -q -p no:cacheprovider tests/kernels/test_flash_gpu.py -k grid_order \
         2>&1 | tee "$OUT/gpu-tests-grid-order.log" || status=1
@@ -65,8 +67,8 @@ for step in $steps; do
       # The acceptance ops, both directions, in one run at T = 16384, starting from the timed
       # launch choices of earlier H200 runs (LINEAR_TUNED, oldest first; keys not in them are timed).
       timeout "${TESSERA_LINEAR_TIMEOUT:-540}" python3 benchmarks/linear.py --out "$OUT" --T 16384 \
-        --ops simple_gla gla delta_rule --fla-unguarded \
-        --tuned-from ${LINEAR_TUNED:-$(ls benchmarks/results/2026-11-30-h200-linear-[456].json)} \
+        --ops ${LINEAR_OPS:-simple_gla gla delta_rule} --fla-unguarded \
+        --tuned-from ${LINEAR_TUNED:-$(ls benchmarks/results/2026-11-30-h200-linear-[34567].json)} \
         2>&1 | tee "$OUT/linear.log" || status=1 ;;
     linear-delta) timeout "${TESSERA_LINEAR_TIMEOUT:-240}" python3 benchmarks/gpu_linear_sweep.py --out "$OUT" \
                     --parts delta-breakdown --ops delta_rule --T 16384 --no-sweep --budget 190 \
@@ -74,7 +76,7 @@ for step in $steps; do
     kernel-next) bash benchmarks/gpu_kernel_next.sh 2>&1 | tee "$OUT/kernel-next.log" || status=1 ;;
     linear) timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/linear.py --out "$OUT" ${LINEAR_BENCH_ARGS:-} \
               2>&1 | tee "$OUT/linear.log" || status=1 ;;
-    *) echo "unknown step $step (tests, tests-quick, streams-ab, schedule-ab, attention, natten, natten-reorder, host-overhead, host-breakdown, linear, tests-linear, linear-final, linear-accept, linear-delta, kernel-next, launch-cost)"; status=2 ;;
+    *) echo "unknown step $step (tests, tests-quick, streams-ab, schedule-ab, attention, natten, natten-reorder, natten-profile, host-overhead, host-breakdown, linear, tests-linear, linear-final, linear-accept, linear-delta, kernel-next, launch-cost)"; status=2 ;;
   esac
 done
 exit $status
