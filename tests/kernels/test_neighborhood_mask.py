@@ -279,6 +279,23 @@ else:
         for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), in_kernel, reordered):
             assert torch.equal(a, b), name
 
+    def test_interpreted_grid_order_addressing_with_bitmasks(monkeypatch):
+        # The bitmask mask kind (masks.ANALYTIC_NEIGHBORHOOD off) still needs the neighborhood
+        # parameters for the grid-order addressing (without them the kernels read past na_params).
+        monkeypatch.setattr(masks, "ANALYTIC_NEIGHBORHOOD", False)
+        masks.clear_plan_cache()
+        try:
+            pattern = _tiled(Neighborhood((6, 10), (3, 3), causal=(True, False)), (3, 5))
+            assert masks.get_plan(pattern, 60, 60, 64, 64, 2, CPU).mask_mode == masks.MASK_BITS
+            q, k, v = make_inputs(1, 60, 60, 2, 1, 32, torch.float16)
+            do = torch.randn_like(q)
+            in_kernel = grid_order_outputs(q, k, v, do, pattern, True)
+            reordered = grid_order_outputs(q, k, v, do, pattern, False)
+            for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), in_kernel, reordered):
+                assert torch.equal(a, b), name
+        finally:
+            masks.clear_plan_cache()
+
     def test_interpreted_natten_grid_order_path_against_float64(monkeypatch):
         import tessera
         monkeypatch.setattr(tessera.natten, "GRID_ORDER_IN_KERNEL", True)

@@ -420,8 +420,9 @@ def build_plan(pattern: Optional[Pattern], q_len: int, k_len: int, block_m: int,
             if common is not None:
                 mode, band, bits = MASK_BAND, common, torch.zeros(1, dtype=torch.int32, device=device)
     na_values = ()
-    if neighborhood is not None and ANALYTIC_NEIGHBORHOOD:
-        # Also without partial tiles (blocked neighborhoods): the grid-order addressing reads them.
+    if neighborhood is not None:
+        # Whatever the mask kind, and also without partial tiles (blocked neighborhoods): the
+        # grid-order addressing reads them.
         na_values = tuple(neighborhood)
         na_params = torch.tensor(neighborhood, dtype=torch.int32, device=device)
         na_static = neighborhood_switches(neighborhood)
