@@ -87,34 +87,6 @@ def run_case(dtype, B, T, H, K, V, gate, varlen):
     return {"case": [dtype, B, T, H, K, V, gate, varlen], "errors": errors, "non_finite": bool(unwritten)}
 
 
-# Simple GLA without autograd (128-token chunks): dtype, B, T, H, K, V, gate, varlen.
-INFERENCE_CASES = [
-    ("float32", 2, 300, 2, 32, 32, "g", False),
-    ("float16", 1, 400, 2, 64, 32, "g", True),
-    ("float32", 1, 129, 1, 128, 96, None, False),
-    ("float32", 2, 127, 2, 32, 64, "g_gamma", False),
-]
-
-
-def run_inference_case(dtype, B, T, H, K, V, gate, varlen):
-    """``simple_gla`` under ``torch.no_grad`` (its inference forward) against float64: o and final state."""
-    dt = getattr(torch, dtype)
-    q, k, v = torch.randn(B, T, H, K, dtype=dt), torch.randn(B, T, H, K, dtype=dt), torch.randn(B, T, H, V, dtype=dt)
-    cu = torch.tensor([0, 140, 140, 141, T], dtype=torch.int32) if varlen else None
-    h0 = torch.randn(4 if varlen else B, H, K, V)
-    g = {"g": F.logsigmoid(torch.randn(B, T, H) + 3).to(dt), "g_gamma": -0.1 * torch.rand(H), None: None}[gate]
-    kw = {gate: g} if gate else {}
-    with torch.no_grad():
-        o, s = ops.simple_gla(q, k, v, **kw, initial_state=h0, output_final_state=True, cu_seqlens=cu,
-                              backend="triton")
-    o_ref, s_ref = naive.naive_simple_gla(q.double(), k.double(), v.double(),
-                                          **{n: x.double() for n, x in kw.items()}, initial_state=h0.double(),
-                                          output_final_state=True, cu_seqlens=cu)
-    return {"case": [dtype, B, T, H, K, V, f"{gate}-inference", varlen],
-            "errors": {"o": rel(o, o_ref), "final_state": rel(s, s_ref)},
-            "non_finite": not bool(torch.isfinite(o).all() and torch.isfinite(s).all())}
-
-
 # Simple GLA with ``<S, dS'>`` summed in the state-gradient pass (``STATE_DOT_IN_DQK = False``).
 STATE_DOT_IN_PASS_CASES = [
     ("float16", 1, 150, 2, 64, 32, "g", True),
@@ -253,8 +225,6 @@ if __name__ == "__main__":
         print(json.dumps(run_case(*case)), flush=True)
     for case in STATE_DOT_IN_PASS_CASES:
         print(json.dumps(run_state_dot_in_pass_case(*case)), flush=True)
-    for case in INFERENCE_CASES:
-        print(json.dumps(run_inference_case(*case)), flush=True)
     for case in DELTA_CASES:
         print(json.dumps(run_delta_case(*case)), flush=True)
     tuning.OVERRIDES.update(DELTA_VARIANT_OVERRIDES)

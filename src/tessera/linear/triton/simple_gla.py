@@ -49,13 +49,6 @@ _INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # Tokens per chunk (BT) of every linear-attention kernel.
 CHUNK = 64
 
-# Tokens per chunk of simple GLA's forward when no gradient is needed (inference, prefill). The forward
-# stores the state entering every chunk and reads it back ([NT, H, K, V] each way: at K = V = 128 as many
-# bytes as q, k, v and o together at 64-token chunks); 128-token chunks halve that traffic and the length
-# of the sequential state pass, for a [128, 128] in-chunk product. Training keeps ``CHUNK``, the chunk of
-# the backward kernels that reuse the forward's states.
-INFERENCE_CHUNK = 128
-
 # Where simple GLA's backward sums ``<S, dS'>`` (the state term of the gate gradient). True: in the dq / dk
 # kernel, from the ``h`` and ``dh`` blocks it loads anyway (as fla does), for bf16 inputs from ``dh``
 # rounded to bf16. False: in the sequential state-gradient pass, from its float32 accumulator, at the
@@ -524,23 +517,20 @@ def _key(q: torch.Tensor, v: torch.Tensor, gated: bool) -> tuple:
     return q.shape[1], q.shape[-1], v.shape[-1], str(q.dtype), gated
 
 
-def chunk_local_cumsum(g: torch.Tensor, packed: PackedChunks, chunk: int = CHUNK) -> torch.Tensor:
-    """Float32 ``[TT, H]``: cumulative sums of the float32 log-decay ``g[TT, H]`` within each chunk of
-    ``chunk`` tokens (``packed`` built for that chunk size)."""
+def chunk_local_cumsum(g: torch.Tensor, packed: PackedChunks) -> torch.Tensor:
+    """Float32 ``[TT, H]``: cumulative sums of the float32 log-decay ``g[TT, H]`` within each chunk."""
     TT, H = g.shape
     gc = torch.empty(TT, H, dtype=torch.float32, device=g.device)
     if packed.num_chunks:
         Launcher.of(_chunk_cumsum_kernel)[(packed.num_chunks,)](
-            g, gc, packed.cu_seqlens, packed.chunk_indices, packed.T, H, BT=chunk,
+            g, gc, packed.cu_seqlens, packed.chunk_indices, packed.T, H, BT=CHUNK,
             BH=max(2, triton.next_power_of_2(H)), VARLEN=packed.varlen, num_warps=4)
     return gc
 
 
-def chunk_states(k, v, gc, initial_state, output_final_state, packed: PackedChunks, kernel="simple_gla.state",
-                 chunk: int = CHUNK):
+def chunk_states(k, v, gc, initial_state, output_final_state, packed: PackedChunks, kernel="simple_gla.state"):
     """States entering every chunk ``h [NT, H, K, V]`` (input dtype for bf16, else float32) and the final
-    state (float32 ``[N, H, K, V]``, or None). ``gc``: chunk-local cumulative log-decay or None; ``packed``
-    and ``gc`` for chunks of ``chunk`` tokens."""
+    state (float32 ``[N, H, K, V]``, or None). ``gc``: chunk-local cumulative log-decay or None."""
     TT, H, K = k.shape
     V = v.shape[-1]
     N = packed.num_sequences
@@ -551,16 +541,15 @@ def chunk_states(k, v, gc, initial_state, output_final_state, packed: PackedChun
         ht = torch.empty(N, H, K, V, dtype=torch.float32, device=k.device) if output_final_state else None
         Launcher.of(_chunk_states_kernel)[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
             k, v, gc, h, initial_state, ht, packed.cu_seqlens, packed.chunk_offsets, packed.T, H,
-            K=K, V=V, BT=chunk, BK=BK, BV=BV, USE_G=gc is not None, USE_H0=initial_state is not None,
+            K=K, V=V, BT=CHUNK, BK=BK, BV=BV, USE_G=gc is not None, USE_H0=initial_state is not None,
             STORE_HT=output_final_state, IEEE=k.dtype == torch.float32, WHILE_LOOP=_INTERPRETING,
             VARLEN=packed.varlen, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         return h, ht
     return tuning.run(kernel, _key(k, v, gc is not None), launch)
 
 
-def chunk_output(q, k, v, gc, h, scale, packed: PackedChunks, kernel="simple_gla.output", chunk: int = CHUNK):
-    """``o [TT, H, V]`` (``q``'s dtype) from the states entering every chunk ``h`` (chunks of ``chunk``
-    tokens, as ``packed``, ``gc`` and ``h``)."""
+def chunk_output(q, k, v, gc, h, scale, packed: PackedChunks, kernel="simple_gla.output"):
+    """``o [TT, H, V]`` (``q``'s dtype) from the states entering every chunk ``h``."""
     TT, H, K = q.shape
     V = v.shape[-1]
 
@@ -569,7 +558,7 @@ def chunk_output(q, k, v, gc, h, scale, packed: PackedChunks, kernel="simple_gla
         o = torch.empty(TT, H, V, dtype=q.dtype, device=q.device)
         Launcher.of(_chunk_output_kernel)[(triton.cdiv(V, BV), packed.num_chunks, H)](
             q, k, v, gc, h, o, packed.cu_seqlens, packed.chunk_indices, scale, packed.T, H,
-            K=K, V=V, BT=chunk, BK=BK, BV=BV, USE_G=gc is not None, IEEE=q.dtype == torch.float32,
+            K=K, V=V, BT=CHUNK, BK=BK, BV=BV, USE_G=gc is not None, IEEE=q.dtype == torch.float32,
             VARLEN=packed.varlen,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         return o
@@ -656,15 +645,6 @@ def simple_gla_forward(q, k, v, g, scale, initial_state, output_final_state, pac
     return o, h, ht, gc
 
 
-def simple_gla_inference(q, k, v, g, scale, initial_state, output_final_state, packed: PackedChunks):
-    """``simple_gla_forward``'s ``(o, final_state)`` without autograd, in chunks of ``INFERENCE_CHUNK``
-    tokens (``packed`` built for that chunk size)."""
-    gc = None if g is None else chunk_local_cumsum(g, packed, INFERENCE_CHUNK)
-    h, ht = chunk_states(k, v, gc, initial_state, output_final_state, packed, "simple_gla.state.c128",
-                         INFERENCE_CHUNK)
-    return chunk_output(q, k, v, gc, h, scale, packed, "simple_gla.output.c128", INFERENCE_CHUNK), ht
-
-
 def simple_gla_backward(q, k, v, gc, h, do, dht, scale, need_dh0: bool, packed: PackedChunks):
     """Gradients ``(dq, dk, dv, dg float32 [TT, H] or None, dh0 float32 [N, H, K, V] or None)``; ``gc`` as
     returned by ``simple_gla_forward``."""
@@ -707,19 +687,13 @@ SimpleGLAFunction = gated_chunk_function("SimpleGLAFunction", simple_gla_forward
 def chunk_simple_gla_triton(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens):
     """``[B, T, H, D]`` entry point: packs the batch, runs ``SimpleGLAFunction``, unpacks.
 
-    ``g``: ``[B, T, H]`` or None; ``initial_state``: ``[N, H, K, V]`` or None. Without a gradient to
-    compute (``torch.no_grad``, or no input requiring one) it runs ``simple_gla_inference``.
+    ``g``: ``[B, T, H]`` or None; ``initial_state``: ``[N, H, K, V]`` or None.
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
-    training = torch.is_grad_enabled() and any(
-        x is not None and x.requires_grad for x in (q, k, v, g, initial_state))
-    packed = packed_chunks(B, T, CHUNK if training else INFERENCE_CHUNK, q.device, cu_seqlens)
+    packed = packed_chunks(B, T, CHUNK, q.device, cu_seqlens)
     flat = [x.reshape(B * T, H, -1).contiguous() for x in (q, k, v)]
     gf = None if g is None else g.float().reshape(B * T, H).contiguous()
     h0 = None if initial_state is None else initial_state.float().contiguous()
-    if training:
-        o, ht = SimpleGLAFunction.apply(*flat, gf, scale, h0, output_final_state, packed)
-    else:
-        o, ht = simple_gla_inference(*flat, gf, scale, h0, output_final_state, packed)
+    o, ht = SimpleGLAFunction.apply(*flat, gf, scale, h0, output_final_state, packed)
     return o.view(B, T, H, V), ht

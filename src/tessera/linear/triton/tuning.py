@@ -70,9 +70,6 @@ _DELTA_STATE_FWD = _DELTA_STATE + (C(0, 32, 4, 4), C(0, 32, 2, 4), C(0, 64, 2, 3
 CANDIDATES: dict[str, tuple[LaunchConfig, ...]] = {
     "simple_gla.state": _SIMPLE_STATE_FWD,
     "simple_gla.output": (C(64, 128, 8, 2), C(128, 128, 8, 3), C(64, 64, 4, 3), C(32, 32, 2, 3), C(64, 128, 8, 3)),
-    # The inference forward's 128-token chunks: [128, 128] in-chunk products at 8 warps, or a 32-wide value block.
-    "simple_gla.state.c128": (C(64, 32, 4, 3), C(64, 64, 4, 3), C(128, 32, 4, 3), C(64, 32, 4, 2), C(64, 64, 8, 3)),
-    "simple_gla.output.c128": (C(64, 64, 8, 2), C(64, 64, 8, 3), C(64, 128, 8, 2), C(128, 64, 8, 2), C(64, 32, 4, 3)),
     "simple_gla.state_grad": _SIMPLE_STATE,
     "simple_gla.dv": (C(64, 64, 8, 3), C(64, 64, 4, 3), C(64, 128, 8, 3), C(128, 128, 4, 3), C(64, 128, 4, 3)),
     "simple_gla.dqk": (C(64, 64, 8, 3), C(64, 64, 4, 3), C(64, 128, 8, 2), C(32, 64, 4, 3), C(128, 64, 8, 3),
