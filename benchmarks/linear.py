@@ -231,7 +231,8 @@ def main():
         sweep_simple_gla(records)
     if args.sweep_only:
         args.ops, args.T = ["simple_gla", "lightning"], [16384]
-    cases = [(op, T) for op in args.ops for T in args.T] + [("sdpa", T) for T in args.T]
+    # SDPA first: it compiles nothing, so a run cut by its time limit still has the crossover baseline.
+    cases = [("sdpa", T) for T in args.T] + [(op, T) for op in args.ops for T in args.T]
     for op, T in cases:
         for direction in args.directions:
             start = len(records)
