@@ -114,3 +114,36 @@ def test_grid_order_rule(monkeypatch):
     assert not natten.grid_order_in_kernel((1, 1))
     monkeypatch.setattr(natten, "GRID_ORDER_IN_KERNEL", True)
     assert natten.grid_order_in_kernel((2, 2))
+
+
+def test_auto_layout_of_blocked_attention_is_the_block():
+    """Blocked neighborhoods (stride = kernel) take the block as the layout tile: every 64- and
+    128-row kernel tile is then one grid box holding queries of one block, and meets only full key
+    tiles; other neighborhoods keep the 64-token shape of choose_tile_shape."""
+    pytest.importorskip("triton")
+    from tessera.kernels.triton import masks
+    from tessera.kernels.triton.flash_fwd import grid_box
+    from tessera.natten import _resolve_layout, blocked_tile_shape
+    from tessera.patterns.layout import Permuted, choose_tile_shape
+    from tessera.patterns.neighborhood import Neighborhood
+
+    cuda = torch.device("cuda")  # "auto" tiles only for CUDA tensors; nothing runs on it here
+    grid, block = (16, 48, 48), (4, 8, 8)
+    pattern = Neighborhood(grid, block, stride=block)
+    layout = _resolve_layout("auto", grid, pattern.kernel, pattern.dilation, pattern.stride, pattern.causal, cuda)
+    assert layout.tile_shape == block
+    assert choose_tile_shape(grid, block, 64, stride=block) == (4, 4, 4)  # its 128-row tiles are no box
+    for rows in (64, 128):
+        plan = masks.get_plan(Permuted(pattern, layout), pattern.size, pattern.size, rows, rows, 1,
+                              torch.device("cpu"))
+        assert grid_box(plan, rows) == (rows // 64, 8, 8)
+        assert plan.mask_mode == masks.MASK_NONE
+    # Not blocked: stride below the kernel, dilation, a causal axis, blocks not tiling the grid,
+    # blocks smaller than a kernel tile.
+    ones = (1, 1, 1)
+    assert blocked_tile_shape(grid, block, ones, (4, 8, 4), (False,) * 3) is None
+    assert blocked_tile_shape(grid, block, (1, 2, 1), block, (False,) * 3) is None
+    assert blocked_tile_shape(grid, block, ones, block, (True, False, False)) is None
+    assert blocked_tile_shape((16, 48, 44), block, ones, block, (False,) * 3) is None
+    assert blocked_tile_shape(grid, (2, 4, 4), ones, (2, 4, 4), (False,) * 3) is None
+    assert blocked_tile_shape((128,), (64,), (1,), (64,), (False,)) == (64,)

@@ -50,9 +50,22 @@ def _grid_layout(grid: tuple, tile_shape: tuple) -> GridLayout:
     return GridLayout(grid, tile_shape)
 
 
+def blocked_tile_shape(grid, kernel, dilation, stride, causal) -> Optional[tuple]:
+    """The block itself as the layout tile of a blocked neighborhood (per-axis tuples: ``stride ==
+    kernel``, undilated, non-causal, blocks tiling the grid, at least ``AUTO_TILE_TOKENS`` tokens),
+    else None. Each block attends to itself only, so every kernel tile inside one block meets full key
+    tiles, and with a block of 2^n tokens the 64- and 128-row kernel tiles are grid boxes (bulk copies
+    in grid order). The 64-token shapes ``choose_tile_shape`` ties on for such patterns (e.g. 4 x 4 x 4
+    for 4 x 8 x 8 blocks) leave 128-row tiles that are no box: pointer loads, and a forward that spills."""
+    blocked = (all(s == k for s, k in zip(stride, kernel)) and all(d == 1 for d in dilation)
+               and not any(causal) and all(g % k == 0 for g, k in zip(grid, kernel)))
+    return tuple(kernel) if blocked and math.prod(kernel) >= AUTO_TILE_TOKENS else None
+
+
 @functools.lru_cache(maxsize=32)
 def _auto_layout(grid, kernel, dilation, stride, causal) -> Optional[GridLayout]:
-    shape = choose_tile_shape(grid, kernel, AUTO_TILE_TOKENS, dilation, stride, causal)
+    shape = (blocked_tile_shape(grid, kernel, dilation, stride, causal)
+             or choose_tile_shape(grid, kernel, AUTO_TILE_TOKENS, dilation, stride, causal))
     return None if shape is None else _grid_layout(grid, shape)
 
 
@@ -148,7 +161,8 @@ def na1d(q, k, v, kernel_size, dilation=1, stride=1, is_causal=False, *, layout=
     (see ``tessera.patterns.neighborhood.Neighborhood``): ``kernel_size * dilation <= L``,
     ``stride <= kernel_size``. ``layout``: ``"row-major"`` (tokens in input order), a tile shape
     (tokens reordered tile by tile for the kernels; the result is the same), or ``"auto"`` (a tile
-    shape chosen by ``choose_tile_shape`` on CUDA, row-major elsewhere). ``scale`` defaults to
+    shape chosen by ``choose_tile_shape`` on CUDA, the block itself for blocked attention
+    (``blocked_tile_shape``), row-major elsewhere). ``scale`` defaults to
     ``1/sqrt(D)``; ``backend`` as in ``tessera.attention``.
     """
     return neighborhood_attention(q, k, v, kernel_size, dilation, stride, is_causal, na_dim=1,

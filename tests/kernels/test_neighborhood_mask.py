@@ -253,6 +253,8 @@ else:
         (Neighborhood((6, 10), (3, 3), causal=(True, False)), (3, 5), 1, 2, 1, torch.float16),
         # Blocked attention: tiles that are all full (no partial-tile mask, addressing only).
         (Neighborhood((4, 8, 8), 4, stride=4), (2, 4, 8), 1, 2, 2, torch.float32),
+        # Blocked, each block one layout tile (natten's "auto" layout for blocked attention).
+        (Neighborhood((4, 8, 16), (2, 4, 8), stride=(2, 4, 8)), (2, 4, 8), 2, 2, 1, torch.float16),
         (Neighborhood((4, 6, 10), (3, 3, 5), dilation=(1, 2, 1)), (2, 3, 5), 2, 2, 1, torch.float16),
     ]
 
