@@ -6,7 +6,8 @@ tessera only (the full comparison with Flex is benchmarks/natten.py), bf16, H = 
 Writes ``natten_mask.json``: per case and mask kind, forward and forward+backward ms (medians of
 ``triton.testing.do_bench``) with the automatic tiled layout and the kernel configs it implies;
 with ``--profile`` also the CUDA time of every kernel of one fwd+bwd step (torch.profiler, mean
-of 5 steps) with the in-kernel mask; with ``--dkdv`` forward+backward with each given dk/dv config forced.
+of 5 steps) with the in-kernel mask, and the host time to queue one forward and one fwd+bwd step
+(when it exceeds the kernels' time, the step is host-bound); with ``--dkdv`` forward+backward with each given dk/dv config forced.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 import torch
 from triton.testing import do_bench
 
-from tessera.bench.timing import cuda_kernel_ms
+from tessera.bench.timing import cuda_kernel_ms, host_seconds_per_call, warm_up_gpu
 from tessera.kernels.triton import masks, tuning
 from tessera.kernels.triton.tuning import KernelConfig
 from tessera.natten import neighborhood_attention
@@ -27,6 +28,7 @@ from tessera.natten import neighborhood_attention
 CASES = {
     "2-D 128x128 k17": ((128, 128), (17, 17), 1, 1),
     "3-D 16x48x48 k5x13x13": ((16, 48, 48), (5, 13, 13), 1, 1),
+    "3-D 16x48x48 blocked 4x8x8": ((16, 48, 48), (4, 8, 8), 1, (4, 8, 8)),
     "1-D 32768 window 2048": ((32768,), (2048,), 1, 1),
 }
 
@@ -39,6 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": []}
+    warm_up_gpu(torch.device("cuda"))
     for name, (grid, kernel, dilation, stride) in CASES.items():
         shape = (1, *grid, 16, 128)
         q, k, v, do = (torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(4))
@@ -84,7 +87,9 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             result["rows"].append(row)
         if args.profile:
-            row = {"case": name, "mask": "neighborhood", "kernels_ms": cuda_kernel_ms(fwd_bwd_fresh, iters=5)}
+            row = {"case": name, "mask": "neighborhood", "kernels_ms": cuda_kernel_ms(fwd_bwd_fresh, iters=5),
+                   "host_ms_fwd": 1e3 * host_seconds_per_call(fwd),
+                   "host_ms_fwd_bwd": 1e3 * host_seconds_per_call(fwd_bwd_fresh)}
             print(json.dumps(row), flush=True)
             result["rows"].append(row)
             with open(os.path.join(args.out, "natten_mask.json"), "w") as f:
