@@ -98,6 +98,10 @@ def _neighborhoods():
         "3d tiled": Permuted(three_d, GridLayout((8, 16, 16), (1, 8, 8))),
         "3d strided tiled": Permuted(Neighborhood((8, 16, 16), (3, 7, 7), stride=(1, 2, 2)),
                                      GridLayout((8, 16, 16), (2, 4, 8))),
+        # Blocked, each 4 x 8 x 8 block one layout tile (natten's "auto" layout): no partial tiles,
+        # 64- and 128-row kernel tiles are grid boxes.
+        "3d blocked": Permuted(Neighborhood((8, 16, 16), (4, 8, 8), stride=(4, 8, 8)),
+                               GridLayout((8, 16, 16), (4, 8, 8))),
     }
 
 
@@ -114,7 +118,7 @@ def test_neighborhood_forward_backward(name, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("name", ["2d tiled", "3d tiled", "3d strided tiled"])
+@pytest.mark.parametrize("name", ["2d tiled", "3d tiled", "3d strided tiled", "3d blocked"])
 def test_neighborhood_grid_order_matches_reordering(name, dtype):
     # Grid-order tensors addressed through the tiled order in-kernel (TMA boxes where the kernel
     # tiles are whole rows or planes of a layout tile) against reordering around the call.
