@@ -138,12 +138,14 @@ def test_auto_layout_of_blocked_attention_is_the_block():
                               torch.device("cpu"))
         assert grid_box(plan, rows) == (rows // 64, 8, 8)
         assert plan.mask_mode == masks.MASK_NONE
-    # Not blocked: stride below the kernel, dilation, a causal axis, blocks not tiling the grid,
-    # blocks smaller than a kernel tile.
+    # Not blocked: stride below the kernel, dilation, a causal axis, blocks not tiling the grid;
+    # blocks whose 128-row tiles are no box (64 tokens; 8 x 24: a 64-row run cuts a row).
     ones = (1, 1, 1)
     assert blocked_tile_shape(grid, block, ones, (4, 8, 4), (False,) * 3) is None
     assert blocked_tile_shape(grid, block, (1, 2, 1), block, (False,) * 3) is None
     assert blocked_tile_shape(grid, block, ones, block, (True, False, False)) is None
     assert blocked_tile_shape((16, 48, 44), block, ones, block, (False,) * 3) is None
-    assert blocked_tile_shape(grid, (2, 4, 4), ones, (2, 4, 4), (False,) * 3) is None
-    assert blocked_tile_shape((128,), (64,), (1,), (64,), (False,)) == (64,)
+    assert blocked_tile_shape(grid, (2, 4, 8), ones, (2, 4, 8), (False,) * 3) is None
+    assert blocked_tile_shape((16, 48), (8, 24), (1, 1), (8, 24), (False, False)) is None
+    assert blocked_tile_shape((16, 48), (8, 16), (1, 1), (8, 16), (False, False)) == (8, 16)
+    assert blocked_tile_shape((256,), (128,), (1,), (128,), (False,)) == (128,)

@@ -20,7 +20,7 @@ import torch
 
 from .api import _build_call, _check_backend_name, attention
 from .kernels import registry
-from .patterns.layout import GridLayout, Permuted, as_axes, choose_tile_shape
+from .patterns.layout import GridLayout, Permuted, as_axes, choose_tile_shape, rows_box
 from .patterns.neighborhood import Neighborhood
 
 # Tiled orders addressed inside the Triton kernels instead of reordering q, k, v and o (4 + 4
@@ -52,14 +52,15 @@ def _grid_layout(grid: tuple, tile_shape: tuple) -> GridLayout:
 
 def blocked_tile_shape(grid, kernel, dilation, stride, causal) -> Optional[tuple]:
     """The block itself as the layout tile of a blocked neighborhood (per-axis tuples: ``stride ==
-    kernel``, undilated, non-causal, blocks tiling the grid, at least ``AUTO_TILE_TOKENS`` tokens),
-    else None. Each block attends to itself only, so every kernel tile inside one block meets full key
-    tiles, and with a block of 2^n tokens the 64- and 128-row kernel tiles are grid boxes (bulk copies
-    in grid order). The 64-token shapes ``choose_tile_shape`` ties on for such patterns (e.g. 4 x 4 x 4
-    for 4 x 8 x 8 blocks) leave 128-row tiles that are no box: pointer loads, and a forward that spills."""
+    kernel``, undilated, non-causal, blocks tiling the grid) when the kernels' 64- and 128-row tiles
+    are grid boxes of it (``rows_box``: bulk copies in grid order), else None. Each block attends to
+    itself only, so every kernel tile inside one block meets full key tiles. The 64-token shapes
+    ``choose_tile_shape`` ties on for such patterns (e.g. 4 x 4 x 4 for 4 x 8 x 8 blocks) leave
+    128-row tiles that are no box: pointer loads, and a forward that spills."""
     blocked = (all(s == k for s, k in zip(stride, kernel)) and all(d == 1 for d in dilation)
                and not any(causal) and all(g % k == 0 for g, k in zip(grid, kernel)))
-    return tuple(kernel) if blocked and math.prod(kernel) >= AUTO_TILE_TOKENS else None
+    boxes = len(kernel) <= 3 and all(rows_box(kernel, rows) for rows in (64, 128))
+    return tuple(kernel) if blocked and boxes else None
 
 
 @functools.lru_cache(maxsize=32)

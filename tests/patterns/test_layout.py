@@ -134,3 +134,28 @@ def test_permuted_exports_to_flex():
     scores = (q @ k.transpose(-1, -2) / math.sqrt(8)).masked_fill(~permuted.dense_mask(128, 128), -math.inf)
     ref = torch.softmax(scores.double(), -1) @ v.double()
     assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-5
+
+
+@pytest.mark.parametrize("tile_shape", [(4, 8, 8), (4, 4, 4), (2, 4, 8), (8, 24), (8, 16), (1, 3, 64), (256,)])
+@pytest.mark.parametrize("rows", [32, 64, 128])
+def test_rows_box_against_the_tiled_order(tile_shape, rows):
+    """``rows_box``: each run of ``rows`` consecutive tiled positions is exactly a box of those
+    extents in the box's own row-major order (what a bulk copy of the box returns; grid coordinates
+    from the tiled order itself), or, when it says None, some run is not."""
+    from tessera.patterns.layout import rows_box
+    grid = tuple(2 * t for t in tile_shape)
+    order = tiled_order(grid, tile_shape)
+    padded = (1,) * (3 - len(grid)) + grid
+    boxes = set()
+    for start in range(0, len(order), rows):
+        coords = [divmod(divmod(p, padded[2])[0], padded[1]) + (p % padded[2],) for p in order[start:start + rows]]
+        lo = [min(c[a] for c in coords) for a in range(3)]
+        hi = [max(c[a] for c in coords) + 1 for a in range(3)]
+        extents = tuple(h - l for l, h in zip(lo, hi))
+        in_box_order = coords == sorted(coords)
+        boxes.add(extents if math.prod(extents) == len(coords) == rows and in_box_order else None)
+    expected = rows_box(tile_shape, rows)
+    if expected is None:
+        assert None in boxes, boxes
+    else:
+        assert boxes == {expected}, (boxes, expected)

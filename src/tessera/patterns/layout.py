@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -553,6 +553,23 @@ class Permuted(Pattern):
 
     def __repr__(self) -> str:
         return f"Permuted({self.pattern!r}, {self.layout!r})"
+
+
+def rows_box(tile_shape, rows: int) -> Optional[tuple[int, int, int]]:
+    """Extents ``(b0, b1, b2)`` of the grid box that every run of ``rows`` consecutive positions
+    (starting at a multiple of ``rows``) covers in a tiled order of tiles ``tile_shape`` (up to 3
+    axes, left-padded with 1s; tokens row-major inside a tile): whole rows or planes of one tile.
+    None when such a run is no box (it spans tiles, or cuts a row)."""
+    t0, t1, t2 = (1,) * (3 - len(tile_shape)) + tuple(tile_shape)
+    if (t0 * t1 * t2) % rows:
+        return None
+    if rows % (t1 * t2) == 0:
+        return rows // (t1 * t2), t1, t2
+    if rows % t2 == 0 and t1 % (rows // t2) == 0:
+        return 1, rows // t2, t2
+    if t2 % rows == 0:
+        return 1, 1, rows
+    return None
 
 
 def tile_shapes(grid, tokens_per_tile: int) -> list[tuple[int, ...]]:

@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from ...patterns.layout import rows_box
 from .launcher import Launcher
 from .program_ids import RUN_TIME_INTS, program_ids
 from .schedule import row_launch
@@ -255,21 +256,9 @@ def tma_ok(k: torch.Tensor, v: torch.Tensor, block_n: int) -> bool:
 
 def grid_box(plan, block: int) -> Optional[tuple[int, int, int]]:
     """Extents ``(b0, b1, b2)`` of the grid box that each kernel tile of ``block`` consecutive
-    positions covers in the tiled order of a plan with neighborhood values (tiles ``(t0, t1,
-    t2)``, row-major inside): whole rows or planes of one tile; None when a kernel tile is not one
-    box (it spans tiles, or cuts a row)."""
-    if not plan.na_values:
-        return None
-    t0, t1, t2 = plan.na_values[3:6]
-    if (t0 * t1 * t2) % block:
-        return None
-    if block % (t1 * t2) == 0:
-        return block // (t1 * t2), t1, t2
-    if block % t2 == 0 and t1 % (block // t2) == 0:
-        return 1, block // t2, t2
-    if t2 % block == 0:
-        return 1, 1, block
-    return None
+    positions covers in the tiled order of a plan with neighborhood values (``rows_box`` of its
+    tiles ``(t0, t1, t2)``); None when a kernel tile is not one box."""
+    return rows_box(plan.na_values[3:6], block) if plan.na_values else None
 
 
 def _grid_descriptor(t: torch.Tensor, grid, box, width: int) -> Optional[TensorDescriptor]:
