@@ -6,6 +6,10 @@
 #                              [linear-delta] [kernel-next] [launch-cost]
 #   (linear, linear-final, linear-delta: carry .whl for fla)
 #   (default: tests attention natten linear)
+# Autotuning timings (fla's kernels: Triton's `cache_results`, on by default in fla) are kept per GPU
+# model in .triton-cache/<model>/ and come back under $OUT/triton-cache/: copy that folder over
+# .triton-cache/ and carry .triton-cache, so that a fresh machine times fla's configs only once per
+# model (as on a machine with a persistent cache) instead of recompiling them all.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -18,6 +22,14 @@ fi
 steps="${*:-tests attention natten linear}"
 status=0
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+gpu_model=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1 | tr -c 'A-Za-z0-9\n' '_')
+export TRITON_CACHE_DIR="$PWD/.triton-cache/$gpu_model"
+mkdir -p "$TRITON_CACHE_DIR"
+keep_autotune_timings() {
+  (cd .triton-cache && find "$gpu_model" -name '*.autotune.json' -exec cp --parents {} "$OUT/triton-cache/" \;)
+}
+mkdir -p "$OUT/triton-cache"
+trap keep_autotune_timings EXIT
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 for step in $steps; do
   case "$step" in
