@@ -86,6 +86,9 @@ def parse_args(argv=None):
     p.add_argument("--no-sweep", action="store_true", help="skip the launch-configuration sweep (same as leaving"
                    " 'sweep' out of --parts)")
     p.add_argument("--no-fla", action="store_true", help="tessera rows only")
+    p.add_argument("--tuned-from", nargs="+", default=[], metavar="JSON",
+                   help="linear results files from this GPU model whose timed launch choices to reuse"
+                        " (benchmarks/linear.py --tuned-from)")
     p.add_argument("--check", action="store_true", help="parse arguments, import, exit")
     p.add_argument("--dry-run", action="store_true",
                    help="CPU, Triton interpreter, tiny shapes, one call per timing: checks the script, not speed")
@@ -641,6 +644,11 @@ def main(argv=None):
     if DEVICE == "cuda" and not torch.cuda.is_available():
         print("needs a CUDA GPU (or --dry-run)", file=sys.stderr)
         return 1
+    if args.tuned_from:
+        import linear
+        linear.DEVICE = DEVICE
+        for path in args.tuned_from:
+            linear.preload_choices(path)
     os.makedirs(args.out, exist_ok=True)
     report = Report(os.path.join(args.out, "gpu_linear_sweep.json"), metadata())
     big, others = max(args.T), sorted(set(args.T) - {max(args.T)})
