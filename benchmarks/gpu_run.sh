@@ -3,8 +3,8 @@
 # JSON land under $OUT (the device tool brings them back); copy the JSON into benchmarks/results/.
 #   bash benchmarks/gpu_run.sh [tests] [tests-quick] [streams-ab] [schedule-ab] [attention] [natten]
 #                              [natten-reorder] [natten-profile] [host-overhead] [host-breakdown] [linear] [tests-linear] [linear-final] [linear-accept]
-#                              [linear-profile] [linear-delta] [kernel-next] [launch-cost]
-#   (linear, linear-final, linear-accept, linear-profile, linear-delta: carry .whl for fla)
+#                              [linear-profile] [overlap-ab] [linear-delta] [kernel-next] [launch-cost]
+#   (linear, linear-final, linear-accept, linear-profile, overlap-ab, linear-delta: carry .whl for fla)
 #   (default: tests attention natten linear)
 # Autotuning timings (fla's kernels: Triton's `cache_results`, on by default in fla) are kept per GPU
 # model in .triton-cache/<model>/ and come back under $OUT/triton-cache/: copy that folder over
@@ -88,13 +88,18 @@ for step in $steps; do
         --parts simple-gla-breakdown --ops simple_gla --T ${LINEAR_PROFILE_T:-65536} --no-sweep --budget 270 \
         --tuned-from ${LINEAR_TUNED:-$(ls benchmarks/results/2026-11-30-h200-linear-[3-9].json)} \
         2>&1 | tee "$OUT/linear-profile.log" || status=1 ;;
+    overlap-ab)
+      # Simple GLA's forward as one launch against two (simple_gla.OVERLAP_FORWARD), alternating rounds.
+      timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/gpu_overlap_ab.py --out "$OUT" \
+        --tuned-from ${LINEAR_TUNED:-$(ls benchmarks/results/2026-11-30-h200-linear-[3-9].json)} \
+        2>&1 | tee "$OUT/overlap-ab.log" || status=1 ;;
     linear-delta) timeout "${TESSERA_LINEAR_TIMEOUT:-240}" python3 benchmarks/gpu_linear_sweep.py --out "$OUT" \
                     --parts delta-breakdown --ops delta_rule --T 16384 --no-sweep --budget 190 \
                     2>&1 | tee "$OUT/linear-delta.log" || status=1 ;;
     kernel-next) bash benchmarks/gpu_kernel_next.sh 2>&1 | tee "$OUT/kernel-next.log" || status=1 ;;
     linear) timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/linear.py --out "$OUT" ${LINEAR_BENCH_ARGS:-} \
               2>&1 | tee "$OUT/linear.log" || status=1 ;;
-    *) echo "unknown step $step (tests, tests-quick, streams-ab, schedule-ab, attention, natten, natten-reorder, natten-profile, host-overhead, host-breakdown, linear, tests-linear, linear-final, linear-accept, linear-profile, linear-delta, kernel-next, launch-cost)"; status=2 ;;
+    *) echo "unknown step $step (tests, tests-quick, streams-ab, schedule-ab, attention, natten, natten-reorder, natten-profile, host-overhead, host-breakdown, linear, tests-linear, linear-final, linear-accept, linear-profile, overlap-ab, linear-delta, kernel-next, launch-cost)"; status=2 ;;
   esac
 done
 exit $status

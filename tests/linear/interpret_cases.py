@@ -104,6 +104,26 @@ def run_state_dot_in_pass_case(*case):
     return result
 
 
+# Simple GLA's forward as one launch (``OVERLAP_FORWARD``); the varlen case takes the two launches.
+OVERLAP_CASES = [
+    ("float32", 2, 150, 2, 32, 32, "g", False),
+    ("float16", 1, 130, 1, 128, 96, "g", False),
+    ("float16", 2, 70, 2, 32, 64, None, False),
+    ("float32", 1, 65, 4, 32, 32, "g_gamma", False),
+    ("float16", 1, 150, 2, 64, 32, "g", True),
+]
+
+
+def run_overlap_case(*case):
+    kernels.OVERLAP_FORWARD = True
+    try:
+        result = run_case(*case)
+    finally:
+        kernels.OVERLAP_FORWARD = False
+    result["case"][6] = f"{result['case'][6]}-overlapped"
+    return result
+
+
 DELTA_CASES = [  # dtype, B, T, H, K, V, gated, varlen, key correlation
     ("float32", 2, 63, 2, 32, 32, True, False, 0.),
     ("float16", 1, 150, 2, 64, 32, True, True, 0.),
@@ -225,6 +245,8 @@ if __name__ == "__main__":
         print(json.dumps(run_case(*case)), flush=True)
     for case in STATE_DOT_IN_PASS_CASES:
         print(json.dumps(run_state_dot_in_pass_case(*case)), flush=True)
+    for case in OVERLAP_CASES:
+        print(json.dumps(run_overlap_case(*case)), flush=True)
     for case in DELTA_CASES:
         print(json.dumps(run_delta_case(*case)), flush=True)
     tuning.OVERRIDES.update(DELTA_VARIANT_OVERRIDES)

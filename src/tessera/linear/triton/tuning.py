@@ -70,6 +70,10 @@ _DELTA_STATE_FWD = _DELTA_STATE + (C(0, 32, 4, 4), C(0, 32, 2, 4), C(0, 64, 2, 3
 CANDIDATES: dict[str, tuple[LaunchConfig, ...]] = {
     "simple_gla.state": _SIMPLE_STATE_FWD,
     "simple_gla.output": (C(64, 128, 8, 2), C(128, 128, 8, 3), C(64, 64, 4, 3), C(32, 32, 2, 3), C(64, 128, 8, 3)),
+    # One launch for the state pass (block_k x block_v) and the output (64 x 128): the whole key
+    # dimension per state program keeps their number within the multiprocessors (``overlap_fits``).
+    "simple_gla.overlapped": (C(128, 32, 4, 3), C(128, 64, 4, 3), C(128, 32, 8, 2), C(128, 32, 4, 2),
+                              C(128, 64, 8, 2)),
     "simple_gla.state_grad": _SIMPLE_STATE,
     "simple_gla.dv": (C(64, 64, 8, 3), C(64, 64, 4, 3), C(64, 128, 8, 3), C(128, 128, 4, 3), C(64, 128, 4, 3)),
     "simple_gla.dqk": (C(64, 64, 8, 3), C(64, 64, 4, 3), C(64, 128, 8, 2), C(32, 64, 4, 3), C(128, 64, 8, 3),
