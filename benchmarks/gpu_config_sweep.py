@@ -4,6 +4,9 @@ cases of the kernel issue. GPU only.
 
     python benchmarks/gpu_config_sweep.py --out DIR [--cases window1024 power ...] [--kernels fwd dq dkdv]
 
+The N-D cases (``na2d-k17``, ``na3d-k5x13x13``, ``na3d-blocked``) run in grid order through the tiled
+layout ``tessera.natten`` picks.
+
 Each row: case, kernel, config (block_m, block_n, warps, stages), ms per call of that kernel
 (median of --iters profiled fwd+bwd steps, summed over launches of the kernel), listed tiles of
 the plan at that config. Written to ``config_sweep.json`` after every row.
@@ -24,8 +27,18 @@ from tessera.kernels.registry import AttentionCall
 from tessera.kernels.triton import masks, tuning
 from tessera.kernels.triton.backend import run
 from tessera.kernels.triton.tuning import KernelConfig
-from tessera.patterns import Causal, Power, Strided, Window
+from tessera.natten import _auto_layout
+from tessera.patterns import Causal, Neighborhood, Permuted, Power, Strided, Window
 from tessera.patterns.blocksparse import BlockSparse
+
+
+def _tiled_neighborhood(grid, kernel, stride=1):
+    """The N-D suite's neighborhood in the tiled order ``tessera.natten`` picks on a GPU (run in grid
+    order, as natten runs undilated neighborhoods)."""
+    pattern = Neighborhood(grid, kernel, stride=stride)
+    return Permuted(pattern, _auto_layout(pattern.grid, pattern.kernel, pattern.dilation, pattern.stride,
+                                          pattern.causal))
+
 
 CASES = {
     "window1024": (16384, lambda s: Window(1023, 0)),
@@ -34,7 +47,11 @@ CASES = {
     "strided": (32768, lambda s: Strided(block=128, local_blocks=8, stride=8, causal=True)),
     "power": (32768, lambda s: Power(local=256, causal=True)),
     "causal": (16384, lambda s: Causal()),
+    "na2d-k17": (16384, lambda s: _tiled_neighborhood((128, 128), (17, 17))),
+    "na3d-k5x13x13": (36864, lambda s: _tiled_neighborhood((16, 48, 48), (5, 13, 13))),
+    "na3d-blocked": (36864, lambda s: _tiled_neighborhood((16, 48, 48), (4, 8, 8), stride=(4, 8, 8))),
 }
+GRID_ORDER_CASES = {"na2d-k17", "na3d-k5x13x13", "na3d-blocked"}
 
 CONFIGS = {
     "fwd": [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3),
@@ -86,8 +103,9 @@ def main() -> None:
             t.requires_grad_()
 
         def step():
-            o, _ = run(AttentionCall(q, k, v, pattern, False, D ** -0.5, "softmax", None, None,
-                                     None, None, True))
+            call = AttentionCall(q, k, v, pattern, False, D ** -0.5, "softmax", None, None, None, None, True)
+            call.grid_order = case in GRID_ORDER_CASES
+            o, _ = run(call)
             o.backward(do)
             q.grad = k.grad = v.grad = None
 

@@ -2,7 +2,7 @@
 # One call on the GPU machine: the GPU tests, then the side-by-side benchmarks. Logs and results
 # JSON land under $OUT (the device tool brings them back); copy the JSON into benchmarks/results/.
 #   bash benchmarks/gpu_run.sh [tests] [tests-quick] [streams-ab] [schedule-ab] [attention] [natten]
-#                              [natten-reorder] [natten-profile] [host-overhead] [host-breakdown] [linear] [tests-linear] [linear-final] [linear-accept]
+#                              [natten-reorder] [natten-profile] [natten-configs] [host-overhead] [host-breakdown] [linear] [tests-linear] [linear-final] [linear-accept]
 #                              [linear-profile] [overlap-ab] [linear-delta] [kernel-next] [launch-cost]
 #   (linear, linear-final, linear-accept, linear-profile, overlap-ab, linear-delta: carry .whl for fla)
 #   (default: tests attention natten linear)
@@ -50,6 +50,10 @@ for step in $steps; do
               2>&1 | tee "$OUT/natten.log" || status=1 ;;
     natten-profile) timeout "${TESSERA_NATTEN_TIMEOUT:-240}" python3 benchmarks/gpu_natten_mask.py --out "$OUT" --profile \
                       2>&1 | tee "$OUT/natten-profile.log" || status=1 ;;
+    natten-configs)
+      # Forward, dq and dk/dv kernel configurations on the N-D neighborhoods in grid order.
+      timeout "${TESSERA_NATTEN_TIMEOUT:-300}" python3 benchmarks/gpu_config_sweep.py --out "$OUT" \
+        --cases na2d-k17 na3d-k5x13x13 na3d-blocked 2>&1 | tee "$OUT/natten-configs.log" || status=1 ;;
     natten-reorder)
       timeout 200 python3 -m pytest -m gpu -q -p no:cacheprovider tests/kernels/test_flash_gpu.py -k grid_order \
         2>&1 | tee "$OUT/gpu-tests-grid-order.log" || status=1
@@ -99,7 +103,7 @@ for step in $steps; do
     kernel-next) bash benchmarks/gpu_kernel_next.sh 2>&1 | tee "$OUT/kernel-next.log" || status=1 ;;
     linear) timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/linear.py --out "$OUT" ${LINEAR_BENCH_ARGS:-} \
               2>&1 | tee "$OUT/linear.log" || status=1 ;;
-    *) echo "unknown step $step (tests, tests-quick, streams-ab, schedule-ab, attention, natten, natten-reorder, natten-profile, host-overhead, host-breakdown, linear, tests-linear, linear-final, linear-accept, linear-profile, overlap-ab, linear-delta, kernel-next, launch-cost)"; status=2 ;;
+    *) echo "unknown step $step (tests, tests-quick, streams-ab, schedule-ab, attention, natten, natten-reorder, natten-profile, natten-configs, host-overhead, host-breakdown, linear, tests-linear, linear-final, linear-accept, linear-profile, overlap-ab, linear-delta, kernel-next, launch-cost)"; status=2 ;;
   esac
 done
 exit $status
