@@ -299,16 +299,16 @@ def _overlapped_state_step(k, v, gc, h, sync, b_h, i_t, i_n, T, per_seq, i_h, H,
 def _overlapped_forward_kernel(q, k, v, gc, h, o, h0, ht, sync, scale, T, N, n_state, H: tl.constexpr,
                                K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                                BV: tl.constexpr, BK_O: tl.constexpr, BV_O: tl.constexpr, USE_G: tl.constexpr,
-                               USE_H0: tl.constexpr,
-                               STORE_HT: tl.constexpr, IEEE: tl.constexpr, WHILE_LOOP: tl.constexpr):
+                               USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IEEE: tl.constexpr,
+                               WHILE_LOOP: tl.constexpr):
     """The state pass and the output of ``N`` equal-length sequences of ``T`` tokens in one launch.
 
     Programs take tickets in the order they start (``sync[0]``). Tickets below ``n_state`` run the state
     pass of one (sequence, head, key block, value block) and count every stored chunk state in
     ``sync[1 + chunk * H + head]`` (release); the others compute the output of one (chunk, head, value
-    block of ``BV_O``), earliest chunks first, once that count shows every state program of the head past
-    the chunk (acquire), with key blocks of ``BK_O``. A program only waits for programs with smaller tickets, which have started and
-    never wait themselves, so the wait always ends."""
+    block of ``BV_O``; key blocks of ``BK_O``), earliest chunks first, once that count shows every state
+    program of the head past the chunk (acquire). A program only waits for programs with smaller
+    tickets, which have started and never wait themselves, so the wait always ends."""
     ticket = tl.atomic_add(sync, 1)
     NK = tl.cdiv(K, BK)
     NV = tl.cdiv(V, BV)
@@ -670,9 +670,8 @@ def chunk_states_and_output(q, k, v, gc, initial_state, output_final_state, scal
     N = packed.num_sequences
 
     def launch(cfg):
-        BK, BV = _block(K, cfg.block_k), _block(V, cfg.block_v)
+        BK, BV, BV_O = _block(K, cfg.block_k), _block(V, cfg.block_v), _block(V, 128)
         n_state = triton.cdiv(K, BK) * triton.cdiv(V, BV) * N * H
-        BV_O = _block(V, 128)
         n_output = triton.cdiv(V, BV_O) * packed.num_chunks * H
         h = torch.empty(packed.num_chunks, H, K, V, dtype=_state_dtype(k.dtype), device=k.device)
         ht = torch.empty(N, H, K, V, dtype=torch.float32, device=k.device) if output_final_state else None
@@ -681,8 +680,8 @@ def chunk_states_and_output(q, k, v, gc, initial_state, output_final_state, scal
         Launcher.of(_overlapped_forward_kernel)[(n_state + n_output,)](
             q, k, v, gc, h, o, initial_state, ht, sync, scale, packed.T, N, n_state, H,
             K=K, V=V, BT=CHUNK, BK=BK, BV=BV, BK_O=_block(K, 64), BV_O=BV_O, USE_G=gc is not None,
-            USE_H0=initial_state is not None,
-            STORE_HT=output_final_state, IEEE=q.dtype == torch.float32, WHILE_LOOP=_INTERPRETING,
+            USE_H0=initial_state is not None, STORE_HT=output_final_state, IEEE=q.dtype == torch.float32,
+            WHILE_LOOP=_INTERPRETING,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         return o, h, ht
     return tuning.run("simple_gla.overlapped", _key(q, v, gc is not None), launch)
