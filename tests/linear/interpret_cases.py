@@ -115,11 +115,17 @@ OVERLAP_CASES = [
 
 
 def run_overlap_case(*case):
+    calls, launcher = [], kernels.chunk_states_and_output
+    kernels.chunk_states_and_output = lambda *a, **kw: calls.append(1) or launcher(*a, **kw)
     kernels.OVERLAP_FORWARD = True
     try:
         result = run_case(*case)
     finally:
         kernels.OVERLAP_FORWARD = False
+        kernels.chunk_states_and_output = launcher
+    varlen = case[-1]
+    if bool(calls) == varlen:
+        raise AssertionError(f"{case}: the one-launch forward ran {len(calls)} times (varlen={varlen})")
     result["case"][6] = f"{result['case'][6]}-overlapped"
     return result
 
