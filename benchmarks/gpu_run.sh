@@ -4,7 +4,7 @@
 #   bash benchmarks/gpu_run.sh [tests] [tests-quick] [streams-ab] [schedule-ab] [attention] [natten]
 #                              [natten-reorder] [natten-profile] [natten-configs] [host-overhead] [host-breakdown] [linear] [tests-linear] [linear-final] [linear-accept]
 #                              [linear-profile] [overlap-ab] [linear-delta] [kernel-next] [launch-cost]
-#   (linear, linear-final, linear-accept, linear-profile, overlap-ab, linear-delta: carry .whl for fla)
+#   (linear, linear-final, linear-accept, linear-profile, linear-delta: carry .whl for fla)
 #   (default: tests attention natten linear)
 # Autotuning timings (fla's kernels: Triton's `cache_results`, on by default in fla) are kept per GPU
 # model in .triton-cache/<model>/ and come back under $OUT/triton-cache/: copy that folder over
@@ -93,7 +93,7 @@ for step in $steps; do
         --tuned-from ${LINEAR_TUNED:-$(ls benchmarks/results/2026-11-30-h200-linear-[3-9].json)} \
         2>&1 | tee "$OUT/linear-profile.log" || status=1 ;;
     overlap-ab)
-      # Simple GLA's forward as one launch against two (simple_gla.OVERLAP_FORWARD), alternating rounds.
+      # Simple GLA's and the delta rule's forwards as one launch against the usual launches (overlap.py).
       timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/gpu_overlap_ab.py --out "$OUT" \
         --tuned-from ${LINEAR_TUNED:-$(ls benchmarks/results/2026-11-30-h200-linear-[3-9].json)} \
         2>&1 | tee "$OUT/overlap-ab.log" || status=1 ;;

@@ -16,6 +16,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from tessera.linear import naive, ops  # noqa: E402
 from tessera.linear.triton import delta_rule as delta_kernels  # noqa: E402
+from tessera.linear.triton import overlap  # noqa: E402
 from tessera.linear.triton import gla as gla_kernels  # noqa: E402
 from tessera.linear.triton import simple_gla as kernels  # noqa: E402
 from tessera.linear.triton import tuning  # noqa: E402
@@ -39,6 +40,7 @@ class _NaNPoisonedTorch:
 kernels.torch = _NaNPoisonedTorch()
 gla_kernels.torch = _NaNPoisonedTorch()
 delta_kernels.torch = _NaNPoisonedTorch()
+overlap.torch = _NaNPoisonedTorch()
 
 CASES = [  # dtype, B, T, H, K, V, gate ("g", "g_gamma", None: simple GLA; "gk": GLA), varlen
     ("float32", 2, 63, 2, 32, 32, "g", False),
@@ -104,7 +106,7 @@ def run_state_dot_in_pass_case(*case):
     return result
 
 
-# Simple GLA's forward as one launch (``OVERLAP_FORWARD``); the varlen case takes the two launches.
+# Simple GLA's forward as one launch (``overlap.OVERLAP_FORWARD``); the varlen case takes the two launches.
 OVERLAP_CASES = [
     ("float32", 2, 150, 2, 32, 32, "g", False),
     ("float16", 1, 130, 1, 128, 96, "g", False),
@@ -114,16 +116,17 @@ OVERLAP_CASES = [
 ]
 
 
-def run_overlap_case(*case):
-    calls, launcher = [], kernels.chunk_states_and_output
-    kernels.chunk_states_and_output = lambda *a, **kw: calls.append(1) or launcher(*a, **kw)
-    kernels.OVERLAP_FORWARD = True
+def run_overlapped(run, case, launcher_name: str, varlen: bool):
+    """``run(*case)`` with the forwards as one launch (``overlap.OVERLAP_FORWARD``); checks that the one-launch
+    forward ran (varlen: that it did not)."""
+    calls, launcher = [], getattr(overlap, launcher_name)
+    setattr(overlap, launcher_name, lambda *a, **kw: calls.append(1) or launcher(*a, **kw))
+    overlap.OVERLAP_FORWARD = True
     try:
-        result = run_case(*case)
+        result = run(*case)
     finally:
-        kernels.OVERLAP_FORWARD = False
-        kernels.chunk_states_and_output = launcher
-    varlen = case[-1]
+        overlap.OVERLAP_FORWARD = False
+        setattr(overlap, launcher_name, launcher)
     if bool(calls) == varlen:
         raise AssertionError(f"{case}: the one-launch forward ran {len(calls)} times (varlen={varlen})")
     result["case"][6] = f"{result['case'][6]}-overlapped"
@@ -137,6 +140,14 @@ DELTA_CASES = [  # dtype, B, T, H, K, V, gated, varlen, key correlation
     ("float32", 1, 70, 1, 128, 64, True, False, 0.),
     ("float32", 1, 130, 2, 64, 32, False, False, 0.9),
     ("float16", 1, 150, 2, 64, 32, True, True, 0.9),
+]
+
+
+# The delta rules' forward as one launch; the varlen case takes the two launches.
+DELTA_OVERLAP_CASES = [
+    ("float32", 2, 150, 2, 32, 32, True, False, 0.),
+    ("float16", 1, 130, 2, 128, 96, False, False, 0.9),
+    ("float16", 1, 150, 2, 64, 32, True, True, 0.),
 ]
 
 
@@ -252,7 +263,9 @@ if __name__ == "__main__":
     for case in STATE_DOT_IN_PASS_CASES:
         print(json.dumps(run_state_dot_in_pass_case(*case)), flush=True)
     for case in OVERLAP_CASES:
-        print(json.dumps(run_overlap_case(*case)), flush=True)
+        print(json.dumps(run_overlapped(run_case, case, "simple_gla_states_and_output", case[-1])), flush=True)
+    for case in DELTA_OVERLAP_CASES:
+        print(json.dumps(run_overlapped(run_delta_case, case, "delta_states_and_output", case[-2])), flush=True)
     for case in DELTA_CASES:
         print(json.dumps(run_delta_case(*case)), flush=True)
     tuning.OVERRIDES.update(DELTA_VARIANT_OVERRIDES)

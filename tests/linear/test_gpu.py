@@ -53,13 +53,13 @@ def test_simple_gla_bf16_long(T, gate, varlen):
 @cuda
 @pytest.mark.parametrize("T,gate", [(16384, "g"), (8191, "g_gamma"), (4097, None)])
 def test_simple_gla_bf16_overlapped_forward(T, gate, monkeypatch):
-    """The forward as one launch (``OVERLAP_FORWARD``: output programs wait on the state pass's per-chunk
-    counts) against float64, forward and backward, on a batch of two."""
-    from tessera.linear.triton import simple_gla as kernels
-    monkeypatch.setattr(kernels, "OVERLAP_FORWARD", True)
+    """The forward as one launch (``overlap.OVERLAP_FORWARD``: output programs wait on the state pass's
+    per-chunk counts) against float64, forward and backward, on a batch of two."""
+    from tessera.linear.triton import overlap
+    monkeypatch.setattr(overlap, "OVERLAP_FORWARD", True)
     calls = []
-    launcher = kernels.chunk_states_and_output
-    monkeypatch.setattr(kernels, "chunk_states_and_output", lambda *a, **kw: calls.append(1) or launcher(*a, **kw))
+    launcher = overlap.simple_gla_states_and_output
+    monkeypatch.setattr(overlap, "simple_gla_states_and_output", lambda *a, **kw: calls.append(1) or launcher(*a, **kw))
     B, H, D = (2, 4, 128)
     dev = "cuda"
     q, k, v = (torch.randn(B, T, H, D, device=dev, dtype=torch.bfloat16) for _ in range(3))
@@ -117,17 +117,27 @@ def test_gla_bf16_long(T, varlen):
 
 
 @cuda
-@pytest.mark.parametrize("T,gated,varlen,dtype,corr", [(4096, False, False, torch.bfloat16, 0.),
-                                                       (16384, True, False, torch.bfloat16, 0.),
-                                                       (10000, True, True, torch.bfloat16, 0.),
-                                                       (4096, False, False, torch.float16, 0.),
-                                                       (10000, True, True, torch.float16, 0.),
-                                                       (4096, False, False, torch.bfloat16, 0.9),
-                                                       (4096, True, False, torch.float16, 0.9)])
-def test_delta_rule_long(T, gated, varlen, dtype, corr):
+@pytest.mark.parametrize("T,gated,varlen,dtype,corr,overlapped", [
+    (4096, False, False, torch.bfloat16, 0., False),
+    (16384, True, False, torch.bfloat16, 0., False),
+    (10000, True, True, torch.bfloat16, 0., False),
+    (4096, False, False, torch.float16, 0., False),
+    (10000, True, True, torch.float16, 0., False),
+    (4096, False, False, torch.bfloat16, 0.9, False),
+    (4096, True, False, torch.float16, 0.9, False),
+    (16384, True, False, torch.bfloat16, 0., True),
+    (4097, False, False, torch.bfloat16, 0.9, True)])
+def test_delta_rule_long(T, gated, varlen, dtype, corr, overlapped, monkeypatch):
     """Delta rule / gated delta rule Triton kernels: o, final state and every gradient (q, k, v,
     initial state, beta, g) against float64; ``corr``: weight of a key direction shared by all tokens
-    of a head (correlated keys make the per-chunk triangular inverse ill-conditioned)."""
+    of a head (correlated keys make the per-chunk triangular inverse ill-conditioned); ``overlapped``:
+    the forward as one launch (``overlap.OVERLAP_FORWARD``)."""
+    from tessera.linear.triton import overlap
+    calls = []
+    if overlapped:
+        launcher = overlap.delta_states_and_output
+        monkeypatch.setattr(overlap, "OVERLAP_FORWARD", True)
+        monkeypatch.setattr(overlap, "delta_states_and_output", lambda *a, **kw: calls.append(1) or launcher(*a, **kw))
     B, H, D = (1, 2, 128)
     dev = "cuda"
     q, v = (torch.randn(B, T, H, D, device=dev, dtype=dtype) for _ in range(2))
@@ -145,6 +155,7 @@ def test_delta_rule_long(T, gated, varlen, dtype, corr):
         x.requires_grad_(True)
     o, s = ops.gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True, cu_seqlens=cu,
                                 backend="triton")
+    assert bool(calls) == overlapped, "the one-launch forward ran" if calls else "the one-launch forward did not run"
     do, ds = torch.randn_like(o), torch.randn_like(s)
     grads = torch.autograd.grad((o.float() * do).sum() + (s * ds).sum(), list(leaves.values()))
     ref = {n: x.detach().double().requires_grad_(True) for n, x in leaves.items()}

@@ -30,9 +30,9 @@ import triton.language as tl
 
 from ...kernels.triton.launcher import Launcher
 from . import tuning
-from .simple_gla import (_INTERPRETING, CHUNK, _block, _chunk_coords, _chunk_rows, _dot, _gate_local, _pair_decay,
-                         _rows, _rows_t, _seq_coords, _state, _state_dtype, chunk_dv, chunk_local_cumsum, chunk_output,
-                         packed_chunks)
+from .simple_gla import (_INTERPRETING, CHUNK, _block, _chunk_coords, _chunk_rows, _dot, _gate_local, _key,
+                         _pair_decay, _rows, _rows_t, _seq_coords, _state, _state_dtype, chunk_dv, chunk_local_cumsum,
+                         chunk_output, packed_chunks)
 
 
 @triton.jit
@@ -531,12 +531,6 @@ def _delta_wy_grads_kernel(k, v, beta, gc, Tinv, du, dw, dk_partial, dg_partial,
         tl.store(dg + tok, b_dg, mask=m_row)
 
 
-def _key(q: torch.Tensor, v: torch.Tensor, gated: bool) -> tuple:
-    """Tuning key of a launch on packed ``[TT, H, D]`` tensors: heads, head dims, dtype, whether gated
-    (never a length)."""
-    return q.shape[1], q.shape[-1], v.shape[-1], str(q.dtype), gated
-
-
 def delta_prepare(k, v, beta, gc, packed):
     """``(Tinv float32 [TT, H, BT], w [TT, H, K], u0 [TT, H, V])``: the per-chunk inverse ``T`` (one row per
     token), ``W = T (beta exp(b) k)`` and ``U = T (beta v)``. One kernel, or (candidates with ``block_v = 0``)
@@ -602,6 +596,11 @@ def delta_rule_forward(q, k, v, beta, g, scale, initial_state, output_final_stat
     ``(Tinv, w, u, h, gc)``, ``gc`` the chunk-local cumulative log-decay (None without a gate)."""
     gc = None if g is None else chunk_local_cumsum(g, packed)
     Tinv, w, u0 = delta_prepare(k, v, beta, gc, packed)
+    from . import overlap
+    if overlap.wanted("delta.overlapped", packed, q.shape[1], 1, v.shape[-1], q.device):
+        o, h, u, ht = overlap.delta_states_and_output(q, k, w, u0, gc, initial_state, output_final_state, scale,
+                                                      packed)
+        return o, ht, (Tinv, w, u, h, gc)
     h, u, ht = delta_states(k, w, u0, gc, initial_state, output_final_state, packed)
     o = chunk_output(q, k, u, gc, h, scale, packed, kernel="delta.output")
     return o, ht, (Tinv, w, u, h, gc)

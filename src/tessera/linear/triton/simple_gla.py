@@ -49,12 +49,6 @@ _INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # Tokens per chunk (BT) of every linear-attention kernel.
 CHUNK = 64
 
-# Simple GLA's forward of equal-length sequences as one launch in which the output programs of a chunk start
-# as soon as the state pass has stored that chunk's state (``chunk_states_and_output``), instead of after
-# the whole pass. Off by default: not yet timed on a GPU. TESSERA_SIMPLE_GLA_OVERLAP=1 turns it on, and so
-# does a configuration forced for it (``tuning.OVERRIDES["simple_gla.overlapped"]``).
-OVERLAP_FORWARD = os.environ.get("TESSERA_SIMPLE_GLA_OVERLAP", "0") == "1"
-
 # Where simple GLA's backward sums ``<S, dS'>`` (the state term of the gate gradient). True: in the dq / dk
 # kernel, from the ``h`` and ``dh`` blocks it loads anyway (as fla does), for bf16 inputs from ``dh``
 # rounded to bf16. False: in the sequential state-gradient pass, from its float32 accumulator, at the
@@ -280,75 +274,6 @@ def _chunk_output_kernel(q, k, v, gc, h, o, cu_seqlens, chunk_indices, scale, T,
     i_h = tl.program_id(2)
     bos, seq_len, i_t = _chunk_coords(cu_seqlens, chunk_indices, i_c, T, BT, VARLEN)
     _output_chunk(q, k, v, gc, h, o, scale, bos, seq_len, i_t, i_c, i_h, H, i_v * BV, K, V, BT, BK, BV, USE_G, IEEE)
-
-
-@triton.jit
-def _overlapped_state_step(k, v, gc, h, sync, b_h, i_t, i_n, T, per_seq, i_h, H, k0, v0, K: tl.constexpr,
-                           V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                           USE_G: tl.constexpr, IEEE: tl.constexpr):
-    """``_state_step`` of sequence ``i_n``, then count the stored state of chunk ``i_t`` (release: every
-    thread's stores are ordered before it by the barrier)."""
-    b_h = _state_step(k, v, gc, h, b_h, i_t, i_n * T, T, i_n * per_seq, i_h, H, k0, v0, K, V, BT, BK, BV, USE_G,
-                      IEEE)
-    tl.debug_barrier()
-    tl.atomic_add(sync + 1 + (i_n * per_seq + i_t) * H + i_h, 1, sem="release", scope="gpu")
-    return b_h
-
-
-@triton.jit(do_not_specialize=["T"])
-def _overlapped_forward_kernel(q, k, v, gc, h, o, h0, ht, sync, scale, T, N, n_state, H: tl.constexpr,
-                               K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                               BV: tl.constexpr, BK_O: tl.constexpr, BV_O: tl.constexpr, USE_G: tl.constexpr,
-                               USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IEEE: tl.constexpr,
-                               WHILE_LOOP: tl.constexpr):
-    """The state pass and the output of ``N`` equal-length sequences of ``T`` tokens in one launch.
-
-    Programs take tickets in the order they start (``sync[0]``). Tickets below ``n_state`` run the state
-    pass of one (sequence, head, key block, value block) and count every stored chunk state in
-    ``sync[1 + chunk * H + head]`` (release); the others compute the output of one (chunk, head, value
-    block of ``BV_O``; key blocks of ``BK_O``), earliest chunks first, once that count shows every state
-    program of the head past the chunk (acquire). A program only waits for programs with smaller
-    tickets, which have started and never wait themselves, so the wait always ends."""
-    ticket = tl.atomic_add(sync, 1)
-    NK = tl.cdiv(K, BK)
-    NV = tl.cdiv(V, BV)
-    per_seq = tl.cdiv(T, BT)
-    if ticket < n_state:
-        i_k = ticket % NK
-        i_v = ticket // NK % NV
-        i_nh = ticket // (NK * NV)
-        i_n = i_nh // H
-        i_h = i_nh % H
-        k0 = i_k * BK
-        v0 = i_v * BV
-        b_h = tl.zeros([BK, BV], dtype=tl.float32)
-        if USE_H0:
-            b_h += tl.load(_state(h0, i_n, i_h, H, K, V, k0, v0, BK, BV), boundary_check=(0, 1),
-                           padding_option="zero").to(tl.float32)
-        if WHILE_LOOP:
-            i_t = 0
-            while i_t < per_seq:
-                b_h = _overlapped_state_step(k, v, gc, h, sync, b_h, i_t, i_n, T, per_seq, i_h, H, k0, v0,
-                                             K, V, BT, BK, BV, USE_G, IEEE)
-                i_t += 1
-        else:
-            for i_t in range(0, per_seq):
-                b_h = _overlapped_state_step(k, v, gc, h, sync, b_h, i_t, i_n, T, per_seq, i_h, H, k0, v0,
-                                             K, V, BT, BK, BV, USE_G, IEEE)
-        if STORE_HT:
-            tl.store(_state(ht, i_n, i_h, H, K, V, k0, v0, BK, BV), b_h, boundary_check=(0, 1))
-    else:
-        NVO = tl.cdiv(V, BV_O)
-        job = ticket - n_state
-        i_v = job % NVO
-        i_h = job // NVO % H
-        i_n = job // (NVO * H) % N
-        i_t = job // (NVO * H * N)
-        i_c = i_n * per_seq + i_t
-        while tl.atomic_add(sync + 1 + i_c * H + i_h, 0, sem="acquire", scope="gpu") < NK * NV:
-            pass
-        _output_chunk(q, k, v, gc, h, o, scale, i_n * T, T, i_t, i_c, i_h, H, i_v * BV_O, K, V, BT, BK_O, BV_O,
-                      USE_G, IEEE)
 
 
 @triton.jit
@@ -646,47 +571,6 @@ def chunk_output(q, k, v, gc, h, scale, packed: PackedChunks, kernel="simple_gla
     return tuning.run(kernel, _key(q, v, gc is not None), launch)
 
 
-def _multiprocessors(device: torch.device) -> Optional[int]:
-    """Streaming multiprocessors of a CUDA ``device``; None off CUDA (the interpreter runs programs in turn)."""
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else None
-
-
-def overlap_fits(packed: PackedChunks, heads: int, k_dim: int, v_dim: int, device: torch.device) -> bool:
-    """Whether ``chunk_states_and_output`` can run these sequences: equal lengths, and every state program
-    of its candidates (key blocks of 128, value blocks of at least 32) resident at once, one per
-    multiprocessor at most, beside the output programs. More state programs than that would run in waves
-    while the output programs wait: then the two launches are faster."""
-    sms = _multiprocessors(device)
-    programs = packed.num_sequences * heads * triton.cdiv(k_dim, 128) * triton.cdiv(v_dim, 32)
-    return not packed.varlen and (sms is None or programs <= sms)
-
-
-def chunk_states_and_output(q, k, v, gc, initial_state, output_final_state, scale, packed: PackedChunks):
-    """``chunk_states`` and ``chunk_output`` in one launch (``_overlapped_forward_kernel``): ``(o, h,
-    final_state)``. Equal-length sequences only (``overlap_fits``). The output part takes simple GLA's
-    timed output tiles on an H200 (64 x 128)."""
-    TT, H, K = q.shape
-    V = v.shape[-1]
-    N = packed.num_sequences
-
-    def launch(cfg):
-        BK, BV, BV_O = _block(K, cfg.block_k), _block(V, cfg.block_v), _block(V, 128)
-        n_state = triton.cdiv(K, BK) * triton.cdiv(V, BV) * N * H
-        n_output = triton.cdiv(V, BV_O) * packed.num_chunks * H
-        h = torch.empty(packed.num_chunks, H, K, V, dtype=_state_dtype(k.dtype), device=k.device)
-        ht = torch.empty(N, H, K, V, dtype=torch.float32, device=k.device) if output_final_state else None
-        o = torch.empty(TT, H, V, dtype=q.dtype, device=q.device)
-        sync = torch.zeros(1 + packed.num_chunks * H, dtype=torch.int32, device=q.device)
-        Launcher.of(_overlapped_forward_kernel)[(n_state + n_output,)](
-            q, k, v, gc, h, o, initial_state, ht, sync, scale, packed.T, N, n_state, H,
-            K=K, V=V, BT=CHUNK, BK=BK, BV=BV, BK_O=_block(K, 64), BV_O=BV_O, USE_G=gc is not None,
-            USE_H0=initial_state is not None, STORE_HT=output_final_state, IEEE=q.dtype == torch.float32,
-            WHILE_LOOP=_INTERPRETING,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-        return o, h, ht
-    return tuning.run("simple_gla.overlapped", _key(q, v, gc is not None), launch)
-
-
 def chunk_state_grads(q, do, gc, h, dht, scale, need_dh0: bool, packed: PackedChunks, state_dot: bool = True):
     """Gradients of the states leaving every chunk ``dh [NT, H, K, V]``, ``dh0`` (float32 or None) and,
     gated with ``state_dot``, ``<S, dS'>`` per chunk and head (float32 ``[NT, H]``, else None)."""
@@ -762,9 +646,11 @@ def simple_gla_forward(q, k, v, g, scale, initial_state, output_final_state, pac
     Returns ``(o [TT, H, V], h [NT, H, K, V], final_state float32 [N, H, K, V] or None, gc)`` with ``gc``
     the chunk-local cumulative log-decay (float32 ``[TT, H]``, or None)."""
     gc = None if g is None else chunk_local_cumsum(g, packed)
-    overlap = OVERLAP_FORWARD or "simple_gla.overlapped" in tuning.OVERRIDES  # forcing a config selects it
-    if overlap and overlap_fits(packed, q.shape[1], q.shape[-1], v.shape[-1], q.device):
-        o, h, ht = chunk_states_and_output(q, k, v, gc, initial_state, output_final_state, scale, packed)
+    from . import overlap
+    if overlap.wanted("simple_gla.overlapped", packed, q.shape[1], triton.cdiv(q.shape[-1], 128), v.shape[-1],
+                      q.device):
+        o, h, ht = overlap.simple_gla_states_and_output(q, k, v, gc, initial_state, output_final_state, scale,
+                                                        packed)
         return o, h, ht, gc
     h, ht = chunk_states(k, v, gc, initial_state, output_final_state, packed)
     o = chunk_output(q, k, v, gc, h, scale, packed)
