@@ -17,10 +17,21 @@ def rel(a, b):
 
 
 @cuda
-@pytest.mark.parametrize("T,gate,varlen", [(4096, "g", False), (16384, "g", False), (16384, None, False),
-                                           (8191, "g_gamma", False), (10000, "g", True)])
-def test_simple_gla_bf16_long(T, gate, varlen):
-    B, H, D = (1, 2, 128)
+@pytest.mark.parametrize("T,gate,varlen,batch,overlapped", [
+    (4096, "g", False, 1, False), (16384, "g", False, 1, False), (16384, None, False, 1, False),
+    (8191, "g_gamma", False, 1, False), (10000, "g", True, 1, False),
+    (16384, "g", False, 2, True), (8191, "g_gamma", False, 2, True), (4097, None, False, 2, True)])
+def test_simple_gla_bf16_long(T, gate, varlen, batch, overlapped, monkeypatch):
+    """o, final state and every gradient against float64; ``overlapped``: the forward as one launch
+    (``overlap.OVERLAP_FORWARD``: output programs wait on the state pass's per-chunk counts)."""
+    from tessera.linear.triton import overlap
+    calls = []
+    if overlapped:
+        launcher = overlap.simple_gla_states_and_output
+        monkeypatch.setattr(overlap, "OVERLAP_FORWARD", True)
+        monkeypatch.setattr(overlap, "simple_gla_states_and_output",
+                            lambda *a, **kw: calls.append(1) or launcher(*a, **kw))
+    B, H, D = (batch, 2, 128)
     dev = "cuda"
     q, k, v = (torch.randn(B, T, H, D, device=dev, dtype=torch.bfloat16) for _ in range(3))
     k = k * 0.5
@@ -36,6 +47,7 @@ def test_simple_gla_bf16_long(T, gate, varlen):
         x.requires_grad_(True)
     kw = {gate: g} if gate else {}
     o, s = ops.simple_gla(q, k, v, **kw, initial_state=h0, output_final_state=True, cu_seqlens=cu, backend="triton")
+    assert bool(calls) == overlapped, "the one-launch forward ran" if calls else "the one-launch forward did not run"
     do, ds = torch.randn_like(o), torch.randn_like(s)
     grads = torch.autograd.grad((o.float() * do).sum() + (s * ds).sum(), list(leaves.values()))
     ref = {n: x.detach().double().requires_grad_(True) for n, x in leaves.items()}
@@ -45,46 +57,7 @@ def test_simple_gla_bf16_long(T, gate, varlen):
     grads_ref = torch.autograd.grad((o_ref * do.double()).sum() + (s_ref * ds.double()).sum(), list(ref.values()))
     errors = {"o": rel(o, o_ref), "final_state": rel(s, s_ref)}
     errors.update({f"d{n}": rel(a, b) for n, a, b in zip(leaves, grads, grads_ref)})
-    print(T, gate, varlen, {n: f"{e:.2e}" for n, e in errors.items()})
-    for name, err in errors.items():
-        assert err < 2e-2, (name, err)
-
-
-@cuda
-@pytest.mark.parametrize("T,gate", [(16384, "g"), (8191, "g_gamma"), (4097, None)])
-def test_simple_gla_bf16_overlapped_forward(T, gate, monkeypatch):
-    """The forward as one launch (``overlap.OVERLAP_FORWARD``: output programs wait on the state pass's
-    per-chunk counts) against float64, forward and backward, on a batch of two."""
-    from tessera.linear.triton import overlap
-    monkeypatch.setattr(overlap, "OVERLAP_FORWARD", True)
-    calls = []
-    launcher = overlap.simple_gla_states_and_output
-    monkeypatch.setattr(overlap, "simple_gla_states_and_output", lambda *a, **kw: calls.append(1) or launcher(*a, **kw))
-    B, H, D = (2, 4, 128)
-    dev = "cuda"
-    q, k, v = (torch.randn(B, T, H, D, device=dev, dtype=torch.bfloat16) for _ in range(3))
-    k = k * 0.5
-    h0 = torch.randn(B, H, D, D, device=dev)
-    g = {"g": F.logsigmoid(torch.randn(B, T, H, device=dev) + 3).to(torch.bfloat16),
-         "g_gamma": -torch.rand(H, device=dev) * 0.1, None: None}[gate]
-    leaves = {"q": q, "k": k, "v": v, "h0": h0}
-    if g is not None:
-        leaves["g"] = g
-    for x in leaves.values():
-        x.requires_grad_(True)
-    kw = {gate: g} if gate else {}
-    o, s = ops.simple_gla(q, k, v, **kw, initial_state=h0, output_final_state=True, backend="triton")
-    assert calls, "the overlapped forward did not run"
-    do, ds = torch.randn_like(o), torch.randn_like(s)
-    grads = torch.autograd.grad((o.float() * do).sum() + (s * ds).sum(), list(leaves.values()))
-    ref = {n: x.detach().double().requires_grad_(True) for n, x in leaves.items()}
-    kw_ref = {gate: ref["g"]} if gate else {}
-    o_ref, s_ref = ops.simple_gla(ref["q"], ref["k"], ref["v"], **kw_ref, initial_state=ref["h0"],
-                                  output_final_state=True, backend="torch")
-    grads_ref = torch.autograd.grad((o_ref * do.double()).sum() + (s_ref * ds.double()).sum(), list(ref.values()))
-    errors = {"o": rel(o, o_ref), "final_state": rel(s, s_ref)}
-    errors.update({f"d{n}": rel(a, b) for n, a, b in zip(leaves, grads, grads_ref)})
-    print(T, gate, {n: f"{e:.2e}" for n, e in errors.items()})
+    print(T, gate, varlen, batch, overlapped, {n: f"{e:.2e}" for n, e in errors.items()})
     for name, err in errors.items():
         assert err < 2e-2, (name, err)
 
