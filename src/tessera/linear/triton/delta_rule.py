@@ -30,8 +30,8 @@ import triton.language as tl
 
 from ...kernels.triton.launcher import Launcher
 from . import tuning
-from .simple_gla import (_INTERPRETING, CHUNK, _block, _chunk_coords, _chunk_rows, _dot, _gate_local, _key,
-                         _pair_decay, _rows, _rows_t, _seq_coords, _state, _state_dtype, chunk_dv, chunk_local_cumsum,
+from .simple_gla import (_INTERPRETING, CHUNK, _block, _chunk_coords, _chunk_rows, _dot, _gate_local, _initial_state,
+                         _key, _pair_decay, _rows, _rows_t, _seq_coords, _state, _state_dtype, chunk_dv, chunk_local_cumsum,
                          chunk_output, packed_chunks)
 
 
@@ -283,10 +283,7 @@ def _delta_states_kernel(k, w, u0, u, gc, h, h0, ht, cu_seqlens, chunk_offsets, 
     bos, seq_len, first_chunk = _seq_coords(cu_seqlens, chunk_offsets, i_n, T, BT, VARLEN)
     n_chunks = tl.cdiv(seq_len, BT)
     v0 = i_v * BV
-    b_h = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_H0:
-        b_h += tl.load(_state(h0, i_n, i_h, H, K, V, 0, v0, BK, BV), boundary_check=(0, 1),
-                       padding_option="zero").to(tl.float32)
+    b_h = _initial_state(h0, i_n, i_h, H, K, V, 0, v0, BK, BV, USE_H0)
     if WHILE_LOOP:
         i_t = 0
         while i_t < n_chunks:

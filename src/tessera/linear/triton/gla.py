@@ -19,8 +19,8 @@ import triton.language as tl
 
 from ...kernels.triton.launcher import Launcher
 from . import tuning
-from .simple_gla import (_INTERPRETING, CHUNK, PackedChunks, _block, _chunk_rows, _dot, _dqk_partials, _rows, _state,
-                         _state_dtype, gated_chunk_function, packed_chunks)
+from .simple_gla import (_INTERPRETING, CHUNK, PackedChunks, _block, _chunk_rows, _dot, _dqk_partials, _initial_state,
+                         _rows, _state, _state_dtype, gated_chunk_function, packed_chunks)
 
 
 @triton.jit
@@ -96,10 +96,7 @@ def _gla_states_kernel(k, v, gc, h, h0, ht, cu_seqlens, chunk_offsets, H,
     n_chunks = tl.cdiv(seq_len, BT)
     k0 = i_k * BK
     v0 = i_v * BV
-    b_h = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_H0:
-        b_h += tl.load(_state(h0, i_n, i_h, H, K, V, k0, v0, BK, BV), boundary_check=(0, 1),
-                       padding_option="zero").to(tl.float32)
+    b_h = _initial_state(h0, i_n, i_h, H, K, V, k0, v0, BK, BV, USE_H0)
     if WHILE_LOOP:
         i_t = 0
         while i_t < n_chunks:

@@ -27,8 +27,8 @@ import triton.language as tl
 from ...kernels.triton.launcher import Launcher
 from . import tuning
 from .delta_rule import _delta_state_step
-from .simple_gla import (_INTERPRETING, CHUNK, PackedChunks, _block, _key, _output_chunk, _state, _state_dtype,
-                         _state_step)
+from .simple_gla import (_INTERPRETING, CHUNK, PackedChunks, _block, _initial_state, _key, _output_chunk, _state,
+                         _state_dtype, _state_step)
 
 OVERLAP_FORWARD = os.environ.get("TESSERA_LINEAR_OVERLAP", "0") == "1"
 
@@ -77,10 +77,7 @@ def _overlapped_forward_kernel(q, k, v, w, u0, u, gc, h, o, h0, ht, sync, scale,
         i_h = i_nh % H
         k0 = i_k * BK
         v0 = i_v * BV
-        b_h = tl.zeros([BK, BV], dtype=tl.float32)
-        if USE_H0:
-            b_h += tl.load(_state(h0, i_n, i_h, H, K, V, k0, v0, BK, BV), boundary_check=(0, 1),
-                           padding_option="zero").to(tl.float32)
+        b_h = _initial_state(h0, i_n, i_h, H, K, V, k0, v0, BK, BV, USE_H0)
         if WHILE_LOOP:
             i_t = 0
             while i_t < per_seq:

@@ -139,6 +139,18 @@ def _state(x, chunk, i_h, H, K: tl.constexpr, V: tl.constexpr, k0, v0, BK: tl.co
     return tl.make_block_ptr(x + (chunk.to(tl.int64) * H + i_h) * K * V, (K, V), (V, 1), (k0, v0), (BK, BV), (1, 0))
 
 
+@triton.jit
+def _initial_state(h0, i_n, i_h, H, K: tl.constexpr, V: tl.constexpr, k0, v0, BK: tl.constexpr, BV: tl.constexpr,
+                   USE_H0: tl.constexpr):
+    """Float32 ``[BK, BV]`` block ``k0, v0`` of sequence ``i_n``'s initial state ``h0 [N, H, K, V]`` (zeros
+    without ``USE_H0``): where a state pass starts."""
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_H0:
+        b_h += tl.load(_state(h0, i_n, i_h, H, K, V, k0, v0, BK, BV), boundary_check=(0, 1),
+                       padding_option="zero").to(tl.float32)
+    return b_h
+
+
 @triton.jit(do_not_specialize=["T"])
 def _chunk_cumsum_kernel(g, gc, cu_seqlens, chunk_indices, T, H, BT: tl.constexpr, BH: tl.constexpr,
                          VARLEN: tl.constexpr):
@@ -211,10 +223,7 @@ def _chunk_states_kernel(k, v, gc, h, h0, ht, cu_seqlens, chunk_offsets, T, H: t
     k0 = i_k * BK
     v0 = i_v * BV
 
-    b_h = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_H0:
-        b_h += tl.load(_state(h0, i_n, i_h, H, K, V, k0, v0, BK, BV), boundary_check=(0, 1),
-                       padding_option="zero").to(tl.float32)
+    b_h = _initial_state(h0, i_n, i_h, H, K, V, k0, v0, BK, BV, USE_H0)
     if WHILE_LOOP:
         i_t = 0
         while i_t < n_chunks:
