@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import traceback
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -184,13 +185,15 @@ def sweep_simple_gla(records, T=16384):
                             "config": vars(cfg), **row})
 
 
-def preload_choices(path: str) -> str:
-    """Preload the timed choices of the results file ``path`` (same GPU model only); returns its name."""
+def preload_choices(path: str) -> Optional[str]:
+    """Preload the timed choices of the results file ``path`` if they were timed on this GPU model; returns
+    its name, or None (said on stdout) for another model, whose choices this run times afresh."""
     with open(path) as f:
         earlier = json.load(f)
     here = device_name(torch.device(DEVICE))
     if earlier["device"] != here:
-        raise SystemExit(f"--tuned-from {path}: its choices were timed on {earlier['device']}, this is {here}")
+        print(f"{path}: skipped, its choices were timed on {earlier['device']}, this is {here}", flush=True)
+        return None
     print(f"{path}: {tuning.preload(earlier['tuned'])} launch choices preloaded", flush=True)
     return os.path.basename(path)
 
@@ -223,7 +226,7 @@ def main():
         global DEVICE, do_bench
         DEVICE = "cpu"
         do_bench = _cpu_timer
-    tuned_from = [preload_choices(f) for f in args.tuned_from]
+    tuned_from = [name for name in map(preload_choices, args.tuned_from) if name]
     os.makedirs(args.out, exist_ok=True)
     path = str(results_path(args.out, torch.device(DEVICE), "linear", datetime.date.today().isoformat()))
     records = []
