@@ -125,6 +125,8 @@ def wanted(kernel: str, packed: PackedChunks, heads: int, key_blocks: int, v_dim
 
 def _launch(q, k, v, w, u0, u, gc, h, o, initial_state, ht, scale, packed: PackedChunks, BK: int, BV: int,
             delta: bool, cfg) -> None:
+    """One ``_overlapped_forward_kernel`` launch filling ``h``, ``o``, ``ht`` (and ``u`` with ``delta``):
+    state programs over key blocks of ``BK`` and value blocks of ``BV``, then the output programs."""
     TT, H, K = q.shape
     V = h.shape[-1]
     N = packed.num_sequences
