@@ -38,7 +38,8 @@ def _own_dense_ms(records: list[dict], seq: int, dim: int, direction: str):
 
 
 def speedup_notes(cases, records: list[dict]) -> list[str]:
-    """One line per tiled case: ideal, predicted and measured speedups over tessera's dense."""
+    """One line per tiled case: ideal, predicted and measured speedups over tessera's dense, and the
+    ratios to Flex row-major and Flex tiled (Flex ms / tessera ms) that the N-D issue's targets name."""
     notes = []
     for case in cases:
         if case.na is None or case.na.get("layout") != "auto":
@@ -56,6 +57,11 @@ def speedup_notes(cases, records: list[dict]) -> list[str]:
             if ours and dense:
                 measured = dense / ours
                 parts.append(f"measured {direction} {measured:.1f}x ({measured / ideal:.2f} of ideal)")
+            for impl in ("flex", "flex-tiled"):
+                theirs = next((r["ms"] for r in records if r["case"] == case.name and r["impl"] == impl
+                               and r["direction"] == direction and r["ms"]), None)
+                if ours and theirs:
+                    parts.append(f"{direction} {theirs / ours:.2f}x {impl}")
         notes.append(", ".join(parts))
     return notes
 
