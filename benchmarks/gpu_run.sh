@@ -20,6 +20,9 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 steps="${*:-tests attention natten linear}"
+# Earlier linear results whose timed launch choices the linear steps start from (oldest first; files
+# timed on another GPU model are skipped, keys not in them are timed).
+linear_tuned="${LINEAR_TUNED:-$(ls benchmarks/results/2026-11-30-h200-linear-[3-9].json)}"
 status=0
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 gpu_model=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1 | tr -c 'A-Za-z0-9\n' '_')
@@ -81,21 +84,21 @@ for step in $steps; do
         --ops delta_rule simple_gla gla --fla-unguarded 2>&1 | tee "$OUT/linear.log" || status=1 ;;
     linear-accept)
       # The acceptance ops, both directions, in one run at T = 16384, starting from the timed
-      # launch choices of earlier H200 runs (LINEAR_TUNED, oldest first; keys not in them are timed).
+      # launch choices of earlier runs (linear_tuned, above).
       timeout "${TESSERA_LINEAR_TIMEOUT:-540}" python3 benchmarks/linear.py --out "$OUT" --T 16384 \
         --ops ${LINEAR_OPS:-simple_gla gla delta_rule} --fla-unguarded \
-        --tuned-from ${LINEAR_TUNED:-$(ls benchmarks/results/2026-11-30-h200-linear-[34567].json)} \
+        --tuned-from $linear_tuned \
         2>&1 | tee "$OUT/linear.log" || status=1 ;;
     linear-profile)
       # simple GLA's forward and backward per kernel against fla's at the longest T (default 65536).
       timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/gpu_linear_sweep.py --out "$OUT" \
         --parts simple-gla-breakdown --ops simple_gla --T ${LINEAR_PROFILE_T:-65536} --no-sweep --budget 270 \
-        --tuned-from ${LINEAR_TUNED:-$(ls benchmarks/results/2026-11-30-h200-linear-[3-9].json)} \
+        --tuned-from $linear_tuned \
         2>&1 | tee "$OUT/linear-profile.log" || status=1 ;;
     overlap-ab)
       # Simple GLA's and the delta rule's forwards as one launch against the usual launches (overlap.py).
       timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/gpu_overlap_ab.py --out "$OUT" \
-        --tuned-from ${LINEAR_TUNED:-$(ls benchmarks/results/2026-11-30-h200-linear-[3-9].json)} \
+        --tuned-from $linear_tuned \
         2>&1 | tee "$OUT/overlap-ab.log" || status=1 ;;
     linear-delta) timeout "${TESSERA_LINEAR_TIMEOUT:-240}" python3 benchmarks/gpu_linear_sweep.py --out "$OUT" \
                     --parts delta-breakdown --ops delta_rule --T 16384 --no-sweep --budget 190 \
