@@ -7,7 +7,7 @@ Writes ``natten_mask.json``: per case and mask kind, forward and forward+backwar
 ``triton.testing.do_bench``) with the automatic tiled layout and the kernel configs it implies;
 with ``--profile`` also the CUDA time of every kernel of one fwd+bwd step (torch.profiler, mean
 of 5 steps) with the in-kernel mask, and the host time to queue one forward and one fwd+bwd step
-(when it exceeds the kernels' time, the step is host-bound); with ``--dkdv`` forward+backward with each given dk/dv config forced.
+(when it exceeds the kernels' time, the step is host-bound), also split per part (``host_parts``); with ``--dkdv`` forward+backward with each given dk/dv config forced.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import time
 import torch
 from triton.testing import do_bench
 
+from tessera.bench.host_parts import host_ms_per_part
 from tessera.bench.timing import cuda_kernel_ms, host_seconds_per_call, warm_up_gpu
 from tessera.kernels.triton import masks, tuning
 from tessera.kernels.triton.tuning import KernelConfig
@@ -89,7 +90,8 @@ def main() -> None:
         if args.profile:
             row = {"case": name, "mask": "neighborhood", "kernels_ms": cuda_kernel_ms(fwd_bwd_fresh, iters=5),
                    "host_ms_fwd": 1e3 * host_seconds_per_call(fwd),
-                   "host_ms_fwd_bwd": 1e3 * host_seconds_per_call(fwd_bwd_fresh)}
+                   "host_ms_fwd_bwd": 1e3 * host_seconds_per_call(fwd_bwd_fresh),
+                   "host_ms_per_part_fwd_bwd": host_ms_per_part(fwd_bwd_fresh)}
             print(json.dumps(row), flush=True)
             result["rows"].append(row)
             with open(os.path.join(args.out, "natten_mask.json"), "w") as f:

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+import time
 from dataclasses import dataclass
 from typing import Callable, Hashable, Optional
 
@@ -123,6 +125,17 @@ def _time_ms(launch: Callable[[LaunchConfig], object], cfg: LaunchConfig) -> flo
         return math.inf
 
 
+def _timed_with_log(kernel: str, key: Hashable, launch: Callable[[LaunchConfig], object], cfg: LaunchConfig) -> float:
+    """``_time_ms``; with ``TESSERA_LINEAR_TUNE_LOG=1`` also prints the candidate, its time and the wall
+    seconds it took (compile included) to stderr."""
+    if os.environ.get("TESSERA_LINEAR_TUNE_LOG", "0") != "1":
+        return _time_ms(launch, cfg)
+    start = time.perf_counter()
+    ms = _time_ms(launch, cfg)
+    print(f"tune {kernel} {key} {cfg}: {ms:.4f} ms, {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    return ms
+
+
 def pick(kernel: str, key: Hashable, launch: Optional[Callable[[LaunchConfig], object]]) -> LaunchConfig:
     """The configuration of ``kernel`` for ``key``: the override, the default, or the fastest candidate
     (timed through ``launch(cfg)`` on the first call for the key; ``launch=None``: never timed)."""
@@ -135,7 +148,7 @@ def pick(kernel: str, key: Hashable, launch: Optional[Callable[[LaunchConfig], o
     if full_key not in _CHOSEN and f"{kernel}|{key}" in _PRELOADED:
         _CHOSEN[full_key] = _PRELOADED[f"{kernel}|{key}"]
     if full_key not in _CHOSEN:
-        times = [_time_ms(launch, cfg) for cfg in candidates]
+        times = [_timed_with_log(kernel, key, launch, cfg) for cfg in candidates]
         best = min(range(len(candidates)), key=lambda i: times[i])
         _CHOSEN[full_key] = candidates[best]
     return _CHOSEN[full_key]
