@@ -86,6 +86,11 @@ def parse_args(argv=None):
     p.add_argument("--no-sweep", action="store_true", help="skip the launch-configuration sweep (same as leaving"
                    " 'sweep' out of --parts)")
     p.add_argument("--no-fla", action="store_true", help="tessera rows only")
+    p.add_argument("--sweep-kernels", nargs="+", default=None, metavar="KERNEL",
+                   help="sweep only these tuning names (default: every forward kernel with candidates)")
+    p.add_argument("--sweep-space", choices=["candidates", "fla"], default="candidates",
+                   help="configurations swept: tessera's candidates, or (state passes with a key block) fla"
+                        " 0.6's whole chunk_fwd_h space: block_k, block_v in {32, 64}, 1-8 warps, 2-4 stages")
     p.add_argument("--tuned-from", nargs="+", default=[], metavar="JSON",
                    help="linear results files from this GPU model whose timed launch choices to reuse"
                         " (benchmarks/linear.py --tuned-from)")
@@ -336,10 +341,32 @@ def breakdown_forward(report, budget, T: int, with_fla: bool = True):
         if guarded(report, budget, dict(base, impl="fla", stage="setup"), prepare_fla) is not None:
             for stage, fn in fla_stages.items():
                 guarded(report, budget, dict(base, impl="fla", stage=stage), lambda fn=fn: {"ms": bench(fn)})
+            guarded(report, budget, dict(base, impl="fla", stage="chosen-configs"), fla_chosen_configs)
 
 
-def sweep_forward(report, budget, op: str, T: int):
-    """Every candidate configuration of ``op``'s forward state and output kernels, each kernel timed alone."""
+def fla_chosen_configs() -> dict:
+    """The configurations fla's autotuning picked for its simple_gla forward kernels (a row's note)."""
+    from fla.ops.common import chunk_h, chunk_o
+    picked = {}
+    for name, kernel in (("chunk_fwd_h", chunk_h.chunk_fwd_kernel_h), ("chunk_fwd_o", chunk_o.chunk_fwd_kernel_o)):
+        while kernel is not None and not hasattr(kernel, "best_config"):
+            kernel = getattr(kernel, "fn", None)
+        best = getattr(kernel, "best_config", None)
+        picked[name] = None if best is None else {"kwargs": dict(best.kwargs), "num_warps": best.num_warps,
+                                                  "num_stages": best.num_stages}
+    return {"ms": None, "note": json.dumps(picked)}
+
+
+def fla_state_space() -> list:
+    """fla 0.6's autotuning space of ``chunk_fwd_kernel_h`` as tessera launch configurations."""
+    from tessera.linear.triton.tuning import LaunchConfig
+    return [LaunchConfig(bk, bv, warps, stages) for bk in (32, 64) for bv in (32, 64) for warps in (1, 2, 4, 8)
+            for stages in (2, 3, 4)]
+
+
+def sweep_forward(report, budget, op: str, T: int, kernels=None, space: str = "candidates"):
+    """Every candidate configuration (``space="fla"``: fla's state-pass space for state passes with a key
+    block) of ``op``'s forward state and output kernels (or of ``kernels``), each kernel timed alone."""
     from tessera.linear.triton import tuning
     holder = {}
 
@@ -354,7 +381,12 @@ def sweep_forward(report, budget, op: str, T: int):
         for kernel, fn in holder["stages"].items():
             if kernel not in tuning.CANDIDATES or len(tuning.CANDIDATES[kernel]) == 1:
                 continue
-            for cfg in tuning.CANDIDATES[kernel]:
+            if kernels is not None and kernel not in kernels:
+                continue
+            configs = tuning.CANDIDATES[kernel]
+            if space == "fla" and kernel.endswith(".state") and configs[0].block_k:
+                configs = fla_state_space()
+            for cfg in configs:
                 def measure(kernel=kernel, cfg=cfg, fn=fn):
                     tuning.OVERRIDES[kernel] = cfg
                     try:
@@ -661,7 +693,7 @@ def main(argv=None):
         breakdown_forward(report, args.budget, big, fla)
     if "sweep" in parts:
         for op in args.ops:
-            sweep_forward(report, args.budget, op, big)
+            sweep_forward(report, args.budget, op, big, args.sweep_kernels, args.sweep_space)
     if "compare" in parts:
         for op in rest:
             compare(report, args.budget, op, big, "fwd", fla)

@@ -16,7 +16,6 @@ import torch.nn.functional as F  # noqa: E402
 
 from tessera.linear import naive, ops  # noqa: E402
 from tessera.linear.triton import delta_rule as delta_kernels  # noqa: E402
-from tessera.linear.triton import overlap  # noqa: E402
 from tessera.linear.triton import gla as gla_kernels  # noqa: E402
 from tessera.linear.triton import simple_gla as kernels  # noqa: E402
 from tessera.linear.triton import tuning  # noqa: E402
@@ -40,7 +39,6 @@ class _NaNPoisonedTorch:
 kernels.torch = _NaNPoisonedTorch()
 gla_kernels.torch = _NaNPoisonedTorch()
 delta_kernels.torch = _NaNPoisonedTorch()
-overlap.torch = _NaNPoisonedTorch()
 
 CASES = [  # dtype, B, T, H, K, V, gate ("g", "g_gamma", None: simple GLA; "gk": GLA), varlen
     ("float32", 2, 63, 2, 32, 32, "g", False),
@@ -106,33 +104,6 @@ def run_state_dot_in_pass_case(*case):
     return result
 
 
-# Simple GLA's forward as one launch (``overlap.OVERLAP_FORWARD``); the varlen case takes the two launches.
-OVERLAP_CASES = [
-    ("float32", 2, 150, 2, 32, 32, "g", False),
-    ("float16", 1, 130, 1, 128, 96, "g", False),
-    ("float16", 2, 70, 2, 32, 64, None, False),
-    ("float32", 1, 65, 4, 32, 32, "g_gamma", False),
-    ("float16", 1, 150, 2, 64, 32, "g", True),
-]
-
-
-def run_overlapped(run, case, launcher_name: str, varlen: bool):
-    """``run(*case)`` with the forwards as one launch (``overlap.OVERLAP_FORWARD``); checks that the one-launch
-    forward ran (varlen: that it did not)."""
-    calls, launcher = [], getattr(overlap, launcher_name)
-    setattr(overlap, launcher_name, lambda *a, **kw: calls.append(1) or launcher(*a, **kw))
-    overlap.OVERLAP_FORWARD = True
-    try:
-        result = run(*case)
-    finally:
-        overlap.OVERLAP_FORWARD = False
-        setattr(overlap, launcher_name, launcher)
-    if bool(calls) == varlen:
-        raise AssertionError(f"{case}: the one-launch forward ran {len(calls)} times (varlen={varlen})")
-    result["case"][6] = f"{result['case'][6]}-overlapped"
-    return result
-
-
 DELTA_CASES = [  # dtype, B, T, H, K, V, gated, varlen, key correlation
     ("float32", 2, 63, 2, 32, 32, True, False, 0.),
     ("float16", 1, 150, 2, 64, 32, True, True, 0.),
@@ -140,14 +111,6 @@ DELTA_CASES = [  # dtype, B, T, H, K, V, gated, varlen, key correlation
     ("float32", 1, 70, 1, 128, 64, True, False, 0.),
     ("float32", 1, 130, 2, 64, 32, False, False, 0.9),
     ("float16", 1, 150, 2, 64, 32, True, True, 0.9),
-]
-
-
-# The delta rules' forward as one launch; the varlen case takes the two launches.
-DELTA_OVERLAP_CASES = [
-    ("float32", 2, 150, 2, 32, 32, True, False, 0.),
-    ("float16", 1, 130, 2, 128, 96, False, False, 0.9),
-    ("float16", 1, 150, 2, 64, 32, True, True, 0.),
 ]
 
 
@@ -262,10 +225,6 @@ if __name__ == "__main__":
         print(json.dumps(run_case(*case)), flush=True)
     for case in STATE_DOT_IN_PASS_CASES:
         print(json.dumps(run_state_dot_in_pass_case(*case)), flush=True)
-    for case in OVERLAP_CASES:
-        print(json.dumps(run_overlapped(run_case, case, "simple_gla_states_and_output", case[-1])), flush=True)
-    for case in DELTA_OVERLAP_CASES:
-        print(json.dumps(run_overlapped(run_delta_case, case, "delta_states_and_output", case[-2])), flush=True)
     for case in DELTA_CASES:
         print(json.dumps(run_delta_case(*case)), flush=True)
     tuning.OVERRIDES.update(DELTA_VARIANT_OVERRIDES)

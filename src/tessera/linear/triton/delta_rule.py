@@ -593,11 +593,6 @@ def delta_rule_forward(q, k, v, beta, g, scale, initial_state, output_final_stat
     ``(Tinv, w, u, h, gc)``, ``gc`` the chunk-local cumulative log-decay (None without a gate)."""
     gc = None if g is None else chunk_local_cumsum(g, packed)
     Tinv, w, u0 = delta_prepare(k, v, beta, gc, packed)
-    from . import overlap
-    if overlap.wanted("delta.overlapped", packed, q.shape[1], 1, v.shape[-1], q.device):
-        o, h, u, ht = overlap.delta_states_and_output(q, k, w, u0, gc, initial_state, output_final_state, scale,
-                                                      packed)
-        return o, ht, (Tinv, w, u, h, gc)
     h, u, ht = delta_states(k, w, u0, gc, initial_state, output_final_state, packed)
     o = chunk_output(q, k, u, gc, h, scale, packed, kernel="delta.output")
     return o, ht, (Tinv, w, u, h, gc)

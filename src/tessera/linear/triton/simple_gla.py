@@ -655,12 +655,6 @@ def simple_gla_forward(q, k, v, g, scale, initial_state, output_final_state, pac
     Returns ``(o [TT, H, V], h [NT, H, K, V], final_state float32 [N, H, K, V] or None, gc)`` with ``gc``
     the chunk-local cumulative log-decay (float32 ``[TT, H]``, or None)."""
     gc = None if g is None else chunk_local_cumsum(g, packed)
-    from . import overlap
-    if overlap.wanted("simple_gla.overlapped", packed, q.shape[1], triton.cdiv(q.shape[-1], 128), v.shape[-1],
-                      q.device):
-        o, h, ht = overlap.simple_gla_states_and_output(q, k, v, gc, initial_state, output_final_state, scale,
-                                                        packed)
-        return o, h, ht, gc
     h, ht = chunk_states(k, v, gc, initial_state, output_final_state, packed)
     o = chunk_output(q, k, v, gc, h, scale, packed)
     return o, h, ht, gc

@@ -72,10 +72,6 @@ _DELTA_STATE_FWD = _DELTA_STATE + (C(0, 32, 4, 4), C(0, 32, 2, 4), C(0, 64, 2, 3
 CANDIDATES: dict[str, tuple[LaunchConfig, ...]] = {
     "simple_gla.state": _SIMPLE_STATE_FWD,
     "simple_gla.output": (C(64, 128, 8, 2), C(128, 128, 8, 3), C(64, 64, 4, 3), C(32, 32, 2, 3), C(64, 128, 8, 3)),
-    # One launch for the state pass (block_k x block_v) and the output (64 x 128, ``overlap.py``): key
-    # blocks of 128 keep the state programs within the multiprocessors (``overlap.wanted``).
-    "simple_gla.overlapped": (C(128, 32, 4, 3), C(128, 64, 4, 3), C(128, 32, 8, 2), C(128, 32, 4, 2),
-                              C(128, 64, 8, 2)),
     "simple_gla.state_grad": _SIMPLE_STATE,
     "simple_gla.dv": (C(64, 64, 8, 3), C(64, 64, 4, 3), C(64, 128, 8, 3), C(128, 128, 4, 3), C(64, 128, 4, 3)),
     "simple_gla.dqk": (C(64, 64, 8, 3), C(64, 64, 4, 3), C(64, 128, 8, 2), C(32, 64, 4, 3), C(128, 64, 8, 3),
@@ -90,7 +86,6 @@ CANDIDATES: dict[str, tuple[LaunchConfig, ...]] = {
                       C(0, 0, 2, 2)),
     "delta.wu": (C(64, 64, 4, 3), C(64, 64, 8, 2), C(128, 128, 8, 2), C(64, 64, 2, 3)),
     "delta.state": _DELTA_STATE_FWD,
-    "delta.overlapped": (C(0, 32, 4, 3), C(0, 64, 4, 3), C(0, 32, 8, 2), C(0, 32, 4, 2), C(0, 64, 8, 2)),
     "delta.output": (C(64, 64, 8, 3), C(128, 128, 8, 3), C(64, 128, 8, 2), C(32, 32, 2, 3), C(64, 128, 8, 3)),
     "delta.state_grad": (C(0, 32, 4, 2), C(0, 32, 4, 3), C(0, 64, 4, 3), C(0, 32, 2, 3), C(0, 64, 4, 2),
                          C(0, 32, 8, 2)),
