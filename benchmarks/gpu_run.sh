@@ -3,7 +3,7 @@
 # JSON land under $OUT (the device tool brings them back); copy the JSON into benchmarks/results/.
 #   bash benchmarks/gpu_run.sh [tests] [tests-quick] [streams-ab] [schedule-ab] [attention] [natten]
 #                              [natten-reorder] [natten-profile] [natten-configs] [host-overhead] [host-breakdown] [linear] [tests-linear] [linear-final] [linear-accept]
-#                              [linear-profile] [state-sweep] [linear-delta] [kernel-next] [launch-cost]
+#                              [linear-profile] [state-sweep] [linear-host] [linear-delta] [kernel-next] [launch-cost]
 #   (linear, linear-final, linear-accept, linear-profile, linear-delta: carry .whl for fla)
 #   (default: tests attention natten linear)
 # Autotuning timings (fla's kernels: Triton's `cache_results`, on by default in fla) are kept per GPU
@@ -101,13 +101,17 @@ for step in $steps; do
       timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/gpu_linear_sweep.py --out "$OUT" \
         --parts simple-gla-breakdown sweep --ops simple_gla --T 16384 --sweep-kernels simple_gla.state \
         --sweep-space fla --budget 270 --tuned-from $linear_tuned 2>&1 | tee "$OUT/state-sweep.log" || status=1 ;;
+    linear-host)
+      # Kernel time against host time per call, tessera and fla, at T = 16384.
+      timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/gpu_linear_host.py --out "$OUT" \
+        --ops ${LINEAR_OPS:-simple_gla delta_rule gla} --tuned-from $linear_tuned 2>&1 | tee "$OUT/linear-host.log" || status=1 ;;
     linear-delta) timeout "${TESSERA_LINEAR_TIMEOUT:-240}" python3 benchmarks/gpu_linear_sweep.py --out "$OUT" \
                     --parts delta-breakdown --ops delta_rule --T 16384 --no-sweep --budget 190 \
                     2>&1 | tee "$OUT/linear-delta.log" || status=1 ;;
     kernel-next) bash benchmarks/gpu_kernel_next.sh 2>&1 | tee "$OUT/kernel-next.log" || status=1 ;;
     linear) timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/linear.py --out "$OUT" ${LINEAR_BENCH_ARGS:-} \
               2>&1 | tee "$OUT/linear.log" || status=1 ;;
-    *) echo "unknown step $step (tests, tests-quick, streams-ab, schedule-ab, attention, natten, natten-reorder, natten-profile, natten-configs, host-overhead, host-breakdown, linear, tests-linear, linear-final, linear-accept, linear-profile, state-sweep, linear-delta, kernel-next, launch-cost)"; status=2 ;;
+    *) echo "unknown step $step (tests, tests-quick, streams-ab, schedule-ab, attention, natten, natten-reorder, natten-profile, natten-configs, host-overhead, host-breakdown, linear, tests-linear, linear-final, linear-accept, linear-profile, state-sweep, linear-host, linear-delta, kernel-next, launch-cost)"; status=2 ;;
   esac
 done
 exit $status
