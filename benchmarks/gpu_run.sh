@@ -104,7 +104,7 @@ for step in $steps; do
     linear-host)
       # Kernel time against host time per call, tessera and fla, at T = 16384.
       timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/gpu_linear_host.py --out "$OUT" \
-        --ops ${LINEAR_OPS:-simple_gla delta_rule gla} --tuned-from $linear_tuned 2>&1 | tee "$OUT/linear-host.log" || status=1 ;;
+        --ops ${LINEAR_OPS:-simple_gla delta_rule gla} --tuned-from $linear_tuned ${LINEAR_HOST_ARGS:-} 2>&1 | tee "$OUT/linear-host.log" || status=1 ;;
     linear-delta) timeout "${TESSERA_LINEAR_TIMEOUT:-240}" python3 benchmarks/gpu_linear_sweep.py --out "$OUT" \
                     --parts delta-breakdown --ops delta_rule --T 16384 --no-sweep --budget 190 \
                     2>&1 | tee "$OUT/linear-delta.log" || status=1 ;;

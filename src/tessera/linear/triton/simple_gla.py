@@ -126,10 +126,16 @@ def _load_rows(x, bos, seq_len, i_h, H, D: tl.constexpr, row0, col0, BR: tl.cons
     base = x + (bos.to(tl.int64) * H + i_h) * D
     if TRANS:
         ptrs = base + o_d[:, None] + o_r.to(tl.int64)[None, :] * (H * D)
-        mask = (o_d < D)[:, None] & (o_r < seq_len)[None, :]
+        if D % BD == 0:
+            mask = (o_r < seq_len)[None, :]
+        else:
+            mask = (o_d < D)[:, None] & (o_r < seq_len)[None, :]
     else:
         ptrs = base + o_r.to(tl.int64)[:, None] * (H * D) + o_d[None, :]
-        mask = (o_r < seq_len)[:, None] & (o_d < D)[None, :]
+        if D % BD == 0:
+            mask = (o_r < seq_len)[:, None]
+        else:
+            mask = (o_r < seq_len)[:, None] & (o_d < D)[None, :]
     return tl.load(ptrs, mask=mask, other=0.)
 
 
@@ -167,14 +173,17 @@ def _chunk_cumsum_kernel(g, gc, cu_seqlens, chunk_indices, T, H, BT: tl.constexp
 
 
 @triton.jit
-def _gate_local(gc, bos, seq_len, i_h, H, row0, BT: tl.constexpr):
+def _gate_local(gc, bos, seq_len, i_h, H, row0, BT: tl.constexpr, PAD: tl.constexpr = True):
     """Local cumulative log-decay ``b`` of a chunk, read from ``gc[TT, H]`` (padded rows repeat the
-    last value), and its last value ``b_C``."""
+    last value; without ``PAD`` they read 0, for callers that zero those rows anyway), and its last
+    value ``b_C``."""
     o_t = row0 + tl.arange(0, BT)
     last = tl.minimum(row0 + BT, seq_len) - 1
     b_last = tl.load(gc + (bos + last).to(tl.int64) * H + i_h)
     b_b = tl.load(gc + (bos + o_t).to(tl.int64) * H + i_h, mask=o_t < seq_len, other=0.)
-    return tl.where(o_t < seq_len, b_b, b_last), b_last
+    if PAD:
+        b_b = tl.where(o_t < seq_len, b_b, b_last)
+    return b_b, b_last
 
 
 @triton.jit
@@ -199,7 +208,9 @@ def _state_step(k, v, gc, h, b_h, i_t, bos, seq_len, first_chunk, i_h, H, k0, v0
     b_kt = _load_rows(k, bos, seq_len, i_h, H, K, i_t * BT, k0, BT, BK, TRANS=True)
     b_v = _load_rows(v, bos, seq_len, i_h, H, V, i_t * BT, v0, BT, BV)
     if USE_G:
-        b_b, b_last = _gate_local(gc, bos, seq_len, i_h, H, i_t * BT, BT)
+        # Padded rows of v are zero and their factor exp(b_C - 0) is the state's own exp(b_C): finite
+        # whenever the state is, so they stay zero.
+        b_b, b_last = _gate_local(gc, bos, seq_len, i_h, H, i_t * BT, BT, PAD=False)
         b_h *= tl.exp(b_last)
         b_v = (b_v.to(tl.float32) * tl.exp(b_last - b_b)[:, None]).to(b_kt.dtype)
     b_h += _dot(b_kt, b_v, IEEE)
