@@ -3,7 +3,7 @@
 # JSON land under $OUT (the device tool brings them back); copy the JSON into benchmarks/results/.
 #   bash benchmarks/gpu_run.sh [tests] [tests-quick] [streams-ab] [schedule-ab] [attention] [natten]
 #                              [natten-reorder] [natten-profile] [natten-configs] [host-overhead] [host-breakdown] [linear] [tests-linear] [linear-final] [linear-accept]
-#                              [linear-profile] [state-sweep] [linear-host] [linear-delta] [kernel-next] [launch-cost]
+#                              [linear-profile] [state-sweep] [state-ab] [linear-host] [linear-delta] [kernel-next] [launch-cost]
 #   (linear, linear-final, linear-accept, linear-profile, linear-delta: carry .whl for fla)
 #   (default: tests attention natten linear)
 # Autotuning timings (fla's kernels: Triton's `cache_results`, on by default in fla) are kept per GPU
@@ -101,6 +101,10 @@ for step in $steps; do
       timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/gpu_linear_sweep.py --out "$OUT" \
         --parts simple-gla-breakdown sweep --ops simple_gla --T 16384 --sweep-kernels simple_gla.state \
         --sweep-space fla --budget 270 --tuned-from $linear_tuned 2>&1 | tee "$OUT/state-sweep.log" || status=1 ;;
+    state-ab)
+      # Simple GLA's state pass against fla's chunk_fwd_h on the same tensors (kernel time, alternating rounds).
+      timeout "${TESSERA_LINEAR_TIMEOUT:-200}" python3 benchmarks/gpu_state_pass_ab.py --out "$OUT" \
+        --configs 64,64,4,4 64,32,4,4 64,64,8,4 --tuned-from $linear_tuned 2>&1 | tee "$OUT/state-ab.log" || status=1 ;;
     linear-host)
       # Kernel time against host time per call, tessera and fla, at T = 16384.
       timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/gpu_linear_host.py --out "$OUT" \
@@ -111,7 +115,7 @@ for step in $steps; do
     kernel-next) bash benchmarks/gpu_kernel_next.sh 2>&1 | tee "$OUT/kernel-next.log" || status=1 ;;
     linear) timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/linear.py --out "$OUT" ${LINEAR_BENCH_ARGS:-} \
               2>&1 | tee "$OUT/linear.log" || status=1 ;;
-    *) echo "unknown step $step (tests, tests-quick, streams-ab, schedule-ab, attention, natten, natten-reorder, natten-profile, natten-configs, host-overhead, host-breakdown, linear, tests-linear, linear-final, linear-accept, linear-profile, state-sweep, linear-host, linear-delta, kernel-next, launch-cost)"; status=2 ;;
+    *) echo "unknown step $step (tests, tests-quick, streams-ab, schedule-ab, attention, natten, natten-reorder, natten-profile, natten-configs, host-overhead, host-breakdown, linear, tests-linear, linear-final, linear-accept, linear-profile, state-sweep, state-ab, linear-host, linear-delta, kernel-next, launch-cost)"; status=2 ;;
   esac
 done
 exit $status
