@@ -32,6 +32,7 @@ from triton.runtime.jit import JITFunction, compute_cache_key
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from tessera.bench.attention import _Inputs, _tessera_fn, gpu_cases
+from tessera.bench.host_parts import host_ms_per_part
 from tessera.bench.timing import host_seconds_per_call, warm_up_gpu
 from tessera.kernels.triton.launcher import Launcher, specialization_key
 
@@ -105,40 +106,10 @@ def _segments(step) -> dict:
                (flash_fwd, "row_operands"), (row_dot, "row_dot"), (flash_bwd, "row_dot"),
                (streams, "fork"), (streams, "join"), (Launcher, "_launch"), (JITFunction, "run"),
                (torch, "empty"), (torch, "empty_like")]
-    totals = {f"{getattr(owner, '__name__', owner)}.{name}": 0.0 for owner, name in targets}
-    originals = []
-
-    def timed(label, fn):
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                totals[label] += time.perf_counter() - start
-        return wrapper
-
-    for owner, name in targets:
-        fn = owner.__dict__[name]
-        label = f"{getattr(owner, '__name__', owner)}.{name}"
-        originals.append((owner, name, fn))
-        wrapped = timed(label, fn.__func__ if isinstance(fn, staticmethod) else fn)
-        setattr(owner, name, staticmethod(wrapped) if isinstance(fn, staticmethod) else wrapped)
-    calls = 20
-    try:
-        step()
-        torch.cuda.synchronize()
-        for key in totals:
-            totals[key] = 0.0
-        start = time.perf_counter()
-        for _ in range(calls):
-            step()
-        elapsed = time.perf_counter() - start
-        torch.cuda.synchronize()
-    finally:
-        for owner, name, fn in originals:
-            setattr(owner, name, fn)
-    return {"step": round(elapsed * 1e6 / calls, 2),
-            **{k: round(v * 1e6 / calls, 2) for k, v in totals.items()}}
+    parts = host_ms_per_part(step, calls=20, split_launches=False,
+                             targets=[(owner, name, f"{getattr(owner, '__name__', owner)}.{name}")
+                                      for owner, name in targets])
+    return {"step": round(parts.pop("call") * 1e3, 2), **{k: round(v * 1e3, 2) for k, v in parts.items()}}
 
 
 def _triton_path_step_us(step) -> list[float]:
