@@ -25,25 +25,6 @@ from tessera.bench.environment import device_name
 from tessera.bench.timing import cuda_kernel_ms, host_seconds_per_call, warm_up_gpu
 
 
-def _step(fn, q, k, v, extra, direction):
-    """One call of ``fn`` as ``linear.time_fn`` times it (gradients reset inside)."""
-    if direction == "fwd":
-        def step():
-            with torch.no_grad():
-                fn(q, k, v, extra)
-        return step
-    leaves = [q, k, v] + [x for x in extra.values() if x.is_floating_point()]
-    for x in leaves:
-        x.requires_grad_(True)
-    do = torch.randn_like(v)
-
-    def step():
-        for x in leaves:
-            x.grad = None
-        fn(q, k, v, extra).backward(do)
-    return step
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -69,11 +50,12 @@ def main() -> None:
                         q, k, v, extra = linear.make_inputs(op, T)
                         try:
                             row["ms"] = linear.time_fn(fn, q, k, v, extra, direction)
-                            step = _step(fn, q, k, v, extra, direction)
+                            step, leaves = linear.make_step(fn, q, k, v, extra, direction)
                             kernels = cuda_kernel_ms(step, iters=5)
                             row["kernel_ms"] = round(sum(kernels.values()), 4)
                             row["kernels"] = kernels
                             row["host_ms"] = 1e3 * host_seconds_per_call(step)
+                            linear.release(leaves)
                         except Exception as exc:  # noqa: BLE001 (recorded, the run goes on)
                             row["error"] = repr(exc)[:300]
                     print(json.dumps({n: x for n, x in row.items() if n != "kernels"}), flush=True)

@@ -110,12 +110,15 @@ def sdpa_fn():
     return run
 
 
-def time_fn(fn, q, k, v, extra, direction):
-    leaves = [q, k, v] + [x for x in extra.values() if x.is_floating_point()]
+def make_step(fn, q, k, v, extra, direction):
+    """``(step, leaves)``: one timed call of ``fn`` ("fwd": without autograd; "fwd+bwd": forward and
+    backward, gradients reset inside) and the inputs it made require grad (release with ``release``)."""
     if direction == "fwd":
-        with torch.no_grad():
-            fn(q, k, v, extra)
-            return do_bench(lambda: fn(q, k, v, extra), warmup=25, rep=150, return_mode="median")
+        def forward():
+            with torch.no_grad():
+                fn(q, k, v, extra)
+        return forward, []
+    leaves = [q, k, v] + [x for x in extra.values() if x.is_floating_point()]
     for x in leaves:
         x.requires_grad_(True)
     do = torch.randn_like(v)
@@ -124,11 +127,20 @@ def time_fn(fn, q, k, v, extra, direction):
         for x in leaves:
             x.grad = None
         fn(q, k, v, extra).backward(do)
-    step()
-    ms = do_bench(step, warmup=25, rep=150, return_mode="median")
+    return step, leaves
+
+
+def release(leaves):
     for x in leaves:
         x.requires_grad_(False)
         x.grad = None
+
+
+def time_fn(fn, q, k, v, extra, direction):
+    step, leaves = make_step(fn, q, k, v, extra, direction)
+    step()
+    ms = do_bench(step, warmup=25, rep=150, return_mode="median")
+    release(leaves)
     return ms
 
 
