@@ -540,16 +540,18 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
     k_desc, v_desc, dq_tma = row_operands(k, v, dq_plan, dq_plan.block_n, grid_order)
     row_order = row_launch(dq_plan, batch, heads)
     launch_dq = _named_launch(_DQ[row_order.grid], "dq")
+    # Arguments both kernels take in the same place: the score terms' tensors and q, k, v, do strides.
+    score_terms = (slopes if slopes is not None else dummy, bias if bias is not None else dummy, *factors[:2],
+                   table_args[0])
+    input_strides = tuple(t.stride(i) for t in (q, k, v, do) for i in range(3))
     side = streams.fork(device)
     try:
         launch_dkdv(
             q, k, v, do, q_desc, do_desc, lse, delta, dk, dv, dw if dw is not None else dummy,
             cols.full_count, cols.full_index, cols.part_count, cols.part_index, cols.part_bits,
             dkdv_plan.bits, dkdv_plan.tile_band, dkdv_plan.na_params,
-            col_order.order, col_order.reps, col_order.heads, slopes if slopes is not None else dummy,
-            bias if bias is not None else dummy, *factors[:2], table_args[0],
-            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
+            col_order.order, col_order.reps, col_order.heads, *score_terms,
+            *input_strides,
             dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
             *bias_strides, *factors[2:], *table_args[1:],
             heads, kv_heads, heads // kv_heads, q_len, k_len, dkdv_plan.map_heads, dkdv_plan.n_k_tiles,
@@ -566,10 +568,8 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
             dtable if dtable is not None else dummy,
             rows.full_count, rows.full_index, rows.part_count, rows.part_index, rows.part_bits,
             dq_plan.bits, dq_plan.tile_band, dq_plan.na_params,
-            row_order.order, row_order.reps, row_order.heads, slopes if slopes is not None else dummy,
-            bias if bias is not None else dummy, *factors[:2], table_args[0],
-            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
+            row_order.order, row_order.reps, row_order.heads, *score_terms,
+            *input_strides,
             dq.stride(0), dq.stride(1), dq.stride(2),
             *bias_strides, *factors[2:], table_args[1], g0, *table_args[2:], table_chunked,
             heads, heads // kv_heads, q_len, k_len, dq_plan.map_heads, dq_plan.n_q_tiles,
