@@ -6,10 +6,11 @@
 #                              [linear-profile] [state-sweep] [state-ab] [linear-host] [linear-delta] [kernel-next] [launch-cost]
 #   (linear, linear-final, linear-accept, linear-profile, linear-delta: carry .whl for fla)
 #   (default: tests attention natten linear)
-# Autotuning timings (fla's kernels: Triton's `cache_results`, on by default in fla) are kept per GPU
-# model in .triton-cache/<model>/ and come back under $OUT/triton-cache/: copy that folder over
-# .triton-cache/ and carry .triton-cache, so that a fresh machine times fla's configs only once per
-# model (as on a machine with a persistent cache) instead of recompiling them all.
+# Triton's cache (compiled kernels, and fla's autotuning timings through Triton's `cache_results`) is
+# kept per GPU model: at exit it is packed into $OUT/<model>.tar.xz.<n> (15 MB parts; only the
+# autotuning timings when the whole cache needs more than three parts). Copy those parts into
+# .triton-cache/ here and carry .triton-cache: the next call unpacks them and compiles (and times fla's
+# configs) only what is new, where a fresh machine would spend most of a call compiling.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -21,18 +22,28 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 steps="${*:-tests attention natten linear}"
 # Earlier linear results whose timed launch choices the linear steps start from (oldest first; files
-# timed on another GPU model are skipped, keys not in them are timed).
+# timed on another GPU model are skipped, keys not in them and kernels named in LINEAR_RETUNE are timed).
 linear_tuned="${LINEAR_TUNED:-$(ls benchmarks/results/2026-11-30-h200-linear-[3-9].json)}"
 status=0
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 gpu_model=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1 | tr -c 'A-Za-z0-9\n' '_')
 export TRITON_CACHE_DIR="$PWD/.triton-cache/$gpu_model"
+pack="$gpu_model.tar.xz"
+if compgen -G ".triton-cache/$pack.*" >/dev/null; then
+  cat ".triton-cache/$pack".* | xz -d | tar -C .triton-cache -xf - && rm -f ".triton-cache/$pack".*
+  echo "triton cache: $(find "$TRITON_CACHE_DIR" -type f | wc -l) files unpacked"
+fi
 mkdir -p "$TRITON_CACHE_DIR"
-keep_autotune_timings() {
-  (cd .triton-cache && find "$gpu_model" -name '*.autotune.json' -exec cp --parents {} "$OUT/triton-cache/" \;)
+keep_triton_cache() {
+  tar -C .triton-cache -cf - "$gpu_model" | xz -T0 -3 | split -b 15M -d -a 1 - "$OUT/$pack."
+  if compgen -G "$OUT/$pack.3" >/dev/null; then
+    rm -f "$OUT/$pack".*
+    (cd .triton-cache && find "$gpu_model" -name '*.autotune.json' -print0 | tar --null -T - -cf -) \
+      | xz -T0 -3 | split -b 15M -d -a 1 - "$OUT/$pack."
+  fi
+  ls -l "$OUT/$pack".*
 }
-mkdir -p "$OUT/triton-cache"
-trap keep_autotune_timings EXIT
+trap keep_triton_cache EXIT
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 for step in $steps; do
   case "$step" in

@@ -199,14 +199,17 @@ def sweep_simple_gla(records, T=16384):
 
 def preload_choices(path: str) -> Optional[str]:
     """Preload the timed choices of the results file ``path`` if they were timed on this GPU model; returns
-    its name, or None (said on stdout) for another model, whose choices this run times afresh."""
+    its name, or None (said on stdout) for another model, whose choices this run times afresh. Kernels
+    named in ``LINEAR_RETUNE`` (space-separated, e.g. ``simple_gla.state delta.state``) are timed afresh."""
     with open(path) as f:
         earlier = json.load(f)
     here = device_name(torch.device(DEVICE))
     if earlier["device"] != here:
         print(f"{path}: skipped, its choices were timed on {earlier['device']}, this is {here}", flush=True)
         return None
-    print(f"{path}: {tuning.preload(earlier['tuned'])} launch choices preloaded", flush=True)
+    retune = set(os.environ.get("LINEAR_RETUNE", "").split())
+    choices = {name: cfg for name, cfg in earlier["tuned"].items() if name.split("|", 1)[0] not in retune}
+    print(f"{path}: {tuning.preload(choices)} launch choices preloaded", flush=True)
     return os.path.basename(path)
 
 

@@ -27,7 +27,7 @@ if os.environ.get("TRITON_INTERPRET"):
 import torch
 import torch.nn.functional as F
 
-from tessera.bench.hopper_compile import LaunchRecorder, compile_distinct, jit_function, resources
+from tessera.bench.hopper_compile import LaunchRecorder, compile_distinct, jit_function, resources, sass
 from tessera.linear import ops
 from tessera.linear.triton import tuning
 
@@ -73,8 +73,20 @@ def loop_instructions(ptx: str) -> str:
     return str(sum(1 for s in body if s and s not in "{}" and not s.startswith(("//", "$L", ".loc", ".reg"))))
 
 
-def report(label: str, launches, seen: set) -> None:
-    """Compile each distinct kernel of ``launches`` once and print its statistics."""
+def dump(folder: str, label: str, fn, options: dict, kernel) -> None:
+    """Write the kernel's PTX and its SASS (nvdisasm of the cubin) to ``folder``, named after the row."""
+    name = re.sub(r"[^A-Za-z0-9]+", "_", f"{label} {fn.__name__} w{options.get('num_warps', 4)} "
+                                         f"s{options.get('num_stages', 3)}").strip("_")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, name + ".ptx"), "w") as f:
+        f.write(kernel.asm["ptx"])
+    with open(os.path.join(folder, name + ".sass"), "w") as f:
+        f.write(sass(kernel))
+
+
+def report(label: str, launches, seen: set, dump_to: str | None = None) -> None:
+    """Compile each distinct kernel of ``launches`` once and print its statistics (and dump its code to
+    ``dump_to``)."""
     for fn, options, kernel, error in compile_distinct(launches, seen):
         if error is not None:  # report and go on
             print(f"FAIL {label:34s} {fn.__name__:36s} {type(error).__name__}: {str(error).splitlines()[0][:160]}")
@@ -83,13 +95,15 @@ def report(label: str, launches, seen: set) -> None:
         print(f"{label:34s} {fn.__name__:36s} w{options.get('num_warps', 4)} s{options.get('num_stages', 3)} "
               f"shared {math.ceil(kernel.metadata.shared / 1024):3d} KB regs {regs:3d} stack {stack:4d} B "
               f"loop {loop_instructions(kernel.asm['ptx']):>4s}", flush=True)
+        if dump_to:
+            dump(dump_to, label, fn, options, kernel)
 
 
-def tessera_rows(op: str, gated: bool, runs: list, only, seen: set) -> None:
+def tessera_rows(op: str, gated: bool, runs: list, only, seen: set, dump_to: str | None) -> None:
     for label, overrides in runs:
         launches = [launch for launch in _recorded(op, gated, overrides)
                     if not only or any(s in launch[0].__name__ for s in only)]
-        report(f"tessera {label}", launches, seen)
+        report(f"tessera {label}", launches, seen, dump_to)
 
 
 def _runs(op: str, all_candidates: bool, configs: list) -> list:
@@ -123,10 +137,10 @@ def _simple_gla_fla() -> list:
         for w, s in ((4, 3), (2, 3), (8, 2), (4, 2), (4, 4), (1, 3)):
             opts = dict(BK=BK, BV=BV, num_warps=w, num_stages=s)
             for h_dtype in (bf, f32):  # forward (bf16 states) and the backward's recompute (float32)
-                rows.append((f"chunk_fwd_kernel_h h={h_dtype}", chunk_h.chunk_fwd_kernel_h, dict(
+                rows.append((f"chunk_fwd_kernel_h {BK}x{BV} h={h_dtype}", chunk_h.chunk_fwd_kernel_h, dict(
                     common, **hk, **opts, k=x["k"], v=x["v"], h=state(h_dtype), h0=None, ht=None,
                     USE_INITIAL_STATE=False, STORE_FINAL_STATE=False)))
-            rows.append(("chunk_bwd_kernel_dh dh=fp32", chunk_h.chunk_bwd_kernel_dh, dict(
+            rows.append((f"chunk_bwd_kernel_dh {BK}x{BV} dh=fp32", chunk_h.chunk_bwd_kernel_dh, dict(
                 common, **hk, **opts, q=x["q"], do=x["do"], dh=state(f32), dht=None, dh0=None, scale=0.1,
                 HQ=H, NG=1, STORE_INITIAL_STATE_GRADIENT=False, USE_FINAL_STATE_GRADIENT=False)))
     for BK, BV, w, s in ((128, 128, 8, 3), (64, 64, 4, 3), (32, 32, 2, 3)):
@@ -192,13 +206,13 @@ def _delta_rule_fla() -> list:
             for options in option_list]
 
 
-def fla_rows(op: str, path: str, only, seen: set) -> None:
+def fla_rows(op: str, path: str, only, seen: set, dump_to: str | None) -> None:
     sys.path.insert(0, path)
     rows = _simple_gla_fla() if op == "simple_gla" else _delta_rule_fla()
     for label, kernel, kwargs in rows:
         fn = jit_function(kernel)
         if not only or any(s in fn.__name__ or s in label for s in only):
-            report(f"fla {label}", [(fn, (), kwargs)], seen)
+            report(f"fla {label}", [(fn, (), kwargs)], seen, dump_to)
 
 
 def main() -> int:
@@ -211,14 +225,15 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", help="kernels whose name contains one of these")
     parser.add_argument("--fla", metavar="DIR", help="folder holding the unpacked fla package: compile its kernels")
     parser.add_argument("--no-tessera", action="store_true")
+    parser.add_argument("--dump", metavar="DIR", help="write each compiled kernel's PTX and SASS here")
     args = parser.parse_args()
     configs = [(spec.split(":")[0], tuning.LaunchConfig(*map(int, spec.split(":")[1].split(","))))
                for spec in args.config]
     seen = set()
     if not args.no_tessera:
-        tessera_rows(args.op, args.gated, _runs(args.op, args.all_candidates, configs), args.only, seen)
+        tessera_rows(args.op, args.gated, _runs(args.op, args.all_candidates, configs), args.only, seen, args.dump)
     if args.fla:
-        fla_rows(args.op, args.fla, args.only, seen)
+        fla_rows(args.op, args.fla, args.only, seen, args.dump)
     return 0
 
 

@@ -100,13 +100,23 @@ def compile_distinct(launches, seen: set):
             yield fn, options, None, exc
 
 
-def resources(kernel) -> tuple[int, int]:
-    """``(registers per thread, stack bytes per thread)`` of a compiled kernel (the stack frame is
-    local memory holding spilled registers), read by cuobjdump from its cubin; -1 when unread."""
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+def _cubin_tool(tool: str, kernel, *flags: str) -> str:
+    """stdout of Triton's bundled CUDA ``tool`` run on the kernel's cubin."""
+    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", tool)
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kernel.asm["cubin"])
         f.flush()
-        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+        return subprocess.run([path, *flags, f.name], capture_output=True, text=True).stdout
+
+
+def sass(kernel) -> str:
+    """The compiled kernel's SASS (nvdisasm, with control flow annotations)."""
+    return _cubin_tool("nvdisasm", kernel, "-c", "-g")
+
+
+def resources(kernel) -> tuple[int, int]:
+    """``(registers per thread, stack bytes per thread)`` of a compiled kernel (the stack frame is
+    local memory holding spilled registers), read by cuobjdump from its cubin; -1 when unread."""
+    out = _cubin_tool("cuobjdump", kernel, "-res-usage")
     regs, stack = re.search(r"REG:(\d+)", out), re.search(r"STACK:(\d+)", out)
     return int(regs.group(1)) if regs else -1, int(stack.group(1)) if stack else -1
