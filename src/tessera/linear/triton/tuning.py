@@ -2,7 +2,7 @@
 
 Every kernel has a short list of candidate ``LaunchConfig``s (``CANDIDATES``, first entry the default).
 On a GPU, the first call for a key (kernel, number of heads, head dims, dtype, flags; never a length
-or batch size) times every candidate (kernel time, from CUDA graph replay) and keeps the fastest for the
+or batch size) times every candidate with ``triton.testing.do_bench`` and keeps the fastest for the
 rest of the process, like ``triton.autotune`` keyed on dims only. Lengths never enter the key, so the
 choice is made at the first length seen. The default (first) candidate is used under the Triton
 interpreter, when ``TESSERA_LINEAR_TUNE=0``, and for kernels with one candidate; the timing
@@ -56,7 +56,10 @@ _SIMPLE_STATE = _STATE + (C(64, 32, 4, 2), C(64, 32, 2, 2), C(32, 64, 2, 2), C(6
 # Simple GLA's forward state pass: also the 8-warp, 2-stage and 4-stage shapes of fla's search space that the
 # list above lacks (sm_90 loop bodies: 64 x 32 at 8 warps 2 stages is the shortest, 4 stages deepen the
 # prefetch of k, v and the gate).
-_SIMPLE_STATE_FWD = _SIMPLE_STATE + (C(64, 32, 8, 2), C(32, 32, 4, 2), C(64, 32, 4, 4), C(32, 64, 4, 4))
+# 64 x 64 / 4 warps / 4 stages is fla's pick on an H200 and first here: 0.162 ms of kernel time against
+# 0.193 for the best 3-stage shape (T = 16384, B = 2, H = 16, bf16; gpu_state_pass_ab.py).
+_SIMPLE_STATE_FWD = (C(64, 64, 4, 4),) + _SIMPLE_STATE + (C(64, 32, 8, 2), C(32, 32, 4, 2), C(64, 32, 4, 4),
+                                                          C(32, 64, 4, 4))
 # The delta-rule state pass keeps the whole key dimension in one block (block_k unused).
 _DELTA_STATE = (C(0, 32, 8, 2), C(0, 32, 4, 3), C(0, 64, 4, 3), C(0, 32, 2, 3), C(0, 16, 4, 3), C(0, 32, 4, 2))
 # Its forward: also the 4-stage and 2-warp shapes of fla's search space for chunk_gated_delta_rule_fwd_h
@@ -72,13 +75,13 @@ _DELTA_STATE_FWD = _DELTA_STATE + (C(0, 32, 4, 4), C(0, 32, 2, 4), C(0, 64, 2, 3
 CANDIDATES: dict[str, tuple[LaunchConfig, ...]] = {
     "simple_gla.state": _SIMPLE_STATE_FWD,
     "simple_gla.output": (C(64, 128, 8, 2), C(128, 128, 8, 3), C(64, 64, 4, 3), C(32, 32, 2, 3), C(64, 128, 8, 3)),
-    "simple_gla.state_grad": _SIMPLE_STATE,
+    "simple_gla.state_grad": _SIMPLE_STATE + (C(64, 64, 4, 4), C(32, 64, 4, 4)),
     "simple_gla.dv": (C(64, 64, 8, 3), C(64, 64, 4, 3), C(64, 128, 8, 3), C(128, 128, 4, 3), C(64, 128, 4, 3)),
     "simple_gla.dqk": (C(64, 64, 8, 3), C(64, 64, 4, 3), C(64, 128, 8, 2), C(32, 64, 4, 3), C(128, 64, 8, 3),
                        C(128, 64, 8, 2), C(128, 32, 8, 3)),
-    "gla.state": _STATE,
+    "gla.state": _STATE + (C(32, 64, 4, 4), C(64, 64, 4, 4)),
     "gla.output": (C(64, 64, 8, 2), C(64, 128, 8, 2), C(64, 64, 4, 3), C(32, 64, 4, 3)),
-    "gla.state_grad": _STATE,
+    "gla.state_grad": _STATE + (C(64, 32, 4, 4),),
     "gla.dv": (C(64, 64, 8, 2), C(64, 64, 4, 3), C(32, 64, 4, 3)),
     "gla.dqk": (C(64, 64, 8, 2), C(64, 64, 4, 3), C(32, 64, 4, 3)),
     # block_v 0: T alone, then W and U by "delta.wu" (fla's split: solve_tril, recompute_w_u_fwd).
@@ -88,7 +91,7 @@ CANDIDATES: dict[str, tuple[LaunchConfig, ...]] = {
     "delta.state": _DELTA_STATE_FWD,
     "delta.output": (C(64, 64, 8, 3), C(128, 128, 8, 3), C(64, 128, 8, 2), C(32, 32, 2, 3), C(64, 128, 8, 3)),
     "delta.state_grad": (C(0, 32, 4, 2), C(0, 32, 4, 3), C(0, 64, 4, 3), C(0, 32, 2, 3), C(0, 64, 4, 2),
-                         C(0, 32, 8, 2)),
+                         C(0, 32, 8, 2), C(0, 32, 4, 4)),
     "delta.attn_dv": (C(128, 128, 4, 3), C(128, 128, 4, 2), C(128, 128, 8, 2), C(64, 64, 8, 3)),
     "delta.dqk": (C(128, 64, 8, 2), C(128, 128, 8, 2), C(128, 64, 4, 3), C(64, 64, 4, 3), C(64, 64, 8, 3)),
     "delta.wy_grad": (C(64, 64, 4, 3), C(64, 64, 8, 2), C(128, 64, 8, 2), C(64, 64, 2, 3), C(32, 32, 4, 3)),
@@ -111,23 +114,11 @@ def _tuning_enabled() -> bool:
 
 
 def _time_ms(launch: Callable[[LaunchConfig], object], cfg: LaunchConfig) -> float:
-    """Median device time of one launch with ``cfg`` in ms, replayed from a CUDA graph (falling back to
-    ``do_bench`` where capture fails); ``inf`` if it fails to compile or run.
-
-    Replay times the kernel alone. ``do_bench`` times from an event recorded behind its L2 flush, and a
-    launch whose Python path (output allocation, argument packing) outlasts that flush adds the device's
-    idle wait to every candidate: on an H200 it ranked simple GLA's forward state pass at 64 x 32 /
-    4 warps / 4 stages first (0.198 ms of kernel time by the profiler) over 64 x 64 / 4 / 4 (0.166)."""
-    import torch
+    """Median time of one launch with ``cfg`` in ms; ``inf`` if it fails to compile or run."""
     import triton.testing
 
     try:
-        torch.cuda.synchronize()
-        try:
-            return triton.testing.do_bench_cudagraph(lambda: launch(cfg), rep=20, return_mode="median")
-        except RuntimeError:  # not capturable: time it on the stream instead
-            torch.cuda.synchronize()
-            return triton.testing.do_bench(lambda: launch(cfg), warmup=5, rep=20, return_mode="median")
+        return triton.testing.do_bench(lambda: launch(cfg), warmup=5, rep=20, return_mode="median")
     except Exception:  # e.g. out of shared memory for this block shape
         return math.inf
 
