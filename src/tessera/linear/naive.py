@@ -149,15 +149,19 @@ NORMALIZER_EPS = 1e-10
 
 
 def naive_linear_attention(q, k, v, feature_map=None, normalize=False, scale=None, initial_state=None,
-                           output_final_state=False, cu_seqlens=None):
-    """Causal linear attention with a feature map: ``S_t = S_{t-1} + phi(k_t)^T v_t``.
+                           output_final_state=False, cu_seqlens=None, causal=True):
+    """Linear attention with a feature map: ``S_t = S_{t-1} + phi(k_t)^T v_t``.
 
     Without normalization ``o_t = scale phi(q_t) S_t``. With ``normalize=True`` also ``z_t = z_{t-1} +
     phi(k_t)`` and ``o_t = scale phi(q_t) S_t / (scale phi(q_t) . z_t + 1e-10)``; the state is then the pair
     ``(S [N, H, F, V], z [N, H, F])`` (``F`` = feature size), both for ``initial_state`` and the final state.
+    ``causal=False``: every query reads the state after its sequence's last token (``naive_global_linear_attention``).
     ``feature_map``: ``None``/"identity", "elu" (elu + 1), "relu", "taylor" (BASED), or any callable
     (e.g. ``HedgehogFeatureMap``) applied to the last dimension. ``scale`` defaults to ``1/sqrt(F)``.
     """
+    if not causal:
+        return naive_global_linear_attention(q, k, v, feature_map, normalize, scale, initial_state,
+                                             output_final_state, cu_seqlens)
     phi = resolve_feature_map(feature_map)
     fq, fk = phi(q), phi(k)
     if not normalize:
@@ -177,4 +181,44 @@ def naive_linear_attention(q, k, v, feature_map=None, normalize=False, scale=Non
     o = o_aug[..., :V] / (o_aug[..., V:] + NORMALIZER_EPS)
     if final is not None:
         final = (final[..., :V], final[..., V])
+    return o.to(q.dtype), final
+
+
+def naive_global_linear_attention(q, k, v, feature_map=None, normalize=False, scale=None, initial_state=None,
+                                  output_final_state=False, cu_seqlens=None, query_block: int = 64):
+    """Non-causal linear attention in its attention form: ``o_t = scale sum_s (phi(q_t) . phi(k_s)) v_s``
+    over every ``s`` of ``t``'s sequence, plus ``scale phi(q_t) S_0``; normalized, divided by
+    ``scale (sum_s phi(q_t) . phi(k_s) + phi(q_t) . z_0) + 1e-10``. Scores are formed ``query_block`` rows
+    at a time (memory ``O(query_block x T)``). The final state is ``S_0 + sum_s phi(k_s)^T v_s`` (and
+    ``z_0 + sum_s phi(k_s)``), as in the causal form.
+    """
+    phi = resolve_feature_map(feature_map)
+    fq, fk = phi(q), phi(k)
+    B, T, H, F = fq.shape
+    V = v.shape[-1]
+    S0, z0 = (initial_state if normalize else (initial_state, None)) if initial_state is not None else (None, None)
+    dtype = compute_dtype(fq, fk, v, S0, z0)
+    scale = F ** -0.5 if scale is None else scale
+    fq, fk, v = fq.to(dtype), fk.to(dtype), v.to(dtype)
+    o = torch.zeros(B, T, H, V, dtype=dtype, device=q.device)
+    states, sums = [], []
+    for n, (b, start, end) in enumerate(sequence_bounds(cu_seqlens, B, T)):
+        keys, values = fk[b, start:end], v[b, start:end]
+        for row in range(start, end, query_block):
+            queries = fq[b, row:min(row + query_block, end)]
+            scores = torch.einsum("qhf,shf->hqs", queries, keys)
+            num = torch.einsum("hqs,shv->qhv", scores, values)
+            den = scores.sum(-1).transpose(0, 1).unsqueeze(-1)
+            if S0 is not None:
+                num = num + torch.einsum("qhf,hfv->qhv", queries, S0[n].to(dtype))
+            if z0 is not None:
+                den = den + torch.einsum("qhf,hf->qh", queries, z0[n].to(dtype)).unsqueeze(-1)
+            o[b, row:row + queries.shape[0]] = scale * num / (scale * den + NORMALIZER_EPS) if normalize else scale * num
+        S = torch.einsum("shf,shv->hfv", keys, values)
+        z = keys.sum(0)
+        states.append(S if S0 is None else S + S0[n].to(dtype))
+        sums.append(z if z0 is None else z + z0[n].to(dtype))
+    final = None
+    if output_final_state:
+        final = (torch.stack(states), torch.stack(sums)) if normalize else torch.stack(states)
     return o.to(q.dtype), final

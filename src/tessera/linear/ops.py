@@ -9,9 +9,9 @@ inputs), or ``None`` unless asked for. The recurrences are written out in ``tess
 Backends (``backend=``): ``"triton"`` (chunked Triton kernels; CUDA, or CPU under ``TRITON_INTERPRET=1``),
 ``"torch"`` (chunked PyTorch forms of ``tessera.linear.chunk``, any device, float64 capable), and
 ``"auto"``: Triton on CUDA where a kernel exists for the op and the shapes, else torch.
-Triton kernels exist for ``simple_gla``, ``lightning_attn``, ``linear_attention`` and ``gla`` (chosen by
-``"auto"`` on CUDA), and for ``delta_rule`` / ``gated_delta_rule`` with ``K <= 128`` (opt-in through
-``backend="triton"`` until they have been checked on a GPU; ``"auto"`` runs the torch chunked form).
+Triton kernels exist for ``simple_gla``, ``lightning_attn``, causal ``linear_attention``, ``gla``, and
+``delta_rule`` / ``gated_delta_rule`` with ``K <= 128``; ``"auto"`` chooses them on CUDA. Non-causal
+``linear_attention`` is two matrix products per sequence and runs in PyTorch on every backend.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from . import chunk as torch_chunk
 from .feature_maps import FeatureMap, resolve_feature_map
 from .naive import NORMALIZER_EPS, lightning_log_decay
+from .noncausal import global_linear_attention
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _BACKENDS = ("auto", "triton", "torch")
@@ -85,8 +86,8 @@ def _check_per_token(name: str, x, q, trailing: tuple = ()):
 
 
 def _use_triton(backend: str, q: torch.Tensor, v: torch.Tensor, has_kernel: bool, op: str,
-                max_k: int = _TRITON_MAX_DIM, chosen_by_auto: bool = True) -> bool:
-    """Whether the call runs the Triton kernels; ``chosen_by_auto=False`` keeps a kernel opt-in."""
+                max_k: int = _TRITON_MAX_DIM) -> bool:
+    """Whether the call runs the Triton kernels."""
     fits = q.shape[-1] <= max_k and v.shape[-1] <= _TRITON_MAX_DIM and q.dtype != torch.float64
     if backend == "triton":
         if not has_kernel:
@@ -97,7 +98,7 @@ def _use_triton(backend: str, q: torch.Tensor, v: torch.Tensor, has_kernel: bool
         return True
     if backend == "torch":
         return False
-    return has_kernel and chosen_by_auto and fits and q.is_cuda
+    return has_kernel and fits and q.is_cuda
 
 
 def _finish(o: torch.Tensor, final, q: torch.Tensor, output_final_state: bool):
@@ -175,7 +176,7 @@ def gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_fi
     _check_per_token("beta", beta, q)
     if use_qk_l2norm_in_kernel:
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-    if _use_triton(backend, q, v, True, "gated_delta_rule", max_k=128, chosen_by_auto=False):
+    if _use_triton(backend, q, v, True, "gated_delta_rule", max_k=128):
         from .triton.delta_rule import chunk_gated_delta_rule_triton
         o, final = chunk_gated_delta_rule_triton(q, k, v, g, beta, scale, initial_state, output_final_state,
                                                  cu_seqlens)
@@ -196,41 +197,57 @@ def delta_rule(q, k, v, beta, scale=None, initial_state=None, output_final_state
 
 
 def linear_attention(q, k, v, feature_map: FeatureMap = None, normalize: bool = False, scale=None,
-                     initial_state=None, output_final_state=False, cu_seqlens=None, backend: str = "auto"):
-    """Causal linear attention with a feature map ``phi`` applied to q and k.
+                     initial_state=None, output_final_state=False, cu_seqlens=None, causal: bool = True,
+                     backend: str = "auto"):
+    """Linear attention with a feature map ``phi`` applied to q and k.
 
-    ``o_t = scale phi(q_t) S_t`` with ``S_t = S_{t-1} + phi(k_t)^T v_t``; with ``normalize=True``,
-    ``o_t`` is divided by ``scale phi(q_t) . z_t + 1e-10``, ``z_t = z_{t-1} + phi(k_t)``, and states are
-    pairs ``(S [N, H, F, V], z [N, H, F])``. ``feature_map``: None (identity), "elu" (elu + 1), "relu",
-    "taylor" (BASED), or a callable such as ``HedgehogFeatureMap``. ``scale`` defaults to ``1/sqrt(F)``.
+    Causal (default): ``o_t = scale phi(q_t) S_t`` with ``S_t = S_{t-1} + phi(k_t)^T v_t``. Non-causal
+    (``causal=False``, global attention for images): every query reads its whole sequence's state
+    ``S = S_0 + sum_s phi(k_s)^T v_s``. With ``normalize=True``, ``o_t`` is divided by
+    ``scale phi(q_t) . z + 1e-10`` (``z`` the running or whole sum of ``phi(k_s)``, from ``z_0``), and
+    states are pairs ``(S [N, H, F, V], z [N, H, F])``. ``feature_map``: None (identity), "elu"
+    (elu + 1), "relu", "taylor" (BASED), or a callable such as ``HedgehogFeatureMap``. ``scale``
+    defaults to ``1/sqrt(F)``. The final state is the same in both modes.
     """
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
     phi = resolve_feature_map(feature_map)
     _check_tensor("q", q, 4)
     _check_tensor("k", k, 4)
     fq, fk = phi(q), phi(k)
-    if not normalize:
+    if not normalize and causal:
         return simple_gla(fq, fk, v, scale=scale, initial_state=initial_state,
                           output_final_state=output_final_state, cu_seqlens=cu_seqlens, backend=backend)
+    scale, N = _check_common(fq, fk, v, scale, None if normalize else initial_state, cu_seqlens, backend)
     B, T, H, Fd = fq.shape
     V = v.shape[-1]
-    init = None
-    if initial_state is not None:
-        if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 2:
-            raise TypeError(f"initial_state must be a pair (S, z) with normalize=True, got {type(initial_state).__name__}")
-        kv_init, z_init = initial_state
-        N = B if cu_seqlens is None else cu_seqlens.numel() - 1
-        _check_tensor("initial_state[0]", kv_init, 4)
-        _check_shape("initial_state[0]", kv_init, (N, H, Fd, V))
-        _check_tensor("initial_state[1]", z_init, 3)
-        _check_shape("initial_state[1]", z_init, (N, H, Fd))
-        init = torch.cat([kv_init.float() if kv_init.dtype != torch.float64 else kv_init,
-                          z_init.unsqueeze(-1).to(kv_init.dtype if kv_init.dtype == torch.float64 else torch.float32)],
-                         dim=-1)
-    v_aug = torch.cat([v, torch.ones(B, T, H, 1, dtype=v.dtype, device=v.device)], dim=-1)
-    o_aug, final = simple_gla(fq, fk, v_aug, scale=scale, initial_state=init, output_final_state=output_final_state,
+    init = _augmented_state(initial_state, N, H, Fd, V) if normalize else initial_state
+    # Normalized: the value gains a channel of ones, whose output is the denominator and whose state is z.
+    v_in = torch.cat([v, torch.ones(B, T, H, 1, dtype=v.dtype, device=v.device)], dim=-1) if normalize else v
+    if causal:
+        o, final = simple_gla(fq, fk, v_in, scale=scale, initial_state=init, output_final_state=output_final_state,
                               cu_seqlens=cu_seqlens, backend=backend)
-    o_aug = o_aug.float() if o_aug.dtype != torch.float64 else o_aug
-    o = o_aug[..., :V] / (o_aug[..., V:] + NORMALIZER_EPS)
-    if final is not None:
-        final = (final[..., :V], final[..., V])
-    return o.to(q.dtype), final
+    else:
+        o, final = global_linear_attention(fq, fk, v_in, scale, init, cu_seqlens)
+    if normalize:
+        o = o.float() if o.dtype != torch.float64 else o
+        o = o[..., :V] / (o[..., V:] + NORMALIZER_EPS)
+        if final is not None:
+            final = (final[..., :V], final[..., V])
+    return _finish(o, final, q, output_final_state)
+
+
+def _augmented_state(initial_state, N: int, H: int, Fd: int, V: int):
+    """The normalized state pair ``(S [N, H, F, V], z [N, H, F])`` as one ``[N, H, F, V + 1]`` state
+    (float32, or float64 for float64 inputs), or None."""
+    if initial_state is None:
+        return None
+    if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 2:
+        raise TypeError(f"initial_state must be a pair (S, z) with normalize=True, got {type(initial_state).__name__}")
+    kv_init, z_init = initial_state
+    _check_tensor("initial_state[0]", kv_init, 4)
+    _check_shape("initial_state[0]", kv_init, (N, H, Fd, V))
+    _check_tensor("initial_state[1]", z_init, 3)
+    _check_shape("initial_state[1]", z_init, (N, H, Fd))
+    dtype = torch.float64 if kv_init.dtype == torch.float64 else torch.float32
+    return torch.cat([kv_init.to(dtype), z_init.unsqueeze(-1).to(dtype)], dim=-1)
