@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: the GPU tests, then the side-by-side benchmarks. Logs and results
 # JSON land under $OUT (the device tool brings them back); copy the JSON into benchmarks/results/.
-#   bash benchmarks/gpu_run.sh [tests] [tests-quick] [streams-ab] [schedule-ab] [attention] [natten]
+#   bash benchmarks/gpu_run.sh [tests] [tests-quick] [tests-layers] [streams-ab] [schedule-ab] [attention] [natten]
 #                              [natten-reorder] [natten-profile] [natten-configs] [host-overhead] [host-breakdown] [linear] [tests-linear] [linear-final] [linear-accept]
 #                              [linear-profile] [state-sweep] [state-ab] [linear-host] [linear-delta] [kernel-next] [launch-cost]
 #   (linear, linear-final, linear-accept, linear-profile, linear-delta: carry .whl for fla)
@@ -50,6 +50,7 @@ for step in $steps; do
     tests) GPU_TEST_LINEAR=${GPU_TEST_LINEAR:-1} bash benchmarks/gpu_tests.sh 2>&1 | tee "$OUT/gpu-tests.log" || status=1 ;;
     tests-quick) GPU_TEST_GROUPS="patterns neighborhood" bash benchmarks/gpu_tests.sh 2>&1 \
                    | tee "$OUT/gpu-tests.log" || status=1 ;;
+    tests-layers) GPU_TEST_GROUPS="layers" bash benchmarks/gpu_tests.sh 2>&1 | tee "$OUT/gpu-tests.log" || status=1 ;;
     streams-ab)
       # Later steps run with the faster setting (TESSERA_BWD_STREAMS), printed here.
       timeout "${TESSERA_STREAMS_TIMEOUT:-90}" python3 benchmarks/gpu_streams_ab.py --out "$OUT" \
@@ -126,7 +127,7 @@ for step in $steps; do
     kernel-next) bash benchmarks/gpu_kernel_next.sh 2>&1 | tee "$OUT/kernel-next.log" || status=1 ;;
     linear) timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/linear.py --out "$OUT" ${LINEAR_BENCH_ARGS:-} \
               2>&1 | tee "$OUT/linear.log" || status=1 ;;
-    *) echo "unknown step $step (tests, tests-quick, streams-ab, schedule-ab, attention, natten, natten-reorder, natten-profile, natten-configs, host-overhead, host-breakdown, linear, tests-linear, linear-final, linear-accept, linear-profile, state-sweep, state-ab, linear-host, linear-delta, kernel-next, launch-cost)"; status=2 ;;
+    *) echo "unknown step $step (tests, tests-quick, tests-layers, streams-ab, schedule-ab, attention, natten, natten-reorder, natten-profile, natten-configs, host-overhead, host-breakdown, linear, tests-linear, linear-final, linear-accept, linear-profile, state-sweep, state-ab, linear-host, linear-delta, kernel-next, launch-cost)"; status=2 ;;
   esac
 done
 exit $status

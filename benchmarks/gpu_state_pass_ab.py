@@ -9,9 +9,9 @@ tessera runs every configuration given (default: its timed choice and fla's pick
     python benchmarks/gpu_state_pass_ab.py --out DIR [--T 16384] [--rounds 3] [--configs 64,64,4,4 ...]
         [--tuned-from JSON ...]
 
-Writes DIR/state_pass_ab.json: per round, kernel ms of each, and each tessera configuration's time as the
-launch tuner measures it (``tuner``: CUDA graph replay) and as ``do_bench`` measures it (with its L2 flush,
-host path included): do the tuner's times rank the configurations as the kernel times do?
+Writes DIR/state_pass_ab.json: per round, kernel ms of each, and each tessera configuration's time by CUDA
+graph replay (``graph``) and by ``do_bench`` (``do_bench``: with its L2 flush, host path included, as the
+launch tuner times candidates): do these rank the configurations as the kernel times do?
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import os
 
 import torch
 import triton
-from triton.testing import do_bench
+from triton.testing import do_bench, do_bench_cudagraph
 
 import linear
 from tessera.bench.environment import device_name
@@ -80,7 +80,7 @@ def main() -> None:
             row[name] = round(sum(cuda_kernel_ms(fn, iters=20).values()), 4)
         for text in args.configs:
             cfg = tuning.LaunchConfig(*(int(x) for x in text.split(",")))
-            row[f"tuner {text}"] = round(tuning._time_ms(lambda c: ours(c)(), cfg), 4)
+            row[f"graph {text}"] = round(do_bench_cudagraph(ours(cfg), rep=20, return_mode="median"), 4)
             row[f"do_bench {text}"] = round(do_bench(ours(cfg), warmup=5, rep=20, return_mode="median"), 4)
         print(json.dumps(row), flush=True)
         result["rounds"].append(row)

@@ -127,3 +127,21 @@ def test_global_bad_arguments_raise():
         ops.linear_attention(q, k, v, normalize=True, causal=False, initial_state=torch.zeros(1, 2, 8, 8))
     with pytest.raises(ValueError, match="v must have shape"):
         ops.linear_attention(q, k, v[:, :5], causal=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float16, 3e-3)])
+def test_global_gpu_against_float64(dtype, tol):
+    """On CUDA, forward and gradients against the float64 attention form on the CPU."""
+    B, T, H, K, V = 2, 1000, 4, 64, 64
+    q, k, v = (torch.randn(B, T, H, D, dtype=F64) for D in (K, K, V))
+    inputs = [x.to("cuda", dtype).requires_grad_(True) for x in (q, k, v)]
+    leaves = [x.detach().double().cpu().requires_grad_(True) for x in inputs]
+    o, s = ops.linear_attention(*inputs, "elu", True, output_final_state=True, causal=False)
+    o_ref, s_ref = naive.naive_linear_attention(*leaves, "elu", True, output_final_state=True, causal=False)
+    assert o.dtype == dtype and rel(o.cpu(), o_ref) < tol and rel(s[0].cpu(), s_ref[0]) < tol
+    do = torch.randn_like(o_ref)
+    grads = torch.autograd.grad((o.float() * do.to("cuda")).sum(), inputs)
+    grads_ref = torch.autograd.grad((o_ref * do).sum(), leaves)
+    for name, a, b in zip("qkv", grads, grads_ref):
+        assert rel(a.cpu(), b) < 2 * tol, name
