@@ -127,6 +127,8 @@ def test_global_bad_arguments_raise():
         ops.linear_attention(q, k, v, normalize=True, causal=False, initial_state=torch.zeros(1, 2, 8, 8))
     with pytest.raises(ValueError, match="v must have shape"):
         ops.linear_attention(q, k, v[:, :5], causal=False)
+    with pytest.raises(ValueError, match="no Triton kernel"):
+        ops.linear_attention(q, k, v, causal=False, backend="triton")
 
 
 @pytest.mark.gpu

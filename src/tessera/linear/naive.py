@@ -196,7 +196,9 @@ def naive_global_linear_attention(q, k, v, feature_map=None, normalize=False, sc
     fq, fk = phi(q), phi(k)
     B, T, H, F = fq.shape
     V = v.shape[-1]
-    S0, z0 = (initial_state if normalize else (initial_state, None)) if initial_state is not None else (None, None)
+    S0 = z0 = None
+    if initial_state is not None:
+        S0, z0 = initial_state if normalize else (initial_state, None)
     dtype = compute_dtype(fq, fk, v, S0, z0)
     scale = F ** -0.5 if scale is None else scale
     fq, fk, v = fq.to(dtype), fk.to(dtype), v.to(dtype)

@@ -11,7 +11,7 @@ Backends (``backend=``): ``"triton"`` (chunked Triton kernels; CUDA, or CPU unde
 ``"auto"``: Triton on CUDA where a kernel exists for the op and the shapes, else torch.
 Triton kernels exist for ``simple_gla``, ``lightning_attn``, causal ``linear_attention``, ``gla``, and
 ``delta_rule`` / ``gated_delta_rule`` with ``K <= 128``; ``"auto"`` chooses them on CUDA. Non-causal
-``linear_attention`` is two matrix products per sequence and runs in PyTorch on every backend.
+``linear_attention`` is two matrix products per sequence and runs in PyTorch (``"auto"`` or ``"torch"``).
 """
 
 from __future__ import annotations
@@ -228,6 +228,7 @@ def linear_attention(q, k, v, feature_map: FeatureMap = None, normalize: bool = 
         o, final = simple_gla(fq, fk, v_in, scale=scale, initial_state=init, output_final_state=output_final_state,
                               cu_seqlens=cu_seqlens, backend=backend)
     else:
+        _use_triton(backend, fq, v, False, "linear_attention with causal=False")  # raises for backend="triton"
         o, final = global_linear_attention(fq, fk, v_in, scale, init, cu_seqlens)
     if normalize:
         o = o.float() if o.dtype != torch.float64 else o

@@ -101,8 +101,8 @@ class BasedAttention(nn.Module):
             if cache is not None and cache.keys.shape[1]:
                 k, v = torch.cat([cache.keys, k], dim=1), torch.cat([cache.values, v], dim=1)
             heads.append(attention(q, k, v, pattern=Window(self.window_size - 1)))
-            keys, values = k[:, k.shape[1] - min(k.shape[1], self.window_size - 1):], \
-                v[:, v.shape[1] - min(v.shape[1], self.window_size - 1):]
+            kept = min(k.shape[1], self.window_size - 1)
+            keys, values = k[:, k.shape[1] - kept:], v[:, v.shape[1] - kept:]
         y = self.out_proj(torch.cat(heads, dim=-1).reshape(B, T, -1))
         if not use_cache:
             return y
