@@ -3,7 +3,6 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from tessera.linear import naive, ops
 from tessera.linear.feature_maps import HedgehogFeatureMap, taylor_feature_map
