@@ -9,7 +9,7 @@ configurations, once per tuning candidate of the op's kernels (``--all-candidate
 ``tuning.OVERRIDES`` with their ``PREREQUISITES``), or once per ``--config``; every distinct launch is
 compiled for Hopper. fla: with ``--fla`` (a folder holding the unpacked ``fla`` package; it imports
 ``einops``), its kernels for the same op are compiled at the block sizes fla uses on Hopper, over a few
-of its autotune settings. One line per kernel: warps, stages, shared memory, registers per thread, stack bytes (spilled
+of its autotune settings (with ``--gated``, its state passes gated). One line per kernel: warps, stages, shared memory, registers per thread, stack bytes (spilled
 registers) and the PTX instructions of the first loop's body (the recurrence of the state passes).
 """
 
@@ -160,15 +160,16 @@ def _simple_gla_fla() -> list:
     return rows
 
 
-def _delta_rule_fla() -> list:
-    """fla 0.6's delta-rule kernels at Hopper settings (B = 2, H = 16, K = V = 128, BT = 64, bf16):
-    ``(label, kernel, arguments and launch options)``."""
+def _delta_rule_fla(gated: bool) -> list:
+    """fla 0.6's delta-rule kernels at Hopper settings (B = 2, H = 16, K = V = 128, BT = 64, bf16; the
+    state passes with a float32 log2 gate when ``gated``): ``(label, kernel, arguments and launch options)``."""
     from fla.ops.common import chunk_delta_h, chunk_o, chunk_scaled_dot_kkt
     from fla.ops.delta_rule import wy_fast
     solve_tril = __import__("fla.ops.utils.solve_tril", fromlist=["solve_tril"])
     bf, f32 = torch.empty(1, dtype=torch.bfloat16), torch.empty(1, dtype=torch.float32)
     dims = dict(H=16, K=128, V=128, BT=64, T=16384)
     hv = dict(dims, HV=16)
+    gate = dict(g=f32, USE_G=True) if gated else {}
     none_g = dict(g=None, gk=None, g_gamma=None, cu_seqlens=None, chunk_indices=None, chunk_offsets=None,
                   USE_G=False, USE_GK=False, USE_G_GAMMA=False, IS_VARLEN=False, STATE_V_FIRST=False)
 
@@ -183,12 +184,12 @@ def _delta_rule_fla() -> list:
          dict(dims, **none_g, k=bf, v=bf, beta=bf, w=bf, u=bf, A=bf, BK=64, BV=64), settings((4, 3), (2, 3), (8, 2))),
     ] + [
         ("fwd_h", chunk_delta_h.chunk_gated_delta_rule_fwd_kernel_h_blockdim64,
-         dict(hv, **none_g, k=bf, v=bf, w=bf, v_new=bf, h=bf, h0=None, ht=None, BV=bv, USE_INITIAL_STATE=False,
+         dict(hv, **{**none_g, **gate}, k=bf, v=bf, w=bf, v_new=bf, h=bf, h0=None, ht=None, BV=bv, USE_INITIAL_STATE=False,
               STORE_FINAL_STATE=False, SAVE_NEW_VALUE=True), settings((w, s)))
         for bv, w, s in ((32, 4, 2), (64, 4, 3), (32, 2, 3))
     ] + [
         ("bwd_dhu", chunk_delta_h.chunk_gated_delta_rule_bwd_kernel_dhu_blockdim64,
-         dict(hv, **none_g, q=bf, k=bf, w=bf, dht=None, dh0=None, do=bf, dh=bf, dv=bf, dv2=bf, scale=0.1, BV=bv,
+         dict(hv, **{**none_g, **gate}, q=bf, k=bf, w=bf, dht=None, dh0=None, do=bf, dh=bf, dv=bf, dv2=bf, scale=0.1, BV=bv,
               USE_INITIAL_STATE=False, USE_FINAL_STATE_GRADIENT=False), settings((w, s)))
         for bv, w, s in ((32, 4, 2), (64, 4, 3), (32, 2, 3), (64, 2, 2))
     ] + [
@@ -206,9 +207,9 @@ def _delta_rule_fla() -> list:
             for options in option_list]
 
 
-def fla_rows(op: str, path: str, only, seen: set, dump_to: str | None) -> None:
+def fla_rows(op: str, gated: bool, path: str, only, seen: set, dump_to: str | None) -> None:
     sys.path.insert(0, path)
-    rows = _simple_gla_fla() if op == "simple_gla" else _delta_rule_fla()
+    rows = _simple_gla_fla() if op == "simple_gla" else _delta_rule_fla(gated)
     for label, kernel, kwargs in rows:
         fn = jit_function(kernel)
         if not only or any(s in fn.__name__ or s in label for s in only):
@@ -233,7 +234,7 @@ def main() -> int:
     if not args.no_tessera:
         tessera_rows(args.op, args.gated, _runs(args.op, args.all_candidates, configs), args.only, seen, args.dump)
     if args.fla:
-        fla_rows(args.op, args.fla, args.only, seen, args.dump)
+        fla_rows(args.op, args.gated, args.fla, args.only, seen, args.dump)
     return 0
 
 
