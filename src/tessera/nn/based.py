@@ -55,6 +55,9 @@ class BasedAttention(nn.Module):
     positions only through the window. With the default ``feature_dim`` the Taylor map has 273 features,
     more than the Triton linear kernels take (256), so the linear branch runs its chunked PyTorch form.
 
+    ``backend``: the linear branch's (``tessera.linear``: "auto", "triton", "torch"); the window branch
+    takes ``tessera.attention``'s automatic choice.
+
     ``forward(x, cache=None, use_cache=False)``: with ``cache`` (from an earlier call) the tokens continue
     that sequence; with ``use_cache`` it returns ``(y, cache)`` for the next call. Prefill once, then call
     with one token at a time to decode: the state is fixed-size and the window keeps ``window_size - 1``
@@ -102,7 +105,8 @@ class BasedAttention(nn.Module):
                 k, v = torch.cat([cache.keys, k], dim=1), torch.cat([cache.values, v], dim=1)
             heads.append(attention(q, k, v, pattern=Window(self.window_size - 1)))
             kept = min(k.shape[1], self.window_size - 1)
-            keys, values = k[:, k.shape[1] - kept:], v[:, v.shape[1] - kept:]
+            # Copies, so that the cache does not keep a long prefill's projections alive.
+            keys, values = k[:, k.shape[1] - kept:].clone(), v[:, v.shape[1] - kept:].clone()
         y = self.out_proj(torch.cat(heads, dim=-1).reshape(B, T, -1))
         if not use_cache:
             return y
