@@ -197,25 +197,27 @@ def run_inverse_case(dtype, T, H, K, gated, corr):
             "non_finite": not bool(torch.isfinite(Tinv).all())}
 
 
-def run_normalized_linear_attention():
-    """``linear_attention`` (elu + 1, normalized, with a carried state) through the Triton path."""
-    B, T, H, K, V = 2, 70, 2, 32, 16
+def run_normalized_linear_attention(feature_map="elu", K=32):
+    """``linear_attention`` (normalized, with a carried state) through the Triton path; the Taylor map of
+    ``K = 16`` has 273 features, which run in three feature groups."""
+    B, T, H, V = 2, 70, 2, 16
     q, k, v = torch.randn(B, T, H, K), torch.randn(B, T, H, K), torch.randn(B, T, H, V)
-    state = (torch.rand(B, H, K, V), torch.rand(B, H, K) + 1)
+    Fd = {"elu": K, "taylor": 1 + K + K * K}[feature_map]
+    state = (torch.rand(B, H, Fd, V), torch.rand(B, H, Fd) + 1)
     leaves = [q, k, v]
     for x in leaves:
         x.requires_grad_(True)
-    o, (S, z) = ops.linear_attention(q, k, v, "elu", True, initial_state=state, output_final_state=True,
+    o, (S, z) = ops.linear_attention(q, k, v, feature_map, True, initial_state=state, output_final_state=True,
                                      backend="triton")
     do = torch.randn_like(o)
     grads = torch.autograd.grad((o * do).sum(), leaves)
     ref = [x.detach().double().requires_grad_(True) for x in leaves]
-    o_ref, (S_ref, z_ref) = naive.naive_linear_attention(*ref, "elu", True, initial_state=tuple(
+    o_ref, (S_ref, z_ref) = naive.naive_linear_attention(*ref, feature_map, True, initial_state=tuple(
         x.double() for x in state), output_final_state=True)
     grads_ref = torch.autograd.grad((o_ref * do.double()).sum(), ref)
     errors = {"o": rel(o, o_ref), "final_state": rel(S, S_ref), "final_z": rel(z, z_ref)}
     errors.update({f"d{n}": rel(a, b) for n, a, b in zip("qkv", grads, grads_ref)})
-    return {"case": ["float32", B, T, H, K, V, "linear_attention-elu-normalized", False], "errors": errors,
+    return {"case": ["float32", B, T, H, Fd, V, f"linear_attention-{feature_map}-normalized", False], "errors": errors,
             "non_finite": not bool(torch.isfinite(o).all())}
 
 
@@ -235,3 +237,4 @@ if __name__ == "__main__":
     for case in INVERSE_CASES:
         print(json.dumps(run_inverse_case(*case)), flush=True)
     print(json.dumps(run_normalized_linear_attention()), flush=True)
+    print(json.dumps(run_normalized_linear_attention("taylor", 16)), flush=True)

@@ -26,7 +26,7 @@ def test_triton_kernels_match_float64_reference(seed):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert len(results) == 21, proc.stdout
+    assert len(results) == 22, proc.stdout
     for r in results:
         dtype = r["case"][0]
         assert not r["non_finite"], r

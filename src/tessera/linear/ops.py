@@ -10,7 +10,8 @@ Backends (``backend=``): ``"triton"`` (chunked Triton kernels; CUDA, or CPU unde
 ``"torch"`` (chunked PyTorch forms of ``tessera.linear.chunk``, any device, float64 capable), and
 ``"auto"``: Triton on CUDA where a kernel exists for the op and the shapes, else torch.
 Triton kernels exist for ``simple_gla``, ``lightning_attn``, causal ``linear_attention``, ``gla``, and
-``delta_rule`` / ``gated_delta_rule`` with ``K <= 128``; ``"auto"`` chooses them on CUDA. Non-causal
+``delta_rule`` / ``gated_delta_rule`` with ``K <= 128``; ``"auto"`` chooses them on CUDA. Causal
+``linear_attention`` with more than 256 features (BASED's Taylor map) runs them in groups of features. Non-causal
 ``linear_attention`` is two matrix products per sequence and runs in PyTorch (``"auto"`` or ``"torch"``).
 """
 
@@ -29,6 +30,8 @@ from .noncausal import global_linear_attention
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _BACKENDS = ("auto", "triton", "torch")
 _TRITON_MAX_DIM = 256
+# Features per launch when a feature map has more than _TRITON_MAX_DIM: the head size the GPU tests cover.
+_FEATURE_GROUP = 128
 
 
 def _check_tensor(name: str, x, ndim: int):
@@ -215,7 +218,7 @@ def linear_attention(q, k, v, feature_map: FeatureMap = None, normalize: bool = 
     _check_tensor("q", q, 4)
     _check_tensor("k", k, 4)
     fq, fk = phi(q), phi(k)
-    if not normalize and causal:
+    if not normalize and causal and not _in_feature_groups(backend, fq, v):
         return simple_gla(fq, fk, v, scale=scale, initial_state=initial_state,
                           output_final_state=output_final_state, cu_seqlens=cu_seqlens, backend=backend)
     scale, N = _check_common(fq, fk, v, scale, None if normalize else initial_state, cu_seqlens, backend)
@@ -224,7 +227,9 @@ def linear_attention(q, k, v, feature_map: FeatureMap = None, normalize: bool = 
     init = _augmented_state(initial_state, N, H, Fd, V) if normalize else initial_state
     # Normalized: the value gains a channel of ones, whose output is the denominator and whose state is z.
     v_in = torch.cat([v, torch.ones(B, T, H, 1, dtype=v.dtype, device=v.device)], dim=-1) if normalize else v
-    if causal:
+    if causal and _in_feature_groups(backend, fq, v_in):
+        o, final = _causal_in_feature_groups(fq, fk, v_in, scale, init, output_final_state, cu_seqlens, backend)
+    elif causal:
         o, final = simple_gla(fq, fk, v_in, scale=scale, initial_state=init, output_final_state=output_final_state,
                               cu_seqlens=cu_seqlens, backend=backend)
     else:
@@ -236,6 +241,38 @@ def linear_attention(q, k, v, feature_map: FeatureMap = None, normalize: bool = 
         if final is not None:
             final = (final[..., :V], final[..., V])
     return _finish(o, final, q, output_final_state)
+
+
+def _in_feature_groups(backend: str, fq: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether the Triton kernels should run a causal feature-map attention with more features than one
+    launch takes (e.g. BASED's Taylor map of 16 channels: 273 features) in groups of features."""
+    wants_triton = backend == "triton" or (backend == "auto" and fq.is_cuda)
+    return (wants_triton and fq.shape[-1] > _TRITON_MAX_DIM and v.shape[-1] <= _TRITON_MAX_DIM
+            and fq.dtype != torch.float64)
+
+
+def _causal_in_feature_groups(fq, fk, v, scale: float, initial_state, output_final_state: bool, cu_seqlens,
+                              backend: str):
+    """Causal linear attention over features ``fq, fk [B, T, H, F]`` in groups of at most ``_FEATURE_GROUP``.
+
+    The attention is a sum over any partition of the features (``o_t = scale sum_g phi_g(q_t) S_g,t``), so
+    each group runs the kernels on its own (zero features pad the last group to a multiple of 32), the
+    outputs add in float32 and the final state stacks the groups' states along F. Returns ``(o float32,
+    final [N, H, F, V] or None)``.
+    """
+    Fd = fq.shape[-1]
+    o, states = None, []
+    for lo in range(0, Fd, _FEATURE_GROUP):
+        hi = min(lo + _FEATURE_GROUP, Fd)
+        pad = -(hi - lo) % 32
+        q_g, k_g = F.pad(fq[..., lo:hi], (0, pad)), F.pad(fk[..., lo:hi], (0, pad))
+        h0 = None if initial_state is None else F.pad(initial_state[:, :, lo:hi], (0, 0, 0, pad))
+        o_g, s_g = simple_gla(q_g, k_g, v, scale=scale, initial_state=h0, output_final_state=output_final_state,
+                              cu_seqlens=cu_seqlens, backend=backend)
+        o = o_g.float() if o is None else o + o_g.float()
+        if output_final_state:
+            states.append(s_g[:, :, :hi - lo])
+    return o, torch.cat(states, dim=2) if output_final_state else None
 
 
 def _augmented_state(initial_state, N: int, H: int, Fd: int, V: int):

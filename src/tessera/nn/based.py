@@ -53,7 +53,7 @@ class BasedAttention(nn.Module):
     The output is ``W_o`` applied to both branches' outputs, concatenated per head (``[linear head h,
     window head h]`` for each ``h``). No positional encoding is applied inside: the window branch sees
     positions only through the window. With the default ``feature_dim`` the Taylor map has 273 features,
-    more than the Triton linear kernels take (256), so the linear branch runs its chunked PyTorch form.
+    more than one Triton linear launch takes (256): on CUDA the linear branch runs in feature groups.
 
     ``backend``: the linear branch's (``tessera.linear``: "auto", "triton", "torch"); the window branch
     takes ``tessera.attention``'s automatic choice.
