@@ -1,6 +1,6 @@
 """sm_90 compile statistics of the linear-attention kernels (and fla 0.6's equivalents), without a GPU.
 
-    python benchmarks/linear_compile_check.py --op simple_gla|delta_rule [--gated]
+    python benchmarks/linear_compile_check.py --op simple_gla|gla|delta_rule [--gated]
         [--all-candidates | --config KERNEL:BK,BV,WARPS,STAGES ...] [--only NAME ...] [--fla DIR]
 
 tessera: the op's forward and backward run on small CPU tensors (bf16, K = V = 128; simple GLA gated,
@@ -31,7 +31,7 @@ from tessera.bench.hopper_compile import LaunchRecorder, compile_distinct, jit_f
 from tessera.linear import ops
 from tessera.linear.triton import tuning
 
-PREFIXES = {"simple_gla": "simple_gla.", "delta_rule": "delta."}
+PREFIXES = {"simple_gla": "simple_gla.", "gla": "gla.", "delta_rule": "delta."}
 
 
 def _run(op: str, gated: bool) -> None:
@@ -41,6 +41,8 @@ def _run(op: str, gated: bool) -> None:
     g = F.logsigmoid(torch.randn(B, T, H)).requires_grad_()
     if op == "simple_gla":
         o, _ = ops.simple_gla(q, k, v, g, backend="triton")
+    elif op == "gla":
+        o, _ = ops.gla(q, k, v, F.logsigmoid(torch.randn(B, T, H, D)).requires_grad_(), backend="triton")
     else:
         beta = torch.rand(B, T, H).requires_grad_()
         if gated:
@@ -209,6 +211,8 @@ def _delta_rule_fla(gated: bool) -> list:
 
 def fla_rows(op: str, gated: bool, path: str, only, seen: set, dump_to: str | None) -> None:
     sys.path.insert(0, path)
+    if op == "gla":
+        sys.exit("--fla: fla's GLA kernels are not listed here (simple_gla, delta_rule)")
     rows = _simple_gla_fla() if op == "simple_gla" else _delta_rule_fla(gated)
     for label, kernel, kwargs in rows:
         fn = jit_function(kernel)

@@ -30,7 +30,7 @@ import triton.language as tl
 
 from ...kernels.triton.launcher import Launcher
 from . import tuning
-from .simple_gla import (_INTERPRETING, CHUNK, _block, _chunk_coords, _chunk_rows, _dot, _gate_local, _initial_state,
+from .simple_gla import (_INTERPRETING, CHUNK, _block, _chunk_coords, _chunk_rows, _dot, _dqk_partials, _gate_local, _initial_state,
                          _key, _pair_decay, _rows, _rows_t, _seq_coords, _state, _state_dtype, chunk_dv, chunk_local_cumsum,
                          chunk_output, packed_chunks)
 
@@ -371,34 +371,6 @@ def _delta_state_grads_kernel(q, k, w, gc, do, h, du_attn, du, dh, hdh, dht, dh0
 
 
 @triton.jit
-def _delta_dqk_partials(u, do, du, h, dh, bos, seq_len, i_c, i_h, H, row0, k0, K: tl.constexpr, V: tl.constexpr,
-                        BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr):
-    """One chunk's sums over value blocks, float32: ``dA = do u^T`` ``[BT, BT]`` (before gating and the causal
-    mask), ``dq = do S^T``, ``dk = u dS'^T`` and ``dW = -du S^T`` ``[BT, BK]`` (key channels ``k0 : k0 + BK``)."""
-    b_dq = tl.zeros([BT, BK], dtype=tl.float32)
-    b_dk = tl.zeros([BT, BK], dtype=tl.float32)
-    b_dw = tl.zeros([BT, BK], dtype=tl.float32)
-    b_dA = tl.zeros([BT, BT], dtype=tl.float32)
-    for i_v in range(0, tl.cdiv(V, BV)):
-        v0 = i_v * BV
-        b_u = tl.load(_rows(u, bos, seq_len, i_h, H, V, row0, v0, BT, BV), boundary_check=(0, 1),
-                      padding_option="zero")
-        b_do = tl.load(_rows(do, bos, seq_len, i_h, H, V, row0, v0, BT, BV), boundary_check=(0, 1),
-                       padding_option="zero")
-        b_du = tl.load(_rows(du, bos, seq_len, i_h, H, V, row0, v0, BT, BV), boundary_check=(0, 1),
-                       padding_option="zero")
-        b_ht = tl.trans(tl.load(_state(h, i_c, i_h, H, K, V, k0, v0, BK, BV), boundary_check=(0, 1),
-                                padding_option="zero").to(b_do.dtype))
-        b_dht = tl.trans(tl.load(_state(dh, i_c, i_h, H, K, V, k0, v0, BK, BV), boundary_check=(0, 1),
-                                 padding_option="zero").to(b_u.dtype))
-        b_dA += _dot(b_do, tl.trans(b_u), IEEE)
-        b_dq += _dot(b_do, b_ht, IEEE)
-        b_dk += _dot(b_u, b_dht, IEEE)
-        b_dw += _dot(b_du.to(b_do.dtype), b_ht, IEEE)
-    return b_dq, b_dk, -b_dw, b_dA
-
-
-@triton.jit
 def _delta_dqk_kernel(q, k, u, gc, h, do, du, dh, hdh, dq, dk, dw, dg, cu_seqlens, chunk_indices, scale, H, TT,
                       K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                       USE_G: tl.constexpr, IEEE: tl.constexpr):
@@ -411,8 +383,8 @@ def _delta_dqk_kernel(q, k, u, gc, h, do, du, dh, hdh, dq, dk, dw, dg, cu_seqlen
     k0 = i_k * BK
     row0 = i_t * BT
 
-    b_dq, b_dk, b_dw, b_dA = _delta_dqk_partials(u, do, du, h, dh, bos, seq_len, i_c, i_h, H, row0, k0, K, V, BT,
-                                                 BK, BV, IEEE)
+    b_dq, b_dk, b_dA, _, b_dw = _dqk_partials(u, do, h, dh, bos, seq_len, i_c, i_h, H, row0, k0, K, V, BT, BK, BV,
+                                              IEEE, du=du, DW=True)
     tl.store(_rows(dw, bos, seq_len, i_h, H, K, row0, k0, BT, BK), b_dw.to(dw.dtype.element_ty), boundary_check=(0, 1))
     b_q = tl.load(_rows(q, bos, seq_len, i_h, H, K, row0, k0, BT, BK), boundary_check=(0, 1), padding_option="zero")
     b_k = tl.load(_rows(k, bos, seq_len, i_h, H, K, row0, k0, BT, BK), boundary_check=(0, 1), padding_option="zero")

@@ -402,12 +402,14 @@ def _chunk_dv_kernel(q, k, gc, do, dh, dv, cu_seqlens, chunk_indices, scale, T, 
 @triton.jit
 def _dqk_partials(v, do, h, dh, bos, seq_len, i_c, i_h, H, row0, k0, K: tl.constexpr, V: tl.constexpr,
                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr,
-                  STATE_DOT: tl.constexpr = False):
+                  STATE_DOT: tl.constexpr = False, du=None, DW: tl.constexpr = False):
     """One chunk's sums over value blocks, float32: ``dA = do @ v^T`` ``[BT, BT]`` (before gating
     and the causal mask), ``dq = do @ h^T`` and ``dk = v @ dh^T`` ``[BT, BK]`` (key channels
-    ``k0:k0 + BK``), and ``<h, dh>`` over those key channels with ``STATE_DOT`` (else 0)."""
+    ``k0:k0 + BK``), ``<h, dh>`` over those key channels with ``STATE_DOT`` (else 0), and with ``DW``
+    the delta rule's ``dW = -du @ h^T`` ``[BT, BK]`` (else zeros). Returns ``(dq, dk, dA, <h, dh>, dW)``."""
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)
     b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dw = tl.zeros([BT, BK], dtype=tl.float32)
     b_dA = tl.zeros([BT, BT], dtype=tl.float32)
     b_hdh = 0.
     for i_v in range(0, tl.cdiv(V, BV)):
@@ -415,6 +417,9 @@ def _dqk_partials(v, do, h, dh, bos, seq_len, i_c, i_h, H, row0, k0, K: tl.const
                       padding_option="zero")
         b_do = tl.load(_rows(do, bos, seq_len, i_h, H, V, row0, i_v * BV, BT, BV), boundary_check=(0, 1),
                        padding_option="zero")
+        if DW:
+            b_du = tl.load(_rows(du, bos, seq_len, i_h, H, V, row0, i_v * BV, BT, BV), boundary_check=(0, 1),
+                           padding_option="zero")
         b_h = tl.load(_state(h, i_c, i_h, H, K, V, k0, i_v * BV, BK, BV), boundary_check=(0, 1),
                       padding_option="zero")
         b_dh = tl.load(_state(dh, i_c, i_h, H, K, V, k0, i_v * BV, BK, BV), boundary_check=(0, 1),
@@ -422,9 +427,11 @@ def _dqk_partials(v, do, h, dh, bos, seq_len, i_c, i_h, H, row0, k0, K: tl.const
         b_dA += _dot(b_do, tl.trans(b_v), IEEE)
         b_dq += _dot(b_do, tl.trans(b_h.to(b_do.dtype)), IEEE)
         b_dk += _dot(b_v, tl.trans(b_dh.to(b_v.dtype)), IEEE)
+        if DW:
+            b_dw += _dot(b_du.to(b_do.dtype), tl.trans(b_h.to(b_do.dtype)), IEEE)
         if STATE_DOT:
             b_hdh += tl.sum(b_h.to(tl.float32) * b_dh.to(tl.float32))
-    return b_dq, b_dk, b_dA, b_hdh
+    return b_dq, b_dk, b_dA, b_hdh, -b_dw
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -443,8 +450,8 @@ def _chunk_dqk_kernel(q, k, v, gc, h, do, dh, hdh, dq, dk, dg, cu_seqlens, chunk
     k0 = i_k * BK
     row0 = i_t * BT
 
-    b_dq, b_dk, b_dA, b_hdh = _dqk_partials(v, do, h, dh, bos, seq_len, i_c, i_h, H, row0, k0, K, V, BT, BK, BV,
-                                            IEEE, STATE_DOT and USE_G)
+    b_dq, b_dk, b_dA, b_hdh, _ = _dqk_partials(v, do, h, dh, bos, seq_len, i_c, i_h, H, row0, k0, K, V, BT, BK, BV,
+                                               IEEE, STATE_DOT and USE_G)
 
     b_q = tl.load(_rows(q, bos, seq_len, i_h, H, K, row0, k0, BT, BK), boundary_check=(0, 1), padding_option="zero")
     b_k = tl.load(_rows(k, bos, seq_len, i_h, H, K, row0, k0, BT, BK), boundary_check=(0, 1), padding_option="zero")
