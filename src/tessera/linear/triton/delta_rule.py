@@ -30,9 +30,9 @@ import triton.language as tl
 
 from ...kernels.triton.launcher import Launcher
 from . import tuning
-from .simple_gla import (_INTERPRETING, CHUNK, _block, _chunk_coords, _chunk_rows, _dot, _dqk_partials, _gate_local, _initial_state,
-                         _key, _pair_decay, _rows, _rows_t, _seq_coords, _state, _state_dtype, chunk_dv, chunk_local_cumsum,
-                         chunk_output, packed_chunks)
+from .simple_gla import (_INTERPRETING, CHUNK, _block, _chunk_coords, _chunk_dqk_kernel, _chunk_rows, _dot,
+                         _gate_local, _initial_state, _key, _pair_decay, _rows, _rows_t, _seq_coords, _state,
+                         _state_dtype, chunk_dv, chunk_local_cumsum, chunk_output, packed_chunks)
 
 
 @triton.jit
@@ -371,49 +371,6 @@ def _delta_state_grads_kernel(q, k, w, gc, do, h, du_attn, du, dh, hdh, dht, dh0
 
 
 @triton.jit
-def _delta_dqk_kernel(q, k, u, gc, h, do, du, dh, hdh, dq, dk, dw, dg, cu_seqlens, chunk_indices, scale, H, TT,
-                      K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                      USE_G: tl.constexpr, IEEE: tl.constexpr):
-    """``dq``, the output and state terms of ``dk`` and their share of ``dg`` (simple GLA's with ``v := u``),
-    and ``dW = -du S^T``, of one chunk, head and block of key channels."""
-    i_k = tl.program_id(0)
-    i_c = tl.program_id(1)
-    i_h = tl.program_id(2)
-    bos, seq_len, i_t = _chunk_rows(cu_seqlens, chunk_indices, i_c)
-    k0 = i_k * BK
-    row0 = i_t * BT
-
-    b_dq, b_dk, b_dA, _, b_dw = _dqk_partials(u, do, h, dh, bos, seq_len, i_c, i_h, H, row0, k0, K, V, BT, BK, BV,
-                                              IEEE, du=du, DW=True)
-    tl.store(_rows(dw, bos, seq_len, i_h, H, K, row0, k0, BT, BK), b_dw.to(dw.dtype.element_ty), boundary_check=(0, 1))
-    b_q = tl.load(_rows(q, bos, seq_len, i_h, H, K, row0, k0, BT, BK), boundary_check=(0, 1), padding_option="zero")
-    b_k = tl.load(_rows(k, bos, seq_len, i_h, H, K, row0, k0, BT, BK), boundary_check=(0, 1), padding_option="zero")
-    o_t = tl.arange(0, BT)
-    causal = o_t[:, None] >= o_t[None, :]
-    b_dA = b_dA * scale
-    if USE_G:
-        b_b, b_last = _gate_local(gc, bos, seq_len, i_h, H, row0, BT)
-        b_dA *= _pair_decay(b_b)
-        b_dq *= (tl.exp(b_b) * scale)[:, None]
-        b_dk *= tl.exp(b_last - b_b)[:, None]
-        writers_before = tl.sum(tl.sum(b_k.to(tl.float32) * b_dk, axis=1), axis=0)
-    else:
-        b_dq *= scale
-    b_dAc = tl.where(causal, b_dA, 0.).to(b_q.dtype)
-    b_dq += _dot(b_dAc, b_k, IEEE)
-    b_dk += _dot(tl.trans(b_dAc), b_q, IEEE)
-    if USE_G:
-        # The gate gradient of simple GLA (see simple_gla's module docstring): this block's share of it.
-        b_db = tl.sum(b_q.to(tl.float32) * b_dq, axis=1) - tl.sum(b_k.to(tl.float32) * b_dk, axis=1)
-        leaving = writers_before + tl.exp(b_last) * tl.load(hdh + i_c.to(tl.int64) * H + i_h) * (i_k == 0)
-        o_row = row0 + o_t
-        tl.store(dg + (i_k * TT + bos + o_row).to(tl.int64) * H + i_h, tl.cumsum(b_db, axis=0, reverse=True) + leaving,
-                 mask=o_row < seq_len)
-    tl.store(_rows(dq, bos, seq_len, i_h, H, K, row0, k0, BT, BK), b_dq.to(dq.dtype.element_ty), boundary_check=(0, 1))
-    tl.store(_rows(dk, bos, seq_len, i_h, H, K, row0, k0, BT, BK), b_dk.to(dk.dtype.element_ty), boundary_check=(0, 1))
-
-
-@triton.jit
 def _delta_wy_grads_kernel(k, v, beta, gc, Tinv, du, dw, dk_partial, dg_partial, dk, dv, dbeta, dg,
                            cu_seqlens, chunk_indices, H,
                            K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
@@ -607,10 +564,10 @@ def delta_dqk(q, k, u, gc, h, do, du, dh, hdh, scale, packed):
         NK = triton.cdiv(K, BK)
         dq, dk, dw = torch.empty_like(q), torch.empty_like(k), torch.empty_like(k)
         dg_parts = torch.empty(NK, TT, H, dtype=torch.float32, device=q.device) if gc is not None else None
-        Launcher.of(_delta_dqk_kernel)[(NK, packed.num_chunks, H)](
-            q, k, u, gc, h, do, du, dh, hdh, dq, dk, dw, dg_parts, packed.cu_seqlens, packed.chunk_indices, scale,
-            H, TT, K=K, V=V, BT=CHUNK, BK=BK, BV=BV, USE_G=gc is not None, IEEE=q.dtype == torch.float32,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        Launcher.of(_chunk_dqk_kernel)[(NK, packed.num_chunks, H)](
+            q, k, u, gc, h, do, dh, hdh, dq, dk, dg_parts, packed.cu_seqlens, packed.chunk_indices, scale, TT,
+            packed.T, H, K=K, V=V, BT=CHUNK, BK=BK, BV=BV, USE_G=gc is not None, IEEE=q.dtype == torch.float32,
+            VARLEN=packed.varlen, du=du, dw=dw, DW=True, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         return dq, dk, dw, dg_parts
     dq, dk, dw, dg_parts = tuning.run("delta.dqk", _key(q, u, gc is not None), launch)
     return dq, dk, dw, None if dg_parts is None else dg_parts.sum(0)

@@ -438,11 +438,13 @@ def _dqk_partials(v, do, h, dh, bos, seq_len, i_c, i_h, H, row0, k0, K: tl.const
 def _chunk_dqk_kernel(q, k, v, gc, h, do, dh, hdh, dq, dk, dg, cu_seqlens, chunk_indices, scale, TT, T,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, USE_G: tl.constexpr, IEEE: tl.constexpr, STATE_DOT: tl.constexpr = False,
-                      VARLEN: tl.constexpr = True):
+                      VARLEN: tl.constexpr = True, du=None, dw=None, DW: tl.constexpr = False):
     """``dq``, ``dk`` of one chunk, head and block of key channels, and that block's share of ``dg``.
 
     ``<S, dS'>`` of the gate gradient: summed here over the block's key channels from ``h`` and ``dh``
-    with ``STATE_DOT``, else read (whole) from ``hdh`` ``[NT, H]`` by the first key block."""
+    with ``STATE_DOT``, else read (whole) from ``hdh`` ``[NT, H]`` by the first key block.
+    The delta rule runs this kernel with ``v := u`` (its output and state terms of ``dk`` and ``dg``) and
+    ``DW``: also ``dW = -du S^T`` into ``dw``."""
     i_k = tl.program_id(0)
     i_c = tl.program_id(1)
     i_h = tl.program_id(2)
@@ -450,8 +452,11 @@ def _chunk_dqk_kernel(q, k, v, gc, h, do, dh, hdh, dq, dk, dg, cu_seqlens, chunk
     k0 = i_k * BK
     row0 = i_t * BT
 
-    b_dq, b_dk, b_dA, b_hdh, _ = _dqk_partials(v, do, h, dh, bos, seq_len, i_c, i_h, H, row0, k0, K, V, BT, BK, BV,
-                                               IEEE, STATE_DOT and USE_G)
+    b_dq, b_dk, b_dA, b_hdh, b_dw = _dqk_partials(v, do, h, dh, bos, seq_len, i_c, i_h, H, row0, k0, K, V, BT, BK,
+                                                  BV, IEEE, STATE_DOT and USE_G, du=du, DW=DW)
+    if DW:
+        tl.store(_rows(dw, bos, seq_len, i_h, H, K, row0, k0, BT, BK), b_dw.to(dw.dtype.element_ty),
+                 boundary_check=(0, 1))
 
     b_q = tl.load(_rows(q, bos, seq_len, i_h, H, K, row0, k0, BT, BK), boundary_check=(0, 1), padding_option="zero")
     b_k = tl.load(_rows(k, bos, seq_len, i_h, H, K, row0, k0, BT, BK), boundary_check=(0, 1), padding_option="zero")
