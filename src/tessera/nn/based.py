@@ -14,6 +14,7 @@ from torch import nn
 
 from ..api import attention
 from ..linear.ops import linear_attention
+from ..linear.recurrent import linear_attention_step
 from ..patterns import Window
 
 
@@ -60,8 +61,9 @@ class BasedAttention(nn.Module):
 
     ``forward(x, cache=None, use_cache=False)``: with ``cache`` (from an earlier call) the tokens continue
     that sequence; with ``use_cache`` it returns ``(y, cache)`` for the next call. Prefill once, then call
-    with one token at a time to decode: the state is fixed-size and the window keeps ``window_size - 1``
-    tokens, so each step costs the same however long the sequence.
+    with one token at a time to decode: one-token calls run the linear branch's recurrent step
+    (``tessera.linear.linear_attention_step``), the state is fixed-size and the window keeps
+    ``window_size - 1`` tokens, so each step costs the same however long the sequence.
     """
 
     def __init__(self, hidden_size: int, num_heads: int, feature_dim: int = 16, head_dim: Optional[int] = None,
@@ -94,9 +96,13 @@ class BasedAttention(nn.Module):
         B, T, _ = x.shape
         H, Fd, D = self.num_heads, self.feature_dim, self.head_dim
         q, k, v = self.linear_qkv(x).view(B, T, H, 2 * Fd + D).split([Fd, Fd, D], dim=-1)
-        o_lin, state = linear_attention(q, k, v, "taylor", normalize=True,
-                                        initial_state=None if cache is None else cache.state,
-                                        output_final_state=use_cache, backend=self.backend)
+        state = None if cache is None else cache.state
+        if T == 1:  # decode: the recurrent step, a few small products instead of the chunked kernels
+            o_lin, state = linear_attention_step(q[:, 0], k[:, 0], v[:, 0], "taylor", normalize=True, state=state)
+            o_lin = o_lin.unsqueeze(1)
+        else:
+            o_lin, state = linear_attention(q, k, v, "taylor", normalize=True, initial_state=state,
+                                            output_final_state=use_cache, backend=self.backend)
         heads = [o_lin]
         keys = values = None
         if self.window_qkv is not None:
