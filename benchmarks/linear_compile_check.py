@@ -2,15 +2,18 @@
 
     python benchmarks/linear_compile_check.py --op simple_gla|gla|delta_rule [--gated]
         [--all-candidates | --config KERNEL:BK,BV,WARPS,STAGES ...] [--only NAME ...] [--fla DIR]
+        [--dump DIR]
 
-tessera: the op's forward and backward run on small CPU tensors (bf16, K = V = 128; simple GLA gated,
-the delta rule ungated unless ``--gated``) with kernel launches recorded, once with the default
+tessera: the op's forward and backward run on small CPU tensors (bf16, K = V = 128; simple GLA and GLA
+gated, the delta rule ungated unless ``--gated``) with kernel launches recorded, once with the default
 configurations, once per tuning candidate of the op's kernels (``--all-candidates``, forced through
 ``tuning.OVERRIDES`` with their ``PREREQUISITES``), or once per ``--config``; every distinct launch is
 compiled for Hopper. fla: with ``--fla`` (a folder holding the unpacked ``fla`` package; it imports
-``einops``), its kernels for the same op are compiled at the block sizes fla uses on Hopper, over a few
-of its autotune settings (with ``--gated``, its state passes gated). One line per kernel: warps, stages, shared memory, registers per thread, stack bytes (spilled
-registers) and the PTX instructions of the first loop's body (the recurrence of the state passes).
+``einops``), its simple GLA or delta-rule kernels are compiled at the block sizes fla uses on Hopper,
+over a few of its autotune settings (with ``--gated``, its delta state passes gated). One line per
+kernel: warps, stages, shared memory, registers per thread, stack bytes (spilled registers) and the PTX
+instructions of the first loop's body (the recurrence of the state passes). ``--dump DIR`` also writes
+each kernel's PTX and SASS there.
 """
 
 from __future__ import annotations
