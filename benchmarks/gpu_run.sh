@@ -3,7 +3,8 @@
 # JSON land under $OUT (the device tool brings them back); copy the JSON into benchmarks/results/.
 #   bash benchmarks/gpu_run.sh [tests] [tests-quick] [tests-layers] [streams-ab] [schedule-ab] [attention] [natten]
 #                              [natten-reorder] [natten-profile] [natten-configs] [host-overhead] [host-breakdown] [linear] [tests-linear] [linear-final] [linear-accept]
-#                              [linear-profile] [state-sweep] [state-ab] [linear-host] [linear-delta] [kernel-next] [launch-cost]
+#                              [linear-profile] [state-sweep] [state-ab] [linear-host] [linear-delta] [candidates] [kernel-next]
+#                              [launch-cost]
 #   (linear, linear-final, linear-accept, linear-profile, linear-delta: carry .whl for fla)
 #   (default: tests attention natten linear)
 # Triton's cache (compiled kernels, and fla's autotuning timings through Triton's `cache_results`) is
@@ -23,7 +24,7 @@ fi
 steps="${*:-tests attention natten linear}"
 # Earlier linear results whose timed launch choices the linear steps start from (oldest first; files
 # timed on another GPU model are skipped, keys not in them and kernels named in LINEAR_RETUNE are timed).
-linear_tuned="${LINEAR_TUNED:-$(ls benchmarks/results/2026-11-30-h200-linear-[3-9].json)}"
+linear_tuned="${LINEAR_TUNED:-$(ls benchmarks/results/2026-11-30-h200-linear-[3-9].json benchmarks/results/2026-11-30-h200-linear-1[24].json)}"
 status=0
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 gpu_model=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1 | tr -c 'A-Za-z0-9\n' '_')
@@ -121,13 +122,19 @@ for step in $steps; do
       # Kernel time against host time per call, tessera and fla, at T = 16384.
       timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/gpu_linear_host.py --out "$OUT" \
         --ops ${LINEAR_OPS:-simple_gla delta_rule gla} --tuned-from $linear_tuned ${LINEAR_HOST_ARGS:-} 2>&1 | tee "$OUT/linear-host.log" || status=1 ;;
+    candidates)
+      # Every linear launch candidate on odd head dims: compiles, runs without a fault, matches float64.
+      # Its kernels stay out of the packed cache (they would crowd out the benchmark shapes).
+      TRITON_CACHE_DIR=/tmp/tc-candidates timeout "${TESSERA_CANDIDATES_TIMEOUT:-560}" \
+        python3 benchmarks/gpu_candidate_check.py --out "$OUT" --budget ${CANDIDATE_BUDGET:-480} ${CANDIDATE_ARGS:-} 2>&1 | tee "$OUT/candidates.log" \
+        || status=1 ;;
     linear-delta) timeout "${TESSERA_LINEAR_TIMEOUT:-240}" python3 benchmarks/gpu_linear_sweep.py --out "$OUT" \
                     --parts delta-breakdown --ops delta_rule --T 16384 --no-sweep --budget 190 \
                     2>&1 | tee "$OUT/linear-delta.log" || status=1 ;;
     kernel-next) bash benchmarks/gpu_kernel_next.sh 2>&1 | tee "$OUT/kernel-next.log" || status=1 ;;
     linear) timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/linear.py --out "$OUT" ${LINEAR_BENCH_ARGS:-} \
               2>&1 | tee "$OUT/linear.log" || status=1 ;;
-    *) echo "unknown step $step (tests, tests-quick, tests-layers, streams-ab, schedule-ab, attention, natten, natten-reorder, natten-profile, natten-configs, host-overhead, host-breakdown, linear, tests-linear, linear-final, linear-accept, linear-profile, state-sweep, state-ab, linear-host, linear-delta, kernel-next, launch-cost)"; status=2 ;;
+    *) echo "unknown step $step (tests, tests-quick, tests-layers, streams-ab, schedule-ab, attention, natten, natten-reorder, natten-profile, natten-configs, host-overhead, host-breakdown, linear, tests-linear, linear-final, linear-accept, linear-profile, state-sweep, state-ab, linear-host, linear-delta, candidates, kernel-next, launch-cost)"; status=2 ;;
   esac
 done
 exit $status

@@ -132,6 +132,47 @@ def test_delta_rule_long(T, gated, varlen, dtype, corr):
         assert err < 2e-2, (name, err)
 
 
+@cuda
+@pytest.mark.parametrize("op", ["simple_gla", "gla", "gated_delta_rule"])
+@pytest.mark.parametrize("K,V,dtype", [
+    (32, 32, torch.bfloat16), (32, 65, torch.bfloat16), (64, 64, torch.bfloat16), (128, 65, torch.bfloat16),
+    (64, 129, torch.float16), (32, 64, torch.float16)])
+def test_small_and_odd_head_dims(op, K, V, dtype):
+    """Every op at head dims other than 128 (odd V: the normalized linear attention's ``V + 1``; K = 32:
+    the delta rule's zero-padded path), gated, B = 2, T = 300, carried state: o, final state and every
+    gradient against float64."""
+    B, T, H = 2, 300, 2
+    dev = "cuda"
+    leaves = {"q": torch.randn(B, T, H, K, device=dev, dtype=dtype),
+              "k": F.normalize(torch.randn(B, T, H, K, device=dev), dim=-1).to(dtype),
+              "v": torch.randn(B, T, H, V, device=dev, dtype=dtype),
+              "h0": 0.1 * torch.randn(B, H, K, V, device=dev)}
+    if op == "gla":
+        leaves["g"] = F.logsigmoid(torch.randn(B, T, H, K, device=dev) + 2)
+    else:
+        leaves["g"] = F.logsigmoid(torch.randn(B, T, H, device=dev) + 3)
+    if op == "gated_delta_rule":
+        leaves["beta"] = torch.rand(B, T, H, device=dev)
+
+    def call(x, backend):
+        args = [x["q"], x["k"], x["v"], x["g"]] + ([x["beta"]] if op == "gated_delta_rule" else [])
+        return getattr(ops, op)(*args, initial_state=x["h0"], output_final_state=True, backend=backend)
+
+    for x in leaves.values():
+        x.requires_grad_(True)
+    o, s = call(leaves, "triton")
+    do, ds = torch.randn_like(o), torch.randn_like(s)
+    grads = torch.autograd.grad((o.float() * do).sum() + (s * ds).sum(), list(leaves.values()))
+    ref = {n: x.detach().double().requires_grad_(True) for n, x in leaves.items()}
+    o_ref, s_ref = call(ref, "torch")
+    grads_ref = torch.autograd.grad((o_ref * do.double()).sum() + (s_ref * ds.double()).sum(), list(ref.values()))
+    errors = {"o": rel(o, o_ref), "final_state": rel(s, s_ref)}
+    errors.update({f"d{n}": rel(a, b) for n, a, b in zip(leaves, grads, grads_ref)})
+    print(op, K, V, dtype, {n: f"{e:.2e}" for n, e in errors.items()})
+    for name, err in errors.items():
+        assert err < 2e-2, (name, err)
+
+
 def _candidate_cases():
     from tessera.linear.triton import tuning
     return [(kernel, cfg) for kernel, cands in tuning.CANDIDATES.items() for cfg in cands]

@@ -113,10 +113,13 @@ def test_bad_arguments_raise():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("window", [0, 64])
-def test_gpu_bf16_against_float64(window):
+@pytest.mark.parametrize("window,tune", [(0, False), (64, False), (0, True)])
+def test_gpu_bf16_against_float64(window, tune, monkeypatch):
     """The layer on CUDA in bf16 (Taylor linear attention, the window kernel) against its float64 copy on
-    the CPU, forward, gradients and decode."""
+    the CPU, forward, gradients and decode. ``tune``: the linear kernels' timed choice launches every usable
+    candidate at the Taylor branch's head dims (K = 128 and 32, V = 65; about 40 s of compiling), else
+    each kernel runs its first candidate."""
+    monkeypatch.setenv("TESSERA_LINEAR_TUNE", "1" if tune else "0")
     layer = BasedAttention(256, 4, window_size=window)
     x = torch.randn(2, 300, 256)
     ref = BasedAttention(256, 4, window_size=window).double()

@@ -32,6 +32,12 @@ _BACKENDS = ("auto", "triton", "torch")
 _TRITON_MAX_DIM = 256
 # Features per launch when a feature map has more than _TRITON_MAX_DIM: the head size the GPU tests cover.
 _FEATURE_GROUP = 128
+# The delta rule's Triton path pads smaller key and value dims to this with zero channels (exact: zero key
+# channels never enter k k^T and q reads none of them; zero value channels of v, S_0 and hence of every state
+# stay zero). On sm_90 with Triton 3.6 its kernels at K = 32 fault or return wrong results for every launch
+# candidate, and its backward at V = 32 returns wrong gradients, in bf16 on an H200; K and V of 64 and 128
+# are right (benchmarks/results/tuning/2026-11-30-h200-linear-candidates-delta.json, tests/linear/test_gpu.py).
+_DELTA_TRITON_MIN_DIM = 64
 
 
 def _check_tensor(name: str, x, ndim: int):
@@ -181,8 +187,16 @@ def gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_fi
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
     if _use_triton(backend, q, v, True, "gated_delta_rule", max_k=128):
         from .triton.delta_rule import chunk_gated_delta_rule_triton
+        K, V = q.shape[-1], v.shape[-1]
+        pad_k, pad_v = max(0, _DELTA_TRITON_MIN_DIM - K), max(0, _DELTA_TRITON_MIN_DIM - V)
+        if pad_k or pad_v:
+            q, k, v = F.pad(q, (0, pad_k)), F.pad(k, (0, pad_k)), F.pad(v, (0, pad_v))
+            initial_state = None if initial_state is None else F.pad(initial_state, (0, pad_v, 0, pad_k))
         o, final = chunk_gated_delta_rule_triton(q, k, v, g, beta, scale, initial_state, output_final_state,
                                                  cu_seqlens)
+        if pad_k or pad_v:
+            o = o[..., :V]
+            final = None if final is None else final[:, :, :K, :V]
     else:
         o, final = torch_chunk.chunk_gated_delta_rule_torch(q, k, v, g, beta, scale, initial_state,
                                                             output_final_state, cu_seqlens)

@@ -545,8 +545,7 @@ def _state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
 
 
-def _block(n: int, limit: int) -> int:
-    return max(16, min(limit, triton.next_power_of_2(n)))
+_block = tuning.block_size
 
 
 def _key(q: torch.Tensor, v: torch.Tensor, gated: bool) -> tuple:

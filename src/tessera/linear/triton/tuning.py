@@ -27,7 +27,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Hashable, Optional
+from typing import Callable, Optional
 
 _INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -97,6 +97,27 @@ CANDIDATES: dict[str, tuple[LaunchConfig, ...]] = {
     "delta.wy_grad": (C(64, 64, 4, 3), C(64, 64, 8, 2), C(128, 64, 8, 2), C(64, 64, 2, 3), C(32, 32, 4, 3)),
 }
 
+
+def block_size(n: int, limit: int) -> int:
+    """The block of channels a kernel launches for ``n`` channels under a candidate's ``limit``: the next
+    power of two of ``n``, at most ``limit``, at least 16."""
+    return max(16, min(limit, 1 << max(0, n - 1).bit_length()))
+
+
+def usable(kernel: str, K: int, V: int, cfg: LaunchConfig) -> bool:
+    """Whether ``cfg`` may run ``kernel`` on key / value head dims ``K`` / ``V``.
+
+    On sm_90 with Triton 3.6 the dq / dk kernels (simple GLA's, GLA's and the delta rule's) launched with a
+    32-wide key block, 4 warps and 3 stages read shared memory out of bounds (compute-sanitizer) and fault or
+    return wrong results at K x V = 32 x 64, 32 x 65, 128 x 65 and 64 x 129; they are right at 128 x 128
+    and 128 x 64, where GLA's timed choice picks such a launch
+    (``benchmarks/results/tuning/2026-11-30-h200-linear-candidates*.json``, ``gpu_candidate_check.py``).
+    """
+    if kernel.endswith(".dqk") and (cfg.num_warps, cfg.num_stages) == (4, 3) and block_size(K, cfg.block_k) == 32:
+        return K >= 64 and V % 64 == 0
+    return True
+
+
 # Kernel name -> forced configuration; empty by default.
 OVERRIDES: dict[str, LaunchConfig] = {}
 
@@ -123,7 +144,7 @@ def _time_ms(launch: Callable[[LaunchConfig], object], cfg: LaunchConfig) -> flo
         return math.inf
 
 
-def _timed_with_log(kernel: str, key: Hashable, launch: Callable[[LaunchConfig], object], cfg: LaunchConfig) -> float:
+def _timed_with_log(kernel: str, key: tuple, launch: Callable[[LaunchConfig], object], cfg: LaunchConfig) -> float:
     """``_time_ms``; with ``TESSERA_LINEAR_TUNE_LOG=1`` also prints the candidate, its time and the wall
     seconds it took (compile included) to stderr."""
     if os.environ.get("TESSERA_LINEAR_TUNE_LOG", "0") != "1":
@@ -134,16 +155,17 @@ def _timed_with_log(kernel: str, key: Hashable, launch: Callable[[LaunchConfig],
     return ms
 
 
-def pick(kernel: str, key: Hashable, launch: Optional[Callable[[LaunchConfig], object]]) -> LaunchConfig:
-    """The configuration of ``kernel`` for ``key``: the override, the default, or the fastest candidate
-    (timed through ``launch(cfg)`` on the first call for the key; ``launch=None``: never timed)."""
+def pick(kernel: str, key: tuple, launch: Optional[Callable[[LaunchConfig], object]]) -> LaunchConfig:
+    """The configuration of ``kernel`` for ``key`` (heads, K, V, ...): the override, the default, or the
+    fastest candidate (timed through ``launch(cfg)`` on the first call for the key; ``launch=None``: never
+    timed), among the candidates ``usable`` on the key's head dims."""
     if kernel in OVERRIDES:
         return OVERRIDES[kernel]
-    candidates = CANDIDATES[kernel]
+    candidates = [cfg for cfg in CANDIDATES[kernel] if usable(kernel, key[1], key[2], cfg)]
     if launch is None or len(candidates) == 1 or not _tuning_enabled():
         return candidates[0]
     full_key = (kernel, key)
-    if full_key not in _CHOSEN and f"{kernel}|{key}" in _PRELOADED:
+    if full_key not in _CHOSEN and _PRELOADED.get(f"{kernel}|{key}") in candidates:
         _CHOSEN[full_key] = _PRELOADED[f"{kernel}|{key}"]
     if full_key not in _CHOSEN:
         times = [_timed_with_log(kernel, key, launch, cfg) for cfg in candidates]
@@ -152,7 +174,7 @@ def pick(kernel: str, key: Hashable, launch: Optional[Callable[[LaunchConfig], o
     return _CHOSEN[full_key]
 
 
-def run(kernel: str, key: Hashable, launch: Callable[[LaunchConfig], object]):
+def run(kernel: str, key: tuple, launch: Callable[[LaunchConfig], object]):
     """``launch(cfg)`` with the configuration ``pick`` returns; ``launch`` allocates its outputs, so
     the timed choice never accumulates into the caller's buffers."""
     return launch(pick(kernel, key, launch))
