@@ -136,11 +136,12 @@ def test_delta_rule_long(T, gated, varlen, dtype, corr):
 @pytest.mark.parametrize("op", ["simple_gla", "gla", "gated_delta_rule"])
 @pytest.mark.parametrize("K,V,dtype", [
     (32, 32, torch.bfloat16), (32, 65, torch.bfloat16), (64, 64, torch.bfloat16), (128, 65, torch.bfloat16),
-    (64, 129, torch.float16), (32, 64, torch.float16)])
+    (64, 129, torch.float16), (32, 64, torch.float16), (64, 65, torch.float32), (128, 128, torch.float32)],
+    ids=lambda x: str(x).replace("torch.", ""))
 def test_small_and_odd_head_dims(op, K, V, dtype):
     """Every op at head dims other than 128 (odd V: the normalized linear attention's ``V + 1``; K = 32:
-    the delta rule's zero-padded path), gated, B = 2, T = 300, carried state: o, final state and every
-    gradient against float64."""
+    the delta rule's zero-padded path) and in float32 (IEEE products), gated, B = 2, T = 300, carried
+    state: o, final state and every gradient against float64."""
     B, T, H = 2, 300, 2
     dev = "cuda"
     leaves = {"q": torch.randn(B, T, H, K, device=dev, dtype=dtype),
@@ -169,8 +170,9 @@ def test_small_and_odd_head_dims(op, K, V, dtype):
     errors = {"o": rel(o, o_ref), "final_state": rel(s, s_ref)}
     errors.update({f"d{n}": rel(a, b) for n, a, b in zip(leaves, grads, grads_ref)})
     print(op, K, V, dtype, {n: f"{e:.2e}" for n, e in errors.items()})
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
     for name, err in errors.items():
-        assert err < 2e-2, (name, err)
+        assert err < tol, (name, err)
 
 
 def _candidate_cases():
