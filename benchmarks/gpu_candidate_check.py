@@ -1,10 +1,11 @@
 """Every launch candidate of the linear kernels (``tuning.CANDIDATES``) on head dims other than the
 benchmarks' 128 x 128, on a CUDA GPU: does it compile, run without a fault, and match float64?
 
-A timed choice launches every usable candidate (``tuning.usable``) of a kernel for each new (heads, K, V, dtype, gate) key, so one
-candidate that faults on some head dims (an illegal memory access poisons the CUDA context) breaks
-every later call of the process. Each case forces one candidate (``tuning.OVERRIDES``) for one op
-call, forward and backward, bf16, B = 2, T = 300, H = 2, against the op's float64 torch form.
+A timed choice launches every usable candidate (``tuning.usable``) of a kernel for each new (heads, K, V,
+dtype, gate) key, so one candidate that faults on some head dims (an illegal memory access poisons the
+CUDA context) breaks every later call of the process. Each case forces one candidate (``tuning.OVERRIDES``) for one op
+call, forward and backward, bf16 (``--dtype``), B = 2, T = 300, H = 2, against the op's float64 torch
+form.
 
 Cases run in worker processes; a worker that faults is replaced and the case it was running is
 recorded as ``fault``. Output: ``<out>/<date>-<device>-linear-candidates.json`` with one record per
@@ -13,6 +14,7 @@ relative error against float64, and the error text.
 
     python benchmarks/gpu_candidate_check.py --out DIR [--workers 8] [--kernels simple_gla.dqk ...]
                                              [--shapes 32x65 128x65 ...] [--budget S]
+                                             [--dtype float16] [--no-delta-padding]
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ import threading
 import time
 
 DEFAULT_SHAPES = ("32x65", "128x65", "32x64", "64x129")
-TOLERANCE = 2e-2
+TOLERANCE = {"bfloat16": 2e-2, "float16": 2e-2, "float32": 1e-4}
+UNPADDED_ENV = "TESSERA_CHECK_DELTA_UNPADDED"
 ORDER = ("simple_gla", "gla", "delta")  # BASED and linear_attention run simple GLA's kernels: checked first
 
 
-def cases(kernels, shapes):
+def cases(kernels, shapes, dtype="bfloat16"):
     from tessera.linear.triton import tuning
     out = []
     for kernel, candidates in sorted(tuning.CANDIDATES.items(), key=lambda kc: ORDER.index(kc[0].split(".")[0])):
@@ -41,7 +44,7 @@ def cases(kernels, shapes):
                 K, V = map(int, shape.split("x"))
                 if not tuning.usable(kernel, K, V, cfg):
                     continue
-                out.append({"kernel": kernel, "config": list(vars(cfg).values()), "K": K, "V": V,
+                out.append({"kernel": kernel, "config": list(vars(cfg).values()), "K": K, "V": V, "dtype": dtype,
                             "gated": kernel.split(".")[0] != "simple_gla" or V % 2 == 1})
     return out
 
@@ -57,6 +60,8 @@ def run_case(case) -> dict:
     from tessera.linear import ops
     from tessera.linear.triton import tuning
 
+    if os.environ.get(UNPADDED_ENV) == "1":
+        ops._DELTA_TRITON_MIN_DIM = 0  # the delta rules' kernels at the head dims given, without zero-padding
     torch.manual_seed(len(case["kernel"]) * 1000 + case["K"] * 7 + case["V"])
     B, T, H, K, V = 2, 300, 2, case["K"], case["V"]
     dev = os.environ.get("TESSERA_CHECK_DEVICE", "cuda")  # "cpu" with TRITON_INTERPRET=1 checks this script
@@ -80,7 +85,8 @@ def run_case(case) -> dict:
             return ops.gla(x["q"], x["k"], x["v"], x["g"], **kw)
         return ops.gated_delta_rule(x["q"], x["k"], x["v"], x.get("g"), x["beta"], **kw)
 
-    low = {n: (x.to(torch.bfloat16) if n in ("q", "k", "v") else x).requires_grad_(True) for n, x in leaves.items()}
+    dtype = getattr(torch, case.get("dtype", "bfloat16"))
+    low = {n: (x.to(dtype) if n in ("q", "k", "v") else x).requires_grad_(True) for n, x in leaves.items()}
     forced = {**tuning.PREREQUISITES.get(case["kernel"], {}), case["kernel"]: tuning.LaunchConfig(*case["config"])}
     tuning.OVERRIDES.update(forced)
     try:
@@ -97,7 +103,8 @@ def run_case(case) -> dict:
     grads_ref = torch.autograd.grad((o_ref * do.double()).sum() + (s_ref * ds.double()).sum(), list(ref.values()))
     errors = [rel(o, o_ref), rel(s, s_ref)] + [rel(a, b) for a, b in zip(grads, grads_ref)]
     worst = max(errors)
-    return {"status": "ok" if worst < TOLERANCE else "wrong", "error": worst, "text": None}
+    return {"status": "ok" if worst < TOLERANCE[str(dtype).removeprefix("torch.")] else "wrong", "error": worst,
+            "text": None}
 
 
 def worker(path: str, ids: list[int]) -> None:
@@ -147,6 +154,9 @@ def main():
     p.add_argument("--kernels", nargs="*", default=[])
     p.add_argument("--shapes", nargs="+", default=list(DEFAULT_SHAPES), help="KxV head dims")
     p.add_argument("--budget", type=float, default=400, help="seconds; later cases are recorded as not-run")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--no-delta-padding", action="store_true",
+                   help="run the delta rules' kernels at K, V < 64 as given (ops pads them to 64 otherwise)")
     p.add_argument("--worker", nargs=2, metavar=("CASES_JSON", "IDS"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -155,8 +165,10 @@ def main():
         return
     import torch
     from tessera.bench.environment import device_slug, header
+    if args.no_delta_padding:
+        os.environ[UNPADDED_ENV] = "1"  # read by the workers
 
-    all_cases = cases(args.kernels, args.shapes)
+    all_cases = cases(args.kernels, args.shapes, args.dtype)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "candidate-cases.json")
     with open(path, "w") as f:
@@ -173,7 +185,7 @@ def main():
     os.remove(path)
     records = [{**c, **results.get(i, {"status": "not-run", "error": None, "text": None})}
                for i, c in enumerate(all_cases)]
-    out = {**header(torch.device("cuda")), "records": records}
+    out = {**header(torch.device("cuda")), "delta_padding": not args.no_delta_padding, "records": records}
     name = f"{out['date']}-{device_slug(torch.device('cuda'))}-linear-candidates.json"
     with open(os.path.join(args.out, name), "w") as f:
         json.dump(out, f, indent=1)
