@@ -388,11 +388,8 @@ def sweep_forward(report, budget, op: str, T: int, kernels=None, space: str = "c
                 configs = fla_state_space()
             for cfg in configs:
                 def measure(kernel=kernel, cfg=cfg, fn=fn):
-                    tuning.OVERRIDES[kernel] = cfg
-                    try:
+                    with tuning.forced(kernel, cfg):
                         return {"ms": bench(fn)}
-                    finally:
-                        tuning.OVERRIDES.pop(kernel, None)
                 guarded(report, budget, dict(base, kernel=kernel, config=vars(cfg)), measure)
 
 

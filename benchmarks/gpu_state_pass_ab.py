@@ -60,11 +60,8 @@ def main() -> None:
 
     def ours(cfg):
         def run():
-            tuning.OVERRIDES["simple_gla.state"] = cfg
-            try:
+            with tuning.forced("simple_gla.state", cfg):
                 sg.chunk_states(k_flat, v_flat, gc, None, False, packed)
-            finally:
-                tuning.OVERRIDES.pop("simple_gla.state", None)
         return run
 
     impls = {"fla chunk_fwd_h": fla_state, "tessera timed choice": lambda: sg.chunk_states(

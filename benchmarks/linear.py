@@ -185,13 +185,12 @@ def sweep_simple_gla(records, T=16384):
     T = T if DEVICE == "cuda" else 256
     for kernel in ("simple_gla.state", "simple_gla.output"):
         for cfg in tuning.CANDIDATES[kernel]:
-            tuning.OVERRIDES[kernel] = cfg
             row = {}
-            for direction in ("fwd", "fwd+bwd"):
-                tmp = []
-                measure("tessera", tessera_fn("simple_gla"), "simple_gla", T, direction, tmp, "sweep")
-                row[direction] = tmp[0]["ms"]
-            tuning.OVERRIDES.pop(kernel, None)
+            with tuning.forced(kernel, cfg):
+                for direction in ("fwd", "fwd+bwd"):
+                    tmp = []
+                    measure("tessera", tessera_fn("simple_gla"), "simple_gla", T, direction, tmp, "sweep")
+                    row[direction] = tmp[0]["ms"]
             print("sweep", kernel, cfg, row, flush=True)
             records.append({"suite": "linear-sweep", "case": f"simple_gla/T{T}", "kernel": kernel,
                             "config": vars(cfg), **row})

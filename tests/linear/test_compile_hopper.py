@@ -44,11 +44,8 @@ def _captured_launches() -> list:
             for kernel, candidates in tuning.CANDIDATES.items():
                 op = kernel.split(".")[0]
                 for cfg in candidates:
-                    tuning.OVERRIDES.clear()
-                    tuning.OVERRIDES.update(tuning.PREREQUISITES.get(kernel, {}))
-                    tuning.OVERRIDES[kernel] = cfg
-                    _run(op, torch.bfloat16)
-            tuning.OVERRIDES.clear()
+                    with tuning.forced(kernel, cfg):
+                        _run(op, torch.bfloat16)
             for op in ("simple_gla", "gla", "delta"):
                 _run(op, torch.float32)
                 _run(op, torch.float16)

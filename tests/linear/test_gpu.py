@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from tessera.linear import ops
+from tessera.linear.testing import errors_against_float64
 
 pytestmark = pytest.mark.gpu
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -18,10 +19,6 @@ def first_candidates(monkeypatch):
     tuning compiles took over 250 s of the delta-rule tests, and each candidate has its own test below
     (``test_every_launch_config_bf16``)."""
     monkeypatch.setenv("TESSERA_LINEAR_TUNE", "0")
-
-
-def rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 @cuda
@@ -44,17 +41,12 @@ def test_simple_gla_bf16_long(T, gate, varlen, batch):
         leaves["g"] = g
     for x in leaves.values():
         x.requires_grad_(True)
-    kw = {gate: g} if gate else {}
-    o, s = ops.simple_gla(q, k, v, **kw, initial_state=h0, output_final_state=True, cu_seqlens=cu, backend="triton")
-    do, ds = torch.randn_like(o), torch.randn_like(s)
-    grads = torch.autograd.grad((o.float() * do).sum() + (s * ds).sum(), list(leaves.values()))
-    ref = {n: x.detach().double().requires_grad_(True) for n, x in leaves.items()}
-    kw_ref = {gate: ref["g"]} if gate else {}
-    o_ref, s_ref = ops.simple_gla(ref["q"], ref["k"], ref["v"], **kw_ref, initial_state=ref["h0"],
-                                  output_final_state=True, cu_seqlens=cu, backend="torch")
-    grads_ref = torch.autograd.grad((o_ref * do.double()).sum() + (s_ref * ds.double()).sum(), list(ref.values()))
-    errors = {"o": rel(o, o_ref), "final_state": rel(s, s_ref)}
-    errors.update({f"d{n}": rel(a, b) for n, a, b in zip(leaves, grads, grads_ref)})
+
+    def call(x, backend):
+        kw = {gate: x["g"]} if gate else {}
+        return ops.simple_gla(x["q"], x["k"], x["v"], **kw, initial_state=x["h0"], output_final_state=True,
+                              cu_seqlens=cu, backend=backend)
+    errors = errors_against_float64(lambda x: call(x, "triton"), lambda x: call(x, "torch"), leaves)
     print(T, gate, varlen, batch, {n: f"{e:.2e}" for n, e in errors.items()})
     for name, err in errors.items():
         assert err < 2e-2, (name, err)
@@ -73,15 +65,11 @@ def test_gla_bf16_long(T, varlen):
     leaves = {"q": q, "k": k, "v": v, "h0": h0, "g": g}
     for x in leaves.values():
         x.requires_grad_(True)
-    o, s = ops.gla(q, k, v, g, initial_state=h0, output_final_state=True, cu_seqlens=cu, backend="triton")
-    do, ds = torch.randn_like(o), torch.randn_like(s)
-    grads = torch.autograd.grad((o.float() * do).sum() + (s * ds).sum(), list(leaves.values()))
-    ref = {n: x.detach().double().requires_grad_(True) for n, x in leaves.items()}
-    o_ref, s_ref = ops.gla(ref["q"], ref["k"], ref["v"], ref["g"], initial_state=ref["h0"], output_final_state=True,
-                           cu_seqlens=cu, backend="torch")
-    grads_ref = torch.autograd.grad((o_ref * do.double()).sum() + (s_ref * ds.double()).sum(), list(ref.values()))
-    errors = {"o": rel(o, o_ref), "final_state": rel(s, s_ref)}
-    errors.update({f"d{n}": rel(a, b) for n, a, b in zip(leaves, grads, grads_ref)})
+
+    def call(x, backend):
+        return ops.gla(x["q"], x["k"], x["v"], x["g"], initial_state=x["h0"], output_final_state=True,
+                       cu_seqlens=cu, backend=backend)
+    errors = errors_against_float64(lambda x: call(x, "triton"), lambda x: call(x, "torch"), leaves)
     print("gla", T, varlen, {n: f"{e:.2e}" for n, e in errors.items()})
     for name, err in errors.items():
         assert err < 2e-2, (name, err)
@@ -116,17 +104,11 @@ def test_delta_rule_long(T, gated, varlen, dtype, corr):
         leaves["g"] = g
     for x in leaves.values():
         x.requires_grad_(True)
-    o, s = ops.gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True, cu_seqlens=cu,
-                                backend="triton")
-    do, ds = torch.randn_like(o), torch.randn_like(s)
-    grads = torch.autograd.grad((o.float() * do).sum() + (s * ds).sum(), list(leaves.values()))
-    ref = {n: x.detach().double().requires_grad_(True) for n, x in leaves.items()}
-    o_ref, s_ref = ops.gated_delta_rule(ref["q"], ref["k"], ref["v"], ref.get("g"), ref["beta"],
-                                        initial_state=ref["h0"], output_final_state=True, cu_seqlens=cu,
-                                        backend="torch")
-    grads_ref = torch.autograd.grad((o_ref * do.double()).sum() + (s_ref * ds.double()).sum(), list(ref.values()))
-    errors = {"o": rel(o, o_ref), "final_state": rel(s, s_ref)}
-    errors.update({f"d{n}": rel(a, b) for n, a, b in zip(leaves, grads, grads_ref)})
+
+    def call(x, backend):
+        return ops.gated_delta_rule(x["q"], x["k"], x["v"], x.get("g"), x["beta"], initial_state=x["h0"],
+                                    output_final_state=True, cu_seqlens=cu, backend=backend)
+    errors = errors_against_float64(lambda x: call(x, "triton"), lambda x: call(x, "torch"), leaves)
     print("delta", T, gated, varlen, dtype, corr, {n: f"{e:.2e}" for n, e in errors.items()})
     for name, err in errors.items():
         assert err < 2e-2, (name, err)
@@ -161,14 +143,7 @@ def test_small_and_odd_head_dims(op, K, V, dtype):
 
     for x in leaves.values():
         x.requires_grad_(True)
-    o, s = call(leaves, "triton")
-    do, ds = torch.randn_like(o), torch.randn_like(s)
-    grads = torch.autograd.grad((o.float() * do).sum() + (s * ds).sum(), list(leaves.values()))
-    ref = {n: x.detach().double().requires_grad_(True) for n, x in leaves.items()}
-    o_ref, s_ref = call(ref, "torch")
-    grads_ref = torch.autograd.grad((o_ref * do.double()).sum() + (s_ref * ds.double()).sum(), list(ref.values()))
-    errors = {"o": rel(o, o_ref), "final_state": rel(s, s_ref)}
-    errors.update({f"d{n}": rel(a, b) for n, a, b in zip(leaves, grads, grads_ref)})
+    errors = errors_against_float64(lambda x: call(x, "triton"), lambda x: call(x, "torch"), leaves)
     print(op, K, V, dtype, {n: f"{e:.2e}" for n, e in errors.items()})
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     for name, err in errors.items():
@@ -214,19 +189,7 @@ def test_every_launch_config_bf16(kernel, cfg):
 
     for x in leaves.values():
         x.requires_grad_(True)
-    forced = {**tuning.PREREQUISITES.get(kernel, {}), kernel: cfg}
-    tuning.OVERRIDES.update(forced)
-    try:
-        o, s = call(leaves, "triton")
-        do, ds = torch.randn_like(o), torch.randn_like(s)
-        grads = torch.autograd.grad((o.float() * do).sum() + (s * ds).sum(), list(leaves.values()))
-    finally:
-        for name in forced:
-            tuning.OVERRIDES.pop(name, None)
-    ref = {n: x.detach().double().requires_grad_(True) for n, x in leaves.items()}
-    o_ref, s_ref = call(ref, "torch")
-    grads_ref = torch.autograd.grad((o_ref * do.double()).sum() + (s_ref * ds.double()).sum(), list(ref.values()))
-    errors = {"o": rel(o, o_ref), "final_state": rel(s, s_ref)}
-    errors.update({f"d{n}": rel(a, b) for n, a, b in zip(leaves, grads, grads_ref)})
+    with tuning.forced(kernel, cfg):
+        errors = errors_against_float64(lambda x: call(x, "triton"), lambda x: call(x, "torch"), leaves)
     for name, err in errors.items():
         assert err < 2e-2, (kernel, cfg, name, err)

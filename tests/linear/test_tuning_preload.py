@@ -68,3 +68,17 @@ def test_usable_follows_the_measured_faults(K, V, ok):
     assert tuning.usable("simple_gla.dqk", K, V, C(64, 64, 8, 3))
     assert tuning.usable("simple_gla.state", K, V, C(32, 64, 4, 3))
     assert tuning.usable("delta.dqk", K, V, C(128, 64, 4, 3)) is (ok or K > 32)
+
+
+def test_forced_applies_prerequisites_and_restores_overrides(monkeypatch):
+    monkeypatch.setattr(tuning, "OVERRIDES", {"simple_gla.state": tuning.CANDIDATES["simple_gla.state"][1]})
+    before = dict(tuning.OVERRIDES)
+    cfg = tuning.CANDIDATES["delta.wu"][1]
+    with tuning.forced("delta.wu", cfg):
+        assert tuning.pick("delta.wu", (2, 64, 64, "torch.float32", False), launch=None) == cfg
+        assert tuning.OVERRIDES["delta.prepare"] == tuning.PREREQUISITES["delta.wu"]["delta.prepare"]
+    assert tuning.OVERRIDES == before
+    with pytest.raises(RuntimeError, match="inside"):
+        with tuning.forced("delta.wu", cfg):
+            raise RuntimeError("inside")
+    assert tuning.OVERRIDES == before

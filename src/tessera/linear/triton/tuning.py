@@ -22,6 +22,7 @@ can be timed.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -128,6 +129,20 @@ PREREQUISITES: dict[str, dict[str, LaunchConfig]] = {"delta.wu": {"delta.prepare
 _CHOSEN: dict[tuple, LaunchConfig] = {}
 # "kernel|key" -> a configuration chosen by an earlier timed run (``preload``).
 _PRELOADED: dict[str, LaunchConfig] = {}
+
+
+@contextlib.contextmanager
+def forced(kernel: str, cfg: LaunchConfig):
+    """Within the block, ``kernel`` runs ``cfg`` (and the kernels it needs run the configurations of
+    ``PREREQUISITES``); the overrides from before the block are restored after it."""
+    before = dict(OVERRIDES)
+    OVERRIDES.update(PREREQUISITES.get(kernel, {}))
+    OVERRIDES[kernel] = cfg
+    try:
+        yield
+    finally:
+        OVERRIDES.clear()
+        OVERRIDES.update(before)
 
 
 def _tuning_enabled() -> bool:
