@@ -176,13 +176,16 @@ def pick(kernel: str, key: tuple, launch: Optional[Callable[[LaunchConfig], obje
     timed), among the candidates ``usable`` on the key's head dims."""
     if kernel in OVERRIDES:
         return OVERRIDES[kernel]
-    candidates = [cfg for cfg in CANDIDATES[kernel] if usable(kernel, key[1], key[2], cfg)]
-    if launch is None or len(candidates) == 1 or not _tuning_enabled():
-        return candidates[0]
+    timed = launch is not None and _tuning_enabled()
     full_key = (kernel, key)
-    if full_key not in _CHOSEN and _PRELOADED.get(f"{kernel}|{key}") in candidates:
+    if timed and full_key in _CHOSEN:  # every timed call after a key's first
+        return _CHOSEN[full_key]
+    candidates = [cfg for cfg in CANDIDATES[kernel] if usable(kernel, key[1], key[2], cfg)]
+    if not timed or len(candidates) == 1:
+        return candidates[0]
+    if _PRELOADED.get(f"{kernel}|{key}") in candidates:
         _CHOSEN[full_key] = _PRELOADED[f"{kernel}|{key}"]
-    if full_key not in _CHOSEN:
+    else:
         times = [_timed_with_log(kernel, key, launch, cfg) for cfg in candidates]
         best = min(range(len(candidates)), key=lambda i: times[i])
         _CHOSEN[full_key] = candidates[best]
