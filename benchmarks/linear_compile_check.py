@@ -2,9 +2,9 @@
 
     python benchmarks/linear_compile_check.py --op simple_gla|gla|delta_rule [--gated]
         [--all-candidates | --config KERNEL:BK,BV,WARPS,STAGES ...] [--only NAME ...] [--fla DIR]
-        [--dump DIR]
+        [--dump DIR] [--dims K V]
 
-tessera: the op's forward and backward run on small CPU tensors (bf16, K = V = 128; simple GLA and GLA
+tessera: the op's forward and backward run on small CPU tensors (bf16, K = V = 128 or ``--dims``; simple GLA and GLA
 gated, the delta rule ungated unless ``--gated``) with kernel launches recorded, once with the default
 configurations, once per tuning candidate of the op's kernels (``--all-candidates``, forced through
 ``tuning.OVERRIDES`` with their ``PREREQUISITES``), or once per ``--config``; every distinct launch is
@@ -13,7 +13,7 @@ compiled for Hopper. fla: with ``--fla`` (a folder holding the unpacked ``fla`` 
 over a few of its autotune settings (with ``--gated``, its delta state passes gated). One line per
 kernel: warps, stages, shared memory, registers per thread, stack bytes (spilled registers) and the PTX
 instructions of the first loop's body (the recurrence of the state passes). ``--dump DIR`` also writes
-each kernel's PTX and SASS there.
+each kernel's TTGIR, PTX and SASS there.
 """
 
 from __future__ import annotations
@@ -37,15 +37,16 @@ from tessera.linear.triton import tuning
 PREFIXES = {"simple_gla": "simple_gla.", "gla": "gla.", "delta_rule": "delta."}
 
 
-def _run(op: str, gated: bool) -> None:
-    """Forward and backward of ``op`` on CPU tensors (B = 1, T = 256, H = 2, K = V = 128, bf16)."""
-    B, T, H, D = 1, 256, 2, 128
-    q, k, v = (torch.randn(B, T, H, D).to(torch.bfloat16).requires_grad_() for _ in range(3))
+def _run(op: str, gated: bool, K: int = 128, V: int = 128) -> None:
+    """Forward and backward of ``op`` on CPU tensors (B = 1, T = 256, H = 2, head dims K and V, bf16)."""
+    B, T, H = 1, 256, 2
+    q, k = (torch.randn(B, T, H, K).to(torch.bfloat16).requires_grad_() for _ in range(2))
+    v = torch.randn(B, T, H, V).to(torch.bfloat16).requires_grad_()
     g = F.logsigmoid(torch.randn(B, T, H)).requires_grad_()
     if op == "simple_gla":
         o, _ = ops.simple_gla(q, k, v, g, backend="triton")
     elif op == "gla":
-        o, _ = ops.gla(q, k, v, F.logsigmoid(torch.randn(B, T, H, D)).requires_grad_(), backend="triton")
+        o, _ = ops.gla(q, k, v, F.logsigmoid(torch.randn(B, T, H, K)).requires_grad_(), backend="triton")
     else:
         beta = torch.rand(B, T, H).requires_grad_()
         if gated:
@@ -55,12 +56,12 @@ def _run(op: str, gated: bool) -> None:
     o.float().sum().backward()
 
 
-def _recorded(op: str, gated: bool, overrides: dict) -> list:
+def _recorded(op: str, gated: bool, overrides: dict, dims: tuple = (128, 128)) -> list:
     tuning.OVERRIDES.clear()
     tuning.OVERRIDES.update(overrides)
     try:
         with LaunchRecorder() as recorder:
-            _run(op, gated)
+            _run(op, gated, *dims)
     finally:
         tuning.OVERRIDES.clear()
     return recorder.launches
@@ -79,10 +80,12 @@ def loop_instructions(ptx: str) -> str:
 
 
 def dump(folder: str, label: str, fn, options: dict, kernel) -> None:
-    """Write the kernel's PTX and its SASS (nvdisasm of the cubin) to ``folder``, named after the row."""
+    """Write the kernel's TTGIR, PTX and SASS (nvdisasm of the cubin) to ``folder``, named after the row."""
     name = re.sub(r"[^A-Za-z0-9]+", "_", f"{label} {fn.__name__} w{options.get('num_warps', 4)} "
                                          f"s{options.get('num_stages', 3)}").strip("_")
     os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, name + ".ttgir"), "w") as f:
+        f.write(kernel.asm["ttgir"])
     with open(os.path.join(folder, name + ".ptx"), "w") as f:
         f.write(kernel.asm["ptx"])
     with open(os.path.join(folder, name + ".sass"), "w") as f:
@@ -104,9 +107,10 @@ def report(label: str, launches, seen: set, dump_to: str | None = None) -> None:
             dump(dump_to, label, fn, options, kernel)
 
 
-def tessera_rows(op: str, gated: bool, runs: list, only, seen: set, dump_to: str | None) -> None:
+def tessera_rows(op: str, gated: bool, runs: list, only, seen: set, dump_to: str | None,
+                 dims: tuple = (128, 128)) -> None:
     for label, overrides in runs:
-        launches = [launch for launch in _recorded(op, gated, overrides)
+        launches = [launch for launch in _recorded(op, gated, overrides, dims)
                     if not only or any(s in launch[0].__name__ for s in only)]
         report(f"tessera {label}", launches, seen, dump_to)
 
@@ -233,13 +237,16 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", help="kernels whose name contains one of these")
     parser.add_argument("--fla", metavar="DIR", help="folder holding the unpacked fla package: compile its kernels")
     parser.add_argument("--no-tessera", action="store_true")
-    parser.add_argument("--dump", metavar="DIR", help="write each compiled kernel's PTX and SASS here")
+    parser.add_argument("--dump", metavar="DIR", help="write each compiled kernel's TTGIR, PTX and SASS here")
+    parser.add_argument("--dims", nargs=2, type=int, default=(128, 128), metavar=("K", "V"),
+                        help="head dims of tessera's calls (default 128 128)")
     args = parser.parse_args()
     configs = [(spec.split(":")[0], tuning.LaunchConfig(*map(int, spec.split(":")[1].split(","))))
                for spec in args.config]
     seen = set()
     if not args.no_tessera:
-        tessera_rows(args.op, args.gated, _runs(args.op, args.all_candidates, configs), args.only, seen, args.dump)
+        tessera_rows(args.op, args.gated, _runs(args.op, args.all_candidates, configs), args.only, seen, args.dump,
+                     tuple(args.dims))
     if args.fla:
         fla_rows(args.op, args.gated, args.fla, args.only, seen, args.dump)
     return 0
