@@ -37,7 +37,7 @@ ORDER = ("simple_gla", "gla", "delta")  # BASED and linear_attention run simple 
 def cases(kernels, shapes, dtype="bfloat16"):
     """One case per usable candidate of each kernel (all, or those named) and ``KxV`` shape. GLA and the
     delta rules run gated; simple GLA runs gated at odd V and ungated at even V, so both of its kernel
-    variants are checked; BASED's branch, ungated at odd V, is covered by its tuned GPU test in tests/nn)."""
+    variants are checked; BASED's branch, ungated at odd V, is covered by its tuned GPU test in tests/nn."""
     from tessera.linear.triton import tuning
     out = []
     for kernel, candidates in sorted(tuning.CANDIDATES.items(), key=lambda kc: ORDER.index(kc[0].split(".")[0])):
