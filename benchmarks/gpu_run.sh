@@ -85,9 +85,9 @@ for step in $steps; do
                    2>&1 | tee "$OUT/launch-cost.log" || status=1 ;;
     tests-linear)
       # The linear GPU tests in two processes (compiling dominates).
-      timeout 280 python3 -m pytest -m gpu -q -p no:cacheprovider tests/linear -k delta \
+      timeout 280 python3 -m pytest -m gpu -q -rA -p no:cacheprovider tests/linear -k delta \
         > "$OUT/gpu-tests-linear-delta.log" 2>&1 & delta_tests=$!
-      timeout 280 python3 -m pytest -m gpu -q -p no:cacheprovider tests/linear -k "not delta" \
+      timeout 280 python3 -m pytest -m gpu -q -rA -p no:cacheprovider tests/linear -k "not delta" \
         > "$OUT/gpu-tests-linear-other.log" 2>&1 & other_tests=$!
       wait $delta_tests || status=1
       wait $other_tests || status=1

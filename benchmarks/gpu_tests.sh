@@ -23,7 +23,7 @@ run_group() {  # run_group NAME: pytest on that group's tests, log in $OUT/gpu-t
     layers) args=(tests/nn tests/linear/test_noncausal.py) ;;
     *) echo "unknown group $name" > "$OUT/gpu-tests-$name.log"; return 2 ;;
   esac
-  timeout "${GPU_TEST_TIMEOUT:-300}" python3 -m pytest -m gpu -q -p no:cacheprovider "${args[@]}" \
+  timeout "${GPU_TEST_TIMEOUT:-300}" python3 -m pytest -m gpu -q -rA -p no:cacheprovider "${args[@]}" \
     > "$OUT/gpu-tests-$name.log" 2>&1
 }
 
