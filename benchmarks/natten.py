@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from tessera.bench.attention import natten_cases, run_case, tiled_pattern
+from tessera.bench.attention import natten_cases, run_case, tiled_problem
 from tessera.bench.timing import warm_up_gpu
 from tessera.bench.report import print_table, results_path, write_results
 from tessera.kernels.triton.backend import forward_tiles
@@ -46,9 +46,10 @@ def speedup_notes(cases, records: list[dict]) -> list[str]:
             continue
         na = case.na
         ideal = 1.0 / Neighborhood(na["grid"], na["kernel"], na["dilation"], na["stride"]).density(case.seq, case.seq)
-        tiled = tiled_pattern(case, torch.device("cpu"))
-        block_m, block_n = forward_tiles(tiled, case.seq, case.seq, case.heads, case.head_dim)
-        predicted = predicted_speedup(tiled, case.seq, case.seq, block_m, block_n)
+        tiled, groups = tiled_problem(case, torch.device("cpu"))
+        seq = case.seq // groups
+        block_m, block_n = forward_tiles(tiled, seq, seq, case.heads, case.head_dim)
+        predicted = predicted_speedup(tiled, seq, seq, block_m, block_n)
         parts = [f"{case.name}: ideal {ideal:.1f}x, predicted {predicted:.1f}x ({block_m}x{block_n} tiles)"]
         for direction in ("fwd", "fwd+bwd"):
             ours = next((r["ms"] for r in records if r["case"] == case.name and r["impl"] == "tessera"

@@ -26,7 +26,7 @@ import json
 
 import torch
 
-from tessera.bench.attention import natten_cases, tiled_pattern
+from tessera.bench.attention import natten_cases, tiled_problem
 from tessera.patterns import Neighborhood
 
 TILE = 64
@@ -34,10 +34,12 @@ TARGETS = {"fwd": 5.0, "fwd+bwd": 3.0}
 
 
 def listed_tiles(case) -> tuple[float, int]:
-    """Mean key tiles listed per query tile, and key tiles per row of a dense map, at TILE x TILE."""
-    tiled = tiled_pattern(case, torch.device("cpu"))
-    tiles = tiled.tile_map(case.seq, case.seq, TILE, TILE)
-    return tiles.kv_count.float().mean().item(), tiles.n_k_tiles
+    """Mean key tiles listed per query tile, and key tiles per row of a dense map over the whole
+    sequence, at TILE x TILE (split into dilation groups as tessera runs it: ``tiled_problem``)."""
+    tiled, groups = tiled_problem(case, torch.device("cpu"))
+    seq = case.seq // groups
+    tiles = tiled.tile_map(seq, seq, TILE, TILE)
+    return tiles.kv_count.float().mean().item(), -(-case.seq // TILE)
 
 
 def main() -> None:

@@ -51,6 +51,10 @@ CASES = [
     (na2d, (6, 8), 3, 2, 1, True, (3, 4)),
     (na3d, (4, 5, 6), (3, 3, 4), (1, 1, 1), (1, 2, 2), (True, False, False), (2, 5, 3)),
     (na3d, (5, 6, 6), 3, (1, 2, 1), (3, 1, 1), False, "auto"),
+    # "auto" with dilations dividing the grid: one undilated neighborhood per dilation group.
+    (na1d, (24,), 4, 3, 2, True, "auto"),
+    (na2d, (8, 12), (3, 4), (2, 3), (2, 1), (False, True), "auto"),
+    (na3d, (4, 6, 4), (2, 3, 2), (2, 2, 1), (1, 3, 2), (True, False, False), "auto"),
 ]
 
 
@@ -83,6 +87,23 @@ def test_float32_and_layouts_agree():
     ref, _ = dense_reference(q, k, v, (3, 3), (1, 1), (1, 1), (False, False))
     assert rel_err(o_row, ref) < 1e-5
     assert rel_err(o_tiled, ref) < 1e-5
+
+
+def test_dilation_groups_rule_and_folding():
+    """Dilated "auto" calls split the grid into dilation groups only when every dilation divides
+    its axis; folding moves each group's tokens into one batch entry and back."""
+    from tessera.natten import _fold_groups, _unfold_groups, dilation_groups
+    assert dilation_groups((128, 128), (2, 2)) == (64, 64)
+    assert dilation_groups((16, 48, 48), (1, 3, 2)) == (16, 16, 24)
+    assert dilation_groups((128, 128), (1, 1)) is None
+    assert dilation_groups((17,), (2,)) is None
+    assert dilation_groups((12, 10), (2, 3)) is None
+    t = torch.randn(2, 6, 8, 3, 5)
+    folded = _fold_groups(t, (6, 8), (2, 4))
+    assert folded.shape == (16, 3, 2, 3, 5)
+    # batch 1, remainders (1, 3): entry 1 * 8 + 1 * 4 + 3
+    assert torch.equal(folded[15], t[1, 1::2, 3::4])
+    assert torch.equal(_unfold_groups(folded, (6, 8), (2, 4)), t)
 
 
 def test_bad_arguments():
@@ -149,3 +170,38 @@ def test_auto_layout_of_blocked_attention_is_the_block():
     assert blocked_tile_shape((16, 48), (8, 24), (1, 1), (8, 24), (False, False)) is None
     assert blocked_tile_shape((16, 48), (8, 16), (1, 1), (8, 16), (False, False)) == (8, 16)
     assert blocked_tile_shape((256,), (128,), (1,), (128,), (False,)) == (128,)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("op, grid, kernel, dilation, stride", [
+    (na2d, (32, 48), (7, 9), (2, 3), 1),               # dilation groups, batched
+    (na3d, (8, 16, 16), (3, 5, 5), (1, 2, 2), (1, 2, 1)),
+    (na2d, (30, 48), (7, 9), (4, 2), 1),               # 30 % 4: one tiled order with dilation
+])
+def test_gpu_dilated_against_float64(op, grid, kernel, dilation, stride, dtype):
+    """The Triton kernels through na2d / na3d "auto" against the float64 reference, forward and
+    backward (GQA, B = 2), by the rule of tests/kernels/flash_cases.py: the kernel's error at most
+    2x (forward) or 3x (gradients) the reference's own in the input dtype, plus a small floor."""
+    from tessera.natten import dilation_groups
+    assert (dilation_groups(grid, dilation) is None) == (grid == (30, 48))
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    shapes = [(2, *grid, 8, 128), (2, *grid, 2, 128), (2, *grid, 2, 128)]
+    inputs = [torch.randn(shape, device="cuda", dtype=dtype, generator=gen) for shape in shapes]
+    do = torch.randn(shapes[0], device="cuda", dtype=dtype, generator=gen)
+
+    def run(dt, backend):
+        leaves = [t.detach().to(dt).requires_grad_() for t in inputs]
+        o, lse = op(*leaves, kernel, dilation, stride, backend=backend, return_lse=True)
+        grads = torch.autograd.grad(o, leaves, do.to(dt))
+        return [o, lse, *grads]
+
+    got = run(dtype, "triton")
+    same = run(dtype, "reference")
+    want = run(torch.float64, "reference")
+    atol = {torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
+    for name, g, s_, w in zip(("o", "lse", "dq", "dk", "dv"), got, same, want):
+        assert torch.isfinite(g).all(), name
+        err, err_same = rel_err(g, w), rel_err(s_, w)
+        factor = 2 if name in ("o", "lse") else 3
+        assert err <= factor * err_same + atol, f"{name}: kernel {err:.3g} vs reference {err_same:.3g}"

@@ -6,7 +6,9 @@ by tile (``GridLayout``) so that neighborhoods become dense tiles for the block-
 through ``tessera.attention`` with the ``Neighborhood`` pattern, and put back in grid shape. For
 undilated neighborhoods on the Triton backend (``grid_order_in_kernel``) the kernels instead read
 and write the grid-order tensors through the tile order themselves (no reordering copies;
-``AttentionCall.grid_order``).
+``AttentionCall.grid_order``). With the "auto" layout, a dilated neighborhood whose dilations divide
+the grid runs as one undilated neighborhood per dilation group, the groups batched
+(``dilation_groups``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,61 @@ def grid_order_in_kernel(dilation: tuple) -> bool:
 # layout tiles with 128 x 128 kernel tiles, a 2-D 17 x 17 neighborhood visits 576 instead of 1056
 # keys per query tile (tile maps of the 128 x 128 grid).
 AUTO_TILE_TOKENS = 64
+
+
+def dilation_groups(grid, dilation) -> Optional[tuple[int, ...]]:
+    """The sub-grid ``grid[a] // dilation[a]`` spanned by each dilation group of a neighborhood,
+    when some dilation exceeds 1 and every dilation divides its axis; else None.
+
+    Per axis, a dilated neighborhood is an undilated one inside each group of coordinates with one
+    remainder modulo the dilation (``Neighborhood``: window, stride and causality are all taken in
+    group coordinates). With groups of equal extent the attention is therefore ``prod(dilation)``
+    undilated neighborhoods on the sub-grid, which run as one batch: every tile then holds tokens of
+    one group and visits as few key tiles as an undilated neighborhood, where a tiled order of the
+    whole grid mixes the groups in each tile (2-D 128 x 128, 17 x 17, dilation 2, 64 x 64 tiles:
+    25 key tiles per query tile, all partial, against 9 per group, some full)."""
+    if all(d == 1 for d in dilation) or any(g % d for g, d in zip(grid, dilation)):
+        return None
+    return tuple(g // d for g, d in zip(grid, dilation))
+
+
+def _fold_groups(t: torch.Tensor, grid: tuple, dilation: tuple) -> torch.Tensor:
+    """``[B, *grid, *rest] -> [B * prod(dilation), *(grid // dilation), *rest]``: the tokens of each
+    dilation group as one batch entry (batch-major, then the groups in row-major order of their
+    per-axis remainders); a copy."""
+    n = len(grid)
+    batch, rest = t.shape[0], tuple(t.shape[1 + n:])
+    split = [batch] + [x for g, d in zip(grid, dilation) for x in (g // d, d)] + list(rest)
+    order = ([0] + [1 + 2 * a + 1 for a in range(n)] + [1 + 2 * a for a in range(n)]
+             + list(range(1 + 2 * n, 1 + 2 * n + len(rest))))
+    sub = [g // d for g, d in zip(grid, dilation)]
+    return t.reshape(split).permute(order).reshape(batch * math.prod(dilation), *sub, *rest)
+
+
+def _unfold_groups(t: torch.Tensor, grid: tuple, dilation: tuple) -> torch.Tensor:
+    """Inverse of ``_fold_groups``: ``[B * prod(dilation), *(grid // dilation), *rest] ->
+    [B, *grid, *rest]``."""
+    n = len(grid)
+    batch, rest = t.shape[0] // math.prod(dilation), tuple(t.shape[1 + n:])
+    sub = [g // d for g, d in zip(grid, dilation)]
+    order = ([0] + [x for a in range(n) for x in (1 + n + a, 1 + a)]
+             + list(range(1 + 2 * n, 1 + 2 * n + len(rest))))
+    return t.reshape(batch, *dilation, *sub, *rest).permute(order).reshape(batch, *grid, *rest)
+
+
+def _per_dilation_group(q, k, v, pattern: Neighborhood, na_dim: int, backend: str, scale,
+                        return_lse: bool):
+    """``neighborhood_attention`` of a dilated ``pattern`` whose dilations divide the grid, run as
+    the undilated neighborhood of every dilation group, batched (``dilation_groups``)."""
+    grid, dilation = pattern.grid, pattern.dilation
+    folded = [_fold_groups(t, grid, dilation) for t in (q, k, v)]
+    out = neighborhood_attention(*folded, pattern.kernel, 1, pattern.stride, pattern.causal, na_dim=na_dim,
+                                 layout="auto", backend=backend, scale=scale, return_lse=return_lse)
+    o, lse = out if return_lse else (out, None)
+    o = _unfold_groups(o, grid, dilation)
+    if lse is None:
+        return o
+    return o, _unfold_groups(lse.movedim(1, -1), grid, dilation).movedim(-1, 1)
 
 
 @functools.lru_cache(maxsize=32)
@@ -108,6 +165,8 @@ def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke
         if tuple(t.shape[1:1 + na_dim]) != grid:
             raise ValueError(f"{name} must have q's token grid {grid}, got {tuple(t.shape[1:1 + na_dim])}")
     pattern = Neighborhood(grid, kernel_size, dilation=dilation, stride=stride, causal=is_causal)
+    if isinstance(layout, str) and layout == "auto" and dilation_groups(grid, pattern.dilation):
+        return _per_dilation_group(q, k, v, pattern, na_dim, backend, scale, return_lse)
     tiled = _resolve_layout(layout, grid, pattern.kernel, pattern.dilation, pattern.stride,
                             pattern.causal, q.device)
     batch, n = q.shape[0], math.prod(grid)
@@ -163,7 +222,8 @@ def na1d(q, k, v, kernel_size, dilation=1, stride=1, is_causal=False, *, layout=
     ``stride <= kernel_size``. ``layout``: ``"row-major"`` (tokens in input order), a tile shape
     (tokens reordered tile by tile for the kernels; the result is the same), or ``"auto"`` (a tile
     shape chosen by ``choose_tile_shape`` on CUDA, the block itself for blocked attention
-    (``blocked_tile_shape``), row-major elsewhere). ``scale`` defaults to
+    (``blocked_tile_shape``), row-major elsewhere; a dilation that divides the length first splits
+    the tokens into their dilation groups, ``dilation_groups``). ``scale`` defaults to
     ``1/sqrt(D)``; ``backend`` as in ``tessera.attention``.
     """
     return neighborhood_attention(q, k, v, kernel_size, dilation, stride, is_causal, na_dim=1,
@@ -194,4 +254,4 @@ def na3d(q, k, v, kernel_size, dilation=1, stride=1, is_causal=False, *, layout=
                                   layout=layout, backend=backend, scale=scale, return_lse=return_lse)
 
 
-__all__ = ["na1d", "na2d", "na3d", "neighborhood_attention"]
+__all__ = ["dilation_groups", "na1d", "na2d", "na3d", "neighborhood_attention"]

@@ -195,16 +195,24 @@ def _natten_fn(case, inp, backend):
     return run
 
 
-def tiled_pattern(case: Case, device: torch.device):
-    """The case's Neighborhood in the token order tessera's "auto" layout picks on a GPU."""
-    from ..natten import _auto_layout
+def tiled_problem(case: Case, device: torch.device):
+    """The case's Neighborhood as tessera's "auto" layout runs it on a GPU: ``(pattern, groups)``,
+    the pattern in its tiled token order over ``case.seq // groups`` tokens, where each batch entry
+    becomes ``groups`` entries (its dilation groups, ``tessera.natten.dilation_groups``; 1 when the
+    grid is not split)."""
+    from ..natten import _auto_layout, dilation_groups
     from ..patterns import Neighborhood, Permuted
     na = case.na
     pattern = Neighborhood(na["grid"], na["kernel"], na.get("dilation", 1), na.get("stride", 1))
+    groups = 1
+    sub_grid = dilation_groups(pattern.grid, pattern.dilation)
+    if sub_grid is not None:
+        groups = math.prod(pattern.dilation)
+        pattern = Neighborhood(sub_grid, pattern.kernel, 1, pattern.stride, pattern.causal)
     layout = _auto_layout(pattern.grid, pattern.kernel, pattern.dilation, pattern.stride, pattern.causal)
     if layout is None:
         raise ValueError(f"no tile shape divides grid {pattern.grid} for {case.name!r}")
-    return Permuted(pattern, layout)
+    return Permuted(pattern, layout), groups
 
 
 def _sdpa_fn(case, pattern, inp, which):
@@ -231,15 +239,18 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def _flex_fn(case, pattern, inp):
+def _flex_fn(case, pattern, inp, groups: int = 1):
+    """FlexAttention on the case's inputs; with ``groups`` > 1 on them viewed as ``groups`` times
+    the batch of ``case.seq // groups`` tokens each (``tiled_problem``; output in that shape)."""
     flex = _compiled_flex()
     block_mask = None
+    seq = case.seq // groups
     if pattern is not None or case.causal:
         from ..patterns import Causal, to_flex
         full = pattern if pattern is not None else Causal()
         if pattern is not None and case.causal:
             full = pattern & Causal()
-        _, block_mask = to_flex(full, case.seq, case.seq, num_heads=case.heads, block_size=128,
+        _, block_mask = to_flex(full, seq, seq, num_heads=case.heads, block_size=128,
                                 device=inp.q.device)
     score_mod = None
     if case.low_rank:
@@ -252,9 +263,8 @@ def _flex_fn(case, pattern, inp):
             return score + bias
 
     def run():
-        o = flex(inp.q.transpose(1, 2), inp.k.transpose(1, 2), inp.v.transpose(1, 2),
-                 score_mod=score_mod, block_mask=block_mask)
-        return o.transpose(1, 2)
+        q, k, v = (t.view(case.batch * groups, seq, *t.shape[2:]).transpose(1, 2) for t in (inp.q, inp.k, inp.v))
+        return flex(q, k, v, score_mod=score_mod, block_mask=block_mask).transpose(1, 2)
     return run
 
 
@@ -268,7 +278,8 @@ def _impl_fn(impl: str, case: Case, pattern, inp, device: torch.device):
     if impl == "flex":
         return _flex_fn(case, pattern, inp)
     if impl == "flex-tiled":
-        return _flex_fn(case, tiled_pattern(case, device), inp)
+        pattern, groups = tiled_problem(case, device)
+        return _flex_fn(case, pattern, inp, groups)
     raise ValueError(f"impl must be tessera, reference, sdpa-cudnn, sdpa-flash, flex or flex-tiled, got {impl!r}")
 
 
@@ -294,7 +305,7 @@ def _measure_median(fn, inp: _Inputs, direction: str, device) -> float:
 
     def fwd_bwd():
         o = fn()
-        torch.autograd.grad(o, inp.grad_leaves(), inp.do)
+        torch.autograd.grad(o, inp.grad_leaves(), inp.do.view(o.shape))
     return median_ms(fwd_bwd, device)
 
 
