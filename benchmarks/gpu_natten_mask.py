@@ -2,6 +2,7 @@
 tessera only (the full comparison with Flex is benchmarks/natten.py), bf16, H = 16, D = 128.
 
     python benchmarks/gpu_natten_mask.py --out DIR [--profile] [--dkdv 64,64,4,3 32,64,4,3]
+        [--only SUBSTRING ...] [--no-bits]
 
 Writes ``natten_mask.json``: per case and mask kind, forward and forward+backward ms (medians of
 ``triton.testing.do_bench``) with the automatic tiled layout and the kernel configs it implies;
@@ -26,11 +27,15 @@ from tessera.kernels.triton import masks, tuning
 from tessera.kernels.triton.tuning import KernelConfig
 from tessera.natten import neighborhood_attention
 
+# name: (grid, kernel, dilation, stride, batch)
 CASES = {
-    "2-D 128x128 k17": ((128, 128), (17, 17), 1, 1),
-    "3-D 16x48x48 k5x13x13": ((16, 48, 48), (5, 13, 13), 1, 1),
-    "3-D 16x48x48 blocked 4x8x8": ((16, 48, 48), (4, 8, 8), 1, (4, 8, 8)),
-    "1-D 32768 window 2048": ((32768,), (2048,), 1, 1),
+    "2-D 128x128 k17": ((128, 128), (17, 17), 1, 1, 1),
+    "3-D 16x48x48 k5x13x13": ((16, 48, 48), (5, 13, 13), 1, 1, 1),
+    "3-D 16x48x48 blocked 4x8x8": ((16, 48, 48), (4, 8, 8), 1, (4, 8, 8), 1),
+    "1-D 32768 window 2048": ((32768,), (2048,), 1, 1, 1),
+    "2-D 128x128 k17 dil2": ((128, 128), (17, 17), 2, 1, 1),
+    # The dilated case's four dilation groups as a batch, without the folding copies.
+    "2-D 64x64 k17 B=4": ((64, 64), (17, 17), 1, 1, 4),
 }
 
 
@@ -39,12 +44,17 @@ def main() -> None:
     parser.add_argument("--out", default=".")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--dkdv", nargs="*", default=[], help="dk/dv configs to time, e.g. 64,64,4,3")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="run only cases whose name contains one of these (default: the first four)")
+    parser.add_argument("--no-bits", action="store_true", help="skip the packed-bitmask mask kind")
     args = parser.parse_args()
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": []}
     warm_up_gpu(torch.device("cuda"))
-    for name, (grid, kernel, dilation, stride) in CASES.items():
-        shape = (1, *grid, 16, 128)
+    names = list(CASES)[:4] if args.only is None else [n for n in CASES if any(x in n for x in args.only)]
+    for name in names:
+        grid, kernel, dilation, stride, batch = CASES[name]
+        shape = (batch, *grid, 16, 128)
         q, k, v, do = (torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(4))
         for t in (q, k, v):
             t.requires_grad_()
@@ -60,7 +70,7 @@ def main() -> None:
             fwd_bwd()
             q.grad = k.grad = v.grad = None
 
-        for analytic in (True, False):
+        for analytic in (True,) if args.no_bits else (True, False):
             masks.ANALYTIC_NEIGHBORHOOD = analytic
             masks.clear_plan_cache()
             row = {"case": name, "mask": "neighborhood" if analytic else "bits"}

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: the GPU tests, then the side-by-side benchmarks. Logs and results
 # JSON land under $OUT (the device tool brings them back); copy the JSON into benchmarks/results/.
-#   bash benchmarks/gpu_run.sh [tests] [tests-quick] [tests-layers] [streams-ab] [schedule-ab] [attention] [natten]
+#   bash benchmarks/gpu_run.sh [tests] [tests-quick] [tests-args] [tests-layers] [streams-ab] [schedule-ab] [attention] [natten]
 #                              [natten-reorder] [natten-profile] [natten-configs] [host-overhead] [host-breakdown] [linear] [tests-linear] [linear-final] [linear-accept]
 #                              [linear-profile] [state-sweep] [state-ab] [linear-host] [linear-delta] [candidates] [kernel-next]
 #                              [launch-cost]
 #   (linear, linear-final, linear-accept, linear-profile, linear-delta: carry .whl for fla)
-#   (default: tests attention natten linear)
+#   (default: tests attention natten linear; NATTEN_ARGS: extra arguments of benchmarks/natten.py)
 # Triton's cache (compiled kernels, and fla's autotuning timings through Triton's `cache_results`) is
 # kept per GPU model: at exit it is packed into $OUT/<model>.tar.xz.<n> (15 MB parts; only the
 # autotuning timings when the whole cache needs more than three parts). Copy those parts into
@@ -51,6 +51,11 @@ for step in $steps; do
     tests) GPU_TEST_LINEAR=${GPU_TEST_LINEAR:-1} bash benchmarks/gpu_tests.sh 2>&1 | tee "$OUT/gpu-tests.log" || status=1 ;;
     tests-quick) GPU_TEST_GROUPS="patterns neighborhood" bash benchmarks/gpu_tests.sh 2>&1 \
                    | tee "$OUT/gpu-tests.log" || status=1 ;;
+    tests-args)
+      # The GPU tests that PYTEST_ARGS selects (files, -k expressions).
+      timeout "${GPU_TEST_TIMEOUT:-300}" python3 -m pytest -m gpu -q -rA -p no:cacheprovider ${PYTEST_ARGS:-tests} \
+        > "$OUT/gpu-tests-args.log" 2>&1 || status=1
+      tail -n 3 "$OUT/gpu-tests-args.log" ;;
     tests-layers)
       # Its kernels (the window attention's, the linear ones at BASED's head dims) stay out of the packed cache.
       TRITON_CACHE_DIR=/tmp/tc-layers GPU_TEST_GROUPS="layers" bash benchmarks/gpu_tests.sh || status=1 ;;
@@ -64,9 +69,9 @@ for step in $steps; do
                    2>&1 | tee "$OUT/schedule-ab.log" || status=1 ;;
     attention) timeout "${TESSERA_ATTENTION_TIMEOUT:-420}" python3 benchmarks/attention.py --out "$OUT" \
                  2>&1 | tee "$OUT/attention.log" || status=1 ;;
-    natten) timeout "${TESSERA_NATTEN_TIMEOUT:-420}" python3 benchmarks/natten.py --out "$OUT" \
+    natten) timeout "${TESSERA_NATTEN_TIMEOUT:-420}" python3 benchmarks/natten.py --out "$OUT" ${NATTEN_ARGS:-} \
               2>&1 | tee "$OUT/natten.log" || status=1 ;;
-    natten-profile) timeout "${TESSERA_NATTEN_TIMEOUT:-240}" python3 benchmarks/gpu_natten_mask.py --out "$OUT" --profile \
+    natten-profile) timeout "${TESSERA_NATTEN_TIMEOUT:-240}" python3 benchmarks/gpu_natten_mask.py --out "$OUT" --profile ${NATTEN_PROFILE_ARGS:-} \
                       2>&1 | tee "$OUT/natten-profile.log" || status=1 ;;
     natten-configs)
       # Forward, dq and dk/dv kernel configurations on the N-D neighborhoods in grid order.
@@ -136,7 +141,7 @@ for step in $steps; do
     kernel-next) bash benchmarks/gpu_kernel_next.sh 2>&1 | tee "$OUT/kernel-next.log" || status=1 ;;
     linear) timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/linear.py --out "$OUT" ${LINEAR_BENCH_ARGS:-} \
               2>&1 | tee "$OUT/linear.log" || status=1 ;;
-    *) echo "unknown step $step (tests, tests-quick, tests-layers, streams-ab, schedule-ab, attention, natten, natten-reorder, natten-profile, natten-configs, host-overhead, host-breakdown, linear, tests-linear, linear-final, linear-accept, linear-profile, state-sweep, state-ab, linear-host, linear-delta, candidates, kernel-next, launch-cost)"; status=2 ;;
+    *) echo "unknown step $step (tests, tests-quick, tests-args, tests-layers, streams-ab, schedule-ab, attention, natten, natten-reorder, natten-profile, natten-configs, host-overhead, host-breakdown, linear, tests-linear, linear-final, linear-accept, linear-profile, state-sweep, state-ab, linear-host, linear-delta, candidates, kernel-next, launch-cost)"; status=2 ;;
   esac
 done
 exit $status

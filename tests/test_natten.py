@@ -89,21 +89,51 @@ def test_float32_and_layouts_agree():
     assert rel_err(o_tiled, ref) < 1e-5
 
 
-def test_dilation_groups_rule_and_folding():
+def test_dilation_groups_rule_and_order():
     """Dilated "auto" calls split the grid into dilation groups only when every dilation divides
-    its axis; folding moves each group's tokens into one batch entry and back."""
-    from tessera.natten import _fold_groups, _unfold_groups, dilation_groups
+    its axis; the group order puts each group's tokens, in its sub-grid's tiled order, in one
+    batch entry, and back."""
+    from tessera.natten import dilation_groups
+    from tessera.patterns.layout import DilationGroupOrder, GridLayout
     assert dilation_groups((128, 128), (2, 2)) == (64, 64)
     assert dilation_groups((16, 48, 48), (1, 3, 2)) == (16, 16, 24)
     assert dilation_groups((128, 128), (1, 1)) is None
     assert dilation_groups((17,), (2,)) is None
     assert dilation_groups((12, 10), (2, 3)) is None
     t = torch.randn(2, 6, 8, 3, 5)
-    folded = _fold_groups(t, (6, 8), (2, 4))
-    assert folded.shape == (16, 3, 2, 3, 5)
+    sub_layout = GridLayout((3, 2), (1, 2))
+    order = DilationGroupOrder((6, 8), (2, 4), sub_layout)
+    grouped = order.permute(t.reshape(2, 48, 3, 5), 1).view(16, 6, 3, 5)
     # batch 1, remainders (1, 3): entry 1 * 8 + 1 * 4 + 3
-    assert torch.equal(folded[15], t[1, 1::2, 3::4])
-    assert torch.equal(_unfold_groups(folded, (6, 8), (2, 4)), t)
+    group = t[1, 1::2, 3::4].reshape(6, 3, 5)
+    assert torch.equal(grouped[15], sub_layout.permute(group, 0))
+    assert torch.equal(order.unpermute(grouped.view(2, 48, 3, 5), 1), t.reshape(2, 48, 3, 5))
+    with pytest.raises(ValueError, match=r"dilation\[1\] must divide grid\[1\] = 8"):
+        DilationGroupOrder((6, 8), (2, 3))
+    with pytest.raises(ValueError, match="sub_layout.grid must be the sub-grid"):
+        DilationGroupOrder((6, 8), (2, 4), GridLayout((6, 8), (2, 2)))
+
+
+def test_dilation_groups_in_tiled_order_match_float64(monkeypatch):
+    """The per-group run with its sub-grid in a tiled order (what CUDA tensors get) on the
+    reference backend: output, lse and gradients against the float64 definition."""
+    import tessera.natten as natten
+    monkeypatch.setattr(natten, "_resolve_layout",
+                        lambda layout, grid, kernel, dilation, stride, causal, device:
+                        natten._auto_layout(grid, kernel, dilation, stride, causal))
+    grid, kernel, dilation, stride, causal = (16, 32), (3, 5), (2, 2), (1, 2), (False, True)
+    q = torch.randn(2, *grid, 4, 8, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, *grid, 2, 8, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, *grid, 2, 8, dtype=torch.float64, requires_grad=True)
+    sub_layout = natten._auto_layout((8, 16), kernel, (1, 1), stride, causal)
+    assert sub_layout is not None and not sub_layout.is_identity
+    o, lse = na2d(q, k, v, kernel, dilation, stride, causal, backend="reference", return_lse=True)
+    o_ref, lse_ref = dense_reference(q, k, v, kernel, dilation, stride, causal)
+    assert rel_err(o, o_ref) < 1e-12 and rel_err(lse, lse_ref) < 1e-12
+    grad = torch.randn_like(o)
+    for name, g, w in zip("qkv", torch.autograd.grad(o, (q, k, v), grad),
+                          torch.autograd.grad(o_ref, (q, k, v), grad)):
+        assert rel_err(g, w) < 1e-10, name
 
 
 def test_bad_arguments():

@@ -22,7 +22,7 @@ import torch
 
 from .api import _build_call, _check_backend_name, attention
 from .kernels import registry
-from .patterns.layout import GridLayout, Permuted, as_axes, choose_tile_shape, rows_box
+from .patterns.layout import DilationGroupOrder, GridLayout, Permuted, as_axes, choose_tile_shape, rows_box
 from .patterns.neighborhood import Neighborhood
 
 # Tiled orders addressed inside the Triton kernels instead of reordering q, k, v and o (4 + 4
@@ -63,43 +63,35 @@ def dilation_groups(grid, dilation) -> Optional[tuple[int, ...]]:
     return tuple(g // d for g, d in zip(grid, dilation))
 
 
-def _fold_groups(t: torch.Tensor, grid: tuple, dilation: tuple) -> torch.Tensor:
-    """``[B, *grid, *rest] -> [B * prod(dilation), *(grid // dilation), *rest]``: the tokens of each
-    dilation group as one batch entry (batch-major, then the groups in row-major order of their
-    per-axis remainders); a copy."""
-    n = len(grid)
-    batch, rest = t.shape[0], tuple(t.shape[1 + n:])
-    split = [batch] + [x for g, d in zip(grid, dilation) for x in (g // d, d)] + list(rest)
-    order = ([0] + [1 + 2 * a + 1 for a in range(n)] + [1 + 2 * a for a in range(n)]
-             + list(range(1 + 2 * n, 1 + 2 * n + len(rest))))
-    sub = [g // d for g, d in zip(grid, dilation)]
-    return t.reshape(split).permute(order).reshape(batch * math.prod(dilation), *sub, *rest)
-
-
-def _unfold_groups(t: torch.Tensor, grid: tuple, dilation: tuple) -> torch.Tensor:
-    """Inverse of ``_fold_groups``: ``[B * prod(dilation), *(grid // dilation), *rest] ->
-    [B, *grid, *rest]``."""
-    n = len(grid)
-    batch, rest = t.shape[0] // math.prod(dilation), tuple(t.shape[1 + n:])
-    sub = [g // d for g, d in zip(grid, dilation)]
-    order = ([0] + [x for a in range(n) for x in (1 + n + a, 1 + a)]
-             + list(range(1 + 2 * n, 1 + 2 * n + len(rest))))
-    return t.reshape(batch, *dilation, *sub, *rest).permute(order).reshape(batch, *grid, *rest)
+@functools.lru_cache(maxsize=32)
+def _group_order(grid: tuple, dilation: tuple, sub_layout: Optional[GridLayout]) -> DilationGroupOrder:
+    return DilationGroupOrder(grid, dilation, sub_layout)
 
 
 def _per_dilation_group(q, k, v, pattern: Neighborhood, na_dim: int, backend: str, scale,
                         return_lse: bool):
     """``neighborhood_attention`` of a dilated ``pattern`` whose dilations divide the grid, run as
-    the undilated neighborhood of every dilation group, batched (``dilation_groups``)."""
-    grid, dilation = pattern.grid, pattern.dilation
-    folded = [_fold_groups(t, grid, dilation) for t in (q, k, v)]
-    out = neighborhood_attention(*folded, pattern.kernel, 1, pattern.stride, pattern.causal, na_dim=na_dim,
-                                 layout="auto", backend=backend, scale=scale, return_lse=return_lse)
+    the undilated neighborhood of every dilation group, batched (``dilation_groups``): one gather
+    of q, k and v into the groups' tiled order (``DilationGroupOrder``) and one of o back."""
+    grid = pattern.grid
+    sub_pattern = Neighborhood(dilation_groups(grid, pattern.dilation), pattern.kernel, 1, pattern.stride,
+                               pattern.causal)
+    sub_layout = _resolve_layout("auto", sub_pattern.grid, sub_pattern.kernel, sub_pattern.dilation,
+                                 sub_pattern.stride, sub_pattern.causal, q.device)
+    order = _group_order(grid, pattern.dilation, sub_layout)
+    batch, n, groups = q.shape[0], math.prod(grid), order.groups
+    folded = [order.permute(t.reshape(batch, n, *t.shape[1 + na_dim:]), 1)
+              .view(batch * groups, n // groups, *t.shape[1 + na_dim:]) for t in (q, k, v)]
+    if sub_layout is not None:
+        sub_pattern = Permuted(sub_pattern, sub_layout)
+    out = attention(*folded, pattern=sub_pattern, scale=scale, return_lse=return_lse, backend=backend)
     o, lse = out if return_lse else (out, None)
-    o = _unfold_groups(o, grid, dilation)
+    o = order.unpermute(o.reshape(batch, n, *o.shape[2:]), 1).reshape(batch, *grid, *o.shape[2:])
     if lse is None:
         return o
-    return o, _unfold_groups(lse.movedim(1, -1), grid, dilation).movedim(-1, 1)
+    heads = lse.shape[1]
+    lse = lse.reshape(batch, groups, heads, n // groups).transpose(1, 2).reshape(batch, heads, n)
+    return o, order.unpermute(lse, 2).reshape(batch, heads, *grid)
 
 
 @functools.lru_cache(maxsize=32)

@@ -79,6 +79,11 @@ def to_flex(pattern: Pattern, q_len: int, k_len: int, num_heads: int = 1, block_
     count, index = _select(tiles, ~tiles.kv_full)
     full_count, full_index = _select(tiles, tiles.kv_full)
     mask_mod = flex_mask_mod(pattern, q_len, k_len)
+    # One eager call on the device: tables a mask reads (e.g. ``Permuted``'s token positions) are
+    # copied there now and cached; copied while FlexAttention traces the mask, they would be
+    # buffers, which Inductor cannot create inside the mask's pointwise subgraph.
+    zero = torch.zeros((), dtype=torch.long, device=device)
+    mask_mod(zero, zero, zero, zero)
     block_mask = BlockMask.from_kv_blocks(count, index, full_count, full_index,
                                           BLOCK_SIZE=(q_block, kv_block), mask_mod=mask_mod,
                                           seq_lengths=(q_len, k_len))

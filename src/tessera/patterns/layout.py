@@ -501,6 +501,63 @@ class GridLayout:
         return hash((self.grid, self.tile_shape))
 
 
+class DilationGroupOrder:
+    """The token order of an N-D grid split into its dilation groups: the groups (the tokens whose
+    coordinates have one remainder modulo ``dilation`` per axis) one after the other, in row-major
+    order of their remainders, each group's sub-grid ``grid // dilation`` in the order of
+    ``sub_layout`` (a ``GridLayout`` of the sub-grid; None: row-major). Every dilation must divide
+    its axis. A ``[B, S, ...]`` tensor in this order viewed as ``[B * prod(dilation), S //
+    prod(dilation), ...]`` holds one group per batch entry.
+    """
+
+    def __init__(self, grid, dilation, sub_layout: Optional[GridLayout] = None):
+        self.grid = as_grid(grid)
+        self.dilation = as_axes("dilation", dilation, len(self.grid))
+        for a, (g, d) in enumerate(zip(self.grid, self.dilation)):
+            if g % d:
+                raise ValueError(f"dilation[{a}] must divide grid[{a}] = {g}, got {d}")
+        self.sub_grid = tuple(g // d for g, d in zip(self.grid, self.dilation))
+        if sub_layout is not None and sub_layout.grid != self.sub_grid:
+            raise ValueError(f"sub_layout.grid must be the sub-grid {self.sub_grid}, got {sub_layout.grid}")
+        sub_count = math.prod(self.sub_grid)
+        inner = sub_layout.positions() if sub_layout is not None else torch.arange(sub_count)
+        inner_coords = to_coords(inner, self.sub_grid)
+        group_coords = to_coords(torch.arange(math.prod(self.dilation)), self.dilation)
+        blocks = axis_blocks(self.grid)
+        position = sum((r[:, None] + c[None, :] * d) * b
+                       for r, c, d, b in zip(group_coords, inner_coords, self.dilation, blocks))
+        self._positions = position.reshape(-1)
+        self._ordered = torch.empty_like(self._positions)
+        self._ordered[self._positions] = torch.arange(self._positions.numel())
+        self._cache: dict = {}
+
+    @property
+    def groups(self) -> int:
+        return math.prod(self.dilation)
+
+    def _on(self, name: str, device) -> torch.Tensor:
+        key = (name, str(device))
+        if key not in self._cache:
+            self._cache[key] = getattr(self, name).to(device)
+        return self._cache[key]
+
+    def positions(self, device="cpu") -> torch.Tensor:
+        """int64 ``[prod(grid)]``: row-major grid position of each token of this order."""
+        return self._on("_positions", device)
+
+    def permute(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        """``x`` with its row-major token axis ``dim`` put in this order (one gather; its gradient
+        is the inverse gather)."""
+        return _Reorder.apply(x, dim, self._on("_positions", x.device), self._on("_ordered", x.device))
+
+    def unpermute(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        """The inverse of ``permute``."""
+        return _Reorder.apply(x, dim, self._on("_ordered", x.device), self._on("_positions", x.device))
+
+    def __repr__(self) -> str:
+        return f"DilationGroupOrder(grid={self.grid}, dilation={self.dilation})"
+
+
 class Permuted(Pattern):
     """``pattern`` seen through a token order: the query at tiled position ``p`` and the key at
     tiled position ``r`` are allowed iff ``pattern`` allows row-major positions
