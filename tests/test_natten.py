@@ -121,6 +121,14 @@ def test_dilation_groups_in_tiled_order_match_float64(monkeypatch):
     monkeypatch.setattr(natten, "_resolve_layout",
                         lambda layout, grid, kernel, dilation, stride, causal, device:
                         natten._auto_layout(grid, kernel, dilation, stride, causal))
+    natten._group_plan.cache_clear()           # plans built with the patched rule stay in this test
+    try:
+        _check_dilation_groups_in_tiled_order(natten)
+    finally:
+        natten._group_plan.cache_clear()
+
+
+def _check_dilation_groups_in_tiled_order(natten):
     grid, kernel, dilation, stride, causal = (16, 32), (3, 5), (2, 2), (1, 2), (False, True)
     q = torch.randn(2, *grid, 4, 8, dtype=torch.float64, requires_grad=True)
     k = torch.randn(2, *grid, 2, 8, dtype=torch.float64, requires_grad=True)

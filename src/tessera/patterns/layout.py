@@ -352,6 +352,13 @@ class _Reorder(torch.autograd.Function):
         return grad.index_select(ctx.dim, ctx.inverse), None, None, None
 
 
+def _reorder(x: torch.Tensor, dim: int, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    """``x.index_select(dim, order)``, through ``_Reorder`` only when a gradient is recorded."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _Reorder.apply(x, dim, order, inverse)
+    return x.index_select(dim, order)
+
+
 class GridLayout:
     """A token order of an N-D grid by tiles: tiles of ``tile_shape`` (clipped at the grid's far
     edges) in row-major order over the tile grid, and the tokens of each tile in row-major order.
@@ -437,7 +444,7 @@ class GridLayout:
         dim = self._check_dim(x, dim)
         if self.is_identity:
             return x
-        return _Reorder.apply(x, dim, self.positions(x.device), self.tiled_positions(x.device))
+        return _reorder(x, dim, self.positions(x.device), self.tiled_positions(x.device))
 
     def unpermute(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
         """``x`` with its tiled token axis ``dim`` put back in row-major order (the inverse of
@@ -445,7 +452,7 @@ class GridLayout:
         dim = self._check_dim(x, dim)
         if self.is_identity:
             return x
-        return _Reorder.apply(x, dim, self.tiled_positions(x.device), self.positions(x.device))
+        return _reorder(x, dim, self.tiled_positions(x.device), self.positions(x.device))
 
     def boxes(self, lo: torch.Tensor, hi: torch.Tensor):
         """Split tiled-order ranges ``[lo, hi]`` into grid boxes (as ``row_major_boxes``): the part
@@ -548,11 +555,11 @@ class DilationGroupOrder:
     def permute(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
         """``x`` with its row-major token axis ``dim`` put in this order (one gather; its gradient
         is the inverse gather)."""
-        return _Reorder.apply(x, dim, self._on("_positions", x.device), self._on("_ordered", x.device))
+        return _reorder(x, dim, self._on("_positions", x.device), self._on("_ordered", x.device))
 
     def unpermute(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
         """The inverse of ``permute``."""
-        return _Reorder.apply(x, dim, self._on("_ordered", x.device), self._on("_positions", x.device))
+        return _reorder(x, dim, self._on("_ordered", x.device), self._on("_positions", x.device))
 
     def __repr__(self) -> str:
         return f"DilationGroupOrder(grid={self.grid}, dilation={self.dilation})"
