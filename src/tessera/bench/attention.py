@@ -200,19 +200,20 @@ def tiled_problem(case: Case, device: torch.device):
     the pattern in its tiled token order over ``case.seq // groups`` tokens, where each batch entry
     becomes ``groups`` entries (its dilation groups, ``tessera.natten.dilation_groups``; 1 when the
     grid is not split)."""
-    from ..natten import _auto_layout, dilation_groups
+    from ..natten import _auto_layout, _group_plan, dilation_groups
     from ..patterns import Neighborhood, Permuted
     na = case.na
     pattern = Neighborhood(na["grid"], na["kernel"], na.get("dilation", 1), na.get("stride", 1))
-    groups = 1
-    sub_grid = dilation_groups(pattern.grid, pattern.dilation)
-    if sub_grid is not None:
-        groups = math.prod(pattern.dilation)
-        pattern = Neighborhood(sub_grid, pattern.kernel, 1, pattern.stride, pattern.causal)
+    if dilation_groups(pattern.grid, pattern.dilation) is not None:
+        sub_pattern, order = _group_plan(pattern.grid, pattern.kernel, pattern.dilation, pattern.stride,
+                                         pattern.causal, "cuda")
+        if not isinstance(sub_pattern, Permuted):
+            raise ValueError(f"no tile shape divides the dilation groups' grid {order.sub_grid} for {case.name!r}")
+        return sub_pattern, order.groups
     layout = _auto_layout(pattern.grid, pattern.kernel, pattern.dilation, pattern.stride, pattern.causal)
     if layout is None:
         raise ValueError(f"no tile shape divides grid {pattern.grid} for {case.name!r}")
-    return Permuted(pattern, layout), groups
+    return Permuted(pattern, layout), 1
 
 
 def _sdpa_fn(case, pattern, inp, which):

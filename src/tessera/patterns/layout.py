@@ -359,7 +359,73 @@ def _reorder(x: torch.Tensor, dim: int, order: torch.Tensor, inverse: torch.Tens
     return x.index_select(dim, order)
 
 
-class GridLayout:
+class TokenOrder:
+    """A permutation of the tokens of an N-D grid (``grid``), set by ``_set_positions``:
+    ``positions()[p]`` is the row-major grid position of the ``p``-th token of the order;
+    ``permute(x, dim)`` gathers a row-major token axis into the order, ``unpermute`` undoes it.
+    Index tensors are copied to a device once and kept (``_on``)."""
+
+    grid: tuple
+
+    def _set_positions(self, positions: torch.Tensor) -> None:
+        self._positions = positions
+        self._ordered = torch.empty_like(positions)                  # row-major -> place in order
+        self._ordered[positions] = torch.arange(positions.numel())
+        self._identity = bool(torch.equal(positions, torch.arange(positions.numel())))
+        self._cache: dict = {}
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.grid)
+
+    def _on(self, name: str, device) -> torch.Tensor:
+        tensor = getattr(self, name)
+        if tensor.device == torch.device(device):
+            return tensor
+        key = (name, str(device))
+        if key in self._cache:
+            return self._cache[key]
+        moved = tensor.to(device)
+        if not torch.compiler.is_compiling():          # no side effects while traced (FlexAttention)
+            self._cache[key] = moved
+        return moved
+
+    def positions(self, device="cpu") -> torch.Tensor:
+        """int64 ``[prod(grid)]``: row-major grid position of each token of the order."""
+        return self._on("_positions", device)
+
+    def _check_dim(self, x: torch.Tensor, dim: int) -> int:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if isinstance(dim, bool) or not isinstance(dim, int) or not -x.dim() <= dim < x.dim():
+            raise ValueError(f"dim must be an int in [{-x.dim()}, {x.dim()}), got {dim!r}")
+        if x.shape[dim] != self.size:
+            raise ValueError(f"x.shape[{dim}] must be prod(grid) = {self.size}, got {x.shape[dim]}")
+        return dim
+
+    @property
+    def is_identity(self) -> bool:
+        """Whether the order is the row-major order: permuting is then a no-op."""
+        return self._identity
+
+    def permute(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        """``x`` with its row-major token axis ``dim`` put in this order (``x`` itself when the
+        order is the identity). Its gradient is the inverse gather, not a scatter."""
+        dim = self._check_dim(x, dim)
+        if self.is_identity:
+            return x
+        return _reorder(x, dim, self._on("_positions", x.device), self._on("_ordered", x.device))
+
+    def unpermute(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        """``x`` with its token axis ``dim`` put back from this order into row-major order (the
+        inverse of ``permute``)."""
+        dim = self._check_dim(x, dim)
+        if self.is_identity:
+            return x
+        return _reorder(x, dim, self._on("_ordered", x.device), self._on("_positions", x.device))
+
+
+class GridLayout(TokenOrder):
     """A token order of an N-D grid by tiles: tiles of ``tile_shape`` (clipped at the grid's far
     edges) in row-major order over the tile grid, and the tokens of each tile in row-major order.
 
@@ -388,71 +454,19 @@ class GridLayout:
         tile = sum(c // t * b for c, t, b in zip(coords, self.tile_shape, axis_blocks(self.tiles)))
         inner_shape = [e[tile] for e in extents]
         inner = sum(c % t * b for c, t, b in zip(coords, self.tile_shape, axis_blocks(inner_shape)))
-        self._tiled = self._tile_start[tile] + inner                  # row-major -> tiled
-        self._positions = torch.empty_like(self._tiled)
-        self._positions[self._tiled] = torch.arange(self._tiled.numel())
-        self._identity = bool(torch.equal(self._tiled, torch.arange(self._tiled.numel())))
-        self._cache: dict = {}
-
-    @property
-    def size(self) -> int:
-        return math.prod(self.grid)
+        tiled = self._tile_start[tile] + inner                        # row-major -> tiled
+        positions = torch.empty_like(tiled)
+        positions[tiled] = torch.arange(tiled.numel())
+        self._set_positions(positions)
 
     @property
     def tokens_per_tile(self) -> int:
         return math.prod(self.tile_shape)
 
-    def _on(self, name: str, device) -> torch.Tensor:
-        tensor = getattr(self, name)
-        if tensor.device == torch.device(device):
-            return tensor
-        key = (name, str(device))
-        if key in self._cache:
-            return self._cache[key]
-        moved = tensor.to(device)
-        if not torch.compiler.is_compiling():          # no side effects while traced (FlexAttention)
-            self._cache[key] = moved
-        return moved
-
-    def positions(self, device="cpu") -> torch.Tensor:
-        """int64 ``[prod(grid)]``: row-major grid position of each token of the tiled order."""
-        return self._on("_positions", device)
-
     def tiled_positions(self, device="cpu") -> torch.Tensor:
         """int64 ``[prod(grid)]``: tiled position of each row-major token (inverse of
         ``positions``)."""
-        return self._on("_tiled", device)
-
-    def _check_dim(self, x: torch.Tensor, dim: int) -> int:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if isinstance(dim, bool) or not isinstance(dim, int) or not -x.dim() <= dim < x.dim():
-            raise ValueError(f"dim must be an int in [{-x.dim()}, {x.dim()}), got {dim!r}")
-        if x.shape[dim] != self.size:
-            raise ValueError(f"x.shape[{dim}] must be prod(grid) = {self.size}, got {x.shape[dim]}")
-        return dim
-
-    @property
-    def is_identity(self) -> bool:
-        """Whether the tiled order is the row-major order (1-D grids, tiles spanning all trailing
-        axes, ...): permuting is then a no-op."""
-        return self._identity
-
-    def permute(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
-        """``x`` with its row-major token axis ``dim`` reordered into tiled order (``x`` itself
-        when the order is the identity). Its gradient is the inverse gather, not a scatter."""
-        dim = self._check_dim(x, dim)
-        if self.is_identity:
-            return x
-        return _reorder(x, dim, self.positions(x.device), self.tiled_positions(x.device))
-
-    def unpermute(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
-        """``x`` with its tiled token axis ``dim`` put back in row-major order (the inverse of
-        ``permute``)."""
-        dim = self._check_dim(x, dim)
-        if self.is_identity:
-            return x
-        return _reorder(x, dim, self.tiled_positions(x.device), self.positions(x.device))
+        return self._on("_ordered", device)
 
     def boxes(self, lo: torch.Tensor, hi: torch.Tensor):
         """Split tiled-order ranges ``[lo, hi]`` into grid boxes (as ``row_major_boxes``): the part
@@ -508,7 +522,7 @@ class GridLayout:
         return hash((self.grid, self.tile_shape))
 
 
-class DilationGroupOrder:
+class DilationGroupOrder(TokenOrder):
     """The token order of an N-D grid split into its dilation groups: the groups (the tokens whose
     coordinates have one remainder modulo ``dilation`` per axis) one after the other, in row-major
     order of their remainders, each group's sub-grid ``grid // dilation`` in the order of
@@ -526,40 +540,16 @@ class DilationGroupOrder:
         self.sub_grid = tuple(g // d for g, d in zip(self.grid, self.dilation))
         if sub_layout is not None and sub_layout.grid != self.sub_grid:
             raise ValueError(f"sub_layout.grid must be the sub-grid {self.sub_grid}, got {sub_layout.grid}")
-        sub_count = math.prod(self.sub_grid)
-        inner = sub_layout.positions() if sub_layout is not None else torch.arange(sub_count)
+        inner = sub_layout.positions() if sub_layout is not None else torch.arange(math.prod(self.sub_grid))
         inner_coords = to_coords(inner, self.sub_grid)
-        group_coords = to_coords(torch.arange(math.prod(self.dilation)), self.dilation)
-        blocks = axis_blocks(self.grid)
+        group_coords = to_coords(torch.arange(self.groups), self.dilation)
         position = sum((r[:, None] + c[None, :] * d) * b
-                       for r, c, d, b in zip(group_coords, inner_coords, self.dilation, blocks))
-        self._positions = position.reshape(-1)
-        self._ordered = torch.empty_like(self._positions)
-        self._ordered[self._positions] = torch.arange(self._positions.numel())
-        self._cache: dict = {}
+                       for r, c, d, b in zip(group_coords, inner_coords, self.dilation, axis_blocks(self.grid)))
+        self._set_positions(position.reshape(-1))
 
     @property
     def groups(self) -> int:
         return math.prod(self.dilation)
-
-    def _on(self, name: str, device) -> torch.Tensor:
-        key = (name, str(device))
-        if key not in self._cache:
-            self._cache[key] = getattr(self, name).to(device)
-        return self._cache[key]
-
-    def positions(self, device="cpu") -> torch.Tensor:
-        """int64 ``[prod(grid)]``: row-major grid position of each token of this order."""
-        return self._on("_positions", device)
-
-    def permute(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
-        """``x`` with its row-major token axis ``dim`` put in this order (one gather; its gradient
-        is the inverse gather)."""
-        return _reorder(x, dim, self._on("_positions", x.device), self._on("_ordered", x.device))
-
-    def unpermute(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
-        """The inverse of ``permute``."""
-        return _reorder(x, dim, self._on("_ordered", x.device), self._on("_positions", x.device))
 
     def __repr__(self) -> str:
         return f"DilationGroupOrder(grid={self.grid}, dilation={self.dilation})"
