@@ -367,10 +367,14 @@ class TokenOrder:
 
     grid: tuple
 
-    def _set_positions(self, positions: torch.Tensor) -> None:
+    def _set_positions(self, positions: torch.Tensor, ordered: Optional[torch.Tensor] = None) -> None:
+        """Set the order from ``positions`` and, when the caller has it, its inverse ``ordered``
+        (the place in the order of each row-major token; derived when None)."""
         self._positions = positions
-        self._ordered = torch.empty_like(positions)                  # row-major -> place in order
-        self._ordered[positions] = torch.arange(positions.numel())
+        if ordered is None:
+            ordered = torch.empty_like(positions)
+            ordered[positions] = torch.arange(positions.numel())
+        self._ordered = ordered
         self._identity = bool(torch.equal(positions, torch.arange(positions.numel())))
         self._cache: dict = {}
 
@@ -457,7 +461,7 @@ class GridLayout(TokenOrder):
         tiled = self._tile_start[tile] + inner                        # row-major -> tiled
         positions = torch.empty_like(tiled)
         positions[tiled] = torch.arange(tiled.numel())
-        self._set_positions(positions)
+        self._set_positions(positions, tiled)
 
     @property
     def tokens_per_tile(self) -> int:
