@@ -243,3 +243,22 @@ def test_gpu_dilated_against_float64(op, grid, kernel, dilation, stride, dtype):
         err, err_same = rel_err(g, w), rel_err(s_, w)
         factor = 2 if name in ("o", "lse") else 3
         assert err <= factor * err_same + atol, f"{name}: kernel {err:.3g} vs reference {err_same:.3g}"
+
+
+def test_call_plan_is_built_once_per_signature(monkeypatch):
+    """Repeated calls with one signature reuse one plan (pattern, layout, grid-order pattern and
+    its key); unhashable arguments still work, and the grid-order switch is part of the key."""
+    import tessera.natten as natten
+    from tessera.kernels.triton.masks import pattern_key
+    cuda = torch.device("cuda")  # only its type is read: no GPU needed
+    monkeypatch.setattr(natten, "GRID_ORDER_IN_KERNEL", None)
+    first = natten._call_plan((64, 64), 17, 1, 1, False, "auto", cuda)
+    assert natten._call_plan((64, 64), 17, 1, 1, False, "auto", cuda) is first
+    assert first.grid_order is not None and first.grid_order_key == pattern_key(first.grid_order)
+    listed = natten._call_plan((64, 64), [17, 17], 1, 1, False, "auto", cuda)
+    assert repr(listed.grid_order) == repr(first.grid_order)
+    monkeypatch.setattr(natten, "GRID_ORDER_IN_KERNEL", False)
+    off = natten._call_plan((64, 64), 17, 1, 1, False, "auto", cuda)
+    assert off.grid_order is None and off.tiled is first.tiled
+    assert natten._call_plan((64, 64), 17, 2, 1, False, "auto", cuda).per_dilation_group
+    assert natten._call_plan((64, 64), 17, 1, 1, False, "auto", torch.device("cpu")).tiled is None

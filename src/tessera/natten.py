@@ -16,12 +16,14 @@ from __future__ import annotations
 import functools
 import math
 import os
+from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
 
 from .api import _build_call, _check_backend_name, attention
 from .kernels import registry
+from .kernels.triton.masks import pattern_key
 from .patterns.layout import DilationGroupOrder, GridLayout, Permuted, as_axes, choose_tile_shape, rows_box
 from .patterns.neighborhood import Neighborhood
 
@@ -142,6 +144,48 @@ def _resolve_layout(layout, grid, kernel, dilation, stride, causal, device) -> O
                     f"got {type(layout).__name__} ({layout!r})")
 
 
+@dataclass(frozen=True)
+class _CallPlan:
+    """What one ``neighborhood_attention`` signature runs, built once per signature: the pattern,
+    the tiled layout (None: row-major), whether it runs per dilation group, and the tiled pattern
+    the kernels address in grid order (with its ``pattern_key``), when they do."""
+
+    pattern: Neighborhood
+    tiled: Optional[GridLayout]
+    per_dilation_group: bool
+    grid_order: Optional[Permuted]
+    grid_order_key: object
+
+
+def _build_call_plan(grid, kernel_size, dilation, stride, is_causal, layout, device) -> _CallPlan:
+    pattern = Neighborhood(grid, kernel_size, dilation=dilation, stride=stride, causal=is_causal)
+    if isinstance(layout, str) and layout == "auto" and dilation_groups(grid, pattern.dilation):
+        return _CallPlan(pattern, None, True, None, None)
+    tiled = _resolve_layout(layout, grid, pattern.kernel, pattern.dilation, pattern.stride,
+                            pattern.causal, device)
+    grid_order = key = None
+    if tiled is not None and not tiled.is_identity and grid_order_in_kernel(pattern.dilation):
+        grid_order = Permuted(pattern, tiled)
+        key = pattern_key(grid_order)
+    return _CallPlan(pattern, tiled, False, grid_order, key)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_call_plan(grid, kernel_size, dilation, stride, is_causal, layout, device_type: str,
+                      grid_order_rule: Optional[bool]) -> _CallPlan:
+    return _build_call_plan(grid, kernel_size, dilation, stride, is_causal, layout, torch.device(device_type))
+
+
+def _call_plan(grid, kernel_size, dilation, stride, is_causal, layout, device) -> _CallPlan:
+    """The ``_CallPlan`` of a call, cached per signature when its arguments are hashable (the
+    host time of a call is then mostly the kernels' launches)."""
+    try:
+        return _cached_call_plan(grid, kernel_size, dilation, stride, is_causal, layout, device.type,
+                                 GRID_ORDER_IN_KERNEL)
+    except TypeError:  # an unhashable argument (a list): build it for this call only
+        return _build_call_plan(grid, kernel_size, dilation, stride, is_causal, layout, device)
+
+
 def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size,
                            dilation=1, stride=1, is_causal=False, *, na_dim: int,
                            layout: Union[str, tuple, GridLayout] = "auto", backend: str = "auto",
@@ -158,17 +202,15 @@ def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke
     for name, t in (("k", k), ("v", v)):
         if tuple(t.shape[1:1 + na_dim]) != grid:
             raise ValueError(f"{name} must have q's token grid {grid}, got {tuple(t.shape[1:1 + na_dim])}")
-    pattern = Neighborhood(grid, kernel_size, dilation=dilation, stride=stride, causal=is_causal)
-    if isinstance(layout, str) and layout == "auto" and dilation_groups(grid, pattern.dilation):
+    plan = _call_plan(grid, kernel_size, dilation, stride, is_causal, layout, q.device)
+    pattern, tiled = plan.pattern, plan.tiled
+    if plan.per_dilation_group:
         return _per_dilation_group(q, k, v, pattern, na_dim, backend, scale, return_lse)
-    tiled = _resolve_layout(layout, grid, pattern.kernel, pattern.dilation, pattern.stride,
-                            pattern.causal, q.device)
     batch, n = q.shape[0], math.prod(grid)
     flat = [t.reshape(batch, n, *t.shape[1 + na_dim:]) for t in (q, k, v)]
     in_kernel = None
-    if tiled is not None and not tiled.is_identity:
-        if grid_order_in_kernel(pattern.dilation):
-            in_kernel = _grid_order_run(flat, Permuted(pattern, tiled), scale, return_lse, backend)
+    if plan.grid_order is not None:
+        in_kernel = _grid_order_run(flat, plan.grid_order, plan.grid_order_key, scale, return_lse, backend)
     if in_kernel is not None:
         o, lse = in_kernel
         o = o.reshape(batch, *grid, *o.shape[2:])
@@ -187,16 +229,18 @@ def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke
     return o, lse.reshape(batch, lse.shape[1], *grid)
 
 
-def _grid_order_run(flat, pattern: Permuted, scale, return_lse: bool, backend: str):
+def _grid_order_run(flat, pattern: Permuted, key, scale, return_lse: bool, backend: str):
     """``(o, lse)`` of the Triton kernels run on grid-order ``[B, S, H, D]`` tensors with the tiled
-    ``pattern`` addressed in-kernel, or None when the call does not go to the Triton backend or
-    that backend cannot take it (then the caller reorders the tensors)."""
+    ``pattern`` (whose ``pattern_key`` is ``key``) addressed in-kernel, or None when the call does
+    not go to the Triton backend or that backend cannot take it (then the caller reorders the
+    tensors)."""
     _check_backend_name(backend)
     wants_triton = backend == "triton" or (backend == "auto" and flat[0].device.type == "cuda")
     if not (wants_triton and "triton" in registry.available_backends()):
         return None
     call, _ = _build_call(*flat, pattern=pattern, scale=scale, return_lse=return_lse)
     call.grid_order = True
+    call.pattern_key = key
     triton_backend = registry.get_backend("triton")
     if triton_backend.supports(call) is not None:
         return None

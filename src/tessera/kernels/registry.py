@@ -39,6 +39,9 @@ class AttentionCall:
         grid_order: the pattern is ``Permuted(Neighborhood, GridLayout)`` but q, k, v (and o, lse)
             stay in the grid's row-major order: position ``p`` of the pattern lives at the grid row
             of tiled position ``p``. Only the Triton backend accepts it (``tessera.natten`` sets it).
+        pattern_key: the pattern's cache identity (``kernels.triton.masks.pattern_key``) when the
+            caller already has it (``tessera.natten`` builds its patterns once per signature);
+            None: computed per call.
     """
 
     q: torch.Tensor
@@ -57,6 +60,7 @@ class AttentionCall:
     cu_seqlens_k: Optional[torch.Tensor] = None
     deterministic: bool = False
     grid_order: bool = False
+    pattern_key: object = None
 
 
 # A backend: (call) -> (o [B, S_q, H_q, D_v] in q's dtype, lse float32 [B, H_q, S_q] or None).

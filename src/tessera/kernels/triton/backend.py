@@ -26,7 +26,7 @@ from triton.runtime.errors import OutOfResources
 from ...bias import ALiBi, LowRank, RelativePosition, TensorBias
 from ...patterns.base import Dense
 from ..registry import AttentionCall, register_backend
-from . import flash_bwd, flash_fwd
+from . import flash_bwd, flash_fwd, tuning
 from .row_dot import row_dot
 from .masks import (MASK_BAND, MASK_NEIGHBORHOOD, MASK_NONE, get_plan, neighborhood_params, offset_band,
                     pattern_key)
@@ -99,10 +99,27 @@ def _grid_order_reason(call: AttentionCall) -> Optional[str]:
         return "grid-order calls take no bias and no cu_seqlens"
     if call.q.shape[1] != call.k.shape[1]:
         return f"grid-order calls need S_q == S_k, got {call.q.shape[1]} and {call.k.shape[1]}"
-    if neighborhood_params(call.pattern, 64, 64) is None:
+    if not _addressable_in_grid_order(call.pattern, call.pattern_key):
         return ("grid-order calls need a Neighborhood (at most 3 axes) in a GridLayout whose tiles "
                 f"divide the grid, got {call.pattern!r}")
     return None
+
+
+# pattern_key -> whether the kernels can address that pattern's tiled order in grid order.
+_GRID_ORDER_OK: dict = {}
+
+
+def _addressable_in_grid_order(pattern, key=None) -> bool:
+    """Whether ``pattern`` has neighborhood parameters (``neighborhood_params``), remembered per
+    ``key`` (its ``pattern_key``) when the caller gives one."""
+    if key is None or key[0] != "repr":  # an id-based key may be reused by another object
+        return neighborhood_params(pattern, 64, 64) is not None
+    ok = _GRID_ORDER_OK.get(key)
+    if ok is None:
+        if len(_GRID_ORDER_OK) > 256:
+            _GRID_ORDER_OK.clear()
+        ok = _GRID_ORDER_OK[key] = neighborhood_params(pattern, 64, 64) is not None
+    return ok
 
 
 def _rel_pos_reason(call: AttentionCall) -> Optional[str]:
@@ -151,11 +168,29 @@ def forward_tiles(pattern, q_len: int, k_len: int, heads: int, dim: int,
     return config.block_m, config.block_n
 
 
+# (pattern_key, lengths, heads, head dim, dtype, interpret, device) -> the three kernel configs.
+_CONFIGS: dict[tuple, dict] = {}
+
+
 def _configs(spec: _Spec, q, k, v):
+    """The ``fwd``, ``dq`` and ``dkdv`` configs of a call, remembered per problem when the pattern
+    key is value-based and no config is forced (``tuning.OVERRIDES``)."""
     dim = max(q.shape[-1], v.shape[-1])
+    key = spec.pattern_key
+    cacheable = not tuning.OVERRIDES and (key is None or key[0] == "repr")
+    if cacheable:
+        problem = (key, q.shape[1], k.shape[1], q.shape[2], dim, q.dtype, spec.interpret, q.device)
+        configs = _CONFIGS.get(problem)
+        if configs is not None:
+            return configs
     shape = None if spec.interpret else _mask_shape(spec.pattern, q.shape[1], k.shape[1], q.shape[2],
                                                     q.device, spec.pattern_key)
-    return {name: kernel_config(name, dim, q.dtype, spec.interpret, shape) for name in ("fwd", "dq", "dkdv")}
+    configs = {name: kernel_config(name, dim, q.dtype, spec.interpret, shape) for name in ("fwd", "dq", "dkdv")}
+    if cacheable:
+        if len(_CONFIGS) > 256:
+            _CONFIGS.clear()
+        _CONFIGS[problem] = configs
+    return configs
 
 
 def _plan(spec: _Spec, q, k, config):
@@ -306,9 +341,9 @@ def _run_one(call: AttentionCall, q, k, v, bias_spec):
     if call.score == "sigmoid":
         sigmoid_bias = call.sigmoid_bias if call.sigmoid_bias is not None else -math.log(k.shape[1])
     grid = bias_spec.grid if isinstance(bias_spec, RelativePosition) else None
+    key = call.pattern_key if call.pattern_key is not None else pattern_key(call.pattern)
     spec = _Spec(call.pattern, float(call.scale), call.softcap, sigmoid_bias,
-                 _precision(q.dtype, INTERPRETED), INTERPRETED, grid, call.grid_order,
-                 pattern_key(call.pattern))
+                 _precision(q.dtype, INTERPRETED), INTERPRETED, grid, call.grid_order, key)
     slopes = bias_spec.slopes if isinstance(bias_spec, ALiBi) else None
     bias = bias_spec.tensor if isinstance(bias_spec, TensorBias) else None
     u = w = None

@@ -24,6 +24,7 @@ from triton.runtime.errors import OutOfResources
 
 from . import streams
 from .flash_fwd import LOG2E, broadcast_strides, low_rank_args, rank_pad, rel_pos_args, row_operands
+from .host_math import cdiv, padded_width
 from .launcher import Launcher
 from .program_ids import RUN_TIME_INTS, program_ids
 from .row_dot import row_dot
@@ -514,7 +515,7 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
         g0 = (1,) * (3 - len(rel_pos[1])) + tuple(rel_pos[1])
         g0 = g0[0]
         entries = table_args[0].shape[1]
-        table_chunked = triton.cdiv(entries, dq_plan.block_n) * dq_plan.block_n
+        table_chunked = cdiv(entries, dq_plan.block_n) * dq_plan.block_n
     if rel_pos_grad:
         dtable = torch.zeros(batch * heads * dq_plan.n_q_tiles, table_chunked, dtype=torch.float32,
                              device=device)
@@ -523,8 +524,8 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
         du = torch.empty(batch, heads, q_len, r_pad, dtype=torch.float32, device=device)
         dw = torch.empty(batch, heads, k_len, r_pad, dtype=torch.float32, device=device)
     common = dict(
-        HEAD_D=dim, HEAD_DV=dim_v, D_PAD=max(16, triton.next_power_of_2(dim)),
-        DV_PAD=max(16, triton.next_power_of_2(dim_v)), SOFTCAP=softcap is not None,
+        HEAD_D=dim, HEAD_DV=dim_v, D_PAD=padded_width(dim),
+        DV_PAD=padded_width(dim_v), SOFTCAP=softcap is not None,
         ALIBI=slopes is not None, TENSOR_BIAS=bias is not None, LOW_RANK=low_rank is not None,
         LOW_RANK_GRAD=low_rank_grad, R_PAD=r_pad, REL_POS=rel_pos is not None, SIGMOID=sigmoid,
         PRECISION=precision,

@@ -26,6 +26,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ...patterns.layout import rows_box
+from .host_math import padded_width
 from .launcher import Launcher
 from .program_ids import RUN_TIME_INTS, program_ids
 from .schedule import row_launch
@@ -280,7 +281,7 @@ def row_descriptors(a: torch.Tensor, b: torch.Tensor, plan, block: int, grid_ord
     of the grid (``grid_box``)."""
     if not tma_ok(a, b, block):
         return None, None
-    widths = [max(16, triton.next_power_of_2(t.shape[3])) for t in (a, b)]
+    widths = [padded_width(t.shape[3]) for t in (a, b)]
     if not grid_order:
         return tuple(TensorDescriptor(t, list(t.shape), list(t.stride()), [1, block, 1, w])
                      for t, w in zip((a, b), widths))
@@ -305,7 +306,7 @@ def broadcast_strides(t: torch.Tensor) -> tuple[int, ...]:
 
 def rank_pad(rank: int) -> int:
     """Rank columns a low-rank factor tile holds in-kernel: a power of two, at least 16 (dot)."""
-    return max(16, triton.next_power_of_2(rank))
+    return padded_width(rank)
 
 
 def low_rank_args(low_rank, dummy: torch.Tensor) -> tuple:
@@ -379,8 +380,8 @@ def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, sl
         rows.full_width, rows.part_width,
         scale, scale * LOG2E, softcap if softcap is not None else 1.0, plan.band_lo, plan.band_hi,
         (sigmoid_bias if sigmoid else 0.0) * LOG2E,
-        HEAD_D=dim, HEAD_DV=dim_v, D_PAD=max(16, triton.next_power_of_2(dim)),
-        DV_PAD=max(16, triton.next_power_of_2(dim_v)), BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
+        HEAD_D=dim, HEAD_DV=dim_v, D_PAD=padded_width(dim),
+        DV_PAD=padded_width(dim_v), BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
         MASK_MODE=plan.mask_mode, SOFTCAP=softcap is not None, SINK=sinks is not None,
         ALIBI=slopes is not None, TENSOR_BIAS=bias is not None, LOW_RANK=low_rank is not None,
         R_PAD=rank_pad(factors[-1]), REL_POS=rel_pos is not None, SIGMOID=sigmoid,

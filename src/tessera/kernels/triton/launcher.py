@@ -37,10 +37,33 @@ def _arg_key(arg):
     return arg
 
 
+# Argument types of a launch -> the positions of its tensors and tensor descriptors.
+_SPECIAL_SLOTS: dict[tuple, tuple[int, ...]] = {}
+
+
+def _special_slots(types: tuple) -> tuple[int, ...]:
+    slots = _SPECIAL_SLOTS.get(types)
+    if slots is None:
+        if len(_SPECIAL_SLOTS) >= MAX_KEYS:
+            _SPECIAL_SLOTS.clear()
+        slots = _SPECIAL_SLOTS[types] = tuple(
+            i for i, t in enumerate(types) if issubclass(t, (torch.Tensor, TensorDescriptor)))
+    return slots
+
+
 def specialization_key(args: tuple, kwargs: dict) -> tuple:
-    """Hashable key of one launch's arguments (see the module docstring); no tensor is held."""
-    return (tuple(map(type, args)), tuple(map(_arg_key, args)), tuple(kwargs.items()),
-            tuple(map(type, kwargs.values())))
+    """Hashable key of one launch's arguments (see the module docstring); no tensor is held.
+    Only the tensor and descriptor positions (found once per tuple of argument types) go through
+    ``_arg_key``; every other argument is its own key."""
+    types = tuple(map(type, args))
+    values = args
+    slots = _special_slots(types)
+    if slots:
+        values = list(args)
+        for i in slots:
+            values[i] = _arg_key(values[i])
+        values = tuple(values)
+    return types, values, tuple(kwargs.items()), tuple(map(type, kwargs.values()))
 
 
 def _hooks_set() -> bool:

@@ -10,6 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .host_math import cdiv, padded_width
 from .launcher import Launcher
 
 # Rows per program: memory-bound, so enough rows per program to stream, few programs per row.
@@ -50,9 +51,9 @@ def row_dot(o: torch.Tensor, do: torch.Tensor) -> torch.Tensor:
     delta = torch.empty(batch, heads, seq, dtype=torch.float32, device=o.device)
     if delta.numel() == 0:
         return delta
-    grid = (triton.cdiv(seq, ROWS), batch * heads)
+    grid = (cdiv(seq, ROWS), batch * heads)
     _ROW_DOT[grid](o, do, delta, o.stride(0), o.stride(1), o.stride(2),
                    do.stride(0), do.stride(1), do.stride(2), heads, seq,
-                   DV=dim_v, DV_PAD=max(16, triton.next_power_of_2(dim_v)), ROWS=ROWS,
+                   DV=dim_v, DV_PAD=padded_width(dim_v), ROWS=ROWS,
                    num_warps=4)
     return delta

@@ -78,8 +78,13 @@ RAGGED_PARTIAL_FRACTION = 0.05
 #        per SM); (32, 64, 4, 3) does not spill, needs 80 KB (two programs per SM) and issues
 #        about as many instructions per 64 x 64 block. With it (and the mask's compile-time
 #        switches) 2-D k17 fwd+bwd went from 4.02 to 1.67 ms (results/2026-11-22-h100-natten.json).
+#   fwd on N-D neighborhoods (H200, grid order, results/tuning/2026-11-30-h200-natten-config-sweep.json):
+#        (64, 64, 4, 3) beat (64, 64, 4, 2) on 3-D 5 x 13 x 13 (2.16 vs 2.43 ms) and 2-D 17 x 17
+#        (0.274 vs 0.283); 128-row and 4-warp 128-key tiles were 1.5-12x slower.
 def _masked_config(kernel: str, shape: MaskShape) -> KernelConfig:
     if kernel == "fwd":
+        if shape.neighborhood and shape.partial_fraction > 0:
+            return KernelConfig(64, 64, 4, 3)
         return KernelConfig(64, 64, 4, 2) if shape.ragged else KernelConfig(128, 128, 8, 3)
     if kernel == "dq":
         return KernelConfig(64, 64, 4, 2)
