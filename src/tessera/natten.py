@@ -21,7 +21,7 @@ from typing import Optional, Union
 
 import torch
 
-from .api import _build_call, _check_backend_name, attention
+from .api import _build_call, _check_backend_name, _choose_backend, attention
 from .kernels import registry
 from .kernels.triton.masks import pattern_key
 from .patterns.layout import DilationGroupOrder, GridLayout, Permuted, as_axes, choose_tile_shape, rows_box
@@ -67,14 +67,16 @@ def dilation_groups(grid, dilation) -> Optional[tuple[int, ...]]:
 
 @functools.lru_cache(maxsize=32)
 def _group_plan(grid, kernel, dilation, stride, causal, device_type: str):
-    """``(sub_pattern, order)`` of a dilated neighborhood run per dilation group on a device of
-    ``device_type``: the undilated neighborhood of one group (in its sub-grid's tiled order when
-    the "auto" layout tiles it there) and the ``DilationGroupOrder`` that gathers the groups."""
+    """``(sub_pattern, order, key)`` of a dilated neighborhood run per dilation group on a device
+    of ``device_type``: the undilated neighborhood of one group (in its sub-grid's tiled order when
+    the "auto" layout tiles it there), the ``DilationGroupOrder`` that gathers the groups and the
+    sub-pattern's ``pattern_key``."""
     sub_pattern = Neighborhood(dilation_groups(grid, dilation), kernel, 1, stride, causal)
     sub_layout = _resolve_layout("auto", sub_pattern.grid, sub_pattern.kernel, sub_pattern.dilation,
                                  sub_pattern.stride, sub_pattern.causal, torch.device(device_type))
     order = DilationGroupOrder(grid, dilation, sub_layout)
-    return (sub_pattern if sub_layout is None else Permuted(sub_pattern, sub_layout)), order
+    sub_pattern = sub_pattern if sub_layout is None else Permuted(sub_pattern, sub_layout)
+    return sub_pattern, order, pattern_key(sub_pattern)
 
 
 def _per_dilation_group(q, k, v, pattern: Neighborhood, na_dim: int, backend: str, scale,
@@ -83,13 +85,15 @@ def _per_dilation_group(q, k, v, pattern: Neighborhood, na_dim: int, backend: st
     the undilated neighborhood of every dilation group, batched (``dilation_groups``): one gather
     of q, k and v into the groups' tiled order (``DilationGroupOrder``) and one of o back."""
     grid = pattern.grid
-    sub_pattern, order = _group_plan(grid, pattern.kernel, pattern.dilation, pattern.stride, pattern.causal,
-                                     q.device.type)
+    sub_pattern, order, key = _group_plan(grid, pattern.kernel, pattern.dilation, pattern.stride,
+                                          pattern.causal, q.device.type)
     batch, n, groups = q.shape[0], math.prod(grid), order.groups
     folded = [order.permute(t.reshape(batch, n, *t.shape[1 + na_dim:]), 1)
               .view(batch * groups, n // groups, *t.shape[1 + na_dim:]) for t in (q, k, v)]
-    out = attention(*folded, pattern=sub_pattern, scale=scale, return_lse=return_lse, backend=backend)
-    o, lse = out if return_lse else (out, None)
+    call, _ = _build_call(*folded, pattern=sub_pattern, scale=scale, return_lse=return_lse)
+    call.pattern_key = key
+    o, lse = _choose_backend(call, backend).run(call)
+    lse = lse if return_lse else None
     o = order.unpermute(o.reshape(batch, n, *o.shape[2:]), 1).reshape(batch, *grid, *o.shape[2:])
     if lse is None:
         return o

@@ -205,8 +205,8 @@ def tiled_problem(case: Case, device: torch.device):
     na = case.na
     pattern = Neighborhood(na["grid"], na["kernel"], na.get("dilation", 1), na.get("stride", 1))
     if dilation_groups(pattern.grid, pattern.dilation) is not None:
-        sub_pattern, order = _group_plan(pattern.grid, pattern.kernel, pattern.dilation, pattern.stride,
-                                         pattern.causal, "cuda")
+        sub_pattern, order, _key = _group_plan(pattern.grid, pattern.kernel, pattern.dilation,
+                                               pattern.stride, pattern.causal, "cuda")
         if not isinstance(sub_pattern, Permuted):
             raise ValueError(f"no tile shape divides the dilation groups' grid {order.sub_grid} for {case.name!r}")
         return sub_pattern, order.groups
