@@ -98,9 +98,9 @@ class _Recorded:
 def test_entry_orders_arguments_like_the_signature():
     compiled = _Recorded()
     x = torch.zeros(4)
-    entry = _Entry(compiled, _kernel, 2)
-    entry.launch((5,), 7, (x, "desc"), {"flag": False, "n": 4, "f": 0.5, "maybe": None, "C": 9,
-                                        "num_warps": 4})
+    entry = _Entry(compiled, _kernel, (x, "desc"), {"flag": False, "n": 4, "f": 0.5, "maybe": None,
+                                                     "C": 9, "num_warps": 4})
+    entry.launch((5,), 7, (x, "desc"))
     (call,) = compiled.calls
     assert call[:4] == (5, 1, 1, 7)
     assert call[9:] == (x, "desc", 4, 0.5, False, None, 3, 9)
@@ -114,3 +114,37 @@ def test_launcher_without_cuda_goes_through_triton():
         launcher[(1,)](torch.zeros(4), None, 1, 1.0, True, None)
     assert len(recorder.launches) == 2
     assert not launcher._entries
+
+
+def test_descriptor_launch_passes_what_tritons_wrapper_passes():
+    """``_DescriptorLaunch`` hands the C launch the same arguments as Triton's own descriptor
+    wrapper (``wrap_handle_tensordesc`` inside ``CudaLauncher``), descriptors expanded in place."""
+    from triton.backends.nvidia.driver import CudaLauncher, wrap_handle_tensordesc
+
+    from tessera.kernels.triton.launcher import _DescriptorLaunch
+
+    received = []
+    signature = {0: "*fp32", 1: "tensordesc<fp16[16, 32]>", 2: "i32", 3: "tensordesc<fp16[1, 64]>",
+                 4: "constexpr"}
+    run = object.__new__(CudaLauncher)
+    run.launch = wrap_handle_tensordesc(lambda *a: received.append(a), signature, None)
+    run.global_scratch_size = run.profile_scratch_size = 0
+    run.global_scratch_align = run.profile_scratch_align = 1
+    run.launch_cooperative_grid, run.launch_pdl, run.num_ctas = False, False, 1
+
+    class Compiled:
+        function, packed_metadata = 11, ("meta",)
+
+    Compiled.run = run
+    x = torch.zeros(64, 64, dtype=torch.float16)
+    values = (torch.zeros(4), TensorDescriptor.from_tensor(x, [16, 32]), 5,
+              TensorDescriptor(x, [64, 64], [64, 1], [1, 64]), 3)
+    run(4, 2, 1, 99, Compiled.function, Compiled.packed_metadata, None, None, None, *values)
+    direct = _DescriptorLaunch.of(Compiled)
+    assert direct is not None
+    direct((4, 2), 99, Compiled, values)
+    through_triton, ours = received
+    assert len(through_triton) == len(ours)
+    assert all(a is b or a == b for a, b in zip(through_triton, ours))
+    run.global_scratch_size = 8
+    assert _DescriptorLaunch.of(Compiled) is None   # scratch memory: keep Triton's path

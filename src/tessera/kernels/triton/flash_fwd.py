@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+from triton._utils import validate_block_shape
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ...patterns.layout import rows_box
@@ -262,17 +263,35 @@ def grid_box(plan, block: int) -> Optional[tuple[int, int, int]]:
     return rows_box(plan.na_values[3:6], block) if plan.na_values else None
 
 
+# Block shapes that passed Triton's check (powers of two, element count in range).
+_VALID_BLOCKS: set = set()
+
+
+def descriptor(base: torch.Tensor, shape: list, strides: list, block_shape: list) -> TensorDescriptor:
+    """``TensorDescriptor(base, shape, strides, block_shape)`` without its constructor's per-call
+    asserts, which cost several microseconds of host time per launch: the callers have checked
+    alignment (``tma_ok``), the last dim is contiguous, the rank is at most 5, and each block shape
+    is checked once here (``validate_block_shape``)."""
+    key = tuple(block_shape)
+    if key not in _VALID_BLOCKS:
+        validate_block_shape(block_shape)
+        _VALID_BLOCKS.add(key)
+    desc = object.__new__(TensorDescriptor)
+    desc.__dict__.update(base=base, shape=shape, strides=strides, block_shape=block_shape, padding="zero")
+    return desc
+
+
 def _grid_descriptor(t: torch.Tensor, grid, box, width: int) -> Optional[TensorDescriptor]:
     """``t [B, S, H, D]`` in grid order as ``[B * g0, g1, g2, H, D]`` with box ``[*box, 1, width]``,
-    or None when its strides allow no such view or no bulk copies."""
+    or None when its strides allow no such view (batch and sequence dims not mergeable). The
+    view's strides are multiples of ``t``'s, so ``tma_ok(t)`` covers their alignment."""
     g0, g1, g2 = grid
-    try:
-        view = t.view(t.shape[0] * g0, g1, g2, t.shape[2], t.shape[3])
-    except RuntimeError:
+    batch, seq, heads, dim = t.shape
+    s_b, s_s, s_h, s_d = t.stride()
+    if batch > 1 and s_b != seq * s_s:
         return None
-    if any((s * view.element_size()) % 16 for s in view.stride()[:-1]):
-        return None
-    return TensorDescriptor(view, list(view.shape), list(view.stride()), [*box, 1, width])
+    return descriptor(t, [batch * g0, g1, g2, heads, dim], [s_s * g1 * g2, s_s * g2, s_s, s_h, s_d],
+                      [*box, 1, width])
 
 
 def row_descriptors(a: torch.Tensor, b: torch.Tensor, plan, block: int, grid_order: bool):
@@ -283,7 +302,7 @@ def row_descriptors(a: torch.Tensor, b: torch.Tensor, plan, block: int, grid_ord
         return None, None
     widths = [padded_width(t.shape[3]) for t in (a, b)]
     if not grid_order:
-        return tuple(TensorDescriptor(t, list(t.shape), list(t.stride()), [1, block, 1, w])
+        return tuple(descriptor(t, list(t.shape), list(t.stride()), [1, block, 1, w])
                      for t, w in zip((a, b), widths))
     box = grid_box(plan, block)
     if box is None:

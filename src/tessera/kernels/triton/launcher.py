@@ -22,6 +22,7 @@ from typing import Optional
 
 import torch
 from triton import knobs
+from triton.backends.nvidia.driver import make_tensordesc_arg
 from triton.runtime.jit import JITFunction
 from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -72,19 +73,68 @@ def _hooks_set() -> bool:
                for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook))
 
 
+class _DescriptorLaunch:
+    """The C launch of a compiled kernel that takes tensor descriptors, called directly.
+
+    Triton wraps such a kernel's C launch (``wrap_handle_tensordesc``) in a Python pass over every
+    argument that expands each descriptor into its CUDA tensor map, shape and strides: several
+    microseconds per launch for ~100 arguments. This expands the descriptors alone, at their known
+    positions, with Triton's own ``make_tensordesc_arg``, and calls the same C launch. ``of``
+    returns None where the launch is not that wrapper or needs scratch memory (then the caller
+    keeps ``kernel.run``)."""
+
+    __slots__ = ("raw", "places", "cooperative", "pdl")
+
+    def __init__(self, raw, places, cooperative, pdl):
+        self.raw = raw
+        self.places = places            # ((argument position, descriptor metadata), ...), last first
+        self.cooperative = cooperative
+        self.pdl = pdl
+
+    @classmethod
+    def of(cls, kernel) -> Optional["_DescriptorLaunch"]:
+        run = kernel.run
+        wrapper = getattr(run, "launch", None)
+        code = getattr(wrapper, "__code__", None)
+        needed = {"launcher", "tensordesc_indices", "tensordesc_meta"}
+        if (code is None or code.co_name != "inner" or not needed <= set(code.co_freevars)
+                or getattr(run, "global_scratch_size", 1) or getattr(run, "profile_scratch_size", 1)):
+            return None
+        cells = {name: cell.cell_contents for name, cell in zip(code.co_freevars, wrapper.__closure__)}
+        positions = sorted(cells["tensordesc_indices"])
+        metas = list(cells["tensordesc_meta"] or [None] * len(positions))
+        if len(metas) != len(positions):
+            return None
+        places = tuple(reversed(tuple(zip(positions, metas))))
+        return cls(cells["launcher"], places, run.launch_cooperative_grid, run.launch_pdl)
+
+    def __call__(self, grid, stream: int, kernel, values: tuple) -> None:
+        expanded = list(values)
+        for position, meta in self.places:
+            expanded[position:position + 1] = make_tensordesc_arg(expanded[position], meta)
+        self.raw(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1, stream,
+                 kernel.function, self.cooperative, self.pdl, None, None, kernel.packed_metadata,
+                 None, None, None, *expanded)
+
+
 class _Entry:
-    """A compiled kernel and how to order one launch's arguments for it."""
+    """A compiled kernel and how to order one launch's arguments for it. The values of the
+    parameters after the positional ones (constexprs, from keyword arguments or defaults) are
+    fixed per specialization key, which holds every keyword argument: they are taken once."""
 
-    __slots__ = ("kernel", "tail")
+    __slots__ = ("kernel", "tail", "descriptor_launch")
 
-    def __init__(self, kernel, fn: JITFunction, n_args: int):
+    def __init__(self, kernel, fn: JITFunction, args: tuple, kwargs: dict):
         self.kernel = kernel
-        # (name, default) of the parameters after the positional ones; kwargs override defaults.
-        self.tail = tuple((p.name, p.default) for p in fn.params[n_args:])
+        self.tail = tuple(kwargs[p.name] if p.name in kwargs else p.default for p in fn.params[len(args):])
+        self.descriptor_launch = _DescriptorLaunch.of(kernel)
 
-    def launch(self, grid, stream: int, args: tuple, kwargs: dict) -> None:
+    def launch(self, grid, stream: int, args: tuple) -> None:
         kernel = self.kernel
-        values = args + tuple(kwargs[name] if name in kwargs else default for name, default in self.tail)
+        values = args + self.tail
+        if self.descriptor_launch is not None:
+            self.descriptor_launch(grid, stream, kernel, values)
+            return
         kernel.run(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1, stream,
                    kernel.function, kernel.packed_metadata, None, None, None, *values)
 
@@ -128,10 +178,10 @@ class Launcher:
             if kernel is not None:
                 if len(self._entries) >= MAX_KEYS:
                     self._entries.clear()
-                self._entries[key] = _Entry(kernel, self.kernel, len(args))
+                self._entries[key] = _Entry(kernel, self.kernel, args, kwargs)
             return kernel
         raw = stream.cuda_stream if stream is not None else torch._C._cuda_getCurrentRawStream(device)
-        entry.launch(grid, raw, args, kwargs)
+        entry.launch(grid, raw, args)
         return entry.kernel
 
     def _through_triton(self, grid, stream, args: tuple, kwargs: dict):
