@@ -89,8 +89,12 @@ def test_compile_time_switches():
     assert switches == 0b10 | 0b11100 | 2 << 5 | 3 << 7 | 2 << 12
     plain = masks.neighborhood_params(Neighborhood(200, 7), 64, 64)
     assert masks.neighborhood_switches(plain) == 1 << 5      # 1 axis, no shifts (200 tokens)
+    # 192 tokens: the 64- and 32-token tiles end at the sequence's end (no bounds compare).
+    from tessera.kernels.triton import scoring
     plan = masks.build_plan(pattern, 192, 192, 64, 32, 1, CPU)
-    assert plan.na_static == switches
+    assert plan.na_static == switches | scoring.NA_EXACT.value
+    assert masks.neighborhood_switches(plain, exact=True) == 1 << 5 | 1 << 22
+    assert not masks.build_plan(Neighborhood(200, 7), 200, 200, 64, 64, 1, CPU).na_static & 1 << 22
     assert masks.build_plan(None, 64, 64, 32, 32, 1, CPU).na_static == 0
 
 
@@ -140,7 +144,7 @@ else:
     from flash_cases import check_against_reference, grid_order_outputs, make_inputs
     from tessera.kernels.triton import tuning
     from tessera.kernels.triton.backend import kernels_interpreted
-    from tessera.kernels.triton.scoring import (na_allowed, na_codes, na_key_windows,
+    from tessera.kernels.triton.scoring import (na_allowed, na_codes, na_key_windows, na_penalty,
                                                 na_query_windows)
 
     pytestmark = pytest.mark.skipif(not kernels_interpreted(),
@@ -161,10 +165,11 @@ else:
         monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: poisoned(empty_like(*a, **kw)))
 
     @triton.jit
-    def _mask_kernel(NA, OUT, S, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
+    def _mask_kernel(NA, OUT, PENALTY_OUT, S, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
                      BY_KEYS: tl.constexpr, NA_STATIC: tl.constexpr):
         """``OUT[q, k]`` over ``BLOCK_Q x BLOCK_K`` tiles of ``S x S``: query windows against key
-        codes (as the forward and dq), or key windows against query codes (dk/dv) with BY_KEYS."""
+        codes (as the forward and dq), or key windows against query codes (dk/dv) with BY_KEYS;
+        ``PENALTY_OUT[q, k]``: whether the additive penalty (``na_penalty``) is 0 there."""
         q_first = tl.program_id(0) * BLOCK_Q
         k_first = tl.program_id(1) * BLOCK_K
         offs_q = tl.arange(0, BLOCK_Q)
@@ -172,23 +177,28 @@ else:
         rows = q_first + offs_q
         cols = k_first + offs_k
         if BY_KEYS:
-            allowed = na_allowed(na_key_windows(offs_k[None, :], k_first, NA, NA_STATIC),
-                                 na_codes(offs_q[:, None], q_first, NA, 0, NA_STATIC), NA_STATIC)
+            windows = na_key_windows(offs_k[None, :], k_first, NA, NA_STATIC)
+            codes = na_codes(offs_q[:, None], q_first, NA, 0, NA_STATIC)
         else:
-            allowed = na_allowed(na_query_windows(offs_q[:, None], q_first, NA, NA_STATIC),
-                                 na_codes(offs_k[None, :], k_first, NA, 1, NA_STATIC), NA_STATIC)
+            windows = na_query_windows(offs_q[:, None], q_first, NA, NA_STATIC)
+            codes = na_codes(offs_k[None, :], k_first, NA, 1, NA_STATIC)
+        allowed = na_allowed(windows, codes, NA_STATIC)
+        penalty_free = na_penalty(windows, codes, NA_STATIC) == 0.0
         inside = (rows[:, None] < S) & (cols[None, :] < S)
         tl.store(OUT + rows[:, None] * S + cols[None, :], allowed.to(tl.int8), mask=inside)
+        tl.store(PENALTY_OUT + rows[:, None] * S + cols[None, :], penalty_free.to(tl.int8), mask=inside)
 
     def _check_mask_helpers(pattern, size, block_q, block_k, by_keys):
         params = masks.neighborhood_params(pattern, block_q, block_k)
         out = torch.empty(size, size, dtype=torch.int8)
+        penalty_free = torch.empty(size, size, dtype=torch.int8)
         grid = (triton.cdiv(size, block_q), triton.cdiv(size, block_k))
-        _mask_kernel[grid](torch.tensor(params, dtype=torch.int32), out, size, block_q, block_k,
-                           by_keys, masks.neighborhood_switches(params))
+        _mask_kernel[grid](torch.tensor(params, dtype=torch.int32), out, penalty_free, size, block_q,
+                           block_k, by_keys, masks.neighborhood_switches(params))
         pos = torch.arange(size)
         expected = pattern.mask(pos[:, None], pos[None, :], torch.zeros(1, 1, dtype=torch.long))
         assert torch.equal(out.bool(), expected)
+        assert torch.equal(penalty_free.bool(), expected)
         return params
 
     @pytest.mark.parametrize("by_keys", [False, True])

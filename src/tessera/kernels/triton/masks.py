@@ -281,12 +281,14 @@ def neighborhood_params(pattern: Optional[Pattern], block_m: int,
     return [v for name in NA_FIELD_NAMES for v in fields[name]] + aligned + [int(dilated)]
 
 
-def neighborhood_switches(params: list[int]) -> int:
+def neighborhood_switches(params: list[int], exact: bool = False) -> int:
     """The kernels' constexpr ``NA_STATIC`` of ``neighborhood_params`` values (scoring.py): the two
     aligned flags (bits 0 and 1), bit 2 when some dilation, bit 3 when some stride exceeds 1, bit 4
     when some axis is causal, plus 32 times the number of grid axes (leading axes of extent 1
     that pad a 1-D or 2-D grid do not count), plus, when every order-tile extent is a power of
-    two, their log2 in 5-bit fields from bit 7 (axis 2, then 1, then 0)."""
+    two, their log2 in 5-bit fields from bit 7 (axis 2, then 1, then 0), plus bit 22 when
+    ``exact``: every query and key tile of the plan lies inside the sequence (the block sizes
+    divide the lengths), so the mask needs no bounds compare."""
     field = {name: params[3 * i:3 * i + 3] for i, name in enumerate(NA_FIELD_NAMES)}
     aligned_q, aligned_k, dilated = params[3 * len(NA_FIELD_NAMES):]
     axes = 3
@@ -296,7 +298,7 @@ def neighborhood_switches(params: list[int]) -> int:
     if all(t & (t - 1) == 0 for t in field["tile"]):
         shifts = sum(sh << (7 + 5 * (2 - axis)) for axis, sh in enumerate(field["shift"]))
     return (aligned_q | aligned_k << 1 | dilated << 2 | any(s > 1 for s in field["stride"]) << 3
-            | any(c != 0 for c in field["causal"]) << 4 | axes << 5 | shifts)
+            | any(c != 0 for c in field["causal"]) << 4 | axes << 5 | shifts | int(exact) << 22)
 
 
 def _pack_bits(allowed: torch.Tensor) -> torch.Tensor:
@@ -425,7 +427,7 @@ def build_plan(pattern: Optional[Pattern], q_len: int, k_len: int, block_m: int,
         # grid-order addressing reads them.
         na_values = tuple(neighborhood)
         na_params = torch.tensor(neighborhood, dtype=torch.int32, device=device)
-        na_static = neighborhood_switches(neighborhood)
+        na_static = neighborhood_switches(neighborhood, q_len % block_m == 0 and k_len % block_n == 0)
     return KernelPlan(q_len, k_len, block_m, block_n, states.shape[0], mode, band[0], band[1],
                       _lists(states, part_id), bits, tile_band, tile_band.shape[1], na_params,
                       na_static, states, part_id, na_values=na_values)

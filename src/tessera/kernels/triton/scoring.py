@@ -121,7 +121,8 @@ NA_DILATED = tl.constexpr(26)
 # NA_ALIGNED flags, NA_ANY_DILATION / NA_ANY_STRIDE / NA_ANY_CAUSAL when some axis has a dilation
 # or stride > 1 or is causal (else that code is left out), the number of grid axes times
 # NA_AXES_UNIT (padded leading axes are skipped), and with power-of-two order tiles the log2 of
-# their extents (axis 2, 1, 0) in 5-bit fields from NA_SHIFT_UNIT (0 otherwise).
+# their extents (axis 2, 1, 0) in 5-bit fields from NA_SHIFT_UNIT (0 otherwise), and NA_EXACT
+# when the block sizes divide the sequence lengths (no tile reaches past them: no bounds compare).
 NA_QUERY_ALIGNED = tl.constexpr(1)
 NA_KEY_ALIGNED = tl.constexpr(2)
 NA_ANY_DILATION = tl.constexpr(4)
@@ -129,6 +130,7 @@ NA_ANY_STRIDE = tl.constexpr(8)
 NA_ANY_CAUSAL = tl.constexpr(16)
 NA_AXES_UNIT = tl.constexpr(32)
 NA_SHIFT_UNIT = tl.constexpr(128)
+NA_EXACT = tl.constexpr(1 << 22)
 
 
 @triton.jit
@@ -411,6 +413,22 @@ def na_allowed(windows, codes, NA_STATIC: tl.constexpr):
 
 
 @triton.jit
+def na_penalty(windows, codes, NA_STATIC: tl.constexpr):
+    """The neighborhood mask of ``na_allowed`` as an additive logit penalty: 0 where allowed,
+    -inf elsewhere, summed over the grid axes. Each axis term depends on a row and one axis code
+    of a column, so it takes only as many selects per thread as there are distinct (row, code)
+    pairs (the key tile of an aligned order is a grid box), and the mask costs one add per axis
+    per logit instead of a select per compare."""
+    AXES: tl.constexpr = NA_STATIC // NA_AXES_UNIT % 4
+    pen = tl.where((codes[2] >= windows[4]) & (codes[2] < windows[5]), 0.0, float("-inf"))
+    if AXES >= 2:
+        pen = pen + tl.where((codes[1] >= windows[2]) & (codes[1] < windows[3]), 0.0, float("-inf"))
+    if AXES >= 3:
+        pen = pen + tl.where((codes[0] >= windows[0]) & (codes[0] < windows[1]), 0.0, float("-inf"))
+    return pen
+
+
+@triton.jit
 def score_tile(qk, q_row, q_pos, k_pos, q_local, k_local, S_Q, S_K,
                scale, qk_scale, softcap, slope, band_lo, band_hi,
                bias_base, s_bias_m, s_bias_n, bits_base, tile_bias, na_win, na_code,
@@ -449,7 +467,9 @@ def score_tile(qk, q_row, q_pos, k_pos, q_local, k_local, S_Q, S_K,
     else:
         z2 = qk * qk_scale
         t = z2
-    if MASKED:
+    if MASKED and MASK_MODE == 4 and (NA_EXACT & NA_STATIC):
+        z2 = z2 + na_penalty(na_win, na_code, NA_STATIC)
+    elif MASKED:
         allowed = k_pos < S_K
         # MASK_MODE: 0 bounds only, 1 offset band, 2 packed bitmask, 3 per-tile bands,
         # 4 N-D neighborhood (masks.py).
@@ -463,7 +483,7 @@ def score_tile(qk, q_row, q_pos, k_pos, q_local, k_local, S_Q, S_K,
                 hit = hit | ((d >= tl.load(bits_base + 2 * i)) & (d <= tl.load(bits_base + 2 * i + 1)))
             allowed = allowed & hit
         if MASK_MODE == 4:
-            allowed = allowed & na_allowed(na_win, na_code, NA_STATIC)
+            z2 = z2 + na_penalty(na_win, na_code, NA_STATIC)
         if MASK_MODE == 2:
             words = tl.load(bits_base + q_local * NW + k_local // 32)
             allowed = allowed & (((words >> (k_local % 32)) & 1) != 0)
