@@ -55,7 +55,8 @@ def jit_function(kernel) -> JITFunction:
 
 def launch_source(fn: JITFunction, args: tuple, kwargs: dict):
     """``(ASTSource, launch options, key)`` of one recorded launch: tensors stand for 16-byte aligned
-    pointers of their dtype, ints for i32 (i64 beyond its range), None and constexprs for constants;
+    pointers of their dtype, ints for i32 (i64 beyond its range; 1 as a constant and multiples of
+    16 marked divisible, as Triton's launch specializes them), None and constexprs for constants;
     ``key`` is equal for launches that compile to the same kernel."""
     names = fn.arg_names
     bound = dict(zip(names, args))
@@ -76,13 +77,21 @@ def launch_source(fn: JITFunction, args: tuple, kwargs: dict):
         elif isinstance(value, bool):
             signature[name] = "i1"
         elif isinstance(value, int):
+            # As Triton's launch specializes ints: 1 becomes a constant, multiples of 16 carry
+            # their divisibility (vectorized addressing), unless the kernel opts out.
             signature[name] = "i64" if abs(value) >= 2 ** 31 else "i32"
+            if not param.do_not_specialize:
+                if value == 1:
+                    signature[name] = "constexpr"
+                    constexprs[(i,)] = 1
+                elif value % 16 == 0:
+                    attrs[(i,)] = [["tt.divisibility", 16]]
         elif isinstance(value, float):
             signature[name] = "fp32"
         else:
             raise TypeError(f"{fn.__name__}: argument {name} of type {type(value).__name__}")
     key = (fn.__name__, repr(sorted(signature.items())), repr(sorted(constexprs.items())),
-           repr(sorted(options.items())))
+           repr(sorted(attrs.items())), repr(sorted(options.items())))
     return ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs), options, key
 
 
