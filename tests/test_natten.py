@@ -262,3 +262,8 @@ def test_call_plan_is_built_once_per_signature(monkeypatch):
     assert off.grid_order is None and off.tiled is first.tiled
     assert natten._call_plan((64, 64), 17, 2, 1, False, "auto", cuda).per_dilation_group
     assert natten._call_plan((64, 64), 17, 1, 1, False, "auto", torch.device("cpu")).tiled is None
+    # Equal but invalid values (17.0 == 17, 0 == False) still get their errors after a cached call.
+    with pytest.raises(TypeError, match="kernel must be an int"):
+        natten._call_plan((64, 64), 17.0, 1, 1, False, "auto", cuda)
+    with pytest.raises(TypeError, match="causal must be a bool"):
+        natten._call_plan((64, 64), 17, 1, 1, 0, "auto", cuda)

@@ -176,17 +176,26 @@ def _build_call_plan(grid, kernel_size, dilation, stride, is_causal, layout, dev
 
 @functools.lru_cache(maxsize=64)
 def _cached_call_plan(grid, kernel_size, dilation, stride, is_causal, layout, device_type: str,
-                      grid_order_rule: Optional[bool]) -> _CallPlan:
+                      grid_order_rule: Optional[bool], types: tuple) -> _CallPlan:
     return _build_call_plan(grid, kernel_size, dilation, stride, is_causal, layout, torch.device(device_type))
 
 
+def _types(value):
+    """The type structure of a parameter: 17, 17.0 and True are equal keys, but only 17 is a
+    valid kernel size."""
+    return tuple(map(type, value)) if isinstance(value, tuple) else type(value)
+
+
 def _call_plan(grid, kernel_size, dilation, stride, is_causal, layout, device) -> _CallPlan:
-    """The ``_CallPlan`` of a call, cached per signature when its arguments are hashable (the
-    host time of a call is then mostly the kernels' launches)."""
+    """The ``_CallPlan`` of a call, cached per signature (values and their types) when its
+    arguments are hashable: the host time of a call is then mostly the kernels' launches."""
+    types = tuple(map(_types, (kernel_size, dilation, stride, is_causal, layout)))
     try:
         return _cached_call_plan(grid, kernel_size, dilation, stride, is_causal, layout, device.type,
-                                 GRID_ORDER_IN_KERNEL)
-    except TypeError:  # an unhashable argument (a list): build it for this call only
+                                 GRID_ORDER_IN_KERNEL, types)
+    except TypeError as error:
+        if "unhashable" not in str(error):
+            raise
         return _build_call_plan(grid, kernel_size, dilation, stride, is_causal, layout, device)
 
 

@@ -77,11 +77,30 @@ def test_key_holds_no_tensor():
     t = torch.zeros(64)
     ref = weakref.ref(t)
     desc = TensorDescriptor(t.view(8, 8), [8, 8], [8, 1], [8, 8])
-    key = specialization_key((t, desc), {"C": 1})
+    key = specialization_key((t, desc), {"C": 1, "maybe": t, "DESC": desc})
     del t, desc
     gc.collect()
     assert ref() is None
     hash(key)
+    base = torch.zeros(64, dtype=torch.float16)
+    assert specialization_key((1,), {"maybe": base[:8]}) == specialization_key((1,), {"maybe": base[8:16]})
+    assert specialization_key((1,), {"maybe": base[:8]}) != specialization_key((1,), {"maybe": base[1:9]})
+
+
+def test_entry_takes_tensor_keywords_per_launch_and_holds_none():
+    """A tensor passed by keyword reaches each launch as that launch's tensor, and the cached
+    entry keeps no reference to the first one."""
+    compiled = _Recorded()
+    x, first, second = torch.zeros(4), torch.zeros(8), torch.zeros(8)
+    ref = weakref.ref(first)
+    entry = _Entry(compiled, _kernel, (x, "desc", 4, 0.5, False), {"maybe": first, "C": 9})
+    entry.launch((1,), 0, (x, "desc", 4, 0.5, False), {"maybe": first, "C": 9})
+    entry.launch((1,), 0, (x, "desc", 4, 0.5, False), {"maybe": second, "C": 9})
+    assert compiled.calls[0][9 + 5] is first and compiled.calls[1][9 + 5] is second
+    compiled.calls.clear()
+    del first
+    gc.collect()
+    assert ref() is None
 
 
 class _Recorded:
@@ -100,7 +119,7 @@ def test_entry_orders_arguments_like_the_signature():
     x = torch.zeros(4)
     entry = _Entry(compiled, _kernel, (x, "desc"), {"flag": False, "n": 4, "f": 0.5, "maybe": None,
                                                      "C": 9, "num_warps": 4})
-    entry.launch((5,), 7, (x, "desc"))
+    entry.launch((5,), 7, (x, "desc"), {})
     (call,) = compiled.calls
     assert call[:4] == (5, 1, 1, 7)
     assert call[9:] == (x, "desc", 4, 0.5, False, None, 3, 9)

@@ -52,19 +52,25 @@ def _special_slots(types: tuple) -> tuple[int, ...]:
     return slots
 
 
-def specialization_key(args: tuple, kwargs: dict) -> tuple:
-    """Hashable key of one launch's arguments (see the module docstring); no tensor is held.
-    Only the tensor and descriptor positions (found once per tuple of argument types) go through
-    ``_arg_key``; every other argument is its own key."""
-    types = tuple(map(type, args))
-    values = args
+def _values_key(values: tuple, types: tuple) -> tuple:
+    """``values`` with each tensor and descriptor (positions found once per tuple of ``types``)
+    replaced by its ``_arg_key``; every other value is its own key."""
     slots = _special_slots(types)
-    if slots:
-        values = list(args)
-        for i in slots:
-            values[i] = _arg_key(values[i])
-        values = tuple(values)
-    return types, values, tuple(kwargs.items()), tuple(map(type, kwargs.values()))
+    if not slots:
+        return values
+    keyed = list(values)
+    for i in slots:
+        keyed[i] = _arg_key(keyed[i])
+    return tuple(keyed)
+
+
+def specialization_key(args: tuple, kwargs: dict) -> tuple:
+    """Hashable key of one launch's positional and keyword arguments (see the module docstring);
+    no tensor is held."""
+    types = tuple(map(type, args))
+    kw_values = tuple(kwargs.values())
+    kw_types = tuple(map(type, kw_values))
+    return (types, _values_key(args, types), tuple(kwargs), kw_types, _values_key(kw_values, kw_types))
 
 
 def _hooks_set() -> bool:
@@ -119,19 +125,31 @@ class _DescriptorLaunch:
 
 class _Entry:
     """A compiled kernel and how to order one launch's arguments for it. The values of the
-    parameters after the positional ones (constexprs, from keyword arguments or defaults) are
-    fixed per specialization key, which holds every keyword argument: they are taken once."""
+    parameters after the positional ones (from keyword arguments or defaults) are fixed per
+    specialization key, which holds every keyword argument: they are taken once, except tensors
+    and descriptors (the key holds only their dtype and alignment), taken per launch."""
 
-    __slots__ = ("kernel", "tail", "descriptor_launch")
+    __slots__ = ("kernel", "tail", "live", "descriptor_launch")
 
     def __init__(self, kernel, fn: JITFunction, args: tuple, kwargs: dict):
         self.kernel = kernel
-        self.tail = tuple(kwargs[p.name] if p.name in kwargs else p.default for p in fn.params[len(args):])
+        params = fn.params[len(args):]
+        self.live = tuple((i, p.name) for i, p in enumerate(params)
+                          if isinstance(kwargs.get(p.name), (torch.Tensor, TensorDescriptor)))
+        live_names = {name for _, name in self.live}
+        self.tail = tuple(None if p.name in live_names else kwargs[p.name] if p.name in kwargs else p.default
+                          for p in params)
         self.descriptor_launch = _DescriptorLaunch.of(kernel)
 
-    def launch(self, grid, stream: int, args: tuple) -> None:
+    def launch(self, grid, stream: int, args: tuple, kwargs: dict) -> None:
         kernel = self.kernel
-        values = args + self.tail
+        tail = self.tail
+        if self.live:
+            tail = list(tail)
+            for i, name in self.live:
+                tail[i] = kwargs[name]
+            tail = tuple(tail)
+        values = args + tail
         if self.descriptor_launch is not None:
             self.descriptor_launch(grid, stream, kernel, values)
             return
@@ -181,7 +199,7 @@ class Launcher:
                 self._entries[key] = _Entry(kernel, self.kernel, args, kwargs)
             return kernel
         raw = stream.cuda_stream if stream is not None else torch._C._cuda_getCurrentRawStream(device)
-        entry.launch(grid, raw, args)
+        entry.launch(grid, raw, args, kwargs)
         return entry.kernel
 
     def _through_triton(self, grid, stream, args: tuple, kwargs: dict):
