@@ -106,6 +106,20 @@ def test_tiled_layout_lists_fewer_tiles():
         assert predicted_speedup(candidate, n, n, 64, 64) <= predicted_speedup(tiled, n, n, 64, 64) + 1e-9
 
 
+def test_tile_shape_for_the_kernels_tiles():
+    """128-token layout tiles read by 128-row query and 64-key tiles: the shape whose 64-token
+    halves are square wins (a 2-D 17 x 17 neighborhood lists 11.2 instead of 16.2 key tiles per
+    query tile); at 128 x 128 kernel tiles the two orientations tie."""
+    from tessera.kernels.triton import masks
+    grid, n = (128, 128), 128 * 128
+    assert choose_tile_shape(grid, 17, 128, kernel_tiles=(128, 64)) == (16, 8)
+    listed = {shape: masks.get_plan(Permuted(Neighborhood(grid, 17), GridLayout(grid, shape)), n, n, 128, 64, 1,
+                                    torch.device("cpu")).listed_pairs() / (n // 128)
+              for shape in ((16, 8), (8, 16))}
+    assert round(listed[(16, 8)], 1) == 11.2 and round(listed[(8, 16)], 1) == 16.2
+    assert choose_tile_shape(grid, 17, 64) == choose_tile_shape(grid, 17, 64, kernel_tiles=(64, 64))
+
+
 def test_bad_layouts():
     with pytest.raises(ValueError, match=r"tile_shape\[1\] must be <= grid\[1\] = 4"):
         GridLayout((8, 4), (2, 8))

@@ -638,12 +638,16 @@ def tile_shapes(grid, tokens_per_tile: int) -> list[tuple[int, ...]]:
 
 
 def choose_tile_shape(grid, kernel, tokens_per_tile: int = 128, dilation=1, stride=1, causal=False,
-                      partial_cost: float | None = None) -> tuple[int, ...] | None:
+                      partial_cost: float | None = None, kernel_tiles: tuple[int, int] | None = None
+                      ) -> tuple[int, ...] | None:
     """The tile shape (dividing the grid, ``prod == tokens_per_tile``) under which the tiled
     neighborhood pattern ``Neighborhood(grid, kernel, dilation, stride, causal)`` has the highest
-    predicted speedup (``predicted_speedup`` with tiles of ``tokens_per_tile`` tokens: fewest
-    listed tiles, partial ones weighted by ``partial_cost``); ties go to the most full tiles, then
-    to the shape closest to a cube. None when no tile shape divides the grid."""
+    predicted speedup (``predicted_speedup`` with the kernels' ``(block_m, block_n)`` tiles,
+    ``kernel_tiles``, default ``tokens_per_tile`` both: fewest listed tiles, partial ones weighted
+    by ``partial_cost``); ties go to the most full tiles, then to the shape closest to a cube. None
+    when no tile shape divides the grid. With 128-token layout tiles and 64-key kernel tiles, for
+    example, a 2-D 17 x 17 neighborhood lists 11.2 key tiles per query tile in (16, 8) tiles and
+    16.2 in (8, 16) tiles, which tie at 128 x 128."""
     from .neighborhood import PARTIAL_COST, Neighborhood, predicted_speedup
 
     grid = as_grid(grid)
@@ -653,11 +657,11 @@ def choose_tile_shape(grid, kernel, tokens_per_tile: int = 128, dilation=1, stri
     cost = PARTIAL_COST if partial_cost is None else partial_cost
     best, best_key = None, None
     size = math.prod(grid)
+    block_m, block_n = kernel_tiles if kernel_tiles is not None else (tokens_per_tile, tokens_per_tile)
     for shape in tile_shapes(grid, tokens_per_tile):
         permuted = Permuted(pattern, GridLayout(grid, shape))
-        tiles = permuted.tile_map(size, size, tokens_per_tile, tokens_per_tile)
-        speed = predicted_speedup(permuted, size, size, tokens_per_tile, tokens_per_tile,
-                                  partial_cost=cost, tile_map=tiles)
+        tiles = permuted.tile_map(size, size, block_m, block_n)
+        speed = predicted_speedup(permuted, size, size, block_m, block_n, partial_cost=cost, tile_map=tiles)
         key = (round(speed, 9), tiles.full_fraction(), -max(shape) / min(shape))
         if best_key is None or key > best_key:
             best, best_key = shape, key
