@@ -79,6 +79,16 @@ else:
         q, k, v = make_inputs(1, 70, 70, 2, 1, 64, torch.float32, dim_v=32)
         check_against_reference(q, k, v, Window(20, 20))
 
+    @pytest.mark.parametrize("pattern", [None, Causal(), Window(40, 3), Dilated(20, 3)],
+                             ids=["dense", "causal", "window", "bitmask"])
+    def test_bulk_copies_forward_backward(pattern, monkeypatch):
+        # Tensor descriptors on (Hopper's path; the interpreter emulates them), on odd lengths
+        # (rows and keys past the end), GQA and a bitmask.
+        from tessera.kernels.triton import flash_fwd
+        monkeypatch.setattr(flash_fwd, "tma_ok", lambda a, b, block: True)
+        q, k, v = make_inputs(1, 150, 150, 4, 2, 32, torch.float16)
+        check_against_reference(q, k, v, pattern)
+
     def test_bitmask_pattern_dilated_fp32(monkeypatch):
         # A dilated window meets each partial tile in many offset intervals: partial tiles go
         # through packed bitmasks; a 64-wide key tile exercises two mask words per row.

@@ -246,6 +246,17 @@ else:
         errors = check_against_reference(q, k, v, pattern)
         assert {"o", "lse", "dq", "dk", "dv"} <= set(errors)
 
+    @pytest.mark.parametrize("rule, tile_shape, batch, heads, kv_heads, dtype", FLASH_CASES)
+    def test_interpreted_flash_kernels_with_bulk_copies_against_reference(rule, tile_shape, batch, heads,
+                                                                          kv_heads, dtype, monkeypatch):
+        # Tensor descriptors on (Hopper's path; the interpreter emulates them), against the reference.
+        from tessera.kernels.triton import flash_fwd
+        monkeypatch.setattr(flash_fwd, "tma_ok", lambda a, b, block: True)
+        pattern = _pattern(rule, tile_shape)
+        q, k, v = make_inputs(batch, rule.size, rule.size, heads, kv_heads, 32, dtype)
+        errors = check_against_reference(q, k, v, pattern)
+        assert {"o", "lse", "dq", "dk", "dv"} <= set(errors)
+
     def test_interpreted_na2d_tiled_layout_through_the_public_api():
         import tessera
         q, k, v = (torch.randn(1, 8, 8, 2, 32) for _ in range(3))
