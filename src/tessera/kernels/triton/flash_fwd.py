@@ -23,7 +23,6 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from triton._utils import validate_block_shape
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ...patterns.layout import rows_box
@@ -271,10 +270,10 @@ def descriptor(base: torch.Tensor, shape: list, strides: list, block_shape: list
     """``TensorDescriptor(base, shape, strides, block_shape)`` without its constructor's per-call
     asserts, which cost several microseconds of host time per launch: the callers have checked
     alignment (``tma_ok``), the last dim is contiguous, the rank is at most 5, and each block shape
-    is checked once here (``validate_block_shape``)."""
+    is checked once here (by building one descriptor the usual way)."""
     key = tuple(block_shape)
     if key not in _VALID_BLOCKS:
-        validate_block_shape(block_shape)
+        TensorDescriptor(base, shape, strides, block_shape)  # Triton's checks, once per block shape
         _VALID_BLOCKS.add(key)
     desc = object.__new__(TensorDescriptor)
     desc.__dict__.update(base=base, shape=shape, strides=strides, block_shape=block_shape, padding="zero")

@@ -22,7 +22,10 @@ from typing import Optional
 
 import torch
 from triton import knobs
-from triton.backends.nvidia.driver import make_tensordesc_arg
+try:  # Triton's own descriptor expansion (3.4+); without it descriptor launches keep Triton's path
+    from triton.backends.nvidia.driver import make_tensordesc_arg
+except ImportError:  # pragma: no cover - depends on the Triton version
+    make_tensordesc_arg = None
 from triton.runtime.jit import JITFunction
 from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -99,6 +102,8 @@ class _DescriptorLaunch:
 
     @classmethod
     def of(cls, kernel) -> Optional["_DescriptorLaunch"]:
+        if make_tensordesc_arg is None:
+            return None
         run = kernel.run
         wrapper = getattr(run, "launch", None)
         code = getattr(wrapper, "__code__", None)
