@@ -29,7 +29,7 @@ from ..registry import AttentionCall, register_backend
 from . import flash_bwd, flash_fwd, tuning
 from .row_dot import row_dot
 from .masks import (MASK_BAND, MASK_NEIGHBORHOOD, MASK_NONE, get_plan, neighborhood_params, offset_band,
-                    pattern_key)
+                    pattern_key, remembered)
 from .scoring import INTERPRETED
 from .tuning import KernelConfig, MaskShape, kernel_config
 
@@ -112,14 +112,9 @@ _GRID_ORDER_OK: dict = {}
 def _addressable_in_grid_order(pattern, key=None) -> bool:
     """Whether ``pattern`` has neighborhood parameters (``neighborhood_params``), remembered per
     ``key`` (its ``pattern_key``) when the caller gives one."""
-    if key is None or key[0] != "repr":  # an id-based key may be reused by another object
+    def addressable():
         return neighborhood_params(pattern, 64, 64) is not None
-    ok = _GRID_ORDER_OK.get(key)
-    if ok is None:
-        if len(_GRID_ORDER_OK) > 256:
-            _GRID_ORDER_OK.clear()
-        ok = _GRID_ORDER_OK[key] = neighborhood_params(pattern, 64, 64) is not None
-    return ok
+    return addressable() if key is None else remembered(_GRID_ORDER_OK, key, addressable)
 
 
 def _rel_pos_reason(call: AttentionCall) -> Optional[str]:
@@ -176,21 +171,15 @@ def _configs(spec: _Spec, q, k, v):
     """The ``fwd``, ``dq`` and ``dkdv`` configs of a call, remembered per problem when the pattern
     key is value-based and no config is forced (``tuning.OVERRIDES``)."""
     dim = max(q.shape[-1], v.shape[-1])
-    key = spec.pattern_key
-    cacheable = not tuning.OVERRIDES and (key is None or key[0] == "repr")
-    if cacheable:
-        problem = (key, q.shape[1], k.shape[1], q.shape[2], dim, q.dtype, spec.interpret, q.device)
-        configs = _CONFIGS.get(problem)
-        if configs is not None:
-            return configs
-    shape = None if spec.interpret else _mask_shape(spec.pattern, q.shape[1], k.shape[1], q.shape[2],
-                                                    q.device, spec.pattern_key)
-    configs = {name: kernel_config(name, dim, q.dtype, spec.interpret, shape) for name in ("fwd", "dq", "dkdv")}
-    if cacheable:
-        if len(_CONFIGS) > 256:
-            _CONFIGS.clear()
-        _CONFIGS[problem] = configs
-    return configs
+
+    def configs():
+        shape = None if spec.interpret else _mask_shape(spec.pattern, q.shape[1], k.shape[1], q.shape[2],
+                                                        q.device, spec.pattern_key)
+        return {name: kernel_config(name, dim, q.dtype, spec.interpret, shape) for name in ("fwd", "dq", "dkdv")}
+    if tuning.OVERRIDES:
+        return configs()
+    return remembered(_CONFIGS, spec.pattern_key, configs, q.shape[1], k.shape[1], q.shape[2], dim,
+                      q.dtype, spec.interpret, q.device)
 
 
 def _plan(spec: _Spec, q, k, config):

@@ -174,13 +174,21 @@ def offset_band(pattern: Optional[Pattern], key=None) -> Optional[tuple[int, int
         return (-BAND_LIMIT, BAND_LIMIT)
     if key is None:
         key = pattern_key(pattern)
-    if key[0] != "repr":
-        return _offset_band(pattern)
-    if key not in _BANDS:
-        if len(_BANDS) >= 4 * PLAN_CACHE_SIZE:
-            _BANDS.clear()
-        _BANDS[key] = _offset_band(pattern)
-    return _BANDS[key]
+    return remembered(_BANDS, key, lambda: _offset_band(pattern))
+
+
+def remembered(cache: dict, key, compute, *extra):
+    """``compute()``, kept in ``cache`` under ``(key, *extra)`` when ``key`` (a ``pattern_key``,
+    None for no pattern) describes the pattern by value; an id-based key may later name another
+    object, so those compute every time. The cache starts over past ``4 * PLAN_CACHE_SIZE``."""
+    if key is not None and key[0] != "repr":
+        return compute()
+    entry = (key, *extra)
+    if entry not in cache:
+        if len(cache) >= 4 * PLAN_CACHE_SIZE:
+            cache.clear()
+        cache[entry] = compute()
+    return cache[entry]
 
 
 def _offset_band(pattern: Pattern) -> Optional[tuple[int, int]]:
