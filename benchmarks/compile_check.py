@@ -27,6 +27,7 @@ import tessera
 from tessera.bench.hopper_compile import SHARED_LIMIT, LaunchRecorder, compile_distinct, resources
 from tessera.kernels.registry import AttentionCall
 from tessera.kernels.triton import backend, flash_bwd, flash_fwd
+from tessera.kernels.triton.masks import DilationFold
 from tessera.patterns import FromMask, Power, Strided, Window
 from tessera.patterns.layout import GridLayout, Permuted
 from tessera.patterns.neighborhood import Neighborhood
@@ -64,15 +65,16 @@ def _call(q, k, v, pattern=None, causal=False, **extra) -> AttentionCall:
 def variants():
     """(name, thunk) pairs; each thunk runs forward and backward through the Triton backend."""
     def make(name, dtype=torch.bfloat16, dim=128, seq=512, heads=4, kv_heads=2, pattern=None,
-             causal=False, grid=None, grid_order=False, **extra):
+             causal=False, grid=None, grid_order=False, fold=None, **extra):
         def thunk():
             gen = torch.Generator().manual_seed(0)
             q = torch.randn(1, seq, heads, dim, generator=gen).to(dtype).requires_grad_()
             k = torch.randn(1, seq, kv_heads, dim, generator=gen).to(dtype).requires_grad_()
             v = torch.randn(1, seq, kv_heads, dim, generator=gen).to(dtype).requires_grad_()
             kwargs = {key: (val() if callable(val) else val) for key, val in extra.items()}
-            call = _call(q, k, v, pattern=pattern, causal=causal, **kwargs)
-            call.grid_order = grid_order
+            # A dilation fold's pattern covers one group: it joins after the length checks.
+            call = _call(q, k, v, pattern=None if fold else pattern, causal=causal, **kwargs)
+            call.pattern, call.grid_order, call.dilation_fold = pattern, grid_order, fold
             o, _ = backend.run(call)
             o.float().sum().backward()
         return name, thunk
@@ -99,6 +101,9 @@ def variants():
              pattern=Permuted(Neighborhood((128, 128), 17), GridLayout((128, 128), (16, 8)))),
         make("na3d 16x48x48 k5x13x13 grid order bf16 D128", seq=16 * 48 * 48, grid_order=True,
              pattern=Permuted(Neighborhood((16, 48, 48), (5, 13, 13)), GridLayout((16, 48, 48), (1, 8, 8)))),
+        make("na2d 128x128 k17 dilation 2 folded bf16 D128", seq=16384, grid_order=True,
+             pattern=Permuted(Neighborhood((64, 64), 17), GridLayout((64, 64), (8, 8))),
+             fold=DilationFold((128, 128), (2, 2))),
         make("na3d blocked grid order bf16 D128", seq=16 * 48 * 48, grid_order=True,
              pattern=Permuted(Neighborhood((16, 48, 48), (4, 8, 8), stride=(4, 8, 8)),
                               GridLayout((16, 48, 48), (1, 8, 8)))),

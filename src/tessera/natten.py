@@ -23,7 +23,7 @@ import torch
 
 from .api import _build_call, _check_backend_name, _choose_backend, attention
 from .kernels import registry
-from .kernels.triton.masks import pattern_key
+from .kernels.triton.masks import DilationFold, pattern_key
 from .patterns.layout import DilationGroupOrder, GridLayout, Permuted, as_axes, choose_tile_shape, rows_box
 from .patterns.neighborhood import Neighborhood
 
@@ -79,11 +79,53 @@ def _group_plan(grid, kernel, dilation, stride, causal, device_type: str):
     return sub_pattern, order, pattern_key(sub_pattern)
 
 
+# Dilation groups addressed inside the Triton kernels (``masks.DilationFold``) instead of
+# gathering q, k, v into the groups' order and o back (4 + 4 gathers per forward and backward):
+# TESSERA_NATTEN_FOLD=0 turns it off.
+DILATION_FOLD_IN_KERNEL = os.environ.get("TESSERA_NATTEN_FOLD", "1") != "0"
+
+
+@functools.lru_cache(maxsize=32)
+def _dilation_fold(grid, dilation) -> DilationFold:
+    return DilationFold(grid, dilation)
+
+
+def _folded_run(q, k, v, pattern: Neighborhood, na_dim: int, backend: str, scale, return_lse: bool):
+    """``(o, lse)`` (grid-shaped, lse None unless ``return_lse``) of a dilated ``pattern`` whose
+    dilations divide the grid, run by the Triton kernels on the whole grid in its row-major
+    order, every dilation group at once (``DilationFold``); None when the call does not go to
+    the Triton backend, the groups' sub-grid has no tiled order, or the backend declines."""
+    _check_backend_name(backend)
+    wants_triton = backend == "triton" or (backend == "auto" and q.device.type == "cuda")
+    if not (DILATION_FOLD_IN_KERNEL and wants_triton and "triton" in registry.available_backends()):
+        return None
+    grid = pattern.grid
+    sub_pattern, _order, key = _group_plan(grid, pattern.kernel, pattern.dilation, pattern.stride,
+                                           pattern.causal, q.device.type)
+    if not isinstance(sub_pattern, Permuted):
+        return None
+    batch, n = q.shape[0], math.prod(grid)
+    flat = [t.reshape(batch, n, *t.shape[1 + na_dim:]) for t in (q, k, v)]
+    # The sub-pattern covers one group, not the call's length: it joins after the checks.
+    call, _ = _build_call(*flat, scale=scale, return_lse=return_lse)
+    call.pattern, call.pattern_key, call.grid_order = sub_pattern, key, True
+    call.dilation_fold = _dilation_fold(grid, pattern.dilation)
+    triton_backend = registry.get_backend("triton")
+    if triton_backend.supports(call) is not None:
+        return None
+    o, lse = triton_backend.run(call)
+    o = o.reshape(batch, *grid, *o.shape[2:])
+    return o, (lse.reshape(batch, lse.shape[1], *grid) if return_lse else None)
+
+
 def _per_dilation_group(q, k, v, pattern: Neighborhood, na_dim: int, backend: str, scale,
                         return_lse: bool):
     """``neighborhood_attention`` of a dilated ``pattern`` whose dilations divide the grid, run as
     the undilated neighborhood of every dilation group, batched (``dilation_groups``): one gather
     of q, k and v into the groups' tiled order (``DilationGroupOrder``) and one of o back."""
+    folded = _folded_run(q, k, v, pattern, na_dim, backend, scale, return_lse)
+    if folded is not None:
+        return folded if return_lse else folded[0]
     grid = pattern.grid
     sub_pattern, order, key = _group_plan(grid, pattern.kernel, pattern.dilation, pattern.stride,
                                           pattern.causal, q.device.type)

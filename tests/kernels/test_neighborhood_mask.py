@@ -319,6 +319,41 @@ else:
         finally:
             masks.clear_plan_cache()
 
+    @pytest.mark.parametrize("na_dim, grid, kernel, dilation, stride, causal, heads", [
+        (2, (16, 32), (3, 5), (2, 2), (1, 2), (False, True), 4),
+        (2, (16, 32), (3, 5), (2, 4), 1, False, 2),
+        (3, (4, 8, 16), (3, 3, 5), (1, 2, 2), 1, (True, False, False), 4),
+        (1, (256,), 7, 4, 2, True, 4),
+    ])
+    def test_interpreted_dilation_fold_against_float64(na_dim, grid, kernel, dilation, stride, causal,
+                                                       heads, monkeypatch):
+        # Dilation groups addressed in-kernel (natten's fold) on the whole grid in row-major order:
+        # o, lse and every gradient against the float64 definition (B = 2, GQA).
+        import tessera.natten as natten
+        monkeypatch.setattr(natten, "_resolve_layout",
+                            lambda layout, grid, kernel, dilation, stride, causal, device:
+                            natten._auto_layout(grid, kernel, dilation, stride, causal))
+        natten._group_plan.cache_clear()
+        folded = []
+        run = natten._folded_run
+        monkeypatch.setattr(natten, "_folded_run", lambda *a, **kw: folded.append(run(*a, **kw)) or folded[-1])
+        try:
+            fn = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}[na_dim]
+            exact = [torch.randn(2, *grid, h, 32, dtype=torch.float64) for h in (heads, 2, 2)]
+            leaves = [t.float().requires_grad_() for t in exact]
+            o, lse = fn(*leaves, kernel, dilation, stride, causal, backend="triton", return_lse=True)
+            assert folded and folded[-1] is not None, "the folded path did not run"
+            ref_leaves = [t.clone().requires_grad_() for t in exact]
+            ref, ref_lse = fn(*ref_leaves, kernel, dilation, stride, causal, layout="row-major",
+                              backend="reference", return_lse=True)
+            do = torch.randn_like(ref)
+            grads = torch.autograd.grad(o, leaves, do.float())
+            ref_grads = torch.autograd.grad(ref, ref_leaves, do)
+            for name, got, want in zip(("o", "lse", "dq", "dk", "dv"), (o, lse, *grads), (ref, ref_lse, *ref_grads)):
+                assert (got.double() - want).norm() / want.norm() < 1e-5, name
+        finally:
+            natten._group_plan.cache_clear()
+
     def test_interpreted_natten_grid_order_path_against_float64(monkeypatch):
         import tessera
         monkeypatch.setattr(tessera.natten, "GRID_ORDER_IN_KERNEL", True)
@@ -340,3 +375,20 @@ else:
         ref_grads = torch.autograd.grad(ref, leaves, do.double())
         for g, r in zip(grads, ref_grads):
             assert (g.double() - r).norm() / r.norm() < 1e-4
+
+
+def test_dilation_fold_rows_and_parameters():
+    """Each dilation group's first grid row, and the fold's kernel parameters after a plan's."""
+    fold = masks.DilationFold((4, 6), (2, 3))
+    assert fold.grid == (1, 4, 6) and fold.dilation == (1, 2, 3) and fold.groups == 6
+    assert fold.first_rows == [0, 1, 2, 6, 7, 8]
+    sub = _tiled(Neighborhood((2, 2), 1), (1, 2))
+    plan = masks.build_plan(sub, 4, 4, 32, 32, 1, CPU)
+    values, static = fold.params(plan)
+    assert values.tolist() == list(plan.na_values) + [1, 2, 3, 6, 0, 1, 2, 6, 7, 8]
+    assert static == plan.na_static | (1 << 23) and fold.params(plan)[0] is values
+    from tessera.kernels.triton import scoring
+    assert (scoring.NA_FOLD.value, scoring.NA_GROUPS.value) == (len(plan.na_values), len(plan.na_values) + 3)
+    assert scoring.NA_FOLDED.value == masks.NA_FOLDED_BIT
+    with pytest.raises(ValueError, match="must divide grid"):
+        masks.DilationFold((4, 6), (3, 3))

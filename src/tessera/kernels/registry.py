@@ -42,6 +42,9 @@ class AttentionCall:
         pattern_key: the pattern's cache identity (``kernels.triton.masks.pattern_key``) when the
             caller already has it (``tessera.natten`` builds its patterns once per signature);
             None: computed per call.
+        dilation_fold: with ``grid_order``, a ``kernels.triton.masks.DilationFold``: the pattern
+            is one dilation group's (its sub-grid), q, k, v hold the whole grid, and every group
+            runs at once. Only the Triton backend accepts it (``tessera.natten`` sets it).
     """
 
     q: torch.Tensor
@@ -61,6 +64,7 @@ class AttentionCall:
     deterministic: bool = False
     grid_order: bool = False
     pattern_key: object = None
+    dilation_fold: object = None
 
 
 # A backend: (call) -> (o [B, S_q, H_q, D_v] in q's dtype, lse float32 [B, H_q, S_q] or None).

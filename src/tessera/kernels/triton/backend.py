@@ -58,6 +58,14 @@ class _Spec:
     grid: Optional[tuple] = None        # RelativePosition token grid
     grid_order: bool = False            # AttentionCall.grid_order
     pattern_key: object = None          # masks.pattern_key(pattern), computed once per call
+    fold: object = None                 # AttentionCall.dilation_fold
+
+
+def _lengths(spec: _Spec, q, k) -> tuple[int, int]:
+    """``(S_q, S_k)`` of the attention problem: the tensors' lengths, or one dilation group's
+    under a fold (the tensors hold every group)."""
+    groups = spec.fold.groups if spec.fold is not None else 1
+    return q.shape[1] // groups, k.shape[1] // groups
 
 
 def supports(call: AttentionCall) -> Optional[str]:
@@ -99,6 +107,9 @@ def _grid_order_reason(call: AttentionCall) -> Optional[str]:
         return "grid-order calls take no bias and no cu_seqlens"
     if call.q.shape[1] != call.k.shape[1]:
         return f"grid-order calls need S_q == S_k, got {call.q.shape[1]} and {call.k.shape[1]}"
+    fold = call.dilation_fold
+    if fold is not None and call.q.shape[1] != math.prod(fold.grid):
+        return f"a dilation fold over grid {fold.grid} needs S = {math.prod(fold.grid)}, got {call.q.shape[1]}"
     if not _addressable_in_grid_order(call.pattern, call.pattern_key):
         return ("grid-order calls need a Neighborhood (at most 3 axes) in a GridLayout whose tiles "
                 f"divide the grid, got {call.pattern!r}")
@@ -171,19 +182,20 @@ def _configs(spec: _Spec, q, k, v):
     """The ``fwd``, ``dq`` and ``dkdv`` configs of a call, remembered per problem when the pattern
     key is value-based and no config is forced (``tuning.OVERRIDES``)."""
     dim = max(q.shape[-1], v.shape[-1])
+    q_len, k_len = _lengths(spec, q, k)
 
     def configs():
-        shape = None if spec.interpret else _mask_shape(spec.pattern, q.shape[1], k.shape[1], q.shape[2],
+        shape = None if spec.interpret else _mask_shape(spec.pattern, q_len, k_len, q.shape[2],
                                                         q.device, spec.pattern_key)
         return {name: kernel_config(name, dim, q.dtype, spec.interpret, shape) for name in ("fwd", "dq", "dkdv")}
     if tuning.OVERRIDES:
         return configs()
-    return remembered(_CONFIGS, spec.pattern_key, configs, q.shape[1], k.shape[1], q.shape[2], dim,
+    return remembered(_CONFIGS, spec.pattern_key, configs, q_len, k_len, q.shape[2], dim,
                       q.dtype, spec.interpret, q.device)
 
 
 def _plan(spec: _Spec, q, k, config):
-    return get_plan(spec.pattern, q.shape[1], k.shape[1], config.block_m, config.block_n,
+    return get_plan(spec.pattern, *_lengths(spec, q, k), config.block_m, config.block_n,
                     q.shape[2], q.device, spec.pattern_key)
 
 
@@ -240,7 +252,8 @@ def _forward(spec: _Spec, q, k, v, sinks, slopes, bias, u, w, table):
                                      config=config, softcap=spec.softcap, sinks=sinks,
                                      slopes=slopes, bias=bias, low_rank=_low_rank(u, w),
                                      rel_pos=_rel_pos(spec, table), sigmoid_bias=spec.sigmoid_bias,
-                                     precision=spec.precision, grid_order=spec.grid_order)
+                                     precision=spec.precision, grid_order=spec.grid_order,
+                                     fold=spec.fold)
         except OutOfResources as error:
             config = _shrink("fwd", original, config, variant, error)
 
@@ -291,7 +304,8 @@ class FlashAttention(torch.autograd.Function):
                     slopes=slopes, bias=bias, low_rank=_low_rank(u, w),
                     rel_pos=_rel_pos(spec, table), sigmoid_bias=spec.sigmoid_bias,
                     bias_grad=bias_grad, slope_grad=slope_grad, low_rank_grad=low_rank_grad,
-                    rel_pos_grad=table_grad, precision=spec.precision, grid_order=spec.grid_order)
+                    rel_pos_grad=table_grad, precision=spec.precision, grid_order=spec.grid_order,
+                    fold=spec.fold)
                 break
             except OutOfResources as error:
                 name = getattr(error, "kernel", "dq")
@@ -332,7 +346,8 @@ def _run_one(call: AttentionCall, q, k, v, bias_spec):
     grid = bias_spec.grid if isinstance(bias_spec, RelativePosition) else None
     key = call.pattern_key if call.pattern_key is not None else pattern_key(call.pattern)
     spec = _Spec(call.pattern, float(call.scale), call.softcap, sigmoid_bias,
-                 _precision(q.dtype, INTERPRETED), INTERPRETED, grid, call.grid_order, key)
+                 _precision(q.dtype, INTERPRETED), INTERPRETED, grid, call.grid_order, key,
+                 call.dilation_fold)
     slopes = bias_spec.slopes if isinstance(bias_spec, ALiBi) else None
     bias = bias_spec.tensor if isinstance(bias_spec, TensorBias) else None
     u = w = None

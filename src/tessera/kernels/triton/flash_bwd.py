@@ -29,7 +29,7 @@ from .launcher import Launcher
 from .program_ids import RUN_TIME_INTS, program_ids
 from .row_dot import row_dot
 from .schedule import col_launch, row_launch
-from .scoring import (INTERPRETED, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
+from .scoring import (INTERPRETED, fold_group, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
                       load_row_tiles, memory_rows, na_codes, na_key_windows, na_query_windows,
                       rel_pos_table_grad, rel_pos_tile, score_tile)
 
@@ -155,6 +155,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV, DW,
                    NA_STATIC: tl.constexpr, GRID_ORDER: tl.constexpr, SCHEDULED,
                    MAY_SCHEDULE: tl.constexpr):
     n, b, hk = program_ids(ORDER, REPS, ORDER_HEADS, H_KV, N_K_TILES, SCHEDULED, MAY_SCHEDULE, False)
+    b, first_row, groups = fold_group(b, NA, NA_STATIC)
 
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -164,10 +165,10 @@ def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV, DW,
     k_ok = k_pos < S_K
     k_mem = memory_rows(offs_n, n * BLOCK_N, NA, 1, NA_STATIC, GRID_ORDER).to(tl.int64)
 
-    k = tl.load(K + b.to(tl.int64) * s_kb + hk.to(tl.int64) * s_kh
+    k = tl.load(K + b.to(tl.int64) * s_kb + hk.to(tl.int64) * s_kh + first_row * s_ks
                 + k_mem[:, None] * s_ks + offs_d[None, :],
                 mask=k_ok[:, None] & (offs_d[None, :] < HEAD_D), other=0.0)
-    v = tl.load(V + b.to(tl.int64) * s_vb + hk.to(tl.int64) * s_vh
+    v = tl.load(V + b.to(tl.int64) * s_vb + hk.to(tl.int64) * s_vh + first_row * s_vs
                 + k_mem[:, None] * s_vs + offs_dv[None, :],
                 mask=k_ok[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
     dk = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
@@ -185,10 +186,10 @@ def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV, DW,
         h = hk * GROUP + g
         hm = h % MAP_HEADS
         row = hm * N_K_TILES + n
-        q_base = Q + b.to(tl.int64) * s_qb + h.to(tl.int64) * s_qh
-        do_base = DO + b.to(tl.int64) * s_dob + h.to(tl.int64) * s_doh
-        lse_base = LSE + (b * H_Q + h).to(tl.int64) * S_Q
-        delta_base = DELTA + (b * H_Q + h).to(tl.int64) * S_Q
+        q_base = Q + b.to(tl.int64) * s_qb + h.to(tl.int64) * s_qh + first_row * s_qs
+        do_base = DO + b.to(tl.int64) * s_dob + h.to(tl.int64) * s_doh + first_row * s_dos
+        lse_base = LSE + (b * H_Q + h).to(tl.int64) * (S_Q * groups) + first_row
+        delta_base = DELTA + (b * H_Q + h).to(tl.int64) * (S_Q * groups) + first_row
         slope = 0.0
         if ALIBI:
             slope = tl.load(SLOPES + h).to(tl.float32)
@@ -235,10 +236,10 @@ def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV, DW,
                      mask=k_ok[:, None])
 
     dk = dk * scale
-    tl.store(DK + b.to(tl.int64) * s_dkb + hk.to(tl.int64) * s_dkh
+    tl.store(DK + b.to(tl.int64) * s_dkb + hk.to(tl.int64) * s_dkh + first_row * s_dks
              + k_mem[:, None] * s_dks + offs_d[None, :],
              dk.to(DK.dtype.element_ty), mask=k_ok[:, None] & (offs_d[None, :] < HEAD_D))
-    tl.store(DV + b.to(tl.int64) * s_dvb + hk.to(tl.int64) * s_dvh
+    tl.store(DV + b.to(tl.int64) * s_dvb + hk.to(tl.int64) * s_dvh + first_row * s_dvs
              + k_mem[:, None] * s_dvs + offs_dv[None, :],
              dv.to(DV.dtype.element_ty), mask=k_ok[:, None] & (offs_dv[None, :] < HEAD_DV))
 
@@ -354,6 +355,7 @@ def _attn_bwd_dq(Q, K, V, DO, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, DU,
                  TILE_BANDS: tl.constexpr, NA_STATIC: tl.constexpr, GRID_ORDER: tl.constexpr,
                  SCHEDULED, MAY_SCHEDULE: tl.constexpr):
     m, b, h = program_ids(ORDER, REPS, ORDER_HEADS, H_Q, N_Q_TILES, SCHEDULED, MAY_SCHEDULE, True)
+    b, first_row, groups = fold_group(b, NA, NA_STATIC)
     bh = b * H_Q + h
     hk = h // GROUP
     hm = h % MAP_HEADS
@@ -367,21 +369,22 @@ def _attn_bwd_dq(Q, K, V, DO, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, DU,
     row_ok = q_row < S_Q
     q_mem = memory_rows(offs_m, m * BLOCK_M, NA, 0, NA_STATIC, GRID_ORDER).to(tl.int64)
 
-    q = tl.load(Q + b.to(tl.int64) * s_qb + h.to(tl.int64) * s_qh
+    q = tl.load(Q + b.to(tl.int64) * s_qb + h.to(tl.int64) * s_qh + first_row * s_qs
                 + q_mem[:, None] * s_qs + offs_d[None, :],
                 mask=row_ok[:, None] & (offs_d[None, :] < HEAD_D), other=0.0)
-    do = tl.load(DO + b.to(tl.int64) * s_dob + h.to(tl.int64) * s_doh
+    do = tl.load(DO + b.to(tl.int64) * s_dob + h.to(tl.int64) * s_doh + first_row * s_dos
                  + q_mem[:, None] * s_dos + offs_dv[None, :],
                  mask=row_ok[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
     lse2 = tl.zeros([BLOCK_M], dtype=tl.float32)
     delta = tl.zeros([BLOCK_M], dtype=tl.float32)
     if not SIGMOID:
-        lse = tl.load(LSE + bh.to(tl.int64) * S_Q + q_mem, mask=row_ok, other=float("inf"))
+        lse = tl.load(LSE + bh.to(tl.int64) * (S_Q * groups) + first_row + q_mem, mask=row_ok,
+                      other=float("inf"))
         lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
-        delta = tl.load(DELTA + bh.to(tl.int64) * S_Q + q_mem, mask=row_ok, other=0.0)
+        delta = tl.load(DELTA + bh.to(tl.int64) * (S_Q * groups) + first_row + q_mem, mask=row_ok, other=0.0)
 
-    k_base = K + b.to(tl.int64) * s_kb + hk.to(tl.int64) * s_kh
-    v_base = V + b.to(tl.int64) * s_vb + hk.to(tl.int64) * s_vh
+    k_base = K + b.to(tl.int64) * s_kb + hk.to(tl.int64) * s_kh + first_row * s_ks
+    v_base = V + b.to(tl.int64) * s_vb + hk.to(tl.int64) * s_vh + first_row * s_vs
     slope = 0.0
     if ALIBI:
         slope = tl.load(SLOPES + h).to(tl.float32)
@@ -442,7 +445,7 @@ def _attn_bwd_dq(Q, K, V, DO, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, DU,
                            REL_POS_GRAD, SIGMOID, BIAS_GRAD, SLOPE_GRAD, PRECISION, USE_TMA,
                            TILE_BANDS, NA_STATIC, GRID_ORDER)
     dq = dq * scale
-    tl.store(DQ + b.to(tl.int64) * s_dqb + h.to(tl.int64) * s_dqh
+    tl.store(DQ + b.to(tl.int64) * s_dqb + h.to(tl.int64) * s_dqh + first_row * s_dqs
              + q_mem[:, None] * s_dqs + offs_d[None, :],
              dq.to(DQ.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_D))
     if SLOPE_GRAD:
@@ -470,7 +473,7 @@ def _named_launch(launch, name: str):
 def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config, dkdv_config,
              softcap=None, slopes=None, bias=None, low_rank=None, rel_pos=None, sigmoid_bias=None,
              bias_grad: bool = False, slope_grad: bool = False, low_rank_grad: bool = False,
-             rel_pos_grad: bool = False, precision: str = "ieee", grid_order: bool = False):
+             rel_pos_grad: bool = False, precision: str = "ieee", grid_order: bool = False, fold=None):
     """Launch the backward kernels.
 
     ``dq_plan`` is used by the dq kernel (its query-tile lists), ``dkdv_plan`` by the dk/dv kernel
@@ -484,10 +487,18 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
     ``[H_q, prod(2g - 1)]`` (per-(batch, head, query tile) partial sums written by the dq kernel,
     summed here; their buffer holds ``B * H_q * n_q_tiles * prod(2g - 1)`` floats), else None.
     ``grid_order``: tensors in grid order, positions tiled, as in ``flash_fwd.forward`` (no
-    bias, low-rank or relative-position terms with it).
+    bias, low-rank or relative-position terms with it); ``fold``: a ``masks.DilationFold``, as
+    there.
     """
     batch, q_len, heads, dim = q.shape
     k_len, kv_heads, dim_v = k.shape[1], k.shape[2], v.shape[3]
+    groups = 1
+    dq_na, dq_static = dq_plan.na_params, dq_plan.na_static
+    dkdv_na, dkdv_static = dkdv_plan.na_params, dkdv_plan.na_static
+    if fold is not None:
+        q_len, k_len, groups = dq_plan.q_len, dq_plan.k_len, fold.groups
+        dq_na, dq_static = fold.params(dq_plan)
+        dkdv_na, dkdv_static = fold.params(dkdv_plan)
     sigmoid = sigmoid_bias is not None
     device = q.device
     if sigmoid:
@@ -496,8 +507,8 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
     else:
         delta = row_dot(o, do)
     dq = torch.empty_like(q)
-    dk = torch.empty(batch, k_len, kv_heads, dim, dtype=k.dtype, device=device)
-    dv = torch.empty(batch, k_len, kv_heads, dim_v, dtype=v.dtype, device=device)
+    dk = torch.empty(batch, k.shape[1], kv_heads, dim, dtype=k.dtype, device=device)
+    dv = torch.empty(batch, k.shape[1], kv_heads, dim_v, dtype=v.dtype, device=device)
     dummy = delta
     bias_strides = broadcast_strides(bias) if bias is not None else (0, 0, 0, 0)
     dbias = torch.zeros(batch, heads, q_len, k_len, dtype=torch.float32, device=device) if bias_grad else None
@@ -534,12 +545,12 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
     sig_bias2 = (sigmoid_bias if sigmoid else 0.0) * LOG2E
 
     cols = dkdv_plan.cols
-    q_desc, do_desc, dkdv_tma = row_operands(q, do, dkdv_plan, dkdv_plan.block_m, grid_order)
-    col_order = col_launch(dkdv_plan, batch, kv_heads)
+    q_desc, do_desc, dkdv_tma = row_operands(q, do, dkdv_plan, dkdv_plan.block_m, grid_order, fold)
+    col_order = col_launch(dkdv_plan, batch * groups, kv_heads)
     launch_dkdv = _named_launch(_DKDV[col_order.grid], "dkdv")
     rows = dq_plan.rows
-    k_desc, v_desc, dq_tma = row_operands(k, v, dq_plan, dq_plan.block_n, grid_order)
-    row_order = row_launch(dq_plan, batch, heads)
+    k_desc, v_desc, dq_tma = row_operands(k, v, dq_plan, dq_plan.block_n, grid_order, fold)
+    row_order = row_launch(dq_plan, batch * groups, heads)
     launch_dq = _named_launch(_DQ[row_order.grid], "dq")
     # Arguments both kernels take in the same place: the score terms' tensors and q, k, v, do strides.
     score_terms = (slopes if slopes is not None else dummy, bias if bias is not None else dummy, *factors[:2],
@@ -550,7 +561,7 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
         launch_dkdv(
             q, k, v, do, q_desc, do_desc, lse, delta, dk, dv, dw if dw is not None else dummy,
             cols.full_count, cols.full_index, cols.part_count, cols.part_index, cols.part_bits,
-            dkdv_plan.bits, dkdv_plan.tile_band, dkdv_plan.na_params,
+            dkdv_plan.bits, dkdv_plan.tile_band, dkdv_na,
             col_order.order, col_order.reps, col_order.heads, *score_terms,
             *input_strides,
             dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
@@ -559,7 +570,7 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
             cols.full_width, cols.part_width,
             *variant_args, dkdv_plan.band_lo, dkdv_plan.band_hi, sig_bias2,
             BLOCK_M=dkdv_plan.block_m, BLOCK_N=dkdv_plan.block_n, MASK_MODE=dkdv_plan.mask_mode,
-            USE_TMA=dkdv_tma, TILE_BANDS=dkdv_plan.bands_per_tile, NA_STATIC=dkdv_plan.na_static,
+            USE_TMA=dkdv_tma, TILE_BANDS=dkdv_plan.bands_per_tile, NA_STATIC=dkdv_static,
             GRID_ORDER=grid_order, SCHEDULED=col_order.scheduled, MAY_SCHEDULE=col_order.may_schedule,
             num_warps=dkdv_config.num_warps, num_stages=dkdv_config.num_stages, stream=side, **common,
         )
@@ -568,7 +579,7 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
             dslope if dslope is not None else dummy, du if du is not None else dummy,
             dtable if dtable is not None else dummy,
             rows.full_count, rows.full_index, rows.part_count, rows.part_index, rows.part_bits,
-            dq_plan.bits, dq_plan.tile_band, dq_plan.na_params,
+            dq_plan.bits, dq_plan.tile_band, dq_na,
             row_order.order, row_order.reps, row_order.heads, *score_terms,
             *input_strides,
             dq.stride(0), dq.stride(1), dq.stride(2),
@@ -578,7 +589,7 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
             *variant_args, dq_plan.band_lo, dq_plan.band_hi, sig_bias2,
             BLOCK_M=dq_plan.block_m, BLOCK_N=dq_plan.block_n, MASK_MODE=dq_plan.mask_mode,
             BIAS_GRAD=bias_grad, SLOPE_GRAD=slope_grad, REL_POS_GRAD=rel_pos_grad, USE_TMA=dq_tma,
-            TILE_BANDS=dq_plan.bands_per_tile, NA_STATIC=dq_plan.na_static,
+            TILE_BANDS=dq_plan.bands_per_tile, NA_STATIC=dq_static,
             GRID_ORDER=grid_order, SCHEDULED=row_order.scheduled, MAY_SCHEDULE=row_order.may_schedule,
             num_warps=dq_config.num_warps, num_stages=dq_config.num_stages, **common,
         )

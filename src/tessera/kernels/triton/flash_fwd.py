@@ -30,7 +30,7 @@ from .host_math import padded_width
 from .launcher import Launcher
 from .program_ids import RUN_TIME_INTS, program_ids
 from .schedule import row_launch
-from .scoring import (INTERPRETED, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
+from .scoring import (INTERPRETED, fold_group, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
                       load_row_tiles, memory_rows, na_codes, na_query_windows, rel_pos_tile,
                       score_tile)
 
@@ -139,6 +139,7 @@ def _attn_fwd(Q, K, V, K_DESC, V_DESC, O, LSE,
               NA_STATIC: tl.constexpr, GRID_ORDER: tl.constexpr, SCHEDULED,
               MAY_SCHEDULE: tl.constexpr):
     m, b, h = program_ids(ORDER, REPS, ORDER_HEADS, H_Q, N_Q_TILES, SCHEDULED, MAY_SCHEDULE, True)
+    b, first_row, groups = fold_group(b, NA, NA_STATIC)
     bh = b * H_Q + h
     hk = h // GROUP
     hm = h % MAP_HEADS
@@ -150,9 +151,9 @@ def _attn_fwd(Q, K, V, K_DESC, V_DESC, O, LSE,
     q_row = m * BLOCK_M + offs_m
     q_pos = q_row + (S_K - S_Q)
 
-    q_base = Q + b.to(tl.int64) * s_qb + h.to(tl.int64) * s_qh
-    k_base = K + b.to(tl.int64) * s_kb + hk.to(tl.int64) * s_kh
-    v_base = V + b.to(tl.int64) * s_vb + hk.to(tl.int64) * s_vh
+    q_base = Q + b.to(tl.int64) * s_qb + h.to(tl.int64) * s_qh + first_row * s_qs
+    k_base = K + b.to(tl.int64) * s_kb + hk.to(tl.int64) * s_kh + first_row * s_ks
+    v_base = V + b.to(tl.int64) * s_vb + hk.to(tl.int64) * s_vh + first_row * s_vs
     q_mem = memory_rows(offs_m, m * BLOCK_M, NA, 0, NA_STATIC, GRID_ORDER).to(tl.int64)
     q = tl.load(q_base + q_mem[:, None] * s_qs + offs_d[None, :],
                 mask=(q_row[:, None] < S_Q) & (offs_d[None, :] < HEAD_D), other=0.0)
@@ -209,7 +210,7 @@ def _attn_fwd(Q, K, V, K_DESC, V_DESC, O, LSE,
                                SOFTCAP, ALIBI, TENSOR_BIAS, LOW_RANK, REL_POS, SIGMOID, PRECISION,
                                USE_TMA, TILE_BANDS, NA_STATIC, GRID_ORDER)
 
-    o_base = O + b.to(tl.int64) * s_ob + h.to(tl.int64) * s_oh
+    o_base = O + b.to(tl.int64) * s_ob + h.to(tl.int64) * s_oh + first_row * s_os
     o_ptrs = o_base + q_mem[:, None] * s_os + offs_dv[None, :]
     o_mask = (q_row[:, None] < S_Q) & (offs_dv[None, :] < HEAD_DV)
     if SIGMOID:
@@ -227,7 +228,7 @@ def _attn_fwd(Q, K, V, K_DESC, V_DESC, O, LSE,
         o = acc / l_safe[:, None]
         lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) * 0.6931471805599453)
         tl.store(o_ptrs, o.to(O.dtype.element_ty), mask=o_mask)
-        tl.store(LSE + bh.to(tl.int64) * S_Q + q_mem, lse, mask=q_row < S_Q)
+        tl.store(LSE + bh.to(tl.int64) * (S_Q * groups) + first_row + q_mem, lse, mask=q_row < S_Q)
 
 
 LOG2E = 1.4426950408889634
@@ -310,9 +311,12 @@ def row_descriptors(a: torch.Tensor, b: torch.Tensor, plan, block: int, grid_ord
     return (None, None) if None in descs else tuple(descs)
 
 
-def row_operands(a: torch.Tensor, b: torch.Tensor, plan, block: int, grid_order: bool):
+def row_operands(a: torch.Tensor, b: torch.Tensor, plan, block: int, grid_order: bool, fold=None):
     """``(a', b', use_tma)``: the kernel operands for ``a``, ``b`` (``row_descriptors``): their
-    tensor descriptors and True, or ``a``, ``b`` themselves and False."""
+    tensor descriptors and True, or ``a``, ``b`` themselves and False (always under a dilation
+    ``fold``: a group's tile is a strided box of the grid, which no descriptor here describes)."""
+    if fold is not None:
+        return a, b, False
     descs = row_descriptors(a, b, plan, block, grid_order)
     return (*descs, True) if descs[0] is not None else (a, b, False)
 
@@ -354,7 +358,7 @@ _FWD = Launcher(_attn_fwd)
 
 def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, slopes=None,
             bias=None, low_rank=None, rel_pos=None, sigmoid_bias=None, precision: str = "ieee",
-            grid_order: bool = False):
+            grid_order: bool = False, fold=None):
     """Launch the forward kernel.
 
     Args:
@@ -369,25 +373,31 @@ def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, sl
         grid_order: q, k, v, o and lse rows are in the grid's row-major order while the plan's
         positions follow its tiled token order (an N-D neighborhood plan with its parameters:
         ``plan.na_params``); the kernel addresses memory through that map.
+        fold: a ``masks.DilationFold`` (with ``grid_order``): q, k, v hold the whole grid, the
+        plan is one dilation group's, and the kernel runs every group (pointer loads).
     Returns:
         o ``[B, S_q, H_q, D_v]`` (q's dtype), lse float32 ``[B, H_q, S_q]`` (None for sigmoid).
     """
-    batch, q_len, heads, dim = q.shape
-    k_len, kv_heads, dim_v = k.shape[1], k.shape[2], v.shape[3]
+    batch, rows, heads, dim = q.shape
+    q_len, k_len, kv_heads, dim_v = rows, k.shape[1], k.shape[2], v.shape[3]
     sigmoid = sigmoid_bias is not None
-    o = torch.empty(batch, q_len, heads, dim_v, dtype=q.dtype, device=q.device)
-    lse = torch.empty(batch, heads, q_len, dtype=torch.float32, device=q.device)
+    o = torch.empty(batch, rows, heads, dim_v, dtype=q.dtype, device=q.device)
+    lse = torch.empty(batch, heads, rows, dtype=torch.float32, device=q.device)
+    na_params, na_static, groups = plan.na_params, plan.na_static, 1
+    if fold is not None:
+        q_len, k_len, groups = plan.q_len, plan.k_len, fold.groups
+        na_params, na_static = fold.params(plan)
     dummy = lse
     bias_strides = broadcast_strides(bias) if bias is not None else (0, 0, 0, 0)
     factors = low_rank_args(low_rank, dummy)
     table_args = rel_pos_args(rel_pos, dummy)
     rows = plan.rows
-    launch = row_launch(plan, batch, heads)
-    k_desc, v_desc, use_tma = row_operands(k, v, plan, plan.block_n, grid_order)
+    launch = row_launch(plan, batch * groups, heads)
+    k_desc, v_desc, use_tma = row_operands(k, v, plan, plan.block_n, grid_order, fold)
     _FWD[launch.grid](
         q, k, v, k_desc, v_desc, o, lse,
         rows.full_count, rows.full_index, rows.part_count, rows.part_index, rows.part_bits, plan.bits,
-        plan.tile_band, plan.na_params, launch.order, launch.reps, launch.heads,
+        plan.tile_band, na_params, launch.order, launch.reps, launch.heads,
         sinks if sinks is not None else dummy,
         slopes if slopes is not None else dummy, bias if bias is not None else dummy,
         *factors[:2], table_args[0],
@@ -404,7 +414,7 @@ def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, sl
         ALIBI=slopes is not None, TENSOR_BIAS=bias is not None, LOW_RANK=low_rank is not None,
         R_PAD=rank_pad(factors[-1]), REL_POS=rel_pos is not None, SIGMOID=sigmoid,
         PRECISION=precision, USE_TMA=use_tma, TILE_BANDS=plan.bands_per_tile,
-        NA_STATIC=plan.na_static, GRID_ORDER=grid_order, SCHEDULED=launch.scheduled,
+        NA_STATIC=na_static, GRID_ORDER=grid_order, SCHEDULED=launch.scheduled,
         MAY_SCHEDULE=launch.may_schedule, num_warps=config.num_warps,
         num_stages=config.num_stages,
     )

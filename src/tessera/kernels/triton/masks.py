@@ -289,6 +289,47 @@ def neighborhood_params(pattern: Optional[Pattern], block_m: int,
     return [v for name in NA_FIELD_NAMES for v in fields[name]] + aligned + [int(dilated)]
 
 
+NA_FOLDED_BIT = 1 << 23    # scoring.NA_FOLDED
+
+
+class DilationFold:
+    """A dilated neighborhood run as the undilated neighborhood of one dilation group (the plan's
+    pattern, over the sub-grid), for every group at once, on q, k, v, o in the whole grid's
+    row-major order (scoring.NA_FOLDED; ``tessera.natten.dilation_groups``): the kernels' batch
+    entries are ``batch * groups + group`` and each group's rows are its sub-grid coordinates
+    times the dilations, from the group's first row.
+
+    grid: the whole grid (1-3 axes); dilation: per axis, each dividing its axis."""
+
+    def __init__(self, grid: tuple, dilation: tuple):
+        pad = 3 - len(grid)
+        self.grid = (1,) * pad + tuple(grid)
+        self.dilation = (1,) * pad + tuple(dilation)
+        if any(g % d for g, d in zip(self.grid, self.dilation)):
+            raise ValueError(f"dilation {dilation} must divide grid {grid}")
+        self.groups = math.prod(self.dilation)
+        d0, d1, d2 = self.dilation
+        _, g1, g2 = self.grid
+        self.first_rows = [(r0 * g1 + r1) * g2 + r2 for r0 in range(d0) for r1 in range(d1)
+                           for r2 in range(d2)]
+        self._params: dict = {}
+
+    def params(self, plan: "KernelPlan") -> tuple[torch.Tensor, int]:
+        """``(NA, NA_STATIC)`` of ``plan``'s kernels under this fold: its neighborhood values, the
+        dilations, the group count and the groups' first rows (built once per plan)."""
+        hit = self._params.get(id(plan))
+        if hit is None or hit[0] is not plan:
+            if not plan.na_values:
+                raise ValueError("a dilation fold needs a plan with neighborhood parameters")
+            values = list(plan.na_values) + list(self.dilation) + [self.groups] + self.first_rows
+            tensor = torch.tensor(values, dtype=torch.int32, device=plan.na_params.device)
+            hit = self._params[id(plan)] = (plan, tensor, plan.na_static | NA_FOLDED_BIT)
+        return hit[1], hit[2]
+
+    def __repr__(self) -> str:
+        return f"DilationFold(grid={self.grid}, dilation={self.dilation})"
+
+
 def neighborhood_switches(params: list[int], exact: bool = False) -> int:
     """The kernels' constexpr ``NA_STATIC`` of ``neighborhood_params`` values (scoring.py): the two
     aligned flags (bits 0 and 1), bit 2 when some dilation, bit 3 when some stride exceeds 1, bit 4

@@ -115,6 +115,12 @@ NA_SHIFT = tl.constexpr(7)
 NA_FIELDS = 8
 NA_ALIGNED = tl.constexpr(24)
 NA_DILATED = tl.constexpr(26)
+# Dilation-group folding (``NA_FOLDED``, masks.folded_params): an undilated neighborhood over the
+# sub-grid of one dilation group, run for every group at once on tensors of the whole grid in its
+# row-major order. After the flags: the dilations (axis 0, 1, 2) at NA_FOLD, the number of
+# groups at NA_GROUPS, then each group's first grid row.
+NA_FOLD = tl.constexpr(27)
+NA_GROUPS = tl.constexpr(30)
 
 # Compile-time switches of the neighborhood mask, the constexpr ``NA_STATIC`` of the kernels
 # (masks.neighborhood_switches packs them): bit ``side`` (NA_QUERY_ALIGNED, NA_KEY_ALIGNED) as the
@@ -131,6 +137,7 @@ NA_ANY_CAUSAL = tl.constexpr(16)
 NA_AXES_UNIT = tl.constexpr(32)
 NA_SHIFT_UNIT = tl.constexpr(128)
 NA_EXACT = tl.constexpr(1 << 22)
+NA_FOLDED = tl.constexpr(1 << 23)
 
 
 @triton.jit
@@ -338,10 +345,34 @@ def memory_rows(offs, first, NA, side: tl.constexpr, NA_STATIC: tl.constexpr,
     bounds masks hide."""
     if GRID_ORDER:
         c0, c1, c2 = na_coords(offs, first, NA, side, NA_STATIC)
-        rows = (c0 * na_param(NA, NA_GRID, 1) + c1) * na_param(NA, NA_GRID, 2) + c2
+        if NA_FOLDED & NA_STATIC:
+            # Sub-grid coordinates of one dilation group: the group's first row (added by the
+            # caller) plus each coordinate times its dilation, in the whole grid.
+            d1 = tl.load(NA + NA_FOLD + 1)
+            d2 = tl.load(NA + NA_FOLD + 2)
+            g1 = na_param(NA, NA_GRID, 1) * d1
+            g2 = na_param(NA, NA_GRID, 2) * d2
+            rows = ((c0 * tl.load(NA + NA_FOLD)) * g1 + c1 * d1) * g2 + c2 * d2
+        else:
+            rows = (c0 * na_param(NA, NA_GRID, 1) + c1) * na_param(NA, NA_GRID, 2) + c2
     else:
         rows = first + offs
     return rows
+
+
+@triton.jit
+def fold_group(b, NA, NA_STATIC: tl.constexpr):
+    """``(b, first_row, groups)`` of a program on batch entry ``b`` of a folded call
+    (``NA_FOLDED``: entries are ``batch * groups + group``): the batch, the group's first grid
+    row and the number of groups; ``(b, 0, 1)`` otherwise."""
+    first_row = tl.zeros([], dtype=tl.int64)
+    groups = 1
+    if NA_FOLDED & NA_STATIC:
+        groups = tl.load(NA + NA_GROUPS)
+        group = b % groups
+        b = b // groups
+        first_row = tl.load(NA + NA_GROUPS + 1 + group).to(tl.int64)
+    return b, first_row, groups
 
 
 @triton.jit
