@@ -2,7 +2,7 @@
 profiler) of the forward, dq and dk/dv kernels at each candidate configuration, on the benchmark
 cases of the kernel issue. GPU only.
 
-    python benchmarks/gpu_config_sweep.py --out DIR [--cases window1024 power ...] [--kernels fwd dq dkdv]
+    python benchmarks/gpu_config_sweep.py --out DIR [--cases window1024 power ...] [--kernels fwd dq dkdv] [--small]
 
 The N-D cases (``na2d-k17``, ``na3d-k5x13x13``, ``na3d-blocked``) run in grid order through the tiled
 layout ``tessera.natten`` picks.
@@ -57,12 +57,17 @@ CASES = {
     # in 3-D), for 25% / 15% more masked keys; the 64-row forward moves about 4.5-5 TB/s of K/V.
     "na2d-k17-t16x8": (16384, lambda s: _tiled_neighborhood((128, 128), (17, 17), tile=(16, 8))),
     "na3d-k5x13x13-t2x8x8": (36864, lambda s: _tiled_neighborhood((16, 48, 48), (5, 13, 13), tile=(2, 8, 8))),
+    # The same 64-row (1, 8, 8) kernel tiles as the auto layout, visited t-block by t-block: only
+    # the order of the tiles (which programs run side by side) differs.
+    "na3d-k5x13x13-t4x8x8": (36864, lambda s: _tiled_neighborhood((16, 48, 48), (5, 13, 13), tile=(4, 8, 8))),
+    "na3d-k5x13x13-t16x8x8": (36864, lambda s: _tiled_neighborhood((16, 48, 48), (5, 13, 13), tile=(16, 8, 8))),
 }
-GRID_ORDER_CASES = {"na2d-k17", "na3d-k5x13x13", "na3d-blocked", "na2d-k17-t16x8", "na3d-k5x13x13-t2x8x8"}
+GRID_ORDER_CASES = {name for name in CASES if name.startswith("na")}
 
 CONFIGS = {
     "fwd": [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3),
-            (64, 64, 4, 2), (64, 128, 4, 3), (128, 64, 8, 2), (64, 128, 4, 2), (64, 32, 4, 3)],
+            (64, 64, 4, 2), (64, 128, 4, 3), (128, 64, 8, 2), (64, 128, 4, 2), (64, 32, 4, 3),
+            (64, 64, 8, 2), (64, 64, 8, 3)],
     "dq": [(128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (64, 64, 4, 2),
            (64, 128, 4, 2), (128, 64, 4, 2)],
     "dkdv": [(64, 128, 8, 2), (64, 128, 8, 3), (64, 64, 4, 3), (64, 128, 4, 3), (32, 64, 4, 3),
@@ -97,7 +102,11 @@ def main() -> None:
     parser.add_argument("--cases", nargs="*", default=list(CASES))
     parser.add_argument("--kernels", nargs="*", default=list(CONFIGS))
     parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--small", action="store_true",
+                        help="only configs of at most 64 x 64 tiles (the N-D neighborhoods' range)")
     args = parser.parse_args()
+    configs_of = {kernel: [c for c in configs if not args.small or c[0] * c[1] <= 64 * 64]
+                  for kernel, configs in CONFIGS.items()}
     H, D = 16, 128
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "heads": H, "dim": D, "rows": []}
@@ -116,11 +125,11 @@ def main() -> None:
             o.backward(do)
             q.grad = k.grad = v.grad = None
 
-        width = max(len(CONFIGS[kernel]) for kernel in args.kernels)
+        width = max(len(configs_of[kernel]) for kernel in args.kernels)
         for i in range(width):
             tuning.OVERRIDES.clear()
             for kernel in args.kernels:
-                configs = CONFIGS[kernel]
+                configs = configs_of[kernel]
                 tuning.OVERRIDES[kernel] = KernelConfig(*configs[i % len(configs)])
             try:
                 times = per_kernel_ms(step, args.iters)

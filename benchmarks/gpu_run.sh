@@ -75,9 +75,9 @@ for step in $steps; do
                       2>&1 | tee "$OUT/natten-profile.log" || status=1 ;;
     natten-configs)
       # Forward, dq and dk/dv kernel configurations on the N-D neighborhoods in grid order
-      # (NATTEN_SWEEP_CASES: gpu_config_sweep.py case names).
+      # (NATTEN_SWEEP_CASES: gpu_config_sweep.py case names; NATTEN_SWEEP_ARGS: e.g. --small).
       timeout "${TESSERA_NATTEN_TIMEOUT:-300}" python3 benchmarks/gpu_config_sweep.py --out "$OUT" \
-        --cases ${NATTEN_SWEEP_CASES:-na2d-k17 na3d-k5x13x13 na3d-blocked} 2>&1 | tee "$OUT/natten-configs.log" || status=1 ;;
+        --cases ${NATTEN_SWEEP_CASES:-na2d-k17 na3d-k5x13x13 na3d-blocked} ${NATTEN_SWEEP_ARGS:-} 2>&1 | tee "$OUT/natten-configs.log" || status=1 ;;
     natten-reorder)
       timeout 200 python3 -m pytest -m gpu -q -p no:cacheprovider tests/kernels/test_flash_gpu.py -k grid_order \
         2>&1 | tee "$OUT/gpu-tests-grid-order.log" || status=1

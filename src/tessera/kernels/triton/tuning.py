@@ -73,23 +73,26 @@ RAGGED_PARTIAL_FRACTION = 0.05
 #        4, 3) 5.86); (32, 64, 4, 3) on ragged band-masked maps (window 0.657 vs 0.712); (64, 64,
 #        4, 3) on the rest, including maps without partial tiles (random 10% 0.855 vs 0.962,
 #        strided 3.53 vs 4.19, Power 1.02 vs 1.63).
-#   dkdv on N-D neighborhoods (sm_90 compile counts, na2d 128 x 128 kernel 17 in (8, 8) tiles):
-#        (64, 64, 4, 3) spills in both tile loops and needs 129 KB of shared memory (one program
-#        per SM); (32, 64, 4, 3) does not spill, needs 80 KB (two programs per SM) and issues
-#        about as many instructions per 64 x 64 block. With it (and the mask's compile-time
-#        switches) 2-D k17 fwd+bwd went from 4.02 to 1.67 ms (results/2026-11-22-h100-natten.json).
-#   fwd on N-D neighborhoods (H200, grid order, results/tuning/2026-11-30-h200-natten-config-sweep.json):
-#        (64, 64, 4, 3) beat (64, 64, 4, 2) on 3-D 5 x 13 x 13 (2.16 vs 2.43 ms) and 2-D 17 x 17
-#        (0.274 vs 0.283); 128-row and 4-warp 128-key tiles were 1.5-12x slower.
+#   dkdv on N-D neighborhoods before the additive window penalty (sm_90 compile counts, na2d
+#        128 x 128 kernel 17 in (8, 8) tiles): (64, 64, 4, 3) spilled in both tile loops and
+#        needed 129 KB of shared memory; (32, 64, 4, 3) did not (2-D k17 fwd+bwd 4.02 -> 1.67 ms,
+#        results/2026-11-22-h100-natten.json).
+#   N-D neighborhoods since the additive window penalty (H200, grid order,
+#        results/tuning/2026-11-30-h200-natten-config-sweep-64-row-3d.json, 3-D 5 x 13 x 13 in
+#        four tile orders, and -128-token-layouts.json): fwd (64, 64, 4, 2) 2.04-2.07 ms against
+#        (64, 64, 4, 3) 2.09-2.12, (64, 32, 4, 3) 2.29, 8 warps 4.7-4.9, 128-row tiles >= 2.35
+#        (2-D: 0.270 for both 64 x 64 choices); dkdv (64, 64, 4, 3) 3.68-3.73 against (32, 64, 4,
+#        3) 4.02-4.08 (2-D 0.507 vs 0.514). Before the penalty, (64, 64, 4, 3) dkdv spilled and
+#        took 5.6 ms, and the 3-stage forward led.
 def _masked_config(kernel: str, shape: MaskShape) -> KernelConfig:
     if kernel == "fwd":
         if shape.neighborhood and shape.partial_fraction > 0:
-            return KernelConfig(64, 64, 4, 3)
+            return KernelConfig(64, 64, 4, 2)
         return KernelConfig(64, 64, 4, 2) if shape.ragged else KernelConfig(128, 128, 8, 3)
     if kernel == "dq":
         return KernelConfig(64, 64, 4, 2)
     if shape.neighborhood and shape.partial_fraction > 0:
-        return KernelConfig(32, 64, 4, 3)
+        return KernelConfig(64, 64, 4, 3)
     if shape.band_only and shape.partial_fraction > 0:
         return KernelConfig(32, 64, 4, 3) if shape.ragged else KernelConfig(64, 128, 8, 2)
     return KernelConfig(64, 64, 4, 3)
