@@ -325,11 +325,21 @@ else:
         (3, (4, 8, 16), (3, 3, 5), (1, 2, 2), 1, (True, False, False), 4),
         (1, (256,), 7, 4, 2, True, 4),
     ])
+    @pytest.mark.parametrize("bulk_copies", [False, True])
     def test_interpreted_dilation_fold_against_float64(na_dim, grid, kernel, dilation, stride, causal,
-                                                       heads, monkeypatch):
+                                                       heads, bulk_copies, monkeypatch):
         # Dilation groups addressed in-kernel (natten's fold) on the whole grid in row-major order:
-        # o, lse and every gradient against the float64 definition (B = 2, GQA).
+        # o, lse and every gradient against the float64 definition (B = 2, GQA). bulk_copies: the
+        # tiles the kernels read by bulk copies come through fold descriptors (Hopper's path; the
+        # interpreter emulates them), which every case here has a view for.
         import tessera.natten as natten
+        from tessera.kernels.triton import flash_fwd
+        views = []
+        if bulk_copies:
+            monkeypatch.setattr(flash_fwd, "tma_ok", lambda a, b, block: True)
+            describe = flash_fwd.fold_descriptor
+            monkeypatch.setattr(flash_fwd, "fold_descriptor",
+                                lambda *a: views.append(describe(*a)) or views[-1])
         monkeypatch.setattr(natten, "_resolve_layout",
                             lambda layout, grid, kernel, dilation, stride, causal, device:
                             natten._auto_layout(grid, kernel, dilation, stride, causal))
@@ -346,11 +356,13 @@ else:
             ref_leaves = [t.clone().requires_grad_() for t in exact]
             ref, ref_lse = fn(*ref_leaves, kernel, dilation, stride, causal, layout="row-major",
                               backend="reference", return_lse=True)
-            do = torch.randn_like(ref)
+            do = torch.randn(ref.shape, dtype=ref.dtype)  # row-major, as bulk copies need
             grads = torch.autograd.grad(o, leaves, do.float())
             ref_grads = torch.autograd.grad(ref, ref_leaves, do)
             for name, got, want in zip(("o", "lse", "dq", "dk", "dv"), (o, lse, *grads), (ref, ref_lse, *ref_grads)):
                 assert (got.double() - want).norm() / want.norm() < 1e-5, name
+            # k, v forward; q, do and k, v backward: six views, none refused.
+            assert not bulk_copies or (len(views) >= 6 and None not in views), [v is None for v in views]
         finally:
             natten._group_plan.cache_clear()
 
@@ -375,6 +387,25 @@ else:
         ref_grads = torch.autograd.grad(ref, leaves, do.double())
         for g, r in zip(grads, ref_grads):
             assert (g.double() - r).norm() / r.norm() < 1e-4
+
+
+def test_fold_descriptor_views_and_refusals():
+    """The dilation-group view of a row-major [B, S, H, D] tensor: each group's box lands on that
+    group's grid rows; no view where axis 0 is dilated, the tile is deeper than one along it, the
+    head dim is padded, or heads and D are not contiguous."""
+    from tessera.kernels.triton.flash_fwd import fold_descriptor
+    fold = masks.DilationFold((8, 12), (2, 3))
+    t = torch.arange(2 * 96 * 3 * 16, dtype=torch.float32).view(2, 96, 3, 16)
+    desc = fold_descriptor(t, fold, (1, 2, 4), 16)
+    assert desc.shape == [2 * 4, 2, 4, 3, 48] and desc.block_shape == [2, 1, 4, 1, 16]
+    view = t.as_strided(desc.shape, desc.strides)
+    b, r1, r2, c1, c2, h = 1, 1, 2, 3, 1, 2
+    grid_row = (r1 + 2 * c1) * 12 + (r2 + 3 * c2)
+    assert torch.equal(view[b * 4 + c1, r1, c2, r2, h * 16:(h + 1) * 16], t[b, grid_row, h])
+    assert fold_descriptor(t, masks.DilationFold((2, 8, 12), (2, 1, 3)), (1, 2, 4), 16) is None
+    assert fold_descriptor(t, masks.DilationFold((2, 4, 12), (1, 2, 3)), (2, 2, 4), 16) is None
+    assert fold_descriptor(t[..., :12], fold, (1, 2, 4), 16) is None
+    assert fold_descriptor(t.transpose(1, 2).contiguous().transpose(1, 2), fold, (1, 2, 4), 16) is None
 
 
 def test_dilation_fold_rows_and_parameters():

@@ -29,7 +29,8 @@ from .launcher import Launcher
 from .program_ids import RUN_TIME_INTS, program_ids
 from .row_dot import row_dot
 from .schedule import col_launch, row_launch
-from .scoring import (INTERPRETED, fold_group, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
+from .scoring import (INTERPRETED, bulk_copy_batch, fold_group, grid_flat, interpreter_range,
+                      load_factor_rows, low_rank_tile,
                       load_row_tiles, memory_rows, na_codes, na_key_windows, na_query_windows,
                       rel_pos_table_grad, rel_pos_tile, score_tile)
 
@@ -38,9 +39,9 @@ if INTERPRETED:
 
 
 @triton.jit
-def _dkdv_tiles(dk, dv, dw, k, v, q_base, do_base, s_qs, s_dos, q_desc, do_desc, b, h, lse_base,
-                delta_base, idx_ptr, bits_idx_ptr, count, BITS, TILE_BAND, NA, na_win, k_pos,
-                offs_n, offs_m,
+def _dkdv_tiles(dk, dv, dw, k, v, q_base, do_base, s_qs, s_dos, q_desc, do_desc, copy_batch, h,
+                lse_base, delta_base, idx_ptr, bits_idx_ptr, count, BITS, TILE_BAND, NA, na_win,
+                k_pos, offs_n, offs_m,
                 offs_d, offs_dv, S_Q, S_K,
                 scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
                 bias_base, s_bias_m, s_bias_n, w, u_base, s_um, s_ur, offs_r, RANK,
@@ -62,8 +63,8 @@ def _dkdv_tiles(dk, dv, dw, k, v, q_base, do_base, s_qs, s_dos, q_desc, do_desc,
         q_ptrs = q_base + q_mem.to(tl.int64)[:, None] * s_qs + offs_d[None, :]
         do_ptrs = do_base + q_mem.to(tl.int64)[:, None] * s_dos + offs_dv[None, :]
         if USE_TMA:
-            q, do = load_row_tiles(q_desc, do_desc, m * BLOCK_M, b, h, NA, 0, NA_STATIC, GRID_ORDER,
-                                   BLOCK_M, D_PAD, DV_PAD)
+            q, do = load_row_tiles(q_desc, do_desc, m * BLOCK_M, copy_batch, h, NA, 0, NA_STATIC,
+                                   GRID_ORDER, BLOCK_M, D_PAD, DV_PAD)
         if MASKED:
             row_ok = q_row < S_Q
             if not USE_TMA:
@@ -156,6 +157,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV, DW,
                    MAY_SCHEDULE: tl.constexpr):
     n, b, hk = program_ids(ORDER, REPS, ORDER_HEADS, H_KV, N_K_TILES, SCHEDULED, MAY_SCHEDULE, False)
     b, first_row, groups = fold_group(b, NA, NA_STATIC)
+    copy_batch = bulk_copy_batch(b, first_row, NA, NA_STATIC)
 
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -208,7 +210,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV, DW,
         table_base = TABLE + h.to(tl.int64) * s_th
         part_count = tl.load(PART_CNT + row)
         dk, dv, dw = _dkdv_tiles(dk, dv, dw, k, v, q_base, do_base, s_qs, s_dos, Q_DESC, DO_DESC,
-                             b, h, lse_base, delta_base,
+                             copy_batch, h, lse_base, delta_base,
                              PART_IDX + row.to(tl.int64) * PART_W,
                              PART_BITS + row.to(tl.int64) * PART_W, part_count, BITS, TILE_BAND,
                              NA, na_win, k_pos, offs_n, offs_m, offs_d, offs_dv, S_Q, S_K,
@@ -220,7 +222,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV, DW,
                              NA_STATIC, GRID_ORDER)
         full_count = tl.load(FULL_CNT + row)
         dk, dv, dw = _dkdv_tiles(dk, dv, dw, k, v, q_base, do_base, s_qs, s_dos, Q_DESC, DO_DESC,
-                             b, h, lse_base, delta_base,
+                             copy_batch, h, lse_base, delta_base,
                              FULL_IDX + row.to(tl.int64) * FULL_W,
                              FULL_IDX + row.to(tl.int64) * FULL_W, full_count, BITS, TILE_BAND,
                              NA, na_win, k_pos, offs_n, offs_m, offs_d, offs_dv, S_Q, S_K,
@@ -245,7 +247,8 @@ def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV, DW,
 
 
 @triton.jit
-def _dq_tiles(dq, dslope, du, q, do, lse2, delta, k_base, v_base, s_kn, s_vn, k_desc, v_desc, b, hk,
+def _dq_tiles(dq, dslope, du, q, do, lse2, delta, k_base, v_base, s_kn, s_vn, k_desc, v_desc,
+              copy_batch, hk,
               idx_ptr, bits_idx_ptr,
               count, BITS, TILE_BAND, NA, na_win, q_row, q_pos, offs_m, offs_n, offs_d, offs_dv,
               S_Q, S_K,
@@ -270,8 +273,8 @@ def _dq_tiles(dq, dslope, du, q, do, lse2, delta, k_base, v_base, s_kn, s_vn, k_
         k_ptrs = k_base + k_rows[:, None] * s_kn + offs_d[None, :]
         v_ptrs = v_base + k_rows[:, None] * s_vn + offs_dv[None, :]
         if USE_TMA:
-            k, v = load_row_tiles(k_desc, v_desc, n * BLOCK_N, b, hk, NA, 1, NA_STATIC, GRID_ORDER,
-                                  BLOCK_N, D_PAD, DV_PAD)
+            k, v = load_row_tiles(k_desc, v_desc, n * BLOCK_N, copy_batch, hk, NA, 1, NA_STATIC,
+                                  GRID_ORDER, BLOCK_N, D_PAD, DV_PAD)
         elif MASKED:
             k = tl.load(k_ptrs, mask=(k_pos[:, None] < S_K) & (offs_d[None, :] < HEAD_D), other=0.0)
             v = tl.load(v_ptrs, mask=(k_pos[:, None] < S_K) & (offs_dv[None, :] < HEAD_DV), other=0.0)
@@ -356,6 +359,7 @@ def _attn_bwd_dq(Q, K, V, DO, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, DU,
                  SCHEDULED, MAY_SCHEDULE: tl.constexpr):
     m, b, h = program_ids(ORDER, REPS, ORDER_HEADS, H_Q, N_Q_TILES, SCHEDULED, MAY_SCHEDULE, True)
     b, first_row, groups = fold_group(b, NA, NA_STATIC)
+    copy_batch = bulk_copy_batch(b, first_row, NA, NA_STATIC)
     bh = b * H_Q + h
     hk = h // GROUP
     hm = h % MAP_HEADS
@@ -418,7 +422,7 @@ def _attn_bwd_dq(Q, K, V, DO, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, DU,
     row = hm * N_Q_TILES + m
     part_count = tl.load(PART_CNT + row)
     dq, dslope, du = _dq_tiles(dq, dslope, du, q, do, lse2, delta, k_base, v_base, s_ks, s_vs,
-                           K_DESC, V_DESC, b, hk,
+                           K_DESC, V_DESC, copy_batch, hk,
                            PART_IDX + row.to(tl.int64) * PART_W, PART_BITS + row.to(tl.int64) * PART_W,
                            part_count, BITS, TILE_BAND, NA, na_win, q_row, q_pos, offs_m, offs_n,
                            offs_d, offs_dv, S_Q, S_K,
@@ -432,7 +436,7 @@ def _attn_bwd_dq(Q, K, V, DO, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, DU,
                            TILE_BANDS, NA_STATIC, GRID_ORDER)
     full_count = tl.load(FULL_CNT + row)
     dq, dslope, du = _dq_tiles(dq, dslope, du, q, do, lse2, delta, k_base, v_base, s_ks, s_vs,
-                           K_DESC, V_DESC, b, hk,
+                           K_DESC, V_DESC, copy_batch, hk,
                            FULL_IDX + row.to(tl.int64) * FULL_W, FULL_IDX + row.to(tl.int64) * FULL_W,
                            full_count, BITS, TILE_BAND, NA, na_win, q_row, q_pos, offs_m, offs_n,
                            offs_d, offs_dv, S_Q, S_K,

@@ -30,7 +30,8 @@ from .host_math import padded_width
 from .launcher import Launcher
 from .program_ids import RUN_TIME_INTS, program_ids
 from .schedule import row_launch
-from .scoring import (INTERPRETED, fold_group, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
+from .scoring import (INTERPRETED, bulk_copy_batch, fold_group, grid_flat, interpreter_range,
+                      load_factor_rows, low_rank_tile,
                       load_row_tiles, memory_rows, na_codes, na_query_windows, rel_pos_tile,
                       score_tile)
 
@@ -39,7 +40,7 @@ if INTERPRETED:
 
 
 @triton.jit
-def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_desc, v_desc, b, hk,
+def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_desc, v_desc, copy_batch, hk,
                idx_ptr, bits_idx_ptr, count, BITS, TILE_BAND, NA, na_win,
                q_row, q_pos, offs_m, offs_n, offs_d, offs_dv, S_Q, S_K,
                scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
@@ -60,8 +61,8 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_desc, v_desc, b, 
         k_ptrs = k_base + k_rows[None, :] * s_kn + offs_d[:, None]
         v_ptrs = v_base + k_rows[:, None] * s_vn + offs_dv[None, :]
         if USE_TMA:
-            k, v = load_row_tiles(k_desc, v_desc, n * BLOCK_N, b, hk, NA, 1, NA_STATIC, GRID_ORDER,
-                                  BLOCK_N, D_PAD, DV_PAD)
+            k, v = load_row_tiles(k_desc, v_desc, n * BLOCK_N, copy_batch, hk, NA, 1, NA_STATIC,
+                                  GRID_ORDER, BLOCK_N, D_PAD, DV_PAD)
             k = tl.trans(k)
         elif MASKED:
             k = tl.load(k_ptrs, mask=(k_pos[None, :] < S_K) & (offs_d[:, None] < HEAD_D), other=0.0)
@@ -140,6 +141,7 @@ def _attn_fwd(Q, K, V, K_DESC, V_DESC, O, LSE,
               MAY_SCHEDULE: tl.constexpr):
     m, b, h = program_ids(ORDER, REPS, ORDER_HEADS, H_Q, N_Q_TILES, SCHEDULED, MAY_SCHEDULE, True)
     b, first_row, groups = fold_group(b, NA, NA_STATIC)
+    copy_batch = bulk_copy_batch(b, first_row, NA, NA_STATIC)
     bh = b * H_Q + h
     hk = h // GROUP
     hm = h % MAP_HEADS
@@ -186,7 +188,8 @@ def _attn_fwd(Q, K, V, K_DESC, V_DESC, O, LSE,
 
     row = hm * N_Q_TILES + m
     part_count = tl.load(PART_CNT + row)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_ks, s_vs, K_DESC, V_DESC, b, hk,
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_ks, s_vs, K_DESC, V_DESC,
+                               copy_batch, hk,
                                PART_IDX + row.to(tl.int64) * PART_W,
                                PART_BITS + row.to(tl.int64) * PART_W, part_count, BITS, TILE_BAND,
                                NA, na_win,
@@ -198,7 +201,8 @@ def _attn_fwd(Q, K, V, K_DESC, V_DESC, O, LSE,
                                SOFTCAP, ALIBI, TENSOR_BIAS, LOW_RANK, REL_POS, SIGMOID, PRECISION,
                                USE_TMA, TILE_BANDS, NA_STATIC, GRID_ORDER)
     full_count = tl.load(FULL_CNT + row)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_ks, s_vs, K_DESC, V_DESC, b, hk,
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_ks, s_vs, K_DESC, V_DESC,
+                               copy_batch, hk,
                                FULL_IDX + row.to(tl.int64) * FULL_W,
                                FULL_IDX + row.to(tl.int64) * FULL_W, full_count, BITS, TILE_BAND,
                                NA, na_win,
@@ -311,13 +315,35 @@ def row_descriptors(a: torch.Tensor, b: torch.Tensor, plan, block: int, grid_ord
     return (None, None) if None in descs else tuple(descs)
 
 
+def fold_descriptor(t: torch.Tensor, fold, box, width: int) -> Optional[TensorDescriptor]:
+    """``t [B, S, H, D]`` (the whole grid in row-major order) as ``[B * G0 * G1 / d1, d1, G2 / d2,
+    d2, H * D]`` with box ``[b1, 1, b2, 1, D]``: one dilation group's tile (a grid box ``(1, b1,
+    b2)`` of its sub-grid) is the box at ``[(b * G0 + c0) * G1 / d1 + c1, r1, c2, r2, h * D]``
+    (``scoring.load_row_tiles``). None when there is no such view: axis 0 dilated, a box deeper
+    than one along axis 0, a padded head dim (the box would read the next head), heads not
+    contiguous with D, or batch and sequence dims not mergeable."""
+    g0, g1, g2 = fold.grid
+    d0, d1, d2 = fold.dilation
+    batch, seq, heads, dim = t.shape
+    s_b, s_s, s_h, s_d = t.stride()
+    if (d0 != 1 or box[0] != 1 or width != dim or s_d != 1 or (heads > 1 and s_h != dim)
+            or (batch > 1 and s_b != seq * s_s)):
+        return None
+    return descriptor(t, [batch * g0 * (g1 // d1), d1, g2 // d2, d2, heads * dim],
+                      [d1 * g2 * s_s, g2 * s_s, d2 * s_s, s_s, 1], [box[1], 1, box[2], 1, width])
+
+
 def row_operands(a: torch.Tensor, b: torch.Tensor, plan, block: int, grid_order: bool, fold=None):
-    """``(a', b', use_tma)``: the kernel operands for ``a``, ``b`` (``row_descriptors``): their
-    tensor descriptors and True, or ``a``, ``b`` themselves and False (always under a dilation
-    ``fold``: a group's tile is a strided box of the grid, which no descriptor here describes)."""
-    if fold is not None:
-        return a, b, False
-    descs = row_descriptors(a, b, plan, block, grid_order)
+    """``(a', b', use_tma)``: the kernel operands for ``a``, ``b`` (``row_descriptors``, or under a
+    dilation ``fold`` ``fold_descriptor``): their tensor descriptors and True, or ``a``, ``b``
+    themselves and False."""
+    if fold is None:
+        descs = row_descriptors(a, b, plan, block, grid_order)
+    elif not tma_ok(a, b, block) or (box := grid_box(plan, block)) is None:
+        descs = None, None
+    else:
+        descs = [fold_descriptor(t, fold, box, padded_width(t.shape[3])) for t in (a, b)]
+        descs = (None, None) if None in descs else descs
     return (*descs, True) if descs[0] is not None else (a, b, False)
 
 
@@ -374,7 +400,8 @@ def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, sl
         positions follow its tiled token order (an N-D neighborhood plan with its parameters:
         ``plan.na_params``); the kernel addresses memory through that map.
         fold: a ``masks.DilationFold`` (with ``grid_order``): q, k, v hold the whole grid, the
-        plan is one dilation group's, and the kernel runs every group (pointer loads).
+        plan is one dilation group's, and the kernel runs every group (k and v by bulk copies
+        where ``fold_descriptor`` has a view, else pointer loads).
     Returns:
         o ``[B, S_q, H_q, D_v]`` (q's dtype), lse float32 ``[B, H_q, S_q]`` (None for sigmoid).
     """
