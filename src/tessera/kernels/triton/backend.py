@@ -17,6 +17,7 @@ set, exact fp32 otherwise.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -148,9 +149,16 @@ def _head_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+# Products of float32 inputs on a GPU when torch's TF32 matmuls are off: "ieee" (exact products,
+# no tensor cores) or "tf32x3" (three TF32 tensor-core products, about float32 accuracy). An A/B
+# switch until the GPU has timed both (benchmarks/gpu_fp32_ab.py): sm_90 compiles of the "ieee"
+# forward hold 32 registers and spill 7 KB per thread.
+FP32_PRECISION = os.environ.get("TESSERA_FP32_PRECISION", "ieee")
+
+
 def _precision(dtype: torch.dtype, interpret: bool) -> str:
     if dtype == torch.float32 and not interpret:
-        return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+        return "tf32" if torch.backends.cuda.matmul.allow_tf32 else FP32_PRECISION
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
