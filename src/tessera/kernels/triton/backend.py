@@ -26,6 +26,7 @@ from triton.runtime.errors import OutOfResources
 
 from ...bias import ALiBi, LowRank, RelativePosition, TensorBias
 from ...patterns.base import Dense
+from ...patterns.layout import Permuted
 from ..registry import AttentionCall, register_backend
 from . import flash_bwd, flash_fwd, tuning
 from .row_dot import row_dot
@@ -170,7 +171,8 @@ def _mask_shape(pattern, q_len: int, k_len: int, heads: int, device, key=None) -
         return None
     plan = get_plan(pattern, q_len, k_len, 64, 64, heads, device, key)
     return MaskShape(plan.partial_fraction(), plan.mask_mode in (MASK_NONE, MASK_BAND),
-                     neighborhood=plan.mask_mode == MASK_NEIGHBORHOOD)
+                     neighborhood=plan.mask_mode == MASK_NEIGHBORHOOD,
+                     tiled=isinstance(pattern, Permuted))
 
 
 def forward_tiles(pattern, q_len: int, k_len: int, heads: int, dim: int,

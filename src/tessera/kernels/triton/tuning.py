@@ -38,11 +38,13 @@ class MaskShape:
     partial_fraction: partial tiles over listed tiles; band_only: partial tiles are masked by one
     offset band in-kernel (``MASK_BAND``: causal, windows) rather than per-tile data (bitmasks,
     per-tile bands, N-D neighborhoods); neighborhood: partial tiles take the in-kernel N-D
-    neighborhood mask (``MASK_NEIGHBORHOOD``)."""
+    neighborhood mask (``MASK_NEIGHBORHOOD``); tiled: the pattern runs in a tiled token order
+    (``Permuted``: kernel tiles are compact boxes of the grid, as ``tessera.natten`` runs it)."""
 
     partial_fraction: float
     band_only: bool
     neighborhood: bool = False
+    tiled: bool = False
 
     @property
     def ragged(self) -> bool:
@@ -83,16 +85,19 @@ RAGGED_PARTIAL_FRACTION = 0.05
 #        (64, 64, 4, 3) 2.09-2.12, (64, 32, 4, 3) 2.29, 8 warps 4.7-4.9, 128-row tiles >= 2.35
 #        (2-D: 0.270 for both 64 x 64 choices); dkdv (64, 64, 4, 3) 3.68-3.73 against (32, 64, 4,
 #        3) 4.02-4.08 (2-D 0.507 vs 0.514). Before the penalty, (64, 64, 4, 3) dkdv spilled and
-#        took 5.6 ms, and the 3-stage forward led.
+#        took 5.6 ms, and the 3-stage forward led. These were all measured in tiled orders; the
+#        row-major 2-D case kept the earlier choices after its fwd+bwd went from 2.89 to 3.51 ms
+#        with them (results/2026-11-30-h200-natten-5.json, not separated per kernel).
 def _masked_config(kernel: str, shape: MaskShape) -> KernelConfig:
+    tiled_neighborhood = shape.neighborhood and shape.partial_fraction > 0 and shape.tiled
     if kernel == "fwd":
         if shape.neighborhood and shape.partial_fraction > 0:
-            return KernelConfig(64, 64, 4, 2)
+            return KernelConfig(64, 64, 4, 2 if tiled_neighborhood else 3)
         return KernelConfig(64, 64, 4, 2) if shape.ragged else KernelConfig(128, 128, 8, 3)
     if kernel == "dq":
         return KernelConfig(64, 64, 4, 2)
     if shape.neighborhood and shape.partial_fraction > 0:
-        return KernelConfig(64, 64, 4, 3)
+        return KernelConfig(64, 64, 4, 3) if tiled_neighborhood else KernelConfig(32, 64, 4, 3)
     if shape.band_only and shape.partial_fraction > 0:
         return KernelConfig(32, 64, 4, 3) if shape.ragged else KernelConfig(64, 128, 8, 2)
     return KernelConfig(64, 64, 4, 3)
