@@ -8,7 +8,9 @@ undilated neighborhoods on the Triton backend (``grid_order_in_kernel``) the ker
 and write the grid-order tensors through the tile order themselves (no reordering copies;
 ``AttentionCall.grid_order``). With the "auto" layout, a dilated neighborhood whose dilations divide
 the grid runs as one undilated neighborhood per dilation group, the groups batched
-(``dilation_groups``).
+(``dilation_groups``): on the Triton backend in place, every group addressed in the whole grid by
+the kernels (``masks.DilationFold``; ``TESSERA_NATTEN_FOLD=0`` turns it off), else gathered into
+the groups' order and back.
 """
 
 from __future__ import annotations
