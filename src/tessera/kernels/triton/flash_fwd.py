@@ -298,10 +298,10 @@ def _grid_descriptor(t: torch.Tensor, grid, box, width: int) -> Optional[TensorD
                       [*box, 1, width])
 
 
-def row_descriptors(a: torch.Tensor, b: torch.Tensor, plan, block: int, grid_order: bool):
+def row_descriptors(a: torch.Tensor, b: torch.Tensor, plan, block: int, grid_order: bool, fold=None):
     """Tensor descriptors of ``a``, ``b`` (``[B, S, H, D]``) for bulk copies of ``block`` rows
     (Hopper), or ``(None, None)``: row blocks in the plan's token order, or in grid order boxes
-    of the grid (``grid_box``)."""
+    of the grid (``grid_box``), under a dilation ``fold`` boxes of one group (``fold_descriptor``)."""
     if not tma_ok(a, b, block):
         return None, None
     widths = [padded_width(t.shape[3]) for t in (a, b)]
@@ -311,7 +311,10 @@ def row_descriptors(a: torch.Tensor, b: torch.Tensor, plan, block: int, grid_ord
     box = grid_box(plan, block)
     if box is None:
         return None, None
-    descs = [_grid_descriptor(t, plan.na_values[0:3], box, w) for t, w in zip((a, b), widths)]
+    if fold is None:
+        descs = [_grid_descriptor(t, plan.na_values[0:3], box, w) for t, w in zip((a, b), widths)]
+    else:
+        descs = [fold_descriptor(t, fold, box, w) for t, w in zip((a, b), widths)]
     return (None, None) if None in descs else tuple(descs)
 
 
@@ -334,16 +337,9 @@ def fold_descriptor(t: torch.Tensor, fold, box, width: int) -> Optional[TensorDe
 
 
 def row_operands(a: torch.Tensor, b: torch.Tensor, plan, block: int, grid_order: bool, fold=None):
-    """``(a', b', use_tma)``: the kernel operands for ``a``, ``b`` (``row_descriptors``, or under a
-    dilation ``fold`` ``fold_descriptor``): their tensor descriptors and True, or ``a``, ``b``
-    themselves and False."""
-    if fold is None:
-        descs = row_descriptors(a, b, plan, block, grid_order)
-    elif not tma_ok(a, b, block) or (box := grid_box(plan, block)) is None:
-        descs = None, None
-    else:
-        descs = [fold_descriptor(t, fold, box, padded_width(t.shape[3])) for t in (a, b)]
-        descs = (None, None) if None in descs else descs
+    """``(a', b', use_tma)``: the kernel operands for ``a``, ``b`` (``row_descriptors``): their
+    tensor descriptors and True, or ``a``, ``b`` themselves and False."""
+    descs = row_descriptors(a, b, plan, block, grid_order, fold)
     return (*descs, True) if descs[0] is not None else (a, b, False)
 
 
