@@ -411,13 +411,12 @@ def load_row_tiles(desc_a, desc_b, first, batch, h, NA, side: tl.constexpr, NA_S
     along it, the group's sub-grid ``(G0, G1 / d1, G2 / d2)`` in ``NA``)."""
     b, r1, r2 = batch
     if GRID_ORDER:
+        row0, c1, c2 = grid_box_origin(first, b, NA, side, NA_STATIC)
         if NA_FOLDED & NA_STATIC:
-            c0, c1, c2 = na_coords(first * 0, first, NA, side, NA_STATIC)
-            row = (b * na_param(NA, NA_GRID, 0) + c0) * na_param(NA, NA_GRID, 1) + c1
+            row = row0 * na_param(NA, NA_GRID, 1) + c1
             tile_a = desc_a.load([row, r1, c2, r2, h * WIDTH_A]).reshape(ROWS, WIDTH_A)
             tile_b = desc_b.load([row, r1, c2, r2, h * WIDTH_B]).reshape(ROWS, WIDTH_B)
         else:
-            row0, c1, c2 = grid_box_origin(first, b, NA, side, NA_STATIC)
             tile_a = desc_a.load([row0, c1, c2, h, 0]).reshape(ROWS, WIDTH_A)
             tile_b = desc_b.load([row0, c1, c2, h, 0]).reshape(ROWS, WIDTH_B)
     else:
