@@ -118,9 +118,9 @@ def _cubin_tool(tool: str, kernel, *flags: str) -> str:
         return subprocess.run([path, *flags, f.name], capture_output=True, text=True).stdout
 
 
-def sass(kernel) -> str:
-    """The compiled kernel's SASS (nvdisasm, with control flow annotations)."""
-    return _cubin_tool("nvdisasm", kernel, "-c", "-g")
+def sass(kernel, line_info: bool = True) -> str:
+    """The compiled kernel's SASS (nvdisasm), with its source lines when ``line_info``."""
+    return _cubin_tool("nvdisasm", kernel, "-c", *(("-g",) if line_info else ()))
 
 
 def resources(kernel) -> tuple[int, int]:

@@ -26,7 +26,7 @@ from . import streams
 from .flash_fwd import LOG2E, broadcast_strides, low_rank_args, rank_pad, rel_pos_args, row_operands
 from .host_math import cdiv, padded_width
 from .launcher import Launcher
-from .program_ids import RUN_TIME_INTS, program_ids
+from .program_ids import RUN_TIME_INTS, listed_tiles, program_ids
 from .row_dot import row_dot
 from .schedule import col_launch, row_launch
 from .scoring import (INTERPRETED, bulk_copy_batch, fold_group, grid_flat, interpreter_range,
@@ -208,30 +208,19 @@ def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV, DW,
                                  s_wn, s_wr, S_K, RANK, True)
             u_base = U + b.to(tl.int64) * s_ub + h.to(tl.int64) * s_uh
         table_base = TABLE + h.to(tl.int64) * s_th
-        part_count = tl.load(PART_CNT + row)
-        dk, dv, dw = _dkdv_tiles(dk, dv, dw, k, v, q_base, do_base, s_qs, s_dos, Q_DESC, DO_DESC,
-                             copy_batch, h, lse_base, delta_base,
-                             PART_IDX + row.to(tl.int64) * PART_W,
-                             PART_BITS + row.to(tl.int64) * PART_W, part_count, BITS, TILE_BAND,
-                             NA, na_win, k_pos, offs_n, offs_m, offs_d, offs_dv, S_Q, S_K,
-                             scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
-                             bias_base, s_bias_m, s_bias_n, w, u_base, s_um, s_ur, offs_r, RANK,
-                             table_base, fk, G1, G2, CENTER, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_N,
-                             True, MASK_MODE, SOFTCAP, ALIBI, TENSOR_BIAS, LOW_RANK, LOW_RANK_GRAD,
-                             REL_POS, SIGMOID, PRECISION, USE_TMA, D_PAD, DV_PAD, TILE_BANDS,
-                             NA_STATIC, GRID_ORDER)
-        full_count = tl.load(FULL_CNT + row)
-        dk, dv, dw = _dkdv_tiles(dk, dv, dw, k, v, q_base, do_base, s_qs, s_dos, Q_DESC, DO_DESC,
-                             copy_batch, h, lse_base, delta_base,
-                             FULL_IDX + row.to(tl.int64) * FULL_W,
-                             FULL_IDX + row.to(tl.int64) * FULL_W, full_count, BITS, TILE_BAND,
-                             NA, na_win, k_pos, offs_n, offs_m, offs_d, offs_dv, S_Q, S_K,
-                             scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
-                             bias_base, s_bias_m, s_bias_n, w, u_base, s_um, s_ur, offs_r, RANK,
-                             table_base, fk, G1, G2, CENTER, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_N,
-                             False, MASK_MODE, SOFTCAP, ALIBI, TENSOR_BIAS, LOW_RANK, LOW_RANK_GRAD,
-                             REL_POS, SIGMOID, PRECISION, USE_TMA, D_PAD, DV_PAD, TILE_BANDS,
-                             NA_STATIC, GRID_ORDER)
+        for list_no in tl.static_range(2):
+            tiles, words, count = listed_tiles(PART_IDX, PART_BITS, PART_CNT, PART_W, FULL_IDX,
+                                               FULL_CNT, FULL_W, row, list_no == 0)
+            dk, dv, dw = _dkdv_tiles(dk, dv, dw, k, v, q_base, do_base, s_qs, s_dos, Q_DESC, DO_DESC,
+                                     copy_batch, h, lse_base, delta_base, tiles, words, count, BITS,
+                                     TILE_BAND, NA, na_win, k_pos, offs_n, offs_m, offs_d, offs_dv,
+                                     S_Q, S_K, scale, qk_scale, softcap, slope, band_lo, band_hi,
+                                     sig_bias2, bias_base, s_bias_m, s_bias_n, w, u_base, s_um, s_ur,
+                                     offs_r, RANK, table_base, fk, G1, G2, CENTER, HEAD_D, HEAD_DV,
+                                     BLOCK_M, BLOCK_N, list_no == 0, MASK_MODE, SOFTCAP, ALIBI,
+                                     TENSOR_BIAS, LOW_RANK, LOW_RANK_GRAD, REL_POS, SIGMOID,
+                                     PRECISION, USE_TMA, D_PAD, DV_PAD, TILE_BANDS, NA_STATIC,
+                                     GRID_ORDER)
         if LOW_RANK_GRAD:
             tl.store(DW + (b * H_Q + h).to(tl.int64) * S_K * R_PAD
                      + k_pos.to(tl.int64)[:, None] * R_PAD + offs_r[None, :], dw,
@@ -420,34 +409,21 @@ def _attn_bwd_dq(Q, K, V, DO, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, DU,
     du = tl.zeros([BLOCK_M, R_PAD], dtype=tl.float32)
     dslope = 0.0
     row = hm * N_Q_TILES + m
-    part_count = tl.load(PART_CNT + row)
-    dq, dslope, du = _dq_tiles(dq, dslope, du, q, do, lse2, delta, k_base, v_base, s_ks, s_vs,
-                           K_DESC, V_DESC, copy_batch, hk,
-                           PART_IDX + row.to(tl.int64) * PART_W, PART_BITS + row.to(tl.int64) * PART_W,
-                           part_count, BITS, TILE_BAND, NA, na_win, q_row, q_pos, offs_m, offs_n,
-                           offs_d, offs_dv, S_Q, S_K,
-                           scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
-                           bias_base, s_bias_m, s_bias_n, dbias_base, S_K,
-                           u, w_base, s_wn, s_wr, offs_r, RANK,
-                           table_base, dtab_base, fq, G0, G1, G2, CENTER,
-                           HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, True, MASK_MODE,
-                           SOFTCAP, ALIBI, TENSOR_BIAS, LOW_RANK, LOW_RANK_GRAD, REL_POS,
-                           REL_POS_GRAD, SIGMOID, BIAS_GRAD, SLOPE_GRAD, PRECISION, USE_TMA,
-                           TILE_BANDS, NA_STATIC, GRID_ORDER)
-    full_count = tl.load(FULL_CNT + row)
-    dq, dslope, du = _dq_tiles(dq, dslope, du, q, do, lse2, delta, k_base, v_base, s_ks, s_vs,
-                           K_DESC, V_DESC, copy_batch, hk,
-                           FULL_IDX + row.to(tl.int64) * FULL_W, FULL_IDX + row.to(tl.int64) * FULL_W,
-                           full_count, BITS, TILE_BAND, NA, na_win, q_row, q_pos, offs_m, offs_n,
-                           offs_d, offs_dv, S_Q, S_K,
-                           scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
-                           bias_base, s_bias_m, s_bias_n, dbias_base, S_K,
-                           u, w_base, s_wn, s_wr, offs_r, RANK,
-                           table_base, dtab_base, fq, G0, G1, G2, CENTER,
-                           HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, False, MASK_MODE,
-                           SOFTCAP, ALIBI, TENSOR_BIAS, LOW_RANK, LOW_RANK_GRAD, REL_POS,
-                           REL_POS_GRAD, SIGMOID, BIAS_GRAD, SLOPE_GRAD, PRECISION, USE_TMA,
-                           TILE_BANDS, NA_STATIC, GRID_ORDER)
+    for list_no in tl.static_range(2):
+        tiles, words, count = listed_tiles(PART_IDX, PART_BITS, PART_CNT, PART_W, FULL_IDX, FULL_CNT,
+                                           FULL_W, row, list_no == 0)
+        dq, dslope, du = _dq_tiles(dq, dslope, du, q, do, lse2, delta, k_base, v_base, s_ks, s_vs,
+                                   K_DESC, V_DESC, copy_batch, hk, tiles, words, count, BITS,
+                                   TILE_BAND, NA, na_win, q_row, q_pos, offs_m, offs_n,
+                                   offs_d, offs_dv, S_Q, S_K,
+                                   scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
+                                   bias_base, s_bias_m, s_bias_n, dbias_base, S_K,
+                                   u, w_base, s_wn, s_wr, offs_r, RANK,
+                                   table_base, dtab_base, fq, G0, G1, G2, CENTER,
+                                   HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, list_no == 0,
+                                   MASK_MODE, SOFTCAP, ALIBI, TENSOR_BIAS, LOW_RANK, LOW_RANK_GRAD,
+                                   REL_POS, REL_POS_GRAD, SIGMOID, BIAS_GRAD, SLOPE_GRAD, PRECISION,
+                                   USE_TMA, TILE_BANDS, NA_STATIC, GRID_ORDER)
     dq = dq * scale
     tl.store(DQ + b.to(tl.int64) * s_dqb + h.to(tl.int64) * s_dqh + first_row * s_dqs
              + q_mem[:, None] * s_dqs + offs_d[None, :],

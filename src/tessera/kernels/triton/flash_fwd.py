@@ -28,7 +28,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from ...patterns.layout import rows_box
 from .host_math import padded_width
 from .launcher import Launcher
-from .program_ids import RUN_TIME_INTS, program_ids
+from .program_ids import RUN_TIME_INTS, listed_tiles, program_ids
 from .schedule import row_launch
 from .scoring import (INTERPRETED, bulk_copy_batch, fold_group, grid_flat, interpreter_range,
                       load_factor_rows, low_rank_tile,
@@ -187,32 +187,20 @@ def _attn_fwd(Q, K, V, K_DESC, V_DESC, O, LSE,
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
 
     row = hm * N_Q_TILES + m
-    part_count = tl.load(PART_CNT + row)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_ks, s_vs, K_DESC, V_DESC,
-                               copy_batch, hk,
-                               PART_IDX + row.to(tl.int64) * PART_W,
-                               PART_BITS + row.to(tl.int64) * PART_W, part_count, BITS, TILE_BAND,
-                               NA, na_win,
-                               q_row, q_pos, offs_m, offs_n, offs_d, offs_dv, S_Q, S_K,
-                               scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
-                               bias_base, s_bias_m, s_bias_n, u, w_base, s_wn, s_wr, offs_r, RANK,
-                               table_base, fq, G1, G2, CENTER,
-                               HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, True, MASK_MODE,
-                               SOFTCAP, ALIBI, TENSOR_BIAS, LOW_RANK, REL_POS, SIGMOID, PRECISION,
-                               USE_TMA, TILE_BANDS, NA_STATIC, GRID_ORDER)
-    full_count = tl.load(FULL_CNT + row)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_ks, s_vs, K_DESC, V_DESC,
-                               copy_batch, hk,
-                               FULL_IDX + row.to(tl.int64) * FULL_W,
-                               FULL_IDX + row.to(tl.int64) * FULL_W, full_count, BITS, TILE_BAND,
-                               NA, na_win,
-                               q_row, q_pos, offs_m, offs_n, offs_d, offs_dv, S_Q, S_K,
-                               scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
-                               bias_base, s_bias_m, s_bias_n, u, w_base, s_wn, s_wr, offs_r, RANK,
-                               table_base, fq, G1, G2, CENTER,
-                               HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, False, MASK_MODE,
-                               SOFTCAP, ALIBI, TENSOR_BIAS, LOW_RANK, REL_POS, SIGMOID, PRECISION,
-                               USE_TMA, TILE_BANDS, NA_STATIC, GRID_ORDER)
+    # The partial tiles (masked), then the full ones.
+    for list_no in tl.static_range(2):
+        tiles, words, count = listed_tiles(PART_IDX, PART_BITS, PART_CNT, PART_W, FULL_IDX, FULL_CNT,
+                                           FULL_W, row, list_no == 0)
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_ks, s_vs, K_DESC, V_DESC,
+                                   copy_batch, hk, tiles, words, count, BITS, TILE_BAND,
+                                   NA, na_win,
+                                   q_row, q_pos, offs_m, offs_n, offs_d, offs_dv, S_Q, S_K,
+                                   scale, qk_scale, softcap, slope, band_lo, band_hi, sig_bias2,
+                                   bias_base, s_bias_m, s_bias_n, u, w_base, s_wn, s_wr, offs_r, RANK,
+                                   table_base, fq, G1, G2, CENTER,
+                                   HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, BLOCK_N, list_no == 0,
+                                   MASK_MODE, SOFTCAP, ALIBI, TENSOR_BIAS, LOW_RANK, REL_POS, SIGMOID,
+                                   PRECISION, USE_TMA, TILE_BANDS, NA_STATIC, GRID_ORDER)
 
     o_base = O + b.to(tl.int64) * s_ob + h.to(tl.int64) * s_oh + first_row * s_os
     o_ptrs = o_base + q_mem[:, None] * s_os + offs_dv[None, :]

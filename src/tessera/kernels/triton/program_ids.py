@@ -1,5 +1,6 @@
 """Which (tile, batch, head) a flash-kernel program works on: the plain 2-D grid, or the 1-D
-longest-first launch order of ``schedule.py`` (its ``Launch`` supplies the arguments)."""
+longest-first launch order of ``schedule.py`` (its ``Launch`` supplies the arguments); and which
+tiles of the other side it visits (``listed_tiles``: the plan's lists, ``masks.TileLists``)."""
 
 from __future__ import annotations
 
@@ -51,3 +52,20 @@ def _plain(HEADS, N_TILES, DESCENDING: tl.constexpr):
         tile = N_TILES - 1 - tile
     bh = tl.program_id(1)
     return tile, bh // HEADS, bh % HEADS
+
+
+@triton.jit
+def listed_tiles(PART_IDX, PART_BITS, PART_CNT, PART_W, FULL_IDX, FULL_CNT, FULL_W, row,
+                 PARTIAL: tl.constexpr):
+    """The plan's list for entry ``row`` (``head * n_tiles + tile``): ``(tile indices, mask words,
+    count)`` of its partial tiles when PARTIAL, else of its full tiles (which have no mask words:
+    the indices stand in, unread)."""
+    if PARTIAL:
+        tiles = PART_IDX + row.to(tl.int64) * PART_W
+        words = PART_BITS + row.to(tl.int64) * PART_W
+        count = tl.load(PART_CNT + row)
+    else:
+        tiles = FULL_IDX + row.to(tl.int64) * FULL_W
+        words = tiles
+        count = tl.load(FULL_CNT + row)
+    return tiles, words, count
