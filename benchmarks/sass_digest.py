@@ -9,7 +9,8 @@ Compiles each ``compile_check.py`` variant's launches for Hopper without a GPU (
 (nvdisasm without line information, so moved source lines do not count), its opcode counts, shared
 memory, registers and spills. With ``--against``, lists the kernels that differ: "same opcodes"
 where only the order of instructions or the registers they name changed, else the opcode counts
-that changed. Exits 1 if any kernel differs (one present on one side only counts as different).
+that changed. Exits 1 if any kernel differs (one present on one side only counts as different;
+with ``--only``, among the variants it names).
 """
 
 from __future__ import annotations
@@ -80,14 +81,16 @@ def main() -> int:
         return 0
     with open(args.against) as f:
         before = json.load(f)
-    differ = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+    # With --only, kernels of the variants left out are not compared.
+    kept = {k for k in before if not args.only or any(s in k.split(" | ")[0] for s in args.only)}
+    differ = sorted(k for k in set(now) | kept if now.get(k) != before.get(k))
     for key in differ:
         old, new = before.get(key, {}), now.get(key, {})
         ops_old, ops_new = Counter(old.get("opcodes", {})), Counter(new.get("opcodes", {}))
         changed = {op: ops_new[op] - ops_old[op] for op in ops_old | ops_new if ops_new[op] != ops_old[op]}
-        resources = {f: (old.get(f), new.get(f)) for f in ("shared", "regs", "stack", "error")
-                     if old.get(f) != new.get(f)}
-        print(f"DIFFERS {key}: {'same opcodes' if not changed else changed} {resources or ''}")
+        sizes = {f: (old.get(f), new.get(f)) for f in ("shared", "regs", "stack", "error")
+                 if old.get(f) != new.get(f)}
+        print(f"DIFFERS {key}: {'same opcodes' if not changed else changed} {sizes or ''}")
     print(f"{len(now)} kernels, {len(differ)} differ")
     return 1 if differ else 0
 
