@@ -51,6 +51,22 @@ def poison():
     return nan_empty
 
 
+@pytest.fixture
+def nan_poison(monkeypatch):
+    """Every floating ``torch.empty``/``empty_like`` during a test comes back NaN-filled, so that
+    output memory a kernel forgets to write shows up (modules opt in with
+    ``pytest.mark.usefixtures("nan_poison")``)."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def poisoned(result):
+        if result.dtype.is_floating_point and not result.requires_grad:
+            result.fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: poisoned(empty(*a, **kw)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: poisoned(empty_like(*a, **kw)))
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """``||out - ref|| / ||ref||`` in float64 (0 when both are zero); inf where out has NaN."""
     out, ref = out.double(), ref.double()

@@ -36,22 +36,9 @@ else:
     from tessera.kernels.triton.tuning import KernelConfig
     from tessera.patterns import Causal, Dense, Dilated, FromMask, PerHead, Power, Window
 
-    pytestmark = pytest.mark.skipif(not kernels_interpreted(),
-                                    reason="triton was imported before TRITON_INTERPRET=1 was set")
-
-    @pytest.fixture(autouse=True)
-    def nan_poison(monkeypatch):
-        """Every floating ``torch.empty``/``empty_like`` during a test comes back NaN-filled, so that
-        output memory a kernel forgets to write shows up."""
-        empty, empty_like = torch.empty, torch.empty_like
-
-        def poisoned(result):
-            if result.dtype.is_floating_point and not result.requires_grad:
-                result.fill_(float("nan"))
-            return result
-
-        monkeypatch.setattr(torch, "empty", lambda *a, **kw: poisoned(empty(*a, **kw)))
-        monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: poisoned(empty_like(*a, **kw)))
+    pytestmark = [pytest.mark.skipif(not kernels_interpreted(),
+                                     reason="triton was imported before TRITON_INTERPRET=1 was set"),
+                  pytest.mark.usefixtures("nan_poison")]
 
 
     def test_dense_fp32_forward_backward():

@@ -147,22 +147,10 @@ else:
     from tessera.kernels.triton.scoring import (na_allowed, na_codes, na_key_windows, na_penalty,
                                                 na_query_windows)
 
-    pytestmark = pytest.mark.skipif(not kernels_interpreted(),
-                                    reason="triton was imported before TRITON_INTERPRET=1 was set")
+    pytestmark = [pytest.mark.skipif(not kernels_interpreted(),
+                                     reason="triton was imported before TRITON_INTERPRET=1 was set"),
+                  pytest.mark.usefixtures("nan_poison")]
 
-    @pytest.fixture(autouse=True)
-    def nan_poison(monkeypatch):
-        """Floating ``torch.empty``/``empty_like`` come back NaN-filled during a test, so that
-        output memory a kernel forgets to write shows up."""
-        empty, empty_like = torch.empty, torch.empty_like
-
-        def poisoned(result):
-            if result.dtype.is_floating_point and not result.requires_grad:
-                result.fill_(float("nan"))
-            return result
-
-        monkeypatch.setattr(torch, "empty", lambda *a, **kw: poisoned(empty(*a, **kw)))
-        monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: poisoned(empty_like(*a, **kw)))
 
     @triton.jit
     def _mask_kernel(NA, OUT, PENALTY_OUT, S, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
