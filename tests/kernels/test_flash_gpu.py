@@ -123,8 +123,8 @@ def test_neighborhood_grid_order_matches_reordering(name, dtype):
 @pytest.mark.parametrize("dim", [32, 64])
 @pytest.mark.parametrize("name", ["2d tiled", "3d tiled"])
 def test_neighborhood_small_head_dims(name, dim):
-    # At D <= 64 neighborhoods take the neighborhood configs (64-row tiles, tuning.py): against
-    # float64, then grid-order addressing against reordering.
+    # Neighborhoods at the small head dims (their kernel configs differ from D = 128's,
+    # tuning.py): against float64, then grid-order addressing against reordering.
     pattern = _neighborhoods()[name]
     seq = 1536 if name.startswith("2d") else 2048
     q, k, v = make_inputs(2, seq, seq, 8, 2, dim, torch.bfloat16, DEVICE)
