@@ -104,6 +104,17 @@ def test_neighborhood_forward_backward(name, dtype):
     check_against_reference(q, k, v, pattern)
 
 
+def assert_grid_order_matches_reordering(q, k, v, pattern):
+    """Outputs and gradients of grid-order tensors addressed through the tiled order in-kernel
+    equal those of reordering around the call (finite, within 2e-3)."""
+    do = torch.randn_like(q)
+    in_kernel = grid_order_outputs(q, k, v, do, pattern, True)
+    reordered = grid_order_outputs(q, k, v, do, pattern, False)
+    for label, a, b in zip(("o", "lse", "dq", "dk", "dv"), in_kernel, reordered):
+        assert torch.isfinite(a).all(), label
+        torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-3, msg=label)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", ["2d tiled", "3d tiled", "3d strided tiled", "3d blocked"])
 def test_neighborhood_grid_order_matches_reordering(name, dtype):
@@ -112,12 +123,7 @@ def test_neighborhood_grid_order_matches_reordering(name, dtype):
     pattern = _neighborhoods()[name]
     seq = 1536 if name.startswith("2d") else 2048
     q, k, v = make_inputs(2, seq, seq, 8, 2, 128, dtype, DEVICE)
-    do = torch.randn_like(q)
-    in_kernel = grid_order_outputs(q, k, v, do, pattern, True)
-    reordered = grid_order_outputs(q, k, v, do, pattern, False)
-    for label, a, b in zip(("o", "lse", "dq", "dk", "dv"), in_kernel, reordered):
-        assert torch.isfinite(a).all(), label
-        torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-3, msg=label)
+    assert_grid_order_matches_reordering(q, k, v, pattern)
 
 
 @pytest.mark.parametrize("dim", [32, 64])
@@ -129,12 +135,7 @@ def test_neighborhood_small_head_dims(name, dim):
     seq = 1536 if name.startswith("2d") else 2048
     q, k, v = make_inputs(2, seq, seq, 8, 2, dim, torch.bfloat16, DEVICE)
     check_against_reference(q, k, v, pattern)
-    do = torch.randn_like(q)
-    in_kernel = grid_order_outputs(q, k, v, do, pattern, True)
-    reordered = grid_order_outputs(q, k, v, do, pattern, False)
-    for label, a, b in zip(("o", "lse", "dq", "dk", "dv"), in_kernel, reordered):
-        assert torch.isfinite(a).all(), label
-        torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-3, msg=label)
+    assert_grid_order_matches_reordering(q, k, v, pattern)
 
 
 @pytest.mark.parametrize("dim", [32, 64, 96, 256])
