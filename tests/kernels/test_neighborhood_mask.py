@@ -90,20 +90,20 @@ def test_compile_time_switches():
     plain = masks.neighborhood_params(Neighborhood(200, 7), 64, 64)
     assert masks.neighborhood_switches(plain) == 1 << 5      # 1 axis, no shifts (200 tokens)
     # 192 tokens: the 64- and 32-token tiles end at the sequence's end (no bounds compare).
-    from tessera.kernels.triton import scoring
+    from tessera.kernels.triton import na_mask
     plan = masks.build_plan(pattern, 192, 192, 64, 32, 1, CPU)
-    assert plan.na_static == switches | scoring.NA_EXACT.value
+    assert plan.na_static == switches | na_mask.NA_EXACT.value
     assert masks.neighborhood_switches(plain, exact=True) == 1 << 5 | 1 << 22
     assert not masks.build_plan(Neighborhood(200, 7), 200, 200, 64, 64, 1, CPU).na_static & 1 << 22
     assert masks.build_plan(None, 64, 64, 32, 32, 1, CPU).na_static == 0
 
 
 def test_field_order_matches_the_kernel_constants():
-    from tessera.kernels.triton import scoring
+    from tessera.kernels.triton import na_mask
     names = [f"NA_{name.upper()}" for name in masks.NA_FIELD_NAMES]
-    assert [getattr(scoring, n).value for n in names] == list(range(len(names)))
-    assert scoring.NA_FIELDS == len(names)
-    flags = (scoring.NA_ALIGNED.value, scoring.NA_DILATED.value)
+    assert [getattr(na_mask, n).value for n in names] == list(range(len(names)))
+    assert na_mask.NA_FIELDS == len(names)
+    flags = (na_mask.NA_ALIGNED.value, na_mask.NA_DILATED.value)
     assert flags == (3 * len(names), 3 * len(names) + 2)
 
 
@@ -144,7 +144,7 @@ else:
     from flash_cases import check_against_reference, grid_order_outputs, make_inputs
     from tessera.kernels.triton import tuning
     from tessera.kernels.triton.backend import kernels_interpreted
-    from tessera.kernels.triton.scoring import (na_allowed, na_codes, na_key_windows, na_penalty,
+    from tessera.kernels.triton.na_mask import (na_allowed, na_codes, na_key_windows, na_penalty,
                                                 na_query_windows)
 
     pytestmark = [pytest.mark.skipif(not kernels_interpreted(),
@@ -406,8 +406,8 @@ def test_dilation_fold_rows_and_parameters():
     values, static = fold.params(plan)
     assert values.tolist() == list(plan.na_values) + [1, 2, 3, 6, 0, 1, 2, 6, 7, 8]
     assert static == plan.na_static | (1 << 23) and fold.params(plan)[0] is values
-    from tessera.kernels.triton import scoring
-    assert (scoring.NA_FOLD.value, scoring.NA_GROUPS.value) == (len(plan.na_values), len(plan.na_values) + 3)
-    assert scoring.NA_FOLDED.value == masks.NA_FOLDED_BIT
+    from tessera.kernels.triton import na_mask
+    assert (na_mask.NA_FOLD.value, na_mask.NA_GROUPS.value) == (len(plan.na_values), len(plan.na_values) + 3)
+    assert na_mask.NA_FOLDED.value == masks.NA_FOLDED_BIT
     with pytest.raises(ValueError, match="must divide grid"):
         masks.DilationFold((4, 6), (3, 3))

@@ -29,9 +29,9 @@ from .launcher import Launcher
 from .program_ids import RUN_TIME_INTS, listed_tiles, program_ids
 from .row_dot import row_dot
 from .schedule import col_launch, row_launch
-from .scoring import (INTERPRETED, bulk_copy_batch, fold_group, grid_flat, interpreter_range,
-                      load_factor_rows, low_rank_tile,
-                      load_row_tiles, memory_rows, na_codes, na_key_windows, na_query_windows,
+from .na_mask import na_codes, na_key_windows, na_query_windows
+from .row_addressing import bulk_copy_batch, fold_group, load_row_tiles, memory_rows
+from .scoring import (INTERPRETED, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
                       rel_pos_table_grad, rel_pos_tile, score_tile)
 
 if INTERPRETED:

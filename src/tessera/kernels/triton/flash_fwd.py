@@ -30,10 +30,10 @@ from .host_math import padded_width
 from .launcher import Launcher
 from .program_ids import RUN_TIME_INTS, listed_tiles, program_ids
 from .schedule import row_launch
-from .scoring import (INTERPRETED, bulk_copy_batch, fold_group, grid_flat, interpreter_range,
-                      load_factor_rows, low_rank_tile,
-                      load_row_tiles, memory_rows, na_codes, na_query_windows, rel_pos_tile,
-                      score_tile)
+from .na_mask import na_codes, na_query_windows
+from .row_addressing import bulk_copy_batch, fold_group, load_row_tiles, memory_rows
+from .scoring import (INTERPRETED, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
+                      rel_pos_tile, score_tile)
 
 if INTERPRETED:
     range = interpreter_range  # noqa: A001
@@ -310,7 +310,7 @@ def fold_descriptor(t: torch.Tensor, fold, box, width: int) -> Optional[TensorDe
     """``t [B, S, H, D]`` (the whole grid in row-major order) as ``[B * G0 * G1 / d1, d1, G2 / d2,
     d2, H * D]`` with box ``[b1, 1, b2, 1, D]``: one dilation group's tile (a grid box ``(1, b1,
     b2)`` of its sub-grid) is the box at ``[(b * G0 + c0) * G1 / d1 + c1, r1, c2, r2, h * D]``
-    (``scoring.load_row_tiles``). None when there is no such view: axis 0 dilated, a box deeper
+    (``row_addressing.load_row_tiles``). None when there is no such view: axis 0 dilated, a box deeper
     than one along axis 0, a padded head dim (the box would read the next head), heads not
     contiguous with D, or batch and sequence dims not mergeable."""
     g0, g1, g2 = fold.grid

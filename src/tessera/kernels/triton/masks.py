@@ -48,7 +48,7 @@ from ...patterns.tilemap import FULL, PARTIAL, cdiv
 
 MASK_NONE, MASK_BAND, MASK_BITS, MASK_TILE_BAND, MASK_NEIGHBORHOOD = 0, 1, 2, 3, 4
 
-# Fields of the neighborhood parameters, in the order of scoring.NA_GRID ... NA_SHIFT.
+# Fields of the neighborhood parameters, in the order of na_mask.NA_GRID ... NA_SHIFT.
 NA_FIELD_NAMES = ("grid", "tile", "tiles", "kernel", "dilation", "stride", "causal", "shift")
 
 # Band ends beyond this are unbounded for any sequence a kernel can index (int32 arguments).
@@ -289,13 +289,13 @@ def neighborhood_params(pattern: Optional[Pattern], block_m: int,
     return [v for name in NA_FIELD_NAMES for v in fields[name]] + aligned + [int(dilated)]
 
 
-NA_FOLDED_BIT = 1 << 23    # scoring.NA_FOLDED
+NA_FOLDED_BIT = 1 << 23    # na_mask.NA_FOLDED
 
 
 class DilationFold:
     """A dilated neighborhood run as the undilated neighborhood of one dilation group (the plan's
     pattern, over the sub-grid), for every group at once, on q, k, v, o in the whole grid's
-    row-major order (scoring.NA_FOLDED; ``tessera.natten.dilation_groups``): the kernels' batch
+    row-major order (na_mask.NA_FOLDED; ``tessera.natten.dilation_groups``): the kernels' batch
     entries are ``batch * groups + group`` and each group's rows are its sub-grid coordinates
     times the dilations, from the group's first row.
 
@@ -331,7 +331,7 @@ class DilationFold:
 
 
 def neighborhood_switches(params: list[int], exact: bool = False) -> int:
-    """The kernels' constexpr ``NA_STATIC`` of ``neighborhood_params`` values (scoring.py): the two
+    """The kernels' constexpr ``NA_STATIC`` of ``neighborhood_params`` values (na_mask.py): the two
     aligned flags (bits 0 and 1), bit 2 when some dilation, bit 3 when some stride exceeds 1, bit 4
     when some axis is causal, plus 32 times the number of grid axes (leading axes of extent 1
     that pad a 1-D or 2-D grid do not count), plus, when every order-tile extent is a power of
