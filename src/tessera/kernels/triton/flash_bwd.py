@@ -26,11 +26,11 @@ from . import streams
 from .flash_fwd import LOG2E, broadcast_strides, low_rank_args, rank_pad, rel_pos_args, row_operands
 from .host_math import cdiv, padded_width
 from .launcher import Launcher
+from .na_mask import na_codes, na_key_windows, na_query_windows
 from .program_ids import RUN_TIME_INTS, listed_tiles, program_ids
+from .row_addressing import bulk_copy_batch, fold_group, load_row_tiles, memory_rows
 from .row_dot import row_dot
 from .schedule import col_launch, row_launch
-from .na_mask import na_codes, na_key_windows, na_query_windows
-from .row_addressing import bulk_copy_batch, fold_group, load_row_tiles, memory_rows
 from .scoring import (INTERPRETED, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
                       rel_pos_table_grad, rel_pos_tile, score_tile)
 

@@ -28,10 +28,10 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from ...patterns.layout import rows_box
 from .host_math import padded_width
 from .launcher import Launcher
-from .program_ids import RUN_TIME_INTS, listed_tiles, program_ids
-from .schedule import row_launch
 from .na_mask import na_codes, na_query_windows
+from .program_ids import RUN_TIME_INTS, listed_tiles, program_ids
 from .row_addressing import bulk_copy_batch, fold_group, load_row_tiles, memory_rows
+from .schedule import row_launch
 from .scoring import (INTERPRETED, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
                       rel_pos_tile, score_tile)
 
