@@ -3,7 +3,7 @@ profiler) of the forward, dq and dk/dv kernels at each candidate configuration, 
 cases of the kernel issue. GPU only.
 
     python benchmarks/gpu_config_sweep.py --out DIR [--cases window1024 power ...] [--kernels fwd dq dkdv] [--small]
-        [--dim 128]
+        [--dim 128] [--configs 64,64,4,1 64,64,4,2]
 
 The N-D cases (``na2d-k17``, ``na3d-k5x13x13``, ``na3d-blocked``) run in grid order through the tiled
 layout ``tessera.natten`` picks.
@@ -108,9 +108,14 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=128, help="head dim (bf16, 16 heads)")
     parser.add_argument("--small", action="store_true",
                         help="only configs of at most 64 x 64 tiles (the N-D neighborhoods' range)")
+    parser.add_argument("--configs", nargs="*", default=None,
+                        help="these configs (block_m,block_n,warps,stages) for every kernel swept, "
+                             "instead of the candidate lists")
     args = parser.parse_args()
+    candidates = ({kernel: [tuple(int(x) for x in c.split(",")) for c in args.configs] for kernel in CONFIGS}
+                  if args.configs else CONFIGS)
     configs_of = {kernel: [c for c in configs if not args.small or c[0] * c[1] <= 64 * 64]
-                  for kernel, configs in CONFIGS.items()}
+                  for kernel, configs in candidates.items()}
     H, D = 16, args.dim
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "heads": H, "dim": D, "rows": []}
