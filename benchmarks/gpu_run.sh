@@ -8,8 +8,8 @@
 #   (linear, linear-final, linear-accept, linear-profile, linear-delta: carry .whl for fla)
 #   (default: tests attention natten linear; NATTEN_ARGS: extra arguments of benchmarks/natten.py)
 # Triton's cache (compiled kernels, and fla's autotuning timings through Triton's `cache_results`) is
-# kept per GPU model: at exit it is packed into $OUT/<model>.tar.xz.<n> (15 MB parts; only the
-# autotuning timings when the whole cache needs more than three parts). Copy those parts into
+# kept per GPU model: at exit its cubins and JSON files are packed into $OUT/<model>.tar.xz.<n> (15 MB
+# parts; only what this call wrote when the whole cache needs more than three parts). Copy those parts into
 # .triton-cache/ here and carry .triton-cache: the next call unpacks them and compiles (and times fla's
 # configs) only what is new, where a fresh machine would spend most of a call compiling.
 set -uo pipefail
@@ -35,13 +35,18 @@ if compgen -G ".triton-cache/$pack.*" >/dev/null; then
   echo "triton cache: $(find "$TRITON_CACHE_DIR" -type f | wc -l) files unpacked"
 fi
 mkdir -p "$TRITON_CACHE_DIR"
+call_start=$(mktemp)
 keep_triton_cache() {
-  tar -C .triton-cache -cf - "$gpu_model" | xz -T0 -3 | split -b 15M -d -a 1 - "$OUT/$pack."
-  if compgen -G "$OUT/$pack.3" >/dev/null; then
+  # A cached kernel loads from its cubin and its two JSON files (metadata, group); the IR files,
+  # five sixths of the bytes, stay behind. Over three parts, only this call's kernels are kept.
+  local since=()
+  while :; do
     rm -f "$OUT/$pack".*
-    (cd .triton-cache && find "$gpu_model" -name '*.autotune.json' -print0 | tar --null -T - -cf -) \
-      | xz -T0 -3 | split -b 15M -d -a 1 - "$OUT/$pack."
-  fi
+    (cd .triton-cache && find "$gpu_model" -type f \( -name '*.cubin' -o -name '*.json' \) "${since[@]}" -print0 \
+      | tar --null -T - -cf -) | xz -T0 -3 | split -b 15M -d -a 1 - "$OUT/$pack."
+    if ! compgen -G "$OUT/$pack.3" >/dev/null || [[ ${#since[@]} -gt 0 ]]; then break; fi
+    since=(-newer "$call_start")
+  done
   ls -l "$OUT/$pack".*
 }
 trap keep_triton_cache EXIT
