@@ -45,6 +45,20 @@ def test_dense_fp32_and_other_head_dims_keep_their_configs():
     assert _config("fwd", ragged, dim=64) == KernelConfig(128, 64, 4, 3)
 
 
+@pytest.mark.parametrize("dim", [32, 64])
+def test_neighborhoods_at_small_head_dims_take_the_neighborhood_configs(dim):
+    # 64-row tiles stay inside the 64-token layout tiles (aligned coordinates) at every head dim.
+    for tiled in (True, False):
+        shape = MaskShape(0.9, False, neighborhood=True, tiled=tiled)
+        for kernel in ("fwd", "dq", "dkdv"):
+            assert _config(kernel, shape, dim=dim) == _config(kernel, shape)
+    full_only = MaskShape(0.0, False, neighborhood=True, tiled=True)
+    assert _config("fwd", full_only, dim=dim) == KernelConfig(128, 64, 4, 3)
+    grid = (32, 32)
+    na = Permuted(Neighborhood(grid, (7, 7)), GridLayout(grid, (8, 8)))
+    assert forward_tiles(na, 1024, 1024, 2, dim) == (64, 64)
+
+
 def test_forward_tiles_follow_the_pattern_tile_map():
     assert forward_tiles(Causal(), 4096, 4096, 4, 128) == (128, 128)
     assert forward_tiles(Window(1023, 0), 16384, 16384, 4, 128) == (64, 64)

@@ -88,6 +88,13 @@ RAGGED_PARTIAL_FRACTION = 0.05
 #        took 5.6 ms, and the 3-stage forward led. These were all measured in tiled orders; the
 #        row-major 2-D case kept the earlier choices after its fwd+bwd went from 2.89 to 3.51 ms
 #        with them (results/2026-11-30-h200-natten-5.json, not separated per kernel).
+#   N-D neighborhoods at D <= 64 take the same choices, not yet measured per config. With the
+#        dense D = 64 choices, 128-row forward and dq tiles and 128-key dk/dv tiles straddle two
+#        64-token layout tiles (coordinates by division, 25% more listed pairs in 2-D and 3-D) and
+#        fwd+bwd took longer than at D = 128 (2-D 1.41 against 1.27 ms, 3-D 8.61 against 7.93,
+#        results/2026-11-30-h200-natten-5.json). sm_90 compiles of the 2-D and 3-D cases at
+#        D = 64 (benchmarks/compile_check.py): fwd 255 -> 130 registers (49 -> 41 KB), dq 144-169
+#        -> 156 at 4 warps, dk/dv 8 warps at 255 registers -> 4 warps at 255, 49 KB.
 def _masked_config(kernel: str, shape: MaskShape) -> KernelConfig:
     tiled_neighborhood = shape.neighborhood and shape.partial_fraction > 0 and shape.tiled
     if kernel == "fwd":
@@ -106,7 +113,8 @@ def _masked_config(kernel: str, shape: MaskShape) -> KernelConfig:
 def _gpu_config(kernel: str, dim: int, dtype: torch.dtype, shape: Optional[MaskShape]) -> KernelConfig:
     wide = dtype == torch.float32
     masked = shape is not None
-    if masked and not wide and 64 < dim <= 128 and kernel in ("fwd", "dq", "dkdv"):
+    if masked and not wide and kernel in ("fwd", "dq", "dkdv") and (
+            64 < dim <= 128 or (dim <= 64 and shape.neighborhood and shape.partial_fraction > 0)):
         return _masked_config(kernel, shape)
     if kernel == "fwd":
         if dim <= 64:
