@@ -95,11 +95,18 @@ RAGGED_PARTIAL_FRACTION = 0.05
 #        results/2026-11-30-h200-natten-5.json). sm_90 compiles of the 2-D and 3-D cases at
 #        D = 64 (benchmarks/compile_check.py): fwd 255 -> 130 registers (49 -> 41 KB), dq 144-169
 #        -> 156 at 4 warps, dk/dv 8 warps at 255 registers -> 4 warps at 255, 49 KB.
+#   fwd (64, 64, 4, 1) on tiled orders, without the K/V double buffer: 49 KB of shared memory and
+#        at most 164 registers, so three programs per SM instead of two (H200, D = 128,
+#        results/tuning/2026-11-30-h200-natten-config-sweep-fwd-one-stage.json): 2-D k17 0.253
+#        against 0.268 ms for (64, 64, 4, 2), 3-D 1.947 against 2.068, 3-D blocked (full tiles
+#        only, 4 per row) 0.356 against 0.389 (and 0.401 for the dense (128, 128, 8, 3) it took).
 def _masked_config(kernel: str, shape: MaskShape) -> KernelConfig:
     tiled_neighborhood = shape.neighborhood and shape.partial_fraction > 0 and shape.tiled
     if kernel == "fwd":
+        if tiled_neighborhood or (shape.tiled and shape.partial_fraction == 0):
+            return KernelConfig(64, 64, 4, 1)
         if shape.neighborhood and shape.partial_fraction > 0:
-            return KernelConfig(64, 64, 4, 2 if tiled_neighborhood else 3)
+            return KernelConfig(64, 64, 4, 3)
         return KernelConfig(64, 64, 4, 2) if shape.ragged else KernelConfig(128, 128, 8, 3)
     if kernel == "dq":
         return KernelConfig(64, 64, 4, 2)
