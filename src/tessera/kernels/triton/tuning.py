@@ -88,7 +88,7 @@ RAGGED_PARTIAL_FRACTION = 0.05
 #        took 5.6 ms, and the 3-stage forward led. These were all measured in tiled orders; the
 #        row-major 2-D case kept the earlier choices after its fwd+bwd went from 2.89 to 3.51 ms
 #        with them (results/2026-11-30-h200-natten-5.json, not separated per kernel).
-#   N-D neighborhoods at D <= 64 take the same choices, not yet measured per config. With the
+#   N-D neighborhoods at D <= 64 take the same choices but for the forward's stages. With the
 #        dense D = 64 choices, 128-row forward and dq tiles and 128-key dk/dv tiles straddle two
 #        64-token layout tiles (coordinates by division, 25% more listed pairs in 2-D and 3-D) and
 #        fwd+bwd took longer than at D = 128 (2-D 1.41 against 1.27 ms, 3-D 8.61 against 7.93,
@@ -100,11 +100,13 @@ RAGGED_PARTIAL_FRACTION = 0.05
 #        results/tuning/2026-11-30-h200-natten-config-sweep-fwd-one-stage.json): 2-D k17 0.253
 #        against 0.268 ms for (64, 64, 4, 2), 3-D 1.947 against 2.068, 3-D blocked (full tiles
 #        only, 4 per row) 0.356 against 0.389 (and 0.401 for the dense (128, 128, 8, 3) it took).
-def _masked_config(kernel: str, shape: MaskShape) -> KernelConfig:
+#        At D = 64 the double buffer wins (results/tuning/2026-11-30-h200-natten-config-sweep-fwd-d64.json):
+#        2-D 0.158 against 0.168 ms, 3-D 1.310 against 1.331.
+def _masked_config(kernel: str, shape: MaskShape, dim: int) -> KernelConfig:
     tiled_neighborhood = shape.neighborhood and shape.partial_fraction > 0 and shape.tiled
     if kernel == "fwd":
         if tiled_neighborhood or (shape.tiled and shape.partial_fraction == 0):
-            return KernelConfig(64, 64, 4, 1)
+            return KernelConfig(64, 64, 4, 1 if dim > 64 else 2)
         if shape.neighborhood and shape.partial_fraction > 0:
             return KernelConfig(64, 64, 4, 3)
         return KernelConfig(64, 64, 4, 2) if shape.ragged else KernelConfig(128, 128, 8, 3)
@@ -122,7 +124,7 @@ def _gpu_config(kernel: str, dim: int, dtype: torch.dtype, shape: Optional[MaskS
     masked = shape is not None
     if masked and not wide and kernel in ("fwd", "dq", "dkdv") and (
             64 < dim <= 128 or (dim <= 64 and shape.neighborhood and shape.partial_fraction > 0)):
-        return _masked_config(kernel, shape)
+        return _masked_config(kernel, shape, dim)
     if kernel == "fwd":
         if dim <= 64:
             return KernelConfig(128, 64, 4, 3)
