@@ -4,7 +4,7 @@
 #   bash benchmarks/gpu_run.sh [tests] [tests-quick] [tests-args] [tests-layers] [streams-ab] [schedule-ab] [attention] [natten]
 #                              [natten-reorder] [natten-profile] [natten-configs] [host-overhead] [host-breakdown] [linear] [tests-linear] [linear-final] [linear-accept]
 #                              [linear-profile] [state-sweep] [state-ab] [linear-host] [linear-delta] [candidates] [kernel-next]
-#                              [launch-cost] [blocked-dense] [fp32-ab] [fp32-bisect]
+#                              [launch-cost] [blocked-dense] [fp32-ab] [fp32-bisect] [step-jitter]
 #   (linear, linear-final, linear-accept, linear-profile, linear-delta: carry .whl for fla)
 #   (default: tests attention natten linear; NATTEN_ARGS: extra arguments of benchmarks/natten.py)
 # Triton's cache (compiled kernels, and fla's autotuning timings through Triton's `cache_results`) is
@@ -80,6 +80,8 @@ for step in $steps; do
                       2>&1 | tee "$OUT/natten-profile.log" || status=1 ;;
     fp32-ab) timeout "${TESSERA_FP32_TIMEOUT:-200}" python3 benchmarks/gpu_fp32_ab.py --out "$OUT" \
                2>&1 | tee "$OUT/fp32-ab.log" || status=1 ;;
+    step-jitter) timeout "${TESSERA_JITTER_TIMEOUT:-150}" python3 benchmarks/gpu_step_jitter.py --out "$OUT" \
+                   2>&1 | tee "$OUT/step-jitter.log" || status=1 ;;
     fp32-bisect) timeout "${TESSERA_FP32_TIMEOUT:-300}" python3 benchmarks/gpu_fp32_bisect.py --out "$OUT" \
                    2>&1 | tee "$OUT/fp32-bisect.log" || status=1 ;;
     natten-configs)
@@ -153,7 +155,7 @@ for step in $steps; do
     kernel-next) bash benchmarks/gpu_kernel_next.sh 2>&1 | tee "$OUT/kernel-next.log" || status=1 ;;
     linear) timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/linear.py --out "$OUT" ${LINEAR_BENCH_ARGS:-} \
               2>&1 | tee "$OUT/linear.log" || status=1 ;;
-    *) echo "unknown step $step (tests, tests-quick, tests-args, tests-layers, streams-ab, schedule-ab, attention, natten, natten-reorder, natten-profile, natten-configs, host-overhead, host-breakdown, linear, tests-linear, linear-final, linear-accept, linear-profile, state-sweep, state-ab, linear-host, linear-delta, candidates, kernel-next, launch-cost, blocked-dense, fp32-ab, fp32-bisect)"; status=2 ;;
+    *) echo "unknown step $step (tests, tests-quick, tests-args, tests-layers, streams-ab, schedule-ab, attention, natten, natten-reorder, natten-profile, natten-configs, host-overhead, host-breakdown, linear, tests-linear, linear-final, linear-accept, linear-profile, state-sweep, state-ab, linear-host, linear-delta, candidates, kernel-next, launch-cost, blocked-dense, fp32-ab, fp32-bisect, step-jitter)"; status=2 ;;
   esac
 done
 exit $status

@@ -1,0 +1,131 @@
+"""How much of the N-D suite's short forward+backward step is host time, and how much it varies.
+GPU only.
+
+    python benchmarks/gpu_step_jitter.py --out DIR [--cases "2-D 128x128 k17" ...] [--repeats 6]
+
+For each case (names of ``tessera.bench.attention.natten_cases``; tessera, bf16), one process:
+
+- ``suite_ms``: the suite's own timing (``median_ms``: ``triton.testing.do_bench`` median, L2
+  flushed) repeated ``--repeats`` times, as listed, with the side stream on and then off;
+- ``samples``: every single timed call of one more do_bench-like loop (L2 flush, CUDA events
+  around the call, no synchronisation in between), as percentiles, to tell a slow median from a
+  bimodal distribution;
+- ``host_ms``: host time per step with nothing synchronised in between;
+- ``graph_ms``: the step replayed from a CUDA graph (GPU time alone, no host in it), or the error
+  when the step cannot be captured.
+
+Writes ``step_jitter.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+
+from tessera.bench.attention import _Inputs, _impl_fn, natten_cases
+from tessera.bench.timing import host_seconds_per_call, median_ms, warm_up_gpu
+from tessera.kernels.triton import streams
+
+
+def _percentiles(samples: list[float]) -> dict:
+    ordered = sorted(samples)
+    pick = lambda p: ordered[min(len(ordered) - 1, int(p * len(ordered)))]  # noqa: E731
+    return {"n": len(ordered), "p10": pick(0.1), "p50": pick(0.5), "p90": pick(0.9),
+            "min": ordered[0], "max": ordered[-1]}
+
+
+def _event_samples(step, calls: int = 200) -> list[float]:
+    """Per-call ms of ``step`` as ``do_bench`` times each call: an L2 flush before each, CUDA
+    events around it, one synchronisation at the end (the host may run ahead of the GPU)."""
+    flush = torch.empty(256 * 1024 * 1024 // 4, dtype=torch.int32, device="cuda")
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+              for _ in range(calls)]
+    for begin, end in events:
+        flush.zero_()
+        begin.record()
+        step()
+        end.record()
+    torch.cuda.synchronize()
+    return [begin.elapsed_time(end) for begin, end in events]
+
+
+def _graph_ms(step, replays: int = 50) -> float:
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    graph.replay()
+    torch.cuda.synchronize()
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    begin.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return begin.elapsed_time(end) / replays
+
+
+def measure(case, repeats: int) -> dict:
+    device = torch.device("cuda")
+    inp = _Inputs(case, device, torch.bfloat16)
+    inp.require_grad(True)
+    fn = _impl_fn("tessera", case, None, inp, device)
+
+    def step():
+        o = fn()
+        torch.autograd.grad(o, inp.grad_leaves(), inp.do.view(o.shape))
+
+    row = {"case": case.name}
+    for side_stream in (True, False):
+        streams.ENABLED = side_stream
+        label = "streams_on" if side_stream else "streams_off"
+        row[f"suite_ms_{label}"] = [median_ms(step, device) for _ in range(repeats)]
+        row[f"samples_{label}"] = _percentiles(_event_samples(step))
+        row[f"host_ms_{label}"] = host_seconds_per_call(step, calls=50) * 1e3
+    streams.ENABLED = True
+    try:
+        row["graph_ms"] = _graph_ms(step)
+    except Exception as error:  # noqa: BLE001 - reported, not raised: the other numbers stand
+        row["graph_ms"] = None
+        row["graph_error"] = repr(error)[:300]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=".")
+    parser.add_argument("--cases", nargs="*", default=["2-D 128x128 k17", "2-D 128x128 k17 dil2", "2-D 128x128 k17 D=64"])
+    parser.add_argument("--repeats", type=int, default=6)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks/gpu_step_jitter.py needs a CUDA GPU")
+    cases = {case.name: case for case in natten_cases()}
+    unknown = [name for name in args.cases if name not in cases]
+    if unknown:
+        raise SystemExit(f"--cases: unknown {unknown}; known: {sorted(cases)}")
+    warm_up_gpu(torch.device("cuda"))
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": []}
+    path = os.path.join(args.out, "step_jitter.json")
+    for name in args.cases:
+        row = measure(cases[name], args.repeats)
+        print(json.dumps(row), flush=True)
+        result["rows"].append(row)
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1)
+    medians = [m for row in result["rows"] for m in row["suite_ms_streams_on"]]
+    print(f"suite medians, side stream on: {statistics.median(medians):.3f} ms over {len(medians)}")
+
+
+if __name__ == "__main__":
+    main()
