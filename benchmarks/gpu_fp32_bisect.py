@@ -8,7 +8,7 @@ default one, checked against the float64 reference (``tests/kernels/flash_cases.
 
     python benchmarks/gpu_fp32_bisect.py --out DIR
 
-Writes ``fp32_bisect.json`` (``rows``: case, returncode, the last lines of output).
+Writes ``fp32_bisect.json`` after every case (``rows``: case, returncode, the last lines of output).
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ def main() -> None:
                "tail": text.strip().splitlines()[-3:]}
         print(json.dumps(row), flush=True)
         rows.append(row)
-    with open(os.path.join(args.out, "fp32_bisect.json"), "w") as f:
-        json.dump({"date": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}, f, indent=1)
+        with open(os.path.join(args.out, "fp32_bisect.json"), "w") as f:
+            json.dump({"date": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
