@@ -15,6 +15,7 @@ from .bias import Bias, RelativePosition, as_bias
 from .kernels import registry
 from .kernels.registry import AttentionCall
 from .patterns.base import Dense, Pattern
+from .patterns.local import Causal
 
 LAYOUTS = ("bshd", "bhsd")
 SCORES = ("softmax", "sigmoid")
@@ -292,8 +293,6 @@ def _check_cu_seqlens(cu_q, cu_k, q: torch.Tensor, k: torch.Tensor) -> bool:
 
 def _resolve_pattern(pattern, causal: bool):
     """(pattern with causal folded in or None for dense, causal flag)."""
-    from .patterns.local import Causal
-
     if isinstance(pattern, str):
         from .patterns import parse
         try:

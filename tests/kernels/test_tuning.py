@@ -76,3 +76,20 @@ def test_forward_tiles_follow_the_pattern_tile_map():
 def test_unknown_kernel_name_is_refused():
     with pytest.raises(ValueError, match="kernel must be"):
         kernel_config("dv", 128, torch.bfloat16, False, None)
+
+
+def test_low_rank_calls_keep_ieee_products_under_tf32x3(monkeypatch):
+    from tessera.kernels.triton import backend
+    monkeypatch.setattr(backend, "FP32_PRECISION", "tf32x3")
+    matmul = torch.backends.cuda.matmul
+    allowed = matmul.allow_tf32
+    try:
+        matmul.allow_tf32 = False
+        assert backend._precision(torch.float32, False) == "tf32x3"
+        assert backend._precision(torch.float32, False, low_rank=True) == "ieee"
+        assert backend._precision(torch.float32, True, low_rank=True) == "ieee"
+        assert backend._precision(torch.bfloat16, False, low_rank=True) == "tf32"
+        matmul.allow_tf32 = True
+        assert backend._precision(torch.float32, False, low_rank=True) == "tf32"
+    finally:
+        matmul.allow_tf32 = allowed

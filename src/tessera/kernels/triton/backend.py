@@ -157,9 +157,14 @@ def _head_contiguous(t: torch.Tensor) -> torch.Tensor:
 FP32_PRECISION = os.environ.get("TESSERA_FP32_PRECISION", "ieee")
 
 
-def _precision(dtype: torch.dtype, interpret: bool) -> str:
+def _precision(dtype: torch.dtype, interpret: bool, low_rank: bool = False) -> str:
+    """``input_precision`` of the kernels' products. Calls with a low-rank bias keep "ieee" under
+    "tf32x3": their dk/dv kernel hits an illegal memory access with it on the H200 at every dk/dv
+    config tried, with or without factor gradients (results/tuning/2026-11-30-h200-fp32-bisect.json)."""
     if dtype == torch.float32 and not interpret:
-        return "tf32" if torch.backends.cuda.matmul.allow_tf32 else FP32_PRECISION
+        if torch.backends.cuda.matmul.allow_tf32:
+            return "tf32"
+        return "ieee" if low_rank and FP32_PRECISION == "tf32x3" else FP32_PRECISION
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
@@ -356,8 +361,8 @@ def _run_one(call: AttentionCall, q, k, v, bias_spec):
     grid = bias_spec.grid if isinstance(bias_spec, RelativePosition) else None
     key = call.pattern_key if call.pattern_key is not None else pattern_key(call.pattern)
     spec = _Spec(call.pattern, float(call.scale), call.softcap, sigmoid_bias,
-                 _precision(q.dtype, INTERPRETED), INTERPRETED, grid, call.grid_order, key,
-                 call.dilation_fold)
+                 _precision(q.dtype, INTERPRETED, isinstance(bias_spec, LowRank)), INTERPRETED, grid,
+                 call.grid_order, key, call.dilation_fold)
     slopes = bias_spec.slopes if isinstance(bias_spec, ALiBi) else None
     bias = bias_spec.tensor if isinstance(bias_spec, TensorBias) else None
     u = w = None

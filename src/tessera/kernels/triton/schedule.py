@@ -170,12 +170,22 @@ def _launch(found: Optional[Schedule], lists: TileLists, n_tiles: int, batch: in
 
 
 def row_launch(plan: KernelPlan, batch: int, heads: int) -> Launch:
-    """The launch of the forward or dq kernel over ``plan`` (``row_schedule``)."""
-    return _launch(row_schedule(plan, batch, heads), plan.rows, plan.n_q_tiles, batch, heads,
-                   reorderable(plan))
+    """The launch of the forward or dq kernel over ``plan`` (``row_schedule``), remembered in
+    the plan per batch, heads and ``ENABLED``."""
+    key = ("row launch", batch, heads, ENABLED)
+    launch = plan.schedules.get(key)
+    if launch is None:
+        launch = plan.schedules[key] = _launch(row_schedule(plan, batch, heads), plan.rows, plan.n_q_tiles,
+                                               batch, heads, reorderable(plan))
+    return launch
 
 
 def col_launch(plan: KernelPlan, batch: int, kv_heads: int) -> Launch:
-    """The launch of the dk/dv kernel over ``plan`` (``col_schedule``)."""
-    return _launch(col_schedule(plan, batch, kv_heads), plan.cols, plan.n_k_tiles, batch, kv_heads,
-                   reorderable(plan, kv_heads))
+    """The launch of the dk/dv kernel over ``plan`` (``col_schedule``), remembered in the plan
+    per batch, kv heads and ``ENABLED``."""
+    key = ("col launch", batch, kv_heads, ENABLED)
+    launch = plan.schedules.get(key)
+    if launch is None:
+        launch = plan.schedules[key] = _launch(col_schedule(plan, batch, kv_heads), plan.cols, plan.n_k_tiles,
+                                               batch, kv_heads, reorderable(plan, kv_heads))
+    return launch
