@@ -11,8 +11,9 @@ For each case (names of ``tessera.bench.attention.natten_cases``; tessera, bf16)
   around the call, no synchronisation in between), as percentiles, to tell a slow median from a
   bimodal distribution;
 - ``host_ms``: host time per step with nothing synchronised in between;
-- ``graph_ms``: the step replayed from a CUDA graph (GPU time alone, no host in it), or the error
-  when the step cannot be captured.
+- ``graph_ms``: the step replayed from a CUDA graph (GPU time alone, no host in it; one stream,
+  as the backward keeps its kernels on the current stream during a capture), or the error when
+  the step cannot be captured.
 
 Writes ``step_jitter.json``.
 """
@@ -34,8 +35,10 @@ from tessera.kernels.triton import streams
 
 def _percentiles(samples: list[float]) -> dict:
     ordered = sorted(samples)
-    pick = lambda p: ordered[min(len(ordered) - 1, int(p * len(ordered)))]  # noqa: E731
-    return {"n": len(ordered), "p10": pick(0.1), "p50": pick(0.5), "p90": pick(0.9),
+
+    def at(fraction: float) -> float:
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+    return {"n": len(ordered), "p10": at(0.1), "p50": at(0.5), "p90": at(0.9),
             "min": ordered[0], "max": ordered[-1]}
 
 
