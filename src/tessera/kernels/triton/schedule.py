@@ -103,19 +103,21 @@ def _chosen(found: Optional[Schedule], batch: int, kernel_heads: int, device) ->
     return found
 
 
-def _row_candidate(plan: KernelPlan) -> Optional[Schedule]:
-    key = ("rows",)
+def _in_plan(plan: KernelPlan, key: tuple, make):
+    """``make()``, remembered in ``plan.schedules`` under ``key`` (None included)."""
     if key not in plan.schedules:
-        plan.schedules[key] = _longest_first(plan.rows, 1, True, plan.map_heads)
+        plan.schedules[key] = make()
     return plan.schedules[key]
+
+
+def _row_candidate(plan: KernelPlan) -> Optional[Schedule]:
+    return _in_plan(plan, ("rows",), lambda: _longest_first(plan.rows, 1, True, plan.map_heads))
 
 
 def _col_candidate(plan: KernelPlan, kv_heads: int) -> Optional[Schedule]:
-    key = ("cols", kv_heads)
-    if key not in plan.schedules:
-        group = plan.map_heads // kv_heads if plan.map_heads > 1 else 1
-        plan.schedules[key] = _longest_first(plan.cols, group, False, plan.map_heads // group)
-    return plan.schedules[key]
+    group = plan.map_heads // kv_heads if plan.map_heads > 1 else 1
+    return _in_plan(plan, ("cols", kv_heads),
+                    lambda: _longest_first(plan.cols, group, False, plan.map_heads // group))
 
 
 def reorderable(plan: KernelPlan, kv_heads: Optional[int] = None) -> bool:
@@ -172,20 +174,14 @@ def _launch(found: Optional[Schedule], lists: TileLists, n_tiles: int, batch: in
 def row_launch(plan: KernelPlan, batch: int, heads: int) -> Launch:
     """The launch of the forward or dq kernel over ``plan`` (``row_schedule``), remembered in
     the plan per batch, heads and ``ENABLED``."""
-    key = ("row launch", batch, heads, ENABLED)
-    launch = plan.schedules.get(key)
-    if launch is None:
-        launch = plan.schedules[key] = _launch(row_schedule(plan, batch, heads), plan.rows, plan.n_q_tiles,
-                                               batch, heads, reorderable(plan))
-    return launch
+    return _in_plan(plan, ("row launch", batch, heads, ENABLED),
+                    lambda: _launch(row_schedule(plan, batch, heads), plan.rows, plan.n_q_tiles, batch,
+                                    heads, reorderable(plan)))
 
 
 def col_launch(plan: KernelPlan, batch: int, kv_heads: int) -> Launch:
     """The launch of the dk/dv kernel over ``plan`` (``col_schedule``), remembered in the plan
     per batch, kv heads and ``ENABLED``."""
-    key = ("col launch", batch, kv_heads, ENABLED)
-    launch = plan.schedules.get(key)
-    if launch is None:
-        launch = plan.schedules[key] = _launch(col_schedule(plan, batch, kv_heads), plan.cols, plan.n_k_tiles,
-                                               batch, kv_heads, reorderable(plan, kv_heads))
-    return launch
+    return _in_plan(plan, ("col launch", batch, kv_heads, ENABLED),
+                    lambda: _launch(col_schedule(plan, batch, kv_heads), plan.cols, plan.n_k_tiles, batch,
+                                    kv_heads, reorderable(plan, kv_heads)))
