@@ -27,10 +27,11 @@ from tessera.natten import na2d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--dim", type=int, default=128)
     args = parser.parse_args()
     launcher.Launcher._launch = lambda self, grid, stream, launch_args, kwargs: None
     backend.INTERPRETED = True
-    shape = (1, 128, 128, 16, 128)
+    shape = (1, 128, 128, 16, args.dim)
     q, k, v = (torch.randn(shape, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     do = torch.randn(shape, dtype=torch.bfloat16)
 

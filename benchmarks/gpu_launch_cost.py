@@ -14,9 +14,13 @@ on the host (no synchronisation inside a batch, microseconds per launch):
 
 Plus the step's host time (and with every launch through Triton's path), the sum of its launches' ``jit`` times (the rest is the Python and
 torch work around the launches), and ``segments``: host us per step inside each of a list of
-functions (wrapped with timers while the step runs; nested segments overlap).
+functions (wrapped with timers while the step runs; nested segments overlap), and
+``synchronizing_ops``: what ``torch.cuda.set_sync_debug_mode("warn")`` reports in one step.
 
-    python benchmarks/gpu_launch_cost.py --out DIR   -> DIR/launch_cost.json
+    python benchmarks/gpu_launch_cost.py --out DIR [--case NAME]   -> DIR/launch_cost.json
+
+``--case``: an attention case (default the causal window) or an N-D case of ``natten_cases``,
+underscores standing for spaces.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from triton.backends.nvidia import driver as nvidia_driver
 from triton.runtime.jit import JITFunction, compute_cache_key
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from tessera.bench.attention import _Inputs, _tessera_fn, gpu_cases
+from tessera.bench.attention import _impl_fn, _Inputs, _tessera_fn, gpu_cases, natten_cases
 from tessera.bench.host_parts import host_ms_per_part
 from tessera.bench.timing import host_seconds_per_call, warm_up_gpu
 from tessera.kernels.triton.launcher import Launcher, specialization_key
@@ -100,7 +104,9 @@ def _segments(step) -> dict:
     """Host us per step spent inside each function of ``SEGMENTS`` (timer wrappers)."""
     import tessera
     from tessera.kernels.triton import backend, flash_bwd, flash_fwd, row_dot, streams
-    targets = [(tessera, "attention"), (torch.autograd, "grad"), (backend.FlashAttention, "forward"),
+    from tessera import natten
+    targets = [(tessera, "attention"), (natten, "neighborhood_attention"), (natten, "_grid_order_run"),
+               (backend, "_forward"), (torch.autograd, "grad"), (backend.FlashAttention, "forward"),
                (backend.FlashAttention, "backward"), (backend, "_configs"), (backend, "_plan"),
                (flash_fwd, "forward"), (flash_bwd, "backward"), (flash_bwd, "row_operands"),
                (flash_fwd, "row_operands"), (row_dot, "row_dot"), (flash_bwd, "row_dot"),
@@ -110,6 +116,19 @@ def _segments(step) -> dict:
                              targets=[(owner, name, f"{getattr(owner, '__name__', owner)}.{name}")
                                       for owner, name in targets])
     return {"step": round(parts.pop("call") * 1e3, 2), **{k: round(v * 1e3, 2) for k, v in parts.items()}}
+
+
+def _synchronizing_ops(step) -> list[str]:
+    """Warnings of the operations of one step that synchronise the host with the GPU."""
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return [str(w.message)[:300] for w in caught]
 
 
 def _triton_path_step_us(step) -> list[float]:
@@ -125,28 +144,40 @@ def _triton_path_step_us(step) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=".")
+    parser.add_argument("--case", default="causal window 1024 S=16384")
     args = parser.parse_args()
+    args.case = args.case.replace("_", " ")   # underscores for spaces, for shell-split arguments
     device = torch.device("cuda")
     warm_up_gpu(device)
-    case = {c.name: c for c in gpu_cases()}["causal window 1024 S=16384"]
-    inp = _Inputs(case, device, torch.bfloat16)
-    fn = _tessera_fn(case, case.pattern(device), inp, "triton")
+    attention = {c.name: c for c in gpu_cases()}
+    nd = {c.name: c for c in natten_cases()}
+    if args.case in attention:
+        case = attention[args.case]
+        inp = _Inputs(case, device, torch.bfloat16)
+        fn = _tessera_fn(case, case.pattern(device), inp, "triton")
+    elif args.case in nd:
+        case = nd[args.case]
+        inp = _Inputs(case, device, torch.bfloat16)
+        fn = _impl_fn("tessera", case, None, inp, device)
+    else:
+        raise SystemExit(f"--case: unknown {args.case!r}; known: {sorted(attention) + sorted(nd)}")
     inp.require_grad(True)
 
     def step():
         o = fn()
-        torch.autograd.grad(o, inp.grad_leaves(), inp.do)
+        torch.autograd.grad(o, inp.grad_leaves(), inp.do.view(o.shape))
 
     step()
     launches = _record(step)
     step_us = [_us(step, 20) for _ in range(3)]
     parts = [_launch_parts(*launch) for launch in launches]
     segments = [_segments(step) for _ in range(2)]
+    synchronizing = _synchronizing_ops(step)
     triton_path = _triton_path_step_us(step)
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "case": case.name, "unit": "us per call (host)",
               "step_us": step_us, "launch_jit_sum_us": round(sum(p["jit"] for p in parts), 2),
-              "launches": parts, "segments": segments,
+              "launches": parts, "segments": segments, "synchronizing_ops": synchronizing,
               "triton_path_step_us": triton_path}
     print(json.dumps(result, indent=1))
     with open(f"{args.out}/launch_cost.json", "w") as f:

@@ -80,7 +80,7 @@ for step in $steps; do
                       2>&1 | tee "$OUT/natten-profile.log" || status=1 ;;
     fp32-ab) timeout "${TESSERA_FP32_TIMEOUT:-200}" python3 benchmarks/gpu_fp32_ab.py --out "$OUT" \
                2>&1 | tee "$OUT/fp32-ab.log" || status=1 ;;
-    step-jitter) timeout "${TESSERA_JITTER_TIMEOUT:-150}" python3 benchmarks/gpu_step_jitter.py --out "$OUT" \
+    step-jitter) timeout "${TESSERA_JITTER_TIMEOUT:-150}" python3 benchmarks/gpu_step_jitter.py --out "$OUT" ${STEP_JITTER_ARGS:-} \
                    2>&1 | tee "$OUT/step-jitter.log" || status=1 ;;
     fp32-bisect) timeout "${TESSERA_FP32_TIMEOUT:-300}" python3 benchmarks/gpu_fp32_bisect.py --out "$OUT" \
                    2>&1 | tee "$OUT/fp32-bisect.log" || status=1 ;;
@@ -100,7 +100,7 @@ for step in $steps; do
                       2>&1 | tee "$OUT/host-breakdown.log" || status=1 ;;
     blocked-dense) timeout 200 python3 benchmarks/gpu_blocked_dense.py --out "$OUT" \
                      2>&1 | tee "$OUT/blocked-dense.log" || status=1 ;;
-    launch-cost) timeout 120 python3 benchmarks/gpu_launch_cost.py --out "$OUT" \
+    launch-cost) timeout 120 python3 benchmarks/gpu_launch_cost.py --out "$OUT" ${LAUNCH_COST_ARGS:-} \
                    2>&1 | tee "$OUT/launch-cost.log" || status=1 ;;
     tests-linear)
       # The linear GPU tests in two processes (compiling dominates).

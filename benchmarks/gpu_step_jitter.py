@@ -3,6 +3,8 @@ GPU only.
 
     python benchmarks/gpu_step_jitter.py --out DIR [--cases "2-D 128x128 k17" ...] [--repeats 6]
 
+(underscores in case names stand for spaces, for shell-split arguments)
+
 For each case (names of ``tessera.bench.attention.natten_cases``; tessera, bf16), one process:
 
 - ``suite_ms``: the suite's own timing (``median_ms``: ``triton.testing.do_bench`` median, L2
@@ -11,6 +13,8 @@ For each case (names of ``tessera.bench.attention.natten_cases``; tessera, bf16)
   around the call, no synchronisation in between), as percentiles, to tell a slow median from a
   bimodal distribution;
 - ``host_ms``: host time per step with nothing synchronised in between;
+- ``host_ms_gc_off``: host time per step with Python's garbage collector off (``host_ms_again``:
+  on again, after it), and ``gc_objects``: objects the collector tracks at that point;
 - ``graph_ms``: the step replayed from a CUDA graph (GPU time alone, no host in it; one stream,
   as the backward keeps its kernels on the current stream during a capture), or the error when
   the step cannot be captured.
@@ -21,6 +25,7 @@ Writes ``step_jitter.json``.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -96,6 +101,14 @@ def measure(case, repeats: int) -> dict:
         row[f"samples_{label}"] = _percentiles(_event_samples(step))
         row[f"host_ms_{label}"] = host_seconds_per_call(step, calls=50) * 1e3
     streams.ENABLED = True
+    gc.collect()
+    gc.disable()
+    try:
+        row["host_ms_gc_off"] = host_seconds_per_call(step, calls=50) * 1e3
+    finally:
+        gc.enable()
+    row["host_ms_again"] = host_seconds_per_call(step, calls=50) * 1e3
+    row["gc_objects"] = len(gc.get_objects())
     try:
         row["graph_ms"] = _graph_ms(step)
     except Exception as error:  # noqa: BLE001 - reported, not raised: the other numbers stand
@@ -110,6 +123,7 @@ def main() -> None:
     parser.add_argument("--cases", nargs="*", default=["2-D 128x128 k17", "2-D 128x128 k17 dil2", "2-D 128x128 k17 D=64"])
     parser.add_argument("--repeats", type=int, default=6)
     args = parser.parse_args()
+    args.cases = [name.replace("_", " ") for name in args.cases]   # underscores for spaces
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu_step_jitter.py needs a CUDA GPU")
     cases = {case.name: case for case in natten_cases()}

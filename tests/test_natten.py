@@ -219,7 +219,7 @@ def test_auto_layout_of_blocked_attention_is_the_block():
 ])
 def test_gpu_dilated_against_float64(op, grid, kernel, dilation, stride, dtype):
     """The Triton kernels through na2d / na3d "auto" against the float64 reference, forward and
-    backward (GQA, B = 2), by the rule of tests/kernels/flash_cases.py: the kernel's error at most
+    backward (GQA, B = 2; called twice, the second call equal to the first), by the rule of tests/kernels/flash_cases.py: the kernel's error at most
     2x (forward) or 3x (gradients) the reference's own in the input dtype, plus a small floor."""
     from tessera.natten import dilation_groups
     assert (dilation_groups(grid, dilation) is None) == (grid == (30, 48))
@@ -234,7 +234,10 @@ def test_gpu_dilated_against_float64(op, grid, kernel, dilation, stride, dtype):
         grads = torch.autograd.grad(o, leaves, do.to(dt))
         return [o, lse, *grads]
 
-    got = run(dtype, "triton")
+    first = run(dtype, "triton")
+    got = run(dtype, "triton")      # repeat launches: past Triton's binder (launcher.py)
+    for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), first, got):
+        assert torch.equal(a, b), f"{name}: a repeat call differs from the first"
     same = run(dtype, "reference")
     want = run(torch.float64, "reference")
     atol = {torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
@@ -267,3 +270,66 @@ def test_call_plan_is_built_once_per_signature(monkeypatch):
         natten._call_plan((64, 64), 17.0, 1, 1, False, "auto", cuda)
     with pytest.raises(TypeError, match="causal must be a bool"):
         natten._call_plan((64, 64), 17, 1, 1, 0, "auto", cuda)
+
+
+def test_repeat_calls_run_the_backends_prepared_call(monkeypatch):
+    """A grid-order (or folded) call whose signature ran before goes straight to the backend's
+    prepared run: no call building, no ``supports``. A new stride, scale, return_lse or a scale of
+    another type is a new signature, and a bad argument still gets its error."""
+    import tessera.natten as natten
+    from tessera.kernels import registry
+
+    log = []
+
+    def run(call):
+        log.append("run")
+        return torch.zeros_like(call.q), torch.zeros(call.q.shape[0], call.q.shape[2], call.q.shape[1])
+
+    def prepare(call):
+        log.append("prepare")
+
+        def prepared(q, k, v):
+            log.append(("prepared", q.data_ptr()))
+            return torch.zeros_like(q), torch.zeros(q.shape[0], q.shape[2], q.shape[1])
+        return prepared
+
+    def supports(call):
+        log.append("supports")
+        return None
+
+    monkeypatch.setitem(registry._BACKENDS, "triton", registry.Backend("triton", run, supports, prepare))
+    monkeypatch.setattr(natten, "_PREPARED", {})
+    monkeypatch.setattr(natten, "GRID_ORDER_IN_KERNEL", True)
+    inputs = [torch.randn(1, 8, 8, 2, 16) for _ in range(3)]
+    na2d(*inputs, 3, layout=(4, 4), backend="triton")
+    assert log == ["supports", "prepare", ("prepared", inputs[0].data_ptr())]
+    fresh = [torch.randn(1, 8, 8, 2, 16) for _ in range(3)]
+    log.clear()
+    o = na2d(*fresh, 3, layout=(4, 4), backend="triton")
+    assert log == [("prepared", fresh[0].data_ptr())] and o.shape == (1, 8, 8, 2, 16)
+    for variant in (dict(scale=0.5), dict(return_lse=True)):
+        log.clear()
+        na2d(*fresh, 3, layout=(4, 4), backend="triton", **variant)
+        assert log[:2] == ["supports", "prepare"], variant
+    log.clear()
+    strided = [torch.randn(1, 8, 8, 4, 16)[:, :, :, ::2] for _ in range(3)]   # other head strides
+    na2d(*strided, 3, layout=(4, 4), backend="triton")
+    assert log[:2] == ["supports", "prepare"]
+    na2d(*fresh, 3, layout=(4, 4), backend="triton", scale=1.0)
+    with pytest.raises(TypeError, match="scale must be a real number"):
+        na2d(*fresh, 3, layout=(4, 4), backend="triton", scale=True)
+    # Dilation groups folded in-kernel: the same, per fold.
+    monkeypatch.setattr(natten, "_resolve_layout",
+                        lambda layout, grid, kernel, dilation, stride, causal, device:
+                        natten._auto_layout(grid, kernel, dilation, stride, causal))
+    natten._group_plan.cache_clear()
+    try:
+        big = [torch.randn(1, 16, 32, 2, 16) for _ in range(3)]
+        log.clear()
+        na2d(*big, 3, dilation=2, backend="triton")
+        assert log[:2] == ["supports", "prepare"]
+        log.clear()
+        na2d(*big, 3, dilation=2, backend="triton")
+        assert log == [("prepared", big[0].data_ptr())]
+    finally:
+        natten._group_plan.cache_clear()

@@ -108,14 +108,19 @@ def _folded_run(q, k, v, pattern: Neighborhood, na_dim: int, backend: str, scale
         return None
     batch, n = q.shape[0], math.prod(grid)
     flat = [t.reshape(batch, n, *t.shape[1 + na_dim:]) for t in (q, k, v)]
-    # The sub-pattern covers one group, not the call's length: it joins after the checks.
-    call, _ = _build_call(*flat, scale=scale, return_lse=return_lse)
-    call.pattern, call.pattern_key, call.grid_order = sub_pattern, key, True
-    call.dilation_fold = _dilation_fold(grid, pattern.dilation)
-    triton_backend = registry.get_backend("triton")
-    if triton_backend.supports(call) is not None:
-        return None
-    o, lse = triton_backend.run(call)
+    signature = ("fold", key, pattern.dilation, backend, type(scale), scale, return_lse,
+                 _tensor_signature(flat))
+    prepared = _prepared(signature)
+    out = prepared(*flat) if prepared is not None else None
+    if out is None:
+        # The sub-pattern covers one group, not the call's length: it joins after the checks.
+        call, _ = _build_call(*flat, scale=scale, return_lse=return_lse)
+        call.pattern, call.pattern_key, call.grid_order = sub_pattern, key, True
+        call.dilation_fold = _dilation_fold(grid, pattern.dilation)
+        out = _run_and_prepare(call, signature)
+        if out is None:
+            return None
+    o, lse = out
     o = o.reshape(batch, *grid, *o.shape[2:])
     return o, (lse.reshape(batch, lse.shape[1], *grid) if return_lse else None)
 
@@ -291,6 +296,10 @@ def _grid_order_run(flat, pattern: Permuted, key, scale, return_lse: bool, backe
     ``pattern`` (whose ``pattern_key`` is ``key``) addressed in-kernel, or None when the call does
     not go to the Triton backend or that backend cannot take it (then the caller reorders the
     tensors)."""
+    signature = ("grid order", key, backend, type(scale), scale, return_lse, _tensor_signature(flat))
+    prepared = _prepared(signature)
+    if prepared is not None:
+        return prepared(*flat)
     _check_backend_name(backend)
     wants_triton = backend == "triton" or (backend == "auto" and flat[0].device.type == "cuda")
     if not (wants_triton and "triton" in registry.available_backends()):
@@ -298,10 +307,40 @@ def _grid_order_run(flat, pattern: Permuted, key, scale, return_lse: bool, backe
     call, _ = _build_call(*flat, pattern=pattern, scale=scale, return_lse=return_lse)
     call.grid_order = True
     call.pattern_key = key
+    return _run_and_prepare(call, signature)
+
+
+# Signature of a grid-order or folded call (its path, pattern key, backend, scale, return_lse and
+# q, k, v shapes, strides, dtypes and devices) -> the Triton backend's prepared run of it, which
+# skips the checks and call building that an earlier call with that signature passed.
+_PREPARED: dict = {}
+MAX_PREPARED = 256
+
+
+def _tensor_signature(flat) -> tuple:
+    return tuple((t.shape, t.stride(), t.dtype, t.device) for t in flat)
+
+
+def _prepared(signature):
+    try:
+        return _PREPARED.get(signature)
+    except TypeError:  # an unhashable argument: the call's checks will name it
+        return None
+
+
+def _run_and_prepare(call, signature):
+    """Run ``call`` on the Triton backend (None when it declines) and keep its prepared run under
+    ``signature`` when the backend prepares it and the signature is hashable."""
     triton_backend = registry.get_backend("triton")
     if triton_backend.supports(call) is not None:
         return None
-    return triton_backend.run(call)
+    prepared = triton_backend.prepare(call) if triton_backend.prepare is not None else None
+    if prepared is None:
+        return triton_backend.run(call)
+    if len(_PREPARED) >= MAX_PREPARED:
+        _PREPARED.clear()
+    _PREPARED[signature] = prepared
+    return prepared(call.q, call.k, call.v)
 
 
 def na1d(q, k, v, kernel_size, dilation=1, stride=1, is_causal=False, *, layout="auto",

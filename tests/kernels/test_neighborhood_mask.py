@@ -354,6 +354,38 @@ else:
         finally:
             natten._group_plan.cache_clear()
 
+    @pytest.mark.parametrize("dilation", [1, 2])
+    def test_interpreted_natten_repeat_calls_through_the_prepared_run(dilation, monkeypatch):
+        # fp16 grid-order and folded calls: the second call of one signature takes the
+        # backend's prepared run (no call building) and matches float64 like the first.
+        import tessera
+        import tessera.natten as natten
+        monkeypatch.setattr(natten, "_PREPARED", {})
+        monkeypatch.setattr(natten, "GRID_ORDER_IN_KERNEL", True)
+        monkeypatch.setattr(natten, "_resolve_layout",
+                            lambda layout, grid, kernel, dilation, stride, causal, device:
+                            natten._auto_layout(grid, kernel, dilation, stride, causal))
+        natten._group_plan.cache_clear()
+        natten._cached_call_plan.cache_clear()
+        built = []
+        monkeypatch.setattr(natten, "_build_call", lambda *a, **kw: built.append(1) or tessera.api._build_call(*a, **kw))
+        try:
+            for attempt in range(2):
+                exact = [torch.randn(1, 16, 32, h, 32, dtype=torch.float64) for h in (2, 1, 1)]
+                leaves = [t.half().requires_grad_() for t in exact]
+                o = natten.na2d(*leaves, (3, 5), dilation, backend="triton")
+                assert len(built) == 1, "a repeat call built its call again"
+                ref_leaves = [t.clone().requires_grad_() for t in exact]
+                ref = natten.na2d(*ref_leaves, (3, 5), dilation, layout="row-major", backend="reference")
+                do = torch.randn(ref.shape, dtype=ref.dtype)
+                grads = torch.autograd.grad(o, leaves, do.half())
+                ref_grads = torch.autograd.grad(ref, ref_leaves, do)
+                for name, got, want in zip(("o", "dq", "dk", "dv"), (o, *grads), (ref, *ref_grads)):
+                    assert (got.double() - want).norm() / want.norm() < 5e-3, (attempt, name)
+        finally:
+            natten._group_plan.cache_clear()
+            natten._cached_call_plan.cache_clear()
+
     def test_interpreted_natten_grid_order_path_against_float64(monkeypatch):
         import tessera
         monkeypatch.setattr(tessera.natten, "GRID_ORDER_IN_KERNEL", True)

@@ -71,6 +71,9 @@ class AttentionCall:
 # ``supports(call)`` returns None when the backend can run the call, else the reason it cannot.
 BackendFn = Callable[[AttentionCall], "tuple[torch.Tensor, Optional[torch.Tensor]]"]
 SupportsFn = Callable[[AttentionCall], Optional[str]]
+# ``prepare(call)``: a function ``(q, k, v) -> (o, lse)`` that runs calls equal to ``call`` but for
+# their q, k, v (same shapes, strides, dtypes, device) with less host work, or None.
+PrepareFn = Callable[[AttentionCall], Optional[Callable]]
 
 
 @dataclass(frozen=True)
@@ -78,14 +81,16 @@ class Backend:
     name: str
     run: BackendFn
     supports: SupportsFn
+    prepare: Optional[PrepareFn] = None
 
 
 _BACKENDS: dict[str, Backend] = {}
 
 
-def register_backend(name: str, run: BackendFn, supports: SupportsFn) -> None:
+def register_backend(name: str, run: BackendFn, supports: SupportsFn,
+                     prepare: Optional[PrepareFn] = None) -> None:
     """Add (or replace) a backend under ``name``."""
-    _BACKENDS[name] = Backend(name, run, supports)
+    _BACKENDS[name] = Backend(name, run, supports, prepare)
 
 
 def get_backend(name: str) -> Backend:

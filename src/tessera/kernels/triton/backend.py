@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from triton.runtime.errors import OutOfResources
@@ -353,16 +353,47 @@ def run(call: AttentionCall):
     return _run_one(call, call.q, call.k, call.v, call.bias)
 
 
-def _run_one(call: AttentionCall, q, k, v, bias_spec):
-    q, k, v = (_head_contiguous(t) for t in (q, k, v))
+def _spec_of(call: AttentionCall, q, k, bias_spec) -> _Spec:
     sigmoid_bias = None
     if call.score == "sigmoid":
         sigmoid_bias = call.sigmoid_bias if call.sigmoid_bias is not None else -math.log(k.shape[1])
     grid = bias_spec.grid if isinstance(bias_spec, RelativePosition) else None
     key = call.pattern_key if call.pattern_key is not None else pattern_key(call.pattern)
-    spec = _Spec(call.pattern, float(call.scale), call.softcap, sigmoid_bias,
+    return _Spec(call.pattern, float(call.scale), call.softcap, sigmoid_bias,
                  _precision(q.dtype, INTERPRETED, isinstance(bias_spec, LowRank)), INTERPRETED, grid,
                  call.grid_order, key, call.dilation_fold)
+
+
+def prepare(call: AttentionCall) -> Optional[Callable]:
+    """``run`` of ``call`` with its non-tensor part settled once: a function ``(q, k, v) -> (o,
+    lse)`` for later calls whose q, k, v have the call's shapes, strides, dtypes and device and
+    whose other arguments equal the call's (the caller keys its cache on those). None for calls it
+    does not prepare: varlen, bias, sinks, float32 (whose precision follows a global switch), or a
+    pattern without a value-based key."""
+    if (call.cu_seqlens_q is not None or call.bias is not None or call.sinks is not None
+            or call.q.dtype == torch.float32):
+        return None
+    q, k, v = (_head_contiguous(t) for t in (call.q, call.k, call.v))
+    spec = _spec_of(call, q, k, None)
+    if spec.pattern_key is None:
+        return None
+    contiguous = tuple(t.stride(-1) == 1 for t in (q, k, v))
+    sigmoid = call.score == "sigmoid"
+
+    def run_prepared(q, k, v):
+        if not all(contiguous):
+            q, k, v = (_head_contiguous(t) for t in (q, k, v))
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+            o, lse = FlashAttention.apply(q, k, v, None, None, None, None, None, None, spec)
+        else:
+            o, lse = _forward(spec, q, k, v, None, None, None, None, None, None)
+        return o, (None if sigmoid else lse)
+    return run_prepared
+
+
+def _run_one(call: AttentionCall, q, k, v, bias_spec):
+    q, k, v = (_head_contiguous(t) for t in (q, k, v))
+    spec = _spec_of(call, q, k, bias_spec)
     slopes = bias_spec.slopes if isinstance(bias_spec, ALiBi) else None
     bias = bias_spec.tensor if isinstance(bias_spec, TensorBias) else None
     u = w = None
@@ -418,4 +449,4 @@ def _run_varlen(call: AttentionCall):
     return o, lse
 
 
-register_backend("triton", run, supports)
+register_backend("triton", run, supports, prepare)

@@ -439,6 +439,23 @@ _DKDV = Launcher(_attn_bwd_dkdv)
 _DQ = Launcher(_attn_bwd_dq)
 
 
+# Backward work (listed tile pairs x rows x columns x (D + D_v), over batch and heads) from which
+# the dk/dv kernel runs on a side stream next to dq; below it the two streams' host cost outweighs
+# the overlap. H200, bf16, fwd+bwd ms on one stream / two: the 2-D 128 x 128, 17 x 17 neighborhood
+# in tiled order (0.4e11) 1.08-1.09 / 1.07-1.32, the 3-D blocked one (0.4e11) 1.44 / 1.43, the
+# 3-D 16 x 48 x 48, 5 x 13 x 13 one (3.4e11) 7.97-8.41 / 7.85-7.91
+# (results/tuning/2026-11-30-h200-step-jitter-s13-*.json); random 10% blocks at S = 16384
+# (1.2e11) 2.25-2.29 / 2.13-2.21 (third session, NOTES.md).
+OVERLAP_MIN_WORK = 1e11
+
+
+def overlap_pays(plan, batch: int, heads: int, width: int) -> bool:
+    """Whether the dq / dk-dv overlap (``streams.py``) is worth its host cost for a backward over
+    ``plan``'s listed tiles (``batch`` and ``heads`` of the call, ``width`` = D + D_v)."""
+    pairs = plan.listed_pairs() * heads // plan.map_heads
+    return pairs * batch * plan.block_m * plan.block_n * width >= OVERLAP_MIN_WORK
+
+
 def _named_launch(launch, name: str):
     """Wrap a kernel launch so that an ``OutOfResources`` error says which kernel (``.kernel``)."""
     def run(*args, **kwargs):
@@ -536,7 +553,7 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
     score_terms = (slopes if slopes is not None else dummy, bias if bias is not None else dummy, *factors[:2],
                    table_args[0])
     input_strides = tuple(t.stride(i) for t in (q, k, v, do) for i in range(3))
-    side = streams.fork(device)
+    side = streams.fork(device, lambda: overlap_pays(dq_plan, batch * groups, heads, dim + dim_v))
     try:
         launch_dkdv(
             q, k, v, do, q_desc, do_desc, lse, delta, dk, dv, dw if dw is not None else dummy,

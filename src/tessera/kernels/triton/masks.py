@@ -108,6 +108,7 @@ class KernelPlan:
     _part_id: torch.Tensor = field(repr=False)
     _cols: Optional[TileLists] = field(default=None, repr=False)
     _partial_fraction: Optional[float] = field(default=None, repr=False)
+    _listed: Optional[int] = field(default=None, repr=False)
     # Launch orders built for this plan (schedule.py), by kernel direction and heads.
     schedules: dict = field(default_factory=dict, repr=False)
     # ``na_params`` as Python ints (empty when the plan has none).
@@ -129,8 +130,10 @@ class KernelPlan:
         return self._cols
 
     def listed_pairs(self) -> int:
-        """Number of listed (head, query tile, key tile) triples."""
-        return int(self.rows.full_count.sum().item() + self.rows.part_count.sum().item())
+        """Number of listed (head, query tile, key tile) triples; computed once."""
+        if self._listed is None:
+            self._listed = int(self.rows.full_count.sum().item() + self.rows.part_count.sum().item())
+        return self._listed
 
     def partial_fraction(self) -> float:
         """Partial tiles over listed tiles (0 when nothing is listed); computed once."""

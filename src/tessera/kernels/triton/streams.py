@@ -15,7 +15,7 @@ stream's.
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -28,10 +28,13 @@ ENABLED = os.environ.get("TESSERA_BWD_STREAMS", "1") != "0"
 _SIDE: dict[torch.device, tuple[torch.cuda.Stream, torch.cuda.Event, torch.cuda.Event]] = {}
 
 
-def fork(device: torch.device) -> Optional[torch.cuda.Stream]:
+def fork(device: torch.device, worth: Optional[Callable[[], bool]] = None) -> Optional[torch.cuda.Stream]:
     """A side stream ordered after the current stream's queued work; None where there is nothing
-    to overlap (CPU, interpreter, CUDA graph capture, overlap off)."""
+    to overlap (CPU, interpreter, CUDA graph capture, overlap off) or where ``worth()`` (asked
+    only where a side stream could run) says the overlap does not pay."""
     if not ENABLED or INTERPRETED or device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+        return None
+    if worth is not None and not worth():
         return None
     side = _SIDE.get(device)
     if side is None:
