@@ -34,7 +34,7 @@ import time
 import torch
 
 from tessera.bench.attention import _Inputs, _impl_fn, natten_cases
-from tessera.bench.timing import host_seconds_per_call, median_ms, warm_up_gpu
+from tessera.bench.timing import graph_replay_ms, host_seconds_per_call, median_ms, warm_up_gpu
 from tessera.kernels.triton import streams
 
 
@@ -60,27 +60,6 @@ def _event_samples(step, calls: int = 200) -> list[float]:
         end.record()
     torch.cuda.synchronize()
     return [begin.elapsed_time(end) for begin, end in events]
-
-
-def _graph_ms(step, replays: int = 50) -> float:
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    graph.replay()
-    torch.cuda.synchronize()
-    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    begin.record()
-    for _ in range(replays):
-        graph.replay()
-    end.record()
-    end.synchronize()
-    return begin.elapsed_time(end) / replays
 
 
 def measure(case, repeats: int) -> dict:
@@ -110,7 +89,7 @@ def measure(case, repeats: int) -> dict:
     row["host_ms_again"] = host_seconds_per_call(step, calls=50) * 1e3
     row["gc_objects"] = len(gc.get_objects())
     try:
-        row["graph_ms"] = _graph_ms(step)
+        row["graph_ms"] = graph_replay_ms(step)
     except Exception as error:  # noqa: BLE001 - reported, not raised: the other numbers stand
         row["graph_ms"] = None
         row["graph_error"] = repr(error)[:300]

@@ -1,7 +1,7 @@
 """N-D neighborhood benchmark (the N-D issue's suite) -> one results JSON.
 
     python benchmarks/natten.py --out benchmarks/results [--only SUBSTRING ...] [--impls tessera ...]
-        [--grid-order auto|on|off --suite natten-grid-order-on]
+        [--grid-order auto|on|off --suite natten-grid-order-on] [--graph]
 
 GPU only: tessera (tessera.natten, tiled token order chosen automatically, permutation included
 in the time; one case also row-major) against FlexAttention with the same mask in row-major order
@@ -9,7 +9,8 @@ in the time; one case also row-major) against FlexAttention with the same mask i
 The results file's notes give, per case with a tiled layout, the ideal speedup over dense
 (1 / density), the tile-map prediction (``predicted_speedup``) and the measured forward and
 forward+backward speedups over tessera's own dense kernel at the same shape with their fraction
-of the ideal.
+of the ideal. ``--graph`` adds each N-D case's rows replayed from CUDA graphs, GPU time without the
+host (``tessera.bench.timing.graph_replay_ms``), and their Flex ratios to the notes.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from tessera.bench.attention import natten_cases, run_case, tiled_problem
+from tessera.bench.attention import GRAPH_SUFFIX, natten_cases, run_case, tiled_problem
 from tessera.bench.timing import warm_up_gpu
 from tessera.bench.report import print_table, results_path, write_results
 from tessera.kernels.triton.backend import forward_tiles
@@ -35,6 +36,11 @@ def _own_dense_ms(records: list[dict], seq: int, dim: int, direction: str):
         if r["case"] == name and r["impl"] == "tessera" and r["direction"] == direction and r["ms"]:
             return r["ms"]
     return None
+
+
+def _ms(records: list[dict], case: str, impl: str, direction: str):
+    return next((r["ms"] for r in records if r["case"] == case and r["impl"] == impl
+                 and r["direction"] == direction and r["ms"]), None)
 
 
 def speedup_notes(cases, records: list[dict]) -> list[str]:
@@ -54,17 +60,19 @@ def speedup_notes(cases, records: list[dict]) -> list[str]:
         predicted = groups * predicted_speedup(tiled, seq, seq, block_m, block_n)
         parts = [f"{case.name}: ideal {ideal:.1f}x, predicted {predicted:.1f}x ({block_m}x{block_n} tiles)"]
         for direction in ("fwd", "fwd+bwd"):
-            ours = next((r["ms"] for r in records if r["case"] == case.name and r["impl"] == "tessera"
-                         and r["direction"] == direction and r["ms"]), None)
+            ours = _ms(records, case.name, "tessera", direction)
             dense = _own_dense_ms(records, case.seq, case.head_dim, direction)
             if ours and dense:
                 measured = dense / ours
                 parts.append(f"measured {direction} {measured:.1f}x ({measured / ideal:.2f} of ideal)")
             for impl in ("flex", "flex-tiled"):
-                theirs = next((r["ms"] for r in records if r["case"] == case.name and r["impl"] == impl
-                               and r["direction"] == direction and r["ms"]), None)
+                theirs = _ms(records, case.name, impl, direction)
                 if ours and theirs:
                     parts.append(f"{direction} {theirs / ours:.2f}x {impl}")
+                ours_graph = _ms(records, case.name + GRAPH_SUFFIX, "tessera", direction)
+                theirs_graph = _ms(records, case.name + GRAPH_SUFFIX, impl, direction)
+                if ours_graph and theirs_graph:
+                    parts.append(f"{direction} {theirs_graph / ours_graph:.2f}x {impl} in CUDA graphs")
         notes.append(", ".join(parts))
     return notes
 
@@ -76,6 +84,9 @@ def main() -> None:
     parser.add_argument("--impls", nargs="*", default=None,
                         help="run only these implementations (dense baselines keep theirs)")
     parser.add_argument("--suite", default="natten", help="suite name in the results file name")
+    parser.add_argument("--graph", action="store_true",
+                        help="also time every N-D case's implementations replayed from CUDA graphs (GPU time "
+                             "alone; case names end in ' [cuda graph]')")
     parser.add_argument("--grid-order", choices=("auto", "on", "off"), default="auto",
                         help="whether tessera addresses the tiled order in-kernel instead of reordering q, k, v "
                              "and o (tessera.natten.GRID_ORDER_IN_KERNEL; auto: its rule); with on / off, "
@@ -99,7 +110,7 @@ def main() -> None:
     # Written after every case, so a run stopped by a time limit keeps what it measured.
     for case in cases:
         print(case.name)
-        records += run_case(case, device, torch.bfloat16)
+        records += run_case(case, device, torch.bfloat16, graph=args.graph and case.na is not None)
         done.append(case)
         payload = write_results(path, device, records)
         payload["notes"] = speedup_notes(done, records)

@@ -53,7 +53,7 @@ def test_neighborhoods_at_small_head_dims_take_the_neighborhood_configs(dim):
         shape = MaskShape(0.9, False, neighborhood=True, tiled=tiled)
         for kernel in ("dq", "dkdv"):
             assert _config(kernel, shape, dim=dim) == _config(kernel, shape)
-        assert _config("fwd", shape, dim=dim) == KernelConfig(64, 64, 4, 2 if tiled else 3)
+        assert _config("fwd", shape, dim=dim) == KernelConfig(64, 64, 4, 3)
     full_only = MaskShape(0.0, False, neighborhood=True, tiled=True)
     assert _config("fwd", full_only, dim=dim) == KernelConfig(128, 64, 4, 3)
     grid = (32, 32)

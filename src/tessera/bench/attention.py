@@ -15,7 +15,10 @@ from typing import Callable, Optional
 
 import torch
 
-from .timing import median_ms, warm_up_gpu
+from .timing import graph_replay_ms, median_ms, warm_up_gpu
+
+# Case-name suffix of the records timed by CUDA graph replay (``run_case(graph=True)``).
+GRAPH_SUFFIX = " [cuda graph]"
 
 FWD_BWD_FLOP_FACTOR = 3.5
 
@@ -302,18 +305,38 @@ def _measure_median(fn, inp: _Inputs, direction: str, device) -> float:
         inp.require_grad(False)
         with torch.no_grad():
             return median_ms(fn, device)
+    return median_ms(_step(fn, inp, direction), device)
+
+
+def _step(fn, inp: _Inputs, direction: str):
+    """The call that ``direction`` times: ``fn()`` without autograd, or forward and backward."""
+    if direction == "fwd":
+        inp.require_grad(False)
+
+        def fwd():
+            with torch.no_grad():
+                fn()
+        return fwd
     inp.require_grad(True)
 
     def fwd_bwd():
         o = fn()
         torch.autograd.grad(o, inp.grad_leaves(), inp.do.view(o.shape))
-    return median_ms(fwd_bwd, device)
+    return fwd_bwd
+
+
+def _graph_ms(fn, inp: _Inputs, direction: str) -> float:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*without torch.compile.*")
+        return graph_replay_ms(_step(fn, inp, direction))
 
 
 def run_case(case: Case, device: torch.device, dtype: torch.dtype, directions=("fwd", "fwd+bwd"),
-             log: Callable[[str], None] = print) -> list[dict]:
+             log: Callable[[str], None] = print, graph: bool = False) -> list[dict]:
     """Measure every implementation of ``case`` (plus tessera's auto dispatch and dense baselines
-    where the case asks for them); failures are logged and recorded with ``ms = None``."""
+    where the case asks for them); failures are logged and recorded with ``ms = None``. With
+    ``graph``, each is also replayed from a CUDA graph (GPU time alone), recorded under the case
+    name plus ``GRAPH_SUFFIX``."""
     pattern = case.pattern(device) if case.pattern is not None else None
     inp = _Inputs(case, device, dtype)
     pairs = useful_pairs(case, pattern)
@@ -337,6 +360,16 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, directions=("
             if ms is not None:
                 log(f"  {case_name:34s} {impl:11s} {direction:8s} {ms:9.3f} ms "
                     f"{records[-1]['useful_tflops']:7.1f} TFLOP/s")
+            if graph and ms is not None:
+                try:
+                    ms = _graph_ms(fn, inp, direction)
+                except Exception as exc:  # noqa: BLE001 - logged and recorded as missing
+                    log(f"  {case_name} / {impl} / {direction} (graph): FAILED {type(exc).__name__}: "
+                        f"{str(exc)[:300]}")
+                    ms = None
+                records.append(_record(case_name + GRAPH_SUFFIX, impl, direction, ms, flops))
+                if ms is not None:
+                    log(f"  {case_name + GRAPH_SUFFIX:34s} {impl:11s} {direction:8s} {ms:9.3f} ms")
     return records
 
 

@@ -102,3 +102,28 @@ def cuda_kernel_ms(step: Callable[[], object], iters: int = 10, warmup: int = 3)
         if total_us:
             times[event.key[:90]] = round(total_us / 1e3 / iters, 4)
     return dict(sorted(times.items(), key=lambda kv: -kv[1]))
+
+
+def graph_replay_ms(fn: Callable[[], object], replays: int = 50) -> float:
+    """GPU ms per call of ``fn`` replayed from a CUDA graph: no host time in it (the eager
+    ``median_ms`` of a call whose host path outlasts its kernels measures the host). Three warm-up
+    calls on a side stream, one capture, ``replays`` back-to-back replays between two events (no
+    L2 flush in between). Raises what the capture raises (work that cannot be captured)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    begin.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return begin.elapsed_time(end) / replays

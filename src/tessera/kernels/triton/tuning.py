@@ -100,13 +100,16 @@ RAGGED_PARTIAL_FRACTION = 0.05
 #        results/tuning/2026-11-30-h200-natten-config-sweep-fwd-one-stage.json): 2-D k17 0.253
 #        against 0.268 ms for (64, 64, 4, 2), 3-D 1.947 against 2.068, 3-D blocked (full tiles
 #        only, 4 per row) 0.356 against 0.389 (and 0.401 for the dense (128, 128, 8, 3) it took).
-#        At D = 64 the double buffer wins (results/tuning/2026-11-30-h200-natten-config-sweep-fwd-d64.json):
-#        2-D 0.158 against 0.168 ms, 3-D 1.310 against 1.331.
+#        At D = 64 more stages win (results/tuning/2026-11-30-h200-natten-config-sweep-fwd-d64.json,
+#        -fwd-d64-stages.json): 2-D 0.157 (3 stages), 0.158 (2), 0.168 (1) ms; 3-D 1.257 (3),
+#        1.254 (4), 1.306-1.310 (2), 1.331 (1); 32-key tiles 0.19-0.20 and 1.73.
 def _masked_config(kernel: str, shape: MaskShape, dim: int) -> KernelConfig:
     tiled_neighborhood = shape.neighborhood and shape.partial_fraction > 0 and shape.tiled
     if kernel == "fwd":
-        if tiled_neighborhood or (shape.tiled and shape.partial_fraction == 0):
-            return KernelConfig(64, 64, 4, 1 if dim > 64 else 2)
+        if tiled_neighborhood:
+            return KernelConfig(64, 64, 4, 1 if dim > 64 else 3)
+        if shape.tiled and shape.partial_fraction == 0:
+            return KernelConfig(64, 64, 4, 1)
         if shape.neighborhood and shape.partial_fraction > 0:
             return KernelConfig(64, 64, 4, 3)
         return KernelConfig(64, 64, 4, 2) if shape.ragged else KernelConfig(128, 128, 8, 3)
