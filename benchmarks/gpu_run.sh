@@ -4,7 +4,8 @@
 #   bash benchmarks/gpu_run.sh [tests] [tests-quick] [tests-args] [tests-layers] [streams-ab] [schedule-ab] [attention] [natten]
 #                              [natten-reorder] [natten-profile] [natten-configs] [host-overhead] [host-breakdown] [linear] [tests-linear] [linear-final] [linear-accept]
 #                              [linear-profile] [state-sweep] [state-ab] [linear-host] [linear-delta] [candidates] [kernel-next]
-#                              [launch-cost] [blocked-dense] [fp32-ab] [fp32-bisect] [step-jitter]
+#                              [launch-cost] [blocked-dense] [fp32-ab] [fp32-bisect] [step-jitter] [autograd-floor]
+#                              [backward-profile]
 #   (linear, linear-final, linear-accept, linear-profile, linear-delta: carry .whl for fla)
 #   (default: tests attention natten linear; NATTEN_ARGS: extra arguments of benchmarks/natten.py)
 # Triton's cache (compiled kernels, and fla's autotuning timings through Triton's `cache_results`) is
@@ -100,6 +101,10 @@ for step in $steps; do
                       2>&1 | tee "$OUT/host-breakdown.log" || status=1 ;;
     blocked-dense) timeout 200 python3 benchmarks/gpu_blocked_dense.py --out "$OUT" \
                      2>&1 | tee "$OUT/blocked-dense.log" || status=1 ;;
+    backward-profile) timeout 120 python3 benchmarks/gpu_backward_profile.py --out "$OUT" \
+                        2>&1 | tee "$OUT/backward-profile.log" || status=1 ;;
+    autograd-floor) timeout 120 python3 benchmarks/gpu_autograd_floor.py --out "$OUT" \
+                      2>&1 | tee "$OUT/autograd-floor.log" || status=1 ;;
     launch-cost) timeout 120 python3 benchmarks/gpu_launch_cost.py --out "$OUT" ${LAUNCH_COST_ARGS:-} \
                    2>&1 | tee "$OUT/launch-cost.log" || status=1 ;;
     tests-linear)

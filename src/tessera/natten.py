@@ -330,7 +330,7 @@ def _prepared(signature):
 
 def _run_and_prepare(call, signature):
     """Run ``call`` on the Triton backend (None when it declines) and keep its prepared run under
-    ``signature`` when the backend prepares it and the signature is hashable."""
+    ``signature`` when the backend prepares it."""
     triton_backend = registry.get_backend("triton")
     if triton_backend.supports(call) is not None:
         return None
