@@ -1,12 +1,12 @@
 """Host (Python) time of one na2d call on the Triton backend, with kernel launches stubbed out, on
 CPU tensors: the part of the host path this machine can measure without a GPU.
 
-    OMP_NUM_THREADS=1 python benchmarks/cpu_host_path.py [--profile]
+    OMP_NUM_THREADS=1 python benchmarks/cpu_host_path.py [--profile] [--dim 64]
 
 Kernel launches (``Launcher._launch``) do nothing, the backend takes CPU tensors as if interpreted
 (``backend.INTERPRETED``: interpreter tile configs, no TMA descriptors), so the numbers leave out
 launch costs, CUDA allocations, streams and descriptor building; outputs are garbage. 2-D 128 x 128,
-17 x 17, bf16, H = 16, D = 128, tiled 8 x 8. Prints ms per forward (no grad) and per fwd+bwd step;
+17 x 17, bf16, H = 16, D = 128 (or --dim), tiled 8 x 8. Prints ms per forward (no grad) and per fwd+bwd step;
 ``--profile`` adds a cProfile of 50 steps by internal time.
 """
 
