@@ -383,11 +383,7 @@ def prepare(call: AttentionCall) -> Optional[Callable]:
     def run_prepared(q, k, v):
         if not all(contiguous):
             q, k, v = (_head_contiguous(t) for t in (q, k, v))
-        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-            o, lse = FlashAttention.apply(q, k, v, None, None, None, None, None, None, spec)
-        else:
-            o, lse = _forward(spec, q, k, v, None, None, None, None, None, None)
-        return o, (None if sigmoid else lse)
+        return _attend(spec, (q, k, v, None, None, None, None, None, None), sigmoid)
     return run_prepared
 
 
@@ -401,14 +397,17 @@ def _run_one(call: AttentionCall, q, k, v, bias_spec):
         u, w = (_factor(t) for t in (bias_spec.u, bias_spec.w))
     table = bias_spec.table.contiguous() if isinstance(bias_spec, RelativePosition) else None
     sinks = call.sinks
-    tensors = (q, k, v, sinks, slopes, bias, u, w, table)
+    return _attend(spec, (q, k, v, sinks, slopes, bias, u, w, table), call.score == "sigmoid")
+
+
+def _attend(spec: _Spec, tensors: tuple, sigmoid: bool):
+    """``(o, lse)`` of the kernels on ``tensors`` = ``(q, k, v, sinks, slopes, bias, u, w,
+    table)``: through the autograd node when any of them needs a gradient; lse None for sigmoid."""
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        o, lse = FlashAttention.apply(q, k, v, sinks, slopes, bias, u, w, table, spec)
+        o, lse = FlashAttention.apply(*tensors, spec)
     else:
-        o, lse = _forward(spec, q, k, v, sinks, slopes, bias, u, w, table)
-    if call.score == "sigmoid":
-        lse = None
-    return o, lse
+        o, lse = _forward(spec, *tensors)
+    return o, (None if sigmoid else lse)
 
 
 def _factor(t: torch.Tensor) -> torch.Tensor:
