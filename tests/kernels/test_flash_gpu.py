@@ -92,6 +92,16 @@ def _neighborhoods():
     }
 
 
+@pytest.mark.parametrize("overlap", [True, False])
+def test_neighborhood_backward_on_one_and_two_streams(overlap, monkeypatch):
+    # Two streams: row_dot gives delta and dk/dv runs next to dq; one stream: dq computes delta
+    # and runs first. OVERLAP_MIN_WORK forces either for the same call.
+    from tessera.kernels.triton import flash_bwd
+    monkeypatch.setattr(flash_bwd, "OVERLAP_MIN_WORK", 0 if overlap else float("inf"))
+    q, k, v = make_inputs(2, 2048, 2048, 8, 2, 128, torch.bfloat16, DEVICE)
+    check_against_reference(q, k, v, _neighborhoods()["3d tiled"])
+
+
 @pytest.mark.parametrize("name", ["2d tiled", "3d tiled", "3d blocked"])
 def test_neighborhood_repeat_launches(name):
     # The second call of each launch key skips Triton's binder (launcher.py): fresh inputs, the

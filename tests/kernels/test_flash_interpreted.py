@@ -60,6 +60,25 @@ else:
         q, k, v = make_inputs(3, 1, 200, 8, 2, 64, torch.float16)
         check_against_reference(q, k, v, Causal())
 
+    @pytest.mark.parametrize("delta_in_dq", [True, False])
+    def test_delta_from_dq_or_from_row_dot(delta_in_dq, monkeypatch):
+        # On one stream the dq kernel computes delta = rowsum(o * do) and runs before dk/dv (what
+        # the interpreter always takes); with the overlap, row_dot computes it first. Both paths,
+        # padded value dim, GQA, a window, against float64.
+        from tessera.kernels.triton import flash_bwd, streams
+        calls = []
+        row_dot = flash_bwd.row_dot
+        monkeypatch.setattr(flash_bwd, "row_dot", lambda o, do: calls.append(1) or row_dot(o, do))
+        if not delta_in_dq:
+            monkeypatch.setattr(streams, "possible", lambda device: True)
+            monkeypatch.setattr(streams, "fork", lambda device: None)
+            monkeypatch.setattr(flash_bwd, "overlap_pays", lambda *args: True)
+        q, k, v = make_inputs(2, 130, 130, 4, 2, 32, torch.float16)
+        v = v[..., :24]
+        check_against_reference(q, k, v, Window(33, 5))
+        assert bool(calls) != delta_in_dq
+
+
     def test_head_dim_256_and_distinct_value_dim_fp32():
         q, k, v = make_inputs(1, 70, 70, 2, 1, 256, torch.float32)
         check_against_reference(q, k, v, Causal())

@@ -327,11 +327,11 @@ def _dq_tiles(dq, dslope, du, q, do, lse2, delta, k_base, v_base, s_kn, s_vn, k_
 
 
 @triton.jit(do_not_specialize=RUN_TIME_INTS)
-def _attn_bwd_dq(Q, K, V, DO, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, DU, DTABLE,
+def _attn_bwd_dq(Q, K, V, DO, O, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, DU, DTABLE,
                  FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, PART_BITS, BITS, TILE_BAND, NA,
                  ORDER, REPS, ORDER_HEADS, SLOPES, BIAS, U, W, TABLE,
                  s_qb, s_qs, s_qh, s_kb, s_ks, s_kh, s_vb, s_vs, s_vh, s_dob, s_dos, s_doh,
-                 s_dqb, s_dqs, s_dqh,
+                 s_ob, s_os, s_oh, s_dqb, s_dqs, s_dqh,
                  s_bias_b, s_bias_h, s_bias_m, s_bias_n,
                  s_ub, s_uh, s_um, s_ur, s_wb, s_wh, s_wn, s_wr, RANK,
                  s_th, G0, G1, G2, CENTER, TABLE_CHUNKED,
@@ -345,7 +345,7 @@ def _attn_bwd_dq(Q, K, V, DO, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, DU,
                  SIGMOID: tl.constexpr, BIAS_GRAD: tl.constexpr,
                  SLOPE_GRAD: tl.constexpr, PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
                  TILE_BANDS: tl.constexpr, NA_STATIC: tl.constexpr, GRID_ORDER: tl.constexpr,
-                 SCHEDULED, MAY_SCHEDULE: tl.constexpr):
+                 SCHEDULED, MAY_SCHEDULE: tl.constexpr, DELTA_IN_DQ: tl.constexpr):
     m, b, h = program_ids(ORDER, REPS, ORDER_HEADS, H_Q, N_Q_TILES, SCHEDULED, MAY_SCHEDULE, True)
     b, first_row, groups = fold_group(b, NA, NA_STATIC)
     copy_batch = bulk_copy_batch(b, first_row, NA, NA_STATIC)
@@ -374,7 +374,17 @@ def _attn_bwd_dq(Q, K, V, DO, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, DU,
         lse = tl.load(LSE + bh.to(tl.int64) * (S_Q * groups) + first_row + q_mem, mask=row_ok,
                       other=float("inf"))
         lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
-        delta = tl.load(DELTA + bh.to(tl.int64) * (S_Q * groups) + first_row + q_mem, mask=row_ok, other=0.0)
+        delta_ptrs = DELTA + bh.to(tl.int64) * (S_Q * groups) + first_row + q_mem
+        if DELTA_IN_DQ:
+            # rowsum(o * do) of this program's rows (what row_dot computes), written for the
+            # dk/dv kernel that runs after this one on the same stream.
+            o = tl.load(O + b.to(tl.int64) * s_ob + h.to(tl.int64) * s_oh + first_row * s_os
+                        + q_mem[:, None] * s_os + offs_dv[None, :],
+                        mask=row_ok[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
+            delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+            tl.store(delta_ptrs, delta, mask=row_ok)
+        else:
+            delta = tl.load(delta_ptrs, mask=row_ok, other=0.0)
 
     k_base = K + b.to(tl.int64) * s_kb + hk.to(tl.int64) * s_kh + first_row * s_ks
     v_base = V + b.to(tl.int64) * s_vb + hk.to(tl.int64) * s_vh + first_row * s_vs
@@ -498,9 +508,14 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
         dkdv_na, dkdv_static = fold.params(dkdv_plan)
     sigmoid = sigmoid_bias is not None
     device = q.device
+    overlap = streams.possible(device) and overlap_pays(dq_plan, batch * groups, heads, dim + dim_v)
+    # On one stream dq runs first and writes delta itself (DELTA_IN_DQ) before dk/dv reads it.
+    delta_in_dq = not (sigmoid or overlap)
     if sigmoid:
         delta = torch.zeros(1, dtype=torch.float32, device=device)
         lse = delta
+    elif delta_in_dq:
+        delta = torch.empty(batch, heads, q.shape[1], dtype=torch.float32, device=device)
     else:
         delta = row_dot(o, do)
     dq = torch.empty_like(q)
@@ -553,8 +568,8 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
     score_terms = (slopes if slopes is not None else dummy, bias if bias is not None else dummy, *factors[:2],
                    table_args[0])
     input_strides = tuple(t.stride(i) for t in (q, k, v, do) for i in range(3))
-    side = streams.fork(device, lambda: overlap_pays(dq_plan, batch * groups, heads, dim + dim_v))
-    try:
+
+    def run_dkdv(stream):
         launch_dkdv(
             q, k, v, do, q_desc, do_desc, lse, delta, dk, dv, dw if dw is not None else dummy,
             cols.full_count, cols.full_index, cols.part_count, cols.part_index, cols.part_bits,
@@ -569,16 +584,18 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
             BLOCK_M=dkdv_plan.block_m, BLOCK_N=dkdv_plan.block_n, MASK_MODE=dkdv_plan.mask_mode,
             USE_TMA=dkdv_tma, TILE_BANDS=dkdv_plan.bands_per_tile, NA_STATIC=dkdv_static,
             GRID_ORDER=grid_order, SCHEDULED=col_order.scheduled, MAY_SCHEDULE=col_order.may_schedule,
-            num_warps=dkdv_config.num_warps, num_stages=dkdv_config.num_stages, stream=side, **common,
+            num_warps=dkdv_config.num_warps, num_stages=dkdv_config.num_stages, stream=stream, **common,
         )
+
+    def run_dq():
         launch_dq(
-            q, k, v, do, k_desc, v_desc, lse, delta, dq, dbias if dbias is not None else dummy,
+            q, k, v, do, o, k_desc, v_desc, lse, delta, dq, dbias if dbias is not None else dummy,
             dslope if dslope is not None else dummy, du if du is not None else dummy,
             dtable if dtable is not None else dummy,
             rows.full_count, rows.full_index, rows.part_count, rows.part_index, rows.part_bits,
             dq_plan.bits, dq_plan.tile_band, dq_na,
             row_order.order, row_order.reps, row_order.heads, *score_terms,
-            *input_strides,
+            *input_strides, *o.stride()[:3],
             dq.stride(0), dq.stride(1), dq.stride(2),
             *bias_strides, *factors[2:], table_args[1], g0, *table_args[2:], table_chunked,
             heads, heads // kv_heads, q_len, k_len, dq_plan.map_heads, dq_plan.n_q_tiles,
@@ -588,8 +605,18 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
             BIAS_GRAD=bias_grad, SLOPE_GRAD=slope_grad, REL_POS_GRAD=rel_pos_grad, USE_TMA=dq_tma,
             TILE_BANDS=dq_plan.bands_per_tile, NA_STATIC=dq_static,
             GRID_ORDER=grid_order, SCHEDULED=row_order.scheduled, MAY_SCHEDULE=row_order.may_schedule,
-            num_warps=dq_config.num_warps, num_stages=dq_config.num_stages, **common,
+            DELTA_IN_DQ=delta_in_dq, num_warps=dq_config.num_warps, num_stages=dq_config.num_stages,
+            **common,
         )
+
+    side = streams.fork(device) if overlap else None
+    try:
+        if side is None:
+            run_dq()
+            run_dkdv(None)
+        else:
+            run_dkdv(side)
+            run_dq()
     finally:
         streams.join(side)
     dslopes = None

@@ -15,7 +15,7 @@ stream's.
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
@@ -28,13 +28,17 @@ ENABLED = os.environ.get("TESSERA_BWD_STREAMS", "1") != "0"
 _SIDE: dict[torch.device, tuple[torch.cuda.Stream, torch.cuda.Event, torch.cuda.Event]] = {}
 
 
-def fork(device: torch.device, worth: Optional[Callable[[], bool]] = None) -> Optional[torch.cuda.Stream]:
+def possible(device: torch.device) -> bool:
+    """Whether ``fork`` would give a side stream: CUDA, not interpreted, not inside a CUDA graph
+    capture, overlap on."""
+    return (ENABLED and not INTERPRETED and device.type == "cuda"
+            and not torch.cuda.is_current_stream_capturing())
+
+
+def fork(device: torch.device) -> Optional[torch.cuda.Stream]:
     """A side stream ordered after the current stream's queued work; None where there is nothing
-    to overlap (CPU, interpreter, CUDA graph capture, overlap off) or where ``worth()`` (asked
-    only where a side stream could run) says the overlap does not pay."""
-    if not ENABLED or INTERPRETED or device.type != "cuda" or torch.cuda.is_current_stream_capturing():
-        return None
-    if worth is not None and not worth():
+    to overlap (``possible`` is False)."""
+    if not possible(device):
         return None
     side = _SIDE.get(device)
     if side is None:
