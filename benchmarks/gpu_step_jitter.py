@@ -2,14 +2,17 @@
 GPU only.
 
     python benchmarks/gpu_step_jitter.py --out DIR [--cases "2-D 128x128 k17" ...] [--repeats 6]
+                                         [--switch flash_bwd.DELTA_IN_DQ_ENABLED]
 
 (underscores in case names stand for spaces, for shell-split arguments)
 
 For each case (names of ``tessera.bench.attention.natten_cases``; tessera, bf16), one process:
 
 - ``suite_ms``: the suite's own timing (``median_ms``: ``triton.testing.do_bench`` median, L2
-  flushed) repeated ``--repeats`` times, as listed, with the side stream allowed (``streams.ENABLED``;
-  ``flash_bwd.overlap_pays`` still decides per call) and then off;
+  flushed) repeated ``--repeats`` times, as listed, with a module switch of
+  ``tessera.kernels.triton`` on and then off (``--switch``; default ``streams.ENABLED``, the side
+  stream allowed, ``flash_bwd.overlap_pays`` still deciding per call). Keys end in ``_on`` /
+  ``_off`` after the switch's name in lower case, e.g. ``suite_ms_enabled_on``;
 - ``samples``: every single timed call of one more do_bench-like loop (L2 flush, CUDA events
   around the call, no synchronisation in between), as percentiles, to tell a slow median from a
   bimodal distribution;
@@ -32,11 +35,12 @@ import os
 import statistics
 import time
 
+import importlib
+
 import torch
 
 from tessera.bench.attention import _Inputs, _impl_fn, natten_cases
 from tessera.bench.timing import graph_replay_ms, host_seconds_per_call, median_ms, warm_up_gpu
-from tessera.kernels.triton import streams
 
 
 def _percentiles(samples: list[float]) -> dict:
@@ -63,7 +67,7 @@ def _event_samples(step, calls: int = 200) -> list[float]:
     return [begin.elapsed_time(end) for begin, end in events]
 
 
-def measure(case, repeats: int) -> dict:
+def measure(case, repeats: int, switch: str = "streams.ENABLED") -> dict:
     device = torch.device("cuda")
     inp = _Inputs(case, device, torch.bfloat16)
     inp.require_grad(True)
@@ -73,14 +77,16 @@ def measure(case, repeats: int) -> dict:
         o = fn()
         torch.autograd.grad(o, inp.grad_leaves(), inp.do.view(o.shape))
 
-    row = {"case": case.name}
-    for side_stream in (True, False):
-        streams.ENABLED = side_stream
-        label = "streams_on" if side_stream else "streams_off"
+    module_name, attr = switch.rsplit(".", 1)
+    module = importlib.import_module(f"tessera.kernels.triton.{module_name}")
+    row = {"case": case.name, "switch": switch}
+    for value in (True, False):
+        setattr(module, attr, value)
+        label = f"{attr.lower()}_{'on' if value else 'off'}"
         row[f"suite_ms_{label}"] = [median_ms(step, device) for _ in range(repeats)]
         row[f"samples_{label}"] = _percentiles(_event_samples(step))
         row[f"host_ms_{label}"] = host_seconds_per_call(step, calls=50) * 1e3
-    streams.ENABLED = True
+    setattr(module, attr, True)
     gc.collect()
     gc.disable()
     try:
@@ -102,6 +108,8 @@ def main() -> None:
     parser.add_argument("--out", default=".")
     parser.add_argument("--cases", nargs="*", default=["2-D 128x128 k17", "2-D 128x128 k17 dil2", "2-D 128x128 k17 D=64"])
     parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--switch", default="streams.ENABLED",
+                        help="MODULE.ATTR of tessera.kernels.triton: a boolean timed on, then off")
     args = parser.parse_args()
     args.cases = [name.replace("_", " ") for name in args.cases]   # underscores for spaces
     if not torch.cuda.is_available():
@@ -115,13 +123,15 @@ def main() -> None:
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": []}
     path = os.path.join(args.out, "step_jitter.json")
     for name in args.cases:
-        row = measure(cases[name], args.repeats)
+        row = measure(cases[name], args.repeats, args.switch)
         print(json.dumps(row), flush=True)
         result["rows"].append(row)
         with open(path, "w") as f:
             json.dump(result, f, indent=1)
-    medians = [m for row in result["rows"] for m in row["suite_ms_streams_on"]]
-    print(f"suite medians, side stream allowed: {statistics.median(medians):.3f} ms over {len(medians)}")
+    for state in ("on", "off"):
+        medians = [m for row in result["rows"] for key, values in row.items()
+                   if key.startswith("suite_ms_") and key.endswith(f"_{state}") for m in values]
+        print(f"suite medians, {args.switch} {state}: {statistics.median(medians):.3f} ms over {len(medians)}")
 
 
 if __name__ == "__main__":

@@ -458,6 +458,9 @@ _DQ = Launcher(_attn_bwd_dq)
 # (1.2e11) 2.25-2.29 / 2.13-2.21 (third session, NOTES.md).
 OVERLAP_MIN_WORK = 1e11
 
+# Set False to compute delta by the row_dot launch on one stream too (comparisons).
+DELTA_IN_DQ_ENABLED = True
+
 
 def overlap_pays(plan, batch: int, heads: int, width: int) -> bool:
     """Whether the dq / dk-dv overlap (``streams.py``) is worth its host cost for a backward over
@@ -510,7 +513,7 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
     device = q.device
     overlap = streams.possible(device) and overlap_pays(dq_plan, batch * groups, heads, dim + dim_v)
     # On one stream dq runs first and writes delta itself (DELTA_IN_DQ) before dk/dv reads it.
-    delta_in_dq = not (sigmoid or overlap)
+    delta_in_dq = DELTA_IN_DQ_ENABLED and not (sigmoid or overlap)
     if sigmoid:
         delta = torch.zeros(1, dtype=torch.float32, device=device)
         lse = delta
