@@ -3,14 +3,17 @@ profiler) of the forward, dq and dk/dv kernels at each candidate configuration, 
 cases of the kernel issue. GPU only.
 
     python benchmarks/gpu_config_sweep.py --out DIR [--cases window1024 power ...] [--kernels fwd dq dkdv] [--small]
-        [--dim 128] [--configs 64,64,4,1 64,64,4,2]
+        [--dim 128] [--configs 64,64,4,1 64,64,4,2] [--switches flash_fwd.O_BULK_ENABLED ...]
 
 The N-D cases (``na2d-k17``, ``na3d-k5x13x13``, ``na3d-blocked``) run in grid order through the tiled
 layout ``tessera.natten`` picks.
 
 Each row: case, kernel, config (block_m, block_n, warps, stages), ms per call of that kernel
 (median of --iters profiled fwd+bwd steps, summed over launches of the kernel), listed tiles of
-the plan at that config. Written to ``config_sweep.json`` after every row.
+the plan at that config. Written to ``config_sweep.json`` after every row. With ``--switches``
+(booleans ``MODULE.ATTR`` of ``tessera.kernels.triton``, ``tessera.bench.switches``), every config
+is timed at each on/off combination of them in turn, and rows carry the combination as
+``switches``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from tessera.bench.switches import settings
 from tessera.kernels.registry import AttentionCall
 from tessera.kernels.triton import masks, tuning
 from tessera.kernels.triton.backend import run
@@ -109,8 +113,11 @@ def main() -> None:
     parser.add_argument("--small", action="store_true",
                         help="only configs of at most 64 x 64 tiles (the N-D neighborhoods' range)")
     parser.add_argument("--configs", nargs="*", default=None,
-                        help="these configs (block_m,block_n,warps,stages) for every kernel swept, "
+                        help="these configs (block_m,block_n,warps,stages[,max_registers]) for every kernel swept, "
                              "instead of the candidate lists")
+    parser.add_argument("--switches", nargs="*", default=[],
+                        help="MODULE.ATTR booleans of tessera.kernels.triton: each config is timed "
+                             "at every on/off combination")
     args = parser.parse_args()
     candidates = ({kernel: [tuple(int(x) for x in c.split(",")) for c in args.configs] for kernel in CONFIGS}
                   if args.configs else CONFIGS)
@@ -140,21 +147,25 @@ def main() -> None:
             for kernel in args.kernels:
                 configs = configs_of[kernel]
                 tuning.OVERRIDES[kernel] = KernelConfig(*configs[i % len(configs)])
-            try:
-                times = per_kernel_ms(step, args.iters)
-            except Exception as exc:  # noqa: BLE001
-                times, error = {}, repr(exc)[:300]
-            else:
-                error = None
-            for kernel in args.kernels:
-                cfg = tuning.OVERRIDES[kernel]
-                plan = masks.get_plan(pattern, seq, seq, cfg.block_m, cfg.block_n, H, q.device)
-                row = {"case": case, "kernel": kernel,
-                       "config": [cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages],
-                       "ms": times.get(KERNEL_NAMES[kernel]), "listed_tiles": plan.listed_pairs(),
-                       "mask_mode": plan.mask_mode, "error": error}
-                print(json.dumps(row), flush=True)
-                result["rows"].append(row)
+            for setting in settings(args.switches):
+                try:
+                    times = per_kernel_ms(step, args.iters)
+                except Exception as exc:  # noqa: BLE001
+                    times, error = {}, repr(exc)[:300]
+                else:
+                    error = None
+                for kernel in args.kernels:
+                    cfg = tuning.OVERRIDES[kernel]
+                    plan = masks.get_plan(pattern, seq, seq, cfg.block_m, cfg.block_n, H, q.device)
+                    row = {"case": case, "kernel": kernel,
+                           "config": [cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages]
+                           + ([cfg.max_registers] if cfg.max_registers else []),
+                           "ms": times.get(KERNEL_NAMES[kernel]), "listed_tiles": plan.listed_pairs(),
+                           "mask_mode": plan.mask_mode, "error": error}
+                    if setting:
+                        row["switches"] = setting
+                    print(json.dumps(row), flush=True)
+                    result["rows"].append(row)
             with open(path, "w") as f:
                 json.dump(result, f, indent=1)
         tuning.OVERRIDES.clear()

@@ -35,11 +35,10 @@ import os
 import statistics
 import time
 
-import importlib
-
 import torch
 
 from tessera.bench.attention import _Inputs, _impl_fn, natten_cases
+from tessera.bench.switches import set_switch
 from tessera.bench.timing import graph_replay_ms, host_seconds_per_call, median_ms, warm_up_gpu
 
 
@@ -77,16 +76,14 @@ def measure(case, repeats: int, switch: str = "streams.ENABLED") -> dict:
         o = fn()
         torch.autograd.grad(o, inp.grad_leaves(), inp.do.view(o.shape))
 
-    module_name, attr = switch.rsplit(".", 1)
-    module = importlib.import_module(f"tessera.kernels.triton.{module_name}")
     row = {"case": case.name, "switch": switch}
     for value in (True, False):
-        setattr(module, attr, value)
-        label = f"{attr.lower()}_{'on' if value else 'off'}"
+        set_switch(switch, value)
+        label = f"{switch.rpartition('.')[2].lower()}_{'on' if value else 'off'}"
         row[f"suite_ms_{label}"] = [median_ms(step, device) for _ in range(repeats)]
         row[f"samples_{label}"] = _percentiles(_event_samples(step))
         row[f"host_ms_{label}"] = host_seconds_per_call(step, calls=50) * 1e3
-    setattr(module, attr, True)
+    set_switch(switch, True)
     gc.collect()
     gc.disable()
     try:

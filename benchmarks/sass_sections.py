@@ -69,7 +69,7 @@ def main() -> None:
     launches = [launch for launch in capture.launches if launch[0].__name__ == args.kernel]
     for _fn, _options, kernel, error in compile_distinct(launches, set()):
         if error is not None:
-            raise SystemExit(f"compile failed: {error}")
+            raise SystemExit(f"compile failed: {error} {error.__cause__!r}")
         text = sass(kernel)
         if args.dump:
             with open(args.dump, "w") as f:

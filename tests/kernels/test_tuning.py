@@ -29,7 +29,7 @@ def test_ragged_means_many_partial_tiles_or_per_tile_mask_data():
     (MaskShape(0.0, False), (128, 128, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3)),
     (MaskShape(0.7, False), (64, 64, 4, 2), (64, 64, 4, 2), (64, 64, 4, 3)),
     (MaskShape(0.9, False, neighborhood=True, tiled=True), (64, 64, 4, 1), (64, 64, 4, 2), (64, 64, 4, 3)),
-    (MaskShape(0.0, False, tiled=True), (64, 64, 4, 1), (64, 64, 4, 2), (64, 64, 4, 3)),
+    (MaskShape(0.0, False, tiled=True), (64, 64, 4, 1, 128), (64, 64, 4, 2), (64, 64, 4, 3)),
     (MaskShape(0.9, False, neighborhood=True), (64, 64, 4, 3), (64, 64, 4, 2), (32, 64, 4, 3)),
 ])
 def test_masked_configs_16_bit_head_dim_128(shape, fwd, dq, dkdv):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 import torch
@@ -221,11 +221,11 @@ _FITTING: dict[tuple, KernelConfig] = {}
 def _smaller(config: KernelConfig) -> Optional[KernelConfig]:
     """Next configuration to try after running out of shared memory (None: nothing smaller)."""
     if config.block_n > 32:
-        return KernelConfig(config.block_m, config.block_n // 2, config.num_warps, config.num_stages)
+        return replace(config, block_n=config.block_n // 2)
     if config.num_stages > 1:
-        return KernelConfig(config.block_m, config.block_n, config.num_warps, config.num_stages - 1)
+        return replace(config, num_stages=config.num_stages - 1)
     if config.block_m > 32:
-        return KernelConfig(config.block_m // 2, config.block_n, config.num_warps, config.num_stages)
+        return replace(config, block_m=config.block_m // 2)
     return None
 
 

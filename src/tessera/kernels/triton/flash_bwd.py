@@ -1,9 +1,11 @@
 """Block-sparse flash-attention backward (Triton), FlashAttention-2 style, deterministic.
 
 Three steps, no atomics:
-  * ``delta = rowsum(o * do)`` (float32 ``[B, H_q, S_q]``, ``row_dot``);
-  * dk/dv (on a side CUDA stream, overlapping the dq kernel: ``streams``): one program per
-    (key tile, batch x kv head); it loops over the query heads of its GQA
+  * ``delta = rowsum(o * do)`` (float32 ``[B, H_q, S_q]``): where dk/dv overlaps dq on a side
+    CUDA stream (``streams``; backwards large enough for it, ``overlap_pays``) by the ``row_dot``
+    launch before both; on one stream by the dq kernel for its own rows (``DELTA_IN_DQ``), which
+    then runs before dk/dv;
+  * dk/dv: one program per (key tile, batch x kv head); it loops over the query heads of its GQA
     group and, for each, over the query tiles that list this key tile (the plan's transposed
     lists), recomputing ``p = exp(z - lse)``; with low-rank factors it also writes
     ``dw = dS^T @ u`` for each query head of the group;
@@ -11,7 +13,8 @@ Three steps, no atomics:
     when asked, the tensor-bias gradient tile ``dz``, the ALiBi slope gradient partial sums,
     ``du = dS @ w`` and the relative-position table gradient summed over its query tile (one
     buffer per program). Sums over broadcast dims, tiles and batches happen in torch.
-Masking and score variants are the forward's (``scoring.score_tile``).
+Masking and score variants are the forward's (``scoring.score_tile``). In grid order, dq, dk and
+dv leave by bulk stores where their tiles are boxes (``DQ_BULK_ENABLED``, ``DKDV_BULK_ENABLED``).
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
 from . import streams
-from .flash_fwd import LOG2E, broadcast_strides, low_rank_args, rank_pad, rel_pos_args, row_operands
+from .flash_fwd import (LOG2E, broadcast_strides, low_rank_args, rank_pad, rel_pos_args, row_operand,
+                        row_operands)
 from .host_math import cdiv, padded_width
 from .launcher import Launcher
 from .na_mask import na_codes, na_key_windows, na_query_windows
 from .program_ids import RUN_TIME_INTS, listed_tiles, program_ids
-from .row_addressing import bulk_copy_batch, fold_group, load_row_tiles, memory_rows
+from .row_addressing import bulk_copy_batch, fold_group, load_row_tiles, memory_rows, store_row_tile
 from .row_dot import row_dot
 from .schedule import col_launch, row_launch
 from .scoring import (INTERPRETED, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
@@ -137,7 +141,7 @@ def _dkdv_tiles(dk, dv, dw, k, v, q_base, do_base, s_qs, s_dos, q_desc, do_desc,
 
 
 @triton.jit(do_not_specialize=RUN_TIME_INTS)
-def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV, DW,
+def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV, DK_DESC, DV_DESC, DW,
                    FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, PART_BITS, BITS, TILE_BAND, NA,
                    ORDER, REPS, ORDER_HEADS, SLOPES, BIAS, U, W, TABLE,
                    s_qb, s_qs, s_qh, s_kb, s_ks, s_kh, s_vb, s_vs, s_vh, s_dob, s_dos, s_doh,
@@ -154,7 +158,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV, DW,
                    R_PAD: tl.constexpr, REL_POS: tl.constexpr, SIGMOID: tl.constexpr,
                    PRECISION: tl.constexpr, USE_TMA: tl.constexpr, TILE_BANDS: tl.constexpr,
                    NA_STATIC: tl.constexpr, GRID_ORDER: tl.constexpr, SCHEDULED,
-                   MAY_SCHEDULE: tl.constexpr):
+                   MAY_SCHEDULE: tl.constexpr, DKDV_TMA: tl.constexpr):
     n, b, hk = program_ids(ORDER, REPS, ORDER_HEADS, H_KV, N_K_TILES, SCHEDULED, MAY_SCHEDULE, False)
     b, first_row, groups = fold_group(b, NA, NA_STATIC)
     copy_batch = bulk_copy_batch(b, first_row, NA, NA_STATIC)
@@ -227,12 +231,18 @@ def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV, DW,
                      mask=k_ok[:, None])
 
     dk = dk * scale
-    tl.store(DK + b.to(tl.int64) * s_dkb + hk.to(tl.int64) * s_dkh + first_row * s_dks
-             + k_mem[:, None] * s_dks + offs_d[None, :],
-             dk.to(DK.dtype.element_ty), mask=k_ok[:, None] & (offs_d[None, :] < HEAD_D))
-    tl.store(DV + b.to(tl.int64) * s_dvb + hk.to(tl.int64) * s_dvh + first_row * s_dvs
-             + k_mem[:, None] * s_dvs + offs_dv[None, :],
-             dv.to(DV.dtype.element_ty), mask=k_ok[:, None] & (offs_dv[None, :] < HEAD_DV))
+    if DKDV_TMA:
+        store_row_tile(DK_DESC, dk.to(DK.dtype.element_ty), n * BLOCK_N, copy_batch, hk, NA, 1,
+                       NA_STATIC, GRID_ORDER, D_PAD)
+        store_row_tile(DV_DESC, dv.to(DV.dtype.element_ty), n * BLOCK_N, copy_batch, hk, NA, 1,
+                       NA_STATIC, GRID_ORDER, DV_PAD)
+    else:
+        tl.store(DK + b.to(tl.int64) * s_dkb + hk.to(tl.int64) * s_dkh + first_row * s_dks
+                 + k_mem[:, None] * s_dks + offs_d[None, :],
+                 dk.to(DK.dtype.element_ty), mask=k_ok[:, None] & (offs_d[None, :] < HEAD_D))
+        tl.store(DV + b.to(tl.int64) * s_dvb + hk.to(tl.int64) * s_dvh + first_row * s_dvs
+                 + k_mem[:, None] * s_dvs + offs_dv[None, :],
+                 dv.to(DV.dtype.element_ty), mask=k_ok[:, None] & (offs_dv[None, :] < HEAD_DV))
 
 
 @triton.jit
@@ -327,7 +337,7 @@ def _dq_tiles(dq, dslope, du, q, do, lse2, delta, k_base, v_base, s_kn, s_vn, k_
 
 
 @triton.jit(do_not_specialize=RUN_TIME_INTS)
-def _attn_bwd_dq(Q, K, V, DO, O, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, DU, DTABLE,
+def _attn_bwd_dq(Q, K, V, DO, O, K_DESC, V_DESC, LSE, DELTA, DQ, DQ_DESC, DBIAS, DSLOPE, DU, DTABLE,
                  FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, PART_BITS, BITS, TILE_BAND, NA,
                  ORDER, REPS, ORDER_HEADS, SLOPES, BIAS, U, W, TABLE,
                  s_qb, s_qs, s_qh, s_kb, s_ks, s_kh, s_vb, s_vs, s_vh, s_dob, s_dos, s_doh,
@@ -345,7 +355,8 @@ def _attn_bwd_dq(Q, K, V, DO, O, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, 
                  SIGMOID: tl.constexpr, BIAS_GRAD: tl.constexpr,
                  SLOPE_GRAD: tl.constexpr, PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
                  TILE_BANDS: tl.constexpr, NA_STATIC: tl.constexpr, GRID_ORDER: tl.constexpr,
-                 SCHEDULED, MAY_SCHEDULE: tl.constexpr, DELTA_IN_DQ: tl.constexpr):
+                 SCHEDULED, MAY_SCHEDULE: tl.constexpr, DELTA_IN_DQ: tl.constexpr,
+                 DQ_TMA: tl.constexpr):
     m, b, h = program_ids(ORDER, REPS, ORDER_HEADS, H_Q, N_Q_TILES, SCHEDULED, MAY_SCHEDULE, True)
     b, first_row, groups = fold_group(b, NA, NA_STATIC)
     copy_batch = bulk_copy_batch(b, first_row, NA, NA_STATIC)
@@ -435,9 +446,13 @@ def _attn_bwd_dq(Q, K, V, DO, O, K_DESC, V_DESC, LSE, DELTA, DQ, DBIAS, DSLOPE, 
                                    REL_POS, REL_POS_GRAD, SIGMOID, BIAS_GRAD, SLOPE_GRAD, PRECISION,
                                    USE_TMA, TILE_BANDS, NA_STATIC, GRID_ORDER)
     dq = dq * scale
-    tl.store(DQ + b.to(tl.int64) * s_dqb + h.to(tl.int64) * s_dqh + first_row * s_dqs
-             + q_mem[:, None] * s_dqs + offs_d[None, :],
-             dq.to(DQ.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_D))
+    if DQ_TMA:
+        store_row_tile(DQ_DESC, dq.to(DQ.dtype.element_ty), m * BLOCK_M, copy_batch, h, NA, 0,
+                       NA_STATIC, GRID_ORDER, D_PAD)
+    else:
+        tl.store(DQ + b.to(tl.int64) * s_dqb + h.to(tl.int64) * s_dqh + first_row * s_dqs
+                 + q_mem[:, None] * s_dqs + offs_d[None, :],
+                 dq.to(DQ.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_D))
     if SLOPE_GRAD:
         tl.store(DSLOPE + bh * N_Q_TILES + m, -dslope)
     if LOW_RANK_GRAD:
@@ -460,6 +475,11 @@ OVERLAP_MIN_WORK = 1e11
 
 # Set False to compute delta by the row_dot launch on one stream too (comparisons).
 DELTA_IN_DQ_ENABLED = True
+# Grid-order calls write dq (DQ_BULK_ENABLED) and dk, dv (DKDV_BULK_ENABLED) by bulk stores
+# wherever the kernel reads its other side's tiles by bulk copies and the gradients have views
+# for it (``row_operand``); False: by pointers (comparisons).
+DQ_BULK_ENABLED = True
+DKDV_BULK_ENABLED = True
 
 
 def overlap_pays(plan, batch: int, heads: int, width: int) -> bool:
@@ -561,10 +581,16 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
 
     cols = dkdv_plan.cols
     q_desc, do_desc, dkdv_tma = row_operands(q, do, dkdv_plan, dkdv_plan.block_m, grid_order, fold)
+    dk_desc, dv_desc, dkdv_stores = dk, dv, False
+    if dkdv_tma and grid_order and DKDV_BULK_ENABLED:
+        dk_desc, dv_desc, dkdv_stores = row_operands(dk, dv, dkdv_plan, dkdv_plan.block_n, grid_order, fold)
     col_order = col_launch(dkdv_plan, batch * groups, kv_heads)
     launch_dkdv = _named_launch(_DKDV[col_order.grid], "dkdv")
     rows = dq_plan.rows
     k_desc, v_desc, dq_tma = row_operands(k, v, dq_plan, dq_plan.block_n, grid_order, fold)
+    dq_desc, dq_store = dq, False
+    if dq_tma and grid_order and DQ_BULK_ENABLED:
+        dq_desc, dq_store = row_operand(dq, dq_plan, dq_plan.block_m, grid_order, fold)
     row_order = row_launch(dq_plan, batch * groups, heads)
     launch_dq = _named_launch(_DQ[row_order.grid], "dq")
     # Arguments both kernels take in the same place: the score terms' tensors and q, k, v, do strides.
@@ -574,7 +600,8 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
 
     def run_dkdv(stream):
         launch_dkdv(
-            q, k, v, do, q_desc, do_desc, lse, delta, dk, dv, dw if dw is not None else dummy,
+            q, k, v, do, q_desc, do_desc, lse, delta, dk, dv, dk_desc, dv_desc,
+            dw if dw is not None else dummy,
             cols.full_count, cols.full_index, cols.part_count, cols.part_index, cols.part_bits,
             dkdv_plan.bits, dkdv_plan.tile_band, dkdv_na,
             col_order.order, col_order.reps, col_order.heads, *score_terms,
@@ -587,12 +614,13 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
             BLOCK_M=dkdv_plan.block_m, BLOCK_N=dkdv_plan.block_n, MASK_MODE=dkdv_plan.mask_mode,
             USE_TMA=dkdv_tma, TILE_BANDS=dkdv_plan.bands_per_tile, NA_STATIC=dkdv_static,
             GRID_ORDER=grid_order, SCHEDULED=col_order.scheduled, MAY_SCHEDULE=col_order.may_schedule,
-            num_warps=dkdv_config.num_warps, num_stages=dkdv_config.num_stages, stream=stream, **common,
+            DKDV_TMA=dkdv_stores, num_warps=dkdv_config.num_warps, num_stages=dkdv_config.num_stages, stream=stream, **common,
         )
 
     def run_dq():
         launch_dq(
-            q, k, v, do, o, k_desc, v_desc, lse, delta, dq, dbias if dbias is not None else dummy,
+            q, k, v, do, o, k_desc, v_desc, lse, delta, dq, dq_desc,
+            dbias if dbias is not None else dummy,
             dslope if dslope is not None else dummy, du if du is not None else dummy,
             dtable if dtable is not None else dummy,
             rows.full_count, rows.full_index, rows.part_count, rows.part_index, rows.part_bits,
@@ -608,7 +636,7 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
             BIAS_GRAD=bias_grad, SLOPE_GRAD=slope_grad, REL_POS_GRAD=rel_pos_grad, USE_TMA=dq_tma,
             TILE_BANDS=dq_plan.bands_per_tile, NA_STATIC=dq_static,
             GRID_ORDER=grid_order, SCHEDULED=row_order.scheduled, MAY_SCHEDULE=row_order.may_schedule,
-            DELTA_IN_DQ=delta_in_dq, num_warps=dq_config.num_warps, num_stages=dq_config.num_stages,
+            DELTA_IN_DQ=delta_in_dq, DQ_TMA=dq_store, num_warps=dq_config.num_warps, num_stages=dq_config.num_stages,
             **common,
         )
 

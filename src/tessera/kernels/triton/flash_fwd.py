@@ -12,7 +12,9 @@ Biases are compile-time switches: ALiBi, a tensor (loaded per tile), low-rank fa
 from the grid coordinates of each pair); none is ever formed as ``S_q x S_k``.
 
 Query head ``h`` reads kv head ``h // (H_q // H_kv)``; inputs may be any strided view whose head
-dim is contiguous. Sequence lengths are runtime arguments (no recompilation per length).
+dim is contiguous. Sequence lengths are runtime arguments (no recompilation per length). On
+Hopper, k and v arrive by bulk copies (tensor descriptors) where their tiles allow, and in grid
+order o leaves by a bulk store (``O_BULK_ENABLED``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from .host_math import padded_width
 from .launcher import Launcher
 from .na_mask import na_codes, na_query_windows
 from .program_ids import RUN_TIME_INTS, listed_tiles, program_ids
-from .row_addressing import bulk_copy_batch, fold_group, load_row_tiles, memory_rows
+from .row_addressing import (bulk_copy_batch, fold_group, load_row_tiles, memory_rows,
+                             store_row_tile)
 from .schedule import row_launch
 from .scoring import (INTERPRETED, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
                       rel_pos_tile, score_tile)
@@ -122,7 +125,7 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_desc, v_desc, cop
 
 
 @triton.jit(do_not_specialize=RUN_TIME_INTS)
-def _attn_fwd(Q, K, V, K_DESC, V_DESC, O, LSE,
+def _attn_fwd(Q, K, V, K_DESC, V_DESC, O_DESC, O, LSE,
               FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, PART_BITS, BITS, TILE_BAND, NA,
               ORDER, REPS, ORDER_HEADS, SINKS, SLOPES, BIAS, U, W, TABLE,
               s_qb, s_qs, s_qh, s_kb, s_ks, s_kh, s_vb, s_vs, s_vh, s_ob, s_os, s_oh,
@@ -138,7 +141,7 @@ def _attn_fwd(Q, K, V, K_DESC, V_DESC, O, LSE,
               R_PAD: tl.constexpr, REL_POS: tl.constexpr, SIGMOID: tl.constexpr,
               PRECISION: tl.constexpr, USE_TMA: tl.constexpr, TILE_BANDS: tl.constexpr,
               NA_STATIC: tl.constexpr, GRID_ORDER: tl.constexpr, SCHEDULED,
-              MAY_SCHEDULE: tl.constexpr):
+              MAY_SCHEDULE: tl.constexpr, O_TMA: tl.constexpr):
     m, b, h = program_ids(ORDER, REPS, ORDER_HEADS, H_Q, N_Q_TILES, SCHEDULED, MAY_SCHEDULE, True)
     b, first_row, groups = fold_group(b, NA, NA_STATIC)
     copy_batch = bulk_copy_batch(b, first_row, NA, NA_STATIC)
@@ -202,12 +205,7 @@ def _attn_fwd(Q, K, V, K_DESC, V_DESC, O, LSE,
                                    MASK_MODE, SOFTCAP, ALIBI, TENSOR_BIAS, LOW_RANK, REL_POS, SIGMOID,
                                    PRECISION, USE_TMA, TILE_BANDS, NA_STATIC, GRID_ORDER)
 
-    o_base = O + b.to(tl.int64) * s_ob + h.to(tl.int64) * s_oh + first_row * s_os
-    o_ptrs = o_base + q_mem[:, None] * s_os + offs_dv[None, :]
-    o_mask = (q_row[:, None] < S_Q) & (offs_dv[None, :] < HEAD_DV)
-    if SIGMOID:
-        tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=o_mask)
-    else:
+    if not SIGMOID:
         if SINK:
             sink2 = tl.load(SINKS + h).to(tl.float32) * 1.4426950408889634
             m_f = tl.maximum(m_i, sink2)
@@ -217,10 +215,17 @@ def _attn_fwd(Q, K, V, K_DESC, V_DESC, O, LSE,
             m_i = m_f
         empty = l_i == 0.0
         l_safe = tl.where(empty, 1.0, l_i)
-        o = acc / l_safe[:, None]
+        acc = acc / l_safe[:, None]
         lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) * 0.6931471805599453)
-        tl.store(o_ptrs, o.to(O.dtype.element_ty), mask=o_mask)
         tl.store(LSE + bh.to(tl.int64) * (S_Q * groups) + first_row + q_mem, lse, mask=q_row < S_Q)
+    if O_TMA:
+        store_row_tile(O_DESC, acc.to(O.dtype.element_ty), m * BLOCK_M, copy_batch, h, NA, 0,
+                       NA_STATIC, GRID_ORDER, DV_PAD)
+    else:
+        o_base = O + b.to(tl.int64) * s_ob + h.to(tl.int64) * s_oh + first_row * s_os
+        o_mask = (q_row[:, None] < S_Q) & (offs_dv[None, :] < HEAD_DV)
+        tl.store(o_base + q_mem[:, None] * s_os + offs_dv[None, :], acc.to(O.dtype.element_ty),
+                 mask=o_mask)
 
 
 LOG2E = 1.4426950408889634
@@ -228,6 +233,11 @@ LOG2E = 1.4426950408889634
 
 # Set False to force pointer loads (kernel development, comparisons).
 TMA_ENABLED = True
+# Grid-order calls write o by a bulk store wherever k and v are read by bulk copies and o has a
+# view for it (``row_operand``); False: by pointers (comparisons). (Reading q by a bulk copy was
+# slower: the copied tile reached the QK^T product through registers, 180-190 of them, so two
+# programs per SM instead of three; results/tuning/2026-11-30-h200-natten-config-sweep-fwd-qo-bulk*.json.)
+O_BULK_ENABLED = True
 
 
 @functools.lru_cache(maxsize=None)
@@ -286,23 +296,27 @@ def _grid_descriptor(t: torch.Tensor, grid, box, width: int) -> Optional[TensorD
                       [*box, 1, width])
 
 
-def row_descriptors(a: torch.Tensor, b: torch.Tensor, plan, block: int, grid_order: bool, fold=None):
-    """Tensor descriptors of ``a``, ``b`` (``[B, S, H, D]``) for bulk copies of ``block`` rows
-    (Hopper), or ``(None, None)``: row blocks in the plan's token order, or in grid order boxes
-    of the grid (``grid_box``), under a dilation ``fold`` boxes of one group (``fold_descriptor``)."""
-    if not tma_ok(a, b, block):
-        return None, None
-    widths = [padded_width(t.shape[3]) for t in (a, b)]
+def row_descriptor(t: torch.Tensor, plan, block: int, grid_order: bool, fold=None) -> Optional[TensorDescriptor]:
+    """The tensor descriptor of ``t`` (``[B, S, H, D]``, alignment checked by ``tma_ok``) for bulk
+    copies of ``block`` rows, or None: row blocks in the plan's token order, or in grid order
+    boxes of the grid (``grid_box``), under a dilation ``fold`` boxes of one group
+    (``fold_descriptor``)."""
+    width = padded_width(t.shape[3])
     if not grid_order:
-        return tuple(descriptor(t, list(t.shape), list(t.stride()), [1, block, 1, w])
-                     for t, w in zip((a, b), widths))
+        return descriptor(t, list(t.shape), list(t.stride()), [1, block, 1, width])
     box = grid_box(plan, block)
     if box is None:
-        return None, None
+        return None
     if fold is None:
-        descs = [_grid_descriptor(t, plan.na_values[0:3], box, w) for t, w in zip((a, b), widths)]
-    else:
-        descs = [fold_descriptor(t, fold, box, w) for t, w in zip((a, b), widths)]
+        return _grid_descriptor(t, plan.na_values[0:3], box, width)
+    return fold_descriptor(t, fold, box, width)
+
+
+def row_descriptors(a: torch.Tensor, b: torch.Tensor, plan, block: int, grid_order: bool, fold=None):
+    """``row_descriptor`` of ``a`` and ``b`` (Hopper), or ``(None, None)`` unless both have one."""
+    if not tma_ok(a, b, block):
+        return None, None
+    descs = [row_descriptor(t, plan, block, grid_order, fold) for t in (a, b)]
     return (None, None) if None in descs else tuple(descs)
 
 
@@ -329,6 +343,12 @@ def row_operands(a: torch.Tensor, b: torch.Tensor, plan, block: int, grid_order:
     tensor descriptors and True, or ``a``, ``b`` themselves and False."""
     descs = row_descriptors(a, b, plan, block, grid_order, fold)
     return (*descs, True) if descs[0] is not None else (a, b, False)
+
+
+def row_operand(t: torch.Tensor, plan, block: int, grid_order: bool, fold=None):
+    """``(t', use_tma)``: ``row_operands`` of one tensor."""
+    desc = row_descriptor(t, plan, block, grid_order, fold) if tma_ok(t, t, block) else None
+    return (t, False) if desc is None else (desc, True)
 
 
 def broadcast_strides(t: torch.Tensor) -> tuple[int, ...]:
@@ -405,8 +425,11 @@ def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, sl
     rows = plan.rows
     launch = row_launch(plan, batch * groups, heads)
     k_desc, v_desc, use_tma = row_operands(k, v, plan, plan.block_n, grid_order, fold)
+    o_desc, o_tma = o, False
+    if use_tma and grid_order and O_BULK_ENABLED:
+        o_desc, o_tma = row_operand(o, plan, plan.block_m, grid_order, fold)
     _FWD[launch.grid](
-        q, k, v, k_desc, v_desc, o, lse,
+        q, k, v, k_desc, v_desc, o_desc, o, lse,
         rows.full_count, rows.full_index, rows.part_count, rows.part_index, rows.part_bits, plan.bits,
         plan.tile_band, na_params, launch.order, launch.reps, launch.heads,
         sinks if sinks is not None else dummy,
@@ -426,7 +449,6 @@ def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, sl
         R_PAD=rank_pad(factors[-1]), REL_POS=rel_pos is not None, SIGMOID=sigmoid,
         PRECISION=precision, USE_TMA=use_tma, TILE_BANDS=plan.bands_per_tile,
         NA_STATIC=na_static, GRID_ORDER=grid_order, SCHEDULED=launch.scheduled,
-        MAY_SCHEDULE=launch.may_schedule, num_warps=config.num_warps,
-        num_stages=config.num_stages,
+        MAY_SCHEDULE=launch.may_schedule, O_TMA=o_tma, **config.launch_options(),
     )
     return o, (None if sigmoid else lse)

@@ -1,6 +1,7 @@
 """Where the rows of a flash-kernel tile live: the grid rows of a tiled order's positions
 (``memory_rows``), a dilation fold's batch entries (``fold_group``, ``bulk_copy_batch``), and the
-bulk copies (TMA) of a tile's rows (``grid_box_origin``, ``load_row_tiles``)."""
+bulk copies (TMA) of a tile's rows in and out (``row_tile_origin``, ``load_row_tiles``,
+``store_row_tile``)."""
 
 import triton
 import triton.language as tl
@@ -72,27 +73,49 @@ def grid_box_origin(first, b, NA, side: tl.constexpr, NA_STATIC: tl.constexpr):
 
 
 @triton.jit
-def load_row_tiles(desc_a, desc_b, first, batch, h, NA, side: tl.constexpr, NA_STATIC: tl.constexpr,
-                   GRID_ORDER: tl.constexpr, ROWS: tl.constexpr, WIDTH_A: tl.constexpr,
-                   WIDTH_B: tl.constexpr):
-    """Bulk copies of positions ``first .. first + ROWS`` of batch ``batch`` (``bulk_copy_batch``),
-    head ``h`` of two tensors: ``[ROWS, WIDTH_A]`` and ``[ROWS, WIDTH_B]`` (rows past the sequence
-    and columns past D arrive as zeros). Row blocks of ``[B, S, H, D]`` descriptors; with
-    ``GRID_ORDER`` the grid box of the tile (``grid_box_origin``; a query (``side`` 0) or key (1)
-    tile); under a dilation fold the group's box in the ``[B * G0 * G1 / d1, d1, G2 / d2, d2,
+def row_tile_origin(first, batch, h, NA, side: tl.constexpr, NA_STATIC: tl.constexpr,
+                    GRID_ORDER: tl.constexpr, WIDTH: tl.constexpr):
+    """Descriptor coordinates of the row tile holding positions ``first .. first + rows`` of batch
+    ``batch`` (``bulk_copy_batch``), head ``h``: a row block of a ``[B, S, H, D]`` descriptor;
+    with ``GRID_ORDER`` the grid box of the tile (``grid_box_origin``; a query (``side`` 0) or key
+    (1) tile); under a dilation fold the group's box in the ``[B * G0 * G1 / d1, d1, G2 / d2, d2,
     H * D]`` view of the whole grid (``flash_fwd.fold_descriptor``: axis 0 undilated, box extent 1
     along it, the group's sub-grid ``(G0, G1 / d1, G2 / d2)`` in ``NA``)."""
     b, r1, r2 = batch
     if GRID_ORDER:
         row0, c1, c2 = grid_box_origin(first, b, NA, side, NA_STATIC)
         if NA_FOLDED & NA_STATIC:
-            row = row0 * na_param(NA, NA_GRID, 1) + c1
-            tile_a = desc_a.load([row, r1, c2, r2, h * WIDTH_A]).reshape(ROWS, WIDTH_A)
-            tile_b = desc_b.load([row, r1, c2, r2, h * WIDTH_B]).reshape(ROWS, WIDTH_B)
+            origin = (row0 * na_param(NA, NA_GRID, 1) + c1, r1, c2, r2, h * WIDTH)
         else:
-            tile_a = desc_a.load([row0, c1, c2, h, 0]).reshape(ROWS, WIDTH_A)
-            tile_b = desc_b.load([row0, c1, c2, h, 0]).reshape(ROWS, WIDTH_B)
+            origin = (row0, c1, c2, h, 0)
     else:
-        tile_a = desc_a.load([b, first, h, 0]).reshape(ROWS, WIDTH_A)
-        tile_b = desc_b.load([b, first, h, 0]).reshape(ROWS, WIDTH_B)
+        origin = (b, first, h, 0)
+    return origin
+
+
+@triton.jit
+def load_row_tile(desc, first, batch, h, NA, side: tl.constexpr, NA_STATIC: tl.constexpr,
+                  GRID_ORDER: tl.constexpr, ROWS: tl.constexpr, WIDTH: tl.constexpr):
+    """Bulk copy of the row tile at ``row_tile_origin``: ``[ROWS, WIDTH]`` (rows past the
+    sequence and columns past D arrive as zeros)."""
+    origin = row_tile_origin(first, batch, h, NA, side, NA_STATIC, GRID_ORDER, WIDTH)
+    return desc.load(origin).reshape(ROWS, WIDTH)
+
+
+@triton.jit
+def store_row_tile(desc, tile, first, batch, h, NA, side: tl.constexpr, NA_STATIC: tl.constexpr,
+                   GRID_ORDER: tl.constexpr, WIDTH: tl.constexpr):
+    """Bulk store of ``tile [ROWS, WIDTH]`` to the row tile at ``row_tile_origin`` (rows past the
+    sequence and columns past D are not written)."""
+    origin = row_tile_origin(first, batch, h, NA, side, NA_STATIC, GRID_ORDER, WIDTH)
+    desc.store(origin, tile.reshape(desc.block_shape))
+
+
+@triton.jit
+def load_row_tiles(desc_a, desc_b, first, batch, h, NA, side: tl.constexpr, NA_STATIC: tl.constexpr,
+                   GRID_ORDER: tl.constexpr, ROWS: tl.constexpr, WIDTH_A: tl.constexpr,
+                   WIDTH_B: tl.constexpr):
+    """``load_row_tile`` of two tensors at the same rows: ``[ROWS, WIDTH_A]``, ``[ROWS, WIDTH_B]``."""
+    tile_a = load_row_tile(desc_a, first, batch, h, NA, side, NA_STATIC, GRID_ORDER, ROWS, WIDTH_A)
+    tile_b = load_row_tile(desc_b, first, batch, h, NA, side, NA_STATIC, GRID_ORDER, ROWS, WIDTH_B)
     return tile_a, tile_b

@@ -15,12 +15,23 @@ import torch
 @dataclass(frozen=True)
 class KernelConfig:
     """``block_m`` query rows and ``block_n`` keys per tile (``block_n`` a multiple of 32),
-    ``num_warps`` warps per program, ``num_stages`` software-pipelining depth."""
+    ``num_warps`` warps per program, ``num_stages`` software-pipelining depth, and
+    ``max_registers`` a cap on registers per thread (Triton's ``maxnreg``; None: the compiler's
+    choice), which can buy one more program per SM at the cost of some spilling."""
 
     block_m: int
     block_n: int
     num_warps: int
     num_stages: int
+    max_registers: Optional[int] = None
+
+    def launch_options(self) -> dict:
+        """The launch keywords of this config: ``num_warps``, ``num_stages`` and, when capped,
+        ``maxnreg``."""
+        options = {"num_warps": self.num_warps, "num_stages": self.num_stages}
+        if self.max_registers is not None:
+            options["maxnreg"] = self.max_registers
+        return options
 
 
 # Kernel name -> forced config; empty by default.
@@ -103,13 +114,21 @@ RAGGED_PARTIAL_FRACTION = 0.05
 #        At D = 64 more stages win (results/tuning/2026-11-30-h200-natten-config-sweep-fwd-d64.json,
 #        -fwd-d64-stages.json): 2-D 0.157 (3 stages), 0.158 (2), 0.168 (1) ms; 3-D 1.257 (3),
 #        1.254 (4), 1.306-1.310 (2), 1.331 (1); 32-key tiles 0.19-0.20 and 1.73.
+#   The full-tile forward (3-D blocked) capped at 128 registers: four programs per SM (49 KB
+#        each), 104 B of stack offline, 0.289 against 0.345 ms. The same cap slows the
+#        neighborhoods' partial tiles (2-D 0.256 against 0.249, 3-D 2.056 against 1.936; 136
+#        registers: 0.276 and 2.085), and at D = 64 a cap of 96 gives 2-D 0.146 against 0.151
+#        but 3-D 1.249 against 1.231, so neither takes one
+#        (results/tuning/2026-11-30-h200-natten-config-sweep-fwd-maxnreg.json, O by bulk stores;
+#        now `NATTEN_SWEEP_ARGS="--kernels fwd --configs 64,64,4,1 64,64,4,1,128"
+#        bash benchmarks/gpu_run.sh natten-configs`).
 def _masked_config(kernel: str, shape: MaskShape, dim: int) -> KernelConfig:
     tiled_neighborhood = shape.neighborhood and shape.partial_fraction > 0 and shape.tiled
     if kernel == "fwd":
         if tiled_neighborhood:
             return KernelConfig(64, 64, 4, 1 if dim > 64 else 3)
         if shape.tiled and shape.partial_fraction == 0:
-            return KernelConfig(64, 64, 4, 1)
+            return KernelConfig(64, 64, 4, 1, max_registers=128)
         if shape.neighborhood and shape.partial_fraction > 0:
             return KernelConfig(64, 64, 4, 3)
         return KernelConfig(64, 64, 4, 2) if shape.ragged else KernelConfig(128, 128, 8, 3)
