@@ -32,7 +32,7 @@ from .host_math import cdiv, padded_width
 from .launcher import Launcher
 from .na_mask import na_codes, na_key_windows, na_query_windows
 from .program_ids import RUN_TIME_INTS, listed_tiles, program_ids
-from .row_addressing import bulk_copy_batch, fold_group, load_row_tiles, memory_rows, store_row_tile
+from .row_addressing import bulk_copy_batch, fold_group, load_row_tiles, memory_rows, store_rows
 from .row_dot import row_dot
 from .schedule import col_launch, row_launch
 from .scoring import (INTERPRETED, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
@@ -231,18 +231,14 @@ def _attn_bwd_dkdv(Q, K, V, DO, Q_DESC, DO_DESC, LSE, DELTA, DK, DV, DK_DESC, DV
                      mask=k_ok[:, None])
 
     dk = dk * scale
-    if DKDV_TMA:
-        store_row_tile(DK_DESC, dk.to(DK.dtype.element_ty), n * BLOCK_N, copy_batch, hk, NA, 1,
-                       NA_STATIC, GRID_ORDER, D_PAD)
-        store_row_tile(DV_DESC, dv.to(DV.dtype.element_ty), n * BLOCK_N, copy_batch, hk, NA, 1,
-                       NA_STATIC, GRID_ORDER, DV_PAD)
-    else:
-        tl.store(DK + b.to(tl.int64) * s_dkb + hk.to(tl.int64) * s_dkh + first_row * s_dks
-                 + k_mem[:, None] * s_dks + offs_d[None, :],
-                 dk.to(DK.dtype.element_ty), mask=k_ok[:, None] & (offs_d[None, :] < HEAD_D))
-        tl.store(DV + b.to(tl.int64) * s_dvb + hk.to(tl.int64) * s_dvh + first_row * s_dvs
-                 + k_mem[:, None] * s_dvs + offs_dv[None, :],
-                 dv.to(DV.dtype.element_ty), mask=k_ok[:, None] & (offs_dv[None, :] < HEAD_DV))
+    store_rows(DK_DESC, DK + b.to(tl.int64) * s_dkb + hk.to(tl.int64) * s_dkh + first_row * s_dks
+               + k_mem[:, None] * s_dks + offs_d[None, :], k_ok[:, None] & (offs_d[None, :] < HEAD_D),
+               dk.to(DK.dtype.element_ty), n * BLOCK_N, copy_batch, hk, NA, 1, NA_STATIC,
+               GRID_ORDER, D_PAD, DKDV_TMA)
+    store_rows(DV_DESC, DV + b.to(tl.int64) * s_dvb + hk.to(tl.int64) * s_dvh + first_row * s_dvs
+               + k_mem[:, None] * s_dvs + offs_dv[None, :], k_ok[:, None] & (offs_dv[None, :] < HEAD_DV),
+               dv.to(DV.dtype.element_ty), n * BLOCK_N, copy_batch, hk, NA, 1, NA_STATIC,
+               GRID_ORDER, DV_PAD, DKDV_TMA)
 
 
 @triton.jit
@@ -446,13 +442,10 @@ def _attn_bwd_dq(Q, K, V, DO, O, K_DESC, V_DESC, LSE, DELTA, DQ, DQ_DESC, DBIAS,
                                    REL_POS, REL_POS_GRAD, SIGMOID, BIAS_GRAD, SLOPE_GRAD, PRECISION,
                                    USE_TMA, TILE_BANDS, NA_STATIC, GRID_ORDER)
     dq = dq * scale
-    if DQ_TMA:
-        store_row_tile(DQ_DESC, dq.to(DQ.dtype.element_ty), m * BLOCK_M, copy_batch, h, NA, 0,
-                       NA_STATIC, GRID_ORDER, D_PAD)
-    else:
-        tl.store(DQ + b.to(tl.int64) * s_dqb + h.to(tl.int64) * s_dqh + first_row * s_dqs
-                 + q_mem[:, None] * s_dqs + offs_d[None, :],
-                 dq.to(DQ.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_D))
+    store_rows(DQ_DESC, DQ + b.to(tl.int64) * s_dqb + h.to(tl.int64) * s_dqh + first_row * s_dqs
+               + q_mem[:, None] * s_dqs + offs_d[None, :], row_ok[:, None] & (offs_d[None, :] < HEAD_D),
+               dq.to(DQ.dtype.element_ty), m * BLOCK_M, copy_batch, h, NA, 0, NA_STATIC,
+               GRID_ORDER, D_PAD, DQ_TMA)
     if SLOPE_GRAD:
         tl.store(DSLOPE + bh * N_Q_TILES + m, -dslope)
     if LOW_RANK_GRAD:
@@ -614,7 +607,8 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
             BLOCK_M=dkdv_plan.block_m, BLOCK_N=dkdv_plan.block_n, MASK_MODE=dkdv_plan.mask_mode,
             USE_TMA=dkdv_tma, TILE_BANDS=dkdv_plan.bands_per_tile, NA_STATIC=dkdv_static,
             GRID_ORDER=grid_order, SCHEDULED=col_order.scheduled, MAY_SCHEDULE=col_order.may_schedule,
-            DKDV_TMA=dkdv_stores, num_warps=dkdv_config.num_warps, num_stages=dkdv_config.num_stages, stream=stream, **common,
+            DKDV_TMA=dkdv_stores, num_warps=dkdv_config.num_warps, num_stages=dkdv_config.num_stages,
+            stream=stream, **common,
         )
 
     def run_dq():
@@ -636,7 +630,8 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
             BIAS_GRAD=bias_grad, SLOPE_GRAD=slope_grad, REL_POS_GRAD=rel_pos_grad, USE_TMA=dq_tma,
             TILE_BANDS=dq_plan.bands_per_tile, NA_STATIC=dq_static,
             GRID_ORDER=grid_order, SCHEDULED=row_order.scheduled, MAY_SCHEDULE=row_order.may_schedule,
-            DELTA_IN_DQ=delta_in_dq, DQ_TMA=dq_store, num_warps=dq_config.num_warps, num_stages=dq_config.num_stages,
+            DELTA_IN_DQ=delta_in_dq, DQ_TMA=dq_store, num_warps=dq_config.num_warps,
+            num_stages=dq_config.num_stages,
             **common,
         )
 

@@ -32,8 +32,7 @@ from .host_math import padded_width
 from .launcher import Launcher
 from .na_mask import na_codes, na_query_windows
 from .program_ids import RUN_TIME_INTS, listed_tiles, program_ids
-from .row_addressing import (bulk_copy_batch, fold_group, load_row_tiles, memory_rows,
-                             store_row_tile)
+from .row_addressing import bulk_copy_batch, fold_group, load_row_tiles, memory_rows, store_rows
 from .schedule import row_launch
 from .scoring import (INTERPRETED, grid_flat, interpreter_range, load_factor_rows, low_rank_tile,
                       rel_pos_tile, score_tile)
@@ -218,14 +217,10 @@ def _attn_fwd(Q, K, V, K_DESC, V_DESC, O_DESC, O, LSE,
         acc = acc / l_safe[:, None]
         lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) * 0.6931471805599453)
         tl.store(LSE + bh.to(tl.int64) * (S_Q * groups) + first_row + q_mem, lse, mask=q_row < S_Q)
-    if O_TMA:
-        store_row_tile(O_DESC, acc.to(O.dtype.element_ty), m * BLOCK_M, copy_batch, h, NA, 0,
-                       NA_STATIC, GRID_ORDER, DV_PAD)
-    else:
-        o_base = O + b.to(tl.int64) * s_ob + h.to(tl.int64) * s_oh + first_row * s_os
-        o_mask = (q_row[:, None] < S_Q) & (offs_dv[None, :] < HEAD_DV)
-        tl.store(o_base + q_mem[:, None] * s_os + offs_dv[None, :], acc.to(O.dtype.element_ty),
-                 mask=o_mask)
+    o_base = O + b.to(tl.int64) * s_ob + h.to(tl.int64) * s_oh + first_row * s_os
+    store_rows(O_DESC, o_base + q_mem[:, None] * s_os + offs_dv[None, :],
+               (q_row[:, None] < S_Q) & (offs_dv[None, :] < HEAD_DV), acc.to(O.dtype.element_ty),
+               m * BLOCK_M, copy_batch, h, NA, 0, NA_STATIC, GRID_ORDER, DV_PAD, O_TMA)
 
 
 LOG2E = 1.4426950408889634
@@ -296,7 +291,8 @@ def _grid_descriptor(t: torch.Tensor, grid, box, width: int) -> Optional[TensorD
                       [*box, 1, width])
 
 
-def row_descriptor(t: torch.Tensor, plan, block: int, grid_order: bool, fold=None) -> Optional[TensorDescriptor]:
+def row_descriptor(t: torch.Tensor, plan, block: int, grid_order: bool,
+                   fold=None) -> Optional[TensorDescriptor]:
     """The tensor descriptor of ``t`` (``[B, S, H, D]``, alignment checked by ``tma_ok``) for bulk
     copies of ``block`` rows, or None: row blocks in the plan's token order, or in grid order
     boxes of the grid (``grid_box``), under a dilation ``fold`` boxes of one group

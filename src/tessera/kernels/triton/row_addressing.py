@@ -1,7 +1,7 @@
 """Where the rows of a flash-kernel tile live: the grid rows of a tiled order's positions
 (``memory_rows``), a dilation fold's batch entries (``fold_group``, ``bulk_copy_batch``), and the
 bulk copies (TMA) of a tile's rows in and out (``row_tile_origin``, ``load_row_tiles``,
-``store_row_tile``)."""
+``store_row_tile``, ``store_rows``)."""
 
 import triton
 import triton.language as tl
@@ -109,6 +109,19 @@ def store_row_tile(desc, tile, first, batch, h, NA, side: tl.constexpr, NA_STATI
     sequence and columns past D are not written)."""
     origin = row_tile_origin(first, batch, h, NA, side, NA_STATIC, GRID_ORDER, WIDTH)
     desc.store(origin, tile.reshape(desc.block_shape))
+
+
+@triton.jit
+def store_rows(desc, ptrs, mask, tile, first, batch, h, NA, side: tl.constexpr,
+               NA_STATIC: tl.constexpr, GRID_ORDER: tl.constexpr, WIDTH: tl.constexpr,
+               BULK: tl.constexpr):
+    """Write ``tile [ROWS, WIDTH]``: by a bulk store to its row tile (``store_row_tile``) with
+    ``BULK``, else through the pointers ``ptrs`` where ``mask`` holds (the caller's pointer
+    arithmetic then goes unused and compiles away)."""
+    if BULK:
+        store_row_tile(desc, tile, first, batch, h, NA, side, NA_STATIC, GRID_ORDER, WIDTH)
+    else:
+        tl.store(ptrs, tile, mask=mask)
 
 
 @triton.jit
