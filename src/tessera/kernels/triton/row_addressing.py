@@ -94,15 +94,6 @@ def row_tile_origin(first, batch, h, NA, side: tl.constexpr, NA_STATIC: tl.const
 
 
 @triton.jit
-def load_row_tile(desc, first, batch, h, NA, side: tl.constexpr, NA_STATIC: tl.constexpr,
-                  GRID_ORDER: tl.constexpr, ROWS: tl.constexpr, WIDTH: tl.constexpr):
-    """Bulk copy of the row tile at ``row_tile_origin``: ``[ROWS, WIDTH]`` (rows past the
-    sequence and columns past D arrive as zeros)."""
-    origin = row_tile_origin(first, batch, h, NA, side, NA_STATIC, GRID_ORDER, WIDTH)
-    return desc.load(origin).reshape(ROWS, WIDTH)
-
-
-@triton.jit
 def store_row_tile(desc, tile, first, batch, h, NA, side: tl.constexpr, NA_STATIC: tl.constexpr,
                    GRID_ORDER: tl.constexpr, WIDTH: tl.constexpr):
     """Bulk store of ``tile [ROWS, WIDTH]`` to the row tile at ``row_tile_origin`` (rows past the
@@ -128,7 +119,13 @@ def store_rows(desc, ptrs, mask, tile, first, batch, h, NA, side: tl.constexpr,
 def load_row_tiles(desc_a, desc_b, first, batch, h, NA, side: tl.constexpr, NA_STATIC: tl.constexpr,
                    GRID_ORDER: tl.constexpr, ROWS: tl.constexpr, WIDTH_A: tl.constexpr,
                    WIDTH_B: tl.constexpr):
-    """``load_row_tile`` of two tensors at the same rows: ``[ROWS, WIDTH_A]``, ``[ROWS, WIDTH_B]``."""
-    tile_a = load_row_tile(desc_a, first, batch, h, NA, side, NA_STATIC, GRID_ORDER, ROWS, WIDTH_A)
-    tile_b = load_row_tile(desc_b, first, batch, h, NA, side, NA_STATIC, GRID_ORDER, ROWS, WIDTH_B)
+    """Bulk copies of the row tile at ``row_tile_origin`` from two tensors (the origin found
+    once): ``[ROWS, WIDTH_A]``, ``[ROWS, WIDTH_B]`` (rows past the sequence and columns past D
+    arrive as zeros)."""
+    origin = row_tile_origin(first, batch, h, NA, side, NA_STATIC, GRID_ORDER, WIDTH_A)
+    tile_a = desc_a.load(origin).reshape(ROWS, WIDTH_A)
+    if WIDTH_B != WIDTH_A and NA_FOLDED & NA_STATIC:
+        # The fold's origin ends at head h's first column, h * WIDTH.
+        origin = row_tile_origin(first, batch, h, NA, side, NA_STATIC, GRID_ORDER, WIDTH_B)
+    tile_b = desc_b.load(origin).reshape(ROWS, WIDTH_B)
     return tile_a, tile_b
