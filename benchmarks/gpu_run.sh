@@ -5,7 +5,7 @@
 #                              [natten-reorder] [natten-profile] [natten-configs] [host-overhead] [host-breakdown] [linear] [tests-linear] [linear-final] [linear-accept]
 #                              [linear-profile] [state-sweep] [state-ab] [linear-host] [linear-delta] [candidates] [kernel-next]
 #                              [launch-cost] [blocked-dense] [fp32-ab] [fp32-bisect] [step-jitter] [autograd-floor]
-#                              [backward-profile]
+#                              [backward-profile] [gluon-forward]
 #   (linear, linear-final, linear-accept, linear-profile, linear-delta: carry .whl for fla)
 #   (default: tests attention natten linear; NATTEN_ARGS: extra arguments of benchmarks/natten.py)
 # Triton's cache (compiled kernels, and fla's autotuning timings through Triton's `cache_results`) is
@@ -85,6 +85,12 @@ for step in $steps; do
                    2>&1 | tee "$OUT/step-jitter.log" || status=1 ;;
     fp32-bisect) timeout "${TESSERA_FP32_TIMEOUT:-300}" python3 benchmarks/gpu_fp32_bisect.py --out "$OUT" \
                    2>&1 | tee "$OUT/fp32-bisect.log" || status=1 ;;
+    gluon-forward)
+      # The Gluon tiled-neighborhood forward: its float64 GPU tests, then its kernel time against
+      # the Triton forward on the suite's 2-D and 3-D shapes (benchmarks/gpu_gluon_forward.py).
+      timeout 300 python3 -m pytest -m gpu -q -rA -p no:cacheprovider tests/kernels/test_gluon_gpu.py \
+        2>&1 | tee "$OUT/gpu-tests-gluon.log" || status=1
+      timeout 200 python3 benchmarks/gpu_gluon_forward.py --out "$OUT" 2>&1 | tee "$OUT/gluon-forward.log" || status=1 ;;
     natten-configs)
       # Forward, dq and dk/dv kernel configurations on the N-D neighborhoods in grid order
       # (NATTEN_SWEEP_CASES: gpu_config_sweep.py case names; NATTEN_SWEEP_ARGS: e.g. --small).
@@ -160,7 +166,7 @@ for step in $steps; do
     kernel-next) bash benchmarks/gpu_kernel_next.sh 2>&1 | tee "$OUT/kernel-next.log" || status=1 ;;
     linear) timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/linear.py --out "$OUT" ${LINEAR_BENCH_ARGS:-} \
               2>&1 | tee "$OUT/linear.log" || status=1 ;;
-    *) echo "unknown step $step (tests, tests-quick, tests-args, tests-layers, streams-ab, schedule-ab, attention, natten, natten-reorder, natten-profile, natten-configs, host-overhead, host-breakdown, linear, tests-linear, linear-final, linear-accept, linear-profile, state-sweep, state-ab, linear-host, linear-delta, candidates, kernel-next, launch-cost, blocked-dense, fp32-ab, fp32-bisect, step-jitter)"; status=2 ;;
+    *) echo "unknown step $step (tests, tests-quick, tests-args, tests-layers, streams-ab, schedule-ab, attention, natten, natten-reorder, natten-profile, natten-configs, host-overhead, host-breakdown, linear, tests-linear, linear-final, linear-accept, linear-profile, state-sweep, state-ab, linear-host, linear-delta, candidates, kernel-next, launch-cost, blocked-dense, fp32-ab, fp32-bisect, step-jitter, gluon-forward)"; status=2 ;;
   esac
 done
 exit $status

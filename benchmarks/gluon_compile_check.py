@@ -1,0 +1,95 @@
+"""Compile the Gluon tiled-neighborhood forward (``tessera.kernels.gluon.na_forward``) for Hopper
+(sm_90) without a GPU, on the N-D suite's shapes, and print shared memory, registers and spills.
+
+    python benchmarks/gluon_compile_check.py [--num-buffers 3] [--dump FILE]
+
+The call runs on small CPU stand-ins up to the launch, which is captured instead of executed;
+tensors become 16-byte aligned pointers, descriptors their block type with shared layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.experimental.gluon import _runtime
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from tessera.bench.hopper_compile import resources, sass
+from tessera.kernels.gluon import na_forward as gluon_forward
+from tessera.kernels.triton import masks
+from tessera.natten import _auto_layout
+from tessera.patterns import Neighborhood, Permuted
+from tessera.patterns.layout import GridLayout
+
+_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int32: "i32",
+           torch.int64: "i64", torch.uint8: "u8", torch.int8: "i8"}
+CASES = {
+    "na2d 128x128 k17": ((128, 128), (17, 17), 1),
+    "na3d 16x48x48 k5x13x13": ((16, 48, 48), (5, 13, 13), 1),
+}
+
+
+def _signature(fn, args, kwargs):
+    """GluonASTSource arguments of one captured launch."""
+    signature, constexprs = {}, {}
+    values = dict(zip(fn.arg_names, args))
+    values.update(kwargs)
+    options = {k: v for k, v in kwargs.items() if k not in fn.arg_names}
+    for i, (name, param) in enumerate(zip(fn.arg_names, fn.params)):
+        value = values[name]
+        if param.is_constexpr:
+            signature[name] = "constexpr"
+            constexprs[(i,)] = value
+        elif isinstance(value, TensorDescriptor):
+            block = ",".join(str(b) for b in value.block_shape)
+            signature[name] = f"tensordesc<{_DTYPES[value.base.dtype]}[{block}],{value.layout!r}>"
+        elif isinstance(value, torch.Tensor):
+            signature[name] = "*" + _DTYPES[value.dtype]
+        elif isinstance(value, float):
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+    return signature, constexprs, options
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num-buffers", type=int, default=3)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--dump", default=None, help="write the SASS of the last case here")
+    args = parser.parse_args()
+    cpu = torch.device("cpu")
+    for name, (grid, kernel, stride) in CASES.items():
+        rule = Neighborhood(grid, kernel, stride=stride)
+        layout = _auto_layout(rule.grid, rule.kernel, rule.dilation, rule.stride, rule.causal)
+        pattern = Permuted(rule, layout if isinstance(layout, GridLayout) else GridLayout(rule.grid, layout))
+        seq = 1
+        for g in grid:
+            seq *= g
+        plan = masks.get_plan(pattern, seq, seq, 64, 64, 2, cpu)
+        q, k, v = (torch.empty(1, seq, 2, args.dim, dtype=torch.bfloat16) for _ in range(3))
+        captured = []
+        jit_fn = gluon_forward._na_fwd
+        original = type(jit_fn).__getitem__
+        type(jit_fn).__getitem__ = lambda fn, launch_grid: (lambda *a, **kw: captured.append((a, kw)))
+        try:
+            gluon_forward.na_forward(q, k, v, plan, scale=args.dim ** -0.5, num_buffers=args.num_buffers)
+        finally:
+            type(jit_fn).__getitem__ = original
+        (launch_args, launch_kwargs), = captured
+        signature, constexprs, options = _signature(jit_fn, launch_args, launch_kwargs)
+        source = _runtime.GluonASTSource(jit_fn, signature, constexprs)
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+        regs, stack = resources(compiled)
+        print(f"{name} D={args.dim} buffers={args.num_buffers}: shared {compiled.metadata.shared} B, "
+              f"registers {regs}, stack {stack} B")
+        if args.dump:
+            with open(args.dump, "w") as f:
+                f.write(sass(compiled))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""The Gluon tiled-neighborhood forward (``tessera.kernels.gluon.na_forward``) against the Triton
+forward kernel on the same plan and tensors, one process, kernel time (``median_ms``: do_bench
+median, L2 flushed between calls). GPU (Hopper) only.
+
+    python benchmarks/gpu_gluon_forward.py --out DIR [--dims 128 64]
+
+Cases: the N-D suite's 2-D 128 x 128 kernel 17 and 3-D 16 x 48 x 48 kernel 5 x 13 x 13, bf16,
+B = 1, H = 16, in the tiled order natten picks, at 64 x 64 tiles. Rows: case, dim, impl
+(``triton (64, 64, 4, stages)`` or ``gluon overlap=.. buffers=..``), ms, and the largest
+difference of o from the Triton kernel's (a smoke check; the float64 checks are
+``tests/kernels/test_gluon_gpu.py``). Writes ``gluon_forward.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+from tessera.bench.timing import median_ms, warm_up_gpu
+from tessera.kernels.gluon import na_forward as gluon_forward
+from tessera.kernels.triton import flash_fwd, masks
+from tessera.kernels.triton.tuning import KernelConfig
+from tessera.natten import _auto_layout
+from tessera.patterns import Neighborhood, Permuted
+
+CASES = {"2-D 128x128 k17": ((128, 128), (17, 17)), "3-D 16x48x48 k5x13x13": ((16, 48, 48), (5, 13, 13))}
+GLUON = [(True, 3), (True, 4), (False, 2), (False, 3)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=".")
+    parser.add_argument("--dims", nargs="*", type=int, default=[128, 64])
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks/gpu_gluon_forward.py needs a CUDA GPU")
+    device = torch.device("cuda")
+    warm_up_gpu(device)
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": []}
+    path = os.path.join(args.out, "gluon_forward.json")
+    heads = 16
+    for name, (grid, kernel) in CASES.items():
+        rule = Neighborhood(grid, kernel)
+        layout = _auto_layout(rule.grid, rule.kernel, rule.dilation, rule.stride, rule.causal)
+        seq = 1
+        for g in grid:
+            seq *= g
+        plan = masks.get_plan(Permuted(rule, layout), seq, seq, 64, 64, heads, device)
+        for dim in args.dims:
+            q, k, v = (torch.randn(1, seq, heads, dim, device=device, dtype=torch.bfloat16) for _ in range(3))
+            scale = dim ** -0.5
+            stages = 1 if dim > 64 else 3
+            config = KernelConfig(64, 64, 4, stages)
+            ref, _ = flash_fwd.forward(q, k, v, plan, scale=scale, config=config, grid_order=True)
+            runs = [(f"triton (64, 64, 4, {stages})",
+                     lambda: flash_fwd.forward(q, k, v, plan, scale=scale, config=config, grid_order=True))]
+            for overlap, buffers in GLUON:
+                runs.append((f"gluon overlap={overlap} buffers={buffers}",
+                             lambda o=overlap, n=buffers: gluon_forward.na_forward(
+                                 q, k, v, plan, scale=scale, num_buffers=n, overlap=o)))
+            for impl, fn in runs:
+                row = {"case": name, "dim": dim, "impl": impl, "ms": None, "max_diff": None, "error": None}
+                try:
+                    o, _ = fn()
+                    row["max_diff"] = (o.float() - ref.float()).abs().max().item()
+                    row["ms"] = median_ms(fn, device)
+                except Exception as error:  # noqa: BLE001 - recorded; the other rows stand
+                    row["error"] = repr(error)[:300]
+                print(json.dumps(row), flush=True)
+                result["rows"].append(row)
+                with open(path, "w") as f:
+                    json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

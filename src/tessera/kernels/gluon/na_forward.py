@@ -1,0 +1,297 @@
+"""Forward of a tiled-order N-D neighborhood in grid order, in Gluon (Hopper, sm_90).
+
+Scope: what ``tessera.natten`` runs for undilated neighborhoods on Hopper: q, k, v ``[B, S, H, D]``
+in the grid's row-major order, a ``Permuted(Neighborhood, GridLayout)`` plan whose query and key
+tiles are grid boxes (``flash_fwd.grid_box``), the analytic mask (``MASK_NEIGHBORHOOD``) with
+power-of-two layout tiles on both sides, 16-bit inputs, D in {64, 128}, softmax without biases.
+
+One program per (query tile, batch x query head), one warpgroup. q arrives by a bulk copy into
+shared memory and stays there as the A operand of every QK^T wgmma (Triton routes a copied q
+through registers, which costs a program per SM). K and V tiles stream through a ring of
+``NUM_BUF`` shared-memory buffers, each loaded ``NUM_BUF - 1`` tiles ahead of its use and
+tracked by its own mbarrier; q's buffer carries o out. The tile loop walks the plan's partial tiles, then its full tiles,
+as one list, with the neighborhood penalty (``na_mask.na_penalty``) applied to every tile (zero on
+full tiles). o leaves by a bulk store, lse (natural log, float32 ``[B, H, S]``) by pointers.
+
+Not run on a GPU yet: compiled for sm_90 here (``benchmarks/gluon_compile_check.py``);
+``tests/kernels/test_gluon_gpu.py`` holds its float64 check.
+"""
+
+from __future__ import annotations
+
+import torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,
+                                                              warpgroup_mma, warpgroup_mma_init,
+                                                              warpgroup_mma_wait)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from ..triton.flash_fwd import LOG2E, grid_box
+from ..triton.na_mask import na_codes, na_penalty, na_query_windows
+from ..triton.row_addressing import memory_rows, row_tile_origin
+
+
+@gluon.jit
+def _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, t):
+    """Index of the ``t``-th listed key tile of entry ``row``: its partial tiles, then its full ones."""
+    part = PART_IDX + row.to(gl.int64) * PART_W + t
+    full = FULL_IDX + row.to(gl.int64) * FULL_W + (t - n_part)
+    return gl.load(gl.where(t < n_part, part, full))
+
+
+@gluon.jit
+def _issue_kv(K_DESC, V_DESC, k_bufs, v_bufs, bars, tile, slot, b, hk, NA,
+              NA_STATIC: gl.constexpr, HEAD_D: gl.constexpr, BLOCK_N: gl.constexpr):
+    """Bulk copies of key tile ``tile`` (k and v) into ring slot ``slot``, on that slot's mbarrier."""
+    origin = row_tile_origin(tile * BLOCK_N, (b, 0, 0), hk, NA, 1, NA_STATIC, True, HEAD_D)
+    bar = bars.index(slot)
+    mbarrier.expect(bar, K_DESC.block_type.nbytes + V_DESC.block_type.nbytes)
+    tma.async_copy_global_to_shared(K_DESC, origin, bar, k_bufs.index(slot))
+    tma.async_copy_global_to_shared(V_DESC, origin, bar, v_bufs.index(slot))
+
+
+@gluon.jit
+def _softmax_step(s, m_i, l_i, tile, windows, offs_n, NA, qk_scale, BLOCK_N: gl.constexpr,
+                  NA_STATIC: gl.constexpr):
+    """Online softmax of one key tile's logits ``s [BLOCK_M, BLOCK_N]`` (float32, unscaled) under
+    the neighborhood penalty: ``(p, alpha, m_i, l_i)``, the tile's exp2 weights, the factor that
+    rescales the running output, and the new running max and sum (log2 domain)."""
+    codes = na_codes(offs_n[None, :], tile * BLOCK_N, NA, 1, NA_STATIC)
+    z = s * qk_scale + na_penalty(windows, codes, NA_STATIC)
+    m_new = gl.maximum(m_i, gl.max(z, 1))
+    m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = gl.exp2(m_i - m_safe)
+    p = gl.exp2(z - m_safe[:, None])
+    return p, alpha, m_new, l_i * alpha + gl.sum(p, 1)
+
+
+@gluon.jit
+def _overlapped_step(t, s_cur, acc, m_i, l_i, q_tile, k_bufs, v_bufs, kv_bars, K_DESC, V_DESC,
+                     PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, total, b, hk, NA, windows,
+                     offs_n, qk_scale, s_zero, HEAD_D: gl.constexpr, BLOCK_N: gl.constexpr,
+                     NA_STATIC: gl.constexpr, NUM_BUF: gl.constexpr, rows_o: gl.constexpr,
+                     p_layout: gl.constexpr):
+    """Tile ``t`` (not the last) of the overlapped loop, its logits ``s_cur`` ready: issue tile
+    t + 1's QK^T, take tile t's softmax, then (tile t - 1's P @ V retired) refill the ring slot
+    freed by tile t - 1 and issue tile t's P @ V. Returns tile t + 1's logits, waited for with
+    tile t's P @ V left in flight, and the running acc, max and sum."""
+    following = (t + 1) % NUM_BUF
+    mbarrier.wait(kv_bars.index(following), ((t + 1) // NUM_BUF) & 1)
+    s_next = warpgroup_mma(q_tile, k_bufs.index(following).reshape([BLOCK_N, HEAD_D]).permute((1, 0)),
+                           s_zero, use_acc=False, is_async=True)
+    tile = _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, t)
+    p, alpha, m_i, l_i = _softmax_step(s_cur, m_i, l_i, tile, windows, offs_n, NA, qk_scale,
+                                       BLOCK_N, NA_STATIC)
+    acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
+    ahead = t + NUM_BUF - 1
+    if ahead < total:
+        _issue_kv(K_DESC, V_DESC, k_bufs, v_bufs, kv_bars,
+                  _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, ahead),
+                  ahead % NUM_BUF, b, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
+    acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
+    acc = warpgroup_mma(gl.convert_layout(p.to(k_bufs.dtype), p_layout),
+                        v_bufs.index(t % NUM_BUF).reshape([BLOCK_N, HEAD_D]), acc, is_async=True)
+    s_next = warpgroup_mma_wait(num_outstanding=1, deps=(s_next,))
+    return s_next, acc, m_i, l_i
+
+
+@gluon.jit
+def _last_step(t, s_cur, acc, m_i, l_i, v_bufs, PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part,
+               NA, windows, offs_n, qk_scale, HEAD_D: gl.constexpr, BLOCK_N: gl.constexpr,
+               NA_STATIC: gl.constexpr, NUM_BUF: gl.constexpr, rows_o: gl.constexpr,
+               p_layout: gl.constexpr):
+    """The last tile ``t`` of the overlapped loop: softmax, then P @ V, left in flight."""
+    tile = _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, t)
+    p, alpha, m_i, l_i = _softmax_step(s_cur, m_i, l_i, tile, windows, offs_n, NA, qk_scale,
+                                       BLOCK_N, NA_STATIC)
+    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+    acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
+    acc = warpgroup_mma(gl.convert_layout(p.to(v_bufs.dtype), p_layout),
+                        v_bufs.index(t % NUM_BUF).reshape([BLOCK_N, HEAD_D]), acc, is_async=True)
+    return acc, m_i, l_i
+
+
+@gluon.jit
+def _na_fwd(Q_DESC, K_DESC, V_DESC, O_DESC, LSE, PART_CNT, PART_IDX, FULL_CNT, FULL_IDX, NA,
+            H_Q, GROUP, S_Q, MAP_HEADS, N_Q_TILES, PART_W, FULL_W, qk_scale,
+            HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+            NA_STATIC: gl.constexpr, NUM_BUF: gl.constexpr, OVERLAP: gl.constexpr,
+            num_warps: gl.constexpr):
+    m = gl.program_id(0)
+    bh = gl.program_id(1)
+    b = bh // H_Q
+    h = bh - b * H_Q
+    hk = h // GROUP
+    row = (h % MAP_HEADS) * N_Q_TILES + m
+    n_part = gl.load(PART_CNT + row)
+    total = n_part + gl.load(FULL_CNT + row)
+    dtype: gl.constexpr = Q_DESC.dtype
+
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, HEAD_D, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    cols_s: gl.constexpr = gl.SliceLayout(0, s_layout)
+    rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+
+    q_smem = gl.allocate_shared_memory(dtype, Q_DESC.block_type.shape, Q_DESC.layout)
+    k_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF] + K_DESC.block_type.shape, K_DESC.layout)
+    v_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF] + V_DESC.block_type.shape, V_DESC.layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    kv_bars = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    for i in gl.static_range(NUM_BUF):
+        mbarrier.init(kv_bars.index(i), count=1)
+
+    q_origin = row_tile_origin(m * BLOCK_M, (b, 0, 0), h, NA, 0, NA_STATIC, True, HEAD_D)
+    mbarrier.expect(q_bar, Q_DESC.block_type.nbytes)
+    tma.async_copy_global_to_shared(Q_DESC, q_origin, q_bar, q_smem)
+    for t in gl.static_range(NUM_BUF - 1):
+        if t < total:
+            _issue_kv(K_DESC, V_DESC, k_bufs, v_bufs, kv_bars,
+                      _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, t), t, b, hk, NA,
+                      NA_STATIC, HEAD_D, BLOCK_N)
+
+    offs_m = gl.arange(0, BLOCK_M, layout=rows_s)
+    offs_n = gl.arange(0, BLOCK_N, layout=cols_s)
+    windows = na_query_windows(offs_m[:, None], m * BLOCK_M, NA, NA_STATIC)
+    acc = gl.zeros([BLOCK_M, HEAD_D], gl.float32, o_layout)
+    m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, rows_s)
+    l_i = gl.zeros([BLOCK_M], gl.float32, rows_s)
+    s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
+
+    mbarrier.wait(q_bar, 0)
+    q_tile = q_smem.reshape([BLOCK_M, HEAD_D])
+    if OVERLAP:
+        # wgmma groups complete in issue order. Tile t + 1's QK^T is issued before tile t's
+        # softmax and waited for after tile t's P @ V is issued, so each product runs under a
+        # softmax. The logits of consecutive tiles alternate between two accumulators (s_a,
+        # s_b: the loop is unrolled by two) and the last tile is peeled off, so no register copy
+        # reads an accumulator in flight and every wait count is static; either would make
+        # ptxas serialize all wgmmas. Tile t + 1 is in flight before step t: NUM_BUF >= 3. A
+        # neighborhood lists at least one key tile per query tile.
+        acc = warpgroup_mma_init(acc)
+        mbarrier.wait(kv_bars.index(0), 0)
+        s_a = warpgroup_mma(q_tile, k_bufs.index(0).reshape([BLOCK_N, HEAD_D]).permute((1, 0)),
+                            s_zero, use_acc=False, is_async=True)
+        s_a = warpgroup_mma_wait(num_outstanding=0, deps=(s_a,))
+        steps = total - 1
+        for pair in range(steps // 2):
+            s_b, acc, m_i, l_i = _overlapped_step(
+                2 * pair, s_a, acc, m_i, l_i, q_tile, k_bufs, v_bufs, kv_bars, K_DESC, V_DESC, PART_IDX,
+                FULL_IDX, row, PART_W, FULL_W, n_part, total, b, hk, NA, windows, offs_n, qk_scale,
+                s_zero, HEAD_D, BLOCK_N, NA_STATIC, NUM_BUF, rows_o, p_layout)
+            s_a, acc, m_i, l_i = _overlapped_step(
+                2 * pair + 1, s_b, acc, m_i, l_i, q_tile, k_bufs, v_bufs, kv_bars, K_DESC, V_DESC, PART_IDX,
+                FULL_IDX, row, PART_W, FULL_W, n_part, total, b, hk, NA, windows, offs_n, qk_scale,
+                s_zero, HEAD_D, BLOCK_N, NA_STATIC, NUM_BUF, rows_o, p_layout)
+        if steps % 2 == 1:
+            s_b, acc, m_i, l_i = _overlapped_step(
+                steps - 1, s_a, acc, m_i, l_i, q_tile, k_bufs, v_bufs, kv_bars, K_DESC, V_DESC,
+                PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, total, b, hk, NA, windows, offs_n,
+                qk_scale, s_zero, HEAD_D, BLOCK_N, NA_STATIC, NUM_BUF, rows_o, p_layout)
+            acc, m_i, l_i = _last_step(steps, s_b, acc, m_i, l_i, v_bufs, PART_IDX, FULL_IDX, row,
+                                       PART_W, FULL_W, n_part, NA, windows, offs_n, qk_scale,
+                                       HEAD_D, BLOCK_N, NA_STATIC, NUM_BUF, rows_o, p_layout)
+        else:
+            acc, m_i, l_i = _last_step(steps, s_a, acc, m_i, l_i, v_bufs, PART_IDX, FULL_IDX, row,
+                                       PART_W, FULL_W, n_part, NA, windows, offs_n, qk_scale,
+                                       HEAD_D, BLOCK_N, NA_STATIC, NUM_BUF, rows_o, p_layout)
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+    else:
+        for t in range(total):
+            slot = t % NUM_BUF
+            ahead = t + NUM_BUF - 1
+            if ahead < total:
+                _issue_kv(K_DESC, V_DESC, k_bufs, v_bufs, kv_bars,
+                          _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, ahead),
+                          ahead % NUM_BUF, b, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
+            mbarrier.wait(kv_bars.index(slot), (t // NUM_BUF) & 1)
+            s = warpgroup_mma(q_tile, k_bufs.index(slot).reshape([BLOCK_N, HEAD_D]).permute((1, 0)),
+                              s_zero, use_acc=False, is_async=True)
+            s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+            tile = _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, t)
+            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, tile, windows, offs_n, NA, qk_scale,
+                                               BLOCK_N, NA_STATIC)
+            acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
+            acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout),
+                                v_bufs.index(slot).reshape([BLOCK_N, HEAD_D]), acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+
+    mbarrier.invalidate(q_bar)
+    for i in gl.static_range(NUM_BUF):
+        mbarrier.invalidate(kv_bars.index(i))
+
+    empty = l_i == 0.0
+    l_safe = gl.where(empty, 1.0, l_i)
+    o = acc / gl.convert_layout(l_safe, rows_o)[:, None]
+    lse = gl.where(empty, float("-inf"), (m_i + gl.log2(l_safe)) * 0.6931471805599453)
+    q_mem = memory_rows(offs_m, m * BLOCK_M, NA, 0, NA_STATIC, True).to(gl.int64)
+    gl.store(LSE + bh.to(gl.int64) * S_Q + q_mem, lse)
+
+    # q's buffer holds o on its way out (every QK^T product that read it has completed).
+    q_tile.store(o.to(dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(O_DESC, q_origin, q_smem)
+    tma.store_wait(pendings=0)
+
+
+def _descriptor(t: torch.Tensor, grid, box) -> TensorDescriptor:
+    """``t [B, S, H, D]`` (grid order, batch and sequence mergeable) as ``[B * g0, g1, g2, H, D]``
+    with block ``[*box, 1, D]`` and the default NVMMA shared layout."""
+    g0, g1, g2 = grid
+    batch, seq, heads, dim = t.shape
+    s_b, s_s, s_h, s_d = t.stride()
+    block = [*box, 1, dim]
+    layout = gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16 if t.dtype == torch.bfloat16 else gl.float16)
+    return TensorDescriptor(t, [batch * g0, g1, g2, heads, dim],
+                            [s_s * g1 * g2, s_s * g2, s_s, s_h, s_d], block, layout)
+
+
+def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan) -> bool:
+    """Whether ``na_forward`` handles this call: see the module docstring."""
+    from ..triton import masks
+    if plan.mask_mode != masks.MASK_NEIGHBORHOOD or not plan.na_values:
+        return False
+    if q.dtype not in (torch.bfloat16, torch.float16) or not (q.dtype == k.dtype == v.dtype):
+        return False
+    dim = q.shape[3]
+    if dim not in (64, 128) or k.shape[3] != dim or v.shape[3] != dim:
+        return False
+    if plan.block_m != 64 or plan.block_n != 64:
+        return False
+    if grid_box(plan, plan.block_m) is None:
+        return False
+    return all(t.stride(3) == 1 and (t.shape[0] == 1 or t.stride(0) == t.shape[1] * t.stride(1))
+               for t in (q, k, v))
+
+
+def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale: float,
+               num_buffers: int = 3, overlap: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(o [B, S, H_q, D], lse float32 [B, H_q, S])`` of softmax attention over ``plan`` (a
+    tiled neighborhood's plan at 64 x 64 tiles) for grid-order ``q [B, S, H_q, D]``, ``k``, ``v``
+    ``[B, S, H_kv, D]``; ``supports`` must hold. ``num_buffers``: K/V ring slots (at least 2,
+    3 with ``overlap``); ``overlap``: each tile's QK^T and P @ V run under a neighbouring tile's
+    softmax."""
+    if num_buffers < (3 if overlap else 2):
+        raise ValueError(f"na_forward: num_buffers must be at least {3 if overlap else 2} "
+                         f"(overlap={overlap}), got {num_buffers}")
+    if not supports(q, k, v, plan):
+        raise ValueError("na_forward: this call is outside the Gluon forward's scope (see supports)")
+    batch, seq, heads, dim = q.shape
+    o = torch.empty_like(q)
+    lse = torch.empty(batch, heads, seq, dtype=torch.float32, device=q.device)
+    grid = plan.na_values[0:3]
+    box = grid_box(plan, plan.block_m)
+    descs = [_descriptor(t, grid, box) for t in (q, k, v, o)]
+    rows = plan.rows
+    _na_fwd[(plan.n_q_tiles, batch * heads)](
+        *descs, lse, rows.part_count, rows.part_index, rows.full_count, rows.full_index,
+        plan.na_params, heads, heads // k.shape[2], seq, plan.map_heads, plan.n_q_tiles,
+        rows.part_width, rows.full_width, scale * LOG2E,
+        HEAD_D=dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, NA_STATIC=plan.na_static,
+        NUM_BUF=num_buffers, OVERLAP=overlap, num_warps=4)
+    return o, lse

@@ -1,0 +1,71 @@
+"""The Gluon tiled-neighborhood forward (``tessera.kernels.gluon.na_forward``) against the float64
+reference on the GPU (Hopper only; Gluon does not run in the interpreter), by the rule of
+``flash_cases.py``: o and lse at most 2x the reference's own error in the input dtype, plus a
+small floor. Also its scope checks (``supports``) and argument errors, which need no GPU."""
+
+import pytest
+import torch
+
+from conftest import rel_err
+from tessera.kernels.triton import masks
+from tessera.natten import _auto_layout, na2d, na3d
+from tessera.patterns import Neighborhood, Permuted
+
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
+
+
+def _plan(grid, kernel, heads, device):
+    rule = Neighborhood(grid, kernel)
+    layout = _auto_layout(rule.grid, rule.kernel, rule.dilation, rule.stride, rule.causal)
+    seq = 1
+    for g in grid:
+        seq *= g
+    return masks.get_plan(Permuted(rule, layout), seq, seq, 64, 64, heads, device)
+
+
+def test_scope_and_arguments_without_a_gpu():
+    from tessera.kernels.gluon import na_forward as gluon_forward
+    plan = _plan((32, 32), (7, 7), 2, torch.device("cpu"))
+    q = torch.empty(1, 1024, 2, 128, dtype=torch.bfloat16)
+    assert gluon_forward.supports(q, q, q, plan)
+    assert not gluon_forward.supports(q.float(), q.float(), q.float(), plan)           # 16-bit only
+    assert not gluon_forward.supports(q[..., :96], q[..., :96], q[..., :96], plan)    # D in {64, 128}
+    # Row-major order on a 10 x 12 grid: 64 positions are no grid box (no bulk copies).
+    ragged = masks.get_plan(Neighborhood((10, 12), 3), 120, 120, 64, 64, 2, torch.device("cpu"))
+    small = torch.empty(1, 120, 2, 128, dtype=torch.bfloat16)
+    assert not gluon_forward.supports(small, small, small, ragged)
+    with pytest.raises(ValueError, match="num_buffers"):
+        gluon_forward.na_forward(q, q, q, plan, scale=0.1, num_buffers=2, overlap=True)
+    with pytest.raises(ValueError, match="scope"):
+        gluon_forward.na_forward(q.float(), q.float(), q.float(), plan, scale=0.1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
+@pytest.mark.parametrize("overlap, buffers", [(True, 3), (True, 4), (False, 2)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("op, grid, kernel, dim", [
+    (na2d, (32, 48), (7, 9), 128),
+    (na2d, (64, 64), (17, 17), 64),
+    (na3d, (8, 16, 16), (3, 5, 5), 128),
+])
+def test_gluon_forward_against_float64(op, grid, kernel, dim, dtype, overlap, buffers):
+    from tessera.kernels.gluon import na_forward as gluon_forward
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    batch, heads, kv_heads = 2, 4, 2
+    q, k, v = (torch.randn(batch, *grid, h, dim, device="cuda", dtype=dtype, generator=gen)
+               for h in (heads, kv_heads, kv_heads))
+    seq = q[0, ..., 0, 0].numel()
+    plan = _plan(grid, kernel, heads, q.device)
+    flat = [t.reshape(batch, seq, t.shape[-2], dim) for t in (q, k, v)]
+    assert gluon_forward.supports(*flat, plan)
+    o, lse = gluon_forward.na_forward(*flat, plan, scale=dim ** -0.5, num_buffers=buffers,
+                                      overlap=overlap)
+    got = [o.reshape(q.shape), lse.reshape(batch, heads, *grid)]
+    same = op(q, k, v, kernel, backend="reference", return_lse=True)
+    want = op(*(t.double() for t in (q, k, v)), kernel, backend="reference", return_lse=True)
+    atol = {torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
+    for name, g, s_, w in zip(("o", "lse"), got, same, want):
+        assert torch.isfinite(g).all(), name
+        err, err_same = rel_err(g, w), rel_err(s_, w)
+        assert err <= 2 * err_same + atol, f"{name}: kernel {err:.3g} vs reference {err_same:.3g}"
