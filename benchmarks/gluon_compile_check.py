@@ -29,6 +29,7 @@ _DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32",
 CASES = {
     "na2d 128x128 k17": ((128, 128), (17, 17), 1),
     "na3d 16x48x48 k5x13x13": ((16, 48, 48), (5, 13, 13), 1),
+    "na3d blocked 16x48x48 k4x8x8": ((16, 48, 48), (4, 8, 8), (4, 8, 8)),
 }
 
 

@@ -4,9 +4,10 @@ median, L2 flushed between calls). GPU (Hopper) only.
 
     python benchmarks/gpu_gluon_forward.py --out DIR [--dims 128 64]
 
-Cases: the N-D suite's 2-D 128 x 128 kernel 17 and 3-D 16 x 48 x 48 kernel 5 x 13 x 13, bf16,
-B = 1, H = 16, in the tiled order natten picks, at 64 x 64 tiles. Rows: case, dim, impl
-(``triton (64, 64, 4, stages)`` or ``gluon overlap=.. buffers=..``), ms, and the largest
+Cases: the N-D suite's 2-D 128 x 128 kernel 17, 3-D 16 x 48 x 48 kernel 5 x 13 x 13 and 3-D
+blocked 4 x 8 x 8, bf16, B = 1, H = 16, in the tiled order natten picks, at 64 x 64 tiles (the
+Triton kernel at the config tessera takes there). Rows: case, dim, impl
+(``triton KernelConfig(...)`` or ``gluon overlap=.. buffers=..``), ms, and the largest
 difference of o from the Triton kernel's (a smoke check; the float64 checks are
 ``tests/kernels/test_gluon_gpu.py``). Writes ``gluon_forward.json``.
 """
@@ -27,7 +28,9 @@ from tessera.kernels.triton.tuning import KernelConfig
 from tessera.natten import _auto_layout
 from tessera.patterns import Neighborhood, Permuted
 
-CASES = {"2-D 128x128 k17": ((128, 128), (17, 17)), "3-D 16x48x48 k5x13x13": ((16, 48, 48), (5, 13, 13))}
+CASES = {"2-D 128x128 k17": ((128, 128), (17, 17), 1),
+         "3-D 16x48x48 k5x13x13": ((16, 48, 48), (5, 13, 13), 1),
+         "3-D 16x48x48 blocked 4x8x8": ((16, 48, 48), (4, 8, 8), (4, 8, 8))}
 GLUON = [(True, 3), (True, 4), (False, 2), (False, 3)]
 
 
@@ -44,8 +47,8 @@ def main() -> None:
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": []}
     path = os.path.join(args.out, "gluon_forward.json")
     heads = 16
-    for name, (grid, kernel) in CASES.items():
-        rule = Neighborhood(grid, kernel)
+    for name, (grid, kernel, stride) in CASES.items():
+        rule = Neighborhood(grid, kernel, stride=stride)
         layout = _auto_layout(rule.grid, rule.kernel, rule.dilation, rule.stride, rule.causal)
         seq = 1
         for g in grid:
@@ -54,10 +57,11 @@ def main() -> None:
         for dim in args.dims:
             q, k, v = (torch.randn(1, seq, heads, dim, device=device, dtype=torch.bfloat16) for _ in range(3))
             scale = dim ** -0.5
-            stages = 1 if dim > 64 else 3
-            config = KernelConfig(64, 64, 4, stages)
+            stages = 1 if dim > 64 or plan.mask_mode == masks.MASK_NONE else 3
+            config = KernelConfig(64, 64, 4, stages,
+                                  max_registers=128 if plan.mask_mode == masks.MASK_NONE and dim > 64 else None)
             ref, _ = flash_fwd.forward(q, k, v, plan, scale=scale, config=config, grid_order=True)
-            runs = [(f"triton (64, 64, 4, {stages})",
+            runs = [(f"triton {config}",
                      lambda: flash_fwd.forward(q, k, v, plan, scale=scale, config=config, grid_order=True))]
             for overlap, buffers in GLUON:
                 runs.append((f"gluon overlap={overlap} buffers={buffers}",

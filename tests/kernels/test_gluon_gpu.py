@@ -14,8 +14,8 @@ from tessera.patterns import Neighborhood, Permuted
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
 
 
-def _plan(grid, kernel, heads, device):
-    rule = Neighborhood(grid, kernel)
+def _plan(grid, kernel, heads, device, stride=1):
+    rule = Neighborhood(grid, kernel, stride=stride)
     layout = _auto_layout(rule.grid, rule.kernel, rule.dilation, rule.stride, rule.causal)
     seq = 1
     for g in grid:
@@ -44,26 +44,28 @@ def test_scope_and_arguments_without_a_gpu():
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
 @pytest.mark.parametrize("overlap, buffers", [(True, 3), (True, 4), (False, 2)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("op, grid, kernel, dim", [
-    (na2d, (32, 48), (7, 9), 128),
-    (na2d, (64, 64), (17, 17), 64),
-    (na3d, (8, 16, 16), (3, 5, 5), 128),
+@pytest.mark.parametrize("op, grid, kernel, stride, dim", [
+    (na2d, (32, 48), (7, 9), 1, 128),
+    (na2d, (64, 64), (17, 17), 1, 64),
+    (na3d, (8, 16, 16), (3, 5, 5), 1, 128),
+    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128),     # blocked: full tiles only, no mask
 ])
-def test_gluon_forward_against_float64(op, grid, kernel, dim, dtype, overlap, buffers):
+def test_gluon_forward_against_float64(op, grid, kernel, stride, dim, dtype, overlap, buffers):
     from tessera.kernels.gluon import na_forward as gluon_forward
     gen = torch.Generator(device="cuda").manual_seed(0)
     batch, heads, kv_heads = 2, 4, 2
     q, k, v = (torch.randn(batch, *grid, h, dim, device="cuda", dtype=dtype, generator=gen)
                for h in (heads, kv_heads, kv_heads))
     seq = q[0, ..., 0, 0].numel()
-    plan = _plan(grid, kernel, heads, q.device)
+    plan = _plan(grid, kernel, heads, q.device, stride)
     flat = [t.reshape(batch, seq, t.shape[-2], dim) for t in (q, k, v)]
     assert gluon_forward.supports(*flat, plan)
     o, lse = gluon_forward.na_forward(*flat, plan, scale=dim ** -0.5, num_buffers=buffers,
                                       overlap=overlap)
     got = [o.reshape(q.shape), lse.reshape(batch, heads, *grid)]
-    same = op(q, k, v, kernel, backend="reference", return_lse=True)
-    want = op(*(t.double() for t in (q, k, v)), kernel, backend="reference", return_lse=True)
+    same = op(q, k, v, kernel, stride=stride, backend="reference", return_lse=True)
+    want = op(*(t.double() for t in (q, k, v)), kernel, stride=stride, backend="reference",
+              return_lse=True)
     atol = {torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
     for name, g, s_, w in zip(("o", "lse"), got, same, want):
         assert torch.isfinite(g).all(), name

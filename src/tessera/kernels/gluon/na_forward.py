@@ -2,8 +2,9 @@
 
 Scope: what ``tessera.natten`` runs for undilated neighborhoods on Hopper: q, k, v ``[B, S, H, D]``
 in the grid's row-major order, a ``Permuted(Neighborhood, GridLayout)`` plan whose query and key
-tiles are grid boxes (``flash_fwd.grid_box``), the analytic mask (``MASK_NEIGHBORHOOD``) with
-power-of-two layout tiles on both sides, 16-bit inputs, D in {64, 128}, softmax without biases.
+tiles are grid boxes (``flash_fwd.grid_box``), with the analytic mask (``MASK_NEIGHBORHOOD``) or
+full tiles only (``MASK_NONE``: blocked attention, stride = kernel), 16-bit inputs, D in {64,
+128}, softmax without biases.
 
 One program per (query tile, batch x query head), one warpgroup. q arrives by a bulk copy into
 shared memory and stays there as the A operand of every QK^T wgmma (Triton routes a copied q
@@ -27,6 +28,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from ..triton import masks
 from ..triton.flash_fwd import LOG2E, grid_box
 from ..triton.na_mask import na_codes, na_penalty, na_query_windows
 from ..triton.row_addressing import memory_rows, row_tile_origin
@@ -53,12 +55,14 @@ def _issue_kv(K_DESC, V_DESC, k_bufs, v_bufs, bars, tile, slot, b, hk, NA,
 
 @gluon.jit
 def _softmax_step(s, m_i, l_i, tile, windows, offs_n, NA, qk_scale, BLOCK_N: gl.constexpr,
-                  NA_STATIC: gl.constexpr):
-    """Online softmax of one key tile's logits ``s [BLOCK_M, BLOCK_N]`` (float32, unscaled) under
-    the neighborhood penalty: ``(p, alpha, m_i, l_i)``, the tile's exp2 weights, the factor that
-    rescales the running output, and the new running max and sum (log2 domain)."""
-    codes = na_codes(offs_n[None, :], tile * BLOCK_N, NA, 1, NA_STATIC)
-    z = s * qk_scale + na_penalty(windows, codes, NA_STATIC)
+                  NA_STATIC: gl.constexpr, MASKED: gl.constexpr):
+    """Online softmax of one key tile's logits ``s [BLOCK_M, BLOCK_N]`` (float32, unscaled), under
+    the neighborhood penalty when ``MASKED``: ``(p, alpha, m_i, l_i)``, the tile's exp2 weights,
+    the factor that rescales the running output, and the new running max and sum (log2 domain)."""
+    z = s * qk_scale
+    if MASKED:
+        codes = na_codes(offs_n[None, :], tile * BLOCK_N, NA, 1, NA_STATIC)
+        z = z + na_penalty(windows, codes, NA_STATIC)
     m_new = gl.maximum(m_i, gl.max(z, 1))
     m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = gl.exp2(m_i - m_safe)
@@ -71,7 +75,7 @@ def _overlapped_step(t, s_cur, acc, m_i, l_i, q_tile, k_bufs, v_bufs, kv_bars, K
                      PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, total, b, hk, NA, windows,
                      offs_n, qk_scale, s_zero, HEAD_D: gl.constexpr, BLOCK_N: gl.constexpr,
                      NA_STATIC: gl.constexpr, NUM_BUF: gl.constexpr, rows_o: gl.constexpr,
-                     p_layout: gl.constexpr):
+                     p_layout: gl.constexpr, MASKED: gl.constexpr):
     """Tile ``t`` (not the last) of the overlapped loop, its logits ``s_cur`` ready: issue tile
     t + 1's QK^T, take tile t's softmax, then (tile t - 1's P @ V retired) refill the ring slot
     freed by tile t - 1 and issue tile t's P @ V. Returns tile t + 1's logits, waited for with
@@ -82,7 +86,7 @@ def _overlapped_step(t, s_cur, acc, m_i, l_i, q_tile, k_bufs, v_bufs, kv_bars, K
                            s_zero, use_acc=False, is_async=True)
     tile = _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, t)
     p, alpha, m_i, l_i = _softmax_step(s_cur, m_i, l_i, tile, windows, offs_n, NA, qk_scale,
-                                       BLOCK_N, NA_STATIC)
+                                       BLOCK_N, NA_STATIC, MASKED)
     acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
     ahead = t + NUM_BUF - 1
     if ahead < total:
@@ -100,11 +104,11 @@ def _overlapped_step(t, s_cur, acc, m_i, l_i, q_tile, k_bufs, v_bufs, kv_bars, K
 def _last_step(t, s_cur, acc, m_i, l_i, v_bufs, PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part,
                NA, windows, offs_n, qk_scale, HEAD_D: gl.constexpr, BLOCK_N: gl.constexpr,
                NA_STATIC: gl.constexpr, NUM_BUF: gl.constexpr, rows_o: gl.constexpr,
-               p_layout: gl.constexpr):
+               p_layout: gl.constexpr, MASKED: gl.constexpr):
     """The last tile ``t`` of the overlapped loop: softmax, then P @ V, left in flight."""
     tile = _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, t)
     p, alpha, m_i, l_i = _softmax_step(s_cur, m_i, l_i, tile, windows, offs_n, NA, qk_scale,
-                                       BLOCK_N, NA_STATIC)
+                                       BLOCK_N, NA_STATIC, MASKED)
     acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
     acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
     acc = warpgroup_mma(gl.convert_layout(p.to(v_bufs.dtype), p_layout),
@@ -117,7 +121,7 @@ def _na_fwd(Q_DESC, K_DESC, V_DESC, O_DESC, LSE, PART_CNT, PART_IDX, FULL_CNT, F
             H_Q, GROUP, S_Q, MAP_HEADS, N_Q_TILES, PART_W, FULL_W, qk_scale,
             HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
             NA_STATIC: gl.constexpr, NUM_BUF: gl.constexpr, OVERLAP: gl.constexpr,
-            num_warps: gl.constexpr):
+            MASKED: gl.constexpr, num_warps: gl.constexpr):
     m = gl.program_id(0)
     bh = gl.program_id(1)
     b = bh // H_Q
@@ -183,23 +187,23 @@ def _na_fwd(Q_DESC, K_DESC, V_DESC, O_DESC, LSE, PART_CNT, PART_IDX, FULL_CNT, F
             s_b, acc, m_i, l_i = _overlapped_step(
                 2 * pair, s_a, acc, m_i, l_i, q_tile, k_bufs, v_bufs, kv_bars, K_DESC, V_DESC, PART_IDX,
                 FULL_IDX, row, PART_W, FULL_W, n_part, total, b, hk, NA, windows, offs_n, qk_scale,
-                s_zero, HEAD_D, BLOCK_N, NA_STATIC, NUM_BUF, rows_o, p_layout)
+                s_zero, HEAD_D, BLOCK_N, NA_STATIC, NUM_BUF, rows_o, p_layout, MASKED)
             s_a, acc, m_i, l_i = _overlapped_step(
                 2 * pair + 1, s_b, acc, m_i, l_i, q_tile, k_bufs, v_bufs, kv_bars, K_DESC, V_DESC, PART_IDX,
                 FULL_IDX, row, PART_W, FULL_W, n_part, total, b, hk, NA, windows, offs_n, qk_scale,
-                s_zero, HEAD_D, BLOCK_N, NA_STATIC, NUM_BUF, rows_o, p_layout)
+                s_zero, HEAD_D, BLOCK_N, NA_STATIC, NUM_BUF, rows_o, p_layout, MASKED)
         if steps % 2 == 1:
             s_b, acc, m_i, l_i = _overlapped_step(
                 steps - 1, s_a, acc, m_i, l_i, q_tile, k_bufs, v_bufs, kv_bars, K_DESC, V_DESC,
                 PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, total, b, hk, NA, windows, offs_n,
-                qk_scale, s_zero, HEAD_D, BLOCK_N, NA_STATIC, NUM_BUF, rows_o, p_layout)
+                qk_scale, s_zero, HEAD_D, BLOCK_N, NA_STATIC, NUM_BUF, rows_o, p_layout, MASKED)
             acc, m_i, l_i = _last_step(steps, s_b, acc, m_i, l_i, v_bufs, PART_IDX, FULL_IDX, row,
                                        PART_W, FULL_W, n_part, NA, windows, offs_n, qk_scale,
-                                       HEAD_D, BLOCK_N, NA_STATIC, NUM_BUF, rows_o, p_layout)
+                                       HEAD_D, BLOCK_N, NA_STATIC, NUM_BUF, rows_o, p_layout, MASKED)
         else:
             acc, m_i, l_i = _last_step(steps, s_a, acc, m_i, l_i, v_bufs, PART_IDX, FULL_IDX, row,
                                        PART_W, FULL_W, n_part, NA, windows, offs_n, qk_scale,
-                                       HEAD_D, BLOCK_N, NA_STATIC, NUM_BUF, rows_o, p_layout)
+                                       HEAD_D, BLOCK_N, NA_STATIC, NUM_BUF, rows_o, p_layout, MASKED)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
     else:
         for t in range(total):
@@ -215,7 +219,7 @@ def _na_fwd(Q_DESC, K_DESC, V_DESC, O_DESC, LSE, PART_CNT, PART_IDX, FULL_CNT, F
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
             tile = _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, t)
             p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, tile, windows, offs_n, NA, qk_scale,
-                                               BLOCK_N, NA_STATIC)
+                                               BLOCK_N, NA_STATIC, MASKED)
             acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
             acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout),
                                 v_bufs.index(slot).reshape([BLOCK_N, HEAD_D]), acc, is_async=True)
@@ -253,8 +257,7 @@ def _descriptor(t: torch.Tensor, grid, box) -> TensorDescriptor:
 
 def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan) -> bool:
     """Whether ``na_forward`` handles this call: see the module docstring."""
-    from ..triton import masks
-    if plan.mask_mode != masks.MASK_NEIGHBORHOOD or not plan.na_values:
+    if plan.mask_mode not in (masks.MASK_NEIGHBORHOOD, masks.MASK_NONE) or not plan.na_values:
         return False
     if q.dtype not in (torch.bfloat16, torch.float16) or not (q.dtype == k.dtype == v.dtype):
         return False
@@ -293,5 +296,6 @@ def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale
         plan.na_params, heads, heads // k.shape[2], seq, plan.map_heads, plan.n_q_tiles,
         rows.part_width, rows.full_width, scale * LOG2E,
         HEAD_D=dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, NA_STATIC=plan.na_static,
-        NUM_BUF=num_buffers, OVERLAP=overlap, num_warps=4)
+        NUM_BUF=num_buffers, OVERLAP=overlap, MASKED=plan.mask_mode == masks.MASK_NEIGHBORHOOD,
+        num_warps=4)
     return o, lse
