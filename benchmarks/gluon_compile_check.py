@@ -1,7 +1,8 @@
 """Compile the Gluon tiled-neighborhood forward (``tessera.kernels.gluon.na_forward``) for Hopper
 (sm_90) without a GPU, on the N-D suite's shapes, and print shared memory, registers and spills.
 
-    python benchmarks/gluon_compile_check.py [--num-buffers 3] [--dump FILE]
+    python benchmarks/gluon_compile_check.py [--num-buffers 3] [--dim 128] [--no-overlap]
+        [--specialized] [--dump FILE]
 
 The call runs on small CPU stand-ins up to the launch, which is captured instead of executed;
 tensors become 16-byte aligned pointers, descriptors their block type with shared layout.
@@ -60,6 +61,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-buffers", type=int, default=3)
     parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--no-overlap", action="store_true")
+    parser.add_argument("--specialized", action="store_true", help="a producer warp fills the ring")
     parser.add_argument("--dump", default=None, help="write the SASS of the last case here")
     args = parser.parse_args()
     cpu = torch.device("cpu")
@@ -77,7 +80,8 @@ def main() -> None:
         original = type(jit_fn).__getitem__
         type(jit_fn).__getitem__ = lambda fn, launch_grid: (lambda *a, **kw: captured.append((a, kw)))
         try:
-            gluon_forward.na_forward(q, k, v, plan, scale=args.dim ** -0.5, num_buffers=args.num_buffers)
+            gluon_forward.na_forward(q, k, v, plan, scale=args.dim ** -0.5, num_buffers=args.num_buffers,
+                                     overlap=not args.no_overlap, specialized=args.specialized)
         finally:
             type(jit_fn).__getitem__ = original
         (launch_args, launch_kwargs), = captured
@@ -85,7 +89,8 @@ def main() -> None:
         source = _runtime.GluonASTSource(jit_fn, signature, constexprs)
         compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
         regs, stack = resources(compiled)
-        print(f"{name} D={args.dim} buffers={args.num_buffers}: shared {compiled.metadata.shared} B, "
+        print(f"{name} D={args.dim} buffers={args.num_buffers} overlap={not args.no_overlap} "
+              f"specialized={args.specialized}: shared {compiled.metadata.shared} B, "
               f"registers {regs}, stack {stack} B")
         if args.dump:
             with open(args.dump, "w") as f:

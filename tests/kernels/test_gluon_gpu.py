@@ -36,13 +36,16 @@ def test_scope_and_arguments_without_a_gpu():
     assert not gluon_forward.supports(small, small, small, ragged)
     with pytest.raises(ValueError, match="num_buffers"):
         gluon_forward.na_forward(q, q, q, plan, scale=0.1, num_buffers=2, overlap=True)
+    with pytest.raises(ValueError, match="overlap"):
+        gluon_forward.na_forward(q, q, q, plan, scale=0.1, overlap=False, specialized=True)
     with pytest.raises(ValueError, match="scope"):
         gluon_forward.na_forward(q.float(), q.float(), q.float(), plan, scale=0.1)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
-@pytest.mark.parametrize("overlap, buffers", [(True, 3), (True, 4), (False, 2)])
+@pytest.mark.parametrize("overlap, buffers, specialized", [(True, 3, False), (True, 4, False), (False, 2, False),
+                                                         (True, 3, True), (True, 4, True)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("op, grid, kernel, stride, dim", [
     (na2d, (32, 48), (7, 9), 1, 128),
@@ -50,7 +53,8 @@ def test_scope_and_arguments_without_a_gpu():
     (na3d, (8, 16, 16), (3, 5, 5), 1, 128),
     (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128),     # blocked: full tiles only, no mask
 ])
-def test_gluon_forward_against_float64(op, grid, kernel, stride, dim, dtype, overlap, buffers):
+def test_gluon_forward_against_float64(op, grid, kernel, stride, dim, dtype, overlap, buffers,
+                                       specialized):
     from tessera.kernels.gluon import na_forward as gluon_forward
     gen = torch.Generator(device="cuda").manual_seed(0)
     batch, heads, kv_heads = 2, 4, 2
@@ -61,7 +65,7 @@ def test_gluon_forward_against_float64(op, grid, kernel, stride, dim, dtype, ove
     flat = [t.reshape(batch, seq, t.shape[-2], dim) for t in (q, k, v)]
     assert gluon_forward.supports(*flat, plan)
     o, lse = gluon_forward.na_forward(*flat, plan, scale=dim ** -0.5, num_buffers=buffers,
-                                      overlap=overlap)
+                                      overlap=overlap, specialized=specialized)
     got = [o.reshape(q.shape), lse.reshape(batch, heads, *grid)]
     same = op(q, k, v, kernel, stride=stride, backend="reference", return_lse=True)
     want = op(*(t.double() for t in (q, k, v)), kernel, stride=stride, backend="reference",

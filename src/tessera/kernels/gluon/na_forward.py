@@ -6,13 +6,17 @@ tiles are grid boxes (``flash_fwd.grid_box``), with the analytic mask (``MASK_NE
 full tiles only (``MASK_NONE``: blocked attention, stride = kernel), 16-bit inputs, D in {64,
 128}, softmax without biases.
 
-One program per (query tile, batch x query head), one warpgroup. q arrives by a bulk copy into
-shared memory and stays there as the A operand of every QK^T wgmma (Triton routes a copied q
-through registers, which costs a program per SM). K and V tiles stream through a ring of
-``NUM_BUF`` shared-memory buffers, each loaded ``NUM_BUF - 1`` tiles ahead of its use and
-tracked by its own mbarrier; q's buffer carries o out. The tile loop walks the plan's partial tiles, then its full tiles,
-as one list, with the neighborhood penalty (``na_mask.na_penalty``) applied to every tile (zero on
-full tiles). o leaves by a bulk store, lse (natural log, float32 ``[B, H, S]``) by pointers.
+One program per (query tile, batch x query head): one warpgroup that computes, and with
+``specialized`` one more warp that only fills the K/V ring (warp specialization: under a cap of
+128 registers per thread for the program, two programs per SM, the computing warpgroup gets 232
+and the producer 24). q arrives by a bulk copy into shared memory and stays there as the A
+operand of every QK^T wgmma (Triton routes a copied q through registers, which costs a program
+per SM). K and V tiles stream through a ring of ``NUM_BUF`` shared-memory slots, each tracked by
+its own mbarrier and loaded ahead of its use. With ``overlap``, each tile's QK^T and P @ V run
+under a neighbouring tile's softmax. The tile loop walks the plan's partial tiles, then its full
+tiles, as one list, with the neighborhood penalty (``na_mask.na_penalty``) on every tile (zero on
+full tiles; none for full-tile plans). o leaves through q's buffer by a bulk store, lse (natural
+log, float32 ``[B, H, S]``) by pointers.
 
 Not run on a GPU yet: compiled for sm_90 here (``benchmarks/gluon_compile_check.py``);
 ``tests/kernels/test_gluon_gpu.py`` holds its float64 check.
@@ -32,6 +36,10 @@ from ..triton import masks
 from ..triton.flash_fwd import LOG2E, grid_box
 from ..triton.na_mask import na_codes, na_penalty, na_query_windows
 from ..triton.row_addressing import memory_rows, row_tile_origin
+
+# Registers per thread of the producer warp (the consumer warpgroup gets what the kernel's cap
+# leaves: ``na_forward`` launches specialized kernels with ``maxnreg=128``, two programs per SM).
+PRODUCER_REGISTERS = gl.constexpr(24)
 
 
 @gluon.jit
@@ -71,14 +79,15 @@ def _softmax_step(s, m_i, l_i, tile, windows, offs_n, NA, qk_scale, BLOCK_N: gl.
 
 
 @gluon.jit
-def _overlapped_step(t, s_cur, acc, m_i, l_i, q_tile, k_bufs, v_bufs, kv_bars, K_DESC, V_DESC,
+def _overlapped_step(t, s_cur, acc, m_i, l_i, q_tile, k_bufs, v_bufs, kv_bars, free_bars, K_DESC, V_DESC,
                      PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, total, b, hk, NA, windows,
                      offs_n, qk_scale, s_zero, HEAD_D: gl.constexpr, BLOCK_N: gl.constexpr,
                      NA_STATIC: gl.constexpr, NUM_BUF: gl.constexpr, rows_o: gl.constexpr,
-                     p_layout: gl.constexpr, MASKED: gl.constexpr):
+                     p_layout: gl.constexpr, MASKED: gl.constexpr, SPECIALIZED: gl.constexpr):
     """Tile ``t`` (not the last) of the overlapped loop, its logits ``s_cur`` ready: issue tile
     t + 1's QK^T, take tile t's softmax, then (tile t - 1's P @ V retired) refill the ring slot
-    freed by tile t - 1 and issue tile t's P @ V. Returns tile t + 1's logits, waited for with
+    freed by tile t - 1 (or, ``SPECIALIZED``, hand it to the producer warp) and issue tile t's
+    P @ V. Returns tile t + 1's logits, waited for with
     tile t's P @ V left in flight, and the running acc, max and sum."""
     following = (t + 1) % NUM_BUF
     mbarrier.wait(kv_bars.index(following), ((t + 1) // NUM_BUF) & 1)
@@ -88,11 +97,15 @@ def _overlapped_step(t, s_cur, acc, m_i, l_i, q_tile, k_bufs, v_bufs, kv_bars, K
     p, alpha, m_i, l_i = _softmax_step(s_cur, m_i, l_i, tile, windows, offs_n, NA, qk_scale,
                                        BLOCK_N, NA_STATIC, MASKED)
     acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
-    ahead = t + NUM_BUF - 1
-    if ahead < total:
-        _issue_kv(K_DESC, V_DESC, k_bufs, v_bufs, kv_bars,
-                  _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, ahead),
-                  ahead % NUM_BUF, b, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
+    if SPECIALIZED:
+        # Hand tile t - 1's ring slot back to the producer warp.
+        mbarrier.arrive(free_bars.index((t + NUM_BUF - 1) % NUM_BUF), count=1, pred=t > 0)
+    else:
+        ahead = t + NUM_BUF - 1
+        if ahead < total:
+            _issue_kv(K_DESC, V_DESC, k_bufs, v_bufs, kv_bars,
+                      _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, ahead),
+                      ahead % NUM_BUF, b, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
     acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
     acc = warpgroup_mma(gl.convert_layout(p.to(k_bufs.dtype), p_layout),
                         v_bufs.index(t % NUM_BUF).reshape([BLOCK_N, HEAD_D]), acc, is_async=True)
@@ -117,47 +130,37 @@ def _last_step(t, s_cur, acc, m_i, l_i, v_bufs, PART_IDX, FULL_IDX, row, PART_W,
 
 
 @gluon.jit
-def _na_fwd(Q_DESC, K_DESC, V_DESC, O_DESC, LSE, PART_CNT, PART_IDX, FULL_CNT, FULL_IDX, NA,
-            H_Q, GROUP, S_Q, MAP_HEADS, N_Q_TILES, PART_W, FULL_W, qk_scale,
-            HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-            NA_STATIC: gl.constexpr, NUM_BUF: gl.constexpr, OVERLAP: gl.constexpr,
-            MASKED: gl.constexpr, num_warps: gl.constexpr):
-    m = gl.program_id(0)
-    bh = gl.program_id(1)
-    b = bh // H_Q
-    h = bh - b * H_Q
-    hk = h // GROUP
-    row = (h % MAP_HEADS) * N_Q_TILES + m
-    n_part = gl.load(PART_CNT + row)
-    total = n_part + gl.load(FULL_CNT + row)
-    dtype: gl.constexpr = Q_DESC.dtype
+def _kv_producer(K_DESC, V_DESC, k_bufs, v_bufs, kv_bars, free_bars, PART_IDX, FULL_IDX, row,
+                 PART_W, FULL_W, n_part, total, b, hk, NA, NA_STATIC: gl.constexpr,
+                 HEAD_D: gl.constexpr, BLOCK_N: gl.constexpr, NUM_BUF: gl.constexpr):
+    """One warp that fills the K/V ring: tile t goes into slot t % NUM_BUF once the consumer has
+    handed that slot back (``free_bars``; a fresh barrier counts as handed back)."""
+    for t in range(total):
+        slot = t % NUM_BUF
+        mbarrier.wait(free_bars.index(slot), ((t // NUM_BUF) & 1) ^ 1)
+        _issue_kv(K_DESC, V_DESC, k_bufs, v_bufs, kv_bars,
+                  _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, t), slot, b, hk, NA,
+                  NA_STATIC, HEAD_D, BLOCK_N)
 
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+
+@gluon.jit
+def _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, free_bars, K_DESC, V_DESC, O_DESC, LSE,
+              PART_IDX, FULL_IDX, NA, row, n_part, total, m, b, bh, hk, q_origin, S_Q, PART_W,
+              FULL_W, qk_scale, HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr,
+              BLOCK_N: gl.constexpr, NA_STATIC: gl.constexpr, NUM_BUF: gl.constexpr,
+              OVERLAP: gl.constexpr, MASKED: gl.constexpr, SPECIALIZED: gl.constexpr,
+              WARPS: gl.constexpr):
+    """The warpgroup that computes: QK^T, softmax and P @ V over the listed key tiles, then o
+    (through q's buffer, by a bulk store) and lse."""
+    dtype: gl.constexpr = q_smem.dtype
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
                                                        instr_shape=[16, HEAD_D, 16])
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     cols_s: gl.constexpr = gl.SliceLayout(0, s_layout)
     rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)
-
-    q_smem = gl.allocate_shared_memory(dtype, Q_DESC.block_type.shape, Q_DESC.layout)
-    k_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF] + K_DESC.block_type.shape, K_DESC.layout)
-    v_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF] + V_DESC.block_type.shape, V_DESC.layout)
-    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    kv_bars = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(q_bar, count=1)
-    for i in gl.static_range(NUM_BUF):
-        mbarrier.init(kv_bars.index(i), count=1)
-
-    q_origin = row_tile_origin(m * BLOCK_M, (b, 0, 0), h, NA, 0, NA_STATIC, True, HEAD_D)
-    mbarrier.expect(q_bar, Q_DESC.block_type.nbytes)
-    tma.async_copy_global_to_shared(Q_DESC, q_origin, q_bar, q_smem)
-    for t in gl.static_range(NUM_BUF - 1):
-        if t < total:
-            _issue_kv(K_DESC, V_DESC, k_bufs, v_bufs, kv_bars,
-                      _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, t), t, b, hk, NA,
-                      NA_STATIC, HEAD_D, BLOCK_N)
 
     offs_m = gl.arange(0, BLOCK_M, layout=rows_s)
     offs_n = gl.arange(0, BLOCK_N, layout=cols_s)
@@ -185,18 +188,21 @@ def _na_fwd(Q_DESC, K_DESC, V_DESC, O_DESC, LSE, PART_CNT, PART_IDX, FULL_CNT, F
         steps = total - 1
         for pair in range(steps // 2):
             s_b, acc, m_i, l_i = _overlapped_step(
-                2 * pair, s_a, acc, m_i, l_i, q_tile, k_bufs, v_bufs, kv_bars, K_DESC, V_DESC, PART_IDX,
+                2 * pair, s_a, acc, m_i, l_i, q_tile, k_bufs, v_bufs, kv_bars, free_bars, K_DESC, V_DESC, PART_IDX,
                 FULL_IDX, row, PART_W, FULL_W, n_part, total, b, hk, NA, windows, offs_n, qk_scale,
-                s_zero, HEAD_D, BLOCK_N, NA_STATIC, NUM_BUF, rows_o, p_layout, MASKED)
+                s_zero, HEAD_D, BLOCK_N, NA_STATIC, NUM_BUF, rows_o, p_layout, MASKED,
+                SPECIALIZED)
             s_a, acc, m_i, l_i = _overlapped_step(
-                2 * pair + 1, s_b, acc, m_i, l_i, q_tile, k_bufs, v_bufs, kv_bars, K_DESC, V_DESC, PART_IDX,
+                2 * pair + 1, s_b, acc, m_i, l_i, q_tile, k_bufs, v_bufs, kv_bars, free_bars, K_DESC, V_DESC, PART_IDX,
                 FULL_IDX, row, PART_W, FULL_W, n_part, total, b, hk, NA, windows, offs_n, qk_scale,
-                s_zero, HEAD_D, BLOCK_N, NA_STATIC, NUM_BUF, rows_o, p_layout, MASKED)
+                s_zero, HEAD_D, BLOCK_N, NA_STATIC, NUM_BUF, rows_o, p_layout, MASKED,
+                SPECIALIZED)
         if steps % 2 == 1:
             s_b, acc, m_i, l_i = _overlapped_step(
-                steps - 1, s_a, acc, m_i, l_i, q_tile, k_bufs, v_bufs, kv_bars, K_DESC, V_DESC,
+                steps - 1, s_a, acc, m_i, l_i, q_tile, k_bufs, v_bufs, kv_bars, free_bars, K_DESC, V_DESC,
                 PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, total, b, hk, NA, windows, offs_n,
-                qk_scale, s_zero, HEAD_D, BLOCK_N, NA_STATIC, NUM_BUF, rows_o, p_layout, MASKED)
+                qk_scale, s_zero, HEAD_D, BLOCK_N, NA_STATIC, NUM_BUF, rows_o, p_layout, MASKED,
+                SPECIALIZED)
             acc, m_i, l_i = _last_step(steps, s_b, acc, m_i, l_i, v_bufs, PART_IDX, FULL_IDX, row,
                                        PART_W, FULL_W, n_part, NA, windows, offs_n, qk_scale,
                                        HEAD_D, BLOCK_N, NA_STATIC, NUM_BUF, rows_o, p_layout, MASKED)
@@ -225,10 +231,6 @@ def _na_fwd(Q_DESC, K_DESC, V_DESC, O_DESC, LSE, PART_CNT, PART_IDX, FULL_CNT, F
                                 v_bufs.index(slot).reshape([BLOCK_N, HEAD_D]), acc, is_async=True)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
 
-    mbarrier.invalidate(q_bar)
-    for i in gl.static_range(NUM_BUF):
-        mbarrier.invalidate(kv_bars.index(i))
-
     empty = l_i == 0.0
     l_safe = gl.where(empty, 1.0, l_i)
     o = acc / gl.convert_layout(l_safe, rows_o)[:, None]
@@ -241,6 +243,60 @@ def _na_fwd(Q_DESC, K_DESC, V_DESC, O_DESC, LSE, PART_CNT, PART_IDX, FULL_CNT, F
     fence_async_shared()
     tma.async_copy_shared_to_global(O_DESC, q_origin, q_smem)
     tma.store_wait(pendings=0)
+
+
+
+
+@gluon.jit
+def _na_fwd(Q_DESC, K_DESC, V_DESC, O_DESC, LSE, PART_CNT, PART_IDX, FULL_CNT, FULL_IDX, NA,
+            H_Q, GROUP, S_Q, MAP_HEADS, N_Q_TILES, PART_W, FULL_W, qk_scale,
+            HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+            NA_STATIC: gl.constexpr, NUM_BUF: gl.constexpr, OVERLAP: gl.constexpr,
+            MASKED: gl.constexpr, SPECIALIZED: gl.constexpr, num_warps: gl.constexpr):
+    m = gl.program_id(0)
+    bh = gl.program_id(1)
+    b = bh // H_Q
+    h = bh - b * H_Q
+    hk = h // GROUP
+    row = (h % MAP_HEADS) * N_Q_TILES + m
+    n_part = gl.load(PART_CNT + row)
+    total = n_part + gl.load(FULL_CNT + row)
+    dtype: gl.constexpr = Q_DESC.dtype
+
+    q_smem = gl.allocate_shared_memory(dtype, Q_DESC.block_type.shape, Q_DESC.layout)
+    k_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF] + K_DESC.block_type.shape, K_DESC.layout)
+    v_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF] + V_DESC.block_type.shape, V_DESC.layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    kv_bars = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
+    free_bars = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    for i in gl.static_range(NUM_BUF):
+        mbarrier.init(kv_bars.index(i), count=1)
+        mbarrier.init(free_bars.index(i), count=1)
+
+    q_origin = row_tile_origin(m * BLOCK_M, (b, 0, 0), h, NA, 0, NA_STATIC, True, HEAD_D)
+    mbarrier.expect(q_bar, Q_DESC.block_type.nbytes)
+    tma.async_copy_global_to_shared(Q_DESC, q_origin, q_bar, q_smem)
+    if SPECIALIZED:
+        gl.warp_specialize([
+            (_consumer, (q_smem, k_bufs, v_bufs, q_bar, kv_bars, free_bars, K_DESC, V_DESC, O_DESC,
+                         LSE, PART_IDX, FULL_IDX, NA, row, n_part, total, m, b, bh, hk, q_origin,
+                         S_Q, PART_W, FULL_W, qk_scale, HEAD_D, BLOCK_M, BLOCK_N, NA_STATIC,
+                         NUM_BUF, OVERLAP, MASKED, SPECIALIZED, num_warps)),
+            (_kv_producer, (K_DESC, V_DESC, k_bufs, v_bufs, kv_bars, free_bars, PART_IDX, FULL_IDX,
+                            row, PART_W, FULL_W, n_part, total, b, hk, NA, NA_STATIC, HEAD_D,
+                            BLOCK_N, NUM_BUF)),
+        ], [1], [PRODUCER_REGISTERS])
+    else:
+        for t in gl.static_range(NUM_BUF - 1):
+            if t < total:
+                _issue_kv(K_DESC, V_DESC, k_bufs, v_bufs, kv_bars,
+                          _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, t), t, b, hk, NA,
+                          NA_STATIC, HEAD_D, BLOCK_N)
+        _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, free_bars, K_DESC, V_DESC, O_DESC, LSE,
+                  PART_IDX, FULL_IDX, NA, row, n_part, total, m, b, bh, hk, q_origin, S_Q, PART_W,
+                  FULL_W, qk_scale, HEAD_D, BLOCK_M, BLOCK_N, NA_STATIC, NUM_BUF, OVERLAP,
+                  MASKED, SPECIALIZED, num_warps)
 
 
 def _descriptor(t: torch.Tensor, grid, box) -> TensorDescriptor:
@@ -273,12 +329,16 @@ def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan) -> bool:
 
 
 def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale: float,
-               num_buffers: int = 3, overlap: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+               num_buffers: int = 3, overlap: bool = True,
+               specialized: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(o [B, S, H_q, D], lse float32 [B, H_q, S])`` of softmax attention over ``plan`` (a
     tiled neighborhood's plan at 64 x 64 tiles) for grid-order ``q [B, S, H_q, D]``, ``k``, ``v``
     ``[B, S, H_kv, D]``; ``supports`` must hold. ``num_buffers``: K/V ring slots (at least 2,
     3 with ``overlap``); ``overlap``: each tile's QK^T and P @ V run under a neighbouring tile's
-    softmax."""
+    softmax; ``specialized``: a producer warp fills the ring (warp specialization, with
+    ``overlap``)."""
+    if specialized and not overlap:
+        raise ValueError("na_forward: specialized=True needs overlap=True")
     if num_buffers < (3 if overlap else 2):
         raise ValueError(f"na_forward: num_buffers must be at least {3 if overlap else 2} "
                          f"(overlap={overlap}), got {num_buffers}")
@@ -297,5 +357,5 @@ def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale
         rows.part_width, rows.full_width, scale * LOG2E,
         HEAD_D=dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, NA_STATIC=plan.na_static,
         NUM_BUF=num_buffers, OVERLAP=overlap, MASKED=plan.mask_mode == masks.MASK_NEIGHBORHOOD,
-        num_warps=4)
+        SPECIALIZED=specialized, num_warps=4, **({"maxnreg": 128} if specialized else {}))
     return o, lse
