@@ -86,10 +86,11 @@ for step in $steps; do
     fp32-bisect) timeout "${TESSERA_FP32_TIMEOUT:-300}" python3 benchmarks/gpu_fp32_bisect.py --out "$OUT" \
                    2>&1 | tee "$OUT/fp32-bisect.log" || status=1 ;;
     gluon-forward)
-      # The Gluon tiled-neighborhood forward: its float64 GPU tests, then its kernel time against
+      # The Gluon tiled-neighborhood forwards: their float64 GPU tests, then their kernel times against
       # the Triton forward on the suite's 2-D and 3-D shapes (benchmarks/gpu_gluon_forward.py).
+      # (GLUON_TESTS: a pytest -k expression, e.g. "persistent").
       timeout 300 python3 -m pytest -m gpu -q -rA -p no:cacheprovider tests/kernels/test_gluon_gpu.py \
-        2>&1 | tee "$OUT/gpu-tests-gluon.log" || status=1
+        ${GLUON_TESTS:+-k "$GLUON_TESTS"} 2>&1 | tee "$OUT/gpu-tests-gluon.log" || status=1
       timeout 200 python3 benchmarks/gpu_gluon_forward.py --out "$OUT" 2>&1 | tee "$OUT/gluon-forward.log" || status=1 ;;
     natten-configs)
       # Forward, dq and dk/dv kernel configurations on the N-D neighborhoods in grid order
