@@ -2,7 +2,7 @@
 (sm_90) without a GPU, on the N-D suite's shapes, and print shared memory, registers and spills.
 
     python benchmarks/gluon_compile_check.py [--num-buffers 3] [--dim 128] [--no-overlap]
-        [--specialized] [--persistent [--q-buffers 2]] [--dump FILE]
+        [--specialized] [--dump FILE]
 
 The call runs on small CPU stand-ins up to the launch, which is captured instead of executed;
 tensors become 16-byte aligned pointers, descriptors their block type with shared layout.
@@ -20,7 +20,6 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from tessera.bench.hopper_compile import resources, sass
 from tessera.kernels.gluon import na_forward as gluon_forward
-from tessera.kernels.gluon import na_persistent
 from tessera.kernels.triton import masks
 from tessera.natten import _auto_layout
 from tessera.patterns import Neighborhood, Permuted
@@ -64,9 +63,6 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--no-overlap", action="store_true")
     parser.add_argument("--specialized", action="store_true", help="a producer warp fills the ring")
-    parser.add_argument("--persistent", action="store_true",
-                        help="the persistent kernel (na_persistent), 264 programs")
-    parser.add_argument("--q-buffers", type=int, default=2, help="q slots of the persistent kernel")
     parser.add_argument("--dump", default=None, help="write the SASS of the last case here")
     args = parser.parse_args()
     cpu = torch.device("cpu")
@@ -80,18 +76,12 @@ def main() -> None:
         plan = masks.get_plan(pattern, seq, seq, 64, 64, 2, cpu)
         q, k, v = (torch.empty(1, seq, 2, args.dim, dtype=torch.bfloat16) for _ in range(3))
         captured = []
-        jit_fn = na_persistent._na_fwd_persistent if args.persistent else gluon_forward._na_fwd
+        jit_fn = gluon_forward._na_fwd
         original = type(jit_fn).__getitem__
         type(jit_fn).__getitem__ = lambda fn, launch_grid: (lambda *a, **kw: captured.append((a, kw)))
         try:
-            if args.persistent:
-                na_persistent.na_forward_persistent(q, k, v, plan, scale=args.dim ** -0.5,
-                                                    num_buffers=args.num_buffers,
-                                                    q_buffers=args.q_buffers, programs=264)
-            else:
-                gluon_forward.na_forward(q, k, v, plan, scale=args.dim ** -0.5,
-                                         num_buffers=args.num_buffers, overlap=not args.no_overlap,
-                                         specialized=args.specialized)
+            gluon_forward.na_forward(q, k, v, plan, scale=args.dim ** -0.5, num_buffers=args.num_buffers,
+                                     overlap=not args.no_overlap, specialized=args.specialized)
         finally:
             type(jit_fn).__getitem__ = original
         (launch_args, launch_kwargs), = captured
@@ -99,9 +89,8 @@ def main() -> None:
         source = _runtime.GluonASTSource(jit_fn, signature, constexprs)
         compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
         regs, stack = resources(compiled)
-        variant = (f"persistent q_buffers={args.q_buffers}" if args.persistent else
-                   f"overlap={not args.no_overlap} specialized={args.specialized}")
-        print(f"{name} D={args.dim} buffers={args.num_buffers} {variant}: shared {compiled.metadata.shared} B, "
+        print(f"{name} D={args.dim} buffers={args.num_buffers} overlap={not args.no_overlap} "
+              f"specialized={args.specialized}: shared {compiled.metadata.shared} B, "
               f"registers {regs}, stack {stack} B")
         if args.dump:
             with open(args.dump, "w") as f:

@@ -1,14 +1,13 @@
-"""The Gluon tiled-neighborhood forwards (``tessera.kernels.gluon.na_forward`` and
-``na_persistent``) against the Triton forward kernel on the same plan and tensors, one process,
-kernel time (``median_ms``: do_bench median, L2 flushed between calls). GPU (Hopper) only.
+"""The Gluon tiled-neighborhood forward (``tessera.kernels.gluon.na_forward``) against the Triton
+forward kernel on the same plan and tensors, one process, kernel time (``median_ms``: do_bench
+median, L2 flushed between calls). GPU (Hopper) only.
 
     python benchmarks/gpu_gluon_forward.py --out DIR [--dims 128 64]
 
 Cases: the N-D suite's 2-D 128 x 128 kernel 17, 3-D 16 x 48 x 48 kernel 5 x 13 x 13 and 3-D
 blocked 4 x 8 x 8, bf16, B = 1, H = 16, in the tiled order natten picks, at 64 x 64 tiles (the
 Triton kernel at the config tessera takes there). Rows: case, dim, impl
-(``triton KernelConfig(...)``, ``gluon overlap=.. buffers=.. specialized=..`` or
-``gluon persistent buffers=.. q_buffers=..``), ms, and the largest
+(``triton KernelConfig(...)`` or ``gluon overlap=.. buffers=.. specialized=..``), ms, and the largest
 difference of o from the Triton kernel's (a smoke check; the float64 checks are
 ``tests/kernels/test_gluon_gpu.py``). Writes ``gluon_forward.json``.
 """
@@ -24,7 +23,6 @@ import torch
 
 from tessera.bench.timing import median_ms, warm_up_gpu
 from tessera.kernels.gluon import na_forward as gluon_forward
-from tessera.kernels.gluon import na_persistent
 from tessera.kernels.triton import flash_fwd, masks
 from tessera.kernels.triton.tuning import KernelConfig
 from tessera.natten import _auto_layout
@@ -33,8 +31,8 @@ from tessera.patterns import Neighborhood, Permuted
 CASES = {"2-D 128x128 k17": ((128, 128), (17, 17), 1),
          "3-D 16x48x48 k5x13x13": ((16, 48, 48), (5, 13, 13), 1),
          "3-D 16x48x48 blocked 4x8x8": ((16, 48, 48), (4, 8, 8), (4, 8, 8))}
-GLUON = [(False, 3, False), (True, 3, True), (True, 4, True)]
-PERSISTENT = [(2, 2), (3, 1), (2, 1), (4, 2)]
+GLUON = [(True, 3, False), (True, 4, False), (False, 2, False), (False, 3, False), (True, 3, True),
+         (True, 4, True)]
 
 
 def main() -> None:
@@ -70,10 +68,6 @@ def main() -> None:
                 runs.append((f"gluon overlap={overlap} buffers={buffers} specialized={specialized}",
                              lambda o=overlap, n=buffers, w=specialized: gluon_forward.na_forward(
                                  q, k, v, plan, scale=scale, num_buffers=n, overlap=o, specialized=w)))
-            for buffers, q_buffers in PERSISTENT:
-                runs.append((f"gluon persistent buffers={buffers} q_buffers={q_buffers}",
-                             lambda n=buffers, nq=q_buffers: na_persistent.na_forward_persistent(
-                                 q, k, v, plan, scale=scale, num_buffers=n, q_buffers=nq)))
             for impl, fn in runs:
                 row = {"case": name, "dim": dim, "impl": impl, "ms": None, "max_diff": None, "error": None}
                 try:

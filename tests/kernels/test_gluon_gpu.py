@@ -1,5 +1,4 @@
-"""The Gluon tiled-neighborhood forwards (``tessera.kernels.gluon.na_forward`` and its persistent
-form ``na_persistent``) against the float64
+"""The Gluon tiled-neighborhood forward (``tessera.kernels.gluon.na_forward``) against the float64
 reference on the GPU (Hopper only; Gluon does not run in the interpreter), by the rule of
 ``flash_cases.py``: o and lse at most 2x the reference's own error in the input dtype, plus a
 small floor. Also its scope checks (``supports``) and argument errors, which need no GPU."""
@@ -13,12 +12,6 @@ from tessera.natten import _auto_layout, na2d, na3d
 from tessera.patterns import Neighborhood, Permuted
 
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
-CASES = [
-    (na2d, (32, 48), (7, 9), 1, 128),
-    (na2d, (64, 64), (17, 17), 1, 64),
-    (na3d, (8, 16, 16), (3, 5, 5), 1, 128),
-    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128),     # blocked: full tiles only, no mask
-]
 
 
 def _plan(grid, kernel, heads, device, stride=1):
@@ -49,52 +42,19 @@ def test_scope_and_arguments_without_a_gpu():
         gluon_forward.na_forward(q.float(), q.float(), q.float(), plan, scale=0.1)
 
 
-def test_persistent_arguments_without_a_gpu():
-    from tessera.kernels.gluon import na_persistent
-    plan = _plan((32, 32), (7, 7), 2, torch.device("cpu"))
-    q = torch.empty(1, 1024, 2, 128, dtype=torch.bfloat16)
-    with pytest.raises(ValueError, match="num_buffers"):
-        na_persistent.na_forward_persistent(q, q, q, plan, scale=0.1, num_buffers=1)
-    with pytest.raises(ValueError, match="q_buffers"):
-        na_persistent.na_forward_persistent(q, q, q, plan, scale=0.1, q_buffers=3)
-    with pytest.raises(ValueError, match="scope"):
-        na_persistent.na_forward_persistent(q.float(), q.float(), q.float(), plan, scale=0.1)
-    with pytest.raises(ValueError, match="shared memory"):
-        na_persistent.na_forward_persistent(q, q, q, plan, scale=0.1, num_buffers=8)
-    assert na_persistent.shared_bytes(64, 64, 128, 2, 2) == 2 * 128 * (2 * 64 + 4 * 64) + 1024
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
 @pytest.mark.parametrize("overlap, buffers, specialized", [(True, 3, False), (True, 4, False), (False, 2, False),
                                                          (True, 3, True), (True, 4, True)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("op, grid, kernel, stride, dim", CASES)
+@pytest.mark.parametrize("op, grid, kernel, stride, dim", [
+    (na2d, (32, 48), (7, 9), 1, 128),
+    (na2d, (64, 64), (17, 17), 1, 64),
+    (na3d, (8, 16, 16), (3, 5, 5), 1, 128),
+    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128),     # blocked: full tiles only, no mask
+])
 def test_gluon_forward_against_float64(op, grid, kernel, stride, dim, dtype, overlap, buffers,
                                        specialized):
-    from tessera.kernels.gluon import na_forward as gluon_forward
-    def forward(*args, **kw):
-        return gluon_forward.na_forward(*args, **kw, num_buffers=buffers, overlap=overlap,
-                                        specialized=specialized)
-    _check_against_float64(op, grid, kernel, stride, dim, dtype, forward)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
-@pytest.mark.parametrize("buffers, q_buffers, programs", [(2, 2, None), (3, 1, None), (2, 1, 7), (3, 2, 3)])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("op, grid, kernel, stride, dim", CASES)
-def test_persistent_forward_against_float64(op, grid, kernel, stride, dim, dtype, buffers, q_buffers,
-                                            programs):
-    """``programs`` = 7 and 3 give each program many items, so slots and phases wrap around."""
-    from tessera.kernels.gluon import na_persistent
-    def forward(*args, **kw):
-        return na_persistent.na_forward_persistent(*args, **kw, num_buffers=buffers,
-                                                   q_buffers=q_buffers, programs=programs)
-    _check_against_float64(op, grid, kernel, stride, dim, dtype, forward)
-
-
-def _check_against_float64(op, grid, kernel, stride, dim, dtype, forward):
     from tessera.kernels.gluon import na_forward as gluon_forward
     gen = torch.Generator(device="cuda").manual_seed(0)
     batch, heads, kv_heads = 2, 4, 2
@@ -104,7 +64,8 @@ def _check_against_float64(op, grid, kernel, stride, dim, dtype, forward):
     plan = _plan(grid, kernel, heads, q.device, stride)
     flat = [t.reshape(batch, seq, t.shape[-2], dim) for t in (q, k, v)]
     assert gluon_forward.supports(*flat, plan)
-    o, lse = forward(*flat, plan, scale=dim ** -0.5)
+    o, lse = gluon_forward.na_forward(*flat, plan, scale=dim ** -0.5, num_buffers=buffers,
+                                      overlap=overlap, specialized=specialized)
     got = [o.reshape(q.shape), lse.reshape(batch, heads, *grid)]
     same = op(q, k, v, kernel, stride=stride, backend="reference", return_lse=True)
     want = op(*(t.double() for t in (q, k, v)), kernel, stride=stride, backend="reference",
