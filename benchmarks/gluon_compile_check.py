@@ -2,7 +2,8 @@
 (sm_90) without a GPU, on the N-D suite's shapes, and print shared memory, registers and spills.
 
     python benchmarks/gluon_compile_check.py [--num-buffers 3] [--dim 128] [--no-overlap]
-        [--specialized] [--dump FILE]
+        [--specialized] [--v-buffers N]
+        [--max-registers N] [--cases NAME ...] [--dump FILE]
 
 The call runs on small CPU stand-ins up to the launch, which is captured instead of executed;
 tensors become 16-byte aligned pointers, descriptors their block type with shared layout.
@@ -63,10 +64,14 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--no-overlap", action="store_true")
     parser.add_argument("--specialized", action="store_true", help="a producer warp fills the ring")
+    parser.add_argument("--v-buffers", type=int, default=None, help="V ring slots (--no-overlap)")
+    parser.add_argument("--max-registers", type=int, default=None)
+    parser.add_argument("--cases", nargs="*", default=list(CASES), help=f"of {list(CASES)}")
     parser.add_argument("--dump", default=None, help="write the SASS of the last case here")
     args = parser.parse_args()
     cpu = torch.device("cpu")
-    for name, (grid, kernel, stride) in CASES.items():
+    for name in args.cases:
+        grid, kernel, stride = CASES[name]
         rule = Neighborhood(grid, kernel, stride=stride)
         layout = _auto_layout(rule.grid, rule.kernel, rule.dilation, rule.stride, rule.causal)
         pattern = Permuted(rule, layout if isinstance(layout, GridLayout) else GridLayout(rule.grid, layout))
@@ -81,7 +86,8 @@ def main() -> None:
         type(jit_fn).__getitem__ = lambda fn, launch_grid: (lambda *a, **kw: captured.append((a, kw)))
         try:
             gluon_forward.na_forward(q, k, v, plan, scale=args.dim ** -0.5, num_buffers=args.num_buffers,
-                                     overlap=not args.no_overlap, specialized=args.specialized)
+                                     overlap=not args.no_overlap, specialized=args.specialized,
+                                     v_buffers=args.v_buffers, max_registers=args.max_registers)
         finally:
             type(jit_fn).__getitem__ = original
         (launch_args, launch_kwargs), = captured
@@ -90,7 +96,8 @@ def main() -> None:
         compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
         regs, stack = resources(compiled)
         print(f"{name} D={args.dim} buffers={args.num_buffers} overlap={not args.no_overlap} "
-              f"specialized={args.specialized}: shared {compiled.metadata.shared} B, "
+              f"specialized={args.specialized} v_buffers={args.v_buffers} "
+              f"max_registers={args.max_registers}: shared {compiled.metadata.shared} B, "
               f"registers {regs}, stack {stack} B")
         if args.dump:
             with open(args.dump, "w") as f:

@@ -7,7 +7,7 @@ median, L2 flushed between calls). GPU (Hopper) only.
 Cases: the N-D suite's 2-D 128 x 128 kernel 17, 3-D 16 x 48 x 48 kernel 5 x 13 x 13 and 3-D
 blocked 4 x 8 x 8, bf16, B = 1, H = 16, in the tiled order natten picks, at 64 x 64 tiles (the
 Triton kernel at the config tessera takes there). Rows: case, dim, impl
-(``triton KernelConfig(...)`` or ``gluon overlap=.. buffers=.. specialized=..``), ms, and the largest
+(``triton KernelConfig(...)`` or ``gluon`` and the ``na_forward`` arguments), ms, and the largest
 difference of o from the Triton kernel's (a smoke check; the float64 checks are
 ``tests/kernels/test_gluon_gpu.py``). Writes ``gluon_forward.json``.
 """
@@ -31,8 +31,9 @@ from tessera.patterns import Neighborhood, Permuted
 CASES = {"2-D 128x128 k17": ((128, 128), (17, 17), 1),
          "3-D 16x48x48 k5x13x13": ((16, 48, 48), (5, 13, 13), 1),
          "3-D 16x48x48 blocked 4x8x8": ((16, 48, 48), (4, 8, 8), (4, 8, 8))}
-GLUON = [(True, 3, False), (True, 4, False), (False, 2, False), (False, 3, False), (True, 3, True),
-         (True, 4, True)]
+GLUON = [dict(overlap=False, num_buffers=3), dict(overlap=False, num_buffers=2, v_buffers=1),
+         dict(overlap=False, num_buffers=1, v_buffers=1), dict(overlap=False, num_buffers=3, v_buffers=1),
+         dict(overlap=False, num_buffers=4, v_buffers=2), dict(overlap=True, num_buffers=3, specialized=True)]
 
 
 def main() -> None:
@@ -64,10 +65,9 @@ def main() -> None:
             ref, _ = flash_fwd.forward(q, k, v, plan, scale=scale, config=config, grid_order=True)
             runs = [(f"triton {config}",
                      lambda: flash_fwd.forward(q, k, v, plan, scale=scale, config=config, grid_order=True))]
-            for overlap, buffers, specialized in GLUON:
-                runs.append((f"gluon overlap={overlap} buffers={buffers} specialized={specialized}",
-                             lambda o=overlap, n=buffers, w=specialized: gluon_forward.na_forward(
-                                 q, k, v, plan, scale=scale, num_buffers=n, overlap=o, specialized=w)))
+            for variant in GLUON:
+                runs.append(("gluon " + " ".join(f"{key}={value}" for key, value in variant.items()),
+                             lambda kw=variant: gluon_forward.na_forward(q, k, v, plan, scale=scale, **kw)))
             for impl, fn in runs:
                 row = {"case": name, "dim": dim, "impl": impl, "ms": None, "max_diff": None, "error": None}
                 try:

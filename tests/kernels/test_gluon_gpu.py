@@ -38,14 +38,23 @@ def test_scope_and_arguments_without_a_gpu():
         gluon_forward.na_forward(q, q, q, plan, scale=0.1, num_buffers=2, overlap=True)
     with pytest.raises(ValueError, match="overlap"):
         gluon_forward.na_forward(q, q, q, plan, scale=0.1, overlap=False, specialized=True)
+    with pytest.raises(ValueError, match="num_buffers"):
+        gluon_forward.na_forward(q, q, q, plan, scale=0.1, num_buffers=0, overlap=False)
+    with pytest.raises(ValueError, match="v_buffers"):
+        gluon_forward.na_forward(q, q, q, plan, scale=0.1, num_buffers=2, v_buffers=3, overlap=False)
+    with pytest.raises(ValueError, match="v_buffers"):
+        gluon_forward.na_forward(q, q, q, plan, scale=0.1, num_buffers=3, v_buffers=1, overlap=True)
+    with pytest.raises(ValueError, match="max_registers"):
+        gluon_forward.na_forward(q, q, q, plan, scale=0.1, specialized=True, max_registers=168)
     with pytest.raises(ValueError, match="scope"):
         gluon_forward.na_forward(q.float(), q.float(), q.float(), plan, scale=0.1)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
-@pytest.mark.parametrize("overlap, buffers, specialized", [(True, 3, False), (True, 4, False), (False, 2, False),
-                                                         (True, 3, True), (True, 4, True)])
+@pytest.mark.parametrize("overlap, buffers, v_buffers, specialized", [
+    (True, 3, None, False), (True, 4, None, False), (True, 3, None, True), (True, 4, None, True),
+    (False, 2, None, False), (False, 2, 1, False), (False, 1, 1, False), (False, 3, 1, False)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("op, grid, kernel, stride, dim", [
     (na2d, (32, 48), (7, 9), 1, 128),
@@ -54,7 +63,7 @@ def test_scope_and_arguments_without_a_gpu():
     (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128),     # blocked: full tiles only, no mask
 ])
 def test_gluon_forward_against_float64(op, grid, kernel, stride, dim, dtype, overlap, buffers,
-                                       specialized):
+                                       v_buffers, specialized):
     from tessera.kernels.gluon import na_forward as gluon_forward
     gen = torch.Generator(device="cuda").manual_seed(0)
     batch, heads, kv_heads = 2, 4, 2
@@ -65,7 +74,7 @@ def test_gluon_forward_against_float64(op, grid, kernel, stride, dim, dtype, ove
     flat = [t.reshape(batch, seq, t.shape[-2], dim) for t in (q, k, v)]
     assert gluon_forward.supports(*flat, plan)
     o, lse = gluon_forward.na_forward(*flat, plan, scale=dim ** -0.5, num_buffers=buffers,
-                                      overlap=overlap, specialized=specialized)
+                                      v_buffers=v_buffers, overlap=overlap, specialized=specialized)
     got = [o.reshape(q.shape), lse.reshape(batch, heads, *grid)]
     same = op(q, k, v, kernel, stride=stride, backend="reference", return_lse=True)
     want = op(*(t.double() for t in (q, k, v)), kernel, stride=stride, backend="reference",

@@ -62,6 +62,17 @@ def _issue_kv(K_DESC, V_DESC, k_bufs, v_bufs, bars, tile, slot, b, hk, NA,
 
 
 @gluon.jit
+def _issue_one(DESC, bufs, bars, tile, slot, b, hk, NA, NA_STATIC: gl.constexpr,
+               HEAD_D: gl.constexpr, BLOCK_N: gl.constexpr):
+    """Bulk copy of key tile ``tile`` of one tensor (k or v) into ``bufs`` slot ``slot``, on that
+    slot's mbarrier (the sequential loop keeps separate K and V rings)."""
+    origin = row_tile_origin(tile * BLOCK_N, (b, 0, 0), hk, NA, 1, NA_STATIC, True, HEAD_D)
+    bar = bars.index(slot)
+    mbarrier.expect(bar, DESC.block_type.nbytes)
+    tma.async_copy_global_to_shared(DESC, origin, bar, bufs.index(slot))
+
+
+@gluon.jit
 def _softmax_step(s, m_i, l_i, tile, windows, offs_n, NA, qk_scale, BLOCK_N: gl.constexpr,
                   NA_STATIC: gl.constexpr, MASKED: gl.constexpr):
     """Online softmax of one key tile's logits ``s [BLOCK_M, BLOCK_N]`` (float32, unscaled), under
@@ -144,12 +155,12 @@ def _kv_producer(K_DESC, V_DESC, k_bufs, v_bufs, kv_bars, free_bars, PART_IDX, F
 
 
 @gluon.jit
-def _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, free_bars, K_DESC, V_DESC, O_DESC, LSE,
+def _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC, V_DESC, O_DESC, LSE,
               PART_IDX, FULL_IDX, NA, row, n_part, total, m, b, bh, hk, q_origin, S_Q, PART_W,
               FULL_W, qk_scale, HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr,
               BLOCK_N: gl.constexpr, NA_STATIC: gl.constexpr, NUM_BUF: gl.constexpr,
-              OVERLAP: gl.constexpr, MASKED: gl.constexpr, SPECIALIZED: gl.constexpr,
-              WARPS: gl.constexpr):
+              V_BUF: gl.constexpr, OVERLAP: gl.constexpr, MASKED: gl.constexpr,
+              SPECIALIZED: gl.constexpr, WARPS: gl.constexpr):
     """The warpgroup that computes: QK^T, softmax and P @ V over the listed key tiles, then o
     (through q's buffer, by a bulk store) and lse."""
     dtype: gl.constexpr = q_smem.dtype
@@ -212,23 +223,32 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, free_bars, K_DESC, V_DESC,
                                        HEAD_D, BLOCK_N, NA_STATIC, NUM_BUF, rows_o, p_layout, MASKED)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
     else:
+        # K tiles in a ring of NUM_BUF slots under kv_bars, V tiles in one of V_BUF under v_bars:
+        # tile t + NUM_BUF - 1 of k and t + V_BUF - 1 of v are copied at step t, into the slots
+        # tile t - 1's (completed) products read.
         for t in range(total):
-            slot = t % NUM_BUF
-            ahead = t + NUM_BUF - 1
-            if ahead < total:
-                _issue_kv(K_DESC, V_DESC, k_bufs, v_bufs, kv_bars,
-                          _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, ahead),
-                          ahead % NUM_BUF, b, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
-            mbarrier.wait(kv_bars.index(slot), (t // NUM_BUF) & 1)
-            s = warpgroup_mma(q_tile, k_bufs.index(slot).reshape([BLOCK_N, HEAD_D]).permute((1, 0)),
+            k_ahead = t + NUM_BUF - 1
+            if k_ahead < total:
+                _issue_one(K_DESC, k_bufs, kv_bars,
+                           _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, k_ahead),
+                           k_ahead % NUM_BUF, b, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
+            v_ahead = t + V_BUF - 1
+            if v_ahead < total:
+                _issue_one(V_DESC, v_bufs, v_bars,
+                           _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, v_ahead),
+                           v_ahead % V_BUF, b, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
+            mbarrier.wait(kv_bars.index(t % NUM_BUF), (t // NUM_BUF) & 1)
+            s = warpgroup_mma(q_tile,
+                              k_bufs.index(t % NUM_BUF).reshape([BLOCK_N, HEAD_D]).permute((1, 0)),
                               s_zero, use_acc=False, is_async=True)
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
             tile = _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, t)
             p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, tile, windows, offs_n, NA, qk_scale,
                                                BLOCK_N, NA_STATIC, MASKED)
             acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
+            mbarrier.wait(v_bars.index(t % V_BUF), (t // V_BUF) & 1)
             acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout),
-                                v_bufs.index(slot).reshape([BLOCK_N, HEAD_D]), acc, is_async=True)
+                                v_bufs.index(t % V_BUF).reshape([BLOCK_N, HEAD_D]), acc, is_async=True)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
 
     empty = l_i == 0.0
@@ -251,8 +271,9 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, free_bars, K_DESC, V_DESC,
 def _na_fwd(Q_DESC, K_DESC, V_DESC, O_DESC, LSE, PART_CNT, PART_IDX, FULL_CNT, FULL_IDX, NA,
             H_Q, GROUP, S_Q, MAP_HEADS, N_Q_TILES, PART_W, FULL_W, qk_scale,
             HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-            NA_STATIC: gl.constexpr, NUM_BUF: gl.constexpr, OVERLAP: gl.constexpr,
-            MASKED: gl.constexpr, SPECIALIZED: gl.constexpr, num_warps: gl.constexpr):
+            NA_STATIC: gl.constexpr, NUM_BUF: gl.constexpr, V_BUF: gl.constexpr,
+            OVERLAP: gl.constexpr, MASKED: gl.constexpr, SPECIALIZED: gl.constexpr,
+            num_warps: gl.constexpr):
     m = gl.program_id(0)
     bh = gl.program_id(1)
     b = bh // H_Q
@@ -265,24 +286,27 @@ def _na_fwd(Q_DESC, K_DESC, V_DESC, O_DESC, LSE, PART_CNT, PART_IDX, FULL_CNT, F
 
     q_smem = gl.allocate_shared_memory(dtype, Q_DESC.block_type.shape, Q_DESC.layout)
     k_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF] + K_DESC.block_type.shape, K_DESC.layout)
-    v_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF] + V_DESC.block_type.shape, V_DESC.layout)
+    v_bufs = gl.allocate_shared_memory(dtype, [V_BUF] + V_DESC.block_type.shape, V_DESC.layout)
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     kv_bars = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
+    v_bars = gl.allocate_shared_memory(gl.int64, [V_BUF, 1], mbarrier.MBarrierLayout())
     free_bars = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
     mbarrier.init(q_bar, count=1)
     for i in gl.static_range(NUM_BUF):
         mbarrier.init(kv_bars.index(i), count=1)
         mbarrier.init(free_bars.index(i), count=1)
+    for i in gl.static_range(V_BUF):
+        mbarrier.init(v_bars.index(i), count=1)
 
     q_origin = row_tile_origin(m * BLOCK_M, (b, 0, 0), h, NA, 0, NA_STATIC, True, HEAD_D)
     mbarrier.expect(q_bar, Q_DESC.block_type.nbytes)
     tma.async_copy_global_to_shared(Q_DESC, q_origin, q_bar, q_smem)
     if SPECIALIZED:
         gl.warp_specialize([
-            (_consumer, (q_smem, k_bufs, v_bufs, q_bar, kv_bars, free_bars, K_DESC, V_DESC, O_DESC,
-                         LSE, PART_IDX, FULL_IDX, NA, row, n_part, total, m, b, bh, hk, q_origin,
-                         S_Q, PART_W, FULL_W, qk_scale, HEAD_D, BLOCK_M, BLOCK_N, NA_STATIC,
-                         NUM_BUF, OVERLAP, MASKED, SPECIALIZED, num_warps)),
+            (_consumer, (q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC, V_DESC,
+                         O_DESC, LSE, PART_IDX, FULL_IDX, NA, row, n_part, total, m, b, bh, hk,
+                         q_origin, S_Q, PART_W, FULL_W, qk_scale, HEAD_D, BLOCK_M, BLOCK_N,
+                         NA_STATIC, NUM_BUF, V_BUF, OVERLAP, MASKED, SPECIALIZED, num_warps)),
             (_kv_producer, (K_DESC, V_DESC, k_bufs, v_bufs, kv_bars, free_bars, PART_IDX, FULL_IDX,
                             row, PART_W, FULL_W, n_part, total, b, hk, NA, NA_STATIC, HEAD_D,
                             BLOCK_N, NUM_BUF)),
@@ -290,13 +314,20 @@ def _na_fwd(Q_DESC, K_DESC, V_DESC, O_DESC, LSE, PART_CNT, PART_IDX, FULL_CNT, F
     else:
         for t in gl.static_range(NUM_BUF - 1):
             if t < total:
-                _issue_kv(K_DESC, V_DESC, k_bufs, v_bufs, kv_bars,
-                          _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, t), t, b, hk, NA,
-                          NA_STATIC, HEAD_D, BLOCK_N)
-        _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, free_bars, K_DESC, V_DESC, O_DESC, LSE,
-                  PART_IDX, FULL_IDX, NA, row, n_part, total, m, b, bh, hk, q_origin, S_Q, PART_W,
-                  FULL_W, qk_scale, HEAD_D, BLOCK_M, BLOCK_N, NA_STATIC, NUM_BUF, OVERLAP,
-                  MASKED, SPECIALIZED, num_warps)
+                tile = _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, t)
+                if OVERLAP:
+                    _issue_kv(K_DESC, V_DESC, k_bufs, v_bufs, kv_bars, tile, t, b, hk, NA,
+                              NA_STATIC, HEAD_D, BLOCK_N)
+                else:
+                    _issue_one(K_DESC, k_bufs, kv_bars, tile, t, b, hk, NA, NA_STATIC, HEAD_D,
+                               BLOCK_N)
+                    if t < V_BUF - 1:
+                        _issue_one(V_DESC, v_bufs, v_bars, tile, t, b, hk, NA, NA_STATIC, HEAD_D,
+                                   BLOCK_N)
+        _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC, V_DESC, O_DESC,
+                  LSE, PART_IDX, FULL_IDX, NA, row, n_part, total, m, b, bh, hk, q_origin, S_Q,
+                  PART_W, FULL_W, qk_scale, HEAD_D, BLOCK_M, BLOCK_N, NA_STATIC, NUM_BUF, V_BUF,
+                  OVERLAP, MASKED, SPECIALIZED, num_warps)
 
 
 def _descriptor(t: torch.Tensor, grid, box) -> TensorDescriptor:
@@ -329,19 +360,31 @@ def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan) -> bool:
 
 
 def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale: float,
-               num_buffers: int = 3, overlap: bool = True,
-               specialized: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+               num_buffers: int = 3, overlap: bool = True, specialized: bool = False,
+               v_buffers: int | None = None,
+               max_registers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(o [B, S, H_q, D], lse float32 [B, H_q, S])`` of softmax attention over ``plan`` (a
     tiled neighborhood's plan at 64 x 64 tiles) for grid-order ``q [B, S, H_q, D]``, ``k``, ``v``
-    ``[B, S, H_kv, D]``; ``supports`` must hold. ``num_buffers``: K/V ring slots (at least 2,
-    3 with ``overlap``); ``overlap``: each tile's QK^T and P @ V run under a neighbouring tile's
-    softmax; ``specialized``: a producer warp fills the ring (warp specialization, with
-    ``overlap``)."""
+    ``[B, S, H_kv, D]``; ``supports`` must hold. ``num_buffers``: K/V ring slots (3 or more with
+    ``overlap``; without it, the K ring's, at least 1); ``v_buffers``: without ``overlap``, the
+    V ring's slots (1 to ``num_buffers``; default ``num_buffers``); ``overlap``: each tile's
+    QK^T and P @ V run under a neighbouring tile's softmax; ``specialized``: a producer warp
+    fills the ring (warp specialization, with ``overlap``; launched at 128 registers);
+    ``max_registers``: a register cap per thread for the other variants (fewer registers, more
+    programs per SM)."""
     if specialized and not overlap:
         raise ValueError("na_forward: specialized=True needs overlap=True")
-    if num_buffers < (3 if overlap else 2):
-        raise ValueError(f"na_forward: num_buffers must be at least {3 if overlap else 2} "
+    if num_buffers < (3 if overlap else 1):
+        raise ValueError(f"na_forward: num_buffers must be at least {3 if overlap else 1} "
                          f"(overlap={overlap}), got {num_buffers}")
+    if v_buffers is None:
+        v_buffers = num_buffers
+    if not 1 <= v_buffers <= num_buffers or (overlap and v_buffers != num_buffers):
+        raise ValueError(f"na_forward: v_buffers must be in [1, num_buffers] (equal to it with "
+                         f"overlap), got {v_buffers} with num_buffers={num_buffers}")
+    if max_registers is not None and specialized:
+        raise ValueError("na_forward: max_registers is for variants without specialized (which "
+                         "runs at 128)")
     if not supports(q, k, v, plan):
         raise ValueError("na_forward: this call is outside the Gluon forward's scope (see supports)")
     batch, seq, heads, dim = q.shape
@@ -351,11 +394,13 @@ def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale
     box = grid_box(plan, plan.block_m)
     descs = [_descriptor(t, grid, box) for t in (q, k, v, o)]
     rows = plan.rows
+    cap = 128 if specialized else max_registers
     _na_fwd[(plan.n_q_tiles, batch * heads)](
         *descs, lse, rows.part_count, rows.part_index, rows.full_count, rows.full_index,
         plan.na_params, heads, heads // k.shape[2], seq, plan.map_heads, plan.n_q_tiles,
         rows.part_width, rows.full_width, scale * LOG2E,
         HEAD_D=dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, NA_STATIC=plan.na_static,
-        NUM_BUF=num_buffers, OVERLAP=overlap, MASKED=plan.mask_mode == masks.MASK_NEIGHBORHOOD,
-        SPECIALIZED=specialized, num_warps=4, **({"maxnreg": 128} if specialized else {}))
+        NUM_BUF=num_buffers, V_BUF=v_buffers, OVERLAP=overlap,
+        MASKED=plan.mask_mode == masks.MASK_NEIGHBORHOOD, SPECIALIZED=specialized, num_warps=4,
+        **({"maxnreg": cap} if cap else {}))
     return o, lse
