@@ -84,3 +84,56 @@ def test_gluon_forward_against_float64(op, grid, kernel, stride, dim, dtype, ove
         assert torch.isfinite(g).all(), name
         err, err_same = rel_err(g, w), rel_err(s_, w)
         assert err <= 2 * err_same + atol, f"{name}: kernel {err:.3g} vs reference {err_same:.3g}"
+
+
+def test_forward_route_stays_on_triton_without_a_gpu():
+    from tessera.kernels.triton import forward_route
+    plan = _plan((32, 32), (7, 7), 2, torch.device("cpu"))
+    q = torch.empty(1, 1024, 2, 128, dtype=torch.bfloat16)
+    assert forward_route.gluon_variant(q, q, q, plan) is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
+@pytest.mark.parametrize("op, grid, kernel, stride, dim, routed", [
+    (na2d, (48, 40), (13, 11), 1, 128, True),             # 2-D, few key tiles per query tile
+    (na2d, (48, 40), (13, 11), 1, 64, False),             # masked at D = 64: Triton
+    (na3d, (8, 24, 24), (5, 13, 13), 1, 128, False),      # 3-D, many key tiles: Triton
+    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128, True),  # blocked
+    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 64, True),
+])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_forward_route_through_natten_against_float64(monkeypatch, op, grid, kernel, stride, dim,
+                                                      routed, dtype):
+    """na2d / na3d on the GPU take the Gluon forward exactly where ``forward_route`` says (a spy
+    counts its launches), and forward and backward (GQA, B = 2) meet the float64 reference by the
+    rule of tests/kernels/flash_cases.py: 2x (o, lse) or 3x (gradients) the reference's own
+    error in the input dtype, plus a small floor."""
+    from tessera.kernels.gluon import na_forward as gluon_forward
+    launches = []
+    original = gluon_forward.na_forward
+
+    def spy(*args, **kwargs):
+        launches.append(kwargs)
+        return original(*args, **kwargs)
+    monkeypatch.setattr(gluon_forward, "na_forward", spy)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    shapes = [(2, *grid, 4, dim), (2, *grid, 2, dim), (2, *grid, 2, dim)]
+    inputs = [torch.randn(shape, device="cuda", dtype=dtype, generator=gen) for shape in shapes]
+    do = torch.randn(shapes[0], device="cuda", dtype=dtype, generator=gen)
+
+    def run(dt, backend):
+        leaves = [t.detach().to(dt).requires_grad_() for t in inputs]
+        o, lse = op(*leaves, kernel, stride=stride, backend=backend, return_lse=True)
+        return [o, lse, *torch.autograd.grad(o, leaves, do.to(dt))]
+
+    got = run(dtype, "triton")
+    assert len(launches) == (1 if routed else 0)
+    same = run(dtype, "reference")
+    want = run(torch.float64, "reference")
+    atol = {torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
+    for name, g, s_, w in zip(("o", "lse", "dq", "dk", "dv"), got, same, want):
+        assert torch.isfinite(g).all(), name
+        err, err_same = rel_err(g, w), rel_err(s_, w)
+        factor = 2 if name in ("o", "lse") else 3
+        assert err <= factor * err_same + atol, f"{name}: kernel {err:.3g} vs reference {err_same:.3g}"

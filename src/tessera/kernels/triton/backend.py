@@ -28,7 +28,7 @@ from ...bias import ALiBi, LowRank, RelativePosition, TensorBias
 from ...patterns.base import Dense
 from ...patterns.layout import Permuted
 from ..registry import AttentionCall, register_backend
-from . import flash_bwd, flash_fwd, tuning
+from . import flash_bwd, flash_fwd, forward_route, tuning
 from .row_dot import row_dot
 from .masks import (MASK_BAND, MASK_NEIGHBORHOOD, MASK_NONE, get_plan, neighborhood_params, offset_band,
                     pattern_key, remembered)
@@ -261,9 +261,16 @@ def _forward(spec: _Spec, q, k, v, sinks, slopes, bias, u, w, table):
     original = _configs(spec, q, k, v)["fwd"]
     variant = _variant(spec, q, v, sinks, slopes, bias, u, table)
     config = _fitting("fwd", original, variant)
+    plain = (spec.grid_order and spec.fold is None and spec.softcap is None
+             and spec.sigmoid_bias is None and all(t is None for t in (sinks, slopes, bias, u, table)))
     while True:
+        plan = _plan(spec, q, k, config)
+        gluon = forward_route.gluon_variant(q, k, v, plan) if plain else None
+        if gluon is not None:
+            from ..gluon.na_forward import na_forward
+            return na_forward(q, k, v, plan, scale=spec.scale, **gluon)
         try:
-            return flash_fwd.forward(q, k, v, _plan(spec, q, k, config), scale=spec.scale,
+            return flash_fwd.forward(q, k, v, plan, scale=spec.scale,
                                      config=config, softcap=spec.softcap, sinks=sinks,
                                      slopes=slopes, bias=bias, low_rank=_low_rank(u, w),
                                      rel_pos=_rel_pos(spec, table), sigmoid_bias=spec.sigmoid_bias,

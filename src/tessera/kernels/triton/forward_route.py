@@ -1,0 +1,54 @@
+"""Which kernel runs a forward: the Gluon tiled-neighborhood forward
+(``tessera.kernels.gluon.na_forward``) where it was measured faster than the Triton kernel, the
+Triton kernel (``flash_fwd``) everywhere else.
+
+Measured on an H200 (``benchmarks/gpu_gluon_forward.py``, results in
+``benchmarks/results/tuning/2026-12-01-h200-gluon-forward-3-rings.json``, kernel ms, bf16,
+H = 16), Gluon with two K slots and one V slot (three programs per SM) against Triton:
+
+| case | D = 128 | D = 64 |
+|---|---|---|
+| 2-D 128 x 128, kernel 17 (9 key tiles per query tile) | 0.219 / 0.247 | 0.163 / 0.151 |
+| 3-D 16 x 48 x 48, kernel 5 x 13 x 13 (35.6 tiles, all partial) | 2.02 / 1.93 | 1.61 / 1.22 |
+| 3-D blocked 4 x 8 x 8 (4 full tiles, no mask) | 0.261 / 0.292 | 0.162 / 0.229 |
+
+So Gluon takes full-tile (blocked) plans at both head dims, and masked plans at D = 128 when
+their query tiles list few key tiles on average (``MAX_MASKED_TILES``; between 9 and 35.6
+nothing was measured). Calls with score modifiers (softcap, sinks, biases, sigmoid) or a
+dilation fold stay on the Triton kernel, which has them.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .masks import MASK_NEIGHBORHOOD
+
+# Off: every forward runs the Triton kernel (for A/B timing, ``tessera.bench.switches``).
+GLUON_ENABLED = True
+# Gluon ``na_forward`` arguments: sequential loop, two K slots, one V slot.
+GLUON_VARIANT = {"overlap": False, "num_buffers": 2, "v_buffers": 1}
+# Masked plans go to Gluon (at D = 128) when they list at most this many key tiles per query
+# tile on average.
+MAX_MASKED_TILES = 16
+
+
+def gluon_variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan) -> Optional[dict]:
+    """The ``na_forward`` arguments to run this grid-order forward with (``q [B, S, H_q, D]``,
+    ``k``, ``v`` ``[B, S, H_kv, D]``, plain softmax, no fold) in Gluon, or None for the Triton
+    kernel. Needs a Hopper GPU (Gluon's wgmma code is sm_90 only)."""
+    if not GLUON_ENABLED or q.device.type != "cuda":
+        return None
+    if torch.cuda.get_device_capability(q.device)[0] != 9:
+        return None
+    from ..gluon import na_forward
+    if not na_forward.supports(q, k, v, plan):
+        return None
+    if plan.mask_mode == MASK_NEIGHBORHOOD:
+        if q.shape[3] != 128:
+            return None
+        if plan.listed_pairs() > MAX_MASKED_TILES * plan.map_heads * plan.n_q_tiles:
+            return None
+    return dict(GLUON_VARIANT)
