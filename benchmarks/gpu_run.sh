@@ -5,7 +5,7 @@
 #                              [natten-reorder] [natten-profile] [natten-configs] [host-overhead] [host-breakdown] [linear] [tests-linear] [linear-final] [linear-accept]
 #                              [linear-profile] [state-sweep] [state-ab] [linear-host] [linear-delta] [candidates] [kernel-next]
 #                              [launch-cost] [blocked-dense] [fp32-ab] [fp32-bisect] [step-jitter] [autograd-floor]
-#                              [backward-profile] [gluon-forward]
+#                              [backward-profile] [gluon-forward] [route-host]
 #   (linear, linear-final, linear-accept, linear-profile, linear-delta: carry .whl for fla)
 #   (default: tests attention natten linear; NATTEN_ARGS: extra arguments of benchmarks/natten.py)
 # Triton's cache (compiled kernels, and fla's autotuning timings through Triton's `cache_results`) is
@@ -104,6 +104,7 @@ for step in $steps; do
         --suite natten-reorder --impls tessera --only 1-D 2-D 3-D 2>&1 | tee "$OUT/natten-reorder.log" || status=1 ;;
     host-overhead) timeout 200 python3 benchmarks/gpu_host_overhead.py --out "$OUT" \
                      2>&1 | tee "$OUT/host-overhead.log" || status=1 ;;
+    route-host) timeout 150 python3 benchmarks/gpu_route_host.py --out "$OUT" 2>&1 | tee "$OUT/route-host.log" || status=1 ;;
     host-breakdown) timeout 100 python3 benchmarks/gpu_host_overhead.py --out "$OUT" --breakdown-only \
                       2>&1 | tee "$OUT/host-breakdown.log" || status=1 ;;
     blocked-dense) timeout 200 python3 benchmarks/gpu_blocked_dense.py --out "$OUT" \
@@ -167,7 +168,7 @@ for step in $steps; do
     kernel-next) bash benchmarks/gpu_kernel_next.sh 2>&1 | tee "$OUT/kernel-next.log" || status=1 ;;
     linear) timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/linear.py --out "$OUT" ${LINEAR_BENCH_ARGS:-} \
               2>&1 | tee "$OUT/linear.log" || status=1 ;;
-    *) echo "unknown step $step (tests, tests-quick, tests-args, tests-layers, streams-ab, schedule-ab, attention, natten, natten-reorder, natten-profile, natten-configs, host-overhead, host-breakdown, linear, tests-linear, linear-final, linear-accept, linear-profile, state-sweep, state-ab, linear-host, linear-delta, candidates, kernel-next, launch-cost, blocked-dense, fp32-ab, fp32-bisect, step-jitter, gluon-forward)"; status=2 ;;
+    *) echo "unknown step $step (tests, tests-quick, tests-args, tests-layers, streams-ab, schedule-ab, attention, natten, natten-reorder, natten-profile, natten-configs, host-overhead, host-breakdown, linear, tests-linear, linear-final, linear-accept, linear-profile, state-sweep, state-ab, linear-host, linear-delta, candidates, kernel-next, launch-cost, blocked-dense, fp32-ab, fp32-bisect, step-jitter, gluon-forward, route-host)"; status=2 ;;
   esac
 done
 exit $status

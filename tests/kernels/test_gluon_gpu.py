@@ -100,7 +100,8 @@ def test_forward_route_stays_on_triton_without_a_gpu():
     (na2d, (48, 40), (13, 11), 1, 64, False),             # masked at D = 64: Triton
     (na3d, (8, 24, 24), (5, 13, 13), 1, 128, False),      # 3-D, many key tiles: Triton
     (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128, True),  # blocked
-    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 64, True),
+    # Full tiles at D = 64 take 128-row tiles (tuning._gpu_config), outside Gluon's scope.
+    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 64, False),
 ])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_forward_route_through_natten_against_float64(monkeypatch, op, grid, kernel, stride, dim,

@@ -11,15 +11,19 @@ One program per (query tile, batch x query head): one warpgroup that computes, a
 128 registers per thread for the program, two programs per SM, the computing warpgroup gets 232
 and the producer 24). q arrives by a bulk copy into shared memory and stays there as the A
 operand of every QK^T wgmma (Triton routes a copied q through registers, which costs a program
-per SM). K and V tiles stream through a ring of ``NUM_BUF`` shared-memory slots, each tracked by
-its own mbarrier and loaded ahead of its use. With ``overlap``, each tile's QK^T and P @ V run
-under a neighbouring tile's softmax. The tile loop walks the plan's partial tiles, then its full
-tiles, as one list, with the neighborhood penalty (``na_mask.na_penalty``) on every tile (zero on
-full tiles; none for full-tile plans). o leaves through q's buffer by a bulk store, lse (natural
-log, float32 ``[B, H, S]``) by pointers.
+per SM). K and V tiles stream through rings of shared-memory slots, each slot tracked by its
+own mbarrier and loaded ahead of its use. Without ``overlap`` (the sequential loop, what
+``forward_route`` runs: QK^T, softmax, P @ V per tile) K and V have separate rings
+(``NUM_BUF`` and ``V_BUF`` slots); two K slots and one V slot keep a program at 64 KB of shared
+memory (D = 128), three programs per SM. With ``overlap``, one ring of ``NUM_BUF`` K/V pairs,
+and each tile's QK^T and P @ V run under a neighbouring tile's softmax. The tile loop walks the
+plan's partial tiles, then its full tiles, as one list, with the neighborhood penalty
+(``na_mask.na_penalty``) on every tile (zero on full tiles; none for full-tile plans). o leaves
+through q's buffer by a bulk store, lse (natural log, float32 ``[B, H, S]``) by pointers.
 
-Not run on a GPU yet: compiled for sm_90 here (``benchmarks/gluon_compile_check.py``);
-``tests/kernels/test_gluon_gpu.py`` holds its float64 check.
+Checked against float64 on an H200 (``tests/kernels/test_gluon_gpu.py``); compiled for sm_90
+without a GPU by ``benchmarks/gluon_compile_check.py``; timed against the Triton forward by
+``benchmarks/gpu_gluon_forward.py``.
 """
 
 from __future__ import annotations

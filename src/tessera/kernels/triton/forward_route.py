@@ -12,9 +12,10 @@ H = 16), Gluon with two K slots and one V slot (three programs per SM) against T
 | 3-D 16 x 48 x 48, kernel 5 x 13 x 13 (35.6 tiles, all partial) | 2.02 / 1.93 | 1.61 / 1.22 |
 | 3-D blocked 4 x 8 x 8 (4 full tiles, no mask) | 0.261 / 0.292 | 0.162 / 0.229 |
 
-So Gluon takes full-tile (blocked) plans at both head dims, and masked plans at D = 128 when
-their query tiles list few key tiles on average (``MAX_MASKED_TILES``; between 9 and 35.6
-nothing was measured). Calls with score modifiers (softcap, sinks, biases, sigmoid) or a
+So Gluon takes full-tile (blocked) plans, and masked plans at D = 128 when their query tiles
+list few key tiles on average (``MAX_MASKED_TILES``; between 9 and 35.6 nothing was measured),
+where the tuned config has 64 x 64 tiles (``na_forward.supports``; full tiles at D = 64 take
+128-row tiles, so they stay on Triton). Calls with score modifiers (softcap, sinks, biases, sigmoid) or a
 dilation fold stay on the Triton kernel, which has them.
 """
 
