@@ -107,7 +107,8 @@ def test_forward_route_stays_on_triton_without_a_gpu():
 def test_forward_route_through_natten_against_float64(monkeypatch, op, grid, kernel, stride, dim,
                                                       routed, dtype):
     """na2d / na3d on the GPU take the Gluon forward exactly where ``forward_route`` says (a spy
-    counts its launches), and forward and backward (GQA, B = 2) meet the float64 reference by the
+    counts its launches), a repeat call (past the launcher's first, binding launch) equals the
+    first, and forward and backward (GQA, B = 2) meet the float64 reference by the
     rule of tests/kernels/flash_cases.py: 2x (o, lse) or 3x (gradients) the reference's own
     error in the input dtype, plus a small floor."""
     from tessera.kernels.gluon import na_forward as gluon_forward
@@ -128,8 +129,11 @@ def test_forward_route_through_natten_against_float64(monkeypatch, op, grid, ker
         o, lse = op(*leaves, kernel, stride=stride, backend=backend, return_lse=True)
         return [o, lse, *torch.autograd.grad(o, leaves, do.to(dt))]
 
-    got = run(dtype, "triton")
-    assert len(launches) == (1 if routed else 0)
+    first = run(dtype, "triton")
+    got = run(dtype, "triton")      # a repeat launch: the launcher's direct path
+    assert len(launches) == (2 if routed else 0)
+    for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), first, got):
+        assert torch.equal(a, b), f"{name}: a repeat call differs from the first"
     same = run(dtype, "reference")
     want = run(torch.float64, "reference")
     atol = {torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]

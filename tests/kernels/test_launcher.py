@@ -87,6 +87,29 @@ def test_key_holds_no_tensor():
     assert specialization_key((1,), {"maybe": base[:8]}) != specialization_key((1,), {"maybe": base[1:9]})
 
 
+def test_gluon_descriptors_key_by_dtype_block_and_layout_and_hold_no_tensor():
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+    t = torch.zeros(64, 64, dtype=torch.bfloat16)
+    ref = weakref.ref(t)
+
+    def layout(block, swizzle=None):
+        default = gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16)
+        return default if swizzle is None else gl.NVMMASharedLayout(swizzle, 16, 2)
+
+    def desc(base, block, lay):
+        return GluonDescriptor(base, list(base.shape), list(base.stride()), block, lay)
+    one = specialization_key((desc(t, [16, 16], layout([16, 16])),), {})
+    assert one == specialization_key((desc(t[16:], [16, 16], layout([16, 16])),), {})
+    assert one != specialization_key((desc(t, [32, 16], layout([32, 16])),), {})
+    assert one != specialization_key((desc(t, [16, 16], layout([16, 16], swizzle=64)),), {})
+    assert one != specialization_key((desc(t.half(), [16, 16], layout([16, 16])),), {})
+    del t
+    gc.collect()
+    assert ref() is None
+    hash(one)
+
+
 def test_entry_takes_tensor_keywords_per_launch_and_holds_none():
     """A tensor passed by keyword reaches each launch as that launch's tensor, and the cached
     entry keeps no reference to the first one."""

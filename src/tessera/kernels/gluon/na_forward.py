@@ -38,6 +38,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from ..triton import masks
 from ..triton.flash_fwd import LOG2E, grid_box
+from ..triton.launcher import Launcher
 from ..triton.na_mask import na_codes, na_penalty, na_query_windows
 from ..triton.row_addressing import memory_rows, row_tile_origin
 
@@ -334,16 +335,39 @@ def _na_fwd(Q_DESC, K_DESC, V_DESC, O_DESC, LSE, PART_CNT, PART_IDX, FULL_CNT, F
                   OVERLAP, MASKED, SPECIALIZED, num_warps)
 
 
+_LAUNCH = Launcher(_na_fwd)
+# (block shape, dtype) -> the default NVMMA shared layout, checked by one descriptor built the
+# usual way (the constructor's asserts cost several microseconds per launch).
+_LAYOUTS: dict = {}
+
+
 def _descriptor(t: torch.Tensor, grid, box) -> TensorDescriptor:
-    """``t [B, S, H, D]`` (grid order, batch and sequence mergeable) as ``[B * g0, g1, g2, H, D]``
-    with block ``[*box, 1, D]`` and the default NVMMA shared layout."""
+    """``t [B, S, H, D]`` (grid order, batch and sequence mergeable, 16-byte aligned: ``supports``)
+    as ``[B * g0, g1, g2, H, D]`` with block ``[*box, 1, D]`` and the default NVMMA shared
+    layout."""
     g0, g1, g2 = grid
     batch, seq, heads, dim = t.shape
     s_b, s_s, s_h, s_d = t.stride()
     block = [*box, 1, dim]
-    layout = gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16 if t.dtype == torch.bfloat16 else gl.float16)
-    return TensorDescriptor(t, [batch * g0, g1, g2, heads, dim],
-                            [s_s * g1 * g2, s_s * g2, s_s, s_h, s_d], block, layout)
+    shape = [batch * g0, g1, g2, heads, dim]
+    strides = [s_s * g1 * g2, s_s * g2, s_s, s_h, s_d]
+    key = (tuple(block), t.dtype)
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        layout = gl.NVMMASharedLayout.get_default_for(
+            block, gl.bfloat16 if t.dtype == torch.bfloat16 else gl.float16)
+        TensorDescriptor(t, shape, strides, block, layout)
+        _LAYOUTS[key] = layout
+    desc = object.__new__(TensorDescriptor)
+    desc.__dict__.update(base=t, shape=shape, strides=strides, block_shape=block, layout=layout,
+                         padding="zero")
+    return desc
+
+
+def _aligned(t: torch.Tensor) -> bool:
+    """Whether bulk copies can address ``t``: a 16-byte aligned base and leading strides."""
+    size = t.element_size()
+    return t.data_ptr() % 16 == 0 and all((s * size) % 16 == 0 for s in t.stride()[:-1])
 
 
 def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan) -> bool:
@@ -360,7 +384,7 @@ def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan) -> bool:
     if grid_box(plan, plan.block_m) is None:
         return False
     return all(t.stride(3) == 1 and (t.shape[0] == 1 or t.stride(0) == t.shape[1] * t.stride(1))
-               for t in (q, k, v))
+               and _aligned(t) for t in (q, k, v))
 
 
 def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale: float,
@@ -399,7 +423,7 @@ def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale
     descs = [_descriptor(t, grid, box) for t in (q, k, v, o)]
     rows = plan.rows
     cap = 128 if specialized else max_registers
-    _na_fwd[(plan.n_q_tiles, batch * heads)](
+    _LAUNCH[(plan.n_q_tiles, batch * heads)](
         *descs, lse, rows.part_count, rows.part_index, rows.full_count, rows.full_index,
         plan.na_params, heads, heads // k.shape[2], seq, plan.map_heads, plan.n_q_tiles,
         rows.part_width, rows.full_width, scale * LOG2E,

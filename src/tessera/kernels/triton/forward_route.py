@@ -25,6 +25,7 @@ from typing import Optional
 
 import torch
 
+from .flash_fwd import _major_capability
 from .masks import MASK_NEIGHBORHOOD
 
 # Off: every forward runs the Triton kernel (for A/B timing, ``tessera.bench.switches``).
@@ -42,7 +43,7 @@ def gluon_variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan) -> Op
     kernel. Needs a Hopper GPU (Gluon's wgmma code is sm_90 only)."""
     if not GLUON_ENABLED or q.device.type != "cuda":
         return None
-    if torch.cuda.get_device_capability(q.device)[0] != 9:
+    if _major_capability(q.device.index) != 9:
         return None
     from ..gluon import na_forward
     if not na_forward.supports(q, k, v, plan):

@@ -10,9 +10,10 @@ the kernel and returns it); later launches with the same key call the compiled k
 
 The key is a superset of what Triton specializes on, so two launches with one key always run the
 same compiled kernel Triton would pick: the current device; the type of every argument; for a
-tensor its dtype and whether its address is 16-byte aligned; for a tensor descriptor its dtype,
-block shape and padding (the base is always 16-byte aligned); for any other argument its value;
-and every keyword argument (constexprs, launch options) with its type. Launch hooks (profilers),
+tensor its dtype and whether its address is 16-byte aligned; for a tensor descriptor (Triton's
+or Gluon's) its dtype, block shape, padding and shared layout (the base is always 16-byte
+aligned); for any other argument its value; and every keyword argument (constexprs, launch
+options) with its type. Launch hooks (profilers),
 the interpreter, or a machine without CUDA send every launch through Triton.
 """
 
@@ -28,6 +29,11 @@ except ImportError:  # pragma: no cover - depends on the Triton version
     make_tensordesc_arg = None
 from triton.runtime.jit import JITFunction
 from triton.tools.tensor_descriptor import TensorDescriptor
+try:  # Gluon kernels take Gluon's descriptor class (a shared-memory layout besides the block)
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
+    DESCRIPTORS: tuple = (TensorDescriptor, GluonTensorDescriptor)
+except ImportError:  # pragma: no cover - depends on the Triton version
+    DESCRIPTORS = (TensorDescriptor,)
 
 # Distinct keys kept per kernel before the cache starts over (one entry per key is a few tuples).
 MAX_KEYS = 4096
@@ -36,8 +42,8 @@ MAX_KEYS = 4096
 def _arg_key(arg):
     if isinstance(arg, torch.Tensor):
         return arg.dtype, not arg.data_ptr() & 15
-    if isinstance(arg, TensorDescriptor):
-        return arg.base.dtype, tuple(arg.block_shape), arg.padding
+    if isinstance(arg, DESCRIPTORS):
+        return arg.base.dtype, tuple(arg.block_shape), arg.padding, getattr(arg, "layout", None)
     return arg
 
 
@@ -51,7 +57,7 @@ def _special_slots(types: tuple) -> tuple[int, ...]:
         if len(_SPECIAL_SLOTS) >= MAX_KEYS:
             _SPECIAL_SLOTS.clear()
         slots = _SPECIAL_SLOTS[types] = tuple(
-            i for i, t in enumerate(types) if issubclass(t, (torch.Tensor, TensorDescriptor)))
+            i for i, t in enumerate(types) if issubclass(t, (torch.Tensor, *DESCRIPTORS)))
     return slots
 
 
@@ -140,7 +146,7 @@ class _Entry:
         self.kernel = kernel
         params = fn.params[len(args):]
         self.live = tuple((i, p.name) for i, p in enumerate(params)
-                          if isinstance(kwargs.get(p.name), (torch.Tensor, TensorDescriptor)))
+                          if isinstance(kwargs.get(p.name), (torch.Tensor, *DESCRIPTORS)))
         live_names = {name for _, name in self.live}
         self.tail = tuple(None if p.name in live_names else kwargs[p.name] if p.name in kwargs else p.default
                           for p in params)
