@@ -3,7 +3,7 @@
 
     python benchmarks/gluon_compile_check.py [--num-buffers 3] [--dim 128] [--no-overlap]
         [--specialized] [--v-buffers N]
-        [--max-registers N] [--cases NAME ...] [--dump FILE]
+        [--max-registers N] [--block-m 64|128] [--cases NAME ...] [--dump FILE]
 
 The call runs on small CPU stand-ins up to the launch, which is captured instead of executed;
 tensors become 16-byte aligned pointers, descriptors their block type with shared layout.
@@ -40,7 +40,7 @@ def _signature(fn, args, kwargs):
     signature, constexprs = {}, {}
     values = dict(zip(fn.arg_names, args))
     values.update(kwargs)
-    options = {k: v for k, v in kwargs.items() if k not in fn.arg_names}
+    options = {k: v for k, v in kwargs.items() if k not in fn.arg_names or k == "num_warps"}
     for i, (name, param) in enumerate(zip(fn.arg_names, fn.params)):
         value = values[name]
         if param.is_constexpr:
@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--specialized", action="store_true", help="a producer warp fills the ring")
     parser.add_argument("--v-buffers", type=int, default=None, help="V ring slots (--no-overlap)")
     parser.add_argument("--max-registers", type=int, default=None)
+    parser.add_argument("--block-m", type=int, default=64, help="query tile rows (64 or 128)")
     parser.add_argument("--cases", nargs="*", default=list(CASES), help=f"of {list(CASES)}")
     parser.add_argument("--dump", default=None, help="write the SASS of the last case here")
     args = parser.parse_args()
@@ -78,7 +79,7 @@ def main() -> None:
         seq = 1
         for g in grid:
             seq *= g
-        plan = masks.get_plan(pattern, seq, seq, 64, 64, 2, cpu)
+        plan = masks.get_plan(pattern, seq, seq, args.block_m, 64, 2, cpu)
         q, k, v = (torch.empty(1, seq, 2, args.dim, dtype=torch.bfloat16) for _ in range(3))
         captured = []
         jit_fn = gluon_forward._na_fwd

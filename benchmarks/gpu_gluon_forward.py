@@ -2,12 +2,13 @@
 forward kernel on the same plan and tensors, one process, kernel time (``median_ms``: do_bench
 median, L2 flushed between calls). GPU (Hopper) only.
 
-    python benchmarks/gpu_gluon_forward.py --out DIR [--dims 128 64]
+    python benchmarks/gpu_gluon_forward.py --out DIR [--dims 128 64] [--cases blocked ...]
 
 Cases: the N-D suite's 2-D 128 x 128 kernel 17, 3-D 16 x 48 x 48 kernel 5 x 13 x 13 and 3-D
 blocked 4 x 8 x 8, bf16, B = 1, H = 16, in the tiled order natten picks, at 64 x 64 tiles (the
 Triton kernel at the config tessera takes there). Rows: case, dim, impl
-(``triton KernelConfig(...)`` or ``gluon`` and the ``na_forward`` arguments), ms, and the largest
+(``triton KernelConfig(...)`` or ``gluon`` and the ``na_forward`` arguments; ``gluon 128-row``
+on the plan at 128 x 64 tiles where its 128-row tiles are grid boxes), ms, and the largest
 difference of o from the Triton kernel's (a smoke check; the float64 checks are
 ``tests/kernels/test_gluon_gpu.py``). Writes ``gluon_forward.json``.
 """
@@ -31,6 +32,10 @@ from tessera.patterns import Neighborhood, Permuted
 CASES = {"2-D 128x128 k17": ((128, 128), (17, 17), 1),
          "3-D 16x48x48 k5x13x13": ((16, 48, 48), (5, 13, 13), 1),
          "3-D 16x48x48 blocked 4x8x8": ((16, 48, 48), (4, 8, 8), (4, 8, 8))}
+# Variants on 128-row query tiles (two warpgroups; plans whose 128-row tiles are grid boxes).
+GLUON_128 = [dict(overlap=False, num_buffers=1, v_buffers=1),
+             dict(overlap=False, num_buffers=2, v_buffers=1, max_registers=128),
+             dict(overlap=False, num_buffers=2, v_buffers=1)]
 GLUON = [dict(overlap=False, num_buffers=3), dict(overlap=False, num_buffers=2, v_buffers=1),
          dict(overlap=False, num_buffers=1, v_buffers=1), dict(overlap=False, num_buffers=3, v_buffers=1),
          dict(overlap=False, num_buffers=4, v_buffers=2), dict(overlap=True, num_buffers=3, specialized=True)]
@@ -40,6 +45,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=".")
     parser.add_argument("--dims", nargs="*", type=int, default=[128, 64])
+    parser.add_argument("--cases", nargs="*", default=None,
+                        help="case names containing any of these (default: all)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu_gluon_forward.py needs a CUDA GPU")
@@ -50,12 +57,15 @@ def main() -> None:
     path = os.path.join(args.out, "gluon_forward.json")
     heads = 16
     for name, (grid, kernel, stride) in CASES.items():
+        if args.cases and not any(part in name for part in args.cases):
+            continue
         rule = Neighborhood(grid, kernel, stride=stride)
         layout = _auto_layout(rule.grid, rule.kernel, rule.dilation, rule.stride, rule.causal)
         seq = 1
         for g in grid:
             seq *= g
         plan = masks.get_plan(Permuted(rule, layout), seq, seq, 64, 64, heads, device)
+        plan_128 = masks.get_plan(Permuted(rule, layout), seq, seq, 128, 64, heads, device)
         for dim in args.dims:
             q, k, v = (torch.randn(1, seq, heads, dim, device=device, dtype=torch.bfloat16) for _ in range(3))
             scale = dim ** -0.5
@@ -65,9 +75,12 @@ def main() -> None:
             ref, _ = flash_fwd.forward(q, k, v, plan, scale=scale, config=config, grid_order=True)
             runs = [(f"triton {config}",
                      lambda: flash_fwd.forward(q, k, v, plan, scale=scale, config=config, grid_order=True))]
-            for variant in GLUON:
-                runs.append(("gluon " + " ".join(f"{key}={value}" for key, value in variant.items()),
-                             lambda kw=variant: gluon_forward.na_forward(q, k, v, plan, scale=scale, **kw)))
+            variants = [("gluon", plan, variant) for variant in GLUON]
+            if gluon_forward.supports(q, k, v, plan_128):
+                variants += [("gluon 128-row", plan_128, variant) for variant in GLUON_128]
+            for label, tiles, variant in variants:
+                runs.append((label + " " + " ".join(f"{key}={value}" for key, value in variant.items()),
+                             lambda p=tiles, kw=variant: gluon_forward.na_forward(q, k, v, p, scale=scale, **kw)))
             for impl, fn in runs:
                 row = {"case": name, "dim": dim, "impl": impl, "ms": None, "max_diff": None, "error": None}
                 try:

@@ -88,10 +88,10 @@ for step in $steps; do
     gluon-forward)
       # The Gluon tiled-neighborhood forwards: their float64 GPU tests, then their kernel times against
       # the Triton forward on the suite's 2-D and 3-D shapes (benchmarks/gpu_gluon_forward.py).
-      # (GLUON_TESTS: a pytest -k expression, e.g. "persistent").
+      # (GLUON_TESTS: a pytest -k expression; GLUON_BENCH_ARGS: e.g. "--cases blocked").
       timeout 300 python3 -m pytest -m gpu -q -rA -p no:cacheprovider tests/kernels/test_gluon_gpu.py \
         ${GLUON_TESTS:+-k "$GLUON_TESTS"} 2>&1 | tee "$OUT/gpu-tests-gluon.log" || status=1
-      timeout 200 python3 benchmarks/gpu_gluon_forward.py --out "$OUT" 2>&1 | tee "$OUT/gluon-forward.log" || status=1 ;;
+      timeout 200 python3 benchmarks/gpu_gluon_forward.py --out "$OUT" ${GLUON_BENCH_ARGS:-} 2>&1 | tee "$OUT/gluon-forward.log" || status=1 ;;
     natten-configs)
       # Forward, dq and dk/dv kernel configurations on the N-D neighborhoods in grid order
       # (NATTEN_SWEEP_CASES: gpu_config_sweep.py case names; NATTEN_SWEEP_ARGS: e.g. --small).

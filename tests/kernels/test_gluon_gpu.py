@@ -14,13 +14,13 @@ from tessera.patterns import Neighborhood, Permuted
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
 
 
-def _plan(grid, kernel, heads, device, stride=1):
+def _plan(grid, kernel, heads, device, stride=1, block_m=64):
     rule = Neighborhood(grid, kernel, stride=stride)
     layout = _auto_layout(rule.grid, rule.kernel, rule.dilation, rule.stride, rule.causal)
     seq = 1
     for g in grid:
         seq *= g
-    return masks.get_plan(Permuted(rule, layout), seq, seq, 64, 64, heads, device)
+    return masks.get_plan(Permuted(rule, layout), seq, seq, block_m, 64, heads, device)
 
 
 def test_scope_and_arguments_without_a_gpu():
@@ -44,6 +44,11 @@ def test_scope_and_arguments_without_a_gpu():
         gluon_forward.na_forward(q, q, q, plan, scale=0.1, num_buffers=2, v_buffers=3, overlap=False)
     with pytest.raises(ValueError, match="v_buffers"):
         gluon_forward.na_forward(q, q, q, plan, scale=0.1, num_buffers=3, v_buffers=1, overlap=True)
+    blocked = _plan((8, 16, 16), (4, 8, 8), 2, torch.device("cpu"), (4, 8, 8), block_m=128)
+    cube = torch.empty(1, 2048, 2, 128, dtype=torch.bfloat16)
+    assert gluon_forward.supports(cube, cube, cube, blocked)
+    with pytest.raises(ValueError, match="128-row"):
+        gluon_forward.na_forward(cube, cube, cube, blocked, scale=0.1, overlap=True)
     with pytest.raises(ValueError, match="max_registers"):
         gluon_forward.na_forward(q, q, q, plan, scale=0.1, specialized=True, max_registers=168)
     with pytest.raises(ValueError, match="scope"):
@@ -64,17 +69,35 @@ def test_scope_and_arguments_without_a_gpu():
 ])
 def test_gluon_forward_against_float64(op, grid, kernel, stride, dim, dtype, overlap, buffers,
                                        v_buffers, specialized):
+    _check_forward(op, grid, kernel, stride, dim, dtype, 64, num_buffers=buffers,
+                   v_buffers=v_buffers, overlap=overlap, specialized=specialized)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
+@pytest.mark.parametrize("buffers, v_buffers, max_registers", [(1, 1, None), (2, 1, 128), (2, 1, None)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dim", [128, 64])
+def test_gluon_forward_on_128_row_tiles_against_float64(dim, dtype, buffers, v_buffers, max_registers):
+    """Blocked attention on 128 x 64 tiles (two warpgroups per program), sequential loop."""
+    _check_forward(na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), dim, dtype, 128, num_buffers=buffers,
+                   v_buffers=v_buffers, overlap=False, max_registers=max_registers)
+
+
+def _check_forward(op, grid, kernel, stride, dim, dtype, block_m, **forward_args):
+    """``na_forward(**forward_args)`` on the plan at ``block_m`` x 64 tiles (GQA, B = 2) against
+    the float64 reference: o and lse at most 2x the reference's own error in the input dtype,
+    plus a small floor."""
     from tessera.kernels.gluon import na_forward as gluon_forward
     gen = torch.Generator(device="cuda").manual_seed(0)
     batch, heads, kv_heads = 2, 4, 2
     q, k, v = (torch.randn(batch, *grid, h, dim, device="cuda", dtype=dtype, generator=gen)
                for h in (heads, kv_heads, kv_heads))
     seq = q[0, ..., 0, 0].numel()
-    plan = _plan(grid, kernel, heads, q.device, stride)
+    plan = _plan(grid, kernel, heads, q.device, stride, block_m)
     flat = [t.reshape(batch, seq, t.shape[-2], dim) for t in (q, k, v)]
     assert gluon_forward.supports(*flat, plan)
-    o, lse = gluon_forward.na_forward(*flat, plan, scale=dim ** -0.5, num_buffers=buffers,
-                                      v_buffers=v_buffers, overlap=overlap, specialized=specialized)
+    o, lse = gluon_forward.na_forward(*flat, plan, scale=dim ** -0.5, **forward_args)
     got = [o.reshape(q.shape), lse.reshape(batch, heads, *grid)]
     same = op(q, k, v, kernel, stride=stride, backend="reference", return_lse=True)
     want = op(*(t.double() for t in (q, k, v)), kernel, stride=stride, backend="reference",

@@ -6,7 +6,8 @@ tiles are grid boxes (``flash_fwd.grid_box``), with the analytic mask (``MASK_NE
 full tiles only (``MASK_NONE``: blocked attention, stride = kernel), 16-bit inputs, D in {64,
 128}, softmax without biases.
 
-One program per (query tile, batch x query head): one warpgroup that computes, and with
+One program per (query tile, batch x query head): one warpgroup that computes per 64 query
+rows (64- or 128-row tiles; 128 rows only in the sequential loop), and with
 ``specialized`` one more warp that only fills the K/V ring (warp specialization: under a cap of
 128 registers per thread for the program, two programs per SM, the computing warpgroup gets 232
 and the producer 24). q arrives by a bulk copy into shared memory and stays there as the A
@@ -379,9 +380,9 @@ def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan) -> bool:
     dim = q.shape[3]
     if dim not in (64, 128) or k.shape[3] != dim or v.shape[3] != dim:
         return False
-    if plan.block_m != 64 or plan.block_n != 64:
+    if plan.block_m not in (64, 128) or plan.block_n != 64:
         return False
-    if grid_box(plan, plan.block_m) is None:
+    if grid_box(plan, plan.block_m) is None or grid_box(plan, plan.block_n) is None:
         return False
     return all(t.stride(3) == 1 and (t.shape[0] == 1 or t.stride(0) == t.shape[1] * t.stride(1))
                and _aligned(t) for t in (q, k, v))
@@ -392,7 +393,7 @@ def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale
                v_buffers: int | None = None,
                max_registers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(o [B, S, H_q, D], lse float32 [B, H_q, S])`` of softmax attention over ``plan`` (a
-    tiled neighborhood's plan at 64 x 64 tiles) for grid-order ``q [B, S, H_q, D]``, ``k``, ``v``
+    tiled neighborhood's plan at 64 x 64 or 128 x 64 tiles) for grid-order ``q [B, S, H_q, D]``, ``k``, ``v``
     ``[B, S, H_kv, D]``; ``supports`` must hold. ``num_buffers``: K/V ring slots (3 or more with
     ``overlap``; without it, the K ring's, at least 1); ``v_buffers``: without ``overlap``, the
     V ring's slots (1 to ``num_buffers``; default ``num_buffers``); ``overlap``: each tile's
@@ -410,6 +411,9 @@ def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale
     if not 1 <= v_buffers <= num_buffers or (overlap and v_buffers != num_buffers):
         raise ValueError(f"na_forward: v_buffers must be in [1, num_buffers] (equal to it with "
                          f"overlap), got {v_buffers} with num_buffers={num_buffers}")
+    if plan.block_m == 128 and overlap:
+        raise ValueError("na_forward: 128-row query tiles (two warpgroups) run the sequential loop "
+                         "only: pass overlap=False")
     if max_registers is not None and specialized:
         raise ValueError("na_forward: max_registers is for variants without specialized (which "
                          "runs at 128)")
@@ -419,16 +423,18 @@ def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale
     o = torch.empty_like(q)
     lse = torch.empty(batch, heads, seq, dtype=torch.float32, device=q.device)
     grid = plan.na_values[0:3]
-    box = grid_box(plan, plan.block_m)
-    descs = [_descriptor(t, grid, box) for t in (q, k, v, o)]
+    q_box, k_box = grid_box(plan, plan.block_m), grid_box(plan, plan.block_n)
+    q_desc, o_desc = (_descriptor(t, grid, q_box) for t in (q, o))
+    k_desc, v_desc = (_descriptor(t, grid, k_box) for t in (k, v))
     rows = plan.rows
     cap = 128 if specialized else max_registers
     _LAUNCH[(plan.n_q_tiles, batch * heads)](
-        *descs, lse, rows.part_count, rows.part_index, rows.full_count, rows.full_index,
+        q_desc, k_desc, v_desc, o_desc, lse, rows.part_count, rows.part_index, rows.full_count, rows.full_index,
         plan.na_params, heads, heads // k.shape[2], seq, plan.map_heads, plan.n_q_tiles,
         rows.part_width, rows.full_width, scale * LOG2E,
         HEAD_D=dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, NA_STATIC=plan.na_static,
         NUM_BUF=num_buffers, V_BUF=v_buffers, OVERLAP=overlap,
-        MASKED=plan.mask_mode == masks.MASK_NEIGHBORHOOD, SPECIALIZED=specialized, num_warps=4,
+        MASKED=plan.mask_mode == masks.MASK_NEIGHBORHOOD, SPECIALIZED=specialized,
+        num_warps=plan.block_m // 16,
         **({"maxnreg": cap} if cap else {}))
     return o, lse

@@ -46,7 +46,7 @@ def gluon_variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan) -> Op
     if _major_capability(q.device.index) != 9:
         return None
     from ..gluon import na_forward
-    if not na_forward.supports(q, k, v, plan):
+    if plan.block_m != 64 or not na_forward.supports(q, k, v, plan):
         return None
     if plan.mask_mode == MASK_NEIGHBORHOOD:
         if q.shape[3] != 128:
