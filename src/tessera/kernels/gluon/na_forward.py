@@ -79,20 +79,33 @@ def _issue_one(DESC, bufs, bars, tile, slot, b, hk, NA, NA_STATIC: gl.constexpr,
 
 
 @gluon.jit
-def _softmax_step(s, m_i, l_i, tile, windows, offs_n, NA, qk_scale, BLOCK_N: gl.constexpr,
-                  NA_STATIC: gl.constexpr, MASKED: gl.constexpr):
-    """Online softmax of one key tile's logits ``s [BLOCK_M, BLOCK_N]`` (float32, unscaled), under
-    the neighborhood penalty when ``MASKED``: ``(p, alpha, m_i, l_i)``, the tile's exp2 weights,
-    the factor that rescales the running output, and the new running max and sum (log2 domain)."""
-    z = s * qk_scale
-    if MASKED:
-        codes = na_codes(offs_n[None, :], tile * BLOCK_N, NA, 1, NA_STATIC)
-        z = z + na_penalty(windows, codes, NA_STATIC)
+def _penalty(tile, windows, offs_n, NA, BLOCK_N: gl.constexpr, NA_STATIC: gl.constexpr):
+    """The neighborhood penalty (``na_mask.na_penalty``: 0 or -inf, log2 domain) of key tile
+    ``tile`` for the query tile whose windows are ``windows``, ``[BLOCK_M, BLOCK_N]``."""
+    return na_penalty(windows, na_codes(offs_n[None, :], tile * BLOCK_N, NA, 1, NA_STATIC), NA_STATIC)
+
+
+@gluon.jit
+def _online_softmax(z, m_i, l_i):
+    """Online softmax of one key tile's scaled, masked logits ``z [BLOCK_M, BLOCK_N]`` (log2
+    domain): ``(p, alpha, m_i, l_i)``, the tile's exp2 weights, the factor that rescales the
+    running output, and the new running max and sum."""
     m_new = gl.maximum(m_i, gl.max(z, 1))
     m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = gl.exp2(m_i - m_safe)
     p = gl.exp2(z - m_safe[:, None])
     return p, alpha, m_new, l_i * alpha + gl.sum(p, 1)
+
+
+@gluon.jit
+def _softmax_step(s, m_i, l_i, tile, windows, offs_n, NA, qk_scale, BLOCK_N: gl.constexpr,
+                  NA_STATIC: gl.constexpr, MASKED: gl.constexpr):
+    """``_online_softmax`` of one key tile's logits ``s [BLOCK_M, BLOCK_N]`` (float32, unscaled),
+    under the neighborhood penalty when ``MASKED``."""
+    z = s * qk_scale
+    if MASKED:
+        z = z + _penalty(tile, windows, offs_n, NA, BLOCK_N, NA_STATIC)
+    return _online_softmax(z, m_i, l_i)
 
 
 @gluon.jit
@@ -233,24 +246,32 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC,
         # tile t + NUM_BUF - 1 of k and t + V_BUF - 1 of v are copied at step t, into the slots
         # tile t - 1's (completed) products read.
         for t in range(total):
+            tile = _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, t)
             k_ahead = t + NUM_BUF - 1
             if k_ahead < total:
                 _issue_one(K_DESC, k_bufs, kv_bars,
                            _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, k_ahead),
                            k_ahead % NUM_BUF, b, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
-            v_ahead = t + V_BUF - 1
-            if v_ahead < total:
-                _issue_one(V_DESC, v_bufs, v_bars,
-                           _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, v_ahead),
-                           v_ahead % V_BUF, b, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
+            if V_BUF == 1:
+                _issue_one(V_DESC, v_bufs, v_bars, tile, 0, b, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
+            else:
+                v_ahead = t + V_BUF - 1
+                if v_ahead < total:
+                    _issue_one(V_DESC, v_bufs, v_bars,
+                               _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, v_ahead),
+                               v_ahead % V_BUF, b, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
+            if MASKED:
+                # Needs only the tile's index: computed before the product is waited for.
+                penalty = _penalty(tile, windows, offs_n, NA, BLOCK_N, NA_STATIC)
             mbarrier.wait(kv_bars.index(t % NUM_BUF), (t // NUM_BUF) & 1)
             s = warpgroup_mma(q_tile,
                               k_bufs.index(t % NUM_BUF).reshape([BLOCK_N, HEAD_D]).permute((1, 0)),
                               s_zero, use_acc=False, is_async=True)
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-            tile = _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, t)
-            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, tile, windows, offs_n, NA, qk_scale,
-                                               BLOCK_N, NA_STATIC, MASKED)
+            if MASKED:
+                p, alpha, m_i, l_i = _online_softmax(s * qk_scale + penalty, m_i, l_i)
+            else:
+                p, alpha, m_i, l_i = _online_softmax(s * qk_scale, m_i, l_i)
             acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
             mbarrier.wait(v_bars.index(t % V_BUF), (t // V_BUF) & 1)
             acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout),
