@@ -14,9 +14,9 @@ H = 16), Gluon with two K slots and one V slot (three programs per SM) against T
 
 So Gluon takes full-tile (blocked) plans, and masked plans at D = 128 when their query tiles
 list few key tiles on average (``MAX_MASKED_TILES``; between 9 and 35.6 nothing was measured),
-where the tuned config has 64 x 64 tiles (``na_forward.supports``; full tiles at D = 64 take
-128-row tiles, so they stay on Triton). Calls with score modifiers (softcap, sinks, biases, sigmoid) or a
-dilation fold stay on the Triton kernel, which has them.
+where the tuned config has 64 x 64 tiles (full tiles at D = 64 take 128-row tiles, so they stay
+on Triton). Calls with score modifiers (softcap, sinks, biases, sigmoid) or a dilation fold stay
+on the Triton kernel, which has them.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ same compiled kernel Triton would pick: the current device; the type of every ar
 tensor its dtype and whether its address is 16-byte aligned; for a tensor descriptor (Triton's
 or Gluon's) its dtype, block shape, padding and shared layout (the base is always 16-byte
 aligned); for any other argument its value; and every keyword argument (constexprs, launch
-options) with its type. Launch hooks (profilers),
-the interpreter, or a machine without CUDA send every launch through Triton.
+options) with its type. Launch hooks (profilers), the interpreter, or a machine without CUDA
+send every launch through Triton.
 """
 
 from __future__ import annotations
