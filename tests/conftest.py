@@ -75,3 +75,20 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     denom = ref.norm().item()
     diff = (out - ref).norm().item()
     return diff if denom == 0 else diff / denom
+
+
+# Floors of the error rule per input dtype (tests/kernels/flash_cases.py states the rule).
+RULE_ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+
+
+def assert_error_rule(names, got, same, want, dtype, forward=("o", "lse")) -> None:
+    """The FlashAttention error rule against the float64 results ``want``: each of ``got``
+    (named by ``names``) is finite and its ``rel_err`` is at most 2x (outputs named in
+    ``forward``) or 3x (gradients) the same-dtype reference's (``same``), plus
+    ``RULE_ATOL[dtype]``."""
+    for name, g, s_, w in zip(names, got, same, want):
+        assert torch.isfinite(g).all(), name
+        err, err_same = rel_err(g, w), rel_err(s_, w)
+        factor = 2 if name in forward else 3
+        assert err <= factor * err_same + RULE_ATOL[dtype], \
+            f"{name}: kernel {err:.3g} vs reference {err_same:.3g}"
