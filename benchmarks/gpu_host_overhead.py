@@ -18,15 +18,13 @@ time of each part of the window call (forward with and without autograd, backwar
 from __future__ import annotations
 
 import argparse
-import cProfile
 import json
-import pstats
 import time
 
 import torch
 
 from tessera.bench.attention import _flex_fn, _Inputs, _measure, _tessera_fn, gpu_cases
-from tessera.bench.timing import cuda_kernel_ms, host_seconds_per_call, warm_up_gpu
+from tessera.bench.timing import cuda_kernel_ms, host_seconds_per_call, top_host_functions, warm_up_gpu
 
 
 def _fwd_bwd(fn, inp):
@@ -39,22 +37,6 @@ def _fwd_bwd(fn, inp):
 def _host_ms(step, calls: int = 20) -> float:
     """Host ms per call of ``step`` (after one untimed call: compiles and tuning stay out)."""
     return host_seconds_per_call(step, calls) * 1e3
-
-
-def _top_host_functions(step, calls: int = 20, top: int = 25) -> list[str]:
-    profiler = cProfile.Profile()
-    profiler.enable()
-    for _ in range(calls):
-        step()
-    profiler.disable()
-    torch.cuda.synchronize()
-    stats = pstats.Stats(profiler)
-    rows = []
-    for (path, line, name), (_, ncalls, tottime, cumtime, _) in stats.stats.items():
-        rows.append((cumtime, tottime, ncalls, f"{path.split('site-packages/')[-1].split('src/')[-1]}:{line}({name})"))
-    rows.sort(reverse=True)
-    return [f"cum {c / calls * 1e3:7.3f} ms  self {t / calls * 1e3:7.3f} ms  calls/step {n / calls:5.1f}  {where}"
-            for c, t, n, where in rows[:top]]
 
 
 def _measure_case(case, device, label: str) -> dict:
@@ -70,7 +52,7 @@ def _measure_case(case, device, label: str) -> dict:
            "host_ms": [round(_host_ms(step), 4) for _ in range(3)],
            "kernel_ms": cuda_kernel_ms(step)}
     row["kernel_sum_ms"] = round(sum(row["kernel_ms"].values()), 4)
-    row["host_top"] = _top_host_functions(step)
+    row["host_top"] = top_host_functions(step)
     return row
 
 

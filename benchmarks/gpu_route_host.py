@@ -4,7 +4,7 @@
 - ``bench_ms``: the suite's timing (``median_ms``: CUDA events, L2 flushed), which shows host
   time where it exceeds the GPU's;
 - ``host_ms``: host time per call to queue the forward (``host_seconds_per_call``);
-- ``top``: the host functions costing most (``cProfile``, cumulative µs per call).
+- ``top``: the host functions costing most (``cProfile``, cumulative ms per call).
 
     python benchmarks/gpu_route_host.py --out DIR   -> DIR/route_host.json
 """
@@ -12,34 +12,19 @@
 from __future__ import annotations
 
 import argparse
-import cProfile
 import json
 import os
-import pstats
 import time
 
 import torch
 
-from tessera.bench.timing import host_seconds_per_call, median_ms, warm_up_gpu
+from tessera.bench.timing import host_seconds_per_call, median_ms, top_host_functions, warm_up_gpu
 from tessera.kernels.triton import forward_route
 from tessera.natten import na2d, na3d
 
 CASES = {"2-D 128x128 k17 D=128": (na2d, (128, 128), 17, 1, 128),
          "2-D 128x128 k17 D=64": (na2d, (128, 128), 17, 1, 64),
          "3-D 16x48x48 blocked 4x8x8 D=128": (na3d, (16, 48, 48), (4, 8, 8), (4, 8, 8), 128)}
-
-
-def _top(fn, calls: int = 50, rows: int = 14) -> list:
-    profile = cProfile.Profile()
-    profile.enable()
-    for _ in range(calls):
-        fn()
-    profile.disable()
-    torch.cuda.synchronize()
-    stats = pstats.Stats(profile)
-    entries = sorted(stats.stats.items(), key=lambda item: -item[1][3])[:rows]
-    return [{"function": f"{path.rsplit('/', 2)[-1]}:{line} {name}", "cum_us": cum / calls * 1e6,
-             "own_us": own / calls * 1e6} for (path, line, name), (_, _, own, cum, _) in entries]
 
 
 def main() -> None:
@@ -61,10 +46,10 @@ def main() -> None:
             torch.cuda.synchronize()
             row = {"case": name, "gluon_route": route,
                    "host_ms": host_seconds_per_call(fn, calls=50) * 1e3,
-                   "bench_ms": median_ms(fn, device), "top": _top(fn)}
+                   "bench_ms": median_ms(fn, device), "top": top_host_functions(fn, calls=50, top=14)}
             print(json.dumps({key: value for key, value in row.items() if key != "top"}), flush=True)
             for entry in row["top"]:
-                print(f"    {entry['cum_us']:8.1f} {entry['own_us']:8.1f}  {entry['function']}")
+                print("    " + entry)
             result["rows"].append(row)
         forward_route.GLUON_ENABLED = True
     with open(os.path.join(args.out, "route_host.json"), "w") as f:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import cProfile
+import pstats
 import statistics
 import time
 from typing import Callable
@@ -127,3 +129,21 @@ def graph_replay_ms(fn: Callable[[], object], replays: int = 50) -> float:
     end.record()
     end.synchronize()
     return begin.elapsed_time(end) / replays
+
+
+def top_host_functions(step: Callable[[], object], calls: int = 20, top: int = 25) -> list[str]:
+    """The ``top`` host functions of ``calls`` calls of ``step`` on a CUDA device by cumulative
+    time (``cProfile``), per call: cumulative and own ms, calls per step, where."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        step()
+    profiler.disable()
+    torch.cuda.synchronize()
+    stats = pstats.Stats(profiler)
+    rows = []
+    for (path, line, name), (_, ncalls, tottime, cumtime, _) in stats.stats.items():
+        rows.append((cumtime, tottime, ncalls, f"{path.split('site-packages/')[-1].split('src/')[-1]}:{line}({name})"))
+    rows.sort(reverse=True)
+    return [f"cum {c / calls * 1e3:7.3f} ms  self {t / calls * 1e3:7.3f} ms  calls/step {n / calls:5.1f}  {where}"
+            for c, t, n, where in rows[:top]]
