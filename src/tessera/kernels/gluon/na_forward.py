@@ -38,7 +38,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from ..triton import masks
-from ..triton.flash_fwd import LOG2E, grid_box
+from ..triton.flash_fwd import LOG2E, bulk_aligned, grid_box, grid_view
 from ..triton.launcher import Launcher
 from ..triton.na_mask import na_codes, na_penalty, na_query_windows
 from ..triton.row_addressing import memory_rows, row_tile_origin
@@ -365,14 +365,10 @@ _LAYOUTS: dict = {}
 
 def _descriptor(t: torch.Tensor, grid, box) -> TensorDescriptor:
     """``t [B, S, H, D]`` (grid order, batch and sequence mergeable, 16-byte aligned: ``supports``)
-    as ``[B * g0, g1, g2, H, D]`` with block ``[*box, 1, D]`` and the default NVMMA shared
+    as ``flash_fwd.grid_view`` sees it, with block ``[*box, 1, D]`` and the default NVMMA shared
     layout."""
-    g0, g1, g2 = grid
-    batch, seq, heads, dim = t.shape
-    s_b, s_s, s_h, s_d = t.stride()
-    block = [*box, 1, dim]
-    shape = [batch * g0, g1, g2, heads, dim]
-    strides = [s_s * g1 * g2, s_s * g2, s_s, s_h, s_d]
+    shape, strides = grid_view(t, grid)
+    block = [*box, 1, t.shape[3]]
     key = (tuple(block), t.dtype)
     layout = _LAYOUTS.get(key)
     if layout is None:
@@ -384,12 +380,6 @@ def _descriptor(t: torch.Tensor, grid, box) -> TensorDescriptor:
     desc.__dict__.update(base=t, shape=shape, strides=strides, block_shape=block, layout=layout,
                          padding="zero")
     return desc
-
-
-def _aligned(t: torch.Tensor) -> bool:
-    """Whether bulk copies can address ``t``: a 16-byte aligned base and leading strides."""
-    size = t.element_size()
-    return t.data_ptr() % 16 == 0 and all((s * size) % 16 == 0 for s in t.stride()[:-1])
 
 
 def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan) -> bool:
@@ -405,8 +395,8 @@ def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan) -> bool:
         return False
     if grid_box(plan, plan.block_m) is None or grid_box(plan, plan.block_n) is None:
         return False
-    return all(t.stride(3) == 1 and (t.shape[0] == 1 or t.stride(0) == t.shape[1] * t.stride(1))
-               and _aligned(t) for t in (q, k, v))
+    return all(t.stride(3) == 1 and grid_view(t, plan.na_values[0:3]) is not None
+               and bulk_aligned(t) for t in (q, k, v))
 
 
 def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale: float,
@@ -414,8 +404,8 @@ def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale
                v_buffers: int | None = None,
                max_registers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(o [B, S, H_q, D], lse float32 [B, H_q, S])`` of softmax attention over ``plan`` (a
-    tiled neighborhood's plan at 64 x 64 or 128 x 64 tiles) for grid-order ``q [B, S, H_q, D]``, ``k``, ``v``
-    ``[B, S, H_kv, D]``; ``supports`` must hold. ``num_buffers``: K/V ring slots (3 or more with
+    tiled neighborhood's plan at 64 x 64 or 128 x 64 tiles) for grid-order ``q [B, S, H_q, D]``,
+    ``k``, ``v`` ``[B, S, H_kv, D]``; ``supports`` must hold. ``num_buffers``: K/V ring slots (3 or more with
     ``overlap``; without it, the K ring's, at least 1); ``v_buffers``: without ``overlap``, the
     V ring's slots (1 to ``num_buffers``; default ``num_buffers``); ``overlap``: each tile's
     QK^T and P @ V run under a neighbouring tile's softmax; ``specialized``: a producer warp

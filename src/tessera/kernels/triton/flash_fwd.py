@@ -247,10 +247,13 @@ def tma_ok(k: torch.Tensor, v: torch.Tensor, block_n: int) -> bool:
         return False
     if _major_capability(k.device.index) < 9:
         return False
-    for t in (k, v):
-        if t.data_ptr() % 16 or any((s * t.element_size()) % 16 for s in t.stride()[:-1]):
-            return False
-    return True
+    return bulk_aligned(k) and bulk_aligned(v)
+
+
+def bulk_aligned(t: torch.Tensor) -> bool:
+    """Whether bulk copies can address ``t``: a 16-byte aligned base and leading strides."""
+    size = t.element_size()
+    return t.data_ptr() % 16 == 0 and all((s * size) % 16 == 0 for s in t.stride()[:-1])
 
 
 def grid_box(plan, block: int) -> Optional[tuple[int, int, int]]:
@@ -278,17 +281,22 @@ def descriptor(base: torch.Tensor, shape: list, strides: list, block_shape: list
     return desc
 
 
-def _grid_descriptor(t: torch.Tensor, grid, box, width: int) -> Optional[TensorDescriptor]:
-    """``t [B, S, H, D]`` in grid order as ``[B * g0, g1, g2, H, D]`` with box ``[*box, 1, width]``,
+def grid_view(t: torch.Tensor, grid) -> Optional[tuple[list, list]]:
+    """``(shape, strides)`` of ``t [B, S, H, D]`` in grid order viewed as ``[B * g0, g1, g2, H, D]``,
     or None when its strides allow no such view (batch and sequence dims not mergeable). The
-    view's strides are multiples of ``t``'s, so ``tma_ok(t)`` covers their alignment."""
+    view's strides are multiples of ``t``'s, so ``bulk_aligned(t)`` covers their alignment."""
     g0, g1, g2 = grid
     batch, seq, heads, dim = t.shape
     s_b, s_s, s_h, s_d = t.stride()
     if batch > 1 and s_b != seq * s_s:
         return None
-    return descriptor(t, [batch * g0, g1, g2, heads, dim], [s_s * g1 * g2, s_s * g2, s_s, s_h, s_d],
-                      [*box, 1, width])
+    return [batch * g0, g1, g2, heads, dim], [s_s * g1 * g2, s_s * g2, s_s, s_h, s_d]
+
+
+def _grid_descriptor(t: torch.Tensor, grid, box, width: int) -> Optional[TensorDescriptor]:
+    """``t`` as ``grid_view`` sees it, with box ``[*box, 1, width]``; None without that view."""
+    view = grid_view(t, grid)
+    return None if view is None else descriptor(t, *view, [*box, 1, width])
 
 
 def row_descriptor(t: torch.Tensor, plan, block: int, grid_order: bool,
