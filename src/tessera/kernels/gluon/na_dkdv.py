@@ -158,12 +158,15 @@ _LAUNCH = Launcher(_na_dkdv)
 
 
 def na_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, lse: torch.Tensor,
-            delta: torch.Tensor, plan, *, scale: float,
-            num_buffers: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+            delta: torch.Tensor, plan, *, scale: float, num_buffers: int = 2,
+            dk: torch.Tensor | None = None,
+            dv: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(dk, dv)``, like ``k`` and ``v`` ``[B, S, H_kv, D]``, of softmax attention over ``plan``
     for grid-order ``q``, ``do`` ``[B, S, H_q, D]``, ``k``, ``v``, with the forward's ``lse`` and
     ``delta = rowsum(o * do)`` (float32 ``[B, H_q, S]``, contiguous); ``supports(q, k, v, plan)``
-    must hold and ``do`` be laid out like ``q``. ``num_buffers``: q/dO ring slots (at least 2)."""
+    and ``supports(do, k, v, plan)`` must hold. ``num_buffers``: q/dO ring slots (at least 2);
+    ``dk``, ``dv``: where to write (contiguous, like ``k`` and ``v``), else new tensors. Launched
+    on the current stream."""
     if num_buffers < 2:
         raise ValueError(f"na_dkdv: num_buffers must be at least 2, got {num_buffers}")
     if plan.block_m != 64 or not supports(q, k, v, plan) or not supports(do, k, v, plan):
@@ -174,8 +177,8 @@ def na_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor,
         if t.shape != (batch, heads, seq) or t.dtype != torch.float32 or not t.is_contiguous():
             raise ValueError(f"na_dkdv: {name} must be contiguous float32 {[batch, heads, seq]}, "
                              f"got {t.dtype} {list(t.shape)}")
-    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device) if dk is None else dk
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device) if dv is None else dv
     grid = plan.na_values[0:3]
     q_box, k_box = grid_box(plan, plan.block_m), grid_box(plan, plan.block_n)
     q_desc, do_desc = (_descriptor(t, grid, q_box) for t in (q, do))
