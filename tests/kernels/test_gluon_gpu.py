@@ -166,27 +166,29 @@ def test_forward_route_stays_on_triton_without_a_gpu():
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
 @pytest.mark.parametrize("op, grid, kernel, stride, dim, routed", [
-    (na2d, (48, 40), (13, 11), 1, 128, True),             # 2-D, few key tiles per query tile
-    (na2d, (48, 40), (13, 11), 1, 64, False),             # masked at D = 64: Triton
-    (na3d, (8, 24, 24), (5, 13, 13), 1, 128, False),      # 3-D, many key tiles: Triton
-    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128, True),  # blocked
-    # Full tiles at D = 64 take 128-row tiles (tuning._gpu_config), outside Gluon's scope.
-    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 64, False),
+    (na2d, (48, 40), (13, 11), 1, 128, 64),               # 2-D, few key tiles per query tile
+    (na2d, (48, 40), (13, 11), 1, 64, None),              # masked at D = 64: Triton
+    (na3d, (8, 24, 24), (5, 13, 13), 1, 128, None),       # 3-D, many key tiles: Triton
+    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128, 128),  # blocked: 128-row tiles
+    # Full tiles at D = 64: the tuned config has 128-row tiles (tuning._gpu_config) and the
+    # route reads 64-row plans only (Gluon on 128-row tiles was slower there).
+    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 64, None),
 ])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_forward_route_through_natten_against_float64(monkeypatch, op, grid, kernel, stride, dim,
                                                       routed, dtype):
     """na2d / na3d on the GPU take the Gluon forward exactly where ``forward_route`` says (a spy
-    counts its launches), a repeat call (past the launcher's first, binding launch) equals the
-    first, and forward and backward (GQA, B = 2) meet the float64 reference by the
-    rule of tests/kernels/flash_cases.py: 2x (o, lse) or 3x (gradients) the reference's own
-    error in the input dtype, plus a small floor."""
+    records each launch's query-tile rows; ``routed``: those rows, None for the Triton kernel),
+    a repeat call (past the launcher's first, binding launch) equals the first, and forward and
+    backward (GQA, B = 2) meet the float64 reference by the rule of
+    tests/kernels/flash_cases.py: 2x (o, lse) or 3x (gradients) the reference's own error in
+    the input dtype, plus a small floor."""
     from tessera.kernels.gluon import na_forward as gluon_forward
     launches = []
     original = gluon_forward.na_forward
 
     def spy(*args, **kwargs):
-        launches.append(kwargs)
+        launches.append(args[3].block_m)
         return original(*args, **kwargs)
     monkeypatch.setattr(gluon_forward, "na_forward", spy)
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -201,7 +203,7 @@ def test_forward_route_through_natten_against_float64(monkeypatch, op, grid, ker
 
     first = run(dtype, "triton")
     got = run(dtype, "triton")      # a repeat launch: the launcher's direct path
-    assert len(launches) == (2 if routed else 0)
+    assert launches == ([routed] * 2 if routed else [])
     for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), first, got):
         assert torch.equal(a, b), f"{name}: a repeat call differs from the first"
     same = run(dtype, "reference")
