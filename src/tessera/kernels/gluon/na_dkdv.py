@@ -124,7 +124,7 @@ def _na_dkdv(Q_DESC, K_DESC, V_DESC, DO_DESC, DK_DESC, DV_DESC, LSE, DELTA, PART
             lse2 = gl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
             if MASKED:
                 penalty = na_penalty(windows, na_codes(offs_m[None, :], m * BLOCK_M, NA, 0, NA_STATIC),
-                                     NA_STATIC)
+                                     NA_STATIC, True)
             slot = (c + t) % NUM_BUF
             mbarrier.wait(bars.index(slot), ((c + t) // NUM_BUF) & 1)
             q_tile = q_bufs.index(slot).reshape([BLOCK_M, HEAD_D])
