@@ -601,7 +601,8 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
         if gluon_dkdv:
             from ..gluon.na_dkdv import na_dkdv
             with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-                na_dkdv(q, k, v, do, lse, delta, dkdv_plan, scale=scale, dk=dk, dv=dv)
+                na_dkdv(q, k, v, do, lse, delta, dkdv_plan, scale=scale,
+                        num_buffers=backward_route.dkdv_buffers(dim), dk=dk, dv=dv)
             return
         launch_dkdv(
             q, k, v, do, q_desc, do_desc, lse, delta, dk, dv, dk_desc, dv_desc,
