@@ -1,9 +1,9 @@
-"""Compile the Gluon tiled-neighborhood forward (``tessera.kernels.gluon.na_forward``) for Hopper
-(sm_90) without a GPU, on the N-D suite's shapes, and print shared memory, registers and spills.
+"""Compile the Gluon tiled-neighborhood kernels (``tessera.kernels.gluon.na_forward``, ``na_dkdv``)
+for Hopper (sm_90) without a GPU, on the N-D suite's shapes, and print shared memory, registers and spills.
 
-    python benchmarks/gluon_compile_check.py [--num-buffers 3] [--dim 128] [--no-overlap]
+    python benchmarks/gluon_compile_check.py [--kernel fwd|dkdv] [--num-buffers 3] [--dim 128] [--no-overlap]
         [--specialized] [--v-buffers N]
-        [--max-registers N] [--block-m 64|128] [--cases NAME ...] [--dump FILE]
+        [--max-registers N] [--block-m 64|128] [--cases NAME ...] [--dump FILE] [--ptx FILE]
 
 The call runs on small CPU stand-ins up to the launch, which is captured instead of executed;
 tensors become 16-byte aligned pointers, descriptors their block type with shared layout.
@@ -20,6 +20,7 @@ from triton.experimental.gluon import _runtime
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from tessera.bench.hopper_compile import resources, sass
+from tessera.kernels.gluon import na_dkdv
 from tessera.kernels.gluon import na_forward as gluon_forward
 from tessera.kernels.triton import masks
 from tessera.natten import _auto_layout
@@ -60,6 +61,8 @@ def _signature(fn, args, kwargs):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kernel", choices=("fwd", "dkdv"), default="fwd",
+                        help="na_forward, or na_dkdv (--num-buffers: its q/dO slots)")
     parser.add_argument("--num-buffers", type=int, default=3)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--no-overlap", action="store_true")
@@ -69,6 +72,7 @@ def main() -> None:
     parser.add_argument("--block-m", type=int, default=64, help="query tile rows (64 or 128)")
     parser.add_argument("--cases", nargs="*", default=list(CASES), help=f"of {list(CASES)}")
     parser.add_argument("--dump", default=None, help="write the SASS of the last case here")
+    parser.add_argument("--ptx", default=None, help="write the PTX of the last case here (for ptxas -v)")
     args = parser.parse_args()
     cpu = torch.device("cpu")
     for name in args.cases:
@@ -82,13 +86,19 @@ def main() -> None:
         plan = masks.get_plan(pattern, seq, seq, args.block_m, 64, 2, cpu)
         q, k, v = (torch.empty(1, seq, 2, args.dim, dtype=torch.bfloat16) for _ in range(3))
         captured = []
-        jit_fn = gluon_forward._na_fwd
+        jit_fn = na_dkdv._na_dkdv if args.kernel == "dkdv" else gluon_forward._na_fwd
         original = type(jit_fn).__getitem__
         type(jit_fn).__getitem__ = lambda fn, launch_grid: (lambda *a, **kw: captured.append((a, kw)))
         try:
-            gluon_forward.na_forward(q, k, v, plan, scale=args.dim ** -0.5, num_buffers=args.num_buffers,
-                                     overlap=not args.no_overlap, specialized=args.specialized,
-                                     v_buffers=args.v_buffers, max_registers=args.max_registers)
+            if args.kernel == "dkdv":
+                stats = torch.empty(1, 2, seq, dtype=torch.float32)
+                na_dkdv.na_dkdv(q, k, v, torch.empty_like(q), stats, stats, plan,
+                                scale=args.dim ** -0.5, num_buffers=args.num_buffers)
+            else:
+                gluon_forward.na_forward(q, k, v, plan, scale=args.dim ** -0.5,
+                                         num_buffers=args.num_buffers, overlap=not args.no_overlap,
+                                         specialized=args.specialized, v_buffers=args.v_buffers,
+                                         max_registers=args.max_registers)
         finally:
             type(jit_fn).__getitem__ = original
         (launch_args, launch_kwargs), = captured
@@ -96,10 +106,14 @@ def main() -> None:
         source = _runtime.GluonASTSource(jit_fn, signature, constexprs)
         compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
         regs, stack = resources(compiled)
-        print(f"{name} D={args.dim} buffers={args.num_buffers} overlap={not args.no_overlap} "
-              f"specialized={args.specialized} v_buffers={args.v_buffers} "
-              f"max_registers={args.max_registers}: shared {compiled.metadata.shared} B, "
-              f"registers {regs}, stack {stack} B")
+        variant = (f"overlap={not args.no_overlap} specialized={args.specialized} "
+                   f"v_buffers={args.v_buffers} max_registers={args.max_registers} "
+                   if args.kernel == "fwd" else "")
+        print(f"{args.kernel} {name} D={args.dim} buffers={args.num_buffers} {variant}: shared "
+              f"{compiled.metadata.shared} B, registers {regs}, stack {stack} B")
+        if args.ptx:
+            with open(args.ptx, "w") as f:
+                f.write(compiled.asm["ptx"])
         if args.dump:
             with open(args.dump, "w") as f:
                 f.write(sass(compiled))

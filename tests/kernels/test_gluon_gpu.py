@@ -105,6 +105,57 @@ def _check_forward(op, grid, kernel, stride, dim, dtype, block_m, **forward_args
     assert_error_rule(("o", "lse"), got, same, want, dtype)
 
 
+def test_dkdv_arguments_without_a_gpu():
+    from tessera.kernels.gluon.na_dkdv import na_dkdv
+    plan = _plan((32, 32), (7, 7), 2, torch.device("cpu"))
+    q = torch.empty(1, 1024, 2, 128, dtype=torch.bfloat16)
+    stats = torch.empty(1, 2, 1024)
+    with pytest.raises(ValueError, match="num_buffers"):
+        na_dkdv(q, q, q, q, stats, stats, plan, scale=0.1, num_buffers=1)
+    with pytest.raises(ValueError, match="scope"):
+        na_dkdv(q.float(), q.float(), q.float(), q.float(), stats, stats, plan, scale=0.1)
+    with pytest.raises(ValueError, match="lse"):
+        na_dkdv(q, q, q, q, stats[:, :1], stats, plan, scale=0.1)
+    with pytest.raises(ValueError, match="delta"):
+        na_dkdv(q, q, q, q, stats, stats.double(), plan, scale=0.1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
+@pytest.mark.parametrize("buffers", [2, 3])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("op, grid, kernel, stride, dim", [
+    (na2d, (32, 48), (7, 9), 1, 128),
+    (na2d, (64, 64), (17, 17), 1, 64),
+    (na3d, (8, 16, 16), (3, 5, 5), 1, 128),
+    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128),     # blocked: full tiles only, no mask
+])
+def test_gluon_dkdv_against_float64(op, grid, kernel, stride, dim, dtype, buffers):
+    """``na_dkdv`` with the forward's lse and delta = rowsum(o * do) (GQA, B = 2) against the
+    float64 reference's dk and dv: at most 3x the same-dtype reference's error, plus a floor."""
+    from tessera.kernels.gluon.na_dkdv import na_dkdv
+    from tessera.kernels.triton.row_dot import row_dot
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    batch, heads, kv_heads = 2, 4, 2
+    q, k, v, do = (torch.randn(batch, *grid, h, dim, device="cuda", dtype=dtype, generator=gen)
+                   for h in (heads, kv_heads, kv_heads, heads))
+    seq = q[0, ..., 0, 0].numel()
+    o, lse = op(q, k, v, kernel, stride=stride, backend="triton", return_lse=True)
+    flat = [t.reshape(batch, seq, t.shape[-2], dim) for t in (q, k, v, do, o)]
+    delta = row_dot(flat[4], flat[3])
+    plan = _plan(grid, kernel, heads, q.device, stride)
+    got = na_dkdv(*flat[:4], lse.reshape(batch, heads, seq).contiguous(), delta, plan,
+                  scale=dim ** -0.5, num_buffers=buffers)
+
+    def reference_grads(dt):
+        leaves = [t.detach().to(dt).requires_grad_() for t in (q, k, v)]
+        out = op(*leaves, kernel, stride=stride, backend="reference")
+        return [g.reshape(batch, seq, kv_heads, dim)
+                for g in torch.autograd.grad(out, leaves[1:], do.to(dt))]
+    assert_error_rule(("dk", "dv"), got, reference_grads(dtype), reference_grads(torch.float64),
+                      dtype)
+
+
 def test_forward_route_stays_on_triton_without_a_gpu():
     from tessera.kernels.triton import forward_route
     plan = _plan((32, 32), (7, 7), 2, torch.device("cpu"))
@@ -115,27 +166,29 @@ def test_forward_route_stays_on_triton_without_a_gpu():
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
 @pytest.mark.parametrize("op, grid, kernel, stride, dim, routed", [
-    (na2d, (48, 40), (13, 11), 1, 128, True),             # 2-D, few key tiles per query tile
-    (na2d, (48, 40), (13, 11), 1, 64, False),             # masked at D = 64: Triton
-    (na3d, (8, 24, 24), (5, 13, 13), 1, 128, False),      # 3-D, many key tiles: Triton
-    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128, True),  # blocked
-    # Full tiles at D = 64 take 128-row tiles (tuning._gpu_config), outside Gluon's scope.
-    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 64, False),
+    (na2d, (48, 40), (13, 11), 1, 128, 64),               # 2-D, few key tiles per query tile
+    (na2d, (48, 40), (13, 11), 1, 64, None),              # masked at D = 64: Triton
+    (na3d, (8, 24, 24), (5, 13, 13), 1, 128, None),       # 3-D, many key tiles: Triton
+    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128, 128),  # blocked: 128-row tiles
+    # Full tiles at D = 64: the tuned config has 128-row tiles (tuning._gpu_config) and the
+    # route reads 64-row plans only (Gluon on 128-row tiles was slower there).
+    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 64, None),
 ])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_forward_route_through_natten_against_float64(monkeypatch, op, grid, kernel, stride, dim,
                                                       routed, dtype):
     """na2d / na3d on the GPU take the Gluon forward exactly where ``forward_route`` says (a spy
-    counts its launches), a repeat call (past the launcher's first, binding launch) equals the
-    first, and forward and backward (GQA, B = 2) meet the float64 reference by the
-    rule of tests/kernels/flash_cases.py: 2x (o, lse) or 3x (gradients) the reference's own
-    error in the input dtype, plus a small floor."""
+    records each launch's query-tile rows; ``routed``: those rows, None for the Triton kernel),
+    a repeat call (past the launcher's first, binding launch) equals the first, and forward and
+    backward (GQA, B = 2) meet the float64 reference by the rule of
+    tests/kernels/flash_cases.py: 2x (o, lse) or 3x (gradients) the reference's own error in
+    the input dtype, plus a small floor."""
     from tessera.kernels.gluon import na_forward as gluon_forward
     launches = []
     original = gluon_forward.na_forward
 
     def spy(*args, **kwargs):
-        launches.append(kwargs)
+        launches.append(args[3].block_m)
         return original(*args, **kwargs)
     monkeypatch.setattr(gluon_forward, "na_forward", spy)
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -150,9 +203,54 @@ def test_forward_route_through_natten_against_float64(monkeypatch, op, grid, ker
 
     first = run(dtype, "triton")
     got = run(dtype, "triton")      # a repeat launch: the launcher's direct path
-    assert len(launches) == (2 if routed else 0)
+    assert launches == ([routed] * 2 if routed else [])
     for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), first, got):
         assert torch.equal(a, b), f"{name}: a repeat call differs from the first"
     same = run(dtype, "reference")
     want = run(torch.float64, "reference")
     assert_error_rule(("o", "lse", "dq", "dk", "dv"), got, same, want, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
+@pytest.mark.parametrize("op, grid, kernel, stride, dim, routed", [
+    (na2d, (48, 40), (13, 11), 1, 128, True),
+    (na2d, (64, 64), (17, 17), 1, 64, True),
+    (na3d, (8, 24, 24), (5, 13, 13), 1, 128, True),
+    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128, True),
+    # Full tiles at D = 64: the tuned dk/dv config has 64 x 128 tiles, outside na_dkdv's scope.
+    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 64, False),
+])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_dkdv_route_through_natten_against_float64(monkeypatch, op, grid, kernel, stride, dim,
+                                                   routed, dtype):
+    """With ``backward_route.GLUON_DKDV_ENABLED``, na2d / na3d backward passes take dk and dv
+    from ``na_dkdv`` where its scope holds (a spy counts its launches), a repeat call equals the
+    first, and forward and backward (GQA, B = 2) meet the float64 reference by the rule."""
+    from tessera.kernels.gluon import na_dkdv as gluon_dkdv
+    from tessera.kernels.triton import backward_route
+    monkeypatch.setattr(backward_route, "GLUON_DKDV_ENABLED", True)
+    launches = []
+    original = gluon_dkdv.na_dkdv
+
+    def spy(*args, **kwargs):
+        launches.append(1)
+        return original(*args, **kwargs)
+    monkeypatch.setattr(gluon_dkdv, "na_dkdv", spy)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    shapes = [(2, *grid, 4, dim), (2, *grid, 2, dim), (2, *grid, 2, dim)]
+    inputs = [torch.randn(shape, device="cuda", dtype=dtype, generator=gen) for shape in shapes]
+    do = torch.randn(shapes[0], device="cuda", dtype=dtype, generator=gen)
+
+    def run(dt, backend):
+        leaves = [t.detach().to(dt).requires_grad_() for t in inputs]
+        o, lse = op(*leaves, kernel, stride=stride, backend=backend, return_lse=True)
+        return [o, lse, *torch.autograd.grad(o, leaves, do.to(dt))]
+
+    first = run(dtype, "triton")
+    got = run(dtype, "triton")
+    assert len(launches) == (2 if routed else 0)
+    for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), first, got):
+        assert torch.equal(a, b), f"{name}: a repeat call differs from the first"
+    assert_error_rule(("o", "lse", "dq", "dk", "dv"), got, run(dtype, "reference"),
+                      run(torch.float64, "reference"), dtype)

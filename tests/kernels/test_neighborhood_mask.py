@@ -51,6 +51,10 @@ MASK_CASES = [
     (Neighborhood((16, 16), 5), (8, 8)),
     (Neighborhood((4, 8, 8), 3), (2, 4, 8)),
     (Neighborhood((4, 8), (3, 5)), None),
+    # Order tiles of extent 1 along axis 0 (and 0 and 1): the listed-tile penalty leaves those
+    # axes out.
+    (Neighborhood((4, 8, 8), (3, 3, 5), causal=(True, False, False)), (1, 8, 8)),
+    (Neighborhood((3, 4, 64), (3, 3, 9), dilation=(1, 1, 2)), (1, 1, 64)),
 ]
 
 
@@ -153,11 +157,12 @@ else:
 
 
     @triton.jit
-    def _mask_kernel(NA, OUT, PENALTY_OUT, S, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
-                     BY_KEYS: tl.constexpr, NA_STATIC: tl.constexpr):
+    def _mask_kernel(NA, OUT, PENALTY_OUT, LISTED_OUT, S, BLOCK_Q: tl.constexpr,
+                     BLOCK_K: tl.constexpr, BY_KEYS: tl.constexpr, NA_STATIC: tl.constexpr):
         """``OUT[q, k]`` over ``BLOCK_Q x BLOCK_K`` tiles of ``S x S``: query windows against key
         codes (as the forward and dq), or key windows against query codes (dk/dv) with BY_KEYS;
-        ``PENALTY_OUT[q, k]``: whether the additive penalty (``na_penalty``) is 0 there."""
+        ``PENALTY_OUT[q, k]``: whether the additive penalty (``na_penalty``) is 0 there;
+        ``LISTED_OUT[q, k]``: the same for the listed-tile penalty (``LISTED=True``)."""
         q_first = tl.program_id(0) * BLOCK_Q
         k_first = tl.program_id(1) * BLOCK_K
         offs_q = tl.arange(0, BLOCK_Q)
@@ -172,22 +177,50 @@ else:
             codes = na_codes(offs_k[None, :], k_first, NA, 1, NA_STATIC)
         allowed = na_allowed(windows, codes, NA_STATIC)
         penalty_free = na_penalty(windows, codes, NA_STATIC) == 0.0
+        listed_free = na_penalty(windows, codes, NA_STATIC, True) == 0.0
         inside = (rows[:, None] < S) & (cols[None, :] < S)
         tl.store(OUT + rows[:, None] * S + cols[None, :], allowed.to(tl.int8), mask=inside)
         tl.store(PENALTY_OUT + rows[:, None] * S + cols[None, :], penalty_free.to(tl.int8), mask=inside)
+        tl.store(LISTED_OUT + rows[:, None] * S + cols[None, :], listed_free.to(tl.int8), mask=inside)
 
-    def _check_mask_helpers(pattern, size, block_q, block_k, by_keys):
+    def _mask_outputs(pattern, size, block_q, block_k, by_keys):
+        """``(params, allowed, penalty_free, listed_free, expected)`` of ``_mask_kernel`` (bool
+        ``[size, size]``) and the pattern's own mask."""
         params = masks.neighborhood_params(pattern, block_q, block_k)
-        out = torch.empty(size, size, dtype=torch.int8)
-        penalty_free = torch.empty(size, size, dtype=torch.int8)
+        out, penalty_free, listed_free = (torch.empty(size, size, dtype=torch.int8) for _ in range(3))
         grid = (triton.cdiv(size, block_q), triton.cdiv(size, block_k))
-        _mask_kernel[grid](torch.tensor(params, dtype=torch.int32), out, penalty_free, size, block_q,
-                           block_k, by_keys, masks.neighborhood_switches(params))
+        _mask_kernel[grid](torch.tensor(params, dtype=torch.int32), out, penalty_free, listed_free,
+                           size, block_q, block_k, by_keys, masks.neighborhood_switches(params))
         pos = torch.arange(size)
         expected = pattern.mask(pos[:, None], pos[None, :], torch.zeros(1, 1, dtype=torch.long))
-        assert torch.equal(out.bool(), expected)
-        assert torch.equal(penalty_free.bool(), expected)
+        return params, out.bool(), penalty_free.bool(), listed_free.bool(), expected
+
+    def _check_mask_helpers(pattern, size, block_q, block_k, by_keys):
+        params, out, penalty_free, listed_free, expected = _mask_outputs(pattern, size, block_q,
+                                                                         block_k, by_keys)
+        assert torch.equal(out, expected)
+        assert torch.equal(penalty_free, expected)
+        # The listed-tile penalty: exact on every tile pair with an allowed pair.
+        for i in range(0, size, block_q):
+            for j in range(0, size, block_k):
+                tile = expected[i:i + block_q, j:j + block_k]
+                if tile.any():
+                    assert torch.equal(listed_free[i:i + block_q, j:j + block_k], tile), (i, j)
         return params
+
+    @pytest.mark.parametrize("by_keys", [False, True])
+    def test_interpreted_listed_penalty_leaves_out_axes_of_extent_one(by_keys):
+        # 1 x 8 x 8 order tiles: one axis-0 slice per 64-token tile. Slice 0 sees only slice 0
+        # (causal axis 0), so the tile pair (slice 0, slice 3) is not listed; without the axis-0
+        # term the listed-tile penalty lets its in-window (axis 1, 2) pairs through.
+        rule = Neighborhood((4, 8, 8), (3, 3, 5), causal=(True, False, False))
+        _, _, penalty_free, listed_free, expected = _mask_outputs(_tiled(rule, (1, 8, 8)), 256, 64,
+                                                                  64, by_keys)
+        assert not expected[:64, 192:].any() and not penalty_free[:64, 192:].any()
+        assert listed_free[:64, 192:].any()
+        # Tiles of 2 x 4 x 8 hold two axis-0 slices: axis 0 stays in.
+        _, _, _, listed_free, expected = _mask_outputs(_tiled(rule, (2, 4, 8)), 256, 64, 64, by_keys)
+        assert torch.equal(listed_free, expected)
 
     @pytest.mark.parametrize("by_keys", [False, True])
     @pytest.mark.parametrize("rule, tile_shape", MASK_CASES)
@@ -223,6 +256,9 @@ else:
          1, 2, 1, torch.float32),
         # One power-of-two tile shorter than the kernel tiles: shifts, rows and keys past the end.
         (Neighborhood((4, 8), (3, 5)), None, 1, 2, 1, torch.float32),
+        # Order tiles of extent 1 along axis 0: the kernels leave that axis out of the penalty.
+        (Neighborhood((4, 8, 8), (3, 3, 5), causal=(True, False, False)), (1, 8, 8), 1, 2, 1,
+         torch.float32),
     ]
 
     @pytest.mark.parametrize("rule, tile_shape, batch, heads, kv_heads, dtype", FLASH_CASES)

@@ -82,7 +82,8 @@ def _issue_one(DESC, bufs, bars, tile, slot, b, hk, NA, NA_STATIC: gl.constexpr,
 def _penalty(tile, windows, offs_n, NA, BLOCK_N: gl.constexpr, NA_STATIC: gl.constexpr):
     """The neighborhood penalty (``na_mask.na_penalty``: 0 or -inf, log2 domain) of key tile
     ``tile`` for the query tile whose windows are ``windows``, ``[BLOCK_M, BLOCK_N]``."""
-    return na_penalty(windows, na_codes(offs_n[None, :], tile * BLOCK_N, NA, 1, NA_STATIC), NA_STATIC)
+    return na_penalty(windows, na_codes(offs_n[None, :], tile * BLOCK_N, NA, 1, NA_STATIC), NA_STATIC,
+                      True)
 
 
 @gluon.jit

@@ -268,6 +268,10 @@ def _forward(spec: _Spec, q, k, v, sinks, slopes, bias, u, w, table):
         gluon = forward_route.gluon_variant(q, k, v, plan) if plain else None
         if gluon is not None:
             from ..gluon.na_forward import na_forward
+            rows = gluon.pop("block_m", plan.block_m)
+            if rows != plan.block_m:
+                plan = get_plan(spec.pattern, *_lengths(spec, q, k), rows, plan.block_n, q.shape[2],
+                                q.device, spec.pattern_key)
             return na_forward(q, k, v, plan, scale=spec.scale, **gluon)
         try:
             return flash_fwd.forward(q, k, v, plan, scale=spec.scale,

@@ -19,13 +19,15 @@ dv leave by bulk stores where their tiles are boxes (``DQ_BULK_ENABLED``, ``DKDV
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
 
 from triton.runtime.errors import OutOfResources
 
-from . import streams
+from . import backward_route, streams
 from .flash_fwd import (LOG2E, broadcast_strides, low_rank_args, rank_pad, rel_pos_args, row_operand,
                         row_operands)
 from .host_math import cdiv, padded_width
@@ -591,7 +593,17 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
                    table_args[0])
     input_strides = tuple(t.stride(i) for t in (q, k, v, do) for i in range(3))
 
+    plain = (grid_order and fold is None and not sigmoid and softcap is None and slopes is None
+             and bias is None and low_rank is None and rel_pos is None)
+    gluon_dkdv = plain and backward_route.gluon_dkdv(q, k, v, do, dkdv_plan)
+
     def run_dkdv(stream):
+        if gluon_dkdv:
+            from ..gluon.na_dkdv import na_dkdv
+            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                na_dkdv(q, k, v, do, lse, delta, dkdv_plan, scale=scale,
+                        num_buffers=backward_route.dkdv_buffers(dim), dk=dk, dv=dv)
+            return
         launch_dkdv(
             q, k, v, do, q_desc, do_desc, lse, delta, dk, dv, dk_desc, dv_desc,
             dw if dw is not None else dummy,

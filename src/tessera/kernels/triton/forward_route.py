@@ -25,13 +25,19 @@ from typing import Optional
 
 import torch
 
-from .flash_fwd import _major_capability
+from .flash_fwd import _major_capability, grid_box
 from .masks import MASK_NEIGHBORHOOD
 
 # Off: every forward runs the Triton kernel (for A/B timing, ``tessera.bench.switches``).
 GLUON_ENABLED = True
 # Gluon ``na_forward`` arguments: sequential loop, two K slots, one V slot.
 GLUON_VARIANT = {"overlap": False, "num_buffers": 2, "v_buffers": 1}
+# Full-tile plans at D = 128 whose 128-row tiles are grid boxes run on 128-row query tiles (two
+# warpgroups, two programs per SM at 128 registers): ``block_m`` asks the caller for that plan.
+# Blocked 4 x 8 x 8: 0.247-0.249 ms against 0.253-0.261 on 64-row tiles
+# (``benchmarks/results/tuning/2026-12-01-h200-gluon-forward-{4-128-rows,5-mask-hoist}.json``).
+GLUON_FULL_128 = {"overlap": False, "num_buffers": 2, "v_buffers": 1, "max_registers": 128,
+                  "block_m": 128}
 # Masked plans go to Gluon (at D = 128) when they list at most this many key tiles per query
 # tile on average.
 MAX_MASKED_TILES = 16
@@ -40,7 +46,8 @@ MAX_MASKED_TILES = 16
 def gluon_variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan) -> Optional[dict]:
     """The ``na_forward`` arguments to run this grid-order forward with (``q [B, S, H_q, D]``,
     ``k``, ``v`` ``[B, S, H_kv, D]``, plain softmax, no fold) in Gluon, or None for the Triton
-    kernel. Needs a Hopper GPU (Gluon's wgmma code is sm_90 only)."""
+    kernel. Needs a Hopper GPU (Gluon's wgmma code is sm_90 only). A ``block_m`` entry, not an
+    ``na_forward`` argument, asks for the plan at that many query rows per tile (same layout)."""
     if not GLUON_ENABLED or q.device.type != "cuda":
         return None
     if _major_capability(q.device.index) != 9:
@@ -53,4 +60,6 @@ def gluon_variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan) -> Op
             return None
         if plan.listed_pairs() > MAX_MASKED_TILES * plan.map_heads * plan.n_q_tiles:
             return None
+    elif q.shape[3] == 128 and grid_box(plan, 128) is not None:
+        return dict(GLUON_FULL_128)
     return dict(GLUON_VARIANT)

@@ -290,16 +290,26 @@ def na_allowed(windows, codes, NA_STATIC: tl.constexpr):
 
 
 @triton.jit
-def na_penalty(windows, codes, NA_STATIC: tl.constexpr):
+def na_penalty(windows, codes, NA_STATIC: tl.constexpr, LISTED: tl.constexpr = False):
     """The neighborhood mask of ``na_allowed`` as an additive logit penalty: 0 where allowed,
     -inf elsewhere, summed over the grid axes. Each axis term depends on a row and one axis code
     of a column, so it takes only as many selects per thread as there are distinct (row, code)
     pairs (the key tile of an aligned order is a grid box), and the mask costs one add per axis
-    per logit instead of a select per compare."""
+    per logit instead of a select per compare.
+
+    ``LISTED``: the (query tile, key tile) pair is one the plan lists (some pair of it is
+    allowed), as in the kernels' tile loops. Then axes 0 and 1 whose order-tile extent is 1 are
+    left out when both sides' kernel tiles lie inside one order tile (``NA_QUERY_ALIGNED`` and
+    ``NA_KEY_ALIGNED``): each tile has one code along such an axis, so its term is the same for
+    every pair of the tile, and zero on a listed one (the suite's 3-D order, 1 x 8 x 8 tiles,
+    drops axis 0). Axis 2 stays: rows past the sequence are masked through its codes."""
     AXES: tl.constexpr = NA_STATIC // NA_AXES_UNIT % 4
+    BOTH_ALIGNED: tl.constexpr = NA_STATIC % 4 == NA_QUERY_ALIGNED + NA_KEY_ALIGNED
+    UNIFORM1: tl.constexpr = LISTED and BOTH_ALIGNED and NA_STATIC // (NA_SHIFT_UNIT * 32) % 32 == 0
+    UNIFORM0: tl.constexpr = LISTED and BOTH_ALIGNED and NA_STATIC // (NA_SHIFT_UNIT * 1024) % 32 == 0
     pen = tl.where((codes[2] >= windows[4]) & (codes[2] < windows[5]), 0.0, float("-inf"))
-    if AXES >= 2:
+    if AXES >= 2 and not UNIFORM1:
         pen = pen + tl.where((codes[1] >= windows[2]) & (codes[1] < windows[3]), 0.0, float("-inf"))
-    if AXES >= 3:
+    if AXES >= 3 and not UNIFORM0:
         pen = pen + tl.where((codes[0] >= windows[0]) & (codes[0] < windows[1]), 0.0, float("-inf"))
     return pen

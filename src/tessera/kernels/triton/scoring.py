@@ -140,7 +140,7 @@ def score_tile(qk, q_row, q_pos, k_pos, q_local, k_local, S_Q, S_K,
         z2 = qk * qk_scale
         t = z2
     if MASKED and MASK_MODE == 4 and (NA_EXACT & NA_STATIC):
-        z2 = z2 + na_penalty(na_win, na_code, NA_STATIC)
+        z2 = z2 + na_penalty(na_win, na_code, NA_STATIC, True)
     elif MASKED:
         allowed = k_pos < S_K
         # MASK_MODE: 0 bounds only, 1 offset band, 2 packed bitmask, 3 per-tile bands,
@@ -155,7 +155,7 @@ def score_tile(qk, q_row, q_pos, k_pos, q_local, k_local, S_Q, S_K,
                 hit = hit | ((d >= tl.load(bits_base + 2 * i)) & (d <= tl.load(bits_base + 2 * i + 1)))
             allowed = allowed & hit
         if MASK_MODE == 4:
-            z2 = z2 + na_penalty(na_win, na_code, NA_STATIC)
+            z2 = z2 + na_penalty(na_win, na_code, NA_STATIC, True)
         if MASK_MODE == 2:
             words = tl.load(bits_base + q_local * NW + k_local // 32)
             allowed = allowed & (((words >> (k_local % 32)) & 1) != 0)
