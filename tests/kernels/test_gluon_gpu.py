@@ -75,7 +75,8 @@ def test_gluon_forward_against_float64(op, grid, kernel, stride, dim, dtype, ove
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
-@pytest.mark.parametrize("buffers, v_buffers, max_registers", [(1, 1, None), (2, 1, 128), (2, 1, None)])
+@pytest.mark.parametrize("buffers, v_buffers, max_registers", [(1, 1, None), (2, 1, 128), (2, 1, None),
+                                                              (2, 2, 128), (3, 2, 128)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("dim", [128, 64])
 def test_gluon_forward_on_128_row_tiles_against_float64(dim, dtype, buffers, v_buffers, max_registers):
