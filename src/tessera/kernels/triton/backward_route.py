@@ -8,6 +8,14 @@ k17 0.465 -> 0.363, 3-D 5x13x13 3.47 -> 2.94, blocked 4x8x8 0.554 -> 0.465; D = 
 0.280, 2.43 -> 2.25 (three slots; two: 2.31), 0.385 -> 0.345. The Gluon kernel wins on every
 shape in its scope (grid-order plans whose 64-token tiles are grid boxes, 16-bit, D in {64,
 128}, plain softmax), on Hopper, so the route takes all of it.
+
+dq measured the same way (``gpu_gluon_backward.py``,
+``results/tuning/2026-12-01-h200-gluon-backward-1.json``), Triton -> Gluon with two K and two V
+slots: D = 128 2-D k17 0.297 -> 0.257, blocked 0.447 -> 0.284, but 3-D 5x13x13 2.00 -> 2.12;
+D = 64 0.182 -> 0.171, 0.215 -> 0.157 (blocked D = 64 runs 128-row dq tiles, outside the
+scope), 3-D 1.26 -> 1.54. So Gluon takes dq where the forward route takes the forward: full
+tiles, or at most ``forward_route.MAX_MASKED_TILES`` listed key tiles per query tile (2-D k17
+lists 9, 3-D 5x13x13 35.6).
 """
 
 from __future__ import annotations
@@ -15,15 +23,16 @@ from __future__ import annotations
 import torch
 
 from .flash_fwd import _major_capability
+from .forward_route import MAX_MASKED_TILES
+from .masks import MASK_NEIGHBORHOOD
 
 # On: the backward runs na_dkdv wherever ``gluon_dkdv`` holds (off for A/B timing through
 # ``tessera.bench.switches``).
 GLUON_DKDV_ENABLED = True
-# On: the backward runs na_dq wherever ``gluon_dq`` holds. Off until ``bash
-# benchmarks/gpu_run.sh gluon-backward`` has timed it against the Triton dq kernel.
-GLUON_DQ_ENABLED = False
-# na_dq's K and V ring slots (and register cap) where it runs.
-DQ_VARIANT = dict(num_buffers=1, v_buffers=1)
+# On: the backward runs na_dq wherever ``gluon_dq`` holds (off for A/B timing).
+GLUON_DQ_ENABLED = True
+# na_dq's K and V ring slots where it runs.
+DQ_VARIANT = dict(num_buffers=2, v_buffers=2)
 
 
 def dkdv_buffers(dim: int) -> int:
@@ -51,5 +60,8 @@ def gluon_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tens
 def gluon_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, plan) -> bool:
     """Whether this grid-order backward (plain softmax, no fold: the caller checks) takes its dq
     from ``na_dq`` (which reads delta: the caller computes it first): the switch, a Hopper GPU,
-    64 x 64 tiles and ``na_dq``'s scope."""
-    return GLUON_DQ_ENABLED and _in_scope(q, k, v, do, plan)
+    64 x 64 tiles, ``na_dq``'s scope, and full tiles or few listed key tiles per query tile."""
+    if not (GLUON_DQ_ENABLED and _in_scope(q, k, v, do, plan)):
+        return False
+    return (plan.mask_mode != MASK_NEIGHBORHOOD
+            or plan.listed_pairs() <= MAX_MASKED_TILES * plan.map_heads * plan.n_q_tiles)
