@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import torch
 
-from .flash_fwd import _major_capability
+from .flash_fwd import _major_capability, bulk_aligned
 from .forward_route import MAX_MASKED_TILES
 from .masks import MASK_NEIGHBORHOOD
 
-# On: the backward runs na_dkdv wherever ``gluon_dkdv`` holds (off for A/B timing through
+# On: the backward runs na_dkdv wherever ``routes`` allows it (off for A/B timing through
 # ``tessera.bench.switches``).
 GLUON_DKDV_ENABLED = True
-# On: the backward runs na_dq wherever ``gluon_dq`` holds (off for A/B timing).
+# On: the backward runs na_dq wherever ``routes`` allows it (off for A/B timing).
 GLUON_DQ_ENABLED = True
 # na_dq's K and V ring slots where it runs.
 DQ_VARIANT = dict(num_buffers=2, v_buffers=2)
@@ -42,26 +42,28 @@ def dkdv_buffers(dim: int) -> int:
 
 
 def _in_scope(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, plan) -> bool:
-    """A Hopper GPU, 64 x 64 tiles and the Gluon kernels' scope (``na_forward.supports``)."""
+    """A Hopper GPU, 64 x 64 tiles and the Gluon kernels' scope: ``na_forward.supports`` for q,
+    k, v, and do laid out as q (what ``supports(do, k, v, plan)`` then finds, at one check's
+    host cost)."""
     if q.device.type != "cuda":
         return False
     if _major_capability(q.device.index) != 9 or plan.block_m != 64:
         return False
     from ..gluon import na_forward
-    return na_forward.supports(q, k, v, plan) and na_forward.supports(do, k, v, plan)
+    return (do.dtype == q.dtype and do.shape == q.shape and do.stride() == q.stride()
+            and bulk_aligned(do) and na_forward.supports(q, k, v, plan))
 
 
-def gluon_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, plan) -> bool:
-    """Whether this grid-order backward (plain softmax, no fold: the caller checks) takes its dk
-    and dv from ``na_dkdv``: the switch, a Hopper GPU, 64 x 64 tiles and ``na_dkdv``'s scope."""
-    return GLUON_DKDV_ENABLED and _in_scope(q, k, v, do, plan)
-
-
-def gluon_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, plan) -> bool:
-    """Whether this grid-order backward (plain softmax, no fold: the caller checks) takes its dq
-    from ``na_dq`` (which reads delta: the caller computes it first): the switch, a Hopper GPU,
-    64 x 64 tiles, ``na_dq``'s scope, and full tiles or few listed key tiles per query tile."""
-    if not (GLUON_DQ_ENABLED and _in_scope(q, k, v, do, plan)):
-        return False
-    return (plan.mask_mode != MASK_NEIGHBORHOOD
-            or plan.listed_pairs() <= MAX_MASKED_TILES * plan.map_heads * plan.n_q_tiles)
+def routes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, dq_plan,
+           dkdv_plan) -> tuple[bool, bool]:
+    """``(dq from na_dq, dk and dv from na_dkdv)`` for this grid-order backward (plain softmax, no
+    fold: the caller checks) over ``dq_plan`` and ``dkdv_plan``. Each needs its switch, a Hopper
+    GPU, 64 x 64 tiles and the kernels' scope; dq also full tiles or at most
+    ``forward_route.MAX_MASKED_TILES`` listed key tiles per query tile (``na_dq`` reads delta:
+    the caller computes it first). Both kernels then run with ``scope_checked``."""
+    dkdv = GLUON_DKDV_ENABLED and _in_scope(q, k, v, do, dkdv_plan)
+    dq = GLUON_DQ_ENABLED and (dkdv if dq_plan is dkdv_plan and GLUON_DKDV_ENABLED
+                               else _in_scope(q, k, v, do, dq_plan))
+    if dq and dq_plan.mask_mode == MASK_NEIGHBORHOOD:
+        dq = dq_plan.listed_pairs() <= MAX_MASKED_TILES * dq_plan.map_heads * dq_plan.n_q_tiles
+    return dq, dkdv
