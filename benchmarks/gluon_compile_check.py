@@ -1,7 +1,7 @@
-"""Compile the Gluon tiled-neighborhood kernels (``tessera.kernels.gluon.na_forward``, ``na_dkdv``)
+"""Compile the Gluon tiled-neighborhood kernels (``tessera.kernels.gluon.na_forward``, ``na_dq``, ``na_dkdv``)
 for Hopper (sm_90) without a GPU, on the N-D suite's shapes, and print shared memory, registers and spills.
 
-    python benchmarks/gluon_compile_check.py [--kernel fwd|dkdv] [--num-buffers 3] [--dim 128] [--no-overlap]
+    python benchmarks/gluon_compile_check.py [--kernel fwd|dq|dkdv] [--num-buffers 3] [--dim 128] [--no-overlap]
         [--specialized] [--v-buffers N]
         [--max-registers N] [--block-m 64|128] [--cases NAME ...] [--dump FILE] [--ptx FILE]
 
@@ -20,7 +20,7 @@ from triton.experimental.gluon import _runtime
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from tessera.bench.hopper_compile import resources, sass
-from tessera.kernels.gluon import na_dkdv
+from tessera.kernels.gluon import na_dkdv, na_dq
 from tessera.kernels.gluon import na_forward as gluon_forward
 from tessera.kernels.triton import masks
 from tessera.natten import _auto_layout
@@ -61,8 +61,9 @@ def _signature(fn, args, kwargs):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kernel", choices=("fwd", "dkdv"), default="fwd",
-                        help="na_forward, or na_dkdv (--num-buffers: its q/dO slots)")
+    parser.add_argument("--kernel", choices=("fwd", "dq", "dkdv"), default="fwd",
+                        help="na_forward, na_dq (--num-buffers, --v-buffers: its K and V slots) or "
+                             "na_dkdv (--num-buffers: its q/dO slots)")
     parser.add_argument("--num-buffers", type=int, default=3)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--no-overlap", action="store_true")
@@ -86,7 +87,7 @@ def main() -> None:
         plan = masks.get_plan(pattern, seq, seq, args.block_m, 64, 2, cpu)
         q, k, v = (torch.empty(1, seq, 2, args.dim, dtype=torch.bfloat16) for _ in range(3))
         captured = []
-        jit_fn = na_dkdv._na_dkdv if args.kernel == "dkdv" else gluon_forward._na_fwd
+        jit_fn = {"dkdv": na_dkdv._na_dkdv, "dq": na_dq._na_dq}.get(args.kernel, gluon_forward._na_fwd)
         original = type(jit_fn).__getitem__
         type(jit_fn).__getitem__ = lambda fn, launch_grid: (lambda *a, **kw: captured.append((a, kw)))
         try:
@@ -94,6 +95,11 @@ def main() -> None:
                 stats = torch.empty(1, 2, seq, dtype=torch.float32)
                 na_dkdv.na_dkdv(q, k, v, torch.empty_like(q), stats, stats, plan,
                                 scale=args.dim ** -0.5, num_buffers=args.num_buffers)
+            elif args.kernel == "dq":
+                stats = torch.empty(1, 2, seq, dtype=torch.float32)
+                na_dq.na_dq(q, k, v, torch.empty_like(q), stats, stats, plan, scale=args.dim ** -0.5,
+                            num_buffers=args.num_buffers, v_buffers=args.v_buffers or 1,
+                            max_registers=args.max_registers)
             else:
                 gluon_forward.na_forward(q, k, v, plan, scale=args.dim ** -0.5,
                                          num_buffers=args.num_buffers, overlap=not args.no_overlap,
@@ -108,7 +114,9 @@ def main() -> None:
         regs, stack = resources(compiled)
         variant = (f"overlap={not args.no_overlap} specialized={args.specialized} "
                    f"v_buffers={args.v_buffers} max_registers={args.max_registers} "
-                   if args.kernel == "fwd" else "")
+                   if args.kernel == "fwd" else
+                   f"v_buffers={args.v_buffers or 1} max_registers={args.max_registers} "
+                   if args.kernel == "dq" else "")
         print(f"{args.kernel} {name} D={args.dim} buffers={args.num_buffers} {variant}: shared "
               f"{compiled.metadata.shared} B, registers {regs}, stack {stack} B")
         if args.ptx:

@@ -35,7 +35,10 @@ CASES = {"2-D 128x128 k17": ((128, 128), (17, 17), 1),
 # Variants on 128-row query tiles (two warpgroups; plans whose 128-row tiles are grid boxes).
 GLUON_128 = [dict(overlap=False, num_buffers=1, v_buffers=1),
              dict(overlap=False, num_buffers=2, v_buffers=1, max_registers=128),
-             dict(overlap=False, num_buffers=2, v_buffers=1)]
+             dict(overlap=False, num_buffers=2, v_buffers=1),
+             dict(overlap=False, num_buffers=1, v_buffers=1, max_registers=128),
+             dict(overlap=False, num_buffers=2, v_buffers=2, max_registers=128),
+             dict(overlap=False, num_buffers=3, v_buffers=2, max_registers=128)]
 GLUON = [dict(overlap=False, num_buffers=3), dict(overlap=False, num_buffers=2, v_buffers=1),
          dict(overlap=False, num_buffers=1, v_buffers=1), dict(overlap=False, num_buffers=3, v_buffers=1),
          dict(overlap=False, num_buffers=4, v_buffers=2), dict(overlap=True, num_buffers=3, specialized=True)]

@@ -5,7 +5,7 @@
 #                              [natten-reorder] [natten-profile] [natten-configs] [host-overhead] [host-breakdown] [linear] [tests-linear] [linear-final] [linear-accept]
 #                              [linear-profile] [state-sweep] [state-ab] [linear-host] [linear-delta] [candidates] [kernel-next]
 #                              [launch-cost] [blocked-dense] [fp32-ab] [fp32-bisect] [step-jitter] [autograd-floor]
-#                              [backward-profile] [gluon-forward] [gluon-dkdv] [route-host]
+#                              [backward-profile] [gluon-forward] [gluon-backward] [route-host]
 #   (linear, linear-final, linear-accept, linear-profile, linear-delta: carry .whl for fla)
 #   (default: tests attention natten linear; NATTEN_ARGS: extra arguments of benchmarks/natten.py)
 # Triton's cache (compiled kernels, and fla's autotuning timings through Triton's `cache_results`) is
@@ -92,12 +92,14 @@ for step in $steps; do
       timeout 300 python3 -m pytest -m gpu -q -rA -p no:cacheprovider tests/kernels/test_gluon_gpu.py \
         ${GLUON_TESTS:+-k "$GLUON_TESTS"} 2>&1 | tee "$OUT/gpu-tests-gluon.log" || status=1
       timeout 200 python3 benchmarks/gpu_gluon_forward.py --out "$OUT" ${GLUON_BENCH_ARGS:-} 2>&1 | tee "$OUT/gluon-forward.log" || status=1 ;;
-    gluon-dkdv)
-      # The Gluon dk/dv kernel: its float64 GPU tests, then its kernel time against the Triton
-      # dk/dv on the suite's shapes (benchmarks/gpu_gluon_dkdv.py; GLUON_BENCH_ARGS as above).
+    gluon-backward)
+      # The Gluon dq and dk/dv kernels: their float64 GPU tests (and the backward route's), then
+      # their kernel times against the Triton dq and dk/dv on the suite's shapes
+      # (benchmarks/gpu_gluon_backward.py; GLUON_BACKWARD_ARGS: e.g. "--kernels dq --dims 128").
       timeout 300 python3 -m pytest -m gpu -q -rA -p no:cacheprovider tests/kernels/test_gluon_gpu.py \
-        -k dkdv 2>&1 | tee "$OUT/gpu-tests-gluon-dkdv.log" || status=1
-      timeout 200 python3 benchmarks/gpu_gluon_dkdv.py --out "$OUT" ${GLUON_BENCH_ARGS:-} 2>&1 | tee "$OUT/gluon-dkdv.log" || status=1 ;;
+        -k "dq or dkdv or backward_route" 2>&1 | tee "$OUT/gpu-tests-gluon-backward.log" || status=1
+      timeout 240 python3 benchmarks/gpu_gluon_backward.py --out "$OUT" ${GLUON_BACKWARD_ARGS:-} 2>&1 \
+        | tee "$OUT/gluon-backward.log" || status=1 ;;
     natten-configs)
       # Forward, dq and dk/dv kernel configurations on the N-D neighborhoods in grid order
       # (NATTEN_SWEEP_CASES: gpu_config_sweep.py case names; NATTEN_SWEEP_ARGS: e.g. --small).
@@ -174,7 +176,7 @@ for step in $steps; do
     kernel-next) bash benchmarks/gpu_kernel_next.sh 2>&1 | tee "$OUT/kernel-next.log" || status=1 ;;
     linear) timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/linear.py --out "$OUT" ${LINEAR_BENCH_ARGS:-} \
               2>&1 | tee "$OUT/linear.log" || status=1 ;;
-    *) echo "unknown step $step (tests, tests-quick, tests-args, tests-layers, streams-ab, schedule-ab, attention, natten, natten-reorder, natten-profile, natten-configs, host-overhead, host-breakdown, linear, tests-linear, linear-final, linear-accept, linear-profile, state-sweep, state-ab, linear-host, linear-delta, candidates, kernel-next, launch-cost, blocked-dense, fp32-ab, fp32-bisect, step-jitter, gluon-forward, gluon-dkdv, route-host)"; status=2 ;;
+    *) echo "unknown step $step (tests, tests-quick, tests-args, tests-layers, streams-ab, schedule-ab, attention, natten, natten-reorder, natten-profile, natten-configs, host-overhead, host-breakdown, linear, tests-linear, linear-final, linear-accept, linear-profile, state-sweep, state-ab, linear-host, linear-delta, candidates, kernel-next, launch-cost, blocked-dense, fp32-ab, fp32-bisect, step-jitter, gluon-forward, gluon-backward, route-host)"; status=2 ;;
   esac
 done
 exit $status

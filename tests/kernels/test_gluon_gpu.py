@@ -75,7 +75,8 @@ def test_gluon_forward_against_float64(op, grid, kernel, stride, dim, dtype, ove
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
-@pytest.mark.parametrize("buffers, v_buffers, max_registers", [(1, 1, None), (2, 1, 128), (2, 1, None)])
+@pytest.mark.parametrize("buffers, v_buffers, max_registers", [(1, 1, None), (2, 1, 128), (2, 1, None),
+                                                              (2, 2, 128), (3, 2, 128)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("dim", [128, 64])
 def test_gluon_forward_on_128_row_tiles_against_float64(dim, dtype, buffers, v_buffers, max_registers):
@@ -156,6 +157,57 @@ def test_gluon_dkdv_against_float64(op, grid, kernel, stride, dim, dtype, buffer
                       dtype)
 
 
+def test_dq_arguments_without_a_gpu():
+    from tessera.kernels.gluon.na_dq import na_dq
+    plan = _plan((32, 32), (7, 7), 2, torch.device("cpu"))
+    q = torch.empty(1, 1024, 2, 128, dtype=torch.bfloat16)
+    stats = torch.empty(1, 2, 1024)
+    with pytest.raises(ValueError, match="v_buffers"):
+        na_dq(q, q, q, q, stats, stats, plan, scale=0.1, num_buffers=1, v_buffers=2)
+    with pytest.raises(ValueError, match="scope"):
+        na_dq(q.float(), q.float(), q.float(), q.float(), stats, stats, plan, scale=0.1)
+    with pytest.raises(ValueError, match="lse"):
+        na_dq(q, q, q, q, stats[:, :1], stats, plan, scale=0.1)
+    with pytest.raises(ValueError, match="delta"):
+        na_dq(q, q, q, q, stats, stats.double(), plan, scale=0.1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
+@pytest.mark.parametrize("buffers, v_buffers, max_registers", [(1, 1, None), (2, 1, None), (2, 2, 168)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("op, grid, kernel, stride, dim", [
+    (na2d, (32, 48), (7, 9), 1, 128),
+    (na2d, (64, 64), (17, 17), 1, 64),
+    (na3d, (8, 16, 16), (3, 5, 5), 1, 128),
+    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128),     # blocked: full tiles only, no mask
+])
+def test_gluon_dq_against_float64(op, grid, kernel, stride, dim, dtype, buffers, v_buffers,
+                                  max_registers):
+    """``na_dq`` with the forward's lse and delta = rowsum(o * do) (GQA, B = 2) against the
+    float64 reference's dq: at most 3x the same-dtype reference's error, plus a floor."""
+    from tessera.kernels.gluon.na_dq import na_dq
+    from tessera.kernels.triton.row_dot import row_dot
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    batch, heads, kv_heads = 2, 4, 2
+    q, k, v, do = (torch.randn(batch, *grid, h, dim, device="cuda", dtype=dtype, generator=gen)
+                   for h in (heads, kv_heads, kv_heads, heads))
+    seq = q[0, ..., 0, 0].numel()
+    o, lse = op(q, k, v, kernel, stride=stride, backend="triton", return_lse=True)
+    flat = [t.reshape(batch, seq, t.shape[-2], dim) for t in (q, k, v, do, o)]
+    delta = row_dot(flat[4], flat[3])
+    plan = _plan(grid, kernel, heads, q.device, stride)
+    got = na_dq(*flat[:4], lse.reshape(batch, heads, seq).contiguous(), delta, plan,
+                scale=dim ** -0.5, num_buffers=buffers, v_buffers=v_buffers,
+                max_registers=max_registers)
+
+    def reference_grad(dt):
+        leaves = [t.detach().to(dt).requires_grad_() for t in (q, k, v)]
+        out = op(*leaves, kernel, stride=stride, backend="reference")
+        return [torch.autograd.grad(out, leaves[0], do.to(dt))[0].reshape(batch, seq, heads, dim)]
+    assert_error_rule(("dq",), [got], reference_grad(dtype), reference_grad(torch.float64), dtype)
+
+
 def test_forward_route_stays_on_triton_without_a_gpu():
     from tessera.kernels.triton import forward_route
     plan = _plan((32, 32), (7, 7), 2, torch.device("cpu"))
@@ -214,29 +266,35 @@ def test_forward_route_through_natten_against_float64(monkeypatch, op, grid, ker
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
 @pytest.mark.parametrize("op, grid, kernel, stride, dim, routed", [
-    (na2d, (48, 40), (13, 11), 1, 128, True),
-    (na2d, (64, 64), (17, 17), 1, 64, True),
-    (na3d, (8, 24, 24), (5, 13, 13), 1, 128, True),
-    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128, True),
-    # Full tiles at D = 64: the tuned dk/dv config has 64 x 128 tiles, outside na_dkdv's scope.
-    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 64, False),
+    (na2d, (48, 40), (13, 11), 1, 128, {"dq", "dkdv"}),     # 6.9 key tiles per query tile
+    (na2d, (64, 64), (17, 17), 1, 64, {"dq", "dkdv"}),
+    # 27.2 key tiles per query tile: over forward_route.MAX_MASKED_TILES, dq stays on Triton.
+    (na3d, (8, 24, 24), (5, 13, 13), 1, 128, {"dkdv"}),
+    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128, {"dq", "dkdv"}),
+    # Full tiles at D = 64: the tuned dq and dk/dv configs have 128-row and 128-key tiles.
+    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 64, set()),
 ])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_dkdv_route_through_natten_against_float64(monkeypatch, op, grid, kernel, stride, dim,
-                                                   routed, dtype):
-    """With ``backward_route.GLUON_DKDV_ENABLED``, na2d / na3d backward passes take dk and dv
-    from ``na_dkdv`` where its scope holds (a spy counts its launches), a repeat call equals the
+@pytest.mark.parametrize("gradient", ["dq", "dkdv", "both"])
+def test_backward_route_through_natten_against_float64(monkeypatch, op, grid, kernel, stride, dim,
+                                                       routed, dtype, gradient):
+    """With ``backward_route.GLUON_DQ_ENABLED`` and / or ``GLUON_DKDV_ENABLED`` (the other off),
+    na2d / na3d backward passes take dq from ``na_dq`` and dk, dv from ``na_dkdv`` where the
+    route sends them (``routed``; spies count launches per kernel), a repeat call equals the
     first, and forward and backward (GQA, B = 2) meet the float64 reference by the rule."""
     from tessera.kernels.gluon import na_dkdv as gluon_dkdv
+    from tessera.kernels.gluon import na_dq as gluon_dq
     from tessera.kernels.triton import backward_route
-    monkeypatch.setattr(backward_route, "GLUON_DKDV_ENABLED", True)
+    kernels = {"dq": (gluon_dq, "na_dq"), "dkdv": (gluon_dkdv, "na_dkdv")}
+    chosen = list(kernels) if gradient == "both" else [gradient]
+    monkeypatch.setattr(backward_route, "GLUON_DQ_ENABLED", "dq" in chosen)
+    monkeypatch.setattr(backward_route, "GLUON_DKDV_ENABLED", "dkdv" in chosen)
     launches = []
-    original = gluon_dkdv.na_dkdv
-
-    def spy(*args, **kwargs):
-        launches.append(1)
-        return original(*args, **kwargs)
-    monkeypatch.setattr(gluon_dkdv, "na_dkdv", spy)
+    for gradient_name, (module, name) in kernels.items():
+        def spy(*args, _original=getattr(module, name), _name=gradient_name, **kwargs):
+            launches.append(_name)
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(module, name, spy)
     gen = torch.Generator(device="cuda").manual_seed(0)
     shapes = [(2, *grid, 4, dim), (2, *grid, 2, dim), (2, *grid, 2, dim)]
     inputs = [torch.randn(shape, device="cuda", dtype=dtype, generator=gen) for shape in shapes]
@@ -249,7 +307,7 @@ def test_dkdv_route_through_natten_against_float64(monkeypatch, op, grid, kernel
 
     first = run(dtype, "triton")
     got = run(dtype, "triton")
-    assert len(launches) == (2 if routed else 0)
+    assert sorted(launches) == sorted(2 * [name for name in chosen if name in routed])
     for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), first, got):
         assert torch.equal(a, b), f"{name}: a repeat call differs from the first"
     assert_error_rule(("o", "lse", "dq", "dk", "dv"), got, run(dtype, "reference"),

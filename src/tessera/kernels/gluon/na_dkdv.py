@@ -19,7 +19,7 @@ spill at D = 128); here they stay in shared memory.
 
 Compiled for sm_90 without a GPU by ``benchmarks/gluon_compile_check.py --kernel dkdv``; its
 float64 check is ``tests/kernels/test_gluon_gpu.py::test_gluon_dkdv_against_float64``; the
-backward takes dk and dv from it where ``backward_route.gluon_dkdv`` holds.
+backward takes dk and dv from it where ``backward_route.routes`` sends them.
 """
 
 from __future__ import annotations
@@ -160,16 +160,19 @@ _LAUNCH = Launcher(_na_dkdv)
 def na_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, lse: torch.Tensor,
             delta: torch.Tensor, plan, *, scale: float, num_buffers: int = 2,
             dk: torch.Tensor | None = None,
-            dv: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            dv: torch.Tensor | None = None,
+            scope_checked: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(dk, dv)``, like ``k`` and ``v`` ``[B, S, H_kv, D]``, of softmax attention over ``plan``
     for grid-order ``q``, ``do`` ``[B, S, H_q, D]``, ``k``, ``v``, with the forward's ``lse`` and
     ``delta = rowsum(o * do)`` (float32 ``[B, H_q, S]``, contiguous); ``supports(q, k, v, plan)``
     and ``supports(do, k, v, plan)`` must hold. ``num_buffers``: q/dO ring slots (at least 2);
-    ``dk``, ``dv``: where to write (contiguous, like ``k`` and ``v``), else new tensors. Launched
-    on the current stream."""
+    ``dk``, ``dv``: where to write (contiguous, like ``k`` and ``v``), else new tensors;
+    ``scope_checked``: the caller has found both ``supports`` true (``backward_route`` does).
+    Launched on the current stream."""
     if num_buffers < 2:
         raise ValueError(f"na_dkdv: num_buffers must be at least 2, got {num_buffers}")
-    if plan.block_m != 64 or not supports(q, k, v, plan) or not supports(do, k, v, plan):
+    if plan.block_m != 64 or not (scope_checked or (supports(q, k, v, plan)
+                                                     and supports(do, k, v, plan))):
         raise ValueError("na_dkdv: this call is outside the Gluon kernels' scope (see "
                          "na_forward.supports; 64 x 64 tiles)")
     batch, seq, heads, dim = q.shape

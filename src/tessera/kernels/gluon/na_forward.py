@@ -402,8 +402,8 @@ def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan) -> bool:
 
 def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale: float,
                num_buffers: int = 3, overlap: bool = True, specialized: bool = False,
-               v_buffers: int | None = None,
-               max_registers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               v_buffers: int | None = None, max_registers: int | None = None,
+               scope_checked: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(o [B, S, H_q, D], lse float32 [B, H_q, S])`` of softmax attention over ``plan`` (a
     tiled neighborhood's plan at 64 x 64 or 128 x 64 tiles) for grid-order ``q [B, S, H_q, D]``,
     ``k``, ``v`` ``[B, S, H_kv, D]``; ``supports`` must hold. ``num_buffers``: K/V ring slots (3 or more with
@@ -412,7 +412,8 @@ def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale
     QK^T and P @ V run under a neighbouring tile's softmax; ``specialized``: a producer warp
     fills the ring (warp specialization, with ``overlap``; launched at 128 registers);
     ``max_registers``: a register cap per thread for the other variants (fewer registers, more
-    programs per SM)."""
+    programs per SM); ``scope_checked``: the caller has found ``supports`` true for these
+    tensors and plan (the routes do), so it is not evaluated again."""
     if specialized and not overlap:
         raise ValueError("na_forward: specialized=True needs overlap=True")
     if num_buffers < (3 if overlap else 1):
@@ -429,7 +430,7 @@ def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale
     if max_registers is not None and specialized:
         raise ValueError("na_forward: max_registers is for variants without specialized (which "
                          "runs at 128)")
-    if not supports(q, k, v, plan):
+    if not scope_checked and not supports(q, k, v, plan):
         raise ValueError("na_forward: this call is outside the Gluon forward's scope (see supports)")
     batch, seq, heads, dim = q.shape
     o = torch.empty_like(q)

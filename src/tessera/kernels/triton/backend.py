@@ -272,7 +272,9 @@ def _forward(spec: _Spec, q, k, v, sinks, slopes, bias, u, w, table):
             if rows != plan.block_m:
                 plan = get_plan(spec.pattern, *_lengths(spec, q, k), rows, plan.block_n, q.shape[2],
                                 q.device, spec.pattern_key)
-            return na_forward(q, k, v, plan, scale=spec.scale, **gluon)
+            # In na_forward's scope: the route checked it, and a 128-row plan of the same
+            # layout whose 128-row tiles are grid boxes (what the route asks for) is in it too.
+            return na_forward(q, k, v, plan, scale=spec.scale, scope_checked=True, **gluon)
         try:
             return flash_fwd.forward(q, k, v, plan, scale=spec.scale,
                                      config=config, softcap=spec.softcap, sinks=sinks,

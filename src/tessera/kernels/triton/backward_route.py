@@ -1,24 +1,38 @@
-"""Which kernel computes dk and dv: the Gluon tiled-neighborhood kernel
-(``tessera.kernels.gluon.na_dkdv``) where it is measured faster than the Triton dk/dv kernel, the
-Triton kernel everywhere else.
+"""Which kernels compute dq and dk/dv: the Gluon tiled-neighborhood kernels
+(``tessera.kernels.gluon.na_dq``, ``na_dkdv``) where they are measured faster than the Triton
+ones, the Triton kernels everywhere else.
 
-Measured on an H200 (``bash benchmarks/gpu_run.sh gluon-dkdv``,
+dk/dv measured on an H200 (``benchmarks/gpu_gluon_dkdv.py``, now ``gpu_gluon_backward.py``,
 ``results/tuning/2026-12-01-h200-gluon-dkdv-1.json``, kernel ms, Triton -> Gluon): D = 128 2-D
 k17 0.465 -> 0.363, 3-D 5x13x13 3.47 -> 2.94, blocked 4x8x8 0.554 -> 0.465; D = 64 0.305 ->
 0.280, 2.43 -> 2.25 (three slots; two: 2.31), 0.385 -> 0.345. The Gluon kernel wins on every
 shape in its scope (grid-order plans whose 64-token tiles are grid boxes, 16-bit, D in {64,
 128}, plain softmax), on Hopper, so the route takes all of it.
+
+dq measured the same way (``gpu_gluon_backward.py``,
+``results/tuning/2026-12-01-h200-gluon-backward-1.json``), Triton -> Gluon with two K and two V
+slots: D = 128 2-D k17 0.297 -> 0.257, blocked 0.447 -> 0.284, but 3-D 5x13x13 2.00 -> 2.12;
+D = 64 0.182 -> 0.171, 0.215 -> 0.157 (blocked D = 64 runs 128-row dq tiles, outside the
+scope), 3-D 1.26 -> 1.54. So Gluon takes dq where the forward route takes the forward: full
+tiles, or at most ``forward_route.MAX_MASKED_TILES`` listed key tiles per query tile (2-D k17
+lists 9, 3-D 5x13x13 35.6).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .flash_fwd import _major_capability
+from .flash_fwd import _major_capability, bulk_aligned
+from .forward_route import MAX_MASKED_TILES
+from .masks import MASK_NEIGHBORHOOD
 
-# On: the backward runs na_dkdv wherever ``gluon_dkdv`` holds (off for A/B timing through
+# On: the backward runs na_dkdv wherever ``routes`` allows it (off for A/B timing through
 # ``tessera.bench.switches``).
 GLUON_DKDV_ENABLED = True
+# On: the backward runs na_dq wherever ``routes`` allows it (off for A/B timing).
+GLUON_DQ_ENABLED = True
+# na_dq's K and V ring slots where it runs.
+DQ_VARIANT = dict(num_buffers=2, v_buffers=2)
 
 
 def dkdv_buffers(dim: int) -> int:
@@ -27,12 +41,29 @@ def dkdv_buffers(dim: int) -> int:
     return 2 if dim > 64 else 3
 
 
-def gluon_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, plan) -> bool:
-    """Whether this grid-order backward (plain softmax, no fold: the caller checks) takes its dk
-    and dv from ``na_dkdv``: the switch, a Hopper GPU, 64 x 64 tiles and ``na_dkdv``'s scope."""
-    if not GLUON_DKDV_ENABLED or q.device.type != "cuda":
+def _in_scope(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, plan) -> bool:
+    """A Hopper GPU, 64 x 64 tiles and the Gluon kernels' scope: ``na_forward.supports`` for q,
+    k, v, and do laid out as q (what ``supports(do, k, v, plan)`` then finds, at one check's
+    host cost)."""
+    if q.device.type != "cuda":
         return False
     if _major_capability(q.device.index) != 9 or plan.block_m != 64:
         return False
     from ..gluon import na_forward
-    return na_forward.supports(q, k, v, plan) and na_forward.supports(do, k, v, plan)
+    return (do.dtype == q.dtype and do.shape == q.shape and do.stride() == q.stride()
+            and bulk_aligned(do) and na_forward.supports(q, k, v, plan))
+
+
+def routes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, dq_plan,
+           dkdv_plan) -> tuple[bool, bool]:
+    """``(dq from na_dq, dk and dv from na_dkdv)`` for this grid-order backward (plain softmax, no
+    fold: the caller checks) over ``dq_plan`` and ``dkdv_plan``. Each needs its switch, a Hopper
+    GPU, 64 x 64 tiles and the kernels' scope; dq also full tiles or at most
+    ``forward_route.MAX_MASKED_TILES`` listed key tiles per query tile (``na_dq`` reads delta:
+    the caller computes it first). Both kernels then run with ``scope_checked``."""
+    dkdv = GLUON_DKDV_ENABLED and _in_scope(q, k, v, do, dkdv_plan)
+    dq = GLUON_DQ_ENABLED and (dkdv if dq_plan is dkdv_plan and GLUON_DKDV_ENABLED
+                               else _in_scope(q, k, v, do, dq_plan))
+    if dq and dq_plan.mask_mode == MASK_NEIGHBORHOOD:
+        dq = dq_plan.listed_pairs() <= MAX_MASKED_TILES * dq_plan.map_heads * dq_plan.n_q_tiles
+    return dq, dkdv

@@ -527,8 +527,13 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
     sigmoid = sigmoid_bias is not None
     device = q.device
     overlap = streams.possible(device) and overlap_pays(dq_plan, batch * groups, heads, dim + dim_v)
-    # On one stream dq runs first and writes delta itself (DELTA_IN_DQ) before dk/dv reads it.
-    delta_in_dq = DELTA_IN_DQ_ENABLED and not (sigmoid or overlap)
+    plain = (grid_order and fold is None and not sigmoid and softcap is None and slopes is None
+             and bias is None and low_rank is None and rel_pos is None)
+    gluon_dq, gluon_dkdv = (backward_route.routes(q, k, v, do, dq_plan, dkdv_plan) if plain
+                            else (False, False))
+    # On one stream the Triton dq runs first and writes delta itself (DELTA_IN_DQ) before dk/dv
+    # reads it; the Gluon dq reads it.
+    delta_in_dq = DELTA_IN_DQ_ENABLED and not (sigmoid or overlap or gluon_dq)
     if sigmoid:
         delta = torch.zeros(1, dtype=torch.float32, device=device)
         lse = delta
@@ -593,16 +598,14 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
                    table_args[0])
     input_strides = tuple(t.stride(i) for t in (q, k, v, do) for i in range(3))
 
-    plain = (grid_order and fold is None and not sigmoid and softcap is None and slopes is None
-             and bias is None and low_rank is None and rel_pos is None)
-    gluon_dkdv = plain and backward_route.gluon_dkdv(q, k, v, do, dkdv_plan)
 
     def run_dkdv(stream):
         if gluon_dkdv:
             from ..gluon.na_dkdv import na_dkdv
             with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
                 na_dkdv(q, k, v, do, lse, delta, dkdv_plan, scale=scale,
-                        num_buffers=backward_route.dkdv_buffers(dim), dk=dk, dv=dv)
+                        num_buffers=backward_route.dkdv_buffers(dim), dk=dk, dv=dv,
+                        scope_checked=True)
             return
         launch_dkdv(
             q, k, v, do, q_desc, do_desc, lse, delta, dk, dv, dk_desc, dv_desc,
@@ -624,6 +627,11 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
         )
 
     def run_dq():
+        if gluon_dq:
+            from ..gluon.na_dq import na_dq
+            na_dq(q, k, v, do, lse, delta, dq_plan, scale=scale, dq=dq, scope_checked=True,
+                  **backward_route.DQ_VARIANT)
+            return
         launch_dq(
             q, k, v, do, o, k_desc, v_desc, lse, delta, dq, dq_desc,
             dbias if dbias is not None else dummy,

@@ -35,8 +35,10 @@ GLUON_VARIANT = {"overlap": False, "num_buffers": 2, "v_buffers": 1}
 # Full-tile plans at D = 128 whose 128-row tiles are grid boxes run on 128-row query tiles (two
 # warpgroups, two programs per SM at 128 registers): ``block_m`` asks the caller for that plan.
 # Blocked 4 x 8 x 8: 0.247-0.249 ms against 0.253-0.261 on 64-row tiles
-# (``benchmarks/results/tuning/2026-12-01-h200-gluon-forward-{4-128-rows,5-mask-hoist}.json``).
-GLUON_FULL_128 = {"overlap": False, "num_buffers": 2, "v_buffers": 1, "max_registers": 128,
+# (``benchmarks/results/tuning/2026-12-01-h200-gluon-forward-{4-128-rows,5-mask-hoist}.json``);
+# two V slots: 0.250 against 0.261 for one in the same run (three K slots 0.249,
+# ``-gluon-forward-7-blocked-128.json``).
+GLUON_FULL_128 = {"overlap": False, "num_buffers": 2, "v_buffers": 2, "max_registers": 128,
                   "block_m": 128}
 # Masked plans go to Gluon (at D = 128) when they list at most this many key tiles per query
 # tile on average.
