@@ -132,9 +132,17 @@ def test_dkdv_arguments_without_a_gpu():
     (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128),     # blocked: full tiles only, no mask
 ])
 def test_gluon_dkdv_against_float64(op, grid, kernel, stride, dim, dtype, buffers):
-    """``na_dkdv`` with the forward's lse and delta = rowsum(o * do) (GQA, B = 2) against the
-    float64 reference's dk and dv: at most 3x the same-dtype reference's error, plus a floor."""
+    """``na_dkdv`` against the float64 reference's dk and dv (``_check_gradients``)."""
     from tessera.kernels.gluon.na_dkdv import na_dkdv
+    _check_gradients(lambda *args, scale: na_dkdv(*args, scale=scale, num_buffers=buffers),
+                     ("dk", "dv"), op, grid, kernel, stride, dim, dtype)
+
+
+def _check_gradients(run_kernel, names, op, grid, kernel, stride, dim, dtype):
+    """``run_kernel(q, k, v, do, lse, delta, plan, scale=...)`` (grid-order ``[B, S, H, D]``
+    tensors, the forward's lse, delta = rowsum(o * do), the 64 x 64 plan; GQA, B = 2) returns the
+    gradients ``names`` (of dq, dk, dv), each within 3x the same-dtype reference's error of the
+    float64 reference's, plus a floor."""
     from tessera.kernels.triton.row_dot import row_dot
     gen = torch.Generator(device="cuda").manual_seed(0)
     batch, heads, kv_heads = 2, 4, 2
@@ -143,18 +151,16 @@ def test_gluon_dkdv_against_float64(op, grid, kernel, stride, dim, dtype, buffer
     seq = q[0, ..., 0, 0].numel()
     o, lse = op(q, k, v, kernel, stride=stride, backend="triton", return_lse=True)
     flat = [t.reshape(batch, seq, t.shape[-2], dim) for t in (q, k, v, do, o)]
-    delta = row_dot(flat[4], flat[3])
-    plan = _plan(grid, kernel, heads, q.device, stride)
-    got = na_dkdv(*flat[:4], lse.reshape(batch, heads, seq).contiguous(), delta, plan,
-                  scale=dim ** -0.5, num_buffers=buffers)
+    got = run_kernel(*flat[:4], lse.reshape(batch, heads, seq).contiguous(),
+                     row_dot(flat[4], flat[3]), _plan(grid, kernel, heads, q.device, stride),
+                     scale=dim ** -0.5)
 
     def reference_grads(dt):
         leaves = [t.detach().to(dt).requires_grad_() for t in (q, k, v)]
         out = op(*leaves, kernel, stride=stride, backend="reference")
-        return [g.reshape(batch, seq, kv_heads, dim)
-                for g in torch.autograd.grad(out, leaves[1:], do.to(dt))]
-    assert_error_rule(("dk", "dv"), got, reference_grads(dtype), reference_grads(torch.float64),
-                      dtype)
+        grads = dict(zip(("dq", "dk", "dv"), torch.autograd.grad(out, leaves, do.to(dt))))
+        return [grads[name].reshape(batch, seq, grads[name].shape[-2], dim) for name in names]
+    assert_error_rule(names, got, reference_grads(dtype), reference_grads(torch.float64), dtype)
 
 
 def test_dq_arguments_without_a_gpu():
@@ -184,28 +190,11 @@ def test_dq_arguments_without_a_gpu():
 ])
 def test_gluon_dq_against_float64(op, grid, kernel, stride, dim, dtype, buffers, v_buffers,
                                   max_registers):
-    """``na_dq`` with the forward's lse and delta = rowsum(o * do) (GQA, B = 2) against the
-    float64 reference's dq: at most 3x the same-dtype reference's error, plus a floor."""
+    """``na_dq`` against the float64 reference's dq (``_check_gradients``)."""
     from tessera.kernels.gluon.na_dq import na_dq
-    from tessera.kernels.triton.row_dot import row_dot
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    batch, heads, kv_heads = 2, 4, 2
-    q, k, v, do = (torch.randn(batch, *grid, h, dim, device="cuda", dtype=dtype, generator=gen)
-                   for h in (heads, kv_heads, kv_heads, heads))
-    seq = q[0, ..., 0, 0].numel()
-    o, lse = op(q, k, v, kernel, stride=stride, backend="triton", return_lse=True)
-    flat = [t.reshape(batch, seq, t.shape[-2], dim) for t in (q, k, v, do, o)]
-    delta = row_dot(flat[4], flat[3])
-    plan = _plan(grid, kernel, heads, q.device, stride)
-    got = na_dq(*flat[:4], lse.reshape(batch, heads, seq).contiguous(), delta, plan,
-                scale=dim ** -0.5, num_buffers=buffers, v_buffers=v_buffers,
-                max_registers=max_registers)
-
-    def reference_grad(dt):
-        leaves = [t.detach().to(dt).requires_grad_() for t in (q, k, v)]
-        out = op(*leaves, kernel, stride=stride, backend="reference")
-        return [torch.autograd.grad(out, leaves[0], do.to(dt))[0].reshape(batch, seq, heads, dim)]
-    assert_error_rule(("dq",), [got], reference_grad(dtype), reference_grad(torch.float64), dtype)
+    _check_gradients(lambda *args, scale: [na_dq(*args, scale=scale, num_buffers=buffers,
+                                                 v_buffers=v_buffers, max_registers=max_registers)],
+                     ("dq",), op, grid, kernel, stride, dim, dtype)
 
 
 def test_forward_route_stays_on_triton_without_a_gpu():
