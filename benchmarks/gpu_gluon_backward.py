@@ -23,15 +23,13 @@ import time
 
 import torch
 
-from gpu_gluon_forward import CASES
+from gpu_gluon_forward import CASES, case_plan
 from tessera.bench.timing import cuda_kernel_ms, warm_up_gpu
 from tessera.kernels.gluon.na_dkdv import na_dkdv
 from tessera.kernels.gluon.na_dq import na_dq
-from tessera.kernels.triton import backward_route, flash_bwd, flash_fwd, masks
+from tessera.kernels.triton import backward_route, flash_bwd, flash_fwd
 from tessera.kernels.triton.row_dot import row_dot
 from tessera.kernels.triton.tuning import KernelConfig
-from tessera.natten import _auto_layout
-from tessera.patterns import Neighborhood, Permuted
 
 # Gluon variants per kernel: keyword arguments of na_dq / na_dkdv.
 VARIANTS = {
@@ -68,12 +66,7 @@ def main() -> None:
     for name, (grid, kernel, stride) in CASES.items():
         if args.cases and not any(part in name for part in args.cases):
             continue
-        rule = Neighborhood(grid, kernel, stride=stride)
-        layout = _auto_layout(rule.grid, rule.kernel, rule.dilation, rule.stride, rule.causal)
-        seq = 1
-        for g in grid:
-            seq *= g
-        plan = masks.get_plan(Permuted(rule, layout), seq, seq, 64, 64, heads, device)
+        plan, seq = case_plan(grid, kernel, stride, heads, device)
         for dim in args.dims:
             q, k, v, do = (torch.randn(1, seq, heads, dim, device=device, dtype=torch.bfloat16)
                            for _ in range(4))

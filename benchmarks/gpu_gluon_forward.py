@@ -44,6 +44,17 @@ GLUON = [dict(overlap=False, num_buffers=3), dict(overlap=False, num_buffers=2, 
          dict(overlap=False, num_buffers=4, v_buffers=2), dict(overlap=True, num_buffers=3, specialized=True)]
 
 
+def case_plan(grid, kernel, stride, heads: int, device: torch.device, block_m: int = 64):
+    """``(plan, seq)``: the plan of ``Neighborhood(grid, kernel, stride)`` in the tiled order
+    ``tessera.natten`` picks, at ``block_m`` x 64 tiles, and the number of tokens."""
+    rule = Neighborhood(grid, kernel, stride=stride)
+    layout = _auto_layout(rule.grid, rule.kernel, rule.dilation, rule.stride, rule.causal)
+    seq = 1
+    for g in grid:
+        seq *= g
+    return masks.get_plan(Permuted(rule, layout), seq, seq, block_m, 64, heads, device), seq
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=".")
@@ -62,13 +73,8 @@ def main() -> None:
     for name, (grid, kernel, stride) in CASES.items():
         if args.cases and not any(part in name for part in args.cases):
             continue
-        rule = Neighborhood(grid, kernel, stride=stride)
-        layout = _auto_layout(rule.grid, rule.kernel, rule.dilation, rule.stride, rule.causal)
-        seq = 1
-        for g in grid:
-            seq *= g
-        plan = masks.get_plan(Permuted(rule, layout), seq, seq, 64, 64, heads, device)
-        plan_128 = masks.get_plan(Permuted(rule, layout), seq, seq, 128, 64, heads, device)
+        plan, seq = case_plan(grid, kernel, stride, heads, device)
+        plan_128, _ = case_plan(grid, kernel, stride, heads, device, block_m=128)
         for dim in args.dims:
             q, k, v = (torch.randn(1, seq, heads, dim, device=device, dtype=torch.bfloat16) for _ in range(3))
             scale = dim ** -0.5
