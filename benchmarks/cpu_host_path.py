@@ -1,19 +1,23 @@
-"""Host (Python) time of one na2d call on the Triton backend, with kernel launches stubbed out, on
-CPU tensors: the part of the host path this machine can measure without a GPU.
+"""Host (Python) time of one neighborhood call on the Triton backend, with kernel launches stubbed
+out, on CPU tensors: the part of the host path this machine can measure without a GPU.
 
-    OMP_NUM_THREADS=1 python benchmarks/cpu_host_path.py [--profile] [--dim 64]
+    OMP_NUM_THREADS=1 python benchmarks/cpu_host_path.py [--profile] [--dim 64] [--case 2-d|blocked] [--hopper]
 
 Kernel launches (``Launcher._launch``) do nothing, the backend takes CPU tensors as if interpreted
 (``backend.INTERPRETED``: interpreter tile configs, no TMA descriptors), so the numbers leave out
-launch costs, CUDA allocations, streams and descriptor building; outputs are garbage. 2-D 128 x 128,
-17 x 17, bf16, H = 16, D = 128 (or --dim), tiled 8 x 8. Prints ms per forward (no grad) and per fwd+bwd step;
-``--profile`` adds a cProfile of 50 steps by internal time.
+launch costs, CUDA allocations, streams and descriptor building; outputs are garbage. Cases: 2-D
+128 x 128, 17 x 17, tiled 8 x 8 (default), or 3-D 16 x 48 x 48 blocked 4 x 8 x 8; bf16, H = 16,
+D = 128 (or --dim). ``--hopper``: the GPU's tile configs, and the routes act as on a Hopper GPU
+(``forward_route.on_hopper``), so the Gluon paths run up to their (stubbed) launches, descriptors
+included. Prints ms per forward (no grad) and per fwd+bwd step; ``--profile`` adds a cProfile of
+50 steps by internal time.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import pstats
 import time
 
@@ -21,26 +25,42 @@ import torch
 
 import tessera.kernels.triton.backend as backend
 import tessera.kernels.triton.launcher as launcher
-from tessera.natten import na2d
+from tessera.kernels.triton import forward_route
+from tessera.natten import _auto_layout, na2d, na3d
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--case", choices=("2-d", "blocked"), default="2-d")
+    parser.add_argument("--hopper", action="store_true",
+                        help="GPU tile configs, and the Gluon routes as on a Hopper GPU")
     args = parser.parse_args()
     launcher.Launcher._launch = lambda self, grid, stream, launch_args, kwargs: None
     backend.INTERPRETED = True
-    shape = (1, 128, 128, 16, args.dim)
+    if args.hopper:
+        configs = backend._configs
+        backend._configs = lambda spec, q, k, v: configs(dataclasses.replace(spec, interpret=False),
+                                                         q, k, v)
+        forward_route.on_hopper = lambda t: True
+    if args.case == "2-d":
+        shape, attend = (1, 128, 128, 16, args.dim), lambda: na2d(q, k, v, 17, layout=(8, 8),
+                                                                  backend="triton")
+    else:
+        # The layout "auto" would pick on a GPU (on CPU "auto" keeps the row-major order).
+        layout = _auto_layout((16, 48, 48), (4, 8, 8), (1, 1, 1), (4, 8, 8), (False,) * 3)
+        shape, attend = (1, 16, 48, 48, 16, args.dim), lambda: na3d(q, k, v, (4, 8, 8), stride=(4, 8, 8),
+                                                                    layout=layout, backend="triton")
     q, k, v = (torch.randn(shape, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     do = torch.randn(shape, dtype=torch.bfloat16)
 
     def fwd():
         with torch.no_grad():
-            na2d(q, k, v, 17, layout=(8, 8), backend="triton")
+            attend()
 
     def step():
-        o = na2d(q, k, v, 17, layout=(8, 8), backend="triton")
+        o = attend()
         torch.autograd.grad(o, (q, k, v), do)
 
     for fn in (fwd, step):

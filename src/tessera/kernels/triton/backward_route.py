@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from .flash_fwd import _major_capability, bulk_aligned
+from . import forward_route
+from .flash_fwd import bulk_aligned
 from .forward_route import MAX_MASKED_TILES
 from .masks import MASK_NEIGHBORHOOD
 
@@ -45,9 +46,7 @@ def _in_scope(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tenso
     """A Hopper GPU, 64 x 64 tiles and the Gluon kernels' scope: ``na_forward.supports`` for q,
     k, v, and do laid out as q (what ``supports(do, k, v, plan)`` then finds, at one check's
     host cost)."""
-    if q.device.type != "cuda":
-        return False
-    if _major_capability(q.device.index) != 9 or plan.block_m != 64:
+    if plan.block_m != 64 or not forward_route.on_hopper(q):
         return False
     from ..gluon import na_forward
     return (do.dtype == q.dtype and do.shape == q.shape and do.stride() == q.stride()

@@ -45,14 +45,17 @@ GLUON_FULL_128 = {"overlap": False, "num_buffers": 2, "v_buffers": 2, "max_regis
 MAX_MASKED_TILES = 16
 
 
+def on_hopper(t: torch.Tensor) -> bool:
+    """Whether ``t`` lives on a Hopper GPU (sm_90: Gluon's wgmma code runs nowhere else)."""
+    return t.device.type == "cuda" and _major_capability(t.device.index) == 9
+
+
 def gluon_variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan) -> Optional[dict]:
     """The ``na_forward`` arguments to run this grid-order forward with (``q [B, S, H_q, D]``,
     ``k``, ``v`` ``[B, S, H_kv, D]``, plain softmax, no fold) in Gluon, or None for the Triton
     kernel. Needs a Hopper GPU (Gluon's wgmma code is sm_90 only). A ``block_m`` entry, not an
     ``na_forward`` argument, asks for the plan at that many query rows per tile (same layout)."""
-    if not GLUON_ENABLED or q.device.type != "cuda":
-        return None
-    if _major_capability(q.device.index) != 9:
+    if not GLUON_ENABLED or not on_hopper(q):
         return None
     from ..gluon import na_forward
     if plan.block_m != 64 or not na_forward.supports(q, k, v, plan):
