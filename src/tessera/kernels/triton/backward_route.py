@@ -24,7 +24,6 @@ import torch
 
 from . import forward_route
 from .flash_fwd import bulk_aligned
-from .forward_route import MAX_MASKED_TILES
 from .masks import MASK_NEIGHBORHOOD
 
 # On: the backward runs na_dkdv wherever ``routes`` allows it (off for A/B timing through
@@ -64,5 +63,5 @@ def routes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, 
     dq = GLUON_DQ_ENABLED and (dkdv if dq_plan is dkdv_plan and GLUON_DKDV_ENABLED
                                else _in_scope(q, k, v, do, dq_plan))
     if dq and dq_plan.mask_mode == MASK_NEIGHBORHOOD:
-        dq = dq_plan.listed_pairs() <= MAX_MASKED_TILES * dq_plan.map_heads * dq_plan.n_q_tiles
+        dq = forward_route.few_listed_tiles(dq_plan)
     return dq, dkdv

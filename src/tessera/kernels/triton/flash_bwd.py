@@ -598,7 +598,6 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
                    table_args[0])
     input_strides = tuple(t.stride(i) for t in (q, k, v, do) for i in range(3))
 
-
     def run_dkdv(stream):
         if gluon_dkdv:
             from ..gluon.na_dkdv import na_dkdv

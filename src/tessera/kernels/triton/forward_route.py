@@ -50,6 +50,12 @@ def on_hopper(t: torch.Tensor) -> bool:
     return t.device.type == "cuda" and _major_capability(t.device.index) == 9
 
 
+def few_listed_tiles(plan) -> bool:
+    """Whether ``plan`` lists at most ``MAX_MASKED_TILES`` key tiles per query tile on average
+    (where the Gluon kernels beat Triton on masked plans)."""
+    return plan.listed_pairs() <= MAX_MASKED_TILES * plan.map_heads * plan.n_q_tiles
+
+
 def gluon_variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan) -> Optional[dict]:
     """The ``na_forward`` arguments to run this grid-order forward with (``q [B, S, H_q, D]``,
     ``k``, ``v`` ``[B, S, H_kv, D]``, plain softmax, no fold) in Gluon, or None for the Triton
@@ -63,7 +69,7 @@ def gluon_variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan) -> Op
     if plan.mask_mode == MASK_NEIGHBORHOOD:
         if q.shape[3] != 128:
             return None
-        if plan.listed_pairs() > MAX_MASKED_TILES * plan.map_heads * plan.n_q_tiles:
+        if not few_listed_tiles(plan):
             return None
     elif q.shape[3] == 128 and grid_box(plan, 128) is not None:
         return dict(GLUON_FULL_128)
