@@ -95,9 +95,10 @@ for step in $steps; do
     gluon-backward)
       # The Gluon dq and dk/dv kernels: their float64 GPU tests (and the backward route's), then
       # their kernel times against the Triton dq and dk/dv on the suite's shapes
-      # (benchmarks/gpu_gluon_backward.py; GLUON_BACKWARD_ARGS: e.g. "--kernels dq --dims 128").
+      # (benchmarks/gpu_gluon_backward.py; GLUON_BACKWARD_ARGS: e.g. "--kernels dq --dims 128";
+      # GLUON_BACKWARD_TESTS: a pytest -k expression in place of the default).
       timeout 300 python3 -m pytest -m gpu -q -rA -p no:cacheprovider tests/kernels/test_gluon_gpu.py \
-        -k "dq or dkdv or backward_route" 2>&1 | tee "$OUT/gpu-tests-gluon-backward.log" || status=1
+        -k "${GLUON_BACKWARD_TESTS:-dq or dkdv or backward_route}" 2>&1 | tee "$OUT/gpu-tests-gluon-backward.log" || status=1
       timeout 240 python3 benchmarks/gpu_gluon_backward.py --out "$OUT" ${GLUON_BACKWARD_ARGS:-} 2>&1 \
         | tee "$OUT/gluon-backward.log" || status=1 ;;
     natten-configs)
