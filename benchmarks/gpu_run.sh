@@ -5,7 +5,7 @@
 #                              [natten-reorder] [natten-profile] [natten-configs] [host-overhead] [host-breakdown] [linear] [tests-linear] [linear-final] [linear-accept]
 #                              [linear-profile] [state-sweep] [state-ab] [linear-host] [linear-delta] [candidates] [kernel-next]
 #                              [launch-cost] [blocked-dense] [fp32-ab] [fp32-bisect] [step-jitter] [autograd-floor]
-#                              [backward-profile] [gluon-forward] [gluon-backward] [route-host]
+#                              [backward-profile] [gluon-forward] [gluon-backward] [route-host] [ncu]
 #   (linear, linear-final, linear-accept, linear-profile, linear-delta: carry .whl for fla)
 #   (default: tests attention natten linear; NATTEN_ARGS: extra arguments of benchmarks/natten.py)
 # Triton's cache (compiled kernels, and fla's autotuning timings through Triton's `cache_results`) is
@@ -113,6 +113,20 @@ for step in $steps; do
         --suite natten-reorder --impls tessera --only 1-D 2-D 3-D 2>&1 | tee "$OUT/natten-reorder.log" || status=1 ;;
     host-overhead) timeout 200 python3 benchmarks/gpu_host_overhead.py --out "$OUT" \
                      2>&1 | tee "$OUT/host-overhead.log" || status=1 ;;
+    ncu)
+      # Nsight Compute on the suite's kernels (benchmarks/gpu_ncu_cases.py; NCU_CASES: its case names):
+      # the "detailed" section set as text, and the SASS with its stall samples as gzipped CSV.
+      ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
+      for ncu_case in ${NCU_CASES:-blocked-fwd 3d-fwd 3d-bwd}; do
+        per_call=1; [[ $ncu_case == *-bwd ]] && per_call=3
+        timeout 240 "$ncu_bin" --clock-control none --set detailed -k "regex:${NCU_KERNELS:-_na_|_attn_}" \
+          --launch-skip "$per_call" --launch-count "$per_call" -f -o "/tmp/ncu-$ncu_case" \
+          python3 benchmarks/gpu_ncu_cases.py --case "$ncu_case" --calls 3 > "$OUT/ncu-$ncu_case.log" 2>&1 || status=1
+        tail -n 3 "$OUT/ncu-$ncu_case.log"
+        "$ncu_bin" -i "/tmp/ncu-$ncu_case.ncu-rep" --page details > "$OUT/ncu-$ncu_case.txt" 2>&1 || status=1
+        "$ncu_bin" -i "/tmp/ncu-$ncu_case.ncu-rep" --page source --csv --print-source sass 2>&1 \
+          | gzip > "$OUT/ncu-$ncu_case-sass.csv.gz" || status=1
+      done ;;
     route-host) timeout 150 python3 benchmarks/gpu_route_host.py --out "$OUT" 2>&1 | tee "$OUT/route-host.log" || status=1 ;;
     host-breakdown) timeout 100 python3 benchmarks/gpu_host_overhead.py --out "$OUT" --breakdown-only \
                       2>&1 | tee "$OUT/host-breakdown.log" || status=1 ;;
@@ -177,7 +191,7 @@ for step in $steps; do
     kernel-next) bash benchmarks/gpu_kernel_next.sh 2>&1 | tee "$OUT/kernel-next.log" || status=1 ;;
     linear) timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/linear.py --out "$OUT" ${LINEAR_BENCH_ARGS:-} \
               2>&1 | tee "$OUT/linear.log" || status=1 ;;
-    *) echo "unknown step $step (tests, tests-quick, tests-args, tests-layers, streams-ab, schedule-ab, attention, natten, natten-reorder, natten-profile, natten-configs, host-overhead, host-breakdown, linear, tests-linear, linear-final, linear-accept, linear-profile, state-sweep, state-ab, linear-host, linear-delta, candidates, kernel-next, launch-cost, blocked-dense, fp32-ab, fp32-bisect, step-jitter, gluon-forward, gluon-backward, route-host)"; status=2 ;;
+    *) echo "unknown step $step (tests, tests-quick, tests-args, tests-layers, streams-ab, schedule-ab, attention, natten, natten-reorder, natten-profile, natten-configs, host-overhead, host-breakdown, linear, tests-linear, linear-final, linear-accept, linear-profile, state-sweep, state-ab, linear-host, linear-delta, candidates, kernel-next, launch-cost, blocked-dense, fp32-ab, fp32-bisect, step-jitter, gluon-forward, gluon-backward, route-host, ncu)"; status=2 ;;
   esac
 done
 exit $status
