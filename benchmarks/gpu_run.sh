@@ -114,18 +114,20 @@ for step in $steps; do
     host-overhead) timeout 200 python3 benchmarks/gpu_host_overhead.py --out "$OUT" \
                      2>&1 | tee "$OUT/host-overhead.log" || status=1 ;;
     ncu)
-      # Nsight Compute on the suite's kernels (benchmarks/gpu_ncu_cases.py; NCU_CASES: its case names):
+      # Nsight Compute on the suite's kernels (benchmarks/gpu_ncu_cases.py; NCU_CASES: its case names,
+      # NCU_CASE_ARGS: more of its arguments, NCU_TAG: a suffix of the output names):
       # the "detailed" section set as text, and the SASS with its stall samples as gzipped CSV.
       ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
       for ncu_case in ${NCU_CASES:-blocked-fwd 3d-fwd 3d-bwd}; do
         per_call=1; [[ $ncu_case == *-bwd ]] && per_call=3
         timeout 240 "$ncu_bin" --clock-control none --set detailed -k "regex:${NCU_KERNELS:-_na_|_attn_}" \
           --launch-skip "$per_call" --launch-count "$per_call" -f -o "/tmp/ncu-$ncu_case" \
-          python3 benchmarks/gpu_ncu_cases.py --case "$ncu_case" --calls 3 > "$OUT/ncu-$ncu_case.log" 2>&1 || status=1
-        tail -n 3 "$OUT/ncu-$ncu_case.log"
-        "$ncu_bin" -i "/tmp/ncu-$ncu_case.ncu-rep" --page details > "$OUT/ncu-$ncu_case.txt" 2>&1 || status=1
+          python3 benchmarks/gpu_ncu_cases.py --case "$ncu_case" --calls 3 ${NCU_CASE_ARGS:-} \
+          > "$OUT/ncu-$ncu_case${NCU_TAG:-}.log" 2>&1 || status=1
+        tail -n 3 "$OUT/ncu-$ncu_case${NCU_TAG:-}.log"
+        "$ncu_bin" -i "/tmp/ncu-$ncu_case.ncu-rep" --page details > "$OUT/ncu-$ncu_case${NCU_TAG:-}.txt" 2>&1 || status=1
         "$ncu_bin" -i "/tmp/ncu-$ncu_case.ncu-rep" --page source --csv --print-source sass 2>&1 \
-          | gzip > "$OUT/ncu-$ncu_case-sass.csv.gz" || status=1
+          | gzip > "$OUT/ncu-$ncu_case${NCU_TAG:-}-sass.csv.gz" || status=1
       done ;;
     route-host) timeout 150 python3 benchmarks/gpu_route_host.py --out "$OUT" 2>&1 | tee "$OUT/route-host.log" || status=1 ;;
     host-breakdown) timeout 100 python3 benchmarks/gpu_host_overhead.py --out "$OUT" --breakdown-only \
