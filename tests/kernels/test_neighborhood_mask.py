@@ -9,6 +9,7 @@ before triton is imported); run with the variable set, it holds the kernel cases
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -78,7 +79,8 @@ def test_neighborhood_parameters_pad_to_three_axes():
     by_name = {name: fields[3 * i:3 * i + 3] for i, name in enumerate(masks.NA_FIELD_NAMES)}
     assert by_name == {"grid": [1, 12, 16], "tile": [1, 4, 8], "tiles": [1, 3, 2],
                        "kernel": [1, 4, 5], "dilation": [1, 1, 2], "stride": [1, 4, 2],
-                       "causal": [0, 1, 0], "shift": [0, 2, 3]}
+                       "causal": [0, 1, 0], "shift": [0, 2, 3],
+                       "recip": [1 << 30, -(-(1 << 30) // 3), 1 << 29]}
     assert fields[-3:] == [1, 1, 1]            # 32-token order tiles hold 32-row, 32-key tiles
     assert masks.neighborhood_params(pattern, 64, 32)[-3:] == [0, 1, 1]
     # One tile (row-major order) is aligned at any length when its extents are powers of two.
@@ -90,14 +92,15 @@ def test_compile_time_switches():
     pattern = _tiled(Neighborhood((12, 16), (4, 5), dilation=(1, 2), stride=(4, 2),
                                   causal=(True, False)), (4, 8))
     switches = masks.neighborhood_switches(masks.neighborhood_params(pattern, 64, 32))
-    assert switches == 0b10 | 0b11100 | 2 << 5 | 3 << 7 | 2 << 12
+    assert switches == 0b10 | 0b11100 | 2 << 5 | 3 << 7 | 2 << 12 | 1 << 24
     plain = masks.neighborhood_params(Neighborhood(200, 7), 64, 64)
-    assert masks.neighborhood_switches(plain) == 1 << 5      # 1 axis, no shifts (200 tokens)
+    # 1 axis, no shifts (200 tokens), reciprocals
+    assert masks.neighborhood_switches(plain) == 1 << 5 | 1 << 24
     # 192 tokens: the 64- and 32-token tiles end at the sequence's end (no bounds compare).
     from tessera.kernels.triton import na_mask
     plan = masks.build_plan(pattern, 192, 192, 64, 32, 1, CPU)
     assert plan.na_static == switches | na_mask.NA_EXACT.value
-    assert masks.neighborhood_switches(plain, exact=True) == 1 << 5 | 1 << 22
+    assert masks.neighborhood_switches(plain, exact=True) == 1 << 5 | 1 << 22 | 1 << 24
     assert not masks.build_plan(Neighborhood(200, 7), 200, 200, 64, 64, 1, CPU).na_static & 1 << 22
     assert masks.build_plan(None, 64, 64, 32, 32, 1, CPU).na_static == 0
 
@@ -109,6 +112,36 @@ def test_field_order_matches_the_kernel_constants():
     assert na_mask.NA_FIELDS == len(names)
     flags = (na_mask.NA_ALIGNED.value, na_mask.NA_DILATED.value)
     assert flags == (3 * len(names), 3 * len(names) + 2)
+    assert na_mask.NA_RECIP_FIELD.value == masks.NA_RECIP_BIT
+    assert na_mask.NA_RECIP_SHIFT.value == masks.RECIP_BITS
+
+
+@pytest.mark.parametrize("counts", [[1, 1, 1], [16, 6, 6], [3, 7, 5], [1, 1000, 1000], [2, 3, 4097]])
+def test_tile_reciprocals_divide_exactly_below_their_bound(counts):
+    """``(t * r) >> RECIP_BITS == t // c`` for every tile index a kernel may divide, where the
+    reciprocals are given; none at all where the product could round up."""
+    recips = masks._tile_recips(counts, 64, 64)
+    bound = 2 * math.prod(counts) + 64
+    if bound * max(counts) >= 1 << masks.RECIP_BITS:
+        assert recips == [0, 0, 0]
+        return
+    t = torch.arange(bound, dtype=torch.int64)
+    for count, recip in zip(counts, recips):
+        assert torch.equal((t * recip) >> masks.RECIP_BITS, t // count), count
+    # The bound is needed: past 2 ** RECIP_BITS / c some quotient comes out one too large.
+    c = 3
+    r = -(-(1 << masks.RECIP_BITS) // c)
+    t = torch.arange((1 << masks.RECIP_BITS) // c - 4096, (1 << masks.RECIP_BITS) // c * 2, 997,
+                     dtype=torch.int64)
+    assert not torch.equal((t * r) >> masks.RECIP_BITS, t // c)
+
+
+def test_large_tile_grids_keep_the_integer_division():
+    # 1024 x 1024 tiles of 1 x 2 tokens: the dividend bound times 512 passes 2 ** 30.
+    params = masks.neighborhood_params(_tiled(Neighborhood((1024, 1024), 3), (1, 2)), 64, 64)
+    assert params[3 * 2:3 * 3] == [1, 1024, 512]
+    assert params[3 * 8:3 * 9] == [0, 0, 0]
+    assert not masks.neighborhood_switches(params) & masks.NA_RECIP_BIT
 
 
 @pytest.mark.parametrize("grid, kernel, dilation", [((128, 128), 17, 2),
@@ -183,21 +216,22 @@ else:
         tl.store(PENALTY_OUT + rows[:, None] * S + cols[None, :], penalty_free.to(tl.int8), mask=inside)
         tl.store(LISTED_OUT + rows[:, None] * S + cols[None, :], listed_free.to(tl.int8), mask=inside)
 
-    def _mask_outputs(pattern, size, block_q, block_k, by_keys):
+    def _mask_outputs(pattern, size, block_q, block_k, by_keys, clear=0):
         """``(params, allowed, penalty_free, listed_free, expected)`` of ``_mask_kernel`` (bool
-        ``[size, size]``) and the pattern's own mask."""
+        ``[size, size]``) and the pattern's own mask; ``clear``: switch bits to turn off."""
         params = masks.neighborhood_params(pattern, block_q, block_k)
         out, penalty_free, listed_free = (torch.empty(size, size, dtype=torch.int8) for _ in range(3))
         grid = (triton.cdiv(size, block_q), triton.cdiv(size, block_k))
         _mask_kernel[grid](torch.tensor(params, dtype=torch.int32), out, penalty_free, listed_free,
-                           size, block_q, block_k, by_keys, masks.neighborhood_switches(params))
+                           size, block_q, block_k, by_keys,
+                           masks.neighborhood_switches(params) & ~clear)
         pos = torch.arange(size)
         expected = pattern.mask(pos[:, None], pos[None, :], torch.zeros(1, 1, dtype=torch.long))
         return params, out.bool(), penalty_free.bool(), listed_free.bool(), expected
 
-    def _check_mask_helpers(pattern, size, block_q, block_k, by_keys):
+    def _check_mask_helpers(pattern, size, block_q, block_k, by_keys, clear=0):
         params, out, penalty_free, listed_free, expected = _mask_outputs(pattern, size, block_q,
-                                                                         block_k, by_keys)
+                                                                         block_k, by_keys, clear)
         assert torch.equal(out, expected)
         assert torch.equal(penalty_free, expected)
         # The listed-tile penalty: exact on every tile pair with an allowed pair.
@@ -226,6 +260,14 @@ else:
     @pytest.mark.parametrize("rule, tile_shape", MASK_CASES)
     def test_interpreted_mask_helpers_match_the_pattern(rule, tile_shape, by_keys):
         _check_mask_helpers(_pattern(rule, tile_shape), rule.size, 64, 64, by_keys)
+
+    @pytest.mark.parametrize("rule, tile_shape", [MASK_CASES[9], MASK_CASES[12], MASK_CASES[8]])
+    def test_interpreted_mask_helpers_with_integer_division(rule, tile_shape):
+        """Tile coordinates by integer division, as for tile grids too large for the reciprocals
+        (``NA_RECIP_FIELD`` off)."""
+        pattern = _pattern(rule, tile_shape)
+        assert masks.neighborhood_switches(masks.neighborhood_params(pattern, 64, 64)) & masks.NA_RECIP_BIT
+        _check_mask_helpers(pattern, rule.size, 64, 64, False, clear=masks.NA_RECIP_BIT)
 
     @pytest.mark.parametrize("by_keys", [False, True])
     def test_interpreted_mask_helpers_with_one_aligned_side(by_keys):

@@ -48,8 +48,13 @@ from ...patterns.tilemap import FULL, PARTIAL, cdiv
 
 MASK_NONE, MASK_BAND, MASK_BITS, MASK_TILE_BAND, MASK_NEIGHBORHOOD = 0, 1, 2, 3, 4
 
-# Fields of the neighborhood parameters, in the order of na_mask.NA_GRID ... NA_SHIFT.
-NA_FIELD_NAMES = ("grid", "tile", "tiles", "kernel", "dilation", "stride", "causal", "shift")
+# Fields of the neighborhood parameters, in the order of na_mask.NA_GRID ... NA_RECIP.
+NA_FIELD_NAMES = ("grid", "tile", "tiles", "kernel", "dilation", "stride", "causal", "shift", "recip")
+# ``recip``: ceil(2 ** RECIP_BITS / tiles) per axis, so that the kernels divide a tile index by a
+# tile count as a product and a shift (na_mask.na_tile_coords); exact for every dividend below
+# 2 ** RECIP_BITS / tiles.
+RECIP_BITS = 30
+NA_RECIP_BIT = 1 << 24      # na_mask.NA_RECIP_FIELD
 
 # Band ends beyond this are unbounded for any sequence a kernel can index (int32 arguments).
 BAND_LIMIT = 1 << 30
@@ -255,8 +260,8 @@ def neighborhood_params(pattern: Optional[Pattern], block_m: int,
 
     Flat int32 values: ``NA_FIELD_NAMES`` field-major, 3 axes each (grids padded with leading
     axes of extent 1; ``tile`` / ``tiles`` are the extents and counts of the token order's tiles,
-    the whole grid as one tile in row-major order; ``shift`` their log2 where powers of two), then
-    the flags ``aligned`` for query tiles (``block_m``) and key tiles (``block_n``): power-of-two
+    the whole grid as one tile in row-major order; ``shift`` their log2 where powers of two;
+    ``recip`` the fixed-point reciprocals of the counts, ``_tile_recips``), then the flags ``aligned`` for query tiles (``block_m``) and key tiles (``block_n``): power-of-two
     order tiles and one order tile holding every kernel tile of that side (a single order tile,
     or a tile volume the block size divides), and ``dilated`` (some dilation > 1)."""
     if type(pattern) is Neighborhood:
@@ -284,12 +289,26 @@ def neighborhood_params(pattern: Optional[Pattern], block_m: int,
         "causal": axes(rule.causal, 0),
         "shift": axes((t.bit_length() - 1 for t in tile), 0),
     }
+    fields["recip"] = _tile_recips(fields["tiles"], block_m, block_n)
     volume = math.prod(tile)
     shifts = all(t & (t - 1) == 0 for t in tile)
     aligned = [int(shifts and (math.prod(counts) == 1 or volume % block == 0))
                for block in (block_m, block_n)]
     dilated = any(d > 1 for d in rule.dilation)
     return [v for name in NA_FIELD_NAMES for v in fields[name]] + aligned + [int(dilated)]
+
+
+def _tile_recips(counts: list[int], block_m: int, block_n: int) -> list[int]:
+    """``ceil(2 ** RECIP_BITS / c)`` for each tile count ``c``, or all 0 when some tile index the
+    kernels may divide (below twice the number of tiles plus a block: positions past the sequence
+    included) times a count reaches ``2 ** RECIP_BITS``, where the product would not be exact.
+    With quotient ``q = (t * r) >> RECIP_BITS`` for ``r = ceil(2 ** B / c) = 2 ** B / c + e``,
+    ``0 <= e < 1``: ``t * r / 2 ** B = t / c + t * e / 2 ** B``, and the floor is ``t // c`` when
+    ``t * e / 2 ** B < 1 / c``, which ``t * c < 2 ** B`` ensures."""
+    dividends = 2 * math.prod(counts) + max(block_m, block_n)
+    if any(dividends * c >= 1 << RECIP_BITS for c in counts):
+        return [0] * len(counts)
+    return [-(-(1 << RECIP_BITS) // c) for c in counts]
 
 
 NA_FOLDED_BIT = 1 << 23    # na_mask.NA_FOLDED
@@ -340,7 +359,8 @@ def neighborhood_switches(params: list[int], exact: bool = False) -> int:
     that pad a 1-D or 2-D grid do not count), plus, when every order-tile extent is a power of
     two, their log2 in 5-bit fields from bit 7 (axis 2, then 1, then 0), plus bit 22 when
     ``exact``: every query and key tile of the plan lies inside the sequence (the block sizes
-    divide the lengths), so the mask needs no bounds compare."""
+    divide the lengths), so the mask needs no bounds compare, plus bit 24 (``NA_RECIP_BIT``) when
+    the ``recip`` field holds reciprocals (tile indices divide by products)."""
     field = {name: params[3 * i:3 * i + 3] for i, name in enumerate(NA_FIELD_NAMES)}
     aligned_q, aligned_k, dilated = params[3 * len(NA_FIELD_NAMES):]
     axes = 3
@@ -350,7 +370,8 @@ def neighborhood_switches(params: list[int], exact: bool = False) -> int:
     if all(t & (t - 1) == 0 for t in field["tile"]):
         shifts = sum(sh << (7 + 5 * (2 - axis)) for axis, sh in enumerate(field["shift"]))
     return (aligned_q | aligned_k << 1 | dilated << 2 | any(s > 1 for s in field["stride"]) << 3
-            | any(c != 0 for c in field["causal"]) << 4 | axes << 5 | shifts | int(exact) << 22)
+            | any(c != 0 for c in field["causal"]) << 4 | axes << 5 | shifts | int(exact) << 22
+            | (NA_RECIP_BIT if all(field["recip"]) else 0))
 
 
 def _pack_bits(allowed: torch.Tensor) -> torch.Tensor:

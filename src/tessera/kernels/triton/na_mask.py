@@ -17,6 +17,7 @@ import triton.language as tl
 # columns) when the order's tile extents are powers of two (NA_SHIFT: their log2) and every
 # kernel tile of that side lies inside one tile of the order, so that the order tile is one scalar
 # per kernel tile and in-tile coordinates are shifts and masks; NA_DILATED when some dilation > 1.
+# NA_RECIP: fixed-point reciprocals of the tile counts (masks._tile_recips; 0 where not exact).
 NA_GRID = tl.constexpr(0)
 NA_TILE = tl.constexpr(1)
 NA_TILES = tl.constexpr(2)
@@ -25,15 +26,16 @@ NA_DILATION = tl.constexpr(4)
 NA_STRIDE = tl.constexpr(5)
 NA_CAUSAL = tl.constexpr(6)
 NA_SHIFT = tl.constexpr(7)
-NA_FIELDS = 8
-NA_ALIGNED = tl.constexpr(24)
-NA_DILATED = tl.constexpr(26)
+NA_RECIP = tl.constexpr(8)
+NA_FIELDS = 9
+NA_ALIGNED = tl.constexpr(27)
+NA_DILATED = tl.constexpr(29)
 # Dilation-group folding (``NA_FOLDED``, masks.folded_params): an undilated neighborhood over the
 # sub-grid of one dilation group, run for every group at once on tensors of the whole grid in its
 # row-major order. After the flags: the dilations (axis 0, 1, 2) at NA_FOLD, the number of
 # groups at NA_GROUPS, then each group's first grid row.
-NA_FOLD = tl.constexpr(27)
-NA_GROUPS = tl.constexpr(30)
+NA_FOLD = tl.constexpr(30)
+NA_GROUPS = tl.constexpr(33)
 
 # Compile-time switches of the neighborhood mask, the constexpr ``NA_STATIC`` of the kernels
 # (masks.neighborhood_switches packs them): bit ``side`` (NA_QUERY_ALIGNED, NA_KEY_ALIGNED) as the
@@ -51,6 +53,10 @@ NA_AXES_UNIT = tl.constexpr(32)
 NA_SHIFT_UNIT = tl.constexpr(128)
 NA_EXACT = tl.constexpr(1 << 22)
 NA_FOLDED = tl.constexpr(1 << 23)
+# NA_RECIP_FIELD: the NA_RECIP field holds ceil(2 ** NA_RECIP_SHIFT / tiles) per axis
+# (masks.RECIP_BITS), exact for every tile index a kernel divides.
+NA_RECIP_FIELD = tl.constexpr(1 << 24)
+NA_RECIP_SHIFT = tl.constexpr(30)
 
 
 @triton.jit
@@ -69,13 +75,26 @@ def na_tile_coords(tile, NA, NA_STATIC: tl.constexpr):
     j2 = tile
     if AXES >= 2:
         n2 = na_param(NA, NA_TILES, 2)
-        j1 = tile // n2
+        j1 = na_divide(tile, n2, NA, 2, NA_STATIC)
         j2 = tile - j1 * n2
     if AXES == 3:
         n1 = na_param(NA, NA_TILES, 1)
-        j0 = j1 // n1
+        j0 = na_divide(j1, n1, NA, 1, NA_STATIC)
         j1 = j1 - j0 * n1
     return j0, j1, j2
+
+
+@triton.jit
+def na_divide(t, n, NA, axis: tl.constexpr, NA_STATIC: tl.constexpr):
+    """``t // n`` for a tile index ``t`` (scalar or any shape, nonnegative) and ``n``, the tile count
+    of ``axis``: with ``NA_RECIP_FIELD`` a product by the count's reciprocal and a shift (an
+    integer division takes a reciprocal and a dozen instructions more)."""
+    if NA_RECIP_FIELD & NA_STATIC:
+        recip = na_param(NA, NA_RECIP, axis).to(tl.int64)
+        q = ((t.to(tl.int64) * recip) >> NA_RECIP_SHIFT).to(tl.int32)
+    else:
+        q = t // n
+    return q
 
 
 @triton.jit
