@@ -4,9 +4,9 @@ median, L2 flushed between calls). GPU (Hopper) only.
 
     python benchmarks/gpu_gluon_forward.py --out DIR [--dims 128 64] [--cases blocked ...]
 
-Cases: the N-D suite's 2-D 128 x 128 kernel 17, 3-D 16 x 48 x 48 kernel 5 x 13 x 13 and 3-D
-blocked 4 x 8 x 8, bf16, B = 1, H = 16, in the tiled order natten picks, at 64 x 64 tiles (the
-Triton kernel at the config tessera takes there). Rows: case, dim, impl
+Cases: the N-D suite's 2-D 128 x 128 kernel 17, 3-D 16 x 48 x 48 kernel 5 x 13 x 13, 3-D
+blocked 4 x 8 x 8 and 1-D 32768 window 2048, bf16, B = 1, H = 16, in the tiled order natten
+picks, at 64 x 64 tiles (the Triton kernel at the config tessera takes there). Rows: case, dim, impl
 (``triton KernelConfig(...)`` or ``gluon`` and the ``na_forward`` arguments; ``gluon 128-row``
 on the plan at 128 x 64 tiles where its 128-row tiles are grid boxes), ms, and the largest
 difference of o from the Triton kernel's (a smoke check; the float64 checks are
@@ -31,7 +31,8 @@ from tessera.patterns import Neighborhood, Permuted
 
 CASES = {"2-D 128x128 k17": ((128, 128), (17, 17), 1),
          "3-D 16x48x48 k5x13x13": ((16, 48, 48), (5, 13, 13), 1),
-         "3-D 16x48x48 blocked 4x8x8": ((16, 48, 48), (4, 8, 8), (4, 8, 8))}
+         "3-D 16x48x48 blocked 4x8x8": ((16, 48, 48), (4, 8, 8), (4, 8, 8)),
+         "1-D 32768 window 2048": ((32768,), (2048,), 1)}
 # Variants on 128-row query tiles (two warpgroups; plans whose 128-row tiles are grid boxes).
 GLUON_128 = [dict(overlap=False, num_buffers=1, v_buffers=1),
              dict(overlap=False, num_buffers=2, v_buffers=1, max_registers=128),

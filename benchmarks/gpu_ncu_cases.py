@@ -7,8 +7,9 @@ Cases (bf16, B = 1, H = 16, D = 128, through ``tessera.natten`` as the suite cal
 ``2d-fwd`` (128 x 128, kernel 17), ``3d-fwd`` / ``3d-bwd`` (16 x 48 x 48, kernel 5 x 13 x 13; the
 backward case runs forward and backward), ``blocked-fwd`` / ``blocked-bwd`` (16 x 48 x 48, kernel
 = stride = 4 x 8 x 8). The first call compiles; ``ncu --launch-skip`` leaves it out.
-``--max-masked-tiles``: ``forward_route.MAX_MASKED_TILES`` for this process (36 sends the 3-D
-forward and dq to the Gluon kernels).
+``--max-masked-tiles``: ``forward_route.MAX_MASKED_TILES`` and
+``backward_route.DQ_MAX_MASKED_TILES`` for this process (36 sends the 3-D forward and dq to the
+Gluon kernels).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import argparse
 
 import torch
 
-from tessera.kernels.triton import forward_route
+from tessera.kernels.triton import backward_route, forward_route
 from tessera.natten import na2d, na3d
 
 CASES = {"2d": (na2d, (128, 128), 17, 1),
@@ -34,6 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.max_masked_tiles is not None:
         forward_route.MAX_MASKED_TILES = args.max_masked_tiles
+        backward_route.DQ_MAX_MASKED_TILES = args.max_masked_tiles
     name, direction = args.case.split("-")
     op, grid, kernel, stride = CASES[name]
     device = torch.device("cuda")

@@ -209,7 +209,7 @@ def test_forward_route_stays_on_triton_without_a_gpu():
 @pytest.mark.parametrize("op, grid, kernel, stride, dim, routed", [
     (na2d, (48, 40), (13, 11), 1, 128, 64),               # 2-D, few key tiles per query tile
     (na2d, (48, 40), (13, 11), 1, 64, None),              # masked at D = 64: Triton
-    (na3d, (8, 24, 24), (5, 13, 13), 1, 128, None),       # 3-D, many key tiles: Triton
+    (na3d, (8, 24, 24), (5, 13, 13), 1, 128, 64),         # 3-D, 27.2 key tiles per query tile
     (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128, 128),  # blocked: 128-row tiles
     # Full tiles at D = 64: the tuned config has 128-row tiles (tuning._gpu_config) and the
     # route reads 64-row plans only (Gluon on 128-row tiles was slower there).
@@ -257,7 +257,7 @@ def test_forward_route_through_natten_against_float64(monkeypatch, op, grid, ker
 @pytest.mark.parametrize("op, grid, kernel, stride, dim, routed", [
     (na2d, (48, 40), (13, 11), 1, 128, {"dq", "dkdv"}),     # 6.9 key tiles per query tile
     (na2d, (64, 64), (17, 17), 1, 64, {"dq", "dkdv"}),
-    # 27.2 key tiles per query tile: over forward_route.MAX_MASKED_TILES, dq stays on Triton.
+    # 27.2 key tiles per query tile: over backward_route.DQ_MAX_MASKED_TILES, dq stays on Triton.
     (na3d, (8, 24, 24), (5, 13, 13), 1, 128, {"dkdv"}),
     (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128, {"dq", "dkdv"}),
     # Full tiles at D = 64: the tuned dq and dk/dv configs have 128-row and 128-key tiles.

@@ -13,9 +13,10 @@ dq measured the same way (``gpu_gluon_backward.py``,
 ``results/tuning/2026-12-01-h200-gluon-backward-1.json``), Triton -> Gluon with two K and two V
 slots: D = 128 2-D k17 0.297 -> 0.257, blocked 0.447 -> 0.284, but 3-D 5x13x13 2.00 -> 2.12;
 D = 64 0.182 -> 0.171, 0.215 -> 0.157 (blocked D = 64 runs 128-row dq tiles, outside the
-scope), 3-D 1.26 -> 1.54. So Gluon takes dq where the forward route takes the forward: full
-tiles, or at most ``forward_route.MAX_MASKED_TILES`` listed key tiles per query tile (2-D k17
-lists 9, 3-D 5x13x13 35.6).
+scope), 3-D 1.26 -> 1.54. With tile coordinates by reciprocals (``-gluon-backward-4-recip.json``)
+D = 128: 2-D 0.296 -> 0.235, blocked 0.443 -> 0.265, 3-D 1.76 -> 1.83 (still loses). So Gluon
+takes dq on full tiles, or at most ``DQ_MAX_MASKED_TILES`` listed key tiles per query tile (2-D
+k17 lists 9, 3-D 5x13x13 35.6).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ GLUON_DKDV_ENABLED = True
 GLUON_DQ_ENABLED = True
 # na_dq's K and V ring slots where it runs.
 DQ_VARIANT = dict(num_buffers=2, v_buffers=2)
+# Masked plans take na_dq when they list at most this many key tiles per query tile on average.
+DQ_MAX_MASKED_TILES = 16
 
 
 def dkdv_buffers(dim: int) -> int:
@@ -57,11 +60,11 @@ def routes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, 
     """``(dq from na_dq, dk and dv from na_dkdv)`` for this grid-order backward (plain softmax, no
     fold: the caller checks) over ``dq_plan`` and ``dkdv_plan``. Each needs its switch, a Hopper
     GPU, 64 x 64 tiles and the kernels' scope; dq also full tiles or at most
-    ``forward_route.MAX_MASKED_TILES`` listed key tiles per query tile (``na_dq`` reads delta:
+    ``DQ_MAX_MASKED_TILES`` listed key tiles per query tile (``na_dq`` reads delta:
     the caller computes it first). Both kernels then run with ``scope_checked``."""
     dkdv = GLUON_DKDV_ENABLED and _in_scope(q, k, v, do, dkdv_plan)
     dq = GLUON_DQ_ENABLED and (dkdv if dq_plan is dkdv_plan and GLUON_DKDV_ENABLED
                                else _in_scope(q, k, v, do, dq_plan))
     if dq and dq_plan.mask_mode == MASK_NEIGHBORHOOD:
-        dq = forward_route.few_listed_tiles(dq_plan)
+        dq = forward_route.few_listed_tiles(dq_plan, DQ_MAX_MASKED_TILES)
     return dq, dkdv
