@@ -181,8 +181,8 @@ else:
     from flash_cases import check_against_reference, grid_order_outputs, make_inputs
     from tessera.kernels.triton import tuning
     from tessera.kernels.triton.backend import kernels_interpreted
-    from tessera.kernels.triton.na_mask import (na_allowed, na_codes, na_key_windows, na_penalty,
-                                                na_query_windows)
+    from tessera.kernels.triton.na_mask import (na_allowed, na_codes, na_codes_at, na_coords,
+                                                na_key_windows, na_penalty, na_query_windows)
 
     pytestmark = [pytest.mark.skipif(not kernels_interpreted(),
                                      reason="triton was imported before TRITON_INTERPRET=1 was set"),
@@ -195,7 +195,9 @@ else:
         """``OUT[q, k]`` over ``BLOCK_Q x BLOCK_K`` tiles of ``S x S``: query windows against key
         codes (as the forward and dq), or key windows against query codes (dk/dv) with BY_KEYS;
         ``PENALTY_OUT[q, k]``: whether the additive penalty (``na_penalty``) is 0 there;
-        ``LISTED_OUT[q, k]``: the same for the listed-tile penalty (``LISTED=True``)."""
+        ``LISTED_OUT[q, k]``: the same for the listed-tile penalty (``LISTED=True``). ``OUT``
+        takes the codes from ``na_codes_at`` (the tile's first-token coordinates), the
+        penalties from ``na_codes``."""
         q_first = tl.program_id(0) * BLOCK_Q
         k_first = tl.program_id(1) * BLOCK_K
         offs_q = tl.arange(0, BLOCK_Q)
@@ -205,10 +207,14 @@ else:
         if BY_KEYS:
             windows = na_key_windows(offs_k[None, :], k_first, NA, NA_STATIC)
             codes = na_codes(offs_q[:, None], q_first, NA, 0, NA_STATIC)
+            origin = na_coords(q_first * 0, q_first, NA, 0, NA_STATIC)
+            codes_at = na_codes_at(origin, offs_q[:, None], q_first, NA, 0, NA_STATIC)
         else:
             windows = na_query_windows(offs_q[:, None], q_first, NA, NA_STATIC)
             codes = na_codes(offs_k[None, :], k_first, NA, 1, NA_STATIC)
-        allowed = na_allowed(windows, codes, NA_STATIC)
+            origin = na_coords(k_first * 0, k_first, NA, 1, NA_STATIC)
+            codes_at = na_codes_at(origin, offs_k[None, :], k_first, NA, 1, NA_STATIC)
+        allowed = na_allowed(windows, codes_at, NA_STATIC)
         penalty_free = na_penalty(windows, codes, NA_STATIC) == 0.0
         listed_free = na_penalty(windows, codes, NA_STATIC, True) == 0.0
         inside = (rows[:, None] < S) & (cols[None, :] < S)

@@ -40,7 +40,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from ..triton import masks
 from ..triton.flash_fwd import LOG2E, bulk_aligned, grid_box, grid_view
 from ..triton.launcher import Launcher
-from ..triton.na_mask import na_codes, na_penalty, na_query_windows
+from ..triton.na_mask import NA_GRID, na_codes, na_codes_at, na_coords, na_param, na_penalty, na_query_windows
 from ..triton.row_addressing import memory_rows, row_tile_origin
 
 # Registers per thread of the producer warp (the consumer warpgroup gets what the kernel's cap
@@ -76,6 +76,35 @@ def _issue_one(DESC, bufs, bars, tile, slot, b, hk, NA, NA_STATIC: gl.constexpr,
     bar = bars.index(slot)
     mbarrier.expect(bar, DESC.block_type.nbytes)
     tma.async_copy_global_to_shared(DESC, origin, bar, bufs.index(slot))
+
+
+@gluon.jit
+def _key_tile_at(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, t, NA, NA_STATIC: gl.constexpr,
+                 BLOCK_N: gl.constexpr):
+    """``(tile, c0, c1, c2)``: the ``t``-th listed key tile of entry ``row`` (``_tile_of``) and the
+    grid coordinates of its first token, which its bulk copies (``_issue_box``) and its penalty
+    (``_penalty_at``) share."""
+    tile = _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, t)
+    c0, c1, c2 = na_coords(tile * 0, tile * BLOCK_N, NA, 1, NA_STATIC)
+    return tile, c0, c1, c2
+
+
+@gluon.jit
+def _issue_box(DESC, bufs, bars, row0, c1, c2, hk, slot):
+    """Bulk copy of the key tile whose grid box starts at ``(row0, c1, c2)`` of the ``[B * G0,
+    G1, G2, H, D]`` view (``row0 = b * G0 + c0``; ``_key_tile_at``'s coordinates), head ``hk``,
+    into ``bufs`` slot ``slot`` on that slot's mbarrier."""
+    bar = bars.index(slot)
+    mbarrier.expect(bar, DESC.block_type.nbytes)
+    tma.async_copy_global_to_shared(DESC, (row0, c1, c2, hk, 0), bar, bufs.index(slot))
+
+
+@gluon.jit
+def _penalty_at(origin, tile, windows, offs_n, NA, BLOCK_N: gl.constexpr, NA_STATIC: gl.constexpr):
+    """``_penalty`` of key tile ``tile`` whose first token has grid coordinates ``origin``
+    (``_key_tile_at``): the tile index is not divided again."""
+    return na_penalty(windows, na_codes_at(origin, offs_n[None, :], tile * BLOCK_N, NA, 1, NA_STATIC),
+                      NA_STATIC, True)
 
 
 @gluon.jit
@@ -245,25 +274,40 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC,
     else:
         # K tiles in a ring of NUM_BUF slots under kv_bars, V tiles in one of V_BUF under v_bars:
         # tile t + NUM_BUF - 1 of k and t + V_BUF - 1 of v are copied at step t, into the slots
-        # tile t - 1's (completed) products read.
+        # tile t - 1's (completed) products read. The grid coordinates of tile t (its V copy with
+        # one V slot, its penalty) are computed once; with two K slots tile t + 1's are computed
+        # at step t for its copies and carried into step t + 1.
+        row0 = b * na_param(NA, NA_GRID, 0)
+        tile, c0, c1, c2 = _key_tile_at(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, 0, NA,
+                                        NA_STATIC, BLOCK_N)
         for t in range(total):
-            tile = _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, t)
-            k_ahead = t + NUM_BUF - 1
-            if k_ahead < total:
-                _issue_one(K_DESC, k_bufs, kv_bars,
-                           _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, k_ahead),
-                           k_ahead % NUM_BUF, b, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
-            if V_BUF == 1:
-                _issue_one(V_DESC, v_bufs, v_bars, tile, 0, b, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
+            if NUM_BUF == 2:
+                # Tile t + 1 (at the last step the last tile again, not copied).
+                nxt, n0, n1, n2 = _key_tile_at(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part,
+                                               gl.minimum(t + 1, total - 1), NA, NA_STATIC, BLOCK_N)
+                if t + 1 < total:
+                    _issue_box(K_DESC, k_bufs, kv_bars, row0 + n0, n1, n2, hk, (t + 1) % 2)
+                    if V_BUF == 2:
+                        _issue_box(V_DESC, v_bufs, v_bars, row0 + n0, n1, n2, hk, (t + 1) % 2)
+            elif NUM_BUF == 1:
+                _issue_box(K_DESC, k_bufs, kv_bars, row0 + c0, c1, c2, hk, 0)
             else:
+                k_ahead = t + NUM_BUF - 1
+                if k_ahead < total:
+                    _issue_one(K_DESC, k_bufs, kv_bars,
+                               _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, k_ahead),
+                               k_ahead % NUM_BUF, b, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
+            if V_BUF == 1:
+                _issue_box(V_DESC, v_bufs, v_bars, row0 + c0, c1, c2, hk, 0)
+            elif V_BUF != 2 or NUM_BUF != 2:
                 v_ahead = t + V_BUF - 1
                 if v_ahead < total:
                     _issue_one(V_DESC, v_bufs, v_bars,
                                _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, v_ahead),
                                v_ahead % V_BUF, b, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
             if MASKED:
-                # Needs only the tile's index: computed before the product is waited for.
-                penalty = _penalty(tile, windows, offs_n, NA, BLOCK_N, NA_STATIC)
+                # Needs only the tile's coordinates: computed before the product is waited for.
+                penalty = _penalty_at((c0, c1, c2), tile, windows, offs_n, NA, BLOCK_N, NA_STATIC)
             mbarrier.wait(kv_bars.index(t % NUM_BUF), (t // NUM_BUF) & 1)
             s = warpgroup_mma(q_tile,
                               k_bufs.index(t % NUM_BUF).reshape([BLOCK_N, HEAD_D]).permute((1, 0)),
@@ -278,6 +322,11 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC,
             acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout),
                                 v_bufs.index(t % V_BUF).reshape([BLOCK_N, HEAD_D]), acc, is_async=True)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            if NUM_BUF == 2:
+                tile, c0, c1, c2 = nxt, n0, n1, n2
+            else:
+                tile, c0, c1, c2 = _key_tile_at(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part,
+                                                gl.minimum(t + 1, total - 1), NA, NA_STATIC, BLOCK_N)
 
     empty = l_i == 0.0
     l_safe = gl.where(empty, 1.0, l_i)

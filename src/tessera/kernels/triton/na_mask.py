@@ -296,6 +296,36 @@ def na_codes(offs, first, NA, side: tl.constexpr, NA_STATIC: tl.constexpr):
 
 
 @triton.jit
+def na_codes_at(origin, offs, first, NA, side: tl.constexpr, NA_STATIC: tl.constexpr):
+    """``na_codes(offs, first, NA, side, NA_STATIC)`` for a caller that holds ``origin``, the grid
+    coordinates ``(c0, c1, c2)`` of the tile's first token (``na_coords(0, first, ...)``, which it
+    also needs for the tile's bulk copy): on an aligned side the coordinates of ``first + offs``
+    are ``origin`` plus the in-tile bit fields of ``offs`` (``na_aligned_coords``), so the tile
+    index is not divided again; otherwise they are computed from ``first``."""
+    if side == 0:
+        aligned: tl.constexpr = NA_QUERY_ALIGNED & NA_STATIC
+    else:
+        aligned: tl.constexpr = NA_KEY_ALIGNED & NA_STATIC
+    if aligned:
+        AXES: tl.constexpr = NA_STATIC // NA_AXES_UNIT % 4
+        SH2: tl.constexpr = NA_STATIC // NA_SHIFT_UNIT % 32
+        SH1: tl.constexpr = NA_STATIC // (NA_SHIFT_UNIT * 32) % 32
+        c2 = origin[2] + (offs & (2 ** SH2 - 1))
+        code1, code0 = 0, 0
+        if AXES >= 2:
+            rest = offs >> SH2
+            if AXES == 2:
+                code1 = na_code(origin[1] + rest, NA, 1, NA_STATIC)
+            else:
+                code1 = na_code(origin[1] + (rest & (2 ** SH1 - 1)), NA, 1, NA_STATIC)
+                code0 = na_code(origin[0] + (rest >> SH1), NA, 0, NA_STATIC)
+        codes = (code0, code1, na_code(c2, NA, 2, NA_STATIC))
+    else:
+        codes = na_codes(offs, first, NA, side, NA_STATIC)
+    return codes
+
+
+@triton.jit
 def na_allowed(windows, codes, NA_STATIC: tl.constexpr):
     """Neighborhood mask from broadcast windows of one side (``na_query_windows`` or
     ``na_key_windows``) and codes of the other (``na_codes``): two compares per grid axis."""
