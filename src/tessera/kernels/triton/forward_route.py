@@ -3,20 +3,23 @@
 Triton kernel (``flash_fwd``) everywhere else.
 
 Measured on an H200 (``benchmarks/gpu_gluon_forward.py``, kernel ms, bf16, H = 16), Gluon with
-two K slots and one V slot (three programs per SM) against Triton, since tile coordinates divide
-by reciprocals (``results/tuning/2026-12-01-h200-gluon-forward-8-recip.json``; D = 64 from
-``-gluon-forward-3-rings.json``, before that change):
+two K slots and one V slot (three programs per SM) against Triton, with tile coordinates divided
+by reciprocals and computed once per key tile
+(``results/tuning/2026-12-01-h200-gluon-forward-11-coords.json``; D = 64 from
+``-gluon-forward-10-d64.json``, before the second change):
 
 | case | D = 128 | D = 64 |
 |---|---|---|
-| 2-D 128 x 128, kernel 17 (9 key tiles per query tile) | 0.199 / 0.243 | 0.163 / 0.151 |
-| 3-D 16 x 48 x 48, kernel 5 x 13 x 13 (35.6 tiles, all partial) | 1.71 / 1.79 | 1.61 / 1.22 |
-| 3-D blocked 4 x 8 x 8 (4 full tiles, no mask) | 0.220 (128-row tiles) / 0.294 | 0.162 / 0.229 |
+| 2-D 128 x 128, kernel 17 (9 key tiles per query tile) | 0.194 / 0.245 | 0.139 / 0.143 |
+| 3-D 16 x 48 x 48, kernel 5 x 13 x 13 (35.6 tiles, all partial) | 1.59 / 1.79 | 1.19 / 1.08 |
+| 3-D blocked 4 x 8 x 8 (4 full tiles, no mask) | 0.218 (128-row tiles) / 0.295 | 0.146 / 0.187 |
+| 1-D 32768, window 2048 (mostly full tiles) | 1.35 / 1.37 | |
 
 So Gluon takes full-tile (blocked) plans, and masked plans at D = 128 when their query tiles
 list at most ``MAX_MASKED_TILES`` key tiles on average, where the tuned config has 64 x 64 tiles
-(full tiles at D = 64 take 128-row tiles, so they stay on Triton). Calls with score modifiers
-(softcap, sinks, biases, sigmoid) or a dilation fold stay on the Triton kernel, which has them.
+(full tiles at D = 64 take 128-row tiles, so they stay on Triton; masked plans at D = 64 stay
+there too: 3-D loses, 2-D wins by 3%). Calls with score modifiers (softcap, sinks, biases,
+sigmoid) or a dilation fold stay on the Triton kernel, which has them.
 """
 
 from __future__ import annotations
