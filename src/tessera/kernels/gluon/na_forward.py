@@ -40,7 +40,8 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from ..triton import masks
 from ..triton.flash_fwd import LOG2E, bulk_aligned, grid_box, grid_view
 from ..triton.launcher import Launcher
-from ..triton.na_mask import NA_GRID, na_codes, na_codes_at, na_coords, na_param, na_penalty, na_query_windows
+from ..triton.na_mask import (NA_GRID, na_codes, na_codes_at, na_coords, na_param, na_penalty,
+                              na_query_windows)
 from ..triton.row_addressing import memory_rows, row_tile_origin
 
 # Registers per thread of the producer warp (the consumer warpgroup gets what the kernel's cap
