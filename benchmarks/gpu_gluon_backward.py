@@ -6,9 +6,9 @@ with the Gluon routes off). GPU (Hopper) only.
     python benchmarks/gpu_gluon_backward.py --out DIR [--kernels dq dkdv] [--dims 128 64] [--cases 3-D ...]
 
 Cases: the N-D suite's 2-D 128 x 128 kernel 17, 3-D 16 x 48 x 48 kernel 5 x 13 x 13, 3-D
-blocked 4 x 8 x 8 and 1-D 32768 window 2048 (``gpu_gluon_forward.CASES``), bf16, B = 1, H = 16, tiled order, 64 x 64
-tiles, the Triton kernels at (64, 64, 4, 2) for dq and (64, 64, 4, 3) for dk/dv (2 stages at
-D = 64) as tessera runs them there. Rows: case, dim, kernel, impl, ms, and the largest
+blocked 4 x 8 x 8 and 1-D 32768 window 2048 (``gpu_gluon_forward.CASES``), bf16, B = 1,
+H = 16, tiled order, 64 x 64 tiles, the Triton kernels at (64, 64, 4, 2) for dq and (64, 64,
+4, 3) for dk/dv (2 stages at D = 64) as tessera runs them there. Rows: case, dim, kernel, impl, ms, and the largest
 difference of the gradients from the Triton kernel's (a smoke check; the float64 checks are
 ``tests/kernels/test_gluon_gpu.py::test_gluon_dq_against_float64`` and ``..._dkdv_...``).
 Writes ``gluon_backward.json``.

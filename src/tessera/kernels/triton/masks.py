@@ -261,9 +261,10 @@ def neighborhood_params(pattern: Optional[Pattern], block_m: int,
     Flat int32 values: ``NA_FIELD_NAMES`` field-major, 3 axes each (grids padded with leading
     axes of extent 1; ``tile`` / ``tiles`` are the extents and counts of the token order's tiles,
     the whole grid as one tile in row-major order; ``shift`` their log2 where powers of two;
-    ``recip`` the fixed-point reciprocals of the counts, ``_tile_recips``), then the flags ``aligned`` for query tiles (``block_m``) and key tiles (``block_n``): power-of-two
-    order tiles and one order tile holding every kernel tile of that side (a single order tile,
-    or a tile volume the block size divides), and ``dilated`` (some dilation > 1)."""
+    ``recip`` the fixed-point reciprocals of the counts, ``_tile_recips``), then the flags
+    ``aligned`` for query tiles (``block_m``) and key tiles (``block_n``): power-of-two order
+    tiles and one order tile holding every kernel tile of that side (a single order tile, or a
+    tile volume the block size divides), and ``dilated`` (some dilation > 1)."""
     if type(pattern) is Neighborhood:
         rule, tile = pattern, pattern.grid
     elif (type(pattern) is Permuted and type(pattern.pattern) is Neighborhood
