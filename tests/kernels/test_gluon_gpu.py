@@ -204,6 +204,20 @@ def test_forward_route_stays_on_triton_without_a_gpu():
     assert forward_route.gluon_variant(q, q, q, plan) is None
 
 
+def test_listed_tile_limits_on_the_suite_plans():
+    """The routes' tile-count rule (``few_listed_tiles``) on the suite's plans: 2-D kernel 17 lists
+    9 key tiles per query tile, within both limits; 3-D 5 x 13 x 13 lists 35.6, within the
+    forward's (``MAX_MASKED_TILES``) and over dq's (``DQ_MAX_MASKED_TILES``)."""
+    from tessera.kernels.triton import backward_route, forward_route
+    cpu = torch.device("cpu")
+    for grid, kernel, per_tile, forward, dq in (((128, 128), (17, 17), 9.0, True, True),
+                                                ((16, 48, 48), (5, 13, 13), 35.6, True, False)):
+        plan = _plan(grid, kernel, 1, cpu)
+        assert plan.listed_pairs() / (plan.map_heads * plan.n_q_tiles) == pytest.approx(per_tile, abs=0.05)
+        assert forward_route.few_listed_tiles(plan, forward_route.MAX_MASKED_TILES) is forward
+        assert forward_route.few_listed_tiles(plan, backward_route.DQ_MAX_MASKED_TILES) is dq
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
 @pytest.mark.parametrize("op, grid, kernel, stride, dim, routed", [
