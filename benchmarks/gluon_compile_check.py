@@ -3,7 +3,7 @@ for Hopper (sm_90) without a GPU, on the N-D suite's shapes, and print shared me
 
     python benchmarks/gluon_compile_check.py [--kernel fwd|dq|dkdv] [--num-buffers 3] [--dim 128] [--no-overlap]
         [--specialized] [--v-buffers N]
-        [--max-registers N] [--block-m 64|128] [--cases NAME ...] [--dump FILE] [--ptx FILE]
+        [--max-registers N] [--block-m 64|128] [--cases NAME ...] [--loops] [--dump FILE] [--ptx FILE]
 
 The call runs on small CPU stand-ins up to the launch, which is captured instead of executed;
 tensors become 16-byte aligned pointers, descriptors their block type with shared layout.
@@ -19,7 +19,7 @@ from triton.backends.compiler import GPUTarget
 from triton.experimental.gluon import _runtime
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from tessera.bench.hopper_compile import resources, sass
+from tessera.bench.hopper_compile import resources, sass, sass_loops
 from tessera.kernels.gluon import na_dkdv, na_dq
 from tessera.kernels.gluon import na_forward as gluon_forward
 from tessera.kernels.triton import masks
@@ -72,6 +72,9 @@ def main() -> None:
     parser.add_argument("--max-registers", type=int, default=None)
     parser.add_argument("--block-m", type=int, default=64, help="query tile rows (64 or 128)")
     parser.add_argument("--cases", nargs="*", default=list(CASES), help=f"of {list(CASES)}")
+    parser.add_argument("--loops", action="store_true",
+                        help="print each innermost loop's instruction count and commonest opcodes "
+                             "(not the two-instruction mbarrier waits)")
     parser.add_argument("--dump", default=None, help="write the SASS of the last case here")
     parser.add_argument("--ptx", default=None, help="write the PTX of the last case here (for ptxas -v)")
     args = parser.parse_args()
@@ -119,6 +122,12 @@ def main() -> None:
                    if args.kernel == "dq" else "")
         print(f"{args.kernel} {name} D={args.dim} buffers={args.num_buffers} {variant}: shared "
               f"{compiled.metadata.shared} B, registers {regs}, stack {stack} B")
+        if args.loops:
+            for label, start, end, ops in sass_loops(sass(compiled)):
+                if end - start < 8:
+                    continue
+                top = ", ".join(f"{op} {n}" for op, n in ops.most_common(10))
+                print(f"    loop {label}: {end - start + 1} instructions ({top})")
         if args.ptx:
             with open(args.ptx, "w") as f:
                 f.write(compiled.asm["ptx"])

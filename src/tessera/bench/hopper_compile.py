@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import tempfile
+from collections import Counter
 
 import torch
 import triton
@@ -121,6 +122,35 @@ def _cubin_tool(tool: str, kernel, *flags: str) -> str:
 def sass(kernel, line_info: bool = True) -> str:
     """The compiled kernel's SASS (nvdisasm), with its source lines when ``line_info``."""
     return _cubin_tool("nvdisasm", kernel, "-c", *(("-g",) if line_info else ()))
+
+
+def sass_loops(text: str) -> list[tuple[str, int, int, Counter]]:
+    """The innermost loops of nvdisasm output ``text`` (``sass``): for each backward branch whose
+    span holds no other, ``(target label, first and last instruction index, opcode counts)``,
+    opcodes without predicates and modifiers, in program order."""
+    labels: dict[str, int] = {}
+    instructions: list[str] = []
+    for line in text.splitlines():
+        label = re.match(r"^\s*(\.L_x_\d+):", line)
+        if label:
+            labels[label.group(1)] = len(instructions)
+            continue
+        op = re.search(r"/\*[0-9a-f]{4}\*/\s+(.*?);", line)
+        if op:
+            instructions.append(op.group(1).strip())
+    spans = []
+    for end, text_ in enumerate(instructions):
+        target = re.search(r"BRA\s+`\((\.L_x_\d+)\)", text_)
+        if target and labels.get(target.group(1), end) < end:
+            spans.append((target.group(1), labels[target.group(1)], end))
+    loops = []
+    for label, start, end in spans:
+        if any(start <= s2 and e2 <= end and (s2, e2) != (start, end) for _, s2, e2 in spans):
+            continue
+        ops = Counter(i.split()[1 if i.startswith("@") else 0].split(".")[0]
+                      for i in instructions[start:end + 1])
+        loops.append((label, start, end, ops))
+    return loops
 
 
 def resources(kernel) -> tuple[int, int]:
