@@ -3,7 +3,7 @@ for Hopper (sm_90) without a GPU, on the N-D suite's shapes, and print shared me
 
     python benchmarks/gluon_compile_check.py [--kernel fwd|dq|dkdv] [--num-buffers 3] [--dim 128] [--no-overlap]
         [--specialized] [--v-buffers N]
-        [--max-registers N] [--block-m 64|128] [--cases NAME ...] [--loops] [--dump FILE] [--ptx FILE]
+        [--max-registers N] [--block-m 64|128] [--lazy-rescale 8] [--cases NAME ...] [--loops] [--dump FILE] [--ptx FILE]
 
 The call runs on small CPU stand-ins up to the launch, which is captured instead of executed;
 tensors become 16-byte aligned pointers, descriptors their block type with shared layout.
@@ -71,6 +71,8 @@ def main() -> None:
     parser.add_argument("--v-buffers", type=int, default=None, help="V ring slots (--no-overlap)")
     parser.add_argument("--max-registers", type=int, default=None)
     parser.add_argument("--block-m", type=int, default=64, help="query tile rows (64 or 128)")
+    parser.add_argument("--lazy-rescale", type=float, default=0.0,
+                        help="the forward's lazy_rescale threshold (with --no-overlap)")
     parser.add_argument("--cases", nargs="*", default=list(CASES), help=f"of {list(CASES)}")
     parser.add_argument("--loops", action="store_true",
                         help="print each innermost loop's instruction count and commonest opcodes "
@@ -107,7 +109,8 @@ def main() -> None:
                 gluon_forward.na_forward(q, k, v, plan, scale=args.dim ** -0.5,
                                          num_buffers=args.num_buffers, overlap=not args.no_overlap,
                                          specialized=args.specialized, v_buffers=args.v_buffers,
-                                         max_registers=args.max_registers)
+                                         max_registers=args.max_registers,
+                                         lazy_rescale=args.lazy_rescale)
         finally:
             type(jit_fn).__getitem__ = original
         (launch_args, launch_kwargs), = captured
@@ -117,6 +120,7 @@ def main() -> None:
         regs, stack = resources(compiled)
         variant = (f"overlap={not args.no_overlap} specialized={args.specialized} "
                    f"v_buffers={args.v_buffers} max_registers={args.max_registers} "
+                   f"lazy_rescale={args.lazy_rescale} "
                    if args.kernel == "fwd" else
                    f"v_buffers={args.v_buffers or 1} max_registers={args.max_registers} "
                    if args.kernel == "dq" else "")

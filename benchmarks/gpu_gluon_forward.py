@@ -3,6 +3,7 @@ forward kernel on the same plan and tensors, one process, kernel time (``median_
 median, L2 flushed between calls). GPU (Hopper) only.
 
     python benchmarks/gpu_gluon_forward.py --out DIR [--dims 128 64] [--cases blocked ...]
+        [--variants K2V1 K2V1-lazy8-r168 ...]
 
 Cases: the N-D suite's 2-D 128 x 128 kernel 17, 3-D 16 x 48 x 48 kernel 5 x 13 x 13, 3-D
 blocked 4 x 8 x 8 and 1-D 32768 window 2048, bf16, B = 1, H = 16, in the tiled order natten
@@ -11,6 +12,10 @@ picks, at 64 x 64 tiles (the Triton kernel at the config tessera takes there). R
 on the plan at 128 x 64 tiles where its 128-row tiles are grid boxes), ms, and the largest
 difference of o from the Triton kernel's (a smoke check; the float64 checks are
 ``tests/kernels/test_gluon_gpu.py``). Writes ``gluon_forward.json``.
+
+``--variants`` replaces the 64-row variants by sequential-loop ones named ``K<k slots>V<v
+slots>``, optionally followed by ``-lazy<threshold>`` (``lazy_rescale``) and ``-r<registers>``
+(``max_registers``).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import time
 
 import torch
@@ -45,6 +51,19 @@ GLUON = [dict(overlap=False, num_buffers=3), dict(overlap=False, num_buffers=2, 
          dict(overlap=False, num_buffers=4, v_buffers=2), dict(overlap=True, num_buffers=3, specialized=True)]
 
 
+def parse_variant(name: str) -> dict:
+    """``na_forward`` arguments of a sequential-loop variant named ``K2V1``, ``K1V1-lazy8-r128``, ..."""
+    match = re.fullmatch(r"K(\d+)V(\d+)(?:-lazy([\d.]+))?(?:-r(\d+))?", name)
+    if match is None:
+        raise SystemExit(f"--variants: {name!r} is not K<n>V<m>[-lazy<t>][-r<registers>]")
+    variant = dict(overlap=False, num_buffers=int(match[1]), v_buffers=int(match[2]))
+    if match[3]:
+        variant["lazy_rescale"] = float(match[3])
+    if match[4]:
+        variant["max_registers"] = int(match[4])
+    return variant
+
+
 def case_plan(grid, kernel, stride, heads: int, device: torch.device, block_m: int = 64):
     """``(plan, seq)``: the plan of ``Neighborhood(grid, kernel, stride)`` in the tiled order
     ``tessera.natten`` picks, at ``block_m`` x 64 tiles, and the number of tokens."""
@@ -62,7 +81,11 @@ def main() -> None:
     parser.add_argument("--dims", nargs="*", type=int, default=[128, 64])
     parser.add_argument("--cases", nargs="*", default=None,
                         help="case names containing any of these (default: all)")
+    parser.add_argument("--variants", nargs="*", default=None,
+                        help="sequential-loop variants K<n>V<m>[-lazy<t>][-r<registers>] in place of "
+                             "the default 64-row list")
     args = parser.parse_args()
+    gluon_variants = [parse_variant(name) for name in args.variants] if args.variants else GLUON
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu_gluon_forward.py needs a CUDA GPU")
     device = torch.device("cuda")
@@ -85,7 +108,7 @@ def main() -> None:
             ref, _ = flash_fwd.forward(q, k, v, plan, scale=scale, config=config, grid_order=True)
             runs = [(f"triton {config}",
                      lambda: flash_fwd.forward(q, k, v, plan, scale=scale, config=config, grid_order=True))]
-            variants = [("gluon", plan, variant) for variant in GLUON]
+            variants = [("gluon", plan, variant) for variant in gluon_variants]
             if gluon_forward.supports(q, k, v, plan_128):
                 variants += [("gluon 128-row", plan_128, variant) for variant in GLUON_128]
             for label, tiles, variant in variants:

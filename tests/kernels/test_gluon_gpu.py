@@ -53,6 +53,12 @@ def test_scope_and_arguments_without_a_gpu():
         gluon_forward.na_forward(q, q, q, plan, scale=0.1, specialized=True, max_registers=168)
     with pytest.raises(ValueError, match="scope"):
         gluon_forward.na_forward(q.float(), q.float(), q.float(), plan, scale=0.1)
+    with pytest.raises(ValueError, match="lazy_rescale"):
+        gluon_forward.na_forward(q, q, q, plan, scale=0.1, overlap=False, lazy_rescale=-1.0)
+    with pytest.raises(ValueError, match="lazy_rescale"):
+        gluon_forward.na_forward(q, q, q, plan, scale=0.1, overlap=False, lazy_rescale=20.0)
+    with pytest.raises(ValueError, match="lazy_rescale"):
+        gluon_forward.na_forward(q, q, q, plan, scale=0.1, lazy_rescale=8.0)
 
 
 @pytest.mark.gpu
@@ -85,15 +91,31 @@ def test_gluon_forward_on_128_row_tiles_against_float64(dim, dtype, buffers, v_b
                    v_buffers=v_buffers, overlap=False, max_registers=max_registers)
 
 
-def _check_forward(op, grid, kernel, stride, dim, dtype, block_m, **forward_args):
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
+@pytest.mark.parametrize("buffers, max_registers", [(2, 168), (1, 128)])
+@pytest.mark.parametrize("q_scale", [1.0, 8.0])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("op, grid, kernel", [(na2d, (32, 48), (7, 9)), (na3d, (8, 16, 16), (3, 5, 5))])
+def test_gluon_forward_lazy_rescale_against_float64(op, grid, kernel, dtype, q_scale, buffers,
+                                                    max_registers):
+    """``lazy_rescale`` (the running max moved only past a threshold): with q scaled by 8 the
+    logits spread over tens of log2 units, so the max moves in the middle of the tile loop
+    too, not only at its first tile."""
+    _check_forward(op, grid, kernel, 1, 128, dtype, 64, q_scale=q_scale, num_buffers=buffers,
+                   v_buffers=1, overlap=False, lazy_rescale=8.0, max_registers=max_registers)
+
+
+def _check_forward(op, grid, kernel, stride, dim, dtype, block_m, q_scale=1.0, **forward_args):
     """``na_forward(**forward_args)`` on the plan at ``block_m`` x 64 tiles (GQA, B = 2) against
     the float64 reference: o and lse at most 2x the reference's own error in the input dtype,
-    plus a small floor."""
+    plus a small floor. q is standard normal times ``q_scale``."""
     from tessera.kernels.gluon import na_forward as gluon_forward
     gen = torch.Generator(device="cuda").manual_seed(0)
     batch, heads, kv_heads = 2, 4, 2
     q, k, v = (torch.randn(batch, *grid, h, dim, device="cuda", dtype=dtype, generator=gen)
                for h in (heads, kv_heads, kv_heads))
+    q = (q * q_scale).to(dtype)
     seq = q[0, ..., 0, 0].numel()
     plan = _plan(grid, kernel, heads, q.device, stride, block_m)
     flat = [t.reshape(batch, seq, t.shape[-2], dim) for t in (q, k, v)]

@@ -47,6 +47,9 @@ from ..triton.row_addressing import memory_rows, row_tile_origin
 # Registers per thread of the producer warp (the consumer warpgroup gets what the kernel's cap
 # leaves: ``na_forward`` launches specialized kernels with ``maxnreg=128``, two programs per SM).
 PRODUCER_REGISTERS = gl.constexpr(24)
+# The largest ``lazy_rescale`` threshold: weights stay below 2 ** 15, inside fp16's range with
+# the headroom a 16-bit P @ V needs.
+MAX_LAZY_RESCALE = 15.0
 
 
 @gluon.jit
@@ -126,6 +129,24 @@ def _online_softmax(z, m_i, l_i):
     alpha = gl.exp2(m_i - m_safe)
     p = gl.exp2(z - m_safe[:, None])
     return p, alpha, m_new, l_i * alpha + gl.sum(p, 1)
+
+
+@gluon.jit
+def _lazy_softmax(z, m_i, l_i, acc, rows_o: gl.constexpr, THRESHOLD: gl.constexpr):
+    """``_online_softmax`` with the running max moved only when some row's max grew by more
+    than ``THRESHOLD`` (log2 domain): ``(p, acc, m_i, l_i)``. Otherwise the tile's weights are
+    taken against the old max (each at most ``2 ** THRESHOLD``, exact in fp32 sums and 16-bit
+    P) and the running output is not rescaled: the rescale (one multiply per output element)
+    runs on few tiles only. The decision is one for the whole program (a scalar ``if``)."""
+    m_new = gl.maximum(m_i, gl.max(z, 1))
+    move = gl.max((m_new > m_i + THRESHOLD).to(gl.int32), 0) > 0
+    m_ref = gl.where(move, m_new, m_i)
+    m_safe = gl.where(m_ref == float("-inf"), 0.0, m_ref)
+    p = gl.exp2(z - m_safe[:, None])
+    alpha = gl.exp2(m_i - m_safe)
+    if move:
+        acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
+    return p, acc, m_ref, l_i * alpha + gl.sum(p, 1)
 
 
 @gluon.jit
@@ -210,7 +231,7 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC,
               FULL_W, qk_scale, HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr,
               BLOCK_N: gl.constexpr, NA_STATIC: gl.constexpr, NUM_BUF: gl.constexpr,
               V_BUF: gl.constexpr, OVERLAP: gl.constexpr, MASKED: gl.constexpr,
-              SPECIALIZED: gl.constexpr, WARPS: gl.constexpr):
+              SPECIALIZED: gl.constexpr, LAZY_RESCALE: gl.constexpr, WARPS: gl.constexpr):
     """The warpgroup that computes: QK^T, softmax and P @ V over the listed key tiles, then o
     (through q's buffer, by a bulk store) and lse."""
     dtype: gl.constexpr = q_smem.dtype
@@ -315,10 +336,14 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC,
                               s_zero, use_acc=False, is_async=True)
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
             if MASKED:
-                p, alpha, m_i, l_i = _online_softmax(s * qk_scale + penalty, m_i, l_i)
+                z = s * qk_scale + penalty
             else:
-                p, alpha, m_i, l_i = _online_softmax(s * qk_scale, m_i, l_i)
-            acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
+                z = s * qk_scale
+            if LAZY_RESCALE > 0:
+                p, acc, m_i, l_i = _lazy_softmax(z, m_i, l_i, acc, rows_o, LAZY_RESCALE)
+            else:
+                p, alpha, m_i, l_i = _online_softmax(z, m_i, l_i)
+                acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
             mbarrier.wait(v_bars.index(t % V_BUF), (t // V_BUF) & 1)
             acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout),
                                 v_bufs.index(t % V_BUF).reshape([BLOCK_N, HEAD_D]), acc, is_async=True)
@@ -351,7 +376,7 @@ def _na_fwd(Q_DESC, K_DESC, V_DESC, O_DESC, LSE, PART_CNT, PART_IDX, FULL_CNT, F
             HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
             NA_STATIC: gl.constexpr, NUM_BUF: gl.constexpr, V_BUF: gl.constexpr,
             OVERLAP: gl.constexpr, MASKED: gl.constexpr, SPECIALIZED: gl.constexpr,
-            num_warps: gl.constexpr):
+            LAZY_RESCALE: gl.constexpr, num_warps: gl.constexpr):
     m = gl.program_id(0)
     bh = gl.program_id(1)
     b = bh // H_Q
@@ -384,7 +409,8 @@ def _na_fwd(Q_DESC, K_DESC, V_DESC, O_DESC, LSE, PART_CNT, PART_IDX, FULL_CNT, F
             (_consumer, (q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC, V_DESC,
                          O_DESC, LSE, PART_IDX, FULL_IDX, NA, row, n_part, total, m, b, bh, hk,
                          q_origin, S_Q, PART_W, FULL_W, qk_scale, HEAD_D, BLOCK_M, BLOCK_N,
-                         NA_STATIC, NUM_BUF, V_BUF, OVERLAP, MASKED, SPECIALIZED, num_warps)),
+                         NA_STATIC, NUM_BUF, V_BUF, OVERLAP, MASKED, SPECIALIZED, LAZY_RESCALE,
+                         num_warps)),
             (_kv_producer, (K_DESC, V_DESC, k_bufs, v_bufs, kv_bars, free_bars, PART_IDX, FULL_IDX,
                             row, PART_W, FULL_W, n_part, total, b, hk, NA, NA_STATIC, HEAD_D,
                             BLOCK_N, NUM_BUF)),
@@ -405,7 +431,7 @@ def _na_fwd(Q_DESC, K_DESC, V_DESC, O_DESC, LSE, PART_CNT, PART_IDX, FULL_CNT, F
         _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC, V_DESC, O_DESC,
                   LSE, PART_IDX, FULL_IDX, NA, row, n_part, total, m, b, bh, hk, q_origin, S_Q,
                   PART_W, FULL_W, qk_scale, HEAD_D, BLOCK_M, BLOCK_N, NA_STATIC, NUM_BUF, V_BUF,
-                  OVERLAP, MASKED, SPECIALIZED, num_warps)
+                  OVERLAP, MASKED, SPECIALIZED, LAZY_RESCALE, num_warps)
 
 
 _LAUNCH = Launcher(_na_fwd)
@@ -453,6 +479,7 @@ def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan) -> bool:
 def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale: float,
                num_buffers: int = 3, overlap: bool = True, specialized: bool = False,
                v_buffers: int | None = None, max_registers: int | None = None,
+               lazy_rescale: float = 0.0,
                scope_checked: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(o [B, S, H_q, D], lse float32 [B, H_q, S])`` of softmax attention over ``plan`` (a
     tiled neighborhood's plan at 64 x 64 or 128 x 64 tiles) for grid-order ``q [B, S, H_q, D]``,
@@ -462,7 +489,9 @@ def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale
     QK^T and P @ V run under a neighbouring tile's softmax; ``specialized``: a producer warp
     fills the ring (warp specialization, with ``overlap``; launched at 128 registers);
     ``max_registers``: a register cap per thread for the other variants (fewer registers, more
-    programs per SM); ``scope_checked``: the caller has found ``supports`` true for these
+    programs per SM); ``lazy_rescale``: in the sequential loop, a threshold (log2 units, in
+    (0, ``MAX_LAZY_RESCALE``]) below which a grown row max does not rescale the running output
+    (``_lazy_softmax``; 0: every tile rescales); ``scope_checked``: the caller has found ``supports`` true for these
     tensors and plan (the routes do), so it is not evaluated again."""
     if specialized and not overlap:
         raise ValueError("na_forward: specialized=True needs overlap=True")
@@ -477,6 +506,9 @@ def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale
     if plan.block_m == 128 and overlap:
         raise ValueError("na_forward: 128-row query tiles (two warpgroups) run the sequential loop "
                          "only: pass overlap=False")
+    if not 0.0 <= lazy_rescale <= MAX_LAZY_RESCALE or (lazy_rescale and overlap):
+        raise ValueError(f"na_forward: lazy_rescale must be in [0, {MAX_LAZY_RESCALE}] and needs "
+                         f"overlap=False, got {lazy_rescale} with overlap={overlap}")
     if max_registers is not None and specialized:
         raise ValueError("na_forward: max_registers is for variants without specialized (which "
                          "runs at 128)")
@@ -498,6 +530,6 @@ def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale
         HEAD_D=dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, NA_STATIC=plan.na_static,
         NUM_BUF=num_buffers, V_BUF=v_buffers, OVERLAP=overlap,
         MASKED=plan.mask_mode == masks.MASK_NEIGHBORHOOD, SPECIALIZED=specialized,
-        num_warps=plan.block_m // 16,
+        LAZY_RESCALE=float(lazy_rescale), num_warps=plan.block_m // 16,
         **({"maxnreg": cap} if cap else {}))
     return o, lse
