@@ -3,7 +3,7 @@ for Hopper (sm_90) without a GPU, on the N-D suite's shapes, and print shared me
 
     python benchmarks/gluon_compile_check.py [--kernel fwd|dq|dkdv] [--num-buffers 3] [--dim 128] [--no-overlap]
         [--specialized] [--v-buffers N]
-        [--max-registers N] [--block-m 64|128] [--lazy-rescale 8] [--cases NAME ...] [--loops] [--dump FILE] [--ptx FILE]
+        [--max-registers N] [--block-m 64|128] [--lazy-rescale 8] [--defer-pv] [--cases NAME ...] [--loops] [--dump FILE] [--ptx FILE]
 
 The call runs on small CPU stand-ins up to the launch, which is captured instead of executed;
 tensors become 16-byte aligned pointers, descriptors their block type with shared layout.
@@ -73,6 +73,8 @@ def main() -> None:
     parser.add_argument("--block-m", type=int, default=64, help="query tile rows (64 or 128)")
     parser.add_argument("--lazy-rescale", type=float, default=0.0,
                         help="the forward's lazy_rescale threshold (with --no-overlap)")
+    parser.add_argument("--defer-pv", action="store_true",
+                        help="the forward's defer_pv loop (--no-overlap --num-buffers 1 --v-buffers 2)")
     parser.add_argument("--cases", nargs="*", default=list(CASES), help=f"of {list(CASES)}")
     parser.add_argument("--loops", action="store_true",
                         help="print each innermost loop's instruction count and commonest opcodes "
@@ -110,7 +112,7 @@ def main() -> None:
                                          num_buffers=args.num_buffers, overlap=not args.no_overlap,
                                          specialized=args.specialized, v_buffers=args.v_buffers,
                                          max_registers=args.max_registers,
-                                         lazy_rescale=args.lazy_rescale)
+                                         lazy_rescale=args.lazy_rescale, defer_pv=args.defer_pv)
         finally:
             type(jit_fn).__getitem__ = original
         (launch_args, launch_kwargs), = captured
@@ -120,7 +122,7 @@ def main() -> None:
         regs, stack = resources(compiled)
         variant = (f"overlap={not args.no_overlap} specialized={args.specialized} "
                    f"v_buffers={args.v_buffers} max_registers={args.max_registers} "
-                   f"lazy_rescale={args.lazy_rescale} "
+                   f"lazy_rescale={args.lazy_rescale} defer_pv={args.defer_pv} "
                    if args.kernel == "fwd" else
                    f"v_buffers={args.v_buffers or 1} max_registers={args.max_registers} "
                    if args.kernel == "dq" else "")

@@ -3,7 +3,7 @@ forward kernel on the same plan and tensors, one process, kernel time (``median_
 median, L2 flushed between calls). GPU (Hopper) only.
 
     python benchmarks/gpu_gluon_forward.py --out DIR [--dims 128 64] [--cases blocked ...]
-        [--variants K2V1 K2V1-lazy8-r168 ...]
+        [--variants K2V1 K1V2-defer ...] [--variants-128 K2V2-r128 ...]
 
 Cases: the N-D suite's 2-D 128 x 128 kernel 17, 3-D 16 x 48 x 48 kernel 5 x 13 x 13, 3-D
 blocked 4 x 8 x 8 and 1-D 32768 window 2048, bf16, B = 1, H = 16, in the tiled order natten
@@ -14,8 +14,8 @@ difference of o from the Triton kernel's (a smoke check; the float64 checks are
 ``tests/kernels/test_gluon_gpu.py``). Writes ``gluon_forward.json``.
 
 ``--variants`` replaces the 64-row variants by sequential-loop ones named ``K<k slots>V<v
-slots>``, optionally followed by ``-lazy<threshold>`` (``lazy_rescale``) and ``-r<registers>``
-(``max_registers``).
+slots>``, optionally followed by ``-defer`` (``defer_pv``), ``-lazy<threshold>``
+(``lazy_rescale``) and ``-r<registers>`` (``max_registers``); ``--variants-128`` does the same for the 128-row variants.
 """
 
 from __future__ import annotations
@@ -53,14 +53,16 @@ GLUON = [dict(overlap=False, num_buffers=3), dict(overlap=False, num_buffers=2, 
 
 def parse_variant(name: str) -> dict:
     """``na_forward`` arguments of a sequential-loop variant named ``K2V1``, ``K1V1-lazy8-r128``, ..."""
-    match = re.fullmatch(r"K(\d+)V(\d+)(?:-lazy([\d.]+))?(?:-r(\d+))?", name)
+    match = re.fullmatch(r"K(\d+)V(\d+)(-defer)?(?:-lazy([\d.]+))?(?:-r(\d+))?", name)
     if match is None:
-        raise SystemExit(f"--variants: {name!r} is not K<n>V<m>[-lazy<t>][-r<registers>]")
+        raise SystemExit(f"--variants: {name!r} is not K<n>V<m>[-defer][-lazy<t>][-r<registers>]")
     variant = dict(overlap=False, num_buffers=int(match[1]), v_buffers=int(match[2]))
     if match[3]:
-        variant["lazy_rescale"] = float(match[3])
+        variant["defer_pv"] = True
     if match[4]:
-        variant["max_registers"] = int(match[4])
+        variant["lazy_rescale"] = float(match[4])
+    if match[5]:
+        variant["max_registers"] = int(match[5])
     return variant
 
 
@@ -82,10 +84,13 @@ def main() -> None:
     parser.add_argument("--cases", nargs="*", default=None,
                         help="case names containing any of these (default: all)")
     parser.add_argument("--variants", nargs="*", default=None,
-                        help="sequential-loop variants K<n>V<m>[-lazy<t>][-r<registers>] in place of "
+                        help="sequential-loop variants K<n>V<m>[-defer][-lazy<t>][-r<registers>] in place of "
                              "the default 64-row list")
+    parser.add_argument("--variants-128", nargs="*", default=None,
+                        help="the same for 128-row query tiles (in place of the default list)")
     args = parser.parse_args()
     gluon_variants = [parse_variant(name) for name in args.variants] if args.variants else GLUON
+    variants_128 = [parse_variant(name) for name in args.variants_128] if args.variants_128 else GLUON_128
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu_gluon_forward.py needs a CUDA GPU")
     device = torch.device("cuda")
@@ -110,7 +115,7 @@ def main() -> None:
                      lambda: flash_fwd.forward(q, k, v, plan, scale=scale, config=config, grid_order=True))]
             variants = [("gluon", plan, variant) for variant in gluon_variants]
             if gluon_forward.supports(q, k, v, plan_128):
-                variants += [("gluon 128-row", plan_128, variant) for variant in GLUON_128]
+                variants += [("gluon 128-row", plan_128, variant) for variant in variants_128]
             for label, tiles, variant in variants:
                 runs.append((label + " " + " ".join(f"{key}={value}" for key, value in variant.items()),
                              lambda p=tiles, kw=variant: gluon_forward.na_forward(q, k, v, p, scale=scale, **kw)))

@@ -59,6 +59,12 @@ def test_scope_and_arguments_without_a_gpu():
         gluon_forward.na_forward(q, q, q, plan, scale=0.1, overlap=False, lazy_rescale=20.0)
     with pytest.raises(ValueError, match="lazy_rescale"):
         gluon_forward.na_forward(q, q, q, plan, scale=0.1, lazy_rescale=8.0)
+    for bad in (dict(num_buffers=2, v_buffers=2), dict(num_buffers=1, v_buffers=1),
+                dict(num_buffers=1, v_buffers=2, lazy_rescale=8.0)):
+        with pytest.raises(ValueError, match="defer_pv"):
+            gluon_forward.na_forward(q, q, q, plan, scale=0.1, overlap=False, defer_pv=True, **bad)
+    with pytest.raises(ValueError, match="v_buffers"):
+        gluon_forward.na_forward(q, q, q, plan, scale=0.1, overlap=False, num_buffers=1, v_buffers=2)
 
 
 @pytest.mark.gpu
@@ -106,10 +112,41 @@ def test_gluon_forward_lazy_rescale_against_float64(op, grid, kernel, dtype, q_s
                    v_buffers=1, overlap=False, lazy_rescale=8.0, max_registers=max_registers)
 
 
-def _check_forward(op, grid, kernel, stride, dim, dtype, block_m, q_scale=1.0, **forward_args):
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("op, grid, kernel, stride, dim", [
+    (na2d, (32, 48), (7, 9), 1, 128),
+    (na2d, (64, 64), (17, 17), 1, 64),
+    (na3d, (8, 16, 16), (3, 5, 5), 1, 128),
+    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128),     # blocked: full tiles only, no mask
+])
+def test_gluon_forward_deferred_pv_against_float64(op, grid, kernel, stride, dim, dtype):
+    """``defer_pv``: each P @ V left in flight under the next tile's penalty and QK^T."""
+    _check_forward(op, grid, kernel, stride, dim, dtype, 64, num_buffers=1, v_buffers=2,
+                   overlap=False, defer_pv=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
+@pytest.mark.parametrize("defer_pv", [False, True])
+@pytest.mark.parametrize("op, grid, kernel, stride", [
+    (na2d, (32, 48), (7, 9), 1),
+    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8)),           # unmasked tiles: max over unscaled logits
+])
+def test_gluon_forward_negative_scale_against_float64(op, grid, kernel, stride, defer_pv):
+    """A negative ``scale`` (the row max is then not the scaled max of the unscaled logits)."""
+    _check_forward(op, grid, kernel, stride, 128, torch.bfloat16, 64, scale=-128 ** -0.5,
+                   num_buffers=1 if defer_pv else 2, v_buffers=2 if defer_pv else 1,
+                   overlap=False, defer_pv=defer_pv)
+
+
+def _check_forward(op, grid, kernel, stride, dim, dtype, block_m, q_scale=1.0, scale=None,
+                   **forward_args):
     """``na_forward(**forward_args)`` on the plan at ``block_m`` x 64 tiles (GQA, B = 2) against
     the float64 reference: o and lse at most 2x the reference's own error in the input dtype,
-    plus a small floor. q is standard normal times ``q_scale``."""
+    plus a small floor. q is standard normal times ``q_scale``; ``scale`` defaults to
+    ``dim ** -0.5``."""
     from tessera.kernels.gluon import na_forward as gluon_forward
     gen = torch.Generator(device="cuda").manual_seed(0)
     batch, heads, kv_heads = 2, 4, 2
@@ -120,11 +157,12 @@ def _check_forward(op, grid, kernel, stride, dim, dtype, block_m, q_scale=1.0, *
     plan = _plan(grid, kernel, heads, q.device, stride, block_m)
     flat = [t.reshape(batch, seq, t.shape[-2], dim) for t in (q, k, v)]
     assert gluon_forward.supports(*flat, plan)
-    o, lse = gluon_forward.na_forward(*flat, plan, scale=dim ** -0.5, **forward_args)
+    scale = dim ** -0.5 if scale is None else scale
+    o, lse = gluon_forward.na_forward(*flat, plan, scale=scale, **forward_args)
     got = [o.reshape(q.shape), lse.reshape(batch, heads, *grid)]
-    same = op(q, k, v, kernel, stride=stride, backend="reference", return_lse=True)
+    same = op(q, k, v, kernel, stride=stride, backend="reference", return_lse=True, scale=scale)
     want = op(*(t.double() for t in (q, k, v)), kernel, stride=stride, backend="reference",
-              return_lse=True)
+              return_lse=True, scale=scale)
     assert_error_rule(("o", "lse"), got, same, want, dtype)
 
 

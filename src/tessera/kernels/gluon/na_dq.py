@@ -13,7 +13,8 @@ ahead of use (as in ``na_forward``'s sequential loop). Per key tile, with lse an
     dS = P * (dP - delta)                  dQ += dS K
 
 (``penalty``: ``na_mask.na_penalty`` of the query windows against the key codes, computed
-before the products are waited for; dP's product runs under P's exponentials.) dq (times
+before the products are waited for from the key tile's grid coordinates, which its bulk copies
+share; dP's product runs under P's exponentials.) dq (times
 ``scale``) leaves through q's buffer by a bulk store.
 
 Compiled for sm_90 without a GPU by ``benchmarks/gluon_compile_check.py --kernel dq``; its
@@ -33,9 +34,10 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 from ..triton import masks
 from ..triton.flash_fwd import grid_box, LOG2E
 from ..triton.launcher import Launcher
-from ..triton.na_mask import na_query_windows
+from ..triton.na_mask import NA_GRID, na_param, na_query_windows
 from ..triton.row_addressing import memory_rows, row_tile_origin
-from .na_forward import _descriptor, _issue_one, _penalty, _tile_of, supports
+from .na_forward import (_descriptor, _issue_box, _issue_one, _key_tile_at, _penalty_at, _tile_of,
+                         supports)
 
 
 @gluon.jit
@@ -102,21 +104,35 @@ def _na_dq(Q_DESC, K_DESC, V_DESC, DO_DESC, DQ_DESC, LSE, DELTA, PART_CNT, PART_
     mbarrier.wait(q_bar, 0)
 
     # Tile t + NUM_BUF - 1 of k and t + V_BUF - 1 of v are copied at step t, into the slots tile
-    # t - 1's (completed) products read.
+    # t - 1's (completed) products read. With two K slots the grid coordinates of tile t + 1 are
+    # computed once at step t (its copies) and carried into step t + 1 (its penalty, and its V
+    # copy with one V slot), as in ``na_forward``'s sequential loop.
+    row0 = b * na_param(NA, NA_GRID, 0)
+    tile, c0, c1, c2 = _key_tile_at(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, 0, NA,
+                                    NA_STATIC, BLOCK_N)
     for t in range(total):
-        tile = _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, t)
-        k_ahead = t + NUM_BUF - 1
-        if k_ahead < total:
-            _issue_one(K_DESC, k_bufs, k_bars,
-                       _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, k_ahead),
-                       k_ahead % NUM_BUF, b, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
-        v_ahead = t + V_BUF - 1
-        if v_ahead < total:
-            _issue_one(V_DESC, v_bufs, v_bars,
-                       _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, v_ahead),
-                       v_ahead % V_BUF, b, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
+        if NUM_BUF == 2 and V_BUF <= 2:
+            nxt, n0, n1, n2 = _key_tile_at(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part,
+                                           gl.minimum(t + 1, total - 1), NA, NA_STATIC, BLOCK_N)
+            if t + 1 < total:
+                _issue_box(K_DESC, k_bufs, k_bars, row0 + n0, n1, n2, hk, (t + 1) % 2)
+                if V_BUF == 2:
+                    _issue_box(V_DESC, v_bufs, v_bars, row0 + n0, n1, n2, hk, (t + 1) % 2)
+            if V_BUF == 1:
+                _issue_box(V_DESC, v_bufs, v_bars, row0 + c0, c1, c2, hk, 0)
+        else:
+            k_ahead = t + NUM_BUF - 1
+            if k_ahead < total:
+                _issue_one(K_DESC, k_bufs, k_bars,
+                           _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, k_ahead),
+                           k_ahead % NUM_BUF, b, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
+            v_ahead = t + V_BUF - 1
+            if v_ahead < total:
+                _issue_one(V_DESC, v_bufs, v_bars,
+                           _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, v_ahead),
+                           v_ahead % V_BUF, b, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
         if MASKED:
-            penalty = _penalty(tile, windows, offs_n, NA, BLOCK_N, NA_STATIC)
+            penalty = _penalty_at((c0, c1, c2), tile, windows, offs_n, NA, BLOCK_N, NA_STATIC)
         k_tile = k_bufs.index(t % NUM_BUF).reshape([BLOCK_N, HEAD_D])
         mbarrier.wait(k_bars.index(t % NUM_BUF), (t // NUM_BUF) & 1)
         s = warpgroup_mma(q_tile, k_tile.permute((1, 0)), s_zero, use_acc=False, is_async=True)
@@ -132,6 +148,11 @@ def _na_dq(Q_DESC, K_DESC, V_DESC, DO_DESC, DQ_DESC, LSE, DELTA, PART_CNT, PART_
         ds = p * (dp - delta[:, None])
         dq = warpgroup_mma(gl.convert_layout(ds.to(dtype), a_layout), k_tile, dq, is_async=True)
         dq = warpgroup_mma_wait(num_outstanding=0, deps=(dq,))
+        if NUM_BUF == 2 and V_BUF <= 2:
+            tile, c0, c1, c2 = nxt, n0, n1, n2
+        else:
+            tile, c0, c1, c2 = _key_tile_at(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part,
+                                            gl.minimum(t + 1, total - 1), NA, NA_STATIC, BLOCK_N)
 
     # q's buffer carries dq out (every product that read it has completed).
     q_tile.store((dq * scale).to(dtype))

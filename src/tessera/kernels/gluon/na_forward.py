@@ -132,6 +132,17 @@ def _online_softmax(z, m_i, l_i):
 
 
 @gluon.jit
+def _unmasked_softmax(s, qk_scale, m_i, l_i):
+    """``_online_softmax(s * qk_scale, m_i, l_i)`` for unmasked logits ``s`` (float32, finite)
+    and ``qk_scale >= 0``: the max is taken over ``s`` and scaled once per row, and each weight
+    is one fused multiply-add and an exponential (the scaled logits are not formed)."""
+    m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
+    alpha = gl.exp2(m_i - m_new)
+    p = gl.exp2(s * qk_scale - m_new[:, None])
+    return p, alpha, m_new, l_i * alpha + gl.sum(p, 1)
+
+
+@gluon.jit
 def _lazy_softmax(z, m_i, l_i, acc, rows_o: gl.constexpr, THRESHOLD: gl.constexpr):
     """``_online_softmax`` with the running max moved only when some row's max grew by more
     than ``THRESHOLD`` (log2 domain): ``(p, acc, m_i, l_i)``. Otherwise the tile's weights are
@@ -226,12 +237,61 @@ def _kv_producer(K_DESC, V_DESC, k_bufs, v_bufs, kv_bars, free_bars, PART_IDX, F
 
 
 @gluon.jit
+def _deferred_pv_loop(q_tile, k_bufs, v_bufs, kv_bars, v_bars, K_DESC, V_DESC, PART_IDX, FULL_IDX,
+                      NA, row, n_part, total, b, hk, PART_W, FULL_W, windows, offs_n, acc, m_i, l_i,
+                      s_zero, qk_scale, HEAD_D: gl.constexpr, BLOCK_N: gl.constexpr,
+                      NA_STATIC: gl.constexpr, rows_o: gl.constexpr, p_layout: gl.constexpr,
+                      MASKED: gl.constexpr, SCALE_NONNEGATIVE: gl.constexpr):
+    """The sequential loop with one K slot and two V slots, each tile's P @ V left in flight
+    until the next tile's QK^T is waited for: ``(acc, m_i, l_i)``, acc complete.
+
+    Step t: the penalty of tile t (the wait on tile t - 1's P @ V would otherwise leave the
+    warps idle), QK^T of tile t, one wait for both products, then the copies of tile t + 1
+    (K into the slot QK^T of tile t has read, V into the slot P @ V of tile t - 1 has read),
+    the softmax of tile t and its P @ V. The index of tile t + 1 is loaded at the start of step
+    t, so its load is not waited for at once."""
+    dtype: gl.constexpr = k_bufs.dtype
+    row0 = b * na_param(NA, NA_GRID, 0)
+    tile, c0, c1, c2 = _key_tile_at(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, 0, NA,
+                                    NA_STATIC, BLOCK_N)
+    _issue_box(K_DESC, k_bufs, kv_bars, row0 + c0, c1, c2, hk, 0)
+    _issue_box(V_DESC, v_bufs, v_bars, row0 + c0, c1, c2, hk, 0)
+    acc = warpgroup_mma_init(acc)
+    for t in range(total):
+        nxt = _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, gl.minimum(t + 1, total - 1))
+        if MASKED:
+            penalty = _penalty_at((c0, c1, c2), tile, windows, offs_n, NA, BLOCK_N, NA_STATIC)
+        mbarrier.wait(kv_bars.index(0), t & 1)
+        s = warpgroup_mma(q_tile, k_bufs.index(0).reshape([BLOCK_N, HEAD_D]).permute((1, 0)),
+                          s_zero, use_acc=False, is_async=True)
+        s, acc = warpgroup_mma_wait(num_outstanding=0, deps=(s, acc))
+        n0, n1, n2 = na_coords(nxt * 0, nxt * BLOCK_N, NA, 1, NA_STATIC)
+        if t + 1 < total:
+            _issue_box(K_DESC, k_bufs, kv_bars, row0 + n0, n1, n2, hk, 0)
+            _issue_box(V_DESC, v_bufs, v_bars, row0 + n0, n1, n2, hk, (t + 1) % 2)
+        if MASKED:
+            p, alpha, m_i, l_i = _online_softmax(s * qk_scale + penalty, m_i, l_i)
+        elif SCALE_NONNEGATIVE:
+            p, alpha, m_i, l_i = _unmasked_softmax(s, qk_scale, m_i, l_i)
+        else:
+            p, alpha, m_i, l_i = _online_softmax(s * qk_scale, m_i, l_i)
+        acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
+        mbarrier.wait(v_bars.index(t % 2), (t // 2) & 1)
+        acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout),
+                            v_bufs.index(t % 2).reshape([BLOCK_N, HEAD_D]), acc, is_async=True)
+        tile, c0, c1, c2 = nxt, n0, n1, n2
+    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+    return acc, m_i, l_i
+
+
+@gluon.jit
 def _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC, V_DESC, O_DESC, LSE,
               PART_IDX, FULL_IDX, NA, row, n_part, total, m, b, bh, hk, q_origin, S_Q, PART_W,
               FULL_W, qk_scale, HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr,
               BLOCK_N: gl.constexpr, NA_STATIC: gl.constexpr, NUM_BUF: gl.constexpr,
               V_BUF: gl.constexpr, OVERLAP: gl.constexpr, MASKED: gl.constexpr,
-              SPECIALIZED: gl.constexpr, LAZY_RESCALE: gl.constexpr, WARPS: gl.constexpr):
+              SPECIALIZED: gl.constexpr, LAZY_RESCALE: gl.constexpr, DEFER_PV: gl.constexpr,
+              SCALE_NONNEGATIVE: gl.constexpr, WARPS: gl.constexpr):
     """The warpgroup that computes: QK^T, softmax and P @ V over the listed key tiles, then o
     (through q's buffer, by a bulk store) and lse."""
     dtype: gl.constexpr = q_smem.dtype
@@ -293,6 +353,12 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC,
                                        PART_W, FULL_W, n_part, NA, windows, offs_n, qk_scale,
                                        HEAD_D, BLOCK_N, NA_STATIC, NUM_BUF, rows_o, p_layout, MASKED)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+    elif DEFER_PV:
+        acc, m_i, l_i = _deferred_pv_loop(q_tile, k_bufs, v_bufs, kv_bars, v_bars, K_DESC, V_DESC,
+                                          PART_IDX, FULL_IDX, NA, row, n_part, total, b, hk, PART_W,
+                                          FULL_W, windows, offs_n, acc, m_i, l_i, s_zero, qk_scale,
+                                          HEAD_D, BLOCK_N, NA_STATIC, rows_o, p_layout, MASKED,
+                                          SCALE_NONNEGATIVE)
     else:
         # K tiles in a ring of NUM_BUF slots under kv_bars, V tiles in one of V_BUF under v_bars:
         # tile t + NUM_BUF - 1 of k and t + V_BUF - 1 of v are copied at step t, into the slots
@@ -335,14 +401,19 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC,
                               k_bufs.index(t % NUM_BUF).reshape([BLOCK_N, HEAD_D]).permute((1, 0)),
                               s_zero, use_acc=False, is_async=True)
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-            if MASKED:
-                z = s * qk_scale + penalty
-            else:
-                z = s * qk_scale
             if LAZY_RESCALE > 0:
+                if MASKED:
+                    z = s * qk_scale + penalty
+                else:
+                    z = s * qk_scale
                 p, acc, m_i, l_i = _lazy_softmax(z, m_i, l_i, acc, rows_o, LAZY_RESCALE)
             else:
-                p, alpha, m_i, l_i = _online_softmax(z, m_i, l_i)
+                if MASKED:
+                    p, alpha, m_i, l_i = _online_softmax(s * qk_scale + penalty, m_i, l_i)
+                elif SCALE_NONNEGATIVE:
+                    p, alpha, m_i, l_i = _unmasked_softmax(s, qk_scale, m_i, l_i)
+                else:
+                    p, alpha, m_i, l_i = _online_softmax(s * qk_scale, m_i, l_i)
                 acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
             mbarrier.wait(v_bars.index(t % V_BUF), (t // V_BUF) & 1)
             acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout),
@@ -376,7 +447,8 @@ def _na_fwd(Q_DESC, K_DESC, V_DESC, O_DESC, LSE, PART_CNT, PART_IDX, FULL_CNT, F
             HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
             NA_STATIC: gl.constexpr, NUM_BUF: gl.constexpr, V_BUF: gl.constexpr,
             OVERLAP: gl.constexpr, MASKED: gl.constexpr, SPECIALIZED: gl.constexpr,
-            LAZY_RESCALE: gl.constexpr, num_warps: gl.constexpr):
+            LAZY_RESCALE: gl.constexpr, DEFER_PV: gl.constexpr, SCALE_NONNEGATIVE: gl.constexpr,
+            num_warps: gl.constexpr):
     m = gl.program_id(0)
     bh = gl.program_id(1)
     b = bh // H_Q
@@ -410,7 +482,7 @@ def _na_fwd(Q_DESC, K_DESC, V_DESC, O_DESC, LSE, PART_CNT, PART_IDX, FULL_CNT, F
                          O_DESC, LSE, PART_IDX, FULL_IDX, NA, row, n_part, total, m, b, bh, hk,
                          q_origin, S_Q, PART_W, FULL_W, qk_scale, HEAD_D, BLOCK_M, BLOCK_N,
                          NA_STATIC, NUM_BUF, V_BUF, OVERLAP, MASKED, SPECIALIZED, LAZY_RESCALE,
-                         num_warps)),
+                         DEFER_PV, SCALE_NONNEGATIVE, num_warps)),
             (_kv_producer, (K_DESC, V_DESC, k_bufs, v_bufs, kv_bars, free_bars, PART_IDX, FULL_IDX,
                             row, PART_W, FULL_W, n_part, total, b, hk, NA, NA_STATIC, HEAD_D,
                             BLOCK_N, NUM_BUF)),
@@ -431,7 +503,7 @@ def _na_fwd(Q_DESC, K_DESC, V_DESC, O_DESC, LSE, PART_CNT, PART_IDX, FULL_CNT, F
         _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC, V_DESC, O_DESC,
                   LSE, PART_IDX, FULL_IDX, NA, row, n_part, total, m, b, bh, hk, q_origin, S_Q,
                   PART_W, FULL_W, qk_scale, HEAD_D, BLOCK_M, BLOCK_N, NA_STATIC, NUM_BUF, V_BUF,
-                  OVERLAP, MASKED, SPECIALIZED, LAZY_RESCALE, num_warps)
+                  OVERLAP, MASKED, SPECIALIZED, LAZY_RESCALE, DEFER_PV, SCALE_NONNEGATIVE, num_warps)
 
 
 _LAUNCH = Launcher(_na_fwd)
@@ -479,7 +551,7 @@ def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan) -> bool:
 def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale: float,
                num_buffers: int = 3, overlap: bool = True, specialized: bool = False,
                v_buffers: int | None = None, max_registers: int | None = None,
-               lazy_rescale: float = 0.0,
+               lazy_rescale: float = 0.0, defer_pv: bool = False,
                scope_checked: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(o [B, S, H_q, D], lse float32 [B, H_q, S])`` of softmax attention over ``plan`` (a
     tiled neighborhood's plan at 64 x 64 or 128 x 64 tiles) for grid-order ``q [B, S, H_q, D]``,
@@ -491,7 +563,9 @@ def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale
     ``max_registers``: a register cap per thread for the other variants (fewer registers, more
     programs per SM); ``lazy_rescale``: in the sequential loop, a threshold (log2 units, in
     (0, ``MAX_LAZY_RESCALE``]) below which a grown row max does not rescale the running output
-    (``_lazy_softmax``; 0: every tile rescales); ``scope_checked``: the caller has found ``supports`` true for these
+    (``_lazy_softmax``; 0: every tile rescales); ``defer_pv``: the sequential loop with one K
+    slot and two V slots that leaves each P @ V in flight under the next tile's penalty and
+    QK^T (``_deferred_pv_loop``; ``num_buffers=1, v_buffers=2``); ``scope_checked``: the caller has found ``supports`` true for these
     tensors and plan (the routes do), so it is not evaluated again."""
     if specialized and not overlap:
         raise ValueError("na_forward: specialized=True needs overlap=True")
@@ -500,15 +574,19 @@ def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale
                          f"(overlap={overlap}), got {num_buffers}")
     if v_buffers is None:
         v_buffers = num_buffers
-    if not 1 <= v_buffers <= num_buffers or (overlap and v_buffers != num_buffers):
+    if not 1 <= v_buffers <= max(num_buffers, 2 if defer_pv else 1) or (overlap and v_buffers != num_buffers):
         raise ValueError(f"na_forward: v_buffers must be in [1, num_buffers] (equal to it with "
-                         f"overlap), got {v_buffers} with num_buffers={num_buffers}")
+                         f"overlap, 2 with defer_pv), got {v_buffers} with num_buffers={num_buffers}")
     if plan.block_m == 128 and overlap:
         raise ValueError("na_forward: 128-row query tiles (two warpgroups) run the sequential loop "
                          "only: pass overlap=False")
     if not 0.0 <= lazy_rescale <= MAX_LAZY_RESCALE or (lazy_rescale and overlap):
         raise ValueError(f"na_forward: lazy_rescale must be in [0, {MAX_LAZY_RESCALE}] and needs "
                          f"overlap=False, got {lazy_rescale} with overlap={overlap}")
+    if defer_pv and (overlap or num_buffers != 1 or v_buffers != 2 or lazy_rescale):
+        raise ValueError(f"na_forward: defer_pv needs overlap=False, num_buffers=1, v_buffers=2 and "
+                         f"no lazy_rescale, got overlap={overlap}, num_buffers={num_buffers}, "
+                         f"v_buffers={v_buffers}, lazy_rescale={lazy_rescale}")
     if max_registers is not None and specialized:
         raise ValueError("na_forward: max_registers is for variants without specialized (which "
                          "runs at 128)")
@@ -530,6 +608,6 @@ def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale
         HEAD_D=dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, NA_STATIC=plan.na_static,
         NUM_BUF=num_buffers, V_BUF=v_buffers, OVERLAP=overlap,
         MASKED=plan.mask_mode == masks.MASK_NEIGHBORHOOD, SPECIALIZED=specialized,
-        LAZY_RESCALE=float(lazy_rescale), num_warps=plan.block_m // 16,
+        LAZY_RESCALE=float(lazy_rescale), DEFER_PV=defer_pv, SCALE_NONNEGATIVE=scale >= 0, num_warps=plan.block_m // 16,
         **({"maxnreg": cap} if cap else {}))
     return o, lse
