@@ -59,8 +59,7 @@ def test_scope_and_arguments_without_a_gpu():
         gluon_forward.na_forward(q, q, q, plan, scale=0.1, overlap=False, lazy_rescale=20.0)
     with pytest.raises(ValueError, match="lazy_rescale"):
         gluon_forward.na_forward(q, q, q, plan, scale=0.1, lazy_rescale=8.0)
-    for bad in (dict(num_buffers=2, v_buffers=2), dict(num_buffers=1, v_buffers=1),
-                dict(num_buffers=1, v_buffers=2, lazy_rescale=8.0)):
+    for bad in (dict(num_buffers=2, v_buffers=2), dict(num_buffers=1, v_buffers=1)):
         with pytest.raises(ValueError, match="defer_pv"):
             gluon_forward.na_forward(q, q, q, plan, scale=0.1, overlap=False, defer_pv=True, **bad)
     with pytest.raises(ValueError, match="v_buffers"):
@@ -99,17 +98,21 @@ def test_gluon_forward_on_128_row_tiles_against_float64(dim, dtype, buffers, v_b
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
-@pytest.mark.parametrize("buffers, max_registers", [(2, 168), (1, 128)])
+@pytest.mark.parametrize("buffers, v_buffers, defer_pv", [(2, 1, False), (1, 2, True)])
 @pytest.mark.parametrize("q_scale", [1.0, 8.0])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("op, grid, kernel", [(na2d, (32, 48), (7, 9)), (na3d, (8, 16, 16), (3, 5, 5))])
-def test_gluon_forward_lazy_rescale_against_float64(op, grid, kernel, dtype, q_scale, buffers,
-                                                    max_registers):
-    """``lazy_rescale`` (the running max moved only past a threshold): with q scaled by 8 the
-    logits spread over tens of log2 units, so the max moves in the middle of the tile loop
-    too, not only at its first tile."""
-    _check_forward(op, grid, kernel, 1, 128, dtype, 64, q_scale=q_scale, num_buffers=buffers,
-                   v_buffers=1, overlap=False, lazy_rescale=8.0, max_registers=max_registers)
+@pytest.mark.parametrize("op, grid, kernel, stride", [
+    (na2d, (32, 48), (7, 9), 1),
+    (na3d, (8, 16, 16), (3, 5, 5), 1),
+    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8)),           # blocked: unmasked tiles
+])
+def test_gluon_forward_lazy_rescale_against_float64(op, grid, kernel, stride, dtype, q_scale,
+                                                    buffers, v_buffers, defer_pv):
+    """``lazy_rescale`` (a row's running max moved only past a threshold, the output rescaled
+    only in warps where some row moved): with q scaled by 8 the logits spread over tens of log2
+    units, so rows move in the middle of the tile loop too, not only at its first tile."""
+    _check_forward(op, grid, kernel, stride, 128, dtype, 64, q_scale=q_scale, num_buffers=buffers,
+                   v_buffers=v_buffers, overlap=False, lazy_rescale=8.0, defer_pv=defer_pv)
 
 
 @pytest.mark.gpu

@@ -142,21 +142,44 @@ def _unmasked_softmax(s, qk_scale, m_i, l_i):
     return p, alpha, m_new, l_i * alpha + gl.sum(p, 1)
 
 
+# Rescale of 8 running-output elements (operands 0-7, tied to inputs 8-15) by their row
+# factors (24-31), jumped over when the thread's warp-uniform flag (16; 16-23 all equal) is 0.
+_RESCALE_PACK = gl.constexpr(8)
+_RESCALE_ASM = gl.constexpr("{\n.reg .pred moved;\nsetp.ne.s32 moved, $16, 0;\n@!moved bra.uni SKIP;\n"
+                            + "".join(f"mul.f32 ${i}, ${i}, ${24 + i};\n" for i in range(8))
+                            + "SKIP:\n}")
+_RESCALE_CONSTRAINTS = gl.constexpr(",".join(["=r"] * 8 + [str(i) for i in range(8)] + ["r"] * 16))
+# 1 on every lane of a warp when any of its rows (the thread's two: operands 2, 3) moved its
+# max, else 0 (operands 0, 1).
+_WARP_ANY_ASM = gl.constexpr("""{
+.reg .pred any;
+setp.ne.s32 any, $2, 0;
+setp.ne.or.s32 any, $3, 0, any;
+vote.sync.any.pred any, any, 0xffffffff;
+selp.s32 $0, 1, 0, any;
+mov.b32 $1, $0;
+}""")
+
+
 @gluon.jit
 def _lazy_softmax(z, m_i, l_i, acc, rows_o: gl.constexpr, THRESHOLD: gl.constexpr):
-    """``_online_softmax`` with the running max moved only when some row's max grew by more
-    than ``THRESHOLD`` (log2 domain): ``(p, acc, m_i, l_i)``. Otherwise the tile's weights are
-    taken against the old max (each at most ``2 ** THRESHOLD``, exact in fp32 sums and 16-bit
-    P) and the running output is not rescaled: the rescale (one multiply per output element)
-    runs on few tiles only. The decision is one for the whole program (a scalar ``if``)."""
+    """``_online_softmax`` with a row's running max moved only when the tile raises it by more
+    than ``THRESHOLD`` (log2 domain), and the running output ``acc`` rescaled only in warps
+    where some row moved: ``(p, acc, m_i, l_i)``. A row that keeps its max takes the tile's
+    weights against it (each at most ``2 ** THRESHOLD``, exact in fp32 sums and 16-bit P).
+    After the first tiles rows rarely move, and the rescale (one multiply per output element)
+    is jumped over; the decision is a warp vote, with no exchange between warps."""
     m_new = gl.maximum(m_i, gl.max(z, 1))
-    move = gl.max((m_new > m_i + THRESHOLD).to(gl.int32), 0) > 0
-    m_ref = gl.where(move, m_new, m_i)
+    m_ref = gl.where(m_new > m_i + THRESHOLD, m_new, m_i)
     m_safe = gl.where(m_ref == float("-inf"), 0.0, m_ref)
     p = gl.exp2(z - m_safe[:, None])
     alpha = gl.exp2(m_i - m_safe)
-    if move:
-        acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
+    moved = gl.inline_asm_elementwise(_WARP_ANY_ASM, "=r,=r,r,r", [(m_ref != m_i).to(gl.int32)],
+                                      dtype=gl.int32, is_pure=True, pack=2)
+    acc = gl.inline_asm_elementwise(_RESCALE_ASM, _RESCALE_CONSTRAINTS,
+                                    [acc, gl.convert_layout(moved, rows_o)[:, None],
+                                     gl.convert_layout(alpha, rows_o)[:, None]],
+                                    dtype=gl.float32, is_pure=True, pack=_RESCALE_PACK)
     return p, acc, m_ref, l_i * alpha + gl.sum(p, 1)
 
 
@@ -241,7 +264,8 @@ def _deferred_pv_loop(q_tile, k_bufs, v_bufs, kv_bars, v_bars, K_DESC, V_DESC, P
                       NA, row, n_part, total, b, hk, PART_W, FULL_W, windows, offs_n, acc, m_i, l_i,
                       s_zero, qk_scale, HEAD_D: gl.constexpr, BLOCK_N: gl.constexpr,
                       NA_STATIC: gl.constexpr, rows_o: gl.constexpr, p_layout: gl.constexpr,
-                      MASKED: gl.constexpr, SCALE_NONNEGATIVE: gl.constexpr):
+                      MASKED: gl.constexpr, SCALE_NONNEGATIVE: gl.constexpr,
+                      LAZY_RESCALE: gl.constexpr):
     """The sequential loop with one K slot and two V slots, each tile's P @ V left in flight
     until the next tile's QK^T is waited for: ``(acc, m_i, l_i)``, acc complete.
 
@@ -269,13 +293,20 @@ def _deferred_pv_loop(q_tile, k_bufs, v_bufs, kv_bars, v_bars, K_DESC, V_DESC, P
         if t + 1 < total:
             _issue_box(K_DESC, k_bufs, kv_bars, row0 + n0, n1, n2, hk, 0)
             _issue_box(V_DESC, v_bufs, v_bars, row0 + n0, n1, n2, hk, (t + 1) % 2)
-        if MASKED:
-            p, alpha, m_i, l_i = _online_softmax(s * qk_scale + penalty, m_i, l_i)
-        elif SCALE_NONNEGATIVE:
-            p, alpha, m_i, l_i = _unmasked_softmax(s, qk_scale, m_i, l_i)
+        if LAZY_RESCALE > 0:
+            if MASKED:
+                p, acc, m_i, l_i = _lazy_softmax(s * qk_scale + penalty, m_i, l_i, acc, rows_o,
+                                                 LAZY_RESCALE)
+            else:
+                p, acc, m_i, l_i = _lazy_softmax(s * qk_scale, m_i, l_i, acc, rows_o, LAZY_RESCALE)
         else:
-            p, alpha, m_i, l_i = _online_softmax(s * qk_scale, m_i, l_i)
-        acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
+            if MASKED:
+                p, alpha, m_i, l_i = _online_softmax(s * qk_scale + penalty, m_i, l_i)
+            elif SCALE_NONNEGATIVE:
+                p, alpha, m_i, l_i = _unmasked_softmax(s, qk_scale, m_i, l_i)
+            else:
+                p, alpha, m_i, l_i = _online_softmax(s * qk_scale, m_i, l_i)
+            acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
         mbarrier.wait(v_bars.index(t % 2), (t // 2) & 1)
         acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout),
                             v_bufs.index(t % 2).reshape([BLOCK_N, HEAD_D]), acc, is_async=True)
@@ -358,7 +389,7 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC,
                                           PART_IDX, FULL_IDX, NA, row, n_part, total, b, hk, PART_W,
                                           FULL_W, windows, offs_n, acc, m_i, l_i, s_zero, qk_scale,
                                           HEAD_D, BLOCK_N, NA_STATIC, rows_o, p_layout, MASKED,
-                                          SCALE_NONNEGATIVE)
+                                          SCALE_NONNEGATIVE, LAZY_RESCALE)
     else:
         # K tiles in a ring of NUM_BUF slots under kv_bars, V tiles in one of V_BUF under v_bars:
         # tile t + NUM_BUF - 1 of k and t + V_BUF - 1 of v are copied at step t, into the slots
@@ -583,10 +614,9 @@ def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale
     if not 0.0 <= lazy_rescale <= MAX_LAZY_RESCALE or (lazy_rescale and overlap):
         raise ValueError(f"na_forward: lazy_rescale must be in [0, {MAX_LAZY_RESCALE}] and needs "
                          f"overlap=False, got {lazy_rescale} with overlap={overlap}")
-    if defer_pv and (overlap or num_buffers != 1 or v_buffers != 2 or lazy_rescale):
-        raise ValueError(f"na_forward: defer_pv needs overlap=False, num_buffers=1, v_buffers=2 and "
-                         f"no lazy_rescale, got overlap={overlap}, num_buffers={num_buffers}, "
-                         f"v_buffers={v_buffers}, lazy_rescale={lazy_rescale}")
+    if defer_pv and (overlap or num_buffers != 1 or v_buffers != 2):
+        raise ValueError(f"na_forward: defer_pv needs overlap=False, num_buffers=1 and v_buffers=2, "
+                         f"got overlap={overlap}, num_buffers={num_buffers}, v_buffers={v_buffers}")
     if max_registers is not None and specialized:
         raise ValueError("na_forward: max_registers is for variants without specialized (which "
                          "runs at 128)")
