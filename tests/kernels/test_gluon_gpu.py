@@ -8,7 +8,7 @@ import torch
 
 from conftest import assert_error_rule
 from tessera.kernels.triton import masks
-from tessera.natten import _auto_layout, na2d, na3d
+from tessera.natten import _auto_layout, na1d, na2d, na3d
 from tessera.patterns import Neighborhood, Permuted
 
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
@@ -267,26 +267,58 @@ def test_forward_route_stays_on_triton_without_a_gpu():
     assert forward_route.gluon_variant(q, q, q, plan) is None
 
 
+@pytest.mark.parametrize("grid, kernel, stride, dim, forward, dq", [
+    ((32, 32), (7, 7), 1, 128, "masked", True),
+    ((32, 32), (7, 7), 1, 64, "masked", True),            # all tiles partial
+    ((4096,), (1024,), 1, 128, "masked", False),          # 16.8 tiles, 9% partial
+    ((4096,), (1024,), 1, 64, None, False),
+    ((8, 16, 16), (4, 8, 8), (4, 8, 8), 128, "full-128", True),
+])
+def test_route_decisions_as_on_hopper(monkeypatch, grid, kernel, stride, dim, forward, dq):
+    """The forward and backward routes' decisions with the Hopper check forced true (CPU
+    tensors): the variant each plan gets (``GLUON_MASKED``, ``GLUON_FULL_128`` or None for
+    Triton) and whether dq goes to Gluon."""
+    from tessera.kernels.triton import backward_route, forward_route
+    monkeypatch.setattr(forward_route, "on_hopper", lambda t: True)
+    seq = 1
+    for g in grid:
+        seq *= g
+    plan = _plan(grid, kernel, 2, torch.device("cpu"), stride)
+    q = torch.empty(1, seq, 2, dim, dtype=torch.bfloat16)
+    want = {"masked": forward_route.GLUON_MASKED, "full-128": forward_route.GLUON_FULL_128,
+            None: None}[forward]
+    assert forward_route.gluon_variant(q, q, q, plan) == want
+    assert backward_route.routes(q, q, q, torch.empty_like(q), plan, plan) == (dq, True)
+
+
 def test_listed_tile_limits_on_the_suite_plans():
-    """The routes' tile-count rule (``few_listed_tiles``) on the suite's plans: 2-D kernel 17 lists
-    9 key tiles per query tile, within both limits; 3-D 5 x 13 x 13 lists 35.6, within the
-    forward's (``MAX_MASKED_TILES``) and over dq's (``DQ_MAX_MASKED_TILES``)."""
+    """The routes' tile rules on the suite's plans: 2-D kernel 17 lists 9 key tiles per query
+    tile (86% partial), within both tile-count limits (``few_listed_tiles``); 3-D 5 x 13 x 13
+    lists 35.6, all partial: within the forward's ``MAX_MASKED_TILES``, over dq's
+    ``DQ_MAX_MASKED_TILES`` but over ``DQ_MIN_PARTIAL``; 1-D window 2048 lists 32.9, 6% partial:
+    under ``DQ_MIN_PARTIAL``."""
     from tessera.kernels.triton import backward_route, forward_route
     cpu = torch.device("cpu")
-    for grid, kernel, per_tile, forward, dq in (((128, 128), (17, 17), 9.0, True, True),
-                                                ((16, 48, 48), (5, 13, 13), 35.6, True, False)):
+    for grid, kernel, per_tile, partial, forward, few in (
+            ((128, 128), (17, 17), 9.0, 0.86, True, True),
+            ((16, 48, 48), (5, 13, 13), 35.6, 1.0, True, False),
+            ((32768,), (2048,), 32.9, 0.06, True, False)):
         plan = _plan(grid, kernel, 1, cpu)
         assert plan.listed_pairs() / (plan.map_heads * plan.n_q_tiles) == pytest.approx(per_tile, abs=0.05)
+        assert plan.partial_fraction() == pytest.approx(partial, abs=0.005)
         assert forward_route.few_listed_tiles(plan, forward_route.MAX_MASKED_TILES) is forward
-        assert forward_route.few_listed_tiles(plan, backward_route.DQ_MAX_MASKED_TILES) is dq
+        assert forward_route.few_listed_tiles(plan, backward_route.DQ_MAX_MASKED_TILES) is few
+        assert (plan.partial_fraction() >= backward_route.DQ_MIN_PARTIAL) is (partial > 0.5)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
 @pytest.mark.parametrize("op, grid, kernel, stride, dim, routed", [
     (na2d, (48, 40), (13, 11), 1, 128, 64),               # 2-D, few key tiles per query tile
-    (na2d, (48, 40), (13, 11), 1, 64, None),              # masked at D = 64: Triton
+    (na2d, (48, 40), (13, 11), 1, 64, 64),                # masked at D = 64, all tiles partial
     (na3d, (8, 24, 24), (5, 13, 13), 1, 128, 64),         # 3-D, 27.2 key tiles per query tile
+    (na1d, (4096,), (1024,), 1, 128, 64),                 # 1-D, 9% partial
+    (na1d, (4096,), (1024,), 1, 64, None),                # the same at D = 64: Triton
     (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128, 128),  # blocked: 128-row tiles
     # Full tiles at D = 64: the tuned config has 128-row tiles (tuning._gpu_config) and the
     # route reads 64-row plans only (Gluon on 128-row tiles was slower there).
@@ -334,8 +366,10 @@ def test_forward_route_through_natten_against_float64(monkeypatch, op, grid, ker
 @pytest.mark.parametrize("op, grid, kernel, stride, dim, routed", [
     (na2d, (48, 40), (13, 11), 1, 128, {"dq", "dkdv"}),     # 6.9 key tiles per query tile
     (na2d, (64, 64), (17, 17), 1, 64, {"dq", "dkdv"}),
-    # 27.2 key tiles per query tile: over backward_route.DQ_MAX_MASKED_TILES, dq stays on Triton.
-    (na3d, (8, 24, 24), (5, 13, 13), 1, 128, {"dkdv"}),
+    # 27.2 key tiles per query tile, over backward_route.DQ_MAX_MASKED_TILES, all partial.
+    (na3d, (8, 24, 24), (5, 13, 13), 1, 128, {"dq", "dkdv"}),
+    # 16.8 key tiles per query tile, 9% partial: dq stays on Triton.
+    (na1d, (4096,), (1024,), 1, 128, {"dkdv"}),
     (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128, {"dq", "dkdv"}),
     # Full tiles at D = 64: the tuned dq and dk/dv configs have 128-row and 128-key tiles.
     (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 64, set()),

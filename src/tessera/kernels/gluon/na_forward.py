@@ -16,8 +16,13 @@ per SM). K and V tiles stream through rings of shared-memory slots, each slot tr
 own mbarrier and loaded ahead of its use. Without ``overlap`` (the sequential loop, what
 ``forward_route`` runs: QK^T, softmax, P @ V per tile) K and V have separate rings
 (``NUM_BUF`` and ``V_BUF`` slots); two K slots and one V slot keep a program at 64 KB of shared
-memory (D = 128), three programs per SM. With ``overlap``, one ring of ``NUM_BUF`` K/V pairs,
-and each tile's QK^T and P @ V run under a neighbouring tile's softmax. The tile loop walks the
+memory (D = 128), three programs per SM. ``defer_pv`` (one K slot, two V slots, also 64 KB)
+leaves each P @ V in flight under the next tile's penalty and QK^T. ``lazy_rescale`` keeps a
+row's running max until a tile raises it past a threshold and jumps over the running output's
+rescale in warps where no row moved (a warp vote in inline assembly). With ``overlap``, one
+ring of ``NUM_BUF`` K/V pairs, and each tile's QK^T and P @ V run under a neighbouring tile's
+softmax. Unmasked tiles with a nonnegative scale take their row max over the unscaled logits
+(``_unmasked_softmax``). The tile loop walks the
 plan's partial tiles, then its full tiles, as one list, with the neighborhood penalty
 (``na_mask.na_penalty``) on every tile (zero on full tiles; none for full-tile plans). o leaves
 through q's buffer by a bulk store, lse (natural log, float32 ``[B, H, S]``) by pointers.

@@ -14,9 +14,14 @@ dq measured the same way (``gpu_gluon_backward.py``,
 slots: D = 128 2-D k17 0.297 -> 0.257, blocked 0.447 -> 0.284, but 3-D 5x13x13 2.00 -> 2.12;
 D = 64 0.182 -> 0.171, 0.215 -> 0.157 (blocked D = 64 runs 128-row dq tiles, outside the
 scope), 3-D 1.26 -> 1.54. With tile coordinates by reciprocals (``-gluon-backward-4-recip.json``)
-D = 128: 2-D 0.296 -> 0.235, blocked 0.443 -> 0.265, 3-D 1.76 -> 1.83 (still loses). So Gluon
-takes dq on full tiles, or at most ``DQ_MAX_MASKED_TILES`` listed key tiles per query tile (2-D
-k17 lists 9, 3-D 5x13x13 35.6).
+D = 128: 2-D 0.296 -> 0.235, blocked 0.443 -> 0.265, 3-D 1.76 -> 1.83 (still loses). With each
+key tile's grid coordinates computed once per step (``-gluon-backward-5-coords.json``), D = 128:
+2-D 0.293 -> 0.219, blocked 0.436 -> 0.263, 3-D 1.75 -> 1.68, but 1-D window 2048 (mostly
+full tiles) 1.38 -> 1.42; D = 64: 2-D 0.167 -> 0.140, 3-D 1.08 -> 1.11, 1-D 0.69 -> 0.95. So
+Gluon takes dq on full-tile plans; on masked plans when they list at most
+``DQ_MAX_MASKED_TILES`` key tiles per query tile (2-D k17 lists 9), or at D = 128 when at least
+``DQ_MIN_PARTIAL`` of the listed tiles are partial (3-D 5 x 13 x 13: all 35.6 are; 1-D window
+2048: 2 of 33).
 """
 
 from __future__ import annotations
@@ -34,8 +39,10 @@ GLUON_DKDV_ENABLED = True
 GLUON_DQ_ENABLED = True
 # na_dq's K and V ring slots where it runs.
 DQ_VARIANT = dict(num_buffers=2, v_buffers=2)
-# Masked plans take na_dq when they list at most this many key tiles per query tile on average.
+# Masked plans take na_dq when they list at most this many key tiles per query tile on average,
 DQ_MAX_MASKED_TILES = 16
+# or at D = 128 when at least this fraction of the listed tiles is partial.
+DQ_MIN_PARTIAL = 0.5
 
 
 def dkdv_buffers(dim: int) -> int:
@@ -59,12 +66,13 @@ def routes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, 
            dkdv_plan) -> tuple[bool, bool]:
     """``(dq from na_dq, dk and dv from na_dkdv)`` for this grid-order backward (plain softmax, no
     fold: the caller checks) over ``dq_plan`` and ``dkdv_plan``. Each needs its switch, a Hopper
-    GPU, 64 x 64 tiles and the kernels' scope; dq also full tiles or at most
-    ``DQ_MAX_MASKED_TILES`` listed key tiles per query tile (``na_dq`` reads delta:
-    the caller computes it first). Both kernels then run with ``scope_checked``."""
+    GPU, 64 x 64 tiles and the kernels' scope; dq also full tiles, at most
+    ``DQ_MAX_MASKED_TILES`` listed key tiles per query tile, or D = 128 with at least
+    ``DQ_MIN_PARTIAL`` of them partial (``na_dq`` reads delta: the caller computes it first). Both kernels then run with ``scope_checked``."""
     dkdv = GLUON_DKDV_ENABLED and _in_scope(q, k, v, do, dkdv_plan)
     dq = GLUON_DQ_ENABLED and (dkdv if dq_plan is dkdv_plan and GLUON_DKDV_ENABLED
                                else _in_scope(q, k, v, do, dq_plan))
     if dq and dq_plan.mask_mode == MASK_NEIGHBORHOOD:
-        dq = forward_route.few_listed_tiles(dq_plan, DQ_MAX_MASKED_TILES)
+        dq = (forward_route.few_listed_tiles(dq_plan, DQ_MAX_MASKED_TILES)
+              or (q.shape[3] == 128 and dq_plan.partial_fraction() >= DQ_MIN_PARTIAL))
     return dq, dkdv

@@ -2,24 +2,26 @@
 (``tessera.kernels.gluon.na_forward``) where it was measured faster than the Triton kernel, the
 Triton kernel (``flash_fwd``) everywhere else.
 
-Measured on an H200 (``benchmarks/gpu_gluon_forward.py``, kernel ms, bf16, H = 16), Gluon with
-two K slots and one V slot (three programs per SM) against Triton, with tile coordinates divided
-by reciprocals and computed once per key tile
-(``results/tuning/2026-12-01-h200-gluon-forward-11-coords.json``; D = 64 from
-``-gluon-forward-10-d64.json``, before the second change):
+Measured on an H200 (``benchmarks/gpu_gluon_forward.py``, kernel ms, bf16, H = 16), Gluon
+against Triton (``results/tuning/2026-12-01-h200-gluon-forward-13-lazy-vote.json``). Masked
+plans: the ``defer_pv`` loop (one K slot, two V slots, each P @ V in flight under the next
+tile's QK^T) with ``lazy_rescale=8`` (the running output rescaled only in warps where a row max
+grew past 2^8); full-tile plans: as noted.
 
 | case | D = 128 | D = 64 |
 |---|---|---|
-| 2-D 128 x 128, kernel 17 (9 key tiles per query tile) | 0.194 / 0.245 | 0.139 / 0.143 |
-| 3-D 16 x 48 x 48, kernel 5 x 13 x 13 (35.6 tiles, all partial) | 1.59 / 1.79 | 1.19 / 1.08 |
-| 3-D blocked 4 x 8 x 8 (4 full tiles, no mask) | 0.218 (128-row tiles) / 0.295 | 0.146 / 0.187 |
-| 1-D 32768, window 2048 (mostly full tiles) | 1.35 / 1.37 | |
+| 2-D 128 x 128, kernel 17 (9 key tiles per query tile, 86% partial) | 0.185 / 0.243 | 0.126 / 0.142 |
+| 3-D 16 x 48 x 48, kernel 5 x 13 x 13 (35.6 tiles, all partial) | 1.52 / 1.78 | 1.01 / 1.07 |
+| 1-D 32768, window 2048 (32.9 tiles, 6% partial) | 1.25 / 1.37 | 0.86 / 0.75 |
+| 3-D blocked 4 x 8 x 8 (4 full tiles, no mask) | 0.221 (128-row tiles) / 0.291 | |
 
-So Gluon takes full-tile (blocked) plans, and masked plans at D = 128 when their query tiles
-list at most ``MAX_MASKED_TILES`` key tiles on average, where the tuned config has 64 x 64 tiles
-(full tiles at D = 64 take 128-row tiles, so they stay on Triton; masked plans at D = 64 stay
-there too: 3-D loses, 2-D wins by 3%). Calls with score modifiers (softcap, sinks, biases,
-sigmoid) or a dilation fold stay on the Triton kernel, which has them.
+So Gluon takes full-tile (blocked) plans, and masked plans that list at most
+``MAX_MASKED_TILES`` key tiles per query tile on average: all of them at D = 128, at D = 64
+those with at least ``MIN_PARTIAL_D64`` of their listed tiles partial (the Triton kernel skips
+the mask on full tiles, which Gluon's penalty does not), where the tuned config has 64 x 64
+tiles (full tiles at D = 64 take 128-row tiles, so they stay on Triton). Calls with score
+modifiers (softcap, sinks, biases, sigmoid) or a dilation fold stay on the Triton kernel, which
+has them.
 """
 
 from __future__ import annotations
@@ -33,8 +35,12 @@ from .masks import MASK_NEIGHBORHOOD
 
 # Off: every forward runs the Triton kernel (for A/B timing, ``tessera.bench.switches``).
 GLUON_ENABLED = True
-# Gluon ``na_forward`` arguments: sequential loop, two K slots, one V slot.
-GLUON_VARIANT = {"overlap": False, "num_buffers": 2, "v_buffers": 1}
+# Gluon ``na_forward`` arguments for masked plans (the measurements above) and for full-tile
+# plans on 64-row tiles (two K slots, one V slot; 0.137 against 0.147 ms without the lazy
+# rescale, blocked at D = 64, same file).
+GLUON_MASKED = {"overlap": False, "num_buffers": 1, "v_buffers": 2, "defer_pv": True,
+                "lazy_rescale": 8.0}
+GLUON_VARIANT = {"overlap": False, "num_buffers": 2, "v_buffers": 1, "lazy_rescale": 8.0}
 # Full-tile plans at D = 128 whose 128-row tiles are grid boxes run on 128-row query tiles (two
 # warpgroups, two programs per SM at 128 registers): ``block_m`` asks the caller for that plan.
 # Blocked 4 x 8 x 8: 0.247-0.249 ms against 0.253-0.261 on 64-row tiles
@@ -43,9 +49,11 @@ GLUON_VARIANT = {"overlap": False, "num_buffers": 2, "v_buffers": 1}
 # ``-gluon-forward-7-blocked-128.json``).
 GLUON_FULL_128 = {"overlap": False, "num_buffers": 2, "v_buffers": 2, "max_registers": 128,
                   "block_m": 128}
-# Masked plans go to Gluon (at D = 128) when they list at most this many key tiles per query
-# tile on average (the 3-D suite case lists 35.6; nothing above was measured).
+# Masked plans go to Gluon when they list at most this many key tiles per query tile on average
+# (the 3-D suite case lists 35.6; nothing above was measured),
 MAX_MASKED_TILES = 40
+# and at D = 64 only when at least this fraction of the listed tiles is partial.
+MIN_PARTIAL_D64 = 0.5
 
 
 def on_hopper(t: torch.Tensor) -> bool:
@@ -69,10 +77,11 @@ def gluon_variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan) -> Op
     if plan.block_m != 64 or not na_forward.supports(q, k, v, plan):
         return None
     if plan.mask_mode == MASK_NEIGHBORHOOD:
-        if q.shape[3] != 128:
-            return None
         if not few_listed_tiles(plan, MAX_MASKED_TILES):
             return None
-    elif q.shape[3] == 128 and grid_box(plan, 128) is not None:
+        if q.shape[3] != 128 and plan.partial_fraction() < MIN_PARTIAL_D64:
+            return None
+        return dict(GLUON_MASKED)
+    if q.shape[3] == 128 and grid_box(plan, 128) is not None:
         return dict(GLUON_FULL_128)
     return dict(GLUON_VARIANT)
