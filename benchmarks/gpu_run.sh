@@ -5,7 +5,7 @@
 #                              [natten-reorder] [natten-profile] [natten-configs] [host-overhead] [host-breakdown] [linear] [tests-linear] [linear-final] [linear-accept]
 #                              [linear-profile] [state-sweep] [state-ab] [linear-host] [linear-delta] [candidates] [kernel-next]
 #                              [launch-cost] [blocked-dense] [fp32-ab] [fp32-bisect] [step-jitter] [autograd-floor]
-#                              [backward-profile] [gluon-forward] [gluon-backward] [route-host] [ncu]
+#                              [backward-profile] [gluon-forward] [gluon-backward] [route-host] [natten-host] [ncu]
 #   (linear, linear-final, linear-accept, linear-profile, linear-delta: carry .whl for fla)
 #   (default: tests attention natten linear; NATTEN_ARGS: extra arguments of benchmarks/natten.py)
 # Triton's cache (compiled kernels, and fla's autotuning timings through Triton's `cache_results`) is
@@ -130,6 +130,7 @@ for step in $steps; do
           | gzip > "$OUT/ncu-$ncu_case${NCU_TAG:-}-sass.csv.gz" || status=1
       done ;;
     route-host) timeout 150 python3 benchmarks/gpu_route_host.py --out "$OUT" 2>&1 | tee "$OUT/route-host.log" || status=1 ;;
+    natten-host) timeout 150 python3 benchmarks/gpu_natten_host.py --out "$OUT" 2>&1 | tee "$OUT/natten-host.log" || status=1 ;;
     host-breakdown) timeout 100 python3 benchmarks/gpu_host_overhead.py --out "$OUT" --breakdown-only \
                       2>&1 | tee "$OUT/host-breakdown.log" || status=1 ;;
     blocked-dense) timeout 200 python3 benchmarks/gpu_blocked_dense.py --out "$OUT" \
@@ -193,7 +194,7 @@ for step in $steps; do
     kernel-next) bash benchmarks/gpu_kernel_next.sh 2>&1 | tee "$OUT/kernel-next.log" || status=1 ;;
     linear) timeout "${TESSERA_LINEAR_TIMEOUT:-300}" python3 benchmarks/linear.py --out "$OUT" ${LINEAR_BENCH_ARGS:-} \
               2>&1 | tee "$OUT/linear.log" || status=1 ;;
-    *) echo "unknown step $step (tests, tests-quick, tests-args, tests-layers, streams-ab, schedule-ab, attention, natten, natten-reorder, natten-profile, natten-configs, host-overhead, host-breakdown, linear, tests-linear, linear-final, linear-accept, linear-profile, state-sweep, state-ab, linear-host, linear-delta, candidates, kernel-next, launch-cost, blocked-dense, fp32-ab, fp32-bisect, step-jitter, gluon-forward, gluon-backward, route-host, ncu)"; status=2 ;;
+    *) echo "unknown step $step (tests, tests-quick, tests-args, tests-layers, streams-ab, schedule-ab, attention, natten, natten-reorder, natten-profile, natten-configs, host-overhead, host-breakdown, linear, tests-linear, linear-final, linear-accept, linear-profile, state-sweep, state-ab, linear-host, linear-delta, candidates, kernel-next, launch-cost, blocked-dense, fp32-ab, fp32-bisect, step-jitter, gluon-forward, gluon-backward, route-host, natten-host, ncu)"; status=2 ;;
   esac
 done
 exit $status

@@ -3,7 +3,7 @@
 Triton kernel (``flash_fwd``) everywhere else.
 
 Measured on an H200 (``benchmarks/gpu_gluon_forward.py``, kernel ms, bf16, H = 16), Gluon
-against Triton (``results/tuning/2026-12-01-h200-gluon-forward-13-lazy-vote.json``). Masked
+against Triton (``results/tuning/2026-12-01-h200-gluon-forward-14-lazy-vote.json``). Masked
 plans: the ``defer_pv`` loop (one K slot, two V slots, each P @ V in flight under the next
 tile's QK^T) with ``lazy_rescale=8`` (the running output rescaled only in warps where a row max
 grew past 2^8); full-tile plans: as noted.

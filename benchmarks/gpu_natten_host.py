@@ -1,0 +1,74 @@
+"""Host cost of the N-D suite's neighborhood forward+backward steps, where eager timings trail
+CUDA-graph replays (2-D kernel 17: 1.29 against 0.78 ms at D = 128, 1.61 against 0.54 at D = 64
+in ``results/2026-12-01-h200-natten-8.json``). One process, bf16, B = 1, H = 16, per case:
+
+- ``bench_ms``: the suite's timing of one step (``median_ms``: CUDA events, L2 flushed);
+- ``host_ms``: host time per step to queue it (``host_seconds_per_call``);
+- ``syncs``: the host-device synchronizations one step makes (CUDA's sync debug mode, which
+  warns on each), with the first few warnings;
+- ``top``: the host functions costing most (``cProfile``, cumulative ms per step).
+
+    python benchmarks/gpu_natten_host.py --out DIR   -> DIR/natten_host.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import warnings
+
+import torch
+
+from tessera.bench.timing import host_seconds_per_call, median_ms, top_host_functions, warm_up_gpu
+from tessera.natten import na2d, na3d
+
+CASES = {"2-D 128x128 k17 D=128": (na2d, (128, 128), 17, 1, 128),
+         "2-D 128x128 k17 D=64": (na2d, (128, 128), 17, 1, 64),
+         "3-D 16x48x48 blocked 4x8x8 D=128": (na3d, (16, 48, 48), (4, 8, 8), (4, 8, 8), 128)}
+
+
+def sync_warnings(step) -> list[str]:
+    """Messages of the synchronizations one call of ``step`` makes."""
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return [str(w.message)[:200] for w in caught if "synchroniz" in str(w.message).lower()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=".")
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    warm_up_gpu(device)
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": []}
+    for name, (op, grid, kernel, stride, dim) in CASES.items():
+        q, k, v, do = (torch.randn(1, *grid, 16, dim, device=device, dtype=torch.bfloat16) for _ in range(4))
+        leaves = [t.requires_grad_() for t in (q, k, v)]
+
+        def step():
+            o = op(q, k, v, kernel, stride=stride)
+            torch.autograd.grad(o, leaves, do)
+        step()
+        torch.cuda.synchronize()
+        syncs = sync_warnings(step)
+        row = {"case": name, "host_ms": host_seconds_per_call(step, calls=30) * 1e3,
+               "bench_ms": median_ms(step, device), "syncs": len(syncs), "sync_messages": syncs[:5],
+               "top": top_host_functions(step, calls=30, top=30)}
+        print(json.dumps({key: value for key, value in row.items() if key != "top"}), flush=True)
+        for entry in row["top"]:
+            print("    " + entry)
+        result["rows"].append(row)
+    with open(os.path.join(args.out, "natten_host.json"), "w") as f:
+        json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
