@@ -23,7 +23,8 @@ from tessera.bench.hopper_compile import resources, sass, sass_loops
 from tessera.kernels.gluon import na_dkdv, na_dq
 from tessera.kernels.gluon import na_forward as gluon_forward
 from tessera.kernels.triton import masks
-from tessera.natten import _auto_layout
+from tessera.kernels.triton.masks import DilationFold
+from tessera.natten import _auto_layout, _group_plan
 from tessera.patterns import Neighborhood, Permuted
 from tessera.patterns.layout import GridLayout
 
@@ -33,6 +34,8 @@ CASES = {
     "na2d 128x128 k17": ((128, 128), (17, 17), 1),
     "na3d 16x48x48 k5x13x13": ((16, 48, 48), (5, 13, 13), 1),
     "na3d blocked 16x48x48 k4x8x8": ((16, 48, 48), (4, 8, 8), (4, 8, 8)),
+    # Dilation 2: one group's plan, every group run through a dilation fold (forward only).
+    "na2d 128x128 k17 dil2": ((128, 128), (17, 17), 1, 2),
 }
 
 
@@ -84,14 +87,22 @@ def main() -> None:
     args = parser.parse_args()
     cpu = torch.device("cpu")
     for name in args.cases:
-        grid, kernel, stride = CASES[name]
-        rule = Neighborhood(grid, kernel, stride=stride)
-        layout = _auto_layout(rule.grid, rule.kernel, rule.dilation, rule.stride, rule.causal)
-        pattern = Permuted(rule, layout if isinstance(layout, GridLayout) else GridLayout(rule.grid, layout))
+        grid, kernel, stride, *dilation = CASES[name]
         seq = 1
         for g in grid:
             seq *= g
-        plan = masks.get_plan(pattern, seq, seq, args.block_m, 64, 2, cpu)
+        fold = None
+        if dilation:
+            dilations = (dilation[0],) * len(grid)
+            pattern, _order, _key = _group_plan(grid, kernel, dilations, (stride,) * len(grid),
+                                                (False,) * len(grid), "cuda")
+            fold = DilationFold(grid, dilations)
+            plan = masks.get_plan(pattern, seq // fold.groups, seq // fold.groups, args.block_m, 64, 2, cpu)
+        else:
+            rule = Neighborhood(grid, kernel, stride=stride)
+            layout = _auto_layout(rule.grid, rule.kernel, rule.dilation, rule.stride, rule.causal)
+            pattern = Permuted(rule, layout if isinstance(layout, GridLayout) else GridLayout(rule.grid, layout))
+            plan = masks.get_plan(pattern, seq, seq, args.block_m, 64, 2, cpu)
         q, k, v = (torch.empty(1, seq, 2, args.dim, dtype=torch.bfloat16) for _ in range(3))
         captured = []
         jit_fn = {"dkdv": na_dkdv._na_dkdv, "dq": na_dq._na_dq}.get(args.kernel, gluon_forward._na_fwd)
@@ -112,7 +123,8 @@ def main() -> None:
                                          num_buffers=args.num_buffers, overlap=not args.no_overlap,
                                          specialized=args.specialized, v_buffers=args.v_buffers,
                                          max_registers=args.max_registers,
-                                         lazy_rescale=args.lazy_rescale, defer_pv=args.defer_pv)
+                                         lazy_rescale=args.lazy_rescale, defer_pv=args.defer_pv,
+                                         fold=fold)
         finally:
             type(jit_fn).__getitem__ = original
         (launch_args, launch_kwargs), = captured

@@ -6,7 +6,8 @@ median, L2 flushed between calls). GPU (Hopper) only.
         [--variants K2V1 K1V2-defer ...] [--variants-128 K2V2-r128 ...]
 
 Cases: the N-D suite's 2-D 128 x 128 kernel 17, 3-D 16 x 48 x 48 kernel 5 x 13 x 13, 3-D
-blocked 4 x 8 x 8 and 1-D 32768 window 2048, bf16, B = 1, H = 16, in the tiled order natten
+blocked 4 x 8 x 8, 1-D 32768 window 2048 and 2-D kernel 17 at dilation 2 (one group's plan,
+every group through a dilation fold), bf16, B = 1, H = 16, in the tiled order natten
 picks, at 64 x 64 tiles (the Triton kernel at the config tessera takes there). Rows: case, dim, impl
 (``triton KernelConfig(...)`` or ``gluon`` and the ``na_forward`` arguments; ``gluon 128-row``
 on the plan at 128 x 64 tiles where its 128-row tiles are grid boxes), ms, and the largest
@@ -31,14 +32,17 @@ import torch
 from tessera.bench.timing import median_ms, warm_up_gpu
 from tessera.kernels.gluon import na_forward as gluon_forward
 from tessera.kernels.triton import flash_fwd, masks
+from tessera.kernels.triton.masks import DilationFold
 from tessera.kernels.triton.tuning import KernelConfig
-from tessera.natten import _auto_layout
+from tessera.natten import _auto_layout, _group_plan
 from tessera.patterns import Neighborhood, Permuted
 
 CASES = {"2-D 128x128 k17": ((128, 128), (17, 17), 1),
          "3-D 16x48x48 k5x13x13": ((16, 48, 48), (5, 13, 13), 1),
          "3-D 16x48x48 blocked 4x8x8": ((16, 48, 48), (4, 8, 8), (4, 8, 8)),
-         "1-D 32768 window 2048": ((32768,), (2048,), 1)}
+         "1-D 32768 window 2048": ((32768,), (2048,), 1),
+         # Dilation 2: one group's plan, every group through a dilation fold (both kernels).
+         "2-D 128x128 k17 dil2": ((128, 128), (17, 17), 1, 2)}
 # Variants on 128-row query tiles (two warpgroups; plans whose 128-row tiles are grid boxes).
 GLUON_128 = [dict(overlap=False, num_buffers=1, v_buffers=1),
              dict(overlap=False, num_buffers=2, v_buffers=1, max_registers=128),
@@ -77,6 +81,20 @@ def case_plan(grid, kernel, stride, heads: int, device: torch.device, block_m: i
     return masks.get_plan(Permuted(rule, layout), seq, seq, block_m, 64, heads, device), seq
 
 
+def fold_plan(grid, kernel, dilation: int, heads: int, device: torch.device):
+    """``(plan, seq, fold)``: one dilation group's plan (64 x 64 tiles, the sub-grid's tiled
+    order), the whole grid's number of tokens and the ``DilationFold`` that runs every group."""
+    dilations = (dilation,) * len(grid)
+    pattern, _order, _key = _group_plan(grid, kernel, dilations, (1,) * len(grid),
+                                        (False,) * len(grid), device.type)
+    fold = DilationFold(grid, dilations)
+    seq = 1
+    for g in grid:
+        seq *= g
+    sub = seq // fold.groups
+    return masks.get_plan(pattern, sub, sub, 64, 64, heads, device), seq, fold
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=".")
@@ -99,26 +117,34 @@ def main() -> None:
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": []}
     path = os.path.join(args.out, "gluon_forward.json")
     heads = 16
-    for name, (grid, kernel, stride) in CASES.items():
+    for name, (grid, kernel, stride, *dilation) in CASES.items():
         if args.cases and not any(part in name for part in args.cases):
             continue
-        plan, seq = case_plan(grid, kernel, stride, heads, device)
-        plan_128, _ = case_plan(grid, kernel, stride, heads, device, block_m=128)
+        fold = None
+        if dilation:
+            plan, seq, fold = fold_plan(grid, kernel, dilation[0], heads, device)
+            plan_128 = None
+        else:
+            plan, seq = case_plan(grid, kernel, stride, heads, device)
+            plan_128, _ = case_plan(grid, kernel, stride, heads, device, block_m=128)
         for dim in args.dims:
             q, k, v = (torch.randn(1, seq, heads, dim, device=device, dtype=torch.bfloat16) for _ in range(3))
             scale = dim ** -0.5
             stages = 1 if dim > 64 or plan.mask_mode == masks.MASK_NONE else 3
             config = KernelConfig(64, 64, 4, stages,
                                   max_registers=128 if plan.mask_mode == masks.MASK_NONE and dim > 64 else None)
-            ref, _ = flash_fwd.forward(q, k, v, plan, scale=scale, config=config, grid_order=True)
+            ref, _ = flash_fwd.forward(q, k, v, plan, scale=scale, config=config, grid_order=True,
+                                       fold=fold)
             runs = [(f"triton {config}",
-                     lambda: flash_fwd.forward(q, k, v, plan, scale=scale, config=config, grid_order=True))]
+                     lambda: flash_fwd.forward(q, k, v, plan, scale=scale, config=config, grid_order=True,
+                                               fold=fold))]
             variants = [("gluon", plan, variant) for variant in gluon_variants]
-            if gluon_forward.supports(q, k, v, plan_128):
+            if plan_128 is not None and gluon_forward.supports(q, k, v, plan_128):
                 variants += [("gluon 128-row", plan_128, variant) for variant in variants_128]
             for label, tiles, variant in variants:
                 runs.append((label + " " + " ".join(f"{key}={value}" for key, value in variant.items()),
-                             lambda p=tiles, kw=variant: gluon_forward.na_forward(q, k, v, p, scale=scale, **kw)))
+                             lambda p=tiles, kw=variant: gluon_forward.na_forward(q, k, v, p, scale=scale,
+                                                                                 fold=fold, **kw)))
             for impl, fn in runs:
                 row = {"case": name, "dim": dim, "impl": impl, "ms": None, "max_diff": None, "error": None}
                 try:

@@ -169,6 +169,94 @@ def _check_forward(op, grid, kernel, stride, dim, dtype, block_m, q_scale=1.0, s
     assert_error_rule(("o", "lse"), got, same, want, dtype)
 
 
+def _fold_plan(grid, kernel, dilation, heads, device):
+    """``(plan, fold)``: one dilation group's plan (its sub-grid in the tiled order natten picks
+    on a GPU, 64 x 64 tiles) and the ``DilationFold`` that runs every group."""
+    from tessera.kernels.triton.masks import DilationFold
+    from tessera.natten import _group_plan
+    dilations = (dilation,) * len(grid)
+    pattern, _order, _key = _group_plan(grid, kernel, dilations, (1,) * len(grid),
+                                        (False,) * len(grid), "cuda")
+    fold = DilationFold(grid, dilations)
+    seq = 1
+    for g in grid:
+        seq *= g
+    return masks.get_plan(pattern, seq // fold.groups, seq // fold.groups, 64, 64, heads, device), fold
+
+
+def test_fold_scope_without_a_gpu():
+    """Under a dilation fold the forward takes 64-row plans whose tiles have depth one along
+    grid axis 0, on tensors whose heads are contiguous with D."""
+    from tessera.kernels.gluon import na_forward as gluon_forward
+    plan, fold = _fold_plan((32, 48), (7, 9), 2, 2, torch.device("cpu"))
+    q = torch.empty(1, 32 * 48, 2, 128, dtype=torch.bfloat16)
+    assert gluon_forward.supports(q, q, q, plan, fold)
+    spread = torch.empty(1, 32 * 48, 2, 256, dtype=torch.bfloat16)[..., :128]    # heads apart
+    assert not gluon_forward.supports(spread, spread, spread, plan, fold)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
+@pytest.mark.parametrize("variant", [dict(num_buffers=2, v_buffers=1),
+                                     dict(num_buffers=1, v_buffers=2, defer_pv=True, lazy_rescale=8.0)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("grid, kernel, dilation", [((32, 48), (7, 9), 2), ((48, 48), (5, 7), 3)])
+def test_gluon_forward_dilation_fold_against_float64(grid, kernel, dilation, dtype, variant):
+    """A dilated neighborhood through a dilation fold (every group's tiles, the whole grid's
+    tensors; GQA, B = 2) against the float64 reference, o and lse by the rule."""
+    from tessera.kernels.gluon import na_forward as gluon_forward
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    batch, heads, kv_heads, dim = 2, 4, 2, 128
+    q, k, v = (torch.randn(batch, *grid, h, dim, device="cuda", dtype=dtype, generator=gen)
+               for h in (heads, kv_heads, kv_heads))
+    plan, fold = _fold_plan(grid, kernel, dilation, heads, q.device)
+    seq = q[0, ..., 0, 0].numel()
+    flat = [t.reshape(batch, seq, t.shape[-2], dim) for t in (q, k, v)]
+    assert gluon_forward.supports(*flat, plan, fold)
+    o, lse = gluon_forward.na_forward(*flat, plan, scale=dim ** -0.5, overlap=False, fold=fold,
+                                      **variant)
+    got = [o.reshape(q.shape), lse.reshape(batch, heads, *grid)]
+    same = na2d(q, k, v, kernel, dilation, backend="reference", return_lse=True)
+    want = na2d(*(t.double() for t in (q, k, v)), kernel, dilation, backend="reference",
+                return_lse=True)
+    assert_error_rule(("o", "lse"), got, same, want, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_dilated_forward_route_through_natten_against_float64(monkeypatch, dtype):
+    """na2d with dilation 2 on the GPU runs its forward through the Gluon kernel under a dilation
+    fold (a spy sees the fold), its backward on the Triton kernels; a repeat call equals the
+    first, and forward and backward (GQA, B = 2) meet the float64 reference by the rule."""
+    from tessera.kernels.gluon import na_forward as gluon_forward
+    folds = []
+    original = gluon_forward.na_forward
+
+    def spy(*args, **kwargs):
+        folds.append(kwargs.get("fold"))
+        return original(*args, **kwargs)
+    monkeypatch.setattr(gluon_forward, "na_forward", spy)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    grid, kernel, dim = (48, 64), (7, 9), 128
+    shapes = [(2, *grid, 4, dim), (2, *grid, 2, dim), (2, *grid, 2, dim)]
+    inputs = [torch.randn(shape, device="cuda", dtype=dtype, generator=gen) for shape in shapes]
+    do = torch.randn(shapes[0], device="cuda", dtype=dtype, generator=gen)
+
+    def run(dt, backend):
+        leaves = [t.detach().to(dt).requires_grad_() for t in inputs]
+        o, lse = na2d(*leaves, kernel, 2, backend=backend, return_lse=True)
+        return [o, lse, *torch.autograd.grad(o, leaves, do.to(dt))]
+
+    first = run(dtype, "triton")
+    got = run(dtype, "triton")
+    assert len(folds) == 2 and all(fold is not None and fold.groups == 4 for fold in folds)
+    for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), first, got):
+        assert torch.equal(a, b), f"{name}: a repeat call differs from the first"
+    assert_error_rule(("o", "lse", "dq", "dk", "dv"), got, run(dtype, "reference"),
+                      run(torch.float64, "reference"), dtype)
+
+
 def test_dkdv_arguments_without_a_gpu():
     from tessera.kernels.gluon.na_dkdv import na_dkdv
     plan = _plan((32, 32), (7, 7), 2, torch.device("cpu"))

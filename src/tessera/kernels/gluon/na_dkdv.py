@@ -182,10 +182,9 @@ def na_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor,
                              f"got {t.dtype} {list(t.shape)}")
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device) if dk is None else dk
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device) if dv is None else dv
-    grid = plan.na_values[0:3]
     q_box, k_box = grid_box(plan, plan.block_m), grid_box(plan, plan.block_n)
-    q_desc, do_desc = (_descriptor(t, grid, q_box) for t in (q, do))
-    k_desc, v_desc, dk_desc, dv_desc = (_descriptor(t, grid, k_box) for t in (k, v, dk, dv))
+    q_desc, do_desc = (_descriptor(t, plan, q_box) for t in (q, do))
+    k_desc, v_desc, dk_desc, dv_desc = (_descriptor(t, plan, k_box) for t in (k, v, dk, dv))
     cols = plan.cols
     _LAUNCH[(plan.n_k_tiles, batch * k.shape[2])](
         q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse, delta, cols.part_count,

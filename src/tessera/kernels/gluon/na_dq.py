@@ -36,8 +36,8 @@ from ..triton.flash_fwd import grid_box, LOG2E
 from ..triton.launcher import Launcher
 from ..triton.na_mask import NA_GRID, na_param, na_query_windows
 from ..triton.row_addressing import memory_rows, row_tile_origin
-from .na_forward import (_descriptor, _issue_box, _issue_one, _key_tile_at, _penalty_at, _tile_of,
-                         supports)
+from .na_forward import (_box_origin, _descriptor, _issue_box, _issue_one, _key_tile_at,
+                         _penalty_at, _tile_of, supports)
 
 
 @gluon.jit
@@ -50,6 +50,7 @@ def _na_dq(Q_DESC, K_DESC, V_DESC, DO_DESC, DQ_DESC, LSE, DELTA, PART_CNT, PART_
     bh = gl.program_id(1)
     b = bh // H_Q
     h = bh - b * H_Q
+    batch = (b, 0, 0)
     hk = h // GROUP
     row = (h % MAP_HEADS) * N_Q_TILES + m
     n_part = gl.load(PART_CNT + row)
@@ -84,9 +85,9 @@ def _na_dq(Q_DESC, K_DESC, V_DESC, DO_DESC, DQ_DESC, LSE, DELTA, PART_CNT, PART_
     for i in gl.static_range(NUM_BUF - 1):
         if i < total:
             tile = _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, i)
-            _issue_one(K_DESC, k_bufs, k_bars, tile, i, b, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
+            _issue_one(K_DESC, k_bufs, k_bars, tile, i, batch, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
             if i < V_BUF - 1:
-                _issue_one(V_DESC, v_bufs, v_bars, tile, i, b, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
+                _issue_one(V_DESC, v_bufs, v_bars, tile, i, batch, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
 
     offs_m = gl.arange(0, BLOCK_M, layout=rows_s)
     offs_n = gl.arange(0, BLOCK_N, layout=cols_s)
@@ -115,22 +116,28 @@ def _na_dq(Q_DESC, K_DESC, V_DESC, DO_DESC, DQ_DESC, LSE, DELTA, PART_CNT, PART_
             nxt, n0, n1, n2 = _key_tile_at(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part,
                                            gl.minimum(t + 1, total - 1), NA, NA_STATIC, BLOCK_N)
             if t + 1 < total:
-                _issue_box(K_DESC, k_bufs, k_bars, row0 + n0, n1, n2, hk, (t + 1) % 2)
+                _issue_box(K_DESC, k_bufs, k_bars,
+                           _box_origin(row0 + n0, n1, n2, hk, batch, NA, NA_STATIC, HEAD_D),
+                           (t + 1) % 2)
                 if V_BUF == 2:
-                    _issue_box(V_DESC, v_bufs, v_bars, row0 + n0, n1, n2, hk, (t + 1) % 2)
+                    _issue_box(V_DESC, v_bufs, v_bars,
+                           _box_origin(row0 + n0, n1, n2, hk, batch, NA, NA_STATIC, HEAD_D),
+                           (t + 1) % 2)
             if V_BUF == 1:
-                _issue_box(V_DESC, v_bufs, v_bars, row0 + c0, c1, c2, hk, 0)
+                _issue_box(V_DESC, v_bufs, v_bars,
+                           _box_origin(row0 + c0, c1, c2, hk, batch, NA, NA_STATIC, HEAD_D),
+                           0)
         else:
             k_ahead = t + NUM_BUF - 1
             if k_ahead < total:
                 _issue_one(K_DESC, k_bufs, k_bars,
                            _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, k_ahead),
-                           k_ahead % NUM_BUF, b, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
+                           k_ahead % NUM_BUF, batch, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
             v_ahead = t + V_BUF - 1
             if v_ahead < total:
                 _issue_one(V_DESC, v_bufs, v_bars,
                            _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, v_ahead),
-                           v_ahead % V_BUF, b, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
+                           v_ahead % V_BUF, batch, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
         if MASKED:
             penalty = _penalty_at((c0, c1, c2), tile, windows, offs_n, NA, BLOCK_N, NA_STATIC)
         k_tile = k_bufs.index(t % NUM_BUF).reshape([BLOCK_N, HEAD_D])
@@ -189,10 +196,9 @@ def na_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, l
             raise ValueError(f"na_dq: {name} must be contiguous float32 {[batch, heads, seq]}, "
                              f"got {t.dtype} {list(t.shape)}")
     dq = torch.empty_like(q) if dq is None else dq
-    grid = plan.na_values[0:3]
     q_box, k_box = grid_box(plan, plan.block_m), grid_box(plan, plan.block_n)
-    q_desc, do_desc, dq_desc = (_descriptor(t, grid, q_box) for t in (q, do, dq))
-    k_desc, v_desc = (_descriptor(t, grid, k_box) for t in (k, v))
+    q_desc, do_desc, dq_desc = (_descriptor(t, plan, q_box) for t in (q, do, dq))
+    k_desc, v_desc = (_descriptor(t, plan, k_box) for t in (k, v))
     rows = plan.rows
     _LAUNCH[(plan.n_q_tiles, batch * heads)](
         q_desc, k_desc, v_desc, do_desc, dq_desc, lse, delta, rows.part_count, rows.part_index,

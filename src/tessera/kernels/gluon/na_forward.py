@@ -43,11 +43,11 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from ..triton import masks
-from ..triton.flash_fwd import LOG2E, bulk_aligned, grid_box, grid_view
+from ..triton.flash_fwd import LOG2E, bulk_aligned, fold_view, grid_box, grid_view
 from ..triton.launcher import Launcher
-from ..triton.na_mask import (NA_GRID, na_codes, na_codes_at, na_coords, na_param, na_penalty,
-                              na_query_windows)
-from ..triton.row_addressing import memory_rows, row_tile_origin
+from ..triton.na_mask import (NA_FOLDED, NA_GRID, NA_GROUPS, na_codes, na_codes_at, na_coords,
+                              na_param, na_penalty, na_query_windows)
+from ..triton.row_addressing import bulk_copy_batch, memory_rows, row_tile_origin
 
 # Registers per thread of the producer warp (the consumer warpgroup gets what the kernel's cap
 # leaves: ``na_forward`` launches specialized kernels with ``maxnreg=128``, two programs per SM).
@@ -66,10 +66,11 @@ def _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, t):
 
 
 @gluon.jit
-def _issue_kv(K_DESC, V_DESC, k_bufs, v_bufs, bars, tile, slot, b, hk, NA,
+def _issue_kv(K_DESC, V_DESC, k_bufs, v_bufs, bars, tile, slot, batch, hk, NA,
               NA_STATIC: gl.constexpr, HEAD_D: gl.constexpr, BLOCK_N: gl.constexpr):
-    """Bulk copies of key tile ``tile`` (k and v) into ring slot ``slot``, on that slot's mbarrier."""
-    origin = row_tile_origin(tile * BLOCK_N, (b, 0, 0), hk, NA, 1, NA_STATIC, True, HEAD_D)
+    """Bulk copies of key tile ``tile`` (k and v) into ring slot ``slot``, on that slot's
+    mbarrier; ``batch``: the program's ``(b, r1, r2)`` (``row_addressing.bulk_copy_batch``)."""
+    origin = row_tile_origin(tile * BLOCK_N, batch, hk, NA, 1, NA_STATIC, True, HEAD_D)
     bar = bars.index(slot)
     mbarrier.expect(bar, K_DESC.block_type.nbytes + V_DESC.block_type.nbytes)
     tma.async_copy_global_to_shared(K_DESC, origin, bar, k_bufs.index(slot))
@@ -77,11 +78,12 @@ def _issue_kv(K_DESC, V_DESC, k_bufs, v_bufs, bars, tile, slot, b, hk, NA,
 
 
 @gluon.jit
-def _issue_one(DESC, bufs, bars, tile, slot, b, hk, NA, NA_STATIC: gl.constexpr,
+def _issue_one(DESC, bufs, bars, tile, slot, batch, hk, NA, NA_STATIC: gl.constexpr,
                HEAD_D: gl.constexpr, BLOCK_N: gl.constexpr):
     """Bulk copy of key tile ``tile`` of one tensor (k or v) into ``bufs`` slot ``slot``, on that
-    slot's mbarrier (the sequential loop keeps separate K and V rings)."""
-    origin = row_tile_origin(tile * BLOCK_N, (b, 0, 0), hk, NA, 1, NA_STATIC, True, HEAD_D)
+    slot's mbarrier (the sequential loop keeps separate K and V rings); ``batch`` as in
+    ``_issue_kv``."""
+    origin = row_tile_origin(tile * BLOCK_N, batch, hk, NA, 1, NA_STATIC, True, HEAD_D)
     bar = bars.index(slot)
     mbarrier.expect(bar, DESC.block_type.nbytes)
     tma.async_copy_global_to_shared(DESC, origin, bar, bufs.index(slot))
@@ -99,13 +101,42 @@ def _key_tile_at(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, t, NA, NA_STAT
 
 
 @gluon.jit
-def _issue_box(DESC, bufs, bars, row0, c1, c2, hk, slot):
-    """Bulk copy of the key tile whose grid box starts at ``(row0, c1, c2)`` of the ``[B * G0,
-    G1, G2, H, D]`` view (``row0 = b * G0 + c0``; ``_key_tile_at``'s coordinates), head ``hk``,
-    into ``bufs`` slot ``slot`` on that slot's mbarrier."""
+def _box_origin(row, c1, c2, h, batch, NA, NA_STATIC: gl.constexpr, HEAD_D: gl.constexpr):
+    """Descriptor coordinates of the grid box starting at ``(c0, c1, c2)`` (``row = b * G0 +
+    c0``; ``_key_tile_at``'s coordinates) of batch ``batch = (b, r1, r2)``, head ``h``: ``(row,
+    c1, c2, h, 0)`` in the ``[B * G0, G1, G2, H, D]`` view, or under a dilation fold
+    (``NA_FOLDED``, sub-grid coordinates) ``(row * G1 + c1, r1, c2, r2, h * D)`` in
+    ``flash_fwd.fold_view``'s (as ``row_addressing.row_tile_origin``)."""
+    if NA_FOLDED & NA_STATIC:
+        origin = (row * na_param(NA, NA_GRID, 1) + c1, batch[1], c2, batch[2], h * HEAD_D)
+    else:
+        origin = (row, c1, c2, h, 0)
+    return origin
+
+
+@gluon.jit
+def _issue_box(DESC, bufs, bars, origin, slot):
+    """Bulk copy of the box at descriptor coordinates ``origin`` (``_box_origin``) into ``bufs``
+    slot ``slot`` on that slot's mbarrier."""
     bar = bars.index(slot)
     mbarrier.expect(bar, DESC.block_type.nbytes)
-    tma.async_copy_global_to_shared(DESC, (row0, c1, c2, hk, 0), bar, bufs.index(slot))
+    tma.async_copy_global_to_shared(DESC, origin, bar, bufs.index(slot))
+
+
+@gluon.jit
+def _fold_entry(entry, NA, NA_STATIC: gl.constexpr):
+    """``(b, first_row, groups)`` of batch entry ``entry``: under a dilation fold
+    (``NA_FOLDED``: entries are ``batch * groups + group``) the batch, the group's first grid row
+    and the number of groups (``row_addressing.fold_group``); ``(entry, 0, 1)`` otherwise."""
+    if NA_FOLDED & NA_STATIC:
+        groups = gl.load(NA + NA_GROUPS)
+        b = entry // groups
+        first_row = gl.load(NA + NA_GROUPS + 1 + (entry - b * groups)).to(gl.int64)
+    else:
+        groups = 1
+        b = entry
+        first_row = (entry * 0).to(gl.int64)
+    return b, first_row, groups
 
 
 @gluon.jit
@@ -201,7 +232,7 @@ def _softmax_step(s, m_i, l_i, tile, windows, offs_n, NA, qk_scale, BLOCK_N: gl.
 
 @gluon.jit
 def _overlapped_step(t, s_cur, acc, m_i, l_i, q_tile, k_bufs, v_bufs, kv_bars, free_bars, K_DESC, V_DESC,
-                     PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, total, b, hk, NA, windows,
+                     PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, total, batch, hk, NA, windows,
                      offs_n, qk_scale, s_zero, HEAD_D: gl.constexpr, BLOCK_N: gl.constexpr,
                      NA_STATIC: gl.constexpr, NUM_BUF: gl.constexpr, rows_o: gl.constexpr,
                      p_layout: gl.constexpr, MASKED: gl.constexpr, SPECIALIZED: gl.constexpr):
@@ -226,7 +257,7 @@ def _overlapped_step(t, s_cur, acc, m_i, l_i, q_tile, k_bufs, v_bufs, kv_bars, f
         if ahead < total:
             _issue_kv(K_DESC, V_DESC, k_bufs, v_bufs, kv_bars,
                       _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, ahead),
-                      ahead % NUM_BUF, b, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
+                      ahead % NUM_BUF, batch, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
     acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
     acc = warpgroup_mma(gl.convert_layout(p.to(k_bufs.dtype), p_layout),
                         v_bufs.index(t % NUM_BUF).reshape([BLOCK_N, HEAD_D]), acc, is_async=True)
@@ -252,7 +283,7 @@ def _last_step(t, s_cur, acc, m_i, l_i, v_bufs, PART_IDX, FULL_IDX, row, PART_W,
 
 @gluon.jit
 def _kv_producer(K_DESC, V_DESC, k_bufs, v_bufs, kv_bars, free_bars, PART_IDX, FULL_IDX, row,
-                 PART_W, FULL_W, n_part, total, b, hk, NA, NA_STATIC: gl.constexpr,
+                 PART_W, FULL_W, n_part, total, batch, hk, NA, NA_STATIC: gl.constexpr,
                  HEAD_D: gl.constexpr, BLOCK_N: gl.constexpr, NUM_BUF: gl.constexpr):
     """One warp that fills the K/V ring: tile t goes into slot t % NUM_BUF once the consumer has
     handed that slot back (``free_bars``; a fresh barrier counts as handed back)."""
@@ -260,13 +291,13 @@ def _kv_producer(K_DESC, V_DESC, k_bufs, v_bufs, kv_bars, free_bars, PART_IDX, F
         slot = t % NUM_BUF
         mbarrier.wait(free_bars.index(slot), ((t // NUM_BUF) & 1) ^ 1)
         _issue_kv(K_DESC, V_DESC, k_bufs, v_bufs, kv_bars,
-                  _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, t), slot, b, hk, NA,
+                  _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, t), slot, batch, hk, NA,
                   NA_STATIC, HEAD_D, BLOCK_N)
 
 
 @gluon.jit
 def _deferred_pv_loop(q_tile, k_bufs, v_bufs, kv_bars, v_bars, K_DESC, V_DESC, PART_IDX, FULL_IDX,
-                      NA, row, n_part, total, b, hk, PART_W, FULL_W, windows, offs_n, acc, m_i, l_i,
+                      NA, row, n_part, total, batch, hk, PART_W, FULL_W, windows, offs_n, acc, m_i, l_i,
                       s_zero, qk_scale, HEAD_D: gl.constexpr, BLOCK_N: gl.constexpr,
                       NA_STATIC: gl.constexpr, rows_o: gl.constexpr, p_layout: gl.constexpr,
                       MASKED: gl.constexpr, SCALE_NONNEGATIVE: gl.constexpr,
@@ -280,11 +311,11 @@ def _deferred_pv_loop(q_tile, k_bufs, v_bufs, kv_bars, v_bars, K_DESC, V_DESC, P
     the softmax of tile t and its P @ V. The index of tile t + 1 is loaded at the start of step
     t, so its load is not waited for at once."""
     dtype: gl.constexpr = k_bufs.dtype
-    row0 = b * na_param(NA, NA_GRID, 0)
+    row0 = batch[0] * na_param(NA, NA_GRID, 0)
     tile, c0, c1, c2 = _key_tile_at(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, 0, NA,
                                     NA_STATIC, BLOCK_N)
-    _issue_box(K_DESC, k_bufs, kv_bars, row0 + c0, c1, c2, hk, 0)
-    _issue_box(V_DESC, v_bufs, v_bars, row0 + c0, c1, c2, hk, 0)
+    _issue_box(K_DESC, k_bufs, kv_bars, _box_origin(row0 + c0, c1, c2, hk, batch, NA, NA_STATIC, HEAD_D), 0)
+    _issue_box(V_DESC, v_bufs, v_bars, _box_origin(row0 + c0, c1, c2, hk, batch, NA, NA_STATIC, HEAD_D), 0)
     acc = warpgroup_mma_init(acc)
     for t in range(total):
         nxt = _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, gl.minimum(t + 1, total - 1))
@@ -296,8 +327,8 @@ def _deferred_pv_loop(q_tile, k_bufs, v_bufs, kv_bars, v_bars, K_DESC, V_DESC, P
         s, acc = warpgroup_mma_wait(num_outstanding=0, deps=(s, acc))
         n0, n1, n2 = na_coords(nxt * 0, nxt * BLOCK_N, NA, 1, NA_STATIC)
         if t + 1 < total:
-            _issue_box(K_DESC, k_bufs, kv_bars, row0 + n0, n1, n2, hk, 0)
-            _issue_box(V_DESC, v_bufs, v_bars, row0 + n0, n1, n2, hk, (t + 1) % 2)
+            _issue_box(K_DESC, k_bufs, kv_bars, _box_origin(row0 + n0, n1, n2, hk, batch, NA, NA_STATIC, HEAD_D), 0)
+            _issue_box(V_DESC, v_bufs, v_bars, _box_origin(row0 + n0, n1, n2, hk, batch, NA, NA_STATIC, HEAD_D), (t + 1) % 2)
         if LAZY_RESCALE > 0:
             if MASKED:
                 p, acc, m_i, l_i = _lazy_softmax(s * qk_scale + penalty, m_i, l_i, acc, rows_o,
@@ -322,7 +353,7 @@ def _deferred_pv_loop(q_tile, k_bufs, v_bufs, kv_bars, v_bars, K_DESC, V_DESC, P
 
 @gluon.jit
 def _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC, V_DESC, O_DESC, LSE,
-              PART_IDX, FULL_IDX, NA, row, n_part, total, m, b, bh, hk, q_origin, S_Q, PART_W,
+              PART_IDX, FULL_IDX, NA, row, n_part, total, m, batch, lse_base, hk, q_origin, PART_W,
               FULL_W, qk_scale, HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr,
               BLOCK_N: gl.constexpr, NA_STATIC: gl.constexpr, NUM_BUF: gl.constexpr,
               V_BUF: gl.constexpr, OVERLAP: gl.constexpr, MASKED: gl.constexpr,
@@ -367,18 +398,18 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC,
         for pair in range(steps // 2):
             s_b, acc, m_i, l_i = _overlapped_step(
                 2 * pair, s_a, acc, m_i, l_i, q_tile, k_bufs, v_bufs, kv_bars, free_bars, K_DESC, V_DESC, PART_IDX,
-                FULL_IDX, row, PART_W, FULL_W, n_part, total, b, hk, NA, windows, offs_n, qk_scale,
+                FULL_IDX, row, PART_W, FULL_W, n_part, total, batch, hk, NA, windows, offs_n, qk_scale,
                 s_zero, HEAD_D, BLOCK_N, NA_STATIC, NUM_BUF, rows_o, p_layout, MASKED,
                 SPECIALIZED)
             s_a, acc, m_i, l_i = _overlapped_step(
                 2 * pair + 1, s_b, acc, m_i, l_i, q_tile, k_bufs, v_bufs, kv_bars, free_bars, K_DESC, V_DESC, PART_IDX,
-                FULL_IDX, row, PART_W, FULL_W, n_part, total, b, hk, NA, windows, offs_n, qk_scale,
+                FULL_IDX, row, PART_W, FULL_W, n_part, total, batch, hk, NA, windows, offs_n, qk_scale,
                 s_zero, HEAD_D, BLOCK_N, NA_STATIC, NUM_BUF, rows_o, p_layout, MASKED,
                 SPECIALIZED)
         if steps % 2 == 1:
             s_b, acc, m_i, l_i = _overlapped_step(
                 steps - 1, s_a, acc, m_i, l_i, q_tile, k_bufs, v_bufs, kv_bars, free_bars, K_DESC, V_DESC,
-                PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, total, b, hk, NA, windows, offs_n,
+                PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, total, batch, hk, NA, windows, offs_n,
                 qk_scale, s_zero, HEAD_D, BLOCK_N, NA_STATIC, NUM_BUF, rows_o, p_layout, MASKED,
                 SPECIALIZED)
             acc, m_i, l_i = _last_step(steps, s_b, acc, m_i, l_i, v_bufs, PART_IDX, FULL_IDX, row,
@@ -391,7 +422,7 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC,
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
     elif DEFER_PV:
         acc, m_i, l_i = _deferred_pv_loop(q_tile, k_bufs, v_bufs, kv_bars, v_bars, K_DESC, V_DESC,
-                                          PART_IDX, FULL_IDX, NA, row, n_part, total, b, hk, PART_W,
+                                          PART_IDX, FULL_IDX, NA, row, n_part, total, batch, hk, PART_W,
                                           FULL_W, windows, offs_n, acc, m_i, l_i, s_zero, qk_scale,
                                           HEAD_D, BLOCK_N, NA_STATIC, rows_o, p_layout, MASKED,
                                           SCALE_NONNEGATIVE, LAZY_RESCALE)
@@ -401,7 +432,7 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC,
         # tile t - 1's (completed) products read. The grid coordinates of tile t (its V copy with
         # one V slot, its penalty) are computed once; with two K slots tile t + 1's are computed
         # at step t for its copies and carried into step t + 1.
-        row0 = b * na_param(NA, NA_GRID, 0)
+        row0 = batch[0] * na_param(NA, NA_GRID, 0)
         tile, c0, c1, c2 = _key_tile_at(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, 0, NA,
                                         NA_STATIC, BLOCK_N)
         for t in range(total):
@@ -410,25 +441,25 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC,
                 nxt, n0, n1, n2 = _key_tile_at(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part,
                                                gl.minimum(t + 1, total - 1), NA, NA_STATIC, BLOCK_N)
                 if t + 1 < total:
-                    _issue_box(K_DESC, k_bufs, kv_bars, row0 + n0, n1, n2, hk, (t + 1) % 2)
+                    _issue_box(K_DESC, k_bufs, kv_bars, _box_origin(row0 + n0, n1, n2, hk, batch, NA, NA_STATIC, HEAD_D), (t + 1) % 2)
                     if V_BUF == 2:
-                        _issue_box(V_DESC, v_bufs, v_bars, row0 + n0, n1, n2, hk, (t + 1) % 2)
+                        _issue_box(V_DESC, v_bufs, v_bars, _box_origin(row0 + n0, n1, n2, hk, batch, NA, NA_STATIC, HEAD_D), (t + 1) % 2)
             elif NUM_BUF == 1:
-                _issue_box(K_DESC, k_bufs, kv_bars, row0 + c0, c1, c2, hk, 0)
+                _issue_box(K_DESC, k_bufs, kv_bars, _box_origin(row0 + c0, c1, c2, hk, batch, NA, NA_STATIC, HEAD_D), 0)
             else:
                 k_ahead = t + NUM_BUF - 1
                 if k_ahead < total:
                     _issue_one(K_DESC, k_bufs, kv_bars,
                                _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, k_ahead),
-                               k_ahead % NUM_BUF, b, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
+                               k_ahead % NUM_BUF, batch, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
             if V_BUF == 1:
-                _issue_box(V_DESC, v_bufs, v_bars, row0 + c0, c1, c2, hk, 0)
+                _issue_box(V_DESC, v_bufs, v_bars, _box_origin(row0 + c0, c1, c2, hk, batch, NA, NA_STATIC, HEAD_D), 0)
             elif V_BUF != 2 or NUM_BUF != 2:
                 v_ahead = t + V_BUF - 1
                 if v_ahead < total:
                     _issue_one(V_DESC, v_bufs, v_bars,
                                _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, v_ahead),
-                               v_ahead % V_BUF, b, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
+                               v_ahead % V_BUF, batch, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
             if MASKED:
                 # Needs only the tile's coordinates: computed before the product is waited for.
                 penalty = _penalty_at((c0, c1, c2), tile, windows, offs_n, NA, BLOCK_N, NA_STATIC)
@@ -466,7 +497,7 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC,
     o = acc / gl.convert_layout(l_safe, rows_o)[:, None]
     lse = gl.where(empty, float("-inf"), (m_i + gl.log2(l_safe)) * 0.6931471805599453)
     q_mem = memory_rows(offs_m, m * BLOCK_M, NA, 0, NA_STATIC, True).to(gl.int64)
-    gl.store(LSE + bh.to(gl.int64) * S_Q + q_mem, lse)
+    gl.store(LSE + lse_base + q_mem, lse)
 
     # q's buffer holds o on its way out (every QK^T product that read it has completed).
     q_tile.store(o.to(dtype))
@@ -486,9 +517,13 @@ def _na_fwd(Q_DESC, K_DESC, V_DESC, O_DESC, LSE, PART_CNT, PART_IDX, FULL_CNT, F
             LAZY_RESCALE: gl.constexpr, DEFER_PV: gl.constexpr, SCALE_NONNEGATIVE: gl.constexpr,
             num_warps: gl.constexpr):
     m = gl.program_id(0)
-    bh = gl.program_id(1)
-    b = bh // H_Q
-    h = bh - b * H_Q
+    entry_head = gl.program_id(1)
+    entry = entry_head // H_Q
+    h = entry_head - entry * H_Q
+    b, first_row, groups = _fold_entry(entry, NA, NA_STATIC)
+    batch = bulk_copy_batch(b, first_row, NA, NA_STATIC)
+    # lse [B, H, S] holds the whole grid's rows (S = S_Q * groups under a fold).
+    lse_base = (b * H_Q + h).to(gl.int64) * (S_Q * groups) + first_row
     hk = h // GROUP
     row = (h % MAP_HEADS) * N_Q_TILES + m
     n_part = gl.load(PART_CNT + row)
@@ -509,18 +544,18 @@ def _na_fwd(Q_DESC, K_DESC, V_DESC, O_DESC, LSE, PART_CNT, PART_IDX, FULL_CNT, F
     for i in gl.static_range(V_BUF):
         mbarrier.init(v_bars.index(i), count=1)
 
-    q_origin = row_tile_origin(m * BLOCK_M, (b, 0, 0), h, NA, 0, NA_STATIC, True, HEAD_D)
+    q_origin = row_tile_origin(m * BLOCK_M, batch, h, NA, 0, NA_STATIC, True, HEAD_D)
     mbarrier.expect(q_bar, Q_DESC.block_type.nbytes)
     tma.async_copy_global_to_shared(Q_DESC, q_origin, q_bar, q_smem)
     if SPECIALIZED:
         gl.warp_specialize([
             (_consumer, (q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC, V_DESC,
-                         O_DESC, LSE, PART_IDX, FULL_IDX, NA, row, n_part, total, m, b, bh, hk,
-                         q_origin, S_Q, PART_W, FULL_W, qk_scale, HEAD_D, BLOCK_M, BLOCK_N,
+                         O_DESC, LSE, PART_IDX, FULL_IDX, NA, row, n_part, total, m, batch, lse_base, hk,
+                         q_origin, PART_W, FULL_W, qk_scale, HEAD_D, BLOCK_M, BLOCK_N,
                          NA_STATIC, NUM_BUF, V_BUF, OVERLAP, MASKED, SPECIALIZED, LAZY_RESCALE,
                          DEFER_PV, SCALE_NONNEGATIVE, num_warps)),
             (_kv_producer, (K_DESC, V_DESC, k_bufs, v_bufs, kv_bars, free_bars, PART_IDX, FULL_IDX,
-                            row, PART_W, FULL_W, n_part, total, b, hk, NA, NA_STATIC, HEAD_D,
+                            row, PART_W, FULL_W, n_part, total, batch, hk, NA, NA_STATIC, HEAD_D,
                             BLOCK_N, NUM_BUF)),
         ], [1], [PRODUCER_REGISTERS])
     else:
@@ -528,16 +563,16 @@ def _na_fwd(Q_DESC, K_DESC, V_DESC, O_DESC, LSE, PART_CNT, PART_IDX, FULL_CNT, F
             if t < total:
                 tile = _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, t)
                 if OVERLAP:
-                    _issue_kv(K_DESC, V_DESC, k_bufs, v_bufs, kv_bars, tile, t, b, hk, NA,
+                    _issue_kv(K_DESC, V_DESC, k_bufs, v_bufs, kv_bars, tile, t, batch, hk, NA,
                               NA_STATIC, HEAD_D, BLOCK_N)
                 else:
-                    _issue_one(K_DESC, k_bufs, kv_bars, tile, t, b, hk, NA, NA_STATIC, HEAD_D,
+                    _issue_one(K_DESC, k_bufs, kv_bars, tile, t, batch, hk, NA, NA_STATIC, HEAD_D,
                                BLOCK_N)
                     if t < V_BUF - 1:
-                        _issue_one(V_DESC, v_bufs, v_bars, tile, t, b, hk, NA, NA_STATIC, HEAD_D,
+                        _issue_one(V_DESC, v_bufs, v_bars, tile, t, batch, hk, NA, NA_STATIC, HEAD_D,
                                    BLOCK_N)
         _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC, V_DESC, O_DESC,
-                  LSE, PART_IDX, FULL_IDX, NA, row, n_part, total, m, b, bh, hk, q_origin, S_Q,
+                  LSE, PART_IDX, FULL_IDX, NA, row, n_part, total, m, batch, lse_base, hk, q_origin,
                   PART_W, FULL_W, qk_scale, HEAD_D, BLOCK_M, BLOCK_N, NA_STATIC, NUM_BUF, V_BUF,
                   OVERLAP, MASKED, SPECIALIZED, LAZY_RESCALE, DEFER_PV, SCALE_NONNEGATIVE, num_warps)
 
@@ -548,12 +583,18 @@ _LAUNCH = Launcher(_na_fwd)
 _LAYOUTS: dict = {}
 
 
-def _descriptor(t: torch.Tensor, grid, box) -> TensorDescriptor:
+def _view(t: torch.Tensor, plan, fold):
+    """``(shape, strides)`` of ``t [B, S, H, D]``'s bulk-copy view: ``flash_fwd.grid_view`` of
+    the plan's grid, or under a dilation ``fold`` ``flash_fwd.fold_view``; None without one."""
+    return grid_view(t, plan.na_values[0:3]) if fold is None else fold_view(t, fold)
+
+
+def _descriptor(t: torch.Tensor, plan, box, fold=None) -> TensorDescriptor:
     """``t [B, S, H, D]`` (grid order, batch and sequence mergeable, 16-byte aligned: ``supports``)
-    as ``flash_fwd.grid_view`` sees it, with block ``[*box, 1, D]`` and the default NVMMA shared
-    layout."""
-    shape, strides = grid_view(t, grid)
-    block = [*box, 1, t.shape[3]]
+    as ``_view`` sees it, with block ``[*box, 1, D]`` (under a fold ``[b1, 1, b2, 1, D]``, the
+    same ``b1 x b2`` tokens) and the default NVMMA shared layout."""
+    shape, strides = _view(t, plan, fold)
+    block = [*box, 1, t.shape[3]] if fold is None else [box[1], 1, box[2], 1, t.shape[3]]
     key = (tuple(block), t.dtype)
     layout = _LAYOUTS.get(key)
     if layout is None:
@@ -567,8 +608,10 @@ def _descriptor(t: torch.Tensor, grid, box) -> TensorDescriptor:
     return desc
 
 
-def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan) -> bool:
-    """Whether ``na_forward`` handles this call: see the module docstring."""
+def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, fold=None) -> bool:
+    """Whether ``na_forward`` handles this call (see the module docstring); ``fold``: a
+    ``masks.DilationFold`` (the plan is one dilation group's; its tiles must be boxes of depth
+    one along grid axis 0, on 64-row tiles)."""
     if plan.mask_mode not in (masks.MASK_NEIGHBORHOOD, masks.MASK_NONE) or not plan.na_values:
         return False
     if q.dtype not in (torch.bfloat16, torch.float16) or not (q.dtype == k.dtype == v.dtype):
@@ -578,16 +621,19 @@ def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan) -> bool:
         return False
     if plan.block_m not in (64, 128) or plan.block_n != 64:
         return False
-    if grid_box(plan, plan.block_m) is None or grid_box(plan, plan.block_n) is None:
+    boxes = (grid_box(plan, plan.block_m), grid_box(plan, plan.block_n))
+    if None in boxes:
         return False
-    return all(t.stride(3) == 1 and grid_view(t, plan.na_values[0:3]) is not None
-               and bulk_aligned(t) for t in (q, k, v))
+    if fold is not None and (plan.block_m != 64 or any(box[0] != 1 for box in boxes)):
+        return False
+    return all(t.stride(3) == 1 and _view(t, plan, fold) is not None and bulk_aligned(t)
+               for t in (q, k, v))
 
 
 def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale: float,
                num_buffers: int = 3, overlap: bool = True, specialized: bool = False,
                v_buffers: int | None = None, max_registers: int | None = None,
-               lazy_rescale: float = 0.0, defer_pv: bool = False,
+               lazy_rescale: float = 0.0, defer_pv: bool = False, fold=None,
                scope_checked: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(o [B, S, H_q, D], lse float32 [B, H_q, S])`` of softmax attention over ``plan`` (a
     tiled neighborhood's plan at 64 x 64 or 128 x 64 tiles) for grid-order ``q [B, S, H_q, D]``,
@@ -601,7 +647,10 @@ def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale
     (0, ``MAX_LAZY_RESCALE``]) below which a grown row max does not rescale the running output
     (``_lazy_softmax``; 0: every tile rescales); ``defer_pv``: the sequential loop with one K
     slot and two V slots that leaves each P @ V in flight under the next tile's penalty and
-    QK^T (``_deferred_pv_loop``; ``num_buffers=1, v_buffers=2``); ``scope_checked``: the caller has found ``supports`` true for these
+    QK^T (``_deferred_pv_loop``; ``num_buffers=1, v_buffers=2``); ``fold``: a
+    ``masks.DilationFold``: q, k, v hold the whole grid, the plan is one dilation group's, and
+    every group runs (``supports(..., fold)``; the programs' batch entries are ``batch *
+    groups + group``); ``scope_checked``: the caller has found ``supports`` true for these
     tensors and plan (the routes do), so it is not evaluated again."""
     if specialized and not overlap:
         raise ValueError("na_forward: specialized=True needs overlap=True")
@@ -625,24 +674,26 @@ def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale
     if max_registers is not None and specialized:
         raise ValueError("na_forward: max_registers is for variants without specialized (which "
                          "runs at 128)")
-    if not scope_checked and not supports(q, k, v, plan):
+    if not scope_checked and not supports(q, k, v, plan, fold):
         raise ValueError("na_forward: this call is outside the Gluon forward's scope (see supports)")
     batch, seq, heads, dim = q.shape
     o = torch.empty_like(q)
     lse = torch.empty(batch, heads, seq, dtype=torch.float32, device=q.device)
-    grid = plan.na_values[0:3]
     q_box, k_box = grid_box(plan, plan.block_m), grid_box(plan, plan.block_n)
-    q_desc, o_desc = (_descriptor(t, grid, q_box) for t in (q, o))
-    k_desc, v_desc = (_descriptor(t, grid, k_box) for t in (k, v))
+    q_desc, o_desc = (_descriptor(t, plan, q_box, fold) for t in (q, o))
+    k_desc, v_desc = (_descriptor(t, plan, k_box, fold) for t in (k, v))
+    na_params, na_static, groups = plan.na_params, plan.na_static, 1
+    if fold is not None:
+        (na_params, na_static), groups = fold.params(plan), fold.groups
     rows = plan.rows
     cap = 128 if specialized else max_registers
-    _LAUNCH[(plan.n_q_tiles, batch * heads)](
-        q_desc, k_desc, v_desc, o_desc, lse, rows.part_count, rows.part_index, rows.full_count, rows.full_index,
-        plan.na_params, heads, heads // k.shape[2], seq, plan.map_heads, plan.n_q_tiles,
-        rows.part_width, rows.full_width, scale * LOG2E,
-        HEAD_D=dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, NA_STATIC=plan.na_static,
+    _LAUNCH[(plan.n_q_tiles, batch * groups * heads)](
+        q_desc, k_desc, v_desc, o_desc, lse, rows.part_count, rows.part_index, rows.full_count,
+        rows.full_index, na_params, heads, heads // k.shape[2], seq // groups, plan.map_heads,
+        plan.n_q_tiles, rows.part_width, rows.full_width, scale * LOG2E,
+        HEAD_D=dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, NA_STATIC=na_static,
         NUM_BUF=num_buffers, V_BUF=v_buffers, OVERLAP=overlap,
         MASKED=plan.mask_mode == masks.MASK_NEIGHBORHOOD, SPECIALIZED=specialized,
-        LAZY_RESCALE=float(lazy_rescale), DEFER_PV=defer_pv, SCALE_NONNEGATIVE=scale >= 0, num_warps=plan.block_m // 16,
-        **({"maxnreg": cap} if cap else {}))
+        LAZY_RESCALE=float(lazy_rescale), DEFER_PV=defer_pv, SCALE_NONNEGATIVE=scale >= 0,
+        num_warps=plan.block_m // 16, **({"maxnreg": cap} if cap else {}))
     return o, lse

@@ -261,11 +261,11 @@ def _forward(spec: _Spec, q, k, v, sinks, slopes, bias, u, w, table):
     original = _configs(spec, q, k, v)["fwd"]
     variant = _variant(spec, q, v, sinks, slopes, bias, u, table)
     config = _fitting("fwd", original, variant)
-    plain = (spec.grid_order and spec.fold is None and spec.softcap is None
+    plain = (spec.grid_order and spec.softcap is None
              and spec.sigmoid_bias is None and all(t is None for t in (sinks, slopes, bias, u, table)))
     while True:
         plan = _plan(spec, q, k, config)
-        gluon = forward_route.gluon_variant(q, k, v, plan) if plain else None
+        gluon = forward_route.gluon_variant(q, k, v, plan, spec.fold) if plain else None
         if gluon is not None:
             from ..gluon.na_forward import na_forward
             rows = gluon.pop("block_m", plan.block_m)
@@ -274,7 +274,8 @@ def _forward(spec: _Spec, q, k, v, sinks, slopes, bias, u, w, table):
                                 q.device, spec.pattern_key)
             # In na_forward's scope: the route checked it, and a 128-row plan of the same
             # layout whose 128-row tiles are grid boxes (what the route asks for) is in it too.
-            return na_forward(q, k, v, plan, scale=spec.scale, scope_checked=True, **gluon)
+            return na_forward(q, k, v, plan, scale=spec.scale, fold=spec.fold, scope_checked=True,
+                              **gluon)
         try:
             return flash_fwd.forward(q, k, v, plan, scale=spec.scale,
                                      config=config, softcap=spec.softcap, sinks=sinks,

@@ -579,21 +579,9 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
     variant_args = (scale, scale * LOG2E, softcap if softcap is not None else 1.0)
     sig_bias2 = (sigmoid_bias if sigmoid else 0.0) * LOG2E
 
-    cols = dkdv_plan.cols
-    q_desc, do_desc, dkdv_tma = row_operands(q, do, dkdv_plan, dkdv_plan.block_m, grid_order, fold)
-    dk_desc, dv_desc, dkdv_stores = dk, dv, False
-    if dkdv_tma and grid_order and DKDV_BULK_ENABLED:
-        dk_desc, dv_desc, dkdv_stores = row_operands(dk, dv, dkdv_plan, dkdv_plan.block_n, grid_order, fold)
-    col_order = col_launch(dkdv_plan, batch * groups, kv_heads)
-    launch_dkdv = _named_launch(_DKDV[col_order.grid], "dkdv")
-    rows = dq_plan.rows
-    k_desc, v_desc, dq_tma = row_operands(k, v, dq_plan, dq_plan.block_n, grid_order, fold)
-    dq_desc, dq_store = dq, False
-    if dq_tma and grid_order and DQ_BULK_ENABLED:
-        dq_desc, dq_store = row_operand(dq, dq_plan, dq_plan.block_m, grid_order, fold)
-    row_order = row_launch(dq_plan, batch * groups, heads)
-    launch_dq = _named_launch(_DQ[row_order.grid], "dq")
-    # Arguments both kernels take in the same place: the score terms' tensors and q, k, v, do strides.
+    # Arguments both Triton kernels take in the same place: the score terms' tensors and q, k,
+    # v, do strides. Each kernel's descriptors and launch order are built only where that
+    # Triton kernel runs (not for a gradient the Gluon kernels take: host time).
     score_terms = (slopes if slopes is not None else dummy, bias if bias is not None else dummy, *factors[:2],
                    table_args[0])
     input_strides = tuple(t.stride(i) for t in (q, k, v, do) for i in range(3))
@@ -606,6 +594,13 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
                         num_buffers=backward_route.dkdv_buffers(dim), dk=dk, dv=dv,
                         scope_checked=True)
             return
+        cols = dkdv_plan.cols
+        q_desc, do_desc, dkdv_tma = row_operands(q, do, dkdv_plan, dkdv_plan.block_m, grid_order, fold)
+        dk_desc, dv_desc, dkdv_stores = dk, dv, False
+        if dkdv_tma and grid_order and DKDV_BULK_ENABLED:
+            dk_desc, dv_desc, dkdv_stores = row_operands(dk, dv, dkdv_plan, dkdv_plan.block_n, grid_order, fold)
+        col_order = col_launch(dkdv_plan, batch * groups, kv_heads)
+        launch_dkdv = _named_launch(_DKDV[col_order.grid], "dkdv")
         launch_dkdv(
             q, k, v, do, q_desc, do_desc, lse, delta, dk, dv, dk_desc, dv_desc,
             dw if dw is not None else dummy,
@@ -631,6 +626,13 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
             na_dq(q, k, v, do, lse, delta, dq_plan, scale=scale, dq=dq, scope_checked=True,
                   **backward_route.DQ_VARIANT)
             return
+        rows = dq_plan.rows
+        k_desc, v_desc, dq_tma = row_operands(k, v, dq_plan, dq_plan.block_n, grid_order, fold)
+        dq_desc, dq_store = dq, False
+        if dq_tma and grid_order and DQ_BULK_ENABLED:
+            dq_desc, dq_store = row_operand(dq, dq_plan, dq_plan.block_m, grid_order, fold)
+        row_order = row_launch(dq_plan, batch * groups, heads)
+        launch_dq = _named_launch(_DQ[row_order.grid], "dq")
         launch_dq(
             q, k, v, do, o, k_desc, v_desc, lse, delta, dq, dq_desc,
             dbias if dbias is not None else dummy,

@@ -324,22 +324,30 @@ def row_descriptors(a: torch.Tensor, b: torch.Tensor, plan, block: int, grid_ord
     return (None, None) if None in descs else tuple(descs)
 
 
-def fold_descriptor(t: torch.Tensor, fold, box, width: int) -> Optional[TensorDescriptor]:
-    """``t [B, S, H, D]`` (the whole grid in row-major order) as ``[B * G0 * G1 / d1, d1, G2 / d2,
-    d2, H * D]`` with box ``[b1, 1, b2, 1, D]``: one dilation group's tile (a grid box ``(1, b1,
-    b2)`` of its sub-grid) is the box at ``[(b * G0 + c0) * G1 / d1 + c1, r1, c2, r2, h * D]``
-    (``row_addressing.load_row_tiles``). None when there is no such view: axis 0 dilated, a box deeper
-    than one along axis 0, a padded head dim (the box would read the next head), heads not
-    contiguous with D, or batch and sequence dims not mergeable."""
+def fold_view(t: torch.Tensor, fold) -> Optional[tuple[list, list]]:
+    """``(shape, strides)`` of ``t [B, S, H, D]`` (the whole grid in row-major order) viewed as
+    ``[B * G0 * G1 / d1, d1, G2 / d2, d2, H * D]`` under the dilation ``fold``: one dilation
+    group's grid box ``(1, b1, b2)`` of its sub-grid is the box ``[b1, 1, b2, 1, D]`` at ``[(b
+    * G0 + c0) * G1 / d1 + c1, r1, c2, r2, h * D]``. None when there is no such view: axis 0
+    dilated, heads not contiguous with D, or batch and sequence dims not mergeable."""
     g0, g1, g2 = fold.grid
     d0, d1, d2 = fold.dilation
     batch, seq, heads, dim = t.shape
     s_b, s_s, s_h, s_d = t.stride()
-    if (d0 != 1 or box[0] != 1 or width != dim or s_d != 1 or (heads > 1 and s_h != dim)
-            or (batch > 1 and s_b != seq * s_s)):
+    if d0 != 1 or s_d != 1 or (heads > 1 and s_h != dim) or (batch > 1 and s_b != seq * s_s):
         return None
-    return descriptor(t, [batch * g0 * (g1 // d1), d1, g2 // d2, d2, heads * dim],
-                      [d1 * g2 * s_s, g2 * s_s, d2 * s_s, s_s, 1], [box[1], 1, box[2], 1, width])
+    return ([batch * g0 * (g1 // d1), d1, g2 // d2, d2, heads * dim],
+            [d1 * g2 * s_s, g2 * s_s, d2 * s_s, s_s, 1])
+
+
+def fold_descriptor(t: torch.Tensor, fold, box, width: int) -> Optional[TensorDescriptor]:
+    """``t`` as ``fold_view`` sees it, with box ``[b1, 1, b2, 1, D]`` (``row_addressing.
+    load_row_tiles``). None when there is no such view, or the box is deeper than one along axis
+    0 or the head dim is padded (the box would read the next head)."""
+    view = fold_view(t, fold)
+    if view is None or box[0] != 1 or width != t.shape[3]:
+        return None
+    return descriptor(t, *view, [box[1], 1, box[2], 1, width])
 
 
 def row_operands(a: torch.Tensor, b: torch.Tensor, plan, block: int, grid_order: bool, fold=None):

@@ -19,9 +19,10 @@ So Gluon takes full-tile (blocked) plans, and masked plans that list at most
 ``MAX_MASKED_TILES`` key tiles per query tile on average: all of them at D = 128, at D = 64
 those with at least ``MIN_PARTIAL_D64`` of their listed tiles partial (the Triton kernel skips
 the mask on full tiles, which Gluon's penalty does not), where the tuned config has 64 x 64
-tiles (full tiles at D = 64 take 128-row tiles, so they stay on Triton). Calls with score
-modifiers (softcap, sinks, biases, sigmoid) or a dilation fold stay on the Triton kernel, which
-has them.
+tiles (full tiles at D = 64 take 128-row tiles, so they stay on Triton). Dilated
+neighborhoods run through a dilation fold (``masks.DilationFold``: every group's plan at once)
+on 64-row tiles; calls with score modifiers (softcap, sinks, biases, sigmoid) stay on the
+Triton kernel, which has them.
 """
 
 from __future__ import annotations
@@ -66,15 +67,16 @@ def few_listed_tiles(plan, limit: int) -> bool:
     return plan.listed_pairs() <= limit * plan.map_heads * plan.n_q_tiles
 
 
-def gluon_variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan) -> Optional[dict]:
+def gluon_variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, fold=None) -> Optional[dict]:
     """The ``na_forward`` arguments to run this grid-order forward with (``q [B, S, H_q, D]``,
-    ``k``, ``v`` ``[B, S, H_kv, D]``, plain softmax, no fold) in Gluon, or None for the Triton
-    kernel. Needs a Hopper GPU (Gluon's wgmma code is sm_90 only). A ``block_m`` entry, not an
-    ``na_forward`` argument, asks for the plan at that many query rows per tile (same layout)."""
+    ``k``, ``v`` ``[B, S, H_kv, D]``, plain softmax; ``fold``: a ``masks.DilationFold`` or None)
+    in Gluon, or None for the Triton kernel. Needs a Hopper GPU (Gluon's wgmma code is sm_90
+    only). A ``block_m`` entry, not an ``na_forward`` argument, asks for the plan at that many
+    query rows per tile (same layout)."""
     if not GLUON_ENABLED or not on_hopper(q):
         return None
     from ..gluon import na_forward
-    if plan.block_m != 64 or not na_forward.supports(q, k, v, plan):
+    if plan.block_m != 64 or not na_forward.supports(q, k, v, plan, fold):
         return None
     if plan.mask_mode == MASK_NEIGHBORHOOD:
         if not few_listed_tiles(plan, MAX_MASKED_TILES):
@@ -82,6 +84,6 @@ def gluon_variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan) -> Op
         if q.shape[3] != 128 and plan.partial_fraction() < MIN_PARTIAL_D64:
             return None
         return dict(GLUON_MASKED)
-    if q.shape[3] == 128 and grid_box(plan, 128) is not None:
+    if q.shape[3] == 128 and fold is None and grid_box(plan, 128) is not None:
         return dict(GLUON_FULL_128)
     return dict(GLUON_VARIANT)
