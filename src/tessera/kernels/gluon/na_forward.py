@@ -1,10 +1,12 @@
 """Forward of a tiled-order N-D neighborhood in grid order, in Gluon (Hopper, sm_90).
 
-Scope: what ``tessera.natten`` runs for undilated neighborhoods on Hopper: q, k, v ``[B, S, H, D]``
-in the grid's row-major order, a ``Permuted(Neighborhood, GridLayout)`` plan whose query and key
+Scope: what ``tessera.natten`` runs for neighborhoods on Hopper: q, k, v ``[B, S, H, D]`` in
+the grid's row-major order, a ``Permuted(Neighborhood, GridLayout)`` plan whose query and key
 tiles are grid boxes (``flash_fwd.grid_box``), with the analytic mask (``MASK_NEIGHBORHOOD``) or
 full tiles only (``MASK_NONE``: blocked attention, stride = kernel), 16-bit inputs, D in {64,
-128}, softmax without biases.
+128}, softmax without biases. A dilated neighborhood runs as one dilation group's plan under a
+``masks.DilationFold``: every group at once on the whole grid's tensors, each tile a box of
+``flash_fwd.fold_view`` (64-row tiles of depth one along grid axis 0).
 
 One program per (query tile, batch x query head): one warpgroup that computes per 64 query
 rows (64- or 128-row tiles; 128 rows only in the sequential loop), and with

@@ -14,6 +14,7 @@ grew past 2^8); full-tile plans: as noted.
 | 3-D 16 x 48 x 48, kernel 5 x 13 x 13 (35.6 tiles, all partial) | 1.52 / 1.78 | 1.01 / 1.07 |
 | 1-D 32768, window 2048 (32.9 tiles, 6% partial; ``na1d`` itself runs row-major, off this route) | 1.25 / 1.37 | 0.86 / 0.75 |
 | 3-D blocked 4 x 8 x 8 (4 full tiles, no mask) | 0.221 (128-row tiles) / 0.291 | |
+| 2-D kernel 17, dilation 2 (four groups through a dilation fold; ``-15-fold.json``) | 0.196 / 0.324 | |
 
 So Gluon takes full-tile (blocked) plans, and masked plans that list at most
 ``MAX_MASKED_TILES`` key tiles per query tile on average: all of them at D = 128, at D = 64
