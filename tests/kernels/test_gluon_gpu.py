@@ -30,6 +30,10 @@ def test_scope_and_arguments_without_a_gpu():
     assert gluon_forward.supports(q, q, q, plan)
     assert not gluon_forward.supports(q.float(), q.float(), q.float(), plan)           # 16-bit only
     assert not gluon_forward.supports(q[..., :96], q[..., :96], q[..., :96], plan)    # D in {64, 128}
+    # Same dtype, shape and strides, base 2 bytes past a 16-byte boundary: no bulk copies
+    # (the kept answers are keyed by alignment too).
+    shifted = torch.empty(q.numel() + 1, dtype=torch.bfloat16)[1:].view(q.shape)
+    assert gluon_forward.supports(q, q, q, plan) and not gluon_forward.supports(shifted, q, q, plan)
     # Row-major order on a 10 x 12 grid: 64 positions are no grid box (no bulk copies).
     ragged = masks.get_plan(Neighborhood((10, 12), 3), 120, 120, 64, 64, 2, torch.device("cpu"))
     small = torch.empty(1, 120, 2, 128, dtype=torch.bfloat16)

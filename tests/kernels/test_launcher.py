@@ -190,3 +190,40 @@ def test_descriptor_launch_passes_what_tritons_wrapper_passes():
     assert all(a is b or a == b for a, b in zip(through_triton, ours))
     run.global_scratch_size = 8
     assert _DescriptorLaunch.of(Compiled) is None   # scratch memory: keep Triton's path
+
+
+def test_tensor_maps_are_encoded_once_per_distinct_input(monkeypatch):
+    """``tensor_map_args`` encodes a descriptor's tensor map once per distinct (metadata fields,
+    base address, shape, strides, padding) and hands the same launch arguments back after;
+    any change of those inputs, or the switch off, encodes again."""
+    from tessera.kernels.triton import launcher
+
+    encoded = []
+
+    def fake_encode(desc, meta):
+        encoded.append((desc.base.data_ptr(), tuple(desc.shape), meta and meta["swizzle"]))
+        return [object(), *desc.shape, *desc.strides]
+
+    monkeypatch.setattr(launcher, "make_tensordesc_arg", fake_encode)
+    monkeypatch.setattr(launcher, "_TENSOR_MAPS", {})
+    meta = {"swizzle": 128, "elem_size": 2, "elem_type": "fp16", "block_size": [16, 64],
+            "fp4_padded": False}
+    key = launcher._meta_key(meta)
+    x = torch.zeros(64, 64, dtype=torch.float16)
+    y = torch.zeros(64, 64, dtype=torch.float16)
+    first = launcher.tensor_map_args(TensorDescriptor(x, [64, 64], [64, 1], [16, 64]), meta, key)
+    again = launcher.tensor_map_args(TensorDescriptor(x, [64, 64], [64, 1], [16, 64]), meta, key)
+    assert again is first and len(encoded) == 1
+    launcher.tensor_map_args(TensorDescriptor(y, [64, 64], [64, 1], [16, 64]), meta, key)
+    launcher.tensor_map_args(TensorDescriptor(x, [32, 64], [64, 1], [16, 64]), meta, key)
+    launcher.tensor_map_args(TensorDescriptor(x, [32, 128], [128, 1], [16, 64]), meta, key)
+    other = dict(meta, swizzle=64)
+    launcher.tensor_map_args(TensorDescriptor(x, [64, 64], [64, 1], [16, 64]), other,
+                             launcher._meta_key(other))
+    assert len(encoded) == 5
+    monkeypatch.setattr(launcher, "CACHE_TENSOR_MAPS", False)
+    launcher.tensor_map_args(TensorDescriptor(x, [64, 64], [64, 1], [16, 64]), meta, key)
+    assert len(encoded) == 6
+    for _ in range(2):   # no metadata (no tensor map): passed through each time
+        launcher.tensor_map_args(TensorDescriptor(x, [64, 64], [64, 1], [16, 64]), None, None)
+    assert len(encoded) == 8

@@ -37,6 +37,8 @@ except ImportError:  # pragma: no cover - depends on the Triton version
 
 # Distinct keys kept per kernel before the cache starts over (one entry per key is a few tuples).
 MAX_KEYS = 4096
+# Off: every descriptor launch encodes its CUDA tensor maps again (for A/B timing).
+CACHE_TENSOR_MAPS = True
 
 
 def _arg_key(arg):
@@ -88,13 +90,44 @@ def _hooks_set() -> bool:
                for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook))
 
 
+def _meta_key(meta) -> Optional[tuple]:
+    """The fields of a descriptor's launch metadata that its tensor map encodes (None: no map)."""
+    if meta is None:
+        return None
+    return (meta["swizzle"], meta["elem_size"], meta["elem_type"], tuple(meta["block_size"]),
+            meta["fp4_padded"])
+
+
+# (metadata fields, base address, shape, strides, padding) -> a descriptor's launch arguments.
+_TENSOR_MAPS: dict[tuple, list] = {}
+
+
+def tensor_map_args(desc, meta, meta_key: Optional[tuple]) -> list:
+    """``make_tensordesc_arg(desc, meta)``: a descriptor's launch arguments (its encoded CUDA
+    tensor map, shape and strides), reused for a later descriptor with the same base address,
+    shape, strides, padding and metadata fields (``meta_key``), every input of the encoding
+    (``cuTensorMapEncodeTiled``, one call per descriptor per launch otherwise). The map holds an
+    address, not the tensor: a new tensor at a freed one's address, with its shape and strides,
+    has the same map."""
+    if meta_key is None or not CACHE_TENSOR_MAPS:
+        return make_tensordesc_arg(desc, meta)
+    key = (meta_key, desc.base.data_ptr(), tuple(desc.shape), tuple(desc.strides), desc.padding)
+    args = _TENSOR_MAPS.get(key)
+    if args is None:
+        if len(_TENSOR_MAPS) >= MAX_KEYS:
+            _TENSOR_MAPS.clear()
+        args = _TENSOR_MAPS[key] = make_tensordesc_arg(desc, meta)
+    return args
+
+
 class _DescriptorLaunch:
     """The C launch of a compiled kernel that takes tensor descriptors, called directly.
 
     Triton wraps such a kernel's C launch (``wrap_handle_tensordesc``) in a Python pass over every
     argument that expands each descriptor into its CUDA tensor map, shape and strides: several
     microseconds per launch for ~100 arguments. This expands the descriptors alone, at their known
-    positions, with Triton's own ``make_tensordesc_arg``, and calls the same C launch. ``of``
+    positions, with Triton's own ``make_tensordesc_arg`` (through ``tensor_map_args``, which
+    reuses encoded maps), and calls the same C launch. ``of``
     returns None where the launch is not that wrapper or needs scratch memory (then the caller
     keeps ``kernel.run``)."""
 
@@ -102,7 +135,7 @@ class _DescriptorLaunch:
 
     def __init__(self, raw, places, cooperative, pdl):
         self.raw = raw
-        self.places = places            # ((argument position, descriptor metadata), ...), last first
+        self.places = places            # ((argument position, metadata, its key), ...), last first
         self.cooperative = cooperative
         self.pdl = pdl
 
@@ -122,13 +155,14 @@ class _DescriptorLaunch:
         metas = list(cells["tensordesc_meta"] or [None] * len(positions))
         if len(metas) != len(positions):
             return None
-        places = tuple(reversed(tuple(zip(positions, metas))))
+        places = tuple(reversed(tuple((position, meta, _meta_key(meta))
+                                      for position, meta in zip(positions, metas))))
         return cls(cells["launcher"], places, run.launch_cooperative_grid, run.launch_pdl)
 
     def __call__(self, grid, stream: int, kernel, values: tuple) -> None:
         expanded = list(values)
-        for position, meta in self.places:
-            expanded[position:position + 1] = make_tensordesc_arg(expanded[position], meta)
+        for position, meta, meta_key in self.places:
+            expanded[position:position + 1] = tensor_map_args(expanded[position], meta, meta_key)
         self.raw(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1, stream,
                  kernel.function, self.cooperative, self.pdl, None, None, kernel.packed_metadata,
                  None, None, None, *expanded)
