@@ -6,7 +6,9 @@ in ``results/2026-12-01-h200-natten-8.json``). One process, bf16, B = 1, H = 16,
 - ``host_ms``: host time per step to queue it (``host_seconds_per_call``);
 - ``syncs``: the host-device synchronizations one step makes (CUDA's sync debug mode, which
   warns on each), with the first few warnings;
-- ``top``: the host functions costing most (``cProfile``, cumulative ms per step).
+- ``top``: the host functions costing most (``cProfile``, cumulative ms per step);
+
+each with the encoded tensor maps reused (``launcher.CACHE_TENSOR_MAPS``) and not (no ``top``).
 
     python benchmarks/gpu_natten_host.py --out DIR   -> DIR/natten_host.json
 """
@@ -22,6 +24,7 @@ import warnings
 import torch
 
 from tessera.bench.timing import host_seconds_per_call, median_ms, top_host_functions, warm_up_gpu
+from tessera.kernels.triton import launcher
 from tessera.natten import na2d, na3d
 
 CASES = {"2-D 128x128 k17 D=128": (na2d, (128, 128), 17, 1, 128),
@@ -56,16 +59,20 @@ def main() -> None:
         def step():
             o = op(q, k, v, kernel, stride=stride)
             torch.autograd.grad(o, leaves, do)
-        step()
-        torch.cuda.synchronize()
-        syncs = sync_warnings(step)
-        row = {"case": name, "host_ms": host_seconds_per_call(step, calls=30) * 1e3,
-               "bench_ms": median_ms(step, device), "syncs": len(syncs), "sync_messages": syncs[:5],
-               "top": top_host_functions(step, calls=30, top=30)}
-        print(json.dumps({key: value for key, value in row.items() if key != "top"}), flush=True)
-        for entry in row["top"]:
-            print("    " + entry)
-        result["rows"].append(row)
+        for cache in (True, False):
+            launcher.CACHE_TENSOR_MAPS = cache
+            step()
+            torch.cuda.synchronize()
+            syncs = sync_warnings(step)
+            row = {"case": name, "tensor_map_cache": cache,
+                   "host_ms": host_seconds_per_call(step, calls=30) * 1e3,
+                   "bench_ms": median_ms(step, device), "syncs": len(syncs), "sync_messages": syncs[:5],
+                   "top": top_host_functions(step, calls=30, top=30) if cache else []}
+            print(json.dumps({key: value for key, value in row.items() if key != "top"}), flush=True)
+            for entry in row["top"]:
+                print("    " + entry)
+            result["rows"].append(row)
+        launcher.CACHE_TENSOR_MAPS = True
     with open(os.path.join(args.out, "natten_host.json"), "w") as f:
         json.dump(result, f, indent=1)
 
