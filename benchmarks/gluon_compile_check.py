@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--v-buffers", type=int, default=None, help="V ring slots (--no-overlap)")
     parser.add_argument("--max-registers", type=int, default=None)
     parser.add_argument("--block-m", type=int, default=64, help="query tile rows (64 or 128)")
+    parser.add_argument("--block-n", type=int, default=64, help="key tile columns")
     parser.add_argument("--lazy-rescale", type=float, default=0.0,
                         help="the forward's lazy_rescale threshold (with --no-overlap)")
     parser.add_argument("--defer-pv", action="store_true",
@@ -97,12 +98,12 @@ def main() -> None:
             pattern, _order, _key = _group_plan(grid, kernel, dilations, (stride,) * len(grid),
                                                 (False,) * len(grid), "cuda")
             fold = DilationFold(grid, dilations)
-            plan = masks.get_plan(pattern, seq // fold.groups, seq // fold.groups, args.block_m, 64, 2, cpu)
+            plan = masks.get_plan(pattern, seq // fold.groups, seq // fold.groups, args.block_m, args.block_n, 2, cpu)
         else:
             rule = Neighborhood(grid, kernel, stride=stride)
             layout = _auto_layout(rule.grid, rule.kernel, rule.dilation, rule.stride, rule.causal)
             pattern = Permuted(rule, layout if isinstance(layout, GridLayout) else GridLayout(rule.grid, layout))
-            plan = masks.get_plan(pattern, seq, seq, args.block_m, 64, 2, cpu)
+            plan = masks.get_plan(pattern, seq, seq, args.block_m, args.block_n, 2, cpu)
         q, k, v = (torch.empty(1, seq, 2, args.dim, dtype=torch.bfloat16) for _ in range(3))
         captured = []
         jit_fn = {"dkdv": na_dkdv._na_dkdv, "dq": na_dq._na_dq}.get(args.kernel, gluon_forward._na_fwd)

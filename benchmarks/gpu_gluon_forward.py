@@ -3,7 +3,7 @@ forward kernel on the same plan and tensors, one process, kernel time (``median_
 median, L2 flushed between calls). GPU (Hopper) only.
 
     python benchmarks/gpu_gluon_forward.py --out DIR [--dims 128 64] [--cases blocked ...]
-        [--variants K2V1 K1V2-defer ...] [--variants-128 K2V2-r128 ...]
+        [--variants K2V1 K1V2-defer ...] [--variants-128 K2V2-r128 ...] [--variants-32 K2V2-lazy8 ...]
 
 Cases: the N-D suite's 2-D 128 x 128 kernel 17, 3-D 16 x 48 x 48 kernel 5 x 13 x 13, 3-D
 blocked 4 x 8 x 8, 1-D 32768 window 2048 and 2-D kernel 17 at dilation 2 (one group's plan,
@@ -16,7 +16,9 @@ difference of o from the Triton kernel's (a smoke check; the float64 checks are
 
 ``--variants`` replaces the 64-row variants by sequential-loop ones named ``K<k slots>V<v
 slots>``, optionally followed by ``-defer`` (``defer_pv``), ``-lazy<threshold>``
-(``lazy_rescale``) and ``-r<registers>`` (``max_registers``); ``--variants-128`` does the same for the 128-row variants.
+(``lazy_rescale``) and ``-r<registers>`` (``max_registers``); ``--variants-128`` does the same
+for the 128-row variants, and ``--variants-32`` adds variants on 64 x 32 tiles (rows ``gluon
+32-key``).
 """
 
 from __future__ import annotations
@@ -70,15 +72,16 @@ def parse_variant(name: str) -> dict:
     return variant
 
 
-def case_plan(grid, kernel, stride, heads: int, device: torch.device, block_m: int = 64):
+def case_plan(grid, kernel, stride, heads: int, device: torch.device, block_m: int = 64,
+              block_n: int = 64):
     """``(plan, seq)``: the plan of ``Neighborhood(grid, kernel, stride)`` in the tiled order
-    ``tessera.natten`` picks, at ``block_m`` x 64 tiles, and the number of tokens."""
+    ``tessera.natten`` picks, at ``block_m`` x ``block_n`` tiles, and the number of tokens."""
     rule = Neighborhood(grid, kernel, stride=stride)
     layout = _auto_layout(rule.grid, rule.kernel, rule.dilation, rule.stride, rule.causal)
     seq = 1
     for g in grid:
         seq *= g
-    return masks.get_plan(Permuted(rule, layout), seq, seq, block_m, 64, heads, device), seq
+    return masks.get_plan(Permuted(rule, layout), seq, seq, block_m, block_n, heads, device), seq
 
 
 def fold_plan(grid, kernel, dilation: int, heads: int, device: torch.device):
@@ -104,6 +107,9 @@ def main() -> None:
     parser.add_argument("--variants", nargs="*", default=None,
                         help="sequential-loop variants K<n>V<m>[-defer][-lazy<t>][-r<registers>] in place of "
                              "the default 64-row list")
+    parser.add_argument("--variants-32", nargs="*", default=[],
+                        help="sequential-loop variants also run on 64 x 32 tiles (32-key tiles: "
+                             "half the K/V shared memory, more programs per SM)")
     parser.add_argument("--variants-128", nargs="*", default=None,
                         help="the same for 128-row query tiles (in place of the default list)")
     args = parser.parse_args()
@@ -123,10 +129,11 @@ def main() -> None:
         fold = None
         if dilation:
             plan, seq, fold = fold_plan(grid, kernel, dilation[0], heads, device)
-            plan_128 = None
+            plan_128 = plan_32 = None
         else:
             plan, seq = case_plan(grid, kernel, stride, heads, device)
             plan_128, _ = case_plan(grid, kernel, stride, heads, device, block_m=128)
+            plan_32, _ = case_plan(grid, kernel, stride, heads, device, block_n=32)
         for dim in args.dims:
             q, k, v = (torch.randn(1, seq, heads, dim, device=device, dtype=torch.bfloat16) for _ in range(3))
             scale = dim ** -0.5
@@ -141,6 +148,9 @@ def main() -> None:
             variants = [("gluon", plan, variant) for variant in gluon_variants]
             if plan_128 is not None and gluon_forward.supports(q, k, v, plan_128):
                 variants += [("gluon 128-row", plan_128, variant) for variant in variants_128]
+            if plan_32 is not None and args.variants_32 and gluon_forward.supports(q, k, v, plan_32):
+                variants += [("gluon 32-key", plan_32, parse_variant(variant))
+                             for variant in args.variants_32]
             for label, tiles, variant in variants:
                 runs.append((label + " " + " ".join(f"{key}={value}" for key, value in variant.items()),
                              lambda p=tiles, kw=variant: gluon_forward.na_forward(q, k, v, p, scale=scale,

@@ -14,13 +14,13 @@ from tessera.patterns import Neighborhood, Permuted
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
 
 
-def _plan(grid, kernel, heads, device, stride=1, block_m=64):
+def _plan(grid, kernel, heads, device, stride=1, block_m=64, block_n=64):
     rule = Neighborhood(grid, kernel, stride=stride)
     layout = _auto_layout(rule.grid, rule.kernel, rule.dilation, rule.stride, rule.causal)
     seq = 1
     for g in grid:
         seq *= g
-    return masks.get_plan(Permuted(rule, layout), seq, seq, block_m, 64, heads, device)
+    return masks.get_plan(Permuted(rule, layout), seq, seq, block_m, block_n, heads, device)
 
 
 def test_scope_and_arguments_without_a_gpu():
@@ -148,8 +148,23 @@ def test_gluon_forward_negative_scale_against_float64(op, grid, kernel, stride, 
                    overlap=False, defer_pv=defer_pv)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
+@pytest.mark.parametrize("variant", [dict(num_buffers=2, v_buffers=2, lazy_rescale=8.0),
+                                     dict(num_buffers=1, v_buffers=2, defer_pv=True, lazy_rescale=8.0)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("op, grid, kernel, stride", [
+    (na2d, (32, 48), (7, 9), 1),
+    (na3d, (8, 16, 16), (3, 5, 5), 1),
+    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8)),           # blocked: full tiles only, no mask
+])
+def test_gluon_forward_on_32_key_tiles_against_float64(op, grid, kernel, stride, dtype, variant):
+    """64 x 32 tiles (half the K/V shared memory of 64 x 64: four programs per SM)."""
+    _check_forward(op, grid, kernel, stride, 128, dtype, 64, block_n=32, overlap=False, **variant)
+
+
 def _check_forward(op, grid, kernel, stride, dim, dtype, block_m, q_scale=1.0, scale=None,
-                   **forward_args):
+                   block_n=64, **forward_args):
     """``na_forward(**forward_args)`` on the plan at ``block_m`` x 64 tiles (GQA, B = 2) against
     the float64 reference: o and lse at most 2x the reference's own error in the input dtype,
     plus a small floor. q is standard normal times ``q_scale``; ``scale`` defaults to
@@ -161,7 +176,7 @@ def _check_forward(op, grid, kernel, stride, dim, dtype, block_m, q_scale=1.0, s
                for h in (heads, kv_heads, kv_heads))
     q = (q * q_scale).to(dtype)
     seq = q[0, ..., 0, 0].numel()
-    plan = _plan(grid, kernel, heads, q.device, stride, block_m)
+    plan = _plan(grid, kernel, heads, q.device, stride, block_m, block_n)
     flat = [t.reshape(batch, seq, t.shape[-2], dim) for t in (q, k, v)]
     assert gluon_forward.supports(*flat, plan)
     scale = dim ** -0.5 if scale is None else scale
@@ -331,6 +346,9 @@ def test_dq_arguments_without_a_gpu():
         na_dq(q, q, q, q, stats[:, :1], stats, plan, scale=0.1)
     with pytest.raises(ValueError, match="delta"):
         na_dq(q, q, q, q, stats, stats.double(), plan, scale=0.1)
+    narrow = _plan((32, 32), (7, 7), 2, torch.device("cpu"), block_n=32)
+    with pytest.raises(ValueError, match="64 x 64 tiles"):   # the forward takes 32-key tiles, dq not
+        na_dq(q, q, q, q, stats, stats, narrow, scale=0.1)
 
 
 @pytest.mark.gpu

@@ -171,8 +171,8 @@ def na_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor,
     Launched on the current stream."""
     if num_buffers < 2:
         raise ValueError(f"na_dkdv: num_buffers must be at least 2, got {num_buffers}")
-    if plan.block_m != 64 or not (scope_checked or (supports(q, k, v, plan)
-                                                     and supports(do, k, v, plan))):
+    if (plan.block_m, plan.block_n) != (64, 64) or not (
+            scope_checked or (supports(q, k, v, plan) and supports(do, k, v, plan))):
         raise ValueError("na_dkdv: this call is outside the Gluon kernels' scope (see "
                          "na_forward.supports; 64 x 64 tiles)")
     batch, seq, heads, dim = q.shape

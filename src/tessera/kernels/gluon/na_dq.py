@@ -186,8 +186,8 @@ def na_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, l
     if not 1 <= v_buffers <= num_buffers:
         raise ValueError(f"na_dq: need 1 <= v_buffers <= num_buffers, got v_buffers={v_buffers}, "
                          f"num_buffers={num_buffers}")
-    if plan.block_m != 64 or not (scope_checked or (supports(q, k, v, plan)
-                                                     and supports(do, k, v, plan))):
+    if (plan.block_m, plan.block_n) != (64, 64) or not (
+            scope_checked or (supports(q, k, v, plan) and supports(do, k, v, plan))):
         raise ValueError("na_dq: this call is outside the Gluon kernels' scope (see "
                          "na_forward.supports; 64 x 64 tiles)")
     batch, seq, heads, dim = q.shape

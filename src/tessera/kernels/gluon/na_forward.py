@@ -640,7 +640,7 @@ def _supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, fold) -> 
     dim = q.shape[3]
     if dim not in (64, 128) or k.shape[3] != dim or v.shape[3] != dim:
         return False
-    if plan.block_m not in (64, 128) or plan.block_n != 64:
+    if plan.block_m not in (64, 128) or plan.block_n not in (32, 64):
         return False
     boxes = (grid_box(plan, plan.block_m), grid_box(plan, plan.block_n))
     if None in boxes:
@@ -657,7 +657,7 @@ def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale
                lazy_rescale: float = 0.0, defer_pv: bool = False, fold=None,
                scope_checked: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(o [B, S, H_q, D], lse float32 [B, H_q, S])`` of softmax attention over ``plan`` (a
-    tiled neighborhood's plan at 64 x 64 or 128 x 64 tiles) for grid-order ``q [B, S, H_q, D]``,
+    tiled neighborhood's plan at 64 x 64, 64 x 32 or 128 x 64 tiles) for grid-order ``q [B, S, H_q, D]``,
     ``k``, ``v`` ``[B, S, H_kv, D]``; ``supports`` must hold. ``num_buffers``: K/V ring slots (3 or more with
     ``overlap``; without it, the K ring's, at least 1); ``v_buffers``: without ``overlap``, the
     V ring's slots (1 to ``num_buffers``; default ``num_buffers``); ``overlap``: each tile's

@@ -55,7 +55,7 @@ def _in_scope(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tenso
     """A Hopper GPU, 64 x 64 tiles and the Gluon kernels' scope: ``na_forward.supports`` for q,
     k, v, and do laid out as q (what ``supports(do, k, v, plan)`` then finds, at one check's
     host cost)."""
-    if plan.block_m != 64 or not forward_route.on_hopper(q):
+    if (plan.block_m, plan.block_n) != (64, 64) or not forward_route.on_hopper(q):
         return False
     from ..gluon import na_forward
     return (do.dtype == q.dtype and do.shape == q.shape and do.stride() == q.stride()

@@ -77,7 +77,7 @@ def gluon_variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, fold=
     if not GLUON_ENABLED or not on_hopper(q):
         return None
     from ..gluon import na_forward
-    if plan.block_m != 64 or not na_forward.supports(q, k, v, plan, fold):
+    if (plan.block_m, plan.block_n) != (64, 64) or not na_forward.supports(q, k, v, plan, fold):
         return None
     if plan.mask_mode == MASK_NEIGHBORHOOD:
         if not few_listed_tiles(plan, MAX_MASKED_TILES):
