@@ -222,6 +222,30 @@ def _lazy_softmax(z, m_i, l_i, acc, rows_o: gl.constexpr, THRESHOLD: gl.constexp
 
 
 @gluon.jit
+def _tile_softmax(s, penalty, m_i, l_i, acc, qk_scale, rows_o: gl.constexpr, MASKED: gl.constexpr,
+                  SCALE_NONNEGATIVE: gl.constexpr, LAZY_RESCALE: gl.constexpr):
+    """The sequential loops' softmax of one key tile's logits ``s`` (float32, unscaled; under
+    ``penalty`` when ``MASKED``): ``(p, acc, m_i, l_i)`` with the running output ``acc``
+    rescaled (``_lazy_softmax`` with a ``LAZY_RESCALE`` threshold, else ``_online_softmax`` or,
+    unmasked with a nonnegative scale, ``_unmasked_softmax``)."""
+    if LAZY_RESCALE > 0:
+        if MASKED:
+            p, acc, m_i, l_i = _lazy_softmax(s * qk_scale + penalty, m_i, l_i, acc, rows_o,
+                                             LAZY_RESCALE)
+        else:
+            p, acc, m_i, l_i = _lazy_softmax(s * qk_scale, m_i, l_i, acc, rows_o, LAZY_RESCALE)
+    else:
+        if MASKED:
+            p, alpha, m_i, l_i = _online_softmax(s * qk_scale + penalty, m_i, l_i)
+        elif SCALE_NONNEGATIVE:
+            p, alpha, m_i, l_i = _unmasked_softmax(s, qk_scale, m_i, l_i)
+        else:
+            p, alpha, m_i, l_i = _online_softmax(s * qk_scale, m_i, l_i)
+        acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
+    return p, acc, m_i, l_i
+
+
+@gluon.jit
 def _softmax_step(s, m_i, l_i, tile, windows, offs_n, NA, qk_scale, BLOCK_N: gl.constexpr,
                   NA_STATIC: gl.constexpr, MASKED: gl.constexpr):
     """``_online_softmax`` of one key tile's logits ``s [BLOCK_M, BLOCK_N]`` (float32, unscaled),
@@ -316,35 +340,27 @@ def _deferred_pv_loop(q_tile, k_bufs, v_bufs, kv_bars, v_bars, K_DESC, V_DESC, P
     row0 = batch[0] * na_param(NA, NA_GRID, 0)
     tile, c0, c1, c2 = _key_tile_at(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, 0, NA,
                                     NA_STATIC, BLOCK_N)
-    _issue_box(K_DESC, k_bufs, kv_bars, _box_origin(row0 + c0, c1, c2, hk, batch, NA, NA_STATIC, HEAD_D), 0)
-    _issue_box(V_DESC, v_bufs, v_bars, _box_origin(row0 + c0, c1, c2, hk, batch, NA, NA_STATIC, HEAD_D), 0)
+    box = _box_origin(row0 + c0, c1, c2, hk, batch, NA, NA_STATIC, HEAD_D)
+    _issue_box(K_DESC, k_bufs, kv_bars, box, 0)
+    _issue_box(V_DESC, v_bufs, v_bars, box, 0)
     acc = warpgroup_mma_init(acc)
     for t in range(total):
         nxt = _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, gl.minimum(t + 1, total - 1))
         if MASKED:
             penalty = _penalty_at((c0, c1, c2), tile, windows, offs_n, NA, BLOCK_N, NA_STATIC)
+        else:
+            penalty = 0.0
         mbarrier.wait(kv_bars.index(0), t & 1)
         s = warpgroup_mma(q_tile, k_bufs.index(0).reshape([BLOCK_N, HEAD_D]).permute((1, 0)),
                           s_zero, use_acc=False, is_async=True)
         s, acc = warpgroup_mma_wait(num_outstanding=0, deps=(s, acc))
         n0, n1, n2 = na_coords(nxt * 0, nxt * BLOCK_N, NA, 1, NA_STATIC)
         if t + 1 < total:
-            _issue_box(K_DESC, k_bufs, kv_bars, _box_origin(row0 + n0, n1, n2, hk, batch, NA, NA_STATIC, HEAD_D), 0)
-            _issue_box(V_DESC, v_bufs, v_bars, _box_origin(row0 + n0, n1, n2, hk, batch, NA, NA_STATIC, HEAD_D), (t + 1) % 2)
-        if LAZY_RESCALE > 0:
-            if MASKED:
-                p, acc, m_i, l_i = _lazy_softmax(s * qk_scale + penalty, m_i, l_i, acc, rows_o,
-                                                 LAZY_RESCALE)
-            else:
-                p, acc, m_i, l_i = _lazy_softmax(s * qk_scale, m_i, l_i, acc, rows_o, LAZY_RESCALE)
-        else:
-            if MASKED:
-                p, alpha, m_i, l_i = _online_softmax(s * qk_scale + penalty, m_i, l_i)
-            elif SCALE_NONNEGATIVE:
-                p, alpha, m_i, l_i = _unmasked_softmax(s, qk_scale, m_i, l_i)
-            else:
-                p, alpha, m_i, l_i = _online_softmax(s * qk_scale, m_i, l_i)
-            acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
+            box = _box_origin(row0 + n0, n1, n2, hk, batch, NA, NA_STATIC, HEAD_D)
+            _issue_box(K_DESC, k_bufs, kv_bars, box, 0)
+            _issue_box(V_DESC, v_bufs, v_bars, box, (t + 1) % 2)
+        p, acc, m_i, l_i = _tile_softmax(s, penalty, m_i, l_i, acc, qk_scale, rows_o, MASKED,
+                                         SCALE_NONNEGATIVE, LAZY_RESCALE)
         mbarrier.wait(v_bars.index(t % 2), (t // 2) & 1)
         acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout),
                             v_bufs.index(t % 2).reshape([BLOCK_N, HEAD_D]), acc, is_async=True)
@@ -438,16 +454,18 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC,
         tile, c0, c1, c2 = _key_tile_at(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, 0, NA,
                                         NA_STATIC, BLOCK_N)
         for t in range(total):
+            box = _box_origin(row0 + c0, c1, c2, hk, batch, NA, NA_STATIC, HEAD_D)
             if NUM_BUF == 2:
                 # Tile t + 1 (at the last step the last tile again, not copied).
                 nxt, n0, n1, n2 = _key_tile_at(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part,
                                                gl.minimum(t + 1, total - 1), NA, NA_STATIC, BLOCK_N)
                 if t + 1 < total:
-                    _issue_box(K_DESC, k_bufs, kv_bars, _box_origin(row0 + n0, n1, n2, hk, batch, NA, NA_STATIC, HEAD_D), (t + 1) % 2)
+                    next_box = _box_origin(row0 + n0, n1, n2, hk, batch, NA, NA_STATIC, HEAD_D)
+                    _issue_box(K_DESC, k_bufs, kv_bars, next_box, (t + 1) % 2)
                     if V_BUF == 2:
-                        _issue_box(V_DESC, v_bufs, v_bars, _box_origin(row0 + n0, n1, n2, hk, batch, NA, NA_STATIC, HEAD_D), (t + 1) % 2)
+                        _issue_box(V_DESC, v_bufs, v_bars, next_box, (t + 1) % 2)
             elif NUM_BUF == 1:
-                _issue_box(K_DESC, k_bufs, kv_bars, _box_origin(row0 + c0, c1, c2, hk, batch, NA, NA_STATIC, HEAD_D), 0)
+                _issue_box(K_DESC, k_bufs, kv_bars, box, 0)
             else:
                 k_ahead = t + NUM_BUF - 1
                 if k_ahead < total:
@@ -455,7 +473,7 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC,
                                _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, k_ahead),
                                k_ahead % NUM_BUF, batch, hk, NA, NA_STATIC, HEAD_D, BLOCK_N)
             if V_BUF == 1:
-                _issue_box(V_DESC, v_bufs, v_bars, _box_origin(row0 + c0, c1, c2, hk, batch, NA, NA_STATIC, HEAD_D), 0)
+                _issue_box(V_DESC, v_bufs, v_bars, box, 0)
             elif V_BUF != 2 or NUM_BUF != 2:
                 v_ahead = t + V_BUF - 1
                 if v_ahead < total:
@@ -465,25 +483,15 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC,
             if MASKED:
                 # Needs only the tile's coordinates: computed before the product is waited for.
                 penalty = _penalty_at((c0, c1, c2), tile, windows, offs_n, NA, BLOCK_N, NA_STATIC)
+            else:
+                penalty = 0.0
             mbarrier.wait(kv_bars.index(t % NUM_BUF), (t // NUM_BUF) & 1)
             s = warpgroup_mma(q_tile,
                               k_bufs.index(t % NUM_BUF).reshape([BLOCK_N, HEAD_D]).permute((1, 0)),
                               s_zero, use_acc=False, is_async=True)
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-            if LAZY_RESCALE > 0:
-                if MASKED:
-                    z = s * qk_scale + penalty
-                else:
-                    z = s * qk_scale
-                p, acc, m_i, l_i = _lazy_softmax(z, m_i, l_i, acc, rows_o, LAZY_RESCALE)
-            else:
-                if MASKED:
-                    p, alpha, m_i, l_i = _online_softmax(s * qk_scale + penalty, m_i, l_i)
-                elif SCALE_NONNEGATIVE:
-                    p, alpha, m_i, l_i = _unmasked_softmax(s, qk_scale, m_i, l_i)
-                else:
-                    p, alpha, m_i, l_i = _online_softmax(s * qk_scale, m_i, l_i)
-                acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
+            p, acc, m_i, l_i = _tile_softmax(s, penalty, m_i, l_i, acc, qk_scale, rows_o, MASKED,
+                                             SCALE_NONNEGATIVE, LAZY_RESCALE)
             mbarrier.wait(v_bars.index(t % V_BUF), (t // V_BUF) & 1)
             acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout),
                                 v_bufs.index(t % V_BUF).reshape([BLOCK_N, HEAD_D]), acc, is_async=True)
