@@ -68,7 +68,8 @@ def routes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, 
     fold: the caller checks) over ``dq_plan`` and ``dkdv_plan``. Each needs its switch, a Hopper
     GPU, 64 x 64 tiles and the kernels' scope; dq also full tiles, at most
     ``DQ_MAX_MASKED_TILES`` listed key tiles per query tile, or D = 128 with at least
-    ``DQ_MIN_PARTIAL`` of them partial (``na_dq`` reads delta: the caller computes it first). Both kernels then run with ``scope_checked``."""
+    ``DQ_MIN_PARTIAL`` of them partial (``na_dq`` reads delta: the caller computes it first).
+    Both kernels then run with ``scope_checked``."""
     dkdv = GLUON_DKDV_ENABLED and _in_scope(q, k, v, do, dkdv_plan)
     dq = GLUON_DQ_ENABLED and (dkdv if dq_plan is dkdv_plan and GLUON_DKDV_ENABLED
                                else _in_scope(q, k, v, do, dq_plan))

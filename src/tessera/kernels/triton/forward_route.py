@@ -12,7 +12,7 @@ grew past 2^8); full-tile plans: as noted.
 |---|---|---|
 | 2-D 128 x 128, kernel 17 (9 key tiles per query tile, 86% partial) | 0.185 / 0.243 | 0.126 / 0.142 |
 | 3-D 16 x 48 x 48, kernel 5 x 13 x 13 (35.6 tiles, all partial) | 1.52 / 1.78 | 1.01 / 1.07 |
-| 1-D 32768, window 2048 (32.9 tiles, 6% partial; ``na1d`` itself runs row-major, off this route) | 1.25 / 1.37 | 0.86 / 0.75 |
+| 1-D 32768, window 2048 (32.9 tiles, 6% partial; ``na1d`` runs row-major, off this route) | 1.25 / 1.37 | 0.86 / 0.75 |
 | 3-D blocked 4 x 8 x 8 (4 full tiles, no mask) | 0.221 (128-row tiles) / 0.291 | |
 | 2-D kernel 17, dilation 2 (four groups through a dilation fold; ``-15-fold.json``) | 0.196 / 0.324 | |
 
@@ -68,7 +68,8 @@ def few_listed_tiles(plan, limit: int) -> bool:
     return plan.listed_pairs() <= limit * plan.map_heads * plan.n_q_tiles
 
 
-def gluon_variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, fold=None) -> Optional[dict]:
+def gluon_variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan,
+                  fold=None) -> Optional[dict]:
     """The ``na_forward`` arguments to run this grid-order forward with (``q [B, S, H_q, D]``,
     ``k``, ``v`` ``[B, S, H_kv, D]``, plain softmax; ``fold``: a ``masks.DilationFold`` or None)
     in Gluon, or None for the Triton kernel. Needs a Hopper GPU (Gluon's wgmma code is sm_90
