@@ -165,9 +165,9 @@ def test_gluon_forward_on_32_key_tiles_against_float64(op, grid, kernel, stride,
 
 def _check_forward(op, grid, kernel, stride, dim, dtype, block_m, q_scale=1.0, scale=None,
                    block_n=64, **forward_args):
-    """``na_forward(**forward_args)`` on the plan at ``block_m`` x 64 tiles (GQA, B = 2) against
-    the float64 reference: o and lse at most 2x the reference's own error in the input dtype,
-    plus a small floor. q is standard normal times ``q_scale``; ``scale`` defaults to
+    """``na_forward(**forward_args)`` on the plan at ``block_m`` x ``block_n`` tiles (GQA, B = 2)
+    against the float64 reference: o and lse at most 2x the reference's own error in the input
+    dtype, plus a small floor. q is standard normal times ``q_scale``; ``scale`` defaults to
     ``dim ** -0.5``."""
     from tessera.kernels.gluon import na_forward as gluon_forward
     gen = torch.Generator(device="cuda").manual_seed(0)
