@@ -14,6 +14,15 @@ from tessera.patterns import Neighborhood, Permuted
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
 
 
+# The kernel tests' neighborhoods: 2-D at both head dims, 3-D, and blocked (full tiles, no mask).
+KERNEL_CASES = [
+    (na2d, (32, 48), (7, 9), 1, 128),
+    (na2d, (64, 64), (17, 17), 1, 64),
+    (na3d, (8, 16, 16), (3, 5, 5), 1, 128),
+    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128),     # blocked: full tiles only, no mask
+]
+
+
 def _plan(grid, kernel, heads, device, stride=1, block_m=64, block_n=64):
     rule = Neighborhood(grid, kernel, stride=stride)
     layout = _auto_layout(rule.grid, rule.kernel, rule.dilation, rule.stride, rule.causal)
@@ -76,12 +85,7 @@ def test_scope_and_arguments_without_a_gpu():
     (True, 3, None, False), (True, 4, None, False), (True, 3, None, True), (True, 4, None, True),
     (False, 2, None, False), (False, 2, 1, False), (False, 1, 1, False), (False, 3, 1, False)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("op, grid, kernel, stride, dim", [
-    (na2d, (32, 48), (7, 9), 1, 128),
-    (na2d, (64, 64), (17, 17), 1, 64),
-    (na3d, (8, 16, 16), (3, 5, 5), 1, 128),
-    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128),     # blocked: full tiles only, no mask
-])
+@pytest.mark.parametrize("op, grid, kernel, stride, dim", KERNEL_CASES)
 def test_gluon_forward_against_float64(op, grid, kernel, stride, dim, dtype, overlap, buffers,
                                        v_buffers, specialized):
     _check_forward(op, grid, kernel, stride, dim, dtype, 64, num_buffers=buffers,
@@ -122,12 +126,7 @@ def test_gluon_forward_lazy_rescale_against_float64(op, grid, kernel, stride, dt
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("op, grid, kernel, stride, dim", [
-    (na2d, (32, 48), (7, 9), 1, 128),
-    (na2d, (64, 64), (17, 17), 1, 64),
-    (na3d, (8, 16, 16), (3, 5, 5), 1, 128),
-    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128),     # blocked: full tiles only, no mask
-])
+@pytest.mark.parametrize("op, grid, kernel, stride, dim", KERNEL_CASES)
 def test_gluon_forward_deferred_pv_against_float64(op, grid, kernel, stride, dim, dtype):
     """``defer_pv``: each P @ V left in flight under the next tile's penalty and QK^T."""
     _check_forward(op, grid, kernel, stride, dim, dtype, 64, num_buffers=1, v_buffers=2,
@@ -295,12 +294,7 @@ def test_dkdv_arguments_without_a_gpu():
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
 @pytest.mark.parametrize("buffers", [2, 3])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("op, grid, kernel, stride, dim", [
-    (na2d, (32, 48), (7, 9), 1, 128),
-    (na2d, (64, 64), (17, 17), 1, 64),
-    (na3d, (8, 16, 16), (3, 5, 5), 1, 128),
-    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128),     # blocked: full tiles only, no mask
-])
+@pytest.mark.parametrize("op, grid, kernel, stride, dim", KERNEL_CASES)
 def test_gluon_dkdv_against_float64(op, grid, kernel, stride, dim, dtype, buffers):
     """``na_dkdv`` against the float64 reference's dk and dv (``_check_gradients``)."""
     from tessera.kernels.gluon.na_dkdv import na_dkdv
@@ -355,12 +349,7 @@ def test_dq_arguments_without_a_gpu():
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
 @pytest.mark.parametrize("buffers, v_buffers, max_registers", [(1, 1, None), (2, 1, None), (2, 2, 168)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("op, grid, kernel, stride, dim", [
-    (na2d, (32, 48), (7, 9), 1, 128),
-    (na2d, (64, 64), (17, 17), 1, 64),
-    (na3d, (8, 16, 16), (3, 5, 5), 1, 128),
-    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128),     # blocked: full tiles only, no mask
-])
+@pytest.mark.parametrize("op, grid, kernel, stride, dim", KERNEL_CASES)
 def test_gluon_dq_against_float64(op, grid, kernel, stride, dim, dtype, buffers, v_buffers,
                                   max_registers):
     """``na_dq`` against the float64 reference's dq (``_check_gradients``)."""
