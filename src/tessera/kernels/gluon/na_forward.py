@@ -180,13 +180,16 @@ def _unmasked_softmax(s, qk_scale, m_i, l_i):
     return p, alpha, m_new, l_i * alpha + gl.sum(p, 1)
 
 
-# Rescale of 8 running-output elements (operands 0-7, tied to inputs 8-15) by their row
-# factors (24-31), jumped over when the thread's warp-uniform flag (16; 16-23 all equal) is 0.
-_RESCALE_PACK = gl.constexpr(8)
-_RESCALE_ASM = gl.constexpr("{\n.reg .pred moved;\nsetp.ne.s32 moved, $16, 0;\n@!moved bra.uni SKIP;\n"
-                            + "".join(f"mul.f32 ${i}, ${i}, ${24 + i};\n" for i in range(8))
-                            + "SKIP:\n}")
-_RESCALE_CONSTRAINTS = gl.constexpr(",".join(["=r"] * 8 + [str(i) for i in range(8)] + ["r"] * 16))
+# Rescale of P = _PACK running-output elements (operands 0 .. P-1, tied to inputs P .. 2P-1) by
+# their row factors (3P .. 4P-1), jumped over when the thread's warp-uniform flag (2P; 2P .. 3P-1
+# all equal) is 0.
+_PACK = 8
+_RESCALE_PACK = gl.constexpr(_PACK)
+_RESCALE_ASM = gl.constexpr(
+    f"{{\n.reg .pred moved;\nsetp.ne.s32 moved, ${2 * _PACK}, 0;\n@!moved bra.uni SKIP;\n"
+    + "".join(f"mul.f32 ${i}, ${i}, ${3 * _PACK + i};\n" for i in range(_PACK)) + "SKIP:\n}")
+_RESCALE_CONSTRAINTS = gl.constexpr(",".join(["=r"] * _PACK + [str(i) for i in range(_PACK)]
+                                             + ["r"] * (2 * _PACK)))
 # 1 on every lane of a warp when any of its rows (the thread's two: operands 2, 3) moved its
 # max, else 0 (operands 0, 1).
 _WARP_ANY_ASM = gl.constexpr("""{
