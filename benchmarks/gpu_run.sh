@@ -90,7 +90,7 @@ for step in $steps; do
       # the Triton forward on the suite's 2-D and 3-D shapes (benchmarks/gpu_gluon_forward.py).
       # (GLUON_TESTS: a pytest -k expression; GLUON_BENCH_ARGS: e.g. "--cases blocked").
       timeout 300 python3 -m pytest -m gpu -q -rA -p no:cacheprovider tests/kernels/test_gluon_gpu.py \
-        ${GLUON_TESTS:+-k "$GLUON_TESTS"} 2>&1 | tee "$OUT/gpu-tests-gluon.log" || status=1
+        ${GLUON_TESTS:+-k "$GLUON_TESTS"} 2>&1 | tee "$OUT/gpu-tests-gluon-forward.log" || status=1
       timeout 200 python3 benchmarks/gpu_gluon_forward.py --out "$OUT" ${GLUON_BENCH_ARGS:-} 2>&1 | tee "$OUT/gluon-forward.log" || status=1 ;;
     gluon-backward)
       # The Gluon dq and dk/dv kernels: their float64 GPU tests (and the backward route's), then
