@@ -8,7 +8,9 @@ in ``results/2026-12-01-h200-natten-8.json``). One process, bf16, B = 1, H = 16,
   warns on each), with the first few warnings;
 - ``top``: the host functions costing most (``cProfile``, cumulative ms per step);
 
-each with the encoded tensor maps reused (``launcher.CACHE_TENSOR_MAPS``) and not (no ``top``).
+each with the Gluon launches bound (``launcher.BIND_LAUNCHES``: only the tensors filled in per
+call) and the encoded tensor maps reused (``launcher.CACHE_TENSOR_MAPS``), then with binding off,
+then with both off (no ``top`` for these two).
 
     python benchmarks/gpu_natten_host.py --out DIR   -> DIR/natten_host.json
 """
@@ -59,20 +61,20 @@ def main() -> None:
         def step():
             o = op(q, k, v, kernel, stride=stride)
             torch.autograd.grad(o, leaves, do)
-        for cache in (True, False):
-            launcher.CACHE_TENSOR_MAPS = cache
+        for bind, cache in ((True, True), (False, True), (False, False)):
+            launcher.BIND_LAUNCHES, launcher.CACHE_TENSOR_MAPS = bind, cache
             step()
             torch.cuda.synchronize()
             syncs = sync_warnings(step)
-            row = {"case": name, "tensor_map_cache": cache,
+            row = {"case": name, "bound_launches": bind, "tensor_map_cache": cache,
                    "host_ms": host_seconds_per_call(step, calls=30) * 1e3,
                    "bench_ms": median_ms(step, device), "syncs": len(syncs), "sync_messages": syncs[:5],
-                   "top": top_host_functions(step, calls=30, top=30) if cache else []}
+                   "top": top_host_functions(step, calls=30, top=30) if bind else []}
             print(json.dumps({key: value for key, value in row.items() if key != "top"}), flush=True)
             for entry in row["top"]:
                 print("    " + entry)
             result["rows"].append(row)
-        launcher.CACHE_TENSOR_MAPS = True
+        launcher.BIND_LAUNCHES, launcher.CACHE_TENSOR_MAPS = True, True
     with open(os.path.join(args.out, "natten_host.json"), "w") as f:
         json.dump(result, f, indent=1)
 

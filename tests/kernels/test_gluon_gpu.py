@@ -507,3 +507,32 @@ def test_backward_route_through_natten_against_float64(monkeypatch, op, grid, ke
         assert torch.equal(a, b), f"{name}: a repeat call differs from the first"
     assert_error_rule(("o", "lse", "dq", "dk", "dv"), got, run(dtype, "reference"),
                       run(torch.float64, "reference"), dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
+@pytest.mark.parametrize("op, grid, kernel, stride, dim", [
+    (na2d, (32, 48), (7, 9), 1, 128),
+    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128),     # blocked: 128-row forward tiles
+    (na2d, (64, 64), (17, 17), 2, 64),
+])
+def test_bound_launches_take_each_calls_tensors(op, grid, kernel, stride, dim):
+    """Repeat forward+backward calls of one shape (the Gluon kernels' bound launches, which fill
+    in only the tensors) on fresh inputs each time, some at a freed input's address, meet the
+    float64 reference on their own inputs: no launch reads an earlier call's tensors."""
+    from tessera.kernels.triton import launcher
+    assert launcher.BIND_LAUNCHES
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    shape = (2, *grid, 2, dim)
+
+    def step(tensors, dt, backend):
+        leaves = [t.detach().to(dt).requires_grad_() for t in tensors[:3]]
+        o, lse = op(*leaves, kernel, stride=stride, backend=backend, return_lse=True)
+        return [o, lse, *torch.autograd.grad(o, leaves, tensors[3].to(dt))]
+
+    for _ in range(3):
+        tensors = [torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(4)]
+        got = step(tensors, torch.bfloat16, "triton")
+        assert_error_rule(("o", "lse", "dq", "dk", "dv"), got, step(tensors, torch.bfloat16, "reference"),
+                          step(tensors, torch.float64, "reference"), torch.bfloat16)
+        del got

@@ -227,3 +227,117 @@ def test_tensor_maps_are_encoded_once_per_distinct_input(monkeypatch):
     for _ in range(2):   # no metadata (no tensor map): passed through each time
         launcher.tensor_map_args(TensorDescriptor(x, [64, 64], [64, 1], [16, 64]), None, None)
     assert len(encoded) == 8
+
+
+def _descriptor_kernel(received: list, meta=None):
+    """A stand-in compiled kernel taking ``_kernel``'s arguments (slot 1 a descriptor) whose C
+    launch sits behind Triton's own descriptor wrapper and records what it receives."""
+    from triton.backends.nvidia.driver import CudaLauncher, wrap_handle_tensordesc
+
+    signature = {0: "*fp32", 1: "tensordesc<fp16[16, 32]>", 2: "i32", 3: "fp32", 4: "i1",
+                 5: "*fp32", 6: "i32", 7: "constexpr"}
+    run = object.__new__(CudaLauncher)
+    run.launch = wrap_handle_tensordesc(lambda *a: received.append(a), signature,
+                                        None if meta is None else [meta])
+    run.global_scratch_size = run.profile_scratch_size = 0
+    run.global_scratch_align = run.profile_scratch_align = 1
+    run.launch_cooperative_grid, run.launch_pdl, run.num_ctas = False, False, 1
+
+    class Compiled:
+        function, packed_metadata = 11, ("meta",)
+
+    Compiled.run = run
+    return Compiled
+
+
+def _bound_launcher(monkeypatch, compiled, args, kwargs):
+    """A ``Launcher`` of ``_kernel`` whose entry for ``args``/``kwargs`` is ``compiled``, as after
+    a first launch on device 0 (no GPU: the device and stream lookups are stood in for)."""
+    from tessera.kernels.triton import launcher as launcher_module
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(launcher_module, "_current_raw_stream", lambda device: 99)
+    launcher = Launcher(_kernel)
+    launcher._direct = True
+    launcher._entries[(0, specialization_key(args, kwargs))] = _Entry(compiled, _kernel, args, kwargs)
+    return launcher
+
+
+def test_bound_launch_passes_what_a_fresh_launch_passes(monkeypatch):
+    """A ``BoundLaunch`` with new tensors in its live slots (a plain tensor, a descriptor's base)
+    hands the C launch what Triton's descriptor wrapper hands it for a launch built afresh on
+    those tensors, and holds none of the tensors it was bound with."""
+    received = []
+    compiled = _descriptor_kernel(received)
+    x = torch.zeros(64, 64, dtype=torch.float16)
+    first_out, first_in = torch.zeros(4), torch.zeros(64, 64, dtype=torch.float16)
+    args = (first_out, TensorDescriptor(first_in, [64, 64], [64, 1], [16, 32]), 5, 0.5, True, x)
+    launcher = _bound_launcher(monkeypatch, compiled, args, {"C": 7})
+    bound = launcher.bind((4, 2), args, {"C": 7}, live=(0, 1))
+    assert bound is not None and bound.usable()
+    refs = [weakref.ref(first_out), weakref.ref(first_in)]
+    del args, first_out, first_in
+    gc.collect()
+    assert all(ref() is None for ref in refs)
+
+    out, inp = torch.zeros(4), torch.zeros(64, 64, dtype=torch.float16)
+    bound(out, inp)
+    fresh = (out, TensorDescriptor(inp, [64, 64], [64, 1], [16, 32]), 5, 0.5, True, x, 3, 7)
+    compiled.run(4, 2, 1, 99, compiled.function, compiled.packed_metadata, None, None, None, *fresh)
+    ours, through_triton = received
+    assert len(ours) == len(through_triton)
+    assert all(a is b or a == b for a, b in zip(ours, through_triton))
+    assert any(a is inp for a in ours)   # no metadata: the descriptor's base is passed itself
+
+
+def test_bound_launch_encodes_each_base_once_per_slot(monkeypatch):
+    """With tensor-map metadata, a bound descriptor slot encodes its map once per base address
+    (the shape and strides are the bound ones) and reuses it after; with the map cache off it
+    encodes on every call."""
+    from tessera.kernels.triton import launcher as launcher_module
+
+    encoded = []
+
+    def fake_encode(desc, meta):
+        encoded.append(desc.base.data_ptr())
+        return [("map", desc.base.data_ptr()), *desc.shape, *desc.strides]
+
+    monkeypatch.setattr(launcher_module, "make_tensordesc_arg", fake_encode)
+    meta = {"swizzle": 128, "elem_size": 2, "elem_type": "fp16", "block_size": [16, 32],
+            "fp4_padded": False}
+    received = []
+    compiled = _descriptor_kernel(received, meta)
+    a, b = (torch.zeros(64, 64, dtype=torch.float16) for _ in range(2))
+    args = (torch.zeros(4), TensorDescriptor(a, [64, 64], [64, 1], [16, 32]), 5, 0.5, True, None)
+    launcher = _bound_launcher(monkeypatch, compiled, args, {})
+    bound = launcher.bind((1,), args, {}, live=(1,))
+    before = len(encoded)
+    for base in (a, b, a, b):
+        bound(base)
+    assert encoded[before:] == [a.data_ptr(), b.data_ptr()]
+    assert [call[14] for call in received] == [("map", t.data_ptr()) for t in (a, b, a, b)]
+    monkeypatch.setattr(launcher_module, "CACHE_TENSOR_MAPS", False)
+    bound(a)
+    assert encoded[before:] == [a.data_ptr(), b.data_ptr(), a.data_ptr()]
+
+
+def test_bound_launches_answer_only_their_owners_and_switch(monkeypatch):
+    """``BoundLaunches.get`` returns a remembered launch only for the owners it was bound with,
+    while binding is on and no launch hook is set; ``bind`` refuses keyword live slots."""
+    from tessera.kernels.triton import launcher as launcher_module
+
+    received = []
+    compiled = _descriptor_kernel(received)
+    x = torch.zeros(64, 64, dtype=torch.float16)
+    args = (torch.zeros(4), TensorDescriptor(x, [64, 64], [64, 1], [16, 32]), 5, 0.5, True, None)
+    launcher = _bound_launcher(monkeypatch, compiled, args, {})
+    owner, other = object(), object()
+    cache = launcher_module.BoundLaunches()
+    cache.remember("key", launcher, (1,), args, {}, live=(0,), owners=(owner,))
+    assert cache.get("key", (owner,)) is not None
+    assert cache.get("key", (other,)) is None
+    assert cache.get("other key", (owner,)) is None
+    monkeypatch.setattr(launcher_module, "BIND_LAUNCHES", False)
+    assert cache.get("key", (owner,)) is None
+    with pytest.raises(ValueError, match="positional"):
+        launcher.bind((1,), args, {}, live=(6,))

@@ -32,7 +32,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 
 from ..triton import masks
 from ..triton.flash_fwd import LOG2E, grid_box
-from ..triton.launcher import Launcher
+from ..triton.launcher import BoundLaunches, Launcher
 from ..triton.na_mask import na_codes, na_key_windows, na_penalty
 from ..triton.row_addressing import memory_rows, row_tile_origin
 from .na_forward import _descriptor, _tile_of, supports
@@ -155,6 +155,8 @@ def _na_dkdv(Q_DESC, K_DESC, V_DESC, DO_DESC, DK_DESC, DV_DESC, LSE, DELTA, PART
 
 
 _LAUNCH = Launcher(_na_dkdv)
+# Repeat calls launch with only the tensors filled in (``launcher.BoundLaunch``).
+_BOUND = BoundLaunches()
 
 
 def na_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, lse: torch.Tensor,
@@ -182,15 +184,23 @@ def na_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor,
                              f"got {t.dtype} {list(t.shape)}")
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device) if dk is None else dk
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device) if dv is None else dv
+    key = (id(plan), q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), do.stride(),
+           dk.stride(), dv.stride(), q.dtype, q.device, scale, num_buffers)
+    bound = _BOUND.get(key, (plan,))
+    if bound is not None:
+        bound(q, k, v, do, dk, dv, lse, delta)
+        return dk, dv
     q_box, k_box = grid_box(plan, plan.block_m), grid_box(plan, plan.block_n)
     q_desc, do_desc = (_descriptor(t, plan, q_box) for t in (q, do))
     k_desc, v_desc, dk_desc, dv_desc = (_descriptor(t, plan, k_box) for t in (k, v, dk, dv))
     cols = plan.cols
-    _LAUNCH[(plan.n_k_tiles, batch * k.shape[2])](
-        q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse, delta, cols.part_count,
-        cols.part_index, cols.full_count, cols.full_index, plan.na_params, heads,
-        heads // k.shape[2], seq, plan.map_heads, plan.n_k_tiles, cols.part_width, cols.full_width,
-        scale, scale * LOG2E,
-        HEAD_D=dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, NA_STATIC=plan.na_static,
-        NUM_BUF=num_buffers, MASKED=plan.mask_mode == masks.MASK_NEIGHBORHOOD, num_warps=4)
+    grid = (plan.n_k_tiles, batch * k.shape[2])
+    args = (q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse, delta, cols.part_count,
+            cols.part_index, cols.full_count, cols.full_index, plan.na_params, heads,
+            heads // k.shape[2], seq, plan.map_heads, plan.n_k_tiles, cols.part_width, cols.full_width,
+            scale, scale * LOG2E)
+    options = dict(HEAD_D=dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, NA_STATIC=plan.na_static,
+                   NUM_BUF=num_buffers, MASKED=plan.mask_mode == masks.MASK_NEIGHBORHOOD, num_warps=4)
+    _LAUNCH[grid](*args, **options)
+    _BOUND.remember(key, _LAUNCH, grid, args, options, live=(0, 1, 2, 3, 4, 5, 6, 7), owners=(plan,))
     return dk, dv

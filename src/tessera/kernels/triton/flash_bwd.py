@@ -495,6 +495,39 @@ def _named_launch(launch, name: str):
     return run
 
 
+def _gluon_gradients(do, q, k, v, o, lse, dq_plan, dkdv_plan, scale: float, overlap: bool):
+    """``(dq, dk, dv)`` of a plain grid-order backward that both Gluon kernels take
+    (``backward_route.routes``): delta, then dk/dv (on a side stream with ``overlap``) and dq.
+    None of the Triton kernels' arguments are built (host time)."""
+    from ..gluon.na_dkdv import na_dkdv
+    from ..gluon.na_dq import na_dq
+    delta = row_dot(o, do)
+    dq = torch.empty_like(q)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+
+    def run_dkdv():
+        na_dkdv(q, k, v, do, lse, delta, dkdv_plan, scale=scale,
+                num_buffers=backward_route.dkdv_buffers(q.shape[3]), dk=dk, dv=dv, scope_checked=True)
+
+    def run_dq():
+        na_dq(q, k, v, do, lse, delta, dq_plan, scale=scale, dq=dq, scope_checked=True,
+              **backward_route.DQ_VARIANT)
+
+    side = streams.fork(q.device) if overlap else None
+    try:
+        if side is None:
+            run_dq()
+            run_dkdv()
+        else:
+            with torch.cuda.stream(side):
+                run_dkdv()
+            run_dq()
+    finally:
+        streams.join(side)
+    return dq, dk, dv
+
+
 def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config, dkdv_config,
              softcap=None, slopes=None, bias=None, low_rank=None, rel_pos=None, sigmoid_bias=None,
              bias_grad: bool = False, slope_grad: bool = False, low_rank_grad: bool = False,
@@ -531,6 +564,9 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
              and bias is None and low_rank is None and rel_pos is None)
     gluon_dq, gluon_dkdv = (backward_route.routes(q, k, v, do, dq_plan, dkdv_plan) if plain
                             else (False, False))
+    if gluon_dq and gluon_dkdv:
+        return (*_gluon_gradients(do, q, k, v, o, lse, dq_plan, dkdv_plan, scale, overlap),
+                None, None, None, None, None)
     # On one stream the Triton dq runs first and writes delta itself (DELTA_IN_DQ) before dk/dv
     # reads it; the Gluon dq reads it.
     delta_in_dq = DELTA_IN_DQ_ENABLED and not (sigmoid or overlap or gluon_dq)

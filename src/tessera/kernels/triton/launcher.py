@@ -15,6 +15,11 @@ or Gluon's) its dtype, block shape, padding and shared layout (the base is alway
 aligned); for any other argument its value; and every keyword argument (constexprs, launch
 options) with its type. Launch hooks (profilers), the interpreter, or a machine without CUDA
 send every launch through Triton.
+
+``Launcher.bind`` goes one step further for a call site that launches one kernel many times
+with the same arguments except a few tensors (the Gluon kernels' q, k, v, o): a ``BoundLaunch``
+keeps the launch's expanded argument list and fills in only those tensors (and the tensor maps
+of descriptors over them) per call.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ except ImportError:  # pragma: no cover - depends on the Triton version
 MAX_KEYS = 4096
 # Off: every descriptor launch encodes its CUDA tensor maps again (for A/B timing).
 CACHE_TENSOR_MAPS = True
+# Off: call sites do not keep ``BoundLaunch``es (every launch takes the keyed path; A/B timing).
+BIND_LAUNCHES = True
 
 
 def _arg_key(arg):
@@ -82,6 +89,11 @@ def specialization_key(args: tuple, kwargs: dict) -> tuple:
     kw_values = tuple(kwargs.values())
     kw_types = tuple(map(type, kw_values))
     return (types, _values_key(args, types), tuple(kwargs), kw_types, _values_key(kw_values, kw_types))
+
+
+def hooks_set() -> bool:
+    """Whether Triton launch hooks (profilers) are set: launches then go through Triton."""
+    return _hooks_set()
 
 
 def _hooks_set() -> bool:
@@ -202,6 +214,95 @@ class _Entry:
                    kernel.function, kernel.packed_metadata, None, None, None, *values)
 
 
+class BoundLaunch:
+    """One launch of a compiled descriptor-taking kernel with every argument fixed except the
+    tensors at a few positional slots (``Launcher.bind``): ``bound(*tensors)`` launches it on
+    the current stream with those tensors in place, in slot order. A slot holding a tensor
+    descriptor takes a tensor for its base; the descriptor's shape, strides, block, layout and
+    padding stay the bound ones, so each tensor passed must have the shape, strides, dtype and
+    16-byte alignment of the one it replaces (the caller's key guarantees it). Its tensor map is
+    encoded once per base address and slot (a map holds an address, not the tensor). Holds no
+    tensor of the bound launch's live slots."""
+
+    __slots__ = ("raw", "function", "packed", "cooperative", "pdl", "grid", "device", "template",
+                 "slots", "owners")
+
+    def __init__(self, raw, function, packed, cooperative, pdl, grid, device, template, slots, owners):
+        self.raw = raw
+        self.function = function
+        self.packed = packed
+        self.cooperative = cooperative
+        self.pdl = pdl
+        self.grid = grid
+        self.device = device
+        self.template = template   # the expanded argument list, live slots emptied
+        self.slots = slots         # ((start, stop, descriptor prototype or None, metadata, maps), ...)
+        self.owners = owners       # objects the caller's key names by identity, kept alive with it
+
+    def usable(self) -> bool:
+        """Whether this launch may run now: binding on, no launch hooks, its device current."""
+        return BIND_LAUNCHES and not _hooks_set() and torch.cuda.current_device() == self.device
+
+    def __call__(self, *tensors) -> None:
+        values = self.template.copy()
+        for (start, stop, proto, meta, maps), t in zip(self.slots, tensors):
+            if proto is None:
+                values[start] = t
+                continue
+            ptr = t.data_ptr()
+            expanded = maps.get(ptr) if maps is not None and CACHE_TENSOR_MAPS else None
+            if expanded is None:
+                desc = object.__new__(type(proto))
+                desc.__dict__.update(proto.__dict__, base=t)
+                expanded = make_tensordesc_arg(desc, meta)
+                if maps is not None:
+                    if len(maps) >= MAX_KEYS:
+                        maps.clear()
+                    maps[ptr] = expanded
+            values[start:stop] = expanded
+        x, y, z = self.grid
+        self.raw(x, y, z, _current_raw_stream(self.device), self.function,
+                 self.cooperative, self.pdl, None, None, self.packed, None, None, None, *values)
+
+
+class BoundLaunches:
+    """A call site's ``BoundLaunch``es: site key -> bound launch. The key names the launch's
+    fixed arguments (shapes, strides, dtypes, options; objects such as plans by ``id``, listed
+    as ``owners``, which are kept alive with the launch and checked by identity)."""
+
+    def __init__(self):
+        self._bound: dict = {}
+
+    def get(self, key, owners: tuple = ()) -> Optional[BoundLaunch]:
+        """The bound launch of ``key`` made with these ``owners`` when it may run now, else None."""
+        bound = self._bound.get(key)
+        if bound is None or not bound.usable() or any(a is not b for a, b in zip(bound.owners, owners)):
+            return None
+        return bound
+
+    def remember(self, key, launcher: "Launcher", grid, args: tuple, kwargs: dict, live: tuple,
+                 owners: tuple = ()) -> None:
+        """Bind the launch just made (``launcher.bind``) under ``key``, when binding is on."""
+        if not BIND_LAUNCHES:
+            return
+        bound = launcher.bind(grid, args, kwargs, live, owners)
+        if bound is not None:
+            if len(self._bound) >= MAX_KEYS:
+                self._bound.clear()
+            self._bound[key] = bound
+
+
+def _current_raw_stream(device: int) -> int:
+    return torch._C._cuda_getCurrentRawStream(device)
+
+
+def _prototype(desc):
+    """A copy of descriptor ``desc`` without its base tensor."""
+    proto = object.__new__(type(desc))
+    proto.__dict__.update(desc.__dict__, base=None)
+    return proto
+
+
 class Launcher:
     """``kernel[grid]`` with a per-key cache of compiled kernels (module docstring)."""
 
@@ -246,6 +347,56 @@ class Launcher:
         raw = stream.cuda_stream if stream is not None else torch._C._cuda_getCurrentRawStream(device)
         entry.launch(grid, raw, args, kwargs)
         return entry.kernel
+
+    def bind(self, grid, args: tuple, kwargs: dict, live: tuple[int, ...], owners: tuple = ()
+             ) -> Optional[BoundLaunch]:
+        """A ``BoundLaunch`` of the launch ``self[grid](*args, **kwargs)`` made before on the
+        current device, whose positional slots ``live`` (tensors or tensor descriptors) take new
+        tensors per call; ``owners`` are kept alive with it. None where that launch does not take
+        the direct descriptor path (no descriptors, launch hooks, tensor keyword arguments, or
+        not launched yet)."""
+        if not set(live) <= set(range(len(args))):
+            raise ValueError(f"Launcher.bind: live slots {sorted(live)} must be positional")
+        if not self._direct or _hooks_set() or make_tensordesc_arg is None:
+            return None
+        device = torch.cuda.current_device()
+        try:
+            entry = self._entries.get((device, specialization_key(args, kwargs)))
+        except TypeError:
+            return None
+        if entry is None or entry.descriptor_launch is None or entry.live:
+            return None
+        launch = entry.descriptor_launch
+        values = list(args + entry.tail)
+        places = {position: (meta, meta_key) for position, meta, meta_key in launch.places}
+        template, starts = [], {}
+        for position, value in enumerate(values):
+            starts[position] = len(template)
+            if position in places:
+                meta, meta_key = places[position]
+                template += tensor_map_args(value, meta, meta_key)
+            else:
+                template.append(value)
+        slots = []
+        for position in live:
+            value = values[position]
+            start = starts[position]
+            if position in places:
+                meta, meta_key = places[position]
+                stop = start + len(tensor_map_args(value, meta, meta_key))
+                maps = {} if meta_key is not None else None
+                slots.append((start, stop, _prototype(value), meta, maps))
+            elif isinstance(value, torch.Tensor):
+                stop = start + 1
+                slots.append((start, stop, None, None, None))
+            else:
+                raise ValueError(f"Launcher.bind: live slot {position} holds a "
+                                 f"{type(value).__name__}, not a tensor or descriptor")
+            template[start:stop] = [None] * (stop - start)
+        grid3 = (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
+        kernel = entry.kernel
+        return BoundLaunch(launch.raw, kernel.function, kernel.packed_metadata, launch.cooperative,
+                           launch.pdl, grid3, device, template, tuple(slots), owners)
 
     def _through_triton(self, grid, stream, args: tuple, kwargs: dict):
         if stream is None:
