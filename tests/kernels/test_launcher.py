@@ -323,7 +323,8 @@ def test_bound_launch_encodes_each_base_once_per_slot(monkeypatch):
 
 def test_bound_launches_answer_only_their_owners_and_switch(monkeypatch):
     """``BoundLaunches.get`` returns a remembered launch only for the owners it was bound with,
-    while binding is on and no launch hook is set; ``bind`` refuses keyword live slots."""
+    while binding is on and no launch hook is set; a bound launch takes one tensor per live slot;
+    ``bind`` refuses keyword live slots."""
     from tessera.kernels.triton import launcher as launcher_module
 
     received = []
@@ -337,6 +338,11 @@ def test_bound_launches_answer_only_their_owners_and_switch(monkeypatch):
     assert cache.get("key", (owner,)) is not None
     assert cache.get("key", (other,)) is None
     assert cache.get("other key", (owner,)) is None
+    with pytest.raises(ValueError, match="takes 1 tensors"):
+        cache.get("key", (owner,))(x, x)
+    monkeypatch.setattr(launcher_module, "_hooks_set", lambda: True)
+    assert cache.get("key", (owner,)) is None
+    monkeypatch.setattr(launcher_module, "_hooks_set", lambda: False)
     monkeypatch.setattr(launcher_module, "BIND_LAUNCHES", False)
     assert cache.get("key", (owner,)) is None
     with pytest.raises(ValueError, match="positional"):

@@ -91,11 +91,6 @@ def specialization_key(args: tuple, kwargs: dict) -> tuple:
     return (types, _values_key(args, types), tuple(kwargs), kw_types, _values_key(kw_values, kw_types))
 
 
-def hooks_set() -> bool:
-    """Whether Triton launch hooks (profilers) are set: launches then go through Triton."""
-    return _hooks_set()
-
-
 def _hooks_set() -> bool:
     runtime = knobs.runtime
     return any(hook is not None and getattr(hook, "calls", True)
@@ -244,6 +239,9 @@ class BoundLaunch:
         return BIND_LAUNCHES and not _hooks_set() and torch.cuda.current_device() == self.device
 
     def __call__(self, *tensors) -> None:
+        if len(tensors) != len(self.slots):
+            raise ValueError(f"BoundLaunch: takes {len(self.slots)} tensors (its live slots), "
+                             f"got {len(tensors)}")
         values = self.template.copy()
         for (start, stop, proto, meta, maps), t in zip(self.slots, tensors):
             if proto is None:
