@@ -194,8 +194,8 @@ def na_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, l
             raise ValueError(f"na_dq: {name} must be contiguous float32 {[batch, heads, seq]}, "
                              f"got {t.dtype} {list(t.shape)}")
     dq = torch.empty_like(q) if dq is None else dq
-    key = (id(plan), q.shape, q.stride(), k.shape, k.stride(), v.stride(), do.stride(), dq.stride(),
-           q.dtype, q.device, scale, num_buffers, v_buffers, max_registers)
+    key = (id(plan), q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), do.stride(),
+           dq.stride(), q.dtype, q.device, scale, num_buffers, v_buffers, max_registers)
     bound = _BOUND.get(key, (plan,))
     if bound is not None:
         bound(q, k, v, do, dq, lse, delta)
