@@ -158,18 +158,19 @@ def test_launcher_without_cuda_goes_through_triton():
     assert not launcher._entries
 
 
-def test_descriptor_launch_passes_what_tritons_wrapper_passes():
-    """``_DescriptorLaunch`` hands the C launch the same arguments as Triton's own descriptor
-    wrapper (``wrap_handle_tensordesc`` inside ``CudaLauncher``), descriptors expanded in place."""
+# ``_kernel``'s launch signature (slot 1 a descriptor).
+_KERNEL_SIGNATURE = {0: "*fp32", 1: "tensordesc<fp16[16, 32]>", 2: "i32", 3: "fp32", 4: "i1",
+                     5: "*fp32", 6: "i32", 7: "constexpr"}
+
+
+def _descriptor_kernel(received: list, signature: dict = _KERNEL_SIGNATURE, metas=None):
+    """A stand-in compiled kernel of launch ``signature`` (default ``_kernel``'s) whose C launch
+    sits behind Triton's own descriptor wrapper (``metas``: its descriptors' tensor-map
+    metadata, or None) and records what it receives."""
     from triton.backends.nvidia.driver import CudaLauncher, wrap_handle_tensordesc
 
-    from tessera.kernels.triton.launcher import _DescriptorLaunch
-
-    received = []
-    signature = {0: "*fp32", 1: "tensordesc<fp16[16, 32]>", 2: "i32", 3: "tensordesc<fp16[1, 64]>",
-                 4: "constexpr"}
     run = object.__new__(CudaLauncher)
-    run.launch = wrap_handle_tensordesc(lambda *a: received.append(a), signature, None)
+    run.launch = wrap_handle_tensordesc(lambda *a: received.append(a), signature, metas)
     run.global_scratch_size = run.profile_scratch_size = 0
     run.global_scratch_align = run.profile_scratch_align = 1
     run.launch_cooperative_grid, run.launch_pdl, run.num_ctas = False, False, 1
@@ -178,6 +179,18 @@ def test_descriptor_launch_passes_what_tritons_wrapper_passes():
         function, packed_metadata = 11, ("meta",)
 
     Compiled.run = run
+    return Compiled
+
+
+def test_descriptor_launch_passes_what_tritons_wrapper_passes():
+    """``_DescriptorLaunch`` hands the C launch the same arguments as Triton's own descriptor
+    wrapper (``wrap_handle_tensordesc`` inside ``CudaLauncher``), descriptors expanded in place."""
+    from tessera.kernels.triton.launcher import _DescriptorLaunch
+
+    received = []
+    Compiled = _descriptor_kernel(received, {0: "*fp32", 1: "tensordesc<fp16[16, 32]>", 2: "i32",
+                                             3: "tensordesc<fp16[1, 64]>", 4: "constexpr"})
+    run = Compiled.run
     x = torch.zeros(64, 64, dtype=torch.float16)
     values = (torch.zeros(4), TensorDescriptor.from_tensor(x, [16, 32]), 5,
               TensorDescriptor(x, [64, 64], [64, 1], [1, 64]), 3)
@@ -227,27 +240,6 @@ def test_tensor_maps_are_encoded_once_per_distinct_input(monkeypatch):
     for _ in range(2):   # no metadata (no tensor map): passed through each time
         launcher.tensor_map_args(TensorDescriptor(x, [64, 64], [64, 1], [16, 64]), None, None)
     assert len(encoded) == 8
-
-
-def _descriptor_kernel(received: list, meta=None):
-    """A stand-in compiled kernel taking ``_kernel``'s arguments (slot 1 a descriptor) whose C
-    launch sits behind Triton's own descriptor wrapper and records what it receives."""
-    from triton.backends.nvidia.driver import CudaLauncher, wrap_handle_tensordesc
-
-    signature = {0: "*fp32", 1: "tensordesc<fp16[16, 32]>", 2: "i32", 3: "fp32", 4: "i1",
-                 5: "*fp32", 6: "i32", 7: "constexpr"}
-    run = object.__new__(CudaLauncher)
-    run.launch = wrap_handle_tensordesc(lambda *a: received.append(a), signature,
-                                        None if meta is None else [meta])
-    run.global_scratch_size = run.profile_scratch_size = 0
-    run.global_scratch_align = run.profile_scratch_align = 1
-    run.launch_cooperative_grid, run.launch_pdl, run.num_ctas = False, False, 1
-
-    class Compiled:
-        function, packed_metadata = 11, ("meta",)
-
-    Compiled.run = run
-    return Compiled
 
 
 def _bound_launcher(monkeypatch, compiled, args, kwargs):
@@ -306,7 +298,7 @@ def test_bound_launch_encodes_each_base_once_per_slot(monkeypatch):
     meta = {"swizzle": 128, "elem_size": 2, "elem_type": "fp16", "block_size": [16, 32],
             "fp4_padded": False}
     received = []
-    compiled = _descriptor_kernel(received, meta)
+    compiled = _descriptor_kernel(received, metas=[meta])
     a, b = (torch.zeros(64, 64, dtype=torch.float16) for _ in range(2))
     args = (torch.zeros(4), TensorDescriptor(a, [64, 64], [64, 1], [16, 32]), 5, 0.5, True, None)
     launcher = _bound_launcher(monkeypatch, compiled, args, {})
