@@ -495,34 +495,38 @@ def _named_launch(launch, name: str):
     return run
 
 
+def _gluon_dkdv(q, k, v, do, lse, delta, plan, scale: float, dk, dv, stream=None) -> None:
+    """dk and dv into ``dk``, ``dv`` by the Gluon kernel (``backward_route`` chose it), on
+    ``stream`` when given."""
+    from ..gluon.na_dkdv import na_dkdv
+    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+        na_dkdv(q, k, v, do, lse, delta, plan, scale=scale,
+                num_buffers=backward_route.dkdv_buffers(q.shape[3]), dk=dk, dv=dv, scope_checked=True)
+
+
+def _gluon_dq(q, k, v, do, lse, delta, plan, scale: float, dq) -> None:
+    """dq into ``dq`` by the Gluon kernel (``backward_route`` chose it)."""
+    from ..gluon.na_dq import na_dq
+    na_dq(q, k, v, do, lse, delta, plan, scale=scale, dq=dq, scope_checked=True,
+          **backward_route.DQ_VARIANT)
+
+
 def _gluon_gradients(do, q, k, v, o, lse, dq_plan, dkdv_plan, scale: float, overlap: bool):
     """``(dq, dk, dv)`` of a plain grid-order backward that both Gluon kernels take
     (``backward_route.routes``): delta, then dk/dv (on a side stream with ``overlap``) and dq.
     None of the Triton kernels' arguments are built (host time)."""
-    from ..gluon.na_dkdv import na_dkdv
-    from ..gluon.na_dq import na_dq
     delta = row_dot(o, do)
     dq = torch.empty_like(q)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-
-    def run_dkdv():
-        na_dkdv(q, k, v, do, lse, delta, dkdv_plan, scale=scale,
-                num_buffers=backward_route.dkdv_buffers(q.shape[3]), dk=dk, dv=dv, scope_checked=True)
-
-    def run_dq():
-        na_dq(q, k, v, do, lse, delta, dq_plan, scale=scale, dq=dq, scope_checked=True,
-              **backward_route.DQ_VARIANT)
-
     side = streams.fork(q.device) if overlap else None
     try:
         if side is None:
-            run_dq()
-            run_dkdv()
+            _gluon_dq(q, k, v, do, lse, delta, dq_plan, scale, dq)
+            _gluon_dkdv(q, k, v, do, lse, delta, dkdv_plan, scale, dk, dv)
         else:
-            with torch.cuda.stream(side):
-                run_dkdv()
-            run_dq()
+            _gluon_dkdv(q, k, v, do, lse, delta, dkdv_plan, scale, dk, dv, side)
+            _gluon_dq(q, k, v, do, lse, delta, dq_plan, scale, dq)
     finally:
         streams.join(side)
     return dq, dk, dv
@@ -624,11 +628,7 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
 
     def run_dkdv(stream):
         if gluon_dkdv:
-            from ..gluon.na_dkdv import na_dkdv
-            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-                na_dkdv(q, k, v, do, lse, delta, dkdv_plan, scale=scale,
-                        num_buffers=backward_route.dkdv_buffers(dim), dk=dk, dv=dv,
-                        scope_checked=True)
+            _gluon_dkdv(q, k, v, do, lse, delta, dkdv_plan, scale, dk, dv, stream)
             return
         cols = dkdv_plan.cols
         q_desc, do_desc, dkdv_tma = row_operands(q, do, dkdv_plan, dkdv_plan.block_m, grid_order, fold)
@@ -658,9 +658,7 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
 
     def run_dq():
         if gluon_dq:
-            from ..gluon.na_dq import na_dq
-            na_dq(q, k, v, do, lse, delta, dq_plan, scale=scale, dq=dq, scope_checked=True,
-                  **backward_route.DQ_VARIANT)
+            _gluon_dq(q, k, v, do, lse, delta, dq_plan, scale, dq)
             return
         rows = dq_plan.rows
         k_desc, v_desc, dq_tma = row_operands(k, v, dq_plan, dq_plan.block_n, grid_order, fold)
