@@ -217,7 +217,9 @@ def _build_call_plan(grid, kernel_size, dilation, stride, is_causal, layout, dev
     tiled = _resolve_layout(layout, grid, pattern.kernel, pattern.dilation, pattern.stride,
                             pattern.causal, device)
     grid_order = key = None
-    if tiled is not None and not tiled.is_identity and grid_order_in_kernel(pattern.dilation):
+    # An identity layout (1-D grids, or tiles of whole rows) reorders nothing either way; in grid
+    # order its calls may take the Gluon kernels, which run grid-order calls only.
+    if tiled is not None and grid_order_in_kernel(pattern.dilation):
         grid_order = Permuted(pattern, tiled)
         key = pattern_key(grid_order)
     return _CallPlan(pattern, tiled, False, grid_order, key)

@@ -8,7 +8,7 @@ import torch
 
 from conftest import assert_error_rule
 from tessera.kernels.triton import masks
-from tessera.natten import _auto_layout, na2d, na3d
+from tessera.natten import _auto_layout, na1d, na2d, na3d
 from tessera.patterns import Neighborhood, Permuted
 
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
@@ -416,6 +416,8 @@ def test_listed_tile_limits_on_the_suite_plans():
     (na2d, (48, 40), (13, 11), 1, 128, 64),               # 2-D, few key tiles per query tile
     (na2d, (48, 40), (13, 11), 1, 64, 64),                # masked at D = 64, all tiles partial
     (na3d, (8, 24, 24), (5, 13, 13), 1, 128, 64),         # 3-D, 27.2 key tiles per query tile
+    (na1d, (4096,), (1024,), 1, 128, 64),                 # 1-D, 9% partial
+    (na1d, (4096,), (1024,), 1, 64, None),                # the same at D = 64: Triton
     (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128, 128),  # blocked: 128-row tiles
     # Full tiles at D = 64: the tuned config has 128-row tiles (tuning._gpu_config) and the
     # route reads 64-row plans only (Gluon on 128-row tiles was slower there).
@@ -465,6 +467,8 @@ def test_forward_route_through_natten_against_float64(monkeypatch, op, grid, ker
     (na2d, (64, 64), (17, 17), 1, 64, {"dq", "dkdv"}),
     # 27.2 key tiles per query tile, over backward_route.DQ_MAX_MASKED_TILES, all partial.
     (na3d, (8, 24, 24), (5, 13, 13), 1, 128, {"dq", "dkdv"}),
+    # 16.8 key tiles per query tile, 9% partial: dq stays on Triton.
+    (na1d, (4096,), (1024,), 1, 128, {"dkdv"}),
     (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128, {"dq", "dkdv"}),
     # Full tiles at D = 64: the tuned dq and dk/dv configs have 128-row and 128-key tiles.
     (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 64, set()),
