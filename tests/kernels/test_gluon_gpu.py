@@ -372,11 +372,14 @@ def test_forward_route_stays_on_triton_without_a_gpu():
     ((4096,), (1024,), 1, 128, "masked", False),          # 16.8 tiles, 9% partial
     ((4096,), (1024,), 1, 64, None, False),
     ((8, 16, 16), (4, 8, 8), (4, 8, 8), 128, "full-128", True),
+    ((8, 16, 16), (4, 8, 8), (4, 8, 8), 64, "full-64", True),
 ])
 def test_route_decisions_as_on_hopper(monkeypatch, grid, kernel, stride, dim, forward, dq):
     """The forward and backward routes' decisions with the Hopper check forced true (CPU
-    tensors): the variant each plan gets (``GLUON_MASKED``, ``GLUON_FULL_128`` or None for
-    Triton) and whether dq goes to Gluon."""
+    tensors): the variant each plan gets (``GLUON_MASKED``, ``GLUON_FULL_128``, ``GLUON_VARIANT``
+    on 64-row tiles, or None for Triton) and whether dq goes to Gluon. A full-tile plan at the
+    D = 64 config's 128 x 64 tiles asks for 64-row tiles too; a masked one at 128 rows stays on
+    Triton."""
     from tessera.kernels.triton import backward_route, forward_route
     monkeypatch.setattr(forward_route, "on_hopper", lambda t: True)
     seq = 1
@@ -385,9 +388,14 @@ def test_route_decisions_as_on_hopper(monkeypatch, grid, kernel, stride, dim, fo
     plan = _plan(grid, kernel, 2, torch.device("cpu"), stride)
     q = torch.empty(1, seq, 2, dim, dtype=torch.bfloat16)
     want = {"masked": forward_route.GLUON_MASKED, "full-128": forward_route.GLUON_FULL_128,
-            None: None}[forward]
+            "full-64": dict(forward_route.GLUON_VARIANT, block_m=64), None: None}[forward]
     assert forward_route.gluon_variant(q, q, q, plan) == want
     assert backward_route.routes(q, q, q, torch.empty_like(q), plan, plan) == (dq, True)
+    rows_128 = _plan(grid, kernel, 2, torch.device("cpu"), stride, block_m=128)
+    if forward == "full-64":
+        assert forward_route.gluon_variant(q, q, q, rows_128) == want
+    elif forward == "masked":
+        assert forward_route.gluon_variant(q, q, q, rows_128) is None
 
 
 def test_listed_tile_limits_on_the_suite_plans():
@@ -419,9 +427,9 @@ def test_listed_tile_limits_on_the_suite_plans():
     (na1d, (4096,), (1024,), 1, 128, 64),                 # 1-D, 9% partial
     (na1d, (4096,), (1024,), 1, 64, None),                # the same at D = 64: Triton
     (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128, 128),  # blocked: 128-row tiles
-    # Full tiles at D = 64: the tuned config has 128-row tiles (tuning._gpu_config) and the
-    # route reads 64-row plans only (Gluon on 128-row tiles was slower there).
-    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 64, None),
+    # Full tiles at D = 64: the tuned config has 128-row tiles (tuning._gpu_config); the route
+    # asks for the 64-row plan (Gluon on 128-row tiles was slower there).
+    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 64, 64),
 ])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_forward_route_through_natten_against_float64(monkeypatch, op, grid, kernel, stride, dim,

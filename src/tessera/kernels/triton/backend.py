@@ -267,15 +267,17 @@ def _forward(spec: _Spec, q, k, v, sinks, slopes, bias, u, w, table):
         plan = _plan(spec, q, k, config)
         gluon = forward_route.gluon_variant(q, k, v, plan, spec.fold) if plain else None
         if gluon is not None:
-            from ..gluon.na_forward import na_forward
+            from ..gluon.na_forward import na_forward, supports
             rows = gluon.pop("block_m", plan.block_m)
+            gluon_plan = plan
             if rows != plan.block_m:
-                plan = get_plan(spec.pattern, *_lengths(spec, q, k), rows, plan.block_n, q.shape[2],
-                                q.device, spec.pattern_key)
-            # In na_forward's scope: the route checked it, and a 128-row plan of the same
-            # layout whose 128-row tiles are grid boxes (what the route asks for) is in it too.
-            return na_forward(q, k, v, plan, scale=spec.scale, fold=spec.fold, scope_checked=True,
-                              **gluon)
+                gluon_plan = get_plan(spec.pattern, *_lengths(spec, q, k), rows, plan.block_n,
+                                      q.shape[2], q.device, spec.pattern_key)
+            # The route checked na_forward's scope for ``plan``; a plan at other rows is checked
+            # here (cached per plan and tensors).
+            if gluon_plan is plan or supports(q, k, v, gluon_plan, spec.fold):
+                return na_forward(q, k, v, gluon_plan, scale=spec.scale, fold=spec.fold,
+                                  scope_checked=True, **gluon)
         try:
             return flash_fwd.forward(q, k, v, plan, scale=spec.scale,
                                      config=config, softcap=spec.softcap, sinks=sinks,

@@ -20,7 +20,9 @@ So Gluon takes full-tile (blocked) plans, and masked plans that list at most
 ``MAX_MASKED_TILES`` key tiles per query tile on average: all of them at D = 128, at D = 64
 those with at least ``MIN_PARTIAL_D64`` of their listed tiles partial (the Triton kernel skips
 the mask on full tiles, which Gluon's penalty does not), where the tuned config has 64 x 64
-tiles (full tiles at D = 64 take 128-row tiles, so they stay on Triton). Dilated
+tiles. Full-tile plans at D = 64, whose tuned config has 128 x 64 tiles, run on 64-row Gluon
+tiles (blocked 4 x 8 x 8: 0.137 ms, ``GLUON_VARIANT``, against about 0.19 for the Triton kernel
+on its 128-row tiles in ``results/2026-12-01-h200-natten-11.json``'s CUDA-graph run). Dilated
 neighborhoods run through a dilation fold (``masks.DilationFold``: every group's plan at once)
 on 64-row tiles; calls with score modifiers (softcap, sinks, biases, sigmoid) stay on the
 Triton kernel, which has them.
@@ -74,18 +76,20 @@ def gluon_variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan,
     ``k``, ``v`` ``[B, S, H_kv, D]``, plain softmax; ``fold``: a ``masks.DilationFold`` or None)
     in Gluon, or None for the Triton kernel. Needs a Hopper GPU (Gluon's wgmma code is sm_90
     only). A ``block_m`` entry, not an ``na_forward`` argument, asks for the plan at that many
-    query rows per tile (same layout)."""
+    query rows per tile (same layout; the caller checks ``na_forward.supports`` on it when it
+    differs from ``plan``'s). Full-tile plans at 128 x 64 (the tuned config at D = 64) take
+    64-row Gluon tiles."""
     if not GLUON_ENABLED or not on_hopper(q):
         return None
     from ..gluon import na_forward
-    if (plan.block_m, plan.block_n) != (64, 64) or not na_forward.supports(q, k, v, plan, fold):
+    if plan.block_n != 64 or plan.block_m not in (64, 128) or not na_forward.supports(q, k, v, plan, fold):
         return None
     if plan.mask_mode == MASK_NEIGHBORHOOD:
-        if not few_listed_tiles(plan, MAX_MASKED_TILES):
+        if plan.block_m != 64 or not few_listed_tiles(plan, MAX_MASKED_TILES):
             return None
         if q.shape[3] != 128 and plan.partial_fraction() < MIN_PARTIAL_D64:
             return None
         return dict(GLUON_MASKED)
     if q.shape[3] == 128 and fold is None and grid_box(plan, 128) is not None:
         return dict(GLUON_FULL_128)
-    return dict(GLUON_VARIANT)
+    return dict(GLUON_VARIANT, block_m=64)
