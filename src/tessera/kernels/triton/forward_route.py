@@ -21,8 +21,10 @@ So Gluon takes full-tile (blocked) plans, and masked plans that list at most
 those with at least ``MIN_PARTIAL_D64`` of their listed tiles partial (the Triton kernel skips
 the mask on full tiles, which Gluon's penalty does not), where the tuned config has 64 x 64
 tiles. Full-tile plans at D = 64, whose tuned config has 128 x 64 tiles, run on 64-row Gluon
-tiles (blocked 4 x 8 x 8: 0.137 ms, ``GLUON_VARIANT``, against about 0.19 for the Triton kernel
-on its 128-row tiles in ``results/2026-12-01-h200-natten-11.json``'s CUDA-graph run). Dilated
+tiles (``GLUON_VARIANT``; blocked 4 x 8 x 8: 0.138 ms against 0.189 for the Triton kernel on 64 x
+64 tiles, ``-gluon-forward-17-blocked-d64.json``; in the suite 0.132 ms against 0.192 on the
+Triton kernel's 128-row tiles, CUDA graphs, ``results/2026-12-01-h200-natten-12.json`` and
+``-11.json``). Dilated
 neighborhoods run through a dilation fold (``masks.DilationFold``: every group's plan at once)
 on 64-row tiles; calls with score modifiers (softcap, sinks, biases, sigmoid) stay on the
 Triton kernel, which has them.
