@@ -1,7 +1,7 @@
 """Compile the Gluon tiled-neighborhood kernels (``tessera.kernels.gluon.na_forward``, ``na_dq``, ``na_dkdv``)
 for Hopper (sm_90) without a GPU, on the N-D suite's shapes, and print shared memory, registers and spills.
 
-    python benchmarks/gluon_compile_check.py [--kernel fwd|dq|dkdv] [--num-buffers 3] [--dim 128] [--no-overlap]
+    python benchmarks/gluon_compile_check.py [--kernel fwd|boxes|dq|dkdv] [--num-buffers 3] [--dim 128] [--no-overlap]
         [--specialized] [--v-buffers N]
         [--max-registers N] [--block-m 64|128] [--lazy-rescale 8] [--defer-pv] [--cases NAME ...] [--loops] [--dump FILE] [--ptx FILE]
 
@@ -22,6 +22,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from tessera.bench.hopper_compile import resources, sass, sass_loops
 from tessera.kernels.gluon import na_dkdv, na_dq
 from tessera.kernels.gluon import na_forward as gluon_forward
+from tessera.kernels.gluon import na_forward_boxes
 from tessera.kernels.triton import masks
 from tessera.kernels.triton.masks import DilationFold
 from tessera.natten import _auto_layout, _group_plan
@@ -64,8 +65,8 @@ def _signature(fn, args, kwargs):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kernel", choices=("fwd", "dq", "dkdv"), default="fwd",
-                        help="na_forward, na_dq (--num-buffers, --v-buffers: its K and V slots) or "
+    parser.add_argument("--kernel", choices=("fwd", "boxes", "dq", "dkdv"), default="fwd",
+                        help="na_forward, na_forward_boxes (--lazy-rescale), na_dq (--num-buffers, --v-buffers: its K and V slots) or "
                              "na_dkdv (--num-buffers: its q/dO slots)")
     parser.add_argument("--num-buffers", type=int, default=3)
     parser.add_argument("--dim", type=int, default=128)
@@ -106,7 +107,8 @@ def main() -> None:
             plan = masks.get_plan(pattern, seq, seq, args.block_m, args.block_n, 2, cpu)
         q, k, v = (torch.empty(1, seq, 2, args.dim, dtype=torch.bfloat16) for _ in range(3))
         captured = []
-        jit_fn = {"dkdv": na_dkdv._na_dkdv, "dq": na_dq._na_dq}.get(args.kernel, gluon_forward._na_fwd)
+        jit_fn = {"dkdv": na_dkdv._na_dkdv, "dq": na_dq._na_dq,
+                  "boxes": na_forward_boxes._na_fwd_boxes}.get(args.kernel, gluon_forward._na_fwd)
         original = type(jit_fn).__getitem__
         type(jit_fn).__getitem__ = lambda fn, launch_grid: (lambda *a, **kw: captured.append((a, kw)))
         try:
@@ -119,6 +121,9 @@ def main() -> None:
                 na_dq.na_dq(q, k, v, torch.empty_like(q), stats, stats, plan, scale=args.dim ** -0.5,
                             num_buffers=args.num_buffers, v_buffers=args.v_buffers or 1,
                             max_registers=args.max_registers)
+            elif args.kernel == "boxes":
+                na_forward_boxes.na_forward_boxes(q, k, v, plan, scale=args.dim ** -0.5,
+                                                  lazy_rescale=args.lazy_rescale)
             else:
                 gluon_forward.na_forward(q, k, v, plan, scale=args.dim ** -0.5,
                                          num_buffers=args.num_buffers, overlap=not args.no_overlap,
@@ -137,6 +142,7 @@ def main() -> None:
                    f"v_buffers={args.v_buffers} max_registers={args.max_registers} "
                    f"lazy_rescale={args.lazy_rescale} defer_pv={args.defer_pv} "
                    if args.kernel == "fwd" else
+                   f"lazy_rescale={args.lazy_rescale} " if args.kernel == "boxes" else
                    f"v_buffers={args.v_buffers or 1} max_registers={args.max_registers} "
                    if args.kernel == "dq" else "")
         print(f"{args.kernel} {name} D={args.dim} buffers={args.num_buffers} {variant}: shared "

@@ -4,6 +4,7 @@ median, L2 flushed between calls). GPU (Hopper) only.
 
     python benchmarks/gpu_gluon_forward.py --out DIR [--dims 128 64] [--cases blocked ...]
         [--variants K2V1 K1V2-defer ...] [--variants-128 K2V2-r128 ...] [--variants-32 K2V2-lazy8 ...]
+        [--boxes 8 0]
 
 Cases: the N-D suite's 2-D 128 x 128 kernel 17, 3-D 16 x 48 x 48 kernel 5 x 13 x 13, 3-D
 blocked 4 x 8 x 8, 1-D 32768 window 2048 and 2-D kernel 17 at dilation 2 (one group's plan,
@@ -18,7 +19,9 @@ difference of o from the Triton kernel's (a smoke check; the float64 checks are
 slots>``, optionally followed by ``-defer`` (``defer_pv``), ``-lazy<threshold>``
 (``lazy_rescale``) and ``-r<registers>`` (``max_registers``); ``--variants-128`` does the same
 for the 128-row variants, and ``--variants-32`` adds variants on 64 x 32 tiles (rows ``gluon
-32-key``).
+32-key``). ``--boxes`` adds ``na_forward_boxes`` (key boxes) at each ``lazy_rescale`` threshold
+given, where the plan has key boxes (rows ``gluon boxes``, with the boxes' cost against the
+plan's listed tiles in ``impl``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import time
 import torch
 
 from tessera.bench.timing import median_ms, warm_up_gpu
+from tessera.kernels.gluon import key_boxes, na_forward_boxes
 from tessera.kernels.gluon import na_forward as gluon_forward
 from tessera.kernels.triton import flash_fwd, masks
 from tessera.kernels.triton.masks import DilationFold
@@ -110,6 +114,8 @@ def main() -> None:
     parser.add_argument("--variants-32", nargs="*", default=[],
                         help="sequential-loop variants also run on 64 x 32 tiles (32-key tiles: "
                              "half the K/V shared memory, more programs per SM)")
+    parser.add_argument("--boxes", nargs="*", type=float, default=[],
+                        help="lazy_rescale thresholds of na_forward_boxes rows (key boxes)")
     parser.add_argument("--variants-128", nargs="*", default=None,
                         help="the same for 128-row query tiles (in place of the default list)")
     args = parser.parse_args()
@@ -151,6 +157,14 @@ def main() -> None:
             if plan_32 is not None and args.variants_32 and gluon_forward.supports(q, k, v, plan_32):
                 variants += [("gluon 32-key", plan_32, parse_variant(variant))
                              for variant in args.variants_32]
+            boxes = key_boxes.key_boxes(plan) if fold is None else None
+            if boxes is not None and na_forward_boxes.boxes_supported(q, k, v, plan):
+                listed = plan.listed_pairs() / plan.n_q_tiles
+                for threshold in args.boxes:
+                    runs.append((f"gluon boxes lazy_rescale={threshold} cost={boxes.cost():.2f} "
+                                 f"of {listed:.2f} tiles",
+                                 lambda t=threshold: na_forward_boxes.na_forward_boxes(
+                                     q, k, v, plan, scale=scale, lazy_rescale=t)))
             for label, tiles, variant in variants:
                 runs.append((label + " " + " ".join(f"{key}={value}" for key, value in variant.items()),
                              lambda p=tiles, kw=variant: gluon_forward.na_forward(q, k, v, p, scale=scale,

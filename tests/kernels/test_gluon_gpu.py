@@ -162,6 +162,68 @@ def test_gluon_forward_on_32_key_tiles_against_float64(op, grid, kernel, stride,
     _check_forward(op, grid, kernel, stride, 128, dtype, 64, block_n=32, overlap=False, **variant)
 
 
+# Key boxes: (grid, kernel, stride, causal, query tile shape or None for natten's, dim).
+BOX_CASES = [
+    ((8, 24, 24), (5, 13, 13), 1, False, None, 128),      # half boxes along both axes
+    ((8, 24, 24), (5, 13, 13), 1, False, None, 64),
+    ((32, 48), (7, 9), 1, False, None, 128),
+    ((24, 40), (11, 5), (2, 1), False, None, 128),        # stride groups
+    ((32, 32), (9, 7), 1, (True, False), None, 64),       # one causal axis
+    ((8, 16, 16), (3, 5, 5), 1, False, (2, 4, 8), 128),   # query tiles two frames deep
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
+@pytest.mark.parametrize("lazy_rescale, q_scale", [(8.0, 1.0), (8.0, 8.0), (0.0, 1.0)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("grid, kernel, stride, causal, tile_shape, dim", BOX_CASES)
+def test_gluon_forward_on_key_boxes_against_float64(grid, kernel, stride, causal, tile_shape, dim,
+                                                    dtype, lazy_rescale, q_scale):
+    """``na_forward_boxes`` (each query tile over its full and half key boxes) against the
+    float64 reference (GQA, B = 2), by the rule of ``_check_forward``."""
+    from tessera.kernels.gluon import key_boxes, na_forward_boxes
+    from tessera.patterns.layout import GridLayout
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    batch, heads, kv_heads = 2, 4, 2
+    q, k, v = (torch.randn(batch, *grid, h, dim, device="cuda", dtype=dtype, generator=gen)
+               for h in (heads, kv_heads, kv_heads))
+    q = (q * q_scale).to(dtype)
+    seq = q[0, ..., 0, 0].numel()
+    rule = Neighborhood(grid, kernel, stride=stride, causal=causal)
+    layout = (GridLayout(grid, tile_shape) if tile_shape is not None
+              else _auto_layout(rule.grid, rule.kernel, rule.dilation, rule.stride, rule.causal))
+    plan = masks.get_plan(Permuted(rule, layout), seq, seq, 64, 64, heads, q.device)
+    flat = [t.reshape(batch, seq, t.shape[-2], dim) for t in (q, k, v)]
+    assert na_forward_boxes.boxes_supported(*flat, plan)
+    assert key_boxes.key_boxes(plan).half_boxes > 0 or len(grid) == 2
+    scale = dim ** -0.5
+    o, lse = na_forward_boxes.na_forward_boxes(*flat, plan, scale=scale, lazy_rescale=lazy_rescale)
+    again, _ = na_forward_boxes.na_forward_boxes(*flat, plan, scale=scale, lazy_rescale=lazy_rescale)
+    assert torch.equal(o, again)       # the bound launch's repeat
+    got = [o.reshape(q.shape), lse.reshape(batch, heads, *grid)]
+    op = na3d if len(grid) == 3 else na2d
+    same = op(q, k, v, kernel, stride=stride, is_causal=causal, backend="reference", return_lse=True,
+              scale=scale)
+    want = op(*(t.double() for t in (q, k, v)), kernel, stride=stride, is_causal=causal,
+              backend="reference", return_lse=True, scale=scale)
+    assert_error_rule(("o", "lse"), got, same, want, dtype)
+
+
+def test_key_boxes_scope_and_arguments_without_a_gpu():
+    from tessera.kernels.gluon import na_forward_boxes
+    plan = _plan((32, 32), (7, 7), 2, torch.device("cpu"))
+    q = torch.empty(1, 1024, 2, 128, dtype=torch.bfloat16)
+    assert na_forward_boxes.boxes_supported(q, q, q, plan)
+    assert not na_forward_boxes.boxes_supported(q.float(), q.float(), q.float(), plan)
+    rows_128 = _plan((32, 32), (7, 7), 2, torch.device("cpu"), block_m=128)
+    assert not na_forward_boxes.boxes_supported(q, q, q, rows_128)
+    with pytest.raises(ValueError, match="lazy_rescale"):
+        na_forward_boxes.na_forward_boxes(q, q, q, plan, scale=0.1, lazy_rescale=16.0)
+    with pytest.raises(ValueError, match="scope"):
+        na_forward_boxes.na_forward_boxes(q, q, q, rows_128, scale=0.1)
+
+
 def _check_forward(op, grid, kernel, stride, dim, dtype, block_m, q_scale=1.0, scale=None,
                    block_n=64, **forward_args):
     """``na_forward(**forward_args)`` on the plan at ``block_m`` x ``block_n`` tiles (GQA, B = 2)
@@ -367,8 +429,9 @@ def test_forward_route_stays_on_triton_without_a_gpu():
 
 
 @pytest.mark.parametrize("grid, kernel, stride, dim, forward, dq", [
-    ((32, 32), (7, 7), 1, 128, "masked", True),
-    ((32, 32), (7, 7), 1, 64, "masked", True),            # all tiles partial
+    ((32, 32), (7, 7), 1, 128, "boxes", True),            # key boxes: 0.84 of the listed tiles
+    ((32, 32), (7, 7), 1, 64, "boxes", True),             # all tiles partial
+    ((64, 64), (17, 17), 1, 128, "masked", True),         # key boxes: 0.94 of the listed tiles
     ((4096,), (1024,), 1, 128, "masked", False),          # 16.8 tiles, 9% partial
     ((4096,), (1024,), 1, 64, None, False),
     ((8, 16, 16), (4, 8, 8), (4, 8, 8), 128, "full-128", True),
@@ -379,7 +442,8 @@ def test_route_decisions_as_on_hopper(monkeypatch, grid, kernel, stride, dim, fo
     tensors): the variant each plan gets (``GLUON_MASKED``, ``GLUON_FULL_128``, ``GLUON_VARIANT``
     on 64-row tiles, or None for Triton) and whether dq goes to Gluon. A full-tile plan at the
     D = 64 config's 128 x 64 tiles asks for 64-row tiles too; a masked one at 128 rows stays on
-    Triton."""
+    Triton. Masked plans whose key boxes cost at most ``BOXES_MAX_COST`` of their listed tiles
+    take ``GLUON_BOXES`` (``GLUON_MASKED`` with ``BOXES_ENABLED`` off)."""
     from tessera.kernels.triton import backward_route, forward_route
     monkeypatch.setattr(forward_route, "on_hopper", lambda t: True)
     seq = 1
@@ -388,13 +452,18 @@ def test_route_decisions_as_on_hopper(monkeypatch, grid, kernel, stride, dim, fo
     plan = _plan(grid, kernel, 2, torch.device("cpu"), stride)
     q = torch.empty(1, seq, 2, dim, dtype=torch.bfloat16)
     want = {"masked": forward_route.GLUON_MASKED, "full-128": forward_route.GLUON_FULL_128,
-            "full-64": dict(forward_route.GLUON_VARIANT, block_m=64), None: None}[forward]
+            "full-64": dict(forward_route.GLUON_VARIANT, block_m=64), None: None,
+            "boxes": forward_route.GLUON_BOXES}[forward]
     assert forward_route.gluon_variant(q, q, q, plan) == want
+    if forward == "boxes":
+        monkeypatch.setattr(forward_route, "BOXES_ENABLED", False)
+        assert forward_route.gluon_variant(q, q, q, plan) == forward_route.GLUON_MASKED
+        monkeypatch.setattr(forward_route, "BOXES_ENABLED", True)
     assert backward_route.routes(q, q, q, torch.empty_like(q), plan, plan) == (dq, True)
     rows_128 = _plan(grid, kernel, 2, torch.device("cpu"), stride, block_m=128)
     if forward == "full-64":
         assert forward_route.gluon_variant(q, q, q, rows_128) == want
-    elif forward == "masked":
+    elif forward in ("masked", "boxes"):
         assert forward_route.gluon_variant(q, q, q, rows_128) is None
 
 
@@ -421,9 +490,10 @@ def test_listed_tile_limits_on_the_suite_plans():
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
 @pytest.mark.parametrize("op, grid, kernel, stride, dim, routed", [
-    (na2d, (48, 40), (13, 11), 1, 128, 64),               # 2-D, few key tiles per query tile
-    (na2d, (48, 40), (13, 11), 1, 64, 64),                # masked at D = 64, all tiles partial
-    (na3d, (8, 24, 24), (5, 13, 13), 1, 128, 64),         # 3-D, 27.2 key tiles per query tile
+    (na2d, (48, 40), (13, 11), 1, 128, "boxes"),          # 2-D: key boxes, 0.85 of the listed tiles
+    (na2d, (48, 40), (13, 11), 1, 64, "boxes"),           # masked at D = 64, all tiles partial
+    (na2d, (64, 64), (17, 17), 1, 128, 64),               # 2-D, key boxes 0.94 of the tiles
+    (na3d, (8, 24, 24), (5, 13, 13), 1, 128, 64),         # 3-D, 27.2 key tiles, boxes 0.91 of them
     (na1d, (4096,), (1024,), 1, 128, 64),                 # 1-D, 9% partial
     (na1d, (4096,), (1024,), 1, 64, None),                # the same at D = 64: Triton
     (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128, 128),  # blocked: 128-row tiles
@@ -435,19 +505,27 @@ def test_listed_tile_limits_on_the_suite_plans():
 def test_forward_route_through_natten_against_float64(monkeypatch, op, grid, kernel, stride, dim,
                                                       routed, dtype):
     """na2d / na3d on the GPU take the Gluon forward exactly where ``forward_route`` says (a spy
-    records each launch's query-tile rows; ``routed``: those rows, None for the Triton kernel),
+    records each launch's query-tile rows, or "boxes" for ``na_forward_boxes``; ``routed``: what
+    it records, None for the Triton kernel),
     a repeat call (past the launcher's first, binding launch) equals the first, and forward and
     backward (GQA, B = 2) meet the float64 reference by the rule of
     tests/kernels/flash_cases.py: 2x (o, lse) or 3x (gradients) the reference's own error in
     the input dtype, plus a small floor."""
     from tessera.kernels.gluon import na_forward as gluon_forward
+    from tessera.kernels.gluon import na_forward_boxes
     launches = []
     original = gluon_forward.na_forward
+    original_boxes = na_forward_boxes.na_forward_boxes
 
     def spy(*args, **kwargs):
         launches.append(args[3].block_m)
         return original(*args, **kwargs)
+
+    def spy_boxes(*args, **kwargs):
+        launches.append("boxes")
+        return original_boxes(*args, **kwargs)
     monkeypatch.setattr(gluon_forward, "na_forward", spy)
+    monkeypatch.setattr(na_forward_boxes, "na_forward_boxes", spy_boxes)
     gen = torch.Generator(device="cuda").manual_seed(0)
     shapes = [(2, *grid, 4, dim), (2, *grid, 2, dim), (2, *grid, 2, dim)]
     inputs = [torch.randn(shape, device="cuda", dtype=dtype, generator=gen) for shape in shapes]

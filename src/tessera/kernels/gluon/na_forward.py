@@ -505,15 +505,24 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC,
                 tile, c0, c1, c2 = _key_tile_at(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part,
                                                 gl.minimum(t + 1, total - 1), NA, NA_STATIC, BLOCK_N)
 
+    _store_output(acc, m_i, l_i, offs_m, m, q_smem, O_DESC, q_origin, LSE, lse_base, NA, BLOCK_M, HEAD_D,
+                  NA_STATIC, rows_o)
+
+
+@gluon.jit
+def _store_output(acc, m_i, l_i, offs_m, m, q_smem, O_DESC, q_origin, LSE, lse_base, NA,
+                  BLOCK_M: gl.constexpr, HEAD_D: gl.constexpr, NA_STATIC: gl.constexpr,
+                  rows_o: gl.constexpr):
+    """o = acc / l (bulk store through q's buffer: every QK^T product that read q has completed)
+    and lse = (m + log2 l) ln 2 (-inf for rows that saw no key) of query tile ``m``; ``m_i``,
+    ``l_i`` and ``offs_m`` in one row layout."""
     empty = l_i == 0.0
     l_safe = gl.where(empty, 1.0, l_i)
     o = acc / gl.convert_layout(l_safe, rows_o)[:, None]
     lse = gl.where(empty, float("-inf"), (m_i + gl.log2(l_safe)) * 0.6931471805599453)
     q_mem = memory_rows(offs_m, m * BLOCK_M, NA, 0, NA_STATIC, True).to(gl.int64)
     gl.store(LSE + lse_base + q_mem, lse)
-
-    # q's buffer holds o on its way out (every QK^T product that read it has completed).
-    q_tile.store(o.to(dtype))
+    q_smem.reshape([BLOCK_M, HEAD_D]).store(o.to(q_smem.dtype))
     fence_async_shared()
     tma.async_copy_shared_to_global(O_DESC, q_origin, q_smem)
     tma.store_wait(pendings=0)

@@ -41,6 +41,8 @@ from .masks import MASK_NEIGHBORHOOD
 
 # Off: every forward runs the Triton kernel (for A/B timing, ``tessera.bench.switches``).
 GLUON_ENABLED = True
+# Off: masked plans never run on key boxes (``na_forward_boxes``).
+BOXES_ENABLED = True
 # Gluon ``na_forward`` arguments for masked plans (the measurements above) and for full-tile
 # plans on 64-row tiles (two K slots, one V slot; 0.137 against 0.147 ms without the lazy
 # rescale, blocked at D = 64, same file).
@@ -60,6 +62,12 @@ GLUON_FULL_128 = {"overlap": False, "num_buffers": 2, "v_buffers": 2, "max_regis
 MAX_MASKED_TILES = 40
 # and at D = 64 only when at least this fraction of the listed tiles is partial.
 MIN_PARTIAL_D64 = 0.5
+# Such a plan runs on key boxes (``gluon.key_boxes``: each query tile's window union partitioned
+# into full and half boxes from its corner) when the boxes cost at most this fraction of its
+# listed key tiles (``KeyBoxes.cost``, a half box counted as ``key_boxes.HALF_COST``): the 3-D
+# suite case, 30.1 against 35.6, does; 2-D kernel 17, 8.7 against 9, does not.
+BOXES_MAX_COST = 0.9
+GLUON_BOXES = {"boxes": True, "lazy_rescale": 8.0}
 
 
 def on_hopper(t: torch.Tensor) -> bool:
@@ -72,6 +80,14 @@ def few_listed_tiles(plan, limit: int) -> bool:
     return plan.listed_pairs() <= limit * plan.map_heads * plan.n_q_tiles
 
 
+def cheaper_on_boxes(plan) -> bool:
+    """Whether ``plan`` has key boxes (``key_boxes.fits``) costing at most ``BOXES_MAX_COST`` of
+    its listed key tiles."""
+    from ..gluon import key_boxes
+    boxes = key_boxes.key_boxes(plan)
+    return boxes is not None and boxes.cost() <= BOXES_MAX_COST * plan.listed_pairs() / plan.n_q_tiles
+
+
 def gluon_variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan,
                   fold=None) -> Optional[dict]:
     """The ``na_forward`` arguments to run this grid-order forward with (``q [B, S, H_q, D]``,
@@ -80,7 +96,8 @@ def gluon_variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan,
     only). A ``block_m`` entry, not an ``na_forward`` argument, asks for the plan at that many
     query rows per tile (same layout; the caller checks ``na_forward.supports`` on it when it
     differs from ``plan``'s). Full-tile plans at 128 x 64 (the tuned config at D = 64) take
-    64-row Gluon tiles."""
+    64-row Gluon tiles. A ``boxes`` entry asks for ``na_forward_boxes`` (key boxes) with the
+    other entries as its arguments."""
     if not GLUON_ENABLED or not on_hopper(q):
         return None
     from ..gluon import na_forward
@@ -91,6 +108,8 @@ def gluon_variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan,
             return None
         if q.shape[3] != 128 and plan.partial_fraction() < MIN_PARTIAL_D64:
             return None
+        if BOXES_ENABLED and fold is None and cheaper_on_boxes(plan):
+            return dict(GLUON_BOXES)
         return dict(GLUON_MASKED)
     if q.shape[3] == 128 and fold is None and grid_box(plan, 128) is not None:
         return dict(GLUON_FULL_128)

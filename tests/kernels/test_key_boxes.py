@@ -1,0 +1,120 @@
+"""Key boxes (``tessera.kernels.gluon.key_boxes``) against a brute-force definition: per query
+tile of a plan, the boxes are disjoint, every key that some query of the tile sees lies in one,
+none lies wholly outside the tile's window union, and the kinds and extents follow the
+partition rule. CPU only (the kernel that walks them is checked in test_gluon_gpu.py)."""
+
+import math
+
+import pytest
+import torch
+
+from tessera.kernels.gluon import key_boxes
+from tessera.kernels.triton import masks
+from tessera.natten import _auto_layout
+from tessera.patterns import Neighborhood, Permuted
+from tessera.patterns.layout import GridLayout
+
+CPU = torch.device("cpu")
+
+
+def _plan(grid, kernel, stride=1, causal=False, tile_shape=None, block_m=64, dilation=1):
+    """``(rule, layout, plan)``: the neighborhood, its token order (``tile_shape`` or natten's
+    choice) and the plan at ``block_m`` x 64 tiles."""
+    rule = Neighborhood(grid, kernel, dilation=dilation, stride=stride, causal=causal)
+    layout = (GridLayout(grid, tile_shape) if tile_shape is not None
+              else _auto_layout(rule.grid, rule.kernel, rule.dilation, rule.stride, rule.causal))
+    seq = math.prod(grid)
+    return rule, layout, masks.get_plan(Permuted(rule, layout), seq, seq, block_m, 64, 2, CPU)
+
+
+def _grid_coords(positions, grid):
+    """Coordinates ``[n, len(grid)]`` of row-major grid positions."""
+    coords = []
+    for extent in reversed(grid):
+        coords.append(positions % extent)
+        positions = positions // extent
+    return torch.stack(coords[::-1], 1)
+
+
+CASES = [
+    dict(grid=(16, 48, 48), kernel=(5, 13, 13)),                       # the suite's 3-D case
+    dict(grid=(128, 128), kernel=(17, 17)),                            # the suite's 2-D case
+    dict(grid=(8, 24, 24), kernel=(3, 7, 5)),
+    dict(grid=(32, 48), kernel=(7, 9)),
+    dict(grid=(24, 40), kernel=(11, 5), stride=(2, 1)),
+    dict(grid=(32, 32), kernel=(9, 7), causal=(True, False)),
+    dict(grid=(8, 16, 16), kernel=(3, 5, 5), tile_shape=(2, 4, 8)),    # query tiles two frames deep
+]
+# Query tiles checked per case, spread over the plan (first and last included).
+CHECKED_TILES = 40
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['grid']}-{c['kernel']}")
+def test_boxes_partition_each_query_tiles_keys(case):
+    rule, layout, plan = _plan(**case)
+    assert key_boxes.fits(plan)
+    boxes = key_boxes.key_boxes(plan)
+    assert key_boxes.key_boxes(plan) is boxes                       # kept with the plan
+    pad = 3 - len(rule.grid)
+    grid3 = (1,) * pad + tuple(rule.grid)
+    keys = _grid_coords(torch.arange(math.prod(grid3)), grid3)
+    kinds, c0, c1, c2 = key_boxes.unpack(boxes.entries)
+    counted = [int(((kinds == kind) & (torch.arange(boxes.width) < boxes.counts[:, None])).sum())
+               for kind in (key_boxes.FULL, key_boxes.HALF_1, key_boxes.HALF_2)]
+    assert (counted[0], counted[1] + counted[2]) == (boxes.full_boxes, boxes.half_boxes)
+    positions = layout.positions()
+    tiles = sorted(set(torch.linspace(0, plan.n_q_tiles - 1, CHECKED_TILES).round().long().tolist()))
+    for m in tiles:
+        count = int(boxes.counts[m])
+        coords = _grid_coords(positions[m * 64:(m + 1) * 64], rule.grid)
+        seen = rule.allowed([coords[:, a, None] for a in range(len(rule.grid))],
+                            [keys[None, :, pad + a] for a in range(len(rule.grid))], None).any(0)
+        kind_list = kinds[m, :count].tolist()
+        assert kind_list == sorted(kind_list, key=lambda k: k != key_boxes.FULL)   # full boxes first
+        lo, hi = keys[seen].amin(0), keys[seen].amax(0)
+        covered = torch.zeros(len(keys), dtype=torch.int32)
+        for i in range(count):
+            extent = torch.tensor(key_boxes.box_extent(int(kinds[m, i])))
+            origin = torch.tensor([int(c0[m, i]), int(c1[m, i]), int(c2[m, i])])
+            # Every box starts inside the window union's bounding box (so inside the grid).
+            assert bool(((origin >= lo) & (origin <= hi)).all()), f"query tile {m}: box {i} outside"
+            covered += ((keys >= origin) & (keys < origin + extent)).all(1).to(torch.int32)
+        assert int(covered.max()) <= 1, f"query tile {m}: boxes overlap"
+        assert bool((covered[seen] == 1).all()), f"query tile {m}: a seen key lies in no box"
+
+
+def test_suite_3d_case_lists_fewer_keys():
+    """3-D 5 x 13 x 13 over 16 x 48 x 48: 20 full and 15.6 half boxes per query tile (1,248 keys
+    against 2,276 on the plan's 35.6 key tiles), cost 30.1 in full-box units."""
+    _rule, _layout, plan = _plan((16, 48, 48), (5, 13, 13))
+    boxes = key_boxes.key_boxes(plan)
+    tiles = plan.n_q_tiles
+    assert boxes.full_boxes / tiles == pytest.approx(20.0)
+    assert boxes.half_boxes / tiles == pytest.approx(15.56, abs=0.01)
+    assert boxes.cost() == pytest.approx(20.0 + key_boxes.HALF_COST * 15.556, abs=0.01)
+    keys = (64 * boxes.full_boxes + 32 * boxes.half_boxes) / tiles
+    assert keys < 0.8 * 64 * plan.listed_pairs() / tiles
+
+
+def test_pack_round_trip_and_limits():
+    kind = torch.tensor([0, 1, 2, 2])
+    c0 = torch.tensor([0, 511, 3, 0])
+    c1 = torch.tensor([0, 1023, 17, 5])
+    c2 = torch.tensor([0, 1023, 900, 7])
+    assert all(torch.equal(a, b) for a, b in zip(key_boxes.unpack(key_boxes.pack(kind, c0, c1, c2)),
+                                                 (kind, c0, c1, c2)))
+    assert key_boxes.pack(kind, c0, c1, c2).dtype == torch.int32
+    assert int(key_boxes.pack(kind, c0, c1, c2).min()) >= 0
+
+
+@pytest.mark.parametrize("grid, kernel, kwargs, reason", [
+    ((32, 32), (7, 7), dict(dilation=2), "dilation"),
+    ((4096,), (1024,), {}, "1-D: axes 1 and 2 hold less than a box"),
+    ((32, 32), (7, 7), dict(block_m=128), "128-row query tiles"),
+    ((8, 16, 16), (4, 8, 8), dict(stride=(4, 8, 8), tile_shape=(4, 8, 8), block_m=128), "full tiles"),
+    ((4, 1100, 8), (3, 5, 5), dict(tile_shape=(1, 4, 8)), "axis 1 past 1024"),
+])
+def test_plans_outside_the_boxes_scope(grid, kernel, kwargs, reason):
+    _rule, _layout, plan = _plan(grid, kernel, **kwargs)
+    assert not key_boxes.fits(plan), reason
+    assert key_boxes.key_boxes(plan) is None
