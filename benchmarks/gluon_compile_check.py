@@ -123,7 +123,8 @@ def main() -> None:
                             max_registers=args.max_registers)
             elif args.kernel == "boxes":
                 na_forward_boxes.na_forward_boxes(q, k, v, plan, scale=args.dim ** -0.5,
-                                                  lazy_rescale=args.lazy_rescale)
+                                                  lazy_rescale=args.lazy_rescale,
+                                                  max_registers=args.max_registers)   # None: per-dim default
             else:
                 gluon_forward.na_forward(q, k, v, plan, scale=args.dim ** -0.5,
                                          num_buffers=args.num_buffers, overlap=not args.no_overlap,
@@ -142,7 +143,8 @@ def main() -> None:
                    f"v_buffers={args.v_buffers} max_registers={args.max_registers} "
                    f"lazy_rescale={args.lazy_rescale} defer_pv={args.defer_pv} "
                    if args.kernel == "fwd" else
-                   f"lazy_rescale={args.lazy_rescale} " if args.kernel == "boxes" else
+                   f"lazy_rescale={args.lazy_rescale} max_registers={args.max_registers} "
+                   if args.kernel == "boxes" else
                    f"v_buffers={args.v_buffers or 1} max_registers={args.max_registers} "
                    if args.kernel == "dq" else "")
         print(f"{args.kernel} {name} D={args.dim} buffers={args.num_buffers} {variant}: shared "

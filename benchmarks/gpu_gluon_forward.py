@@ -4,7 +4,7 @@ median, L2 flushed between calls). GPU (Hopper) only.
 
     python benchmarks/gpu_gluon_forward.py --out DIR [--dims 128 64] [--cases blocked ...]
         [--variants K2V1 K1V2-defer ...] [--variants-128 K2V2-r128 ...] [--variants-32 K2V2-lazy8 ...]
-        [--boxes 8 0]
+        [--boxes 8 0] [--boxes-registers 168 128 0]
 
 Cases: the N-D suite's 2-D 128 x 128 kernel 17, 3-D 16 x 48 x 48 kernel 5 x 13 x 13, 3-D
 blocked 4 x 8 x 8, 1-D 32768 window 2048 and 2-D kernel 17 at dilation 2 (one group's plan,
@@ -20,8 +20,8 @@ slots>``, optionally followed by ``-defer`` (``defer_pv``), ``-lazy<threshold>``
 (``lazy_rescale``) and ``-r<registers>`` (``max_registers``); ``--variants-128`` does the same
 for the 128-row variants, and ``--variants-32`` adds variants on 64 x 32 tiles (rows ``gluon
 32-key``). ``--boxes`` adds ``na_forward_boxes`` (key boxes) at each ``lazy_rescale`` threshold
-given, where the plan has key boxes (rows ``gluon boxes``, with the boxes' cost against the
-plan's listed tiles in ``impl``).
+given and each register cap of ``--boxes-registers`` (0: none), where the plan has key boxes
+(rows ``gluon boxes``, with the boxes' cost against the plan's listed tiles in ``impl``).
 """
 
 from __future__ import annotations
@@ -116,6 +116,8 @@ def main() -> None:
                              "half the K/V shared memory, more programs per SM)")
     parser.add_argument("--boxes", nargs="*", type=float, default=[],
                         help="lazy_rescale thresholds of na_forward_boxes rows (key boxes)")
+    parser.add_argument("--boxes-registers", nargs="*", type=int, default=[-1],
+                        help="register caps of the na_forward_boxes rows (0: none; -1: its default)")
     parser.add_argument("--variants-128", nargs="*", default=None,
                         help="the same for 128-row query tiles (in place of the default list)")
     args = parser.parse_args()
@@ -161,10 +163,12 @@ def main() -> None:
             if boxes is not None and na_forward_boxes.boxes_supported(q, k, v, plan):
                 listed = plan.listed_pairs() / plan.n_q_tiles
                 for threshold in args.boxes:
-                    runs.append((f"gluon boxes lazy_rescale={threshold} cost={boxes.cost():.2f} "
-                                 f"of {listed:.2f} tiles",
-                                 lambda t=threshold: na_forward_boxes.na_forward_boxes(
-                                     q, k, v, plan, scale=scale, lazy_rescale=t)))
+                    for cap in args.boxes_registers:
+                        cap = None if cap < 0 else cap
+                        runs.append((f"gluon boxes lazy_rescale={threshold} max_registers={cap} "
+                                     f"cost={boxes.cost():.2f} of {listed:.2f} tiles",
+                                     lambda t=threshold, r=cap: na_forward_boxes.na_forward_boxes(
+                                         q, k, v, plan, scale=scale, lazy_rescale=t, max_registers=r)))
             for label, tiles, variant in variants:
                 runs.append((label + " " + " ".join(f"{key}={value}" for key, value in variant.items()),
                              lambda p=tiles, kw=variant: gluon_forward.na_forward(q, k, v, p, scale=scale,

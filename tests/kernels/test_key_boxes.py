@@ -59,9 +59,10 @@ def test_boxes_partition_each_query_tiles_keys(case):
     grid3 = (1,) * pad + tuple(rule.grid)
     keys = _grid_coords(torch.arange(math.prod(grid3)), grid3)
     kinds, c0, c1, c2 = key_boxes.unpack(boxes.entries)
-    counted = [int(((kinds == kind) & (torch.arange(boxes.width) < boxes.counts[:, None])).sum())
-               for kind in (key_boxes.FULL, key_boxes.HALF_1, key_boxes.HALF_2)]
-    assert (counted[0], counted[1] + counted[2]) == (boxes.full_boxes, boxes.half_boxes)
+    listed = torch.arange(boxes.width) < boxes.counts[:, None]
+    counted = {size: sum(int(((kinds == kind) & listed).sum()) for kind, keys in key_boxes.BOX_KEYS.items()
+                         if keys == size) for size in (64, 32)}
+    assert (counted[64], counted[32]) == (boxes.boxes_64, boxes.boxes_32)
     positions = layout.positions()
     tiles = sorted(set(torch.linspace(0, plan.n_q_tiles - 1, CHECKED_TILES).round().long().tolist()))
     for m in tiles:
@@ -69,12 +70,12 @@ def test_boxes_partition_each_query_tiles_keys(case):
         coords = _grid_coords(positions[m * 64:(m + 1) * 64], rule.grid)
         seen = rule.allowed([coords[:, a, None] for a in range(len(rule.grid))],
                             [keys[None, :, pad + a] for a in range(len(rule.grid))], None).any(0)
-        kind_list = kinds[m, :count].tolist()
-        assert kind_list == sorted(kind_list, key=lambda k: k != key_boxes.FULL)   # full boxes first
+        sizes = [key_boxes.BOX_KEYS[kind] for kind in kinds[m, :count].tolist()]
+        assert sizes == sorted(sizes, reverse=True)                      # 64-key boxes first
         lo, hi = keys[seen].amin(0), keys[seen].amax(0)
         covered = torch.zeros(len(keys), dtype=torch.int32)
         for i in range(count):
-            extent = torch.tensor(key_boxes.box_extent(int(kinds[m, i])))
+            extent = torch.tensor(key_boxes.EXTENTS[int(kinds[m, i])])
             origin = torch.tensor([int(c0[m, i]), int(c1[m, i]), int(c2[m, i])])
             # Every box starts inside the window union's bounding box (so inside the grid).
             assert bool(((origin >= lo) & (origin <= hi)).all()), f"query tile {m}: box {i} outside"
@@ -84,21 +85,29 @@ def test_boxes_partition_each_query_tiles_keys(case):
 
 
 def test_suite_3d_case_lists_fewer_keys():
-    """3-D 5 x 13 x 13 over 16 x 48 x 48: 20 full and 15.6 half boxes per query tile (1,248 keys
-    against 2,276 on the plan's 35.6 key tiles), cost 30.1 in full-box units."""
+    """3-D 5 x 13 x 13 over 16 x 48 x 48: 26.7 boxes of 64 keys and 2.2 of 32 per query tile
+    (1,778 keys against 2,276 on the plan's 35.6 key tiles); an interior frame's 20 x 20 union
+    takes four full boxes, one wide, one tall and a half box at the corner."""
     _rule, _layout, plan = _plan((16, 48, 48), (5, 13, 13))
     boxes = key_boxes.key_boxes(plan)
     tiles = plan.n_q_tiles
-    assert boxes.full_boxes / tiles == pytest.approx(20.0)
-    assert boxes.half_boxes / tiles == pytest.approx(15.56, abs=0.01)
-    assert boxes.cost() == pytest.approx(20.0 + key_boxes.HALF_COST * 15.556, abs=0.01)
-    keys = (64 * boxes.full_boxes + 32 * boxes.half_boxes) / tiles
-    assert keys < 0.8 * 64 * plan.listed_pairs() / tiles
+    assert boxes.boxes_64 / tiles == pytest.approx(26.67, abs=0.01)
+    assert boxes.boxes_32 / tiles == pytest.approx(2.22, abs=0.01)
+    assert boxes.cost() == pytest.approx(26.667 + key_boxes.HALF_COST * 2.222, abs=0.01)
+    keys = (64 * boxes.boxes_64 + 32 * boxes.boxes_32) / tiles
+    assert keys == pytest.approx(1778, abs=1) and keys < 0.8 * 64 * plan.listed_pairs() / tiles
+    assert sorted(key_boxes._frame_boxes(20, 20, True, True)) == sorted([
+        (key_boxes.FULL, 0, 0), (key_boxes.FULL, 0, 8), (key_boxes.FULL, 8, 0), (key_boxes.FULL, 8, 8),
+        (key_boxes.WIDE, 16, 0), (key_boxes.HALF_1, 16, 16), (key_boxes.TALL, 0, 16)])
+    # A grid too narrow for wide boxes: the strip takes half boxes.
+    assert sorted(key_boxes._frame_boxes(12, 20, False, True)) == sorted([
+        (key_boxes.FULL, 0, 0), (key_boxes.FULL, 0, 8), (key_boxes.HALF_1, 8, 0), (key_boxes.HALF_1, 8, 8),
+        (key_boxes.HALF_1, 8, 16), (key_boxes.HALF_2, 0, 16)])
 
 
 def test_pack_round_trip_and_limits():
-    kind = torch.tensor([0, 1, 2, 2])
-    c0 = torch.tensor([0, 511, 3, 0])
+    kind = torch.tensor([0, 1, 4, 3])
+    c0 = torch.tensor([0, 255, 3, 0])
     c1 = torch.tensor([0, 1023, 17, 5])
     c2 = torch.tensor([0, 1023, 900, 7])
     assert all(torch.equal(a, b) for a, b in zip(key_boxes.unpack(key_boxes.pack(kind, c0, c1, c2)),

@@ -4,18 +4,18 @@ A neighborhood's query tile (a grid box of 64 tokens) sees the keys of the union
 queries' windows, itself a grid box: per axis, the interval from the first query's window
 start to the last query's window end (windows are monotone along an axis). Key tiles fixed to
 an 8 x 8 grid cover that box with 8-wide steps aligned to the grid: a 3-D 5 x 13 x 13 window
-makes 20 x 20 boxes per frame that take 24 x 24 keys of aligned tiles. Here the box is
-partitioned from its own corner into ``FULL_BOX`` boxes (one frame, 8 x 8 tokens, 64 keys)
-and, where an axis leaves a remainder of at most half a box, half boxes (4 x 8 or 8 x 4, 32
-keys): 20 x 20 takes 2 x 2 full boxes, 2 + 2 half boxes and one half box for the corner, 416
-keys. The kernel (``na_forward_boxes``) masks each box with the neighborhood's penalty, so a
-box may reach past the union, or past the grid (bulk copies fill zeros there, and those codes
-lie outside every window).
+makes 20 x 20 boxes per frame that take 24 x 24 keys of aligned tiles. Here each frame of the
+box is partitioned from its own corner (``_frame_boxes``) into full boxes (8 x 8 tokens, 64
+keys) and, where an axis leaves a remainder of at most 4, a strip 4 wide along it: in 4 x 16
+(``WIDE``) and 16 x 4 (``TALL``) boxes of 64 keys, and 4 x 8 / 8 x 4 half boxes (32 keys)
+for what is left. 20 x 20 takes 2 x 2 full boxes, one wide, one tall and a 4 x 8 half box at
+the corner: 416 keys in 7 boxes. The kernel (``na_forward_boxes``) masks each box with the
+neighborhood's penalty, so a box may reach past the union, or past the grid (bulk copies
+fill zeros there, and those codes lie outside every window).
 
-Entries are int32, ``(((c0 * 1024 + c1) * 1024 + c2) * 4 + kind)`` with ``(c0, c1, c2)`` the
-box's first token and ``kind`` one of ``FULL``, ``HALF_1`` (4 x 8: half along axis 1) and
-``HALF_2`` (8 x 4: half along axis 2); so grid axes 1 and 2 hold at most 1024 tokens and axis 0
-at most 512 (``fits``).
+Entries are int32, ``(((c0 * 1024 + c1) * 1024 + c2) * 8 + kind)`` with ``(c0, c1, c2)`` the
+box's first token and ``kind`` one of ``EXTENTS``; so grid axes 1 and 2 hold at most 1024
+tokens and axis 0 at most 256 (``fits``).
 """
 
 from __future__ import annotations
@@ -29,53 +29,48 @@ from ...patterns import Neighborhood
 from ..triton.flash_fwd import grid_box
 from ..triton.masks import MASK_NEIGHBORHOOD
 
-FULL, HALF_1, HALF_2 = 0, 1, 2
-# Extents of a full box along grid axes 0, 1, 2, and the halves.
-FULL_BOX = (1, 8, 8)
-HALF_BOXES = {HALF_1: (1, 4, 8), HALF_2: (1, 8, 4)}
-BOX_KEYS = {FULL: 64, HALF_1: 32, HALF_2: 32}
+FULL, HALF_1, HALF_2, WIDE, TALL = 0, 1, 2, 3, 4
+# Extents of each kind of box along grid axes 0, 1, 2 (a full box first).
+EXTENTS = {FULL: (1, 8, 8), HALF_1: (1, 4, 8), HALF_2: (1, 8, 4), WIDE: (1, 4, 16), TALL: (1, 16, 4)}
+FULL_BOX = EXTENTS[FULL]
+BOX_KEYS = {kind: extent[1] * extent[2] for kind, extent in EXTENTS.items()}
 # Limits of the packed entries: grid extents along axes 0, 1, 2.
-MAX_GRID = (512, 1024, 1024)
-# Time of a half box in units of a full box's, for ``KeyBoxes.cost`` (64 x 32 tiles ran at 0.56
-# of 64 x 64 ones per tile in ``results/tuning/2026-12-01-h200-gluon-forward-16-32-key.json``;
-# taken higher for the branch between the two).
-HALF_COST = 0.65
+MAX_GRID = (256, 1024, 1024)
+# Time of a 32-key box in units of a 64-key one's, for ``KeyBoxes.cost`` (0.67 measured: the
+# 3-D suite case, 20 full and 15.6 half boxes in 1.308 ms against 35.6 tiles in 1.526,
+# ``results/tuning/2026-12-01-h200-gluon-forward-18-boxes.json``).
+HALF_COST = 0.67
 
 
 @dataclass(frozen=True)
 class KeyBoxes:
     """Per query tile of a plan (map heads = 1): ``counts`` int32 ``[n_q_tiles]`` and ``entries``
-    int32 ``[n_q_tiles, width]`` (packed as in the module docstring; full boxes first), on the
-    plan's device."""
+    int32 ``[n_q_tiles, width]`` (packed as in the module docstring; 64-key boxes first), on the
+    plan's device; ``boxes_64`` and ``boxes_32``: how many boxes of 64 and 32 keys in all."""
 
     counts: torch.Tensor
     entries: torch.Tensor
-    full_boxes: int
-    half_boxes: int
+    boxes_64: int
+    boxes_32: int
 
     @property
     def width(self) -> int:
         return self.entries.shape[1]
 
     def cost(self) -> float:
-        """Boxes per query tile on average, a half box counted as ``HALF_COST`` full ones."""
-        return (self.full_boxes + HALF_COST * self.half_boxes) / self.counts.numel()
+        """Boxes per query tile on average, a 32-key box counted as ``HALF_COST`` 64-key ones."""
+        return (self.boxes_64 + HALF_COST * self.boxes_32) / self.counts.numel()
 
 
 def pack(kind: torch.Tensor, c0: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor) -> torch.Tensor:
     """Packed int32 entries of boxes of ``kind`` whose first tokens are ``(c0, c1, c2)``."""
-    return ((((c0 * 1024 + c1) * 1024 + c2) * 4) + kind).to(torch.int32)
+    return ((((c0 * 1024 + c1) * 1024 + c2) * 8) + kind).to(torch.int32)
 
 
 def unpack(entries: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``(kind, c0, c1, c2)`` of packed entries (``pack`` inverted)."""
     e = entries.to(torch.int64)
-    return e & 3, e >> 22, (e >> 12) & 1023, (e >> 2) & 1023
-
-
-def box_extent(kind: int) -> tuple[int, int, int]:
-    """Grid extents of a box of ``kind``."""
-    return FULL_BOX if kind == FULL else HALF_BOXES[kind]
+    return e & 7, e >> 23, (e >> 13) & 1023, (e >> 3) & 1023
 
 
 def _neighborhood(values: tuple) -> Neighborhood:
@@ -99,33 +94,40 @@ def fits(plan) -> bool:
             and grid[1] >= FULL_BOX[1] and grid[2] >= FULL_BOX[2])
 
 
-def _segments(length: torch.Tensor, full: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Per-tile segments covering ``length`` tokens from the start: ``(offset, is_half, present)``
-    per segment slot; full segments of ``full`` tokens, the last one half when at most half of
-    it is needed."""
-    half = full // 2
-    n_full = length // full
-    rest = length - n_full * full
-    last_half = (rest > 0) & (rest <= half)
-    n_total = n_full + (rest > 0).to(length.dtype)
-    slots = int(n_total.max())
-    out = []
-    for i in range(slots):
-        present = i < n_total
-        is_half = last_half & (i == n_total - 1)
-        out.append((torch.full_like(length, i * full), is_half, present))
-    return out
+def _frame_boxes(length1: int, length2: int, wide: bool, tall: bool) -> list[tuple[int, int, int]]:
+    """``(kind, offset1, offset2)`` of the boxes partitioning one frame of a window union of
+    ``length1 x length2`` tokens from its corner: full 8 x 8 boxes, and where an axis leaves at
+    most 4 tokens, a strip of 4 along it, in 4 x 16 (``wide``) or 16 x 4 (``tall``) boxes where
+    the strip is 16 long, else half boxes (the corner: a 4 x 8 half box)."""
+    full1, full2 = FULL_BOX[1], FULL_BOX[2]
+    n1, rest1 = divmod(length1, full1)
+    n2, rest2 = divmod(length2, full2)
+    strip1 = 0 < rest1 <= full1 // 2
+    strip2 = 0 < rest2 <= full2 // 2
+    n1 += int(rest1 > 0 and not strip1)
+    n2 += int(rest2 > 0 and not strip2)
+    boxes = [(FULL, full1 * i, full2 * j) for i in range(n1) for j in range(n2)]
+    if strip1:
+        row = full1 * n1
+        pairs = n2 // 2 if wide else 0
+        boxes += [(WIDE, row, 2 * full2 * p) for p in range(pairs)]
+        boxes += [(HALF_1, row, full2 * j) for j in range(2 * pairs, n2 + int(strip2))]
+    if strip2:
+        col = full2 * n2
+        pairs = n1 // 2 if tall else 0
+        boxes += [(TALL, 2 * full1 * p, col) for p in range(pairs)]
+        boxes += [(HALF_2, full1 * i, col) for i in range(2 * pairs, n1)]
+    return boxes
 
 
 def build(plan) -> KeyBoxes:
     """The key boxes of ``plan`` (``fits`` must hold): per query tile, the union of its queries'
-    windows partitioned into full and half boxes."""
+    windows partitioned frame by frame (``_frame_boxes``)."""
     values = plan.na_values
     rule = _neighborhood(values)
-    tile, tiles = values[3:6], values[6:9]
+    grid, tile, tiles = values[0:3], values[3:6], values[6:9]
     q_box = grid_box(plan, plan.block_m)
-    n_q = plan.n_q_tiles
-    pos = torch.arange(n_q, dtype=torch.int64) * plan.block_m
+    pos = torch.arange(plan.n_q_tiles, dtype=torch.int64) * plan.block_m
     volume = tile[0] * tile[1] * tile[2]
     order_tile, inner = pos // volume, pos % volume
     j0 = order_tile // (tiles[1] * tiles[2])
@@ -135,38 +137,35 @@ def build(plan) -> KeyBoxes:
     i1 = inner // tile[2] % tile[1]
     i2 = inner % tile[2]
     first = (j0 * tile[0] + i0, j1 * tile[1] + i1, j2 * tile[2] + i2)
-    lo, hi = [], []
+    lo, lengths = [], []
     for axis in range(3):
         a_lo, a_hi = rule.axis_key_range(axis, first[axis], first[axis] + q_box[axis] - 1, None)
         lo.append(a_lo)
-        hi.append(a_hi + 1)
-    frames = hi[0] - lo[0]
-    seg1 = _segments(hi[1] - lo[1], FULL_BOX[1])
-    seg2 = _segments(hi[2] - lo[2], FULL_BOX[2])
-    entries, present_all, half_all = [], [], []
-    for f in range(int(frames.max())):
-        for off1, half1, ok1 in seg1:
-            for off2, half2, ok2 in seg2:
-                present = (f < frames) & ok1 & ok2
-                # A box half along both axes is taken as half along axis 1 (its 8 x-positions
-                # reach past the union, where the mask drops them).
-                kind = torch.where(half1, HALF_1, torch.where(half2, HALF_2, FULL))
-                entries.append(pack(kind, lo[0] + f, lo[1] + off1, lo[2] + off2))
-                present_all.append(present)
-                half_all.append(kind != FULL)
-    entries = torch.stack(entries, 1)
-    present = torch.stack(present_all, 1)
-    half = torch.stack(half_all, 1)
-    # Present entries first, full boxes before half ones, each group in cover order.
-    rank = torch.where(present, half.to(torch.int64), 2) * entries.shape[1] + torch.arange(entries.shape[1])
-    order = rank.argsort(1)
-    entries = entries.gather(1, order)
-    counts = present.sum(1).to(torch.int32)
-    width = int(counts.max())
-    entries = torch.where(torch.arange(width) < counts[:, None], entries[:, :width], 0).contiguous()
+        lengths.append(a_hi + 1 - a_lo)
+    shapes, which = torch.unique(torch.stack(lengths, 1), dim=0, return_inverse=True)
+    wide, tall = grid[2] >= 2 * FULL_BOX[2], grid[1] >= 2 * FULL_BOX[1]
+    lists = []
+    for frames, length1, length2 in shapes.tolist():
+        frame = _frame_boxes(length1, length2, wide, tall)
+        # Full-size boxes first (the same step code runs back to back).
+        frame.sort(key=lambda box: BOX_KEYS[box[0]] != 64)
+        lists.append(torch.tensor([(kind, f, o1, o2) for kind, o1, o2 in frame for f in range(frames)],
+                                  dtype=torch.int64).view(-1, 4))
+    width = max(len(boxes) for boxes in lists)
+    relative = torch.zeros(len(lists), width, 4, dtype=torch.int64)
+    counts_of = torch.tensor([len(boxes) for boxes in lists], dtype=torch.int32)
+    for i, boxes in enumerate(lists):
+        relative[i, :len(boxes)] = boxes
+    rel = relative[which]
+    counts = counts_of[which]
+    present = torch.arange(width) < counts[:, None].to(torch.int64)
+    entries = pack(rel[..., 0], lo[0][:, None] + rel[..., 1], lo[1][:, None] + rel[..., 2],
+                   lo[2][:, None] + rel[..., 3])
+    entries = torch.where(present, entries, 0).contiguous()
+    half = torch.tensor([BOX_KEYS[int(k)] == 32 for k in range(len(BOX_KEYS))])[rel[..., 0]]
     device = plan.na_params.device
-    return KeyBoxes(counts.to(device), entries.to(torch.int32).to(device),
-                    int((present & ~half).sum()), int((present & half).sum()))
+    return KeyBoxes(counts.to(device), entries.to(device), int((present & ~half).sum()),
+                    int((present & half).sum()))
 
 
 def key_boxes(plan) -> Optional[KeyBoxes]:

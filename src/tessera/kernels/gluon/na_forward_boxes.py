@@ -29,34 +29,56 @@ from . import key_boxes
 from .na_forward import MAX_LAZY_RESCALE, _box_origin, _descriptor, _lazy_softmax, _store_output, supports
 
 _FULL = gl.constexpr(key_boxes.FULL)
+_HALF_1 = gl.constexpr(key_boxes.HALF_1)
 _HALF_2 = gl.constexpr(key_boxes.HALF_2)
+_WIDE = gl.constexpr(key_boxes.WIDE)
+# log2 of each kind's extent along grid axis 2 (keys per box row).
+_SHIFT = {kind: extent[2].bit_length() - 1 for kind, extent in key_boxes.EXTENTS.items()}
+_FULL_SHIFT = gl.constexpr(_SHIFT[key_boxes.FULL])
+_HALF_1_SHIFT = gl.constexpr(_SHIFT[key_boxes.HALF_1])
+_HALF_2_SHIFT = gl.constexpr(_SHIFT[key_boxes.HALF_2])
+_WIDE_SHIFT = gl.constexpr(_SHIFT[key_boxes.WIDE])
+_TALL_SHIFT = gl.constexpr(_SHIFT[key_boxes.TALL])
 
 
 @gluon.jit
-def _box_at(ENTRIES, row, WIDTH, t):
-    """``(kind, c0, c1, c2)`` of the ``t``-th box of query tile ``row`` (``key_boxes.unpack``)."""
-    e = gl.load(ENTRIES + row.to(gl.int64) * WIDTH + t)
-    return e & 3, e >> 22, (e >> 12) & 1023, (e >> 2) & 1023
+def _entry_at(ENTRIES, row, WIDTH, t):
+    """The packed entry of the ``t``-th box of query tile ``row``."""
+    return gl.load(ENTRIES + row.to(gl.int64) * WIDTH + t)
 
 
 @gluon.jit
-def _issue_box_copy(kind, FULL_DESC, HALF1_DESC, HALF2_DESC, bufs, bars, origin, slot):
-    """Bulk copy of the box of ``kind`` at descriptor coordinates ``origin`` into ``bufs`` slot
-    ``slot`` (a half box into the slot's first half, as ``_half_view`` reads it) on that slot's
-    mbarrier."""
+def _unpack(e):
+    """``(kind, c0, c1, c2)`` of a packed entry (``key_boxes.unpack``)."""
+    return e & 7, e >> 23, (e >> 13) & 1023, (e >> 3) & 1023
+
+
+@gluon.jit
+def _copy_into(DESC, bar, dest, origin):
+    """Bulk copy of the box at ``origin`` of ``DESC`` into ``dest`` (read as ``DESC``'s block),
+    on ``bar``."""
+    mbarrier.expect(bar, DESC.block_type.nbytes)
+    tma.async_copy_global_to_shared(DESC, origin, bar,
+                                    dest._reinterpret(dest.dtype, DESC.block_type.shape, DESC.layout))
+
+
+@gluon.jit
+def _issue_box_copy(kind, DESCS, bufs, bars, origin, slot):
+    """Bulk copy of the box of ``kind`` at descriptor coordinates ``origin`` from the one of
+    ``DESCS`` (one per kind, in ``key_boxes.EXTENTS`` order) for it into ``bufs`` slot ``slot``
+    (a 32-key box into the slot's first half) on that slot's mbarrier."""
     bar = bars.index(slot)
     dest = bufs.index(slot)
     if kind == _FULL:
-        mbarrier.expect(bar, FULL_DESC.block_type.nbytes)
-        tma.async_copy_global_to_shared(FULL_DESC, origin, bar, dest)
+        _copy_into(DESCS[0], bar, dest, origin)
+    elif kind == _HALF_1:
+        _copy_into(DESCS[1], bar, dest, origin)
     elif kind == _HALF_2:
-        mbarrier.expect(bar, HALF2_DESC.block_type.nbytes)
-        tma.async_copy_global_to_shared(
-            HALF2_DESC, origin, bar, dest._reinterpret(dest.dtype, HALF2_DESC.block_type.shape, HALF2_DESC.layout))
+        _copy_into(DESCS[2], bar, dest, origin)
+    elif kind == _WIDE:
+        _copy_into(DESCS[3], bar, dest, origin)
     else:
-        mbarrier.expect(bar, HALF1_DESC.block_type.nbytes)
-        tma.async_copy_global_to_shared(
-            HALF1_DESC, origin, bar, dest._reinterpret(dest.dtype, HALF1_DESC.block_type.shape, HALF1_DESC.layout))
+        _copy_into(DESCS[4], bar, dest, origin)
 
 
 @gluon.jit
@@ -68,13 +90,13 @@ def _half_view(slot, HALF1_DESC, HEAD_D: gl.constexpr):
 
 
 @gluon.jit
-def _box_step(q_tile, k_view, v_view, kv_bar, kv_phase, v_bar, v_phase, c0, c1, c2, x_shift,
+def _box_step(q_tile, k_view, v_view, kv_bar, kv_phase, v_bar, v_phase, c0, c1, c2, X_SHIFT: gl.constexpr,
               windows, acc, m_i, l_i, qk_scale, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
               AXIS0_UNIFORM: gl.constexpr, LAZY_RESCALE: gl.constexpr, WARPS: gl.constexpr,
               o_layout: gl.constexpr):
     """QK^T, penalty, softmax and P @ V of one box of ``BLOCK_N`` keys (``k_view``, ``v_view``
     ``[BLOCK_N, D]``) whose first token is ``(c0, c1, c2)`` and whose rows along axis 2 hold
-    ``2 ** x_shift`` keys: ``(acc, m_i, l_i)`` with P @ V complete (``m_i``, ``l_i`` in the
+    ``2 ** X_SHIFT`` keys: ``(acc, m_i, l_i)`` with P @ V complete (``m_i``, ``l_i`` in the
     rows of ``o_layout``). ``windows``: the query rows' ``(lo0, hi0, lo1, hi1, lo2, hi2)`` in
     those rows; ``AXIS0_UNIFORM``: every query of the tile has one window along axis 0 and the
     box lies in it (one frame of the listed union), so that axis adds nothing."""
@@ -84,8 +106,8 @@ def _box_step(q_tile, k_view, v_view, kv_bar, kv_phase, v_bar, v_phase, c0, c1, 
     rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
-    code2 = (c2 + (offs_n & ((1 << x_shift) - 1)))[None, :]
-    code1 = (c1 + (offs_n >> x_shift))[None, :]
+    code2 = (c2 + (offs_n & ((1 << X_SHIFT) - 1)))[None, :]
+    code1 = (c1 + (offs_n >> X_SHIFT))[None, :]
     lo1 = gl.convert_layout(windows[2], rows_s)[:, None]
     hi1 = gl.convert_layout(windows[3], rows_s)[:, None]
     lo2 = gl.convert_layout(windows[4], rows_s)[:, None]
@@ -108,9 +130,9 @@ def _box_step(q_tile, k_view, v_view, kv_bar, kv_phase, v_bar, v_phase, c0, c1, 
 
 
 @gluon.jit
-def _na_fwd_boxes(Q_DESC, K_DESC, V_DESC, K_HALF1, V_HALF1, K_HALF2, V_HALF2, O_DESC, LSE,
-                  COUNTS, ENTRIES, WIDTH, NA, H_Q, GROUP, S_Q, qk_scale, HEAD_D: gl.constexpr,
-                  BLOCK_M: gl.constexpr, BOX_X_SHIFT: gl.constexpr, NA_STATIC: gl.constexpr,
+def _na_fwd_boxes(Q_DESC, K_DESC, V_DESC, K_HALF1, V_HALF1, K_HALF2, V_HALF2, K_WIDE, V_WIDE, K_TALL,
+                  V_TALL, O_DESC, LSE, COUNTS, ENTRIES, WIDTH, NA, H_Q, GROUP, S_Q, qk_scale,
+                  HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr, NA_STATIC: gl.constexpr,
                   AXIS0_UNIFORM: gl.constexpr, LAZY_RESCALE: gl.constexpr, num_warps: gl.constexpr):
     m = gl.program_id(0)
     entry_head = gl.program_id(1)
@@ -146,40 +168,66 @@ def _na_fwd_boxes(Q_DESC, K_DESC, V_DESC, K_HALF1, V_HALF1, K_HALF2, V_HALF2, O_
     m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, rows_o)
     l_i = gl.zeros([BLOCK_M], gl.float32, rows_o)
 
+    K_DESCS = (K_DESC, K_HALF1, K_HALF2, K_WIDE, K_TALL)
+    V_DESCS = (V_DESC, V_HALF1, V_HALF2, V_WIDE, V_TALL)
     row0 = batch[0] * na_param(NA, NA_GRID, 0)
-    kind, c0, c1, c2 = _box_at(ENTRIES, m, WIDTH, 0)
-    _issue_box_copy(kind, K_DESC, K_HALF1, K_HALF2, k_bufs,
-                    kv_bars, _box_origin(row0 + c0, c1, c2, hk, batch, NA, NA_STATIC, HEAD_D), 0)
+    kind, c0, c1, c2 = _unpack(_entry_at(ENTRIES, m, WIDTH, 0))
+    _issue_box_copy(kind, K_DESCS, k_bufs, kv_bars,
+                    _box_origin(row0 + c0, c1, c2, hk, batch, NA, NA_STATIC, HEAD_D), 0)
+    following = _entry_at(ENTRIES, m, WIDTH, gl.minimum(1, total - 1))
     mbarrier.wait(q_bar, 0)
     q_tile = q_smem.reshape([BLOCK_M, HEAD_D])
     for t in range(total):
         # Box t + 1 (at the last step the last box again, not copied) into the K slot that box
-        # t - 1's completed QK^T read; box t's V into the slot its completed P @ V read.
-        nkind, n0, n1, n2 = _box_at(ENTRIES, m, WIDTH, gl.minimum(t + 1, total - 1))
+        # t - 1's completed QK^T read; box t's V into the slot its completed P @ V read. The
+        # entry of box t + 2 is loaded here, a step before its use.
+        nkind, n0, n1, n2 = _unpack(following)
+        following = _entry_at(ENTRIES, m, WIDTH, gl.minimum(t + 2, total - 1))
         if t + 1 < total:
-            _issue_box_copy(nkind, K_DESC, K_HALF1, K_HALF2, k_bufs, kv_bars,
+            _issue_box_copy(nkind, K_DESCS, k_bufs, kv_bars,
                             _box_origin(row0 + n0, n1, n2, hk, batch, NA, NA_STATIC, HEAD_D), (t + 1) % 2)
-        _issue_box_copy(kind, V_DESC, V_HALF1, V_HALF2, v_bufs, v_bars,
+        _issue_box_copy(kind, V_DESCS, v_bufs, v_bars,
                         _box_origin(row0 + c0, c1, c2, hk, batch, NA, NA_STATIC, HEAD_D), 0)
         k_slot = k_bufs.index(t % 2)
         v_slot = v_bufs.index(0)
+        # Every 64-key kind holds 64 rows of HEAD_D in one swizzled layout, every 32-key kind 32;
+        # each kind has its own step code (a constant row length keeps the penalty cheap).
+        k_64 = k_slot.reshape([64, HEAD_D])
+        v_64 = v_slot.reshape([64, HEAD_D])
+        k_32 = _half_view(k_slot, K_HALF1, HEAD_D)
+        v_32 = _half_view(v_slot, V_HALF1, HEAD_D)
+        kv_bar = kv_bars.index(t % 2)
+        v_bar = v_bars.index(0)
         if kind == _FULL:
-            acc, m_i, l_i = _box_step(q_tile, k_slot.reshape([64, HEAD_D]), v_slot.reshape([64, HEAD_D]),
-                                      kv_bars.index(t % 2), (t // 2) & 1, v_bars.index(0), t & 1,
-                                      c0, c1, c2, BOX_X_SHIFT, windows, acc, m_i, l_i, qk_scale,
-                                      BLOCK_M, 64, AXIS0_UNIFORM, LAZY_RESCALE, num_warps, o_layout)
+            acc, m_i, l_i = _box_step(q_tile, k_64, v_64, kv_bar, (t // 2) & 1, v_bar, t & 1, c0, c1, c2,
+                                      _FULL_SHIFT, windows, acc, m_i, l_i, qk_scale, BLOCK_M, 64,
+                                      AXIS0_UNIFORM, LAZY_RESCALE, num_warps, o_layout)
+        elif kind == _WIDE:
+            acc, m_i, l_i = _box_step(q_tile, k_64, v_64, kv_bar, (t // 2) & 1, v_bar, t & 1, c0, c1, c2,
+                                      _WIDE_SHIFT, windows, acc, m_i, l_i, qk_scale, BLOCK_M, 64,
+                                      AXIS0_UNIFORM, LAZY_RESCALE, num_warps, o_layout)
+        elif kind == _HALF_1:
+            acc, m_i, l_i = _box_step(q_tile, k_32, v_32, kv_bar, (t // 2) & 1, v_bar, t & 1, c0, c1, c2,
+                                      _HALF_1_SHIFT, windows, acc, m_i, l_i, qk_scale, BLOCK_M, 32,
+                                      AXIS0_UNIFORM, LAZY_RESCALE, num_warps, o_layout)
+        elif kind == _HALF_2:
+            acc, m_i, l_i = _box_step(q_tile, k_32, v_32, kv_bar, (t // 2) & 1, v_bar, t & 1, c0, c1, c2,
+                                      _HALF_2_SHIFT, windows, acc, m_i, l_i, qk_scale, BLOCK_M, 32,
+                                      AXIS0_UNIFORM, LAZY_RESCALE, num_warps, o_layout)
         else:
-            x_shift = BOX_X_SHIFT - (kind == _HALF_2).to(gl.int32)
-            acc, m_i, l_i = _box_step(q_tile, _half_view(k_slot, K_HALF1, HEAD_D),
-                                      _half_view(v_slot, V_HALF1, HEAD_D),
-                                      kv_bars.index(t % 2), (t // 2) & 1, v_bars.index(0), t & 1,
-                                      c0, c1, c2, x_shift, windows, acc, m_i, l_i, qk_scale,
-                                      BLOCK_M, 32, AXIS0_UNIFORM, LAZY_RESCALE, num_warps, o_layout)
+            acc, m_i, l_i = _box_step(q_tile, k_64, v_64, kv_bar, (t // 2) & 1, v_bar, t & 1, c0, c1, c2,
+                                      _TALL_SHIFT, windows, acc, m_i, l_i, qk_scale, BLOCK_M, 64,
+                                      AXIS0_UNIFORM, LAZY_RESCALE, num_warps, o_layout)
         kind, c0, c1, c2 = nkind, n0, n1, n2
 
     _store_output(acc, m_i, l_i, offs_m, m, q_smem, O_DESC, q_origin, LSE, lse_base, NA, BLOCK_M,
                   HEAD_D, NA_STATIC, rows_o)
 
+
+# Register caps per head dim: three programs per SM at D = 128 (a few bytes of spills), four at
+# D = 64 (3-D suite case 0.849 ms against 0.910 at 168,
+# ``results/tuning/2026-12-01-h200-gluon-forward-19-box-kinds.json``).
+REGISTERS = {128: 168, 64: 128}
 
 _LAUNCH = Launcher(_na_fwd_boxes)
 # Repeat calls (same plan, shapes, strides, dtype, device, scale and threshold) launch with only
@@ -194,13 +242,14 @@ def boxes_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan) -> 
 
 
 def na_forward_boxes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale: float,
-                     lazy_rescale: float = 8.0, scope_checked: bool = False
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+                     lazy_rescale: float = 8.0, max_registers: int | None = None,
+                     scope_checked: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(o [B, S, H_q, D], lse float32 [B, H_q, S])`` of softmax attention over ``plan`` (a
     masked tiled neighborhood's plan at 64-row query tiles; ``boxes_supported``) for grid-order
     ``q [B, S, H_q, D]``, ``k``, ``v`` ``[B, S, H_kv, D]``, each query tile over its key boxes
     (``key_boxes.key_boxes(plan)``). ``lazy_rescale``: as ``na_forward``'s (0: every box
-    rescales); ``scope_checked``: the caller has found ``boxes_supported`` true."""
+    rescales); ``max_registers``: a register cap per thread (None: ``REGISTERS`` of the head
+    dim; 0: none); ``scope_checked``: the caller has found ``boxes_supported`` true."""
     if not 0.0 <= lazy_rescale <= MAX_LAZY_RESCALE:
         raise ValueError(f"na_forward_boxes: lazy_rescale must be in [0, {MAX_LAZY_RESCALE}], "
                          f"got {lazy_rescale}")
@@ -208,26 +257,26 @@ def na_forward_boxes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *,
         raise ValueError("na_forward_boxes: this call is outside the key-box forward's scope "
                          "(see boxes_supported)")
     batch, seq, heads, dim = q.shape
+    if max_registers is None:
+        max_registers = REGISTERS[dim]
     o = torch.empty_like(q)
     lse = torch.empty(batch, heads, seq, dtype=torch.float32, device=q.device)
     key = (id(plan), q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype,
-           q.device, scale, lazy_rescale)
+           q.device, scale, lazy_rescale, max_registers)
     bound = _BOUND.get(key, (plan,))
     if bound is not None:
-        bound(q, k, v, k, v, k, v, o, lse)
+        bound(q, *(k, v) * len(key_boxes.EXTENTS), o, lse)
         return o, lse
     boxes = key_boxes.key_boxes(plan)
     q_box = grid_box(plan, plan.block_m)
     descriptors = [_descriptor(t, plan, q_box) for t in (q, o)]
-    kv = [_descriptor(t, plan, key_boxes.box_extent(kind))
-          for kind in (key_boxes.FULL, key_boxes.HALF_1, key_boxes.HALF_2) for t in (k, v)]
+    kv = [_descriptor(t, plan, extent) for extent in key_boxes.EXTENTS.values() for t in (k, v)]
     grid = (plan.n_q_tiles, batch * heads)
     args = (descriptors[0], *kv, descriptors[1], lse, boxes.counts, boxes.entries, boxes.width,
             plan.na_params, heads, heads // k.shape[2], seq, scale * LOG2E)
-    options = dict(HEAD_D=dim, BLOCK_M=plan.block_m,
-                   BOX_X_SHIFT=key_boxes.FULL_BOX[2].bit_length() - 1, NA_STATIC=plan.na_static,
-                   AXIS0_UNIFORM=q_box[0] == 1, LAZY_RESCALE=float(lazy_rescale), num_warps=4)
+    options = dict(HEAD_D=dim, BLOCK_M=plan.block_m, NA_STATIC=plan.na_static,
+                   AXIS0_UNIFORM=q_box[0] == 1, LAZY_RESCALE=float(lazy_rescale), num_warps=4,
+                   **({"maxnreg": max_registers} if max_registers else {}))
     _LAUNCH[grid](*args, **options)
-    _BOUND.remember(key, _LAUNCH, grid, args, options, live=(0, 1, 2, 3, 4, 5, 6, 7, 8),
-                    owners=(plan,))
+    _BOUND.remember(key, _LAUNCH, grid, args, options, live=tuple(range(len(kv) + 3)), owners=(plan,))
     return o, lse
