@@ -1,7 +1,7 @@
 """Compile the Gluon tiled-neighborhood kernels (``tessera.kernels.gluon.na_forward``, ``na_dq``, ``na_dkdv``)
 for Hopper (sm_90) without a GPU, on the N-D suite's shapes, and print shared memory, registers and spills.
 
-    python benchmarks/gluon_compile_check.py [--kernel fwd|boxes|dq|dkdv] [--num-buffers 3] [--dim 128] [--no-overlap]
+    python benchmarks/gluon_compile_check.py [--kernel fwd|boxes|dq|dq-boxes|dkdv] [--num-buffers 3] [--dim 128] [--no-overlap]
         [--specialized] [--v-buffers N]
         [--max-registers N] [--block-m 64|128] [--lazy-rescale 8] [--defer-pv] [--cases NAME ...] [--loops] [--dump FILE] [--ptx FILE]
 
@@ -22,7 +22,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from tessera.bench.hopper_compile import resources, sass, sass_loops
 from tessera.kernels.gluon import na_dkdv, na_dq
 from tessera.kernels.gluon import na_forward as gluon_forward
-from tessera.kernels.gluon import na_forward_boxes
+from tessera.kernels.gluon import na_dq_boxes, na_forward_boxes
 from tessera.kernels.triton import masks
 from tessera.kernels.triton.masks import DilationFold
 from tessera.natten import _auto_layout, _group_plan
@@ -65,8 +65,8 @@ def _signature(fn, args, kwargs):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kernel", choices=("fwd", "boxes", "dq", "dkdv"), default="fwd",
-                        help="na_forward, na_forward_boxes (--lazy-rescale), na_dq (--num-buffers, --v-buffers: its K and V slots) or "
+    parser.add_argument("--kernel", choices=("fwd", "boxes", "dq", "dq-boxes", "dkdv"), default="fwd",
+                        help="na_forward, na_forward_boxes (--lazy-rescale), na_dq_boxes, na_dq (--num-buffers, --v-buffers: its K and V slots) or "
                              "na_dkdv (--num-buffers: its q/dO slots)")
     parser.add_argument("--num-buffers", type=int, default=3)
     parser.add_argument("--dim", type=int, default=128)
@@ -108,7 +108,8 @@ def main() -> None:
         q, k, v = (torch.empty(1, seq, 2, args.dim, dtype=torch.bfloat16) for _ in range(3))
         captured = []
         jit_fn = {"dkdv": na_dkdv._na_dkdv, "dq": na_dq._na_dq,
-                  "boxes": na_forward_boxes._na_fwd_boxes}.get(args.kernel, gluon_forward._na_fwd)
+                  "boxes": na_forward_boxes._na_fwd_boxes,
+                  "dq-boxes": na_dq_boxes._na_dq_boxes}.get(args.kernel, gluon_forward._na_fwd)
         original = type(jit_fn).__getitem__
         type(jit_fn).__getitem__ = lambda fn, launch_grid: (lambda *a, **kw: captured.append((a, kw)))
         try:
@@ -116,6 +117,10 @@ def main() -> None:
                 stats = torch.empty(1, 2, seq, dtype=torch.float32)
                 na_dkdv.na_dkdv(q, k, v, torch.empty_like(q), stats, stats, plan,
                                 scale=args.dim ** -0.5, num_buffers=args.num_buffers)
+            elif args.kernel == "dq-boxes":
+                stats = torch.empty(1, 2, seq, dtype=torch.float32)
+                na_dq_boxes.na_dq_boxes(q, k, v, torch.empty_like(q), stats, stats, plan,
+                                        scale=args.dim ** -0.5, max_registers=args.max_registers)
             elif args.kernel == "dq":
                 stats = torch.empty(1, 2, seq, dtype=torch.float32)
                 na_dq.na_dq(q, k, v, torch.empty_like(q), stats, stats, plan, scale=args.dim ** -0.5,

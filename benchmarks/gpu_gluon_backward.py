@@ -4,6 +4,7 @@ and dk/dv kernels on the same plan, tensors, lse and delta, one process, kernel 
 with the Gluon routes off). GPU (Hopper) only.
 
     python benchmarks/gpu_gluon_backward.py --out DIR [--kernels dq dkdv] [--dims 128 64] [--cases 3-D ...]
+        [--boxes-registers 0 168]
 
 Cases: the N-D suite's 2-D 128 x 128 kernel 17, 3-D 16 x 48 x 48 kernel 5 x 13 x 13, 3-D
 blocked 4 x 8 x 8 and 1-D 32768 window 2048 (``gpu_gluon_forward.CASES``), bf16, B = 1,
@@ -11,7 +12,8 @@ H = 16, tiled order, 64 x 64 tiles, the Triton kernels at (64, 64, 4, 2) for dq 
 4, 3) for dk/dv (2 stages at D = 64) as tessera runs them there. Rows: case, dim, kernel, impl, ms, and the largest
 difference of the gradients from the Triton kernel's (a smoke check; the float64 checks are
 ``tests/kernels/test_gluon_gpu.py::test_gluon_dq_against_float64`` and ``..._dkdv_...``).
-Writes ``gluon_backward.json``.
+Plans with key boxes also get dq rows of ``na_dq_boxes`` (``gluon boxes``), one per register
+cap of ``--boxes-registers`` (0: none). Writes ``gluon_backward.json``.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ import torch
 
 from gpu_gluon_forward import CASES, case_plan
 from tessera.bench.timing import cuda_kernel_ms, warm_up_gpu
+from tessera.kernels.gluon import key_boxes
 from tessera.kernels.gluon.na_dkdv import na_dkdv
 from tessera.kernels.gluon.na_dq import na_dq
+from tessera.kernels.gluon.na_dq_boxes import na_dq_boxes
 from tessera.kernels.triton import backward_route, flash_bwd, flash_fwd
 from tessera.kernels.triton.row_dot import row_dot
 from tessera.kernels.triton.tuning import KernelConfig
@@ -52,6 +56,8 @@ def main() -> None:
     parser.add_argument("--dims", nargs="*", type=int, default=[128, 64])
     parser.add_argument("--cases", nargs="*", default=None,
                         help="case names containing any of these (default: all)")
+    parser.add_argument("--boxes-registers", nargs="*", type=int, default=[0],
+                        help="register caps of the na_dq_boxes rows (0: none)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu_gluon_backward.py needs a CUDA GPU")
@@ -96,6 +102,12 @@ def main() -> None:
                         step = (lambda kw=variant: na_dkdv(q, k, v, do, lse, delta, plan,
                                                            scale=scale, **kw))
                     runs.append((f"gluon {text}", step, f"_na_{kernel_name}"))
+                if kernel_name == "dq" and key_boxes.key_boxes(plan) is not None:
+                    for cap in args.boxes_registers:
+                        runs.append((f"gluon boxes max_registers={cap or None}",
+                                     lambda r=cap or None: (na_dq_boxes(q, k, v, do, lse, delta, plan,
+                                                                        scale=scale, max_registers=r),),
+                                     "_na_dq_boxes"))
                 for impl, step, prefix in runs:
                     row = {"case": name, "dim": dim, "kernel": kernel_name, "impl": impl, "ms": None,
                            "max_diff": None, "error": None}

@@ -364,29 +364,72 @@ def test_gluon_dkdv_against_float64(op, grid, kernel, stride, dim, dtype, buffer
                      ("dk", "dv"), op, grid, kernel, stride, dim, dtype)
 
 
-def _check_gradients(run_kernel, names, op, grid, kernel, stride, dim, dtype):
+def _check_gradients(run_kernel, names, op, grid, kernel, stride, dim, dtype, causal=False,
+                     tile_shape=None):
     """``run_kernel(q, k, v, do, lse, delta, plan, scale=...)`` (grid-order ``[B, S, H, D]``
-    tensors, the forward's lse, delta = rowsum(o * do), the 64 x 64 plan; GQA, B = 2) returns the
-    gradients ``names`` (of dq, dk, dv), each within 3x the same-dtype reference's error of the
-    float64 reference's, plus a floor."""
+    tensors, the forward's lse, delta = rowsum(o * do), the 64 x 64 plan in natten's tiled order
+    or in tiles of ``tile_shape``; GQA, B = 2) returns the gradients ``names`` (of dq, dk, dv),
+    each within 3x the same-dtype reference's error of the float64 reference's, plus a floor."""
     from tessera.kernels.triton.row_dot import row_dot
+    from tessera.patterns.layout import GridLayout
     gen = torch.Generator(device="cuda").manual_seed(0)
     batch, heads, kv_heads = 2, 4, 2
     q, k, v, do = (torch.randn(batch, *grid, h, dim, device="cuda", dtype=dtype, generator=gen)
                    for h in (heads, kv_heads, kv_heads, heads))
     seq = q[0, ..., 0, 0].numel()
-    o, lse = op(q, k, v, kernel, stride=stride, backend="triton", return_lse=True)
+    o, lse = op(q, k, v, kernel, stride=stride, is_causal=causal, backend="triton", return_lse=True)
     flat = [t.reshape(batch, seq, t.shape[-2], dim) for t in (q, k, v, do, o)]
+    plan = _plan(grid, kernel, heads, q.device, stride)
+    if causal or tile_shape is not None:
+        rule = Neighborhood(grid, kernel, stride=stride, causal=causal)
+        layout = (GridLayout(grid, tile_shape) if tile_shape is not None
+                  else _auto_layout(rule.grid, rule.kernel, rule.dilation, rule.stride, rule.causal))
+        plan = masks.get_plan(Permuted(rule, layout), seq, seq, 64, 64, heads, q.device)
     got = run_kernel(*flat[:4], lse.reshape(batch, heads, seq).contiguous(),
-                     row_dot(flat[4], flat[3]), _plan(grid, kernel, heads, q.device, stride),
-                     scale=dim ** -0.5)
+                     row_dot(flat[4], flat[3]), plan, scale=dim ** -0.5)
 
     def reference_grads(dt):
         leaves = [t.detach().to(dt).requires_grad_() for t in (q, k, v)]
-        out = op(*leaves, kernel, stride=stride, backend="reference")
+        out = op(*leaves, kernel, stride=stride, is_causal=causal, backend="reference")
         grads = dict(zip(("dq", "dk", "dv"), torch.autograd.grad(out, leaves, do.to(dt))))
         return [grads[name].reshape(batch, seq, grads[name].shape[-2], dim) for name in names]
     assert_error_rule(names, got, reference_grads(dtype), reference_grads(torch.float64), dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("grid, kernel, stride, causal, tile_shape, dim", BOX_CASES)
+def test_gluon_dq_on_key_boxes_against_float64(grid, kernel, stride, causal, tile_shape, dim, dtype):
+    """``na_dq_boxes`` against the float64 reference's dq (``_check_gradients``), each query
+    tile over its key boxes."""
+    from tessera.kernels.gluon.na_dq_boxes import na_dq_boxes
+    op = na3d if len(grid) == 3 else na2d
+    _check_gradients(lambda *args, scale: [na_dq_boxes(*args, scale=scale)], ("dq",), op, grid, kernel,
+                     stride, dim, dtype, causal, tile_shape)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gluon_dq_on_key_boxes_under_a_register_cap_against_float64(dtype):
+    """The same at 168 registers per thread (three programs per SM at D = 64)."""
+    from tessera.kernels.gluon.na_dq_boxes import na_dq_boxes
+    _check_gradients(lambda *args, scale: [na_dq_boxes(*args, scale=scale, max_registers=168)], ("dq",),
+                     na3d, (8, 24, 24), (5, 13, 13), 1, 64, dtype)
+
+
+def test_dq_on_key_boxes_arguments_without_a_gpu():
+    from tessera.kernels.gluon.na_dq_boxes import na_dq_boxes
+    plan = _plan((32, 32), (7, 7), 2, torch.device("cpu"))
+    q = torch.empty(1, 1024, 2, 128, dtype=torch.bfloat16)
+    stats = torch.empty(1, 2, 1024)
+    with pytest.raises(ValueError, match="scope"):
+        na_dq_boxes(q, q, q, q.float(), stats, stats, plan, scale=0.1)
+    with pytest.raises(ValueError, match="lse"):
+        na_dq_boxes(q, q, q, q, stats[:, :1], stats, plan, scale=0.1)
+    with pytest.raises(ValueError, match="delta"):
+        na_dq_boxes(q, q, q, q, stats, stats.double(), plan, scale=0.1)
 
 
 def test_dq_arguments_without_a_gpu():
@@ -431,7 +474,7 @@ def test_forward_route_stays_on_triton_without_a_gpu():
 @pytest.mark.parametrize("grid, kernel, stride, dim, forward, dq", [
     ((32, 32), (7, 7), 1, 128, "boxes", True),            # key boxes: 0.84 of the listed tiles
     ((32, 32), (7, 7), 1, 64, "boxes", True),             # all tiles partial
-    ((64, 64), (17, 17), 1, 128, "masked", True),         # key boxes: 0.94 of the listed tiles
+    ((64, 64), (17, 17), 1, 128, "masked", True),         # key boxes: 0.93 of the listed tiles
     ((4096,), (1024,), 1, 128, "masked", False),          # 16.8 tiles, 9% partial
     ((4096,), (1024,), 1, 64, None, False),
     ((8, 16, 16), (4, 8, 8), (4, 8, 8), 128, "full-128", True),
@@ -460,6 +503,7 @@ def test_route_decisions_as_on_hopper(monkeypatch, grid, kernel, stride, dim, fo
         assert forward_route.gluon_variant(q, q, q, plan) == forward_route.GLUON_MASKED
         monkeypatch.setattr(forward_route, "BOXES_ENABLED", True)
     assert backward_route.routes(q, q, q, torch.empty_like(q), plan, plan) == (dq, True)
+    assert backward_route.dq_on_boxes(plan) is (forward == "boxes")
     rows_128 = _plan(grid, kernel, 2, torch.device("cpu"), stride, block_m=128)
     if forward == "full-64":
         assert forward_route.gluon_variant(q, q, q, rows_128) == want
@@ -490,10 +534,10 @@ def test_listed_tile_limits_on_the_suite_plans():
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
 @pytest.mark.parametrize("op, grid, kernel, stride, dim, routed", [
-    (na2d, (48, 40), (13, 11), 1, 128, "boxes"),          # 2-D: key boxes, 0.85 of the listed tiles
+    (na2d, (48, 40), (13, 11), 1, 128, "boxes"),          # 2-D: key boxes, 0.80 of the listed tiles
     (na2d, (48, 40), (13, 11), 1, 64, "boxes"),           # masked at D = 64, all tiles partial
-    (na2d, (64, 64), (17, 17), 1, 128, 64),               # 2-D, key boxes 0.94 of the tiles
-    (na3d, (8, 24, 24), (5, 13, 13), 1, 128, 64),         # 3-D, 27.2 key tiles, boxes 0.91 of them
+    (na2d, (64, 64), (17, 17), 1, 128, 64),               # 2-D, key boxes 0.93 of the tiles
+    (na3d, (8, 24, 24), (5, 13, 13), 1, 128, "boxes"),    # 3-D: key boxes, 0.87 of the tiles
     (na1d, (4096,), (1024,), 1, 128, 64),                 # 1-D, 9% partial
     (na1d, (4096,), (1024,), 1, 64, None),                # the same at D = 64: Triton
     (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128, 128),  # blocked: 128-row tiles
@@ -549,10 +593,11 @@ def test_forward_route_through_natten_against_float64(monkeypatch, op, grid, ker
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
 @pytest.mark.parametrize("op, grid, kernel, stride, dim, routed", [
-    (na2d, (48, 40), (13, 11), 1, 128, {"dq", "dkdv"}),     # 6.9 key tiles per query tile
-    (na2d, (64, 64), (17, 17), 1, 64, {"dq", "dkdv"}),
-    # 27.2 key tiles per query tile, over backward_route.DQ_MAX_MASKED_TILES, all partial.
-    (na3d, (8, 24, 24), (5, 13, 13), 1, 128, {"dq", "dkdv"}),
+    (na2d, (48, 40), (13, 11), 1, 128, {"dq-boxes", "dkdv"}),   # key boxes: 0.80 of the tiles
+    (na2d, (64, 64), (17, 17), 1, 64, {"dq", "dkdv"}),            # key boxes: 0.93 of the tiles
+    # 27.2 key tiles per query tile, all partial; key boxes 0.87 of them.
+    (na3d, (8, 24, 24), (5, 13, 13), 1, 128, {"dq-boxes", "dkdv"}),
+    (na3d, (8, 24, 24), (5, 13, 13), 1, 64, {"dq-boxes", "dkdv"}),
     # 16.8 key tiles per query tile, 9% partial: dq stays on Triton.
     (na1d, (4096,), (1024,), 1, 128, {"dkdv"}),
     (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128, {"dq", "dkdv"}),
@@ -564,20 +609,23 @@ def test_forward_route_through_natten_against_float64(monkeypatch, op, grid, ker
 def test_backward_route_through_natten_against_float64(monkeypatch, op, grid, kernel, stride, dim,
                                                        routed, dtype, gradient):
     """With ``backward_route.GLUON_DQ_ENABLED`` and / or ``GLUON_DKDV_ENABLED`` (the other off),
-    na2d / na3d backward passes take dq from ``na_dq`` and dk, dv from ``na_dkdv`` where the
-    route sends them (``routed``; spies count launches per kernel), a repeat call equals the
-    first, and forward and backward (GQA, B = 2) meet the float64 reference by the rule."""
+    na2d / na3d backward passes take dq from ``na_dq`` or ``na_dq_boxes`` ("dq-boxes") and dk,
+    dv from ``na_dkdv`` where the route sends them (``routed``; spies count launches per
+    kernel), a repeat call equals the first, and forward and backward (GQA, B = 2) meet the
+    float64 reference by the rule."""
     from tessera.kernels.gluon import na_dkdv as gluon_dkdv
     from tessera.kernels.gluon import na_dq as gluon_dq
+    from tessera.kernels.gluon import na_dq_boxes as gluon_dq_boxes
     from tessera.kernels.triton import backward_route
-    kernels = {"dq": (gluon_dq, "na_dq"), "dkdv": (gluon_dkdv, "na_dkdv")}
-    chosen = list(kernels) if gradient == "both" else [gradient]
+    kernels = [(gluon_dq, "na_dq", "dq"), (gluon_dq_boxes, "na_dq_boxes", "dq-boxes"),
+               (gluon_dkdv, "na_dkdv", "dkdv")]
+    chosen = ["dq", "dkdv"] if gradient == "both" else [gradient]
     monkeypatch.setattr(backward_route, "GLUON_DQ_ENABLED", "dq" in chosen)
     monkeypatch.setattr(backward_route, "GLUON_DKDV_ENABLED", "dkdv" in chosen)
     launches = []
-    for gradient_name, (module, name) in kernels.items():
-        def spy(*args, _original=getattr(module, name), _name=gradient_name, **kwargs):
-            launches.append(_name)
+    for module, name, label in kernels:
+        def spy(*args, _original=getattr(module, name), _label=label, **kwargs):
+            launches.append(_label)
             return _original(*args, **kwargs)
         monkeypatch.setattr(module, name, spy)
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -592,7 +640,7 @@ def test_backward_route_through_natten_against_float64(monkeypatch, op, grid, ke
 
     first = run(dtype, "triton")
     got = run(dtype, "triton")
-    assert sorted(launches) == sorted(2 * [name for name in chosen if name in routed])
+    assert sorted(launches) == sorted(2 * [label for label in routed if label.split("-")[0] in chosen])
     for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), first, got):
         assert torch.equal(a, b), f"{name}: a repeat call differs from the first"
     assert_error_rule(("o", "lse", "dq", "dk", "dv"), got, run(dtype, "reference"),
@@ -605,6 +653,7 @@ def test_backward_route_through_natten_against_float64(monkeypatch, op, grid, ke
     (na2d, (32, 48), (7, 9), 1, 128),
     (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128),     # blocked: 128-row forward tiles
     (na2d, (64, 64), (17, 17), 2, 64),
+    (na3d, (8, 24, 24), (5, 13, 13), 1, 128),         # forward and dq on key boxes
 ])
 def test_bound_launches_take_each_calls_tensors(op, grid, kernel, stride, dim):
     """Repeat forward+backward calls of one shape (the Gluon kernels' bound launches, which fill

@@ -90,21 +90,15 @@ def _half_view(slot, HALF1_DESC, HEAD_D: gl.constexpr):
 
 
 @gluon.jit
-def _box_step(q_tile, k_view, v_view, kv_bar, kv_phase, v_bar, v_phase, c0, c1, c2, X_SHIFT: gl.constexpr,
-              windows, acc, m_i, l_i, qk_scale, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-              AXIS0_UNIFORM: gl.constexpr, LAZY_RESCALE: gl.constexpr, WARPS: gl.constexpr,
-              o_layout: gl.constexpr):
-    """QK^T, penalty, softmax and P @ V of one box of ``BLOCK_N`` keys (``k_view``, ``v_view``
-    ``[BLOCK_N, D]``) whose first token is ``(c0, c1, c2)`` and whose rows along axis 2 hold
-    ``2 ** X_SHIFT`` keys: ``(acc, m_i, l_i)`` with P @ V complete (``m_i``, ``l_i`` in the
-    rows of ``o_layout``). ``windows``: the query rows' ``(lo0, hi0, lo1, hi1, lo2, hi2)`` in
-    those rows; ``AXIS0_UNIFORM``: every query of the tile has one window along axis 0 and the
-    box lies in it (one frame of the listed union), so that axis adds nothing."""
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+def _box_penalty(c0, c1, c2, X_SHIFT: gl.constexpr, windows, BLOCK_N: gl.constexpr,
+                 s_layout: gl.constexpr, AXIS0_UNIFORM: gl.constexpr):
+    """The neighborhood penalty ``[BLOCK_M, BLOCK_N]`` (0 or -inf, in ``s_layout``) of a box of
+    ``BLOCK_N`` keys whose first token is ``(c0, c1, c2)`` and whose rows along axis 2 hold
+    ``2 ** X_SHIFT`` keys. ``windows``: the query rows' ``(lo0, hi0, lo1, hi1, lo2, hi2)``
+    (``na_query_windows``, 1-D, any row layout); ``AXIS0_UNIFORM``: every query of the tile has
+    one window along axis 0 and the box lies in it (one frame of the listed union), so that axis
+    adds nothing."""
     rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
-    rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
     code2 = (c2 + (offs_n & ((1 << X_SHIFT) - 1)))[None, :]
     code1 = (c1 + (offs_n >> X_SHIFT))[None, :]
@@ -117,6 +111,23 @@ def _box_step(q_tile, k_view, v_view, kv_bar, kv_phase, v_bar, v_phase, c0, c1, 
     if not AXIS0_UNIFORM:
         inside0 = (c0 >= gl.convert_layout(windows[0], rows_s)) & (c0 < gl.convert_layout(windows[1], rows_s))
         penalty = penalty + gl.where(inside0, 0.0, float("-inf"))[:, None]
+    return penalty
+
+
+@gluon.jit
+def _box_step(q_tile, k_view, v_view, kv_bar, kv_phase, v_bar, v_phase, c0, c1, c2, X_SHIFT: gl.constexpr,
+              windows, acc, m_i, l_i, qk_scale, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+              AXIS0_UNIFORM: gl.constexpr, LAZY_RESCALE: gl.constexpr, WARPS: gl.constexpr,
+              o_layout: gl.constexpr):
+    """QK^T, penalty (``_box_penalty``), softmax and P @ V of one box of ``BLOCK_N`` keys
+    (``k_view``, ``v_view`` ``[BLOCK_N, D]``): ``(acc, m_i, l_i)`` with P @ V complete (``m_i``,
+    ``l_i`` in the rows of ``o_layout``)."""
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    penalty = _box_penalty(c0, c1, c2, X_SHIFT, windows, BLOCK_N, s_layout, AXIS0_UNIFORM)
     mbarrier.wait(kv_bar, kv_phase)
     s = warpgroup_mma(q_tile, k_view.permute((1, 0)), gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout),
                       use_acc=False, is_async=True)

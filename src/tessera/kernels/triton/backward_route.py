@@ -22,6 +22,13 @@ Gluon takes dq on full-tile plans; on masked plans when they list at most
 ``DQ_MAX_MASKED_TILES`` key tiles per query tile (2-D k17 lists 9), or at D = 128 when at least
 ``DQ_MIN_PARTIAL`` of the listed tiles are partial (3-D 5 x 13 x 13: all 35.6 are; 1-D window
 2048: 2 of 33).
+
+dq on key boxes (``na_dq_boxes``: each query tile over its own full and half key boxes,
+``gluon.key_boxes``), ``results/tuning/2026-12-01-h200-gluon-backward-6-boxes.json``: 3-D
+5x13x13 D = 128 1.369 ms against 1.688 (Gluon on tiles, two K and two V slots) and 1.759
+(Triton); D = 64 0.911 at 168 registers (1.025 without a cap) against 1.088 (Triton); 2-D k17,
+whose boxes cost 0.96 of its tiles, 0.223 against 0.218. So dq runs on key boxes wherever the
+forward does (``forward_route.cheaper_on_boxes``), at both head dims.
 """
 
 from __future__ import annotations
@@ -39,6 +46,11 @@ GLUON_DKDV_ENABLED = True
 GLUON_DQ_ENABLED = True
 # na_dq's K and V ring slots where it runs.
 DQ_VARIANT = dict(num_buffers=2, v_buffers=2)
+# On: dq runs on key boxes (na_dq_boxes) where ``dq_on_boxes`` says (off for A/B timing).
+DQ_BOXES_ENABLED = True
+# na_dq_boxes' register cap per head dim (None: the compiler's choice; two programs per SM at D
+# = 128 by shared memory either way, three at D = 64 under the cap).
+DQ_BOXES_REGISTERS = {128: None, 64: 168}
 # Masked plans take na_dq when they list at most this many key tiles per query tile on average,
 DQ_MAX_MASKED_TILES = 16
 # or at D = 128 when at least this fraction of the listed tiles is partial.
@@ -62,18 +74,26 @@ def _in_scope(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tenso
             and bulk_aligned(do) and na_forward.supports(q, k, v, plan))
 
 
+def dq_on_boxes(plan) -> bool:
+    """Whether a Gluon dq over ``plan`` (in the kernels' scope) runs on key boxes: a masked plan
+    whose boxes cost at most ``forward_route.BOXES_MAX_COST`` of its listed tiles."""
+    return (DQ_BOXES_ENABLED and plan.mask_mode == MASK_NEIGHBORHOOD
+            and forward_route.cheaper_on_boxes(plan))
+
+
 def routes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, dq_plan,
            dkdv_plan) -> tuple[bool, bool]:
     """``(dq from na_dq, dk and dv from na_dkdv)`` for this grid-order backward (plain softmax, no
     fold: the caller checks) over ``dq_plan`` and ``dkdv_plan``. Each needs its switch, a Hopper
-    GPU, 64 x 64 tiles and the kernels' scope; dq also full tiles, at most
-    ``DQ_MAX_MASKED_TILES`` listed key tiles per query tile, or D = 128 with at least
-    ``DQ_MIN_PARTIAL`` of them partial (``na_dq`` reads delta: the caller computes it first).
+    GPU, 64 x 64 tiles and the kernels' scope; dq also full tiles, key boxes
+    (``dq_on_boxes``), at most ``DQ_MAX_MASKED_TILES`` listed key tiles per query tile, or D =
+    128 with at least ``DQ_MIN_PARTIAL`` of them partial (``na_dq`` reads delta: the caller
+    computes it first).
     Both kernels then run with ``scope_checked``."""
     dkdv = GLUON_DKDV_ENABLED and _in_scope(q, k, v, do, dkdv_plan)
     dq = GLUON_DQ_ENABLED and (dkdv if dq_plan is dkdv_plan and GLUON_DKDV_ENABLED
                                else _in_scope(q, k, v, do, dq_plan))
     if dq and dq_plan.mask_mode == MASK_NEIGHBORHOOD:
-        dq = (forward_route.few_listed_tiles(dq_plan, DQ_MAX_MASKED_TILES)
+        dq = (dq_on_boxes(dq_plan) or forward_route.few_listed_tiles(dq_plan, DQ_MAX_MASKED_TILES)
               or (q.shape[3] == 128 and dq_plan.partial_fraction() >= DQ_MIN_PARTIAL))
     return dq, dkdv

@@ -505,7 +505,13 @@ def _gluon_dkdv(q, k, v, do, lse, delta, plan, scale: float, dk, dv, stream=None
 
 
 def _gluon_dq(q, k, v, do, lse, delta, plan, scale: float, dq) -> None:
-    """dq into ``dq`` by the Gluon kernel (``backward_route`` chose it)."""
+    """dq into ``dq`` by a Gluon kernel (``backward_route`` chose it): over key boxes where
+    ``backward_route.dq_on_boxes``, else over the plan's tiles."""
+    if backward_route.dq_on_boxes(plan):
+        from ..gluon.na_dq_boxes import na_dq_boxes
+        na_dq_boxes(q, k, v, do, lse, delta, plan, scale=scale, dq=dq, scope_checked=True,
+                    max_registers=backward_route.DQ_BOXES_REGISTERS.get(q.shape[3]))
+        return
     from ..gluon.na_dq import na_dq
     na_dq(q, k, v, do, lse, delta, plan, scale=scale, dq=dq, scope_checked=True,
           **backward_route.DQ_VARIANT)
