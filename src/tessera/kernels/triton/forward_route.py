@@ -24,7 +24,12 @@ tiles. Full-tile plans at D = 64, whose tuned config has 128 x 64 tiles, run on 
 tiles (``GLUON_VARIANT``; blocked 4 x 8 x 8: 0.138 ms against 0.189 for the Triton kernel on 64 x
 64 tiles, ``-gluon-forward-17-blocked-d64.json``; in the suite 0.132 ms against 0.192 on the
 Triton kernel's 128-row tiles, CUDA graphs, ``results/2026-12-01-h200-natten-12.json`` and
-``-11.json``). Dilated
+``-11.json``). Masked plans whose key boxes (``gluon.key_boxes``: each query
+tile's window union partitioned from its corner into 64- and 32-key grid boxes) cost at most
+``BOXES_MAX_COST`` of their listed tiles run ``na_forward_boxes``: 3-D 5 x 13 x 13 (1,778 keys
+per query tile against 2,276) 1.298 ms against 1.532 for the masked variant above at D = 128,
+0.844 against 0.998 at D = 64 (``-gluon-forward-20-box-prefetch.json``); in the suite 1.286
+ms, 5.13x Flex (``results/2026-12-01-h200-natten-14.json``). Dilated
 neighborhoods run through a dilation fold (``masks.DilationFold``: every group's plan at once)
 on 64-row tiles; calls with score modifiers (softcap, sinks, biases, sigmoid) stay on the
 Triton kernel, which has them.
