@@ -96,13 +96,15 @@ def test_suite_3d_case_lists_fewer_keys():
     assert boxes.cost() == pytest.approx(26.667 + key_boxes.HALF_COST * 2.222, abs=0.01)
     keys = (64 * boxes.boxes_64 + 32 * boxes.boxes_32) / tiles
     assert keys == pytest.approx(1778, abs=1) and keys < 0.8 * 64 * plan.listed_pairs() / tiles
-    assert sorted(key_boxes._frame_boxes(20, 20, True, True)) == sorted([
+    assert sorted(key_boxes._frame_boxes(20, 20)) == sorted([
         (key_boxes.FULL, 0, 0), (key_boxes.FULL, 0, 8), (key_boxes.FULL, 8, 0), (key_boxes.FULL, 8, 8),
         (key_boxes.WIDE, 16, 0), (key_boxes.HALF_1, 16, 16), (key_boxes.TALL, 0, 16)])
-    # A grid too narrow for wide boxes: the strip takes half boxes.
-    assert sorted(key_boxes._frame_boxes(12, 20, False, True)) == sorted([
-        (key_boxes.FULL, 0, 0), (key_boxes.FULL, 0, 8), (key_boxes.HALF_1, 8, 0), (key_boxes.HALF_1, 8, 8),
-        (key_boxes.HALF_1, 8, 16), (key_boxes.HALF_2, 0, 16)])
+    # One full segment along axis 1: its strip along axis 2 takes a half box, not a tall one.
+    assert sorted(key_boxes._frame_boxes(12, 20)) == sorted([
+        (key_boxes.FULL, 0, 0), (key_boxes.FULL, 0, 8), (key_boxes.WIDE, 8, 0), (key_boxes.HALF_1, 8, 16),
+        (key_boxes.HALF_2, 0, 16)])
+    # A remainder past half a box takes one more full segment.
+    assert sorted(key_boxes._frame_boxes(14, 8)) == [(key_boxes.FULL, 0, 0), (key_boxes.FULL, 8, 0)]
 
 
 def test_pack_round_trip_and_limits():
@@ -121,7 +123,8 @@ def test_pack_round_trip_and_limits():
     ((4096,), (1024,), {}, "1-D: axes 1 and 2 hold less than a box"),
     ((32, 32), (7, 7), dict(block_m=128), "128-row query tiles"),
     ((8, 16, 16), (4, 8, 8), dict(stride=(4, 8, 8), tile_shape=(4, 8, 8), block_m=128), "full tiles"),
-    ((4, 1100, 8), (3, 5, 5), dict(tile_shape=(1, 4, 8)), "axis 1 past 1024"),
+    ((4, 1100, 16), (3, 5, 5), dict(tile_shape=(1, 4, 16)), "axis 1 past 1024"),
+    ((32, 8), (5, 5), dict(tile_shape=(8, 8)), "axis 2 shorter than the longest box"),
 ])
 def test_plans_outside_the_boxes_scope(grid, kernel, kwargs, reason):
     _rule, _layout, plan = _plan(grid, kernel, **kwargs)

@@ -83,22 +83,22 @@ def _neighborhood(values: tuple) -> Neighborhood:
 def fits(plan) -> bool:
     """Whether ``plan`` can run on key boxes: a masked, undilated neighborhood with one map
     head, 64-row query tiles that are grid boxes, and a grid the packed entries address whose
-    axes 1 and 2 hold at least a full box."""
+    axes 1 and 2 hold the longest box (16 tokens: no box is longer than its tensor dim)."""
     values = plan.na_values
     if plan.mask_mode != MASK_NEIGHBORHOOD or not values or plan.map_heads != 1 or plan.block_m != 64:
         return False
     if grid_box(plan, plan.block_m) is None or any(d != 1 for d in values[12:15]):
         return False
     grid = values[0:3]
-    return (all(g <= limit for g, limit in zip(grid, MAX_GRID))
-            and grid[1] >= FULL_BOX[1] and grid[2] >= FULL_BOX[2])
+    longest = max(max(extent[1], extent[2]) for extent in EXTENTS.values())
+    return all(g <= limit for g, limit in zip(grid, MAX_GRID)) and min(grid[1], grid[2]) >= longest
 
 
-def _frame_boxes(length1: int, length2: int, wide: bool, tall: bool) -> list[tuple[int, int, int]]:
+def _frame_boxes(length1: int, length2: int) -> list[tuple[int, int, int]]:
     """``(kind, offset1, offset2)`` of the boxes partitioning one frame of a window union of
     ``length1 x length2`` tokens from its corner: full 8 x 8 boxes, and where an axis leaves at
-    most 4 tokens, a strip of 4 along it, in 4 x 16 (``wide``) or 16 x 4 (``tall``) boxes where
-    the strip is 16 long, else half boxes (the corner: a 4 x 8 half box)."""
+    most 4 tokens, a strip of 4 along it, in 4 x 16 (``WIDE``) or 16 x 4 (``TALL``) boxes
+    where the strip is 16 long, else half boxes (the corner: a 4 x 8 half box)."""
     full1, full2 = FULL_BOX[1], FULL_BOX[2]
     n1, rest1 = divmod(length1, full1)
     n2, rest2 = divmod(length2, full2)
@@ -109,12 +109,12 @@ def _frame_boxes(length1: int, length2: int, wide: bool, tall: bool) -> list[tup
     boxes = [(FULL, full1 * i, full2 * j) for i in range(n1) for j in range(n2)]
     if strip1:
         row = full1 * n1
-        pairs = n2 // 2 if wide else 0
+        pairs = n2 // 2
         boxes += [(WIDE, row, 2 * full2 * p) for p in range(pairs)]
         boxes += [(HALF_1, row, full2 * j) for j in range(2 * pairs, n2 + int(strip2))]
     if strip2:
         col = full2 * n2
-        pairs = n1 // 2 if tall else 0
+        pairs = n1 // 2
         boxes += [(TALL, 2 * full1 * p, col) for p in range(pairs)]
         boxes += [(HALF_2, full1 * i, col) for i in range(2 * pairs, n1)]
     return boxes
@@ -125,7 +125,7 @@ def build(plan) -> KeyBoxes:
     windows partitioned frame by frame (``_frame_boxes``)."""
     values = plan.na_values
     rule = _neighborhood(values)
-    grid, tile, tiles = values[0:3], values[3:6], values[6:9]
+    tile, tiles = values[3:6], values[6:9]
     q_box = grid_box(plan, plan.block_m)
     pos = torch.arange(plan.n_q_tiles, dtype=torch.int64) * plan.block_m
     volume = tile[0] * tile[1] * tile[2]
@@ -143,10 +143,9 @@ def build(plan) -> KeyBoxes:
         lo.append(a_lo)
         lengths.append(a_hi + 1 - a_lo)
     shapes, which = torch.unique(torch.stack(lengths, 1), dim=0, return_inverse=True)
-    wide, tall = grid[2] >= 2 * FULL_BOX[2], grid[1] >= 2 * FULL_BOX[1]
     lists = []
     for frames, length1, length2 in shapes.tolist():
-        frame = _frame_boxes(length1, length2, wide, tall)
+        frame = _frame_boxes(length1, length2)
         # Full-size boxes first (the same step code runs back to back).
         frame.sort(key=lambda box: BOX_KEYS[box[0]] != 64)
         lists.append(torch.tensor([(kind, f, o1, o2) for kind, o1, o2 in frame for f in range(frames)],

@@ -2,16 +2,19 @@
 
 Same scope and results as ``na_forward`` on a masked plan (q, k, v ``[B, S, H, D]`` in grid
 order, 64-row query tiles that are grid boxes, 16-bit, D in {64, 128}, plain softmax), but
-each query tile walks its own list of key boxes (``key_boxes.build``: full 8 x 8 boxes and
-4 x 8 / 8 x 4 half boxes placed from the corner of its window union) instead of the plan's
-key tiles. A full box runs 64 x 64 products, a half box 64 x 32 ones (the same shared-memory
-slot, read through a half-box view); both take the neighborhood penalty from the box's first
-token. The loop is ``na_forward``'s sequential one with two K slots and one V slot (64 KB at
-D = 128, three programs per SM) and its lazy rescale: at step t the K copy of box t + 1 and
-the V copy of box t are issued, then QK^T, softmax and P @ V of box t.
+each query tile walks its own list of key boxes (``key_boxes.build``: 8 x 8, 4 x 16 and 16 x 4
+boxes of 64 keys and 4 x 8 / 8 x 4 half boxes of 32, placed from the corner of its window
+union) instead of the plan's key tiles. A 64-key box runs 64 x 64 products, a half box 64 x 32
+ones (the first half of the same shared-memory slot, read through a half-box view); every box
+takes the neighborhood penalty from its first token's coordinates (``_box_penalty``), and
+each kind has its own step code, so that its row length is a constant. The loop is
+``na_forward``'s sequential one with two K slots and one V slot (64 KB at D = 128, three
+programs per SM under ``REGISTERS``) and its lazy rescale: at step t the K copy of box t + 1
+and the V copy of box t are issued, then QK^T, softmax and P @ V of box t; box t + 2's entry
+is loaded a step before its use.
 
 Checked against float64 on an H200 (``tests/kernels/test_gluon_gpu.py``); compiled for sm_90
-without a GPU by ``benchmarks/gluon_compile_check.py --boxes``.
+without a GPU by ``benchmarks/gluon_compile_check.py --kernel boxes``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warp
 from ..triton.flash_fwd import LOG2E, grid_box
 from ..triton.launcher import BoundLaunches, Launcher
 from ..triton.na_mask import NA_GRID, na_param, na_query_windows
-from ..triton.row_addressing import bulk_copy_batch, row_tile_origin
+from ..triton.row_addressing import row_tile_origin
 from . import key_boxes
 from .na_forward import MAX_LAZY_RESCALE, _box_origin, _descriptor, _lazy_softmax, _store_output, supports
 
@@ -149,7 +152,7 @@ def _na_fwd_boxes(Q_DESC, K_DESC, V_DESC, K_HALF1, V_HALF1, K_HALF2, V_HALF2, K_
     entry_head = gl.program_id(1)
     b = entry_head // H_Q
     h = entry_head - b * H_Q
-    batch = bulk_copy_batch(b, (b * 0).to(gl.int64), NA, NA_STATIC)
+    batch = (b, 0, 0)
     lse_base = (b * H_Q + h).to(gl.int64) * S_Q
     hk = h // GROUP
     total = gl.load(COUNTS + m)
