@@ -68,9 +68,9 @@ MAX_MASKED_TILES = 40
 # and at D = 64 only when at least this fraction of the listed tiles is partial.
 MIN_PARTIAL_D64 = 0.5
 # Such a plan runs on key boxes (``gluon.key_boxes``: each query tile's window union partitioned
-# into full and half boxes from its corner) when the boxes cost at most this fraction of its
-# listed key tiles (``KeyBoxes.cost``, a half box counted as ``key_boxes.HALF_COST``): the 3-D
-# suite case, 30.1 against 35.6, does; 2-D kernel 17, 8.7 against 9, does not.
+# into 64- and 32-key boxes from its corner) when the boxes cost at most this fraction of its
+# listed key tiles (``KeyBoxes.cost``, a 32-key box counted as ``key_boxes.HALF_COST``): the 3-D
+# suite case, 28.2 against 35.6, does; 2-D kernel 17, 8.7 against 9, does not.
 BOXES_MAX_COST = 0.9
 GLUON_BOXES = {"boxes": True, "lazy_rescale": 8.0}
 
