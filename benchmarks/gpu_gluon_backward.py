@@ -4,7 +4,7 @@ and dk/dv kernels on the same plan, tensors, lse and delta, one process, kernel 
 with the Gluon routes off). GPU (Hopper) only.
 
     python benchmarks/gpu_gluon_backward.py --out DIR [--kernels dq dkdv] [--dims 128 64] [--cases 3-D ...]
-        [--boxes-registers 0 168]
+        [--boxes-registers 0 168] [--query-tiles 2x4x8]
 
 Cases: the N-D suite's 2-D 128 x 128 kernel 17, 3-D 16 x 48 x 48 kernel 5 x 13 x 13, 3-D
 blocked 4 x 8 x 8 and 1-D 32768 window 2048 (``gpu_gluon_forward.CASES``), bf16, B = 1,
@@ -13,7 +13,8 @@ H = 16, tiled order, 64 x 64 tiles, the Triton kernels at (64, 64, 4, 2) for dq 
 difference of the gradients from the Triton kernel's (a smoke check; the float64 checks are
 ``tests/kernels/test_gluon_gpu.py::test_gluon_dq_against_float64`` and ``..._dkdv_...``).
 Plans with key boxes also get dq rows of ``na_dq_boxes`` (``gluon boxes``), one per register
-cap of ``--boxes-registers`` (0: none). Writes ``gluon_backward.json``.
+cap of ``--boxes-registers`` (0: none), and with ``--query-tiles`` on the plans of those
+tiled orders too (lse, delta and dq stay in grid order). Writes ``gluon_backward.json``.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ def main() -> None:
                         help="case names containing any of these (default: all)")
     parser.add_argument("--boxes-registers", nargs="*", type=int, default=[0],
                         help="register caps of the na_dq_boxes rows (0: none)")
+    parser.add_argument("--query-tiles", nargs="*", default=[],
+                        help="query tile shapes such as 2x4x8: the na_dq_boxes rows also on the plan "
+                             "of that tiled order")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu_gluon_backward.py needs a CUDA GPU")
@@ -102,11 +106,20 @@ def main() -> None:
                         step = (lambda kw=variant: na_dkdv(q, k, v, do, lse, delta, plan,
                                                            scale=scale, **kw))
                     runs.append((f"gluon {text}", step, f"_na_{kernel_name}"))
-                if kernel_name == "dq" and key_boxes.key_boxes(plan) is not None:
+                box_plans = [("", plan)]
+                for text in args.query_tiles if kernel_name == "dq" else []:
+                    shape = tuple(int(part) for part in text.split("x"))
+                    if len(shape) == len(grid) and all(g % t == 0 for g, t in zip(grid, shape)):
+                        box_plans.append((f" query_tile={text}",
+                                          case_plan(grid, kernel, stride, heads, device, tile_shape=shape)[0]))
+                for suffix, box_plan in box_plans if kernel_name == "dq" else []:
+                    boxes = key_boxes.key_boxes(box_plan)
+                    if boxes is None:
+                        continue
                     for cap in args.boxes_registers:
-                        runs.append((f"gluon boxes max_registers={cap or None}",
-                                     lambda r=cap or None: (na_dq_boxes(q, k, v, do, lse, delta, plan,
-                                                                        scale=scale, max_registers=r),),
+                        runs.append((f"gluon boxes{suffix} max_registers={cap or None} cost={boxes.cost():.2f}",
+                                     lambda r=cap or None, p=box_plan: (na_dq_boxes(
+                                         q, k, v, do, lse, delta, p, scale=scale, max_registers=r),),
                                      "_na_dq_boxes"))
                 for impl, step, prefix in runs:
                     row = {"case": name, "dim": dim, "kernel": kernel_name, "impl": impl, "ms": None,

@@ -8,6 +8,7 @@ import torch
 
 from conftest import assert_error_rule
 from tessera.kernels.triton import masks
+from tessera.kernels.triton.flash_fwd import grid_box
 from tessera.natten import _auto_layout, na1d, na2d, na3d
 from tessera.patterns import Neighborhood, Permuted
 
@@ -170,6 +171,7 @@ BOX_CASES = [
     ((24, 40), (11, 5), (2, 1), False, None, 128),        # stride groups
     ((32, 32), (9, 7), 1, (True, False), None, 64),       # one causal axis
     ((8, 16, 16), (3, 5, 5), 1, False, (2, 4, 8), 128),   # query tiles two frames deep
+    ((8, 24, 24), (5, 11, 11), 1, False, (2, 8, 4), 64),  # the tiles key_boxes.box_plan takes here
 ]
 
 
@@ -531,13 +533,21 @@ def test_listed_tile_limits_on_the_suite_plans():
         assert (plan.partial_fraction() >= backward_route.DQ_MIN_PARTIAL) is (partial > 0.5)
 
 
+def _tile_text(plan, ndim: int) -> str:
+    """A plan's 64-row query tile over the last ``ndim`` grid axes, as in "2x8x4"."""
+    return "x".join(str(extent) for extent in grid_box(plan, 64)[-ndim:])
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
 @pytest.mark.parametrize("op, grid, kernel, stride, dim, routed", [
-    (na2d, (48, 40), (13, 11), 1, 128, "boxes"),          # 2-D: key boxes, 0.80 of the listed tiles
-    (na2d, (48, 40), (13, 11), 1, 64, "boxes"),           # masked at D = 64, all tiles partial
+    (na2d, (48, 40), (13, 11), 1, 128, "boxes@8x8"),      # 2-D: key boxes, 0.80 of the listed tiles
+    (na2d, (48, 40), (13, 11), 1, 64, "boxes@8x8"),       # masked at D = 64, all tiles partial
     (na2d, (64, 64), (17, 17), 1, 128, 64),               # 2-D, key boxes 0.93 of the tiles
-    (na3d, (8, 24, 24), (5, 13, 13), 1, 128, "boxes"),    # 3-D: key boxes, 0.87 of the tiles
+    (na3d, (8, 24, 24), (5, 13, 13), 1, 128, "boxes@1x8x8"),  # 3-D: key boxes, 0.87 of the tiles
+    # natten's order (8, 1, 8) lists 25.7 key tiles; key boxes on (2, 8, 4) query tiles cost 22.7.
+    (na3d, (8, 24, 24), (5, 11, 11), 1, 128, "boxes@2x8x4"),
+    (na3d, (8, 16, 16), (3, 5, 5), 1, 64, "boxes@2x8x4"),      # 7.5 key tiles, boxes 6.0
     (na1d, (4096,), (1024,), 1, 128, 64),                 # 1-D, 9% partial
     (na1d, (4096,), (1024,), 1, 64, None),                # the same at D = 64: Triton
     (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128, 128),  # blocked: 128-row tiles
@@ -549,8 +559,8 @@ def test_listed_tile_limits_on_the_suite_plans():
 def test_forward_route_through_natten_against_float64(monkeypatch, op, grid, kernel, stride, dim,
                                                       routed, dtype):
     """na2d / na3d on the GPU take the Gluon forward exactly where ``forward_route`` says (a spy
-    records each launch's query-tile rows, or "boxes" for ``na_forward_boxes``; ``routed``: what
-    it records, None for the Triton kernel),
+    records each launch's query-tile rows, or "boxes@" and the query tile for
+    ``na_forward_boxes``; ``routed``: what it records, None for the Triton kernel),
     a repeat call (past the launcher's first, binding launch) equals the first, and forward and
     backward (GQA, B = 2) meet the float64 reference by the rule of
     tests/kernels/flash_cases.py: 2x (o, lse) or 3x (gradients) the reference's own error in
@@ -566,7 +576,7 @@ def test_forward_route_through_natten_against_float64(monkeypatch, op, grid, ker
         return original(*args, **kwargs)
 
     def spy_boxes(*args, **kwargs):
-        launches.append("boxes")
+        launches.append("boxes@" + _tile_text(args[3], len(grid)))
         return original_boxes(*args, **kwargs)
     monkeypatch.setattr(gluon_forward, "na_forward", spy)
     monkeypatch.setattr(na_forward_boxes, "na_forward_boxes", spy_boxes)
@@ -593,11 +603,13 @@ def test_forward_route_through_natten_against_float64(monkeypatch, op, grid, ker
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
 @pytest.mark.parametrize("op, grid, kernel, stride, dim, routed", [
-    (na2d, (48, 40), (13, 11), 1, 128, {"dq-boxes", "dkdv"}),   # key boxes: 0.80 of the tiles
+    (na2d, (48, 40), (13, 11), 1, 128, {"dq-boxes@8x8", "dkdv"}),   # key boxes: 0.80 of the tiles
     (na2d, (64, 64), (17, 17), 1, 64, {"dq", "dkdv"}),            # key boxes: 0.93 of the tiles
     # 27.2 key tiles per query tile, all partial; key boxes 0.87 of them.
-    (na3d, (8, 24, 24), (5, 13, 13), 1, 128, {"dq-boxes", "dkdv"}),
-    (na3d, (8, 24, 24), (5, 13, 13), 1, 64, {"dq-boxes", "dkdv"}),
+    (na3d, (8, 24, 24), (5, 13, 13), 1, 128, {"dq-boxes@1x8x8", "dkdv"}),
+    (na3d, (8, 24, 24), (5, 13, 13), 1, 64, {"dq-boxes@1x8x8", "dkdv"}),
+    # dq on key boxes in (2, 8, 4) query tiles, dk/dv on natten's (8, 1, 8) tiles.
+    (na3d, (8, 24, 24), (5, 11, 11), 1, 128, {"dq-boxes@2x8x4", "dkdv"}),
     # 16.8 key tiles per query tile, 9% partial: dq stays on Triton.
     (na1d, (4096,), (1024,), 1, 128, {"dkdv"}),
     (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128, {"dq", "dkdv"}),
@@ -609,7 +621,8 @@ def test_forward_route_through_natten_against_float64(monkeypatch, op, grid, ker
 def test_backward_route_through_natten_against_float64(monkeypatch, op, grid, kernel, stride, dim,
                                                        routed, dtype, gradient):
     """With ``backward_route.GLUON_DQ_ENABLED`` and / or ``GLUON_DKDV_ENABLED`` (the other off),
-    na2d / na3d backward passes take dq from ``na_dq`` or ``na_dq_boxes`` ("dq-boxes") and dk,
+    na2d / na3d backward passes take dq from ``na_dq`` or ``na_dq_boxes`` ("dq-boxes@" and its
+    query tile) and dk,
     dv from ``na_dkdv`` where the route sends them (``routed``; spies count launches per
     kernel), a repeat call equals the first, and forward and backward (GQA, B = 2) meet the
     float64 reference by the rule."""
@@ -625,7 +638,8 @@ def test_backward_route_through_natten_against_float64(monkeypatch, op, grid, ke
     launches = []
     for module, name, label in kernels:
         def spy(*args, _original=getattr(module, name), _label=label, **kwargs):
-            launches.append(_label)
+            tile = "@" + _tile_text(args[6], len(grid)) if _label == "dq-boxes" else ""
+            launches.append(_label + tile)
             return _original(*args, **kwargs)
         monkeypatch.setattr(module, name, spy)
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -654,6 +668,7 @@ def test_backward_route_through_natten_against_float64(monkeypatch, op, grid, ke
     (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128),     # blocked: 128-row forward tiles
     (na2d, (64, 64), (17, 17), 2, 64),
     (na3d, (8, 24, 24), (5, 13, 13), 1, 128),         # forward and dq on key boxes
+    (na3d, (8, 24, 24), (5, 11, 11), 1, 128),         # the same on (2, 8, 4) query tiles
 ])
 def test_bound_launches_take_each_calls_tensors(op, grid, kernel, stride, dim):
     """Repeat forward+backward calls of one shape (the Gluon kernels' bound launches, which fill

@@ -130,3 +130,40 @@ def test_plans_outside_the_boxes_scope(grid, kernel, kwargs, reason):
     _rule, _layout, plan = _plan(grid, kernel, **kwargs)
     assert not key_boxes.fits(plan), reason
     assert key_boxes.key_boxes(plan) is None
+
+
+@pytest.mark.parametrize("grid, kernel, tile_shape, query_tile", [
+    ((16, 48, 48), (5, 13, 13), None, (2, 8, 4)),     # the suite's 3-D case: 26.8 boxes against 28.2
+    ((8, 24, 24), (5, 11, 11), (1, 8, 8), (2, 8, 4)),
+    ((8, 24, 24), (5, 11, 11), None, (2, 8, 4)),      # natten's order (8, 1, 8): 28.1 boxes, 22.7 here
+    ((8, 16, 16), (3, 5, 5), None, (2, 8, 4)),
+    ((8, 24, 24), (5, 13, 13), None, (1, 8, 8)),      # 23.7 on its own tiles against 23.8 deeper
+    ((16, 48, 48), (3, 7, 7), None, (1, 8, 8)),       # natten's order (1, 4, 16): 12.5 boxes, 10.3 here
+    ((16, 48, 48), (3, 7, 7), (2, 4, 8), (1, 8, 8)),
+    ((128, 128), (17, 17), None, (8, 8)),             # 2-D: (8, 8) tiles only
+    ((48, 40), (13, 11), (16, 4), (8, 8)),
+    ((48, 44), (13, 11), (16, 4), (16, 4)),           # (8, 8) does not tile the grid
+])
+def test_box_plan_takes_the_cheapest_query_tiles(grid, kernel, tile_shape, query_tile):
+    """``box_plan`` takes, of the plan and the plans in ``QUERY_TILES``' tiled orders that tile
+    the grid, the one whose boxes cost least (``comparable_cost``); the chosen plan is the same
+    neighborhood over the same tokens (its boxes are checked like any plan's:
+    ``test_boxes_partition_each_query_tiles_keys`` covers query tiles two frames deep), and the
+    choice is kept with the plan."""
+    from tessera.kernels.triton.flash_fwd import grid_box
+    _rule, _layout, plan = _plan(grid, kernel, tile_shape=tile_shape)
+    chosen = key_boxes.box_plan(plan)
+    assert key_boxes.box_plan(plan) is chosen
+    assert grid_box(chosen, 64)[-len(grid):] == query_tile
+    assert (chosen.q_len, chosen.k_len, chosen.block_m, chosen.block_n) == (plan.q_len, plan.k_len, 64, 64)
+    assert repr(key_boxes._neighborhood(chosen.na_values)) == repr(key_boxes._neighborhood(plan.na_values))
+    pad = 3 - len(grid)
+    for shape in [grid_box(plan, 64), *key_boxes.QUERY_TILES]:
+        if shape[:pad] == (1,) * pad and all(g % t == 0 for g, t in zip(grid, shape[pad:])):
+            other = _plan(grid, kernel, tile_shape=shape[pad:])[2]
+            assert key_boxes.comparable_cost(chosen) <= key_boxes.comparable_cost(other)
+
+
+def test_box_plan_outside_the_boxes_scope():
+    _rule, _layout, plan = _plan((32, 32), (7, 7), dilation=2)
+    assert key_boxes.box_plan(plan) is None

@@ -13,6 +13,10 @@ the corner: 416 keys in 7 boxes. The kernel (``na_forward_boxes``) masks each bo
 neighborhood's penalty, so a box may reach past the union, or past the grid (bulk copies
 fill zeros there, and those codes lie outside every window).
 
+The kernels read and write q, k, v, o, lse and dq in grid order, so a plan's boxes may run on
+other query tiles than its token order's: ``box_plan`` takes, of the plan's own, (1, 8, 8) and
+(2, 8, 4), those with the cheapest boxes (``QUERY_TILES``).
+
 Entries are int32, ``(((c0 * 1024 + c1) * 1024 + c2) * 8 + kind)`` with ``(c0, c1, c2)`` the
 box's first token and ``kind`` one of ``EXTENTS``; so grid axes 1 and 2 hold at most 1024
 tokens and axis 0 at most 256 (``fits``).
@@ -26,8 +30,9 @@ from typing import Optional
 import torch
 
 from ...patterns import Neighborhood
+from ...patterns.layout import GridLayout, Permuted
 from ..triton.flash_fwd import grid_box
-from ..triton.masks import MASK_NEIGHBORHOOD
+from ..triton.masks import MASK_NEIGHBORHOOD, get_plan
 
 FULL, HALF_1, HALF_2, WIDE, TALL = 0, 1, 2, 3, 4
 # Extents of each kind of box along grid axes 0, 1, 2 (a full box first).
@@ -40,6 +45,18 @@ MAX_GRID = (256, 1024, 1024)
 # 3-D suite case, 20 full and 15.6 half boxes in 1.308 ms against 35.6 tiles in 1.526,
 # ``results/tuning/2026-12-01-h200-gluon-forward-18-boxes.json``).
 HALF_COST = 0.67
+# A plan whose query tiles span more than one frame evaluates the penalty's axis-0 term on
+# every box: its boxes count this much more when query tiles are compared (``box_plan``). At
+# D = 64 the 3-D suite case took 0.0305 ms per box on (2, 8, 4) and (4, 4, 4) query tiles
+# against 0.0300 on (1, 8, 8); at D = 128 0.0466 against 0.0469
+# (``results/tuning/2026-12-02-h200-gluon-forward-21-query-tiles.json``).
+DEEP_QUERY_COST = 1.02
+# Query tiles (extents along grid axes 0, 1, 2) the key-box kernels may take in place of a
+# plan's own (``box_plan``). The 3-D suite case (5 x 13 x 13 over 16 x 48 x 48) takes (2, 8, 4):
+# 26.8 boxes per query tile against 28.2 on (1, 8, 8), whose window unions of 20 x 20 keys per
+# frame become 20 x 16; 1.248 ms against 1.320 at D = 128. (2, 4, 8) tiles, with as many boxes
+# but a 16 x 4 one per frame where (2, 8, 4) has a 4 x 16 one, took 1.279 (the same file).
+QUERY_TILES = ((1, 8, 8), (2, 8, 4))
 
 
 @dataclass(frozen=True)
@@ -172,3 +189,36 @@ def key_boxes(plan) -> Optional[KeyBoxes]:
     if ("key_boxes",) not in plan.schedules:
         plan.schedules[("key_boxes",)] = build(plan) if fits(plan) else None
     return plan.schedules[("key_boxes",)]
+
+
+def comparable_cost(plan) -> float:
+    """``KeyBoxes.cost`` of ``plan``'s boxes (``fits`` must hold), times ``DEEP_QUERY_COST``
+    where its query tiles span more than one frame."""
+    deep = grid_box(plan, plan.block_m)[0] > 1
+    return key_boxes(plan).cost() * (DEEP_QUERY_COST if deep else 1.0)
+
+
+def box_plan(plan):
+    """The plan whose query tiles the key-box kernels take for ``plan``'s calls, or None when
+    ``plan`` does not ``fit``: of ``plan`` and the same neighborhood's plans in the tiled orders
+    of ``QUERY_TILES`` that tile its grid, the one whose boxes have the lowest
+    ``comparable_cost`` (``plan`` on ties); kept with ``plan``. The kernels read q, k, v, and
+    write o, lse and dq, in grid order, so every such plan gives the same results."""
+    if ("box_plan",) in plan.schedules:
+        return plan.schedules[("box_plan",)]
+    chosen = None
+    if key_boxes(plan) is not None:
+        chosen, lowest = plan, comparable_cost(plan)
+        values = plan.na_values
+        grid = tuple(values[0:3])
+        own = grid_box(plan, plan.block_m)
+        rule = _neighborhood(values)
+        for shape in QUERY_TILES:
+            if shape == own or any(g % t for g, t in zip(grid, shape)):
+                continue
+            other = get_plan(Permuted(rule, GridLayout(grid, shape)), plan.q_len, plan.k_len,
+                             plan.block_m, plan.block_n, 1, plan.na_params.device)
+            if key_boxes(other) is not None and comparable_cost(other) < lowest:
+                chosen, lowest = other, comparable_cost(other)
+    plan.schedules[("box_plan",)] = chosen
+    return chosen

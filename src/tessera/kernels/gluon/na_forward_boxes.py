@@ -255,6 +255,14 @@ def boxes_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan) -> 
     return key_boxes.fits(plan) and supports(q, k, v, plan)
 
 
+def call_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan):
+    """The plan the key-box kernels run a call over ``plan`` on (``boxes_supported`` for
+    ``plan``): ``key_boxes.box_plan(plan)`` when it is ``plan`` or ``boxes_supported`` holds for
+    it, else ``plan``."""
+    chosen = key_boxes.box_plan(plan)
+    return chosen if chosen is plan or boxes_supported(q, k, v, chosen) else plan
+
+
 def na_forward_boxes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale: float,
                      lazy_rescale: float = 8.0, max_registers: int | None = None,
                      scope_checked: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

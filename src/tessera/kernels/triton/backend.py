@@ -267,8 +267,9 @@ def _forward(spec: _Spec, q, k, v, sinks, slopes, bias, u, w, table):
         plan = _plan(spec, q, k, config)
         gluon = forward_route.gluon_variant(q, k, v, plan, spec.fold) if plain else None
         if gluon is not None and gluon.pop("boxes", False):
-            from ..gluon.na_forward_boxes import na_forward_boxes
-            return na_forward_boxes(q, k, v, plan, scale=spec.scale, scope_checked=True, **gluon)
+            from ..gluon.na_forward_boxes import call_plan, na_forward_boxes
+            return na_forward_boxes(q, k, v, call_plan(q, k, v, plan), scale=spec.scale,
+                                    scope_checked=True, **gluon)
         if gluon is not None:
             from ..gluon.na_forward import na_forward, supports
             rows = gluon.pop("block_m", plan.block_m)

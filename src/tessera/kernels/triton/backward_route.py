@@ -28,7 +28,11 @@ dq on key boxes (``na_dq_boxes``: each query tile over its own full and half key
 5x13x13 D = 128 1.369 ms against 1.688 (Gluon on tiles, two K and two V slots) and 1.759
 (Triton); D = 64 0.911 at 168 registers (1.025 without a cap) against 1.088 (Triton); 2-D k17,
 whose boxes cost 0.96 of its tiles, 0.223 against 0.218. So dq runs on key boxes wherever the
-forward does (``forward_route.cheaper_on_boxes``), at both head dims.
+forward does (``forward_route.cheaper_on_boxes``), at both head dims, on the query tiles the
+forward takes (``key_boxes.box_plan``): 3-D 5x13x13 on (2, 8, 4) tiles 1.316 ms against 1.372
+on (1, 8, 8) at D = 128, 0.855 against 0.902 at D = 64
+(``results/tuning/2026-12-02-h200-gluon-backward-7-query-tiles.json``); 3-D 3x7x7 on (1, 8, 8)
+tiles 0.553 against 0.654 on natten's (1, 4, 16) (``-gluon-backward-8-k3x7x7.json``).
 """
 
 from __future__ import annotations

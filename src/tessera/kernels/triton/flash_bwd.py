@@ -505,12 +505,14 @@ def _gluon_dkdv(q, k, v, do, lse, delta, plan, scale: float, dk, dv, stream=None
 
 
 def _gluon_dq(q, k, v, do, lse, delta, plan, scale: float, dq) -> None:
-    """dq into ``dq`` by a Gluon kernel (``backward_route`` chose it): over key boxes where
-    ``backward_route.dq_on_boxes``, else over the plan's tiles."""
+    """dq into ``dq`` by a Gluon kernel (``backward_route`` chose it): over key boxes (on the
+    query tiles of ``na_forward_boxes.call_plan``) where ``backward_route.dq_on_boxes``, else over
+    the plan's tiles."""
     if backward_route.dq_on_boxes(plan):
         from ..gluon.na_dq_boxes import na_dq_boxes
-        na_dq_boxes(q, k, v, do, lse, delta, plan, scale=scale, dq=dq, scope_checked=True,
-                    max_registers=backward_route.DQ_BOXES_REGISTERS.get(q.shape[3]))
+        from ..gluon.na_forward_boxes import call_plan
+        na_dq_boxes(q, k, v, do, lse, delta, call_plan(q, k, v, plan), scale=scale, dq=dq,
+                    scope_checked=True, max_registers=backward_route.DQ_BOXES_REGISTERS.get(q.shape[3]))
         return
     from ..gluon.na_dq import na_dq
     na_dq(q, k, v, do, lse, delta, plan, scale=scale, dq=dq, scope_checked=True,

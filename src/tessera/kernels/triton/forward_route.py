@@ -28,8 +28,13 @@ Triton kernel's 128-row tiles, CUDA graphs, ``results/2026-12-01-h200-natten-12.
 tile's window union partitioned from its corner into 64- and 32-key grid boxes) cost at most
 ``BOXES_MAX_COST`` of their listed tiles run ``na_forward_boxes``: 3-D 5 x 13 x 13 (1,778 keys
 per query tile against 2,276) 1.298 ms against 1.532 for the masked variant above at D = 128,
-0.844 against 0.998 at D = 64 (``-gluon-forward-20-box-prefetch.json``); in the suite 1.286
-ms, 5.13x Flex (``results/2026-12-01-h200-natten-14.json``). Dilated
+0.844 against 0.998 at D = 64 (``-gluon-forward-20-box-prefetch.json``). The boxes run on the
+query tiles ``key_boxes.box_plan`` picks (the plan's own, (1, 8, 8) or (2, 8, 4), whichever
+has the cheapest boxes; the kernels address the grid, so the plan's token order stays the
+backward's): 3-D 5 x 13 x 13 on (2, 8, 4) tiles 1.248 ms against 1.320 on (1, 8, 8)
+(``-gluon-forward-21-query-tiles.json``), in the suite 1.249 ms, 5.29x Flex
+(``results/2026-12-02-h200-natten-2.json``); 3-D 3 x 7 x 7, which natten orders in (1, 4, 16)
+tiles, on (1, 8, 8) tiles 0.518 ms against 0.598 (``-gluon-forward-22-k3x7x7.json``). Dilated
 neighborhoods run through a dilation fold (``masks.DilationFold``: every group's plan at once)
 on 64-row tiles; calls with score modifiers (softcap, sinks, biases, sigmoid) stay on the
 Triton kernel, which has them.
@@ -68,9 +73,10 @@ MAX_MASKED_TILES = 40
 # and at D = 64 only when at least this fraction of the listed tiles is partial.
 MIN_PARTIAL_D64 = 0.5
 # Such a plan runs on key boxes (``gluon.key_boxes``: each query tile's window union partitioned
-# into 64- and 32-key boxes from its corner) when the boxes cost at most this fraction of its
-# listed key tiles (``KeyBoxes.cost``, a 32-key box counted as ``key_boxes.HALF_COST``): the 3-D
-# suite case, 28.2 against 35.6, does; 2-D kernel 17, 8.7 against 9, does not.
+# into 64- and 32-key boxes from its corner) when the boxes, on the query tiles
+# ``key_boxes.box_plan`` picks, cost at most this fraction of its listed key tiles
+# (``key_boxes.comparable_cost``, a 32-key box counted as ``key_boxes.HALF_COST``): the 3-D
+# suite case, 27.4 against 35.6, does; 2-D kernel 17, 8.7 against 9, does not.
 BOXES_MAX_COST = 0.9
 GLUON_BOXES = {"boxes": True, "lazy_rescale": 8.0}
 
@@ -86,11 +92,16 @@ def few_listed_tiles(plan, limit: int) -> bool:
 
 
 def cheaper_on_boxes(plan) -> bool:
-    """Whether ``plan`` has key boxes (``key_boxes.fits``) costing at most ``BOXES_MAX_COST`` of
-    its listed key tiles."""
-    from ..gluon import key_boxes
-    boxes = key_boxes.key_boxes(plan)
-    return boxes is not None and boxes.cost() <= BOXES_MAX_COST * plan.listed_pairs() / plan.n_q_tiles
+    """Whether ``plan`` has key boxes (``key_boxes.fits``) whose cost, on the query tiles
+    ``key_boxes.box_plan`` picks, is at most ``BOXES_MAX_COST`` of its listed key tiles (kept
+    with the plan)."""
+    key = ("cheaper_on_boxes", BOXES_MAX_COST)
+    if key not in plan.schedules:
+        from ..gluon import key_boxes
+        chosen = key_boxes.box_plan(plan)
+        plan.schedules[key] = (chosen is not None and key_boxes.comparable_cost(chosen)
+                               <= BOXES_MAX_COST * plan.listed_pairs() / plan.n_q_tiles)
+    return plan.schedules[key]
 
 
 def gluon_variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan,
