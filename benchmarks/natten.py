@@ -7,7 +7,8 @@ GPU only: tessera (tessera.natten, tiled token order chosen automatically, permu
 in the time; one case also row-major) against FlexAttention with the same mask in row-major order
 ("flex") and in tessera's tiled order ("flex-tiled"), and dense cuDNN baselines. bf16, H = 16.
 The results file's notes give, per case with a tiled layout, the ideal speedup over dense
-(1 / density), the tile-map prediction (``predicted_speedup``) and the measured forward and
+(1 / density), the tile-map prediction (``predicted_speedup``; for cases whose forward runs on
+key boxes also ``key_boxes.predicted_speedup``) and the measured forward and
 forward+backward speedups over tessera's own dense kernel at the same shape with their fraction
 of the ideal. ``--graph`` adds each N-D case's rows replayed from CUDA graphs, GPU time without the
 host (``tessera.bench.timing.graph_replay_ms``), and their Flex ratios to the notes.
@@ -26,7 +27,10 @@ import torch
 from tessera.bench.attention import GRAPH_SUFFIX, natten_cases, run_case, tiled_problem
 from tessera.bench.timing import warm_up_gpu
 from tessera.bench.report import print_table, results_path, write_results
+from tessera.kernels.gluon import key_boxes
+from tessera.kernels.triton import forward_route, masks
 from tessera.kernels.triton.backend import forward_tiles
+from tessera.kernels.triton.flash_fwd import grid_box
 from tessera.patterns import Neighborhood, predicted_speedup
 
 
@@ -41,6 +45,18 @@ def _own_dense_ms(records: list[dict], seq: int, dim: int, direction: str):
 def _ms(records: list[dict], case: str, impl: str, direction: str):
     return next((r["ms"] for r in records if r["case"] == case and r["impl"] == impl
                  and r["direction"] == direction and r["ms"]), None)
+
+
+def _boxes_prediction(tiled, seq: int, groups: int):
+    """``(speedup, query tile text)`` of ``key_boxes.predicted_speedup`` where the forward runs
+    on key boxes (``forward_route.cheaper_on_boxes`` on the 64 x 64 plan; undilated), else None."""
+    if groups != 1:
+        return None
+    plan = masks.get_plan(tiled, seq, seq, 64, 64, 1, torch.device("cpu"))
+    if plan.mask_mode != masks.MASK_NEIGHBORHOOD or not forward_route.cheaper_on_boxes(plan):
+        return None
+    tile = grid_box(key_boxes.box_plan(plan), 64)[3 - len(tiled.layout.grid):]
+    return key_boxes.predicted_speedup(plan), "x".join(map(str, tile))
 
 
 def speedup_notes(cases, records: list[dict]) -> list[str]:
@@ -59,6 +75,9 @@ def speedup_notes(cases, records: list[dict]) -> list[str]:
         # is 1 / groups of it.
         predicted = groups * predicted_speedup(tiled, seq, seq, block_m, block_n)
         parts = [f"{case.name}: ideal {ideal:.1f}x, predicted {predicted:.1f}x ({block_m}x{block_n} tiles)"]
+        on_boxes = _boxes_prediction(tiled, seq, groups)
+        if on_boxes is not None:
+            parts[0] += f", {on_boxes[0]:.1f}x on key boxes ({on_boxes[1]} query tiles)"
         for direction in ("fwd", "fwd+bwd"):
             ours = _ms(records, case.name, "tessera", direction)
             dense = _own_dense_ms(records, case.seq, case.head_dim, direction)

@@ -167,3 +167,12 @@ def test_box_plan_takes_the_cheapest_query_tiles(grid, kernel, tile_shape, query
 def test_box_plan_outside_the_boxes_scope():
     _rule, _layout, plan = _plan((32, 32), (7, 7), dilation=2)
     assert key_boxes.box_plan(plan) is None
+
+
+def test_predicted_speedup_on_key_boxes():
+    """The suite's 3-D case: 576 dense key tiles per query tile over 26.8 boxes on (2, 8, 4)
+    query tiles, counted at ``DEEP_QUERY_COST``: 21.0x (the tile map predicts 12.5x)."""
+    _rule, _layout, plan = _plan((16, 48, 48), (5, 13, 13))
+    assert key_boxes.predicted_speedup(plan) == pytest.approx(576 / (26.83 * key_boxes.DEEP_QUERY_COST), rel=1e-3)
+    _rule, _layout, dilated = _plan((32, 32), (7, 7), dilation=2)
+    assert key_boxes.predicted_speedup(dilated) is None

@@ -222,3 +222,15 @@ def box_plan(plan):
                 chosen, lowest = other, comparable_cost(other)
     plan.schedules[("box_plan",)] = chosen
     return chosen
+
+
+def predicted_speedup(plan) -> Optional[float]:
+    """Analytic speedup over dense attention of the key-box kernels on ``plan``'s problem, or
+    None when ``plan`` does not ``fit``: the dense key tiles per query tile (``plan``'s key
+    length in 64-key tiles) over the ``comparable_cost`` of the boxes ``box_plan`` picks, each
+    64-key box priced as a dense tile (``patterns.predicted_speedup``'s counterpart, which
+    prices the plan's listed tiles)."""
+    chosen = box_plan(plan)
+    if chosen is None:
+        return None
+    return -(-plan.k_len // 64) / comparable_cost(chosen)
