@@ -1,7 +1,7 @@
 """Compile the Gluon tiled-neighborhood kernels (``tessera.kernels.gluon.na_forward``, ``na_dq``, ``na_dkdv``)
 for Hopper (sm_90) without a GPU, on the N-D suite's shapes, and print shared memory, registers and spills.
 
-    python benchmarks/gluon_compile_check.py [--kernel fwd|boxes|dq|dq-boxes|dkdv] [--num-buffers 3] [--dim 128] [--no-overlap]
+    python benchmarks/gluon_compile_check.py [--kernel fwd|boxes|dq|dq-boxes|dkdv|dkdv-boxes] [--num-buffers 3] [--dim 128] [--no-overlap]
         [--specialized] [--v-buffers N]
         [--max-registers N] [--block-m 64|128] [--lazy-rescale 8] [--defer-pv] [--cases NAME ...] [--loops] [--dump FILE] [--ptx FILE]
 
@@ -20,7 +20,7 @@ from triton.experimental.gluon import _runtime
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from tessera.bench.hopper_compile import resources, sass, sass_loops
-from tessera.kernels.gluon import na_dkdv, na_dq
+from tessera.kernels.gluon import na_dkdv, na_dkdv_boxes, na_dq
 from tessera.kernels.gluon import na_forward as gluon_forward
 from tessera.kernels.gluon import na_dq_boxes, na_forward_boxes
 from tessera.kernels.triton import masks
@@ -65,9 +65,9 @@ def _signature(fn, args, kwargs):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kernel", choices=("fwd", "boxes", "dq", "dq-boxes", "dkdv"), default="fwd",
+    parser.add_argument("--kernel", choices=("fwd", "boxes", "dq", "dq-boxes", "dkdv", "dkdv-boxes"), default="fwd",
                         help="na_forward, na_forward_boxes (--lazy-rescale), na_dq_boxes, na_dq (--num-buffers, --v-buffers: its K and V slots) or "
-                             "na_dkdv (--num-buffers: its q/dO slots)")
+                             "na_dkdv (--num-buffers: its q/dO slots) or na_dkdv_boxes")
     parser.add_argument("--num-buffers", type=int, default=3)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--no-overlap", action="store_true")
@@ -109,7 +109,8 @@ def main() -> None:
         captured = []
         jit_fn = {"dkdv": na_dkdv._na_dkdv, "dq": na_dq._na_dq,
                   "boxes": na_forward_boxes._na_fwd_boxes,
-                  "dq-boxes": na_dq_boxes._na_dq_boxes}.get(args.kernel, gluon_forward._na_fwd)
+                  "dq-boxes": na_dq_boxes._na_dq_boxes,
+                  "dkdv-boxes": na_dkdv_boxes._na_dkdv_boxes}.get(args.kernel, gluon_forward._na_fwd)
         original = type(jit_fn).__getitem__
         type(jit_fn).__getitem__ = lambda fn, launch_grid: (lambda *a, **kw: captured.append((a, kw)))
         try:
@@ -117,6 +118,10 @@ def main() -> None:
                 stats = torch.empty(1, 2, seq, dtype=torch.float32)
                 na_dkdv.na_dkdv(q, k, v, torch.empty_like(q), stats, stats, plan,
                                 scale=args.dim ** -0.5, num_buffers=args.num_buffers)
+            elif args.kernel == "dkdv-boxes":
+                stats = torch.empty(1, 2, seq, dtype=torch.float32)
+                na_dkdv_boxes.na_dkdv_boxes(q, k, v, torch.empty_like(q), stats, stats, plan,
+                                            scale=args.dim ** -0.5, max_registers=args.max_registers)
             elif args.kernel == "dq-boxes":
                 stats = torch.empty(1, 2, seq, dtype=torch.float32)
                 na_dq_boxes.na_dq_boxes(q, k, v, torch.empty_like(q), stats, stats, plan,

@@ -12,9 +12,10 @@ H = 16, tiled order, 64 x 64 tiles, the Triton kernels at (64, 64, 4, 2) for dq 
 4, 3) for dk/dv (2 stages at D = 64) as tessera runs them there. Rows: case, dim, kernel, impl, ms, and the largest
 difference of the gradients from the Triton kernel's (a smoke check; the float64 checks are
 ``tests/kernels/test_gluon_gpu.py::test_gluon_dq_against_float64`` and ``..._dkdv_...``).
-Plans with key boxes also get dq rows of ``na_dq_boxes`` (``gluon boxes``), one per register
-cap of ``--boxes-registers`` (0: none), and with ``--query-tiles`` on the plans of those
-tiled orders too (lse, delta and dq stay in grid order). Writes ``gluon_backward.json``.
+Plans with key boxes also get dq rows of ``na_dq_boxes`` and dk/dv rows of ``na_dkdv_boxes``
+(query boxes; both ``gluon boxes``), one per register cap of ``--boxes-registers`` (0: none),
+and with ``--query-tiles`` on the plans of those tiled orders too (lse, delta and the
+gradients stay in grid order). Writes ``gluon_backward.json``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from gpu_gluon_forward import CASES, case_plan
 from tessera.bench.timing import cuda_kernel_ms, warm_up_gpu
 from tessera.kernels.gluon import key_boxes
 from tessera.kernels.gluon.na_dkdv import na_dkdv
+from tessera.kernels.gluon.na_dkdv_boxes import na_dkdv_boxes
 from tessera.kernels.gluon.na_dq import na_dq
 from tessera.kernels.gluon.na_dq_boxes import na_dq_boxes
 from tessera.kernels.triton import backward_route, flash_bwd, flash_fwd
@@ -107,20 +109,24 @@ def main() -> None:
                                                            scale=scale, **kw))
                     runs.append((f"gluon {text}", step, f"_na_{kernel_name}"))
                 box_plans = [("", plan)]
-                for text in args.query_tiles if kernel_name == "dq" else []:
+                for text in args.query_tiles:
                     shape = tuple(int(part) for part in text.split("x"))
                     if len(shape) == len(grid) and all(g % t == 0 for g, t in zip(grid, shape)):
                         box_plans.append((f" query_tile={text}",
                                           case_plan(grid, kernel, stride, heads, device, tile_shape=shape)[0]))
-                for suffix, box_plan in box_plans if kernel_name == "dq" else []:
-                    boxes = key_boxes.key_boxes(box_plan)
+                for suffix, box_plan in box_plans:
+                    boxes = (key_boxes.key_boxes(box_plan) if kernel_name == "dq"
+                             else key_boxes.query_boxes(box_plan))
                     if boxes is None:
                         continue
                     for cap in args.boxes_registers:
-                        runs.append((f"gluon boxes{suffix} max_registers={cap or None} cost={boxes.cost():.2f}",
-                                     lambda r=cap or None, p=box_plan: (na_dq_boxes(
-                                         q, k, v, do, lse, delta, p, scale=scale, max_registers=r),),
-                                     "_na_dq_boxes"))
+                        text = f"gluon boxes{suffix} max_registers={cap or None} cost={boxes.cost():.2f}"
+                        if kernel_name == "dq":
+                            runs.append((text, lambda r=cap or None, p=box_plan: (na_dq_boxes(
+                                q, k, v, do, lse, delta, p, scale=scale, max_registers=r),), "_na_dq_boxes"))
+                        else:
+                            runs.append((text, lambda r=cap or None, p=box_plan: na_dkdv_boxes(
+                                q, k, v, do, lse, delta, p, scale=scale, max_registers=r), "_na_dkdv_boxes"))
                 for impl, step, prefix in runs:
                     row = {"case": name, "dim": dim, "kernel": kernel_name, "impl": impl, "ms": None,
                            "max_diff": None, "error": None}

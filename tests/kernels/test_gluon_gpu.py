@@ -414,6 +414,41 @@ def test_gluon_dq_on_key_boxes_against_float64(grid, kernel, stride, causal, til
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("grid, kernel, stride, causal, tile_shape, dim", BOX_CASES)
+def test_gluon_dkdv_on_query_boxes_against_float64(grid, kernel, stride, causal, tile_shape, dim, dtype):
+    """``na_dkdv_boxes`` against the float64 reference's dk and dv (``_check_gradients``), each
+    key tile over its query boxes; a repeat call (the bound launch) gives the same gradients."""
+    from tessera.kernels.gluon.na_dkdv_boxes import na_dkdv_boxes
+
+    def run(*args, scale):
+        first = na_dkdv_boxes(*args, scale=scale)
+        again = na_dkdv_boxes(*args, scale=scale)
+        assert all(torch.equal(a, b) for a, b in zip(first, again))
+        return first
+    op = na3d if len(grid) == 3 else na2d
+    _check_gradients(run, ("dk", "dv"), op, grid, kernel, stride, dim, dtype, causal, tile_shape)
+
+
+def test_dkdv_on_query_boxes_arguments_without_a_gpu():
+    from tessera.kernels.gluon.na_dkdv_boxes import dkdv_boxes_supported, na_dkdv_boxes
+    plan = _plan((32, 32), (7, 7), 2, torch.device("cpu"))
+    q = torch.empty(1, 1024, 2, 128, dtype=torch.bfloat16)
+    stats = torch.empty(1, 2, 1024)
+    assert dkdv_boxes_supported(q, q, q, plan)
+    with pytest.raises(ValueError, match="scope"):
+        na_dkdv_boxes(q, q, q, q.float(), stats, stats, plan, scale=0.1)
+    with pytest.raises(ValueError, match="lse"):
+        na_dkdv_boxes(q, q, q, q, stats[:, :1], stats, plan, scale=0.1)
+    with pytest.raises(ValueError, match="delta"):
+        na_dkdv_boxes(q, q, q, q, stats, stats.double(), plan, scale=0.1)
+    one_axis = _plan((4096,), (1024,), 2, torch.device("cpu"))     # axes 1 and 2 shorter than a box
+    rows = torch.empty(1, 4096, 2, 128, dtype=torch.bfloat16)
+    assert not dkdv_boxes_supported(rows, rows, rows, one_axis)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_gluon_dq_on_key_boxes_under_a_register_cap_against_float64(dtype):
     """The same at 168 registers per thread (three programs per SM at D = 64)."""
     from tessera.kernels.gluon.na_dq_boxes import na_dq_boxes
@@ -511,6 +546,23 @@ def test_route_decisions_as_on_hopper(monkeypatch, grid, kernel, stride, dim, fo
         assert forward_route.gluon_variant(q, q, q, rows_128) == want
     elif forward in ("masked", "boxes"):
         assert forward_route.gluon_variant(q, q, q, rows_128) is None
+
+
+@pytest.mark.parametrize("grid, kernel, boxes", [
+    ((16, 48, 48), (5, 13, 13), False),   # query boxes 31.7 against 35.6 listed tiles: over 0.8
+    ((16, 48, 48), (3, 7, 7), True),      # 10.3 over (1, 8, 8) key tiles against 19.8
+    ((32, 32), (7, 7), True),             # 3.25 against 4.75
+    ((128, 128), (17, 17), False),        # 9 against 9
+    ((4096,), (1024,), False),            # 1-D: no boxes
+])
+def test_dkdv_box_route_decisions(monkeypatch, grid, kernel, boxes):
+    """``backward_route.dkdv_on_boxes``: query boxes where they cost at most
+    ``DKDV_BOXES_MAX_COST`` of the plan's listed tiles, never with ``DKDV_BOXES_ENABLED`` off."""
+    from tessera.kernels.triton import backward_route
+    plan = _plan(grid, kernel, 2, torch.device("cpu"))
+    assert backward_route.dkdv_on_boxes(plan) is boxes
+    monkeypatch.setattr(backward_route, "DKDV_BOXES_ENABLED", False)
+    assert backward_route.dkdv_on_boxes(plan) is False
 
 
 def test_listed_tile_limits_on_the_suite_plans():
@@ -615,6 +667,11 @@ def test_forward_route_through_natten_against_float64(monkeypatch, op, grid, ker
     (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128, {"dq", "dkdv"}),
     # Full tiles at D = 64: the tuned dq and dk/dv configs have 128-row and 128-key tiles.
     (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 64, set()),
+    # dk/dv on query boxes over (8, 8) key tiles: 3.7 boxes against natten's 5.0 (32 x 2) tiles.
+    (na2d, (32, 48), (7, 9), 1, 128, {"dq-boxes@8x8", "dkdv-boxes@8x8"}),
+    # natten's (8, 2, 4) tiles list 13.1 per key tile; query boxes over (1, 8, 8) cost 9.8;
+    # dq's key boxes over (2, 8, 4) query tiles 9.7.
+    (na3d, (8, 32, 32), (3, 7, 7), 1, 64, {"dq-boxes@2x8x4", "dkdv-boxes@1x8x8"}),
 ])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("gradient", ["dq", "dkdv", "both"])
@@ -622,23 +679,23 @@ def test_backward_route_through_natten_against_float64(monkeypatch, op, grid, ke
                                                        routed, dtype, gradient):
     """With ``backward_route.GLUON_DQ_ENABLED`` and / or ``GLUON_DKDV_ENABLED`` (the other off),
     na2d / na3d backward passes take dq from ``na_dq`` or ``na_dq_boxes`` ("dq-boxes@" and its
-    query tile) and dk,
-    dv from ``na_dkdv`` where the route sends them (``routed``; spies count launches per
-    kernel), a repeat call equals the first, and forward and backward (GQA, B = 2) meet the
+    query tile) and dk and dv from ``na_dkdv`` or ``na_dkdv_boxes`` ("dkdv-boxes@" and its key
+    tile) where the route sends them (``routed``; spies count launches per kernel), a repeat call equals the first, and forward and backward (GQA, B = 2) meet the
     float64 reference by the rule."""
     from tessera.kernels.gluon import na_dkdv as gluon_dkdv
+    from tessera.kernels.gluon import na_dkdv_boxes as gluon_dkdv_boxes
     from tessera.kernels.gluon import na_dq as gluon_dq
     from tessera.kernels.gluon import na_dq_boxes as gluon_dq_boxes
     from tessera.kernels.triton import backward_route
     kernels = [(gluon_dq, "na_dq", "dq"), (gluon_dq_boxes, "na_dq_boxes", "dq-boxes"),
-               (gluon_dkdv, "na_dkdv", "dkdv")]
+               (gluon_dkdv, "na_dkdv", "dkdv"), (gluon_dkdv_boxes, "na_dkdv_boxes", "dkdv-boxes")]
     chosen = ["dq", "dkdv"] if gradient == "both" else [gradient]
     monkeypatch.setattr(backward_route, "GLUON_DQ_ENABLED", "dq" in chosen)
     monkeypatch.setattr(backward_route, "GLUON_DKDV_ENABLED", "dkdv" in chosen)
     launches = []
     for module, name, label in kernels:
         def spy(*args, _original=getattr(module, name), _label=label, **kwargs):
-            tile = "@" + _tile_text(args[6], len(grid)) if _label == "dq-boxes" else ""
+            tile = "@" + _tile_text(args[6], len(grid)) if _label.endswith("boxes") else ""
             launches.append(_label + tile)
             return _original(*args, **kwargs)
         monkeypatch.setattr(module, name, spy)

@@ -84,6 +84,36 @@ def test_boxes_partition_each_query_tiles_keys(case):
         assert bool((covered[seen] == 1).all()), f"query tile {m}: a seen key lies in no box"
 
 
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['grid']}-{c['kernel']}")
+def test_query_boxes_partition_each_key_tiles_queries(case):
+    """The transposed boxes (``query_boxes``): per key tile, disjoint boxes holding every query
+    that sees some key of the tile, each starting inside the union of those queries."""
+    rule, layout, plan = _plan(**case)
+    boxes = key_boxes.query_boxes(plan)
+    assert key_boxes.query_boxes(plan) is boxes
+    assert boxes.counts.numel() == plan.n_k_tiles
+    pad = 3 - len(rule.grid)
+    grid3 = (1,) * pad + tuple(rule.grid)
+    queries = _grid_coords(torch.arange(math.prod(grid3)), grid3)
+    kinds, c0, c1, c2 = key_boxes.unpack(boxes.entries)
+    positions = layout.positions()
+    tiles = sorted(set(torch.linspace(0, plan.n_k_tiles - 1, CHECKED_TILES).round().long().tolist()))
+    for n in tiles:
+        count = int(boxes.counts[n])
+        coords = _grid_coords(positions[n * 64:(n + 1) * 64], rule.grid)
+        seen = rule.allowed([queries[:, None, pad + a] for a in range(len(rule.grid))],
+                            [coords[None, :, a] for a in range(len(rule.grid))], None).any(1)
+        lo, hi = queries[seen].amin(0), queries[seen].amax(0)
+        covered = torch.zeros(len(queries), dtype=torch.int32)
+        for i in range(count):
+            extent = torch.tensor(key_boxes.EXTENTS[int(kinds[n, i])])
+            origin = torch.tensor([int(c0[n, i]), int(c1[n, i]), int(c2[n, i])])
+            assert bool(((origin >= lo) & (origin <= hi)).all()), f"key tile {n}: box {i} outside"
+            covered += ((queries >= origin) & (queries < origin + extent)).all(1).to(torch.int32)
+        assert int(covered.max()) <= 1, f"key tile {n}: boxes overlap"
+        assert bool((covered[seen] == 1).all()), f"key tile {n}: a query that sees the tile lies in no box"
+
+
 def test_suite_3d_case_lists_fewer_keys():
     """3-D 5 x 13 x 13 over 16 x 48 x 48: 26.7 boxes of 64 keys and 2.2 of 32 per query tile
     (1,778 keys against 2,276 on the plan's 35.6 key tiles); an interior frame's 20 x 20 union

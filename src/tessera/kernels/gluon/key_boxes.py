@@ -13,9 +13,13 @@ the corner: 416 keys in 7 boxes. The kernel (``na_forward_boxes``) masks each bo
 neighborhood's penalty, so a box may reach past the union, or past the grid (bulk copies
 fill zeros there, and those codes lie outside every window).
 
-The kernels read and write q, k, v, o, lse and dq in grid order, so a plan's boxes may run on
-other query tiles than its token order's: ``box_plan`` takes, of the plan's own, (1, 8, 8) and
-(2, 8, 4), those with the cheapest boxes (``QUERY_TILES``).
+The backward's dk/dv takes the transposed walk (``query_boxes``, ``na_dkdv_boxes``): per key
+tile, the queries that see some key of it form a grid box (per axis, from the first query whose
+window reaches the tile to the last), partitioned the same way into boxes of queries.
+
+The kernels read and write every tensor in grid order, so a plan's boxes may run on other tiles
+than its token order's: ``box_plan`` takes, of the plan's own, (1, 8, 8) and (2, 8, 4), those
+with the cheapest boxes (``QUERY_TILES``).
 
 Entries are int32, ``(((c0 * 1024 + c1) * 1024 + c2) * 8 + kind)`` with ``(c0, c1, c2)`` the
 box's first token and ``kind`` one of ``EXTENTS``; so grid axes 1 and 2 hold at most 1024
@@ -137,14 +141,12 @@ def _frame_boxes(length1: int, length2: int) -> list[tuple[int, int, int]]:
     return boxes
 
 
-def build(plan) -> KeyBoxes:
-    """The key boxes of ``plan`` (``fits`` must hold): per query tile, the union of its queries'
-    windows partitioned frame by frame (``_frame_boxes``)."""
+def _tile_firsts(plan, count: int, block: int) -> tuple[torch.Tensor, ...]:
+    """Grid coordinates (axes 0, 1, 2; int64 ``[count]`` each) of the first token of each of the
+    ``count`` kernel tiles of ``block`` tokens in ``plan``'s tiled order."""
     values = plan.na_values
-    rule = _neighborhood(values)
     tile, tiles = values[3:6], values[6:9]
-    q_box = grid_box(plan, plan.block_m)
-    pos = torch.arange(plan.n_q_tiles, dtype=torch.int64) * plan.block_m
+    pos = torch.arange(count, dtype=torch.int64) * block
     volume = tile[0] * tile[1] * tile[2]
     order_tile, inner = pos // volume, pos % volume
     j0 = order_tile // (tiles[1] * tiles[2])
@@ -153,12 +155,12 @@ def build(plan) -> KeyBoxes:
     i0 = inner // (tile[1] * tile[2])
     i1 = inner // tile[2] % tile[1]
     i2 = inner % tile[2]
-    first = (j0 * tile[0] + i0, j1 * tile[1] + i1, j2 * tile[2] + i2)
-    lo, lengths = [], []
-    for axis in range(3):
-        a_lo, a_hi = rule.axis_key_range(axis, first[axis], first[axis] + q_box[axis] - 1, None)
-        lo.append(a_lo)
-        lengths.append(a_hi + 1 - a_lo)
+    return j0 * tile[0] + i0, j1 * tile[1] + i1, j2 * tile[2] + i2
+
+
+def _partition(lo: list, lengths: list, device) -> KeyBoxes:
+    """Boxes of unions whose per-axis starts and lengths (3 int64 ``[n]`` tensors each) are
+    ``lo`` and ``lengths``, each partitioned frame by frame (``_frame_boxes``)."""
     shapes, which = torch.unique(torch.stack(lengths, 1), dim=0, return_inverse=True)
     lists = []
     for frames, length1, length2 in shapes.tolist():
@@ -179,9 +181,46 @@ def build(plan) -> KeyBoxes:
                    lo[2][:, None] + rel[..., 3])
     entries = torch.where(present, entries, 0).contiguous()
     half = torch.tensor([BOX_KEYS[int(k)] == 32 for k in range(len(BOX_KEYS))])[rel[..., 0]]
-    device = plan.na_params.device
     return KeyBoxes(counts.to(device), entries.to(device), int((present & ~half).sum()),
                     int((present & half).sum()))
+
+
+def build(plan) -> KeyBoxes:
+    """The key boxes of ``plan`` (``fits`` must hold): per query tile, the union of its queries'
+    windows partitioned frame by frame (``_frame_boxes``)."""
+    rule = _neighborhood(plan.na_values)
+    q_box = grid_box(plan, plan.block_m)
+    first = _tile_firsts(plan, plan.n_q_tiles, plan.block_m)
+    lo, lengths = [], []
+    for axis in range(3):
+        a_lo, a_hi = rule.axis_key_range(axis, first[axis], first[axis] + q_box[axis] - 1, None)
+        lo.append(a_lo)
+        lengths.append(a_hi + 1 - a_lo)
+    return _partition(lo, lengths, plan.na_params.device)
+
+
+def _axis_query_range(rule: Neighborhood, axis: int, y0: torch.Tensor, y1: torch.Tensor):
+    """``(lo, hi)``: the queries (coordinates along ``axis`` of the undilated ``rule``) whose
+    windows meet the keys ``[y0, y1]``, inclusive: from the first whose window ends past ``y0``
+    to the last whose window starts at or before ``y1`` (starts and ends do not decrease)."""
+    n = rule.grid[axis]
+    start, end = rule._window(axis, torch.arange(n), torch.tensor(n))
+    return torch.searchsorted(end, y0, right=True), torch.searchsorted(start, y1, right=True) - 1
+
+
+def build_query_boxes(plan) -> KeyBoxes:
+    """The query boxes of ``plan`` (``fits`` must hold, 64-key tiles): per key tile, the union of
+    the queries that see its keys, partitioned frame by frame (``_frame_boxes``) into boxes of
+    64 and 32 queries; ``counts`` and ``entries`` per key tile."""
+    rule = _neighborhood(plan.na_values)
+    k_box = grid_box(plan, plan.block_n)
+    first = _tile_firsts(plan, plan.n_k_tiles, plan.block_n)
+    lo, lengths = [], []
+    for axis in range(3):
+        a_lo, a_hi = _axis_query_range(rule, axis, first[axis], first[axis] + k_box[axis] - 1)
+        lo.append(a_lo)
+        lengths.append(a_hi + 1 - a_lo)
+    return _partition(lo, lengths, plan.na_params.device)
 
 
 def key_boxes(plan) -> Optional[KeyBoxes]:
@@ -191,24 +230,36 @@ def key_boxes(plan) -> Optional[KeyBoxes]:
     return plan.schedules[("key_boxes",)]
 
 
-def comparable_cost(plan) -> float:
-    """``KeyBoxes.cost`` of ``plan``'s boxes (``fits`` must hold), times ``DEEP_QUERY_COST``
-    where its query tiles span more than one frame."""
+def query_boxes(plan) -> Optional[KeyBoxes]:
+    """``build_query_boxes(plan)`` when ``fits(plan)`` with 64-key tiles, else None; kept with
+    the plan."""
+    if ("query_boxes",) not in plan.schedules:
+        fit = fits(plan) and plan.block_n == 64 and grid_box(plan, 64) is not None
+        plan.schedules[("query_boxes",)] = build_query_boxes(plan) if fit else None
+    return plan.schedules[("query_boxes",)]
+
+
+def comparable_cost(plan, boxes_of=key_boxes) -> float:
+    """``KeyBoxes.cost`` of ``plan``'s boxes (``boxes_of``: ``key_boxes`` or ``query_boxes``;
+    ``fits`` must hold), times ``DEEP_QUERY_COST`` where its tiles span more than one frame."""
     deep = grid_box(plan, plan.block_m)[0] > 1
-    return key_boxes(plan).cost() * (DEEP_QUERY_COST if deep else 1.0)
+    return boxes_of(plan).cost() * (DEEP_QUERY_COST if deep else 1.0)
 
 
-def box_plan(plan):
-    """The plan whose query tiles the key-box kernels take for ``plan``'s calls, or None when
-    ``plan`` does not ``fit``: of ``plan`` and the same neighborhood's plans in the tiled orders
-    of ``QUERY_TILES`` that tile its grid, the one whose boxes have the lowest
-    ``comparable_cost`` (``plan`` on ties); kept with ``plan``. The kernels read q, k, v, and
-    write o, lse and dq, in grid order, so every such plan gives the same results."""
-    if ("box_plan",) in plan.schedules:
-        return plan.schedules[("box_plan",)]
+def box_plan(plan, boxes_of=key_boxes):
+    """The plan whose tiles the box kernels take for ``plan``'s calls (``boxes_of``:
+    ``key_boxes``, the forward's and dq's query tiles over key boxes, or ``query_boxes``, dk/dv's
+    key tiles over query boxes), or None when ``plan`` has no such boxes: of ``plan`` and the
+    same neighborhood's plans in the tiled orders of ``QUERY_TILES`` that tile its grid, the one
+    whose boxes have the lowest ``comparable_cost`` (``plan`` on ties); kept with ``plan``. The
+    kernels read and write every tensor in grid order, so every such plan gives the same
+    results."""
+    key = ("box_plan", boxes_of.__name__)
+    if key in plan.schedules:
+        return plan.schedules[key]
     chosen = None
-    if key_boxes(plan) is not None:
-        chosen, lowest = plan, comparable_cost(plan)
+    if boxes_of(plan) is not None:
+        chosen, lowest = plan, comparable_cost(plan, boxes_of)
         values = plan.na_values
         grid = tuple(values[0:3])
         own = grid_box(plan, plan.block_m)
@@ -218,9 +269,9 @@ def box_plan(plan):
                 continue
             other = get_plan(Permuted(rule, GridLayout(grid, shape)), plan.q_len, plan.k_len,
                              plan.block_m, plan.block_n, 1, plan.na_params.device)
-            if key_boxes(other) is not None and comparable_cost(other) < lowest:
-                chosen, lowest = other, comparable_cost(other)
-    plan.schedules[("box_plan",)] = chosen
+            if boxes_of(other) is not None and comparable_cost(other, boxes_of) < lowest:
+                chosen, lowest = other, comparable_cost(other, boxes_of)
+    plan.schedules[key] = chosen
     return chosen
 
 

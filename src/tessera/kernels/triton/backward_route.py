@@ -33,6 +33,14 @@ forward takes (``key_boxes.box_plan``): 3-D 5x13x13 on (2, 8, 4) tiles 1.316 ms 
 on (1, 8, 8) at D = 128, 0.855 against 0.902 at D = 64
 (``results/tuning/2026-12-02-h200-gluon-backward-7-query-tiles.json``); 3-D 3x7x7 on (1, 8, 8)
 tiles 0.553 against 0.654 on natten's (1, 4, 16) (``-gluon-backward-8-k3x7x7.json``).
+
+dk/dv on query boxes (``na_dkdv_boxes``: each key tile over the boxes of the queries that see it,
+``key_boxes.query_boxes``), ``-gluon-backward-9-dkdv-boxes.json``, D = 128 / 64: 3-D 3x7x7 on
+(1, 8, 8) key tiles (10.3 boxes against 19.8 listed tiles on natten's (1, 4, 16)) 0.950 / 0.760
+ms against 1.529 / 1.153 on the tiles; the suite's 3-D 5x13x13, whose border keys are seen by
+wide query ranges (31.7 boxes against 35.6 tiles), 2.737 / 2.180 against 2.644 / 2.043. A box
+step takes 16-19% longer than a tile step, so dk/dv runs on query boxes where they cost at most
+``DKDV_BOXES_MAX_COST`` of the listed tiles (``dkdv_on_boxes``).
 """
 
 from __future__ import annotations
@@ -55,6 +63,13 @@ DQ_BOXES_ENABLED = True
 # na_dq_boxes' register cap per head dim (None: the compiler's choice; two programs per SM at D
 # = 128 by shared memory either way, three at D = 64 under the cap).
 DQ_BOXES_REGISTERS = {128: None, 64: 168}
+# On: dk/dv runs on query boxes (na_dkdv_boxes) where ``dkdv_on_boxes`` says (off for A/B timing).
+DKDV_BOXES_ENABLED = True
+# dk/dv takes query boxes when they cost at most this fraction of the plan's listed key tiles
+# (``key_boxes.comparable_cost`` of ``query_boxes`` on the tiles ``key_boxes.box_plan`` picks): a
+# box step took 16-19% longer than a tile step
+# (``results/tuning/2026-12-02-h200-gluon-backward-9-dkdv-boxes.json``).
+DKDV_BOXES_MAX_COST = 0.8
 # Masked plans take na_dq when they list at most this many key tiles per query tile on average,
 DQ_MAX_MASKED_TILES = 16
 # or at D = 128 when at least this fraction of the listed tiles is partial.
@@ -83,6 +98,22 @@ def dq_on_boxes(plan) -> bool:
     whose boxes cost at most ``forward_route.BOXES_MAX_COST`` of its listed tiles."""
     return (DQ_BOXES_ENABLED and plan.mask_mode == MASK_NEIGHBORHOOD
             and forward_route.cheaper_on_boxes(plan))
+
+
+def dkdv_on_boxes(plan) -> bool:
+    """Whether a Gluon dk/dv over ``plan`` (in the kernels' scope) runs on query boxes: a masked
+    plan whose query boxes cost at most ``DKDV_BOXES_MAX_COST`` of its listed tiles (kept with
+    the plan)."""
+    if not DKDV_BOXES_ENABLED or plan.mask_mode != MASK_NEIGHBORHOOD:
+        return False
+    key = ("dkdv_on_boxes", DKDV_BOXES_MAX_COST)
+    if key not in plan.schedules:
+        from ..gluon import key_boxes
+        chosen = key_boxes.box_plan(plan, key_boxes.query_boxes)
+        plan.schedules[key] = (chosen is not None
+                               and key_boxes.comparable_cost(chosen, key_boxes.query_boxes)
+                               <= DKDV_BOXES_MAX_COST * plan.listed_pairs() / plan.n_k_tiles)
+    return plan.schedules[key]
 
 
 def routes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, dq_plan,

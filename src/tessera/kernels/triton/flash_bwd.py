@@ -498,8 +498,13 @@ def _named_launch(launch, name: str):
 def _gluon_dkdv(q, k, v, do, lse, delta, plan, scale: float, dk, dv, stream=None) -> None:
     """dk and dv into ``dk``, ``dv`` by the Gluon kernel (``backward_route`` chose it), on
     ``stream`` when given."""
-    from ..gluon.na_dkdv import na_dkdv
     with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+        if backward_route.dkdv_on_boxes(plan):
+            from ..gluon.na_dkdv_boxes import call_plan, na_dkdv_boxes
+            na_dkdv_boxes(q, k, v, do, lse, delta, call_plan(q, k, v, plan), scale=scale, dk=dk, dv=dv,
+                          scope_checked=True)
+            return
+        from ..gluon.na_dkdv import na_dkdv
         na_dkdv(q, k, v, do, lse, delta, plan, scale=scale,
                 num_buffers=backward_route.dkdv_buffers(q.shape[3]), dk=dk, dv=dv, scope_checked=True)
 
