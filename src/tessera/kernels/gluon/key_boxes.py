@@ -65,9 +65,10 @@ QUERY_TILES = ((1, 8, 8), (2, 8, 4))
 
 @dataclass(frozen=True)
 class KeyBoxes:
-    """Per query tile of a plan (map heads = 1): ``counts`` int32 ``[n_q_tiles]`` and ``entries``
-    int32 ``[n_q_tiles, width]`` (packed as in the module docstring; 64-key boxes first), on the
-    plan's device; ``boxes_64`` and ``boxes_32``: how many boxes of 64 and 32 keys in all."""
+    """Per query tile of a plan (map heads = 1; per key tile for ``query_boxes``): ``counts``
+    int32 ``[n_tiles]`` and ``entries`` int32 ``[n_tiles, width]`` (packed as in the module
+    docstring; 64-token boxes first), on the plan's device; ``boxes_64`` and ``boxes_32``: how
+    many boxes of 64 and 32 tokens in all."""
 
     counts: torch.Tensor
     entries: torch.Tensor
