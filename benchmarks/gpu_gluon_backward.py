@@ -62,8 +62,8 @@ def main() -> None:
     parser.add_argument("--boxes-registers", nargs="*", type=int, default=[0],
                         help="register caps of the na_dq_boxes rows (0: none)")
     parser.add_argument("--query-tiles", nargs="*", default=[],
-                        help="query tile shapes such as 2x4x8: the na_dq_boxes rows also on the plan "
-                             "of that tiled order")
+                        help="tile shapes such as 2x8x4: the box rows (na_dq_boxes, na_dkdv_boxes) "
+                             "also on the plan of that tiled order")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu_gluon_backward.py needs a CUDA GPU")
