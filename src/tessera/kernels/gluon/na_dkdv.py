@@ -35,7 +35,7 @@ from ..triton.flash_fwd import LOG2E, grid_box
 from ..triton.launcher import BoundLaunches, Launcher
 from ..triton.na_mask import na_codes, na_key_windows, na_penalty
 from ..triton.row_addressing import memory_rows, row_tile_origin
-from .na_forward import _descriptor, _tile_of, supports
+from .na_forward import _descriptor, _tile_of, check_row_stats, supports
 
 
 @gluon.jit
@@ -178,10 +178,7 @@ def na_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor,
         raise ValueError("na_dkdv: this call is outside the Gluon kernels' scope (see "
                          "na_forward.supports; 64 x 64 tiles)")
     batch, seq, heads, dim = q.shape
-    for name, t in (("lse", lse), ("delta", delta)):
-        if t.shape != (batch, heads, seq) or t.dtype != torch.float32 or not t.is_contiguous():
-            raise ValueError(f"na_dkdv: {name} must be contiguous float32 {[batch, heads, seq]}, "
-                             f"got {t.dtype} {list(t.shape)}")
+    check_row_stats("na_dkdv", lse, delta, (batch, heads, seq))
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device) if dk is None else dk
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device) if dv is None else dv
     key = (id(plan), q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), do.stride(),

@@ -34,7 +34,7 @@ from ..triton.launcher import BoundLaunches, Launcher
 from ..triton.na_mask import NA_GRID, na_key_windows, na_param
 from ..triton.row_addressing import row_tile_origin
 from . import key_boxes
-from .na_forward import _box_origin, _descriptor
+from .na_forward import _box_origin, _descriptor, check_row_stats
 from .na_forward_boxes import (_FULL, _FULL_SHIFT, _HALF_1, _HALF_1_SHIFT, _HALF_2, _HALF_2_SHIFT,
                                _TALL_SHIFT, _WIDE, _WIDE_SHIFT, _entry_at, _half_view, _issue_box_copy,
                                _unpack, boxes_supported)
@@ -230,10 +230,7 @@ def na_dkdv_boxes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.T
         raise ValueError("na_dkdv_boxes: this call is outside the query-box kernel's scope (see "
                          "dkdv_boxes_supported; do laid out as q)")
     batch, seq, heads, dim = q.shape
-    for name, t in (("lse", lse), ("delta", delta)):
-        if t.shape != (batch, heads, seq) or t.dtype != torch.float32 or not t.is_contiguous():
-            raise ValueError(f"na_dkdv_boxes: {name} must be contiguous float32 {[batch, heads, seq]}, "
-                             f"got {t.dtype} {list(t.shape)}")
+    check_row_stats("na_dkdv_boxes", lse, delta, (batch, heads, seq))
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device) if dk is None else dk
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device) if dv is None else dv
     key = (id(plan), q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), do.stride(),

@@ -37,7 +37,7 @@ from ..triton.launcher import BoundLaunches, Launcher
 from ..triton.na_mask import NA_GRID, na_param, na_query_windows
 from ..triton.row_addressing import memory_rows, row_tile_origin
 from .na_forward import (_box_origin, _descriptor, _issue_box, _issue_one, _key_tile_at,
-                         _penalty_at, _tile_of, supports)
+                         _penalty_at, _tile_of, check_row_stats, supports)
 
 
 @gluon.jit
@@ -189,10 +189,7 @@ def na_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, l
         raise ValueError("na_dq: this call is outside the Gluon kernels' scope (see "
                          "na_forward.supports; 64 x 64 tiles)")
     batch, seq, heads, dim = q.shape
-    for name, t in (("lse", lse), ("delta", delta)):
-        if t.shape != (batch, heads, seq) or t.dtype != torch.float32 or not t.is_contiguous():
-            raise ValueError(f"na_dq: {name} must be contiguous float32 {[batch, heads, seq]}, "
-                             f"got {t.dtype} {list(t.shape)}")
+    check_row_stats("na_dq", lse, delta, (batch, heads, seq))
     dq = torch.empty_like(q) if dq is None else dq
     key = (id(plan), q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), do.stride(),
            dq.stride(), q.dtype, q.device, scale, num_buffers, v_buffers, max_registers)

@@ -28,7 +28,7 @@ from ..triton.launcher import BoundLaunches, Launcher
 from ..triton.na_mask import NA_GRID, na_param, na_query_windows
 from ..triton.row_addressing import memory_rows, row_tile_origin
 from . import key_boxes
-from .na_forward import _box_origin, _descriptor
+from .na_forward import _box_origin, _descriptor, check_row_stats
 from .na_forward_boxes import (_FULL, _FULL_SHIFT, _HALF_1, _HALF_1_SHIFT, _HALF_2, _HALF_2_SHIFT,
                                _TALL_SHIFT, _WIDE, _WIDE_SHIFT, _box_penalty, _entry_at, _half_view,
                                _issue_box_copy, _unpack, boxes_supported)
@@ -178,10 +178,7 @@ def na_dq_boxes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Ten
         raise ValueError("na_dq_boxes: this call is outside the key-box kernels' scope (see "
                          "na_forward_boxes.boxes_supported; do laid out as q)")
     batch, seq, heads, dim = q.shape
-    for name, t in (("lse", lse), ("delta", delta)):
-        if t.shape != (batch, heads, seq) or t.dtype != torch.float32 or not t.is_contiguous():
-            raise ValueError(f"na_dq_boxes: {name} must be contiguous float32 {[batch, heads, seq]}, "
-                             f"got {t.dtype} {list(t.shape)}")
+    check_row_stats("na_dq_boxes", lse, delta, (batch, heads, seq))
     dq = torch.empty_like(q) if dq is None else dq
     key = (id(plan), q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), do.stride(),
            dq.stride(), q.dtype, q.device, scale, max_registers)

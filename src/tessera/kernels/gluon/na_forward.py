@@ -614,6 +614,16 @@ def _view(t: torch.Tensor, plan, fold):
     return grid_view(t, plan.na_values[0:3]) if fold is None else fold_view(t, fold)
 
 
+def check_row_stats(kernel: str, lse: torch.Tensor, delta: torch.Tensor, shape: tuple) -> None:
+    """Raise ``ValueError`` naming ``kernel`` and the argument unless ``lse`` and ``delta`` (the
+    backward kernels' per-row statistics) are contiguous float32 tensors of ``shape``
+    ``(B, H_q, S)``."""
+    for name, t in (("lse", lse), ("delta", delta)):
+        if t.shape != shape or t.dtype != torch.float32 or not t.is_contiguous():
+            raise ValueError(f"{kernel}: {name} must be contiguous float32 {list(shape)}, "
+                             f"got {t.dtype} {list(t.shape)}")
+
+
 def _descriptor(t: torch.Tensor, plan, box, fold=None) -> TensorDescriptor:
     """``t [B, S, H, D]`` (grid order, batch and sequence mergeable, 16-byte aligned: ``supports``)
     as ``_view`` sees it, with block ``[*box, 1, D]`` (under a fold ``[b1, 1, b2, 1, D]``, the
