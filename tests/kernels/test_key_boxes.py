@@ -49,6 +49,28 @@ CASES = [
 CHECKED_TILES = 40
 
 
+def _assert_partition(unpacked, count: int, tile: int, points, seen, label: str):
+    """The first ``count`` boxes of ``tile`` (``unpacked``: ``key_boxes.unpack`` of the entries)
+    each start inside the bounding box of the ``seen`` rows of ``points`` (grid coordinates
+    ``[n, 3]``), none overlap, and every seen point lies in one."""
+    kinds, c0, c1, c2 = unpacked
+    lo, hi = points[seen].amin(0), points[seen].amax(0)
+    covered = torch.zeros(len(points), dtype=torch.int32)
+    for i in range(count):
+        extent = torch.tensor(key_boxes.EXTENTS[int(kinds[tile, i])])
+        origin = torch.tensor([int(c0[tile, i]), int(c1[tile, i]), int(c2[tile, i])])
+        # Every box starts inside the union's bounding box (so inside the grid).
+        assert bool(((origin >= lo) & (origin <= hi)).all()), f"{label} {tile}: box {i} outside"
+        covered += ((points >= origin) & (points < origin + extent)).all(1).to(torch.int32)
+    assert int(covered.max()) <= 1, f"{label} {tile}: boxes overlap"
+    assert bool((covered[seen] == 1).all()), f"{label} {tile}: a point it sees lies in no box"
+
+
+def _checked_tiles(count: int) -> list[int]:
+    """``CHECKED_TILES`` tile indices spread over ``count`` (first and last included)."""
+    return sorted(set(torch.linspace(0, count - 1, CHECKED_TILES).round().long().tolist()))
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['grid']}-{c['kernel']}")
 def test_boxes_partition_each_query_tiles_keys(case):
     rule, layout, plan = _plan(**case)
@@ -58,30 +80,21 @@ def test_boxes_partition_each_query_tiles_keys(case):
     pad = 3 - len(rule.grid)
     grid3 = (1,) * pad + tuple(rule.grid)
     keys = _grid_coords(torch.arange(math.prod(grid3)), grid3)
-    kinds, c0, c1, c2 = key_boxes.unpack(boxes.entries)
+    unpacked = key_boxes.unpack(boxes.entries)
+    kinds = unpacked[0]
     listed = torch.arange(boxes.width) < boxes.counts[:, None]
     counted = {size: sum(int(((kinds == kind) & listed).sum()) for kind, keys in key_boxes.BOX_KEYS.items()
                          if keys == size) for size in (64, 32)}
     assert (counted[64], counted[32]) == (boxes.boxes_64, boxes.boxes_32)
     positions = layout.positions()
-    tiles = sorted(set(torch.linspace(0, plan.n_q_tiles - 1, CHECKED_TILES).round().long().tolist()))
-    for m in tiles:
+    for m in _checked_tiles(plan.n_q_tiles):
         count = int(boxes.counts[m])
         coords = _grid_coords(positions[m * 64:(m + 1) * 64], rule.grid)
         seen = rule.allowed([coords[:, a, None] for a in range(len(rule.grid))],
                             [keys[None, :, pad + a] for a in range(len(rule.grid))], None).any(0)
         sizes = [key_boxes.BOX_KEYS[kind] for kind in kinds[m, :count].tolist()]
         assert sizes == sorted(sizes, reverse=True)                      # 64-key boxes first
-        lo, hi = keys[seen].amin(0), keys[seen].amax(0)
-        covered = torch.zeros(len(keys), dtype=torch.int32)
-        for i in range(count):
-            extent = torch.tensor(key_boxes.EXTENTS[int(kinds[m, i])])
-            origin = torch.tensor([int(c0[m, i]), int(c1[m, i]), int(c2[m, i])])
-            # Every box starts inside the window union's bounding box (so inside the grid).
-            assert bool(((origin >= lo) & (origin <= hi)).all()), f"query tile {m}: box {i} outside"
-            covered += ((keys >= origin) & (keys < origin + extent)).all(1).to(torch.int32)
-        assert int(covered.max()) <= 1, f"query tile {m}: boxes overlap"
-        assert bool((covered[seen] == 1).all()), f"query tile {m}: a seen key lies in no box"
+        _assert_partition(unpacked, count, m, keys, seen, "query tile")
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['grid']}-{c['kernel']}")
@@ -95,23 +108,13 @@ def test_query_boxes_partition_each_key_tiles_queries(case):
     pad = 3 - len(rule.grid)
     grid3 = (1,) * pad + tuple(rule.grid)
     queries = _grid_coords(torch.arange(math.prod(grid3)), grid3)
-    kinds, c0, c1, c2 = key_boxes.unpack(boxes.entries)
+    unpacked = key_boxes.unpack(boxes.entries)
     positions = layout.positions()
-    tiles = sorted(set(torch.linspace(0, plan.n_k_tiles - 1, CHECKED_TILES).round().long().tolist()))
-    for n in tiles:
-        count = int(boxes.counts[n])
+    for n in _checked_tiles(plan.n_k_tiles):
         coords = _grid_coords(positions[n * 64:(n + 1) * 64], rule.grid)
         seen = rule.allowed([queries[:, None, pad + a] for a in range(len(rule.grid))],
                             [coords[None, :, a] for a in range(len(rule.grid))], None).any(1)
-        lo, hi = queries[seen].amin(0), queries[seen].amax(0)
-        covered = torch.zeros(len(queries), dtype=torch.int32)
-        for i in range(count):
-            extent = torch.tensor(key_boxes.EXTENTS[int(kinds[n, i])])
-            origin = torch.tensor([int(c0[n, i]), int(c1[n, i]), int(c2[n, i])])
-            assert bool(((origin >= lo) & (origin <= hi)).all()), f"key tile {n}: box {i} outside"
-            covered += ((queries >= origin) & (queries < origin + extent)).all(1).to(torch.int32)
-        assert int(covered.max()) <= 1, f"key tile {n}: boxes overlap"
-        assert bool((covered[seen] == 1).all()), f"key tile {n}: a query that sees the tile lies in no box"
+        _assert_partition(unpacked, int(boxes.counts[n]), n, queries, seen, "key tile")
 
 
 def test_suite_3d_case_lists_fewer_keys():
