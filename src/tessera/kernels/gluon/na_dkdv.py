@@ -50,6 +50,19 @@ def _issue_q_do(Q_DESC, DO_DESC, q_bufs, do_bufs, bars, tile, slot, b, h, NA,
 
 
 @gluon.jit
+def _store_dk_dv(dk, dv, scale, k_smem, v_smem, DK_DESC, DV_DESC, k_origin, BLOCK_N: gl.constexpr,
+                 HEAD_D: gl.constexpr):
+    """dk (times ``scale``) and dv out through k's and v's buffers by bulk stores at ``k_origin``
+    (every product that read those buffers has completed)."""
+    k_smem.reshape([BLOCK_N, HEAD_D]).store((dk * scale).to(k_smem.dtype))
+    v_smem.reshape([BLOCK_N, HEAD_D]).store(dv.to(v_smem.dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(DK_DESC, k_origin, k_smem)
+    tma.async_copy_shared_to_global(DV_DESC, k_origin, v_smem)
+    tma.store_wait(pendings=0)
+
+
+@gluon.jit
 def _na_dkdv(Q_DESC, K_DESC, V_DESC, DO_DESC, DK_DESC, DV_DESC, LSE, DELTA, PART_CNT, PART_IDX,
              FULL_CNT, FULL_IDX, NA, H_Q, GROUP, S_Q, MAP_HEADS, N_K_TILES, PART_W, FULL_W, scale,
              qk_scale, HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
@@ -145,13 +158,7 @@ def _na_dkdv(Q_DESC, K_DESC, V_DESC, DO_DESC, DK_DESC, DV_DESC, LSE, DELTA, PART
             dk = warpgroup_mma_wait(num_outstanding=0, deps=(dk,))
         c += total
 
-    # k's and v's buffers carry dk and dv out (every product that read them has completed).
-    k_tile.store((dk * scale).to(dtype))
-    v_tile.store(dv.to(dtype))
-    fence_async_shared()
-    tma.async_copy_shared_to_global(DK_DESC, k_origin, k_smem)
-    tma.async_copy_shared_to_global(DV_DESC, k_origin, v_smem)
-    tma.store_wait(pendings=0)
+    _store_dk_dv(dk, dv, scale, k_smem, v_smem, DK_DESC, DV_DESC, k_origin, BLOCK_N, HEAD_D)
 
 
 _LAUNCH = Launcher(_na_dkdv)

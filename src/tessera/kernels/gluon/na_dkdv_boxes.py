@@ -26,14 +26,14 @@ from __future__ import annotations
 import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,
-                                                              warpgroup_mma, warpgroup_mma_wait)
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 
 from ..triton.flash_fwd import LOG2E, grid_box
 from ..triton.launcher import BoundLaunches, Launcher
 from ..triton.na_mask import NA_GRID, na_key_windows, na_param
 from ..triton.row_addressing import row_tile_origin
 from . import key_boxes
+from .na_dkdv import _store_dk_dv
 from .na_forward import _box_origin, _descriptor, check_row_stats
 from .na_forward_boxes import (_FULL, _FULL_SHIFT, _HALF_1, _HALF_1_SHIFT, _HALF_2, _HALF_2_SHIFT,
                                _TALL_SHIFT, _WIDE, _WIDE_SHIFT, _entry_at, _half_view, _issue_box_copy,
@@ -185,13 +185,7 @@ def _na_dkdv_boxes(Q_DESC, DO_DESC, Q_HALF1, DO_HALF1, Q_HALF2, DO_HALF2, Q_WIDE
                                     _TALL_SHIFT, windows, LSE, DELTA, stats, grid1, grid2, dk, dv,
                                     qk_scale, BLOCK_N, 64, AXIS0_UNIFORM, num_warps, g_layout)
 
-    # k's and v's buffers carry dk and dv out (every product that read them has completed).
-    k_tile.store((dk * scale).to(dtype))
-    v_tile.store(dv.to(dtype))
-    fence_async_shared()
-    tma.async_copy_shared_to_global(DK_DESC, k_origin, k_smem)
-    tma.async_copy_shared_to_global(DV_DESC, k_origin, v_smem)
-    tma.store_wait(pendings=0)
+    _store_dk_dv(dk, dv, scale, k_smem, v_smem, DK_DESC, DV_DESC, k_origin, BLOCK_N, HEAD_D)
 
 
 _LAUNCH = Launcher(_na_dkdv_boxes)
