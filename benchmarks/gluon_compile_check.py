@@ -117,7 +117,8 @@ def main() -> None:
             if args.kernel == "dkdv":
                 stats = torch.empty(1, 2, seq, dtype=torch.float32)
                 na_dkdv.na_dkdv(q, k, v, torch.empty_like(q), stats, stats, plan,
-                                scale=args.dim ** -0.5, num_buffers=args.num_buffers)
+                                scale=args.dim ** -0.5, num_buffers=args.num_buffers,
+                                max_registers=args.max_registers)
             elif args.kernel == "dkdv-boxes":
                 stats = torch.empty(1, 2, seq, dtype=torch.float32)
                 na_dkdv_boxes.na_dkdv_boxes(q, k, v, torch.empty_like(q), stats, stats, plan,

@@ -4,7 +4,7 @@ and dk/dv kernels on the same plan, tensors, lse and delta, one process, kernel 
 with the Gluon routes off). GPU (Hopper) only.
 
     python benchmarks/gpu_gluon_backward.py --out DIR [--kernels dq dkdv] [--dims 128 64] [--cases 3-D ...]
-        [--boxes-registers 0 168] [--query-tiles 2x4x8]
+        [--boxes-registers 0 168] [--dkdv-registers 128] [--query-tiles 2x4x8]
 
 Cases: the N-D suite's 2-D 128 x 128 kernel 17, 3-D 16 x 48 x 48 kernel 5 x 13 x 13, 3-D
 blocked 4 x 8 x 8 and 1-D 32768 window 2048 (``gpu_gluon_forward.CASES``), bf16, B = 1,
@@ -61,6 +61,8 @@ def main() -> None:
                         help="case names containing any of these (default: all)")
     parser.add_argument("--boxes-registers", nargs="*", type=int, default=[0],
                         help="register caps of the na_dq_boxes rows (0: none)")
+    parser.add_argument("--dkdv-registers", nargs="*", type=int, default=[],
+                        help="register caps: na_dkdv rows at 2 and 3 ring slots under each")
     parser.add_argument("--query-tiles", nargs="*", default=[],
                         help="tile shapes such as 2x8x4: the box rows (na_dq_boxes, na_dkdv_boxes) "
                              "also on the plan of that tiled order")
@@ -99,7 +101,11 @@ def main() -> None:
             for kernel_name in args.kernels:
                 config = dq_config if kernel_name == "dq" else dkdv_config
                 runs = [(f"triton {kernel_name} {config}", triton_step, TRITON_KERNEL[kernel_name])]
-                for variant in VARIANTS[kernel_name]:
+                variants = list(VARIANTS[kernel_name])
+                if kernel_name == "dkdv":
+                    variants += [dict(num_buffers=n, max_registers=cap) for cap in args.dkdv_registers
+                                 for n in (2, 3)]
+                for variant in variants:
                     text = " ".join(f"{key}={value}" for key, value in variant.items())
                     if kernel_name == "dq":
                         step = (lambda kw=variant: (na_dq(q, k, v, do, lse, delta, plan, scale=scale,

@@ -39,7 +39,8 @@ def test_scope_and_arguments_without_a_gpu():
     q = torch.empty(1, 1024, 2, 128, dtype=torch.bfloat16)
     assert gluon_forward.supports(q, q, q, plan)
     assert not gluon_forward.supports(q.float(), q.float(), q.float(), plan)           # 16-bit only
-    assert not gluon_forward.supports(q[..., :96], q[..., :96], q[..., :96], plan)    # D in {64, 128}
+    assert not gluon_forward.supports(q[..., :96], q[..., :96], q[..., :96], plan)    # D in {32, 64, 128}
+    assert gluon_forward.supports(q[..., :32], q[..., :32], q[..., :32], plan)
     # Same dtype, shape and strides, base 2 bytes past a 16-byte boundary: no bulk copies
     # (the kept answers are keyed by alignment too).
     shifted = torch.empty(q.numel() + 1, dtype=torch.bfloat16)[1:].view(q.shape)
@@ -172,6 +173,8 @@ BOX_CASES = [
     ((32, 32), (9, 7), 1, (True, False), None, 64),       # one causal axis
     ((8, 16, 16), (3, 5, 5), 1, False, (2, 4, 8), 128),   # query tiles two frames deep
     ((8, 24, 24), (5, 11, 11), 1, False, (2, 8, 4), 64),  # the tiles key_boxes.box_plan takes here
+    ((8, 24, 24), (5, 11, 11), 1, False, (2, 8, 4), 32),  # head dim 32 (Swin, DiNAT)
+    ((32, 48), (7, 9), 1, False, None, 32),
 ]
 
 
@@ -249,6 +252,38 @@ def _check_forward(op, grid, kernel, stride, dim, dtype, block_m, q_scale=1.0, s
     want = op(*(t.double() for t in (q, k, v)), kernel, stride=stride, backend="reference",
               return_lse=True, scale=scale)
     assert_error_rule(("o", "lse"), got, same, want, dtype)
+
+
+
+# Head dim 32 (Swin's and DiNAT's heads) through the variants the routes take: 2-D, 3-D, blocked.
+HEAD_DIM_32_CASES = [
+    (na2d, (32, 48), (7, 9), 1),
+    (na3d, (8, 16, 16), (3, 5, 5), 1),
+    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8)),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("op, grid, kernel, stride", HEAD_DIM_32_CASES)
+@pytest.mark.parametrize("gluon_kernel", ["forward", "dq", "dkdv"])
+def test_gluon_kernels_at_head_dim_32_against_float64(gluon_kernel, op, grid, kernel, stride, dtype):
+    """``na_forward`` (the masked and the full-tile route variants), ``na_dq`` and ``na_dkdv``
+    (the route's ring depth) at D = 32 against the float64 reference (GQA, B = 2)."""
+    from tessera.kernels.triton import backward_route, forward_route
+    if gluon_kernel == "forward":
+        variant = forward_route.GLUON_MASKED if stride == 1 else forward_route.GLUON_VARIANT
+        _check_forward(op, grid, kernel, stride, 32, dtype, 64, **variant)
+    elif gluon_kernel == "dq":
+        from tessera.kernels.gluon.na_dq import na_dq
+        _check_gradients(lambda *args, scale: [na_dq(*args, scale=scale)], ("dq",), op, grid, kernel,
+                         stride, 32, dtype)
+    else:
+        from tessera.kernels.gluon.na_dkdv import na_dkdv
+        _check_gradients(lambda *args, scale: na_dkdv(*args, scale=scale,
+                                                      num_buffers=backward_route.dkdv_buffers(32)),
+                         ("dk", "dv"), op, grid, kernel, stride, 32, dtype)
 
 
 def _fold_plan(grid, kernel, dilation, heads, device):
@@ -516,6 +551,9 @@ def test_forward_route_stays_on_triton_without_a_gpu():
     ((4096,), (1024,), 1, 64, None, False),
     ((8, 16, 16), (4, 8, 8), (4, 8, 8), 128, "full-128", True),
     ((8, 16, 16), (4, 8, 8), (4, 8, 8), 64, "full-64", True),
+    ((32, 32), (7, 7), 1, 32, "boxes", True),             # head dim 32 takes D = 64's routes
+    ((64, 64), (17, 17), 1, 32, "masked", True),
+    ((8, 16, 16), (4, 8, 8), (4, 8, 8), 32, "full-64", True),
 ])
 def test_route_decisions_as_on_hopper(monkeypatch, grid, kernel, stride, dim, forward, dq):
     """The forward and backward routes' decisions with the Hopper check forced true (CPU
@@ -606,6 +644,8 @@ def _tile_text(plan, ndim: int) -> str:
     # Full tiles at D = 64: the tuned config has 128-row tiles (tuning._gpu_config); the route
     # asks for the 64-row plan (Gluon on 128-row tiles was slower there).
     (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 64, 64),
+    (na2d, (48, 40), (13, 11), 1, 32, "boxes@8x8"),       # head dim 32 takes D = 64's routes
+    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 32, 64),
 ])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_forward_route_through_natten_against_float64(monkeypatch, op, grid, kernel, stride, dim,
@@ -672,6 +712,8 @@ def test_forward_route_through_natten_against_float64(monkeypatch, op, grid, ker
     # natten's (8, 2, 4) tiles list 13.1 per key tile; query boxes over (1, 8, 8) cost 9.8;
     # dq's key boxes over (2, 8, 4) query tiles 9.7.
     (na3d, (8, 32, 32), (3, 7, 7), 1, 64, {"dq-boxes@2x8x4", "dkdv-boxes@1x8x8"}),
+    (na3d, (8, 24, 24), (5, 13, 13), 1, 32, {"dq-boxes@1x8x8", "dkdv"}),
+    (na2d, (32, 48), (7, 9), 1, 32, {"dq-boxes@8x8", "dkdv-boxes@8x8"}),
 ])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("gradient", ["dq", "dkdv", "both"])

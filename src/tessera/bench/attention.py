@@ -118,13 +118,17 @@ def natten_cases() -> list[Case]:
         _na_case("3-D 16x48x48 blocked 4x8x8 D=64", (16, 48, 48), (4, 8, 8), stride=(4, 8, 8), dim=64),
         _na_case("1-D 32768 window 2048 D=64", (32768,), (2048,), dim=64),
         _na_case("2-D 128x128 k17 row-major", (128, 128), (17, 17), layout="row-major", impls=("tessera",)),
+        # Head dim 32: Swin's and DiNAT's heads.
+        _na_case("2-D 128x128 k17 D=32", (128, 128), (17, 17), dim=32),
+        _na_case("3-D 16x48x48 k5x13x13 D=32", (16, 48, 48), (5, 13, 13), dim=32),
     ]
 
     def baselines(cases):
         return [Case(f"dense baseline S={seq} B=1 H=16 D={dim}", 1, 16, seq, dim, impls=("sdpa-cudnn", "tessera"))
                 for seq, dim in sorted({(c.seq, c.head_dim) for c in cases})]
 
-    # The D = 128 cases and their baselines first (a run cut short keeps those), then D = 64.
+    # The D = 128 cases and their baselines first (a run cut short keeps those), then D = 64
+    # and D = 32.
     return main + baselines(main) + more + baselines([c for c in more if c.head_dim != 128])
 
 

@@ -1,7 +1,7 @@
 """dk and dv of a tiled-order N-D neighborhood in grid order, in Gluon (Hopper, sm_90).
 
 Same scope as ``na_forward`` (``supports``: grid-order plans whose 64-token tiles are grid boxes,
-the analytic mask or full tiles only, 16-bit, D in {64, 128}, softmax without biases), for the
+the analytic mask or full tiles only, 16-bit, D in {32, 64, 128}, softmax without biases), for the
 backward's key side. One program per (key tile, batch x key head), one warpgroup. The key
 tile's k and v arrive by bulk copies into shared memory and stay there as the A operands of
 ``S^T = K Q^T`` and ``dP^T = V dO^T``; the query tiles that list the key tile (the plan's
@@ -168,15 +168,15 @@ _BOUND = BoundLaunches()
 
 def na_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, lse: torch.Tensor,
             delta: torch.Tensor, plan, *, scale: float, num_buffers: int = 2,
-            dk: torch.Tensor | None = None,
-            dv: torch.Tensor | None = None,
+            dk: torch.Tensor | None = None, dv: torch.Tensor | None = None,
+            max_registers: int | None = None,
             scope_checked: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(dk, dv)``, like ``k`` and ``v`` ``[B, S, H_kv, D]``, of softmax attention over ``plan``
     for grid-order ``q``, ``do`` ``[B, S, H_q, D]``, ``k``, ``v``, with the forward's ``lse`` and
     ``delta = rowsum(o * do)`` (float32 ``[B, H_q, S]``, contiguous); ``supports(q, k, v, plan)``
     and ``supports(do, k, v, plan)`` must hold. ``num_buffers``: q/dO ring slots (at least 2);
     ``dk``, ``dv``: where to write (contiguous, like ``k`` and ``v``), else new tensors;
-    ``scope_checked``: the caller has found both ``supports`` true (``backward_route`` does).
+    ``max_registers``: a register cap per thread (None: the compiler's choice); ``scope_checked``: the caller has found both ``supports`` true (``backward_route`` does).
     Launched on the current stream."""
     if num_buffers < 2:
         raise ValueError(f"na_dkdv: num_buffers must be at least 2, got {num_buffers}")
@@ -189,7 +189,7 @@ def na_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor,
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device) if dk is None else dk
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device) if dv is None else dv
     key = (id(plan), q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), do.stride(),
-           dk.stride(), dv.stride(), q.dtype, q.device, scale, num_buffers)
+           dk.stride(), dv.stride(), q.dtype, q.device, scale, num_buffers, max_registers)
     bound = _BOUND.get(key, (plan,))
     if bound is not None:
         bound(q, k, v, do, dk, dv, lse, delta)
@@ -204,7 +204,8 @@ def na_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor,
             heads // k.shape[2], seq, plan.map_heads, plan.n_k_tiles, cols.part_width, cols.full_width,
             scale, scale * LOG2E)
     options = dict(HEAD_D=dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, NA_STATIC=plan.na_static,
-                   NUM_BUF=num_buffers, MASKED=plan.mask_mode == masks.MASK_NEIGHBORHOOD, num_warps=4)
+                   NUM_BUF=num_buffers, MASKED=plan.mask_mode == masks.MASK_NEIGHBORHOOD, num_warps=4,
+                   **({"maxnreg": max_registers} if max_registers else {}))
     _LAUNCH[grid](*args, **options)
     _BOUND.remember(key, _LAUNCH, grid, args, options, live=(0, 1, 2, 3, 4, 5, 6, 7), owners=(plan,))
     return dk, dv

@@ -2,7 +2,7 @@
 Gluon (sm_90).
 
 ``na_dkdv`` (same scope as ``na_forward_boxes``: masked, undilated, 64 x 64 plans whose tiles
-are grid boxes, 16-bit, D in {64, 128}) with each key tile walking its own query boxes instead
+are grid boxes, 16-bit, D in {32, 64, 128}) with each key tile walking its own query boxes instead
 of the plan's transposed lists: the queries that see some key of the tile form a grid box (per
 axis from the first query whose window reaches the tile to the last), partitioned frame by frame
 like the forward's key boxes into boxes of 64 queries (8 x 8, 4 x 16, 16 x 4) and 32 (4 x 8,

@@ -1,7 +1,7 @@
 """dq of a tiled-order N-D neighborhood in grid order, in Gluon (Hopper, sm_90).
 
 Same scope as ``na_forward`` (``supports``: grid-order plans whose 64-token tiles are grid boxes,
-the analytic mask or full tiles only, 16-bit, D in {64, 128}, softmax without biases), for the
+the analytic mask or full tiles only, 16-bit, D in {32, 64, 128}, softmax without biases), for the
 backward's query side. One program per (query tile, batch x query head), one warpgroup. The
 query tile's q and dO arrive by bulk copies into shared memory and stay there as the A operands
 of ``S = Q K^T`` and ``dP = dO V^T``; the key tiles the plan lists for the query tile stream

@@ -3,8 +3,9 @@
 Scope: what ``tessera.natten`` runs for neighborhoods on Hopper: q, k, v ``[B, S, H, D]`` in
 the grid's row-major order, a ``Permuted(Neighborhood, GridLayout)`` plan whose query and key
 tiles are grid boxes (``flash_fwd.grid_box``), with the analytic mask (``MASK_NEIGHBORHOOD``) or
-full tiles only (``MASK_NONE``: blocked attention, stride = kernel), 16-bit inputs, D in {64,
-128}, softmax without biases. A dilated neighborhood runs as one dilation group's plan under a
+full tiles only (``MASK_NONE``: blocked attention, stride = kernel), 16-bit inputs, D in {32,
+64, 128} (register tiles take powers of two; other head dims stay on the Triton kernels),
+softmax without biases. A dilated neighborhood runs as one dilation group's plan under a
 ``masks.DilationFold``: every group at once on the whole grid's tensors, each tile a box of
 ``flash_fwd.fold_view`` (64-row tiles of depth one along grid axis 0).
 
@@ -671,7 +672,7 @@ def _supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, fold) -> 
     if q.dtype not in (torch.bfloat16, torch.float16) or not (q.dtype == k.dtype == v.dtype):
         return False
     dim = q.shape[3]
-    if dim not in (64, 128) or k.shape[3] != dim or v.shape[3] != dim:
+    if dim not in (32, 64, 128) or k.shape[3] != dim or v.shape[3] != dim:
         return False
     if plan.block_m not in (64, 128) or plan.block_n not in (32, 64):
         return False

@@ -1,7 +1,7 @@
 """Forward of a tiled-order N-D neighborhood over key boxes (``key_boxes``), in Gluon (sm_90).
 
 Same scope and results as ``na_forward`` on a masked plan (q, k, v ``[B, S, H, D]`` in grid
-order, 64-row query tiles that are grid boxes, 16-bit, D in {64, 128}, plain softmax), but
+order, 64-row query tiles that are grid boxes, 16-bit, D in {32, 64, 128}, plain softmax), but
 each query tile walks its own list of key boxes (``key_boxes.build``: 8 x 8, 4 x 16 and 16 x 4
 boxes of 64 keys and 4 x 8 / 8 x 4 half boxes of 32, placed from the corner of its window
 union) instead of the plan's key tiles. A 64-key box runs 64 x 64 products, a half box 64 x 32
@@ -240,8 +240,9 @@ def _na_fwd_boxes(Q_DESC, K_DESC, V_DESC, K_HALF1, V_HALF1, K_HALF2, V_HALF2, K_
 
 # Register caps per head dim: three programs per SM at D = 128 (a few bytes of spills), four at
 # D = 64 (3-D suite case 0.849 ms against 0.910 at 168,
-# ``results/tuning/2026-12-01-h200-gluon-forward-19-box-kinds.json``).
-REGISTERS = {128: 168, 64: 128}
+# ``results/tuning/2026-12-01-h200-gluon-forward-19-box-kinds.json``) and at D = 32 (0.720
+# against 0.776 uncapped; 96 registers 0.719, ``-gluon-forward-23-head-dim-32.json``).
+REGISTERS = {128: 168, 64: 128, 32: 128}
 
 _LAUNCH = Launcher(_na_fwd_boxes)
 # Repeat calls (same plan, shapes, strides, dtype, device, scale and threshold) launch with only

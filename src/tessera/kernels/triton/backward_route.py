@@ -61,8 +61,9 @@ DQ_VARIANT = dict(num_buffers=2, v_buffers=2)
 # On: dq runs on key boxes (na_dq_boxes) where ``dq_on_boxes`` says (off for A/B timing).
 DQ_BOXES_ENABLED = True
 # na_dq_boxes' register cap per head dim (None: the compiler's choice; two programs per SM at D
-# = 128 by shared memory either way, three at D = 64 under the cap).
-DQ_BOXES_REGISTERS = {128: None, 64: 168}
+# = 128 by shared memory either way, three at D = 64 under the cap, four at D = 32: 3-D 3 x 7 x 7
+# 0.284 against 0.297 ms uncapped, ``results/tuning/2026-12-02-h200-gluon-backward-10-head-dim-32.json``).
+DQ_BOXES_REGISTERS = {128: None, 64: 168, 32: 128}
 # On: dk/dv runs on query boxes (na_dkdv_boxes) where ``dkdv_on_boxes`` says (off for A/B timing).
 DKDV_BOXES_ENABLED = True
 # dk/dv takes query boxes when they cost at most this fraction of the plan's listed key tiles
