@@ -5,7 +5,7 @@
 #                              [natten-reorder] [natten-profile] [natten-configs] [host-overhead] [host-breakdown] [linear] [tests-linear] [linear-final] [linear-accept]
 #                              [linear-profile] [state-sweep] [state-ab] [linear-host] [linear-delta] [candidates] [kernel-next]
 #                              [launch-cost] [blocked-dense] [fp32-ab] [fp32-bisect] [step-jitter] [autograd-floor]
-#                              [backward-profile] [gluon-forward] [gluon-backward] [route-host] [natten-host] [ncu]
+#                              [backward-profile] [gluon-forward] [gluon-backward] [route-host] [natten-host] [natten-compile] [ncu]
 #   (linear, linear-final, linear-accept, linear-profile, linear-delta: carry .whl for fla)
 #   (default: tests attention natten linear; NATTEN_ARGS: extra arguments of benchmarks/natten.py)
 # Triton's cache (compiled kernels, and fla's autotuning timings through Triton's `cache_results`) is
@@ -130,6 +130,14 @@ for step in $steps; do
           | gzip > "$OUT/ncu-$ncu_case${NCU_TAG:-}-sass.csv.gz" || status=1
       done ;;
     route-host) timeout 150 python3 benchmarks/gpu_route_host.py --out "$OUT" 2>&1 | tee "$OUT/route-host.log" || status=1 ;;
+    natten-compile)
+      # tessera.natten under torch.compile: the GPU tests (bit-for-bit against eager, CUDA graph
+      # replays included), then eager vs compiled vs Flex step times (benchmarks/natten_compile.py;
+      # NATTEN_COMPILE_ARGS: e.g. "--only k17").
+      timeout 300 python3 -m pytest -m gpu -q -rA -p no:cacheprovider tests/test_natten_compile.py \
+        2>&1 | tee "$OUT/gpu-tests-natten-compile.log" || status=1
+      timeout 400 python3 benchmarks/natten_compile.py --out "$OUT" ${NATTEN_COMPILE_ARGS:-} 2>&1 \
+        | tee "$OUT/natten-compile.log" || status=1 ;;
     natten-host) timeout 150 python3 benchmarks/gpu_natten_host.py --out "$OUT" 2>&1 | tee "$OUT/natten-host.log" || status=1 ;;
     host-breakdown) timeout 100 python3 benchmarks/gpu_host_overhead.py --out "$OUT" --breakdown-only \
                       2>&1 | tee "$OUT/host-breakdown.log" || status=1 ;;

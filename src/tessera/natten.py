@@ -108,8 +108,7 @@ def _folded_run(q, k, v, pattern: Neighborhood, na_dim: int, backend: str, scale
         return None
     batch, n = q.shape[0], math.prod(grid)
     flat = [t.reshape(batch, n, *t.shape[1 + na_dim:]) for t in (q, k, v)]
-    signature = ("fold", key, pattern.dilation, backend, type(scale), scale, return_lse,
-                 _tensor_signature(flat))
+    signature = _fold_signature(flat, key, pattern.dilation, backend, scale, return_lse)
     prepared = _prepared(signature)
     out = prepared(*flat) if prepared is not None else None
     if out is None:
@@ -266,6 +265,9 @@ def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke
     for name, t in (("k", k), ("v", v)):
         if tuple(t.shape[1:1 + na_dim]) != grid:
             raise ValueError(f"{name} must have q's token grid {grid}, got {tuple(t.shape[1:1 + na_dim])}")
+    if torch.compiler.is_compiling():
+        return natten_ops.traced_call(q, k, v, kernel_size, dilation, stride, is_causal, na_dim=na_dim,
+                                      layout=layout, backend=backend, scale=scale, return_lse=return_lse)
     plan = _call_plan(grid, kernel_size, dilation, stride, is_causal, layout, q.device)
     pattern, tiled = plan.pattern, plan.tiled
     if plan.per_dilation_group:
@@ -298,7 +300,7 @@ def _grid_order_run(flat, pattern: Permuted, key, scale, return_lse: bool, backe
     ``pattern`` (whose ``pattern_key`` is ``key``) addressed in-kernel, or None when the call does
     not go to the Triton backend or that backend cannot take it (then the caller reorders the
     tensors)."""
-    signature = ("grid order", key, backend, type(scale), scale, return_lse, _tensor_signature(flat))
+    signature = _grid_order_signature(flat, key, backend, scale, return_lse)
     prepared = _prepared(signature)
     if prepared is not None:
         return prepared(*flat)
@@ -323,6 +325,14 @@ def _tensor_signature(flat) -> tuple:
     return tuple((t.shape, t.stride(), t.dtype, t.device) for t in flat)
 
 
+def _grid_order_signature(flat, key, backend: str, scale, return_lse: bool) -> tuple:
+    return ("grid order", key, backend, type(scale), scale, return_lse, _tensor_signature(flat))
+
+
+def _fold_signature(flat, key, dilation, backend: str, scale, return_lse: bool) -> tuple:
+    return ("fold", key, dilation, backend, type(scale), scale, return_lse, _tensor_signature(flat))
+
+
 def _prepared(signature):
     try:
         return _PREPARED.get(signature)
@@ -343,6 +353,38 @@ def _run_and_prepare(call, signature):
         _PREPARED.clear()
     _PREPARED[signature] = prepared
     return prepared(call.q, call.k, call.v)
+
+
+def neighborhood_attention_gradients(do, q, k, v, o, lse, kernel_size, dilation=1, stride=1,
+                                     is_causal=False, *, na_dim: int, layout="auto",
+                                     backend: str = "auto", scale: Optional[float] = None):
+    """``(dq, dk, dv)`` of ``neighborhood_attention`` (same arguments) for the output gradient
+    ``do [B, *grid, H_q, D_v]``, given that call's ``o`` and ``lse [B, H_q, *grid]`` (as it
+    returned them with ``return_lse``). A call the Triton backend ran in grid order (undilated or
+    through a dilation fold, 16-bit) takes its backward kernels on o and lse; any other call
+    recomputes its forward under autograd."""
+    grid = tuple(q.shape[1:1 + na_dim])
+    plan = _call_plan(grid, kernel_size, dilation, stride, is_causal, layout, q.device)
+    batch, n = q.shape[0], math.prod(grid)
+    flat = [t.reshape(batch, n, *t.shape[1 + na_dim:]) for t in (q, k, v)]
+    signature = None
+    if plan.per_dilation_group:
+        pattern = plan.pattern
+        _sub, _order, key = _group_plan(grid, pattern.kernel, pattern.dilation, pattern.stride,
+                                        pattern.causal, q.device.type)
+        signature = _fold_signature(flat, key, pattern.dilation, backend, scale, True)
+    elif plan.grid_order is not None:
+        signature = _grid_order_signature(flat, plan.grid_order_key, backend, scale, True)
+    backward = getattr(_prepared(signature), "backward", None) if signature is not None else None
+    if backward is not None:
+        grads = backward(*flat, o.reshape(batch, n, *o.shape[1 + na_dim:]), lse.reshape(*lse.shape[:2], n),
+                         do.reshape(batch, n, *do.shape[1 + na_dim:]))
+        return tuple(g.reshape(t.shape) for g, t in zip(grads, (q, k, v)))
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+        out = neighborhood_attention(*leaves, kernel_size, dilation, stride, is_causal, na_dim=na_dim,
+                                     layout=layout, backend=backend, scale=scale)
+        return torch.autograd.grad(out, leaves, do)
 
 
 def na1d(q, k, v, kernel_size, dilation=1, stride=1, is_causal=False, *, layout="auto",
@@ -390,4 +432,7 @@ def na3d(q, k, v, kernel_size, dilation=1, stride=1, is_causal=False, *, layout=
                                   layout=layout, backend=backend, scale=scale, return_lse=return_lse)
 
 
-__all__ = ["dilation_groups", "na1d", "na2d", "na3d", "neighborhood_attention"]
+__all__ = ["dilation_groups", "na1d", "na2d", "na3d", "neighborhood_attention",
+           "neighborhood_attention_gradients"]
+
+from . import natten_ops  # noqa: E402  (registers the custom ops torch.compile traces to)

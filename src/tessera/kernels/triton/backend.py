@@ -319,50 +319,56 @@ class FlashAttention(torch.autograd.Function):
     def backward(ctx, do, _dlse):
         if do is None:
             return (None,) * 10
-        q, k, v, o, lse, sinks, slopes, bias, u, w, table = ctx.saved_tensors
-        spec: _Spec = ctx.spec
-        original = _configs(spec, q, k, v)
-        do = _head_contiguous(do)
-        bias_grad = bias is not None and ctx.needs_input_grad[5]
-        slope_grad = slopes is not None and ctx.needs_input_grad[4]
-        low_rank_grad = u is not None and (ctx.needs_input_grad[6] or ctx.needs_input_grad[7])
-        table_grad = table is not None and ctx.needs_input_grad[8]
-        variant = (_variant(spec, q, v, sinks, slopes, bias, u, table)
-                   + (bias_grad, slope_grad, low_rank_grad, table_grad))
-        configs = {name: _fitting(name, original[name], variant) for name in ("dq", "dkdv")}
-        while True:
-            try:
-                dq, dk, dv, dbias, dslopes, du, dw, dtable = flash_bwd.backward(
-                    do, q, k, v, o, lse, _plan(spec, q, k, configs["dq"]),
-                    _plan(spec, q, k, configs["dkdv"]), scale=spec.scale,
-                    dq_config=configs["dq"], dkdv_config=configs["dkdv"], softcap=spec.softcap,
-                    slopes=slopes, bias=bias, low_rank=_low_rank(u, w),
-                    rel_pos=_rel_pos(spec, table), sigmoid_bias=spec.sigmoid_bias,
-                    bias_grad=bias_grad, slope_grad=slope_grad, low_rank_grad=low_rank_grad,
-                    rel_pos_grad=table_grad, precision=spec.precision, grid_order=spec.grid_order,
-                    fold=spec.fold)
-                break
-            except OutOfResources as error:
-                name = getattr(error, "kernel", "dq")
-                configs[name] = _shrink(name, original[name], configs[name], variant, error)
-        dsinks = None
-        if sinks is not None and ctx.needs_input_grad[3]:
-            # d sink_h = -sum_rows exp(sink_h - lse) * rowsum(o * do)
-            delta = row_dot(o, do)
-            p_sink = torch.exp(sinks.float().view(1, -1, 1) - lse)
-            dsinks = -(p_sink * delta).sum((0, 2)).to(sinks.dtype)
-        if dbias is not None:
-            dbias = _sum_to(dbias, bias.shape).to(bias.dtype)
-        if dslopes is not None:
-            dslopes = dslopes.to(slopes.dtype)
-        if du is not None:
-            du = _sum_to(du, u.shape).to(u.dtype) if ctx.needs_input_grad[6] else None
-            dw = _sum_to(dw, w.shape).to(w.dtype) if ctx.needs_input_grad[7] else None
-        if dtable is not None:
-            if table.shape[0] == 1:
-                dtable = dtable.sum(0, keepdim=True)
-            dtable = dtable.view(table.shape).to(table.dtype)
-        return dq, dk, dv, dsinks, dslopes, dbias, du, dw, dtable, None
+        return _gradients(ctx.spec, ctx.saved_tensors, ctx.needs_input_grad, do)
+
+
+def _gradients(spec: _Spec, saved: tuple, needs_input_grad: tuple, do: torch.Tensor) -> tuple:
+    """``FlashAttention.backward``'s gradients (of q, k, v, sinks, slopes, bias, u, w, table,
+    and None for the spec) from the forward's ``saved`` tensors ``(q, k, v, o, lse, sinks,
+    slopes, bias, u, w, table)`` and the output gradient ``do``."""
+    q, k, v, o, lse, sinks, slopes, bias, u, w, table = saved
+    original = _configs(spec, q, k, v)
+    do = _head_contiguous(do)
+    bias_grad = bias is not None and needs_input_grad[5]
+    slope_grad = slopes is not None and needs_input_grad[4]
+    low_rank_grad = u is not None and (needs_input_grad[6] or needs_input_grad[7])
+    table_grad = table is not None and needs_input_grad[8]
+    variant = (_variant(spec, q, v, sinks, slopes, bias, u, table)
+               + (bias_grad, slope_grad, low_rank_grad, table_grad))
+    configs = {name: _fitting(name, original[name], variant) for name in ("dq", "dkdv")}
+    while True:
+        try:
+            dq, dk, dv, dbias, dslopes, du, dw, dtable = flash_bwd.backward(
+                do, q, k, v, o, lse, _plan(spec, q, k, configs["dq"]),
+                _plan(spec, q, k, configs["dkdv"]), scale=spec.scale,
+                dq_config=configs["dq"], dkdv_config=configs["dkdv"], softcap=spec.softcap,
+                slopes=slopes, bias=bias, low_rank=_low_rank(u, w),
+                rel_pos=_rel_pos(spec, table), sigmoid_bias=spec.sigmoid_bias,
+                bias_grad=bias_grad, slope_grad=slope_grad, low_rank_grad=low_rank_grad,
+                rel_pos_grad=table_grad, precision=spec.precision, grid_order=spec.grid_order,
+                fold=spec.fold)
+            break
+        except OutOfResources as error:
+            name = getattr(error, "kernel", "dq")
+            configs[name] = _shrink(name, original[name], configs[name], variant, error)
+    dsinks = None
+    if sinks is not None and needs_input_grad[3]:
+        # d sink_h = -sum_rows exp(sink_h - lse) * rowsum(o * do)
+        delta = row_dot(o, do)
+        p_sink = torch.exp(sinks.float().view(1, -1, 1) - lse)
+        dsinks = -(p_sink * delta).sum((0, 2)).to(sinks.dtype)
+    if dbias is not None:
+        dbias = _sum_to(dbias, bias.shape).to(bias.dtype)
+    if dslopes is not None:
+        dslopes = dslopes.to(slopes.dtype)
+    if du is not None:
+        du = _sum_to(du, u.shape).to(u.dtype) if needs_input_grad[6] else None
+        dw = _sum_to(dw, w.shape).to(w.dtype) if needs_input_grad[7] else None
+    if dtable is not None:
+        if table.shape[0] == 1:
+            dtable = dtable.sum(0, keepdim=True)
+        dtable = dtable.view(table.shape).to(table.dtype)
+    return dq, dk, dv, dsinks, dslopes, dbias, du, dw, dtable, None
 
 
 def run(call: AttentionCall):
@@ -389,7 +395,9 @@ def prepare(call: AttentionCall) -> Optional[Callable]:
     lse)`` for later calls whose q, k, v have the call's shapes, strides, dtypes and device and
     whose other arguments equal the call's (the caller keys its cache on those). None for calls it
     does not prepare: varlen, bias, sinks, float32 (whose precision follows a global switch), or a
-    pattern without a value-based key."""
+    pattern without a value-based key. Unless the call's score is sigmoid, the function's
+    ``backward(q, k, v, o, lse, do) -> (dq, dk, dv)`` runs the backward kernels on the o and lse
+    it returned (``tessera.natten_ops``: the backward of a compiled call)."""
     if (call.cu_seqlens_q is not None or call.bias is not None or call.sinks is not None
             or call.q.dtype == torch.float32):
         return None
@@ -404,6 +412,14 @@ def prepare(call: AttentionCall) -> Optional[Callable]:
         if not all(contiguous):
             q, k, v = (_head_contiguous(t) for t in (q, k, v))
         return _attend(spec, (q, k, v, None, None, None, None, None, None), sigmoid)
+
+    def gradients(q, k, v, o, lse, do):
+        if not all(contiguous):
+            q, k, v = (_head_contiguous(t) for t in (q, k, v))
+        saved = (q, k, v, o, lse, None, None, None, None, None, None)
+        return _gradients(spec, saved, (True,) * 3 + (False,) * 7, do)[:3]
+    if not sigmoid:
+        run_prepared.backward = gradients
     return run_prepared
 
 

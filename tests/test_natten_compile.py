@@ -1,0 +1,180 @@
+"""``na1d`` / ``na2d`` / ``na3d`` under ``torch.compile`` (``tessera.natten_ops``): whole graphs
+(``fullgraph=True``), forward and backward equal to eager mode bit for bit (the op runs the eager
+path's kernels), on the reference backend here and, in a fresh interpreted process, on the
+Triton kernels in grid order, whose compiled backward reads the forward's o and lse instead of
+recomputing it."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tessera.natten import na1d, na2d, na3d
+from tessera.patterns.layout import GridLayout
+
+IN_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _inputs(shape_q, kv_heads, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(shape_q, generator=gen, dtype=torch.float32).to(dtype)
+    kv_shape = (*shape_q[:-2], kv_heads, shape_q[-1])
+    k, v = (torch.randn(kv_shape, generator=gen, dtype=torch.float32).to(dtype) for _ in range(2))
+    do = torch.randn(shape_q, generator=gen, dtype=torch.float32).to(dtype)
+    return q, k, v, do
+
+
+def _step(fn, q, k, v, do, **kwargs):
+    """``[o, (lse,) dq, dk, dv]`` of ``fn`` on fresh leaves."""
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out = fn(*leaves, **kwargs)
+    o, rest = (out[0], [out[1]]) if isinstance(out, tuple) else (out, [])
+    return [o.detach(), *[t.detach() for t in rest], *torch.autograd.grad(o, leaves, do)]
+
+
+CASES = [
+    (na1d, (2, 40, 4, 16), 2, dict(kernel_size=7, dilation=2, is_causal=True)),
+    (na2d, (2, 12, 10, 4, 16), 1, dict(kernel_size=(5, 3), stride=(2, 1), return_lse=True)),
+    (na2d, (1, 12, 12, 2, 8), 2, dict(kernel_size=5, dilation=2, is_causal=(True, False))),
+    (na3d, (1, 4, 6, 6, 2, 8), 2, dict(kernel_size=(3, 3, 5), return_lse=True, scale=0.3)),
+]
+
+
+@pytest.mark.parametrize("op, shape, kv_heads, kwargs", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_graph_equals_eager(op, shape, kv_heads, kwargs, dtype):
+    """One graph (``fullgraph=True``), forward, lse and gradients equal to eager's (GQA, B up to 2,
+    dilation, stride, causal axes, a scale)."""
+    torch._dynamo.reset()
+    q, k, v, do = _inputs(shape, kv_heads, dtype)
+    kwargs = dict(kwargs, backend="reference")
+    eager = _step(op, q, k, v, do, **kwargs)
+    compiled = _step(torch.compile(op, backend="aot_eager", fullgraph=True), q, k, v, do, **kwargs)
+    assert len(eager) == len(compiled)
+    for got, want in zip(compiled, eager):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        assert torch.equal(got, want)
+
+
+def test_compiled_inside_a_model():
+    """A compiled block (projection, na2d, projection) trains like its eager twin: same loss and
+    parameter gradients."""
+    torch._dynamo.reset()
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = torch.nn.Linear(16, 48)
+            self.out = torch.nn.Linear(16, 16)
+
+        def forward(self, x):
+            b, h, w, _ = x.shape
+            q, k, v = self.qkv(x).view(b, h, w, 3, 2, 8).unbind(3)
+            o = na2d(q, k, v, 3, backend="reference")
+            return self.out(o.reshape(b, h, w, 16))
+
+    torch.manual_seed(0)
+    eager = Block().double()
+    compiled = Block().double()
+    compiled.load_state_dict(eager.state_dict())
+    x = torch.randn(2, 8, 8, 16, dtype=torch.float64)
+    losses = []
+    for model in (eager, torch.compile(compiled, backend="aot_eager", fullgraph=True)):
+        loss = model(x).square().mean()
+        loss.backward()
+        losses.append(loss.detach())
+    assert torch.allclose(losses[0], losses[1], rtol=1e-12, atol=0)
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-10, atol=1e-12), name
+
+
+def test_grid_layout_objects_run_behind_a_graph_break():
+    """A ``GridLayout`` cannot reach the op as text: the call runs eagerly behind a graph break
+    (same results); ``fullgraph=True`` refuses it."""
+    torch._dynamo.reset()
+    q, k, v, do = _inputs((1, 8, 8, 2, 8), 2, torch.float64)
+    kwargs = dict(kernel_size=3, layout=GridLayout((8, 8), (4, 4)), backend="reference")
+    eager = _step(na2d, q, k, v, do, **kwargs)
+    compiled = _step(torch.compile(na2d, backend="aot_eager"), q, k, v, do, **kwargs)
+    for got, want in zip(compiled, eager):
+        assert torch.equal(got, want)
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="(?i)graph break|disable|skip"):
+        torch.compile(na2d, backend="aot_eager", fullgraph=True)(q, k, v, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(kernel_size=(3, 3, 3)), "kernel_size"),
+    (dict(kernel_size=3, dilation=0), "dilation"),
+    (dict(kernel_size=3, is_causal="yes"), "is_causal"),
+    (dict(kernel_size=3, layout=5), "layout"),
+    (dict(kernel_size=9), "kernel"),
+])
+def test_compiled_calls_name_bad_arguments(kwargs, match):
+    torch._dynamo.reset()
+    q, k, v, _ = _inputs((1, 8, 8, 2, 8), 2, torch.float64)
+    with pytest.raises(Exception, match=match):
+        torch.compile(na2d, backend="aot_eager", fullgraph=True)(q, k, v, backend="reference", **kwargs)
+
+
+if not IN_INTERPRETER:
+
+    def test_interpreted_cases_in_a_fresh_process():
+        env = dict(os.environ, TRITON_INTERPRET="1")
+        run = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider",
+                              "-k", "interpreted_grid_order"], env=env, capture_output=True, text=True,
+                             timeout=900)
+        assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]
+
+else:
+    from tessera.kernels.triton import backend as triton_backend
+    from tessera.kernels.triton.backend import kernels_interpreted
+
+    @pytest.mark.skipif(not kernels_interpreted(), reason="triton was imported before TRITON_INTERPRET=1")
+    @pytest.mark.parametrize("op, shape, kwargs, forwards", [
+        (na2d, (2, 16, 8, 2, 16), dict(kernel_size=(5, 3), layout=(8, 8)), 1),
+        # Dilation groups gathered (no tiled order for them off CUDA): the backward recomputes.
+        (na2d, (1, 16, 16, 2, 16), dict(kernel_size=3, dilation=2, return_lse=True), 2),
+    ])
+    def test_interpreted_grid_order_backward_reads_the_forward(monkeypatch, op, shape, kwargs, forwards):
+        """fp16 on the Triton kernels: the compiled step equals eager bit for bit; in grid order
+        it runs one forward, its backward on the op's saved o and lse."""
+        torch._dynamo.reset()
+        q, k, v, do = _inputs(shape, 2, torch.float16)
+        kwargs = dict(kwargs, backend="triton")
+        eager = _step(op, q, k, v, do, **kwargs)
+        calls = []
+        original = triton_backend._forward
+
+        def counting_forward(*args):
+            calls.append(1)
+            return original(*args)
+        monkeypatch.setattr(triton_backend, "_forward", counting_forward)
+        compiled = _step(torch.compile(op, backend="aot_eager", fullgraph=True), q, k, v, do, **kwargs)
+        assert len(calls) == forwards
+        for got, want in zip(compiled, eager):
+            assert torch.equal(got, want)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+@pytest.mark.parametrize("op, shape, kwargs", [
+    (na2d, (2, 48, 40, 4, 128), dict(kernel_size=(13, 11))),                  # key boxes (Hopper)
+    (na2d, (1, 64, 64, 2, 64), dict(kernel_size=7, dilation=2, return_lse=True)),   # dilation fold
+    (na3d, (2, 8, 16, 16, 2, 32), dict(kernel_size=(4, 8, 8), stride=(4, 8, 8))),   # blocked, D = 32
+])
+def test_compiled_on_the_gpu_equals_eager(op, shape, kwargs, mode):
+    """bf16 on the GPU kernels under torch.compile (inductor; ``reduce-overhead`` replays CUDA
+    graphs): forward, lse and gradients equal eager's bit for bit, over three steps with fresh
+    inputs (the replays take each step's tensors)."""
+    torch._dynamo.reset()
+    compiled_op = torch.compile(op, fullgraph=True, mode=None if mode == "default" else mode)
+    for seed in range(3):
+        q, k, v, do = (t.cuda() for t in _inputs(shape, 2, torch.bfloat16, seed))
+        eager = _step(op, q, k, v, do, **kwargs)
+        compiled = [t.clone() for t in _step(compiled_op, q, k, v, do, **kwargs)]
+        for got, want in zip(compiled, eager):
+            assert torch.equal(got, want)
