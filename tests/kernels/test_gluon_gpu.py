@@ -254,7 +254,6 @@ def _check_forward(op, grid, kernel, stride, dim, dtype, block_m, q_scale=1.0, s
     assert_error_rule(("o", "lse"), got, same, want, dtype)
 
 
-
 # Head dim 32 (Swin's and DiNAT's heads) through the variants the routes take: 2-D, 3-D, blocked.
 HEAD_DIM_32_CASES = [
     (na2d, (32, 48), (7, 9), 1),

@@ -176,7 +176,8 @@ def na_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor,
     ``delta = rowsum(o * do)`` (float32 ``[B, H_q, S]``, contiguous); ``supports(q, k, v, plan)``
     and ``supports(do, k, v, plan)`` must hold. ``num_buffers``: q/dO ring slots (at least 2);
     ``dk``, ``dv``: where to write (contiguous, like ``k`` and ``v``), else new tensors;
-    ``max_registers``: a register cap per thread (None: the compiler's choice); ``scope_checked``: the caller has found both ``supports`` true (``backward_route`` does).
+    ``max_registers``: a register cap per thread (None: the compiler's choice);
+    ``scope_checked``: the caller has found both ``supports`` true (``backward_route`` does).
     Launched on the current stream."""
     if num_buffers < 2:
         raise ValueError(f"na_dkdv: num_buffers must be at least 2, got {num_buffers}")
