@@ -131,10 +131,11 @@ for step in $steps; do
       done ;;
     route-host) timeout 150 python3 benchmarks/gpu_route_host.py --out "$OUT" 2>&1 | tee "$OUT/route-host.log" || status=1 ;;
     natten-compile)
-      # tessera.natten under torch.compile: the GPU tests (bit-for-bit against eager, CUDA graph
-      # replays included), then eager vs compiled vs Flex step times (benchmarks/natten_compile.py;
-      # NATTEN_COMPILE_ARGS: e.g. "--only k17").
+      # tessera.natten and tessera.attention under torch.compile: the GPU tests (bit-for-bit against
+      # eager, CUDA graph replays included), then eager vs compiled vs Flex step times
+      # (benchmarks/natten_compile.py; NATTEN_COMPILE_ARGS: e.g. "--only k17").
       timeout 300 python3 -m pytest -m gpu -q -rA -p no:cacheprovider tests/test_natten_compile.py \
+        tests/test_attention_compile.py \
         2>&1 | tee "$OUT/gpu-tests-natten-compile.log" || status=1
       timeout 400 python3 benchmarks/natten_compile.py --out "$OUT" ${NATTEN_COMPILE_ARGS:-} 2>&1 \
         | tee "$OUT/natten-compile.log" || status=1 ;;

@@ -58,6 +58,19 @@ def test_compiled_graph_equals_eager(op, shape, kv_heads, kwargs, dtype):
         assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ops_pass_torch_library_opcheck(dtype):
+    """``torch.library.opcheck``: schema, autograd registration, fake tensors (shapes, dtypes and
+    strides of the real outputs) and AOT dispatch of both custom ops."""
+    from tessera import natten_ops
+    q, k, v, do = _inputs((2, 6, 5, 4, 8), 2, dtype)
+    params = ([3, 3], [1, 1], [1, 1], [False, True], "auto", "reference", None)
+    torch.library.opcheck(natten_ops.neighborhood_attention_op, (q.requires_grad_(), k, v, *params))
+    o, lse = natten_ops.neighborhood_attention_op(q, k, v, *params)
+    torch.library.opcheck(natten_ops.neighborhood_attention_backward_op,
+                          (do, q.detach(), k, v, o.detach(), lse, *params))
+
+
 def test_compiled_inside_a_model():
     """A compiled block (projection, na2d, projection) trains like its eager twin: same loss and
     parameter gradients."""

@@ -67,7 +67,19 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
 
     Fully masked query rows give ``o = 0`` and ``lse = -inf`` (``lse = sink`` with sinks), with
     finite gradients.
+
+    Under ``torch.compile``, a call whose pattern has a spec string and that has no bias, sinks
+    or varlen lengths is one custom op each way (``tessera.attention_ops``; ``fullgraph=True``
+    and CUDA graphs work); dense and causal calls trace into SDPA where it takes them.
     """
+    if torch.compiler.is_compiling() and bias is None and sinks is None and cu_seqlens_q is None \
+            and cu_seqlens_k is None:
+        spec = attention_ops.pattern_spec(pattern)
+        if spec is not None:
+            return attention_ops.traced_call(q, k, v, spec, causal=causal, scale=scale, score=score,
+                                             softcap=softcap, sigmoid_bias=sigmoid_bias,
+                                             return_lse=return_lse, layout=layout, backend=backend,
+                                             deterministic=deterministic)
     call, layout = _build_call(q, k, v, pattern=pattern, causal=causal, scale=scale, score=score,
                                bias=bias, softcap=softcap, sinks=sinks, return_lse=return_lse,
                                layout=layout, sigmoid_bias=sigmoid_bias,
@@ -312,3 +324,6 @@ def _resolve_pattern(pattern, causal: bool):
         else:
             pattern = pattern & Causal()
     return pattern, causal
+
+
+from . import attention_ops  # noqa: E402  (registers the custom ops torch.compile traces to)

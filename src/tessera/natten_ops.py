@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 
 from . import natten
+from .compile_support import autograd_dispatch, lse_dtype
 from .patterns.layout import GridLayout, as_axes, as_flags
 
 
@@ -55,7 +56,8 @@ def neighborhood_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                               kernel_size: list[int], dilation: list[int], stride: list[int],
                               is_causal: list[bool], layout: str, backend: str,
                               scale: Optional[float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(o [B, *grid, H_q, D_v], lse float32 [B, H_q, *grid])`` of ``neighborhood_attention``
+    """``(o [B, *grid, H_q, D_v], lse [B, H_q, *grid])`` (lse float32, float64 for float64
+    inputs) of ``neighborhood_attention``
     on ``q [B, *grid, H_q, D]``, ``k``, ``v`` (per-axis parameters, one per grid axis)."""
     with torch.no_grad():
         o, lse = _eager(q, k, v, kernel_size, dilation, stride, is_causal, layout, backend, scale)
@@ -66,7 +68,7 @@ def neighborhood_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 def _(q, k, v, kernel_size, dilation, stride, is_causal, layout, backend, scale):
     grid = q.shape[1:1 + len(kernel_size)]
     o = q.new_empty((*q.shape[:-1], v.shape[-1]))
-    lse = q.new_empty((q.shape[0], q.shape[-2], *grid), dtype=torch.float32)
+    lse = q.new_empty((q.shape[0], q.shape[-2], *grid), dtype=lse_dtype(q.dtype))
     return o, lse
 
 
@@ -78,21 +80,11 @@ def neighborhood_attention_backward_op(
         scale: Optional[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv)`` like ``q``, ``k``, ``v`` for the output gradient ``do`` (like o), given
     the forward's ``o`` and ``lse``."""
-    with _autograd_dispatch():
+    with autograd_dispatch():
         grads = natten.neighborhood_attention_gradients(
             do, q, k, v, o, lse, tuple(kernel_size), tuple(dilation), tuple(stride), tuple(is_causal),
             na_dim=len(kernel_size), layout=_layout_of(layout), backend=backend, scale=scale)
     return tuple(g.contiguous() for g in grads)
-
-
-# The dispatcher's thread-local key sets outside any op: a custom op's body runs with autograd's
-# keys excluded, so the backward's recomputed forward (calls that ran on no backward kernels of
-# their own) restores these to record its graph.
-_TOP_LEVEL_KEYS = (torch._C._dispatch_tls_local_include_set(), torch._C._dispatch_tls_local_exclude_set())
-
-
-def _autograd_dispatch():
-    return torch._C._ForceDispatchKeyGuard(*_TOP_LEVEL_KEYS)
 
 
 @neighborhood_attention_backward_op.register_fake

@@ -1,0 +1,155 @@
+"""``tessera.attention`` with a sparse pattern under ``torch.compile``: one opaque node each way.
+
+Traced by ``torch.compile``, ``tessera.attention`` calls the custom op ``tessera::attention`` for
+calls whose pattern a spec string expresses (``patterns.to_spec``: windows, sinks, S2 shards,
+Power, blocks, neighborhoods, Swin, MaxViT, Halo, criss-cross, Radial and their unions and
+intersections) and that carry no bias, sinks tensor or varlen lengths; the pattern reaches the
+op as its spec. The op runs the eager path (same kernels, same results bit for bit) and returns
+``(o, lse)``; its backward, ``tessera::attention_backward``, takes the forward's o and lse into
+the Triton backend's backward kernels (``backend.prepare``) where that backend runs the call in
+16 bits, and recomputes the forward under autograd elsewhere. Other calls (dense, causal, biases,
+per-head patterns) trace as before: dense and causal calls that go to SDPA trace into SDPA.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+
+from . import api
+from .compile_support import autograd_dispatch, lse_dtype
+from .patterns import Pattern, parse, to_spec
+
+
+def pattern_spec(pattern) -> Optional[str]:
+    """The spec string of ``pattern`` (a ``Pattern`` or a spec string) when the op can carry it
+    (not dense or causal alone, which trace into SDPA), else None."""
+    if pattern is None:
+        return None
+    try:
+        spec = to_spec(parse(pattern) if isinstance(pattern, str) else pattern)
+    except (ValueError, TypeError):
+        return None
+    return None if spec in ("dense", "causal") else spec
+
+
+@functools.lru_cache(maxsize=256)
+def _pattern(spec: str) -> Pattern:
+    return parse(spec)
+
+
+def _eager(q, k, v, spec, causal, scale, score, softcap, sigmoid_bias, backend, deterministic,
+           return_lse: bool):
+    return api.attention(q, k, v, pattern=_pattern(spec), causal=causal, scale=scale, score=score,
+                         softcap=softcap, sigmoid_bias=sigmoid_bias, backend=backend,
+                         deterministic=deterministic, return_lse=return_lse)
+
+
+@torch.library.custom_op("tessera::attention", mutates_args=())
+def attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: str, causal: bool,
+                 scale: Optional[float], score: str, softcap: Optional[float],
+                 sigmoid_bias: Optional[float], backend: str,
+                 deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(o [B, S_q, H_q, D_v], lse [B, H_q, S_q])`` of ``tessera.attention`` on ``bshd``
+    tensors under the pattern of ``spec`` (lse float32, float64 for float64 inputs; empty for
+    sigmoid scores, which have none)."""
+    with torch.no_grad():
+        if score == "sigmoid":
+            o = _eager(q, k, v, spec, causal, scale, score, softcap, sigmoid_bias, backend,
+                       deterministic, False)
+            return o.contiguous(), q.new_empty(0, dtype=torch.float32)
+        o, lse = _eager(q, k, v, spec, causal, scale, score, softcap, sigmoid_bias, backend,
+                        deterministic, True)
+    return o.contiguous(), lse.contiguous()
+
+
+@attention_op.register_fake
+def _(q, k, v, spec, causal, scale, score, softcap, sigmoid_bias, backend, deterministic):
+    o = q.new_empty((*q.shape[:-1], v.shape[-1]))
+    if score == "sigmoid":
+        return o, q.new_empty(0, dtype=torch.float32)
+    return o, q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=lse_dtype(q.dtype))
+
+
+@torch.library.custom_op("tessera::attention_backward", mutates_args=())
+def attention_backward_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          o: torch.Tensor, lse: torch.Tensor, spec: str, causal: bool,
+                          scale: Optional[float], score: str, softcap: Optional[float],
+                          sigmoid_bias: Optional[float], backend: str,
+                          deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dq, dk, dv)`` like ``q``, ``k``, ``v`` for the output gradient ``do``, given the
+    forward's ``o`` and ``lse``."""
+    params = (spec, causal, scale, score, softcap, sigmoid_bias, backend, deterministic)
+    backward = _prepared_backward(q, k, v, *params)
+    if backward is not None:
+        return tuple(g.contiguous() for g in backward(q, k, v, o, lse, do))
+    with autograd_dispatch(), torch.enable_grad():
+        leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+        out = _eager(*leaves, *params, False)
+        return tuple(g.contiguous() for g in torch.autograd.grad(out, leaves, do))
+
+
+@attention_backward_op.register_fake
+def _(do, q, k, v, o, lse, spec, causal, scale, score, softcap, sigmoid_bias, backend, deterministic):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+# Signature of a compiled call (its arguments, and q, k, v shapes, strides, dtypes and devices)
+# -> the Triton backend's prepared run of it, or None where that backend does not take it.
+_PREPARED: dict = {}
+MAX_PREPARED = 256
+
+
+def _prepared_backward(q, k, v, spec, causal, scale, score, softcap, sigmoid_bias, backend,
+                       deterministic):
+    """The Triton backend's ``backward(q, k, v, o, lse, do)`` for this call where it runs it and
+    prepares it, else None."""
+    signature = (spec, causal, scale, score, softcap, sigmoid_bias, backend, deterministic,
+                 tuple((t.shape, t.stride(), t.dtype, t.device) for t in (q, k, v)))
+    if signature not in _PREPARED:
+        call, _ = api._build_call(q, k, v, pattern=_pattern(spec), causal=causal, scale=scale,
+                                  score=score, softcap=softcap, sigmoid_bias=sigmoid_bias,
+                                  return_lse=score != "sigmoid", deterministic=deterministic)
+        chosen = api._choose_backend(call, backend)
+        prepared = chosen.prepare(call) if chosen.name == "triton" and chosen.prepare else None
+        if len(_PREPARED) >= MAX_PREPARED:
+            _PREPARED.clear()
+        _PREPARED[signature] = getattr(prepared, "backward", None)
+    return _PREPARED[signature]
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, *params = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse)
+    ctx.params = params
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, do, _dlse):
+    q, k, v, o, lse = ctx.saved_tensors
+    if do is None:
+        return (None,) * 11
+    dq, dk, dv = attention_backward_op(do, q, k, v, o, lse, *ctx.params)
+    return (dq, dk, dv) + (None,) * 8
+
+
+attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def traced_call(q, k, v, spec: str, *, causal: bool, scale, score: str, softcap, sigmoid_bias,
+                return_lse: bool, layout: str, backend: str, deterministic: bool):
+    """What ``tessera.attention`` returns, through the custom op (called while ``torch.compile``
+    traces a call that ``pattern_spec`` expresses)."""
+    if score == "sigmoid" and return_lse:
+        raise ValueError("return_lse: sigmoid scores have no log-sum-exp (score='sigmoid')")
+    if layout == "bhsd":
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    o, lse = attention_op(q, k, v, spec, causal, None if scale is None else float(scale), score,
+                          None if softcap is None else float(softcap),
+                          None if sigmoid_bias is None else float(sigmoid_bias), backend, deterministic)
+    if layout == "bhsd":
+        o = o.transpose(1, 2)
+    return (o, lse) if return_lse else o
