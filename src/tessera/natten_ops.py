@@ -3,8 +3,8 @@
 Traced by ``torch.compile``, ``tessera.natten.neighborhood_attention`` calls the custom op
 ``tessera::neighborhood_attention`` instead of its Python path (plan caches, tile maps, kernel
 launches: none of it traceable), so a model compiles with ``fullgraph=True`` and, with
-``mode="reduce-overhead"``, replays the attention's kernels from CUDA graphs without their host
-time. The op runs the eager path (the same kernels, the same results bit for bit) and returns
+``mode="reduce-overhead"``, replays the attention's kernels from CUDA graphs (a gain where one
+graph holds many layers: ``benchmarks/natten_compile.py``). The op runs the eager path (the same kernels, the same results bit for bit) and returns
 ``(o, lse)``; its backward, the op ``tessera::neighborhood_attention_backward``, takes the
 forward's o and lse (``natten.neighborhood_attention_gradients``): the Triton backend's kernels
 without a second forward where the call ran on them in grid order, a recomputed forward
