@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from . import api
-from .compile_support import autograd_dispatch, lse_dtype
+from .compile_support import autograd_dispatch, lse_dtype, register_backward
 from .patterns import Pattern, parse, to_spec
 
 
@@ -120,23 +120,7 @@ def _prepared_backward(q, k, v, spec, causal, scale, score, softcap, sigmoid_bia
     return _PREPARED[signature]
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, *params = inputs
-    o, lse = output
-    ctx.save_for_backward(q, k, v, o, lse)
-    ctx.params = params
-    ctx.mark_non_differentiable(lse)
-
-
-def _backward(ctx, do, _dlse):
-    q, k, v, o, lse = ctx.saved_tensors
-    if do is None:
-        return (None,) * 11
-    dq, dk, dv = attention_backward_op(do, q, k, v, o, lse, *ctx.params)
-    return (dq, dk, dv) + (None,) * 8
-
-
-attention_op.register_autograd(_backward, setup_context=_setup_context)
+register_backward(attention_op, attention_backward_op, params=8)
 
 
 def traced_call(q, k, v, spec: str, *, causal: bool, scale, score: str, softcap, sigmoid_bias,

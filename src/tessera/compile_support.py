@@ -19,3 +19,23 @@ def lse_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype of the lse a call on ``dtype`` inputs returns: float64 for float64 (which only
     the reference backend takes), else float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def register_backward(forward_op, backward_op, params: int) -> None:
+    """Autograd for ``forward_op(q, k, v, *params) -> (o, lse)``: the gradients of q, k and v
+    from ``backward_op(do, q, k, v, o, lse, *params) -> (dq, dk, dv)``; none for the ``params``
+    non-tensor arguments, none through lse (non-differentiable, as in eager mode)."""
+    def setup_context(ctx, inputs, output):
+        q, k, v, *rest = inputs
+        o, lse = output
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.params = rest
+        ctx.mark_non_differentiable(lse)
+
+    def backward(ctx, do, _dlse):
+        if do is None:
+            return (None,) * (3 + params)
+        q, k, v, o, lse = ctx.saved_tensors
+        return (*backward_op(do, q, k, v, o, lse, *ctx.params), *(None,) * params)
+
+    forward_op.register_autograd(backward, setup_context=setup_context)

@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 
 from . import natten
-from .compile_support import autograd_dispatch, lse_dtype
+from .compile_support import autograd_dispatch, lse_dtype, register_backward
 from .patterns.layout import GridLayout, as_axes, as_flags
 
 
@@ -92,23 +92,7 @@ def _(do, q, k, v, o, lse, kernel_size, dilation, stride, is_causal, layout, bac
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, *params = inputs
-    o, lse = output
-    ctx.save_for_backward(q, k, v, o, lse)
-    ctx.params = params
-    ctx.mark_non_differentiable(lse)
-
-
-def _backward(ctx, do, _dlse):
-    q, k, v, o, lse = ctx.saved_tensors
-    if do is None:
-        return (None,) * 10
-    dq, dk, dv = neighborhood_attention_backward_op(do, q, k, v, o, lse, *ctx.params)
-    return (dq, dk, dv) + (None,) * 7
-
-
-neighborhood_attention_op.register_autograd(_backward, setup_context=_setup_context)
+register_backward(neighborhood_attention_op, neighborhood_attention_backward_op, params=7)
 
 
 def traced_call(q, k, v, kernel_size, dilation, stride, is_causal, *, na_dim: int, layout,
