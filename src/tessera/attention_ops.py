@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from . import api
-from .compile_support import autograd_dispatch, lse_dtype, register_backward
+from .compile_support import lse_dtype, recomputed_gradients, register_backward
 from .patterns import Pattern, parse, to_spec
 
 
@@ -85,10 +85,8 @@ def attention_backward_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v:
     backward = _prepared_backward(q, k, v, *params)
     if backward is not None:
         return tuple(g.contiguous() for g in backward(q, k, v, o, lse, do))
-    with autograd_dispatch(), torch.enable_grad():
-        leaves = [t.detach().requires_grad_() for t in (q, k, v)]
-        out = _eager(*leaves, *params, False)
-        return tuple(g.contiguous() for g in torch.autograd.grad(out, leaves, do))
+    grads = recomputed_gradients(lambda *qkv: _eager(*qkv, *params, False), (q, k, v), do)
+    return tuple(g.contiguous() for g in grads)
 
 
 @attention_backward_op.register_fake

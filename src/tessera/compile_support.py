@@ -15,6 +15,14 @@ def autograd_dispatch():
     return torch._C._ForceDispatchKeyGuard(*_TOP_LEVEL_KEYS)
 
 
+def recomputed_gradients(forward, inputs: tuple, do: torch.Tensor) -> tuple:
+    """The gradients of ``inputs`` for the output gradient ``do`` of ``forward(*inputs)``, run
+    again under autograd; inside a custom op's body too (``autograd_dispatch``)."""
+    with autograd_dispatch(), torch.enable_grad():
+        leaves = [t.detach().requires_grad_() for t in inputs]
+        return torch.autograd.grad(forward(*leaves), leaves, do)
+
+
 def lse_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype of the lse a call on ``dtype`` inputs returns: float64 for float64 (which only
     the reference backend takes), else float32."""

@@ -24,6 +24,7 @@ from typing import Optional, Union
 import torch
 
 from .api import _build_call, _check_backend_name, _choose_backend, attention
+from .compile_support import recomputed_gradients
 from .kernels import registry
 from .kernels.triton.masks import DilationFold, pattern_key
 from .patterns.layout import DilationGroupOrder, GridLayout, Permuted, as_axes, choose_tile_shape, rows_box
@@ -380,11 +381,10 @@ def neighborhood_attention_gradients(do, q, k, v, o, lse, kernel_size, dilation=
         grads = backward(*flat, o.reshape(batch, n, *o.shape[1 + na_dim:]), lse.reshape(*lse.shape[:2], n),
                          do.reshape(batch, n, *do.shape[1 + na_dim:]))
         return tuple(g.reshape(t.shape) for g, t in zip(grads, (q, k, v)))
-    with torch.enable_grad():
-        leaves = [t.detach().requires_grad_() for t in (q, k, v)]
-        out = neighborhood_attention(*leaves, kernel_size, dilation, stride, is_causal, na_dim=na_dim,
-                                     layout=layout, backend=backend, scale=scale)
-        return torch.autograd.grad(out, leaves, do)
+    def forward(q, k, v):
+        return neighborhood_attention(q, k, v, kernel_size, dilation, stride, is_causal, na_dim=na_dim,
+                                      layout=layout, backend=backend, scale=scale)
+    return recomputed_gradients(forward, (q, k, v), do)
 
 
 def na1d(q, k, v, kernel_size, dilation=1, stride=1, is_causal=False, *, layout="auto",

@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 
 from . import natten
-from .compile_support import autograd_dispatch, lse_dtype, register_backward
+from .compile_support import lse_dtype, register_backward
 from .patterns.layout import GridLayout, as_axes, as_flags
 
 
@@ -80,10 +80,9 @@ def neighborhood_attention_backward_op(
         scale: Optional[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv)`` like ``q``, ``k``, ``v`` for the output gradient ``do`` (like o), given
     the forward's ``o`` and ``lse``."""
-    with autograd_dispatch():
-        grads = natten.neighborhood_attention_gradients(
-            do, q, k, v, o, lse, tuple(kernel_size), tuple(dilation), tuple(stride), tuple(is_causal),
-            na_dim=len(kernel_size), layout=_layout_of(layout), backend=backend, scale=scale)
+    grads = natten.neighborhood_attention_gradients(
+        do, q, k, v, o, lse, tuple(kernel_size), tuple(dilation), tuple(stride), tuple(is_causal),
+        na_dim=len(kernel_size), layout=_layout_of(layout), backend=backend, scale=scale)
     return tuple(g.contiguous() for g in grads)
 
 
