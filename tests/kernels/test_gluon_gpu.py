@@ -704,8 +704,9 @@ def test_forward_route_through_natten_against_float64(monkeypatch, op, grid, ker
     # 16.8 key tiles per query tile, 9% partial: dq stays on Triton.
     (na1d, (4096,), (1024,), 1, 128, {"dkdv"}),
     (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 128, {"dq", "dkdv"}),
-    # Full tiles at D = 64: the tuned dq and dk/dv configs have 128-row and 128-key tiles.
-    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 64, set()),
+    # Full tiles at D = 64 and 32: dq and dk/dv on 64 x 64 tiles (tuning._gpu_config), in Gluon.
+    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 64, {"dq", "dkdv"}),
+    (na3d, (8, 16, 16), (4, 8, 8), (4, 8, 8), 32, {"dq", "dkdv"}),
     # dk/dv on query boxes over (8, 8) key tiles: 3.7 boxes against natten's 5.0 (32 x 2) tiles.
     (na2d, (32, 48), (7, 9), 1, 128, {"dq-boxes@8x8", "dkdv-boxes@8x8"}),
     # natten's (8, 2, 4) tiles list 13.1 per key tile; query boxes over (1, 8, 8) cost 9.8;

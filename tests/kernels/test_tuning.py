@@ -56,6 +56,11 @@ def test_neighborhoods_at_small_head_dims_take_the_neighborhood_configs(dim):
         assert _config("fwd", shape, dim=dim) == KernelConfig(64, 64, 4, 3)
     full_only = MaskShape(0.0, False, neighborhood=True, tiled=True)
     assert _config("fwd", full_only, dim=dim) == KernelConfig(128, 64, 4, 3)
+    # dq and dk/dv of a tiled full-tile plan (mask mode MASK_NONE: band-only, no neighborhood
+    # mask, as backend._mask_shape sees a blocked plan) take D = 128's 64 x 64 tiles.
+    blocked = MaskShape(0.0, True, tiled=True)
+    assert _config("dq", blocked, dim=dim) == KernelConfig(64, 64, 4, 2)
+    assert _config("dkdv", blocked, dim=dim) == KernelConfig(64, 64, 4, 3)
     grid = (32, 32)
     na = Permuted(Neighborhood(grid, (7, 7)), GridLayout(grid, (8, 8)))
     assert forward_tiles(na, 1024, 1024, 2, dim) == (64, 64)

@@ -114,6 +114,11 @@ RAGGED_PARTIAL_FRACTION = 0.05
 #        At D = 64 more stages win (results/tuning/2026-11-30-h200-natten-config-sweep-fwd-d64.json,
 #        -fwd-d64-stages.json): 2-D 0.157 (3 stages), 0.158 (2), 0.168 (1) ms; 3-D 1.257 (3),
 #        1.254 (4), 1.306-1.310 (2), 1.331 (1); 32-key tiles 0.19-0.20 and 1.73.
+#   dq and dk/dv of tiled full-tile plans (3-D blocked) at D <= 64 take D = 128's 64 x 64 tiles,
+#        which the Gluon kernels run (H200, D = 32, results/tuning/
+#        2026-12-02-h200-gluon-backward-10-head-dim-32.json: Gluon dq 0.106 ms against the Triton
+#        kernel's 0.163 at (64, 64, 4, 2), dk/dv 0.202 against 0.241); the dense D <= 64 choices
+#        (128-row dq, 128-key dk/dv tiles) kept them on Triton.
 #   The full-tile forward (3-D blocked) capped at 128 registers: four programs per SM (49 KB
 #        each), 104 B of stack offline, 0.289 against 0.345 ms. The same cap slows the
 #        neighborhoods' partial tiles (2-D 0.256 against 0.249, 3-D 2.056 against 1.936; 136
@@ -145,7 +150,8 @@ def _gpu_config(kernel: str, dim: int, dtype: torch.dtype, shape: Optional[MaskS
     wide = dtype == torch.float32
     masked = shape is not None
     if masked and not wide and kernel in ("fwd", "dq", "dkdv") and (
-            64 < dim <= 128 or (dim <= 64 and shape.neighborhood and shape.partial_fraction > 0)):
+            64 < dim <= 128 or (dim <= 64 and shape.neighborhood and shape.partial_fraction > 0)
+            or (dim <= 64 and kernel != "fwd" and shape.tiled and shape.partial_fraction == 0)):
         return _masked_config(kernel, shape, dim)
     if kernel == "fwd":
         if dim <= 64:
