@@ -119,7 +119,7 @@ def test_dilation_groups_in_tiled_order_match_float64(monkeypatch):
     reference backend: output, lse and gradients against the float64 definition."""
     import tessera.natten as natten
     monkeypatch.setattr(natten, "_resolve_layout",
-                        lambda layout, grid, kernel, dilation, stride, causal, device:
+                        lambda layout, grid, kernel, dilation, stride, causal, device, pad=False:
                         natten._auto_layout(grid, kernel, dilation, stride, causal))
     natten._group_plan.cache_clear()           # plans built with the patched rule stay in this test
     try:
@@ -173,6 +173,39 @@ def test_grid_order_rule(monkeypatch):
     assert not natten.grid_order_in_kernel((1, 1))
     monkeypatch.setattr(natten, "GRID_ORDER_IN_KERNEL", True)
     assert natten.grid_order_in_kernel((2, 2))
+
+
+@pytest.mark.parametrize("grid, kernel, tile_shape", [
+    ((100, 100), (17, 17), (8, 8)),         # padded to 104 x 104: 9 key tiles per query tile, not 27
+    ((21, 30, 52), (5, 13, 13), (2, 8, 4)),  # padded to 22 x 32 x 52
+    ((13, 45, 80), (5, 13, 13), (1, 8, 8)),
+    ((10000,), (2048,), None),               # 1-D: row-major is as good, no padding copies
+    ((44, 37), (13, 11), None),              # row-major bands of 1.7 rows cost about what tiles do
+    ((28, 28), (7, 7), None),
+])
+def test_auto_pads_grids_no_tile_divides(grid, kernel, tile_shape):
+    """Under "auto" on CUDA an undilated neighborhood whose grid no 64-token tile shape divides
+    runs in the grid padded up to whole tiles (a ``PaddedNeighborhood`` in grid order) where its
+    tiles cost at most ``PAD_MAX_COST`` of the row-major order's; else row-major. Dilated calls
+    and other devices are never padded."""
+    from tessera.natten import _build_call_plan
+    from tessera.patterns.neighborhood import PaddedNeighborhood
+
+    n = len(grid)
+    args = (grid, kernel, (1,) * n, (1,) * n, (False,) * n, "auto")
+    plan = _build_call_plan(*args, torch.device("cuda"))  # nothing runs on the device here
+    if tile_shape is None:
+        assert plan.padded is None and plan.tiled is None
+    else:
+        assert plan.tiled.tile_shape == tile_shape
+        assert plan.padded == tuple(-(-g // t) * t for g, t in zip(grid, tile_shape))
+        assert type(plan.grid_order.pattern) is PaddedNeighborhood
+        assert plan.grid_order.pattern.extent == grid and plan.grid_order.layout.grid == plan.padded
+    assert _build_call_plan(*args, torch.device("cpu")).padded is None
+    if n > 1:
+        dilated = _build_call_plan(grid, kernel, (2,) + (1,) * (n - 1), (1,) * n, (False,) * n, "auto",
+                                   torch.device("cuda"))
+        assert dilated.padded is None
 
 
 def test_auto_layout_of_blocked_attention_is_the_block():
@@ -315,7 +348,7 @@ def test_repeat_calls_run_the_backends_prepared_call(monkeypatch):
         na2d(*fresh, 3, layout=(4, 4), backend="triton", scale=True)
     # Dilation groups folded in-kernel: the same, per fold.
     monkeypatch.setattr(natten, "_resolve_layout",
-                        lambda layout, grid, kernel, dilation, stride, causal, device:
+                        lambda layout, grid, kernel, dilation, stride, causal, device, pad=False:
                         natten._auto_layout(grid, kernel, dilation, stride, causal))
     natten._group_plan.cache_clear()
     try:

@@ -148,6 +148,8 @@ else:
     @pytest.mark.skipif(not kernels_interpreted(), reason="triton was imported before TRITON_INTERPRET=1")
     @pytest.mark.parametrize("op, shape, kwargs, forwards", [
         (na2d, (2, 16, 8, 2, 16), dict(kernel_size=(5, 3), layout=(8, 8)), 1),
+        # A grid the tiles do not divide: padded to 16 x 16, the backward on the padded o and lse.
+        (na2d, (2, 13, 11, 2, 16), dict(kernel_size=(5, 3), layout=(8, 8), return_lse=True), 1),
         # Dilation groups gathered (no tiled order for them off CUDA): the backward recomputes.
         (na2d, (1, 16, 16, 2, 16), dict(kernel_size=3, dilation=2, return_lse=True), 2),
     ])
@@ -178,6 +180,7 @@ else:
     (na2d, (2, 48, 40, 4, 128), dict(kernel_size=(13, 11))),                  # key boxes (Hopper)
     (na2d, (1, 64, 64, 2, 64), dict(kernel_size=7, dilation=2, return_lse=True)),   # dilation fold
     (na3d, (2, 8, 16, 16, 2, 32), dict(kernel_size=(4, 8, 8), stride=(4, 8, 8))),   # blocked, D = 32
+    (na2d, (2, 44, 37, 4, 128), dict(kernel_size=(13, 11), layout=(8, 8))),       # padded to 48 x 40
 ])
 def test_compiled_on_the_gpu_equals_eager(op, shape, kwargs, mode):
     """bf16 on the GPU kernels under torch.compile (inductor; ``reduce-overhead`` replays CUDA

@@ -25,10 +25,12 @@ import torch
 
 from .api import _build_call, _check_backend_name, _choose_backend, attention
 from .compile_support import recomputed_gradients
+from .grid_padding import pad_grid, unpad_grid
 from .kernels import registry
 from .kernels.triton.masks import DilationFold, pattern_key
-from .patterns.layout import DilationGroupOrder, GridLayout, Permuted, as_axes, choose_tile_shape, rows_box
-from .patterns.neighborhood import Neighborhood
+from .patterns.layout import (DilationGroupOrder, GridLayout, Permuted, as_axes, box_tile_counts,
+                              choose_padded_tile_shape, choose_tile_shape, padded_grid, rows_box)
+from .patterns.neighborhood import PARTIAL_COST, Neighborhood, PaddedNeighborhood
 
 # Tiled orders addressed inside the Triton kernels instead of reordering q, k, v and o (4 + 4
 # gathers of [B, S, H, D] per forward and backward): True, False, or None for the measured rule
@@ -98,9 +100,7 @@ def _folded_run(q, k, v, pattern: Neighborhood, na_dim: int, backend: str, scale
     dilations divide the grid, run by the Triton kernels on the whole grid in its row-major
     order, every dilation group at once (``DilationFold``); None when the call does not go to
     the Triton backend, the groups' sub-grid has no tiled order, or the backend declines."""
-    _check_backend_name(backend)
-    wants_triton = backend == "triton" or (backend == "auto" and q.device.type == "cuda")
-    if not (DILATION_FOLD_IN_KERNEL and wants_triton and "triton" in registry.available_backends()):
+    if not (DILATION_FOLD_IN_KERNEL and _wants_triton(backend, q.device)):
         return None
     grid = pattern.grid
     sub_pattern, _order, key = _group_plan(grid, pattern.kernel, pattern.dilation, pattern.stride,
@@ -176,16 +176,55 @@ def _auto_layout(grid, kernel, dilation, stride, causal) -> Optional[GridLayout]
     return None if shape is None else _grid_layout(grid, shape)
 
 
-def _resolve_layout(layout, grid, kernel, dilation, stride, causal, device) -> Optional[GridLayout]:
+# A grid that no tile shape divides is padded up to whole tiles only where the padded plan's
+# listed tiles (full + PARTIAL_COST x partial) cost at most this fraction of the row-major plan's:
+# the padding copies q, k, v and o. Measured on an H200 (bf16, D = 128; suite rows "padded"
+# against "row-major", ``results/2026-12-02-h200-natten-6.json``): 2-D 100 x 100, 17 x 17 at a
+# cost ratio of 0.36 and 3-D 21 x 30 x 52, 5 x 13 x 13 at 0.58 ran their forwards 1.95x and
+# 3.76x faster padded (the copies take 0.24 ms of the 2-D forward's 0.40 and 0.75 ms of the
+# 3-D one's 1.86: ``results/tuning/2026-12-02-h200-padded-grid.json``, functional_pad_qkv and
+# unpad_o).
+PAD_MAX_COST = 0.8
+
+
+@functools.lru_cache(maxsize=32)
+def _auto_padded_layout(grid, kernel, stride, causal) -> Optional[GridLayout]:
+    """The layout "auto" takes for an undilated neighborhood whose grid no tile shape divides:
+    tiles of ``choose_padded_tile_shape`` (clipped at the grid's far edges; the grid-order
+    kernels run the grid padded up to whole tiles, ``_CallPlan.padded``) where they cost at most
+    ``PAD_MAX_COST`` of the row-major order's tiles, else None (row-major)."""
+    try:
+        shape = choose_padded_tile_shape(grid, kernel, AUTO_TILE_TOKENS, stride, causal)
+    except ValueError:
+        return None
+    padded = padded_grid(grid, shape)
+    listed, full = box_tile_counts(PaddedNeighborhood(padded, grid, kernel, stride, causal), shape)
+    size = math.prod(grid)
+    row_major = Neighborhood(grid, kernel, 1, stride, causal).tile_map(size, size, AUTO_TILE_TOKENS,
+                                                                     AUTO_TILE_TOKENS)
+    row_listed, row_full = int(row_major.kv_count.sum()), int(row_major.kv_full.sum())
+    cost = full + PARTIAL_COST * (listed - full)
+    if cost > PAD_MAX_COST * (row_full + PARTIAL_COST * (row_listed - row_full)):
+        return None
+    return _grid_layout(grid, shape)
+
+
+def _resolve_layout(layout, grid, kernel, dilation, stride, causal, device, pad: bool = False
+                    ) -> Optional[GridLayout]:
+    """The tiled order of a call (None: row-major). ``pad``: when no tile shape divides the grid
+    of an undilated neighborhood, "auto" takes tiles of a padded grid (``_auto_padded_layout``)."""
     if isinstance(layout, str):
         if layout == "row-major":
             return None
         if layout == "auto":
             # The reference backend (CPU) gains nothing from a tiled order; the block-sparse
-            # kernels do, when some tile shape divides the grid.
+            # kernels do, when some tile shape divides the grid (or, with ``pad``, its padding).
             if device.type != "cuda" or math.prod(grid) < 2 * AUTO_TILE_TOKENS:
                 return None
-            return _auto_layout(grid, kernel, dilation, stride, causal)
+            tiled = _auto_layout(grid, kernel, dilation, stride, causal)
+            if tiled is None and pad and all(d == 1 for d in dilation):
+                tiled = _auto_padded_layout(grid, kernel, stride, causal)
+            return tiled
         raise ValueError(f"layout must be 'auto', 'row-major' or a tile shape tuple, got {layout!r}")
     if isinstance(layout, GridLayout):
         if layout.grid != grid:
@@ -201,13 +240,16 @@ def _resolve_layout(layout, grid, kernel, dilation, stride, causal, device) -> O
 class _CallPlan:
     """What one ``neighborhood_attention`` signature runs, built once per signature: the pattern,
     the tiled layout (None: row-major), whether it runs per dilation group, and the tiled pattern
-    the kernels address in grid order (with its ``pattern_key``), when they do."""
+    the kernels address in grid order (with its ``pattern_key``), when they do. ``padded``: the
+    grid rounded up to whole tiles when the layout's tiles do not divide the grid; the
+    grid-order pattern is then a ``PaddedNeighborhood`` over it, run on zero-padded tensors."""
 
     pattern: Neighborhood
     tiled: Optional[GridLayout]
     per_dilation_group: bool
     grid_order: Optional[Permuted]
     grid_order_key: object
+    padded: Optional[tuple] = None
 
 
 def _build_call_plan(grid, kernel_size, dilation, stride, is_causal, layout, device) -> _CallPlan:
@@ -215,14 +257,19 @@ def _build_call_plan(grid, kernel_size, dilation, stride, is_causal, layout, dev
     if isinstance(layout, str) and layout == "auto" and dilation_groups(grid, pattern.dilation):
         return _CallPlan(pattern, None, True, None, None)
     tiled = _resolve_layout(layout, grid, pattern.kernel, pattern.dilation, pattern.stride,
-                            pattern.causal, device)
-    grid_order = key = None
+                            pattern.causal, device, pad=True)
+    grid_order = key = padded = None
     # An identity layout (1-D grids, or tiles of whole rows) reorders nothing either way; in grid
     # order its calls may take the Gluon kernels, which run grid-order calls only.
     if tiled is not None and grid_order_in_kernel(pattern.dilation):
-        grid_order = Permuted(pattern, tiled)
-        key = pattern_key(grid_order)
-    return _CallPlan(pattern, tiled, False, grid_order, key)
+        if all(g % t == 0 for g, t in zip(grid, tiled.tile_shape)):
+            grid_order = Permuted(pattern, tiled)
+        elif all(d == 1 for d in pattern.dilation):
+            padded = padded_grid(grid, tiled.tile_shape)
+            rule = PaddedNeighborhood(padded, grid, pattern.kernel, pattern.stride, pattern.causal)
+            grid_order = Permuted(rule, _grid_layout(padded, tiled.tile_shape))
+        key = None if grid_order is None else pattern_key(grid_order)
+    return _CallPlan(pattern, tiled, False, grid_order, key, padded)
 
 
 @functools.lru_cache(maxsize=64)
@@ -276,7 +323,11 @@ def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke
     batch, n = q.shape[0], math.prod(grid)
     flat = [t.reshape(batch, n, *t.shape[1 + na_dim:]) for t in (q, k, v)]
     in_kernel = None
-    if plan.grid_order is not None:
+    if plan.padded is not None:
+        padded = _padded_run(q, k, v, plan, na_dim, scale, return_lse, backend)
+        if padded is not None:
+            return padded if return_lse else padded[0]
+    elif plan.grid_order is not None:
         in_kernel = _grid_order_run(flat, plan.grid_order, plan.grid_order_key, scale, return_lse, backend)
     if in_kernel is not None:
         o, lse = in_kernel
@@ -296,6 +347,29 @@ def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke
     return o, lse.reshape(batch, lse.shape[1], *grid)
 
 
+def _wants_triton(backend: str, device: torch.device) -> bool:
+    _check_backend_name(backend)
+    wants = backend == "triton" or (backend == "auto" and device.type == "cuda")
+    return wants and "triton" in registry.available_backends()
+
+
+def _padded_run(q, k, v, plan: _CallPlan, na_dim: int, scale, return_lse: bool, backend: str):
+    """``(o, lse)`` (grid-shaped; lse None unless ``return_lse``) of a call whose layout's tiles
+    do not divide the grid, run in grid order on q, k and v zero-padded to ``plan.padded``
+    (``PaddedNeighborhood``: padding keys are never seen by the grid's queries, padding queries'
+    outputs are dropped), or None when the call does not go to the Triton backend or that
+    backend cannot take it."""
+    if not _wants_triton(backend, q.device):
+        return None
+    grid, padded = plan.pattern.grid, plan.padded
+    flat = [pad_grid(t, grid, padded, 1) for t in (q, k, v)]
+    out = _grid_order_run(flat, plan.grid_order, plan.grid_order_key, scale, return_lse, backend)
+    if out is None:
+        return None
+    o, lse = out
+    return unpad_grid(o, grid, padded, 1), (unpad_grid(lse, grid, padded, 2) if return_lse else None)
+
+
 def _grid_order_run(flat, pattern: Permuted, key, scale, return_lse: bool, backend: str):
     """``(o, lse)`` of the Triton kernels run on grid-order ``[B, S, H, D]`` tensors with the tiled
     ``pattern`` (whose ``pattern_key`` is ``key``) addressed in-kernel, or None when the call does
@@ -305,9 +379,7 @@ def _grid_order_run(flat, pattern: Permuted, key, scale, return_lse: bool, backe
     prepared = _prepared(signature)
     if prepared is not None:
         return prepared(*flat)
-    _check_backend_name(backend)
-    wants_triton = backend == "triton" or (backend == "auto" and flat[0].device.type == "cuda")
-    if not (wants_triton and "triton" in registry.available_backends()):
+    if not _wants_triton(backend, flat[0].device):
         return None
     call, _ = _build_call(*flat, pattern=pattern, scale=scale, return_lse=return_lse)
     call.grid_order = True
@@ -374,9 +446,17 @@ def neighborhood_attention_gradients(do, q, k, v, o, lse, kernel_size, dilation=
         _sub, _order, key = _group_plan(grid, pattern.kernel, pattern.dilation, pattern.stride,
                                         pattern.causal, q.device.type)
         signature = _fold_signature(flat, key, pattern.dilation, backend, scale, True)
+    elif plan.padded is not None:
+        flat = [pad_grid(t, grid, plan.padded, 1) for t in (q, k, v)]
+        signature = _grid_order_signature(flat, plan.grid_order_key, backend, scale, True)
     elif plan.grid_order is not None:
         signature = _grid_order_signature(flat, plan.grid_order_key, backend, scale, True)
     backward = getattr(_prepared(signature), "backward", None) if signature is not None else None
+    if backward is not None and plan.padded is not None:
+        # Padding rows: o and do zero, lse 0 (finite); their gradients are dropped.
+        grads = backward(*flat, pad_grid(o, grid, plan.padded, 1), pad_grid(lse, grid, plan.padded, 2),
+                         pad_grid(do, grid, plan.padded, 1))
+        return tuple(unpad_grid(g, grid, plan.padded, 1) for g in grads)
     if backward is not None:
         grads = backward(*flat, o.reshape(batch, n, *o.shape[1 + na_dim:]), lse.reshape(*lse.shape[:2], n),
                          do.reshape(batch, n, *do.shape[1 + na_dim:]))
@@ -402,7 +482,10 @@ def na1d(q, k, v, kernel_size, dilation=1, stride=1, is_causal=False, *, layout=
     shape chosen by ``choose_tile_shape`` on CUDA, the block itself for blocked attention
     (``blocked_tile_shape``), row-major elsewhere; a dilation that divides the length first splits
     the tokens into their dilation groups, ``dilation_groups``). ``scale`` defaults to
-    ``1/sqrt(D)``; ``backend`` as in ``tessera.attention``.
+    ``1/sqrt(D)``; ``backend`` as in ``tessera.attention``. An undilated neighborhood whose tiles
+    do not divide the grid (no 64-token tile shape divides it, under "auto") runs on the Triton
+    kernels in a grid padded up to whole tiles (q, k and v zero-padded; padding tokens never
+    reach the grid's outputs, ``PaddedNeighborhood``).
     """
     return neighborhood_attention(q, k, v, kernel_size, dilation, stride, is_causal, na_dim=1,
                                   layout=layout, backend=backend, scale=scale, return_lse=return_lse)

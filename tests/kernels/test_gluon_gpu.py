@@ -789,3 +789,106 @@ def test_bound_launches_take_each_calls_tensors(op, grid, kernel, stride, dim):
         assert_error_rule(("o", "lse", "dq", "dk", "dv"), got, step(tensors, torch.bfloat16, "reference"),
                           step(tensors, torch.float64, "reference"), torch.bfloat16)
         del got
+
+
+# Grids that no 64-token tile shape divides: natten pads them up to whole tiles of the layout's
+# shape (padded grid in the comment; "auto" pads only the suite's 100 x 100, the others take
+# row-major there, ``natten.PAD_MAX_COST``) and the routes decide on the padded plan. Each
+# case's forward route (a query-tile height, or "boxes@" and the box plan's query tile) and
+# backward kernels (labels as in test_backward_route_through_natten_against_float64).
+PADDED_CASES = [
+    # 48 x 40 in (8, 8) tiles.
+    (na2d, (44, 37), (13, 11), 1, False, (8, 8), 128, "boxes@8x8", {"dq-boxes@8x8", "dkdv"}),
+    (na2d, (44, 37), (13, 11), 1, False, (8, 8), 64, "boxes@8x8", {"dq-boxes@8x8", "dkdv"}),
+    # 32 x 48: a stride and a causal axis; dk/dv on query boxes.
+    (na2d, (30, 45), (7, 9), (2, 1), (False, True), (8, 8), 128, "boxes@8x8",
+     {"dq-boxes@8x8", "dkdv-boxes@8x8"}),
+    # 8 x 24 x 28 in (2, 8, 4) tiles, causal along the frames.
+    (na3d, (7, 21, 26), (3, 7, 9), 1, (True, False, False), (2, 8, 4), 64, "boxes@2x8x4",
+     {"dq-boxes@2x8x4", "dkdv-boxes@2x8x4"}),
+    # 8 x 24 x 28 in (4, 4, 4) tiles at head dim 32.
+    (na3d, (7, 21, 26), (3, 7, 9), (1, 2, 1), False, (4, 4, 4), 32, "boxes@2x8x4",
+     {"dq-boxes@2x8x4", "dkdv-boxes@4x4x4"}),
+    # The suite's padded 2-D case under "auto": 104 x 104, masked 64-row tiles.
+    (na2d, (100, 100), (17, 17), 1, False, "auto", 128, 64, {"dq", "dkdv"}),
+]
+
+
+def _padded_plan(grid, kernel, stride, causal, layout):
+    from tessera.natten import _build_call_plan
+    n = len(grid)
+    call_plan = _build_call_plan(grid, kernel, (1,) * n, stride if isinstance(stride, tuple) else (stride,) * n,
+                                 causal if isinstance(causal, tuple) else (causal,) * n, layout,
+                                 torch.device("cuda"))
+    size = call_plan.grid_order.layout.size
+    return call_plan, masks.get_plan(call_plan.grid_order, size, size, 64, 64, 2, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("op, grid, kernel, stride, causal, layout, dim, forward, backward", PADDED_CASES)
+def test_padded_grid_routes_as_on_hopper(monkeypatch, op, grid, kernel, stride, causal, layout, dim, forward,
+                                         backward):
+    """The padded cases' route decisions with the Hopper check forced true (CPU tensors), as the
+    GPU test below expects them."""
+    from tessera.kernels.gluon import key_boxes
+    from tessera.kernels.triton import backward_route, forward_route
+    monkeypatch.setattr(forward_route, "on_hopper", lambda t: True)
+    call_plan, plan = _padded_plan(grid, kernel, stride, causal, layout)
+    assert call_plan.padded is not None and call_plan.padded != grid
+    q = torch.empty(1, plan.q_len, 2, dim, dtype=torch.bfloat16)
+    variant = forward_route.gluon_variant(q, q, q, plan)
+    got = ("boxes@" + _tile_text(key_boxes.box_plan(plan), len(grid)) if variant.get("boxes")
+           else variant.get("block_m", 64))
+    assert got == forward
+    dq, dkdv = backward_route.routes(q, q, q, torch.empty_like(q), plan, plan)
+    labels = set()
+    if dq:
+        labels.add("dq-boxes@" + _tile_text(key_boxes.box_plan(plan), len(grid))
+                   if backward_route.dq_on_boxes(plan) else "dq")
+    if dkdv:
+        labels.add("dkdv-boxes@" + _tile_text(key_boxes.box_plan(plan, key_boxes.query_boxes), len(grid))
+                   if backward_route.dkdv_on_boxes(plan) else "dkdv")
+    assert labels == backward
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
+@pytest.mark.parametrize("op, grid, kernel, stride, causal, layout, dim, forward, backward", PADDED_CASES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_padded_grids_through_natten_against_float64(monkeypatch, op, grid, kernel, stride, causal, layout, dim,
+                                                     forward, backward, dtype):
+    """na2d / na3d on grids that no tile shape divides run the Gluon kernels on the padded grid
+    (spies record each launch as in the route tests above), a repeat call equals the first, and
+    o, lse and the gradients (GQA, B = 2) meet the float64 reference on the grid by the rule."""
+    from tessera.kernels.gluon import na_dkdv, na_dkdv_boxes, na_dq, na_dq_boxes, na_forward, na_forward_boxes
+    launches = []
+    spied = [(na_forward, "na_forward", None), (na_forward_boxes, "na_forward_boxes", "boxes"),
+             (na_dq, "na_dq", "dq"), (na_dq_boxes, "na_dq_boxes", "dq-boxes"),
+             (na_dkdv, "na_dkdv", "dkdv"), (na_dkdv_boxes, "na_dkdv_boxes", "dkdv-boxes")]
+    for module, name, label in spied:
+        def spy(*args, _original=getattr(module, name), _label=label, **kwargs):
+            if _label is None:
+                launches.append(args[3].block_m)
+            elif _label == "boxes":
+                launches.append("boxes@" + _tile_text(args[3], len(grid)))
+            else:
+                tile = "@" + _tile_text(args[6], len(grid)) if _label.endswith("boxes") else ""
+                launches.append(_label + tile)
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(module, name, spy)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    shapes = [(2, *grid, 4, dim), (2, *grid, 2, dim), (2, *grid, 2, dim)]
+    inputs = [torch.randn(shape, device="cuda", dtype=dtype, generator=gen) for shape in shapes]
+    do = torch.randn(shapes[0], device="cuda", dtype=dtype, generator=gen)
+
+    def run(dt, backend):
+        leaves = [t.detach().to(dt).requires_grad_() for t in inputs]
+        o, lse = op(*leaves, kernel, 1, stride, causal, layout=layout, backend=backend, return_lse=True)
+        return [o, lse, *torch.autograd.grad(o, leaves, do.to(dt))]
+
+    first = run(dtype, "triton")
+    got = run(dtype, "triton")
+    assert sorted(map(str, launches)) == sorted(map(str, 2 * [forward, *backward]))
+    for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), first, got):
+        assert torch.equal(a, b), f"{name}: a repeat call differs from the first"
+    assert_error_rule(("o", "lse", "dq", "dk", "dv"), got, run(dtype, "reference"),
+                      run(torch.float64, "reference"), dtype)

@@ -13,14 +13,19 @@ from tessera.kernels.triton import masks
 from tessera.natten import _auto_layout
 from tessera.patterns import Neighborhood, Permuted
 from tessera.patterns.layout import GridLayout
+from tessera.patterns.neighborhood import PaddedNeighborhood
 
 CPU = torch.device("cpu")
 
 
-def _plan(grid, kernel, stride=1, causal=False, tile_shape=None, block_m=64, dilation=1):
-    """``(rule, layout, plan)``: the neighborhood, its token order (``tile_shape`` or natten's
-    choice) and the plan at ``block_m`` x 64 tiles."""
-    rule = Neighborhood(grid, kernel, dilation=dilation, stride=stride, causal=causal)
+def _plan(grid, kernel, stride=1, causal=False, tile_shape=None, block_m=64, dilation=1, extent=None):
+    """``(rule, layout, plan)``: the neighborhood (a ``PaddedNeighborhood`` of ``extent`` when
+    given), its token order (``tile_shape`` or natten's choice) and the plan at ``block_m`` x 64
+    tiles."""
+    if extent is not None:
+        rule = PaddedNeighborhood(grid, extent, kernel, stride=stride, causal=causal)
+    else:
+        rule = Neighborhood(grid, kernel, dilation=dilation, stride=stride, causal=causal)
     layout = (GridLayout(grid, tile_shape) if tile_shape is not None
               else _auto_layout(rule.grid, rule.kernel, rule.dilation, rule.stride, rule.causal))
     seq = math.prod(grid)
@@ -44,6 +49,10 @@ CASES = [
     dict(grid=(24, 40), kernel=(11, 5), stride=(2, 1)),
     dict(grid=(32, 32), kernel=(9, 7), causal=(True, False)),
     dict(grid=(8, 16, 16), kernel=(3, 5, 5), tile_shape=(2, 4, 8)),    # query tiles two frames deep
+    # Padded grids: 100 x 100 in 104 x 104; 21 x 30 x 52 in 22 x 32 x 52.
+    dict(grid=(104, 104), kernel=(17, 17), tile_shape=(8, 8), extent=(100, 100)),
+    dict(grid=(22, 32, 52), kernel=(5, 13, 13), tile_shape=(2, 8, 4), extent=(21, 30, 52),
+         causal=(True, False, False)),
 ]
 # Query tiles checked per case, spread over the plan (first and last included).
 CHECKED_TILES = 40
@@ -110,10 +119,13 @@ def test_query_boxes_partition_each_key_tiles_queries(case):
     queries = _grid_coords(torch.arange(math.prod(grid3)), grid3)
     unpacked = key_boxes.unpack(boxes.entries)
     positions = layout.positions()
+    # Of a padded grid only the queries inside the extent (the others' output gradients are zero).
+    extent = torch.tensor((1,) * pad + tuple(getattr(rule, "extent", rule.grid)))
     for n in _checked_tiles(plan.n_k_tiles):
         coords = _grid_coords(positions[n * 64:(n + 1) * 64], rule.grid)
         seen = rule.allowed([queries[:, None, pad + a] for a in range(len(rule.grid))],
                             [coords[None, :, a] for a in range(len(rule.grid))], None).any(1)
+        seen &= (queries < extent).all(1)
         _assert_partition(unpacked, int(boxes.counts[n]), n, queries, seen, "key tile")
 
 

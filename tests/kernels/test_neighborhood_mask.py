@@ -19,7 +19,7 @@ import torch
 
 from tessera.kernels.triton import masks
 from tessera.patterns.layout import GridLayout, Permuted, choose_tile_shape
-from tessera.patterns.neighborhood import Neighborhood
+from tessera.patterns.neighborhood import Neighborhood, PaddedNeighborhood
 
 IN_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 CPU = torch.device("cpu")
@@ -80,7 +80,7 @@ def test_neighborhood_parameters_pad_to_three_axes():
     assert by_name == {"grid": [1, 12, 16], "tile": [1, 4, 8], "tiles": [1, 3, 2],
                        "kernel": [1, 4, 5], "dilation": [1, 1, 2], "stride": [1, 4, 2],
                        "causal": [0, 1, 0], "shift": [0, 2, 3],
-                       "recip": [1 << 30, -(-(1 << 30) // 3), 1 << 29]}
+                       "recip": [1 << 30, -(-(1 << 30) // 3), 1 << 29], "extent": [1, 12, 16]}
     assert fields[-3:] == [1, 1, 1]            # 32-token order tiles hold 32-row, 32-key tiles
     assert masks.neighborhood_params(pattern, 64, 32)[-3:] == [0, 1, 1]
     # One tile (row-major order) is aligned at any length when its extents are powers of two.
@@ -459,7 +459,7 @@ else:
             monkeypatch.setattr(flash_fwd, "fold_descriptor",
                                 lambda *a: views.append(describe(*a)) or views[-1])
         monkeypatch.setattr(natten, "_resolve_layout",
-                            lambda layout, grid, kernel, dilation, stride, causal, device:
+                            lambda layout, grid, kernel, dilation, stride, causal, device, pad=False:
                             natten._auto_layout(grid, kernel, dilation, stride, causal))
         natten._group_plan.cache_clear()
         folded = []
@@ -497,7 +497,7 @@ else:
         monkeypatch.setattr(natten, "_PREPARED", {})
         monkeypatch.setattr(natten, "GRID_ORDER_IN_KERNEL", True)
         monkeypatch.setattr(natten, "_resolve_layout",
-                            lambda layout, grid, kernel, dilation, stride, causal, device:
+                            lambda layout, grid, kernel, dilation, stride, causal, device, pad=False:
                             natten._auto_layout(grid, kernel, dilation, stride, causal))
         natten._group_plan.cache_clear()
         natten._cached_call_plan.cache_clear()
@@ -519,6 +519,60 @@ else:
         finally:
             natten._group_plan.cache_clear()
             natten._cached_call_plan.cache_clear()
+
+    # Padded grids (PaddedNeighborhood in tiles dividing the padded grid).
+    PADDED_MASK_CASES = [
+        (PaddedNeighborhood((8, 16), (7, 13), (3, 5)), (8, 8)),
+        (PaddedNeighborhood((16, 16), (13, 11), (5, 7), stride=(1, 2), causal=(False, True)), (8, 8)),
+        (PaddedNeighborhood((4, 8, 8), (3, 7, 6), (3, 3, 5), stride=(1, 2, 1), causal=(True, False, False)),
+         (1, 8, 8)),
+    ]
+
+    @pytest.mark.parametrize("by_keys", [False, True])
+    @pytest.mark.parametrize("rule, tile_shape", PADDED_MASK_CASES)
+    def test_interpreted_mask_helpers_on_padded_grids(rule, tile_shape, by_keys):
+        # Query windows (forward, dq) are the pattern's on every pair. Key windows (dk/dv) invert
+        # the extent's windows, so they agree on the pairs of grid (non-padding) tokens: padding
+        # queries carry zero output gradients, padding keys' gradients are dropped.
+        pattern = _tiled(rule, tile_shape)
+        params, out, penalty_free, _, expected = _mask_outputs(pattern, rule.size, 64, 64, by_keys)
+        assert params[27:30] == [1] * (3 - rule.ndim) + list(rule.extent)
+        if by_keys:
+            coords = torch.stack(torch.unravel_index(pattern.layout.positions(), rule.grid))
+            real = (coords < torch.tensor(rule.extent)[:, None]).all(0)
+            out, penalty_free, expected = (t[real][:, real] for t in (out, penalty_free, expected))
+        assert torch.equal(out, expected)
+        assert torch.equal(penalty_free, expected)
+
+    @pytest.mark.parametrize("na_dim, grid, kernel, stride, causal, layout, heads, dtype", [
+        (2, (13, 21), (3, 5), 1, False, (8, 8), 2, torch.float32),
+        (2, (11, 14), (5, 3), (2, 1), (False, True), (4, 8), 4, torch.float16),
+        (3, (3, 6, 10), (3, 3, 5), (1, 2, 1), (True, False, False), (1, 4, 8), 2, torch.float32),
+    ])
+    def test_interpreted_natten_padded_grid_against_float64(na_dim, grid, kernel, stride, causal, layout,
+                                                           heads, dtype, monkeypatch):
+        # A layout whose tiles do not divide the grid: the grid-order kernels run the padded grid
+        # (o, lse and every gradient against the float64 definition; B = 2, GQA).
+        import tessera.natten as natten
+        runs = []
+        run = natten._grid_order_run
+        monkeypatch.setattr(natten, "_grid_order_run", lambda flat, *a: runs.append(flat[0].shape) or run(flat, *a))
+        fn = {2: natten.na2d, 3: natten.na3d}[na_dim]
+        exact = [torch.randn(2, *grid, h, 32, dtype=torch.float64) for h in (heads, 2, 2)]
+        leaves = [t.to(dtype).requires_grad_() for t in exact]
+        o, lse = fn(*leaves, kernel, 1, stride, causal, layout=layout, backend="triton", return_lse=True)
+        padded = tuple(-(-g // t) * t for g, t in zip(grid, layout))
+        assert runs == [(2, math.prod(padded), heads, 32)], runs
+        assert o.shape == (2, *grid, heads, 32) and o.is_contiguous() and lse.shape == (2, heads, *grid)
+        ref_leaves = [t.clone().requires_grad_() for t in exact]
+        ref, ref_lse = fn(*ref_leaves, kernel, 1, stride, causal, layout="row-major", backend="reference",
+                          return_lse=True)
+        do = torch.randn(ref.shape, dtype=ref.dtype)
+        grads = torch.autograd.grad(o, leaves, do.to(dtype))
+        ref_grads = torch.autograd.grad(ref, ref_leaves, do)
+        tolerance = 1e-5 if dtype == torch.float32 else 5e-3
+        for name, got, want in zip(("o", "lse", "dq", "dk", "dv"), (o, lse, *grads), (ref, ref_lse, *ref_grads)):
+            assert (got.double() - want).norm() / want.norm() < tolerance, name
 
     def test_interpreted_natten_grid_order_path_against_float64(monkeypatch):
         import tessera

@@ -10,8 +10,9 @@ import torch
 
 from tessera.patterns import Causal, Window
 from tessera.patterns.base import UNKNOWN
-from tessera.patterns.layout import GridLayout, Permuted
-from tessera.patterns.neighborhood import PARTIAL_COST, Neighborhood, predicted_speedup
+from tessera.patterns.layout import (GridLayout, Permuted, box_tile_counts, choose_padded_tile_shape,
+                                     choose_tile_shape, padded_grid)
+from tessera.patterns.neighborhood import PARTIAL_COST, Neighborhood, PaddedNeighborhood, predicted_speedup
 from tessera.patterns.tilemap import FULL, PARTIAL
 from test_tilemap_exact import brute_states
 
@@ -188,3 +189,89 @@ def test_permuted_neighborhood_tiles_exact():
         expected = brute_states(permuted, n, n, bm, bn, 1)
         assert torch.equal(permuted.tile_states(n, n, bm, bn, 1), expected), (permuted, bm, bn)
         assert torch.equal(permuted.tile_map(n, n, bm, bn, 1).states(), expected), (permuted, bm, bn)
+
+
+def random_padded(rng: random.Random) -> PaddedNeighborhood:
+    p = random_neighborhood(rng)
+    grid = tuple(e + rng.choice([0, 0, 1, rng.randint(1, 7)]) for e in p.grid)
+    return PaddedNeighborhood(grid, p.grid, p.kernel, p.stride, p.causal)
+
+
+def padded_loop_mask(p: PaddedNeighborhood) -> torch.Tensor:
+    """Every query of the padded grid against every key, from NATTEN's definition on the extent:
+    a padding coordinate takes the window of the nearest border coordinate, reaching up to
+    itself on a causal axis."""
+    def keys(axis, x):
+        e = p.extent[axis]
+        window = natten_window(e, p.kernel[axis], 1, p.stride[axis], p.causal[axis], min(x, e - 1))
+        return window | set(range(e, x + 1)) if p.causal[axis] else window
+    coords = list(itertools.product(*[range(g) for g in p.grid]))
+    windows = [[keys(a, c[a]) for a in range(p.ndim)] for c in coords]
+    return torch.tensor([[all(kc[a] in windows[qi][a] for a in range(p.ndim)) for kc in coords]
+                         for qi in range(len(coords))])
+
+
+def test_padded_neighborhood_embeds_the_extent():
+    """A query inside the extent sees what ``Neighborhood(extent)`` shows it and no padding key;
+    padding queries see the nearest border position's window (and on causal axes the padding up
+    to themselves), so no row of the padded grid is empty."""
+    rng = random.Random(40)
+    for _ in range(40):
+        p = random_padded(rng)
+        n = math.prod(p.grid)
+        mask = p.dense_mask(n, n)[0]
+        assert torch.equal(mask, padded_loop_mask(p)), p
+        inside = torch.ones(p.grid, dtype=torch.bool)[tuple(slice(0, e) for e in p.extent)]
+        inside = torch.nn.functional.pad(inside, [x for e, g in zip(reversed(p.extent), reversed(p.grid))
+                                                  for x in (0, g - e)]).flatten()
+        real = Neighborhood(p.extent, p.kernel, 1, p.stride, p.causal)
+        m = math.prod(p.extent)
+        assert torch.equal(mask[inside][:, inside], real.dense_mask(m, m)[0]), p
+        assert not mask[inside][:, ~inside].any(), p
+        assert bool(mask.any(1).all()), p
+
+
+def test_padded_neighborhood_tiles_exact():
+    rng = random.Random(41)
+    for _ in range(40):
+        p = random_padded(rng)
+        n = math.prod(p.grid)
+        bm, bn = rng.randint(1, 48), rng.randint(1, 48)
+        expected = brute_states(p, n, n, bm, bn, 1)
+        assert torch.equal(p.tile_map(n, n, bm, bn, 1).states(), expected), (p, bm, bn)
+        layout = GridLayout(p.grid, tuple(rng.randint(1, g) for g in p.grid))
+        permuted = Permuted(p, layout)
+        expected = brute_states(permuted, n, n, bm, bn, 1)
+        assert torch.equal(permuted.tile_map(n, n, bm, bn, 1).states(), expected), (permuted, bm, bn)
+
+
+def test_padded_neighborhood_bad_extent():
+    with pytest.raises(ValueError, match=r"extent\[1\] must lie in \[kernel\[1\], grid\[1\]\] = \[3, 8\], got 9"):
+        PaddedNeighborhood((8, 8), (8, 9), 3)
+    with pytest.raises(ValueError, match=r"extent\[0\] must lie in"):
+        PaddedNeighborhood((8, 8), (2, 8), 3)
+
+
+def test_box_tile_counts_match_the_tile_map():
+    rng = random.Random(42)
+    for _ in range(30):
+        p = random_padded(rng)
+        shape = tuple(rng.choice([t for t in range(1, g + 1) if g % t == 0]) for g in p.grid)
+        n, tokens = math.prod(p.grid), math.prod(shape)
+        tiles = Permuted(p, GridLayout(p.grid, shape)).tile_map(n, n, tokens, tokens)
+        assert box_tile_counts(p, shape) == (int(tiles.kv_count.sum()), int(tiles.kv_full.sum())), (p, shape)
+
+
+def test_padded_tile_shape_choice():
+    # No 64-token shape divides 100 x 100; padded to 104 x 104, 8 x 8 tiles list 9 key tiles
+    # per query tile (row-major order: 27, none full).
+    assert choose_tile_shape((100, 100), 17, 64) is None
+    assert choose_padded_tile_shape((100, 100), 17, 64) == (8, 8)
+    padded = padded_grid((100, 100), (8, 8))
+    assert padded == (104, 104)
+    listed, _ = box_tile_counts(PaddedNeighborhood(padded, (100, 100), 17), (8, 8))
+    assert listed == 9 * 13 * 13
+    shape = choose_padded_tile_shape((21, 30, 52), (5, 13, 13), 64)
+    assert math.prod(shape) == 64 and all(t & (t - 1) == 0 for t in shape)
+    with pytest.raises(ValueError, match="no tile shape of 64 tokens"):
+        choose_padded_tile_shape((3, 3), 3, 64)

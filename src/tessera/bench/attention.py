@@ -122,14 +122,24 @@ def natten_cases() -> list[Case]:
         _na_case("2-D 128x128 k17 D=32", (128, 128), (17, 17), dim=32),
         _na_case("3-D 16x48x48 k5x13x13 D=32", (16, 48, 48), (5, 13, 13), dim=32),
     ]
+    # Grids no 64-token tile shape divides (a 1600 x 1600 image in 16 x 16 patches; an 81-frame
+    # 480 x 832 video in a 4 x 16 x 16 latent): padded up to whole tiles, and row-major as before.
+    padded = [
+        _na_case("2-D 100x100 k17 padded", (100, 100), (17, 17), impls=("tessera", "flex")),
+        _na_case("2-D 100x100 k17 row-major", (100, 100), (17, 17), layout="row-major", impls=("tessera",)),
+        _na_case("3-D 21x30x52 k5x13x13 padded", (21, 30, 52), (5, 13, 13), impls=("tessera", "flex")),
+        _na_case("3-D 21x30x52 k5x13x13 row-major", (21, 30, 52), (5, 13, 13), layout="row-major",
+                 impls=("tessera",)),
+    ]
 
     def baselines(cases):
         return [Case(f"dense baseline S={seq} B=1 H=16 D={dim}", 1, 16, seq, dim, impls=("sdpa-cudnn", "tessera"))
                 for seq, dim in sorted({(c.seq, c.head_dim) for c in cases})]
 
     # The issue's D = 128 cases and their baselines first (a run cut short keeps those), then D = 64
-    # and D = 32.
-    return main + baselines(main) + more + baselines([c for c in more if c.head_dim != 128])
+    # and D = 32, then the padded grids.
+    return (main + baselines(main) + more + baselines([c for c in more if c.head_dim != 128])
+            + padded + baselines(padded))
 
 
 def cpu_cases() -> list[Case]:
@@ -208,8 +218,9 @@ def tiled_problem(case: Case, device: torch.device):
     """The case's Neighborhood as tessera's "auto" layout runs it on a GPU: ``(pattern, groups)``,
     the pattern in its tiled token order over ``case.seq // groups`` tokens, where each batch entry
     becomes ``groups`` entries (its dilation groups, ``tessera.natten.dilation_groups``; 1 when the
-    grid is not split)."""
-    from ..natten import _auto_layout, _group_plan, dilation_groups
+    grid is not split), or for a grid that no tile shape divides, the ``PaddedNeighborhood`` in
+    tiles of the padded grid (``layout.size`` tokens; groups 1)."""
+    from ..natten import _auto_layout, _build_call_plan, _group_plan, dilation_groups
     from ..patterns import Neighborhood, Permuted
     na = case.na
     pattern = Neighborhood(na["grid"], na["kernel"], na.get("dilation", 1), na.get("stride", 1))
@@ -220,9 +231,13 @@ def tiled_problem(case: Case, device: torch.device):
             raise ValueError(f"no tile shape divides the dilation groups' grid {order.sub_grid} for {case.name!r}")
         return sub_pattern, order.groups
     layout = _auto_layout(pattern.grid, pattern.kernel, pattern.dilation, pattern.stride, pattern.causal)
-    if layout is None:
-        raise ValueError(f"no tile shape divides grid {pattern.grid} for {case.name!r}")
-    return Permuted(pattern, layout), 1
+    if layout is not None:
+        return Permuted(pattern, layout), 1
+    plan = _build_call_plan(pattern.grid, pattern.kernel, pattern.dilation, pattern.stride, pattern.causal,
+                            "auto", torch.device("cuda"))
+    if plan.padded is None:
+        raise ValueError(f"no tile shape divides or pads grid {pattern.grid} for {case.name!r}")
+    return plan.grid_order, 1
 
 
 def _sdpa_fn(case, pattern, inp, which):

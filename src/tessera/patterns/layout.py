@@ -637,6 +637,59 @@ def tile_shapes(grid, tokens_per_tile: int) -> list[tuple[int, ...]]:
     return [shape for shape in itertools.product(*divisors) if math.prod(shape) == tokens_per_tile]
 
 
+def padded_grid(grid, tile_shape) -> tuple[int, ...]:
+    """``grid`` with every axis rounded up to a multiple of ``tile_shape``'s extent on it."""
+    return tuple(cdiv(g, t) * t for g, t in zip(as_grid(grid), tile_shape))
+
+
+def box_tile_counts(rule: GridPattern, tile_shape) -> tuple[int, int]:
+    """``(listed, full)``: how many (query tile, key tile) pairs of ``rule``'s grid in tiles of
+    ``tile_shape`` (dividing the grid) meet some allowed pair, and how many allow every pair, for a
+    rule that is a conjunction over axes (``GridPattern.axis_states``). Per axis the pairs of
+    tile intervals are counted on their own; the grid's tile pairs are the products, so this
+    equals the tile map of ``Permuted(rule, GridLayout(grid, tile_shape))`` with tiles of
+    ``prod(tile_shape)`` tokens, at a cost linear in the tiles per axis."""
+    listed, full = 1, 1
+    for axis, (g, t) in enumerate(zip(rule.grid, tile_shape)):
+        lo = torch.arange(g // t) * t
+        axis_full, axis_hit = rule.axis_states(axis, lo[:, None], lo[:, None] + t - 1, lo[None, :],
+                                                lo[None, :] + t - 1, None)
+        listed *= int(axis_hit.sum())
+        full *= int(axis_full.sum())
+    return listed, full
+
+
+def choose_padded_tile_shape(grid, kernel, tokens_per_tile: int = 64, stride=1, causal=False,
+                             partial_cost: float | None = None) -> tuple[int, ...]:
+    """The tile shape of power-of-two extents (``prod == tokens_per_tile``) under which the
+    undilated neighborhood ``Neighborhood(grid, kernel, 1, stride, causal)``, on the grid padded
+    up to whole tiles (``padded_grid``, ``PaddedNeighborhood``), lists the cheapest kernel tiles
+    of ``tokens_per_tile`` x ``tokens_per_tile`` (``box_tile_counts``): fewest full plus
+    ``partial_cost`` times partial ones, padding queries' tiles included. Ties go to the least
+    padding, then to the shape closest to a cube. No extent exceeds its axis. For grids that no tile shape divides (``choose_tile_shape`` gives None): a
+    2-D 100 x 100, 17 x 17 neighborhood takes (8, 8) tiles of a 104 x 104 grid, 9.0 key tiles
+    per query tile where its row-major order lists 27.0 (all partial)."""
+    from .neighborhood import PARTIAL_COST, PaddedNeighborhood
+
+    grid = as_grid(grid)
+    kernel = as_axes("kernel", kernel, len(grid))
+    cost_of_partial = PARTIAL_COST if partial_cost is None else partial_cost
+    powers = [[1 << e for e in range(tokens_per_tile.bit_length()) if (1 << e) <= g] for g in grid]
+    best, best_key = None, None
+    for shape in itertools.product(*powers):
+        if math.prod(shape) != tokens_per_tile:
+            continue
+        padded = padded_grid(grid, shape)
+        listed, full = box_tile_counts(PaddedNeighborhood(padded, grid, kernel, stride, causal), shape)
+        key = (full + cost_of_partial * (listed - full), math.prod(padded), max(shape) / min(shape))
+        if best_key is None or key < best_key:
+            best, best_key = shape, key
+    if best is None:
+        raise ValueError(f"no tile shape of {tokens_per_tile} tokens (powers of two per axis) fits "
+                         f"grid {grid}")
+    return best
+
+
 def choose_tile_shape(grid, kernel, tokens_per_tile: int = 128, dilation=1, stride=1, causal=False,
                       partial_cost: float | None = None, kernel_tiles: tuple[int, int] | None = None
                       ) -> tuple[int, ...] | None:

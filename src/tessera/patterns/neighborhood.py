@@ -129,6 +129,34 @@ class Neighborhood(GridPattern):
                 f"stride={self.stride}, causal={self.causal})")
 
 
+class PaddedNeighborhood(Neighborhood):
+    """``Neighborhood(extent, kernel, 1, stride, causal)`` at the origin of a larger ``grid``: the
+    tokens past ``extent`` on some axis pad the grid up to a multiple of a tile shape, so that
+    tiles of that shape divide it (``natten`` runs grids that no tile shape divides this way).
+
+    Windows are taken in ``extent`` by ``Neighborhood``'s rule, for every query of ``grid``: a
+    query inside ``extent`` sees exactly what it sees in ``Neighborhood(extent, ...)``, and no
+    padding key. A padding query sees the window of the nearest border position (a causal axis
+    also lets it see the padding keys up to itself); its output is meant to be dropped, and its
+    window is never empty, so it stays finite. Undilated only (a dilation would interleave
+    padding tokens into the dilation groups).
+    """
+
+    def __init__(self, grid, extent, kernel, stride=1, causal=False):
+        super().__init__(grid, kernel, 1, stride, causal)
+        self.extent = as_axes("extent", extent, self.ndim)
+        for a, (e, g, k) in enumerate(zip(self.extent, self.grid, self.kernel)):
+            if not k <= e <= g:
+                raise ValueError(f"extent[{a}] must lie in [kernel[{a}], grid[{a}]] = [{k}, {g}], got {e}")
+
+    def _group_length(self, axis: int, group):
+        return self.extent[axis] - group
+
+    def __repr__(self) -> str:
+        return (f"PaddedNeighborhood(grid={self.grid}, extent={self.extent}, kernel={self.kernel}, "
+                f"stride={self.stride}, causal={self.causal})")
+
+
 def predicted_speedup(pattern: Pattern, q_len: int, k_len: int, block_m: int = 128,
                       block_n: int = 128, num_heads: int = 1, partial_cost: float = PARTIAL_COST,
                       tile_map: TileMap | None = None) -> float:
@@ -153,4 +181,4 @@ def predicted_speedup(pattern: Pattern, q_len: int, k_len: int, block_m: int = 1
     return float("inf") if cost == 0 else total / cost
 
 
-__all__ = ["Neighborhood", "predicted_speedup", "PARTIAL_COST"]
+__all__ = ["Neighborhood", "PaddedNeighborhood", "predicted_speedup", "PARTIAL_COST"]

@@ -33,7 +33,7 @@ from typing import Optional
 
 import torch
 
-from ...patterns import Neighborhood
+from ...patterns.neighborhood import Neighborhood, PaddedNeighborhood
 from ...patterns.layout import GridLayout, Permuted
 from ..triton.flash_fwd import grid_box
 from ..triton.masks import MASK_NEIGHBORHOOD, get_plan
@@ -96,10 +96,14 @@ def unpack(entries: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 
 def _neighborhood(values: tuple) -> Neighborhood:
-    """The padded 3-axis neighborhood of ``masks.neighborhood_params`` values."""
+    """The 3-axis neighborhood (leading axes of extent 1 added) of ``masks.neighborhood_params``
+    values: a ``PaddedNeighborhood`` where the extent is less than the grid."""
     def field(index: int) -> tuple:
         return tuple(values[3 * index:3 * index + 3])
-    return Neighborhood(field(0), field(3), field(4), field(5), tuple(bool(c) for c in field(6)))
+    grid, extent, causal = field(0), field(9), tuple(bool(c) for c in field(6))
+    if extent != grid:
+        return PaddedNeighborhood(grid, extent, field(3), field(5), causal)
+    return Neighborhood(grid, field(3), field(4), field(5), causal)
 
 
 def fits(plan) -> bool:
@@ -203,8 +207,10 @@ def build(plan) -> KeyBoxes:
 def _axis_query_range(rule: Neighborhood, axis: int, y0: torch.Tensor, y1: torch.Tensor):
     """``(lo, hi)``: the queries (coordinates along ``axis`` of the undilated ``rule``) whose
     windows meet the keys ``[y0, y1]``, inclusive: from the first whose window ends past ``y0``
-    to the last whose window starts at or before ``y1`` (starts and ends do not decrease)."""
-    n = rule.grid[axis]
+    to the last whose window starts at or before ``y1`` (starts and ends do not decrease). Of a
+    ``PaddedNeighborhood`` only the queries inside the extent count (the padding queries'
+    output gradients are zero), so keys past it have none (``hi = lo - 1``)."""
+    n = rule._group_length(axis, 0)
     start, end = rule._window(axis, torch.arange(n), torch.tensor(n))
     return torch.searchsorted(end, y0, right=True), torch.searchsorted(start, y1, right=True) - 1
 

@@ -43,13 +43,14 @@ import torch
 
 from ...patterns.base import Dense, Pattern
 from ...patterns.layout import Permuted
-from ...patterns.neighborhood import Neighborhood
+from ...patterns.neighborhood import Neighborhood, PaddedNeighborhood
 from ...patterns.tilemap import FULL, PARTIAL, cdiv
 
 MASK_NONE, MASK_BAND, MASK_BITS, MASK_TILE_BAND, MASK_NEIGHBORHOOD = 0, 1, 2, 3, 4
 
-# Fields of the neighborhood parameters, in the order of na_mask.NA_GRID ... NA_RECIP.
-NA_FIELD_NAMES = ("grid", "tile", "tiles", "kernel", "dilation", "stride", "causal", "shift", "recip")
+# Fields of the neighborhood parameters, in the order of na_mask.NA_GRID ... NA_EXTENT.
+NA_FIELD_NAMES = ("grid", "tile", "tiles", "kernel", "dilation", "stride", "causal", "shift", "recip",
+                  "extent")
 # ``recip``: ceil(2 ** RECIP_BITS / tiles) per axis, so that the kernels divide a tile index by a
 # tile count as a product and a shift (na_mask.na_tile_coords); exact for every dividend below
 # 2 ** RECIP_BITS / tiles.
@@ -255,19 +256,22 @@ def _tile_bands(intervals, states: torch.Tensor, q_len: int, k_len: int, block_m
 def neighborhood_params(pattern: Optional[Pattern], block_m: int,
                         block_n: int) -> Optional[list[int]]:
     """The ``MASK_NEIGHBORHOOD`` parameters of ``pattern`` for ``block_m x block_n`` tiles, or None
-    when the pattern is not a ``Neighborhood`` over at most 3 axes, in row-major order or in a
-    ``GridLayout`` whose tiles divide the grid.
+    when the pattern is not a ``Neighborhood`` or ``PaddedNeighborhood`` over at most 3 axes, in
+    row-major order or in a ``GridLayout`` whose tiles divide the grid.
 
     Flat int32 values: ``NA_FIELD_NAMES`` field-major, 3 axes each (grids padded with leading
     axes of extent 1; ``tile`` / ``tiles`` are the extents and counts of the token order's tiles,
     the whole grid as one tile in row-major order; ``shift`` their log2 where powers of two;
-    ``recip`` the fixed-point reciprocals of the counts, ``_tile_recips``), then the flags
+    ``recip`` the fixed-point reciprocals of the counts, ``_tile_recips``; ``extent`` the part
+    of the grid whose borders clamp the windows: the grid, or a ``PaddedNeighborhood``'s
+    extent), then the flags
     ``aligned`` for query tiles (``block_m``) and key tiles (``block_n``): power-of-two order
     tiles and one order tile holding every kernel tile of that side (a single order tile, or a
     tile volume the block size divides), and ``dilated`` (some dilation > 1)."""
-    if type(pattern) is Neighborhood:
+    rules = (Neighborhood, PaddedNeighborhood)
+    if type(pattern) in rules:
         rule, tile = pattern, pattern.grid
-    elif (type(pattern) is Permuted and type(pattern.pattern) is Neighborhood
+    elif (type(pattern) is Permuted and type(pattern.pattern) in rules
           and all(g % t == 0 for g, t in zip(pattern.layout.grid, pattern.layout.tile_shape))):
         rule, tile = pattern.pattern, pattern.layout.tile_shape
     else:
@@ -289,6 +293,7 @@ def neighborhood_params(pattern: Optional[Pattern], block_m: int,
         "stride": axes(rule.stride, 1),
         "causal": axes(rule.causal, 0),
         "shift": axes((t.bit_length() - 1 for t in tile), 0),
+        "extent": axes(getattr(rule, "extent", rule.grid), 1),
     }
     fields["recip"] = _tile_recips(fields["tiles"], block_m, block_n)
     volume = math.prod(tile)

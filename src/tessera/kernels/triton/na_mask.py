@@ -18,6 +18,8 @@ import triton.language as tl
 # kernel tile of that side lies inside one tile of the order, so that the order tile is one scalar
 # per kernel tile and in-tile coordinates are shifts and masks; NA_DILATED when some dilation > 1.
 # NA_RECIP: fixed-point reciprocals of the tile counts (masks._tile_recips; 0 where not exact).
+# NA_EXTENT: the part of the grid whose borders clamp the windows (the grid, or a smaller extent
+# at its origin when the grid is padded up to whole tiles: PaddedNeighborhood); NA_GRID addresses.
 NA_GRID = tl.constexpr(0)
 NA_TILE = tl.constexpr(1)
 NA_TILES = tl.constexpr(2)
@@ -27,15 +29,16 @@ NA_STRIDE = tl.constexpr(5)
 NA_CAUSAL = tl.constexpr(6)
 NA_SHIFT = tl.constexpr(7)
 NA_RECIP = tl.constexpr(8)
-NA_FIELDS = 9
-NA_ALIGNED = tl.constexpr(27)
-NA_DILATED = tl.constexpr(29)
+NA_EXTENT = tl.constexpr(9)
+NA_FIELDS = 10
+NA_ALIGNED = tl.constexpr(30)
+NA_DILATED = tl.constexpr(32)
 # Dilation-group folding (``NA_FOLDED``, masks.folded_params): an undilated neighborhood over the
 # sub-grid of one dilation group, run for every group at once on tensors of the whole grid in its
 # row-major order. After the flags: the dilations (axis 0, 1, 2) at NA_FOLD, the number of
 # groups at NA_GROUPS, then each group's first grid row.
-NA_FOLD = tl.constexpr(30)
-NA_GROUPS = tl.constexpr(33)
+NA_FOLD = tl.constexpr(33)
+NA_GROUPS = tl.constexpr(36)
 
 # Compile-time switches of the neighborhood mask, the constexpr ``NA_STATIC`` of the kernels
 # (masks.neighborhood_switches packs them): bit ``side`` (NA_QUERY_ALIGNED, NA_KEY_ALIGNED) as the
@@ -166,8 +169,8 @@ def na_inner_coords(inner, t1, t2):
 def na_group(c, NA, axis: tl.constexpr, NA_STATIC: tl.constexpr):
     """Coordinate ``c`` on ``axis`` in its dilation group (``d``): ``(i, n, offset)``, the index
     ``c // d`` in the group, the group's length and the code offset ``(c % d) * G`` of the group;
-    ``(c, G, 0)`` without dilation."""
-    g = na_param(NA, NA_GRID, axis)
+    ``(c, G, 0)`` without dilation (``G``: the extent, ``NA_EXTENT``)."""
+    g = na_param(NA, NA_EXTENT, axis)
     if NA_ANY_DILATION & NA_STATIC:
         d = na_param(NA, NA_DILATION, axis)
         i = c // d
