@@ -2,7 +2,7 @@
 them up to whole tiles). GPU ms per forward, replayed from CUDA graphs (no host time), bf16,
 B = 1, H = 16, D = 128, per case:
 
-- ``pad_qkv``: ``grid_padding.pad_grid`` of q, k and v (and ``functional_pad_qkv``:
+- ``pad_qkv``: ``grid_padding.pad_grids`` of q, k and v (and ``functional_pad_qkv``:
   ``torch.nn.functional.pad`` of the three, for comparison);
 - ``kernels``: the grid-order kernels on already padded tensors;
 - ``unpad_o``: ``grid_padding.unpad_grid`` of o;
@@ -23,7 +23,7 @@ import math
 import torch
 
 from tessera.bench.timing import graph_replay_ms, warm_up_gpu
-from tessera.grid_padding import pad_grid, unpad_grid
+from tessera.grid_padding import pad_grids, unpad_grid
 from tessera.natten import _call_plan, _grid_order_run, neighborhood_attention
 
 # name: (grid, kernel, a grid of about the same size that 64-token tiles divide)
@@ -37,7 +37,7 @@ def measure(grid, kernel, divisible, dim: int = 128) -> dict:
     q, k, v, do = (torch.randn(1, *grid, 16, dim, device=device, dtype=torch.bfloat16) for _ in range(4))
     plan = _call_plan(grid, kernel, 1, 1, False, "auto", device)
     padded = plan.padded
-    flat = [pad_grid(t, grid, padded, 1) for t in (q, k, v)]
+    flat = pad_grids([q, k, v], grid, padded)
 
     def kernels():
         return _grid_order_run(flat, plan.grid_order, plan.grid_order_key, None, False, "triton")
@@ -62,7 +62,7 @@ def measure(grid, kernel, divisible, dim: int = 128) -> dict:
     with torch.no_grad():
         result = {
             "grid": grid, "padded": padded, "tile": plan.grid_order.layout.tile_shape,
-            "pad_qkv": graph_replay_ms(lambda: [pad_grid(t, grid, padded, 1) for t in (q, k, v)]),
+            "pad_qkv": graph_replay_ms(lambda: pad_grids([q, k, v], grid, padded)),
             "functional_pad_qkv": graph_replay_ms(lambda: [torch.nn.functional.pad(t, widths) for t in (q, k, v)]),
             "kernels": graph_replay_ms(kernels),
             "unpad_o": graph_replay_ms(lambda: unpad_grid(o_flat, grid, padded, 1)),

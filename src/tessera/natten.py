@@ -25,7 +25,7 @@ import torch
 
 from .api import _build_call, _check_backend_name, _choose_backend, attention
 from .compile_support import recomputed_gradients
-from .grid_padding import pad_grid, unpad_grid
+from .grid_padding import pad_grid, pad_grids, unpad_grid
 from .kernels import registry
 from .kernels.triton.masks import DilationFold, pattern_key
 from .patterns.layout import (DilationGroupOrder, GridLayout, Permuted, as_axes, box_tile_counts,
@@ -179,11 +179,10 @@ def _auto_layout(grid, kernel, dilation, stride, causal) -> Optional[GridLayout]
 # A grid that no tile shape divides is padded up to whole tiles only where the padded plan's
 # listed tiles (full + PARTIAL_COST x partial) cost at most this fraction of the row-major plan's:
 # the padding copies q, k, v and o. Measured on an H200 (bf16, D = 128; suite rows "padded"
-# against "row-major", ``results/2026-12-02-h200-natten-6.json``): 2-D 100 x 100, 17 x 17 at a
-# cost ratio of 0.36 and 3-D 21 x 30 x 52, 5 x 13 x 13 at 0.58 ran their forwards 1.95x and
-# 3.76x faster padded (the copies take 0.24 ms of the 2-D forward's 0.40 and 0.75 ms of the
-# 3-D one's 1.86: ``results/tuning/2026-12-02-h200-padded-grid.json``, functional_pad_qkv and
-# unpad_o).
+# against "row-major", ``results/2026-12-02-h200-natten-7.json``): 2-D 100 x 100, 17 x 17 at a
+# cost ratio of 0.36 and 3-D 21 x 30 x 52, 5 x 13 x 13 at 0.58 ran their forwards 3.2x and 4.6x
+# faster padded; the copies take 0.10 ms of the 2-D forward's 0.24 and 0.30 ms of the 3-D one's
+# 1.51 (``results/tuning/2026-12-02-h200-padded-grid-2.json``).
 PAD_MAX_COST = 0.8
 
 
@@ -362,7 +361,7 @@ def _padded_run(q, k, v, plan: _CallPlan, na_dim: int, scale, return_lse: bool, 
     if not _wants_triton(backend, q.device):
         return None
     grid, padded = plan.pattern.grid, plan.padded
-    flat = [pad_grid(t, grid, padded, 1) for t in (q, k, v)]
+    flat = pad_grids([q, k, v], grid, padded)
     out = _grid_order_run(flat, plan.grid_order, plan.grid_order_key, scale, return_lse, backend)
     if out is None:
         return None
@@ -447,7 +446,7 @@ def neighborhood_attention_gradients(do, q, k, v, o, lse, kernel_size, dilation=
                                         pattern.causal, q.device.type)
         signature = _fold_signature(flat, key, pattern.dilation, backend, scale, True)
     elif plan.padded is not None:
-        flat = [pad_grid(t, grid, plan.padded, 1) for t in (q, k, v)]
+        flat = pad_grids([q, k, v], grid, plan.padded)
         signature = _grid_order_signature(flat, plan.grid_order_key, backend, scale, True)
     elif plan.grid_order is not None:
         signature = _grid_order_signature(flat, plan.grid_order_key, backend, scale, True)

@@ -544,6 +544,20 @@ else:
         assert torch.equal(out, expected)
         assert torch.equal(penalty_free, expected)
 
+    def test_interpreted_natten_grid_copies_pad_and_cut():
+        # grid_copy (the padded path's copies): 1 to 3 tensors with different token sizes, padded
+        # with zeros and cut back, against torch's own padding and slicing.
+        from tessera.kernels.triton.grid_copy import copy_grids
+        for grid, padded in [((3, 5, 6), (4, 8, 8)), ((5, 7), (8, 8)), ((9,), (16,))]:
+            tensors = [torch.randn(2, *grid, h, 3, dtype=torch.float16) for h in (4, 2, 2)]
+            for count in (1, 3):
+                outs = copy_grids(tensors[:count], grid, padded)
+                for t, out in zip(tensors, outs):
+                    widths = [0, 0, 0, 0] + [w for g, p in zip(reversed(grid), reversed(padded)) for w in (0, p - g)]
+                    assert torch.equal(out, torch.nn.functional.pad(t, widths))
+                    back = copy_grids([out], padded, grid)[0]
+                    assert back.is_contiguous() and torch.equal(back, t)
+
     @pytest.mark.parametrize("na_dim, grid, kernel, stride, causal, layout, heads, dtype", [
         (2, (13, 21), (3, 5), 1, False, (8, 8), 2, torch.float32),
         (2, (11, 14), (5, 3), (2, 1), (False, True), (4, 8), 4, torch.float16),
