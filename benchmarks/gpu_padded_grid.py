@@ -12,6 +12,11 @@ B = 1, H = 16, D = 128, per case:
   kernels' per-token cost.
 
     python benchmarks/gpu_padded_grid.py --out DIR   -> DIR/padded_grid.json
+
+``--sweep``: for grids of several sizes that no tile shape divides, the padded plan's cost
+against the row-major plan's (the ratio ``natten.PAD_MAX_COST`` bounds under "auto") next to
+forward and forward+backward GPU ms of the call padded (its layout given) and row-major
+(``SWEEP``) -> DIR/padded_grid_sweep.json.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import torch
 from tessera.bench.timing import graph_replay_ms, warm_up_gpu
 from tessera.grid_padding import pad_grids, unpad_grid
 from tessera.natten import _call_plan, _grid_order_run, neighborhood_attention
+from tessera.patterns.layout import box_tile_counts, choose_padded_tile_shape, padded_grid
+from tessera.patterns.neighborhood import PARTIAL_COST, Neighborhood, PaddedNeighborhood
 
 # name: (grid, kernel, a grid of about the same size that 64-token tiles divide)
 CASES = {"2-D 100x100 k17": ((100, 100), (17, 17), (104, 104)),
@@ -76,11 +83,58 @@ def measure(grid, kernel, divisible, dim: int = 128) -> dict:
     return result
 
 
+# (grid, kernel, batch): batches bring small grids to at least about 16k tokens.
+SWEEP = [((44, 37), (13, 11), 8), ((28, 28), (7, 7), 16), ((30, 45), (7, 9), 8), ((56, 100), (7, 7), 4),
+         ((100, 100), (7, 7), 2), ((60, 90), (13, 13), 4), ((7, 21, 26), (3, 7, 9), 4),
+         ((21, 30, 52), (3, 7, 13), 1), ((13, 45, 80), (5, 13, 13), 1)]
+
+
+def cost_ratio(grid, kernel) -> tuple:
+    """``(tile shape, padded cost / row-major cost)`` of the padded plan "auto" would consider."""
+    shape = choose_padded_tile_shape(grid, kernel, 64)
+    padded = padded_grid(grid, shape)
+    listed, full = box_tile_counts(PaddedNeighborhood(padded, grid, kernel), shape)
+    size = math.prod(grid)
+    rows = Neighborhood(grid, kernel).tile_map(size, size, 64, 64)
+    row_listed, row_full = int(rows.kv_count.sum()), int(rows.kv_full.sum())
+    cost = full + PARTIAL_COST * (listed - full)
+    return shape, cost / (row_full + PARTIAL_COST * (row_listed - row_full))
+
+
+def sweep(dim: int = 128) -> list:
+    device = torch.device("cuda")
+    rows = []
+    for grid, kernel, batch in SWEEP:
+        shape, ratio = cost_ratio(grid, kernel)
+        q, k, v, do = (torch.randn(batch, *grid, 16, dim, device=device, dtype=torch.bfloat16) for _ in range(4))
+        leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+        row = {"grid": grid, "kernel": kernel, "batch": batch, "tile": shape, "cost_ratio": ratio}
+        for name, layout in (("padded", shape), ("row_major", "row-major")):
+            def fwd(layout=layout):
+                with torch.no_grad():
+                    return neighborhood_attention(q, k, v, kernel, na_dim=len(grid), layout=layout)
+
+            def fwd_bwd(layout=layout):
+                o = neighborhood_attention(*leaves, kernel, na_dim=len(grid), layout=layout)
+                torch.autograd.grad(o, leaves, do)
+            row[f"{name}_fwd"] = graph_replay_ms(fwd)
+            row[f"{name}_fwd_bwd"] = graph_replay_ms(fwd_bwd)
+        print(json.dumps(row))
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
+    parser.add_argument("--sweep", action="store_true", help="padded against row-major over SWEEP")
     args = parser.parse_args()
     warm_up_gpu(torch.device("cuda"))
+    if args.sweep:
+        results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": sweep()}
+        with open(f"{args.out}/padded_grid_sweep.json", "w") as f:
+            json.dump(results, f, indent=1)
+        return
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cases": {}}
     for name, (grid, kernel, divisible) in CASES.items():
         results["cases"][name] = measure(grid, kernel, divisible)

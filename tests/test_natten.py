@@ -179,15 +179,16 @@ def test_grid_order_rule(monkeypatch):
     ((100, 100), (17, 17), (8, 8)),         # padded to 104 x 104: 9 key tiles per query tile, not 27
     ((21, 30, 52), (5, 13, 13), (2, 8, 4)),  # padded to 22 x 32 x 52
     ((13, 45, 80), (5, 13, 13), (1, 8, 8)),
-    ((10000,), (2048,), None),               # 1-D: row-major is as good, no padding copies
-    ((44, 37), (13, 11), None),              # row-major bands of 1.7 rows cost about what tiles do
-    ((28, 28), (7, 7), None),
+    ((10000,), (2048,), None),               # 1-D: not padded
+    ((44, 37), (13, 11), (8, 8)),            # tiles cost 0.96 of row-major's bands of 1.7 rows
+    ((28, 28), (7, 7), (4, 16)),             # 1.25 of row-major's
+    ((1000, 5), (5, 5), None),               # 3.2 times row-major's: row-major
 ])
 def test_auto_pads_grids_no_tile_divides(grid, kernel, tile_shape):
-    """Under "auto" on CUDA an undilated neighborhood whose grid no 64-token tile shape divides
-    runs in the grid padded up to whole tiles (a ``PaddedNeighborhood`` in grid order) where its
-    tiles cost at most ``PAD_MAX_COST`` of the row-major order's; else row-major. Dilated calls
-    and other devices are never padded."""
+    """Under "auto" on CUDA an undilated neighborhood whose grid (2 or 3 axes) no 64-token tile
+    shape divides runs in the grid padded up to whole tiles (a ``PaddedNeighborhood`` in grid
+    order) where its tiles cost at most ``PAD_MAX_COST`` times the row-major order's; else
+    row-major. Dilated calls and other devices are never padded."""
     from tessera.natten import _build_call_plan
     from tessera.patterns.neighborhood import PaddedNeighborhood
 

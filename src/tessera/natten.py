@@ -176,22 +176,26 @@ def _auto_layout(grid, kernel, dilation, stride, causal) -> Optional[GridLayout]
     return None if shape is None else _grid_layout(grid, shape)
 
 
-# A grid that no tile shape divides is padded up to whole tiles only where the padded plan's
-# listed tiles (full + PARTIAL_COST x partial) cost at most this fraction of the row-major plan's:
-# the padding copies q, k, v and o. Measured on an H200 (bf16, D = 128; suite rows "padded"
-# against "row-major", ``results/2026-12-02-h200-natten-7.json``): 2-D 100 x 100, 17 x 17 at a
-# cost ratio of 0.36 and 3-D 21 x 30 x 52, 5 x 13 x 13 at 0.58 ran their forwards 3.2x and 4.6x
-# faster padded; the copies take 0.10 ms of the 2-D forward's 0.24 and 0.30 ms of the 3-D one's
-# 1.51 (``results/tuning/2026-12-02-h200-padded-grid-2.json``).
-PAD_MAX_COST = 0.8
+# A grid (of 2 or 3 axes) that no tile shape divides is padded up to whole tiles where the padded
+# plan's listed tiles (full + PARTIAL_COST x partial) cost at most this multiple of the row-major
+# plan's. The padding copies q, k, v and o, but the padded plan runs the grid-order kernels
+# (Gluon on Hopper) where row-major runs all-partial Triton tiles. Measured on an H200 (bf16,
+# D = 128, ``benchmarks/gpu_padded_grid.py --sweep``,
+# ``results/tuning/2026-12-02-h200-padded-grid-sweep.json``): at cost ratios 0.46-1.77 the padded
+# forward ran 1.0-6.4x and the forward+backward 1.5-5.8x faster than row-major (28 x 28, 7 x 7 at
+# 1.25: forward 0.205 against 0.208 ms, forward+backward 0.52 against 0.75; 7 x 21 x 26,
+# 3 x 7 x 9 at 1.77: 0.43 against 0.79). 1-D grids are not padded (unmeasured).
+PAD_MAX_COST = 1.8
 
 
 @functools.lru_cache(maxsize=32)
 def _auto_padded_layout(grid, kernel, stride, causal) -> Optional[GridLayout]:
-    """The layout "auto" takes for an undilated neighborhood whose grid no tile shape divides:
-    tiles of ``choose_padded_tile_shape`` (clipped at the grid's far edges; the grid-order
-    kernels run the grid padded up to whole tiles, ``_CallPlan.padded``) where they cost at most
-    ``PAD_MAX_COST`` of the row-major order's tiles, else None (row-major)."""
+    """The layout "auto" takes for an undilated neighborhood whose grid (2 or 3 axes) no tile
+    shape divides: tiles of ``choose_padded_tile_shape`` (clipped at the grid's far edges; the
+    grid-order kernels run the grid padded up to whole tiles, ``_CallPlan.padded``) where they
+    cost at most ``PAD_MAX_COST`` times the row-major order's tiles, else None (row-major)."""
+    if len(grid) < 2:
+        return None
     try:
         shape = choose_padded_tile_shape(grid, kernel, AUTO_TILE_TOKENS, stride, causal)
     except ValueError:

@@ -792,8 +792,8 @@ def test_bound_launches_take_each_calls_tensors(op, grid, kernel, stride, dim):
 
 
 # Grids that no 64-token tile shape divides: natten pads them up to whole tiles of the layout's
-# shape (padded grid in the comment; "auto" pads only the suite's 100 x 100, the others take
-# row-major there, ``natten.PAD_MAX_COST``) and the routes decide on the padded plan. Each
+# shape (padded grid in the comment; the layout is given where "auto" would choose another) and
+# the routes decide on the padded plan. Each
 # case's forward route (a query-tile height, or "boxes@" and the box plan's query tile) and
 # backward kernels (labels as in test_backward_route_through_natten_against_float64).
 PADDED_CASES = [
