@@ -666,9 +666,10 @@ def choose_padded_tile_shape(grid, kernel, tokens_per_tile: int = 64, stride=1, 
     up to whole tiles (``padded_grid``, ``PaddedNeighborhood``), lists the cheapest kernel tiles
     of ``tokens_per_tile`` x ``tokens_per_tile`` (``box_tile_counts``): fewest full plus
     ``partial_cost`` times partial ones, padding queries' tiles included. Ties go to the least
-    padding, then to the shape closest to a cube. No extent exceeds its axis. For grids that no tile shape divides (``choose_tile_shape`` gives None): a
-    2-D 100 x 100, 17 x 17 neighborhood takes (8, 8) tiles of a 104 x 104 grid, 9.0 key tiles
-    per query tile where its row-major order lists 27.0 (all partial)."""
+    padding, then to the shape closest to a cube. No extent exceeds its axis. For grids that no
+    tile shape divides (``choose_tile_shape`` gives None): a 2-D 100 x 100, 17 x 17 neighborhood
+    takes (8, 8) tiles of a 104 x 104 grid, 9.0 key tiles per query tile where its row-major
+    order lists 27.0 (all partial)."""
     from .neighborhood import PARTIAL_COST, PaddedNeighborhood
 
     grid = as_grid(grid)
