@@ -323,14 +323,14 @@ def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke
     pattern, tiled = plan.pattern, plan.tiled
     if plan.per_dilation_group:
         return _per_dilation_group(q, k, v, pattern, na_dim, backend, scale, return_lse)
-    batch, n = q.shape[0], math.prod(grid)
-    flat = [t.reshape(batch, n, *t.shape[1 + na_dim:]) for t in (q, k, v)]
-    in_kernel = None
     if plan.padded is not None:
         padded = _padded_run(q, k, v, plan, na_dim, scale, return_lse, backend)
         if padded is not None:
             return padded if return_lse else padded[0]
-    elif plan.grid_order is not None:
+    batch, n = q.shape[0], math.prod(grid)
+    flat = [t.reshape(batch, n, *t.shape[1 + na_dim:]) for t in (q, k, v)]
+    in_kernel = None
+    if plan.grid_order is not None and plan.padded is None:
         in_kernel = _grid_order_run(flat, plan.grid_order, plan.grid_order_key, scale, return_lse, backend)
     if in_kernel is not None:
         o, lse = in_kernel
