@@ -6,7 +6,7 @@ out, on CPU tensors: the part of the host path this machine can measure without 
 Kernel launches (``Launcher._launch``) do nothing, the backend takes CPU tensors as if interpreted
 (``backend.INTERPRETED``: interpreter tile configs, no TMA descriptors), so the numbers leave out
 launch costs, CUDA allocations, streams and descriptor building; outputs are garbage. Cases: 2-D
-128 x 128, 17 x 17, tiled 8 x 8 (default), or 3-D 16 x 48 x 48 blocked 4 x 8 x 8; bf16, H = 16,
+128 x 128, 17 x 17, tiled 8 x 8 (default), 3-D 16 x 48 x 48 blocked 4 x 8 x 8, or 2-D 100 x 100 padded to 104 x 104; bf16, H = 16,
 D = 128 (or --dim). ``--hopper``: the GPU's tile configs, and the routes act as on a Hopper GPU
 (``forward_route.on_hopper``), so the Gluon paths run up to their (stubbed) launches, descriptors
 included. Prints ms per forward (no grad) and per fwd+bwd step; ``--profile`` adds a cProfile of
@@ -33,7 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--case", choices=("2-d", "blocked"), default="2-d")
+    parser.add_argument("--case", choices=("2-d", "blocked", "padded"), default="2-d")
     parser.add_argument("--hopper", action="store_true",
                         help="GPU tile configs, and the Gluon routes as on a Hopper GPU")
     args = parser.parse_args()
@@ -46,6 +46,10 @@ def main() -> None:
         forward_route.on_hopper = lambda t: True
     if args.case == "2-d":
         shape, attend = (1, 128, 128, 16, args.dim), lambda: na2d(q, k, v, 17, layout=(8, 8),
+                                                                  backend="triton")
+    elif args.case == "padded":
+        # 100 x 100 in (8, 8) tiles of a 104 x 104 grid (the suite's padded 2-D case).
+        shape, attend = (1, 100, 100, 16, args.dim), lambda: na2d(q, k, v, 17, layout=(8, 8),
                                                                   backend="triton")
     else:
         # The layout "auto" would pick on a GPU (on CPU "auto" keeps the row-major order).
