@@ -362,3 +362,44 @@ def test_repeat_calls_run_the_backends_prepared_call(monkeypatch):
         assert log == [("prepared", big[0].data_ptr())]
     finally:
         natten._group_plan.cache_clear()
+
+
+def test_attention_routes_plain_neighborhoods_through_natten(monkeypatch):
+    """``tessera.attention`` hands a plain ``Neighborhood`` pattern (object or spec string) to
+    ``natten.neighborhood_attention`` where the Triton kernels take the call, in the call's own
+    arguments (grid-shaped views, kernel, dilation, stride, per-axis causality, scale), and keeps
+    every other call (another backend, the causal flag, bias, softcap, sinks, sigmoid scores,
+    determinism, composed patterns) on its usual path."""
+    import tessera
+    import tessera.natten as natten
+    from tessera.patterns.neighborhood import Neighborhood
+
+    calls = []
+    original = natten.neighborhood_attention
+
+    def spy(q, k, v, kernel, dilation, stride, causal, *, na_dim, backend, scale, return_lse):
+        calls.append((tuple(q.shape), kernel, dilation, stride, causal, na_dim, backend, scale))
+        return original(q, k, v, kernel, dilation, stride, causal, na_dim=na_dim, backend="reference",
+                        scale=scale, return_lse=return_lse)
+    monkeypatch.setattr(natten, "neighborhood_attention", spy)
+    pattern = Neighborhood((6, 8), (3, 5), dilation=(2, 1), stride=(1, 2), causal=(False, True))
+    q = torch.randn(2, 48, 4, 16, dtype=torch.float64)
+    k, v = torch.randn(2, 48, 2, 16, dtype=torch.float64), torch.randn(2, 48, 2, 8, dtype=torch.float64)
+    o, lse = tessera.attention(q, k, v, pattern=pattern, backend="triton", scale=0.3, return_lse=True)
+    assert calls == [((2, 6, 8, 4, 16), (3, 5), (2, 1), (1, 2), (False, True), 2, "triton", 0.3)]
+    want, want_lse = tessera.attention(q, k, v, pattern=pattern, backend="reference", scale=0.3, return_lse=True)
+    # natten's reference path runs the dilation groups apart: the same sums in another order.
+    assert torch.allclose(o, want, rtol=0, atol=1e-12) and torch.allclose(lse, want_lse, rtol=0, atol=1e-12)
+    o_bhsd = tessera.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), pattern=pattern,
+                               backend="triton", scale=0.3, layout="bhsd")
+    assert torch.equal(o_bhsd, o.transpose(1, 2)) and len(calls) == 2
+    tessera.attention(q, k, v, pattern="neighborhood:grid=6x8,kernel=3x5", backend="triton")
+    assert calls[-1][1:5] == ((3, 5), (1, 1), (1, 1), (False, False)) and len(calls) == 3
+    for kwargs in (dict(backend="reference"), dict(backend="auto"), dict(causal=True, backend="reference"),
+                   dict(softcap=5.0, backend="reference"), dict(bias=torch.zeros(1, 1, 48, 48, dtype=torch.float64),
+                                                                backend="reference"),
+                   dict(sinks=torch.zeros(4, dtype=torch.float64), backend="reference"),
+                   dict(score="sigmoid", backend="reference"), dict(deterministic=True, backend="reference")):
+        tessera.attention(q, k, v, pattern=pattern, **kwargs)
+    tessera.attention(q, k, v, pattern=pattern | Neighborhood((6, 8), 1), backend="reference")
+    assert len(calls) == 3

@@ -16,6 +16,7 @@ from .kernels import registry
 from .kernels.registry import AttentionCall
 from .patterns.base import Dense, Pattern
 from .patterns.local import Causal
+from .patterns.neighborhood import Neighborhood
 
 LAYOUTS = ("bshd", "bhsd")
 SCORES = ("softmax", "sigmoid")
@@ -68,6 +69,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     Fully masked query rows give ``o = 0`` and ``lse = -inf`` (``lse = sink`` with sinks), with
     finite gradients.
 
+    A ``Neighborhood`` pattern with nothing else on the scores runs as ``tessera.natten`` runs it
+    on the Triton kernels (tiled token orders, padded grids): the same attention, faster.
+
     Under ``torch.compile``, a call whose pattern has a spec string and that has no bias, sinks
     or varlen lengths is one custom op each way (``tessera.attention_ops``; ``fullgraph=True``
     and CUDA graphs work); dense and causal calls trace into SDPA where it takes them.
@@ -85,11 +89,34 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                                layout=layout, sigmoid_bias=sigmoid_bias,
                                cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
                                deterministic=deterministic)
-    chosen = _choose_backend(call, backend)
-    o, lse = chosen.run(call)
+    routed = _neighborhood_call(call, backend)
+    o, lse = routed if routed is not None else _choose_backend(call, backend).run(call)
     if layout == "bhsd":
         o = o.transpose(1, 2)
     return (o, lse) if return_lse else o
+
+
+def _neighborhood_call(call: AttentionCall, backend: str):
+    """``(o, lse)`` (``[B, S, H, D]``; lse None unless asked for) of a call whose pattern is a
+    plain ``Neighborhood`` with nothing else on its scores (softmax, no causal flag, bias,
+    softcap, sinks, varlen lengths or determinism request), run through ``tessera.natten`` where
+    the Triton kernels take the call (``backend`` "triton", or "auto" on CUDA): its tiled
+    orders, padded grids and grid-order kernels instead of the row-major order. None for any
+    other call."""
+    pattern = call.pattern
+    if (type(pattern) is not Neighborhood or pattern.ndim > 3 or call.causal or call.score != "softmax"
+            or call.bias is not None or call.softcap is not None or call.sinks is not None
+            or call.cu_seqlens_q is not None or call.deterministic):
+        return None
+    if not (backend == "triton" or (backend == "auto" and call.q.device.type == "cuda")):
+        return None
+    from .natten import neighborhood_attention
+
+    batch, seq = call.q.shape[:2]
+    shaped = [t.reshape(batch, *pattern.grid, *t.shape[2:]) for t in (call.q, call.k, call.v)]
+    o, lse = neighborhood_attention(*shaped, pattern.kernel, pattern.dilation, pattern.stride, pattern.causal,
+                                    na_dim=pattern.ndim, backend=backend, scale=call.scale, return_lse=True)
+    return o.reshape(batch, seq, *o.shape[-2:]), (lse.reshape(*lse.shape[:2], seq) if call.return_lse else None)
 
 
 def explain(q, k, v, **kwargs) -> dict[str, Optional[str]]:

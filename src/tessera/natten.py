@@ -23,7 +23,7 @@ from typing import Optional, Union
 
 import torch
 
-from .api import _build_call, _check_backend_name, _choose_backend, attention
+from .api import _build_call, _check_backend_name, _choose_backend
 from .compile_support import recomputed_gradients
 from .grid_padding import pad_grid, pad_grids, unpad_grid
 from .kernels import registry
@@ -339,8 +339,10 @@ def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke
     if tiled is not None:
         flat = [tiled.permute(t, 1) for t in flat]
         pattern = Permuted(pattern, tiled)
-    out = attention(*flat, pattern=pattern, scale=scale, return_lse=return_lse, backend=backend)
-    o, lse = out if return_lse else (out, None)
+    # Not ``tessera.attention``, which would route a plain Neighborhood back here.
+    call, _ = _build_call(*flat, pattern=pattern, scale=scale, return_lse=return_lse)
+    o, lse = _choose_backend(call, backend).run(call)
+    lse = lse if return_lse else None
     if tiled is not None:
         o = tiled.unpermute(o, 1)
         lse = None if lse is None else tiled.unpermute(lse, 2)

@@ -544,6 +544,37 @@ else:
         assert torch.equal(out, expected)
         assert torch.equal(penalty_free, expected)
 
+    @pytest.mark.parametrize("tile_shape", [None, (4, 8)])
+    def test_interpreted_natten_route_of_attention_against_float64(tile_shape, monkeypatch):
+        # tessera.attention with a Neighborhood pattern on the Triton kernels goes through natten:
+        # row-major (CPU's "auto"), or a layout whose tiles pad 6 x 10 to 8 x 16. o, lse and the
+        # gradients against float64 (B = 2, GQA).
+        import tessera
+        import tessera.natten as natten
+        if tile_shape is not None:
+            monkeypatch.setattr(natten, "_resolve_layout",
+                                lambda layout, grid, kernel, dilation, stride, causal, device, pad=False:
+                                natten._grid_layout(grid, tile_shape))
+            natten._cached_call_plan.cache_clear()
+        runs = []
+        padded_run = natten._padded_run
+        monkeypatch.setattr(natten, "_padded_run", lambda *a: runs.append(1) or padded_run(*a))
+        try:
+            pattern = Neighborhood((6, 10), (3, 5), stride=(1, 2), causal=(True, False))
+            exact = [torch.randn(2, 60, h, 32, dtype=torch.float64) for h in (4, 2, 2)]
+            leaves = [t.float().requires_grad_() for t in exact]
+            o, lse = tessera.attention(*leaves, pattern=pattern, backend="triton", return_lse=True)
+            assert len(runs) == (tile_shape is not None)
+            ref_leaves = [t.clone().requires_grad_() for t in exact]
+            ref, ref_lse = tessera.attention(*ref_leaves, pattern=pattern, backend="reference", return_lse=True)
+            do = torch.randn(ref.shape, dtype=ref.dtype)
+            grads = torch.autograd.grad(o, leaves, do.float())
+            ref_grads = torch.autograd.grad(ref, ref_leaves, do)
+            for name, got, want in zip(("o", "lse", "dq", "dk", "dv"), (o, lse, *grads), (ref, ref_lse, *ref_grads)):
+                assert (got.double() - want).norm() / want.norm() < 1e-5, name
+        finally:
+            natten._cached_call_plan.cache_clear()
+
     def test_interpreted_natten_grid_copies_pad_and_cut():
         # grid_copy (the padded path's copies): 1 to 3 tensors with different token sizes, padded
         # with zeros and cut back, against torch's own padding and slicing.
