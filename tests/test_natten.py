@@ -277,6 +277,36 @@ def test_gpu_dilated_against_float64(op, grid, kernel, dilation, stride, dtype):
     assert_error_rule(("o", "lse", "dq", "dk", "dv"), got, same, want, dtype)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_attention_with_a_neighborhood_pattern_takes_the_padded_path(monkeypatch, dtype):
+    """``tessera.attention`` with a ``Neighborhood`` over a grid no tile divides (44 x 37, padded
+    to 48 x 40 under "auto") runs natten's padded path on CUDA and meets the float64 reference by
+    the rule (GQA, B = 2)."""
+    import tessera
+    import tessera.natten as natten
+    from tessera.patterns.neighborhood import Neighborhood
+
+    runs = []
+    padded_run = natten._padded_run
+    monkeypatch.setattr(natten, "_padded_run", lambda *a: runs.append(1) or padded_run(*a))
+    pattern = Neighborhood((44, 37), (13, 11))
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    shapes = [(2, 44 * 37, 4, 128), (2, 44 * 37, 2, 128), (2, 44 * 37, 2, 128)]
+    inputs = [torch.randn(shape, device="cuda", dtype=dtype, generator=gen) for shape in shapes]
+    do = torch.randn(shapes[0], device="cuda", dtype=dtype, generator=gen)
+
+    def run(dt, backend):
+        leaves = [t.detach().to(dt).requires_grad_() for t in inputs]
+        o, lse = tessera.attention(*leaves, pattern=pattern, backend=backend, return_lse=True)
+        return [o, lse, *torch.autograd.grad(o, leaves, do.to(dt))]
+
+    got = run(dtype, "auto")
+    assert runs == [1]
+    assert_error_rule(("o", "lse", "dq", "dk", "dv"), got, run(dtype, "reference"),
+                      run(torch.float64, "reference"), dtype)
+
+
 def test_call_plan_is_built_once_per_signature(monkeypatch):
     """Repeated calls with one signature reuse one plan (pattern, layout, grid-order pattern and
     its key); unhashable arguments still work, and the grid-order switch is part of the key."""
