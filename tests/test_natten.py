@@ -154,6 +154,8 @@ def test_bad_arguments():
         na2d(q, q, q, 3, stride=(4, 1))
     with pytest.raises(ValueError, match=r"k must have q's token grid"):
         na2d(q, q[:, :5], q, 3)
+    with pytest.raises(ValueError, match=r"v must have q's batch size 1, got 2"):
+        na2d(q, q, torch.randn(2, 6, 6, 2, 8), 3, layout=(4, 4))
     with pytest.raises(ValueError, match="layout must be"):
         na2d(q, q, q, 3, layout="tiled")
     with pytest.raises(ValueError, match=r"layout\[0\] must be >= 1"):

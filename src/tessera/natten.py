@@ -316,6 +316,8 @@ def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke
     for name, t in (("k", k), ("v", v)):
         if tuple(t.shape[1:1 + na_dim]) != grid:
             raise ValueError(f"{name} must have q's token grid {grid}, got {tuple(t.shape[1:1 + na_dim])}")
+        if t.shape[0] != q.shape[0]:
+            raise ValueError(f"{name} must have q's batch size {q.shape[0]}, got {t.shape[0]}")
     if torch.compiler.is_compiling():
         return natten_ops.traced_call(q, k, v, kernel_size, dilation, stride, is_causal, na_dim=na_dim,
                                       layout=layout, backend=backend, scale=scale, return_lse=return_lse)

@@ -588,6 +588,8 @@ else:
                     assert torch.equal(out, torch.nn.functional.pad(t, widths))
                     back = copy_grids([out], padded, grid)[0]
                     assert back.is_contiguous() and torch.equal(back, t)
+        with pytest.raises(ValueError, match="one batch size, got 2 and 1"):
+            copy_grids([torch.zeros(2, 5, 7, 3), torch.zeros(1, 5, 7, 3)], (5, 7), (8, 8))
 
     @pytest.mark.parametrize("na_dim, grid, kernel, stride, causal, layout, heads, dtype", [
         (2, (13, 21), (3, 5), 1, False, (8, 8), 2, torch.float32),

@@ -66,6 +66,8 @@ def copy_grids(sources: list, src_grid: tuple, dst_grid: tuple) -> list:
     axes = len(src_grid)
     outs, rows = [], []
     for t in sources:
+        if t.shape[0] != sources[0].shape[0]:
+            raise ValueError(f"copy_grids needs one batch size, got {sources[0].shape[0]} and {t.shape[0]}")
         if not t.is_contiguous() or tuple(t.shape[1:1 + axes]) != tuple(src_grid):
             raise ValueError(f"copy_grids needs contiguous [B, *{tuple(src_grid)}, ...] tensors, got "
                              f"shape {tuple(t.shape)} with strides {t.stride()}")
