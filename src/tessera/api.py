@@ -96,6 +96,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     return (o, lse) if return_lse else o
 
 
+def unrouted_attention(q, k, v, *, backend: str = "auto", **kwargs):
+    """``(o, lse)`` of ``attention(q, k, v, return_lse=True, **kwargs)`` on ``[B, S, H, D]``
+    tensors without the ``Neighborhood`` route: ``tessera.natten``'s own row-major and
+    reordered runs, which that route would send back to it."""
+    call, _ = _build_call(q, k, v, **kwargs)
+    return _choose_backend(call, backend).run(call)
+
+
 def _neighborhood_call(call: AttentionCall, backend: str):
     """``(o, lse)`` (``[B, S, H, D]``; lse None unless asked for) of a call whose pattern is a
     plain ``Neighborhood`` with nothing else on its scores (softmax, no causal flag, bias,

@@ -23,7 +23,7 @@ from typing import Optional, Union
 
 import torch
 
-from .api import _build_call, _check_backend_name, _choose_backend
+from .api import _build_call, _check_backend_name, _choose_backend, unrouted_attention
 from .compile_support import recomputed_gradients
 from .grid_padding import pad_grid, pad_grids, unpad_grid
 from .kernels import registry
@@ -341,9 +341,7 @@ def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke
     if tiled is not None:
         flat = [tiled.permute(t, 1) for t in flat]
         pattern = Permuted(pattern, tiled)
-    # Not ``tessera.attention``, which would route a plain Neighborhood back here.
-    call, _ = _build_call(*flat, pattern=pattern, scale=scale, return_lse=return_lse)
-    o, lse = _choose_backend(call, backend).run(call)
+    o, lse = unrouted_attention(*flat, pattern=pattern, scale=scale, return_lse=return_lse, backend=backend)
     lse = lse if return_lse else None
     if tiled is not None:
         o = tiled.unpermute(o, 1)
