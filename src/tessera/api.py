@@ -97,9 +97,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
 
 
 def unrouted_attention(q, k, v, *, backend: str = "auto", **kwargs):
-    """``(o, lse)`` of ``attention(q, k, v, return_lse=True, **kwargs)`` on ``[B, S, H, D]``
-    tensors without the ``Neighborhood`` route: ``tessera.natten``'s own row-major and
-    reordered runs, which that route would send back to it."""
+    """``(o, lse)`` from the backend that ``attention(q, k, v, backend=backend, **kwargs)``
+    chooses, on ``[B, S, H, D]`` tensors, without the ``Neighborhood`` route (lse as the backend
+    returns it): ``tessera.natten``'s own row-major and reordered runs, which that route would
+    send back to it."""
     call, _ = _build_call(q, k, v, **kwargs)
     return _choose_backend(call, backend).run(call)
 
