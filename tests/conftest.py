@@ -1,9 +1,12 @@
-"""Shared test setup: seeding, NaN-poisoned scratch tensors, and skipping of ``gpu`` / ``slow``
-tests (markers are declared in pyproject.toml)."""
+"""Shared test setup: seeding, NaN-poisoned scratch tensors, skipping of ``gpu`` / ``slow`` tests
+(markers are declared in pyproject.toml), and runs of a module's cases under the Triton
+interpreter in a fresh process."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import zlib
 
 import pytest
@@ -92,3 +95,13 @@ def assert_error_rule(names, got, same, want, dtype, forward=("o", "lse")) -> No
         factor = 2 if name in forward else 3
         assert err <= factor * err_same + RULE_ATOL[dtype], \
             f"{name}: kernel {err:.3g} vs reference {err_same:.3g}"
+
+
+def assert_passes_interpreted(path: str, *pytest_args: str, timeout: float) -> None:
+    """Run the cases of the test module ``path`` (``pytest_args``: e.g. ``"-k", EXPR``) in a fresh
+    Python process with ``TRITON_INTERPRET=1`` and assert that they pass. Triton picks interpreted
+    or compiled kernels when it is imported, so the variable must be set before the import."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    run = subprocess.run([sys.executable, "-m", "pytest", path, "-q", "-x", "-p", "no:cacheprovider", *pytest_args],
+                         env=env, capture_output=True, text=True, timeout=timeout)
+    assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]

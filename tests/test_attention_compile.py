@@ -4,11 +4,11 @@ reference backend here and, in a fresh interpreted process, on the Triton kernel
 compiled backward reads the forward's o and lse instead of recomputing it."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+
+from conftest import assert_passes_interpreted
 
 import tessera
 from tessera.patterns import Power, Sinks, Swin, Window
@@ -92,11 +92,7 @@ def test_ops_pass_torch_library_opcheck(dtype):
 if not IN_INTERPRETER:
 
     def test_interpreted_cases_in_a_fresh_process():
-        env = dict(os.environ, TRITON_INTERPRET="1")
-        run = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider",
-                              "-k", "interpreted_backward"], env=env, capture_output=True, text=True,
-                             timeout=900)
-        assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]
+        assert_passes_interpreted(__file__, "-k", "interpreted_backward", timeout=900)
 
 else:
     from tessera.kernels.triton import backend as triton_backend

@@ -5,11 +5,11 @@ Triton kernels in grid order, whose compiled backward reads the forward's o and 
 recomputing it."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+
+from conftest import assert_passes_interpreted
 
 from tessera.natten import na1d, na2d, na3d
 from tessera.patterns.layout import GridLayout
@@ -135,11 +135,7 @@ def test_compiled_calls_name_bad_arguments(kwargs, match):
 if not IN_INTERPRETER:
 
     def test_interpreted_cases_in_a_fresh_process():
-        env = dict(os.environ, TRITON_INTERPRET="1")
-        run = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider",
-                              "-k", "interpreted_grid_order"], env=env, capture_output=True, text=True,
-                             timeout=900)
-        assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]
+        assert_passes_interpreted(__file__, "-k", "interpreted_grid_order", timeout=900)
 
 else:
     from tessera.kernels.triton import backend as triton_backend

@@ -11,22 +11,18 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+
+from conftest import assert_passes_interpreted
 
 IN_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 
 if not IN_INTERPRETER:
 
     def test_interpreted_cases_in_a_fresh_process():
-        env = dict(os.environ, TRITON_INTERPRET="1")
-        result = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-x",
-                                 "-p", "no:cacheprovider"],
-                                env=env, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
+        assert_passes_interpreted(__file__, timeout=600)
 
 else:
     from flash_cases import check_against_reference, make_call, make_inputs

@@ -4,11 +4,11 @@ interpreter (re-run in a fresh process, as in test_flash_interpreted.py) and on 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+
+from conftest import assert_passes_interpreted
 
 IN_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -33,11 +33,7 @@ CASES = [(torch.float32, 2, 67, 3, 40, False), (torch.float16, 1, 130, 2, 64, Tr
 if not IN_INTERPRETER:
 
     def test_interpreted_cases_in_a_fresh_process():
-        env = dict(os.environ, TRITON_INTERPRET="1")
-        result = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-x",
-                                 "-p", "no:cacheprovider"],
-                                env=env, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
+        assert_passes_interpreted(__file__, timeout=300)
 
     @pytest.mark.gpu
     @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
