@@ -6,7 +6,9 @@ B = 1, H = 16, D = 128, per case:
   ``torch.nn.functional.pad`` of the three, for comparison);
 - ``kernels``: the grid-order kernels on already padded tensors;
 - ``unpad_o``: ``grid_padding.unpad_grid`` of o;
-- ``call``: the whole ``na2d`` / ``na3d`` forward, and ``call_fwd_bwd`` its forward+backward;
+- ``call``: the whole ``na2d`` / ``na3d`` forward, and ``call_fwd_bwd`` its forward+backward
+  (the Gluon kernels reading q, k, v unpadded, ``natten.PAD_IN_KERNEL``); ``call_copies`` and
+  ``call_fwd_bwd_copies`` the same with it off (q, k, v padded, o cut: the parts above);
 - ``row_major``: the same call in row-major order (no tiles, no padding);
 - ``divisible``: the kernels on a grid of about the same size that tiles divide, for the
   kernels' per-token cost.
@@ -29,6 +31,7 @@ import torch
 
 from tessera.bench.timing import graph_replay_ms, warm_up_gpu
 from tessera.grid_padding import pad_grids, unpad_grid
+import tessera.natten as natten
 from tessera.natten import _call_plan, _grid_order_run, neighborhood_attention
 from tessera.patterns.layout import box_tile_counts, choose_padded_tile_shape, padded_grid
 from tessera.patterns.neighborhood import PARTIAL_COST, Neighborhood, PaddedNeighborhood
@@ -79,6 +82,13 @@ def measure(grid, kernel, divisible, dim: int = 128) -> dict:
             "divisible": graph_replay_ms(divisible_call),
         }
     result["call_fwd_bwd"] = graph_replay_ms(fwd_bwd)
+    natten.PAD_IN_KERNEL = False
+    try:
+        with torch.no_grad():
+            result["call_copies"] = graph_replay_ms(call)
+        result["call_fwd_bwd_copies"] = graph_replay_ms(fwd_bwd)
+    finally:
+        natten.PAD_IN_KERNEL = True
     result["tokens"], result["padded_tokens"] = math.prod(grid), math.prod(padded)
     return result
 

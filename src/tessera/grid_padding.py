@@ -1,8 +1,10 @@
 """Zero padding of token grids up to whole tiles, and its inverse, with their gradients.
 
 ``natten`` runs a grid that no tile shape divides on the grid padded up to whole tiles
-(``PaddedNeighborhood``): q, k and v go in padded (``pad_grids``), o and lse come back cut to the
-grid (``unpad_grid``). Contiguous ``[B, *grid, ...]`` tensors on the Triton kernels' devices take
+(``PaddedNeighborhood``). Where the Gluon kernels take the call they read q, k and v unpadded
+(``natten.PAD_IN_KERNEL``: their bulk copies read zeros past the grid) and only lse is cut here;
+elsewhere q, k and v go in padded (``pad_grids``), o and lse come back cut to the grid
+(``unpad_grid``). Contiguous ``[B, *grid, ...]`` tensors on the Triton kernels' devices take
 one pass of ``kernels.triton.grid_copy`` (q, k and v in one launch; the gradient of a padding is a
 view of the padded gradient, that of a cut one more pass); other tensors take
 ``torch.nn.functional.pad`` and slices. On an H200, for the suite's 100 x 100 grid padded to

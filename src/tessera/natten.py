@@ -178,14 +178,19 @@ def _auto_layout(grid, kernel, dilation, stride, causal) -> Optional[GridLayout]
 
 # A grid (of 2 or 3 axes) that no tile shape divides is padded up to whole tiles where the padded
 # plan's listed tiles (full + PARTIAL_COST x partial) cost at most this multiple of the row-major
-# plan's. The padding copies q, k, v and o, but the padded plan runs the grid-order kernels
-# (Gluon on Hopper) where row-major runs all-partial Triton tiles. Measured on an H200 (bf16,
+# plan's. The padded plan runs the grid-order kernels (Gluon on Hopper) where row-major runs
+# all-partial Triton tiles. Measured with padding copies of q, k, v and o on an H200 (bf16,
 # D = 128, ``benchmarks/gpu_padded_grid.py --sweep``,
 # ``results/tuning/2026-12-02-h200-padded-grid-sweep.json``): at cost ratios 0.46-1.77 the padded
 # forward ran 1.0-6.4x and the forward+backward 1.5-5.8x faster than row-major (28 x 28, 7 x 7 at
 # 1.25: forward 0.205 against 0.208 ms, forward+backward 0.52 against 0.75; 7 x 21 x 26,
 # 3 x 7 x 9 at 1.77: 0.43 against 0.79). 1-D grids are not padded (unmeasured).
 PAD_MAX_COST = 1.8
+
+# On: a padded grid's call passes q, k, v unpadded to the Gluon kernels where they take it
+# forward and backward (``AttentionCall.extent_only``; bulk copies read zeros and write nothing
+# past the grid), with no padding copies; off (or where they do not): q, k, v padded and o cut.
+PAD_IN_KERNEL = True
 
 
 @functools.lru_cache(maxsize=32)
@@ -360,19 +365,51 @@ def _wants_triton(backend: str, device: torch.device) -> bool:
 
 def _padded_run(q, k, v, plan: _CallPlan, na_dim: int, scale, return_lse: bool, backend: str):
     """``(o, lse)`` (grid-shaped; lse None unless ``return_lse``) of a call whose layout's tiles
-    do not divide the grid, run in grid order on q, k and v zero-padded to ``plan.padded``
-    (``PaddedNeighborhood``: padding keys are never seen by the grid's queries, padding queries'
-    outputs are dropped), or None when the call does not go to the Triton backend or that
-    backend cannot take it."""
+    do not divide the grid, run in grid order over the padded grid (``PaddedNeighborhood``:
+    padding keys are never seen by the grid's queries, padding queries' outputs are dropped), or
+    None when the call does not go to the Triton backend or that backend cannot take it. The
+    Gluon kernels read q, k, v unpadded where they take the call (``_extent_only_run``); else q,
+    k and v are zero-padded and o cut back."""
     if not _wants_triton(backend, q.device):
         return None
     grid, padded = plan.pattern.grid, plan.padded
-    flat = pad_grids([q, k, v], grid, padded)
-    out = _grid_order_run(flat, plan.grid_order, plan.grid_order_key, scale, return_lse, backend)
-    if out is None:
+    batch, n = q.shape[0], math.prod(grid)
+    flat = [t.reshape(batch, n, *t.shape[1 + na_dim:]) for t in (q, k, v)]
+    out = _extent_only_run(flat, plan, scale, return_lse, backend) if PAD_IN_KERNEL else None
+    if out is not None:
+        o = out[0].reshape(batch, *grid, *out[0].shape[2:])
+    else:
+        out = _grid_order_run(pad_grids([q, k, v], grid, padded), plan.grid_order, plan.grid_order_key,
+                              scale, return_lse, backend)
+        if out is None:
+            return None
+        o = unpad_grid(out[0], grid, padded, 1)
+    return o, (unpad_grid(out[1], grid, padded, 2) if return_lse else None)
+
+
+# Signatures (``_extent_only_signature``) of calls the Triton backend declined to run extent-only.
+_EXTENT_ONLY_DECLINED: set = set()
+
+
+def _extent_only_run(flat, plan: _CallPlan, scale, return_lse: bool, backend: str):
+    """``(o [B, S, H, D_v], lse [B, H, S_padded])`` of a padded grid's call run by the Gluon kernels
+    on the unpadded grid-order ``flat`` q, k, v (``AttentionCall.extent_only``), or None where the
+    backend declines it (remembered per signature)."""
+    signature = _extent_only_signature(flat, plan.grid_order_key, backend, scale, return_lse)
+    prepared = _prepared(signature)
+    if prepared is not None:
+        return prepared(*flat)
+    if signature in _EXTENT_ONLY_DECLINED:
         return None
-    o, lse = out
-    return unpad_grid(o, grid, padded, 1), (unpad_grid(lse, grid, padded, 2) if return_lse else None)
+    call, _ = _build_call(*flat, scale=scale, return_lse=return_lse)
+    call.pattern, call.grid_order, call.pattern_key = plan.grid_order, True, plan.grid_order_key
+    call.extent_only = True
+    out = _run_and_prepare(call, signature)
+    if out is None:
+        if len(_EXTENT_ONLY_DECLINED) >= MAX_PREPARED:
+            _EXTENT_ONLY_DECLINED.clear()
+        _EXTENT_ONLY_DECLINED.add(signature)
+    return out
 
 
 def _grid_order_run(flat, pattern: Permuted, key, scale, return_lse: bool, backend: str):
@@ -405,6 +442,10 @@ def _tensor_signature(flat) -> tuple:
 
 def _grid_order_signature(flat, key, backend: str, scale, return_lse: bool) -> tuple:
     return ("grid order", key, backend, type(scale), scale, return_lse, _tensor_signature(flat))
+
+
+def _extent_only_signature(flat, key, backend: str, scale, return_lse: bool) -> tuple:
+    return ("extent only", key, backend, type(scale), scale, return_lse, _tensor_signature(flat))
 
 
 def _fold_signature(flat, key, dilation, backend: str, scale, return_lse: bool) -> tuple:
@@ -452,6 +493,12 @@ def neighborhood_attention_gradients(do, q, k, v, o, lse, kernel_size, dilation=
                                         pattern.causal, q.device.type)
         signature = _fold_signature(flat, key, pattern.dilation, backend, scale, True)
     elif plan.padded is not None:
+        extent_only = _prepared(_extent_only_signature(flat, plan.grid_order_key, backend, scale, True))
+        if extent_only is not None and PAD_IN_KERNEL:
+            grads = extent_only.backward(*flat, o.reshape(batch, n, *o.shape[1 + na_dim:]),
+                                         pad_grid(lse, grid, plan.padded, 2),
+                                         do.reshape(batch, n, *do.shape[1 + na_dim:]))
+            return tuple(g.reshape(t.shape) for g, t in zip(grads, (q, k, v)))
         flat = pad_grids([q, k, v], grid, plan.padded)
         signature = _grid_order_signature(flat, plan.grid_order_key, backend, scale, True)
     elif plan.grid_order is not None:
@@ -489,8 +536,9 @@ def na1d(q, k, v, kernel_size, dilation=1, stride=1, is_causal=False, *, layout=
     the tokens into their dilation groups, ``dilation_groups``). ``scale`` defaults to
     ``1/sqrt(D)``; ``backend`` as in ``tessera.attention``. An undilated neighborhood whose tiles
     do not divide the grid (no 64-token tile shape divides it, under "auto") runs on the Triton
-    kernels in a grid padded up to whole tiles (q, k and v zero-padded; padding tokens never
-    reach the grid's outputs, ``PaddedNeighborhood``).
+    kernels in a grid padded up to whole tiles (padding tokens never reach the grid's outputs,
+    ``PaddedNeighborhood``): on Hopper the Gluon kernels read and write the grid unpadded
+    (``PAD_IN_KERNEL``), elsewhere q, k and v are zero-padded and o cut back.
     """
     return neighborhood_attention(q, k, v, kernel_size, dilation, stride, is_causal, na_dim=1,
                                   layout=layout, backend=backend, scale=scale, return_lse=return_lse)

@@ -3,6 +3,8 @@ reference on the GPU (Hopper only; Gluon does not run in the interpreter), by th
 ``flash_cases.py``: o and lse at most 2x the reference's own error in the input dtype, plus a
 small floor. Also its scope checks (``supports``) and argument errors, which need no GPU."""
 
+import math
+
 import pytest
 import torch
 
@@ -850,16 +852,60 @@ def test_padded_grid_routes_as_on_hopper(monkeypatch, op, grid, kernel, stride, 
     assert labels == backward
 
 
+def _reads_unpadded(grid, padded, batch: int) -> bool:
+    """Whether the Gluon kernels take a padded grid's call on unpadded tensors (``natten.
+    PAD_IN_KERNEL``): batch entries of the unpadded view line up with the padded grid's where
+    axis 0 of a 3-D grid is not padded (2-D grids have none) or there is one entry."""
+    return len(grid) == 2 or batch == 1 or padded[0] == grid[0]
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("op, grid, kernel, stride, causal, layout, dim, forward, backward", PADDED_CASES)
+def test_padded_grid_extent_only_calls_as_on_hopper(monkeypatch, op, grid, kernel, stride, causal, layout, dim,
+                                                    forward, backward, batch):
+    """The Triton backend takes the padded cases' calls on unpadded q, k, v (``extent_only``)
+    where the Gluon views line up (``_reads_unpadded``), with the Hopper check forced true (CPU
+    tensors), and names why it does not elsewhere (without the forced check: CPU tensors, no
+    Hopper GPU; q holding the padded grid)."""
+    from tessera.kernels.registry import AttentionCall
+    from tessera.kernels.triton import backend, forward_route
+    call_plan, plan = _padded_plan(grid, kernel, stride, causal, layout)
+    n = math.prod(grid)
+    q = torch.zeros(batch, n, 4, dim, dtype=torch.bfloat16)
+    kv = torch.zeros(batch, n, 2, dim, dtype=torch.bfloat16)
+    call = AttentionCall(q=q, k=kv, v=kv, pattern=call_plan.grid_order, causal=False, scale=0.125,
+                         score="softmax", sigmoid_bias=None, bias=None, softcap=None, sinks=None,
+                         return_lse=True, grid_order=True, pattern_key=call_plan.grid_order_key,
+                         extent_only=True)
+    assert "needs CUDA tensors" in backend.supports(call)
+    assert "Hopper GPU" in backend._extent_only_reason(call)
+    monkeypatch.setattr(forward_route, "on_hopper", lambda t: True)
+    reason = backend._extent_only_reason(call)
+    if _reads_unpadded(grid, call_plan.padded, batch):
+        assert reason is None
+    else:
+        assert reason == "the Gluon forward does not take this extent-only call"
+    padded_q = torch.zeros(batch, plan.q_len, 4, dim, dtype=torch.bfloat16)
+    call.q = padded_q
+    assert "holding the extent's" in backend._extent_only_reason(call)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
 @pytest.mark.parametrize("op, grid, kernel, stride, causal, layout, dim, forward, backward", PADDED_CASES)
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype, batch", [(torch.bfloat16, 2), (torch.float16, 2), (torch.bfloat16, 1)])
 def test_padded_grids_through_natten_against_float64(monkeypatch, op, grid, kernel, stride, causal, layout, dim,
-                                                     forward, backward, dtype):
+                                                     forward, backward, dtype, batch):
     """na2d / na3d on grids that no tile shape divides run the Gluon kernels on the padded grid
-    (spies record each launch as in the route tests above), a repeat call equals the first, and
-    o, lse and the gradients (GQA, B = 2) meet the float64 reference on the grid by the rule."""
+    (spies record each launch as in the route tests above), reading q, k, v unpadded with no
+    padding copies where the views line up (``_reads_unpadded``), else padded copies. A repeat
+    call equals the first, the padded copies' path gives the same bits, and o, lse and the
+    gradients (GQA) meet the float64 reference on the grid by the rule."""
+    import tessera.natten as natten_module
     from tessera.kernels.gluon import na_dkdv, na_dkdv_boxes, na_dq, na_dq_boxes, na_forward, na_forward_boxes
+    copies = []
+    monkeypatch.setattr(natten_module, "pad_grids",
+                        lambda *args, _original=natten_module.pad_grids: copies.append(1) or _original(*args))
     launches = []
     spied = [(na_forward, "na_forward", None), (na_forward_boxes, "na_forward_boxes", "boxes"),
              (na_dq, "na_dq", "dq"), (na_dq_boxes, "na_dq_boxes", "dq-boxes"),
@@ -876,7 +922,7 @@ def test_padded_grids_through_natten_against_float64(monkeypatch, op, grid, kern
             return _original(*args, **kwargs)
         monkeypatch.setattr(module, name, spy)
     gen = torch.Generator(device="cuda").manual_seed(0)
-    shapes = [(2, *grid, 4, dim), (2, *grid, 2, dim), (2, *grid, 2, dim)]
+    shapes = [(batch, *grid, 4, dim), (batch, *grid, 2, dim), (batch, *grid, 2, dim)]
     inputs = [torch.randn(shape, device="cuda", dtype=dtype, generator=gen) for shape in shapes]
     do = torch.randn(shapes[0], device="cuda", dtype=dtype, generator=gen)
 
@@ -888,7 +934,12 @@ def test_padded_grids_through_natten_against_float64(monkeypatch, op, grid, kern
     first = run(dtype, "triton")
     got = run(dtype, "triton")
     assert sorted(map(str, launches)) == sorted(map(str, 2 * [forward, *backward]))
+    padded = _padded_plan(grid, kernel, stride, causal, layout)[0].padded
+    assert len(copies) == (0 if _reads_unpadded(grid, padded, batch) else 2)
     for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), first, got):
         assert torch.equal(a, b), f"{name}: a repeat call differs from the first"
+    monkeypatch.setattr(natten_module, "PAD_IN_KERNEL", False)
+    for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), got, run(dtype, "triton")):
+        assert torch.equal(a, b), f"{name}: the padded copies' path differs"
     assert_error_rule(("o", "lse", "dq", "dk", "dv"), got, run(dtype, "reference"),
                       run(torch.float64, "reference"), dtype)

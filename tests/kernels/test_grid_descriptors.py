@@ -39,3 +39,40 @@ def test_descriptor_checks_block_shapes_once():
     assert _fields(descriptor(t, [64, 64], [64, 1], [16, 32])) == _fields(TensorDescriptor(t, [64, 64], [64, 1], [16, 32]))
     with pytest.raises(ValueError, match="power of 2"):
         descriptor(t, [64, 64], [64, 1], [16, 24])
+
+
+def test_grid_view_of_a_tensor_holding_only_the_extent():
+    """A ``PaddedNeighborhood``'s q may hold only the extent's tokens: the view is the extent's,
+    at the grid's coordinates, where batch entries line up (axis 0 unpadded, or one entry);
+    a length matching neither grid nor extent has no view."""
+    from tessera.kernels.triton.flash_fwd import grid_view
+    grid, extent = (4, 16, 16), (4, 13, 10)
+    t = torch.zeros(3, 4 * 13 * 10, 2, 32, dtype=torch.float16)
+    view = t.view(3 * 4, 13, 10, 2, 32)
+    assert grid_view(t, grid, extent) == (list(view.shape), list(view.stride()))
+    assert grid_view(t, grid) is None
+    padded = torch.zeros(3, 4 * 16 * 16, 2, 32, dtype=torch.float16)
+    assert grid_view(padded, grid, extent) == ([12, 16, 16, 2, 32], list(padded.view(12, 16, 16, 2, 32).stride()))
+    deeper = (6, 16, 16)                  # axis 0 padded: batch entries 1, 2 would start at 6, 12
+    assert grid_view(t, deeper, extent) is None
+    one = t[:1]
+    assert grid_view(one, deeper, extent) == ([4, 13, 10, 2, 32], list(view.stride()))
+    assert grid_view(t[:, :100], grid, extent) is None
+
+
+def test_plan_rows_and_extent_of_a_padded_plan():
+    """Row statistics cover the padded grid; ``grid_extent`` names the extent only where it is
+    smaller than the grid."""
+    from tessera.kernels.gluon.na_forward import _view, plan_rows
+    from tessera.kernels.triton import masks
+    from tessera.kernels.triton.flash_fwd import grid_extent
+    from tessera.patterns.layout import GridLayout, Permuted
+    from tessera.patterns.neighborhood import Neighborhood, PaddedNeighborhood
+    padded = Permuted(PaddedNeighborhood((16, 16), (13, 10), (5, 5)), GridLayout((16, 16), (8, 8)))
+    plan = masks.get_plan(padded, 256, 256, 64, 64, 1, torch.device("cpu"))
+    assert grid_extent(plan) == (1, 13, 10) and plan_rows(plan) == 256
+    q = torch.zeros(2, 130, 4, 64, dtype=torch.bfloat16)
+    assert _view(q, plan, None) == ([2, 13, 10, 4, 64], list(q.view(2, 13, 10, 4, 64).stride()))
+    whole = Permuted(Neighborhood((16, 16), (5, 5)), GridLayout((16, 16), (8, 8)))
+    whole_plan = masks.get_plan(whole, 256, 256, 64, 64, 1, torch.device("cpu"))
+    assert grid_extent(whole_plan) is None and _view(q, whole_plan, None) is None

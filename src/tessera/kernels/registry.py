@@ -45,6 +45,12 @@ class AttentionCall:
         dilation_fold: with ``grid_order``, a ``kernels.triton.masks.DilationFold``: the pattern
             is one dilation group's (its sub-grid), q, k, v hold the whole grid, and every group
             runs at once. Only the Triton backend accepts it (``tessera.natten`` sets it).
+        extent_only: with ``grid_order`` and a ``PaddedNeighborhood`` pattern (a grid padded up
+            to whole tiles), q, k, v (and o) hold only the extent's tokens, in its row-major
+            order, and no padding; lse still covers the padded grid (``[B, H_q, S]`` of the
+            pattern). Only the Triton backend accepts it, on the Gluon kernels, which read and
+            write the extent through bulk copies clipped at its borders (``tessera.natten`` sets
+            it).
     """
 
     q: torch.Tensor
@@ -65,6 +71,7 @@ class AttentionCall:
     grid_order: bool = False
     pattern_key: object = None
     dilation_fold: object = None
+    extent_only: bool = False
 
 
 # A backend: (call) -> (o [B, S_q, H_q, D_v] in q's dtype, lse float32 [B, H_q, S_q] or None).

@@ -35,7 +35,7 @@ from ..triton.flash_fwd import LOG2E, grid_box
 from ..triton.launcher import BoundLaunches, Launcher
 from ..triton.na_mask import na_codes, na_key_windows, na_penalty
 from ..triton.row_addressing import memory_rows, row_tile_origin
-from .na_forward import _descriptor, _tile_of, check_row_stats, supports
+from .na_forward import _descriptor, _tile_of, check_row_stats, plan_rows, supports
 
 
 @gluon.jit
@@ -185,7 +185,8 @@ def na_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor,
             scope_checked or (supports(q, k, v, plan) and supports(do, k, v, plan))):
         raise ValueError("na_dkdv: this call is outside the Gluon kernels' scope (see "
                          "na_forward.supports; 64 x 64 tiles)")
-    batch, seq, heads, dim = q.shape
+    batch, heads, dim = q.shape[0], q.shape[2], q.shape[3]
+    seq = plan_rows(plan)
     check_row_stats("na_dkdv", lse, delta, (batch, heads, seq))
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device) if dk is None else dk
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device) if dv is None else dv

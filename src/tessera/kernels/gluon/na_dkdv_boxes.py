@@ -34,7 +34,7 @@ from ..triton.na_mask import NA_GRID, na_key_windows, na_param
 from ..triton.row_addressing import row_tile_origin
 from . import key_boxes
 from .na_dkdv import _store_dk_dv
-from .na_forward import _box_origin, _descriptor, check_row_stats
+from .na_forward import _box_origin, _descriptor, check_row_stats, plan_rows
 from .na_forward_boxes import (_FULL, _FULL_SHIFT, _HALF_1, _HALF_1_SHIFT, _HALF_2, _HALF_2_SHIFT,
                                _TALL_SHIFT, _WIDE, _WIDE_SHIFT, _entry_at, _half_view, _issue_box_copy,
                                _unpack, boxes_supported)
@@ -223,7 +223,8 @@ def na_dkdv_boxes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.T
                                   and do.stride() == q.stride() and do.dtype == q.dtype):
         raise ValueError("na_dkdv_boxes: this call is outside the query-box kernel's scope (see "
                          "dkdv_boxes_supported; do laid out as q)")
-    batch, seq, heads, dim = q.shape
+    batch, heads, dim = q.shape[0], q.shape[2], q.shape[3]
+    seq = plan_rows(plan)
     check_row_stats("na_dkdv_boxes", lse, delta, (batch, heads, seq))
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device) if dk is None else dk
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device) if dv is None else dv

@@ -37,7 +37,7 @@ from ..triton.launcher import BoundLaunches, Launcher
 from ..triton.na_mask import NA_GRID, na_param, na_query_windows
 from ..triton.row_addressing import memory_rows, row_tile_origin
 from .na_forward import (_box_origin, _descriptor, _issue_box, _issue_one, _key_tile_at,
-                         _penalty_at, _tile_of, check_row_stats, supports)
+                         _penalty_at, _tile_of, check_row_stats, plan_rows, supports)
 
 
 @gluon.jit
@@ -188,7 +188,8 @@ def na_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, l
             scope_checked or (supports(q, k, v, plan) and supports(do, k, v, plan))):
         raise ValueError("na_dq: this call is outside the Gluon kernels' scope (see "
                          "na_forward.supports; 64 x 64 tiles)")
-    batch, seq, heads, dim = q.shape
+    batch, heads, dim = q.shape[0], q.shape[2], q.shape[3]
+    seq = plan_rows(plan)
     check_row_stats("na_dq", lse, delta, (batch, heads, seq))
     dq = torch.empty_like(q) if dq is None else dq
     key = (id(plan), q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), do.stride(),

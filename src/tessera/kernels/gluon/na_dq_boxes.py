@@ -28,7 +28,7 @@ from ..triton.launcher import BoundLaunches, Launcher
 from ..triton.na_mask import NA_GRID, na_param, na_query_windows
 from ..triton.row_addressing import memory_rows, row_tile_origin
 from . import key_boxes
-from .na_forward import _box_origin, _descriptor, check_row_stats
+from .na_forward import _box_origin, _descriptor, check_row_stats, plan_rows
 from .na_forward_boxes import (_FULL, _FULL_SHIFT, _HALF_1, _HALF_1_SHIFT, _HALF_2, _HALF_2_SHIFT,
                                _TALL_SHIFT, _WIDE, _WIDE_SHIFT, _box_penalty, _entry_at, _half_view,
                                _issue_box_copy, _unpack, boxes_supported)
@@ -177,7 +177,8 @@ def na_dq_boxes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Ten
                                   and do.stride() == q.stride() and do.dtype == q.dtype):
         raise ValueError("na_dq_boxes: this call is outside the key-box kernels' scope (see "
                          "na_forward_boxes.boxes_supported; do laid out as q)")
-    batch, seq, heads, dim = q.shape
+    batch, heads, dim = q.shape[0], q.shape[2], q.shape[3]
+    seq = plan_rows(plan)
     check_row_stats("na_dq_boxes", lse, delta, (batch, heads, seq))
     dq = torch.empty_like(q) if dq is None else dq
     key = (id(plan), q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), do.stride(),

@@ -7,7 +7,10 @@ full tiles only (``MASK_NONE``: blocked attention, stride = kernel), 16-bit inpu
 64, 128} (register tiles take powers of two; other head dims stay on the Triton kernels),
 softmax without biases. A dilated neighborhood runs as one dilation group's plan under a
 ``masks.DilationFold``: every group at once on the whole grid's tensors, each tile a box of
-``flash_fwd.fold_view`` (64-row tiles of depth one along grid axis 0).
+``flash_fwd.fold_view`` (64-row tiles of depth one along grid axis 0). Over a
+``PaddedNeighborhood`` (a grid padded up to whole tiles) q, k, v and o may hold only the extent's
+tokens: their bulk copies then read zeros and write nothing past it (``flash_fwd.grid_view``),
+and lse covers the padded grid (``plan_rows``); every kernel in this package does the same.
 
 One program per (query tile, batch x query head): one warpgroup that computes per 64 query
 rows (64- or 128-row tiles; 128 rows only in the sequential loop), and with
@@ -46,7 +49,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from ..triton import masks
-from ..triton.flash_fwd import LOG2E, bulk_aligned, fold_view, grid_box, grid_view
+from ..triton.flash_fwd import LOG2E, bulk_aligned, fold_view, grid_box, grid_extent, grid_view
 from ..triton.launcher import BoundLaunches, Launcher
 from ..triton.na_mask import (NA_FOLDED, NA_GRID, NA_GROUPS, na_codes, na_codes_at, na_coords,
                               na_param, na_penalty, na_query_windows)
@@ -611,8 +614,20 @@ _LAYOUTS: dict = {}
 
 def _view(t: torch.Tensor, plan, fold):
     """``(shape, strides)`` of ``t [B, S, H, D]``'s bulk-copy view: ``flash_fwd.grid_view`` of
-    the plan's grid, or under a dilation ``fold`` ``flash_fwd.fold_view``; None without one."""
-    return grid_view(t, plan.na_values[0:3]) if fold is None else fold_view(t, fold)
+    the plan's grid (``t`` holding that grid or, for a ``PaddedNeighborhood``'s plan, only its
+    extent: ``plan_rows``), or under a dilation ``fold`` ``flash_fwd.fold_view``; None without
+    one."""
+    if fold is not None:
+        return fold_view(t, fold)
+    return grid_view(t, plan.na_values[0:3], grid_extent(plan))
+
+
+def plan_rows(plan, fold=None) -> int:
+    """Rows of the per-row statistics (lse, delta ``[B, H, rows]``) of a call over ``plan``: the
+    plan's grid, every dilation group's under a ``fold``. A ``PaddedNeighborhood``'s q, k, v
+    (and o, the gradients) may hold only the extent's tokens (``_view``); its statistics always
+    cover the padded grid."""
+    return plan.q_len * (1 if fold is None else fold.groups)
 
 
 def check_row_stats(kernel: str, lse: torch.Tensor, delta: torch.Tensor, shape: tuple) -> None:
@@ -690,9 +705,10 @@ def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale
                v_buffers: int | None = None, max_registers: int | None = None,
                lazy_rescale: float = 0.0, defer_pv: bool = False, fold=None,
                scope_checked: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(o [B, S, H_q, D], lse float32 [B, H_q, S])`` of softmax attention over ``plan`` (a
+    """``(o [B, S, H_q, D], lse float32 [B, H_q, plan_rows])`` of softmax attention over ``plan`` (a
     tiled neighborhood's plan at 64 x 64, 64 x 32 or 128 x 64 tiles) for grid-order ``q [B, S, H_q, D]``,
-    ``k``, ``v`` ``[B, S, H_kv, D]``; ``supports`` must hold. ``num_buffers``: K/V ring slots (3 or more with
+    ``k``, ``v`` ``[B, S, H_kv, D]`` (``S``: the plan's grid, or a ``PaddedNeighborhood``'s
+    extent: ``_view``); ``supports`` must hold. ``num_buffers``: K/V ring slots (3 or more with
     ``overlap``; without it, the K ring's, at least 1); ``v_buffers``: without ``overlap``, the
     V ring's slots (1 to ``num_buffers``; default ``num_buffers``); ``overlap``: each tile's
     QK^T and P @ V run under a neighbouring tile's softmax; ``specialized``: a producer warp
@@ -731,7 +747,8 @@ def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale
                          "runs at 128)")
     if not scope_checked and not supports(q, k, v, plan, fold):
         raise ValueError("na_forward: this call is outside the Gluon forward's scope (see supports)")
-    batch, seq, heads, dim = q.shape
+    batch, heads, dim = q.shape[0], q.shape[2], q.shape[3]
+    seq = plan_rows(plan, fold)
     o = torch.empty_like(q)
     lse = torch.empty(batch, heads, seq, dtype=torch.float32, device=q.device)
     key = (id(plan), id(fold), q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype,

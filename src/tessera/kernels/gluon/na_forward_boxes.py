@@ -29,7 +29,8 @@ from ..triton.launcher import BoundLaunches, Launcher
 from ..triton.na_mask import NA_GRID, na_param, na_query_windows
 from ..triton.row_addressing import row_tile_origin
 from . import key_boxes
-from .na_forward import MAX_LAZY_RESCALE, _box_origin, _descriptor, _lazy_softmax, _store_output, supports
+from .na_forward import (MAX_LAZY_RESCALE, _box_origin, _descriptor, _lazy_softmax, _store_output,
+                         plan_rows, supports)
 
 _FULL = gl.constexpr(key_boxes.FULL)
 _HALF_1 = gl.constexpr(key_boxes.HALF_1)
@@ -279,7 +280,8 @@ def na_forward_boxes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *,
     if not scope_checked and not boxes_supported(q, k, v, plan):
         raise ValueError("na_forward_boxes: this call is outside the key-box forward's scope "
                          "(see boxes_supported)")
-    batch, seq, heads, dim = q.shape
+    batch, heads, dim = q.shape[0], q.shape[2], q.shape[3]
+    seq = plan_rows(plan)
     if max_registers is None:
         max_registers = REGISTERS[dim]
     o = torch.empty_like(q)

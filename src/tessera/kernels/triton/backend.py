@@ -27,8 +27,9 @@ from triton.runtime.errors import OutOfResources
 from ...bias import ALiBi, LowRank, RelativePosition, TensorBias
 from ...patterns.base import Dense
 from ...patterns.layout import Permuted
+from ...patterns.neighborhood import PaddedNeighborhood
 from ..registry import AttentionCall, register_backend
-from . import flash_bwd, flash_fwd, forward_route, tuning
+from . import backward_route, flash_bwd, flash_fwd, forward_route, tuning
 from .row_dot import row_dot
 from .masks import (MASK_BAND, MASK_NEIGHBORHOOD, MASK_NONE, get_plan, neighborhood_params, offset_band,
                     pattern_key, remembered)
@@ -61,11 +62,15 @@ class _Spec:
     grid_order: bool = False            # AttentionCall.grid_order
     pattern_key: object = None          # masks.pattern_key(pattern), computed once per call
     fold: object = None                 # AttentionCall.dilation_fold
+    lengths: Optional[tuple] = None     # the padded grid's (S, S) of an AttentionCall.extent_only
 
 
 def _lengths(spec: _Spec, q, k) -> tuple[int, int]:
-    """``(S_q, S_k)`` of the attention problem: the tensors' lengths, or one dilation group's
-    under a fold (the tensors hold every group)."""
+    """``(S_q, S_k)`` of the attention problem: the tensors' lengths, one dilation group's under
+    a fold (the tensors hold every group), or the padded grid's when the tensors hold only its
+    extent."""
+    if spec.lengths is not None:
+        return spec.lengths
     groups = spec.fold.groups if spec.fold is not None else 1
     return q.shape[1] // groups, k.shape[1] // groups
 
@@ -99,6 +104,8 @@ def supports(call: AttentionCall) -> Optional[str]:
         return "sinks join a softmax denominator; sigmoid scores have none"
     if call.cu_seqlens_q is None and (q.shape[1] == 0 or k.shape[1] == 0):
         return "empty sequences are not supported"
+    if call.extent_only:
+        return _extent_only_reason(call)
     if call.grid_order:
         return _grid_order_reason(call)
     return None
@@ -115,6 +122,34 @@ def _grid_order_reason(call: AttentionCall) -> Optional[str]:
     if not _addressable_in_grid_order(call.pattern, call.pattern_key):
         return ("grid-order calls need a Neighborhood (at most 3 axes) in a GridLayout whose tiles "
                 f"divide the grid, got {call.pattern!r}")
+    return None
+
+
+def _extent_only_reason(call: AttentionCall) -> Optional[str]:
+    """Why an ``extent_only`` call cannot run (None: it can): it needs the Gluon kernels
+    forward and backward (``forward_route.gluon_variant``, ``backward_route.routes``), so a
+    Hopper GPU, plain softmax in grid order over a ``PaddedNeighborhood``, 16-bit contiguous q,
+    k, v holding its extent, and the routes' scope."""
+    pattern = call.pattern
+    if (not call.grid_order or type(pattern) is not Permuted
+            or type(pattern.pattern) is not PaddedNeighborhood or call.dilation_fold is not None):
+        return "extent-only calls need grid order over a PaddedNeighborhood (no dilation fold)"
+    if (call.score != "softmax" or call.softcap is not None or call.sinks is not None
+            or call.bias is not None or call.cu_seqlens_q is not None):
+        return "extent-only calls take plain softmax: no softcap, sinks, bias or cu_seqlens"
+    extent = math.prod(pattern.pattern.extent)
+    if not all(t.shape[1] == extent and t.is_contiguous() for t in (call.q, call.k, call.v)):
+        return f"extent-only calls need contiguous q, k, v holding the extent's {extent} tokens"
+    if INTERPRETED or not forward_route.on_hopper(call.q):
+        return "extent-only calls run on the Gluon kernels, which need a Hopper GPU"
+    q, k, v = call.q, call.k, call.v
+    spec = _spec_of(call, q, k, None)
+    configs = _configs(spec, q, k, v)
+    if _gluon_forward(spec, q, k, v, _plan(spec, q, k, configs["fwd"])) is None:
+        return "the Gluon forward does not take this extent-only call"
+    if not all(backward_route.routes(q, k, v, q, _plan(spec, q, k, configs["dq"]),
+                                     _plan(spec, q, k, configs["dkdv"]))):
+        return "the Gluon dq and dk/dv kernels do not both take this extent-only call"
     return None
 
 
@@ -265,23 +300,12 @@ def _forward(spec: _Spec, q, k, v, sinks, slopes, bias, u, w, table):
              and spec.sigmoid_bias is None and all(t is None for t in (sinks, slopes, bias, u, table)))
     while True:
         plan = _plan(spec, q, k, config)
-        gluon = forward_route.gluon_variant(q, k, v, plan, spec.fold) if plain else None
-        if gluon is not None and gluon.pop("boxes", False):
-            from ..gluon.na_forward_boxes import call_plan, na_forward_boxes
-            return na_forward_boxes(q, k, v, call_plan(q, k, v, plan), scale=spec.scale,
-                                    scope_checked=True, **gluon)
+        gluon = _gluon_forward(spec, q, k, v, plan) if plain else None
         if gluon is not None:
-            from ..gluon.na_forward import na_forward, supports
-            rows = gluon.pop("block_m", plan.block_m)
-            gluon_plan = plan
-            if rows != plan.block_m:
-                gluon_plan = get_plan(spec.pattern, *_lengths(spec, q, k), rows, plan.block_n,
-                                      q.shape[2], q.device, spec.pattern_key)
-            # The route checked na_forward's scope for ``plan``; a plan at other rows is checked
-            # here (cached per plan and tensors).
-            if gluon_plan is plan or supports(q, k, v, gluon_plan, spec.fold):
-                return na_forward(q, k, v, gluon_plan, scale=spec.scale, fold=spec.fold,
-                                  scope_checked=True, **gluon)
+            return gluon()
+        if spec.lengths is not None:
+            raise RuntimeError("an extent-only call reached the Triton forward, which cannot read it "
+                               "(the Gluon forward's route declined it after supports accepted it)")
         try:
             return flash_fwd.forward(q, k, v, plan, scale=spec.scale,
                                      config=config, softcap=spec.softcap, sinks=sinks,
@@ -291,6 +315,30 @@ def _forward(spec: _Spec, q, k, v, sinks, slopes, bias, u, w, table):
                                      fold=spec.fold)
         except OutOfResources as error:
             config = _shrink("fwd", original, config, variant, error)
+
+
+def _gluon_forward(spec: _Spec, q, k, v, plan) -> Optional[Callable]:
+    """The Gluon forward of a plain grid-order call over ``plan`` (``forward_route.gluon_variant``)
+    as a function ``() -> (o, lse)``, or None where the Triton kernel runs it."""
+    gluon = forward_route.gluon_variant(q, k, v, plan, spec.fold)
+    if gluon is None:
+        return None
+    if gluon.pop("boxes", False):
+        from ..gluon.na_forward_boxes import call_plan, na_forward_boxes
+        return lambda: na_forward_boxes(q, k, v, call_plan(q, k, v, plan), scale=spec.scale,
+                                        scope_checked=True, **gluon)
+    from ..gluon.na_forward import na_forward, supports
+    rows = gluon.pop("block_m", plan.block_m)
+    gluon_plan = plan
+    if rows != plan.block_m:
+        gluon_plan = get_plan(spec.pattern, *_lengths(spec, q, k), rows, plan.block_n,
+                              q.shape[2], q.device, spec.pattern_key)
+    # The route checked na_forward's scope for ``plan``; a plan at other rows is checked here
+    # (cached per plan and tensors).
+    if gluon_plan is not plan and not supports(q, k, v, gluon_plan, spec.fold):
+        return None
+    return lambda: na_forward(q, k, v, gluon_plan, scale=spec.scale, fold=spec.fold,
+                              scope_checked=True, **gluon)
 
 
 def _sum_to(grad: torch.Tensor, shape) -> torch.Tensor:
@@ -328,7 +376,8 @@ def _gradients(spec: _Spec, saved: tuple, needs_input_grad: tuple, do: torch.Ten
     slopes, bias, u, w, table)`` and the output gradient ``do``."""
     q, k, v, o, lse, sinks, slopes, bias, u, w, table = saved
     original = _configs(spec, q, k, v)
-    do = _head_contiguous(do)
+    # The Gluon kernels that alone run an extent-only call read do laid out as q (contiguous).
+    do = do.contiguous() if spec.lengths is not None else _head_contiguous(do)
     bias_grad = bias is not None and needs_input_grad[5]
     slope_grad = slopes is not None and needs_input_grad[4]
     low_rank_grad = u is not None and (needs_input_grad[6] or needs_input_grad[7])
@@ -385,9 +434,10 @@ def _spec_of(call: AttentionCall, q, k, bias_spec) -> _Spec:
         sigmoid_bias = call.sigmoid_bias if call.sigmoid_bias is not None else -math.log(k.shape[1])
     grid = bias_spec.grid if isinstance(bias_spec, RelativePosition) else None
     key = call.pattern_key if call.pattern_key is not None else pattern_key(call.pattern)
+    lengths = (call.pattern.layout.size,) * 2 if call.extent_only else None
     return _Spec(call.pattern, float(call.scale), call.softcap, sigmoid_bias,
                  _precision(q.dtype, INTERPRETED, isinstance(bias_spec, LowRank)), INTERPRETED, grid,
-                 call.grid_order, key, call.dilation_fold)
+                 call.grid_order, key, call.dilation_fold, lengths)
 
 
 def prepare(call: AttentionCall) -> Optional[Callable]:

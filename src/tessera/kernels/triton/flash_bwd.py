@@ -28,8 +28,8 @@ import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
 from . import backward_route, streams
-from .flash_fwd import (LOG2E, broadcast_strides, low_rank_args, rank_pad, rel_pos_args, row_operand,
-                        row_operands)
+from .flash_fwd import (LOG2E, broadcast_strides, grid_extent, low_rank_args, rank_pad, rel_pos_args,
+                        row_operand, row_operands)
 from .host_math import cdiv, padded_width
 from .launcher import Launcher
 from .na_mask import na_codes, na_key_windows, na_query_windows
@@ -524,11 +524,21 @@ def _gluon_dq(q, k, v, do, lse, delta, plan, scale: float, dq) -> None:
           **backward_route.DQ_VARIANT)
 
 
+def extent_only(q: torch.Tensor, plan) -> bool:
+    """Whether ``q`` holds fewer rows than ``plan``'s grid: only its ``PaddedNeighborhood``'s
+    extent (``flash_fwd.grid_view``), as the Gluon kernels alone read it."""
+    return grid_extent(plan) is not None and q.shape[1] != plan.q_len
+
+
 def _gluon_gradients(do, q, k, v, o, lse, dq_plan, dkdv_plan, scale: float, overlap: bool):
     """``(dq, dk, dv)`` of a plain grid-order backward that both Gluon kernels take
     (``backward_route.routes``): delta, then dk/dv (on a side stream with ``overlap``) and dq.
-    None of the Triton kernels' arguments are built (host time)."""
-    delta = row_dot(o, do)
+    None of the Triton kernels' arguments are built (host time). Tensors that hold only a
+    ``PaddedNeighborhood``'s extent (``extent_only``) get delta over its whole grid."""
+    if extent_only(q, dq_plan):
+        delta = row_dot(o, do, dq_plan.na_values[0:3], grid_extent(dq_plan))
+    else:
+        delta = row_dot(o, do)
     dq = torch.empty_like(q)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
@@ -584,6 +594,9 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
     if gluon_dq and gluon_dkdv:
         return (*_gluon_gradients(do, q, k, v, o, lse, dq_plan, dkdv_plan, scale, overlap),
                 None, None, None, None, None)
+    if extent_only(q, dq_plan):
+        raise RuntimeError("flash_bwd.backward: q, k, v hold only a padded grid's extent, which only "
+                           "the Gluon dq and dk/dv kernels read (backward_route.routes declined them)")
     # On one stream the Triton dq runs first and writes delta itself (DELTA_IN_DQ) before dk/dv
     # reads it; the Gluon dq reads it.
     delta_in_dq = DELTA_IN_DQ_ENABLED and not (sigmoid or overlap or gluon_dq)

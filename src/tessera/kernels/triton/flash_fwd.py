@@ -20,6 +20,7 @@ order o leaves by a bulk store (``O_BULK_ENABLED``).
 from __future__ import annotations
 
 import functools
+import math
 from typing import Optional
 
 import torch
@@ -30,6 +31,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from ...patterns.layout import rows_box
 from .host_math import padded_width
 from .launcher import Launcher
+from .masks import NA_FIELD_NAMES
 from .na_mask import na_codes, na_query_windows
 from .program_ids import RUN_TIME_INTS, listed_tiles, program_ids
 from .row_addressing import bulk_copy_batch, fold_group, load_row_tiles, memory_rows, store_rows
@@ -281,16 +283,35 @@ def descriptor(base: torch.Tensor, shape: list, strides: list, block_shape: list
     return desc
 
 
-def grid_view(t: torch.Tensor, grid) -> Optional[tuple[list, list]]:
+def grid_view(t: torch.Tensor, grid, extent=None) -> Optional[tuple[list, list]]:
     """``(shape, strides)`` of ``t [B, S, H, D]`` in grid order viewed as ``[B * g0, g1, g2, H, D]``,
-    or None when its strides allow no such view (batch and sequence dims not mergeable). The
-    view's strides are multiples of ``t``'s, so ``bulk_aligned(t)`` covers their alignment."""
-    g0, g1, g2 = grid
+    or None when its strides allow no such view (batch and sequence dims not mergeable) or ``S``
+    is not the grid's size. With ``extent`` (``(e0, e1, e2)``, a ``PaddedNeighborhood``'s, the
+    grid's corner at the origin) ``t`` may instead hold just the extent's tokens (``S =
+    e0 e1 e2``): the view is then ``[B * e0, e1, e2, H, D]``, addressed at the grid's
+    coordinates, so bulk copies read zeros and write nothing past the extent. Batch entries of
+    that view start where the grid's do only when ``e0 == g0`` or ``B == 1`` (None otherwise).
+    The view's strides are multiples of ``t``'s, so ``bulk_aligned(t)`` covers their alignment."""
     batch, seq, heads, dim = t.shape
+    if seq != math.prod(grid):
+        if extent is None or seq != math.prod(extent) or (batch > 1 and extent[0] != grid[0]):
+            return None
+        grid = extent
+    g0, g1, g2 = grid
     s_b, s_s, s_h, s_d = t.stride()
     if batch > 1 and s_b != seq * s_s:
         return None
     return [batch * g0, g1, g2, heads, dim], [s_s * g1 * g2, s_s * g2, s_s, s_h, s_d]
+
+
+def grid_extent(plan) -> Optional[tuple[int, int, int]]:
+    """The extent ``(e0, e1, e2)`` of a plan over a ``PaddedNeighborhood`` (``grid_view``), None
+    when the extent is the whole grid (or the plan has no neighborhood values)."""
+    if not plan.na_values:
+        return None
+    first = 3 * NA_FIELD_NAMES.index("extent")
+    extent = tuple(plan.na_values[first:first + 3])
+    return None if extent == tuple(plan.na_values[0:3]) else extent
 
 
 def _grid_descriptor(t: torch.Tensor, grid, box, width: int) -> Optional[TensorDescriptor]:

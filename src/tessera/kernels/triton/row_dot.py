@@ -6,6 +6,8 @@ writes ``[B, H, S]`` contiguous, the layout the dq and dk/dv kernels index.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -17,20 +19,28 @@ from .launcher import Launcher
 ROWS = 64
 
 
-@triton.jit(do_not_specialize=["S"])
-def _row_dot(O, DO, DELTA, s_ob, s_os, s_oh, s_db, s_ds, s_dh, H, S,
-             DV: tl.constexpr, DV_PAD: tl.constexpr, ROWS: tl.constexpr):
+@triton.jit(do_not_specialize=["S", "G1", "G2", "E0", "E1", "E2"])
+def _row_dot(O, DO, DELTA, s_ob, s_os, s_oh, s_db, s_ds, s_dh, H, S, G1, G2, E0, E1, E2,
+             DV: tl.constexpr, DV_PAD: tl.constexpr, ROWS: tl.constexpr, EXTENT_ONLY: tl.constexpr):
     i = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
     rows = i * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, DV_PAD)
-    ok = (rows[:, None] < S) & (cols[None, :] < DV)
+    inside = rows < S
+    source = rows
+    if EXTENT_ONLY:
+        c2 = rows % G2
+        c1 = (rows // G2) % G1
+        c0 = rows // (G1 * G2)
+        inside = inside & (c0 < E0) & (c1 < E1) & (c2 < E2)
+        source = (c0 * E1 + c1) * E2 + c2
+    ok = inside[:, None] & (cols[None, :] < DV)
     o = tl.load(O + b.to(tl.int64) * s_ob + h.to(tl.int64) * s_oh
-                + rows.to(tl.int64)[:, None] * s_os + cols[None, :], mask=ok, other=0.0)
+                + source.to(tl.int64)[:, None] * s_os + cols[None, :], mask=ok, other=0.0)
     do = tl.load(DO + b.to(tl.int64) * s_db + h.to(tl.int64) * s_dh
-                 + rows.to(tl.int64)[:, None] * s_ds + cols[None, :], mask=ok, other=0.0)
+                 + source.to(tl.int64)[:, None] * s_ds + cols[None, :], mask=ok, other=0.0)
     total = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(DELTA + bh.to(tl.int64) * S + rows, total, mask=rows < S)
 
@@ -38,22 +48,33 @@ def _row_dot(O, DO, DELTA, s_ob, s_os, s_oh, s_db, s_ds, s_dh, H, S,
 _ROW_DOT = Launcher(_row_dot)
 
 
-def row_dot(o: torch.Tensor, do: torch.Tensor) -> torch.Tensor:
+def row_dot(o: torch.Tensor, do: torch.Tensor, grid=None, extent=None) -> torch.Tensor:
     """``(o * do).sum(-1)`` in float32, transposed to ``[B, H, S]`` (contiguous).
 
     o, do: ``[B, S, H, D_v]`` of one shape, each with a contiguous last dim (any other strides).
+    With ``grid`` and ``extent`` (3 ints each: a ``PaddedNeighborhood``'s grid and extent) o and
+    do hold only the extent's tokens (``S = prod(extent)``, row-major over the extent) and delta
+    covers the grid: ``[B, H, prod(grid)]`` in the grid's row-major order, 0 past the extent.
     """
     if o.shape != do.shape:
         raise ValueError(f"do must have o's shape {tuple(o.shape)}, got {tuple(do.shape)}")
     if o.stride(-1) != 1 or do.stride(-1) != 1:
         raise ValueError("o and do need a contiguous last (head) dim")
     batch, seq, heads, dim_v = o.shape
+    extent_only = extent is not None
+    if extent_only:
+        if len(grid) != 3 or len(extent) != 3 or any(not 0 < e <= g for e, g in zip(extent, grid)):
+            raise ValueError(f"row_dot: extent must lie inside grid (3 axes each), got {extent} in {grid}")
+        if seq != math.prod(extent):
+            raise ValueError(f"row_dot: o must hold the extent's {math.prod(extent)} tokens, got {seq}")
+        seq = math.prod(grid)
+    g1, g2, (e0, e1, e2) = (grid[1], grid[2], extent) if extent_only else (1, 1, (1, 1, 1))
     delta = torch.empty(batch, heads, seq, dtype=torch.float32, device=o.device)
     if delta.numel() == 0:
         return delta
-    grid = (cdiv(seq, ROWS), batch * heads)
-    _ROW_DOT[grid](o, do, delta, o.stride(0), o.stride(1), o.stride(2),
-                   do.stride(0), do.stride(1), do.stride(2), heads, seq,
-                   DV=dim_v, DV_PAD=padded_width(dim_v), ROWS=ROWS,
-                   num_warps=4)
+    launch = (cdiv(seq, ROWS), batch * heads)
+    _ROW_DOT[launch](o, do, delta, o.stride(0), o.stride(1), o.stride(2),
+                     do.stride(0), do.stride(1), do.stride(2), heads, seq, g1, g2, e0, e1, e2,
+                     DV=dim_v, DV_PAD=padded_width(dim_v), ROWS=ROWS, EXTENT_ONLY=extent_only,
+                     num_warps=4)
     return delta
