@@ -1,6 +1,7 @@
 """Where the time of a padded-grid neighborhood call goes (grids no tile shape divides: natten pads
 them up to whole tiles). GPU ms per forward, replayed from CUDA graphs (no host time), bf16,
-B = 1, H = 16, D = 128, per case:
+H = 16, D = 128, B = 1 (B = 2 in the case that says so: batch its own axis in the Gluon kernels'
+views, ``na_forward.batch_axis``), per case:
 
 - ``pad_qkv``: ``grid_padding.pad_grids`` of q, k and v (and ``functional_pad_qkv``:
   ``torch.nn.functional.pad`` of the three, for comparison);
@@ -36,15 +37,16 @@ from tessera.natten import _call_plan, _grid_order_run, neighborhood_attention
 from tessera.patterns.layout import box_tile_counts, choose_padded_tile_shape, padded_grid
 from tessera.patterns.neighborhood import PARTIAL_COST, Neighborhood, PaddedNeighborhood
 
-# name: (grid, kernel, a grid of about the same size that 64-token tiles divide)
-CASES = {"2-D 100x100 k17": ((100, 100), (17, 17), (104, 104)),
-         "3-D 21x30x52 k5x13x13": ((21, 30, 52), (5, 13, 13), (22, 32, 52))}
+# name: (grid, kernel, a grid of about the same size that 64-token tiles divide, batch)
+CASES = {"2-D 100x100 k17": ((100, 100), (17, 17), (104, 104), 1),
+         "3-D 21x30x52 k5x13x13": ((21, 30, 52), (5, 13, 13), (22, 32, 52), 1),
+         "3-D 21x30x52 k5x13x13 B=2": ((21, 30, 52), (5, 13, 13), (22, 32, 52), 2)}
 
 
-def measure(grid, kernel, divisible, dim: int = 128) -> dict:
+def measure(grid, kernel, divisible, batch: int, dim: int = 128) -> dict:
     device = torch.device("cuda")
     ndim = len(grid)
-    q, k, v, do = (torch.randn(1, *grid, 16, dim, device=device, dtype=torch.bfloat16) for _ in range(4))
+    q, k, v, do = (torch.randn(batch, *grid, 16, dim, device=device, dtype=torch.bfloat16) for _ in range(4))
     plan = _call_plan(grid, kernel, 1, 1, False, "auto", device)
     padded = plan.padded
     flat = pad_grids([q, k, v], grid, padded)
@@ -64,14 +66,14 @@ def measure(grid, kernel, divisible, dim: int = 128) -> dict:
         o = neighborhood_attention(*leaves, kernel, na_dim=ndim)
         torch.autograd.grad(o, leaves, do)
 
-    dq, dk, dv = (torch.randn(1, *divisible, 16, dim, device=device, dtype=torch.bfloat16) for _ in range(3))
+    dq, dk, dv = (torch.randn(batch, *divisible, 16, dim, device=device, dtype=torch.bfloat16) for _ in range(3))
 
     def divisible_call():
         return neighborhood_attention(dq, dk, dv, kernel, na_dim=ndim)
 
     with torch.no_grad():
         result = {
-            "grid": grid, "padded": padded, "tile": plan.grid_order.layout.tile_shape,
+            "grid": grid, "batch": batch, "padded": padded, "tile": plan.grid_order.layout.tile_shape,
             "pad_qkv": graph_replay_ms(lambda: pad_grids([q, k, v], grid, padded)),
             "functional_pad_qkv": graph_replay_ms(lambda: [torch.nn.functional.pad(t, widths) for t in (q, k, v)]),
             "kernels": graph_replay_ms(kernels),
@@ -146,8 +148,8 @@ def main() -> None:
             json.dump(results, f, indent=1)
         return
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cases": {}}
-    for name, (grid, kernel, divisible) in CASES.items():
-        results["cases"][name] = measure(grid, kernel, divisible)
+    for name, (grid, kernel, divisible, batch) in CASES.items():
+        results["cases"][name] = measure(grid, kernel, divisible, batch)
         print(name, json.dumps(results["cases"][name]))
     with open(f"{args.out}/padded_grid.json", "w") as f:
         json.dump(results, f, indent=1)

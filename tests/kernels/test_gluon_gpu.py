@@ -852,21 +852,14 @@ def test_padded_grid_routes_as_on_hopper(monkeypatch, op, grid, kernel, stride, 
     assert labels == backward
 
 
-def _reads_unpadded(grid, padded, batch: int) -> bool:
-    """Whether the Gluon kernels take a padded grid's call on unpadded tensors (``natten.
-    PAD_IN_KERNEL``): batch entries of the unpadded view line up with the padded grid's where
-    axis 0 of a 3-D grid is not padded (2-D grids have none) or there is one entry."""
-    return len(grid) == 2 or batch == 1 or padded[0] == grid[0]
-
-
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("op, grid, kernel, stride, causal, layout, dim, forward, backward", PADDED_CASES)
 def test_padded_grid_extent_only_calls_as_on_hopper(monkeypatch, op, grid, kernel, stride, causal, layout, dim,
                                                     forward, backward, batch):
     """The Triton backend takes the padded cases' calls on unpadded q, k, v (``extent_only``)
-    where the Gluon views line up (``_reads_unpadded``), with the Hopper check forced true (CPU
-    tensors), and names why it does not elsewhere (without the forced check: CPU tensors, no
-    Hopper GPU; q holding the padded grid)."""
+    with the Hopper check forced true (CPU tensors): batch its own view axis where axis 0 is
+    padded and B > 1 (``na_forward.batch_axis``). It names why it does not without the forced
+    check (CPU tensors, no Hopper GPU) and for q holding the padded grid."""
     from tessera.kernels.registry import AttentionCall
     from tessera.kernels.triton import backend, forward_route
     call_plan, plan = _padded_plan(grid, kernel, stride, causal, layout)
@@ -880,11 +873,11 @@ def test_padded_grid_extent_only_calls_as_on_hopper(monkeypatch, op, grid, kerne
     assert "needs CUDA tensors" in backend.supports(call)
     assert "Hopper GPU" in backend._extent_only_reason(call)
     monkeypatch.setattr(forward_route, "on_hopper", lambda t: True)
-    reason = backend._extent_only_reason(call)
-    if _reads_unpadded(grid, call_plan.padded, batch):
-        assert reason is None
-    else:
-        assert reason == "the Gluon forward does not take this extent-only call"
+    assert backend._extent_only_reason(call) is None
+    from tessera.kernels.gluon import na_forward
+    expect_batch_axis = batch > 1 and len(grid) == 3 and call_plan.padded[0] != grid[0]
+    assert na_forward.batch_axis(q, plan) == expect_batch_axis
+    assert bool(na_forward.static_switches(q, plan) & masks.NA_BATCH_AXIS_BIT) == expect_batch_axis
     padded_q = torch.zeros(batch, plan.q_len, 4, dim, dtype=torch.bfloat16)
     call.q = padded_q
     assert "holding the extent's" in backend._extent_only_reason(call)
@@ -898,9 +891,9 @@ def test_padded_grids_through_natten_against_float64(monkeypatch, op, grid, kern
                                                      forward, backward, dtype, batch):
     """na2d / na3d on grids that no tile shape divides run the Gluon kernels on the padded grid
     (spies record each launch as in the route tests above), reading q, k, v unpadded with no
-    padding copies where the views line up (``_reads_unpadded``), else padded copies. A repeat
-    call equals the first, the padded copies' path gives the same bits, and o, lse and the
-    gradients (GQA) meet the float64 reference on the grid by the rule."""
+    padding copies (batch its own view axis where axis 0 is padded and B = 2). A repeat call
+    equals the first, the padded copies' path gives the same bits, and o, lse and the gradients
+    (GQA) meet the float64 reference on the grid by the rule."""
     import tessera.natten as natten_module
     from tessera.kernels.gluon import na_dkdv, na_dkdv_boxes, na_dq, na_dq_boxes, na_forward, na_forward_boxes
     copies = []
@@ -934,8 +927,7 @@ def test_padded_grids_through_natten_against_float64(monkeypatch, op, grid, kern
     first = run(dtype, "triton")
     got = run(dtype, "triton")
     assert sorted(map(str, launches)) == sorted(map(str, 2 * [forward, *backward]))
-    padded = _padded_plan(grid, kernel, stride, causal, layout)[0].padded
-    assert len(copies) == (0 if _reads_unpadded(grid, padded, batch) else 2)
+    assert not copies
     for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), first, got):
         assert torch.equal(a, b), f"{name}: a repeat call differs from the first"
     monkeypatch.setattr(natten_module, "PAD_IN_KERNEL", False)

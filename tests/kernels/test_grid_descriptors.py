@@ -76,3 +76,23 @@ def test_plan_rows_and_extent_of_a_padded_plan():
     whole = Permuted(Neighborhood((16, 16), (5, 5)), GridLayout((16, 16), (8, 8)))
     whole_plan = masks.get_plan(whole, 256, 256, 64, 64, 1, torch.device("cpu"))
     assert grid_extent(whole_plan) is None and _view(q, whole_plan, None) is None
+
+
+def test_batch_axis_view_of_an_extent_padded_along_axis_0():
+    """At B > 1 with axis 0 padded, batch becomes its own axis and heads merge with D:
+    ``[B, e0, e1, e2, H * D]``; the Gluon descriptors then take ``[1, b0, b1, b2, D]`` boxes."""
+    from tessera.kernels.gluon.na_forward import _descriptor, batch_axis
+    from tessera.kernels.triton import masks
+    from tessera.kernels.triton.flash_fwd import batch_axis_view
+    from tessera.patterns.layout import GridLayout, Permuted
+    from tessera.patterns.neighborhood import PaddedNeighborhood
+    t = torch.zeros(2, 7 * 21 * 26, 3, 64, dtype=torch.float16)
+    assert batch_axis_view(t, (7, 21, 26)) == ([2, 7, 21, 26, 192], [7 * 21 * 26 * 192, 21 * 26 * 192, 26 * 192, 192, 1])
+    assert batch_axis_view(t, (7, 21, 25)) is None
+    assert batch_axis_view(t.transpose(2, 3).contiguous().transpose(2, 3), (7, 21, 26)) is None
+    pattern = Permuted(PaddedNeighborhood((8, 24, 28), (7, 21, 26), (3, 7, 9)), GridLayout((8, 24, 28), (2, 8, 4)))
+    plan = masks.get_plan(pattern, 8 * 24 * 28, 8 * 24 * 28, 64, 64, 1, torch.device("cpu"))
+    assert batch_axis(t, plan) and not batch_axis(t[:1], plan)
+    assert not batch_axis(torch.zeros(2, 8 * 24 * 28, 3, 64, dtype=torch.float16), plan)
+    desc = _descriptor(t, plan, (2, 8, 4))
+    assert (list(desc.shape), list(desc.block_shape)) == ([2, 7, 21, 26, 192], [1, 2, 8, 4, 64])

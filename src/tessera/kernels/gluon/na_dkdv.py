@@ -35,7 +35,7 @@ from ..triton.flash_fwd import LOG2E, grid_box
 from ..triton.launcher import BoundLaunches, Launcher
 from ..triton.na_mask import na_codes, na_key_windows, na_penalty
 from ..triton.row_addressing import memory_rows, row_tile_origin
-from .na_forward import _descriptor, _tile_of, check_row_stats, plan_rows, supports
+from .na_forward import _descriptor, _tile_of, check_row_stats, plan_rows, static_switches, supports
 
 
 @gluon.jit
@@ -205,7 +205,7 @@ def na_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor,
             cols.part_index, cols.full_count, cols.full_index, plan.na_params, heads,
             heads // k.shape[2], seq, plan.map_heads, plan.n_k_tiles, cols.part_width, cols.full_width,
             scale, scale * LOG2E)
-    options = dict(HEAD_D=dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, NA_STATIC=plan.na_static,
+    options = dict(HEAD_D=dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, NA_STATIC=static_switches(q, plan),
                    NUM_BUF=num_buffers, MASKED=plan.mask_mode == masks.MASK_NEIGHBORHOOD, num_warps=4,
                    **({"maxnreg": max_registers} if max_registers else {}))
     _LAUNCH[grid](*args, **options)

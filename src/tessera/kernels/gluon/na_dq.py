@@ -37,7 +37,7 @@ from ..triton.launcher import BoundLaunches, Launcher
 from ..triton.na_mask import NA_GRID, na_param, na_query_windows
 from ..triton.row_addressing import memory_rows, row_tile_origin
 from .na_forward import (_box_origin, _descriptor, _issue_box, _issue_one, _key_tile_at,
-                         _penalty_at, _tile_of, check_row_stats, plan_rows, supports)
+                         _penalty_at, _tile_of, check_row_stats, plan_rows, static_switches, supports)
 
 
 @gluon.jit
@@ -207,7 +207,7 @@ def na_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, l
             rows.full_count, rows.full_index, plan.na_params, heads, heads // k.shape[2], seq,
             plan.map_heads, plan.n_q_tiles, rows.part_width, rows.full_width, scale, scale * LOG2E)
     options = dict(
-        HEAD_D=dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, NA_STATIC=plan.na_static,
+        HEAD_D=dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, NA_STATIC=static_switches(q, plan),
         NUM_BUF=num_buffers, V_BUF=v_buffers, MASKED=plan.mask_mode == masks.MASK_NEIGHBORHOOD,
         num_warps=4, **({"maxnreg": max_registers} if max_registers else {}))
     _LAUNCH[grid](*args, **options)

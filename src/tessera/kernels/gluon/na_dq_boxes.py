@@ -28,7 +28,7 @@ from ..triton.launcher import BoundLaunches, Launcher
 from ..triton.na_mask import NA_GRID, na_param, na_query_windows
 from ..triton.row_addressing import memory_rows, row_tile_origin
 from . import key_boxes
-from .na_forward import _box_origin, _descriptor, check_row_stats, plan_rows
+from .na_forward import _box_origin, _descriptor, check_row_stats, plan_rows, static_switches
 from .na_forward_boxes import (_FULL, _FULL_SHIFT, _HALF_1, _HALF_1_SHIFT, _HALF_2, _HALF_2_SHIFT,
                                _TALL_SHIFT, _WIDE, _WIDE_SHIFT, _box_penalty, _entry_at, _half_view,
                                _issue_box_copy, _unpack, boxes_supported)
@@ -194,7 +194,7 @@ def na_dq_boxes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Ten
     grid = (plan.n_q_tiles, batch * heads)
     args = (*rows, *kv, lse, delta, boxes.counts, boxes.entries, boxes.width, plan.na_params, heads,
             heads // k.shape[2], seq, scale, scale * LOG2E)
-    options = dict(HEAD_D=dim, BLOCK_M=plan.block_m, NA_STATIC=plan.na_static,
+    options = dict(HEAD_D=dim, BLOCK_M=plan.block_m, NA_STATIC=static_switches(q, plan),
                    AXIS0_UNIFORM=q_box[0] == 1, num_warps=4,
                    **({"maxnreg": max_registers} if max_registers else {}))
     _LAUNCH[grid](*args, **options)

@@ -49,10 +49,11 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from ..triton import masks
-from ..triton.flash_fwd import LOG2E, bulk_aligned, fold_view, grid_box, grid_extent, grid_view
+from ..triton.flash_fwd import (LOG2E, batch_axis_view, bulk_aligned, fold_view, grid_box, grid_extent,
+                                grid_view)
 from ..triton.launcher import BoundLaunches, Launcher
-from ..triton.na_mask import (NA_FOLDED, NA_GRID, NA_GROUPS, na_codes, na_codes_at, na_coords,
-                              na_param, na_penalty, na_query_windows)
+from ..triton.na_mask import (NA_BATCH_AXIS, NA_FOLDED, NA_GRID, NA_GROUPS, na_codes, na_codes_at,
+                              na_coords, na_param, na_penalty, na_query_windows)
 from ..triton.row_addressing import bulk_copy_batch, memory_rows, row_tile_origin
 
 # Registers per thread of the producer warp (the consumer warpgroup gets what the kernel's cap
@@ -110,11 +111,14 @@ def _key_tile_at(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, t, NA, NA_STAT
 def _box_origin(row, c1, c2, h, batch, NA, NA_STATIC: gl.constexpr, HEAD_D: gl.constexpr):
     """Descriptor coordinates of the grid box starting at ``(c0, c1, c2)`` (``row = b * G0 +
     c0``; ``_key_tile_at``'s coordinates) of batch ``batch = (b, r1, r2)``, head ``h``: ``(row,
-    c1, c2, h, 0)`` in the ``[B * G0, G1, G2, H, D]`` view, or under a dilation fold
-    (``NA_FOLDED``, sub-grid coordinates) ``(row * G1 + c1, r1, c2, r2, h * D)`` in
-    ``flash_fwd.fold_view``'s (as ``row_addressing.row_tile_origin``)."""
+    c1, c2, h, 0)`` in the ``[B * G0, G1, G2, H, D]`` view, under a dilation fold (``NA_FOLDED``,
+    sub-grid coordinates) ``(row * G1 + c1, r1, c2, r2, h * D)`` in ``flash_fwd.fold_view``'s,
+    with ``NA_BATCH_AXIS`` ``(b, c0, c1, c2, h * D)`` in ``flash_fwd.batch_axis_view``'s (as
+    ``row_addressing.row_tile_origin``)."""
     if NA_FOLDED & NA_STATIC:
         origin = (row * na_param(NA, NA_GRID, 1) + c1, batch[1], c2, batch[2], h * HEAD_D)
+    elif NA_BATCH_AXIS & NA_STATIC:
+        origin = (batch[0], row - batch[0] * na_param(NA, NA_GRID, 0), c1, c2, h * HEAD_D)
     else:
         origin = (row, c1, c2, h, 0)
     return origin
@@ -615,11 +619,28 @@ _LAYOUTS: dict = {}
 def _view(t: torch.Tensor, plan, fold):
     """``(shape, strides)`` of ``t [B, S, H, D]``'s bulk-copy view: ``flash_fwd.grid_view`` of
     the plan's grid (``t`` holding that grid or, for a ``PaddedNeighborhood``'s plan, only its
-    extent: ``plan_rows``), or under a dilation ``fold`` ``flash_fwd.fold_view``; None without
-    one."""
+    extent: ``plan_rows``; ``flash_fwd.batch_axis_view`` where ``batch_axis``), or under a
+    dilation ``fold`` ``flash_fwd.fold_view``; None without one."""
     if fold is not None:
         return fold_view(t, fold)
+    if batch_axis(t, plan):
+        return batch_axis_view(t, grid_extent(plan))
     return grid_view(t, plan.na_values[0:3], grid_extent(plan))
+
+
+def batch_axis(t: torch.Tensor, plan) -> bool:
+    """Whether ``t [B, S, H, D]`` is bulk-copied through ``flash_fwd.batch_axis_view`` (boxes
+    ``[1, b0, b1, b2, D]``, the kernels' ``NA_BATCH_AXIS``): it holds only the extent of a
+    ``PaddedNeighborhood``'s plan padded along axis 0, at ``B > 1``."""
+    extent = grid_extent(plan)
+    return (extent is not None and t.shape[0] > 1 and extent[0] != plan.na_values[0]
+            and t.shape[1] == extent[0] * extent[1] * extent[2])
+
+
+def static_switches(q: torch.Tensor, plan) -> int:
+    """The kernels' ``NA_STATIC`` for a call over ``plan`` (no fold) with query ``q``: the plan's,
+    with ``NA_BATCH_AXIS`` where ``batch_axis``."""
+    return plan.na_static | (masks.NA_BATCH_AXIS_BIT if batch_axis(q, plan) else 0)
 
 
 def plan_rows(plan, fold=None) -> int:
@@ -645,7 +666,12 @@ def _descriptor(t: torch.Tensor, plan, box, fold=None) -> TensorDescriptor:
     as ``_view`` sees it, with block ``[*box, 1, D]`` (under a fold ``[b1, 1, b2, 1, D]``, the
     same ``b1 x b2`` tokens) and the default NVMMA shared layout."""
     shape, strides = _view(t, plan, fold)
-    block = [*box, 1, t.shape[3]] if fold is None else [box[1], 1, box[2], 1, t.shape[3]]
+    if fold is not None:
+        block = [box[1], 1, box[2], 1, t.shape[3]]
+    elif batch_axis(t, plan):
+        block = [1, *box, t.shape[3]]
+    else:
+        block = [*box, 1, t.shape[3]]
     key = (tuple(block), t.dtype)
     layout = _LAYOUTS.get(key)
     if layout is None:
@@ -761,7 +787,7 @@ def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale
     q_box, k_box = grid_box(plan, plan.block_m), grid_box(plan, plan.block_n)
     q_desc, o_desc = (_descriptor(t, plan, q_box, fold) for t in (q, o))
     k_desc, v_desc = (_descriptor(t, plan, k_box, fold) for t in (k, v))
-    na_params, na_static, groups = plan.na_params, plan.na_static, 1
+    na_params, na_static, groups = plan.na_params, static_switches(q, plan), 1
     if fold is not None:
         (na_params, na_static), groups = fold.params(plan), fold.groups
     rows = plan.rows

@@ -30,7 +30,7 @@ from ..triton.na_mask import NA_GRID, na_param, na_query_windows
 from ..triton.row_addressing import row_tile_origin
 from . import key_boxes
 from .na_forward import (MAX_LAZY_RESCALE, _box_origin, _descriptor, _lazy_softmax, _store_output,
-                         plan_rows, supports)
+                         plan_rows, static_switches, supports)
 
 _FULL = gl.constexpr(key_boxes.FULL)
 _HALF_1 = gl.constexpr(key_boxes.HALF_1)
@@ -299,7 +299,7 @@ def na_forward_boxes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *,
     grid = (plan.n_q_tiles, batch * heads)
     args = (descriptors[0], *kv, descriptors[1], lse, boxes.counts, boxes.entries, boxes.width,
             plan.na_params, heads, heads // k.shape[2], seq, scale * LOG2E)
-    options = dict(HEAD_D=dim, BLOCK_M=plan.block_m, NA_STATIC=plan.na_static,
+    options = dict(HEAD_D=dim, BLOCK_M=plan.block_m, NA_STATIC=static_switches(q, plan),
                    AXIS0_UNIFORM=q_box[0] == 1, LAZY_RESCALE=float(lazy_rescale), num_warps=4,
                    **({"maxnreg": max_registers} if max_registers else {}))
     _LAUNCH[grid](*args, **options)

@@ -304,6 +304,20 @@ def grid_view(t: torch.Tensor, grid, extent=None) -> Optional[tuple[list, list]]
     return [batch * g0, g1, g2, heads, dim], [s_s * g1 * g2, s_s * g2, s_s, s_h, s_d]
 
 
+def batch_axis_view(t: torch.Tensor, extent) -> Optional[tuple[list, list]]:
+    """``(shape, strides)`` of ``t [B, S, H, D]`` holding only a ``PaddedNeighborhood``'s extent
+    ``(e0, e1, e2)`` viewed as ``[B, e0, e1, e2, H * D]``: batch its own axis, so batch entries
+    line up with the padded grid's when axis 0 is padded too (``grid_view`` cannot); head ``h``'s
+    box ``[1, b0, b1, b2, D]`` starts at column ``h * D``. None when ``S`` is not the extent's size
+    or heads are not contiguous with D."""
+    batch, seq, heads, dim = t.shape
+    s_b, s_s, s_h, s_d = t.stride()
+    e0, e1, e2 = extent
+    if seq != e0 * e1 * e2 or s_d != 1 or (heads > 1 and s_h != dim):
+        return None
+    return [batch, e0, e1, e2, heads * dim], [s_b, s_s * e1 * e2, s_s * e2, s_s, 1]
+
+
 def grid_extent(plan) -> Optional[tuple[int, int, int]]:
     """The extent ``(e0, e1, e2)`` of a plan over a ``PaddedNeighborhood`` (``grid_view``), None
     when the extent is the whole grid (or the plan has no neighborhood values)."""

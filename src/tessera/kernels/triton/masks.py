@@ -318,6 +318,7 @@ def _tile_recips(counts: list[int], block_m: int, block_n: int) -> list[int]:
 
 
 NA_FOLDED_BIT = 1 << 23    # na_mask.NA_FOLDED
+NA_BATCH_AXIS_BIT = 1 << 25    # na_mask.NA_BATCH_AXIS
 
 
 class DilationFold:

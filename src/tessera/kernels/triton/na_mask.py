@@ -60,6 +60,10 @@ NA_FOLDED = tl.constexpr(1 << 23)
 # (masks.RECIP_BITS), exact for every tile index a kernel divides.
 NA_RECIP_FIELD = tl.constexpr(1 << 24)
 NA_RECIP_SHIFT = tl.constexpr(30)
+# NA_BATCH_AXIS: the bulk copies address ``[B, G0, G1, G2, H * D]`` views, batch its own axis
+# (tensors that hold only a padded grid's extent, padded along axis 0, at B > 1:
+# ``flash_fwd.batch_axis_view``); the Gluon kernels' launches set it (``masks.NA_BATCH_AXIS_BIT``).
+NA_BATCH_AXIS = tl.constexpr(1 << 25)
 
 
 @triton.jit

@@ -6,7 +6,7 @@ bulk copies (TMA) of a tile's rows in and out (``row_tile_origin``, ``load_row_t
 import triton
 import triton.language as tl
 
-from .na_mask import NA_FOLD, NA_FOLDED, NA_GRID, NA_GROUPS, na_coords, na_param
+from .na_mask import NA_BATCH_AXIS, NA_FOLD, NA_FOLDED, NA_GRID, NA_GROUPS, na_coords, na_param
 
 
 @triton.jit
@@ -80,12 +80,15 @@ def row_tile_origin(first, batch, h, NA, side: tl.constexpr, NA_STATIC: tl.const
     with ``GRID_ORDER`` the grid box of the tile (``grid_box_origin``; a query (``side`` 0) or key
     (1) tile); under a dilation fold the group's box in the ``[B * G0 * G1 / d1, d1, G2 / d2, d2,
     H * D]`` view of the whole grid (``flash_fwd.fold_descriptor``: axis 0 undilated, box extent 1
-    along it, the group's sub-grid ``(G0, G1 / d1, G2 / d2)`` in ``NA``)."""
+    along it, the group's sub-grid ``(G0, G1 / d1, G2 / d2)`` in ``NA``); with ``NA_BATCH_AXIS``
+    the box in the ``[B, G0, G1, G2, H * D]`` view (``flash_fwd.batch_axis_view``)."""
     b, r1, r2 = batch
     if GRID_ORDER:
         row0, c1, c2 = grid_box_origin(first, b, NA, side, NA_STATIC)
         if NA_FOLDED & NA_STATIC:
             origin = (row0 * na_param(NA, NA_GRID, 1) + c1, r1, c2, r2, h * WIDTH)
+        elif NA_BATCH_AXIS & NA_STATIC:
+            origin = (b, row0 - b * na_param(NA, NA_GRID, 0), c1, c2, h * WIDTH)
         else:
             origin = (row0, c1, c2, h, 0)
     else:
