@@ -629,6 +629,47 @@ def _tile_text(plan, ndim: int) -> str:
     return "x".join(str(extent) for extent in grid_box(plan, 64)[-ndim:])
 
 
+def _record_gluon_launches(monkeypatch, ndim: int, forward: bool = True, backward: bool = True) -> list:
+    """A list that spies on the Gluon entry points fill with one label per launch: for the
+    forward (``forward``) the query-tile rows of ``na_forward`` or "boxes@" and the box plan's
+    query tile (``_tile_text``) of ``na_forward_boxes``; for the backward (``backward``) "dq" and
+    "dkdv" (``na_dq``, ``na_dkdv``) or "dq-boxes@" / "dkdv-boxes@" and the box plan's tile."""
+    from tessera.kernels.gluon import na_dkdv, na_dkdv_boxes, na_dq, na_dq_boxes, na_forward, na_forward_boxes
+    launches = []
+    labels = {
+        (na_forward, "na_forward"): lambda args: args[3].block_m,
+        (na_forward_boxes, "na_forward_boxes"): lambda args: "boxes@" + _tile_text(args[3], ndim),
+        (na_dq, "na_dq"): lambda args: "dq",
+        (na_dq_boxes, "na_dq_boxes"): lambda args: "dq-boxes@" + _tile_text(args[6], ndim),
+        (na_dkdv, "na_dkdv"): lambda args: "dkdv",
+        (na_dkdv_boxes, "na_dkdv_boxes"): lambda args: "dkdv-boxes@" + _tile_text(args[6], ndim),
+    }
+    spied = list(labels.items())
+    spied = (spied[:2] if forward else []) + (spied[2:] if backward else [])
+    for (module, name), label in spied:
+        def spy(*args, _original=getattr(module, name), _label=label, **kwargs):
+            launches.append(_label(args))
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(module, name, spy)
+    return launches
+
+
+def _natten_runner(op, grid, kernel, dim: int, dtype, batch: int = 2, **options):
+    """``run(dt, backend) -> [o, lse, dq, dk, dv]`` of ``op`` (na1d / na2d / na3d) over fixed
+    random GPU inputs (``[batch, *grid, H, dim]``, 4 query and 2 kv heads, and an output
+    gradient) cast to ``dt``; ``options``: ``op``'s other keyword arguments."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    shapes = [(batch, *grid, 4, dim), (batch, *grid, 2, dim), (batch, *grid, 2, dim)]
+    inputs = [torch.randn(shape, device="cuda", dtype=dtype, generator=gen) for shape in shapes]
+    do = torch.randn(shapes[0], device="cuda", dtype=dtype, generator=gen)
+
+    def run(dt, backend):
+        leaves = [t.detach().to(dt).requires_grad_() for t in inputs]
+        o, lse = op(*leaves, kernel, backend=backend, return_lse=True, **options)
+        return [o, lse, *torch.autograd.grad(o, leaves, do.to(dt))]
+    return run
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
 @pytest.mark.parametrize("op, grid, kernel, stride, dim, routed", [
@@ -658,31 +699,8 @@ def test_forward_route_through_natten_against_float64(monkeypatch, op, grid, ker
     backward (GQA, B = 2) meet the float64 reference by the rule of
     tests/kernels/flash_cases.py: 2x (o, lse) or 3x (gradients) the reference's own error in
     the input dtype, plus a small floor."""
-    from tessera.kernels.gluon import na_forward as gluon_forward
-    from tessera.kernels.gluon import na_forward_boxes
-    launches = []
-    original = gluon_forward.na_forward
-    original_boxes = na_forward_boxes.na_forward_boxes
-
-    def spy(*args, **kwargs):
-        launches.append(args[3].block_m)
-        return original(*args, **kwargs)
-
-    def spy_boxes(*args, **kwargs):
-        launches.append("boxes@" + _tile_text(args[3], len(grid)))
-        return original_boxes(*args, **kwargs)
-    monkeypatch.setattr(gluon_forward, "na_forward", spy)
-    monkeypatch.setattr(na_forward_boxes, "na_forward_boxes", spy_boxes)
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    shapes = [(2, *grid, 4, dim), (2, *grid, 2, dim), (2, *grid, 2, dim)]
-    inputs = [torch.randn(shape, device="cuda", dtype=dtype, generator=gen) for shape in shapes]
-    do = torch.randn(shapes[0], device="cuda", dtype=dtype, generator=gen)
-
-    def run(dt, backend):
-        leaves = [t.detach().to(dt).requires_grad_() for t in inputs]
-        o, lse = op(*leaves, kernel, stride=stride, backend=backend, return_lse=True)
-        return [o, lse, *torch.autograd.grad(o, leaves, do.to(dt))]
-
+    launches = _record_gluon_launches(monkeypatch, len(grid), backward=False)
+    run = _natten_runner(op, grid, kernel, dim, dtype, stride=stride)
     first = run(dtype, "triton")
     got = run(dtype, "triton")      # a repeat launch: the launcher's direct path
     assert launches == ([routed] * 2 if routed else [])
@@ -726,33 +744,12 @@ def test_backward_route_through_natten_against_float64(monkeypatch, op, grid, ke
     query tile) and dk and dv from ``na_dkdv`` or ``na_dkdv_boxes`` ("dkdv-boxes@" and its key
     tile) where the route sends them (``routed``; spies count launches per kernel), a repeat call equals the first, and forward and backward (GQA, B = 2) meet the
     float64 reference by the rule."""
-    from tessera.kernels.gluon import na_dkdv as gluon_dkdv
-    from tessera.kernels.gluon import na_dkdv_boxes as gluon_dkdv_boxes
-    from tessera.kernels.gluon import na_dq as gluon_dq
-    from tessera.kernels.gluon import na_dq_boxes as gluon_dq_boxes
     from tessera.kernels.triton import backward_route
-    kernels = [(gluon_dq, "na_dq", "dq"), (gluon_dq_boxes, "na_dq_boxes", "dq-boxes"),
-               (gluon_dkdv, "na_dkdv", "dkdv"), (gluon_dkdv_boxes, "na_dkdv_boxes", "dkdv-boxes")]
     chosen = ["dq", "dkdv"] if gradient == "both" else [gradient]
     monkeypatch.setattr(backward_route, "GLUON_DQ_ENABLED", "dq" in chosen)
     monkeypatch.setattr(backward_route, "GLUON_DKDV_ENABLED", "dkdv" in chosen)
-    launches = []
-    for module, name, label in kernels:
-        def spy(*args, _original=getattr(module, name), _label=label, **kwargs):
-            tile = "@" + _tile_text(args[6], len(grid)) if _label.endswith("boxes") else ""
-            launches.append(_label + tile)
-            return _original(*args, **kwargs)
-        monkeypatch.setattr(module, name, spy)
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    shapes = [(2, *grid, 4, dim), (2, *grid, 2, dim), (2, *grid, 2, dim)]
-    inputs = [torch.randn(shape, device="cuda", dtype=dtype, generator=gen) for shape in shapes]
-    do = torch.randn(shapes[0], device="cuda", dtype=dtype, generator=gen)
-
-    def run(dt, backend):
-        leaves = [t.detach().to(dt).requires_grad_() for t in inputs]
-        o, lse = op(*leaves, kernel, stride=stride, backend=backend, return_lse=True)
-        return [o, lse, *torch.autograd.grad(o, leaves, do.to(dt))]
-
+    launches = _record_gluon_launches(monkeypatch, len(grid), forward=False)
+    run = _natten_runner(op, grid, kernel, dim, dtype, stride=stride)
     first = run(dtype, "triton")
     got = run(dtype, "triton")
     assert sorted(launches) == sorted(2 * [label for label in routed if label.split("-")[0] in chosen])
@@ -895,35 +892,11 @@ def test_padded_grids_through_natten_against_float64(monkeypatch, op, grid, kern
     equals the first, the padded copies' path gives the same bits, and o, lse and the gradients
     (GQA) meet the float64 reference on the grid by the rule."""
     import tessera.natten as natten_module
-    from tessera.kernels.gluon import na_dkdv, na_dkdv_boxes, na_dq, na_dq_boxes, na_forward, na_forward_boxes
     copies = []
     monkeypatch.setattr(natten_module, "pad_grids",
                         lambda *args, _original=natten_module.pad_grids: copies.append(1) or _original(*args))
-    launches = []
-    spied = [(na_forward, "na_forward", None), (na_forward_boxes, "na_forward_boxes", "boxes"),
-             (na_dq, "na_dq", "dq"), (na_dq_boxes, "na_dq_boxes", "dq-boxes"),
-             (na_dkdv, "na_dkdv", "dkdv"), (na_dkdv_boxes, "na_dkdv_boxes", "dkdv-boxes")]
-    for module, name, label in spied:
-        def spy(*args, _original=getattr(module, name), _label=label, **kwargs):
-            if _label is None:
-                launches.append(args[3].block_m)
-            elif _label == "boxes":
-                launches.append("boxes@" + _tile_text(args[3], len(grid)))
-            else:
-                tile = "@" + _tile_text(args[6], len(grid)) if _label.endswith("boxes") else ""
-                launches.append(_label + tile)
-            return _original(*args, **kwargs)
-        monkeypatch.setattr(module, name, spy)
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    shapes = [(batch, *grid, 4, dim), (batch, *grid, 2, dim), (batch, *grid, 2, dim)]
-    inputs = [torch.randn(shape, device="cuda", dtype=dtype, generator=gen) for shape in shapes]
-    do = torch.randn(shapes[0], device="cuda", dtype=dtype, generator=gen)
-
-    def run(dt, backend):
-        leaves = [t.detach().to(dt).requires_grad_() for t in inputs]
-        o, lse = op(*leaves, kernel, 1, stride, causal, layout=layout, backend=backend, return_lse=True)
-        return [o, lse, *torch.autograd.grad(o, leaves, do.to(dt))]
-
+    launches = _record_gluon_launches(monkeypatch, len(grid))
+    run = _natten_runner(op, grid, kernel, dim, dtype, batch, stride=stride, is_causal=causal, layout=layout)
     first = run(dtype, "triton")
     got = run(dtype, "triton")
     assert sorted(map(str, launches)) == sorted(map(str, 2 * [forward, *backward]))

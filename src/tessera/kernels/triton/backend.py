@@ -140,7 +140,7 @@ def _extent_only_reason(call: AttentionCall) -> Optional[str]:
     extent = math.prod(pattern.pattern.extent)
     if not all(t.shape[1] == extent and t.is_contiguous() for t in (call.q, call.k, call.v)):
         return f"extent-only calls need contiguous q, k, v holding the extent's {extent} tokens"
-    if INTERPRETED or not forward_route.on_hopper(call.q):
+    if not forward_route.on_hopper(call.q):
         return "extent-only calls run on the Gluon kernels, which need a Hopper GPU"
     q, k, v = call.q, call.k, call.v
     spec = _spec_of(call, q, k, None)

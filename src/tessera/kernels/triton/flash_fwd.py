@@ -323,9 +323,11 @@ def grid_extent(plan) -> Optional[tuple[int, int, int]]:
     when the extent is the whole grid (or the plan has no neighborhood values)."""
     if not plan.na_values:
         return None
-    first = 3 * NA_FIELD_NAMES.index("extent")
-    extent = tuple(plan.na_values[first:first + 3])
+    extent = tuple(plan.na_values[_EXTENT_FIRST:_EXTENT_FIRST + 3])
     return None if extent == tuple(plan.na_values[0:3]) else extent
+
+
+_EXTENT_FIRST = 3 * NA_FIELD_NAMES.index("extent")
 
 
 def _grid_descriptor(t: torch.Tensor, grid, box, width: int) -> Optional[TensorDescriptor]:
