@@ -20,6 +20,11 @@ views, ``na_forward.batch_axis``), per case:
 against the row-major plan's (the ratio ``natten.PAD_MAX_COST`` bounds under "auto") next to
 forward and forward+backward GPU ms of the call padded (its layout given) and row-major
 (``SWEEP``) -> DIR/padded_grid_sweep.json.
+
+``--dilated``: dilated neighborhoods whose dilation groups' sub-grid no tile shape divides
+(``DILATED``), forward and forward+backward GPU ms with the groups padded
+(``natten.PAD_DILATION_GROUPS``, their tiles ``natten._padded_group_tiles``) and in the
+sub-grid's row-major order -> DIR/padded_grid_dilated.json.
 """
 
 from __future__ import annotations
@@ -136,12 +141,52 @@ def sweep(dim: int = 128) -> list:
     return rows
 
 
+# (grid, kernel, dilation, batch): DiNAT-style 2-D levels and a 3-D video latent.
+DILATED = [((56, 56), (7, 7), (2, 2), 16), ((56, 56), (7, 7), (4, 4), 16), ((100, 100), (7, 7), (2, 2), 4),
+           ((60, 50), (7, 7), (2, 2), 4), ((6, 40, 42), (3, 7, 7), (2, 2, 2), 2)]
+
+
+def dilated(dim: int = 128) -> list:
+    device = torch.device("cuda")
+    rows = []
+    for grid, kernel, dilation, batch in DILATED:
+        n = len(grid)
+        tiles = natten._padded_group_tiles(grid, kernel, dilation, (1,) * n, (False,) * n, "cuda")
+        q, k, v, do = (torch.randn(batch, *grid, 16, dim, device=device, dtype=torch.bfloat16) for _ in range(4))
+        leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+        row = {"grid": grid, "kernel": kernel, "dilation": dilation, "batch": batch, "group_tiles": tiles}
+
+        def fwd():
+            with torch.no_grad():
+                return neighborhood_attention(q, k, v, kernel, dilation, na_dim=n)
+
+        def fwd_bwd():
+            o = neighborhood_attention(*leaves, kernel, dilation, na_dim=n)
+            torch.autograd.grad(o, leaves, do)
+        for name, on in (("padded", True), ("row_major", False)):
+            natten.PAD_DILATION_GROUPS = on
+            try:
+                row[f"{name}_fwd"] = graph_replay_ms(fwd)
+                row[f"{name}_fwd_bwd"] = graph_replay_ms(fwd_bwd)
+            finally:
+                natten.PAD_DILATION_GROUPS = True
+        print(json.dumps(row))
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--sweep", action="store_true", help="padded against row-major over SWEEP")
+    parser.add_argument("--dilated", action="store_true", help="padded dilation groups over DILATED")
     args = parser.parse_args()
     warm_up_gpu(torch.device("cuda"))
+    if args.dilated:
+        results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": dilated()}
+        with open(f"{args.out}/padded_grid_dilated.json", "w") as f:
+            json.dump(results, f, indent=1)
+        return
     if args.sweep:
         results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": sweep()}
         with open(f"{args.out}/padded_grid_sweep.json", "w") as f:

@@ -211,6 +211,28 @@ def test_auto_pads_grids_no_tile_divides(grid, kernel, tile_shape):
         assert dilated.padded is None
 
 
+@pytest.mark.parametrize("grid, kernel, dilation, tile_shape", [
+    ((100, 100), (7, 7), (2, 2), (8, 8)),       # groups of 50 x 50, padded to 56 x 56
+    ((56, 56), (7, 7), (2, 2), (4, 16)),        # DiNAT's 28 x 28 groups, as the undilated 28 x 28
+    ((56, 56), (7, 7), (4, 4), (8, 8)),         # 14 x 14 groups
+    ((56, 56), (7, 7), (8, 8), None),           # 7 x 7 groups: too small to tile, row-major
+    ((128, 128), (17, 17), (2, 2), None),       # 64 x 64 groups: tiles divide them (the fold)
+])
+def test_dilated_groups_whose_sub_grid_no_tile_divides_run_padded(grid, kernel, dilation, tile_shape):
+    """Under "auto" on CUDA a dilated neighborhood whose dilations divide the grid runs per
+    dilation group; where no tile shape divides the groups' sub-grid they are padded exactly as
+    the undilated neighborhood over that sub-grid would be (``natten._padded_groups``). Other
+    devices never pad."""
+    from tessera.natten import _auto_padded_layout, _padded_group_tiles, dilation_groups
+    n = len(grid)
+    args = (grid, kernel, dilation, (1,) * n, (False,) * n)
+    assert _padded_group_tiles(*args, "cuda") == tile_shape
+    if tile_shape is not None:
+        assert _auto_padded_layout(dilation_groups(grid, dilation), kernel, (1,) * n, (False,) * n
+                                   ).tile_shape == tile_shape
+    assert _padded_group_tiles(*args, "cpu") is None
+
+
 def test_auto_layout_of_blocked_attention_is_the_block():
     """Blocked neighborhoods (stride = kernel) take the block as the layout tile: every 64- and
     128-row kernel tile is then one grid box holding queries of one block, and meets only full key
@@ -248,17 +270,25 @@ def test_auto_layout_of_blocked_attention_is_the_block():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("op, grid, kernel, dilation, stride", [
-    (na2d, (32, 48), (7, 9), (2, 3), 1),               # dilation groups, batched
-    (na3d, (8, 16, 16), (3, 5, 5), (1, 2, 2), (1, 2, 1)),
-    (na2d, (30, 48), (7, 9), (4, 2), 1),               # 30 % 4: one tiled order with dilation
+@pytest.mark.parametrize("op, grid, kernel, dilation, stride, padded", [
+    (na2d, (32, 48), (7, 9), (2, 3), 1, False),               # dilation groups, batched
+    (na3d, (8, 16, 16), (3, 5, 5), (1, 2, 2), (1, 2, 1), False),
+    (na2d, (30, 48), (7, 9), (4, 2), 1, False),               # 30 % 4: one tiled order with dilation
+    (na2d, (60, 50), (7, 7), (2, 2), 1, True),                # 30 x 25 groups, padded in (16, 4) tiles
+    (na3d, (6, 40, 42), (3, 7, 7), (2, 2, 2), 1, True),       # 3 x 20 x 21 groups in (2, 4, 8) tiles
 ])
-def test_gpu_dilated_against_float64(op, grid, kernel, dilation, stride, dtype):
+def test_gpu_dilated_against_float64(monkeypatch, op, grid, kernel, dilation, stride, padded, dtype):
     """The Triton kernels through na2d / na3d "auto" against the float64 reference, forward and
-    backward (GQA, B = 2; called twice, the second call equal to the first), by the rule of tests/kernels/flash_cases.py: the kernel's error at most
-    2x (forward) or 3x (gradients) the reference's own in the input dtype, plus a small floor."""
+    backward (GQA, B = 2; called twice, the second call equal to the first), by the rule of
+    tests/kernels/flash_cases.py: the kernel's error at most 2x (forward) or 3x (gradients) the
+    reference's own in the input dtype, plus a small floor. ``padded``: the groups' sub-grid is
+    padded up to whole tiles (``natten._padded_groups``)."""
+    import tessera.natten as natten
     from tessera.natten import dilation_groups
     assert (dilation_groups(grid, dilation) is None) == (grid == (30, 48))
+    runs = []
+    padded_groups = natten._padded_groups
+    monkeypatch.setattr(natten, "_padded_groups", lambda *a: runs.append(1) or padded_groups(*a))
     gen = torch.Generator(device="cuda").manual_seed(0)
     shapes = [(2, *grid, 8, 128), (2, *grid, 2, 128), (2, *grid, 2, 128)]
     inputs = [torch.randn(shape, device="cuda", dtype=dtype, generator=gen) for shape in shapes]
@@ -272,6 +302,7 @@ def test_gpu_dilated_against_float64(op, grid, kernel, dilation, stride, dtype):
 
     first = run(dtype, "triton")
     got = run(dtype, "triton")      # repeat launches: past Triton's binder (launcher.py)
+    assert len(runs) == (2 if padded else 0)
     for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), first, got):
         assert torch.equal(a, b), f"{name}: a repeat call differs from the first"
     same = run(dtype, "reference")

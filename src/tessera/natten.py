@@ -134,6 +134,11 @@ def _per_dilation_group(q, k, v, pattern: Neighborhood, na_dim: int, backend: st
     if folded is not None:
         return folded if return_lse else folded[0]
     grid = pattern.grid
+    if PAD_DILATION_GROUPS and _wants_triton(backend, q.device):
+        tiles = _padded_group_tiles(grid, pattern.kernel, pattern.dilation, pattern.stride, pattern.causal,
+                                    q.device.type)
+        if tiles is not None:
+            return _padded_groups(q, k, v, pattern, tiles, na_dim, backend, scale, return_lse)
     sub_pattern, order, key = _group_plan(grid, pattern.kernel, pattern.dilation, pattern.stride,
                                           pattern.causal, q.device.type)
     batch, n, groups = q.shape[0], math.prod(grid), order.groups
@@ -144,6 +149,55 @@ def _per_dilation_group(q, k, v, pattern: Neighborhood, na_dim: int, backend: st
     o, lse = _choose_backend(call, backend).run(call)
     lse = lse if return_lse else None
     o = order.unpermute(o.reshape(batch, n, *o.shape[2:]), 1).reshape(batch, *grid, *o.shape[2:])
+    if lse is None:
+        return o
+    heads = lse.shape[1]
+    lse = lse.reshape(batch, groups, heads, n // groups).transpose(1, 2).reshape(batch, heads, n)
+    return o, order.unpermute(lse, 2).reshape(batch, heads, *grid)
+
+
+# On: dilation groups whose sub-grid no tile shape divides run padded up to whole tiles
+# (``_padded_groups``) where "auto" would pad an undilated neighborhood over that sub-grid; off:
+# in the sub-grid's row-major order. Both gather q, k, v into the groups' order and o back; the
+# padded run is the undilated one that ``PAD_MAX_COST`` decides on (its sweep: padded faster on
+# all nine grids). Not yet timed on the dilated calls themselves.
+PAD_DILATION_GROUPS = True
+
+
+@functools.lru_cache(maxsize=32)
+def _padded_group_tiles(grid, kernel, dilation, stride, causal, device_type: str) -> Optional[tuple]:
+    """The tile shape that a dilated neighborhood's groups run on, padded, when no tile shape
+    divides their sub-grid (``dilation_groups``) and "auto" would pad an undilated neighborhood
+    over it (``_auto_padded_layout``); else None (the groups' tiled order, or row-major)."""
+    sub_grid = dilation_groups(grid, dilation)
+    undilated = (1,) * len(sub_grid)
+    device = torch.device(device_type)
+    if _resolve_layout("auto", sub_grid, kernel, undilated, stride, causal, device) is not None:
+        return None
+    padded = _resolve_layout("auto", sub_grid, kernel, undilated, stride, causal, device, pad=True)
+    return None if padded is None else padded.tile_shape
+
+
+@functools.lru_cache(maxsize=32)
+def _row_major_groups(grid, dilation) -> DilationGroupOrder:
+    return DilationGroupOrder(grid, dilation)
+
+
+def _padded_groups(q, k, v, pattern: Neighborhood, tiles: tuple, na_dim: int, backend: str, scale,
+                   return_lse: bool):
+    """``neighborhood_attention`` of a dilated ``pattern`` whose groups' sub-grid no tile shape
+    divides: q, k and v gathered into the groups' row-major order and batched (``[B * groups,
+    *sub_grid, H, D]``), one undilated neighborhood over the sub-grid in ``tiles`` padded up to
+    whole tiles (``_padded_run``: on Hopper without padding copies), o and lse put back."""
+    grid = pattern.grid
+    order = _row_major_groups(grid, pattern.dilation)
+    batch, n, groups = q.shape[0], math.prod(grid), order.groups
+    gathered = [order.permute(t.reshape(batch, n, *t.shape[1 + na_dim:]), 1)
+                .reshape(batch * groups, *order.sub_grid, *t.shape[1 + na_dim:]) for t in (q, k, v)]
+    out = neighborhood_attention(*gathered, pattern.kernel, 1, pattern.stride, pattern.causal, na_dim=na_dim,
+                                 layout=tiles, backend=backend, scale=scale, return_lse=return_lse)
+    o, lse = out if return_lse else (out, None)
+    o = order.unpermute(o.reshape(batch, n, *o.shape[1 + na_dim:]), 1).reshape(batch, *grid, *o.shape[1 + na_dim:])
     if lse is None:
         return o
     heads = lse.shape[1]
@@ -533,7 +587,8 @@ def na1d(q, k, v, kernel_size, dilation=1, stride=1, is_causal=False, *, layout=
     (tokens reordered tile by tile for the kernels; the result is the same), or ``"auto"`` (a tile
     shape chosen by ``choose_tile_shape`` on CUDA, the block itself for blocked attention
     (``blocked_tile_shape``), row-major elsewhere; a dilation that divides the length first splits
-    the tokens into their dilation groups, ``dilation_groups``). ``scale`` defaults to
+    the tokens into their dilation groups, ``dilation_groups``, whose sub-grid is padded as below
+    where no tile shape divides it). ``scale`` defaults to
     ``1/sqrt(D)``; ``backend`` as in ``tessera.attention``. An undilated neighborhood whose tiles
     do not divide the grid (no 64-token tile shape divides it, under "auto") runs on the Triton
     kernels in a grid padded up to whole tiles (padding tokens never reach the grid's outputs,

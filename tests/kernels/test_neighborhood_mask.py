@@ -621,6 +621,38 @@ else:
         for name, got, want in zip(("o", "lse", "dq", "dk", "dv"), (o, lse, *grads), (ref, ref_lse, *ref_grads)):
             assert (got.double() - want).norm() / want.norm() < tolerance, name
 
+    @pytest.mark.parametrize("na_dim, grid, kernel, dilation, stride, causal, tiles, dtype", [
+        (2, (10, 12), (3, 3), (2, 2), 1, False, (4, 4), torch.float32),
+        (3, (2, 8, 10), (1, 3, 3), (1, 2, 2), (1, 1, 2), (False, True, False), (1, 4, 4), torch.float16),
+    ])
+    def test_interpreted_natten_dilated_groups_padded_against_float64(na_dim, grid, kernel, dilation, stride,
+                                                                      causal, tiles, dtype, monkeypatch):
+        # A dilation whose groups' sub-grid no tile divides (5 x 6, 2 x 4 x 5 here): the groups are
+        # gathered, batched and run padded up to whole tiles (natten._padded_groups; on a GPU
+        # "auto" picks the tiles, _padded_group_tiles), o, lse and every gradient against the
+        # float64 definition (B = 2, GQA).
+        import tessera.natten as natten
+        monkeypatch.setattr(natten, "_padded_group_tiles", lambda *a: tiles)
+        runs = []
+        padded_run = natten._padded_run
+        monkeypatch.setattr(natten, "_padded_run", lambda q, *a: runs.append(q.shape) or padded_run(q, *a))
+        fn = {2: natten.na2d, 3: natten.na3d}[na_dim]
+        exact = [torch.randn(2, *grid, h, 32, dtype=torch.float64) for h in (4, 2, 2)]
+        leaves = [t.to(dtype).requires_grad_() for t in exact]
+        o, lse = fn(*leaves, kernel, dilation, stride, causal, backend="triton", return_lse=True)
+        groups = math.prod(dilation)
+        assert runs == [(2 * groups, *(g // d for g, d in zip(grid, dilation)), 4, 32)], runs
+        assert o.shape == (2, *grid, 4, 32) and lse.shape == (2, 4, *grid)
+        ref_leaves = [t.clone().requires_grad_() for t in exact]
+        ref, ref_lse = fn(*ref_leaves, kernel, dilation, stride, causal, layout="row-major", backend="reference",
+                          return_lse=True)
+        do = torch.randn(ref.shape, dtype=ref.dtype)
+        grads = torch.autograd.grad(o, leaves, do.to(dtype))
+        ref_grads = torch.autograd.grad(ref, ref_leaves, do)
+        tolerance = 1e-5 if dtype == torch.float32 else 5e-3
+        for name, got, want in zip(("o", "lse", "dq", "dk", "dv"), (o, lse, *grads), (ref, ref_lse, *ref_grads)):
+            assert (got.double() - want).norm() / want.norm() < tolerance, name
+
     def test_interpreted_natten_grid_order_path_against_float64(monkeypatch):
         import tessera
         monkeypatch.setattr(tessera.natten, "GRID_ORDER_IN_KERNEL", True)
