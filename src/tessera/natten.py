@@ -134,11 +134,9 @@ def _per_dilation_group(q, k, v, pattern: Neighborhood, na_dim: int, backend: st
     if folded is not None:
         return folded if return_lse else folded[0]
     grid = pattern.grid
-    if PAD_DILATION_GROUPS and _wants_triton(backend, q.device):
-        tiles = _padded_group_tiles(grid, pattern.kernel, pattern.dilation, pattern.stride, pattern.causal,
-                                    q.device.type)
-        if tiles is not None:
-            return _padded_groups(q, k, v, pattern, tiles, na_dim, backend, scale, return_lse)
+    tiles = _group_padding(pattern, backend, q.device)
+    if tiles is not None:
+        return _padded_groups(q, k, v, pattern, tiles, na_dim, backend, scale, return_lse)
     sub_pattern, order, key = _group_plan(grid, pattern.kernel, pattern.dilation, pattern.stride,
                                           pattern.causal, q.device.type)
     batch, n, groups = q.shape[0], math.prod(grid), order.groups
@@ -178,9 +176,33 @@ def _padded_group_tiles(grid, kernel, dilation, stride, causal, device_type: str
     return None if padded is None else padded.tile_shape
 
 
+def _group_padding(pattern: Neighborhood, backend: str, device: torch.device) -> Optional[tuple]:
+    """The tiles a dilated ``pattern``'s groups run padded on (``_padded_group_tiles``) when
+    ``PAD_DILATION_GROUPS`` is on and the call goes to the Triton backend; else None."""
+    if not (PAD_DILATION_GROUPS and _wants_triton(backend, device)):
+        return None
+    return _padded_group_tiles(pattern.grid, pattern.kernel, pattern.dilation, pattern.stride, pattern.causal,
+                               device.type)
+
+
 @functools.lru_cache(maxsize=32)
 def _row_major_groups(grid, dilation) -> DilationGroupOrder:
     return DilationGroupOrder(grid, dilation)
+
+
+def _gather_groups(t: torch.Tensor, order: DilationGroupOrder, na_dim: int) -> torch.Tensor:
+    """``t [B, *grid, ...]`` as the dilation groups' batch ``[B * groups, *sub_grid, ...]`` (each
+    group's tokens in its sub-grid's row-major order)."""
+    batch, rest = t.shape[0], t.shape[1 + na_dim:]
+    flat = order.permute(t.reshape(batch, math.prod(order.grid), *rest), 1)
+    return flat.reshape(batch * order.groups, *order.sub_grid, *rest)
+
+
+def _scatter_groups(t: torch.Tensor, order: DilationGroupOrder, na_dim: int) -> torch.Tensor:
+    """The inverse of ``_gather_groups``: ``[B * groups, *sub_grid, ...]`` -> ``[B, *grid, ...]``."""
+    batch, rest = t.shape[0] // order.groups, t.shape[1 + na_dim:]
+    flat = order.unpermute(t.reshape(batch, math.prod(order.grid), *rest), 1)
+    return flat.reshape(batch, *order.grid, *rest)
 
 
 def _padded_groups(q, k, v, pattern: Neighborhood, tiles: tuple, na_dim: int, backend: str, scale,
@@ -191,18 +213,31 @@ def _padded_groups(q, k, v, pattern: Neighborhood, tiles: tuple, na_dim: int, ba
     whole tiles (``_padded_run``: on Hopper without padding copies), o and lse put back."""
     grid = pattern.grid
     order = _row_major_groups(grid, pattern.dilation)
-    batch, n, groups = q.shape[0], math.prod(grid), order.groups
-    gathered = [order.permute(t.reshape(batch, n, *t.shape[1 + na_dim:]), 1)
-                .reshape(batch * groups, *order.sub_grid, *t.shape[1 + na_dim:]) for t in (q, k, v)]
+    gathered = [_gather_groups(t, order, na_dim) for t in (q, k, v)]
     out = neighborhood_attention(*gathered, pattern.kernel, 1, pattern.stride, pattern.causal, na_dim=na_dim,
                                  layout=tiles, backend=backend, scale=scale, return_lse=return_lse)
     o, lse = out if return_lse else (out, None)
-    o = order.unpermute(o.reshape(batch, n, *o.shape[1 + na_dim:]), 1).reshape(batch, *grid, *o.shape[1 + na_dim:])
+    o = _scatter_groups(o, order, na_dim)
     if lse is None:
         return o
-    heads = lse.shape[1]
+    batch, heads, n, groups = q.shape[0], lse.shape[1], math.prod(grid), order.groups
     lse = lse.reshape(batch, groups, heads, n // groups).transpose(1, 2).reshape(batch, heads, n)
     return o, order.unpermute(lse, 2).reshape(batch, heads, *grid)
+
+
+def _padded_group_gradients(do, q, k, v, o, lse, pattern: Neighborhood, tiles: tuple, na_dim: int,
+                            backend: str, scale) -> tuple:
+    """``neighborhood_attention_gradients`` of a call that ran ``_padded_groups``: do, q, k, v, o
+    and lse gathered as it gathered them, the sub-grid call's gradients, scattered back."""
+    order = _row_major_groups(pattern.grid, pattern.dilation)
+    batch, heads, n, groups = q.shape[0], lse.shape[1], math.prod(pattern.grid), order.groups
+    lse = order.permute(lse.reshape(batch, heads, n), 2).reshape(batch, heads, groups, n // groups)
+    lse = lse.transpose(1, 2).reshape(batch * groups, heads, *order.sub_grid)
+    gathered = [_gather_groups(t, order, na_dim) for t in (do, q, k, v, o)]
+    grads = neighborhood_attention_gradients(*gathered[:5], lse, pattern.kernel, 1, pattern.stride,
+                                             pattern.causal, na_dim=na_dim, layout=tiles, backend=backend,
+                                             scale=scale)
+    return tuple(_scatter_groups(g, order, na_dim) for g in grads)
 
 
 @functools.lru_cache(maxsize=32)
@@ -543,6 +578,9 @@ def neighborhood_attention_gradients(do, q, k, v, o, lse, kernel_size, dilation=
     signature = None
     if plan.per_dilation_group:
         pattern = plan.pattern
+        tiles = _group_padding(pattern, backend, q.device)
+        if tiles is not None:
+            return _padded_group_gradients(do, q, k, v, o, lse, pattern, tiles, na_dim, backend, scale)
         _sub, _order, key = _group_plan(grid, pattern.kernel, pattern.dilation, pattern.stride,
                                         pattern.causal, q.device.type)
         signature = _fold_signature(flat, key, pattern.dilation, backend, scale, True)

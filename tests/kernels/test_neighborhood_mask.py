@@ -630,7 +630,8 @@ else:
         # A dilation whose groups' sub-grid no tile divides (5 x 6, 2 x 4 x 5 here): the groups are
         # gathered, batched and run padded up to whole tiles (natten._padded_groups; on a GPU
         # "auto" picks the tiles, _padded_group_tiles), o, lse and every gradient against the
-        # float64 definition (B = 2, GQA).
+        # float64 definition (B = 2, GQA); the gradients from o and lse (the compiled backward's
+        # neighborhood_attention_gradients) equal autograd's bit for bit.
         import tessera.natten as natten
         monkeypatch.setattr(natten, "_padded_group_tiles", lambda *a: tiles)
         runs = []
@@ -648,6 +649,14 @@ else:
                           return_lse=True)
         do = torch.randn(ref.shape, dtype=ref.dtype)
         grads = torch.autograd.grad(o, leaves, do.to(dtype))
+        recomputed = []
+        recompute = natten.recomputed_gradients
+        monkeypatch.setattr(natten, "recomputed_gradients", lambda *a: recomputed.append(1) or recompute(*a))
+        from_saved = natten.neighborhood_attention_gradients(do.to(dtype), *leaves, o.detach(), lse, kernel, dilation,
+                                                             stride, causal, na_dim=na_dim, backend="triton")
+        assert len(recomputed) == (dtype == torch.float32)   # float32 calls are not prepared
+        for name, a, b in zip(("dq", "dk", "dv"), grads, from_saved):
+            assert torch.equal(a, b), name
         ref_grads = torch.autograd.grad(ref, ref_leaves, do)
         tolerance = 1e-5 if dtype == torch.float32 else 5e-3
         for name, got, want in zip(("o", "lse", "dq", "dk", "dv"), (o, lse, *grads), (ref, ref_lse, *ref_grads)):
