@@ -147,11 +147,25 @@ def _per_dilation_group(q, k, v, pattern: Neighborhood, na_dim: int, backend: st
     o, lse = _choose_backend(call, backend).run(call)
     lse = lse if return_lse else None
     o = order.unpermute(o.reshape(batch, n, *o.shape[2:]), 1).reshape(batch, *grid, *o.shape[2:])
-    if lse is None:
-        return o
-    heads = lse.shape[1]
+    return o if lse is None else (o, _scatter_group_lse(lse, order))
+
+
+def _scatter_group_lse(lse: torch.Tensor, order: DilationGroupOrder) -> torch.Tensor:
+    """The dilation groups' batched lse (``[B * groups, H, ...]``, each group's tokens in
+    ``order``'s sub-grid order) as the grid's ``[B, H, *grid]``."""
+    groups, n = order.groups, math.prod(order.grid)
+    batch, heads = lse.shape[0] // groups, lse.shape[1]
     lse = lse.reshape(batch, groups, heads, n // groups).transpose(1, 2).reshape(batch, heads, n)
-    return o, order.unpermute(lse, 2).reshape(batch, heads, *grid)
+    return order.unpermute(lse, 2).reshape(batch, heads, *order.grid)
+
+
+def _gather_group_lse(lse: torch.Tensor, order: DilationGroupOrder) -> torch.Tensor:
+    """The inverse of ``_scatter_group_lse``: ``[B, H, *grid]`` -> ``[B * groups, H,
+    *sub_grid]``."""
+    groups, n = order.groups, math.prod(order.grid)
+    batch, heads = lse.shape[0], lse.shape[1]
+    lse = order.permute(lse.reshape(batch, heads, n), 2).reshape(batch, heads, groups, n // groups)
+    return lse.transpose(1, 2).reshape(batch * groups, heads, *order.sub_grid)
 
 
 # On: dilation groups whose sub-grid no tile shape divides run padded up to whole tiles
@@ -211,18 +225,13 @@ def _padded_groups(q, k, v, pattern: Neighborhood, tiles: tuple, na_dim: int, ba
     divides: q, k and v gathered into the groups' row-major order and batched (``[B * groups,
     *sub_grid, H, D]``), one undilated neighborhood over the sub-grid in ``tiles`` padded up to
     whole tiles (``_padded_run``: on Hopper without padding copies), o and lse put back."""
-    grid = pattern.grid
-    order = _row_major_groups(grid, pattern.dilation)
+    order = _row_major_groups(pattern.grid, pattern.dilation)
     gathered = [_gather_groups(t, order, na_dim) for t in (q, k, v)]
     out = neighborhood_attention(*gathered, pattern.kernel, 1, pattern.stride, pattern.causal, na_dim=na_dim,
                                  layout=tiles, backend=backend, scale=scale, return_lse=return_lse)
     o, lse = out if return_lse else (out, None)
     o = _scatter_groups(o, order, na_dim)
-    if lse is None:
-        return o
-    batch, heads, n, groups = q.shape[0], lse.shape[1], math.prod(grid), order.groups
-    lse = lse.reshape(batch, groups, heads, n // groups).transpose(1, 2).reshape(batch, heads, n)
-    return o, order.unpermute(lse, 2).reshape(batch, heads, *grid)
+    return o if lse is None else (o, _scatter_group_lse(lse, order))
 
 
 def _padded_group_gradients(do, q, k, v, o, lse, pattern: Neighborhood, tiles: tuple, na_dim: int,
@@ -230,11 +239,8 @@ def _padded_group_gradients(do, q, k, v, o, lse, pattern: Neighborhood, tiles: t
     """``neighborhood_attention_gradients`` of a call that ran ``_padded_groups``: do, q, k, v, o
     and lse gathered as it gathered them, the sub-grid call's gradients, scattered back."""
     order = _row_major_groups(pattern.grid, pattern.dilation)
-    batch, heads, n, groups = q.shape[0], lse.shape[1], math.prod(pattern.grid), order.groups
-    lse = order.permute(lse.reshape(batch, heads, n), 2).reshape(batch, heads, groups, n // groups)
-    lse = lse.transpose(1, 2).reshape(batch * groups, heads, *order.sub_grid)
     gathered = [_gather_groups(t, order, na_dim) for t in (do, q, k, v, o)]
-    grads = neighborhood_attention_gradients(*gathered[:5], lse, pattern.kernel, 1, pattern.stride,
+    grads = neighborhood_attention_gradients(*gathered, _gather_group_lse(lse, order), pattern.kernel, 1, pattern.stride,
                                              pattern.causal, na_dim=na_dim, layout=tiles, backend=backend,
                                              scale=scale)
     return tuple(_scatter_groups(g, order, na_dim) for g in grads)
