@@ -139,14 +139,13 @@ def _per_dilation_group(q, k, v, pattern: Neighborhood, na_dim: int, backend: st
         return _padded_groups(q, k, v, pattern, tiles, na_dim, backend, scale, return_lse)
     sub_pattern, order, key = _group_plan(grid, pattern.kernel, pattern.dilation, pattern.stride,
                                           pattern.causal, q.device.type)
-    batch, n, groups = q.shape[0], math.prod(grid), order.groups
-    folded = [order.permute(t.reshape(batch, n, *t.shape[1 + na_dim:]), 1)
-              .view(batch * groups, n // groups, *t.shape[1 + na_dim:]) for t in (q, k, v)]
+    rows = math.prod(order.sub_grid)
+    folded = [_gather_groups(t, order, na_dim).view(-1, rows, *t.shape[1 + na_dim:]) for t in (q, k, v)]
     call, _ = _build_call(*folded, pattern=sub_pattern, scale=scale, return_lse=return_lse)
     call.pattern_key = key
     o, lse = _choose_backend(call, backend).run(call)
     lse = lse if return_lse else None
-    o = order.unpermute(o.reshape(batch, n, *o.shape[2:]), 1).reshape(batch, *grid, *o.shape[2:])
+    o = _scatter_groups(o.reshape(-1, *order.sub_grid, *o.shape[2:]), order, na_dim)
     return o if lse is None else (o, _scatter_group_lse(lse, order))
 
 
@@ -206,7 +205,7 @@ def _row_major_groups(grid, dilation) -> DilationGroupOrder:
 
 def _gather_groups(t: torch.Tensor, order: DilationGroupOrder, na_dim: int) -> torch.Tensor:
     """``t [B, *grid, ...]`` as the dilation groups' batch ``[B * groups, *sub_grid, ...]`` (each
-    group's tokens in its sub-grid's row-major order)."""
+    group's tokens in ``order``'s sub-grid order: row-major, or its sub-layout's tiles)."""
     batch, rest = t.shape[0], t.shape[1 + na_dim:]
     flat = order.permute(t.reshape(batch, math.prod(order.grid), *rest), 1)
     return flat.reshape(batch * order.groups, *order.sub_grid, *rest)
@@ -591,8 +590,9 @@ def neighborhood_attention_gradients(do, q, k, v, o, lse, kernel_size, dilation=
                                         pattern.causal, q.device.type)
         signature = _fold_signature(flat, key, pattern.dilation, backend, scale, True)
     elif plan.padded is not None:
-        extent_only = _prepared(_extent_only_signature(flat, plan.grid_order_key, backend, scale, True))
-        if extent_only is not None and PAD_IN_KERNEL:
+        extent_only = (_prepared(_extent_only_signature(flat, plan.grid_order_key, backend, scale, True))
+                       if PAD_IN_KERNEL else None)
+        if extent_only is not None:
             grads = extent_only.backward(*flat, o.reshape(batch, n, *o.shape[1 + na_dim:]),
                                          pad_grid(lse, grid, plan.padded, 2),
                                          do.reshape(batch, n, *do.shape[1 + na_dim:]))
