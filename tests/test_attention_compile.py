@@ -24,11 +24,16 @@ def _inputs(batch, seq, heads, kv_heads, dim, dtype, seed=0):
 
 
 def _step(fn, q, k, v, do, **kwargs):
-    """``[o, (lse,) dq, dk, dv]`` of ``fn`` on fresh leaves."""
+    """``[o, (lse,) dq, dk, dv]`` of ``fn`` on fresh leaves; with lse returned, the loss takes a
+    fixed random gradient of lse as well as ``do``."""
     leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
     out = fn(*leaves, **kwargs)
-    o, rest = (out[0], [out[1]]) if isinstance(out, tuple) else (out, [])
-    return [o.detach(), *[t.detach() for t in rest], *torch.autograd.grad(o, leaves, do)]
+    if not isinstance(out, tuple):
+        return [out.detach(), *torch.autograd.grad(out, leaves, do)]
+    o, lse = out
+    dlse = torch.randn(lse.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    grads = torch.autograd.grad((o, lse), leaves, (do, dlse.to(lse.dtype).to(lse.device)))
+    return [o.detach(), lse.detach(), *grads]
 
 
 def _attend(q, k, v, **kwargs):
@@ -86,7 +91,9 @@ def test_ops_pass_torch_library_opcheck(dtype):
     params = ("window:6", True, None, "softmax", None, None, "reference", False)
     torch.library.opcheck(attention_ops.attention_op, (q.requires_grad_(), k, v, *params))
     o, lse = attention_ops.attention_op(q, k, v, *params)
-    torch.library.opcheck(attention_ops.attention_backward_op, (do, q.detach(), k, v, o.detach(), lse, *params))
+    for dlse in (None, torch.randn_like(lse)):
+        torch.library.opcheck(attention_ops.attention_backward_op,
+                              (do, q.detach(), k, v, o.detach(), lse.detach(), dlse, *params))
 
 
 if not IN_INTERPRETER:

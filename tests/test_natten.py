@@ -281,8 +281,8 @@ def test_gpu_dilated_against_float64(monkeypatch, op, grid, kernel, dilation, st
     """The Triton kernels through na2d / na3d "auto" against the float64 reference, forward and
     backward (GQA, B = 2; called twice, the second call equal to the first), by the rule of
     tests/kernels/flash_cases.py: the kernel's error at most 2x (forward) or 3x (gradients) the
-    reference's own in the input dtype, plus a small floor. ``padded``: the groups' sub-grid is
-    padded up to whole tiles (``natten._padded_groups``)."""
+    reference's own in the input dtype, plus a small floor; the loss takes lse too. ``padded``:
+    the groups' sub-grid is padded up to whole tiles (``natten._padded_groups``)."""
     import tessera.natten as natten
     from tessera.natten import dilation_groups
     assert (dilation_groups(grid, dilation) is None) == (grid == (30, 48))
@@ -294,10 +294,12 @@ def test_gpu_dilated_against_float64(monkeypatch, op, grid, kernel, dilation, st
     inputs = [torch.randn(shape, device="cuda", dtype=dtype, generator=gen) for shape in shapes]
     do = torch.randn(shapes[0], device="cuda", dtype=dtype, generator=gen)
 
+    dlse = torch.randn((2, 8, *grid), device="cuda", dtype=torch.float64, generator=gen)
+
     def run(dt, backend):
         leaves = [t.detach().to(dt).requires_grad_() for t in inputs]
         o, lse = op(*leaves, kernel, dilation, stride, backend=backend, return_lse=True)
-        grads = torch.autograd.grad(o, leaves, do.to(dt))
+        grads = torch.autograd.grad((o, lse), leaves, (do.to(dt), dlse.to(lse.dtype)))
         return [o, lse, *grads]
 
     first = run(dtype, "triton")
@@ -315,7 +317,7 @@ def test_gpu_dilated_against_float64(monkeypatch, op, grid, kernel, dilation, st
 def test_gpu_attention_with_a_neighborhood_pattern_takes_the_padded_path(monkeypatch, dtype):
     """``tessera.attention`` with a ``Neighborhood`` over a grid no tile divides (44 x 37, padded
     to 48 x 40 under "auto") runs natten's padded path on CUDA and meets the float64 reference by
-    the rule (GQA, B = 2)."""
+    the rule (GQA, B = 2; the loss takes lse too)."""
     import tessera
     import tessera.natten as natten
     from tessera.patterns.neighborhood import Neighborhood
@@ -329,15 +331,43 @@ def test_gpu_attention_with_a_neighborhood_pattern_takes_the_padded_path(monkeyp
     inputs = [torch.randn(shape, device="cuda", dtype=dtype, generator=gen) for shape in shapes]
     do = torch.randn(shapes[0], device="cuda", dtype=dtype, generator=gen)
 
+    dlse = torch.randn((2, 4, 44 * 37), device="cuda", dtype=torch.float64, generator=gen)
+
     def run(dt, backend):
         leaves = [t.detach().to(dt).requires_grad_() for t in inputs]
         o, lse = tessera.attention(*leaves, pattern=pattern, backend=backend, return_lse=True)
-        return [o, lse, *torch.autograd.grad(o, leaves, do.to(dt))]
+        return [o, lse, *torch.autograd.grad((o, lse), leaves, (do.to(dt), dlse.to(lse.dtype)))]
 
     got = run(dtype, "auto")
     assert runs == [1]
     assert_error_rule(("o", "lse", "dq", "dk", "dv"), got, run(dtype, "reference"),
                       run(torch.float64, "reference"), dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("op, grid, kernel, extra", [
+    (na2d, (32, 48), (7, 9), 16),          # grid order, both Gluon backward kernels on Hopper
+    (na3d, (4, 16, 16), (3, 5, 5), 77),
+])
+def test_gpu_additional_keys_and_values_against_float64(op, grid, kernel, extra, dtype):
+    """Neighborhood plus extra tokens on the GPU kernels (merged through lse), o, lse and the
+    gradients of q, k, v and the extra keys and values, the loss on o and lse, against the
+    float64 reference by the rule (GQA, B = 2)."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    shapes = [(2, *grid, 8, 128), (2, *grid, 2, 128), (2, *grid, 2, 128), (2, extra, 2, 128), (2, extra, 2, 128)]
+    inputs = [torch.randn(shape, device="cuda", dtype=dtype, generator=gen) for shape in shapes]
+    do = torch.randn(shapes[0], device="cuda", dtype=dtype, generator=gen)
+    dlse = torch.randn((2, 8, *grid), device="cuda", dtype=torch.float64, generator=gen)
+
+    def run(dt, backend):
+        leaves = [t.detach().to(dt).requires_grad_() for t in inputs]
+        o, lse = op(*leaves[:3], kernel, backend=backend, return_lse=True, additional_keys=leaves[3],
+                    additional_values=leaves[4])
+        return [o, lse, *torch.autograd.grad((o, lse), leaves, (do.to(dt), dlse.to(lse.dtype)))]
+
+    assert_error_rule(("o", "lse", "dq", "dk", "dv", "dkeys", "dvalues"), run(dtype, "triton"),
+                      run(dtype, "reference"), run(torch.float64, "reference"), dtype)
 
 
 def test_call_plan_is_built_once_per_signature(monkeypatch):

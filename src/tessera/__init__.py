@@ -11,5 +11,6 @@ __version__ = "0.1.0"
 
 from . import bias, kernels, linear, natten, nn, patterns
 from .api import attention, explain
+from .merge import merge_attentions
 
-__all__ = ["attention", "explain", "bias", "patterns", "kernels", "linear", "natten", "nn", "__version__"]
+__all__ = ["attention", "explain", "merge_attentions", "bias", "patterns", "kernels", "linear", "natten", "nn", "__version__"]

@@ -38,6 +38,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         q ``[B, S_q, H_q, D]``, k ``[B, S_k, H_kv, D]``, v ``[B, S_k, H_kv, D_v]`` ->
         o ``[B, S_q, H_q, D_v]`` in q's dtype, and with ``return_lse`` also
         lse ``[B, H_q, S_q]`` float32 (float64 for float64 inputs on the reference backend).
+        lse is differentiable (every backend that returns it): merging partial attentions
+        through it (``merge_attentions``) gives the gradients of the merged attention.
     q, k, v share one floating dtype (float16, bfloat16, float32, float64) and one device.
     GQA: ``H_q % H_kv == 0``; query head ``h`` reads kv head ``h // (H_q // H_kv)``.
 

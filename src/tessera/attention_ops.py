@@ -75,22 +75,28 @@ def _(q, k, v, spec, causal, scale, score, softcap, sigmoid_bias, backend, deter
 
 @torch.library.custom_op("tessera::attention_backward", mutates_args=())
 def attention_backward_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                          o: torch.Tensor, lse: torch.Tensor, spec: str, causal: bool,
+                          o: torch.Tensor, lse: torch.Tensor, dlse: Optional[torch.Tensor], spec: str,
+                          causal: bool,
                           scale: Optional[float], score: str, softcap: Optional[float],
                           sigmoid_bias: Optional[float], backend: str,
                           deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(dq, dk, dv)`` like ``q``, ``k``, ``v`` for the output gradient ``do``, given the
-    forward's ``o`` and ``lse``."""
+    """``(dq, dk, dv)`` like ``q``, ``k``, ``v`` for the gradients ``do`` of o and ``dlse`` of
+    lse (None: none), given the forward's ``o`` and ``lse``."""
     params = (spec, causal, scale, score, softcap, sigmoid_bias, backend, deterministic)
     backward = _prepared_backward(q, k, v, *params)
     if backward is not None:
-        return tuple(g.contiguous() for g in backward(q, k, v, o, lse, do))
-    grads = recomputed_gradients(lambda *qkv: _eager(*qkv, *params, False), (q, k, v), do)
+        return tuple(g.contiguous() for g in backward(q, k, v, o, lse, do, dlse))
+    softmax = score != "sigmoid"
+
+    def forward(*qkv):
+        out = _eager(*qkv, *params, softmax)
+        return out if softmax else (out, None)
+    grads = recomputed_gradients(forward, (q, k, v), do, dlse if softmax else None)
     return tuple(g.contiguous() for g in grads)
 
 
 @attention_backward_op.register_fake
-def _(do, q, k, v, o, lse, spec, causal, scale, score, softcap, sigmoid_bias, backend, deterministic):
+def _(do, q, k, v, o, lse, dlse, spec, causal, scale, score, softcap, sigmoid_bias, backend, deterministic):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
@@ -102,8 +108,8 @@ MAX_PREPARED = 256
 
 def _prepared_backward(q, k, v, spec, causal, scale, score, softcap, sigmoid_bias, backend,
                        deterministic):
-    """The Triton backend's ``backward(q, k, v, o, lse, do)`` for this call where it runs it and
-    prepares it, else None."""
+    """The Triton backend's ``backward(q, k, v, o, lse, do, dlse)`` for this call where it runs it
+    and prepares it, else None."""
     signature = (spec, causal, scale, score, softcap, sigmoid_bias, backend, deterministic,
                  tuple((t.shape, t.stride(), t.dtype, t.device) for t in (q, k, v)))
     if signature not in _PREPARED:

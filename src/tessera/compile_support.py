@@ -15,12 +15,16 @@ def autograd_dispatch():
     return torch._C._ForceDispatchKeyGuard(*_TOP_LEVEL_KEYS)
 
 
-def recomputed_gradients(forward, inputs: tuple, do: torch.Tensor) -> tuple:
-    """The gradients of ``inputs`` for the output gradient ``do`` of ``forward(*inputs)``, run
-    again under autograd; inside a custom op's body too (``autograd_dispatch``)."""
+def recomputed_gradients(forward, inputs: tuple, do: torch.Tensor, dlse=None) -> tuple:
+    """The gradients of ``inputs`` for the gradients ``do`` of o and ``dlse`` of lse (None: no
+    gradient) of ``forward(*inputs) -> (o, lse)``, run again under autograd; inside a custom op's
+    body too (``autograd_dispatch``)."""
     with autograd_dispatch(), torch.enable_grad():
         leaves = [t.detach().requires_grad_() for t in inputs]
-        return torch.autograd.grad(forward(*leaves), leaves, do)
+        o, lse = forward(*leaves)
+        if dlse is None:
+            return torch.autograd.grad(o, leaves, do)
+        return torch.autograd.grad((o, lse), leaves, (do, dlse))
 
 
 def lse_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -31,19 +35,24 @@ def lse_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def register_backward(forward_op, backward_op, params: int) -> None:
     """Autograd for ``forward_op(q, k, v, *params) -> (o, lse)``: the gradients of q, k and v
-    from ``backward_op(do, q, k, v, o, lse, *params) -> (dq, dk, dv)``; none for the ``params``
-    non-tensor arguments, none through lse (non-differentiable, as in eager mode)."""
+    from ``backward_op(do, q, k, v, o, lse, dlse, *params) -> (dq, dk, dv)`` for the gradients
+    ``do`` of o and ``dlse`` of lse (None where lse reaches no loss); none for the ``params``
+    non-tensor arguments. An empty lse (sigmoid scores have none) is non-differentiable."""
     def setup_context(ctx, inputs, output):
         q, k, v, *rest = inputs
         o, lse = output
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.params = rest
-        ctx.mark_non_differentiable(lse)
+        if lse.numel() == 0:
+            ctx.mark_non_differentiable(lse)
+        ctx.set_materialize_grads(False)
 
-    def backward(ctx, do, _dlse):
-        if do is None:
+    def backward(ctx, do, dlse):
+        if do is None and dlse is None:
             return (None,) * (3 + params)
         q, k, v, o, lse = ctx.saved_tensors
-        return (*backward_op(do, q, k, v, o, lse, *ctx.params), *(None,) * params)
+        if do is None:
+            do = torch.zeros_like(o)
+        return (*backward_op(do, q, k, v, o, lse, dlse, *ctx.params), *(None,) * params)
 
     forward_op.register_autograd(backward, setup_context=setup_context)

@@ -28,6 +28,7 @@ from .compile_support import recomputed_gradients
 from .grid_padding import pad_grid, pad_grids, unpad_grid
 from .kernels import registry
 from .kernels.triton.masks import DilationFold, pattern_key
+from .natten_additional import check_additional_kv, with_additional_kv
 from .patterns.layout import (DilationGroupOrder, GridLayout, Permuted, as_axes, box_tile_counts,
                               choose_padded_tile_shape, choose_tile_shape, padded_grid, rows_box)
 from .patterns.neighborhood import PARTIAL_COST, Neighborhood, PaddedNeighborhood
@@ -234,14 +235,15 @@ def _padded_groups(q, k, v, pattern: Neighborhood, tiles: tuple, na_dim: int, ba
 
 
 def _padded_group_gradients(do, q, k, v, o, lse, pattern: Neighborhood, tiles: tuple, na_dim: int,
-                            backend: str, scale) -> tuple:
-    """``neighborhood_attention_gradients`` of a call that ran ``_padded_groups``: do, q, k, v, o
-    and lse gathered as it gathered them, the sub-grid call's gradients, scattered back."""
+                            backend: str, scale, dlse=None) -> tuple:
+    """``neighborhood_attention_gradients`` of a call that ran ``_padded_groups``: do, q, k, v, o,
+    lse and dlse gathered as it gathered them, the sub-grid call's gradients, scattered back."""
     order = _row_major_groups(pattern.grid, pattern.dilation)
     gathered = [_gather_groups(t, order, na_dim) for t in (do, q, k, v, o)]
     grads = neighborhood_attention_gradients(*gathered, _gather_group_lse(lse, order), pattern.kernel, 1, pattern.stride,
                                              pattern.causal, na_dim=na_dim, layout=tiles, backend=backend,
-                                             scale=scale)
+                                             scale=scale,
+                                             dlse=None if dlse is None else _gather_group_lse(dlse, order))
     return tuple(_scatter_groups(g, order, na_dim) for g in grads)
 
 
@@ -402,7 +404,9 @@ def _call_plan(grid, kernel_size, dilation, stride, is_causal, layout, device) -
 def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size,
                            dilation=1, stride=1, is_causal=False, *, na_dim: int,
                            layout: Union[str, tuple, GridLayout] = "auto", backend: str = "auto",
-                           scale: Optional[float] = None, return_lse: bool = False):
+                           scale: Optional[float] = None, return_lse: bool = False,
+                           additional_keys: Optional[torch.Tensor] = None,
+                           additional_values: Optional[torch.Tensor] = None):
     """N-D neighborhood attention (see ``na1d`` / ``na2d`` / ``na3d``) on ``[B, *grid, H, D]``."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
@@ -417,6 +421,14 @@ def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke
             raise ValueError(f"{name} must have q's token grid {grid}, got {tuple(t.shape[1:1 + na_dim])}")
         if t.shape[0] != q.shape[0]:
             raise ValueError(f"{name} must have q's batch size {q.shape[0]}, got {t.shape[0]}")
+    if additional_keys is not None or additional_values is not None:
+        check_additional_kv(q, k, v, additional_keys, additional_values, na_dim)
+
+        def neighborhood():
+            return neighborhood_attention(q, k, v, kernel_size, dilation, stride, is_causal, na_dim=na_dim,
+                                          layout=layout, backend=backend, scale=scale, return_lse=True)
+        return with_additional_kv(neighborhood, q, additional_keys, additional_values, na_dim=na_dim,
+                                  scale=scale, backend=backend, return_lse=return_lse)
     if torch.compiler.is_compiling():
         return natten_ops.traced_call(q, k, v, kernel_size, dilation, stride, is_causal, na_dim=na_dim,
                                       layout=layout, backend=backend, scale=scale, return_lse=return_lse)
@@ -570,12 +582,12 @@ def _run_and_prepare(call, signature):
 
 def neighborhood_attention_gradients(do, q, k, v, o, lse, kernel_size, dilation=1, stride=1,
                                      is_causal=False, *, na_dim: int, layout="auto",
-                                     backend: str = "auto", scale: Optional[float] = None):
+                                     backend: str = "auto", scale: Optional[float] = None, dlse=None):
     """``(dq, dk, dv)`` of ``neighborhood_attention`` (same arguments) for the output gradient
-    ``do [B, *grid, H_q, D_v]``, given that call's ``o`` and ``lse [B, H_q, *grid]`` (as it
-    returned them with ``return_lse``). A call the Triton backend ran in grid order (undilated or
-    through a dilation fold, 16-bit) takes its backward kernels on o and lse; any other call
-    recomputes its forward under autograd."""
+    ``do [B, *grid, H_q, D_v]`` and the lse gradient ``dlse`` (like lse; None: none), given that
+    call's ``o`` and ``lse [B, H_q, *grid]`` (as it returned them with ``return_lse``). A call the
+    Triton backend ran in grid order (undilated or through a dilation fold, 16-bit) takes its
+    backward kernels on o and lse; any other call recomputes its forward under autograd."""
     grid = tuple(q.shape[1:1 + na_dim])
     plan = _call_plan(grid, kernel_size, dilation, stride, is_causal, layout, q.device)
     batch, n = q.shape[0], math.prod(grid)
@@ -585,7 +597,7 @@ def neighborhood_attention_gradients(do, q, k, v, o, lse, kernel_size, dilation=
         pattern = plan.pattern
         tiles = _group_padding(pattern, backend, q.device)
         if tiles is not None:
-            return _padded_group_gradients(do, q, k, v, o, lse, pattern, tiles, na_dim, backend, scale)
+            return _padded_group_gradients(do, q, k, v, o, lse, pattern, tiles, na_dim, backend, scale, dlse)
         _sub, _order, key = _group_plan(grid, pattern.kernel, pattern.dilation, pattern.stride,
                                         pattern.causal, q.device.type)
         signature = _fold_signature(flat, key, pattern.dilation, backend, scale, True)
@@ -595,7 +607,8 @@ def neighborhood_attention_gradients(do, q, k, v, o, lse, kernel_size, dilation=
         if extent_only is not None:
             grads = extent_only.backward(*flat, o.reshape(batch, n, *o.shape[1 + na_dim:]),
                                          pad_grid(lse, grid, plan.padded, 2),
-                                         do.reshape(batch, n, *do.shape[1 + na_dim:]))
+                                         do.reshape(batch, n, *do.shape[1 + na_dim:]),
+                                         None if dlse is None else pad_grid(dlse, grid, plan.padded, 2))
             return tuple(g.reshape(t.shape) for g, t in zip(grads, (q, k, v)))
         flat = pad_grids([q, k, v], grid, plan.padded)
         signature = _grid_order_signature(flat, plan.grid_order_key, backend, scale, True)
@@ -605,20 +618,23 @@ def neighborhood_attention_gradients(do, q, k, v, o, lse, kernel_size, dilation=
     if backward is not None and plan.padded is not None:
         # Padding rows: o and do zero, lse 0 (finite); their gradients are dropped.
         grads = backward(*flat, pad_grid(o, grid, plan.padded, 1), pad_grid(lse, grid, plan.padded, 2),
-                         pad_grid(do, grid, plan.padded, 1))
+                         pad_grid(do, grid, plan.padded, 1),
+                         None if dlse is None else pad_grid(dlse, grid, plan.padded, 2))
         return tuple(unpad_grid(g, grid, plan.padded, 1) for g in grads)
     if backward is not None:
         grads = backward(*flat, o.reshape(batch, n, *o.shape[1 + na_dim:]), lse.reshape(*lse.shape[:2], n),
-                         do.reshape(batch, n, *do.shape[1 + na_dim:]))
+                         do.reshape(batch, n, *do.shape[1 + na_dim:]),
+                         None if dlse is None else dlse.reshape(*dlse.shape[:2], n))
         return tuple(g.reshape(t.shape) for g, t in zip(grads, (q, k, v)))
+
     def forward(q, k, v):
         return neighborhood_attention(q, k, v, kernel_size, dilation, stride, is_causal, na_dim=na_dim,
-                                      layout=layout, backend=backend, scale=scale)
-    return recomputed_gradients(forward, (q, k, v), do)
+                                      layout=layout, backend=backend, scale=scale, return_lse=True)
+    return recomputed_gradients(forward, (q, k, v), do, dlse)
 
 
 def na1d(q, k, v, kernel_size, dilation=1, stride=1, is_causal=False, *, layout="auto",
-         backend="auto", scale=None, return_lse=False):
+         backend="auto", scale=None, return_lse=False, additional_keys=None, additional_values=None):
     """1-D neighborhood attention (NATTEN ``na1d``).
 
     Shapes: q ``[B, L, H_q, D]``, k ``[B, L, H_kv, D]``, v ``[B, L, H_kv, D_v]`` (GQA:
@@ -638,13 +654,19 @@ def na1d(q, k, v, kernel_size, dilation=1, stride=1, is_causal=False, *, layout=
     kernels in a grid padded up to whole tiles (padding tokens never reach the grid's outputs,
     ``PaddedNeighborhood``): on Hopper the Gluon kernels read and write the grid unpadded
     (``PAD_IN_KERNEL``), elsewhere q, k and v are zero-padded and o cut back.
+
+    ``additional_keys`` ``[B, S_x, H_kv, D]`` and ``additional_values`` ``[B, S_x, H_kv, D_v]``
+    (both or neither): extra tokens every query attends to as well, in one softmax with its
+    neighborhood (NATTEN's arguments of these names; ``tessera.natten_additional``). lse is
+    differentiable, with or without them.
     """
     return neighborhood_attention(q, k, v, kernel_size, dilation, stride, is_causal, na_dim=1,
-                                  layout=layout, backend=backend, scale=scale, return_lse=return_lse)
+                                  layout=layout, backend=backend, scale=scale, return_lse=return_lse,
+                                  additional_keys=additional_keys, additional_values=additional_values)
 
 
 def na2d(q, k, v, kernel_size, dilation=1, stride=1, is_causal=False, *, layout="auto",
-         backend="auto", scale=None, return_lse=False):
+         backend="auto", scale=None, return_lse=False, additional_keys=None, additional_values=None):
     """2-D neighborhood attention (NATTEN ``na2d``) on ``[B, X, Y, H, D]`` tensors.
 
     As ``na1d`` with per-axis parameters: ``kernel_size``, ``dilation``, ``stride`` an int or a
@@ -652,11 +674,12 @@ def na2d(q, k, v, kernel_size, dilation=1, stride=1, is_causal=False, *, layout=
     Returns o ``[B, X, Y, H_q, D_v]`` (and lse ``[B, H_q, X, Y]``).
     """
     return neighborhood_attention(q, k, v, kernel_size, dilation, stride, is_causal, na_dim=2,
-                                  layout=layout, backend=backend, scale=scale, return_lse=return_lse)
+                                  layout=layout, backend=backend, scale=scale, return_lse=return_lse,
+                                  additional_keys=additional_keys, additional_values=additional_values)
 
 
 def na3d(q, k, v, kernel_size, dilation=1, stride=1, is_causal=False, *, layout="auto",
-         backend="auto", scale=None, return_lse=False):
+         backend="auto", scale=None, return_lse=False, additional_keys=None, additional_values=None):
     """3-D neighborhood attention (NATTEN ``na3d``) on ``[B, X, Y, Z, H, D]`` tensors (video:
     ``X`` frames).
 
@@ -664,7 +687,8 @@ def na3d(q, k, v, kernel_size, dilation=1, stride=1, is_causal=False, *, layout=
     ``(tx, ty, tz)``. Returns o ``[B, X, Y, Z, H_q, D_v]`` (and lse ``[B, H_q, X, Y, Z]``).
     """
     return neighborhood_attention(q, k, v, kernel_size, dilation, stride, is_causal, na_dim=3,
-                                  layout=layout, backend=backend, scale=scale, return_lse=return_lse)
+                                  layout=layout, backend=backend, scale=scale, return_lse=return_lse,
+                                  additional_keys=additional_keys, additional_values=additional_values)
 
 
 __all__ = ["dilation_groups", "na1d", "na2d", "na3d", "neighborhood_attention",

@@ -8,7 +8,7 @@ graph holds many layers: ``benchmarks/natten_compile.py``). The op runs the eage
 ``(o, lse)``; its backward, the op ``tessera::neighborhood_attention_backward``, takes the
 forward's o and lse (``natten.neighborhood_attention_gradients``): the Triton backend's kernels
 without a second forward where the call ran on them in grid order, a recomputed forward
-elsewhere. lse carries no gradient (as in eager mode, where it is non-differentiable).
+elsewhere. lse is differentiable, as in eager mode.
 
 Layouts reach the op as text ("auto", "row-major" or a tile shape such as "8x8"); a
 ``GridLayout`` object cannot, so such calls run eagerly behind a graph break.
@@ -75,19 +75,19 @@ def _(q, k, v, kernel_size, dilation, stride, is_causal, layout, backend, scale)
 @torch.library.custom_op("tessera::neighborhood_attention_backward", mutates_args=())
 def neighborhood_attention_backward_op(
         do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
-        lse: torch.Tensor, kernel_size: list[int], dilation: list[int], stride: list[int],
-        is_causal: list[bool], layout: str, backend: str,
+        lse: torch.Tensor, dlse: Optional[torch.Tensor], kernel_size: list[int], dilation: list[int],
+        stride: list[int], is_causal: list[bool], layout: str, backend: str,
         scale: Optional[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(dq, dk, dv)`` like ``q``, ``k``, ``v`` for the output gradient ``do`` (like o), given
-    the forward's ``o`` and ``lse``."""
+    """``(dq, dk, dv)`` like ``q``, ``k``, ``v`` for the gradients ``do`` of o and ``dlse`` of
+    lse (None: none), given the forward's ``o`` and ``lse``."""
     grads = natten.neighborhood_attention_gradients(
         do, q, k, v, o, lse, tuple(kernel_size), tuple(dilation), tuple(stride), tuple(is_causal),
-        na_dim=len(kernel_size), layout=_layout_of(layout), backend=backend, scale=scale)
+        na_dim=len(kernel_size), layout=_layout_of(layout), backend=backend, scale=scale, dlse=dlse)
     return tuple(g.contiguous() for g in grads)
 
 
 @neighborhood_attention_backward_op.register_fake
-def _(do, q, k, v, o, lse, kernel_size, dilation, stride, is_causal, layout, backend, scale):
+def _(do, q, k, v, o, lse, dlse, kernel_size, dilation, stride, is_causal, layout, backend, scale):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 

@@ -95,34 +95,41 @@ def _learnables(extra: dict) -> list[torch.Tensor]:
     return found
 
 
-def _attend(backend, q, k, v, pattern, extra, do):
+def _attend(backend, q, k, v, pattern, extra, do, dlse=None):
+    """``(o, lse, gradients)`` of ``backend`` on the call; the gradients of q, k, v (those that
+    require one) and the call's learnables for the output gradient ``do`` (none when None) and,
+    when given, the lse gradient ``dlse``."""
     call = make_call(q, k, v, pattern, **extra)
     o, lse = backend(call)
     inputs = [t for t in (q, k, v) if t.requires_grad] + _learnables(extra)
     grads = []
     if do is not None and inputs:
-        grads = torch.autograd.grad(o, inputs, do, allow_unused=False)
+        outputs, gradients = ((o,), (do,)) if dlse is None else ((o, lse), (do, dlse.to(lse.dtype)))
+        grads = torch.autograd.grad(outputs, inputs, gradients, allow_unused=False)
     return o, lse, list(grads)
 
 
 def check_against_reference(q, k, v, pattern=None, *, backward=True, fwd_factor=2.0,
-                            bwd_factor=3.0, **extra) -> dict:
+                            bwd_factor=3.0, lse_gradient=False, **extra) -> dict:
     """Run the Triton backend and the references on the same inputs; assert the error rule.
-    Returns the measured errors (for messages)."""
+    ``lse_gradient``: the backward also carries a random gradient of lse (every row must see a
+    key). Returns the measured errors (for messages)."""
     call = make_call(q, k, v, pattern, **extra)
     reason = supports(call)
     assert reason is None, reason
     dtype = q.dtype
     do = torch.randn(q.shape[:-1] + (v.shape[-1],), dtype=dtype, device=q.device) if backward else None
+    dlse = (torch.randn(q.shape[0], q.shape[2], q.shape[1], dtype=torch.float64, device=q.device)
+            if backward and lse_gradient else None)
 
-    o, lse, grads = _attend(run, q, k, v, pattern, extra, do)
+    o, lse, grads = _attend(run, q, k, v, pattern, extra, do, dlse)
     e64 = _cast_extra(extra, torch.float64)
     q64, k64, v64 = (_leaf_like(t, torch.float64) for t in (q, k, v))
     o64, lse64, grads64 = _attend(reference_attention, q64, k64, v64, pattern, e64,
-                                  None if do is None else do.double())
+                                  None if do is None else do.double(), dlse)
     esame = _cast_extra(extra, dtype)
     qs, ks, vs = (_leaf_like(t, dtype) for t in (q, k, v))
-    os_, lses, gradss = _attend(reference_attention, qs, ks, vs, pattern, esame, do)
+    os_, lses, gradss = _attend(reference_attention, qs, ks, vs, pattern, esame, do, dlse)
 
     atol = ATOL[dtype]
     errors = {}

@@ -103,6 +103,17 @@ def test_neighborhood_backward_on_one_and_two_streams(overlap, monkeypatch):
     check_against_reference(q, k, v, _neighborhoods()["3d tiled"])
 
 
+@pytest.mark.parametrize("overlap", [True, False])
+@pytest.mark.parametrize("name", ["dense", "causal", "power"])
+def test_lse_gradient_on_one_and_two_streams(name, overlap, monkeypatch):
+    # The loss on o and lse: delta - dlse from row_dot on either stream setting (dq's own delta
+    # is off with a lse gradient), bf16, GQA, odd lengths, against float64.
+    from tessera.kernels.triton import flash_bwd
+    monkeypatch.setattr(flash_bwd, "OVERLAP_MIN_WORK", 0 if overlap else float("inf"))
+    q, k, v = make_inputs(2, 1000, 1500, 8, 2, 128, torch.bfloat16, DEVICE)
+    check_against_reference(q, k, v, _patterns()[name], lse_gradient=True)
+
+
 @pytest.mark.parametrize("name", ["2d tiled", "3d tiled", "3d blocked"])
 def test_neighborhood_repeat_launches(name):
     # The second call of each launch key skips Triton's binder (launcher.py): fresh inputs, the

@@ -28,6 +28,7 @@ else:
     from flash_cases import check_against_reference, make_call, make_inputs
     from tessera.bias import ALiBi, LowRank, RelativePosition, TensorBias
     from tessera.kernels.triton import masks, tuning
+    from tessera.kernels.reference import reference_attention
     from tessera.kernels.triton.backend import kernels_interpreted, run, supports
     from tessera.kernels.triton.tuning import KernelConfig
     from tessera.patterns import Causal, Dense, Dilated, FromMask, PerHead, Power, Window
@@ -73,6 +74,38 @@ else:
         v = v[..., :24]
         check_against_reference(q, k, v, Window(33, 5))
         assert bool(calls) != delta_in_dq
+
+
+    @pytest.mark.parametrize("delta_in_dq", [True, False])
+    def test_lse_gradient_through_delta(delta_in_dq, monkeypatch):
+        # A loss on lse as well as o: d lse_i / d s_ij = P_ij enters as delta - dlse, on both
+        # delta paths (in dq is off with a lse gradient), GQA, a window, against float64.
+        from tessera.kernels.triton import flash_bwd, streams
+        if not delta_in_dq:
+            monkeypatch.setattr(streams, "possible", lambda device: True)
+            monkeypatch.setattr(streams, "fork", lambda device: None)
+            monkeypatch.setattr(flash_bwd, "overlap_pays", lambda *args: True)
+        q, k, v = make_inputs(2, 100, 100, 4, 2, 32, torch.float16)
+        check_against_reference(q, k, v, Window(33, 5), lse_gradient=True)
+
+
+    def test_lse_gradient_dense_fp32_and_with_sinks_fp16():
+        q, k, v = make_inputs(1, 70, 90, 2, 1, 32, torch.float32)
+        check_against_reference(q, k, v, None, lse_gradient=True)
+        q, k, v = make_inputs(1, 70, 70, 2, 2, 32, torch.float16)
+        check_against_reference(q, k, v, Causal(), lse_gradient=True,
+                                sinks=torch.randn(2).requires_grad_())
+
+
+    def test_lse_gradient_alone():
+        # Only lse reaches the loss: o's gradient is absent (None), the kernels take zeros.
+        q, k, v = make_inputs(1, 64, 64, 2, 1, 32, torch.float32)
+        o, lse = run(make_call(q, k, v, Window(16, 16)))
+        dq, dk = torch.autograd.grad(lse.sum(), (q, k))
+        q64, k64 = q.detach().double().requires_grad_(), k.detach().double().requires_grad_()
+        _o, lse64 = reference_attention(make_call(q64, k64, v.detach().double(), Window(16, 16)))
+        dq64, dk64 = torch.autograd.grad(lse64.sum(), (q64, k64))
+        assert torch.allclose(dq.double(), dq64, atol=1e-4) and torch.allclose(dk.double(), dk64, atol=1e-4)
 
 
     def test_head_dim_256_and_distinct_value_dim_fp32():

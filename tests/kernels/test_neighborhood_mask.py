@@ -475,8 +475,9 @@ else:
             ref, ref_lse = fn(*ref_leaves, kernel, dilation, stride, causal, layout="row-major",
                               backend="reference", return_lse=True)
             do = torch.randn(ref.shape, dtype=ref.dtype)  # row-major, as bulk copies need
-            grads = torch.autograd.grad(o, leaves, do.float())
-            ref_grads = torch.autograd.grad(ref, ref_leaves, do)
+            dlse = torch.randn(ref_lse.shape, dtype=ref_lse.dtype)   # lse in the loss too
+            grads = torch.autograd.grad((o, lse), leaves, (do.float(), dlse.float()))
+            ref_grads = torch.autograd.grad((ref, ref_lse), ref_leaves, (do, dlse))
             for name, got, want in zip(("o", "lse", "dq", "dk", "dv"), (o, lse, *grads), (ref, ref_lse, *ref_grads)):
                 assert (got.double() - want).norm() / want.norm() < 1e-5, name
             # Requested in this order (one stream: dq's kernel runs first, each kernel builds its
@@ -615,8 +616,9 @@ else:
         ref, ref_lse = fn(*ref_leaves, kernel, 1, stride, causal, layout="row-major", backend="reference",
                           return_lse=True)
         do = torch.randn(ref.shape, dtype=ref.dtype)
-        grads = torch.autograd.grad(o, leaves, do.to(dtype))
-        ref_grads = torch.autograd.grad(ref, ref_leaves, do)
+        dlse = torch.randn(ref_lse.shape, dtype=ref_lse.dtype)   # lse in the loss too
+        grads = torch.autograd.grad((o, lse), leaves, (do.to(dtype), dlse.float()))
+        ref_grads = torch.autograd.grad((ref, ref_lse), ref_leaves, (do, dlse))
         tolerance = 1e-5 if dtype == torch.float32 else 5e-3
         for name, got, want in zip(("o", "lse", "dq", "dk", "dv"), (o, lse, *grads), (ref, ref_lse, *ref_grads)):
             assert (got.double() - want).norm() / want.norm() < tolerance, name
@@ -648,16 +650,18 @@ else:
         ref, ref_lse = fn(*ref_leaves, kernel, dilation, stride, causal, layout="row-major", backend="reference",
                           return_lse=True)
         do = torch.randn(ref.shape, dtype=ref.dtype)
-        grads = torch.autograd.grad(o, leaves, do.to(dtype))
+        dlse = torch.randn(ref_lse.shape, dtype=ref_lse.dtype)   # lse in the loss too
+        grads = torch.autograd.grad((o, lse), leaves, (do.to(dtype), dlse.float()))
         recomputed = []
         recompute = natten.recomputed_gradients
         monkeypatch.setattr(natten, "recomputed_gradients", lambda *a: recomputed.append(1) or recompute(*a))
-        from_saved = natten.neighborhood_attention_gradients(do.to(dtype), *leaves, o.detach(), lse, kernel, dilation,
-                                                             stride, causal, na_dim=na_dim, backend="triton")
+        from_saved = natten.neighborhood_attention_gradients(do.to(dtype), *leaves, o.detach(), lse.detach(), kernel,
+                                                             dilation, stride, causal, na_dim=na_dim, backend="triton",
+                                                             dlse=dlse.float())
         assert len(recomputed) == (dtype == torch.float32)   # float32 calls are not prepared
         for name, a, b in zip(("dq", "dk", "dv"), grads, from_saved):
             assert torch.equal(a, b), name
-        ref_grads = torch.autograd.grad(ref, ref_leaves, do)
+        ref_grads = torch.autograd.grad((ref, ref_lse), ref_leaves, (do, dlse))
         tolerance = 1e-5 if dtype == torch.float32 else 5e-3
         for name, got, want in zip(("o", "lse", "dq", "dk", "dv"), (o, lse, *grads), (ref, ref_lse, *ref_grads)):
             assert (got.double() - want).norm() / want.norm() < tolerance, name

@@ -358,22 +358,27 @@ class FlashAttention(torch.autograd.Function):
             lse = torch.empty(0, dtype=torch.float32, device=q.device)
         ctx.save_for_backward(q, k, v, o, lse, sinks, slopes, bias, u, w, table)
         ctx.spec = spec
-        ctx.mark_non_differentiable(lse)
-        # lse has no gradient: without this autograd would fill a zero tensor for it per call.
+        if lse.numel() == 0:
+            ctx.mark_non_differentiable(lse)
+        # Unused outputs get no gradient (None) instead of a zero tensor filled per call.
         ctx.set_materialize_grads(False)
         return o, lse
 
     @staticmethod
-    def backward(ctx, do, _dlse):
-        if do is None:
+    def backward(ctx, do, dlse):
+        if do is None and dlse is None:
             return (None,) * 10
-        return _gradients(ctx.spec, ctx.saved_tensors, ctx.needs_input_grad, do)
+        if do is None:
+            do = torch.zeros_like(ctx.saved_tensors[3])
+        return _gradients(ctx.spec, ctx.saved_tensors, ctx.needs_input_grad, do, dlse)
 
 
-def _gradients(spec: _Spec, saved: tuple, needs_input_grad: tuple, do: torch.Tensor) -> tuple:
+def _gradients(spec: _Spec, saved: tuple, needs_input_grad: tuple, do: torch.Tensor,
+               dlse: Optional[torch.Tensor] = None) -> tuple:
     """``FlashAttention.backward``'s gradients (of q, k, v, sinks, slopes, bias, u, w, table,
     and None for the spec) from the forward's ``saved`` tensors ``(q, k, v, o, lse, sinks,
-    slopes, bias, u, w, table)`` and the output gradient ``do``."""
+    slopes, bias, u, w, table)``, the output gradient ``do`` and the lse gradient ``dlse`` (like
+    lse, or None)."""
     q, k, v, o, lse, sinks, slopes, bias, u, w, table = saved
     original = _configs(spec, q, k, v)
     # The Gluon kernels that alone run an extent-only call read do laid out as q (contiguous).
@@ -395,15 +400,17 @@ def _gradients(spec: _Spec, saved: tuple, needs_input_grad: tuple, do: torch.Ten
                 rel_pos=_rel_pos(spec, table), sigmoid_bias=spec.sigmoid_bias,
                 bias_grad=bias_grad, slope_grad=slope_grad, low_rank_grad=low_rank_grad,
                 rel_pos_grad=table_grad, precision=spec.precision, grid_order=spec.grid_order,
-                fold=spec.fold)
+                fold=spec.fold, dlse=dlse)
             break
         except OutOfResources as error:
             name = getattr(error, "kernel", "dq")
             configs[name] = _shrink(name, original[name], configs[name], variant, error)
     dsinks = None
     if sinks is not None and needs_input_grad[3]:
-        # d sink_h = -sum_rows exp(sink_h - lse) * rowsum(o * do)
+        # d sink_h = -sum_rows exp(sink_h - lse) * (rowsum(o * do) - dlse)
         delta = row_dot(o, do)
+        if dlse is not None:
+            delta = delta - dlse
         p_sink = torch.exp(sinks.float().view(1, -1, 1) - lse)
         dsinks = -(p_sink * delta).sum((0, 2)).to(sinks.dtype)
     if dbias is not None:
@@ -446,8 +453,9 @@ def prepare(call: AttentionCall) -> Optional[Callable]:
     whose other arguments equal the call's (the caller keys its cache on those). None for calls it
     does not prepare: varlen, bias, sinks, float32 (whose precision follows a global switch), or a
     pattern without a value-based key. Unless the call's score is sigmoid, the function's
-    ``backward(q, k, v, o, lse, do) -> (dq, dk, dv)`` runs the backward kernels on the o and lse
-    it returned (``tessera.natten_ops``: the backward of a compiled call)."""
+    ``backward(q, k, v, o, lse, do, dlse=None) -> (dq, dk, dv)`` runs the backward kernels on the
+    o and lse it returned, for the gradients ``do`` of o and ``dlse`` of lse (``tessera.natten_ops``:
+    the backward of a compiled call)."""
     if (call.cu_seqlens_q is not None or call.bias is not None or call.sinks is not None
             or call.q.dtype == torch.float32):
         return None
@@ -463,11 +471,11 @@ def prepare(call: AttentionCall) -> Optional[Callable]:
             q, k, v = (_head_contiguous(t) for t in (q, k, v))
         return _attend(spec, (q, k, v, None, None, None, None, None, None), sigmoid)
 
-    def gradients(q, k, v, o, lse, do):
+    def gradients(q, k, v, o, lse, do, dlse=None):
         if not all(contiguous):
             q, k, v = (_head_contiguous(t) for t in (q, k, v))
         saved = (q, k, v, o, lse, None, None, None, None, None, None)
-        return _gradients(spec, saved, (True,) * 3 + (False,) * 7, do)[:3]
+        return _gradients(spec, saved, (True,) * 3 + (False,) * 7, do, dlse)[:3]
     if not sigmoid:
         run_prepared.backward = gradients
     return run_prepared

@@ -530,15 +530,25 @@ def extent_only(q: torch.Tensor, plan) -> bool:
     return grid_extent(plan) is not None and q.shape[1] != plan.q_len
 
 
-def _gluon_gradients(do, q, k, v, o, lse, dq_plan, dkdv_plan, scale: float, overlap: bool):
+def _row_delta(o, do, dlse, grid=None, extent=None) -> torch.Tensor:
+    """The backward's per-row term ``rowsum(o * do) - dlse`` (float32 ``[B, H_q, S]``; ``dlse``,
+    the gradient of lse, None for zero): ``dS = P * (dP - delta)`` then carries lse's gradient
+    too, since ``d lse_i / d s_ij = P_ij``. ``grid``, ``extent`` as in ``row_dot``."""
+    delta = row_dot(o, do, grid, extent)
+    if dlse is not None:
+        delta.sub_(dlse)
+    return delta
+
+
+def _gluon_gradients(do, q, k, v, o, lse, dq_plan, dkdv_plan, scale: float, overlap: bool, dlse=None):
     """``(dq, dk, dv)`` of a plain grid-order backward that both Gluon kernels take
     (``backward_route.routes``): delta, then dk/dv (on a side stream with ``overlap``) and dq.
     None of the Triton kernels' arguments are built (host time). Tensors that hold only a
     ``PaddedNeighborhood``'s extent (``extent_only``) get delta over its whole grid."""
     if extent_only(q, dq_plan):
-        delta = row_dot(o, do, dq_plan.na_values[0:3], grid_extent(dq_plan))
+        delta = _row_delta(o, do, dlse, dq_plan.na_values[0:3], grid_extent(dq_plan))
     else:
-        delta = row_dot(o, do)
+        delta = _row_delta(o, do, dlse)
     dq = torch.empty_like(q)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
@@ -558,7 +568,8 @@ def _gluon_gradients(do, q, k, v, o, lse, dq_plan, dkdv_plan, scale: float, over
 def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config, dkdv_config,
              softcap=None, slopes=None, bias=None, low_rank=None, rel_pos=None, sigmoid_bias=None,
              bias_grad: bool = False, slope_grad: bool = False, low_rank_grad: bool = False,
-             rel_pos_grad: bool = False, precision: str = "ieee", grid_order: bool = False, fold=None):
+             rel_pos_grad: bool = False, precision: str = "ieee", grid_order: bool = False, fold=None,
+             dlse=None):
     """Launch the backward kernels.
 
     ``dq_plan`` is used by the dq kernel (its query-tile lists), ``dkdv_plan`` by the dk/dv kernel
@@ -573,7 +584,7 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
     summed here; their buffer holds ``B * H_q * n_q_tiles * prod(2g - 1)`` floats), else None.
     ``grid_order``: tensors in grid order, positions tiled, as in ``flash_fwd.forward`` (no
     bias, low-rank or relative-position terms with it); ``fold``: a ``masks.DilationFold``, as
-    there.
+    there. ``dlse``: the gradient of lse (like lse; None for zero), for softmax scores.
     """
     batch, q_len, heads, dim = q.shape
     k_len, kv_heads, dim_v = k.shape[1], k.shape[2], v.shape[3]
@@ -592,21 +603,21 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
     gluon_dq, gluon_dkdv = (backward_route.routes(q, k, v, do, dq_plan, dkdv_plan) if plain
                             else (False, False))
     if gluon_dq and gluon_dkdv:
-        return (*_gluon_gradients(do, q, k, v, o, lse, dq_plan, dkdv_plan, scale, overlap),
+        return (*_gluon_gradients(do, q, k, v, o, lse, dq_plan, dkdv_plan, scale, overlap, dlse),
                 None, None, None, None, None)
     if extent_only(q, dq_plan):
         raise RuntimeError("flash_bwd.backward: q, k, v hold only a padded grid's extent, which only "
                            "the Gluon dq and dk/dv kernels read (backward_route.routes declined them)")
     # On one stream the Triton dq runs first and writes delta itself (DELTA_IN_DQ) before dk/dv
     # reads it; the Gluon dq reads it.
-    delta_in_dq = DELTA_IN_DQ_ENABLED and not (sigmoid or overlap or gluon_dq)
+    delta_in_dq = DELTA_IN_DQ_ENABLED and dlse is None and not (sigmoid or overlap or gluon_dq)
     if sigmoid:
         delta = torch.zeros(1, dtype=torch.float32, device=device)
         lse = delta
     elif delta_in_dq:
         delta = torch.empty(batch, heads, q.shape[1], dtype=torch.float32, device=device)
     else:
-        delta = row_dot(o, do)
+        delta = _row_delta(o, do, dlse)
     dq = torch.empty_like(q)
     dk = torch.empty(batch, k.shape[1], kv_heads, dim, dtype=k.dtype, device=device)
     dv = torch.empty(batch, k.shape[1], kv_heads, dim_v, dtype=v.dtype, device=device)

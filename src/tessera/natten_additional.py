@@ -1,0 +1,59 @@
+"""Neighborhood attention with additional keys and values (NATTEN's ``additional_keys`` /
+``additional_values``): every query also attends to a set of extra tokens (text tokens, registers,
+a global summary), one softmax over its neighborhood and those tokens together.
+
+Run as two attentions merged through their lse (``merge_attentions``): the neighborhood, and every
+query of the grid against the extra tokens (``tessera.attention``, dense). The gradients are those
+of the joint softmax, since lse is differentiable on every backend.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from .merge import merge_attentions
+
+
+def check_additional_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keys, values, na_dim: int) -> None:
+    """Raise a clear error unless ``keys [B, S_x, H_kv, D]`` and ``values [B, S_x, H_kv, D_v]`` fit
+    the neighborhood call's q ``[B, *grid, H_q, D]``, k and v (same batch, kv heads, head dims,
+    dtype and device)."""
+    if keys is None:
+        raise ValueError("additional_keys must be given with additional_values")
+    if values is None:
+        raise ValueError("additional_values must be given with additional_keys")
+    for name, t, like in (("additional_keys", keys, k), ("additional_values", values, v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be 4-D [B, S_x, H_kv, D], got shape {tuple(t.shape)}")
+        want = (q.shape[0], like.shape[-2], like.shape[-1])
+        got = (t.shape[0], t.shape[2], t.shape[3])
+        if got != want:
+            raise ValueError(f"{name} must be [B, S_x, H_kv, D] = [{want[0]}, S_x, {want[1]}, {want[2]}] "
+                             f"for these q, k, v, got shape {tuple(t.shape)}")
+        if t.dtype != q.dtype or t.device != q.device:
+            raise ValueError(f"{name} must have q's dtype {q.dtype} and device {q.device}, "
+                             f"got {t.dtype} on {t.device}")
+    if keys.shape[1] != values.shape[1]:
+        raise ValueError(f"additional_keys and additional_values must hold one number of tokens, "
+                         f"got {keys.shape[1]} and {values.shape[1]}")
+
+
+def with_additional_kv(neighborhood: Callable, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, *,
+                       na_dim: int, scale, backend: str, return_lse: bool):
+    """The neighborhood attention ``neighborhood() -> (o [B, *grid, H_q, D_v], lse [B, H_q,
+    *grid])`` merged with the attention of every query of ``q [B, *grid, H_q, D]`` over ``keys``
+    / ``values``; returns o, and lse with ``return_lse``."""
+    from .api import attention
+    o_local, lse_local = neighborhood()
+    batch, grid, heads = q.shape[0], tuple(q.shape[1:1 + na_dim]), q.shape[-2]
+    flat_q = q.reshape(batch, math.prod(grid), heads, q.shape[-1])
+    o_extra, lse_extra = attention(flat_q, keys, values, scale=scale, backend=backend, return_lse=True)
+    o_extra = o_extra.reshape(o_local.shape)
+    lse_extra = lse_extra.reshape(batch, heads, *grid)
+    o, lse = merge_attentions([o_local, o_extra], [lse_local, lse_extra])
+    return (o, lse) if return_lse else o
