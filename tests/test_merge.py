@@ -128,6 +128,27 @@ def test_additional_keys_and_values_match_float64(op, grid, kernel, dilation, st
     assert torch.equal(alone, o)
 
 
+def test_extra_tokens_attention_in_query_chunks(monkeypatch):
+    # The extra tokens' attention cut into query chunks (one batch entry each) gives the uncut
+    # result: o, lse and every gradient.
+    import tessera.natten_additional as additional
+    assert [additional.query_chunks(n) for n in (2047, 2048, 16384, 36864, 10 ** 6 + 3)] == [1, 2, 16, 36, 1]
+    q, k, v = _leaves((2, 6, 8, 4, 8), (2, 6, 8, 2, 8), (2, 6, 8, 2, 6))
+    keys, values = _leaves((2, 5, 2, 8), (2, 5, 2, 6))
+    inputs = (q, k, v, keys, values)
+
+    def run():
+        o, lse = na2d(q, k, v, 3, backend="reference", return_lse=True, additional_keys=keys,
+                      additional_values=values)
+        return [o, lse, *torch.autograd.grad((o, lse), inputs, (do, dlse))]
+    do, dlse = torch.randn(2, 6, 8, 4, 6, dtype=torch.float64), torch.randn(2, 4, 6, 8, dtype=torch.float64)
+    whole = run()
+    monkeypatch.setattr(additional, "QUERIES_PER_CHUNK", 12)
+    assert additional.query_chunks(48) == 4
+    for a, b in zip(run(), whole):
+        assert rel_err(a, b) < 1e-13
+
+
 def test_additional_keys_and_values_name_bad_arguments():
     q = torch.randn(1, 6, 6, 4, 8)
     kv = torch.randn(1, 6, 6, 2, 8)

@@ -346,14 +346,17 @@ def test_gpu_attention_with_a_neighborhood_pattern_takes_the_padded_path(monkeyp
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("op, grid, kernel, extra", [
-    (na2d, (32, 48), (7, 9), 16),          # grid order, both Gluon backward kernels on Hopper
-    (na3d, (4, 16, 16), (3, 5, 5), 77),
+@pytest.mark.parametrize("op, grid, kernel, extra, queries_per_chunk", [
+    (na2d, (32, 48), (7, 9), 16, 1024),    # grid order, both Gluon backward kernels on Hopper
+    (na3d, (4, 16, 16), (3, 5, 5), 77, 256),     # the extra tokens' queries in 4 chunks
 ])
-def test_gpu_additional_keys_and_values_against_float64(op, grid, kernel, extra, dtype):
+def test_gpu_additional_keys_and_values_against_float64(monkeypatch, op, grid, kernel, extra, queries_per_chunk,
+                                                        dtype):
     """Neighborhood plus extra tokens on the GPU kernels (merged through lse), o, lse and the
     gradients of q, k, v and the extra keys and values, the loss on o and lse, against the
     float64 reference by the rule (GQA, B = 2)."""
+    import tessera.natten_additional as additional
+    monkeypatch.setattr(additional, "QUERIES_PER_CHUNK", queries_per_chunk)
     gen = torch.Generator(device="cuda").manual_seed(0)
     shapes = [(2, *grid, 8, 128), (2, *grid, 2, 128), (2, *grid, 2, 128), (2, extra, 2, 128), (2, extra, 2, 128)]
     inputs = [torch.randn(shape, device="cuda", dtype=dtype, generator=gen) for shape in shapes]

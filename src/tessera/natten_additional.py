@@ -43,16 +43,47 @@ def check_additional_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keys,
                          f"got {keys.shape[1]} and {values.shape[1]}")
 
 
+# The extra tokens' attention runs on the grid's queries cut into chunks of at least this many
+# (each chunk a batch entry with its own copy of the extra keys and values, at most MAX_CHUNKS):
+# a few extra keys against every query would leave the dk/dv kernel one program per key tile
+# and head, each walking every query.
+QUERIES_PER_CHUNK = 1024
+MAX_CHUNKS = 64
+
+
+def query_chunks(tokens: int) -> int:
+    """The chunks the ``tokens`` queries of one batch entry are cut into: the largest divisor of
+    ``tokens`` that leaves at least ``QUERIES_PER_CHUNK`` queries per chunk, at most
+    ``MAX_CHUNKS`` (1 for fewer than twice that many queries)."""
+    most = min(MAX_CHUNKS, tokens // QUERIES_PER_CHUNK)
+    return max([c for c in range(1, most + 1) if tokens % c == 0], default=1)
+
+
+def _extra_attention(flat_q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale, backend: str):
+    """``(o [B, T, H_q, D_v], lse [B, H_q, T])`` of every query of ``flat_q [B, T, H_q, D]`` over
+    ``keys`` and ``values``, the queries in ``query_chunks(T)`` chunks."""
+    from .api import attention
+    batch, tokens, heads, _ = flat_q.shape
+    chunks = query_chunks(tokens)
+    if chunks == 1:
+        return attention(flat_q, keys, values, scale=scale, backend=backend, return_lse=True)
+    per_chunk = [t[:, None].expand(batch, chunks, *t.shape[1:]).reshape(batch * chunks, *t.shape[1:])
+                 for t in (keys, values)]
+    o, lse = attention(flat_q.reshape(batch * chunks, tokens // chunks, *flat_q.shape[2:]), *per_chunk,
+                       scale=scale, backend=backend, return_lse=True)
+    lse = lse.reshape(batch, chunks, heads, tokens // chunks).transpose(1, 2).reshape(batch, heads, tokens)
+    return o.reshape(batch, tokens, *o.shape[2:]), lse
+
+
 def with_additional_kv(neighborhood: Callable, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, *,
                        na_dim: int, scale, backend: str, return_lse: bool):
     """The neighborhood attention ``neighborhood() -> (o [B, *grid, H_q, D_v], lse [B, H_q,
     *grid])`` merged with the attention of every query of ``q [B, *grid, H_q, D]`` over ``keys``
     / ``values``; returns o, and lse with ``return_lse``."""
-    from .api import attention
     o_local, lse_local = neighborhood()
     batch, grid, heads = q.shape[0], tuple(q.shape[1:1 + na_dim]), q.shape[-2]
     flat_q = q.reshape(batch, math.prod(grid), heads, q.shape[-1])
-    o_extra, lse_extra = attention(flat_q, keys, values, scale=scale, backend=backend, return_lse=True)
+    o_extra, lse_extra = _extra_attention(flat_q, keys, values, scale, backend)
     o_extra = o_extra.reshape(o_local.shape)
     lse_extra = lse_extra.reshape(batch, heads, *grid)
     o, lse = merge_attentions([o_local, o_extra], [lse_local, lse_extra])
