@@ -24,7 +24,7 @@ import torch
 
 from tessera.bench.attention import FWD_BWD_FLOP_FACTOR, GRAPH_SUFFIX
 from tessera.bench.report import print_table, results_path, write_results
-from tessera.bench.timing import graph_replay_ms, median_ms, warm_up_gpu
+from tessera.bench.timing import graph_replay_ms, median_ms, top_host_functions, warm_up_gpu
 from tessera.natten import neighborhood_attention
 from tessera.patterns import Neighborhood, to_flex
 
@@ -138,6 +138,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--only", nargs="*", default=None, help="run only cases whose name contains one of these")
+    parser.add_argument("--profile", action="store_true",
+                        help="print the top host functions of each case's eager fwd+bwd step instead")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/natten_additional_kv.py needs a CUDA GPU (tests/test_merge.py checks "
@@ -152,6 +154,16 @@ def main() -> None:
         print(name)
         tensors = _inputs(grid, extra, dim, device)
         n = math.prod(grid)
+        if args.profile:
+            for with_extra in (False, True):
+                run, leaves = _tessera(grid, kernel, tensors, with_extra)
+                step = _step(run, leaves, tensors[5], "fwd+bwd")
+                for _ in range(5):
+                    step()
+                print(f"  host, {'with' if with_extra else 'without'} the extra tokens:")
+                for line in top_host_functions(step, top=40):
+                    print("   ", line)
+            continue
         rows = [(name, "tessera", lambda: _tessera(grid, kernel, tensors, True), math.prod(kernel) + extra),
                 (f"{name} neighborhood alone", "tessera", lambda: _tessera(grid, kernel, tensors, False),
                  math.prod(kernel)),
@@ -187,6 +199,8 @@ def main() -> None:
                                  f"{ours - alone:.3f} ms to the neighborhood's {alone:.3f}")
         payload["notes"] = notes
         path.write_text(json.dumps(payload, indent=1) + "\n")
+    if args.profile:
+        return
     if not records:
         raise SystemExit(f"no case matched --only {args.only}")
     print_table(payload)

@@ -41,6 +41,8 @@ def _attend(q, k, v, **kwargs):
 
 
 CASES = [
+    dict(return_lse=True),                      # dense with lse: the op (SDPA has no lse)
+    dict(causal=True, return_lse=True),
     dict(pattern=Window(7), causal=True),
     dict(pattern=Window(5) | Sinks(3), return_lse=True, scale=0.2),
     dict(pattern="power:local=16,causal=true", softcap=5.0),
@@ -106,12 +108,16 @@ else:
     from tessera.kernels.triton.backend import kernels_interpreted
 
     @pytest.mark.skipif(not kernels_interpreted(), reason="triton was imported before TRITON_INTERPRET=1")
-    def test_interpreted_backward_reads_the_forward(monkeypatch):
-        """fp16 on the Triton kernels: the compiled step equals eager bit for bit and runs one
-        forward, its backward on the op's saved o and lse."""
+    @pytest.mark.parametrize("kwargs, forwards", [
+        (dict(pattern=Window(24) | Sinks(4), causal=True), 1),
+        (dict(return_lse=True), 2),            # dense with lse: the op, its backward recomputes
+    ])
+    def test_interpreted_backward_reads_the_forward(monkeypatch, kwargs, forwards):
+        """fp16 on the Triton kernels in one graph: the compiled step equals eager bit for bit;
+        a sparse pattern runs one forward, its backward on the op's saved o and lse."""
         torch._dynamo.reset()
         q, k, v, do = _inputs(1, 128, 2, 1, 16, torch.float16)
-        kwargs = dict(pattern=Window(24) | Sinks(4), causal=True, backend="triton")
+        kwargs = dict(kwargs, backend="triton")
         eager = _step(_attend, q, k, v, do, **kwargs)
         calls = []
         original = triton_backend._forward
@@ -121,7 +127,7 @@ else:
             return original(*args)
         monkeypatch.setattr(triton_backend, "_forward", counting_forward)
         compiled = _step(torch.compile(_attend, backend="aot_eager", fullgraph=True), q, k, v, do, **kwargs)
-        assert len(calls) == 1
+        assert len(calls) == forwards
         for got, want in zip(compiled, eager):
             assert torch.equal(got, want)
 
@@ -129,7 +135,7 @@ else:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
-@pytest.mark.parametrize("kwargs", [dict(pattern=Window(256), causal=True),
+@pytest.mark.parametrize("kwargs", [dict(pattern=Window(256), causal=True), dict(return_lse=True),
                                     dict(pattern=Power(local=128), return_lse=True),
                                     dict(pattern=Swin((32, 32), 8, shifted=True))])
 def test_compiled_on_the_gpu_equals_eager(kwargs, mode):

@@ -64,6 +64,31 @@ def test_compiled_graph_equals_eager(op, shape, kv_heads, kwargs, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_additional_keys_and_values_compile_into_one_graph(dtype):
+    """na2d with extra tokens under ``fullgraph=True``: the neighborhood op, the extra tokens'
+    attention op and the merge in torch operations; o, lse and every gradient (the loss on both)
+    equal eager's."""
+    torch._dynamo.reset()
+    q, k, v, do = _inputs((2, 6, 7, 4, 8), 2, dtype)
+    gen = torch.Generator().manual_seed(2)
+    keys, values = (torch.randn(2, 5, 2, 8, generator=gen).to(dtype) for _ in range(2))
+    dlse = torch.randn(2, 4, 6, 7, generator=gen).to(dtype)
+
+    def step(fn):
+        leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, keys, values)]
+        o, lse = fn(*leaves)
+        return [o, lse, *torch.autograd.grad((o, lse), leaves, (do, dlse))]
+
+    def attend(q, k, v, keys, values):
+        return na2d(q, k, v, (3, 5), return_lse=True, backend="reference", additional_keys=keys,
+                    additional_values=values)
+    eager = step(attend)
+    compiled = step(torch.compile(attend, backend="aot_eager", fullgraph=True))
+    for got, want in zip(compiled, eager):
+        assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_ops_pass_torch_library_opcheck(dtype):
     """``torch.library.opcheck``: schema, autograd registration, fake tensors (shapes, dtypes and
     strides of the real outputs) and AOT dispatch of both custom ops."""
@@ -196,3 +221,31 @@ def test_compiled_on_the_gpu_equals_eager(op, shape, kwargs, mode):
         compiled = [t.clone() for t in _step(compiled_op, q, k, v, do, **kwargs)]
         for got, want in zip(compiled, eager):
             assert torch.equal(got, want)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_additional_keys_compiled_on_the_gpu_against_float64():
+    """bf16 na2d with 40 extra tokens under torch.compile (inductor, one graph: the two ops and the
+    merge, which the compiler fuses instead of tessera's merge kernels), o, lse and every
+    gradient (the loss on both) against the float64 reference by the error rule."""
+    from conftest import assert_error_rule
+    torch._dynamo.reset()
+    q, k, v, do = (t.cuda() for t in _inputs((2, 32, 48, 4, 128), 2, torch.bfloat16))
+    gen = torch.Generator().manual_seed(3)
+    keys, values = (torch.randn(2, 40, 2, 128, generator=gen).cuda() for _ in range(2))
+    dlse = torch.randn(2, 4, 32, 48, generator=gen, dtype=torch.float64).cuda()
+
+    def attend(q, k, v, keys, values, backend):
+        return na2d(q, k, v, (7, 9), return_lse=True, backend=backend, additional_keys=keys,
+                    additional_values=values)
+
+    def step(fn, dtype, backend):
+        leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v, keys, values)]
+        o, lse = fn(*leaves, backend)
+        return [o, lse, *torch.autograd.grad((o, lse), leaves, (do.to(dtype), dlse.to(lse.dtype)))]
+
+    compiled = step(torch.compile(attend, fullgraph=True), torch.bfloat16, "triton")
+    assert_error_rule(("o", "lse", "dq", "dk", "dv", "dkeys", "dvalues"), compiled,
+                      step(attend, torch.bfloat16, "reference"), step(attend, torch.float64, "reference"),
+                      torch.bfloat16)

@@ -76,11 +76,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
 
     Under ``torch.compile``, a call whose pattern has a spec string and that has no bias, sinks
     or varlen lengths is one custom op each way (``tessera.attention_ops``; ``fullgraph=True``
-    and CUDA graphs work); dense and causal calls trace into SDPA where it takes them.
+    and CUDA graphs work), dense and causal calls with ``return_lse`` too; other dense and causal
+    calls trace into SDPA where it takes them.
     """
     if torch.compiler.is_compiling() and bias is None and sinks is None and cu_seqlens_q is None \
             and cu_seqlens_k is None:
-        spec = attention_ops.pattern_spec(pattern)
+        spec = attention_ops.pattern_spec(pattern, return_lse)
         if spec is not None:
             return attention_ops.traced_call(q, k, v, spec, causal=causal, scale=scale, score=score,
                                              softcap=softcap, sigmoid_bias=sigmoid_bias,

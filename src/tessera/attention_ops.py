@@ -3,12 +3,12 @@
 Traced by ``torch.compile``, ``tessera.attention`` calls the custom op ``tessera::attention`` for
 calls whose pattern a spec string expresses (``patterns.to_spec``: windows, sinks, S2 shards,
 Power, blocks, neighborhoods, Swin, MaxViT, Halo, criss-cross, Radial and their unions and
-intersections) and that carry no bias, sinks tensor or varlen lengths; the pattern reaches the
-op as its spec. The op runs the eager path (same kernels, same results bit for bit) and returns
+intersections), or dense and causal calls that ask for lse, and that carry no bias, sinks tensor
+or varlen lengths; the pattern reaches the op as its spec. The op runs the eager path (same kernels, same results bit for bit) and returns
 ``(o, lse)``; its backward, ``tessera::attention_backward``, takes the forward's o and lse into
 the Triton backend's backward kernels (``backend.prepare``) where that backend runs the call in
 16 bits, and recomputes the forward under autograd elsewhere. Other calls (dense, causal, biases,
-per-head patterns) trace as before: dense and causal calls that go to SDPA trace into SDPA.
+per-head patterns) trace as before: dense and causal calls without lse trace into SDPA.
 """
 
 from __future__ import annotations
@@ -23,16 +23,17 @@ from .compile_support import lse_dtype, recomputed_gradients, register_backward
 from .patterns import Pattern, parse, to_spec
 
 
-def pattern_spec(pattern) -> Optional[str]:
-    """The spec string of ``pattern`` (a ``Pattern`` or a spec string) when the op can carry it
-    (not dense or causal alone, which trace into SDPA), else None."""
+def pattern_spec(pattern, return_lse: bool = False) -> Optional[str]:
+    """The spec string of ``pattern`` (a ``Pattern``, a spec string or None for dense) when the op
+    carries the call, else None: dense or causal alone trace into SDPA, unless ``return_lse``
+    (which SDPA does not return)."""
     if pattern is None:
-        return None
+        return "dense" if return_lse else None
     try:
         spec = to_spec(parse(pattern) if isinstance(pattern, str) else pattern)
     except (ValueError, TypeError):
         return None
-    return None if spec in ("dense", "causal") else spec
+    return None if spec in ("dense", "causal") and not return_lse else spec
 
 
 @functools.lru_cache(maxsize=256)

@@ -6,8 +6,8 @@ exp(lse_1 - lse) o_1 + exp(lse_2 - lse) o_2``. Every backend's lse is differenti
 merged result's gradients are those of the attention over the union.
 
 On CUDA (and on CPU with the Triton kernels interpreted) 16- and 32-bit outputs with float32 lses
-merge pairwise in one Triton pass each way (``kernels.triton.merge``); elsewhere in torch
-operations (float32 sums, float64 for float64).
+merge pairwise in one Triton pass each way (``kernels.triton.merge``); elsewhere, and under
+``torch.compile``, in torch operations (float32 sums, float64 for float64).
 """
 
 from __future__ import annotations
@@ -94,6 +94,8 @@ def _fused(outputs, lses) -> bool:
     or on CPU with the kernels interpreted."""
     if not FUSED or outputs[0].dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return False
+    if torch.compiler.is_compiling():
+        return False   # traced as torch operations, which the compiler fuses itself
     if any(lse.dtype != torch.float32 for lse in lses):
         return False
     device = outputs[0].device
