@@ -452,7 +452,7 @@ def prepare(call: AttentionCall) -> Optional[Callable]:
     lse)`` for later calls whose q, k, v have the call's shapes, strides, dtypes and device and
     whose other arguments equal the call's (the caller keys its cache on those). None for calls it
     does not prepare: varlen, bias, sinks, float32 (whose precision follows a global switch), or a
-    pattern without a value-based key. Unless the call's score is sigmoid, the function's
+    pattern without a value-based key (dense calls, pattern None, are prepared). Unless the call's score is sigmoid, the function's
     ``backward(q, k, v, o, lse, do, dlse=None) -> (dq, dk, dv)`` runs the backward kernels on the
     o and lse it returned, for the gradients ``do`` of o and ``dlse`` of lse (``tessera.natten_ops``:
     the backward of a compiled call)."""
@@ -461,7 +461,7 @@ def prepare(call: AttentionCall) -> Optional[Callable]:
         return None
     q, k, v = (_head_contiguous(t) for t in (call.q, call.k, call.v))
     spec = _spec_of(call, q, k, None)
-    if spec.pattern_key is None:
+    if spec.pattern_key is None and call.pattern is not None:
         return None
     contiguous = tuple(t.stride(-1) == 1 for t in (q, k, v))
     sigmoid = call.score == "sigmoid"
