@@ -4,10 +4,11 @@ Traced by ``torch.compile``, ``tessera.attention`` calls the custom op ``tessera
 calls whose pattern a spec string expresses (``patterns.to_spec``: windows, sinks, S2 shards,
 Power, blocks, neighborhoods, Swin, MaxViT, Halo, criss-cross, Radial and their unions and
 intersections), or dense and causal calls that ask for lse, and that carry no bias, sinks tensor
-or varlen lengths; the pattern reaches the op as its spec. The op runs the eager path (same kernels, same results bit for bit) and returns
-``(o, lse)``; its backward, ``tessera::attention_backward``, takes the forward's o and lse into
-the Triton backend's backward kernels (``backend.prepare``) where that backend runs the call in
-16 bits, and recomputes the forward under autograd elsewhere. Other calls (dense, causal, biases,
+or varlen lengths; the pattern reaches the op as its spec. The op runs the eager path (same
+kernels, same results bit for bit) and returns ``(o, lse)``; its backward,
+``tessera::attention_backward``, takes the forward's o and lse (and lse's gradient) into the
+Triton backend's backward kernels (``backend.prepare``) where that backend runs the call in 16
+bits, and recomputes the forward under autograd elsewhere. Other calls (dense, causal, biases,
 per-head patterns) trace as before: dense and causal calls without lse trace into SDPA.
 """
 

@@ -37,7 +37,8 @@ def _check(outputs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor]) -> Non
             if t.device != first.device:
                 raise ValueError(f"{name}[{i}] must be on {first.device}, got {t.device}")
     if first.dim() < 4:
-        raise ValueError(f"outputs[0] must be [B, *tokens, H, D_v] (at least 4-D), got shape {tuple(first.shape)}")
+        raise ValueError(f"outputs[0] must be [B, *tokens, H, D_v] (at least 4-D), "
+                         f"got shape {tuple(first.shape)}")
     lse_shape = (first.shape[0], first.shape[-2], *first.shape[1:-2])
     for i, (o, lse) in enumerate(zip(outputs, lses)):
         if o.shape != first.shape or o.dtype != first.dtype:

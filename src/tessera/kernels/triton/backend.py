@@ -452,10 +452,10 @@ def prepare(call: AttentionCall) -> Optional[Callable]:
     lse)`` for later calls whose q, k, v have the call's shapes, strides, dtypes and device and
     whose other arguments equal the call's (the caller keys its cache on those). None for calls it
     does not prepare: varlen, bias, sinks, float32 (whose precision follows a global switch), or a
-    pattern without a value-based key (dense calls, pattern None, are prepared). Unless the call's score is sigmoid, the function's
-    ``backward(q, k, v, o, lse, do, dlse=None) -> (dq, dk, dv)`` runs the backward kernels on the
-    o and lse it returned, for the gradients ``do`` of o and ``dlse`` of lse (``tessera.natten_ops``:
-    the backward of a compiled call)."""
+    pattern without a value-based key (dense calls, pattern None, are prepared). Unless the call's
+    score is sigmoid, the function's ``backward(q, k, v, o, lse, do, dlse=None) -> (dq, dk, dv)``
+    runs the backward kernels on the o and lse it returned, for the gradients ``do`` of o and
+    ``dlse`` of lse (``tessera.natten_ops``: the backward of a compiled call)."""
     if (call.cu_seqlens_q is not None or call.bias is not None or call.sinks is not None
             or call.q.dtype == torch.float32):
         return None
