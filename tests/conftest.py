@@ -105,3 +105,17 @@ def assert_passes_interpreted(path: str, *pytest_args: str, timeout: float) -> N
     run = subprocess.run([sys.executable, "-m", "pytest", path, "-q", "-x", "-p", "no:cacheprovider", *pytest_args],
                          env=env, capture_output=True, text=True, timeout=timeout)
     assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]
+
+
+def step_outputs(fn, q, k, v, do, **kwargs) -> list:
+    """``[o, (lse,) dq, dk, dv]`` of ``fn(q, k, v, **kwargs)`` on fresh leaves; when ``fn`` returns
+    lse, the loss takes a fixed random gradient of lse as well as ``do`` (the compile tests'
+    step, eager and compiled alike)."""
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out = fn(*leaves, **kwargs)
+    if not isinstance(out, tuple):
+        return [out.detach(), *torch.autograd.grad(out, leaves, do)]
+    o, lse = out
+    dlse = torch.randn(lse.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    grads = torch.autograd.grad((o, lse), leaves, (do, dlse.to(lse.dtype).to(lse.device)))
+    return [o.detach(), lse.detach(), *grads]

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from conftest import assert_passes_interpreted
+from conftest import assert_passes_interpreted, step_outputs
 
 import tessera
 from tessera.patterns import Power, Sinks, Swin, Window
@@ -21,19 +21,6 @@ def _inputs(batch, seq, heads, kv_heads, dim, dtype, seed=0):
     q, do = (torch.randn(batch, seq, heads, dim, generator=gen).to(dtype) for _ in range(2))
     k, v = (torch.randn(batch, seq, kv_heads, dim, generator=gen).to(dtype) for _ in range(2))
     return q, k, v, do
-
-
-def _step(fn, q, k, v, do, **kwargs):
-    """``[o, (lse,) dq, dk, dv]`` of ``fn`` on fresh leaves; with lse returned, the loss takes a
-    fixed random gradient of lse as well as ``do``."""
-    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-    out = fn(*leaves, **kwargs)
-    if not isinstance(out, tuple):
-        return [out.detach(), *torch.autograd.grad(out, leaves, do)]
-    o, lse = out
-    dlse = torch.randn(lse.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    grads = torch.autograd.grad((o, lse), leaves, (do, dlse.to(lse.dtype).to(lse.device)))
-    return [o.detach(), lse.detach(), *grads]
 
 
 def _attend(q, k, v, **kwargs):
@@ -59,8 +46,8 @@ def test_compiled_graph_equals_eager(kwargs, dtype):
     torch._dynamo.reset()
     q, k, v, do = _inputs(2, 64, 4, 2, 8, dtype)
     kwargs = dict(kwargs, backend="reference")
-    eager = _step(_attend, q, k, v, do, **kwargs)
-    compiled = _step(torch.compile(_attend, backend="aot_eager", fullgraph=True), q, k, v, do, **kwargs)
+    eager = step_outputs(_attend, q, k, v, do, **kwargs)
+    compiled = step_outputs(torch.compile(_attend, backend="aot_eager", fullgraph=True), q, k, v, do, **kwargs)
     assert len(eager) == len(compiled)
     for got, want in zip(compiled, eager):
         assert got.dtype == want.dtype and torch.equal(got, want)
@@ -70,8 +57,8 @@ def test_bhsd_layout_under_compile():
     torch._dynamo.reset()
     q, k, v, do = (t.transpose(1, 2) for t in _inputs(1, 48, 2, 2, 8, torch.float64))
     kwargs = dict(pattern=Window(6), causal=True, layout="bhsd", backend="reference")
-    eager = _step(_attend, q, k, v, do, **kwargs)
-    compiled = _step(torch.compile(_attend, backend="aot_eager", fullgraph=True), q, k, v, do, **kwargs)
+    eager = step_outputs(_attend, q, k, v, do, **kwargs)
+    compiled = step_outputs(torch.compile(_attend, backend="aot_eager", fullgraph=True), q, k, v, do, **kwargs)
     for got, want in zip(compiled, eager):
         assert got.shape == want.shape and torch.equal(got, want)
 
@@ -118,7 +105,7 @@ else:
         torch._dynamo.reset()
         q, k, v, do = _inputs(1, 128, 2, 1, 16, torch.float16)
         kwargs = dict(kwargs, backend="triton")
-        eager = _step(_attend, q, k, v, do, **kwargs)
+        eager = step_outputs(_attend, q, k, v, do, **kwargs)
         calls = []
         original = triton_backend._forward
 
@@ -126,7 +113,7 @@ else:
             calls.append(1)
             return original(*args)
         monkeypatch.setattr(triton_backend, "_forward", counting_forward)
-        compiled = _step(torch.compile(_attend, backend="aot_eager", fullgraph=True), q, k, v, do, **kwargs)
+        compiled = step_outputs(torch.compile(_attend, backend="aot_eager", fullgraph=True), q, k, v, do, **kwargs)
         assert len(calls) == forwards
         for got, want in zip(compiled, eager):
             assert torch.equal(got, want)
@@ -145,7 +132,7 @@ def test_compiled_on_the_gpu_equals_eager(kwargs, mode):
     compiled = torch.compile(_attend, fullgraph=True, mode=None if mode == "default" else mode)
     for seed in range(3):
         q, k, v, do = (t.cuda() for t in _inputs(2, 1024, 4, 2, 64, torch.bfloat16, seed))
-        eager = _step(_attend, q, k, v, do, **kwargs)
-        got = [t.clone() for t in _step(compiled, q, k, v, do, **kwargs)]
+        eager = step_outputs(_attend, q, k, v, do, **kwargs)
+        got = [t.clone() for t in step_outputs(compiled, q, k, v, do, **kwargs)]
         for a, b in zip(got, eager):
             assert torch.equal(a, b)

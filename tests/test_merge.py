@@ -11,7 +11,7 @@ from conftest import rel_err
 from naive import naive_attention
 from tessera.natten import na1d, na2d, na3d
 from tessera.patterns import Causal, FromMask
-from test_natten import window
+from test_natten import dense_reference, window_mask
 
 
 def _leaves(*shapes, dtype=torch.float64):
@@ -81,14 +81,11 @@ def test_merge_names_bad_arguments():
 def neighborhood_with_extra_reference(q, k, v, keys, values, kernel, dilation, stride, causal):
     """float64 softmax of each query over its NATTEN window and every extra token, on ``[B, *grid,
     H, D]`` q, k, v and ``[B, S_x, H_kv, D]`` extra keys and values (GQA by repetition)."""
-    import itertools
     grid = q.shape[1:-2]
-    nd = len(grid)
-    cells = list(itertools.product(*[range(g) for g in grid]))
-    allowed = torch.tensor([[all(kc[a] in window(grid[a], kernel[a], dilation[a], stride[a], causal[a], qc[a])
-                                 for a in range(nd)) for kc in cells] for qc in cells])
-    allowed = torch.cat([allowed, torch.ones(len(cells), keys.shape[1], dtype=torch.bool)], 1)
-    b, h, d, n = q.shape[0], q.shape[-2], q.shape[-1], len(cells)
+    allowed = window_mask(grid, kernel, dilation, stride, causal)
+    n = allowed.shape[0]
+    allowed = torch.cat([allowed, torch.ones(n, keys.shape[1], dtype=torch.bool)], 1)
+    b, h, d = q.shape[0], q.shape[-2], q.shape[-1]
     qf = q.reshape(b, n, h, d).double()
     kf = torch.cat([k.reshape(b, n, *k.shape[-2:]), keys], 1).double()
     vf = torch.cat([v.reshape(b, n, *v.shape[-2:]), values], 1).double()
@@ -172,7 +169,6 @@ def test_lse_gradient_of_a_neighborhood_on_the_reference_backend():
     grid, kernel = (7, 6), (3, 3)
     q, k, v = _leaves((1, *grid, 2, 8), (1, *grid, 2, 8), (1, *grid, 2, 8))
     _o, lse = na2d(q, k, v, kernel, backend="reference", return_lse=True)
-    from test_natten import dense_reference
     _o_ref, lse_ref = dense_reference(q, k, v, kernel, (1, 1), (1, 1), (False, False))
     dlse = torch.randn_like(lse)
     for name, g, w in zip("qk", torch.autograd.grad(lse, (q, k), dlse), torch.autograd.grad(lse_ref, (q, k), dlse)):

@@ -24,15 +24,20 @@ def window(length, kernel, dilation, stride, causal, x):
     return {group + j * dilation for j in range(start, end)}
 
 
+def window_mask(grid, kernel, dilation, stride, causal) -> torch.Tensor:
+    """bool ``[n, n]`` over the grid's tokens in row-major order: whether query cell ``i`` sees key
+    cell ``j`` (each axis by ``window``)."""
+    cells = list(itertools.product(*[range(g) for g in grid]))
+    return torch.tensor([[all(kc[a] in window(grid[a], kernel[a], dilation[a], stride[a], causal[a], qc[a])
+                              for a in range(len(grid))) for kc in cells] for qc in cells])
+
+
 def dense_reference(q, k, v, kernel, dilation, stride, causal):
     """float64 softmax over the allowed keys, on [B, *grid, H, D] tensors (GQA by repetition)."""
     grid = q.shape[1:-2]
-    nd = len(grid)
-    cells = list(itertools.product(*[range(g) for g in grid]))
-    allowed = torch.tensor([[all(kc[a] in window(grid[a], kernel[a], dilation[a], stride[a], causal[a], qc[a])
-                                 for a in range(nd)) for kc in cells] for qc in cells])
+    allowed = window_mask(grid, kernel, dilation, stride, causal)
     b, h, d = q.shape[0], q.shape[-2], q.shape[-1]
-    n = len(cells)
+    n = allowed.shape[0]
     qf, kf, vf = (t.reshape(b, n, t.shape[-2], t.shape[-1]).double() for t in (q, k, v))
     group = h // kf.shape[2]
     kf, vf = kf.repeat_interleave(group, 2), vf.repeat_interleave(group, 2)

@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from conftest import assert_passes_interpreted
+from conftest import assert_passes_interpreted, step_outputs
 
 from tessera.natten import na1d, na2d, na3d
 from tessera.patterns.layout import GridLayout
@@ -24,19 +24,6 @@ def _inputs(shape_q, kv_heads, dtype, seed=0):
     k, v = (torch.randn(kv_shape, generator=gen, dtype=torch.float32).to(dtype) for _ in range(2))
     do = torch.randn(shape_q, generator=gen, dtype=torch.float32).to(dtype)
     return q, k, v, do
-
-
-def _step(fn, q, k, v, do, **kwargs):
-    """``[o, (lse,) dq, dk, dv]`` of ``fn`` on fresh leaves; with lse returned, the loss takes a
-    fixed random gradient of lse as well as ``do``."""
-    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-    out = fn(*leaves, **kwargs)
-    if not isinstance(out, tuple):
-        return [out.detach(), *torch.autograd.grad(out, leaves, do)]
-    o, lse = out
-    dlse = torch.randn(lse.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    grads = torch.autograd.grad((o, lse), leaves, (do, dlse.to(lse.dtype).to(lse.device)))
-    return [o.detach(), lse.detach(), *grads]
 
 
 CASES = [
@@ -55,8 +42,8 @@ def test_compiled_graph_equals_eager(op, shape, kv_heads, kwargs, dtype):
     torch._dynamo.reset()
     q, k, v, do = _inputs(shape, kv_heads, dtype)
     kwargs = dict(kwargs, backend="reference")
-    eager = _step(op, q, k, v, do, **kwargs)
-    compiled = _step(torch.compile(op, backend="aot_eager", fullgraph=True), q, k, v, do, **kwargs)
+    eager = step_outputs(op, q, k, v, do, **kwargs)
+    compiled = step_outputs(torch.compile(op, backend="aot_eager", fullgraph=True), q, k, v, do, **kwargs)
     assert len(eager) == len(compiled)
     for got, want in zip(compiled, eager):
         assert got.shape == want.shape and got.dtype == want.dtype
@@ -140,8 +127,8 @@ def test_grid_layout_objects_run_behind_a_graph_break():
     torch._dynamo.reset()
     q, k, v, do = _inputs((1, 8, 8, 2, 8), 2, torch.float64)
     kwargs = dict(kernel_size=3, layout=GridLayout((8, 8), (4, 4)), backend="reference")
-    eager = _step(na2d, q, k, v, do, **kwargs)
-    compiled = _step(torch.compile(na2d, backend="aot_eager"), q, k, v, do, **kwargs)
+    eager = step_outputs(na2d, q, k, v, do, **kwargs)
+    compiled = step_outputs(torch.compile(na2d, backend="aot_eager"), q, k, v, do, **kwargs)
     for got, want in zip(compiled, eager):
         assert torch.equal(got, want)
     torch._dynamo.reset()
@@ -186,7 +173,7 @@ else:
         torch._dynamo.reset()
         q, k, v, do = _inputs(shape, 2, torch.float16)
         kwargs = dict(kwargs, backend="triton")
-        eager = _step(op, q, k, v, do, **kwargs)
+        eager = step_outputs(op, q, k, v, do, **kwargs)
         calls = []
         original = triton_backend._forward
 
@@ -194,7 +181,7 @@ else:
             calls.append(1)
             return original(*args)
         monkeypatch.setattr(triton_backend, "_forward", counting_forward)
-        compiled = _step(torch.compile(op, backend="aot_eager", fullgraph=True), q, k, v, do, **kwargs)
+        compiled = step_outputs(torch.compile(op, backend="aot_eager", fullgraph=True), q, k, v, do, **kwargs)
         assert len(calls) == forwards
         for got, want in zip(compiled, eager):
             assert torch.equal(got, want)
@@ -217,8 +204,8 @@ def test_compiled_on_the_gpu_equals_eager(op, shape, kwargs, mode):
     compiled_op = torch.compile(op, fullgraph=True, mode=None if mode == "default" else mode)
     for seed in range(3):
         q, k, v, do = (t.cuda() for t in _inputs(shape, 2, torch.bfloat16, seed))
-        eager = _step(op, q, k, v, do, **kwargs)
-        compiled = [t.clone() for t in _step(compiled_op, q, k, v, do, **kwargs)]
+        eager = step_outputs(op, q, k, v, do, **kwargs)
+        compiled = [t.clone() for t in step_outputs(compiled_op, q, k, v, do, **kwargs)]
         for got, want in zip(compiled, eager):
             assert torch.equal(got, want)
 

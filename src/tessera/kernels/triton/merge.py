@@ -36,19 +36,25 @@ def _weights(L1, L2, stats, inside):
     return tl.exp(lse1 - anchor), tl.exp(lse2 - anchor), lse
 
 
+@triton.jit
+def _block(H, T, D: tl.constexpr, D_PAD: tl.constexpr, ROWS: tl.constexpr):
+    """This program's ``ROWS`` tokens of one (batch, head): ``(b, h, t, cols, inside, ok,
+    stats)``: t the token column ``[ROWS, 1]``, ``ok`` the ``[ROWS, D_PAD]`` mask of real
+    elements, ``stats`` the rows' offsets in ``[B, H, T]``."""
+    bh = tl.program_id(1)
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, D_PAD)
+    inside = rows < T
+    ok = inside[:, None] & (cols[None, :] < D)
+    stats = bh.to(tl.int64) * T + rows
+    return (bh // H).to(tl.int64), (bh % H).to(tl.int64), rows.to(tl.int64)[:, None], cols, inside, ok, stats
+
+
 @triton.jit(do_not_specialize=["T"])
 def _merge_forward(O1, O2, L1, L2, O, LSE, s1b, s1t, s1h, s2b, s2t, s2h, sob, sot, soh, H, T,
                    D: tl.constexpr, D_PAD: tl.constexpr, ROWS: tl.constexpr):
-    i = tl.program_id(0)
-    bh = tl.program_id(1)
-    b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
-    rows = i * ROWS + tl.arange(0, ROWS)
-    cols = tl.arange(0, D_PAD)
-    inside = rows < T
-    stats = bh.to(tl.int64) * T + rows
+    b, h, t, cols, inside, ok, stats = _block(H, T, D, D_PAD, ROWS)
     w1, w2, lse = _weights(L1, L2, stats, inside)
-    ok = inside[:, None] & (cols[None, :] < D)
-    t = rows.to(tl.int64)[:, None]
     o1 = tl.load(O1 + b * s1b + h * s1h + t * s1t + cols[None, :], mask=ok, other=0.0).to(tl.float32)
     o2 = tl.load(O2 + b * s2b + h * s2h + t * s2t + cols[None, :], mask=ok, other=0.0).to(tl.float32)
     o = w1[:, None] * o1 + w2[:, None] * o2
@@ -60,17 +66,11 @@ def _merge_forward(O1, O2, L1, L2, O, LSE, s1b, s1t, s1h, s2b, s2t, s2h, sob, so
 def _merge_backward(DO, O1, O2, L1, L2, DLSE, DO1, DO2, DL1, DL2, sdb, sdt, sdh, s1b, s1t, s1h,
                     s2b, s2t, s2h, H, T, D: tl.constexpr, D_PAD: tl.constexpr, ROWS: tl.constexpr,
                     HAS_DLSE: tl.constexpr):
-    i = tl.program_id(0)
-    bh = tl.program_id(1)
-    b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
-    rows = i * ROWS + tl.arange(0, ROWS)
-    cols = tl.arange(0, D_PAD)
-    inside = rows < T
-    stats = bh.to(tl.int64) * T + rows
+    b, h, t, cols, inside, ok, stats = _block(H, T, D, D_PAD, ROWS)
     w1, w2, _lse = _weights(L1, L2, stats, inside)
-    ok = inside[:, None] & (cols[None, :] < D)
-    t = rows.to(tl.int64)[:, None]
-    do = tl.load(DO + b * sdb + h * sdh + t * sdt + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+    # do, do1 and do2 share one layout (the caller allocates do_i like do).
+    at_do = b * sdb + h * sdh + t * sdt + cols[None, :]
+    do = tl.load(DO + at_do, mask=ok, other=0.0).to(tl.float32)
     o1 = tl.load(O1 + b * s1b + h * s1h + t * s1t + cols[None, :], mask=ok, other=0.0).to(tl.float32)
     o2 = tl.load(O2 + b * s2b + h * s2h + t * s2t + cols[None, :], mask=ok, other=0.0).to(tl.float32)
     dot1 = tl.sum(do * o1, 1)
@@ -78,9 +78,8 @@ def _merge_backward(DO, O1, O2, L1, L2, DLSE, DO1, DO2, DL1, DL2, sdb, sdt, sdh,
     shift = w1 * dot1 + w2 * dot2
     if HAS_DLSE:
         shift = shift - tl.load(DLSE + stats, mask=inside, other=0.0)
-    # do_i is laid out like do (the caller allocates it so).
-    tl.store(DO1 + b * sdb + h * sdh + t * sdt + cols[None, :], (w1[:, None] * do).to(DO1.dtype.element_ty), mask=ok)
-    tl.store(DO2 + b * sdb + h * sdh + t * sdt + cols[None, :], (w2[:, None] * do).to(DO2.dtype.element_ty), mask=ok)
+    tl.store(DO1 + at_do, (w1[:, None] * do).to(DO1.dtype.element_ty), mask=ok)
+    tl.store(DO2 + at_do, (w2[:, None] * do).to(DO2.dtype.element_ty), mask=ok)
     tl.store(DL1 + stats, w1 * (dot1 - shift), mask=inside)
     tl.store(DL2 + stats, w2 * (dot2 - shift), mask=inside)
 
