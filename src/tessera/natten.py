@@ -422,7 +422,7 @@ def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke
         if t.shape[0] != q.shape[0]:
             raise ValueError(f"{name} must have q's batch size {q.shape[0]}, got {t.shape[0]}")
     if additional_keys is not None or additional_values is not None:
-        check_additional_kv(q, k, v, additional_keys, additional_values, na_dim)
+        check_additional_kv(q, k, v, additional_keys, additional_values)
 
         def neighborhood():
             return neighborhood_attention(q, k, v, kernel_size, dilation, stride, is_causal, na_dim=na_dim,

@@ -17,7 +17,7 @@ import torch
 from .merge import merge_attentions
 
 
-def check_additional_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keys, values, na_dim: int) -> None:
+def check_additional_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keys, values) -> None:
     """Raise a clear error unless ``keys [B, S_x, H_kv, D]`` and ``values [B, S_x, H_kv, D_v]`` fit
     the neighborhood call's q ``[B, *grid, H_q, D]``, k and v (same batch, kv heads, head dims,
     dtype and device)."""
