@@ -11,7 +11,7 @@ from conftest import rel_err
 from naive import naive_attention
 from tessera.natten import na1d, na2d, na3d
 from tessera.patterns import Causal, FromMask
-from test_natten import dense_reference, window_mask
+from test_natten import dense_reference
 
 
 def _leaves(*shapes, dtype=torch.float64):
@@ -78,25 +78,6 @@ def test_merge_names_bad_arguments():
         tessera.merge_attentions([o, o.long()], [lse, lse])
 
 
-def neighborhood_with_extra_reference(q, k, v, keys, values, kernel, dilation, stride, causal):
-    """float64 softmax of each query over its NATTEN window and every extra token, on ``[B, *grid,
-    H, D]`` q, k, v and ``[B, S_x, H_kv, D]`` extra keys and values (GQA by repetition)."""
-    grid = q.shape[1:-2]
-    allowed = window_mask(grid, kernel, dilation, stride, causal)
-    n = allowed.shape[0]
-    allowed = torch.cat([allowed, torch.ones(n, keys.shape[1], dtype=torch.bool)], 1)
-    b, h, d = q.shape[0], q.shape[-2], q.shape[-1]
-    qf = q.reshape(b, n, h, d).double()
-    kf = torch.cat([k.reshape(b, n, *k.shape[-2:]), keys], 1).double()
-    vf = torch.cat([v.reshape(b, n, *v.shape[-2:]), values], 1).double()
-    group = h // kf.shape[2]
-    kf, vf = kf.repeat_interleave(group, 2), vf.repeat_interleave(group, 2)
-    s = torch.einsum("bqhd,bkhd->bhqk", qf, kf) / math.sqrt(d)
-    s = s.masked_fill(~allowed, -math.inf)
-    o = torch.einsum("bhqk,bkhd->bqhd", torch.softmax(s, -1), vf)
-    return o.reshape(b, *grid, h, vf.shape[-1]), torch.logsumexp(s, -1).reshape(b, h, *grid)
-
-
 @pytest.mark.parametrize("op, grid, kernel, dilation, stride, causal, extra", [
     (na1d, (19,), 5, 2, 1, True, 3),
     (na2d, (6, 7), (3, 5), 1, (2, 1), (False, True), 5),
@@ -111,7 +92,7 @@ def test_additional_keys_and_values_match_float64(op, grid, kernel, dilation, st
     keys, values = _leaves((2, extra, 2, 8), (2, extra, 2, 6))
     o, lse = op(q, k, v, kernel, dilation, stride, causal, backend="reference", return_lse=True,
                 additional_keys=keys, additional_values=values)
-    o_ref, lse_ref = neighborhood_with_extra_reference(q, k, v, keys, values, *params)
+    o_ref, lse_ref = dense_reference(q, k, v, *params, keys, values)
     assert o.shape == o_ref.shape and lse.shape == lse_ref.shape
     assert rel_err(o, o_ref) < 1e-12 and rel_err(lse, lse_ref) < 1e-12
     do, dlse = torch.randn_like(o), torch.randn_like(lse)

@@ -32,13 +32,17 @@ def window_mask(grid, kernel, dilation, stride, causal) -> torch.Tensor:
                               for a in range(len(grid))) for kc in cells] for qc in cells])
 
 
-def dense_reference(q, k, v, kernel, dilation, stride, causal):
-    """float64 softmax over the allowed keys, on [B, *grid, H, D] tensors (GQA by repetition)."""
+def dense_reference(q, k, v, kernel, dilation, stride, causal, keys=None, values=None):
+    """float64 softmax over the allowed keys, on [B, *grid, H, D] tensors (GQA by repetition);
+    with ``keys`` and ``values`` (``[B, S_x, H_kv, D]``) every query also sees those extra tokens."""
     grid = q.shape[1:-2]
     allowed = window_mask(grid, kernel, dilation, stride, causal)
     b, h, d = q.shape[0], q.shape[-2], q.shape[-1]
     n = allowed.shape[0]
     qf, kf, vf = (t.reshape(b, n, t.shape[-2], t.shape[-1]).double() for t in (q, k, v))
+    if keys is not None:
+        allowed = torch.cat([allowed, torch.ones(n, keys.shape[1], dtype=torch.bool)], 1)
+        kf, vf = torch.cat([kf, keys.double()], 1), torch.cat([vf, values.double()], 1)
     group = h // kf.shape[2]
     kf, vf = kf.repeat_interleave(group, 2), vf.repeat_interleave(group, 2)
     s = torch.einsum("bqhd,bkhd->bhqk", qf, kf) / math.sqrt(d)
