@@ -323,6 +323,40 @@ def test_gpu_dilated_against_float64(monkeypatch, op, grid, kernel, dilation, st
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("spec", ["swin:grid=32x32,window=8x8", "maxvit_block:grid=28x28,block=7x7",
+                                  "maxvit_grid:grid=28x28,grid_size=7x7", "swin:grid=4x16x16,window=2x8x8"])
+def test_gpu_attention_with_vision_neighborhoods_against_float64(monkeypatch, spec, dtype):
+    """``tessera.attention`` with unshifted Swin windows and MaxViT block and grid attention runs
+    natten's path on CUDA (blocked; 7 x 7 blocks; dilation groups) and meets the float64
+    reference by the rule (GQA, B = 2, D = 32; the loss takes lse too)."""
+    import tessera
+    import tessera.natten as natten
+    from tessera.patterns import parse
+
+    routed = []
+    original = natten.neighborhood_attention
+    monkeypatch.setattr(natten, "neighborhood_attention", lambda *a, **kw: routed.append(1) or original(*a, **kw))
+    pattern = parse(spec)
+    n = math.prod(pattern.grid)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    shapes = [(2, n, 4, 32), (2, n, 2, 32), (2, n, 2, 32)]
+    inputs = [torch.randn(shape, device="cuda", dtype=dtype, generator=gen) for shape in shapes]
+    do = torch.randn(shapes[0], device="cuda", dtype=dtype, generator=gen)
+    dlse = torch.randn((2, 4, n), device="cuda", dtype=torch.float64, generator=gen)
+
+    def run(dt, backend):
+        leaves = [t.detach().to(dt).requires_grad_() for t in inputs]
+        o, lse = tessera.attention(*leaves, pattern=pattern, backend=backend, return_lse=True)
+        return [o, lse, *torch.autograd.grad((o, lse), leaves, (do.to(dt), dlse.to(lse.dtype)))]
+
+    got = run(dtype, "auto")
+    assert routed
+    assert_error_rule(("o", "lse", "dq", "dk", "dv"), got, run(dtype, "reference"),
+                      run(torch.float64, "reference"), dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_gpu_attention_with_a_neighborhood_pattern_takes_the_padded_path(monkeypatch, dtype):
     """``tessera.attention`` with a ``Neighborhood`` over a grid no tile divides (44 x 37, padded
     to 48 x 40 under "auto") runs natten's padded path on CUDA and meets the float64 reference by
@@ -508,3 +542,39 @@ def test_attention_routes_plain_neighborhoods_through_natten(monkeypatch):
         tessera.attention(q, k, v, pattern=pattern, **kwargs)
     tessera.attention(q, k, v, pattern=pattern | Neighborhood((6, 8), 1), backend="reference")
     assert len(calls) == 3
+
+
+def test_attention_routes_vision_neighborhoods_through_natten(monkeypatch):
+    """Unshifted Swin windows and MaxViT block and grid attention go to
+    ``natten.neighborhood_attention`` as their equivalent neighborhoods (blocked; dilated) and give
+    the reference's result there; shifted Swin windows keep the usual path."""
+    import tessera
+    import tessera.natten as natten
+    from tessera.patterns.vision import MaxViTBlock, MaxViTGrid, Swin
+
+    calls = []
+    original = natten.neighborhood_attention
+
+    def spy(q, k, v, kernel, dilation, stride, causal, *, na_dim, backend, scale, return_lse):
+        calls.append((tuple(q.shape), kernel, dilation, stride, causal))
+        return original(q, k, v, kernel, dilation, stride, causal, na_dim=na_dim, backend="reference",
+                        scale=scale, return_lse=return_lse)
+    monkeypatch.setattr(natten, "neighborhood_attention", spy)
+    q = torch.randn(2, 48, 4, 16, dtype=torch.float64)
+    k, v = torch.randn(2, 48, 2, 16, dtype=torch.float64), torch.randn(2, 48, 2, 8, dtype=torch.float64)
+    expected_calls = {
+        Swin((6, 8), (3, 4)): ((2, 6, 8, 4, 16), (3, 4), (1, 1), (3, 4), (False, False)),
+        MaxViTBlock((6, 8), 2): ((2, 6, 8, 4, 16), (2, 2), (1, 1), (2, 2), (False, False)),
+        MaxViTGrid((6, 8), 2): ((2, 6, 8, 4, 16), (2, 2), (3, 4), (1, 1), (False, False)),
+        "swin:grid=6x8,window=3x4": ((2, 6, 8, 4, 16), (3, 4), (1, 1), (3, 4), (False, False)),
+    }
+    for pattern, call in expected_calls.items():
+        calls.clear()
+        o, lse = tessera.attention(q, k, v, pattern=pattern, backend="triton", return_lse=True)
+        assert calls == [call], pattern
+        want, want_lse = tessera.attention(q, k, v, pattern=pattern, backend="reference", return_lse=True)
+        assert torch.allclose(o, want, rtol=0, atol=1e-12) and torch.allclose(lse, want_lse, rtol=0, atol=1e-12)
+    calls.clear()
+    tessera.attention(q, k, v, pattern=Swin((6, 8), (2, 4), shifted=True), backend="reference")
+    tessera.attention(q, k, v, pattern=Swin((6, 8), (3, 4)), causal=True, backend="reference")
+    assert calls == []

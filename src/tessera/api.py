@@ -16,7 +16,7 @@ from .kernels import registry
 from .kernels.registry import AttentionCall
 from .patterns.base import Dense, Pattern
 from .patterns.local import Causal
-from .patterns.neighborhood import Neighborhood
+from .patterns.vision import equivalent_neighborhood
 
 LAYOUTS = ("bshd", "bhsd")
 SCORES = ("softmax", "sigmoid")
@@ -72,7 +72,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     finite gradients.
 
     A ``Neighborhood`` pattern with nothing else on the scores runs as ``tessera.natten`` runs it
-    on the Triton kernels (tiled token orders, padded grids): the same attention, faster.
+    on the Triton kernels (tiled token orders, padded grids): the same attention, faster. So do
+    unshifted ``Swin`` windows and MaxViT block and grid attention, which are neighborhoods
+    (``patterns.vision.equivalent_neighborhood``).
 
     Under ``torch.compile``, a call whose pattern has a spec string and that has no bias, sinks
     or varlen lengths is one custom op each way (``tessera.attention_ops``; ``fullgraph=True``
@@ -110,13 +112,14 @@ def unrouted_attention(q, k, v, *, backend: str = "auto", **kwargs):
 
 def _neighborhood_call(call: AttentionCall, backend: str):
     """``(o, lse)`` (``[B, S, H, D]``; lse None unless asked for) of a call whose pattern is a
-    plain ``Neighborhood`` with nothing else on its scores (softmax, no causal flag, bias,
-    softcap, sinks, varlen lengths or determinism request), run through ``tessera.natten`` where
-    the Triton kernels take the call (``backend`` "triton", or "auto" on CUDA): its tiled
-    orders, padded grids and grid-order kernels instead of the row-major order. None for any
-    other call."""
-    pattern = call.pattern
-    if (type(pattern) is not Neighborhood or pattern.ndim > 3 or call.causal or call.score != "softmax"
+    plain ``Neighborhood``, or a vision pattern that is one (``equivalent_neighborhood``: unshifted
+    Swin windows, MaxViT block and grid attention), with nothing else on its scores (softmax, no
+    causal flag, bias, softcap, sinks, varlen lengths or determinism request), run through
+    ``tessera.natten`` where the Triton kernels take the call (``backend`` "triton", or "auto" on
+    CUDA): its tiled orders, padded grids and grid-order kernels instead of the row-major order.
+    None for any other call."""
+    pattern = equivalent_neighborhood(call.pattern) if call.pattern is not None else None
+    if (pattern is None or pattern.ndim > 3 or call.causal or call.score != "softmax"
             or call.bias is not None or call.softcap is not None or call.sinks is not None
             or call.cu_seqlens_q is not None or call.deterministic):
         return None

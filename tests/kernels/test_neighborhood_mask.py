@@ -20,6 +20,7 @@ import torch
 from tessera.kernels.triton import masks
 from tessera.patterns.layout import GridLayout, Permuted, choose_tile_shape
 from tessera.patterns.neighborhood import Neighborhood, PaddedNeighborhood
+from tessera.patterns.vision import MaxViTGrid, Swin
 
 IN_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 CPU = torch.device("cpu")
@@ -566,6 +567,37 @@ else:
             leaves = [t.float().requires_grad_() for t in exact]
             o, lse = tessera.attention(*leaves, pattern=pattern, backend="triton", return_lse=True)
             assert len(runs) == (tile_shape is not None)
+            ref_leaves = [t.clone().requires_grad_() for t in exact]
+            ref, ref_lse = tessera.attention(*ref_leaves, pattern=pattern, backend="reference", return_lse=True)
+            do = torch.randn(ref.shape, dtype=ref.dtype)
+            grads = torch.autograd.grad(o, leaves, do.float())
+            ref_grads = torch.autograd.grad(ref, ref_leaves, do)
+            for name, got, want in zip(("o", "lse", "dq", "dk", "dv"), (o, lse, *grads), (ref, ref_lse, *ref_grads)):
+                assert (got.double() - want).norm() / want.norm() < 1e-5, name
+        finally:
+            natten._cached_call_plan.cache_clear()
+
+    @pytest.mark.parametrize("pattern, tile_shape", [
+        (Swin((8, 16), (4, 4)), None), (Swin((8, 16), (4, 4)), (4, 8)), (MaxViTGrid((8, 16), (4, 4)), None)])
+    def test_interpreted_vision_neighborhoods_through_natten_against_float64(pattern, tile_shape, monkeypatch):
+        # Unshifted Swin windows (blocked; row-major, and 4 x 8 tiles) and MaxViT grid attention
+        # (dilation groups) through tessera.attention on the Triton kernels: o, lse and the
+        # gradients against float64 (B = 2, GQA).
+        import tessera
+        import tessera.natten as natten
+        if tile_shape is not None:
+            monkeypatch.setattr(natten, "_resolve_layout",
+                                lambda layout, grid, kernel, dilation, stride, causal, device, pad=False:
+                                natten._grid_layout(grid, tile_shape))
+            natten._cached_call_plan.cache_clear()
+        routed = []
+        original = natten.neighborhood_attention
+        monkeypatch.setattr(natten, "neighborhood_attention", lambda *a, **kw: routed.append(1) or original(*a, **kw))
+        try:
+            exact = [torch.randn(2, 128, h, 32, dtype=torch.float64) for h in (4, 2, 2)]
+            leaves = [t.float().requires_grad_() for t in exact]
+            o, lse = tessera.attention(*leaves, pattern=pattern, backend="triton", return_lse=True)
+            assert routed
             ref_leaves = [t.clone().requires_grad_() for t in exact]
             ref, ref_lse = tessera.attention(*ref_leaves, pattern=pattern, backend="reference", return_lse=True)
             do = torch.randn(ref.shape, dtype=ref.dtype)

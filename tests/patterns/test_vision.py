@@ -9,7 +9,9 @@ import torch
 
 from tessera.patterns.base import UNKNOWN
 from tessera.patterns.layout import GridLayout, Permuted
-from tessera.patterns.vision import CSWin, CrissCross, Halo, MaxViTBlock, MaxViTGrid, Radial, Swin
+from tessera.patterns.neighborhood import Neighborhood
+from tessera.patterns.vision import (CSWin, CrissCross, Halo, MaxViTBlock, MaxViTGrid, Radial, Swin,
+                                    equivalent_neighborhood)
 from test_tilemap_exact import brute_states
 
 
@@ -135,6 +137,39 @@ def test_radial_matches_paper_rule():
         n = frames * frame_size
         expected = radial_reference(frames, frame_size, p.window)
         assert torch.equal(p.dense_mask(n, n)[0], expected), p
+
+
+def test_equivalent_neighborhoods_allow_the_papers_pairs():
+    """Unshifted Swin, MaxViT block and grid attention and halo-free HaloNet blocks have a
+    ``Neighborhood`` allowing exactly the pairs of their papers' definitions (the references
+    above, not the patterns' own masks); the others have none."""
+    cases = []
+    for grid, window in [((8, 8), 4), ((12, 6), (4, 3)), ((6, 9), (2, 3)), ((4, 6, 6), (2, 3, 3)), ((16,), 4),
+                         ((8, 8), 8), ((6, 6), 1)]:
+        cases.append((Swin(grid, window), swin_reference(grid, as_tuple(window, len(grid)), False)))
+    for grid, size in [((8, 8), 2), ((8, 8), 4), ((12, 12), 3), ((6, 12), 2), ((12, 6), 3), ((6, 6), 6), ((6, 6), 1)]:
+        cases.append((MaxViTBlock(grid, size), maxvit_groups(grid, block=size)))
+        cases.append((MaxViTGrid(grid, size), maxvit_groups(grid, grid_size=size)))
+    for grid, size in [((4, 6, 6), (2, 3, 2)), ((12,), 4)]:
+        period = tuple(g // s for g, s in zip(grid, as_tuple(size, len(grid))))
+        rule = pairwise(grid, lambda q, k: all((a - b) % m == 0 for a, b, m in zip(q, k, period)))
+        cases.append((MaxViTGrid(grid, size), rule))
+    for grid, block in [((8, 8), 2), ((6, 9), 3), ((4, 6, 6), 2)]:
+        cases.append((Halo(grid, block, 0), halo_reference(grid, block, 0)))
+    for pattern, expected in cases:
+        neighborhood = equivalent_neighborhood(pattern)
+        assert type(neighborhood) is Neighborhood, pattern
+        n = math.prod(pattern.grid)
+        assert torch.equal(neighborhood.dense_mask(n, n)[0], expected), (pattern, neighborhood)
+    plain = Neighborhood((6, 8), (3, 5), dilation=(2, 1))
+    assert equivalent_neighborhood(plain) is plain
+    for pattern in (Swin((8, 8), 4, shifted=True), Halo((8, 8), 2, 1), Halo((8, 8), 2, (0, 1)), CSWin((8, 8), 2, 4),
+                    CrissCross((6, 5)), Radial((4, 8))):
+        assert equivalent_neighborhood(pattern) is None, pattern
+
+
+def as_tuple(value, ndim):
+    return (value,) * ndim if isinstance(value, int) else tuple(value)
 
 
 def random_vision(rng: random.Random):

@@ -43,6 +43,14 @@ class Case:
     # tessera.natten on [B, *grid, H, D] views (its token permutation timed too), "flex" the
     # row-major pattern, "flex-tiled" the same pattern in tessera's tiled token order.
     na: Optional[dict] = None
+    # tessera without tessera.attention's neighborhood route (``unrouted_attention``): the
+    # pattern's row-major tile map on the block-sparse kernels.
+    unrouted: bool = False
+    # SDPA rows: the case's window partition ``(grid, groups)``, where ``groups(grid)`` is the
+    # int64 ``[windows, tokens per window]`` token index of each window: q, k and v are cut into
+    # windows once, outside the timed call (as a model that partitions its tokens before the qkv
+    # projection holds them), and SDPA runs dense on each window.
+    windows: Optional[tuple] = None
 
 
 def _causal_window(left: int):
@@ -142,6 +150,67 @@ def natten_cases() -> list[Case]:
             + padded + baselines(padded))
 
 
+def swin_windows(window):
+    """``groups(grid)`` of non-overlapping ``window`` boxes (Swin, MaxViT block attention)."""
+    def groups(grid):
+        idx = torch.arange(math.prod(grid)).view(*grid)
+        for a, w in enumerate(window):
+            idx = idx.unflatten(2 * a, (grid[a] // w, w))
+        n = len(grid)
+        return idx.permute(*range(0, 2 * n, 2), *range(1, 2 * n, 2)).reshape(-1, math.prod(window))
+    return groups
+
+
+def maxvit_grid_windows(grid_size):
+    """``groups(grid)`` of MaxViT grid attention: the ``grid_size`` tokens per axis at one offset
+    inside their cells."""
+    def groups(grid):
+        idx = torch.arange(math.prod(grid)).view(*grid)
+        for a, g in enumerate(grid_size):
+            idx = idx.unflatten(2 * a, (g, grid[a] // g))
+        n = len(grid)
+        return idx.permute(*range(1, 2 * n, 2), *range(0, 2 * n, 2)).reshape(-1, math.prod(grid_size))
+    return groups
+
+
+def _vision_case(name, grid, batch, heads, dim, pattern, windows=None, unrouted_row=False,
+                 impls=("tessera", "flex")) -> list[Case]:
+    seq = math.prod(grid)
+    cases = [Case(name, batch, heads, seq, dim, pattern=lambda device: pattern, impls=impls)]
+    if unrouted_row:
+        cases.append(Case(f"{name} row-major", batch, heads, seq, dim, pattern=lambda device: pattern,
+                          impls=("tessera",), unrouted=True))
+    if windows is not None:
+        cases.append(Case(f"{name} sdpa on windows", batch, heads, seq, dim, pattern=lambda device: pattern,
+                          impls=("sdpa-cudnn", "sdpa-flash"), windows=(grid, windows)))
+    return cases
+
+
+def vision_cases() -> list[Case]:
+    """Vision and video patterns as models run them (bf16): a SwinV2 stage (64 x 64 tokens,
+    windows 8 x 8, D = 32), a MaxViT-T stage (56 x 56, blocks and grid 7 x 7, D = 32), HaloNet,
+    CSWin and criss-cross at 64 x 64, and Radial attention over a 16 x 48 x 48 video latent
+    (D = 128). tessera against FlexAttention on the same mask (row-major), SDPA on the windows
+    where the pattern is one (the windows cut outside the timed call), tessera's row-major tile
+    map where the pattern routes through natten, and dense baselines at each shape."""
+    from ..patterns.vision import CSWin, CrissCross, Halo, MaxViTBlock, MaxViTGrid, Radial, Swin
+    cases = []
+    cases += _vision_case("Swin 64x64 w8", (64, 64), 32, 4, 32, Swin((64, 64), 8),
+                          windows=swin_windows((8, 8)), unrouted_row=True)
+    cases += _vision_case("Swin 64x64 w8 shifted", (64, 64), 32, 4, 32, Swin((64, 64), 8, shifted=True))
+    cases += _vision_case("MaxViT block 56x56 b7", (56, 56), 64, 2, 32, MaxViTBlock((56, 56), 7),
+                          windows=swin_windows((7, 7)), unrouted_row=True)
+    cases += _vision_case("MaxViT grid 56x56 g7", (56, 56), 64, 2, 32, MaxViTGrid((56, 56), 7),
+                          windows=maxvit_grid_windows((7, 7)), unrouted_row=True)
+    cases += _vision_case("Halo 64x64 b8 h3", (64, 64), 32, 4, 32, Halo((64, 64), 8, 3))
+    cases += _vision_case("CSWin 64x64 s8", (64, 64), 32, 4, 32, CSWin((64, 64), 8, 4))
+    cases += _vision_case("criss-cross 64x64", (64, 64), 32, 4, 32, CrissCross((64, 64)))
+    cases += _vision_case("Radial 16x48x48", (16, 48, 48), 1, 16, 128, Radial((16, 48, 48)))
+    shapes = sorted({(c.seq, c.batch, c.heads, c.head_dim) for c in cases})
+    return cases + [Case(f"dense baseline S={seq} B={batch} H={heads} D={dim}", batch, heads, seq, dim,
+                         impls=("sdpa-cudnn", "tessera")) for seq, batch, heads, dim in shapes]
+
+
 def cpu_cases() -> list[Case]:
     """A small suite that finishes in well under a minute on a laptop CPU (float32). SDPA cannot
     run the sparse patterns, so those rows compare with the dense baseline at the same shape."""
@@ -193,10 +262,12 @@ def _tessera_fn(case, pattern, inp, backend):
     if case.na is not None:
         return _natten_fn(case, inp, backend)
     bias = tessera.bias.LowRank(inp.u, inp.w) if case.low_rank else None
+    attend = tessera.api.unrouted_attention if case.unrouted else tessera.attention
 
     def run():
-        return tessera.attention(inp.q, inp.k, inp.v, pattern=pattern, causal=case.causal,
-                                 score=case.score, bias=bias, backend=backend)
+        o = attend(inp.q, inp.k, inp.v, pattern=pattern, causal=case.causal, score=case.score, bias=bias,
+                   backend=backend)
+        return o[0] if case.unrouted else o
     return run
 
 
@@ -241,16 +312,40 @@ def tiled_problem(case: Case, device: torch.device):
 
 
 def _sdpa_fn(case, pattern, inp, which):
-    if pattern is not None or case.score != "softmax" or case.low_rank:
-        raise ValueError(f"{which} runs dense or causal softmax only; case {case.name!r} needs more")
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.functional import scaled_dot_product_attention as sdpa
     backend = {"sdpa-cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa-flash": SDPBackend.FLASH_ATTENTION}[which]
+    if case.windows is not None:
+        return _sdpa_windows_fn(case, inp, backend)
+    if pattern is not None or case.score != "softmax" or case.low_rank:
+        raise ValueError(f"{which} runs dense or causal softmax only; case {case.name!r} needs more")
 
     def run():
         with sdpa_kernel(backend):
             o = sdpa(inp.q.transpose(1, 2), inp.k.transpose(1, 2), inp.v.transpose(1, 2), is_causal=case.causal)
         return o.transpose(1, 2)
+    return run
+
+
+def _sdpa_windows_fn(case, inp, backend):
+    """SDPA over each window of ``case.windows``: q, k, v ``[B, S, H, D]`` cut once into
+    ``[B * windows, H, tokens per window, D]`` leaves (``run.leaves``) outside the timed call."""
+    from torch.nn.attention import sdpa_kernel
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+    grid, groups = case.windows
+    index = groups(grid).to(inp.q.device)
+
+    def cut(t):
+        w = t[:, index]                                     # [B, windows, n, H, D]
+        return w.flatten(0, 1).transpose(1, 2).contiguous().detach()
+    parts = [cut(t) for t in (inp.q, inp.k, inp.v)]
+
+    def run():
+        for part, t in zip(parts, (inp.q, inp.k, inp.v)):
+            part.requires_grad_(t.requires_grad)
+        with sdpa_kernel(backend):
+            return sdpa(*parts)
+    run.leaves = parts
     return run
 
 
@@ -342,7 +437,8 @@ def _step(fn, inp: _Inputs, direction: str):
 
     def fwd_bwd():
         o = fn()
-        torch.autograd.grad(o, inp.grad_leaves(), inp.do.view(o.shape))
+        leaves = getattr(fn, "leaves", None) or inp.grad_leaves()
+        torch.autograd.grad(o, leaves, inp.do.view(o.shape))
     return fwd_bwd
 
 

@@ -14,6 +14,7 @@ import torch
 
 from .base import UNKNOWN, Pattern, _check_positive_int
 from .layout import GridPattern, as_axes, as_grid
+from .neighborhood import Neighborhood
 from .tilemap import EMPTY, FULL, PARTIAL
 
 # Radial classifies a rectangle exactly when each side spans at most this many frames (one
@@ -339,3 +340,28 @@ class Radial(Pattern):
 
     def __repr__(self) -> str:
         return f"Radial(grid={self.grid}, window={self.window})"
+
+
+def equivalent_neighborhood(pattern: Pattern):
+    """The ``Neighborhood`` that allows exactly the pairs ``pattern`` allows, or None. Such a
+    pattern runs as neighborhood attention does (tiled token orders, dilation groups, padded
+    grids, the grid-order kernels):
+
+      * a ``Neighborhood`` is itself;
+      * unshifted ``Swin`` windows, ``MaxViTBlock`` and ``Halo`` with no halo are blocked
+        attention: kernel = stride = window (windows tile the grid);
+      * ``MaxViTGrid`` is a neighborhood with dilation ``L / G`` (its period) and kernel ``G``:
+        each dilation group holds ``G`` coordinates per axis, all inside every window.
+
+    Shifted Swin windows (edge windows shorter than the rest), halos (windows clipped, not
+    shifted, at the grid's border), CSWin (per-head stripes), criss-cross and Radial have none."""
+    kind = type(pattern)
+    if kind is Neighborhood:
+        return pattern
+    if kind in (Swin, MaxViTBlock) and not pattern.shifted:
+        return Neighborhood(pattern.grid, pattern.window, stride=pattern.window)
+    if kind is Halo and not any(pattern.halo):
+        return Neighborhood(pattern.grid, pattern.block, stride=pattern.block)
+    if kind is MaxViTGrid:
+        return Neighborhood(pattern.grid, pattern.grid_size, dilation=pattern.period)
+    return None
