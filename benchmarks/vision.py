@@ -3,9 +3,9 @@ tessera against FlexAttention on the same mask, SDPA on the windows where the pa
 tessera's row-major tile map where the pattern routes through natten, and dense baselines; bf16,
 forward and forward+backward, eager and replayed from CUDA graphs.
 
-    python benchmarks/vision.py [--out benchmarks/results] [--only Swin MaxViT]
+    python benchmarks/vision.py [--out benchmarks/results] [--only Swin MaxViT] [--suite vision]
 
-Results: ``<out>/<date>-<device>-vision.json``; its notes give, per case, the speedup over
+Results: ``<out>/<date>-<device>-<suite>.json``; its notes give, per case, the speedup over
 tessera's own dense kernel at that shape (and its fraction of the ideal ``1 / density``) and the
 ratios of the other rows' times to tessera's.
 """
@@ -67,6 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results", help="folder for the results JSON")
     parser.add_argument("--only", nargs="*", default=None, help="run only cases whose name contains one of these")
+    parser.add_argument("--suite", default="vision", help="suite name in the results file name")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/vision.py needs a CUDA GPU (tests/patterns/test_vision.py checks the "
@@ -75,7 +76,7 @@ def main() -> None:
     cases = vision_cases()
     if args.only:
         cases = [c for c in cases if any(s in c.name for s in args.only)]
-    path = results_path(Path(args.out), device, "vision", datetime.date.today().isoformat())
+    path = results_path(Path(args.out), device, args.suite, datetime.date.today().isoformat())
     records, done = [], []
     warm_up_gpu(device)
     for case in cases:

@@ -17,6 +17,7 @@ from .kernels.registry import AttentionCall
 from .patterns.base import Dense, Pattern
 from .patterns.local import Causal
 from .patterns.vision import equivalent_neighborhood
+from .tiled_grid_patterns import tiled_grid_call
 
 LAYOUTS = ("bshd", "bhsd")
 SCORES = ("softmax", "sigmoid")
@@ -74,7 +75,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     A ``Neighborhood`` pattern with nothing else on the scores runs as ``tessera.natten`` runs it
     on the Triton kernels (tiled token orders, padded grids): the same attention, faster. So do
     unshifted ``Swin`` windows and MaxViT block and grid attention, which are neighborhoods
-    (``patterns.vision.equivalent_neighborhood``).
+    (``patterns.vision.equivalent_neighborhood``). Other grid patterns (shifted Swin windows,
+    halos, CSWin, criss-cross) run on the Triton kernels in a tiled token order where it lists
+    fewer key tiles (``tessera.tiled_grid_patterns``).
 
     Under ``torch.compile``, a call whose pattern has a spec string and that has no bias, sinks
     or varlen lengths is one custom op each way (``tessera.attention_ops``; ``fullgraph=True``
@@ -95,6 +98,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                                cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
                                deterministic=deterministic)
     routed = _neighborhood_call(call, backend)
+    if routed is None:
+        routed = tiled_grid_call(call, backend, lambda tiled: _choose_backend(tiled, backend).run(tiled))
     o, lse = routed if routed is not None else _choose_backend(call, backend).run(call)
     if layout == "bhsd":
         o = o.transpose(1, 2)

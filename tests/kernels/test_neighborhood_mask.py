@@ -20,7 +20,7 @@ import torch
 from tessera.kernels.triton import masks
 from tessera.patterns.layout import GridLayout, Permuted, choose_tile_shape
 from tessera.patterns.neighborhood import Neighborhood, PaddedNeighborhood
-from tessera.patterns.vision import MaxViTGrid, Swin
+from tessera.patterns.vision import CSWin, CrissCross, Halo, MaxViTGrid, Swin
 
 IN_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 CPU = torch.device("cpu")
@@ -607,6 +607,35 @@ else:
                 assert (got.double() - want).norm() / want.norm() < 1e-5, name
         finally:
             natten._cached_call_plan.cache_clear()
+
+    @pytest.mark.parametrize("pattern, heads", [(CSWin((8, 32), 8, 2), 2), (CrissCross((4, 8, 8)), 2),
+                                                (Halo((8, 32), 8, 2), 4)], ids=repr)
+    def test_interpreted_tiled_grid_patterns_against_float64(pattern, heads, monkeypatch):
+        # Grid patterns that are no neighborhood through tessera.attention on the Triton kernels
+        # take the tiled route (bitmask partial tiles in the tiled order): o, lse and the
+        # gradients against float64 (B = 2, GQA).
+        import tessera
+        import tessera.tiled_grid_patterns as tiled_grid_patterns
+        routed = []
+        original = tiled_grid_patterns.tiled_grid_call
+
+        def spy(call, backend, run):
+            out = original(call, backend, run)
+            routed.append(out is not None)
+            return out
+        monkeypatch.setattr(tessera.api, "tiled_grid_call", spy)
+        n = pattern.size
+        exact = [torch.randn(2, n, h, 32, dtype=torch.float64) for h in (heads, heads // 2, heads // 2)]
+        leaves = [t.float().requires_grad_() for t in exact]
+        o, lse = tessera.attention(*leaves, pattern=pattern, backend="triton", return_lse=True)
+        assert routed == [True]
+        ref_leaves = [t.clone().requires_grad_() for t in exact]
+        ref, ref_lse = tessera.attention(*ref_leaves, pattern=pattern, backend="reference", return_lse=True)
+        do = torch.randn(ref.shape, dtype=ref.dtype)
+        grads = torch.autograd.grad(o, leaves, do.float())
+        ref_grads = torch.autograd.grad(ref, ref_leaves, do)
+        for name, got, want in zip(("o", "lse", "dq", "dk", "dv"), (o, lse, *grads), (ref, ref_lse, *ref_grads)):
+            assert (got.double() - want).norm() / want.norm() < 1e-5, name
 
     def test_interpreted_natten_grid_copies_pad_and_cut():
         # grid_copy (the padded path's copies): 1 to 3 tensors with different token sizes, padded

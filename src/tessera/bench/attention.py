@@ -192,19 +192,21 @@ def vision_cases() -> list[Case]:
     CSWin and criss-cross at 64 x 64, and Radial attention over a 16 x 48 x 48 video latent
     (D = 128). tessera against FlexAttention on the same mask (row-major), SDPA on the windows
     where the pattern is one (the windows cut outside the timed call), tessera's row-major tile
-    map where the pattern routes through natten, and dense baselines at each shape."""
+    map where ``tessera.attention`` routes the pattern (natten's path, or a tiled token order),
+    and dense baselines at each shape."""
     from ..patterns.vision import CSWin, CrissCross, Halo, MaxViTBlock, MaxViTGrid, Radial, Swin
     cases = []
     cases += _vision_case("Swin 64x64 w8", (64, 64), 32, 4, 32, Swin((64, 64), 8),
                           windows=swin_windows((8, 8)), unrouted_row=True)
-    cases += _vision_case("Swin 64x64 w8 shifted", (64, 64), 32, 4, 32, Swin((64, 64), 8, shifted=True))
+    cases += _vision_case("Swin 64x64 w8 shifted", (64, 64), 32, 4, 32, Swin((64, 64), 8, shifted=True),
+                          unrouted_row=True)
     cases += _vision_case("MaxViT block 56x56 b7", (56, 56), 64, 2, 32, MaxViTBlock((56, 56), 7),
                           windows=swin_windows((7, 7)), unrouted_row=True)
     cases += _vision_case("MaxViT grid 56x56 g7", (56, 56), 64, 2, 32, MaxViTGrid((56, 56), 7),
                           windows=maxvit_grid_windows((7, 7)), unrouted_row=True)
-    cases += _vision_case("Halo 64x64 b8 h3", (64, 64), 32, 4, 32, Halo((64, 64), 8, 3))
-    cases += _vision_case("CSWin 64x64 s8", (64, 64), 32, 4, 32, CSWin((64, 64), 8, 4))
-    cases += _vision_case("criss-cross 64x64", (64, 64), 32, 4, 32, CrissCross((64, 64)))
+    cases += _vision_case("Halo 64x64 b8 h3", (64, 64), 32, 4, 32, Halo((64, 64), 8, 3), unrouted_row=True)
+    cases += _vision_case("CSWin 64x64 s8", (64, 64), 32, 4, 32, CSWin((64, 64), 8, 4), unrouted_row=True)
+    cases += _vision_case("criss-cross 64x64", (64, 64), 32, 4, 32, CrissCross((64, 64)), unrouted_row=True)
     cases += _vision_case("Radial 16x48x48", (16, 48, 48), 1, 16, 128, Radial((16, 48, 48)))
     shapes = sorted({(c.seq, c.batch, c.heads, c.head_dim) for c in cases})
     return cases + [Case(f"dense baseline S={seq} B={batch} H={heads} D={dim}", batch, heads, seq, dim,

@@ -9,6 +9,7 @@ transposed dk/dv tiles ``[BLOCK_N, BLOCK_M]``.
 """
 
 import builtins
+import os
 
 import triton
 import triton.language as tl
@@ -17,6 +18,11 @@ from .na_mask import NA_EXACT, na_penalty
 
 # True when kernels are defined for Triton's CPU interpreter (TRITON_INTERPRET=1 at import).
 INTERPRETED = bool(triton.knobs.runtime.interpret)
+
+# Bitmask partial tiles (MASK_MODE 2): on, each row's words load once and expand to bits in
+# registers (``bit_tile``); off, every element gathers its own word. Read at import (the
+# kernels compile it in): TESSERA_BITS_BY_ROWS=0 for the gather.
+BITS_BY_ROWS = tl.constexpr(os.environ.get("TESSERA_BITS_BY_ROWS", "1") == "1")
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -101,6 +107,16 @@ def rel_pos_table_grad(dtab_base, ds, fq, q_first, q_last, k_first, k_last, k_po
 
 
 @triton.jit
+def bit_tile(bits_base, ROWS: tl.constexpr, NW: tl.constexpr):
+    """``[ROWS, NW * 32]`` bool of one partial tile's bitmask (``masks.py`` layout: bit ``c % 32``
+    of word ``[r, c // 32]``): each row's ``NW`` words load once and expand in registers."""
+    rows = tl.arange(0, ROWS)
+    words = tl.load(bits_base + rows[:, None] * NW + tl.arange(0, NW)[None, :])       # [ROWS, NW]
+    bits = (words[:, :, None] >> tl.arange(0, 32)[None, None, :]) & 1               # [ROWS, NW, 32]
+    return tl.reshape(bits, (ROWS, NW * 32)) != 0
+
+
+@triton.jit
 def score_tile(qk, q_row, q_pos, k_pos, q_local, k_local, S_Q, S_K,
                scale, qk_scale, softcap, slope, band_lo, band_hi,
                bias_base, s_bias_m, s_bias_n, bits_base, tile_bias, na_win, na_code,
@@ -157,8 +173,13 @@ def score_tile(qk, q_row, q_pos, k_pos, q_local, k_local, S_Q, S_K,
         if MASK_MODE == 4:
             z2 = z2 + na_penalty(na_win, na_code, NA_STATIC, True)
         if MASK_MODE == 2:
-            words = tl.load(bits_base + q_local * NW + k_local // 32)
-            allowed = allowed & (((words >> (k_local % 32)) & 1) != 0)
+            if not BITS_BY_ROWS:
+                words = tl.load(bits_base + q_local * NW + k_local // 32)
+                allowed = allowed & (((words >> (k_local % 32)) & 1) != 0)
+            elif q_local.shape[0] == 1:                      # transposed tile: [BLOCK_N, BLOCK_M]
+                allowed = allowed & tl.trans(bit_tile(bits_base, q_local.shape[1], NW))
+            else:
+                allowed = allowed & bit_tile(bits_base, q_local.shape[0], NW)
         z2 = tl.where(allowed, z2, float("-inf"))
     return z2, t
 

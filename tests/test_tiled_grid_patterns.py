@@ -1,0 +1,136 @@
+"""Grid patterns that are no neighborhood, run in a tiled token order (``tessera.tiled_grid_patterns``)."""
+
+import pytest
+import torch
+
+import tessera
+import tessera.tiled_grid_patterns as tiled_grid_patterns
+from conftest import assert_error_rule
+from tessera.api import _build_call
+from tessera.kernels import registry
+from tessera.patterns import GridLayout, Permuted
+from tessera.patterns.vision import CSWin, CrissCross, Halo, Swin
+from tessera.tiled_grid_patterns import tiled_grid_call, tiled_layout
+
+
+def _units(pattern, heads, n):
+    tiles = pattern.tile_map(n, n, 64, 64, heads)
+    listed, full = int(tiles.kv_count.sum()), int(tiles.kv_full.sum())
+    return full + tiled_grid_patterns.PARTIAL_COST * (listed - full)
+
+
+@pytest.mark.parametrize("pattern, heads, shape", [
+    (CSWin((64, 64), 8, 4), 4, (8, 8)),             # stripes: every listed tile full
+    (CrissCross((64, 64)), 2, (8, 8)),
+    (Halo((64, 64), 8, 3), 1, (8, 8)),
+    (CSWin((8, 32), 8, 2), 2, (8, 8)),
+    (CrissCross((4, 8, 8)), 1, (4, 4, 4)),
+    (Swin((56, 56), 7, shifted=True), 1, None),      # (8, 8) tiles gain less than MIN_GAIN
+    (Halo((16, 16), 8, 2), 1, None),
+])
+def test_tiled_layout_takes_the_cheapest_tiles_where_they_pay(pattern, heads, shape):
+    layout = tiled_layout(pattern, heads)
+    row_major = _units(pattern, heads, pattern.size)
+    if shape is None:
+        assert layout is None
+        return
+    assert layout == GridLayout(pattern.grid, shape)
+    chosen = _units(Permuted(pattern, layout), heads, pattern.size)
+    assert chosen * tiled_grid_patterns.MIN_GAIN <= row_major
+    for other in tiled_grid_patterns.tile_shapes(pattern.grid, 64):
+        assert chosen <= _units(Permuted(pattern, GridLayout(pattern.grid, other)), heads, pattern.size)
+
+
+@pytest.mark.parametrize("pattern, heads", [(CSWin((8, 32), 8, 2), 2), (CrissCross((4, 8, 8)), 2),
+                                            (Halo((8, 32), 8, 2), 4)])
+def test_tiled_call_is_the_attention_with_its_gradients(pattern, heads):
+    """The tiled call run by the float64 reference equals the row-major reference call, o, lse
+    and the gradients of a loss on both (GQA, B = 2, sinks and softcap carried over)."""
+    n = pattern.size
+    gen = torch.Generator().manual_seed(0)
+    exact = [torch.randn(2, n, h, 16, dtype=torch.float64, generator=gen) for h in (heads, heads // 2 or 1, heads // 2 or 1)]
+    sinks = torch.randn(heads, dtype=torch.float64, generator=gen)
+    do = torch.randn(2, n, heads, 16, dtype=torch.float64, generator=gen)
+    dlse = torch.randn(2, heads, n, dtype=torch.float64, generator=gen)
+    reference = registry.get_backend("reference")
+    runs = []
+
+    def run(call):
+        runs.append(call.pattern)
+        return reference.run(call)
+
+    def outputs(routed: bool):
+        leaves = [t.clone().requires_grad_() for t in exact]
+        call, _ = _build_call(*leaves, pattern=pattern, sinks=sinks, softcap=4.0, return_lse=True)
+        o, lse = tiled_grid_call(call, "triton", run) if routed else reference.run(call)
+        return [o, lse, *torch.autograd.grad((o, lse), leaves, (do, dlse))]
+
+    got, want = outputs(True), outputs(False)
+    assert len(runs) == 1 and isinstance(runs[0], Permuted) and runs[0].pattern is pattern
+    for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), got, want):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12), name
+
+
+def test_tiled_route_conditions(monkeypatch):
+    """``tessera.attention`` hands grid patterns to the tiled route; the route takes them on the
+    Triton backend only ("triton", or "auto" on CUDA), without a bias, for grid patterns that are
+    no neighborhood, where some tiles pay."""
+    from tessera.patterns import Neighborhood
+    calls = []
+    original = tiled_grid_patterns.tiled_grid_call
+
+    def spy(call, backend, run):
+        out = original(call, backend, lambda c: registry.get_backend("reference").run(c))
+        calls.append(out is not None)
+        return out
+    monkeypatch.setattr(tessera.api, "tiled_grid_call", spy)
+    pattern = CrissCross((4, 8, 8))
+    q, k, v = (torch.randn(1, 256, 2, 16, dtype=torch.float64) for _ in range(3))
+    o = tessera.attention(q, k, v, pattern=pattern, backend="triton")
+    assert calls == [True]
+    assert torch.allclose(o, tessera.attention(q, k, v, pattern=pattern, backend="reference"), rtol=0, atol=1e-12)
+    assert calls == [True, False]
+
+    def never(call):
+        raise AssertionError("the route should have declined")
+    bias = torch.zeros(1, 1, 256, 256, dtype=torch.float64)
+    declined = [(pattern, "reference", {}), (pattern, "auto", {}), (pattern, "triton", {"bias": bias}),
+                (Neighborhood((4, 8, 8), 3), "triton", {}), (Swin((16, 16), 8, shifted=True), "triton", {})]
+    for p, backend, kwargs in declined:
+        call, _ = _build_call(q, k, v, pattern=p, **kwargs)
+        assert tiled_grid_call(call, backend, never) is None, (p, backend, kwargs)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("pattern", [CSWin((32, 32), 4, 4), CrissCross((32, 32)), Halo((32, 64), 8, 3),
+                                     Swin((32, 64), 8, shifted=True)], ids=repr)
+def test_gpu_tiled_grid_patterns_against_float64(monkeypatch, pattern, dtype):
+    """CSWin, criss-cross, halos and shifted Swin windows through ``tessera.attention`` on CUDA
+    take the tiled route and meet the float64 reference by the rule (GQA, B = 2, D = 32; the
+    loss takes lse too)."""
+    heads = 4
+    routed = []
+    original = tiled_grid_patterns.tiled_grid_call
+
+    def spy(call, backend, run):
+        out = original(call, backend, run)
+        routed.append(out is not None)
+        return out
+    monkeypatch.setattr(tessera.api, "tiled_grid_call", spy)
+    n = pattern.size
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    shapes = [(2, n, heads, 32), (2, n, heads // 2, 32), (2, n, heads // 2, 32)]
+    inputs = [torch.randn(shape, device="cuda", dtype=dtype, generator=gen) for shape in shapes]
+    do = torch.randn(shapes[0], device="cuda", dtype=dtype, generator=gen)
+    dlse = torch.randn((2, heads, n), device="cuda", dtype=torch.float64, generator=gen)
+
+    def run(dt, backend):
+        leaves = [t.detach().to(dt).requires_grad_() for t in inputs]
+        o, lse = tessera.attention(*leaves, pattern=pattern, backend=backend, return_lse=True)
+        return [o, lse, *torch.autograd.grad((o, lse), leaves, (do.to(dt), dlse.to(lse.dtype)))]
+
+    got = run(dtype, "auto")
+    assert routed == [True]
+    assert_error_rule(("o", "lse", "dq", "dk", "dv"), got, run(dtype, "reference"),
+                      run(torch.float64, "reference"), dtype)
