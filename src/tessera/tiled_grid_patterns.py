@@ -1,14 +1,16 @@
 """Grid patterns that are no neighborhood (shifted Swin windows, HaloNet blocks with halos, CSWin
-stripes, criss-cross), run in a tiled token order.
+stripes, criss-cross), run in a tiled token order where that pays.
 
-In the grid's row-major order these patterns spread each query tile's keys over many partial key
-tiles (a 64-token query tile of a 64 x 64 grid is one row of the image; its CSWin stripes touch
-every key tile). In a ``GridLayout`` of compact tiles most listed tiles are full or absent: on
-64 x 64 tokens in 8 x 8 tiles, CSWin with 8-wide stripes goes from 11,674 to 2,048 tile units
-(full + ``PARTIAL_COST`` x partial, 64 x 64 kernel tiles), criss-cross from 5,306 to 1,248, halo
-3 around 8 x 8 blocks from 1,102 to 610. ``tiled_layout`` picks the cheapest tile shape by those
-units; ``tiled_grid_call`` permutes q, k and v into it (one gather each), runs the permuted pattern
-and puts o and lse back (one gather each; the backward mirrors them).
+In the grid's row-major order some of these patterns spread each query tile's keys over many
+partial key tiles (a 128-token query tile of a 64 x 64 grid is two rows of the image; its CSWin
+stripes touch every key tile). In a ``GridLayout`` of compact tiles they list fewer: on 64 x 64
+tokens with the forward's 128 x 64 kernel tiles, CSWin with 8-wide stripes goes from 4,608 listed
+tiles to 1,536 in 8 x 8 layout tiles, criss-cross from 8,192 to 2,816; shifted 8 x 8 Swin windows
+and halo 3 around 8 x 8 blocks gain little or lose (960 to 1,200; 1,696 to 1,232).
+``tiled_layout`` picks the layout with the fewest tile units at the forward kernel's tiles and
+takes it where it has at most ``1 / MIN_GAIN`` of the row-major units; ``tiled_grid_call``
+permutes q, k and v into it (one gather each), runs the permuted pattern and puts o and lse back
+(one gather each; the backward mirrors them).
 """
 
 from __future__ import annotations
@@ -16,41 +18,50 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Optional
 
+import torch
+
 from .kernels.registry import AttentionCall
 from .patterns.layout import GridLayout, GridPattern, Permuted, tile_shapes
 from .patterns.neighborhood import PARTIAL_COST, Neighborhood
 
-# Layout tiles hold this many tokens (one 64-row kernel tile); the plans are costed in 64 x 64
-# kernel tiles.
+# Layout tiles hold this many tokens (one 64-row kernel tile).
 TILE_TOKENS = 64
-# The tiled order is taken where its tile units are at most 1 / MIN_GAIN of the row-major ones.
-MIN_GAIN = 1.25
+# The tiled order is taken where its tile units (full + PARTIAL_COST x partial tiles at the forward
+# kernel's tiles) are at most 1 / MIN_GAIN of the row-major order's: the gathers in and out cost
+# about as much as the kernels save below that. On an H200 (bf16, B = 32, H = 4, D = 32; 64 x 64
+# grids, ``benchmarks/vision.py``, results/2026-12-02-h200-vision-2.json) units 3.0x and 2.9x
+# fewer ran the forward 1.83x and 2.07x faster (CSWin, criss-cross), 1.38x fewer ran it 1.34x
+# slower (halo 3), 0.8x ran it 2.2x slower (shifted Swin).
+MIN_GAIN = 2.0
 
-# (repr(pattern), heads) -> the chosen layout (None: row-major).
+# (repr(pattern), heads, head dim, dtype) -> the chosen layout (None: row-major).
 _LAYOUTS: dict = {}
 MAX_LAYOUTS = 64
 
 
-def _units(pattern, size: int, heads: int) -> float:
-    tiles = pattern.tile_map(size, size, TILE_TOKENS, TILE_TOKENS, heads)
+def _units(pattern, size: int, heads: int, dim: int, dtype: torch.dtype) -> float:
+    from .kernels.triton.backend import forward_tiles
+    block_m, block_n = forward_tiles(pattern, size, size, heads, dim, dtype)
+    tiles = pattern.tile_map(size, size, block_m, block_n, heads)
     listed, full = int(tiles.kv_count.sum()), int(tiles.kv_full.sum())
     return full + PARTIAL_COST * (listed - full)
 
 
-def tiled_layout(pattern: GridPattern, heads: int) -> Optional[GridLayout]:
+def tiled_layout(pattern: GridPattern, heads: int, dim: int, dtype: torch.dtype) -> Optional[GridLayout]:
     """The ``GridLayout`` (``TILE_TOKENS``-token tiles dividing the grid) with the fewest tile
-    units for ``pattern`` over ``heads`` heads, when it has at most ``1 / MIN_GAIN`` of the
-    row-major order's; else None. Remembered per pattern (its repr) and head count."""
-    key = (repr(pattern), heads)
+    units for ``pattern`` over ``heads`` heads of head dim ``dim`` in ``dtype`` (the forward
+    kernel's tiles on a GPU; ties go to the squarest tiles), when it has at most ``1 / MIN_GAIN``
+    of the row-major order's; else None. Remembered per pattern (its repr), heads, head dim and dtype."""
+    key = (repr(pattern), heads, dim, dtype)
     if key in _LAYOUTS:
         return _LAYOUTS[key]
     size = pattern.size
-    best, best_units = None, _units(pattern, size, heads) / MIN_GAIN
+    best, best_key = None, (_units(pattern, size, heads, dim, dtype) / MIN_GAIN, 0.0)
     for shape in tile_shapes(pattern.grid, TILE_TOKENS):
         layout = GridLayout(pattern.grid, shape)
-        units = _units(Permuted(pattern, layout), size, heads)
-        if units <= best_units:
-            best, best_units = layout, units
+        key = (_units(Permuted(pattern, layout), size, heads, dim, dtype), max(shape) / min(shape))
+        if key[0] <= best_key[0] and (best is None or key < best_key):
+            best, best_key = layout, key
     if len(_LAYOUTS) >= MAX_LAYOUTS:
         _LAYOUTS.clear()
     _LAYOUTS[key] = best
@@ -70,7 +81,7 @@ def tiled_grid_call(call: AttentionCall, backend: str,
         return None
     if not (backend == "triton" or (backend == "auto" and call.q.device.type == "cuda")):
         return None
-    layout = tiled_layout(pattern, call.q.shape[2])
+    layout = tiled_layout(pattern, call.q.shape[2], max(call.q.shape[-1], call.v.shape[-1]), call.q.dtype)
     if layout is None:
         return None
     tiled = dataclasses.replace(call, q=layout.permute(call.q, 1), k=layout.permute(call.k, 1),
