@@ -30,8 +30,14 @@ def _units(pattern, heads, n):
     (Swin((64, 64), 8, shifted=True), 4, None),      # more units in any tiles
     (CrissCross((4, 8, 8)), 1, None),
 ])
-def test_tiled_layout_takes_the_cheapest_tiles_where_they_pay(pattern, heads, shape):
+def test_tiled_layout_takes_the_cheapest_tiles_where_they_pay(pattern, heads, shape, monkeypatch):
+    monkeypatch.setattr(tiled_grid_patterns, "_LAYOUTS", {})
+    costed = []
+    units = tiled_grid_patterns._units
+    monkeypatch.setattr(tiled_grid_patterns, "_units", lambda *a: costed.append(1) or units(*a))
     layout = tiled_layout(pattern, heads, 32, torch.bfloat16)
+    assert costed and tiled_layout(pattern, heads, 32, torch.bfloat16) == layout
+    assert len(costed) == 1 + len(tiled_grid_patterns.tile_shapes(pattern.grid, 64))   # remembered
     row_major = _units(pattern, heads, pattern.size)
     if shape is None:
         assert layout is None
@@ -107,6 +113,7 @@ def test_tiled_route_conditions(monkeypatch):
         call, _ = _build_call(q, k, v, pattern=p, **kwargs)
         assert tiled_grid_call(call, backend, never) is None, (p, backend, kwargs)
     monkeypatch.setattr(tiled_grid_patterns, "MIN_GAIN", 2.0)
+    monkeypatch.setattr(tiled_grid_patterns, "_LAYOUTS", {})
     call, _ = _build_call(q, k, v, pattern=pattern)                 # no tiles gain 2x at 256 tokens
     assert tiled_grid_call(call, "triton", never) is None
 

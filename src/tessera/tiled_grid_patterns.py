@@ -59,9 +59,9 @@ def tiled_layout(pattern: GridPattern, heads: int, dim: int, dtype: torch.dtype)
     best, best_key = None, (_units(pattern, size, heads, dim, dtype) / MIN_GAIN, 0.0)
     for shape in tile_shapes(pattern.grid, TILE_TOKENS):
         layout = GridLayout(pattern.grid, shape)
-        key = (_units(Permuted(pattern, layout), size, heads, dim, dtype), max(shape) / min(shape))
-        if key[0] <= best_key[0] and (best is None or key < best_key):
-            best, best_key = layout, key
+        candidate = (_units(Permuted(pattern, layout), size, heads, dim, dtype), max(shape) / min(shape))
+        if candidate[0] <= best_key[0] and (best is None or candidate < best_key):
+            best, best_key = layout, candidate
     if len(_LAYOUTS) >= MAX_LAYOUTS:
         _LAYOUTS.clear()
     _LAYOUTS[key] = best
