@@ -7,7 +7,8 @@ Kernel launches (``Launcher._launch``) do nothing, the backend takes CPU tensors
 (``backend.INTERPRETED``: interpreter tile configs, no TMA descriptors), so the numbers leave out
 launch costs, CUDA allocations, streams and descriptor building; outputs are garbage. Cases: 2-D
 128 x 128, 17 x 17, tiled 8 x 8 (default), 3-D 16 x 48 x 48 blocked 4 x 8 x 8, or 2-D 100 x 100 padded to 104 x 104; bf16, H = 16,
-D = 128 (or --dim). ``--hopper``: the GPU's tile configs, and the routes act as on a Hopper GPU
+D = 128 (or --dim); ``swin``: ``tessera.attention`` with 8 x 8 Swin windows over 64 x 64 tokens,
+B = 32, H = 4, routed to the blocked neighborhood path. ``--hopper``: the GPU's tile configs, and the routes act as on a Hopper GPU
 (``forward_route.on_hopper``), so the Gluon paths run up to their (stubbed) launches, descriptors
 included. Prints ms per forward (no grad) and per fwd+bwd step; ``--profile`` adds a cProfile of
 50 steps by internal time.
@@ -26,6 +27,7 @@ import torch
 import tessera.kernels.triton.backend as backend
 import tessera.kernels.triton.launcher as launcher
 from tessera.kernels.triton import forward_route
+import tessera.natten as natten
 from tessera.natten import _auto_layout, na2d, na3d
 
 
@@ -33,7 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--case", choices=("2-d", "blocked", "padded"), default="2-d")
+    parser.add_argument("--case", choices=("2-d", "blocked", "padded", "swin"), default="2-d")
     parser.add_argument("--hopper", action="store_true",
                         help="GPU tile configs, and the Gluon routes as on a Hopper GPU")
     args = parser.parse_args()
@@ -51,6 +53,15 @@ def main() -> None:
         # 100 x 100 in (8, 8) tiles of a 104 x 104 grid (the suite's padded 2-D case).
         shape, attend = (1, 100, 100, 16, args.dim), lambda: na2d(q, k, v, 17, layout=(8, 8),
                                                                   backend="triton")
+    elif args.case == "swin":
+        # tessera.attention with Swin windows 8 x 8 over 64 x 64 tokens (routed to natten's
+        # blocked path), the vision suite's shape: B = 32, H = 4 (D = --dim).
+        from tessera import attention
+        from tessera.patterns import Swin
+        pattern = Swin((64, 64), 8)
+        layout = _auto_layout((64, 64), (8, 8), (1, 1), (8, 8), (False, False))
+        natten._resolve_layout = lambda *a, **kw: layout
+        shape, attend = (32, 4096, 4, args.dim), lambda: attention(q, k, v, pattern=pattern, backend="triton")
     else:
         # The layout "auto" would pick on a GPU (on CPU "auto" keeps the row-major order).
         layout = _auto_layout((16, 48, 48), (4, 8, 8), (1, 1, 1), (4, 8, 8), (False,) * 3)

@@ -5,7 +5,7 @@
 #                              [natten-reorder] [natten-profile] [natten-configs] [host-overhead] [host-breakdown] [linear] [tests-linear] [linear-final] [linear-accept]
 #                              [linear-profile] [state-sweep] [state-ab] [linear-host] [linear-delta] [candidates] [kernel-next]
 #                              [launch-cost] [blocked-dense] [fp32-ab] [fp32-bisect] [step-jitter] [autograd-floor]
-#                              [backward-profile] [gluon-forward] [gluon-backward] [route-host] [natten-host] [padded-grid] [padded-sweep] [padded-dilated] [natten-additional-kv] [vision] [natten-compile] [ncu]
+#                              [backward-profile] [gluon-forward] [gluon-backward] [route-host] [natten-host] [padded-grid] [padded-sweep] [padded-dilated] [natten-additional-kv] [vision] [vision-profile] [natten-compile] [ncu]
 #   (linear, linear-final, linear-accept, linear-profile, linear-delta: carry .whl for fla)
 #   (default: tests attention natten linear; NATTEN_ARGS / VISION_ARGS: extra arguments of benchmarks/natten.py / vision.py)
 # Triton's cache (compiled kernels, and fla's autotuning timings through Triton's `cache_results`) is
@@ -147,6 +147,8 @@ for step in $steps; do
                             | tee "$OUT/natten-additional-kv.log" || status=1 ;;
     vision) timeout "${TESSERA_VISION_TIMEOUT:-400}" python3 benchmarks/vision.py --out "$OUT" ${VISION_ARGS:-} 2>&1 \
               | tee "$OUT/vision.log" || status=1 ;;
+    vision-profile) timeout 200 python3 benchmarks/vision.py --profile ${VISION_PROFILE_ARGS:-} 2>&1 \
+                      | tee "$OUT/vision-profile.log" || status=1 ;;
     padded-dilated) timeout 360 python3 benchmarks/gpu_padded_grid.py --out "$OUT" --dilated 2>&1 \
                       | tee "$OUT/padded-dilated.log" || status=1 ;;
     host-breakdown) timeout 100 python3 benchmarks/gpu_host_overhead.py --out "$OUT" --breakdown-only \

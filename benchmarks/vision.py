@@ -3,7 +3,7 @@ tessera against FlexAttention on the same mask, SDPA on the windows where the pa
 tessera's row-major tile map where the pattern routes through natten, and dense baselines; bf16,
 forward and forward+backward, eager and replayed from CUDA graphs.
 
-    python benchmarks/vision.py [--out benchmarks/results] [--only Swin MaxViT] [--suite vision]
+    python benchmarks/vision.py [--out benchmarks/results] [--only Swin MaxViT] [--suite vision] [--profile]
 
 Results: ``<out>/<date>-<device>-<suite>.json``; its notes give, per case, the speedup over
 tessera's own dense kernel at that shape (and its fraction of the ideal ``1 / density``) and the
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from tessera.bench.attention import GRAPH_SUFFIX, run_case, vision_cases
+from tessera.bench.attention import GRAPH_SUFFIX, _Inputs, _step, _tessera_fn, run_case, vision_cases
 from tessera.bench.report import print_table, results_path, write_results
-from tessera.bench.timing import warm_up_gpu
+from tessera.bench.timing import top_host_functions, warm_up_gpu
 
 
 def _ms(records: list[dict], case: str, impl: str, direction: str):
@@ -63,11 +63,23 @@ def speedup_notes(cases, records: list[dict]) -> list[str]:
     return notes
 
 
+def host_profile(case, device) -> list[str]:
+    """The top host functions of tessera's eager fwd+bwd step on ``case`` (after warm-up)."""
+    pattern = case.pattern(device) if case.pattern is not None else None
+    inp = _Inputs(case, device, torch.bfloat16)
+    step = _step(_tessera_fn(case, pattern, inp, "triton"), inp, "fwd+bwd")
+    for _ in range(5):
+        step()
+    return top_host_functions(step, top=30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results", help="folder for the results JSON")
     parser.add_argument("--only", nargs="*", default=None, help="run only cases whose name contains one of these")
     parser.add_argument("--suite", default="vision", help="suite name in the results file name")
+    parser.add_argument("--profile", action="store_true",
+                        help="print the top host functions of tessera's eager fwd+bwd step per case instead")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/vision.py needs a CUDA GPU (tests/patterns/test_vision.py checks the "
@@ -76,6 +88,13 @@ def main() -> None:
     cases = vision_cases()
     if args.only:
         cases = [c for c in cases if any(s in c.name for s in args.only)]
+    if args.profile:
+        for case in cases:
+            if "tessera" in case.impls:
+                print(case.name)
+                for line in host_profile(case, device):
+                    print("   ", line)
+        return
     path = results_path(Path(args.out), device, args.suite, datetime.date.today().isoformat())
     records, done = [], []
     warm_up_gpu(device)
