@@ -545,9 +545,10 @@ def test_attention_routes_plain_neighborhoods_through_natten(monkeypatch):
 
 
 def test_attention_routes_vision_neighborhoods_through_natten(monkeypatch):
-    """Unshifted Swin windows and MaxViT block and grid attention go to
-    ``natten.neighborhood_attention`` as their equivalent neighborhoods (blocked; dilated) and give
-    the reference's result there; shifted Swin windows keep the usual path."""
+    """Unshifted Swin windows and MaxViT block attention go to ``natten.neighborhood_attention``
+    as their equivalent neighborhoods (blocked), MaxViT grid attention as block attention on its
+    tokens reordered into blocks, and give the reference's result there; shifted Swin windows
+    keep the usual path."""
     import tessera
     import tessera.natten as natten
     from tessera.patterns.vision import MaxViTBlock, MaxViTGrid, Swin
@@ -565,7 +566,7 @@ def test_attention_routes_vision_neighborhoods_through_natten(monkeypatch):
     expected_calls = {
         Swin((6, 8), (3, 4)): ((2, 6, 8, 4, 16), (3, 4), (1, 1), (3, 4), (False, False)),
         MaxViTBlock((6, 8), 2): ((2, 6, 8, 4, 16), (2, 2), (1, 1), (2, 2), (False, False)),
-        MaxViTGrid((6, 8), 2): ((2, 6, 8, 4, 16), (2, 2), (3, 4), (1, 1), (False, False)),
+        MaxViTGrid((6, 8), 2): ((2, 6, 8, 4, 16), (2, 2), (1, 1), (2, 2), (False, False)),   # as blocks
         "swin:grid=6x8,window=3x4": ((2, 6, 8, 4, 16), (3, 4), (1, 1), (3, 4), (False, False)),
     }
     for pattern, call in expected_calls.items():

@@ -6,6 +6,7 @@ as ``[B, S, H, D]`` (possibly strided) views and never re-validate user input.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Optional, Union
 
@@ -16,7 +17,7 @@ from .kernels import registry
 from .kernels.registry import AttentionCall
 from .patterns.base import Dense, Pattern
 from .patterns.local import Causal
-from .patterns.vision import equivalent_neighborhood
+from .patterns.vision import MaxViTBlock, MaxViTGrid, equivalent_neighborhood
 from .tiled_grid_patterns import tiled_grid_call
 
 LAYOUTS = ("bshd", "bhsd")
@@ -74,10 +75,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
 
     A ``Neighborhood`` pattern with nothing else on the scores runs as ``tessera.natten`` runs it
     on the Triton kernels (tiled token orders, padded grids): the same attention, faster. So do
-    unshifted ``Swin`` windows and MaxViT block and grid attention, which are neighborhoods
-    (``patterns.vision.equivalent_neighborhood``). Other grid patterns (shifted Swin windows,
-    halos, CSWin, criss-cross) run on the Triton kernels in a tiled token order where it lists
-    fewer key tiles (``tessera.tiled_grid_patterns``).
+    unshifted ``Swin`` windows and MaxViT block attention, which are neighborhoods
+    (``patterns.vision.equivalent_neighborhood``), and MaxViT grid attention, as block attention
+    on its tokens reordered into blocks (``MaxViTGrid.as_blocks``). Other grid patterns (shifted
+    Swin windows, halos, CSWin, criss-cross) run on the Triton kernels in a tiled token order
+    where it lists far fewer key tiles (``tessera.tiled_grid_patterns``).
 
     Under ``torch.compile``, a call whose pattern has a spec string and that has no bias, sinks
     or varlen lengths is one custom op each way (``tessera.attention_ops``; ``fullgraph=True``
@@ -108,27 +110,42 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
 
 def unrouted_attention(q, k, v, *, backend: str = "auto", **kwargs):
     """``(o, lse)`` from the backend that ``attention(q, k, v, backend=backend, **kwargs)``
-    chooses, on ``[B, S, H, D]`` tensors, without the ``Neighborhood`` route (lse as the backend
-    returns it): ``tessera.natten``'s own row-major and reordered runs, which that route would
-    send back to it."""
+    chooses, on ``[B, S, H, D]`` tensors, without the routes of grid patterns (natten's path, tiled
+    orders; lse as the backend returns it): ``tessera.natten``'s own row-major and reordered runs,
+    which those routes would send back to it."""
     call, _ = _build_call(q, k, v, **kwargs)
     return _choose_backend(call, backend).run(call)
 
 
+def _routable(call: AttentionCall, backend: str) -> bool:
+    """Whether a call may leave for natten's path or a reordered run: nothing on its scores but
+    the pattern (softmax, no causal flag, bias, softcap, sinks, varlen lengths or determinism
+    request), on the Triton kernels (``backend`` "triton", or "auto" on CUDA)."""
+    if (call.causal or call.score != "softmax" or call.bias is not None or call.softcap is not None
+            or call.sinks is not None or call.cu_seqlens_q is not None or call.deterministic):
+        return False
+    return backend == "triton" or (backend == "auto" and call.q.device.type == "cuda")
+
+
 def _neighborhood_call(call: AttentionCall, backend: str):
-    """``(o, lse)`` (``[B, S, H, D]``; lse None unless asked for) of a call whose pattern is a
-    plain ``Neighborhood``, or a vision pattern that is one (``equivalent_neighborhood``: unshifted
-    Swin windows, MaxViT block and grid attention), with nothing else on its scores (softmax, no
-    causal flag, bias, softcap, sinks, varlen lengths or determinism request), run through
-    ``tessera.natten`` where the Triton kernels take the call (``backend`` "triton", or "auto" on
-    CUDA): its tiled orders, padded grids and grid-order kernels instead of the row-major order.
-    None for any other call."""
-    pattern = equivalent_neighborhood(call.pattern) if call.pattern is not None else None
-    if (pattern is None or pattern.ndim > 3 or call.causal or call.score != "softmax"
-            or call.bias is not None or call.softcap is not None or call.sinks is not None
-            or call.cu_seqlens_q is not None or call.deterministic):
+    """``(o, lse)`` (``[B, S, H, D]``; lse None unless asked for) of a ``_routable`` call whose
+    pattern is a plain ``Neighborhood``, or a vision pattern that is one
+    (``equivalent_neighborhood``: unshifted Swin windows, MaxViT block attention), run through
+    ``tessera.natten``: its tiled orders, padded grids and grid-order kernels instead of the
+    row-major order. MaxViT grid attention runs as block attention on its tokens reordered into
+    blocks (``MaxViTGrid.as_blocks``: one copy in and out, where its dilation groups would take
+    gathers and padding). None for any other call."""
+    if call.pattern is None or not _routable(call, backend):
         return None
-    if not (backend == "triton" or (backend == "auto" and call.q.device.type == "cuda")):
+    if type(call.pattern) is MaxViTGrid and call.pattern.ndim <= 3:
+        grid_attention = call.pattern
+        blocks = dataclasses.replace(call, q=grid_attention.as_blocks(call.q), k=grid_attention.as_blocks(call.k),
+                                     v=grid_attention.as_blocks(call.v), pattern_key=None,
+                                     pattern=MaxViTBlock(grid_attention.grid, grid_attention.grid_size))
+        o, lse = _neighborhood_call(blocks, backend)
+        return grid_attention.from_blocks(o), (None if lse is None else grid_attention.from_blocks(lse, 2))
+    pattern = equivalent_neighborhood(call.pattern)
+    if pattern is None or pattern.ndim > 3:
         return None
     from .natten import neighborhood_attention
 

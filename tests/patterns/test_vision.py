@@ -168,6 +168,24 @@ def test_equivalent_neighborhoods_allow_the_papers_pairs():
         assert equivalent_neighborhood(pattern) is None, pattern
 
 
+@pytest.mark.parametrize("grid, size", [((8, 8), 2), ((12, 6), (3, 2)), ((12,), 4), ((4, 6, 6), (2, 3, 2)), ((6, 6), 6)])
+def test_maxvit_grid_as_blocks_is_block_attention(grid, size):
+    """In the order of ``as_blocks`` MaxViT grid attention allows exactly the pairs of MaxViT
+    block attention with ``grid_size`` blocks, and ``from_blocks`` undoes the order (any dim)."""
+    pattern = MaxViTGrid(grid, size)
+    n = math.prod(grid)
+    order = pattern.as_blocks(torch.arange(n)[None, :], dim=1)[0]       # new position -> grid token
+    assert torch.equal(order.sort().values, torch.arange(n))
+    grid_mask = pattern.dense_mask(n, n)[0]
+    block_mask = MaxViTBlock(grid, pattern.grid_size).dense_mask(n, n)[0]
+    assert torch.equal(grid_mask[order][:, order], block_mask)
+    x = torch.randn(2, 3, n, 5)
+    assert torch.equal(pattern.from_blocks(pattern.as_blocks(x, dim=2), dim=2), x)
+    assert torch.equal(pattern.as_blocks(x, dim=-2), x[:, :, order])
+    with pytest.raises(ValueError, match=f"must hold the grid's {n} tokens along dim 1"):
+        pattern.as_blocks(torch.zeros(1, n + 1))
+
+
 def as_tuple(value, ndim):
     return (value,) * ndim if isinstance(value, int) else tuple(value)
 

@@ -136,6 +136,29 @@ class MaxViTGrid(GridPattern):
         full = (x0 == x1) & (y0 == y1) & ((y0 - x0) % m == 0)
         return full, hit
 
+    def as_blocks(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        """``x`` (the grid's tokens in row-major order along ``dim``) reordered so that each group
+        of this attention is one block of ``grid_size`` tokens per axis: on every axis coordinate
+        ``cell * period + offset`` goes to ``offset * grid_size + cell``. In that order the pattern
+        is ``MaxViTBlock(grid, grid_size)``; ``from_blocks`` undoes the reorder. One copy."""
+        return self._swap(x, dim, [(g, p) for g, p in zip(self.grid_size, self.period)])
+
+    def from_blocks(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        """The inverse of ``as_blocks``."""
+        return self._swap(x, dim, [(p, g) for g, p in zip(self.grid_size, self.period)])
+
+    def _swap(self, x: torch.Tensor, dim: int, pairs) -> torch.Tensor:
+        dim = dim % x.dim()
+        if x.shape[dim] != self.size:
+            raise ValueError(f"x must hold the grid's {self.size} tokens along dim {dim}, got shape {tuple(x.shape)}")
+        pre, post = x.shape[:dim], x.shape[dim + 1:]
+        split = x.reshape(*pre, *[n for pair in pairs for n in pair], *post)
+        axes = list(range(len(pre)))
+        for a in range(len(pairs)):
+            axes += [len(pre) + 2 * a + 1, len(pre) + 2 * a]
+        axes += list(range(len(pre) + 2 * len(pairs), split.dim()))
+        return split.permute(axes).reshape(x.shape)
+
     def __repr__(self) -> str:
         return f"MaxViTGrid(grid={self.grid}, grid_size={self.grid_size})"
 
