@@ -5,7 +5,7 @@
 #                              [natten-reorder] [natten-profile] [natten-configs] [host-overhead] [host-breakdown] [linear] [tests-linear] [linear-final] [linear-accept]
 #                              [linear-profile] [state-sweep] [state-ab] [linear-host] [linear-delta] [candidates] [kernel-next]
 #                              [launch-cost] [blocked-dense] [fp32-ab] [fp32-bisect] [step-jitter] [autograd-floor]
-#                              [backward-profile] [gluon-forward] [gluon-backward] [route-host] [natten-host] [padded-grid] [padded-sweep] [padded-dilated] [natten-additional-kv] [vision] [vision-profile] [natten-compile] [ncu]
+#                              [backward-profile] [gluon-forward] [gluon-backward] [route-host] [natten-host] [padded-grid] [padded-sweep] [padded-dilated] [natten-additional-kv] [vision] [vision-profile] [vision-wide-ab] [token-copies] [tiled-configs] [natten-compile] [ncu]
 #   (linear, linear-final, linear-accept, linear-profile, linear-delta: carry .whl for fla)
 #   (default: tests attention natten linear; NATTEN_ARGS / VISION_ARGS: extra arguments of benchmarks/natten.py / vision.py)
 # Triton's cache (compiled kernels, and fla's autotuning timings through Triton's `cache_results`) is
@@ -149,6 +149,16 @@ for step in $steps; do
               | tee "$OUT/vision.log" || status=1 ;;
     vision-profile) timeout 200 python3 benchmarks/vision.py --profile ${VISION_PROFILE_ARGS:-} 2>&1 \
                       | tee "$OUT/vision-profile.log" || status=1 ;;
+    tiled-configs) timeout 240 python3 benchmarks/gpu_tiled_configs.py --out "$OUT" 2>&1 | tee "$OUT/tiled-configs.log" || status=1 ;;
+    token-copies) timeout 150 python3 benchmarks/gpu_token_copies.py --out "$OUT" 2>&1 | tee "$OUT/token-copies.log" || status=1 ;;
+    vision-wide-ab)
+      # The vision cases VISION_ARGS selects, token rows copied whole and element by element.
+      for wide in 1 0; do
+        mkdir -p "$OUT/wide-rows-$wide"
+        TESSERA_WIDE_ROWS=$wide timeout "${TESSERA_VISION_TIMEOUT:-400}" python3 benchmarks/vision.py \
+          --out "$OUT/wide-rows-$wide" ${VISION_ARGS:-} > "$OUT/wide-rows-$wide/vision.log" 2>&1 || status=1
+        grep -v "^[│┃┏┗┡└├┌]" "$OUT/wide-rows-$wide/vision.log" | tail -n 12
+      done ;;
     padded-dilated) timeout 360 python3 benchmarks/gpu_padded_grid.py --out "$OUT" --dilated 2>&1 \
                       | tee "$OUT/padded-dilated.log" || status=1 ;;
     host-breakdown) timeout 100 python3 benchmarks/gpu_host_overhead.py --out "$OUT" --breakdown-only \

@@ -327,7 +327,7 @@ def test_gpu_dilated_against_float64(monkeypatch, op, grid, kernel, dilation, st
                                   "maxvit_grid:grid=28x28,grid_size=7x7", "swin:grid=4x16x16,window=2x8x8"])
 def test_gpu_attention_with_vision_neighborhoods_against_float64(monkeypatch, spec, dtype):
     """``tessera.attention`` with unshifted Swin windows and MaxViT block and grid attention runs
-    natten's path on CUDA (blocked; 7 x 7 blocks; dilation groups) and meets the float64
+    natten's path on CUDA (blocked; 7 x 7 blocks; 7 x 7 blocks after ``as_blocks``) and meets the float64
     reference by the rule (GQA, B = 2, D = 32; the loss takes lse too)."""
     import tessera
     import tessera.natten as natten

@@ -9,6 +9,7 @@ from conftest import assert_error_rule
 from tessera.api import _build_call
 from tessera.kernels import registry
 from tessera.patterns import GridLayout, Permuted
+from tessera.patterns.layout import ChainedOrder
 from tessera.patterns.vision import CSWin, CrissCross, Halo, Swin
 from tessera.tiled_grid_patterns import tiled_grid_call, tiled_layout
 
@@ -21,38 +22,52 @@ def _units(pattern, heads, n):
     return full + tiled_grid_patterns.PARTIAL_COST * (listed - full)
 
 
-@pytest.mark.parametrize("pattern, heads, shape", [
-    (CSWin((64, 64), 8, 4), 4, (8, 8)),             # stripes in 8 x 8 tiles: 5,837 -> 1,843 units
-    (CrissCross((64, 64)), 4, (8, 8)),
-    (CSWin((32, 64), 8, 4), 4, (8, 8)),
-    (CrissCross((56, 56)), 2, (8, 8)),
-    (Halo((64, 64), 8, 3), 4, None),                # 1.4x fewer units: the gathers would cost more
-    (Swin((64, 64), 8, shifted=True), 4, None),      # more units in any tiles
-    (CrissCross((4, 8, 8)), 1, None),
+@pytest.mark.parametrize("pattern, heads, shape, rolled", [
+    (CSWin((64, 64), 8, 4), 4, (8, 8), False),      # stripes in 8 x 8 tiles: 5,837 -> 1,843 units
+    (CrissCross((64, 64)), 4, (8, 8), False),
+    (CSWin((32, 64), 8, 4), 4, (8, 8), False),
+    (CrissCross((56, 56)), 2, (8, 8), False),
+    (Halo((64, 64), 8, 3), 4, None, False),          # 1.4x fewer units: the gathers would cost more
+    (Swin((64, 64), 8, shifted=True), 4, (8, 8), True),   # the windows as tiles: 1,248 -> 333 units
+    (Swin((56, 56), 7, shifted=True), 4, (7, 7), True),   # the windows as tiles: 2.1x fewer units
+    (Swin((28, 28), 7, shifted=True), 4, None, True),     # 1.4x
+    (Swin((4, 32, 32), (2, 8, 8), shifted=True), 4, (2, 8, 4), True),
+    (CrissCross((4, 8, 8)), 1, None, False),
 ])
-def test_tiled_layout_takes_the_cheapest_tiles_where_they_pay(pattern, heads, shape, monkeypatch):
+def test_tiled_layout_takes_the_cheapest_tiles_where_they_pay(pattern, heads, shape, rolled, monkeypatch):
     monkeypatch.setattr(tiled_grid_patterns, "_LAYOUTS", {})
     costed = []
     units = tiled_grid_patterns._units
     monkeypatch.setattr(tiled_grid_patterns, "_units", lambda *a: costed.append(1) or units(*a))
-    layout = tiled_layout(pattern, heads, 32, torch.bfloat16)
-    assert costed and tiled_layout(pattern, heads, 32, torch.bfloat16) == layout
-    assert len(costed) == 1 + len(tiled_grid_patterns.tile_shapes(pattern.grid, 64))   # remembered
+    form = tiled_layout(pattern, heads, 32, torch.bfloat16)
+    assert costed and tiled_layout(pattern, heads, 32, torch.bfloat16) == form
+    shapes = tiled_grid_patterns.layout_shapes(pattern)
+    assert len(costed) == 1 + len(shapes) * (2 if rolled else 1)       # remembered
     row_major = _units(pattern, heads, pattern.size)
     if shape is None:
-        assert layout is None
+        assert form is None
         return
-    assert layout == GridLayout(pattern.grid, shape)
-    chosen = _units(Permuted(pattern, layout), heads, pattern.size)
+    layout = GridLayout(pattern.grid, shape)
+    if rolled:
+        shift, rule = pattern.rolled()
+        assert form.order.positions().equal(ChainedOrder(shift, layout).positions())
+        assert repr(form.pattern) == repr(Permuted(rule, layout))
+    else:
+        assert form.order == layout and repr(form.pattern) == repr(Permuted(pattern, layout))
+    chosen = _units(form.pattern, heads, pattern.size)
     assert chosen * tiled_grid_patterns.MIN_GAIN <= row_major
-    for other in tiled_grid_patterns.tile_shapes(pattern.grid, 64):
-        assert chosen <= _units(Permuted(pattern, GridLayout(pattern.grid, other)), heads, pattern.size)
+    rules = [pattern] + ([pattern.rolled()[1]] if rolled else [])
+    for rule in rules:
+        for other in shapes:
+            assert chosen <= _units(Permuted(rule, GridLayout(pattern.grid, other)), heads, pattern.size)
 
 
 @pytest.mark.parametrize("pattern, heads", [(CSWin((8, 32), 8, 2), 2), (CrissCross((4, 8, 8)), 2),
-                                            (Halo((8, 32), 8, 2), 4)])
+                                            (Halo((8, 32), 8, 2), 4), (Swin((16, 16), 8, shifted=True), 2),
+                                            (Swin((4, 8, 8), (2, 4, 8), shifted=True), 2)])
 def test_tiled_call_is_the_attention_with_its_gradients(pattern, heads, monkeypatch):
-    """The tiled call (its cheapest tiles taken whatever they gain) run by the float64 reference
+    """The tiled call (its cheapest tiles taken whatever they gain; shifted Swin windows on the rolled
+    grid) run by the float64 reference
     equals the row-major reference call, o, lse and the gradients of a loss on both (GQA, B = 2,
     sinks and softcap carried over)."""
     monkeypatch.setattr(tiled_grid_patterns, "MIN_GAIN", 1e-9)
@@ -77,7 +92,9 @@ def test_tiled_call_is_the_attention_with_its_gradients(pattern, heads, monkeypa
         return [o, lse, *torch.autograd.grad((o, lse), leaves, (do, dlse))]
 
     got, want = outputs(True), outputs(False)
-    assert len(runs) == 1 and isinstance(runs[0], Permuted) and runs[0].pattern is pattern
+    rolled = pattern.rolled()
+    assert len(runs) == 1 and isinstance(runs[0], Permuted)
+    assert runs[0].pattern is pattern if rolled is None else repr(runs[0].pattern) == repr(rolled[1])
     for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), got, want):
         assert torch.allclose(a, b, rtol=0, atol=1e-12), name
 
@@ -121,11 +138,12 @@ def test_tiled_route_conditions(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("pattern, tiled", [(CSWin((32, 64), 8, 4), True), (CrissCross((32, 64)), True),
-                                            (Halo((32, 64), 8, 3), False), (Swin((32, 64), 8, shifted=True), False)],
+                                            (Halo((32, 64), 8, 3), False), (Swin((32, 64), 8, shifted=True), True),
+                                            (Swin((56, 56), 7, shifted=True), True)],
                          ids=repr)
 def test_gpu_grid_patterns_against_float64(monkeypatch, pattern, tiled, dtype):
-    """CSWin and criss-cross (tiled order) and halos and shifted Swin windows (row-major,
-    bitmask tiles) through ``tessera.attention`` on CUDA meet the float64 reference by the rule
+    """CSWin, criss-cross and shifted Swin windows (tiled order, the windows on the rolled grid) and
+    halos (row-major, bitmask tiles) through ``tessera.attention`` on CUDA meet the float64 reference by the rule
     (GQA, B = 2, D = 32; the loss takes lse too)."""
     heads = 4
     routed = []

@@ -609,10 +609,12 @@ else:
             natten._cached_call_plan.cache_clear()
 
     @pytest.mark.parametrize("pattern, heads", [(CSWin((8, 32), 8, 2), 2), (CrissCross((4, 8, 8)), 2),
-                                                (Halo((8, 32), 8, 2), 4)], ids=repr)
+                                                (Halo((8, 32), 8, 2), 4), (Swin((8, 32), 8, shifted=True), 2)],
+                             ids=repr)
     def test_interpreted_tiled_grid_patterns_against_float64(pattern, heads, monkeypatch):
         # Grid patterns that are no neighborhood through tessera.attention on the Triton kernels
-        # in their cheapest tiled order (taken whatever it gains; bitmask partial tiles in it):
+        # in their cheapest tiled order (taken whatever it gains; shifted Swin windows on the
+        # rolled grid; bitmask partial tiles in it):
         # o, lse and the gradients against float64 (B = 2, GQA).
         import tessera
         import tessera.tiled_grid_patterns as tiled_grid_patterns

@@ -10,6 +10,7 @@ from tessera.kernels.triton.tuning import KernelConfig, MaskShape, kernel_config
 from tessera.patterns import Causal, Neighborhood, Power, Strided, Window
 from tessera.patterns.blocksparse import BlockSparse
 from tessera.patterns.layout import GridLayout, Permuted
+from tessera.patterns.vision import CSWin, CrissCross, Swin
 
 
 def _config(kernel, shape, dim=128, dtype=torch.bfloat16):
@@ -76,6 +77,34 @@ def test_forward_tiles_follow_the_pattern_tile_map():
     grid = (32, 32)
     na = Permuted(Neighborhood(grid, (7, 7)), GridLayout(grid, (8, 8)))
     assert forward_tiles(na, 1024, 1024, 2, 128) == (64, 64)
+
+
+@pytest.mark.parametrize("pattern, n, heads", [
+    (Causal(), 4096, 4), (Window(1023, 0), 4100, 4), (Power(local=256, causal=True), 2048, 2),
+    (BlockSparse.random(1024, 0.1, block=128, seed=0), 1024, 1),
+    (Permuted(Neighborhood((32, 32), 7), GridLayout((32, 32), (8, 8))), 1024, 2),
+    (Neighborhood((30, 30), 7), 900, 2), (Swin((32, 32), 8, shifted=True), 1024, 2),
+    (Permuted(CSWin((32, 32), 8, 2), GridLayout((32, 32), (8, 8))), 1024, 2),
+    (Permuted(CrissCross((16, 16)), GridLayout((16, 16), (4, 16))), 256, 1),
+], ids=repr)
+def test_tile_states_give_the_mask_shape_of_the_built_plan(pattern, n, heads):
+    """The routes' cost estimate (``_states_mask_shape``, tile states only) sees what the built
+    plan's ``_mask_shape`` sees, and so the same forward tiles at every head dim."""
+    from tessera.kernels.triton.backend import _mask_shape, _states_mask_shape, estimated_forward_tiles
+    assert _states_mask_shape(pattern, n, n, heads) == _mask_shape(pattern, n, n, heads, torch.device("cpu"))
+    for dim in (32, 64, 128, 256):
+        assert estimated_forward_tiles(pattern, n, n, heads, dim) == forward_tiles(pattern, n, n, heads, dim)
+
+
+def test_tile_states_miss_bitmasks_that_share_one_band():
+    """The one documented difference: S2's causal diagonal tiles, bitmasks in the tile states,
+    which the built plan masks by their common band."""
+    from tessera.kernels.triton.backend import _mask_shape, _states_mask_shape
+    pattern = Strided(block=128, local_blocks=8, stride=8, causal=True)
+    built = _mask_shape(pattern, 4096, 4096, 2, torch.device("cpu"))
+    estimated = _states_mask_shape(pattern, 4096, 4096, 2)
+    assert built.band_only and not estimated.band_only
+    assert built.partial_fraction == estimated.partial_fraction
 
 
 def test_unknown_kernel_name_is_refused():

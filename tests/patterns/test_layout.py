@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from tessera.patterns import Window
-from tessera.patterns.layout import (GridLayout, Permuted, choose_tile_shape, row_major_boxes,
-                                     tile_shapes)
+from tessera.patterns.layout import (ChainedOrder, CyclicShift, GridLayout, Permuted, choose_tile_shape,
+                                     row_major_boxes, tile_shapes)
 from tessera.patterns.neighborhood import Neighborhood, predicted_speedup
 from test_tilemap_exact import brute_states
 
@@ -52,6 +52,31 @@ def test_permute_round_trip_and_gradients():
         assert layout.is_identity == torch.equal(layout.positions(), torch.arange(math.prod(grid)))
         z = torch.randn(3, math.prod(grid))
         assert torch.equal(layout.unpermute(layout.permute(z, -1), -1), z)
+
+
+def test_cyclic_shift_and_chained_orders():
+    """``CyclicShift`` is ``torch.roll`` of the grid by ``-shift``; ``ChainedOrder`` is its two
+    orders one after the other, undone in one gather, with the inverse gather as gradient."""
+    for grid, shift, tile in [((8, 8), (4, 4), (4, 2)), ((6, 9), (1, 0), (3, 3)), ((12,), (5,), (4,)),
+                              ((4, 6, 6), (1, 3, 2), (2, 3, 2))]:
+        n = math.prod(grid)
+        x = torch.randn(2, n, 3, 4, requires_grad=True)
+        shift_order = CyclicShift(grid, shift)
+        rolled = torch.roll(x.view(2, *grid, 3, 4), [-s for s in shift], list(range(1, len(grid) + 1)))
+        assert torch.equal(shift_order.permute(x, 1), rolled.reshape(2, n, 3, 4))
+        layout = GridLayout(grid, tile)
+        chained = ChainedOrder(shift_order, layout)
+        y = chained.permute(x, 1)
+        assert torch.equal(y, layout.permute(shift_order.permute(x, 1), 1))
+        assert torch.equal(chained.unpermute(y, 1), x)
+        upstream = torch.randn_like(y)
+        y.backward(upstream)
+        assert torch.equal(x.grad, chained.unpermute(upstream, 1))
+    assert CyclicShift((4, 4), 0).is_identity
+    with pytest.raises(ValueError, match=r"shift\[1\] must be >= 0"):
+        CyclicShift((4, 4), (1, -1))
+    with pytest.raises(ValueError, match=r"then.grid must equal first.grid = \(4, 4\)"):
+        ChainedOrder(CyclicShift((4, 4), 1), GridLayout((2, 8), 2))
 
 
 def test_row_major_boxes_cover_ranges_exactly():

@@ -10,7 +10,7 @@ import torch
 from tessera.patterns.base import UNKNOWN
 from tessera.patterns.layout import GridLayout, Permuted
 from tessera.patterns.neighborhood import Neighborhood
-from tessera.patterns.vision import (CSWin, CrissCross, Halo, MaxViTBlock, MaxViTGrid, Radial, Swin,
+from tessera.patterns.vision import (CSWin, CrissCross, Halo, MaxViTBlock, MaxViTGrid, Radial, RolledShiftedSwin, Swin,
                                     equivalent_neighborhood)
 from test_tilemap_exact import brute_states
 
@@ -89,6 +89,23 @@ def test_swin_matches_shifted_window_procedure():
             p = Swin(grid, window, shifted=shifted)
             n = math.prod(grid)
             assert torch.equal(p.dense_mask(n, n)[0], swin_reference(grid, p.window, shifted)), p
+
+
+def test_rolled_shifted_swin_is_swin_seen_through_the_roll():
+    """``Swin.rolled()``: the rolled rule at rolled positions allows what Swin's procedure allows
+    at the original positions (``torch.roll`` of the grid's indices, not the order's own code)."""
+    for grid, window in [((8, 8), 4), ((12, 6), (4, 3)), ((6, 9), (2, 3)), ((4, 6, 6), (2, 3, 3)),
+                         ((16,), 4), ((8, 8), (1, 4)), ((6, 6), 6)]:
+        swin = Swin(grid, window, shifted=True)
+        order, rolled = swin.rolled()
+        assert isinstance(rolled, RolledShiftedSwin) and order.shift == tuple(w // 2 for w in swin.window)
+        n = math.prod(grid)
+        rolled_indices = torch.roll(torch.arange(n).view(grid), [-s for s in order.shift],
+                                    list(range(len(grid)))).reshape(-1)
+        assert torch.equal(order.positions(), rolled_indices)
+        want = swin_reference(grid, swin.window, True)[rolled_indices][:, rolled_indices]
+        assert torch.equal(rolled.dense_mask(n, n)[0], want), swin
+    assert Swin((8, 8), 4).rolled() is None and MaxViTBlock((8, 8), 4).rolled() is None
 
 
 def test_maxvit_block_and_grid_match_reshapes():
@@ -191,7 +208,7 @@ def as_tuple(value, ndim):
 
 
 def random_vision(rng: random.Random):
-    kind = rng.choice(["swin", "block", "grid", "halo", "cswin", "criss", "radial"])
+    kind = rng.choice(["swin", "rolled", "block", "grid", "halo", "cswin", "criss", "radial"])
     ndim = 2 if kind in ("block", "grid", "cswin") else rng.choice([2, 2, 3])
 
     def divisible_grid(parts):
@@ -200,6 +217,9 @@ def random_vision(rng: random.Random):
     if kind == "swin":
         window = tuple(rng.randint(1, 4 if ndim == 2 else 3) for _ in range(ndim))
         return Swin(divisible_grid(window), window, shifted=rng.random() < 0.6), 1
+    if kind == "rolled":
+        window = tuple(rng.randint(1, 4 if ndim == 2 else 3) for _ in range(ndim))
+        return RolledShiftedSwin(divisible_grid(window), window), 1
     if kind == "block":
         size = rng.randint(1, 4)
         return MaxViTBlock(divisible_grid((size, size)), size), 1

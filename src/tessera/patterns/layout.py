@@ -23,6 +23,7 @@ import torch
 
 from .base import UNKNOWN, Pattern, unique_columns
 from .tilemap import EMPTY, FULL, PARTIAL, cdiv
+from .token_copies import as_wide_rows, from_wide_rows
 
 def as_axes(name: str, value, ndim: int, minimum: int = 1) -> tuple[int, ...]:
     """``value`` (an int, or a sequence of ``ndim`` ints) as a tuple of ``ndim`` ints ``>= minimum``;
@@ -244,6 +245,18 @@ class GridPattern(Pattern):
             hi.append(y1)
         return [(lo, hi)]
 
+    def window_tiles(self) -> tuple[tuple[int, ...], ...]:
+        """Tile shapes that line up with this rule's key sets (its windows or blocks), for tiled
+        orders to try besides those of one kernel tile's tokens; none by default."""
+        return ()
+
+    def rolled(self) -> Optional[tuple["CyclicShift", "GridPattern"]]:
+        """``(order, pattern)``: a ``CyclicShift`` of the grid and this rule over the rolled grid
+        (query ``p`` sees key ``r`` of ``pattern`` iff this rule lets ``order.positions()[p]``
+        see ``order.positions()[r]``), where rolling makes the rule line up with tiles from the
+        origin (Swin's shifted windows); None for rules that gain nothing from it."""
+        return None
+
     # ---- Pattern interface ----------------------------------------------------------------------
     def check_lengths(self, q_len: int, k_len: int, num_heads: int) -> None:
         if q_len != self.size or k_len != self.size:
@@ -345,18 +358,28 @@ class _Reorder(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dim, order, inverse):
         ctx.dim, ctx.inverse = dim, inverse
-        return x.index_select(dim, order)
+        return _gather_tokens(x, dim, order)
 
     @staticmethod
     def backward(ctx, grad):
-        return grad.index_select(ctx.dim, ctx.inverse), None, None, None
+        return _gather_tokens(grad, ctx.dim, ctx.inverse), None, None, None
+
+
+def _gather_tokens(x: torch.Tensor, dim: int, order: torch.Tensor) -> torch.Tensor:
+    """``x.index_select(dim, order)`` for a permutation ``order``, moving token rows whole
+    (``as_wide_rows``)."""
+    dim = dim % x.dim()
+    wide = as_wide_rows(x, dim)
+    if wide is None:
+        return x.index_select(dim, order)
+    return from_wide_rows(wide.index_select(dim, order), x.dtype, x.shape)
 
 
 def _reorder(x: torch.Tensor, dim: int, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
     """``x.index_select(dim, order)``, through ``_Reorder`` only when a gradient is recorded."""
     if torch.is_grad_enabled() and x.requires_grad:
         return _Reorder.apply(x, dim, order, inverse)
-    return x.index_select(dim, order)
+    return _gather_tokens(x, dim, order)
 
 
 class TokenOrder:
@@ -557,6 +580,37 @@ class DilationGroupOrder(TokenOrder):
 
     def __repr__(self) -> str:
         return f"DilationGroupOrder(grid={self.grid}, dilation={self.dilation})"
+
+
+class CyclicShift(TokenOrder):
+    """The tokens of an N-D grid rolled by ``-shift`` per axis, row-major: the ``p``-th token of
+    the order has coordinates ``x'`` with original coordinates ``(x' + shift) % grid`` (on a
+    ``[B, *grid, ...]`` tensor, ``torch.roll(x, [-s for s in shift], dims)``)."""
+
+    def __init__(self, grid, shift):
+        self.grid = as_grid(grid)
+        self.shift = as_axes("shift", shift, len(self.grid), minimum=0)
+        coords = to_coords(torch.arange(math.prod(self.grid)), self.grid)
+        original = [(c + s) % g for c, s, g in zip(coords, self.shift, self.grid)]
+        self._set_positions(sum(c * b for c, b in zip(original, axis_blocks(self.grid))))
+
+    def __repr__(self) -> str:
+        return f"CyclicShift(grid={self.grid}, shift={self.shift})"
+
+
+class ChainedOrder(TokenOrder):
+    """The order ``first`` puts the grid's tokens in, then reordered by ``then`` (a ``TokenOrder``
+    of ``first``'s tokens as a grid of the same shape): one gather each way."""
+
+    def __init__(self, first: TokenOrder, then: TokenOrder):
+        if first.grid != then.grid:
+            raise ValueError(f"then.grid must equal first.grid = {first.grid}, got {then.grid}")
+        self.grid = first.grid
+        self.first, self.then = first, then
+        self._set_positions(first.positions()[then.positions()])
+
+    def __repr__(self) -> str:
+        return f"ChainedOrder({self.first!r}, {self.then!r})"
 
 
 class Permuted(Pattern):

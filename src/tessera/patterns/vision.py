@@ -13,9 +13,10 @@ import math
 import torch
 
 from .base import UNKNOWN, Pattern, _check_positive_int
-from .layout import GridPattern, as_axes, as_grid
+from .layout import CyclicShift, GridPattern, as_axes, as_grid
 from .neighborhood import Neighborhood
 from .tilemap import EMPTY, FULL, PARTIAL
+from .token_copies import as_wide_rows, from_wide_rows
 
 # Radial classifies a rectangle exactly when each side spans at most this many frames (one
 # frame-pair test per pair of frames); wider rectangles are UNKNOWN, settled by the mask.
@@ -91,8 +92,47 @@ class Swin(_AxisWindows):
         end = torch.clamp(index * w + s + w - 1, max=g - 1)
         return start, end
 
+    def window_tiles(self):
+        return (self.window,)
+
+    def rolled(self):
+        """Shifted windows: ``(CyclicShift(grid, shift), RolledShiftedSwin(grid, window))``, the
+        grid as Swin's SW-MSA computes it (rolled by ``-shift``), where the windows start at the
+        origin; None for unshifted windows."""
+        if not self.shifted:
+            return None
+        return CyclicShift(self.grid, self.shift), RolledShiftedSwin(self.grid, self.window)
+
     def __repr__(self) -> str:
         return f"Swin(grid={self.grid}, window={self.window}, shifted={self.shifted})"
+
+
+class RolledShiftedSwin(_AxisWindows):
+    """Swin's shifted windows over the grid rolled by ``-(window // 2)`` per axis (``CyclicShift``;
+    the token at rolled coordinate ``x'`` is the original ``(x' + s) % L``): windows of ``window``
+    tokens from the origin, except that the last window of each axis holds two regions that are
+    masked apart, ``[L - window, L - s)`` (the original ``[L - window + s, L)``) and ``[L - s, L)``
+    (the original ``[0, s)``). A query sees a key iff they share a window region on every axis."""
+
+    def __init__(self, grid, window):
+        self.grid = as_grid(grid)
+        self.window = as_axes("window", window, len(self.grid))
+        _check_divides("window", self.window, self.grid)
+        self.shift = tuple(w // 2 for w in self.window)
+
+    def axis_window(self, axis, x, head):
+        w, s, g = self.window[axis], self.shift[axis], self.grid[axis]
+        start = torch.div(x, w, rounding_mode="floor") * w
+        end = start + w - 1
+        cut = g - s
+        last = start == g - w
+        return torch.where(last & (x >= cut), cut, start), torch.where(last & (x < cut), cut - 1, end)
+
+    def window_tiles(self):
+        return (self.window,)
+
+    def __repr__(self) -> str:
+        return f"RolledShiftedSwin(grid={self.grid}, window={self.window})"
 
 
 class MaxViTBlock(Swin):
@@ -151,16 +191,40 @@ class MaxViTGrid(GridPattern):
         dim = dim % x.dim()
         if x.shape[dim] != self.size:
             raise ValueError(f"x must hold the grid's {self.size} tokens along dim {dim}, got shape {tuple(x.shape)}")
-        pre, post = x.shape[:dim], x.shape[dim + 1:]
-        split = x.reshape(*pre, *[n for pair in pairs for n in pair], *post)
-        axes = list(range(len(pre)))
-        for a in range(len(pairs)):
-            axes += [len(pre) + 2 * a + 1, len(pre) + 2 * a]
-        axes += list(range(len(pre) + 2 * len(pairs), split.dim()))
-        return split.permute(axes).reshape(x.shape)
+        if torch.is_grad_enabled() and x.requires_grad and not torch.compiler.is_compiling():
+            return _SwappedTokens.apply(x, dim, tuple(pairs))
+        return _swapped_tokens(x, dim, pairs)
 
     def __repr__(self) -> str:
         return f"MaxViTGrid(grid={self.grid}, grid_size={self.grid_size})"
+
+
+def _swapped_tokens(x: torch.Tensor, dim: int, pairs) -> torch.Tensor:
+    """A copy of ``x`` with its token axis ``dim`` split per grid axis into ``(a, b)`` of ``pairs``
+    (row-major) and each pair swapped to ``(b, a)``; token rows move whole (``as_wide_rows``)."""
+    wide = as_wide_rows(x, dim)
+    source = x if wide is None else wide
+    pre, post = source.shape[:dim], source.shape[dim + 1:]
+    split = source.reshape(*pre, *[n for pair in pairs for n in pair], *post)
+    axes = list(range(len(pre)))
+    for a in range(len(pairs)):
+        axes += [len(pre) + 2 * a + 1, len(pre) + 2 * a]
+    axes += list(range(len(pre) + 2 * len(pairs), split.dim()))
+    swapped = split.permute(axes).reshape(source.shape)
+    return swapped if wide is None else from_wide_rows(swapped, x.dtype, x.shape)
+
+
+class _SwappedTokens(torch.autograd.Function):
+    """``_swapped_tokens`` with the inverse swap as its backward."""
+
+    @staticmethod
+    def forward(ctx, x, dim, pairs):
+        ctx.dim, ctx.pairs = dim, pairs
+        return _swapped_tokens(x, dim, pairs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _swapped_tokens(grad, ctx.dim, [(b, a) for a, b in ctx.pairs]), None, None
 
 
 class Halo(_AxisWindows):
@@ -179,6 +243,9 @@ class Halo(_AxisWindows):
         b, h, g = self.block[axis], self.halo[axis], self.grid[axis]
         first = (x // b) * b
         return torch.clamp(first - h, min=0), torch.clamp(first + b - 1 + h, max=g - 1)
+
+    def window_tiles(self):
+        return (self.block,)
 
     def __repr__(self) -> str:
         return f"Halo(grid={self.grid}, block={self.block}, halo={self.halo})"

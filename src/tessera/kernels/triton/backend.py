@@ -28,8 +28,9 @@ from ...bias import ALiBi, LowRank, RelativePosition, TensorBias
 from ...patterns.base import Dense
 from ...patterns.layout import Permuted
 from ...patterns.neighborhood import PaddedNeighborhood
+from ...patterns.tilemap import EMPTY, FULL, PARTIAL
 from ..registry import AttentionCall, register_backend
-from . import backward_route, flash_bwd, flash_fwd, forward_route, tuning
+from . import backward_route, flash_bwd, flash_fwd, forward_route, masks, tuning
 from .row_dot import row_dot
 from .masks import (MASK_BAND, MASK_NEIGHBORHOOD, MASK_NONE, get_plan, neighborhood_params, offset_band,
                     pattern_key, remembered)
@@ -221,6 +222,32 @@ def forward_tiles(pattern, q_len: int, k_len: int, heads: int, dim: int,
     heads and head dim (the tile map the kernel walks; tile plans are built on the CPU here)."""
     shape = _mask_shape(pattern, q_len, k_len, heads, torch.device("cpu"))
     config = kernel_config("fwd", dim, dtype, False, shape)
+    return config.block_m, config.block_n
+
+
+def _states_mask_shape(pattern, q_len: int, k_len: int, heads: int) -> Optional[MaskShape]:
+    """``_mask_shape`` from the pattern's 64 x 64 tile states alone, without the plan's bitmasks
+    (seconds for a 4,096-token pattern whose tiles are all partial): the same except for bitmask
+    patterns whose partial tiles all share one offset band, which a built plan masks by that band."""
+    if pattern is None or isinstance(pattern, Dense):
+        return None
+    states = pattern.tile_states(q_len, k_len, 64, 64, heads if pattern.head_dependent else 1).clone()
+    if q_len % 64:
+        states[:, -1, :][states[:, -1, :] == FULL] = PARTIAL
+    if k_len % 64:
+        states[:, :, -1][states[:, :, -1] == FULL] = PARTIAL
+    listed, partial = int((states != EMPTY).sum()), int((states == PARTIAL).sum())
+    neighborhood = (partial > 0 and masks.ANALYTIC_NEIGHBORHOOD and offset_band(pattern) is None
+                    and neighborhood_params(pattern, 64, 64) is not None)
+    return MaskShape(partial / listed if listed else 0.0, partial == 0 or offset_band(pattern) is not None,
+                     neighborhood=neighborhood, tiled=isinstance(pattern, Permuted))
+
+
+def estimated_forward_tiles(pattern, q_len: int, k_len: int, heads: int, dim: int,
+                            dtype: torch.dtype = torch.bfloat16) -> tuple[int, int]:
+    """``forward_tiles`` from the tile states alone (``_states_mask_shape``), for costing orders
+    that may never run."""
+    config = kernel_config("fwd", dim, dtype, False, _states_mask_shape(pattern, q_len, k_len, heads))
     return config.block_m, config.block_n
 
 
