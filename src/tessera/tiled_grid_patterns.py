@@ -29,7 +29,7 @@ from .patterns.neighborhood import PARTIAL_COST, Neighborhood
 # Layout tiles hold this many tokens (one 64-row kernel tile).
 TILE_TOKENS = 64
 # The tiled order is taken where its tile units (full + PARTIAL_COST x partial tiles at the forward
-# kernel's tiles) are at most 1 / MIN_GAIN of the row-major order's: the gathers in and out cost
+# kernel's tiles, in 64 x 64 tiles' worth of pairs) are at most 1 / MIN_GAIN of the row-major order's: the gathers in and out cost
 # about as much as the kernels save below that. On an H200 (bf16, B = 32, H = 4, D = 32; 64 x 64
 # grids, ``benchmarks/vision.py``, results/2026-12-02-h200-vision-2.json) units 3.0x and 2.9x
 # fewer ran the forward 1.83x and 2.07x faster (CSWin, criss-cross), 1.38x fewer ran it 1.34x
@@ -42,11 +42,14 @@ MAX_LAYOUTS = 64
 
 
 def _units(pattern, size: int, heads: int, dim: int, dtype: torch.dtype) -> float:
+    """Tile units of ``pattern`` at the forward kernel's tiles (full tiles plus ``PARTIAL_COST``
+    per partial one), in 64 x 64 tiles' worth of pairs: orders whose kernels take different tile
+    sizes compare by the pairs they compute."""
     from .kernels.triton.backend import estimated_forward_tiles
     block_m, block_n = estimated_forward_tiles(pattern, size, size, heads, dim, dtype)
     tiles = pattern.tile_map(size, size, block_m, block_n, heads)
     listed, full = int(tiles.kv_count.sum()), int(tiles.kv_full.sum())
-    return full + PARTIAL_COST * (listed - full)
+    return (full + PARTIAL_COST * (listed - full)) * block_m * block_n / 4096
 
 
 class TiledForm(NamedTuple):
@@ -56,6 +59,7 @@ class TiledForm(NamedTuple):
 
     order: TokenOrder
     pattern: Permuted
+    pattern_key: object = None      # the kernels' cache identity of ``pattern``, set once chosen
 
 
 def layout_shapes(pattern: GridPattern) -> list[tuple[int, ...]]:
@@ -96,6 +100,9 @@ def tiled_layout(pattern: GridPattern, heads: int, dim: int, dtype: torch.dtype)
         candidate = (_units(form.pattern, size, heads, dim, dtype), max(shape) / min(shape))
         if candidate[0] <= best_key[0] and (best is None or candidate < best_key):
             best, best_key = form, candidate
+    if best is not None:
+        from .kernels.triton.masks import pattern_key
+        best = best._replace(pattern_key=pattern_key(best.pattern))
     if len(_LAYOUTS) >= MAX_LAYOUTS:
         _LAYOUTS.clear()
     _LAYOUTS[key] = best
@@ -120,7 +127,7 @@ def tiled_grid_call(call: AttentionCall, backend: str,
         return None
     order = form.order
     tiled = dataclasses.replace(call, q=order.permute(call.q, 1), k=order.permute(call.k, 1),
-                                v=order.permute(call.v, 1), pattern=form.pattern, pattern_key=None)
+                                v=order.permute(call.v, 1), pattern=form.pattern, pattern_key=form.pattern_key)
     o, lse = run(tiled)
     return order.unpermute(o, 1), (order.unpermute(lse, 2) if call.return_lse else None)
 

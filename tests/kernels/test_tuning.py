@@ -96,6 +96,24 @@ def test_tile_states_give_the_mask_shape_of_the_built_plan(pattern, n, heads):
         assert estimated_forward_tiles(pattern, n, n, heads, dim) == forward_tiles(pattern, n, n, heads, dim)
 
 
+def test_tiled_grid_rules_take_64_square_tiles_at_small_head_dims():
+    """Grid patterns that are no neighborhood, in a tiled order, at D <= 64: 64 x 64 tiles in all
+    three kernels, whether their 64 x 64 tiles are partial (shifted Swin) or all full (CSWin's
+    stripes in 8 x 8 layout tiles); blocked neighborhoods in tiled orders keep their choices."""
+    from tessera.kernels.triton.backend import _mask_shape
+    layout = GridLayout((32, 32), (8, 8))
+    rolled = Swin((32, 32), 8, shifted=True).rolled()[1]
+    for rule in (rolled, CSWin((32, 32), 8, 2)):
+        shape = _mask_shape(Permuted(rule, layout), 1024, 1024, 2, torch.device("cpu"))
+        assert shape.tiled_grid_rule
+        for dim in (32, 64):
+            assert [(c.block_m, c.block_n) for c in (_config(k, shape, dim=dim) for k in ("fwd", "dq", "dkdv"))] \
+                == [(64, 64)] * 3
+    blocked = Permuted(Neighborhood((32, 32), 8, stride=8), layout)
+    shape = _mask_shape(blocked, 1024, 1024, 2, torch.device("cpu"))
+    assert not shape.tiled_grid_rule and _config("fwd", shape, dim=32) == KernelConfig(128, 64, 4, 3)
+
+
 def test_tile_states_miss_bitmasks_that_share_one_band():
     """The one documented difference: S2's causal diagonal tiles, bitmasks in the tile states,
     which the built plan masks by their common band."""

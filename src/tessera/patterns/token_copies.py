@@ -10,6 +10,7 @@ copies element by element, for comparison.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Optional
@@ -31,18 +32,12 @@ def as_wide_rows(x: torch.Tensor, dim: int) -> Optional[torch.Tensor]:
         return None
     if not 0 <= dim < x.dim():
         raise ValueError(f"dim must be in [0, {x.dim()}), got {dim}")
-    row = x.shape[dim + 1:]
-    row_bytes = math.prod(row) * x.element_size()
-    if row_bytes == 0 or not _rows_contiguous(x, dim):
+    start = x.storage_offset() * x.element_size() % _WIDE_TYPES[0].itemsize
+    plan = _wide_plan(tuple(x.shape), x.stride(), x.element_size(), start, dim)
+    if plan is None:
         return None
-    start = x.storage_offset() * x.element_size()
-    for wide in _WIDE_TYPES:
-        width = wide.itemsize
-        ratio = width // x.element_size()
-        if row_bytes % width == 0 and start % width == 0 and ratio > 1 and _strides_divisible(x, dim, ratio):
-            tokens = x.reshape(*x.shape[:dim + 1], math.prod(row))
-            return tokens.view(wide)
-    return None
+    tokens_shape, wide = plan
+    return x.reshape(tokens_shape).view(wide)
 
 
 def from_wide_rows(wide: torch.Tensor, dtype: torch.dtype, shape) -> torch.Tensor:
@@ -50,14 +45,29 @@ def from_wide_rows(wide: torch.Tensor, dtype: torch.dtype, shape) -> torch.Tenso
     return wide.view(dtype).reshape(shape)
 
 
-def _strides_divisible(x: torch.Tensor, dim: int, ratio: int) -> bool:
-    return all(size == 1 or stride % ratio == 0 for size, stride in zip(x.shape[:dim + 1], x.stride()[:dim + 1]))
+@functools.lru_cache(maxsize=256)
+def _wide_plan(shape: tuple, stride: tuple, itemsize: int, start: int, dim: int):
+    """``(tokens_shape, wide dtype)`` of ``as_wide_rows`` for a tensor of this shape, stride,
+    element size and start offset (bytes, modulo 16); None where no wide view exists."""
+    row_bytes = math.prod(shape[dim + 1:]) * itemsize
+    if row_bytes == 0 or not _rows_contiguous(shape, stride, dim):
+        return None
+    for wide in _WIDE_TYPES:
+        width = wide.itemsize
+        ratio = width // itemsize
+        if row_bytes % width == 0 and start % width == 0 and ratio > 1 and _strides_divisible(shape, stride, dim, ratio):
+            return (*shape[:dim + 1], math.prod(shape[dim + 1:])), wide
+    return None
 
 
-def _rows_contiguous(x: torch.Tensor, dim: int) -> bool:
+def _strides_divisible(shape, stride, dim: int, ratio: int) -> bool:
+    return all(size == 1 or step % ratio == 0 for size, step in zip(shape[:dim + 1], stride[:dim + 1]))
+
+
+def _rows_contiguous(shape, stride, dim: int) -> bool:
     expected = 1
-    for size, stride in zip(reversed(x.shape[dim + 1:]), reversed(x.stride()[dim + 1:])):
-        if size != 1 and stride != expected:
+    for size, step in zip(reversed(shape[dim + 1:]), reversed(stride[dim + 1:])):
+        if size != 1 and step != expected:
             return False
         expected *= size
     return True

@@ -27,7 +27,7 @@ from triton.runtime.errors import OutOfResources
 from ...bias import ALiBi, LowRank, RelativePosition, TensorBias
 from ...patterns.base import Dense
 from ...patterns.layout import Permuted
-from ...patterns.neighborhood import PaddedNeighborhood
+from ...patterns.neighborhood import Neighborhood, PaddedNeighborhood
 from ...patterns.tilemap import EMPTY, FULL, PARTIAL
 from ..registry import AttentionCall, register_backend
 from . import backward_route, flash_bwd, flash_fwd, forward_route, masks, tuning
@@ -213,7 +213,11 @@ def _mask_shape(pattern, q_len: int, k_len: int, heads: int, device, key=None) -
     plan = get_plan(pattern, q_len, k_len, 64, 64, heads, device, key)
     return MaskShape(plan.partial_fraction(), plan.mask_mode in (MASK_NONE, MASK_BAND),
                      neighborhood=plan.mask_mode == MASK_NEIGHBORHOOD,
-                     tiled=isinstance(pattern, Permuted))
+                     tiled=isinstance(pattern, Permuted), tiled_grid_rule=_tiled_grid_rule(pattern))
+
+
+def _tiled_grid_rule(pattern) -> bool:
+    return isinstance(pattern, Permuted) and not isinstance(pattern.pattern, Neighborhood)
 
 
 def forward_tiles(pattern, q_len: int, k_len: int, heads: int, dim: int,
@@ -240,7 +244,8 @@ def _states_mask_shape(pattern, q_len: int, k_len: int, heads: int) -> Optional[
     neighborhood = (partial > 0 and masks.ANALYTIC_NEIGHBORHOOD and offset_band(pattern) is None
                     and neighborhood_params(pattern, 64, 64) is not None)
     return MaskShape(partial / listed if listed else 0.0, partial == 0 or offset_band(pattern) is not None,
-                     neighborhood=neighborhood, tiled=isinstance(pattern, Permuted))
+                     neighborhood=neighborhood, tiled=isinstance(pattern, Permuted),
+                     tiled_grid_rule=_tiled_grid_rule(pattern))
 
 
 def estimated_forward_tiles(pattern, q_len: int, k_len: int, heads: int, dim: int,

@@ -50,12 +50,15 @@ class MaskShape:
     offset band in-kernel (``MASK_BAND``: causal, windows) rather than per-tile data (bitmasks,
     per-tile bands, N-D neighborhoods); neighborhood: partial tiles take the in-kernel N-D
     neighborhood mask (``MASK_NEIGHBORHOOD``); tiled: the pattern runs in a tiled token order
-    (``Permuted``: kernel tiles are compact boxes of the grid, as ``tessera.natten`` runs it)."""
+    (``Permuted``: kernel tiles are compact boxes of the grid, as ``tessera.natten`` runs it);
+    tiled_grid_rule: a grid pattern that is no neighborhood in a tiled order (``tiled_grid_patterns``:
+    shifted Swin, CSWin, criss-cross), whose key sets line up with 64-token layout tiles."""
 
     partial_fraction: float
     band_only: bool
     neighborhood: bool = False
     tiled: bool = False
+    tiled_grid_rule: bool = False
 
     @property
     def ragged(self) -> bool:
@@ -127,11 +130,21 @@ RAGGED_PARTIAL_FRACTION = 0.05
 #        (results/tuning/2026-11-30-h200-natten-config-sweep-fwd-maxnreg.json, O by bulk stores;
 #        now `NATTEN_SWEEP_ARGS="--kernels fwd --configs 64,64,4,1 64,64,4,1,128"
 #        bash benchmarks/gpu_run.sh natten-configs`).
+#   Grid patterns in tiled orders (``tiled_grid_rule``: shifted Swin on the rolled grid, CSWin,
+#        criss-cross) at D <= 64 take 64 x 64 tiles in all three kernels: 128-row tiles straddle
+#        two 64-token layout tiles (CSWin's 8-wide stripes list only full 64 x 64 tiles in 8 x 8
+#        layout tiles, partial 128-row ones) (H200, bf16, CUDA graphs, results/tuning/
+#        2026-12-03-h200-tiled-configs.json; default (128, 64) fwd / (128, 64) dq / (64, 128) dk/dv
+#        against 64 x 64): shifted Swin 64 x 64 w8 D = 32 fwd 0.166 -> 0.136 ms, fwd+bwd 0.583 ->
+#        0.430; D = 64 0.276 -> 0.229, 0.949 -> 0.665; CSWin fwd 0.409 -> 0.238, fwd+bwd 1.059 ->
+#        0.886; criss-cross 0.718 -> 0.515, 2.745 -> 1.897.
 def _masked_config(kernel: str, shape: MaskShape, dim: int) -> KernelConfig:
     tiled_neighborhood = shape.neighborhood and shape.partial_fraction > 0 and shape.tiled
     if kernel == "fwd":
         if tiled_neighborhood:
             return KernelConfig(64, 64, 4, 1 if dim > 64 else 3)
+        if shape.tiled_grid_rule and dim <= 64:
+            return KernelConfig(64, 64, 4, 3)
         if shape.tiled and shape.partial_fraction == 0:
             return KernelConfig(64, 64, 4, 1, max_registers=128)
         if shape.neighborhood and shape.partial_fraction > 0:
@@ -150,7 +163,8 @@ def _gpu_config(kernel: str, dim: int, dtype: torch.dtype, shape: Optional[MaskS
     wide = dtype == torch.float32
     masked = shape is not None
     if masked and not wide and kernel in ("fwd", "dq", "dkdv") and (
-            64 < dim <= 128 or (dim <= 64 and shape.neighborhood and shape.partial_fraction > 0)
+            64 < dim <= 128 or (dim <= 64 and shape.tiled_grid_rule)
+            or (dim <= 64 and shape.neighborhood and shape.partial_fraction > 0)
             or (dim <= 64 and kernel != "fwd" and shape.tiled and shape.partial_fraction == 0)):
         return _masked_config(kernel, shape, dim)
     if kernel == "fwd":
