@@ -11,13 +11,12 @@ ms from replayed CUDA graphs (no host time), bf16, forward and forward+backward.
 from __future__ import annotations
 
 import argparse
-import json
-import os
+from pathlib import Path
 
 import torch
 
 import tessera
-from tessera.bench.environment import header
+from tessera.bench.report import write_case_rows
 from tessera.bench.timing import graph_replay_ms, warm_up_gpu
 from tessera.kernels.triton import tuning
 from tessera.kernels.triton.tuning import KernelConfig
@@ -71,14 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cuda")
     warm_up_gpu(device)
-    results = {**header(device), "choices": {k: {n: repr(c) for n, c in v.items()} for k, v in CHOICES.items()},
-               "cases": {}}
-    for name, case in CASES.items():
-        results["cases"][name] = case_times(*case, device)
-        print(name, json.dumps(results["cases"][name]), flush=True)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "tiled_configs.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    write_case_rows(Path(args.out) / "tiled_configs.json", device, CASES, case_times, choices={k: {n: repr(c) for n, c in v.items()} for k, v in CHOICES.items()})
 
 
 if __name__ == "__main__":

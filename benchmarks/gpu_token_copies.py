@@ -11,13 +11,12 @@ grid attention's swap into blocks (``MaxViTGrid.as_blocks``) and a ``GridLayout`
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
+from pathlib import Path
 
 import torch
 
-from tessera.bench.environment import header
+from tessera.bench.report import write_case_rows
 from tessera.bench.timing import graph_replay_ms, warm_up_gpu
 from tessera.patterns import token_copies
 from tessera.patterns.layout import GridLayout
@@ -53,13 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cuda")
     warm_up_gpu(device)
-    results = {**header(device), "cases": {}}
-    for name, case in CASES.items():
-        results["cases"][name] = case_times(*case, device)
-        print(name, json.dumps(results["cases"][name]))
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "token_copies.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    write_case_rows(Path(args.out) / "token_copies.json", device, CASES, case_times)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tessera.bench.attention import Case, run_suite, useful_pairs
-from tessera.bench.report import benchmarks_markdown, comparison_rows, markdown_table, write_results
+from tessera.bench.report import benchmarks_markdown, comparison_rows, markdown_table, write_case_rows, write_results
 from tessera.patterns import Causal, Window
 
 
@@ -76,3 +76,20 @@ def test_neighborhood_rows_find_their_dense_baseline():
     ]
     row = next(r for r in comparison_rows(records) if r["case"].startswith("3-D"))
     assert row["speedup_vs_dense_cudnn"] == pytest.approx(20.0)
+
+
+def test_case_rows_are_written_under_the_header(tmp_path, capsys):
+    seen = []
+
+    def row(size, scale, device):
+        seen.append((size, scale, device))
+        return {"ms": size * scale}
+
+    device = torch.device("cpu")
+    path = tmp_path / "deeper" / "rows.json"
+    payload = write_case_rows(path, device, {"a": (2, 0.5), "b": (3, 2.0)}, row, choices={"x": "1"})
+    assert seen == [(2, 0.5, device), (3, 2.0, device)]
+    assert json.loads(path.read_text()) == payload
+    assert payload["cases"] == {"a": {"ms": 1.0}, "b": {"ms": 6.0}} and payload["choices"] == {"x": "1"}
+    assert {"device", "torch", "triton", "date"} <= payload.keys()
+    assert capsys.readouterr().out.splitlines() == ['a {"ms": 1.0}', 'b {"ms": 6.0}']

@@ -24,6 +24,19 @@ def write_results(path: Path, device, records: list[dict]) -> dict:
     return payload
 
 
+def write_case_rows(path: Path, device, cases: dict, case_row, **fields) -> dict:
+    """Tuning files: ``case_row(*arguments, device)`` for every ``name -> arguments`` of
+    ``cases``, each row printed as it lands, written to ``path`` as ``{header, **fields, "cases":
+    {name: row}}``."""
+    payload = {**header(device), **fields, "cases": {}}
+    for name, arguments in cases.items():
+        payload["cases"][name] = case_row(*arguments, device)
+        print(name, json.dumps(payload["cases"][name]), flush=True)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(payload, indent=1) + "\n")
+    return payload
+
+
 def _shape_key(case: str) -> tuple[str, str, str]:
     """(sequence length, batch, head dim) named in a case; batch 1 and head dim 128 by default.
     N-D cases name their grid instead of S: its token count stands for S."""
