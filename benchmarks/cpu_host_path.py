@@ -1,14 +1,16 @@
 """Host (Python) time of one neighborhood call on the Triton backend, with kernel launches stubbed
 out, on CPU tensors: the part of the host path this machine can measure without a GPU.
 
-    OMP_NUM_THREADS=1 python benchmarks/cpu_host_path.py [--profile] [--dim 64] [--case 2-d|blocked|padded|swin|maxvit-grid] [--hopper]
+    OMP_NUM_THREADS=1 python benchmarks/cpu_host_path.py [--profile] [--dim 64] [--case 2-d|blocked|padded|swin|shifted-swin|maxvit-grid] [--hopper]
 
 Kernel launches (``Launcher._launch``) do nothing, the backend takes CPU tensors as if interpreted
 (``backend.INTERPRETED``: interpreter tile configs, no TMA descriptors), so the numbers leave out
 launch costs, CUDA allocations, streams and descriptor building; outputs are garbage. Cases: 2-D
 128 x 128, 17 x 17, tiled 8 x 8 (default), 3-D 16 x 48 x 48 blocked 4 x 8 x 8, or 2-D 100 x 100 padded to 104 x 104; bf16, H = 16,
 D = 128 (or --dim); ``swin``: ``tessera.attention`` with 8 x 8 Swin windows over 64 x 64 tokens,
-B = 32, H = 4, routed to the blocked neighborhood path; ``maxvit-grid``: MaxViT grid attention 7 x 7
+B = 32, H = 4, routed to the blocked neighborhood path; ``shifted-swin``: shifted 8 x 8 windows over
+64 x 64 tokens, B = 1, H = 1, on the tiled route (the rolled grid; addressed in-kernel, or gathered
+with ``TESSERA_TILED_IN_KERNEL=0``); ``maxvit-grid``: MaxViT grid attention 7 x 7
 over 56 x 56 tokens, B = 1, H = 2. ``--hopper``: the GPU's tile configs, and the routes act as on a Hopper GPU
 (``forward_route.on_hopper``), so the Gluon paths run up to their (stubbed) launches, descriptors
 included. Prints ms per forward (no grad) and per fwd+bwd step; ``--profile`` adds a cProfile of
@@ -36,7 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--case", choices=("2-d", "blocked", "padded", "swin", "maxvit-grid"), default="2-d")
+    parser.add_argument("--case", choices=("2-d", "blocked", "padded", "swin", "shifted-swin", "maxvit-grid"), default="2-d")
     parser.add_argument("--hopper", action="store_true",
                         help="GPU tile configs, and the Gluon routes as on a Hopper GPU")
     args = parser.parse_args()
@@ -63,6 +65,13 @@ def main() -> None:
         layout = _auto_layout((64, 64), (8, 8), (1, 1), (8, 8), (False, False))
         natten._resolve_layout = lambda *a, **kw: layout
         shape, attend = (32, 4096, 4, args.dim), lambda: attention(q, k, v, pattern=pattern, backend="triton")
+    elif args.case == "shifted-swin":
+        # tessera.attention with shifted 8 x 8 Swin windows over 64 x 64 tokens on the tiled route,
+        # B = 1, H = 1: host time without the copies' CPU time.
+        from tessera import attention
+        from tessera.patterns import Swin
+        pattern = Swin((64, 64), 8, shifted=True)
+        shape, attend = (1, 4096, 1, args.dim), lambda: attention(q, k, v, pattern=pattern, backend="triton")
     elif args.case == "maxvit-grid":
         # tessera.attention with MaxViT grid attention 7 x 7 over 56 x 56 tokens (swapped into
         # blocks, natten's blocked path), B = 1, H = 2: host time without the copies' CPU time.

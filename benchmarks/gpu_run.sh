@@ -5,7 +5,7 @@
 #                              [natten-reorder] [natten-profile] [natten-configs] [host-overhead] [host-breakdown] [linear] [tests-linear] [linear-final] [linear-accept]
 #                              [linear-profile] [state-sweep] [state-ab] [linear-host] [linear-delta] [candidates] [kernel-next]
 #                              [launch-cost] [blocked-dense] [fp32-ab] [fp32-bisect] [step-jitter] [autograd-floor]
-#                              [backward-profile] [gluon-forward] [gluon-backward] [route-host] [natten-host] [padded-grid] [padded-sweep] [padded-dilated] [natten-additional-kv] [vision] [vision-profile] [vision-wide-ab] [token-copies] [tiled-configs] [natten-compile] [ncu]
+#                              [backward-profile] [gluon-forward] [gluon-backward] [route-host] [natten-host] [padded-grid] [padded-sweep] [padded-dilated] [natten-additional-kv] [vision] [vision-profile] [vision-wide-ab] [vision-in-kernel-ab] [vision-row-map-ab] [vision-min-gain-ab] [token-copies] [tiled-configs] [natten-compile] [ncu]
 #   (linear, linear-final, linear-accept, linear-profile, linear-delta: carry .whl for fla)
 #   (default: tests attention natten linear; NATTEN_ARGS / VISION_ARGS: extra arguments of benchmarks/natten.py / vision.py)
 # Triton's cache (compiled kernels, and fla's autotuning timings through Triton's `cache_results`) is
@@ -51,6 +51,21 @@ keep_triton_cache() {
   ls -l "$OUT/$pack".*
 }
 trap keep_triton_cache EXIT
+vision_ab() {
+  # benchmarks/vision.py (VISION_AB_ARGS, else VISION_ARGS) with the switch $1 at each of the values
+  # after $2 (default: 1, then 0); results under $OUT/$2-<value>.
+  local var=$1 name=$2 value
+  shift 2
+  local values=("$@")
+  [[ ${#values[@]} -gt 0 ]] || values=(1 0)
+  for value in "${values[@]}"; do
+    mkdir -p "$OUT/$name-$value"
+    env "$var=$value" timeout "${TESSERA_VISION_TIMEOUT:-400}" python3 benchmarks/vision.py \
+      --out "$OUT/$name-$value" ${VISION_AB_ARGS:-${VISION_ARGS:-}} > "$OUT/$name-$value/vision.log" 2>&1 \
+      || status=1
+    grep -v "^[│┃┏┗┡└├┌]" "$OUT/$name-$value/vision.log" | tail -n 12
+  done
+}
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 for step in $steps; do
   case "$step" in
@@ -153,12 +168,17 @@ for step in $steps; do
     token-copies) timeout 150 python3 benchmarks/gpu_token_copies.py --out "$OUT" 2>&1 | tee "$OUT/token-copies.log" || status=1 ;;
     vision-wide-ab)
       # The vision cases VISION_ARGS selects, token rows copied whole and element by element.
-      for wide in 1 0; do
-        mkdir -p "$OUT/wide-rows-$wide"
-        TESSERA_WIDE_ROWS=$wide timeout "${TESSERA_VISION_TIMEOUT:-400}" python3 benchmarks/vision.py \
-          --out "$OUT/wide-rows-$wide" ${VISION_ARGS:-} > "$OUT/wide-rows-$wide/vision.log" 2>&1 || status=1
-        grep -v "^[│┃┏┗┡└├┌]" "$OUT/wide-rows-$wide/vision.log" | tail -n 12
-      done ;;
+      vision_ab TESSERA_WIDE_ROWS wide-rows ;;
+    vision-in-kernel-ab)
+      # The vision cases VISION_ARGS selects, tiled orders addressed by the kernels and gathered.
+      vision_ab TESSERA_TILED_IN_KERNEL tiled-in-kernel ;;
+    vision-row-map-ab)
+      # The vision cases VISION_ARGS selects, tiled orders addressed from their fields where they
+      # can be ("auto") and through row maps everywhere ("1").
+      vision_ab TESSERA_TILED_ROW_MAP tiled-row-map auto 1 ;;
+    vision-min-gain-ab)
+      # The vision cases VISION_AB_ARGS selects, the tiled route's MIN_GAIN at 2.0 and at 1.2.
+      vision_ab TESSERA_TILED_MIN_GAIN tiled-min-gain 2.0 1.2 ;;
     padded-dilated) timeout 360 python3 benchmarks/gpu_padded_grid.py --out "$OUT" --dilated 2>&1 \
                       | tee "$OUT/padded-dilated.log" || status=1 ;;
     host-breakdown) timeout 100 python3 benchmarks/gpu_host_overhead.py --out "$OUT" --breakdown-only \

@@ -99,6 +99,27 @@ def test_tiled_call_is_the_attention_with_its_gradients(pattern, heads, monkeypa
         assert torch.allclose(a, b, rtol=0, atol=1e-12), name
 
 
+def test_chosen_forms_are_addressed_in_grid_order(monkeypatch):
+    """The chosen forms say whether the kernels address them in the caller's order: a layout of
+    the grid, or of the grid rolled as Swin rolls it (a ``GridRoll`` of the shift); the Triton
+    backend names a roll that is not the pattern's grid's."""
+    from tessera.kernels.triton import backend as triton_backend
+    from tessera.kernels.triton.masks import GridRoll
+    monkeypatch.setattr(tiled_grid_patterns, "_LAYOUTS", {})
+    cswin = tiled_layout(CSWin((64, 64), 8, 4), 4, 32, torch.bfloat16)
+    assert cswin.addressable and cswin.roll is None
+    shifted = tiled_layout(Swin((56, 56), 7, shifted=True), 4, 32, torch.bfloat16)
+    assert shifted.addressable and shifted.roll == GridRoll((56, 56), (3, 3))
+    video = tiled_layout(Swin((4, 32, 32), (2, 8, 8), shifted=True), 4, 32, torch.bfloat16)
+    assert video.addressable and video.roll == GridRoll((4, 32, 32), (1, 4, 4))
+    q = torch.randn(1, 56 * 56, 2, 16)
+    call, _ = _build_call(q, q, q, pattern=shifted.pattern)
+    call.grid_order, call.grid_rows = True, GridRoll((56, 56), (3, 3))
+    assert triton_backend._grid_order_reason(call) is None
+    call.grid_rows = GridRoll((28, 112), (3, 3))
+    assert "needs the pattern's grid" in triton_backend._grid_order_reason(call)
+
+
 def test_tiled_route_conditions(monkeypatch):
     """``tessera.attention`` hands grid patterns to the tiled route; the route takes them on the
     Triton backend only ("triton", or "auto" on CUDA), without a bias, for grid patterns that are

@@ -10,20 +10,27 @@ up with tiles once the grid is rolled as Swin computes them (``GridPattern.rolle
 over 64 x 64 tokens list 256 tiles instead of 960, 7 x 7 windows over 56 x 56 in 7 x 7 tiles
 (``GridPattern.window_tiles``) 2.1x fewer tile units. A halo of 3 around 8 x 8 blocks gains 1.4x.
 ``tiled_layout`` picks the form with the fewest tile units at the forward kernel's tiles and
-takes it where it has at most ``1 / MIN_GAIN`` of the row-major units; ``tiled_grid_call``
-permutes q, k and v into it (one gather each), runs the permuted pattern and puts o and lse back
-(one gather each; the backward mirrors them).
+takes it where it has at most ``1 / MIN_GAIN`` of the row-major units. ``tiled_grid_call`` runs
+the permuted pattern with q, k, v, o and lse left in the caller's order: the Triton kernels
+address each tiled position's row in the grid themselves (``AttentionCall.grid_order``), as
+natten's path does: from the layout's tile extents where they are powers of two (on the rolled
+grid through a ``GridRoll``), else through a row map (``GridRows``). Where the kernels cannot (no
+Triton kernels for the call, ``IN_KERNEL`` off) it permutes q, k and v into the order (one gather
+each) and o and lse back (the backward mirrors them).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Callable, NamedTuple, Optional
 
 import torch
 
+from .kernels import registry
 from .kernels.registry import AttentionCall
-from .patterns.layout import ChainedOrder, GridLayout, GridPattern, Permuted, TokenOrder, tile_shapes
+from .patterns.layout import (ChainedOrder, CyclicShift, GridLayout, GridPattern, Permuted, TokenOrder,
+                              tile_shapes)
 from .patterns.neighborhood import PARTIAL_COST, Neighborhood
 
 # Layout tiles hold this many tokens (one 64-row kernel tile).
@@ -33,12 +40,20 @@ TILE_TOKENS = 64
 # about as much as the kernels save below that. On an H200 (bf16, B = 32, H = 4, D = 32; 64 x 64
 # grids, ``benchmarks/vision.py``, results/2026-12-02-h200-vision-2.json) units 3.0x and 2.9x
 # fewer ran the forward 1.83x and 2.07x faster (CSWin, criss-cross), 1.38x fewer ran it 1.34x
-# slower (halo 3), 0.8x ran it 2.2x slower (shifted Swin).
-MIN_GAIN = 2.0
+# slower (halo 3), 0.8x ran it 2.2x slower (shifted Swin). TESSERA_TILED_MIN_GAIN overrides it
+# (A/B comparisons).
+MIN_GAIN = float(os.environ.get("TESSERA_TILED_MIN_GAIN", "2.0"))
 
 # (repr(pattern), heads, head dim, dtype) -> the chosen tiled form (None: row-major).
 _LAYOUTS: dict = {}
 MAX_LAYOUTS = 64
+
+# Whether the Triton kernels address the tiled order in the caller's grid order (no gathers).
+# TESSERA_TILED_IN_KERNEL=0 turns it off (A/B comparisons).
+IN_KERNEL = os.environ.get("TESSERA_TILED_IN_KERNEL", "1") != "0"
+# "1": the kernels find every tiled order's positions through a row map (``masks.GridRows``),
+# also where the layout's fields would do (A/B comparisons); "auto": only where they would not.
+ROW_MAP = os.environ.get("TESSERA_TILED_ROW_MAP", "auto")
 
 
 def _units(pattern, size: int, heads: int, dim: int, dtype: torch.dtype) -> float:
@@ -60,6 +75,10 @@ class TiledForm(NamedTuple):
     order: TokenOrder
     pattern: Permuted
     pattern_key: object = None      # the kernels' cache identity of ``pattern``, set once chosen
+    # How the kernels find ``pattern``'s positions in the caller's order, set once chosen: None
+    # (the layout's own fields, ``masks.grid_order_params``), a ``masks.GridRoll`` (those of the
+    # rolled grid) or a ``masks.GridRows`` (a row map: ``order.positions()``).
+    rows: object = None
 
 
 def layout_shapes(pattern: GridPattern) -> list[tuple[int, ...]]:
@@ -101,12 +120,26 @@ def tiled_layout(pattern: GridPattern, heads: int, dim: int, dtype: torch.dtype)
         if candidate[0] <= best_key[0] and (best is None or candidate < best_key):
             best, best_key = form, candidate
     if best is not None:
-        from .kernels.triton.masks import pattern_key
-        best = best._replace(pattern_key=pattern_key(best.pattern))
+        best = _settled(best)
     if len(_LAYOUTS) >= MAX_LAYOUTS:
         _LAYOUTS.clear()
     _LAYOUTS[key] = best
     return best
+
+
+def _settled(form: TiledForm) -> TiledForm:
+    """``form`` with its pattern key and the kernels' addressing of it in the caller's order: a
+    ``GridLayout`` of the grid (or of the grid rolled by a ``CyclicShift``) whose tiles have
+    power-of-two extents holding whole kernel tiles, by its fields (and the roll; unless
+    ``ROW_MAP`` is "1"); any other order by a row map."""
+    from .kernels.triton.masks import GridRoll, GridRows, grid_order_params, pattern_key
+    order, roll = form.order, None
+    if isinstance(order, ChainedOrder) and isinstance(order.first, CyclicShift):
+        roll, order = GridRoll(order.first.grid, order.first.shift), order.then
+    params = grid_order_params(form.pattern, 64, 64) if order == form.pattern.layout else None
+    aligned = params is not None and params[-3] == 1 and params[-2] == 1
+    rows = roll if aligned and ROW_MAP != "1" else GridRows(form.order.positions(), repr(form.order))
+    return form._replace(pattern_key=pattern_key(form.pattern), rows=rows)
 
 
 def tiled_grid_call(call: AttentionCall, backend: str,
@@ -115,7 +148,9 @@ def tiled_grid_call(call: AttentionCall, backend: str,
     of ``tiled_layout``, where the call's pattern is a ``GridPattern`` that is no ``Neighborhood``,
     the call goes to the Triton kernels (``backend`` "triton", or "auto" on CUDA), has no bias
     (a bias is indexed in the caller's order) and no varlen lengths, and a tiled order pays; else
-    None. Scores, softcap, sinks and determinism carry over unchanged (none depends on order)."""
+    None. Scores, softcap, sinks and determinism carry over unchanged (none depends on order).
+    Where the Triton backend takes the call in grid order (``_in_kernel_call``) it runs there
+    with no reordering; else ``run`` takes the reordered tensors."""
     pattern = call.pattern
     if (not isinstance(pattern, GridPattern) or isinstance(pattern, Neighborhood) or call.bias is not None
             or call.cu_seqlens_q is not None or call.q.shape[1] < 2 * TILE_TOKENS):
@@ -125,11 +160,26 @@ def tiled_grid_call(call: AttentionCall, backend: str,
     form = tiled_layout(pattern, call.q.shape[2], max(call.q.shape[-1], call.v.shape[-1]), call.q.dtype)
     if form is None:
         return None
+    if IN_KERNEL:
+        in_kernel = _in_kernel_call(call, form)
+        if in_kernel is not None:
+            o, lse = registry.get_backend("triton").run(in_kernel)
+            return o, (lse if call.return_lse else None)
     order = form.order
     tiled = dataclasses.replace(call, q=order.permute(call.q, 1), k=order.permute(call.k, 1),
                                 v=order.permute(call.v, 1), pattern=form.pattern, pattern_key=form.pattern_key)
     o, lse = run(tiled)
     return order.unpermute(o, 1), (order.unpermute(lse, 2) if call.return_lse else None)
+
+
+def _in_kernel_call(call: AttentionCall, form: TiledForm) -> Optional[AttentionCall]:
+    """``call`` over ``form``'s pattern with q, k, v in the caller's order, addressed by the
+    kernels (``grid_order``, ``grid_rows``), or None when the Triton backend does not take it."""
+    if "triton" not in registry.available_backends():
+        return None
+    in_kernel = dataclasses.replace(call, pattern=form.pattern, pattern_key=form.pattern_key,
+                                    grid_order=True, grid_rows=form.rows)
+    return in_kernel if registry.get_backend("triton").supports(in_kernel) is None else None
 
 
 __all__ = ["TiledForm", "layout_shapes", "tiled_layout", "tiled_grid_call", "TILE_TOKENS", "MIN_GAIN"]

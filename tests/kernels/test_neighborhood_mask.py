@@ -89,6 +89,47 @@ def test_neighborhood_parameters_pad_to_three_axes():
     assert masks.neighborhood_params(Neighborhood((4, 30), 3), 64, 64)[-3:] == [0, 0, 0]
 
 
+@pytest.mark.parametrize("rule, tile_shape", [(CSWin((16, 32), 8, 2), (8, 8)), (CrissCross((4, 8, 8)), (2, 4, 8)),
+                                             (Swin((14, 14), 7, shifted=True).rolled()[1], (7, 7))], ids=repr)
+def test_grid_order_parameters_of_vision_patterns(rule, tile_shape):
+    """A vision pattern in a tiled order gets the layout's addressing fields (a neutral rule: kernel
+    = grid, no dilation, stride or causal axis) and keeps its own mask kind; tiles that do not
+    divide the grid get none."""
+    pattern = Permuted(rule, GridLayout(rule.grid, tile_shape))
+    fields = masks.grid_order_params(pattern, 64, 64)
+    pad = 3 - rule.ndim
+    grid, tile = [1] * pad + list(rule.grid), [1] * pad + list(tile_shape)
+    by_name = {name: fields[3 * i:3 * i + 3] for i, name in enumerate(masks.NA_FIELD_NAMES)}
+    assert by_name["grid"] == by_name["kernel"] == by_name["extent"] == grid and by_name["tile"] == tile
+    assert by_name["tiles"] == [g // t for g, t in zip(grid, tile)]
+    assert by_name["dilation"] == by_name["stride"] == [1, 1, 1] and by_name["causal"] == [0, 0, 0]
+    assert masks.neighborhood_params(pattern, 64, 64) is None
+    plan = masks.build_plan(pattern, rule.size, rule.size, 64, 64, 2, CPU)
+    assert plan.mask_mode != masks.MASK_NEIGHBORHOOD and plan.na_values == tuple(fields)
+    assert masks.grid_order_params(Permuted(rule, GridLayout(rule.grid, [3] * rule.ndim)), 64, 64) is None
+    assert masks.grid_order_params(rule, 64, 64) is None
+
+
+def test_grid_rows_parameters():
+    """A roll's kernel parameters: a plan's grid-order values, then the per-axis shifts in the
+    fold's slots (NA_ROLL), and the NA_ROLLED switch; bad rolls are named."""
+    from tessera.kernels.triton import na_mask
+    rule = Swin((8, 16), 8, shifted=True).rolled()[1]
+    plan = masks.build_plan(Permuted(rule, GridLayout(rule.grid, (8, 8))), 128, 128, 64, 64, 1, CPU)
+    roll = masks.GridRoll((8, 16), (4, 4))
+    values, static = roll.params(plan)
+    assert values.tolist() == list(plan.na_values) + [0, 4, 4] and roll.params(plan)[0] is values
+    assert static == plan.na_static | na_mask.NA_ROLLED.value == plan.na_static | masks.NA_ROLLED_BIT
+    assert na_mask.NA_ROLL.value == len(plan.na_values) == na_mask.NA_FOLD.value
+    assert roll == masks.GridRoll((8, 16), (4, 4)) != masks.GridRoll((8, 16), (4, 0))
+    with pytest.raises(ValueError, match=r"must lie in \[0, grid\)"):
+        masks.GridRoll((8, 16), (8, 0))
+    with pytest.raises(ValueError, match="one value per axis"):
+        masks.GridRoll((8, 16), (4,))
+    with pytest.raises(ValueError, match="needs a plan addressing that grid"):
+        masks.GridRoll((16, 8), (4, 4)).params(plan)
+
+
 def test_compile_time_switches():
     pattern = _tiled(Neighborhood((12, 16), (4, 5), dilation=(1, 2), stride=(4, 2),
                                   causal=(True, False)), (4, 8))
@@ -608,20 +649,32 @@ else:
         finally:
             natten._cached_call_plan.cache_clear()
 
-    @pytest.mark.parametrize("pattern, heads", [(CSWin((8, 32), 8, 2), 2), (CrissCross((4, 8, 8)), 2),
-                                                (Halo((8, 32), 8, 2), 4), (Swin((8, 32), 8, shifted=True), 2)],
-                             ids=repr)
-    def test_interpreted_tiled_grid_patterns_against_float64(pattern, heads, monkeypatch):
+    @pytest.mark.parametrize("pattern, heads, in_kernel", [
+        (CSWin((8, 32), 8, 2), 2, True), (CrissCross((4, 8, 8)), 2, True), (Halo((8, 32), 8, 2), 4, True),
+        (Swin((8, 32), 8, shifted=True), 2, True), (Swin((14, 14), 7, shifted=True), 2, True),
+        (Swin((4, 8, 8), (2, 4, 8), shifted=True), 2, True), (Swin((8, 32), 8, shifted=True), 2, False),
+        (CSWin((8, 32), 8, 2), 2, False)], ids=repr)
+    def test_interpreted_tiled_grid_patterns_against_float64(pattern, heads, in_kernel, monkeypatch):
         # Grid patterns that are no neighborhood through tessera.attention on the Triton kernels
         # in their cheapest tiled order (taken whatever it gains; shifted Swin windows on the
-        # rolled grid; bitmask partial tiles in it):
+        # rolled grid, 7 x 7 windows in 49-token tiles; bitmask partial tiles in it), addressed
+        # by the kernels in the caller's order (rolled: through a GridRoll) or gathered:
         # o, lse and the gradients against float64 (B = 2, GQA).
         import tessera
         import tessera.tiled_grid_patterns as tiled_grid_patterns
         monkeypatch.setattr(tiled_grid_patterns, "MIN_GAIN", 1e-9)
         monkeypatch.setattr(tiled_grid_patterns, "_LAYOUTS", {})
+        monkeypatch.setattr(tiled_grid_patterns, "IN_KERNEL", in_kernel)
         routed = []
         original = tiled_grid_patterns.tiled_grid_call
+        in_kernel_calls = []
+        in_kernel_call = tiled_grid_patterns._in_kernel_call
+
+        def spy_in_kernel(call, form):
+            out = in_kernel_call(call, form)
+            in_kernel_calls.append(out)
+            return out
+        monkeypatch.setattr(tiled_grid_patterns, "_in_kernel_call", spy_in_kernel)
 
         def spy(call, backend, run):
             out = original(call, backend, run)
@@ -633,6 +686,15 @@ else:
         leaves = [t.float().requires_grad_() for t in exact]
         o, lse = tessera.attention(*leaves, pattern=pattern, backend="triton", return_lse=True)
         assert routed == [True]
+        if in_kernel:
+            rolled = pattern.rolled()
+            shift = rolled[0].shift if rolled is not None else None
+            assert len(in_kernel_calls) == 1 and in_kernel_calls[0] is not None
+            roll = in_kernel_calls[0].grid_rows
+            assert (roll is None) == (shift is None)
+            assert shift is None or roll.shift[-len(shift):] == shift
+        else:
+            assert in_kernel_calls == []
         ref_leaves = [t.clone().requires_grad_() for t in exact]
         ref, ref_lse = tessera.attention(*ref_leaves, pattern=pattern, backend="reference", return_lse=True)
         do = torch.randn(ref.shape, dtype=ref.dtype)

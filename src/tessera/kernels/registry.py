@@ -36,15 +36,24 @@ class AttentionCall:
         softcap: ``s -> softcap * tanh(s / softcap)`` applied to the scaled logits before the bias.
         sinks: float ``[H_q]`` sink logits joining the softmax denominator, or ``None``.
         return_lse: whether the caller wants the log-sum-exp.
-        grid_order: the pattern is ``Permuted(Neighborhood, GridLayout)`` but q, k, v (and o, lse)
-            stay in the grid's row-major order: position ``p`` of the pattern lives at the grid row
-            of tiled position ``p``. Only the Triton backend accepts it (``tessera.natten`` sets it).
+        grid_order: the pattern is ``Permuted(GridPattern, GridLayout)`` (a neighborhood, or a
+            vision pattern of ``tessera.tiled_grid_patterns``) but q, k, v (and o, lse) stay in
+            the grid's row-major order: position ``p`` of the pattern lives at the grid row of
+            tiled position ``p``. Only the Triton backend accepts it (``tessera.natten`` and
+            ``tessera.tiled_grid_patterns`` set it).
         pattern_key: the pattern's cache identity (``kernels.triton.masks.pattern_key``) when the
             caller already has it (``tessera.natten`` builds its patterns once per signature);
             None: computed per call.
         dilation_fold: with ``grid_order``, a ``kernels.triton.masks.DilationFold``: the pattern
             is one dilation group's (its sub-grid), q, k, v hold the whole grid, and every group
             runs at once. Only the Triton backend accepts it (``tessera.natten`` sets it).
+        grid_rows: with ``grid_order``, where the pattern's positions live in q, k, v (and o,
+            lse) when that is not the grid's row-major order: a ``kernels.triton.masks.GridRoll``
+            (the tensors hold the grid rolled by ``-shift``, Swin's cyclic shift: the pattern's
+            grid coordinate ``c`` lives at the tensors' ``(c + shift) % grid``) or a
+            ``kernels.triton.masks.GridRows`` (position ``p`` lives at row ``rows[p]``: any
+            ``Permuted`` pattern). Only the Triton backend accepts it
+            (``tessera.tiled_grid_patterns`` sets it).
         extent_only: with ``grid_order`` and a ``PaddedNeighborhood`` pattern (a grid padded up
             to whole tiles), q, k, v (and o) hold only the extent's tokens, in its row-major
             order, and no padding; lse still covers the padded grid (``[B, H_q, S]`` of the
@@ -72,6 +81,7 @@ class AttentionCall:
     pattern_key: object = None
     dilation_fold: object = None
     extent_only: bool = False
+    grid_rows: object = None
 
 
 # A backend: (call) -> (o [B, S_q, H_q, D_v] in q's dtype, lse float32 [B, H_q, S_q] or None).

@@ -32,8 +32,8 @@ from ...patterns.tilemap import EMPTY, FULL, PARTIAL
 from ..registry import AttentionCall, register_backend
 from . import backward_route, flash_bwd, flash_fwd, forward_route, masks, tuning
 from .row_dot import row_dot
-from .masks import (MASK_BAND, MASK_NEIGHBORHOOD, MASK_NONE, get_plan, neighborhood_params, offset_band,
-                    pattern_key, remembered)
+from .masks import (MASK_BAND, MASK_NEIGHBORHOOD, MASK_NONE, get_plan, grid_order_params, neighborhood_params,
+                    offset_band, pattern_key, remembered)
 from .scoring import INTERPRETED
 from .tuning import KernelConfig, MaskShape, kernel_config
 
@@ -64,6 +64,7 @@ class _Spec:
     pattern_key: object = None          # masks.pattern_key(pattern), computed once per call
     fold: object = None                 # AttentionCall.dilation_fold
     lengths: Optional[tuple] = None     # the padded grid's (S, S) of an AttentionCall.extent_only
+    rows: object = None                 # AttentionCall.grid_rows
 
 
 def _lengths(spec: _Spec, q, k) -> tuple[int, int]:
@@ -120,9 +121,22 @@ def _grid_order_reason(call: AttentionCall) -> Optional[str]:
     fold = call.dilation_fold
     if fold is not None and call.q.shape[1] != math.prod(fold.grid):
         return f"a dilation fold over grid {fold.grid} needs S = {math.prod(fold.grid)}, got {call.q.shape[1]}"
+    rows = call.grid_rows
+    if rows is not None and (fold is not None or call.extent_only):
+        return "grid rows (a roll or a row map) take no dilation fold and no extent-only tensors"
+    if isinstance(rows, masks.GridRows):
+        if type(call.pattern) is not Permuted or rows.size != call.q.shape[1]:
+            return (f"a row map of {rows.size} rows needs a Permuted pattern over as many tokens, "
+                    f"got {call.pattern!r} over {call.q.shape[1]}")
+        return None
     if not _addressable_in_grid_order(call.pattern, call.pattern_key):
-        return ("grid-order calls need a Neighborhood (at most 3 axes) in a GridLayout whose tiles "
+        return ("grid-order calls need a grid pattern (at most 3 axes) in a GridLayout whose tiles "
                 f"divide the grid, got {call.pattern!r}")
+    if rows is not None:
+        layout_grid = tuple(call.pattern.layout.grid)
+        grid = (1,) * (3 - len(layout_grid)) + layout_grid
+        if rows.grid != grid:
+            return f"a grid roll over {rows.grid} needs the pattern's grid, got {grid}"
     return None
 
 
@@ -159,10 +173,11 @@ _GRID_ORDER_OK: dict = {}
 
 
 def _addressable_in_grid_order(pattern, key=None) -> bool:
-    """Whether ``pattern`` has neighborhood parameters (``neighborhood_params``), remembered per
-    ``key`` (its ``pattern_key``) when the caller gives one."""
+    """Whether the kernels can address ``pattern``'s positions in grid order
+    (``grid_order_params``), remembered per ``key`` (its ``pattern_key``) when the caller gives
+    one."""
     def addressable():
-        return neighborhood_params(pattern, 64, 64) is not None
+        return grid_order_params(pattern, 64, 64) is not None
     return addressable() if key is None else remembered(_GRID_ORDER_OK, key, addressable)
 
 
@@ -328,7 +343,7 @@ def _forward(spec: _Spec, q, k, v, sinks, slopes, bias, u, w, table):
     original = _configs(spec, q, k, v)["fwd"]
     variant = _variant(spec, q, v, sinks, slopes, bias, u, table)
     config = _fitting("fwd", original, variant)
-    plain = (spec.grid_order and spec.softcap is None
+    plain = (spec.grid_order and spec.rows is None and spec.softcap is None
              and spec.sigmoid_bias is None and all(t is None for t in (sinks, slopes, bias, u, table)))
     while True:
         plan = _plan(spec, q, k, config)
@@ -344,7 +359,7 @@ def _forward(spec: _Spec, q, k, v, sinks, slopes, bias, u, w, table):
                                      slopes=slopes, bias=bias, low_rank=_low_rank(u, w),
                                      rel_pos=_rel_pos(spec, table), sigmoid_bias=spec.sigmoid_bias,
                                      precision=spec.precision, grid_order=spec.grid_order,
-                                     fold=spec.fold)
+                                     fold=spec.fold, grid_rows=spec.rows)
         except OutOfResources as error:
             config = _shrink("fwd", original, config, variant, error)
 
@@ -432,7 +447,7 @@ def _gradients(spec: _Spec, saved: tuple, needs_input_grad: tuple, do: torch.Ten
                 rel_pos=_rel_pos(spec, table), sigmoid_bias=spec.sigmoid_bias,
                 bias_grad=bias_grad, slope_grad=slope_grad, low_rank_grad=low_rank_grad,
                 rel_pos_grad=table_grad, precision=spec.precision, grid_order=spec.grid_order,
-                fold=spec.fold, dlse=dlse)
+                fold=spec.fold, grid_rows=spec.rows, dlse=dlse)
             break
         except OutOfResources as error:
             name = getattr(error, "kernel", "dq")
@@ -476,7 +491,7 @@ def _spec_of(call: AttentionCall, q, k, bias_spec) -> _Spec:
     lengths = (call.pattern.layout.size,) * 2 if call.extent_only else None
     return _Spec(call.pattern, float(call.scale), call.softcap, sigmoid_bias,
                  _precision(q.dtype, INTERPRETED, isinstance(bias_spec, LowRank)), INTERPRETED, grid,
-                 call.grid_order, key, call.dilation_fold, lengths)
+                 call.grid_order, key, call.dilation_fold, lengths, call.grid_rows)
 
 
 def prepare(call: AttentionCall) -> Optional[Callable]:

@@ -569,7 +569,7 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
              softcap=None, slopes=None, bias=None, low_rank=None, rel_pos=None, sigmoid_bias=None,
              bias_grad: bool = False, slope_grad: bool = False, low_rank_grad: bool = False,
              rel_pos_grad: bool = False, precision: str = "ieee", grid_order: bool = False, fold=None,
-             dlse=None):
+             grid_rows=None, dlse=None):
     """Launch the backward kernels.
 
     ``dq_plan`` is used by the dq kernel (its query-tile lists), ``dkdv_plan`` by the dk/dv kernel
@@ -583,8 +583,8 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
     ``[H_q, prod(2g - 1)]`` (per-(batch, head, query tile) partial sums written by the dq kernel,
     summed here; their buffer holds ``B * H_q * n_q_tiles * prod(2g - 1)`` floats), else None.
     ``grid_order``: tensors in grid order, positions tiled, as in ``flash_fwd.forward`` (no
-    bias, low-rank or relative-position terms with it); ``fold``: a ``masks.DilationFold``, as
-    there. ``dlse``: the gradient of lse (like lse; None for zero), for softmax scores.
+    bias, low-rank or relative-position terms with it); ``fold``: a ``masks.DilationFold``, and
+    ``grid_rows``: a ``masks.GridRoll`` or ``GridRows`` (pointer loads and stores), as there. ``dlse``: the gradient of lse (like lse; None for zero), for softmax scores.
     """
     batch, q_len, heads, dim = q.shape
     k_len, kv_heads, dim_v = k.shape[1], k.shape[2], v.shape[3]
@@ -595,10 +595,14 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
         q_len, k_len, groups = dq_plan.q_len, dq_plan.k_len, fold.groups
         dq_na, dq_static = fold.params(dq_plan)
         dkdv_na, dkdv_static = fold.params(dkdv_plan)
+    if grid_rows is not None:
+        dq_na, dq_static = grid_rows.params(dq_plan)
+        dkdv_na, dkdv_static = grid_rows.params(dkdv_plan)
+    bulk = grid_rows is None
     sigmoid = sigmoid_bias is not None
     device = q.device
     overlap = streams.possible(device) and overlap_pays(dq_plan, batch * groups, heads, dim + dim_v)
-    plain = (grid_order and fold is None and not sigmoid and softcap is None and slopes is None
+    plain = (grid_order and fold is None and grid_rows is None and not sigmoid and softcap is None and slopes is None
              and bias is None and low_rank is None and rel_pos is None)
     gluon_dq, gluon_dkdv = (backward_route.routes(q, k, v, do, dq_plan, dkdv_plan) if plain
                             else (False, False))
@@ -668,7 +672,8 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
             _gluon_dkdv(q, k, v, do, lse, delta, dkdv_plan, scale, dk, dv, stream)
             return
         cols = dkdv_plan.cols
-        q_desc, do_desc, dkdv_tma = row_operands(q, do, dkdv_plan, dkdv_plan.block_m, grid_order, fold)
+        q_desc, do_desc, dkdv_tma = (row_operands(q, do, dkdv_plan, dkdv_plan.block_m, grid_order, fold)
+                                     if bulk else (q, do, False))
         dk_desc, dv_desc, dkdv_stores = dk, dv, False
         if dkdv_tma and grid_order and DKDV_BULK_ENABLED:
             dk_desc, dv_desc, dkdv_stores = row_operands(dk, dv, dkdv_plan, dkdv_plan.block_n, grid_order, fold)
@@ -698,7 +703,8 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
             _gluon_dq(q, k, v, do, lse, delta, dq_plan, scale, dq)
             return
         rows = dq_plan.rows
-        k_desc, v_desc, dq_tma = row_operands(k, v, dq_plan, dq_plan.block_n, grid_order, fold)
+        k_desc, v_desc, dq_tma = (row_operands(k, v, dq_plan, dq_plan.block_n, grid_order, fold)
+                                  if bulk else (k, v, False))
         dq_desc, dq_store = dq, False
         if dq_tma and grid_order and DQ_BULK_ENABLED:
             dq_desc, dq_store = row_operand(dq, dq_plan, dq_plan.block_m, grid_order, fold)

@@ -437,7 +437,7 @@ _FWD = Launcher(_attn_fwd)
 
 def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, slopes=None,
             bias=None, low_rank=None, rel_pos=None, sigmoid_bias=None, precision: str = "ieee",
-            grid_order: bool = False, fold=None):
+            grid_order: bool = False, fold=None, grid_rows=None):
     """Launch the forward kernel.
 
     Args:
@@ -455,6 +455,9 @@ def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, sl
         fold: a ``masks.DilationFold`` (with ``grid_order``): q, k, v hold the whole grid, the
         plan is one dilation group's, and the kernel runs every group (k and v by bulk copies
         where ``fold_descriptor`` has a view, else pointer loads).
+        grid_rows: a ``masks.GridRoll`` or ``masks.GridRows`` (with ``grid_order``): the tensors'
+        rows of the plan's positions, addressed by the roll or the row map; read and written by
+        pointers.
     Returns:
         o ``[B, S_q, H_q, D_v]`` (q's dtype), lse float32 ``[B, H_q, S_q]`` (None for sigmoid).
     """
@@ -467,13 +470,16 @@ def forward(q, k, v, plan, *, scale: float, config, softcap=None, sinks=None, sl
     if fold is not None:
         q_len, k_len, groups = plan.q_len, plan.k_len, fold.groups
         na_params, na_static = fold.params(plan)
+    if grid_rows is not None:
+        na_params, na_static = grid_rows.params(plan)
     dummy = lse
     bias_strides = broadcast_strides(bias) if bias is not None else (0, 0, 0, 0)
     factors = low_rank_args(low_rank, dummy)
     table_args = rel_pos_args(rel_pos, dummy)
     rows = plan.rows
     launch = row_launch(plan, batch * groups, heads)
-    k_desc, v_desc, use_tma = row_operands(k, v, plan, plan.block_n, grid_order, fold)
+    k_desc, v_desc, use_tma = (k, v, False) if grid_rows is not None else row_operands(
+        k, v, plan, plan.block_n, grid_order, fold)
     o_desc, o_tma = o, False
     if use_tma and grid_order and O_BULK_ENABLED:
         o_desc, o_tma = row_operand(o, plan, plan.block_m, grid_order, fold)

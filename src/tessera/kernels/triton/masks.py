@@ -253,6 +253,25 @@ def _tile_bands(intervals, states: torch.Tensor, q_len: int, k_len: int, block_m
     return out if out.numel() else torch.zeros(1, 1, 2, dtype=torch.int32, device=device)
 
 
+def grid_order_params(pattern: Optional[Pattern], block_m: int, block_n: int) -> Optional[list[int]]:
+    """The parameters by which the kernels address a tiled order's positions in the grid's
+    row-major order (``row_addressing.memory_rows``): ``neighborhood_params`` for neighborhoods,
+    and for any other ``GridPattern`` of at most 3 axes in a ``GridLayout`` whose tiles divide the
+    grid the same fields with a neutral rule (kernel = grid, no dilation, stride or causal axis;
+    such a plan masks its partial tiles its own way, never by ``MASK_NEIGHBORHOOD``). None
+    otherwise."""
+    params = neighborhood_params(pattern, block_m, block_n)
+    if params is not None or type(pattern) is not Permuted:
+        return params
+    from ...patterns.layout import GridPattern
+    rule, layout = pattern.pattern, pattern.layout
+    if (not isinstance(rule, GridPattern) or rule.ndim > 3
+            or any(g % t for g, t in zip(layout.grid, layout.tile_shape))):
+        return None
+    return _order_params(rule.grid, layout.tile_shape, rule.grid, (1,) * rule.ndim, (1,) * rule.ndim,
+                         (False,) * rule.ndim, rule.grid, block_m, block_n)
+
+
 def neighborhood_params(pattern: Optional[Pattern], block_m: int,
                         block_n: int) -> Optional[list[int]]:
     """The ``MASK_NEIGHBORHOOD`` parameters of ``pattern`` for ``block_m x block_n`` tiles, or None
@@ -276,31 +295,39 @@ def neighborhood_params(pattern: Optional[Pattern], block_m: int,
         rule, tile = pattern.pattern, pattern.layout.tile_shape
     else:
         return None
-    pad = 3 - rule.ndim
-    if pad < 0:
+    if rule.ndim > 3:
         return None
+    return _order_params(rule.grid, tile, rule.kernel, rule.dilation, rule.stride, rule.causal,
+                         getattr(rule, "extent", rule.grid), block_m, block_n)
+
+
+def _order_params(grid, tile, kernel, dilation, stride, causal, extent, block_m: int,
+                  block_n: int) -> list[int]:
+    """``neighborhood_params``' values of a rule over ``grid`` (at most 3 axes) in an order of
+    ``tile``-shaped tiles dividing it."""
+    pad = 3 - len(grid)
 
     def axes(values, fill):
         return [fill] * pad + [int(v) for v in values]
 
-    counts = [g // t for g, t in zip(rule.grid, tile)]
+    counts = [g // t for g, t in zip(grid, tile)]
     fields = {
-        "grid": axes(rule.grid, 1),
+        "grid": axes(grid, 1),
         "tile": axes(tile, 1),
         "tiles": axes(counts, 1),
-        "kernel": axes(rule.kernel, 1),
-        "dilation": axes(rule.dilation, 1),
-        "stride": axes(rule.stride, 1),
-        "causal": axes(rule.causal, 0),
+        "kernel": axes(kernel, 1),
+        "dilation": axes(dilation, 1),
+        "stride": axes(stride, 1),
+        "causal": axes(causal, 0),
         "shift": axes((t.bit_length() - 1 for t in tile), 0),
-        "extent": axes(getattr(rule, "extent", rule.grid), 1),
+        "extent": axes(extent, 1),
     }
     fields["recip"] = _tile_recips(fields["tiles"], block_m, block_n)
     volume = math.prod(tile)
     shifts = all(t & (t - 1) == 0 for t in tile)
     aligned = [int(shifts and (math.prod(counts) == 1 or volume % block == 0))
                for block in (block_m, block_n)]
-    dilated = any(d > 1 for d in rule.dilation)
+    dilated = any(d > 1 for d in dilation)
     return [v for name in NA_FIELD_NAMES for v in fields[name]] + aligned + [int(dilated)]
 
 
@@ -357,6 +384,95 @@ class DilationFold:
 
     def __repr__(self) -> str:
         return f"DilationFold(grid={self.grid}, dilation={self.dilation})"
+
+
+NA_ROLLED_BIT = 1 << 26    # na_mask.NA_ROLLED
+
+
+class GridRoll:
+    """A grid-order call on tensors that hold the grid rolled by ``-shift`` per axis (Swin's
+    ``torch.roll``; ``patterns.layout.CyclicShift``) while the plan's positions are a tiled order
+    of the pattern's grid: the pattern's coordinate ``c`` is the tensors' ``(c + shift) % grid``
+    (na_mask.NA_ROLLED). Tiles that wrap are no boxes of the tensors, so such calls read and
+    write by pointers (no bulk copies).
+
+    grid: 1-3 axes; shift: per axis, in ``[0, grid)``."""
+
+    def __init__(self, grid: tuple, shift: tuple):
+        if len(grid) != len(shift) or not 1 <= len(grid) <= 3:
+            raise ValueError(f"shift {shift} must give one value per axis of grid {grid} (1-3 axes)")
+        if any(not 0 <= s < g for g, s in zip(grid, shift)):
+            raise ValueError(f"shift {shift} must lie in [0, grid) per axis, grid {grid}")
+        pad = 3 - len(grid)
+        self.grid = (1,) * pad + tuple(grid)
+        self.shift = (0,) * pad + tuple(shift)
+        self._params: dict = {}
+
+    def params(self, plan: "KernelPlan") -> tuple[torch.Tensor, int]:
+        """``(NA, NA_STATIC)`` of ``plan``'s kernels under this roll: its grid-order values with
+        the shifts in the roll slots (built once per plan)."""
+        hit = self._params.get(id(plan))
+        if hit is None or hit[0] is not plan:
+            if not plan.na_values or tuple(plan.na_values[0:3]) != self.grid:
+                raise ValueError(f"a grid roll over {self.grid} needs a plan addressing that grid")
+            values = list(plan.na_values) + list(self.shift)
+            tensor = torch.tensor(values, dtype=torch.int32, device=plan.na_params.device)
+            hit = self._params[id(plan)] = (plan, tensor, plan.na_static | NA_ROLLED_BIT)
+        return hit[1], hit[2]
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, GridRoll) and (self.grid, self.shift) == (other.grid, other.shift)
+
+    def __hash__(self) -> int:
+        return hash((self.grid, self.shift))
+
+    def __repr__(self) -> str:
+        return f"GridRoll(grid={self.grid}, shift={self.shift})"
+
+
+NA_ROW_MAP_BIT = 1 << 27    # na_mask.NA_ROW_MAP
+# Rows of the map past the last position (zeros): kernel tiles of up to this many rows starting
+# at any position of the order read inside it.
+ROW_MAP_PAD = 256
+
+
+class GridRows:
+    """A grid-order call whose tiled positions the kernels find through a row map: position ``p``
+    of the plan's order lives at row ``rows[p]`` of the tensors (na_mask.NA_ROW_MAP), for token
+    orders the plan's fields do not address cheaply (tiles of no power-of-two extents, Swin's
+    rolled grid). Read and written by pointers (no bulk copies).
+
+    rows: int ``[S]``, a permutation of ``range(S)`` (a ``TokenOrder.positions()``); key: its
+    identity for hashing and comparing (the order's repr)."""
+
+    def __init__(self, rows: torch.Tensor, key: str):
+        if rows.dim() != 1 or rows.numel() == 0:
+            raise ValueError(f"rows must be a non-empty 1-D tensor, got shape {tuple(rows.shape)}")
+        self.size, self.key = rows.numel(), key
+        self._rows = torch.cat([rows.to(torch.int32).cpu(), torch.zeros(ROW_MAP_PAD, dtype=torch.int32)])
+        self._params: dict = {}
+
+    def params(self, plan: "KernelPlan") -> tuple[torch.Tensor, int]:
+        """``(NA, NA_STATIC)`` of ``plan``'s kernels: its grid-order values (or zeros), then the
+        row map at NA_ROWS (built once per plan)."""
+        hit = self._params.get(id(plan))
+        if hit is None or hit[0] is not plan:
+            if plan.q_len != self.size or plan.k_len != self.size:
+                raise ValueError(f"a row map of {self.size} rows needs a plan over {self.size} tokens, "
+                                 f"got {plan.q_len} and {plan.k_len}")
+            fields = torch.tensor(plan.na_values or [0] * (3 * len(NA_FIELD_NAMES) + 3), dtype=torch.int32)
+            tensor = torch.cat([fields, self._rows]).to(plan.na_params.device)
+            hit = self._params[id(plan)] = (plan, tensor, plan.na_static | NA_ROW_MAP_BIT)
+        return hit[1], hit[2]
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, GridRows) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __repr__(self) -> str:
+        return f"GridRows({self.key})"
 
 
 def neighborhood_switches(params: list[int], exact: bool = False) -> int:
@@ -502,12 +618,13 @@ def build_plan(pattern: Optional[Pattern], q_len: int, k_len: int, block_m: int,
             if common is not None:
                 mode, band, bits = MASK_BAND, common, torch.zeros(1, dtype=torch.int32, device=device)
     na_values = ()
-    if neighborhood is not None:
+    addressing = neighborhood if neighborhood is not None else grid_order_params(pattern, block_m, block_n)
+    if addressing is not None:
         # Whatever the mask kind, and also without partial tiles (blocked neighborhoods): the
         # grid-order addressing reads them.
-        na_values = tuple(neighborhood)
-        na_params = torch.tensor(neighborhood, dtype=torch.int32, device=device)
-        na_static = neighborhood_switches(neighborhood, q_len % block_m == 0 and k_len % block_n == 0)
+        na_values = tuple(addressing)
+        na_params = torch.tensor(addressing, dtype=torch.int32, device=device)
+        na_static = neighborhood_switches(addressing, q_len % block_m == 0 and k_len % block_n == 0)
     return KernelPlan(q_len, k_len, block_m, block_n, states.shape[0], mode, band[0], band[1],
                       _lists(states, part_id), bits, tile_band, tile_band.shape[1], na_params,
                       na_static, states, part_id, na_values=na_values)

@@ -64,6 +64,17 @@ NA_RECIP_SHIFT = tl.constexpr(30)
 # (tensors that hold only a padded grid's extent, padded along axis 0, at B > 1:
 # ``flash_fwd.batch_axis_view``); the Gluon kernels' launches set it (``masks.NA_BATCH_AXIS_BIT``).
 NA_BATCH_AXIS = tl.constexpr(1 << 25)
+# NA_ROLLED: the tensors hold the grid rolled by ``-roll`` per axis (Swin's cyclic shift): the
+# pattern's grid coordinate ``c`` lives at the tensors' ``(c + roll) % G``. The rolls (axis 0, 1,
+# 2) sit at NA_ROLL, in the slots a dilation fold uses (a grid-order call takes one or neither:
+# ``masks.GridRoll``).
+NA_ROLLED = tl.constexpr(1 << 26)
+NA_ROLL = tl.constexpr(33)
+# NA_ROW_MAP: the tensors' row of each position of the order sits at NA_ROWS + position (a token
+# order the fields do not describe cheaply: tiles of no power-of-two extents, a roll; padded past
+# the last tile so that every kernel tile reads in bounds; ``masks.GridRows``).
+NA_ROW_MAP = tl.constexpr(1 << 27)
+NA_ROWS = tl.constexpr(33)
 
 
 @triton.jit

@@ -6,7 +6,8 @@ bulk copies (TMA) of a tile's rows in and out (``row_tile_origin``, ``load_row_t
 import triton
 import triton.language as tl
 
-from .na_mask import NA_BATCH_AXIS, NA_FOLD, NA_FOLDED, NA_GRID, NA_GROUPS, na_coords, na_param
+from .na_mask import (NA_BATCH_AXIS, NA_FOLD, NA_FOLDED, NA_GRID, NA_GROUPS, NA_ROLL, NA_ROLLED, NA_ROW_MAP,
+                      NA_ROWS, na_coords, na_param)
 
 
 @triton.jit
@@ -15,9 +16,12 @@ def memory_rows(offs, first, NA, side: tl.constexpr, NA_STATIC: tl.constexpr,
     """Rows of the q/k/v/o (and lse, delta) tensors that hold positions ``first + offs`` of a
     query (``side`` 0) or key (1) tile: the positions themselves, or with ``GRID_ORDER`` (tensors
     in the grid's row-major order, positions in the tiled order of the neighborhood parameters
-    ``NA``) the grid rows of those positions. Positions past the sequence get rows the callers'
-    bounds masks hide."""
-    if GRID_ORDER:
+    ``NA``) the grid rows of those positions, after the grid's roll where it has one
+    (``NA_ROLLED``), or read from the row map (``NA_ROW_MAP``). Positions past the sequence get
+    rows the callers' bounds masks hide."""
+    if GRID_ORDER and NA_ROW_MAP & NA_STATIC:
+        rows = tl.load(NA + NA_ROWS + first + offs)
+    elif GRID_ORDER:
         c0, c1, c2 = na_coords(offs, first, NA, side, NA_STATIC)
         if NA_FOLDED & NA_STATIC:
             # Sub-grid coordinates of one dilation group: the group's first row (added by the
@@ -28,10 +32,24 @@ def memory_rows(offs, first, NA, side: tl.constexpr, NA_STATIC: tl.constexpr,
             g2 = na_param(NA, NA_GRID, 2) * d2
             rows = ((c0 * tl.load(NA + NA_FOLD)) * g1 + c1 * d1) * g2 + c2 * d2
         else:
+            if NA_ROLLED & NA_STATIC:
+                c0 = rolled_coord(c0, NA, 0)
+                c1 = rolled_coord(c1, NA, 1)
+                c2 = rolled_coord(c2, NA, 2)
             rows = (c0 * na_param(NA, NA_GRID, 1) + c1) * na_param(NA, NA_GRID, 2) + c2
     else:
         rows = first + offs
     return rows
+
+
+@triton.jit
+def rolled_coord(c, NA, axis: tl.constexpr):
+    """The tensors' coordinate ``(c + roll) % G`` on ``axis`` of the pattern's coordinate ``c``
+    (``0 <= c < G``; past the grid, a coordinate the callers' bounds masks hide) of a rolled grid
+    (``NA_ROLLED``)."""
+    g = na_param(NA, NA_GRID, axis)
+    c = c + tl.load(NA + NA_ROLL + axis)
+    return tl.where(c >= g, c - g, c)
 
 
 @triton.jit
