@@ -27,12 +27,13 @@ def _units(pattern, heads, n):
     (CrissCross((64, 64)), 4, (8, 8), False),
     (CSWin((32, 64), 8, 4), 4, (8, 8), False),
     (CrissCross((56, 56)), 2, (8, 8), False),
-    (Halo((64, 64), 8, 3), 4, None, False),          # 1.4x fewer units: the gathers would cost more
+    (Halo((64, 64), 8, 3), 4, (8, 8), False),        # 1.8x fewer units
+    (Halo((32, 32), 8, 3), 4, None, False),          # 1.16x fewer: below MIN_GAIN
     (Swin((64, 64), 8, shifted=True), 4, (8, 8), True),   # the windows as tiles: 2,496 -> 274 units
     (Swin((56, 56), 7, shifted=True), 4, (7, 7), True),   # the windows as tiles: 2.9x fewer units
-    (Swin((28, 28), 7, shifted=True), 4, None, True),
+    (Swin((28, 28), 7, shifted=True), 4, (7, 7), True),   # 1.95x fewer
     (Swin((4, 32, 32), (2, 8, 8), shifted=True), 4, (2, 8, 8), True),
-    (CrissCross((4, 8, 8)), 1, None, False),
+    (CrissCross((4, 8, 8)), 1, (4, 4, 4), False),    # 1.33x fewer
 ])
 def test_tiled_layout_takes_the_cheapest_tiles_where_they_pay(pattern, heads, shape, rolled, monkeypatch):
     monkeypatch.setattr(tiled_grid_patterns, "_LAYOUTS", {})
@@ -100,24 +101,47 @@ def test_tiled_call_is_the_attention_with_its_gradients(pattern, heads, monkeypa
 
 
 def test_chosen_forms_are_addressed_in_grid_order(monkeypatch):
-    """The chosen forms say whether the kernels address them in the caller's order: a layout of
-    the grid, or of the grid rolled as Swin rolls it (a ``GridRoll`` of the shift); the Triton
-    backend names a roll that is not the pattern's grid's."""
+    """The chosen forms say how the kernels find their positions in the caller's order: a layout
+    of power-of-two tiles by its fields (None), on Swin's rolled grid by a ``GridRoll`` of the
+    shift, any other order (7 x 7 windows as tiles) by its row map; the Triton backend names a
+    roll or a map that does not fit the call."""
     from tessera.kernels.triton import backend as triton_backend
-    from tessera.kernels.triton.masks import GridRoll
+    from tessera.kernels.triton.masks import GridRoll, GridRows
     monkeypatch.setattr(tiled_grid_patterns, "_LAYOUTS", {})
-    cswin = tiled_layout(CSWin((64, 64), 8, 4), 4, 32, torch.bfloat16)
-    assert cswin.addressable and cswin.roll is None
-    shifted = tiled_layout(Swin((56, 56), 7, shifted=True), 4, 32, torch.bfloat16)
-    assert shifted.addressable and shifted.roll == GridRoll((56, 56), (3, 3))
+    assert tiled_layout(CSWin((64, 64), 8, 4), 4, 32, torch.bfloat16).rows is None
+    shifted = tiled_layout(Swin((64, 64), 8, shifted=True), 4, 32, torch.bfloat16)
+    assert shifted.rows == GridRoll((64, 64), (4, 4))
     video = tiled_layout(Swin((4, 32, 32), (2, 8, 8), shifted=True), 4, 32, torch.bfloat16)
-    assert video.addressable and video.roll == GridRoll((4, 32, 32), (1, 4, 4))
-    q = torch.randn(1, 56 * 56, 2, 16)
+    assert video.rows == GridRoll((4, 32, 32), (1, 4, 4))
+    windows = tiled_layout(Swin((56, 56), 7, shifted=True), 4, 32, torch.bfloat16)
+    assert isinstance(windows.rows, GridRows) and windows.rows.size == 56 * 56
+    q = torch.randn(1, 64 * 64, 2, 16)
     call, _ = _build_call(q, q, q, pattern=shifted.pattern)
-    call.grid_order, call.grid_rows = True, GridRoll((56, 56), (3, 3))
+    call.grid_order, call.grid_rows = True, shifted.rows
     assert triton_backend._grid_order_reason(call) is None
-    call.grid_rows = GridRoll((28, 112), (3, 3))
+    call.grid_rows = GridRoll((32, 128), (4, 4))
     assert "needs the pattern's grid" in triton_backend._grid_order_reason(call)
+    call.grid_rows = windows.rows
+    assert "a row map of 3136 rows" in triton_backend._grid_order_reason(call)
+
+
+def test_row_maps_hold_the_orders_rows():
+    """A row map's kernel parameters: the plan's grid-order values (zeros without), then the
+    tensors' row of each position of the order, padded with zeros past the last."""
+    from tessera.kernels.triton import masks
+    from tessera.patterns.layout import CyclicShift
+    order = ChainedOrder(CyclicShift((14, 14), (3, 3)), GridLayout((14, 14), (7, 7)))
+    rows = masks.GridRows(order.positions(), repr(order))
+    rule = Swin((14, 14), 7, shifted=True).rolled()[1]
+    plan = masks.build_plan(Permuted(rule, GridLayout((14, 14), (7, 7))), 196, 196, 64, 64, 1, torch.device("cpu"))
+    values, static = rows.params(plan)
+    head = len(masks.NA_FIELD_NAMES) * 3 + 3
+    assert values[:head].tolist() == (list(plan.na_values) or [0] * head)
+    assert values[head:head + 196].tolist() == order.positions().tolist()
+    assert values[head + 196:].tolist() == [0] * masks.ROW_MAP_PAD and static == plan.na_static | masks.NA_ROW_MAP_BIT
+    assert rows.params(plan)[0] is values and rows == masks.GridRows(order.positions(), repr(order))
+    with pytest.raises(ValueError, match="needs a plan over 196 tokens"):
+        rows.params(masks.build_plan(None, 64, 64, 64, 64, 1, torch.device("cpu")))
 
 
 def test_tiled_route_conditions(monkeypatch):

@@ -36,13 +36,13 @@ from .patterns.neighborhood import PARTIAL_COST, Neighborhood
 # Layout tiles hold this many tokens (one 64-row kernel tile).
 TILE_TOKENS = 64
 # The tiled order is taken where its tile units (full + PARTIAL_COST x partial tiles at the forward
-# kernel's tiles, in 64 x 64 tiles' worth of pairs) are at most 1 / MIN_GAIN of the row-major order's: the gathers in and out cost
-# about as much as the kernels save below that. On an H200 (bf16, B = 32, H = 4, D = 32; 64 x 64
-# grids, ``benchmarks/vision.py``, results/2026-12-02-h200-vision-2.json) units 3.0x and 2.9x
-# fewer ran the forward 1.83x and 2.07x faster (CSWin, criss-cross), 1.38x fewer ran it 1.34x
-# slower (halo 3), 0.8x ran it 2.2x slower (shifted Swin). TESSERA_TILED_MIN_GAIN overrides it
-# (A/B comparisons).
-MIN_GAIN = float(os.environ.get("TESSERA_TILED_MIN_GAIN", "2.0"))
+# kernel's tiles, in 64 x 64 tiles' worth of pairs) are at most 1 / MIN_GAIN of the row-major
+# order's. With the kernels addressing the caller's order (no gathers) an order that lists fewer
+# units runs faster: on an H200 (bf16, B = 32, H = 4, D = 32, ``benchmarks/vision.py``) a halo of 3
+# around 8 x 8 blocks of 64 x 64 tokens (1.8x fewer units) ran its forward 1.62x and its
+# forward+backward 1.77x faster than row-major (results/tuning/2026-12-03-h200-vision-halo-min-gain-1.2.json;
+# gathered, at MIN_GAIN 2, the route had declined it). TESSERA_TILED_MIN_GAIN overrides it.
+MIN_GAIN = float(os.environ.get("TESSERA_TILED_MIN_GAIN", "1.2"))
 
 # (repr(pattern), heads, head dim, dtype) -> the chosen tiled form (None: row-major).
 _LAYOUTS: dict = {}

@@ -649,22 +649,24 @@ else:
         finally:
             natten._cached_call_plan.cache_clear()
 
-    @pytest.mark.parametrize("pattern, heads, in_kernel", [
-        (CSWin((8, 32), 8, 2), 2, True), (CrissCross((4, 8, 8)), 2, True), (Halo((8, 32), 8, 2), 4, True),
-        (Swin((8, 32), 8, shifted=True), 2, True), (Swin((14, 14), 7, shifted=True), 2, True),
-        (Swin((4, 8, 8), (2, 4, 8), shifted=True), 2, True), (Swin((8, 32), 8, shifted=True), 2, False),
-        (CSWin((8, 32), 8, 2), 2, False)], ids=repr)
-    def test_interpreted_tiled_grid_patterns_against_float64(pattern, heads, in_kernel, monkeypatch):
+    @pytest.mark.parametrize("pattern, heads, addressing", [
+        (CSWin((8, 32), 8, 2), 2, "fields"), (CrissCross((4, 8, 8)), 2, "fields"), (Halo((8, 32), 8, 2), 4, "fields"),
+        (Swin((8, 32), 8, shifted=True), 2, "roll"), (Swin((14, 14), 7, shifted=True), 2, "map"),
+        (Swin((4, 8, 8), (2, 4, 8), shifted=True), 2, "roll"), (CrissCross((4, 8, 8)), 2, "forced map"),
+        (Swin((8, 32), 8, shifted=True), 2, "gathers"), (CSWin((8, 32), 8, 2), 2, "gathers")], ids=repr)
+    def test_interpreted_tiled_grid_patterns_against_float64(pattern, heads, addressing, monkeypatch):
         # Grid patterns that are no neighborhood through tessera.attention on the Triton kernels
         # in their cheapest tiled order (taken whatever it gains; shifted Swin windows on the
         # rolled grid, 7 x 7 windows in 49-token tiles; bitmask partial tiles in it), addressed
-        # by the kernels in the caller's order (rolled: through a GridRoll) or gathered:
-        # o, lse and the gradients against float64 (B = 2, GQA).
+        # by the kernels in the caller's order (the layout's fields, Swin's roll, a row map) or
+        # gathered: o, lse and the gradients against float64 (B = 2, GQA).
+        from tessera.kernels.triton.masks import GridRoll, GridRows
         import tessera
         import tessera.tiled_grid_patterns as tiled_grid_patterns
         monkeypatch.setattr(tiled_grid_patterns, "MIN_GAIN", 1e-9)
         monkeypatch.setattr(tiled_grid_patterns, "_LAYOUTS", {})
-        monkeypatch.setattr(tiled_grid_patterns, "IN_KERNEL", in_kernel)
+        monkeypatch.setattr(tiled_grid_patterns, "IN_KERNEL", addressing != "gathers")
+        monkeypatch.setattr(tiled_grid_patterns, "ROW_MAP", "1" if addressing == "forced map" else "auto")
         routed = []
         original = tiled_grid_patterns.tiled_grid_call
         in_kernel_calls = []
@@ -686,15 +688,16 @@ else:
         leaves = [t.float().requires_grad_() for t in exact]
         o, lse = tessera.attention(*leaves, pattern=pattern, backend="triton", return_lse=True)
         assert routed == [True]
-        if in_kernel:
-            rolled = pattern.rolled()
-            shift = rolled[0].shift if rolled is not None else None
-            assert len(in_kernel_calls) == 1 and in_kernel_calls[0] is not None
-            roll = in_kernel_calls[0].grid_rows
-            assert (roll is None) == (shift is None)
-            assert shift is None or roll.shift[-len(shift):] == shift
-        else:
+        if addressing == "gathers":
             assert in_kernel_calls == []
+        else:
+            assert len(in_kernel_calls) == 1 and in_kernel_calls[0] is not None
+            rows = in_kernel_calls[0].grid_rows
+            kind = {type(None): "fields", GridRoll: "roll", GridRows: "map"}[type(rows)]
+            assert kind == addressing.replace("forced ", "")
+            if kind == "roll":
+                shift = pattern.rolled()[0].shift
+                assert rows.shift[-len(shift):] == shift
         ref_leaves = [t.clone().requires_grad_() for t in exact]
         ref, ref_lse = tessera.attention(*ref_leaves, pattern=pattern, backend="reference", return_lse=True)
         do = torch.randn(ref.shape, dtype=ref.dtype)

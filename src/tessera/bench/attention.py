@@ -188,7 +188,7 @@ def _vision_case(name, grid, batch, heads, dim, pattern, windows=None, unrouted_
 
 def vision_cases() -> list[Case]:
     """Vision and video patterns as models run them (bf16): a SwinV2 stage (64 x 64 tokens,
-    windows 8 x 8, D = 32), shifted Swin-T windows (56 x 56, 7 x 7), a MaxViT-T stage (56 x 56, blocks and grid 7 x 7, D = 32), HaloNet,
+    windows 8 x 8, D = 32), shifted Swin-T windows (56 x 56 and 28 x 28, 7 x 7), a MaxViT-T stage (56 x 56, blocks and grid 7 x 7, D = 32), HaloNet,
     CSWin and criss-cross at 64 x 64, and Radial attention over a 16 x 48 x 48 video latent
     (D = 128). tessera against FlexAttention on the same mask (row-major), SDPA on the windows
     where the pattern is one (the windows cut outside the timed call), tessera's row-major tile
@@ -201,6 +201,8 @@ def vision_cases() -> list[Case]:
     cases += _vision_case("Swin 64x64 w8 shifted", (64, 64), 32, 4, 32, Swin((64, 64), 8, shifted=True),
                           unrouted_row=True)
     cases += _vision_case("Swin 56x56 w7 shifted", (56, 56), 64, 2, 32, Swin((56, 56), 7, shifted=True),
+                          unrouted_row=True)
+    cases += _vision_case("Swin 28x28 w7 shifted", (28, 28), 64, 6, 32, Swin((28, 28), 7, shifted=True),
                           unrouted_row=True)
     cases += _vision_case("MaxViT block 56x56 b7", (56, 56), 64, 2, 32, MaxViTBlock((56, 56), 7),
                           windows=swin_windows((7, 7)), unrouted_row=True)
