@@ -1,7 +1,8 @@
 """Host (Python) time of one neighborhood call on the Triton backend, with kernel launches stubbed
 out, on CPU tensors: the part of the host path this machine can measure without a GPU.
 
-    OMP_NUM_THREADS=1 python benchmarks/cpu_host_path.py [--profile] [--dim 64] [--case 2-d|blocked|padded|swin|shifted-swin|maxvit-grid] [--hopper]
+    OMP_NUM_THREADS=1 python benchmarks/cpu_host_path.py [--profile] [--dim 64] [--hopper]
+        [--case 2-d|blocked|padded|swin|shifted-swin|maxvit-grid]
 
 Kernel launches (``Launcher._launch``) do nothing, the backend takes CPU tensors as if interpreted
 (``backend.INTERPRETED``: interpreter tile configs, no TMA descriptors), so the numbers leave out
@@ -38,7 +39,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--case", choices=("2-d", "blocked", "padded", "swin", "shifted-swin", "maxvit-grid"), default="2-d")
+    parser.add_argument("--case", default="2-d",
+                        choices=("2-d", "blocked", "padded", "swin", "shifted-swin", "maxvit-grid"))
     parser.add_argument("--hopper", action="store_true",
                         help="GPU tile configs, and the Gluon routes as on a Hopper GPU")
     args = parser.parse_args()

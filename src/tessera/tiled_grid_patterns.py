@@ -8,7 +8,7 @@ tokens with the forward's 128 x 64 kernel tiles, CSWin with 8-wide stripes goes 
 tiles to 1,536 in 8 x 8 layout tiles, criss-cross from 8,192 to 2,816. Shifted Swin windows line
 up with tiles once the grid is rolled as Swin computes them (``GridPattern.rolled``): 8 x 8 windows
 over 64 x 64 tokens list 256 tiles instead of 960, 7 x 7 windows over 56 x 56 in 7 x 7 tiles
-(``GridPattern.window_tiles``) 2.1x fewer tile units. A halo of 3 around 8 x 8 blocks gains 1.4x.
+(``GridPattern.window_tiles``) 2.9x fewer tile units. A halo of 3 around 8 x 8 blocks gains 1.8x.
 ``tiled_layout`` picks the form with the fewest tile units at the forward kernel's tiles and
 takes it where it has at most ``1 / MIN_GAIN`` of the row-major units. ``tiled_grid_call`` runs
 the permuted pattern with q, k, v, o and lse left in the caller's order: the Triton kernels
@@ -38,10 +38,11 @@ TILE_TOKENS = 64
 # The tiled order is taken where its tile units (full + PARTIAL_COST x partial tiles at the forward
 # kernel's tiles, in 64 x 64 tiles' worth of pairs) are at most 1 / MIN_GAIN of the row-major
 # order's. With the kernels addressing the caller's order (no gathers) an order that lists fewer
-# units runs faster: on an H200 (bf16, B = 32, H = 4, D = 32, ``benchmarks/vision.py``) a halo of 3
-# around 8 x 8 blocks of 64 x 64 tokens (1.8x fewer units) ran its forward 1.62x and its
-# forward+backward 1.77x faster than row-major (results/tuning/2026-12-03-h200-vision-halo-min-gain-1.2.json;
-# gathered, at MIN_GAIN 2, the route had declined it). TESSERA_TILED_MIN_GAIN overrides it.
+# units runs faster: on an H200 (bf16, D = 32, ``benchmarks/vision.py``, CUDA graphs) a halo of 3
+# around 8 x 8 blocks of 64 x 64 tokens (1.8x fewer units; B = 32, H = 4) ran its forward 1.62x
+# and its forward+backward 1.77x faster than row-major, shifted 7 x 7 windows over 28 x 28 (1.95x;
+# B = 64, H = 6) 1.43x and 1.40x (results/tuning/2026-12-03-h200-vision-{halo,swin28}-min-gain-*.json;
+# at the former MIN_GAIN of 2 the route declined both). TESSERA_TILED_MIN_GAIN overrides it.
 MIN_GAIN = float(os.environ.get("TESSERA_TILED_MIN_GAIN", "1.2"))
 
 # (repr(pattern), heads, head dim, dtype) -> the chosen tiled form (None: row-major).

@@ -188,8 +188,8 @@ def _vision_case(name, grid, batch, heads, dim, pattern, windows=None, unrouted_
 
 def vision_cases() -> list[Case]:
     """Vision and video patterns as models run them (bf16): a SwinV2 stage (64 x 64 tokens,
-    windows 8 x 8, D = 32), shifted Swin-T windows (56 x 56 and 28 x 28, 7 x 7), a MaxViT-T stage (56 x 56, blocks and grid 7 x 7, D = 32), HaloNet,
-    CSWin and criss-cross at 64 x 64, and Radial attention over a 16 x 48 x 48 video latent
+    windows 8 x 8, D = 32), shifted Swin-T windows (56 x 56 and 28 x 28, 7 x 7), a MaxViT-T stage
+    (56 x 56, blocks and grid 7 x 7, D = 32), HaloNet, CSWin and criss-cross at 64 x 64, and Radial attention over a 16 x 48 x 48 video latent
     (D = 128). tessera against FlexAttention on the same mask (row-major), SDPA on the windows
     where the pattern is one (the windows cut outside the timed call), tessera's row-major tile
     map where ``tessera.attention`` routes the pattern (natten's path, or a tiled token order),

@@ -584,7 +584,8 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
     summed here; their buffer holds ``B * H_q * n_q_tiles * prod(2g - 1)`` floats), else None.
     ``grid_order``: tensors in grid order, positions tiled, as in ``flash_fwd.forward`` (no
     bias, low-rank or relative-position terms with it); ``fold``: a ``masks.DilationFold``, and
-    ``grid_rows``: a ``masks.GridRoll`` or ``GridRows`` (pointer loads and stores), as there. ``dlse``: the gradient of lse (like lse; None for zero), for softmax scores.
+    ``grid_rows``: a ``masks.GridRoll`` or ``GridRows`` (pointer loads and stores), as there.
+    ``dlse``: the gradient of lse (like lse; None for zero), for softmax scores.
     """
     batch, q_len, heads, dim = q.shape
     k_len, kv_heads, dim_v = k.shape[1], k.shape[2], v.shape[3]
@@ -602,8 +603,8 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
     sigmoid = sigmoid_bias is not None
     device = q.device
     overlap = streams.possible(device) and overlap_pays(dq_plan, batch * groups, heads, dim + dim_v)
-    plain = (grid_order and fold is None and grid_rows is None and not sigmoid and softcap is None and slopes is None
-             and bias is None and low_rank is None and rel_pos is None)
+    plain = (grid_order and fold is None and grid_rows is None and not sigmoid and softcap is None
+             and slopes is None and bias is None and low_rank is None and rel_pos is None)
     gluon_dq, gluon_dkdv = (backward_route.routes(q, k, v, do, dq_plan, dkdv_plan) if plain
                             else (False, False))
     if gluon_dq and gluon_dkdv:

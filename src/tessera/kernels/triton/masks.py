@@ -439,8 +439,9 @@ ROW_MAP_PAD = 256
 class GridRows:
     """A grid-order call whose tiled positions the kernels find through a row map: position ``p``
     of the plan's order lives at row ``rows[p]`` of the tensors (na_mask.NA_ROW_MAP), for token
-    orders the plan's fields do not address cheaply (tiles of no power-of-two extents, Swin's
-    rolled grid). Read and written by pointers (no bulk copies).
+    orders the plan's fields do not address cheaply: tiles of no power-of-two extents (whose
+    coordinates take integer divisions per row), on the grid or rolled. Read and written by
+    pointers (no bulk copies).
 
     rows: int ``[S]``, a permutation of ``range(S)`` (a ``TokenOrder.positions()``); key: its
     identity for hashing and comparing (the order's repr)."""
