@@ -98,6 +98,8 @@ else:
     @pytest.mark.parametrize("kwargs, forwards", [
         (dict(pattern=Window(24) | Sinks(4), causal=True), 1),
         (dict(return_lse=True), 1),            # dense with lse: the op (SDPA has no lse)
+        (dict(pattern=Swin((8, 16), 8, shifted=True)), 1),    # the tiled route's grid-order call
+        (dict(pattern=Swin((8, 16), 8)), 2),    # natten's path: the backward recomputes it
     ])
     def test_interpreted_backward_reads_the_forward(monkeypatch, kwargs, forwards):
         """fp16 on the Triton kernels in one graph: the compiled step equals eager bit for bit;

@@ -127,6 +127,16 @@ def _routable(call: AttentionCall, backend: str) -> bool:
     return backend == "triton" or (backend == "auto" and call.q.device.type == "cuda")
 
 
+def takes_natten_path(call: AttentionCall, backend: str) -> bool:
+    """Whether ``_neighborhood_call`` runs ``call`` (through ``tessera.natten``)."""
+    if call.pattern is None or not _routable(call, backend):
+        return False
+    if type(call.pattern) is MaxViTGrid:
+        return call.pattern.ndim <= 3
+    pattern = equivalent_neighborhood(call.pattern)
+    return pattern is not None and pattern.ndim <= 3
+
+
 def _neighborhood_call(call: AttentionCall, backend: str):
     """``(o, lse)`` (``[B, S, H, D]``; lse None unless asked for) of a ``_routable`` call whose
     pattern is a plain ``Neighborhood``, or a vision pattern that is one
@@ -135,9 +145,9 @@ def _neighborhood_call(call: AttentionCall, backend: str):
     row-major order. MaxViT grid attention runs as block attention on its tokens reordered into
     blocks (``MaxViTGrid.as_blocks``: one copy in and out, where its dilation groups would take
     gathers and padding). None for any other call."""
-    if call.pattern is None or not _routable(call, backend):
+    if not takes_natten_path(call, backend):
         return None
-    if type(call.pattern) is MaxViTGrid and call.pattern.ndim <= 3:
+    if type(call.pattern) is MaxViTGrid:
         grid_attention = call.pattern
         blocks = dataclasses.replace(call, q=grid_attention.as_blocks(call.q), k=grid_attention.as_blocks(call.k),
                                      v=grid_attention.as_blocks(call.v), pattern_key=None,
@@ -145,8 +155,6 @@ def _neighborhood_call(call: AttentionCall, backend: str):
         o, lse = _neighborhood_call(blocks, backend)
         return grid_attention.from_blocks(o), (None if lse is None else grid_attention.from_blocks(lse, 2))
     pattern = equivalent_neighborhood(call.pattern)
-    if pattern is None or pattern.ndim > 3:
-        return None
     from .natten import neighborhood_attention
 
     batch, seq = call.q.shape[:2]

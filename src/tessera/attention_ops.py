@@ -19,8 +19,9 @@ from typing import Optional
 
 import torch
 
-from . import api
+from . import api, tiled_grid_patterns
 from .compile_support import lse_dtype, recomputed_gradients, register_backward
+from .kernels import registry
 from .patterns import Pattern, parse, to_spec
 
 
@@ -111,15 +112,23 @@ MAX_PREPARED = 256
 def _prepared_backward(q, k, v, spec, causal, scale, score, softcap, sigmoid_bias, backend,
                        deterministic):
     """The Triton backend's ``backward(q, k, v, o, lse, do, dlse)`` for this call where it runs it
-    and prepares it, else None."""
+    as eager mode does and prepares it (the tiled route's grid-order call where that route takes
+    it), else None: calls that eager mode sends through natten's path or the tiled route's
+    gathers recompute their forward, so that their gradients equal eager mode's bit for bit."""
     signature = (spec, causal, scale, score, softcap, sigmoid_bias, backend, deterministic,
                  tuple((t.shape, t.stride(), t.dtype, t.device) for t in (q, k, v)))
     if signature not in _PREPARED:
         call, _ = api._build_call(q, k, v, pattern=_pattern(spec), causal=causal, scale=scale,
                                   score=score, softcap=softcap, sigmoid_bias=sigmoid_bias,
                                   return_lse=score != "sigmoid", deterministic=deterministic)
-        chosen = api._choose_backend(call, backend)
-        prepared = chosen.prepare(call) if chosen.name == "triton" and chosen.prepare else None
+        prepared = None
+        if not api.takes_natten_path(call, backend):
+            in_kernel = tiled_grid_patterns.in_kernel_call(call, backend)
+            if in_kernel is not None:
+                prepared = registry.get_backend("triton").prepare(in_kernel)
+            elif tiled_grid_patterns.call_form(call, backend) is None:
+                chosen = api._choose_backend(call, backend)
+                prepared = chosen.prepare(call) if chosen.name == "triton" and chosen.prepare else None
         if len(_PREPARED) >= MAX_PREPARED:
             _PREPARED.clear()
         _PREPARED[signature] = getattr(prepared, "backward", None)

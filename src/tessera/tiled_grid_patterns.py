@@ -143,6 +143,25 @@ def _settled(form: TiledForm) -> TiledForm:
     return form._replace(pattern_key=pattern_key(form.pattern), rows=rows)
 
 
+def call_form(call: AttentionCall, backend: str) -> Optional[TiledForm]:
+    """The tiled form ``tiled_grid_call`` runs ``call`` in (see there), or None where it leaves the
+    call to the caller."""
+    pattern = call.pattern
+    if (not isinstance(pattern, GridPattern) or isinstance(pattern, Neighborhood) or call.bias is not None
+            or call.cu_seqlens_q is not None or call.q.shape[1] < 2 * TILE_TOKENS):
+        return None
+    if not (backend == "triton" or (backend == "auto" and call.q.device.type == "cuda")):
+        return None
+    return tiled_layout(pattern, call.q.shape[2], max(call.q.shape[-1], call.v.shape[-1]), call.q.dtype)
+
+
+def in_kernel_call(call: AttentionCall, backend: str) -> Optional[AttentionCall]:
+    """The grid-order call the Triton backend runs for ``call`` on the tiled route (what
+    ``tiled_grid_call`` hands it), or None where the route does not take ``call`` or gathers."""
+    form = call_form(call, backend)
+    return _in_kernel_call(call, form) if form is not None and IN_KERNEL else None
+
+
 def tiled_grid_call(call: AttentionCall, backend: str,
                     run: Callable[[AttentionCall], tuple]) -> Optional[tuple]:
     """``(o [B, S, H, D_v], lse [B, H, S] or None)`` of ``call`` run by ``run`` in the tiled form
@@ -150,22 +169,15 @@ def tiled_grid_call(call: AttentionCall, backend: str,
     the call goes to the Triton kernels (``backend`` "triton", or "auto" on CUDA), has no bias
     (a bias is indexed in the caller's order) and no varlen lengths, and a tiled order pays; else
     None. Scores, softcap, sinks and determinism carry over unchanged (none depends on order).
-    Where the Triton backend takes the call in grid order (``_in_kernel_call``) it runs there
+    Where the Triton backend takes the call in grid order (``in_kernel_call``) it runs there
     with no reordering; else ``run`` takes the reordered tensors."""
-    pattern = call.pattern
-    if (not isinstance(pattern, GridPattern) or isinstance(pattern, Neighborhood) or call.bias is not None
-            or call.cu_seqlens_q is not None or call.q.shape[1] < 2 * TILE_TOKENS):
-        return None
-    if not (backend == "triton" or (backend == "auto" and call.q.device.type == "cuda")):
-        return None
-    form = tiled_layout(pattern, call.q.shape[2], max(call.q.shape[-1], call.v.shape[-1]), call.q.dtype)
+    form = call_form(call, backend)
     if form is None:
         return None
-    if IN_KERNEL:
-        in_kernel = _in_kernel_call(call, form)
-        if in_kernel is not None:
-            o, lse = registry.get_backend("triton").run(in_kernel)
-            return o, (lse if call.return_lse else None)
+    in_kernel = _in_kernel_call(call, form) if IN_KERNEL else None
+    if in_kernel is not None:
+        o, lse = registry.get_backend("triton").run(in_kernel)
+        return o, (lse if call.return_lse else None)
     order = form.order
     tiled = dataclasses.replace(call, q=order.permute(call.q, 1), k=order.permute(call.k, 1),
                                 v=order.permute(call.v, 1), pattern=form.pattern, pattern_key=form.pattern_key)
@@ -183,4 +195,5 @@ def _in_kernel_call(call: AttentionCall, form: TiledForm) -> Optional[AttentionC
     return in_kernel if registry.get_backend("triton").supports(in_kernel) is None else None
 
 
-__all__ = ["TiledForm", "layout_shapes", "tiled_layout", "tiled_grid_call", "TILE_TOKENS", "MIN_GAIN"]
+__all__ = ["TiledForm", "layout_shapes", "tiled_layout", "call_form", "in_kernel_call", "tiled_grid_call",
+           "TILE_TOKENS", "MIN_GAIN"]
