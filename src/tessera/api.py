@@ -129,12 +129,16 @@ def _routable(call: AttentionCall, backend: str) -> bool:
 
 def takes_natten_path(call: AttentionCall, backend: str) -> bool:
     """Whether ``_neighborhood_call`` runs ``call`` (through ``tessera.natten``)."""
+    return _natten_pattern(call, backend) is not None
+
+
+def _natten_pattern(call: AttentionCall, backend: str):
+    """What ``_neighborhood_call`` runs ``call`` as: its ``MaxViTGrid`` pattern (swapped into
+    blocks), its ``equivalent_neighborhood``, or None where it leaves the call."""
     if call.pattern is None or not _routable(call, backend):
-        return False
-    if type(call.pattern) is MaxViTGrid:
-        return call.pattern.ndim <= 3
-    pattern = equivalent_neighborhood(call.pattern)
-    return pattern is not None and pattern.ndim <= 3
+        return None
+    pattern = call.pattern if type(call.pattern) is MaxViTGrid else equivalent_neighborhood(call.pattern)
+    return pattern if pattern is not None and pattern.ndim <= 3 else None
 
 
 def _neighborhood_call(call: AttentionCall, backend: str):
@@ -145,16 +149,16 @@ def _neighborhood_call(call: AttentionCall, backend: str):
     row-major order. MaxViT grid attention runs as block attention on its tokens reordered into
     blocks (``MaxViTGrid.as_blocks``: one copy in and out, where its dilation groups would take
     gathers and padding). None for any other call."""
-    if not takes_natten_path(call, backend):
+    pattern = _natten_pattern(call, backend)
+    if pattern is None:
         return None
-    if type(call.pattern) is MaxViTGrid:
+    if type(pattern) is MaxViTGrid:
         grid_attention = call.pattern
         blocks = dataclasses.replace(call, q=grid_attention.as_blocks(call.q), k=grid_attention.as_blocks(call.k),
                                      v=grid_attention.as_blocks(call.v), pattern_key=None,
                                      pattern=MaxViTBlock(grid_attention.grid, grid_attention.grid_size))
         o, lse = _neighborhood_call(blocks, backend)
         return grid_attention.from_blocks(o), (None if lse is None else grid_attention.from_blocks(lse, 2))
-    pattern = equivalent_neighborhood(call.pattern)
     from .natten import neighborhood_attention
 
     batch, seq = call.q.shape[:2]
