@@ -348,7 +348,23 @@ NA_FOLDED_BIT = 1 << 23    # na_mask.NA_FOLDED
 NA_BATCH_AXIS_BIT = 1 << 25    # na_mask.NA_BATCH_AXIS
 
 
-class DilationFold:
+class _PlanParams:
+    """Kernel parameters ``(NA, NA_STATIC)`` that a grid-order call derives from each plan
+    (``_build``), built once per plan and kept while the plan lives."""
+
+    def params(self, plan: "KernelPlan") -> tuple[torch.Tensor, int]:
+        """``(NA, NA_STATIC)`` of ``plan``'s kernels (``_build``, once per plan)."""
+        cache = self.__dict__.setdefault("_params", {})
+        hit = cache.get(id(plan))
+        if hit is None or hit[0] is not plan:
+            hit = cache[id(plan)] = (plan, *self._build(plan))
+        return hit[1], hit[2]
+
+    def _build(self, plan: "KernelPlan") -> tuple[torch.Tensor, int]:
+        raise NotImplementedError
+
+
+class DilationFold(_PlanParams):
     """A dilated neighborhood run as the undilated neighborhood of one dilation group (the plan's
     pattern, over the sub-grid), for every group at once, on q, k, v, o in the whole grid's
     row-major order (na_mask.NA_FOLDED; ``tessera.natten.dilation_groups``): the kernels' batch
@@ -368,19 +384,15 @@ class DilationFold:
         _, g1, g2 = self.grid
         self.first_rows = [(r0 * g1 + r1) * g2 + r2 for r0 in range(d0) for r1 in range(d1)
                            for r2 in range(d2)]
-        self._params: dict = {}
 
-    def params(self, plan: "KernelPlan") -> tuple[torch.Tensor, int]:
-        """``(NA, NA_STATIC)`` of ``plan``'s kernels under this fold: its neighborhood values, the
-        dilations, the group count and the groups' first rows (built once per plan)."""
-        hit = self._params.get(id(plan))
-        if hit is None or hit[0] is not plan:
-            if not plan.na_values:
-                raise ValueError("a dilation fold needs a plan with neighborhood parameters")
-            values = list(plan.na_values) + list(self.dilation) + [self.groups] + self.first_rows
-            tensor = torch.tensor(values, dtype=torch.int32, device=plan.na_params.device)
-            hit = self._params[id(plan)] = (plan, tensor, plan.na_static | NA_FOLDED_BIT)
-        return hit[1], hit[2]
+    def _build(self, plan: "KernelPlan") -> tuple[torch.Tensor, int]:
+        """Under this fold: the plan's neighborhood values, the dilations, the group count and the
+        groups' first rows."""
+        if not plan.na_values:
+            raise ValueError("a dilation fold needs a plan with neighborhood parameters")
+        values = list(plan.na_values) + list(self.dilation) + [self.groups] + self.first_rows
+        tensor = torch.tensor(values, dtype=torch.int32, device=plan.na_params.device)
+        return tensor, plan.na_static | NA_FOLDED_BIT
 
     def __repr__(self) -> str:
         return f"DilationFold(grid={self.grid}, dilation={self.dilation})"
@@ -389,7 +401,7 @@ class DilationFold:
 NA_ROLLED_BIT = 1 << 26    # na_mask.NA_ROLLED
 
 
-class GridRoll:
+class GridRoll(_PlanParams):
     """A grid-order call on tensors that hold the grid rolled by ``-shift`` per axis (Swin's
     ``torch.roll``; ``patterns.layout.CyclicShift``) while the plan's positions are a tiled order
     of the pattern's grid: the pattern's coordinate ``c`` is the tensors' ``(c + shift) % grid``
@@ -406,19 +418,14 @@ class GridRoll:
         pad = 3 - len(grid)
         self.grid = (1,) * pad + tuple(grid)
         self.shift = (0,) * pad + tuple(shift)
-        self._params: dict = {}
 
-    def params(self, plan: "KernelPlan") -> tuple[torch.Tensor, int]:
-        """``(NA, NA_STATIC)`` of ``plan``'s kernels under this roll: its grid-order values with
-        the shifts in the roll slots (built once per plan)."""
-        hit = self._params.get(id(plan))
-        if hit is None or hit[0] is not plan:
-            if not plan.na_values or tuple(plan.na_values[0:3]) != self.grid:
-                raise ValueError(f"a grid roll over {self.grid} needs a plan addressing that grid")
-            values = list(plan.na_values) + list(self.shift)
-            tensor = torch.tensor(values, dtype=torch.int32, device=plan.na_params.device)
-            hit = self._params[id(plan)] = (plan, tensor, plan.na_static | NA_ROLLED_BIT)
-        return hit[1], hit[2]
+    def _build(self, plan: "KernelPlan") -> tuple[torch.Tensor, int]:
+        """Under this roll: the plan's grid-order values with the shifts in the roll slots."""
+        if not plan.na_values or tuple(plan.na_values[0:3]) != self.grid:
+            raise ValueError(f"a grid roll over {self.grid} needs a plan addressing that grid")
+        values = list(plan.na_values) + list(self.shift)
+        tensor = torch.tensor(values, dtype=torch.int32, device=plan.na_params.device)
+        return tensor, plan.na_static | NA_ROLLED_BIT
 
     def __eq__(self, other) -> bool:
         return isinstance(other, GridRoll) and (self.grid, self.shift) == (other.grid, other.shift)
@@ -436,7 +443,7 @@ NA_ROW_MAP_BIT = 1 << 27    # na_mask.NA_ROW_MAP
 ROW_MAP_PAD = 256
 
 
-class GridRows:
+class GridRows(_PlanParams):
     """A grid-order call whose tiled positions the kernels find through a row map: position ``p``
     of the plan's order lives at row ``rows[p]`` of the tensors (na_mask.NA_ROW_MAP), for token
     orders the plan's fields do not address cheaply: tiles of no power-of-two extents (whose
@@ -451,20 +458,14 @@ class GridRows:
             raise ValueError(f"rows must be a non-empty 1-D tensor, got shape {tuple(rows.shape)}")
         self.size, self.key = rows.numel(), key
         self._rows = torch.cat([rows.to(torch.int32).cpu(), torch.zeros(ROW_MAP_PAD, dtype=torch.int32)])
-        self._params: dict = {}
 
-    def params(self, plan: "KernelPlan") -> tuple[torch.Tensor, int]:
-        """``(NA, NA_STATIC)`` of ``plan``'s kernels: its grid-order values (or zeros), then the
-        row map at NA_ROWS (built once per plan)."""
-        hit = self._params.get(id(plan))
-        if hit is None or hit[0] is not plan:
-            if plan.q_len != self.size or plan.k_len != self.size:
-                raise ValueError(f"a row map of {self.size} rows needs a plan over {self.size} tokens, "
-                                 f"got {plan.q_len} and {plan.k_len}")
-            fields = torch.tensor(plan.na_values or [0] * (3 * len(NA_FIELD_NAMES) + 3), dtype=torch.int32)
-            tensor = torch.cat([fields, self._rows]).to(plan.na_params.device)
-            hit = self._params[id(plan)] = (plan, tensor, plan.na_static | NA_ROW_MAP_BIT)
-        return hit[1], hit[2]
+    def _build(self, plan: "KernelPlan") -> tuple[torch.Tensor, int]:
+        """The plan's grid-order values (or zeros), then the row map at NA_ROWS."""
+        if plan.q_len != self.size or plan.k_len != self.size:
+            raise ValueError(f"a row map of {self.size} rows needs a plan over {self.size} tokens, "
+                             f"got {plan.q_len} and {plan.k_len}")
+        fields = torch.tensor(plan.na_values or [0] * (3 * len(NA_FIELD_NAMES) + 3), dtype=torch.int32)
+        return torch.cat([fields, self._rows]).to(plan.na_params.device), plan.na_static | NA_ROW_MAP_BIT
 
     def __eq__(self, other) -> bool:
         return isinstance(other, GridRows) and self.key == other.key
