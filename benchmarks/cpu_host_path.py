@@ -75,13 +75,15 @@ def main() -> None:
         pattern = Swin((64, 64), 8, shifted=True)
         shape, attend = (1, 4096, 1, args.dim), lambda: attention(q, k, v, pattern=pattern, backend="triton")
     elif args.case == "maxvit-grid":
-        # tessera.attention with MaxViT grid attention 7 x 7 over 56 x 56 tokens (swapped into
-        # blocks, natten's blocked path), B = 1, H = 2: host time without the copies' CPU time.
+        # tessera.attention with MaxViT grid attention 7 x 7 over 56 x 56 tokens (natten's
+        # dilation fold; swapped into blocks on natten's blocked path with TESSERA_NATTEN_FOLD=0),
+        # B = 1, H = 2: host time without the copies' CPU time.
         from tessera import attention
         from tessera.patterns import MaxViTGrid
         pattern = MaxViTGrid((56, 56), 7)
-        layout = _auto_layout((56, 56), (7, 7), (1, 1), (7, 7), (False, False))
-        natten._resolve_layout = lambda *a, **kw: layout
+        if not natten.DILATION_FOLD_IN_KERNEL:
+            layout = _auto_layout((56, 56), (7, 7), (1, 1), (7, 7), (False, False))
+            natten._resolve_layout = lambda *a, **kw: layout
         shape, attend = (1, 3136, 2, args.dim), lambda: attention(q, k, v, pattern=pattern, backend="triton")
     else:
         # The layout "auto" would pick on a GPU (on CPU "auto" keeps the row-major order).

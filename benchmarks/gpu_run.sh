@@ -5,7 +5,7 @@
 #                              [natten-reorder] [natten-profile] [natten-configs] [host-overhead] [host-breakdown] [linear] [tests-linear] [linear-final] [linear-accept]
 #                              [linear-profile] [state-sweep] [state-ab] [linear-host] [linear-delta] [candidates] [kernel-next]
 #                              [launch-cost] [blocked-dense] [fp32-ab] [fp32-bisect] [step-jitter] [autograd-floor]
-#                              [backward-profile] [gluon-forward] [gluon-backward] [route-host] [natten-host] [padded-grid] [padded-sweep] [padded-dilated] [natten-additional-kv] [vision] [vision-profile] [vision-wide-ab] [vision-in-kernel-ab] [vision-row-map-ab] [vision-min-gain-ab] [token-copies] [tiled-configs] [natten-compile] [ncu]
+#                              [backward-profile] [gluon-forward] [gluon-backward] [route-host] [natten-host] [padded-grid] [padded-sweep] [padded-dilated] [natten-additional-kv] [vision] [vision-profile] [vision-wide-ab] [vision-in-kernel-ab] [vision-row-map-ab] [vision-min-gain-ab] [vision-fold-ab] [fold-configs] [token-copies] [tiled-configs] [natten-compile] [ncu]
 #   (linear, linear-final, linear-accept, linear-profile, linear-delta: carry .whl for fla)
 #   (default: tests attention natten linear; NATTEN_ARGS / VISION_ARGS: extra arguments of benchmarks/natten.py / vision.py)
 # Triton's cache (compiled kernels, and fla's autotuning timings through Triton's `cache_results`) is
@@ -165,6 +165,7 @@ for step in $steps; do
     vision-profile) timeout 200 python3 benchmarks/vision.py --profile ${VISION_PROFILE_ARGS:-} 2>&1 \
                       | tee "$OUT/vision-profile.log" || status=1 ;;
     tiled-configs) timeout 240 python3 benchmarks/gpu_tiled_configs.py --out "$OUT" 2>&1 | tee "$OUT/tiled-configs.log" || status=1 ;;
+    fold-configs) timeout 240 python3 benchmarks/gpu_fold_configs.py --out "$OUT" 2>&1 | tee "$OUT/fold-configs.log" || status=1 ;;
     token-copies) timeout 150 python3 benchmarks/gpu_token_copies.py --out "$OUT" 2>&1 | tee "$OUT/token-copies.log" || status=1 ;;
     vision-wide-ab)
       # The vision cases VISION_ARGS selects, token rows copied whole and element by element.
@@ -176,6 +177,10 @@ for step in $steps; do
       # The vision cases VISION_ARGS selects, tiled orders addressed from their fields where they
       # can be ("auto") and through row maps everywhere ("1").
       vision_ab TESSERA_TILED_ROW_MAP tiled-row-map auto 1 ;;
+    vision-fold-ab)
+      # The vision cases VISION_AB_ARGS selects, MaxViT grid attention through natten's dilation
+      # fold ("1") and swapped into blocks ("0").
+      vision_ab TESSERA_NATTEN_FOLD natten-fold ;;
     vision-min-gain-ab)
       # The vision cases VISION_AB_ARGS selects, the tiled route's MIN_GAIN at 2.0 and at 1.2.
       vision_ab TESSERA_TILED_MIN_GAIN tiled-min-gain 2.0 1.2 ;;

@@ -325,21 +325,25 @@ def test_gpu_dilated_against_float64(monkeypatch, op, grid, kernel, dilation, st
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("spec", ["swin:grid=32x32,window=8x8", "maxvit_block:grid=28x28,block=7x7",
                                   "maxvit_grid:grid=28x28,grid_size=7x7", "swin:grid=4x16x16,window=2x8x8"])
-def test_gpu_attention_with_vision_neighborhoods_against_float64(monkeypatch, spec, dtype):
+@pytest.mark.parametrize("dim", [32, 64])
+def test_gpu_attention_with_vision_neighborhoods_against_float64(monkeypatch, spec, dtype, dim):
     """``tessera.attention`` with unshifted Swin windows and MaxViT block and grid attention runs
-    natten's path on CUDA (blocked; 7 x 7 blocks; 7 x 7 blocks after ``as_blocks``) and meets the float64
-    reference by the rule (GQA, B = 2, D = 32; the loss takes lse too)."""
+    natten's path on CUDA (blocked; 7 x 7 blocks; 7 x 7 dilation groups addressed in place by
+    the dilation fold, at both head dims' one-tile kernel choices) and meets the float64
+    reference by the rule (GQA, B = 2; the loss takes lse too)."""
     import tessera
     import tessera.natten as natten
     from tessera.patterns import parse
 
-    routed = []
+    routed, folded = [], []
     original = natten.neighborhood_attention
     monkeypatch.setattr(natten, "neighborhood_attention", lambda *a, **kw: routed.append(1) or original(*a, **kw))
+    fold = natten._folded_run
+    monkeypatch.setattr(natten, "_folded_run", lambda *a, **kw: folded.append(fold(*a, **kw)) or folded[-1])
     pattern = parse(spec)
     n = math.prod(pattern.grid)
     gen = torch.Generator(device="cuda").manual_seed(0)
-    shapes = [(2, n, 4, 32), (2, n, 2, 32), (2, n, 2, 32)]
+    shapes = [(2, n, 4, dim), (2, n, 2, dim), (2, n, 2, dim)]
     inputs = [torch.randn(shape, device="cuda", dtype=dtype, generator=gen) for shape in shapes]
     do = torch.randn(shapes[0], device="cuda", dtype=dtype, generator=gen)
     dlse = torch.randn((2, 4, n), device="cuda", dtype=torch.float64, generator=gen)
@@ -351,6 +355,7 @@ def test_gpu_attention_with_vision_neighborhoods_against_float64(monkeypatch, sp
 
     got = run(dtype, "auto")
     assert routed
+    assert bool(folded and folded[0] is not None) == spec.startswith("maxvit_grid"), folded
     assert_error_rule(("o", "lse", "dq", "dk", "dv"), got, run(dtype, "reference"),
                       run(torch.float64, "reference"), dtype)
 
@@ -546,9 +551,9 @@ def test_attention_routes_plain_neighborhoods_through_natten(monkeypatch):
 
 def test_attention_routes_vision_neighborhoods_through_natten(monkeypatch):
     """Unshifted Swin windows and MaxViT block attention go to ``natten.neighborhood_attention``
-    as their equivalent neighborhoods (blocked), MaxViT grid attention as block attention on its
-    tokens reordered into blocks, and give the reference's result there; shifted Swin windows
-    keep the usual path."""
+    as their equivalent neighborhoods (blocked), MaxViT grid attention as its dilated
+    neighborhood (as block attention on its tokens reordered into blocks above D = 64 or without
+    the dilation fold), and give the reference's result there; shifted Swin windows keep the usual path."""
     import tessera
     import tessera.natten as natten
     from tessera.patterns.vision import MaxViTBlock, MaxViTGrid, Swin
@@ -566,7 +571,7 @@ def test_attention_routes_vision_neighborhoods_through_natten(monkeypatch):
     expected_calls = {
         Swin((6, 8), (3, 4)): ((2, 6, 8, 4, 16), (3, 4), (1, 1), (3, 4), (False, False)),
         MaxViTBlock((6, 8), 2): ((2, 6, 8, 4, 16), (2, 2), (1, 1), (2, 2), (False, False)),
-        MaxViTGrid((6, 8), 2): ((2, 6, 8, 4, 16), (2, 2), (1, 1), (2, 2), (False, False)),   # as blocks
+        MaxViTGrid((6, 8), 2): ((2, 6, 8, 4, 16), (2, 2), (3, 4), (1, 1), (False, False)),   # dilated
         "swin:grid=6x8,window=3x4": ((2, 6, 8, 4, 16), (3, 4), (1, 1), (3, 4), (False, False)),
     }
     for pattern, call in expected_calls.items():
@@ -575,6 +580,18 @@ def test_attention_routes_vision_neighborhoods_through_natten(monkeypatch):
         assert calls == [call], pattern
         want, want_lse = tessera.attention(q, k, v, pattern=pattern, backend="reference", return_lse=True)
         assert torch.allclose(o, want, rtol=0, atol=1e-12) and torch.allclose(lse, want_lse, rtol=0, atol=1e-12)
+    # Above MAXVIT_FOLD_MAX_HEAD_DIM, and without natten's dilation fold, MaxViT grid attention
+    # runs as blocks of swapped tokens.
+    wide = [torch.randn(2, 48, 2, 128, dtype=torch.float64) for _ in range(3)]
+    calls.clear()
+    tessera.attention(*wide, pattern=MaxViTGrid((6, 8), 2), backend="triton")
+    assert calls == [((2, 6, 8, 2, 128), (2, 2), (1, 1), (2, 2), (False, False))]
+    monkeypatch.setattr(natten, "DILATION_FOLD_IN_KERNEL", False)
+    calls.clear()
+    o = tessera.attention(q, k, v, pattern=MaxViTGrid((6, 8), 2), backend="triton")
+    assert calls == [((2, 6, 8, 4, 16), (2, 2), (1, 1), (2, 2), (False, False))]
+    assert torch.allclose(o, tessera.attention(q, k, v, pattern=MaxViTGrid((6, 8), 2), backend="reference"),
+                          rtol=0, atol=1e-12)
     calls.clear()
     tessera.attention(q, k, v, pattern=Swin((6, 8), (2, 4), shifted=True), backend="reference")
     tessera.attention(q, k, v, pattern=Swin((6, 8), (3, 4)), causal=True, backend="reference")

@@ -221,7 +221,7 @@ def test_gpu_grid_patterns_against_float64(monkeypatch, pattern, tiled, dtype):
 @pytest.mark.parametrize("pattern", [Swin((64, 64), 8), Swin((64, 64), 8, shifted=True), MaxViTGrid((56, 56), 7),
                                      CSWin((64, 64), 8, 4)], ids=repr)
 def test_gpu_routed_vision_calls_never_synchronize(pattern):
-    """A repeated vision call (natten's path, MaxViT's swap into blocks, tiled orders), forward and
+    """A repeated vision call (natten's path, MaxViT's dilation fold, tiled orders), forward and
     backward, enqueues its work without waiting for the GPU: eager calls overlap host and GPU."""
     n = pattern.size
     q, k, v = (torch.randn(2, n, 4, 32, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))

@@ -76,8 +76,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     A ``Neighborhood`` pattern with nothing else on the scores runs as ``tessera.natten`` runs it
     on the Triton kernels (tiled token orders, padded grids): the same attention, faster. So do
     unshifted ``Swin`` windows and MaxViT block attention, which are neighborhoods
-    (``patterns.vision.equivalent_neighborhood``), and MaxViT grid attention, as block attention
-    on its tokens reordered into blocks (``MaxViTGrid.as_blocks``). Other grid patterns (shifted
+    (``patterns.vision.equivalent_neighborhood``), and MaxViT grid attention, a dilated
+    neighborhood whose groups the kernels address in place (else block attention on its tokens
+    reordered into blocks, ``MaxViTGrid.as_blocks``). Other grid patterns (shifted
     Swin windows, halos, CSWin, criss-cross) run on the Triton kernels in a tiled token order
     where it lists far fewer key tiles (``tessera.tiled_grid_patterns``).
 
@@ -132,13 +133,32 @@ def takes_natten_path(call: AttentionCall, backend: str) -> bool:
     return _natten_pattern(call, backend) is not None
 
 
+# MaxViT grid attention runs through natten's dilation fold up to this head dim, swapped into
+# blocks above it. H200, bf16, CUDA graphs, fold / swap ms (results/tuning/2026-12-03-h200-fold-configs.json):
+# 56 x 56, 7 x 7 groups, B 64, H 2, D 32: fwd 0.121 / 0.148, fwd+bwd 0.458 / 0.465; 28 x 28, H 4,
+# D 32: 0.063 / 0.088, 0.242 / 0.259; D 64, H 2 at the one-tile choices: fwd 0.048 / 0.070,
+# fwd+bwd about 0.18 / 0.214 (the choices timed per kernel). Larger head dims are not measured.
+MAXVIT_FOLD_MAX_HEAD_DIM = 64
+
+
 def _natten_pattern(call: AttentionCall, backend: str):
-    """What ``_neighborhood_call`` runs ``call`` as: its ``MaxViTGrid`` pattern (swapped into
-    blocks), its ``equivalent_neighborhood``, or None where it leaves the call."""
+    """What ``_neighborhood_call`` runs ``call`` as: its ``equivalent_neighborhood``, or its
+    ``MaxViTGrid`` pattern (swapped into blocks) where natten's dilation fold does not take that
+    neighborhood or the head dim exceeds ``MAXVIT_FOLD_MAX_HEAD_DIM``, or None where it leaves
+    the call."""
     if call.pattern is None or not _routable(call, backend):
         return None
-    pattern = call.pattern if type(call.pattern) is MaxViTGrid else equivalent_neighborhood(call.pattern)
+    pattern = equivalent_neighborhood(call.pattern)
+    if type(call.pattern) is MaxViTGrid and not (
+            max(call.q.shape[-1], call.v.shape[-1]) <= MAXVIT_FOLD_MAX_HEAD_DIM
+            and _natten().folds_in_kernel(pattern, backend, call.q.device)):
+        pattern = call.pattern
     return pattern if pattern is not None and pattern.ndim <= 3 else None
+
+
+def _natten():
+    from . import natten
+    return natten
 
 
 def _neighborhood_call(call: AttentionCall, backend: str):
@@ -146,9 +166,11 @@ def _neighborhood_call(call: AttentionCall, backend: str):
     pattern is a plain ``Neighborhood``, or a vision pattern that is one
     (``equivalent_neighborhood``: unshifted Swin windows, MaxViT block attention), run through
     ``tessera.natten``: its tiled orders, padded grids and grid-order kernels instead of the
-    row-major order. MaxViT grid attention runs as block attention on its tokens reordered into
-    blocks (``MaxViTGrid.as_blocks``: one copy in and out, where its dilation groups would take
-    gathers and padding). None for any other call."""
+    row-major order. MaxViT grid attention, a neighborhood with dilation ``L / G``, runs as one
+    tile pair per dilation group addressed in place (natten's dilation fold) where the Triton
+    kernels take it, else as block attention on its tokens reordered into blocks
+    (``MaxViTGrid.as_blocks``: one copy in and out, where its dilation groups would take
+    gathers). None for any other call."""
     pattern = _natten_pattern(call, backend)
     if pattern is None:
         return None
@@ -159,8 +181,7 @@ def _neighborhood_call(call: AttentionCall, backend: str):
                                      pattern=MaxViTBlock(grid_attention.grid, grid_attention.grid_size))
         o, lse = _neighborhood_call(blocks, backend)
         return grid_attention.from_blocks(o), (None if lse is None else grid_attention.from_blocks(lse, 2))
-    from .natten import neighborhood_attention
-
+    neighborhood_attention = _natten().neighborhood_attention
     batch, seq = call.q.shape[:2]
     shaped = [t.reshape(batch, *pattern.grid, *t.shape[2:]) for t in (call.q, call.k, call.v)]
     o, lse = neighborhood_attention(*shaped, pattern.kernel, pattern.dilation, pattern.stride, pattern.causal,

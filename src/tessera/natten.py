@@ -75,11 +75,15 @@ def dilation_groups(grid, dilation) -> Optional[tuple[int, ...]]:
 def _group_plan(grid, kernel, dilation, stride, causal, device_type: str):
     """``(sub_pattern, order, key)`` of a dilated neighborhood run per dilation group on a device
     of ``device_type``: the undilated neighborhood of one group (in its sub-grid's tiled order when
-    the "auto" layout tiles it there), the ``DilationGroupOrder`` that gathers the groups and the
-    sub-pattern's ``pattern_key``."""
+    the "auto" layout tiles it there or the group fits one kernel tile), the
+    ``DilationGroupOrder`` that gathers the groups and the sub-pattern's ``pattern_key``."""
     sub_pattern = Neighborhood(dilation_groups(grid, dilation), kernel, 1, stride, causal)
     sub_layout = _resolve_layout("auto", sub_pattern.grid, sub_pattern.kernel, sub_pattern.dilation,
                                  sub_pattern.stride, sub_pattern.causal, torch.device(device_type))
+    if sub_layout is None and sub_pattern.size <= AUTO_TILE_TOKENS:
+        # A group that fits one kernel tile is one tile pair in its own row-major order (a
+        # layout of a single tile), which the fold addresses in place (MaxViT grid attention).
+        sub_layout = _grid_layout(sub_pattern.grid, sub_pattern.grid)
     order = DilationGroupOrder(grid, dilation, sub_layout)
     sub_pattern = sub_pattern if sub_layout is None else Permuted(sub_pattern, sub_layout)
     return sub_pattern, order, pattern_key(sub_pattern)
@@ -94,6 +98,18 @@ DILATION_FOLD_IN_KERNEL = os.environ.get("TESSERA_NATTEN_FOLD", "1") != "0"
 @functools.lru_cache(maxsize=32)
 def _dilation_fold(grid, dilation) -> DilationFold:
     return DilationFold(grid, dilation)
+
+
+def folds_in_kernel(pattern: Neighborhood, backend: str, device: torch.device) -> bool:
+    """Whether ``neighborhood_attention`` runs the dilated ``pattern`` through a dilation fold
+    (``_folded_run``: every group addressed in place, no copies) on ``backend`` and ``device``,
+    unless the Triton backend declines the call's tensors."""
+    if not (DILATION_FOLD_IN_KERNEL and _wants_triton(backend, device)
+            and dilation_groups(pattern.grid, pattern.dilation) is not None):
+        return False
+    sub_pattern, _order, _key = _group_plan(pattern.grid, pattern.kernel, pattern.dilation, pattern.stride,
+                                            pattern.causal, device.type)
+    return isinstance(sub_pattern, Permuted)
 
 
 def _folded_run(q, k, v, pattern: Neighborhood, na_dim: int, backend: str, scale, return_lse: bool):

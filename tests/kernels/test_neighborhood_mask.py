@@ -619,10 +619,12 @@ else:
             natten._cached_call_plan.cache_clear()
 
     @pytest.mark.parametrize("pattern, tile_shape", [
-        (Swin((8, 16), (4, 4)), None), (Swin((8, 16), (4, 4)), (4, 8)), (MaxViTGrid((8, 16), (4, 4)), None)])
+        (Swin((8, 16), (4, 4)), None), (Swin((8, 16), (4, 4)), (4, 8)), (MaxViTGrid((8, 16), (4, 4)), None),
+        (MaxViTGrid((14, 14), 7), None), (MaxViTGrid((2, 6, 6), (1, 3, 3)), None)], ids=repr)
     def test_interpreted_vision_neighborhoods_through_natten_against_float64(pattern, tile_shape, monkeypatch):
         # Unshifted Swin windows (blocked; row-major, and 4 x 8 tiles) and MaxViT grid attention
-        # (dilation groups) through tessera.attention on the Triton kernels: o, lse and the
+        # (dilation groups of one kernel tile each, 7 x 7 and 3-D ones too, addressed in place by
+        # natten's fold) through tessera.attention on the Triton kernels: o, lse and the
         # gradients against float64 (B = 2, GQA).
         import tessera
         import tessera.natten as natten
@@ -631,14 +633,18 @@ else:
                                 lambda layout, grid, kernel, dilation, stride, causal, device, pad=False:
                                 natten._grid_layout(grid, tile_shape))
             natten._cached_call_plan.cache_clear()
-        routed = []
+        routed, folded = [], []
         original = natten.neighborhood_attention
         monkeypatch.setattr(natten, "neighborhood_attention", lambda *a, **kw: routed.append(1) or original(*a, **kw))
+        run = natten._folded_run
+        monkeypatch.setattr(natten, "_folded_run", lambda *a, **kw: folded.append(run(*a, **kw)) or folded[-1])
         try:
-            exact = [torch.randn(2, 128, h, 32, dtype=torch.float64) for h in (4, 2, 2)]
+            exact = [torch.randn(2, pattern.size, h, 32, dtype=torch.float64) for h in (4, 2, 2)]
             leaves = [t.float().requires_grad_() for t in exact]
             o, lse = tessera.attention(*leaves, pattern=pattern, backend="triton", return_lse=True)
             assert routed
+            if type(pattern) is MaxViTGrid:
+                assert folded and folded[-1] is not None, "the dilation fold did not run"
             ref_leaves = [t.clone().requires_grad_() for t in exact]
             ref, ref_lse = tessera.attention(*ref_leaves, pattern=pattern, backend="reference", return_lse=True)
             do = torch.randn(ref.shape, dtype=ref.dtype)

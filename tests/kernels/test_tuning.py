@@ -114,6 +114,26 @@ def test_tiled_grid_rules_take_64_square_tiles_at_small_head_dims():
     assert not shape.tiled_grid_rule and _config("fwd", shape, dim=32) == KernelConfig(128, 64, 4, 3)
 
 
+def test_one_tile_problems_take_few_warps_and_one_stage_at_small_head_dims():
+    """Queries and keys within one 64-row tile (a 7 x 7 dilation group of MaxViT grid attention
+    in natten's fold) in 16 bits: 64 x 64 tiles, one stage, at D <= 32 one warp forward and two
+    backward, at D <= 64 two and four; larger head dims, fp32 and longer sequences keep their
+    choices."""
+    from tessera.kernels.triton.backend import _mask_shape, _states_mask_shape
+    group = Permuted(Neighborhood((7, 7), 7), GridLayout((7, 7), (7, 7)))
+    shape = _mask_shape(group, 49, 49, 2, torch.device("cpu"))
+    assert shape.one_tile and shape == _states_mask_shape(group, 49, 49, 2)
+    for dtype in (torch.bfloat16, torch.float16):
+        assert [_config(k, shape, dim=32, dtype=dtype) for k in ("fwd", "dq", "dkdv")] == [
+            KernelConfig(64, 64, 1, 1), KernelConfig(64, 64, 2, 1), KernelConfig(64, 64, 2, 1)]
+    assert [_config(k, shape, dim=64) for k in ("fwd", "dq", "dkdv")] == [
+        KernelConfig(64, 64, 2, 1), KernelConfig(64, 64, 4, 1), KernelConfig(64, 64, 4, 1)]
+    assert _config("fwd", shape, dim=128) == KernelConfig(64, 64, 4, 1)
+    assert _config("fwd", shape, dim=32, dtype=torch.float32).num_warps > 1
+    longer = _mask_shape(Neighborhood((9, 9), 7), 81, 81, 2, torch.device("cpu"))
+    assert not longer.one_tile and _config("fwd", longer, dim=32).num_warps == 4
+
+
 def test_tile_states_miss_bitmasks_that_share_one_band():
     """The one documented difference: S2's causal diagonal tiles, bitmasks in the tile states,
     which the built plan masks by their common band."""

@@ -228,7 +228,8 @@ def _mask_shape(pattern, q_len: int, k_len: int, heads: int, device, key=None) -
     plan = get_plan(pattern, q_len, k_len, 64, 64, heads, device, key)
     return MaskShape(plan.partial_fraction(), plan.mask_mode in (MASK_NONE, MASK_BAND),
                      neighborhood=plan.mask_mode == MASK_NEIGHBORHOOD,
-                     tiled=isinstance(pattern, Permuted), tiled_grid_rule=_tiled_grid_rule(pattern))
+                     tiled=isinstance(pattern, Permuted), tiled_grid_rule=_tiled_grid_rule(pattern),
+                     one_tile=q_len <= 64 and k_len <= 64)
 
 
 def _tiled_grid_rule(pattern) -> bool:
@@ -260,7 +261,7 @@ def _states_mask_shape(pattern, q_len: int, k_len: int, heads: int) -> Optional[
                     and neighborhood_params(pattern, 64, 64) is not None)
     return MaskShape(partial / listed if listed else 0.0, partial == 0 or offset_band(pattern) is not None,
                      neighborhood=neighborhood, tiled=isinstance(pattern, Permuted),
-                     tiled_grid_rule=_tiled_grid_rule(pattern))
+                     tiled_grid_rule=_tiled_grid_rule(pattern), one_tile=q_len <= 64 and k_len <= 64)
 
 
 def estimated_forward_tiles(pattern, q_len: int, k_len: int, heads: int, dim: int,

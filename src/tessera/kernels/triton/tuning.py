@@ -52,13 +52,16 @@ class MaskShape:
     neighborhood mask (``MASK_NEIGHBORHOOD``); tiled: the pattern runs in a tiled token order
     (``Permuted``: kernel tiles are compact boxes of the grid, as ``tessera.natten`` runs it);
     tiled_grid_rule: a grid pattern that is no neighborhood in a tiled order (``tiled_grid_patterns``:
-    shifted Swin, CSWin, criss-cross), whose key sets line up with 64-token layout tiles."""
+    shifted Swin, CSWin, criss-cross), whose key sets line up with 64-token layout tiles;
+    one_tile: queries and keys each fit one 64-row tile (natten's dilation fold of MaxViT grid
+    attention: one tile pair per program, whose latency rather than its work bounds the kernels)."""
 
     partial_fraction: float
     band_only: bool
     neighborhood: bool = False
     tiled: bool = False
     tiled_grid_rule: bool = False
+    one_tile: bool = False
 
     @property
     def ragged(self) -> bool:
@@ -159,9 +162,25 @@ def _masked_config(kernel: str, shape: MaskShape, dim: int) -> KernelConfig:
     return KernelConfig(64, 64, 4, 3)
 
 
+#   One tile pair per program (``one_tile``; MaxViT grid attention's 7 x 7 dilation groups in
+#        natten's fold, bf16, H200, CUDA graphs, results/tuning/2026-12-03-h200-fold-configs.json):
+#        fewer warps and one stage keep more programs per SM. D = 32, 56 x 56 (B 64, H 2): fwd
+#        (64, 64, 1, 1) 0.121 ms, (64, 64, 2, 1) 0.133, (64, 64, 4, 1) 0.148, (64, 64, 4, 3) 0.194,
+#        8 warps 0.341; fwd+bwd at those warps (all three kernels) 0.710, 0.461, 0.587, 0.833,
+#        1.202. D = 64, 28 x 28 (B 64, H 2): fwd 2 warps 0.048, 4 warps 0.058 (3 stages 0.073), 1
+#        warp 0.144; fwd+bwd 0.224, 0.193 (0.286), 0.595; so 2 warps forward, 4 backward.
+def _one_tile_config(kernel: str, dim: int) -> KernelConfig:
+    forward = kernel == "fwd"
+    if dim <= 32:
+        return KernelConfig(64, 64, 1 if forward else 2, 1)
+    return KernelConfig(64, 64, 2 if forward else 4, 1)
+
+
 def _gpu_config(kernel: str, dim: int, dtype: torch.dtype, shape: Optional[MaskShape]) -> KernelConfig:
     wide = dtype == torch.float32
     masked = shape is not None
+    if masked and not wide and shape.one_tile and dim <= 64:
+        return _one_tile_config(kernel, dim)
     if masked and not wide and kernel in ("fwd", "dq", "dkdv") and (
             64 < dim <= 128 or (dim <= 64 and shape.tiled_grid_rule)
             or (dim <= 64 and shape.neighborhood and shape.partial_fraction > 0)
