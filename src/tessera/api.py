@@ -136,8 +136,8 @@ def takes_natten_path(call: AttentionCall, backend: str) -> bool:
 # MaxViT grid attention runs through natten's dilation fold up to this head dim, swapped into
 # blocks above it. H200, bf16, CUDA graphs, fold / swap ms (results/tuning/2026-12-03-h200-fold-configs.json):
 # 56 x 56, 7 x 7 groups, B 64, H 2, D 32: fwd 0.121 / 0.148, fwd+bwd 0.458 / 0.465; 28 x 28, H 4,
-# D 32: 0.063 / 0.088, 0.242 / 0.259; D 64, H 2 at the one-tile choices: fwd 0.048 / 0.070,
-# fwd+bwd about 0.18 / 0.214 (the choices timed per kernel). Larger head dims are not measured.
+# D 32: 0.063 / 0.088, 0.242 / 0.259; D 64, H 2: fwd 0.048 (2 warps) / 0.070, fwd+bwd 0.193 (4
+# warps in all three kernels) / 0.214. Larger head dims are not measured.
 MAXVIT_FOLD_MAX_HEAD_DIM = 64
 
 
