@@ -164,8 +164,12 @@ else:
         (na2d, (2, 16, 8, 2, 16), dict(kernel_size=(5, 3), layout=(8, 8)), 1),
         # A grid the tiles do not divide: padded to 16 x 16, the backward on the padded o and lse.
         (na2d, (2, 13, 11, 2, 16), dict(kernel_size=(5, 3), layout=(8, 8), return_lse=True), 1),
-        # Dilation groups gathered (no tiled order for them off CUDA): the backward recomputes.
-        (na2d, (1, 16, 16, 2, 16), dict(kernel_size=3, dilation=2, return_lse=True), 2),
+        # Dilation groups of one kernel tile each (8 x 8), addressed in place by the fold: the
+        # backward on the saved o and lse.
+        (na2d, (1, 16, 16, 2, 16), dict(kernel_size=3, dilation=2, return_lse=True), 1),
+        # Dilation groups over one tile (12 x 8) gathered (no tiled order for them off CUDA): the
+        # backward recomputes.
+        (na2d, (1, 24, 16, 2, 16), dict(kernel_size=3, dilation=2, return_lse=True), 2),
     ])
     def test_interpreted_grid_order_backward_reads_the_forward(monkeypatch, op, shape, kwargs, forwards):
         """fp16 on the Triton kernels: the compiled step equals eager bit for bit; in grid order

@@ -760,12 +760,13 @@ else:
             assert (got.double() - want).norm() / want.norm() < tolerance, name
 
     @pytest.mark.parametrize("na_dim, grid, kernel, dilation, stride, causal, tiles, dtype", [
-        (2, (10, 12), (3, 3), (2, 2), 1, False, (4, 4), torch.float32),
-        (3, (2, 8, 10), (1, 3, 3), (1, 2, 2), (1, 1, 2), (False, True, False), (1, 4, 4), torch.float16),
+        (2, (18, 8), (3, 3), (2, 1), 1, False, (4, 4), torch.float32),
+        (3, (2, 8, 10), (1, 3, 3), (1, 2, 1), (1, 1, 2), (False, True, False), (1, 4, 4), torch.float16),
     ])
     def test_interpreted_natten_dilated_groups_padded_against_float64(na_dim, grid, kernel, dilation, stride,
                                                                       causal, tiles, dtype, monkeypatch):
-        # A dilation whose groups' sub-grid no tile divides (5 x 6, 2 x 4 x 5 here): the groups are
+        # A dilation whose groups' sub-grid, over one kernel tile (groups within one are folded in
+        # place), no tile divides (9 x 8, 2 x 4 x 10 here): the groups are
         # gathered, batched and run padded up to whole tiles (natten._padded_groups; on a GPU
         # "auto" picks the tiles, _padded_group_tiles), o, lse and every gradient against the
         # float64 definition (B = 2, GQA); the gradients from o and lse (the compiled backward's
