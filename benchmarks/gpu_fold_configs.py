@@ -10,16 +10,10 @@ ms from replayed CUDA graphs (no host time), bf16, forward and forward+backward.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import torch
 
-import tessera
 import tessera.natten as natten
-from tessera.bench.report import write_case_rows
-from tessera.bench.timing import graph_replay_ms, warm_up_gpu
-from tessera.kernels.triton import tuning
+from tessera.bench.sweeps import attention_steps, override_times, sweep_main
 from tessera.kernels.triton.tuning import KernelConfig
 from tessera.patterns.vision import MaxViTGrid
 
@@ -60,45 +54,25 @@ def _kernel_times(step) -> dict:
 
 
 def case_times(pattern, batch, heads, dim, device) -> dict:
-    n = pattern.size
-    q, k, v = (torch.randn(batch, n, heads, dim, device=device, dtype=torch.bfloat16, requires_grad=True)
-               for _ in range(3))
-    do = torch.randn_like(q)
-
-    def forward():
-        with torch.no_grad():
-            return tessera.attention(q, k, v, pattern=pattern)
-
-    def forward_backward():
-        return torch.autograd.grad(tessera.attention(q, k, v, pattern=pattern), (q, k, v), do)
-
+    steps = attention_steps(pattern, batch, heads, dim, device)
     row = {}
     for name, (fold, overrides) in CHOICES.items():
         natten.DILATION_FOLD_IN_KERNEL = fold
-        tuning.OVERRIDES.clear()
-        tuning.OVERRIDES.update(overrides)
         try:
-            row[name] = {"fwd": round(graph_replay_ms(forward), 4),
-                         "fwd+bwd": round(graph_replay_ms(forward_backward), 4)}
+            row[name] = override_times(steps, overrides)
             if name in ("swap", "fold default"):
-                row[name]["kernels"] = _kernel_times(forward_backward)
+                row[name]["kernels"] = _kernel_times(steps[1])
         except Exception as error:      # a config that does not fit: say so, keep the rest
             row[name] = {"error": f"{type(error).__name__}: {str(error)[:200]}"}
         finally:
-            tuning.OVERRIDES.clear()
             natten.DILATION_FOLD_IN_KERNEL = True
     return row
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
-    device = torch.device("cuda")
-    warm_up_gpu(device)
-    write_case_rows(Path(args.out) / "fold_configs.json", device, CASES, case_times,
-                    choices={name: {"fold": fold, **{k: repr(c) for k, c in overrides.items()}}
-                             for name, (fold, overrides) in CHOICES.items()})
+    sweep_main(__doc__, "fold_configs.json", CASES, case_times,
+               choices={name: {"fold": fold, **{k: repr(c) for k, c in overrides.items()}}
+                        for name, (fold, overrides) in CHOICES.items()})
 
 
 if __name__ == "__main__":

@@ -10,15 +10,7 @@ ms from replayed CUDA graphs (no host time), bf16, forward and forward+backward.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-import torch
-
-import tessera
-from tessera.bench.report import write_case_rows
-from tessera.bench.timing import graph_replay_ms, warm_up_gpu
-from tessera.kernels.triton import tuning
+from tessera.bench.sweeps import attention_steps, override_times, sweep_main
 from tessera.kernels.triton.tuning import KernelConfig
 from tessera.patterns.vision import CSWin, CrissCross, Swin
 
@@ -40,37 +32,13 @@ CHOICES = {
 
 
 def case_times(pattern, batch, heads, dim, device) -> dict:
-    n = pattern.size
-    q, k, v = (torch.randn(batch, n, heads, dim, device=device, dtype=torch.bfloat16, requires_grad=True)
-               for _ in range(3))
-    do = torch.randn_like(q)
-
-    def forward():
-        with torch.no_grad():
-            return tessera.attention(q, k, v, pattern=pattern)
-
-    def forward_backward():
-        return torch.autograd.grad(tessera.attention(q, k, v, pattern=pattern), (q, k, v), do)
-
-    row = {}
-    for name, overrides in CHOICES.items():
-        tuning.OVERRIDES.clear()
-        tuning.OVERRIDES.update(overrides)
-        try:
-            row[name] = {"fwd": round(graph_replay_ms(forward), 4),
-                         "fwd+bwd": round(graph_replay_ms(forward_backward), 4)}
-        finally:
-            tuning.OVERRIDES.clear()
-    return row
+    steps = attention_steps(pattern, batch, heads, dim, device)
+    return {name: override_times(steps, overrides) for name, overrides in CHOICES.items()}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
-    device = torch.device("cuda")
-    warm_up_gpu(device)
-    write_case_rows(Path(args.out) / "tiled_configs.json", device, CASES, case_times, choices={k: {n: repr(c) for n, c in v.items()} for k, v in CHOICES.items()})
+    sweep_main(__doc__, "tiled_configs.json", CASES, case_times,
+               choices={k: {n: repr(c) for n, c in v.items()} for k, v in CHOICES.items()})
 
 
 if __name__ == "__main__":

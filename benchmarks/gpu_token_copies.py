@@ -10,14 +10,12 @@ grid attention's swap into blocks (``MaxViTGrid.as_blocks``) and a ``GridLayout`
 
 from __future__ import annotations
 
-import argparse
 import math
-from pathlib import Path
 
 import torch
 
-from tessera.bench.report import write_case_rows
-from tessera.bench.timing import graph_replay_ms, warm_up_gpu
+from tessera.bench.sweeps import sweep_main
+from tessera.bench.timing import graph_replay_ms
 from tessera.patterns import token_copies
 from tessera.patterns.layout import GridLayout
 from tessera.patterns.vision import MaxViTGrid
@@ -47,12 +45,7 @@ def case_times(grid, size, tile, batch, heads, dim, device) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
-    device = torch.device("cuda")
-    warm_up_gpu(device)
-    write_case_rows(Path(args.out) / "token_copies.json", device, CASES, case_times)
+    sweep_main(__doc__, "token_copies.json", CASES, case_times)
 
 
 if __name__ == "__main__":
