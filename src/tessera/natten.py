@@ -100,30 +100,36 @@ def _dilation_fold(grid, dilation) -> DilationFold:
     return DilationFold(grid, dilation)
 
 
+def _fold_plan(pattern: Neighborhood, backend: str, device: torch.device) -> Optional[tuple]:
+    """``(sub_pattern, key)`` (``_group_plan``'s) of the dilated ``pattern`` run through a
+    dilation fold on ``backend`` and ``device``, or None where the fold does not take it: the fold
+    off, the call not for the Triton backend, dilations that do not divide the grid, or a
+    sub-grid with no tiled order."""
+    if not (DILATION_FOLD_IN_KERNEL and _wants_triton(backend, device)
+            and dilation_groups(pattern.grid, pattern.dilation) is not None):
+        return None
+    sub_pattern, _order, key = _group_plan(pattern.grid, pattern.kernel, pattern.dilation, pattern.stride,
+                                           pattern.causal, device.type)
+    return (sub_pattern, key) if isinstance(sub_pattern, Permuted) else None
+
+
 def folds_in_kernel(pattern: Neighborhood, backend: str, device: torch.device) -> bool:
     """Whether ``neighborhood_attention`` runs the dilated ``pattern`` through a dilation fold
     (``_folded_run``: every group addressed in place, no copies) on ``backend`` and ``device``,
     unless the Triton backend declines the call's tensors."""
-    if not (DILATION_FOLD_IN_KERNEL and _wants_triton(backend, device)
-            and dilation_groups(pattern.grid, pattern.dilation) is not None):
-        return False
-    sub_pattern, _order, _key = _group_plan(pattern.grid, pattern.kernel, pattern.dilation, pattern.stride,
-                                            pattern.causal, device.type)
-    return isinstance(sub_pattern, Permuted)
+    return _fold_plan(pattern, backend, device) is not None
 
 
 def _folded_run(q, k, v, pattern: Neighborhood, na_dim: int, backend: str, scale, return_lse: bool):
     """``(o, lse)`` (grid-shaped, lse None unless ``return_lse``) of a dilated ``pattern`` whose
     dilations divide the grid, run by the Triton kernels on the whole grid in its row-major
-    order, every dilation group at once (``DilationFold``); None when the call does not go to
-    the Triton backend, the groups' sub-grid has no tiled order, or the backend declines."""
-    if not (DILATION_FOLD_IN_KERNEL and _wants_triton(backend, q.device)):
+    order, every dilation group at once (``DilationFold``); None when the fold does not take it
+    (``_fold_plan``) or the backend declines."""
+    fold_plan = _fold_plan(pattern, backend, q.device)
+    if fold_plan is None:
         return None
+    sub_pattern, key = fold_plan
     grid = pattern.grid
-    sub_pattern, _order, key = _group_plan(grid, pattern.kernel, pattern.dilation, pattern.stride,
-                                           pattern.causal, q.device.type)
-    if not isinstance(sub_pattern, Permuted):
-        return None
     batch, n = q.shape[0], math.prod(grid)
     flat = [t.reshape(batch, n, *t.shape[1 + na_dim:]) for t in (q, k, v)]
     signature = _fold_signature(flat, key, pattern.dilation, backend, scale, return_lse)
