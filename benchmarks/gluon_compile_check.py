@@ -1,12 +1,13 @@
 """Compile the Gluon tiled-neighborhood kernels (``tessera.kernels.gluon.na_forward``, ``na_dq``, ``na_dkdv``)
 for Hopper (sm_90) without a GPU, on the N-D suite's shapes, and print shared memory, registers and spills.
 
-    python benchmarks/gluon_compile_check.py [--kernel fwd|boxes|dq|dq-boxes|dkdv|dkdv-boxes] [--num-buffers 3] [--dim 128] [--no-overlap]
+    python benchmarks/gluon_compile_check.py [--kernel fwd|boxes|dq|dq-boxes|dkdv|dkdv-boxes] [--num-buffers 3] [--dim 128] [--heads 16] [--no-overlap]
         [--specialized] [--v-buffers N]
         [--max-registers N] [--block-m 64|128] [--lazy-rescale 8] [--defer-pv] [--cases NAME ...] [--loops] [--dump FILE] [--ptx FILE]
 
-The call runs on small CPU stand-ins up to the launch, which is captured instead of executed;
-tensors become 16-byte aligned pointers, descriptors their block type with shared layout.
+The call runs on CPU stand-ins of the suite's tensors (B = 1, ``--heads``) up to the launch, which
+is captured instead of executed and compiled as the GPU would compile it
+(``hopper_compile.as_launched``: Triton's own binder, every argument specialization included).
 """
 
 from __future__ import annotations
@@ -14,12 +15,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.experimental.gluon import _runtime
-from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from tessera.bench.hopper_compile import resources, sass, sass_loops
+from tessera.bench.hopper_compile import as_launched, resources, sass, sass_loops
 from tessera.kernels.gluon import na_dkdv, na_dkdv_boxes, na_dq
 from tessera.kernels.gluon import na_forward as gluon_forward
 from tessera.kernels.gluon import na_dq_boxes, na_forward_boxes
@@ -29,8 +26,6 @@ from tessera.natten import _auto_layout, _group_plan
 from tessera.patterns import Neighborhood, Permuted
 from tessera.patterns.layout import GridLayout
 
-_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int32: "i32",
-           torch.int64: "i64", torch.uint8: "u8", torch.int8: "i8"}
 CASES = {
     "na2d 128x128 k17": ((128, 128), (17, 17), 1),
     "na3d 16x48x48 k5x13x13": ((16, 48, 48), (5, 13, 13), 1),
@@ -40,29 +35,6 @@ CASES = {
 }
 
 
-def _signature(fn, args, kwargs):
-    """GluonASTSource arguments of one captured launch."""
-    signature, constexprs = {}, {}
-    values = dict(zip(fn.arg_names, args))
-    values.update(kwargs)
-    options = {k: v for k, v in kwargs.items() if k not in fn.arg_names or k == "num_warps"}
-    for i, (name, param) in enumerate(zip(fn.arg_names, fn.params)):
-        value = values[name]
-        if param.is_constexpr:
-            signature[name] = "constexpr"
-            constexprs[(i,)] = value
-        elif isinstance(value, TensorDescriptor):
-            block = ",".join(str(b) for b in value.block_shape)
-            signature[name] = f"tensordesc<{_DTYPES[value.base.dtype]}[{block}],{value.layout!r}>"
-        elif isinstance(value, torch.Tensor):
-            signature[name] = "*" + _DTYPES[value.dtype]
-        elif isinstance(value, float):
-            signature[name] = "fp32"
-        else:
-            signature[name] = "i32"
-    return signature, constexprs, options
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernel", choices=("fwd", "boxes", "dq", "dq-boxes", "dkdv", "dkdv-boxes"), default="fwd",
@@ -70,6 +42,7 @@ def main() -> None:
                              "na_dkdv (--num-buffers: its q/dO slots) or na_dkdv_boxes")
     parser.add_argument("--num-buffers", type=int, default=3)
     parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--heads", type=int, default=16, help="query heads (the suite's 16)")
     parser.add_argument("--no-overlap", action="store_true")
     parser.add_argument("--specialized", action="store_true", help="a producer warp fills the ring")
     parser.add_argument("--v-buffers", type=int, default=None, help="V ring slots (--no-overlap)")
@@ -105,7 +78,7 @@ def main() -> None:
             layout = _auto_layout(rule.grid, rule.kernel, rule.dilation, rule.stride, rule.causal)
             pattern = Permuted(rule, layout if isinstance(layout, GridLayout) else GridLayout(rule.grid, layout))
             plan = masks.get_plan(pattern, seq, seq, args.block_m, args.block_n, 2, cpu)
-        q, k, v = (torch.empty(1, seq, 2, args.dim, dtype=torch.bfloat16) for _ in range(3))
+        q, k, v = (torch.empty(1, seq, args.heads, args.dim, dtype=torch.bfloat16) for _ in range(3))
         captured = []
         jit_fn = {"dkdv": na_dkdv._na_dkdv, "dq": na_dq._na_dq,
                   "boxes": na_forward_boxes._na_fwd_boxes,
@@ -115,20 +88,20 @@ def main() -> None:
         type(jit_fn).__getitem__ = lambda fn, launch_grid: (lambda *a, **kw: captured.append((a, kw)))
         try:
             if args.kernel == "dkdv":
-                stats = torch.empty(1, 2, seq, dtype=torch.float32)
+                stats = torch.empty(1, args.heads, seq, dtype=torch.float32)
                 na_dkdv.na_dkdv(q, k, v, torch.empty_like(q), stats, stats, plan,
                                 scale=args.dim ** -0.5, num_buffers=args.num_buffers,
                                 max_registers=args.max_registers)
             elif args.kernel == "dkdv-boxes":
-                stats = torch.empty(1, 2, seq, dtype=torch.float32)
+                stats = torch.empty(1, args.heads, seq, dtype=torch.float32)
                 na_dkdv_boxes.na_dkdv_boxes(q, k, v, torch.empty_like(q), stats, stats, plan,
                                             scale=args.dim ** -0.5, max_registers=args.max_registers)
             elif args.kernel == "dq-boxes":
-                stats = torch.empty(1, 2, seq, dtype=torch.float32)
+                stats = torch.empty(1, args.heads, seq, dtype=torch.float32)
                 na_dq_boxes.na_dq_boxes(q, k, v, torch.empty_like(q), stats, stats, plan,
                                         scale=args.dim ** -0.5, max_registers=args.max_registers)
             elif args.kernel == "dq":
-                stats = torch.empty(1, 2, seq, dtype=torch.float32)
+                stats = torch.empty(1, args.heads, seq, dtype=torch.float32)
                 na_dq.na_dq(q, k, v, torch.empty_like(q), stats, stats, plan, scale=args.dim ** -0.5,
                             num_buffers=args.num_buffers, v_buffers=args.v_buffers or 1,
                             max_registers=args.max_registers)
@@ -146,9 +119,7 @@ def main() -> None:
         finally:
             type(jit_fn).__getitem__ = original
         (launch_args, launch_kwargs), = captured
-        signature, constexprs, options = _signature(jit_fn, launch_args, launch_kwargs)
-        source = _runtime.GluonASTSource(jit_fn, signature, constexprs)
-        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+        compiled = as_launched(jit_fn, launch_args, launch_kwargs)
         regs, stack = resources(compiled)
         variant = (f"overlap={not args.no_overlap} specialized={args.specialized} "
                    f"v_buffers={args.v_buffers} max_registers={args.max_registers} "

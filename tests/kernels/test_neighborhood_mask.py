@@ -145,6 +145,13 @@ def test_compile_time_switches():
     assert masks.neighborhood_switches(plain, exact=True) == 1 << 5 | 1 << 22 | 1 << 24
     assert not masks.build_plan(Neighborhood(200, 7), 200, 200, 64, 64, 1, CPU).na_static & 1 << 22
     assert masks.build_plan(None, 64, 64, 32, 32, 1, CPU).na_static == 0
+    # Windows clamp at a padded grid's extent only where the plan says so (NA_PADDED).
+    padded = _tiled(PaddedNeighborhood((8, 16), (7, 13), (3, 5)), (8, 8))
+    assert masks.neighborhood_switches(masks.neighborhood_params(padded, 64, 64)) & masks.NA_PADDED_BIT
+    assert masks.NA_PADDED_BIT == na_mask.NA_PADDED.value
+    assert not switches & masks.NA_PADDED_BIT
+    assert not masks.neighborhood_switches(masks.neighborhood_params(_tiled(
+        PaddedNeighborhood((8, 16), (8, 16), (3, 5)), (8, 8)), 64, 64)) & masks.NA_PADDED_BIT
 
 
 def test_field_order_matches_the_kernel_constants():

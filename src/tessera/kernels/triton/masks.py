@@ -56,6 +56,7 @@ NA_FIELD_NAMES = ("grid", "tile", "tiles", "kernel", "dilation", "stride", "caus
 # 2 ** RECIP_BITS / tiles.
 RECIP_BITS = 30
 NA_RECIP_BIT = 1 << 24      # na_mask.NA_RECIP_FIELD
+NA_PADDED_BIT = 1 << 28     # na_mask.NA_PADDED
 
 # Band ends beyond this are unbounded for any sequence a kernel can index (int32 arguments).
 BAND_LIMIT = 1 << 30
@@ -485,7 +486,8 @@ def neighborhood_switches(params: list[int], exact: bool = False) -> int:
     two, their log2 in 5-bit fields from bit 7 (axis 2, then 1, then 0), plus bit 22 when
     ``exact``: every query and key tile of the plan lies inside the sequence (the block sizes
     divide the lengths), so the mask needs no bounds compare, plus bit 24 (``NA_RECIP_BIT``) when
-    the ``recip`` field holds reciprocals (tile indices divide by products)."""
+    the ``recip`` field holds reciprocals (tile indices divide by products), plus bit 28
+    (``NA_PADDED_BIT``) when the ``extent`` is smaller than the grid on some axis."""
     field = {name: params[3 * i:3 * i + 3] for i, name in enumerate(NA_FIELD_NAMES)}
     aligned_q, aligned_k, dilated = params[3 * len(NA_FIELD_NAMES):]
     axes = 3
@@ -496,7 +498,8 @@ def neighborhood_switches(params: list[int], exact: bool = False) -> int:
         shifts = sum(sh << (7 + 5 * (2 - axis)) for axis, sh in enumerate(field["shift"]))
     return (aligned_q | aligned_k << 1 | dilated << 2 | any(s > 1 for s in field["stride"]) << 3
             | any(c != 0 for c in field["causal"]) << 4 | axes << 5 | shifts | int(exact) << 22
-            | (NA_RECIP_BIT if all(field["recip"]) else 0))
+            | (NA_RECIP_BIT if all(field["recip"]) else 0)
+            | (NA_PADDED_BIT if field["extent"] != field["grid"] else 0))
 
 
 def _pack_bits(allowed: torch.Tensor) -> torch.Tensor:
