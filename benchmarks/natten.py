@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from tessera.bench.attention import GRAPH_SUFFIX, natten_cases, run_case, tiled_problem
+from tessera.bench.attention import GRAPH_SUFFIX, dense_share, natten_cases, run_case, tiled_problem
 from tessera.bench.timing import warm_up_gpu
 from tessera.bench.report import print_table, results_path, write_results
 from tessera.kernels.gluon import key_boxes
@@ -71,14 +71,12 @@ def speedup_notes(cases, records: list[dict]) -> list[str]:
         tiled, groups = tiled_problem(case, torch.device("cpu"))
         seq = tiled.layout.size
         block_m, block_n = forward_tiles(tiled, seq, seq, case.heads, case.head_dim)
-        # Over the dense attention of the whole sequence: each dilation group's dense attention
-        # is 1 / groups of it; a padded grid's (seq > case.seq) is (seq / case.seq) ** 2 times it.
-        dense_share = case.seq ** 2 / (groups * seq ** 2)
-        predicted = groups * dense_share * predicted_speedup(tiled, seq, seq, block_m, block_n)
+        share = dense_share(case, groups, seq)
+        predicted = share * predicted_speedup(tiled, seq, seq, block_m, block_n)
         parts = [f"{case.name}: ideal {ideal:.1f}x, predicted {predicted:.1f}x ({block_m}x{block_n} tiles)"]
         on_boxes = _boxes_prediction(tiled, seq, groups)
         if on_boxes is not None:
-            parts[0] += f", {on_boxes[0] * dense_share:.1f}x on key boxes ({on_boxes[1]} query tiles)"
+            parts[0] += f", {on_boxes[0] * share:.1f}x on key boxes ({on_boxes[1]} query tiles)"
         for direction in ("fwd", "fwd+bwd"):
             ours = _ms(records, case.name, "tessera", direction)
             dense = _own_dense_ms(records, case.seq, case.head_dim, direction)

@@ -51,3 +51,20 @@ def test_vision_cases_build():
             case.pattern(torch.device("cpu")).check_lengths(case.seq, case.seq, case.heads)
     baselines = {(c.seq, c.batch, c.heads, c.head_dim) for c in cases if c.name.startswith("dense baseline")}
     assert {(c.seq, c.batch, c.heads, c.head_dim) for c in cases} == baselines
+
+
+@pytest.mark.parametrize("name", ["2-D 128x128 k17", "2-D 128x128 k17 dil2", "2-D 100x100 k17 padded"])
+def test_tile_map_speedup_scaled_to_the_whole_problem_counts_its_tiles(name):
+    from tessera.bench.attention import dense_share, natten_cases, tiled_problem
+    from tessera.patterns import predicted_speedup
+    from tessera.patterns.neighborhood import PARTIAL_COST
+    case = next(c for c in natten_cases() if c.name == name)
+    tiled, groups = tiled_problem(case, torch.device("cpu"))
+    seq = tiled.layout.size
+    tiles = tiled.tile_map(seq, seq, 64, 64, 1)
+    listed, full = int(tiles.kv_count.sum()), int(tiles.kv_full.sum())
+    # Every group runs the same tile map; the whole problem's dense attention has
+    # (case.seq / 64) ** 2 tile pairs (fractional where 64 does not divide it).
+    whole = (case.seq / 64) ** 2 / (groups * (full + PARTIAL_COST * (listed - full)))
+    got = dense_share(case, groups, seq) * predicted_speedup(tiled, seq, seq, 64, 64)
+    assert got == pytest.approx(whole, rel=1e-12)

@@ -317,6 +317,14 @@ def tiled_problem(case: Case, device: torch.device):
     return plan.grid_order, 1
 
 
+def dense_share(case: Case, groups: int, seq: int) -> float:
+    """The whole problem's dense attention (``case.seq ** 2`` pairs) over the dense attention of
+    ``groups`` runs of ``seq`` tokens each (``tiled_problem``'s pattern): ``groups`` for dilation
+    groups (each a ``1 / groups ** 2`` share), below 1 for a grid padded up to ``seq`` tokens. A
+    tile-map speedup over ``seq`` tokens times this is the speedup over the whole problem's dense."""
+    return case.seq ** 2 / (groups * seq ** 2)
+
+
 def _sdpa_fn(case, pattern, inp, which):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.functional import scaled_dot_product_attention as sdpa
