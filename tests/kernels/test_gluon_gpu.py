@@ -823,6 +823,23 @@ def _padded_plan(grid, kernel, stride, causal, layout):
     return call_plan, masks.get_plan(call_plan.grid_order, size, size, 64, 64, 2, torch.device("cpu"))
 
 
+@pytest.mark.parametrize("dim, capped", [(128, True), (64, False)])
+def test_padded_masked_forward_takes_the_register_cap_at_head_dim_128(monkeypatch, dim, capped):
+    """The suite's padded 2-D plan (``na_mask.NA_PADDED``) on the masked Gluon forward gets
+    ``PADDED_MAX_REGISTERS`` at D = 128 only; the unpadded 128 x 128 plan never does."""
+    from tessera.kernels.triton import forward_route
+    monkeypatch.setattr(forward_route, "on_hopper", lambda t: True)
+    _call_plan, plan = _padded_plan((100, 100), (17, 17), 1, False, "auto")
+    q = torch.empty(1, plan.q_len, 2, dim, dtype=torch.bfloat16)
+    want = dict(forward_route.GLUON_MASKED)
+    if capped:
+        want["max_registers"] = forward_route.PADDED_MAX_REGISTERS
+    assert forward_route.gluon_variant(q, q, q, plan) == want
+    plain = _plan((128, 128), (17, 17), 2, torch.device("cpu"))
+    q = torch.empty(1, 128 * 128, 2, dim, dtype=torch.bfloat16)
+    assert forward_route.gluon_variant(q, q, q, plain) == forward_route.GLUON_MASKED
+
+
 @pytest.mark.parametrize("op, grid, kernel, stride, causal, layout, dim, forward, backward", PADDED_CASES)
 def test_padded_grid_routes_as_on_hopper(monkeypatch, op, grid, kernel, stride, causal, layout, dim, forward,
                                          backward):

@@ -47,7 +47,7 @@ from typing import Optional
 import torch
 
 from .flash_fwd import _major_capability, grid_box
-from .masks import MASK_NEIGHBORHOOD
+from .masks import MASK_NEIGHBORHOOD, NA_PADDED_BIT
 
 # Off: every forward runs the Triton kernel (for A/B timing, ``tessera.bench.switches``).
 GLUON_ENABLED = True
@@ -79,6 +79,12 @@ MIN_PARTIAL_D64 = 0.5
 # suite case, 27.4 against 35.6, does; 2-D kernel 17, 8.7 against 9, does not.
 BOXES_MAX_COST = 0.9
 GLUON_BOXES = {"boxes": True, "lazy_rescale": 8.0}
+# Masked plans over a padded grid (``na_mask.NA_PADDED``: windows clamp at the extent) at
+# D = 128 compile to 175 registers, two programs per SM; capped at 168 (no spills, three
+# programs) the 2-D kernel-17 forward over 100 x 100 ran 0.153 -> 0.130 ms on an H200 (do_bench
+# medians, ``results/logs/2026-12-03-h200-s31-5-padded-register-cap.log``). Unpadded plans take
+# 149 uncapped and lose 1-2% under the cap (ptxas then takes all 168), so only padded ones get it.
+PADDED_MAX_REGISTERS = 168
 
 
 def on_hopper(t: torch.Tensor) -> bool:
@@ -126,6 +132,8 @@ def gluon_variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan,
             return None
         if BOXES_ENABLED and fold is None and cheaper_on_boxes(plan):
             return dict(GLUON_BOXES)
+        if q.shape[3] == 128 and plan.na_static & NA_PADDED_BIT:
+            return dict(GLUON_MASKED, max_registers=PADDED_MAX_REGISTERS)
         return dict(GLUON_MASKED)
     if q.shape[3] == 128 and fold is None and grid_box(plan, 128) is not None:
         return dict(GLUON_FULL_128)
