@@ -19,7 +19,8 @@ import triton.language as tl
 # per kernel tile and in-tile coordinates are shifts and masks; NA_DILATED when some dilation > 1.
 # NA_RECIP: fixed-point reciprocals of the tile counts (masks._tile_recips; 0 where not exact).
 # NA_EXTENT: the part of the grid whose borders clamp the windows (the grid, or a smaller extent
-# at its origin when the grid is padded up to whole tiles: PaddedNeighborhood); NA_GRID addresses.
+# at its origin when the grid is padded up to whole tiles: PaddedNeighborhood; read only under
+# NA_PADDED); NA_GRID addresses.
 NA_GRID = tl.constexpr(0)
 NA_TILE = tl.constexpr(1)
 NA_TILES = tl.constexpr(2)
