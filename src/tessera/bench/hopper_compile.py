@@ -6,16 +6,21 @@ launches once, with its constexprs, argument types and launch options, and ``res
 registers and spills from the result.
 Used by ``benchmarks/compile_check.py``, ``benchmarks/linear_compile_check.py`` and the linear
 kernels' compile test. ``as_launched`` compiles one launch through Triton's own argument binder
-instead (every specialization a GPU launch makes; the Gluon kernels' compile check and test).
+instead (every specialization a GPU launch makes); ``routed_as_on_hopper`` records the launches a
+tessera call makes on a Hopper GPU, and ``programs_per_sm`` reads the occupancy of a compiled
+kernel (the Gluon kernels' compile check and test).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import re
 import subprocess
 import tempfile
 from collections import Counter
+from unittest import mock
 
 import torch
 import triton
@@ -143,6 +148,42 @@ def as_launched(fn: JITFunction, args: tuple, kwargs: dict):
         return fn.run(*args, grid=(1,), warmup=True, **kwargs)
     finally:
         driver.set_active(previous)
+
+
+@contextlib.contextmanager
+def routed_as_on_hopper():
+    """Context in which tessera's Triton backend takes CPU tensors as a Hopper GPU's: the routes
+    see sm_90 (``forward_route.on_hopper``), calls get the GPU's tile configs, and every launch
+    through a ``launcher.Launcher`` is appended to the yielded list as ``(jit function, args,
+    kwargs)`` instead of running (outputs are garbage). With ``as_launched`` it gives the kernels a
+    call runs on the GPU, as the GPU compiles them."""
+    from ..kernels.triton import backend, forward_route, launcher
+    launches = []
+    configs = backend._configs
+
+    def gpu_configs(spec, q, k, v):
+        return configs(dataclasses.replace(spec, interpret=False), q, k, v)
+
+    def record(self, grid, stream, args, kwargs):
+        launches.append((self.kernel, args, kwargs))
+
+    with mock.patch.object(launcher.Launcher, "_launch", record), \
+            mock.patch.object(backend, "INTERPRETED", True), \
+            mock.patch.object(backend, "_configs", gpu_configs), \
+            mock.patch.object(forward_route, "on_hopper", lambda t: True):
+        yield launches
+
+
+def programs_per_sm(kernel) -> int:
+    """How many programs of the compiled ``kernel`` an H100 / H200 SM holds at once: the least of
+    its registers (65,536 per SM, allocated per warp in 256s), shared memory (228 KB per SM, 1 KB
+    reserved per program) and threads (2,048 per SM)."""
+    registers, _stack = resources(kernel)
+    warps = kernel.metadata.num_warps
+    per_warp = -(-registers * 32 // 256) * 256
+    by_registers = 65536 // (per_warp * warps)
+    by_shared = 228 * 1024 // (kernel.metadata.shared + 1024)
+    return min(by_registers, by_shared, 2048 // (32 * warps))
 
 
 def _cubin_tool(tool: str, kernel, *flags: str) -> str:
