@@ -1,16 +1,25 @@
 """Shared test setup: seeding, NaN-poisoned scratch tensors, skipping of ``gpu`` / ``slow`` tests
 (markers are declared in pyproject.toml), and runs of a module's cases under the Triton
-interpreter in a fresh process."""
+interpreter in fresh processes that share the cases."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
+import tempfile
+import time
 import zlib
 
 import pytest
 import torch
+
+
+# Set in the workers of ``assert_passes_interpreted``: a directory where each case is claimed by
+# the first worker to reach it, and the worker's direction through the cases.
+CLAIMS = os.environ.get("TESSERA_CASE_CLAIMS")
+REVERSED = os.environ.get("TESSERA_CASES_REVERSED") == "1"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -23,6 +32,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
         if "slow" in item.keywords and not run_slow:
             item.add_marker(skip_slow)
+    if CLAIMS and REVERSED:
+        items.reverse()
 
 
 @pytest.fixture(autouse=True)
@@ -97,14 +108,56 @@ def assert_error_rule(names, got, same, want, dtype, forward=("o", "lse")) -> No
             f"{name}: kernel {err:.3g} vs reference {err_same:.3g}"
 
 
-def assert_passes_interpreted(path: str, *pytest_args: str, timeout: float) -> None:
-    """Run the cases of the test module ``path`` (``pytest_args``: e.g. ``"-k", EXPR``) in a fresh
-    Python process with ``TRITON_INTERPRET=1`` and assert that they pass. Triton picks interpreted
-    or compiled kernels when it is imported, so the variable must be set before the import."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    run = subprocess.run([sys.executable, "-m", "pytest", path, "-q", "-x", "-p", "no:cacheprovider", *pytest_args],
-                         env=env, capture_output=True, text=True, timeout=timeout)
-    assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]
+def pytest_collection_finish(session):
+    if CLAIMS:
+        with open(os.path.join(CLAIMS, f"collected-{int(REVERSED)}"), "w") as f:
+            f.write(str(len(session.items)))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    """In a worker of ``assert_passes_interpreted``: run the case only if this worker claims it
+    first (the claim is a file made exclusively); the other worker runs the rest."""
+    if not CLAIMS:
+        return None
+    name = hashlib.sha1(item.nodeid.encode()).hexdigest()
+    try:
+        os.close(os.open(os.path.join(CLAIMS, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return True
+    return None
+
+
+def assert_passes_interpreted(path: str, *pytest_args: str, timeout: float, workers: int = 2) -> None:
+    """Run the cases of the test module ``path`` (``pytest_args``: e.g. ``"-k", EXPR``) with
+    ``TRITON_INTERPRET=1`` in fresh Python processes and assert that they pass. Triton picks
+    interpreted or compiled kernels when it is imported, so the variable must be set before the
+    import. ``workers`` (1 or 2) processes share the cases: one walks them in order, the other
+    from the end, and each runs the cases it reaches first, so both cores stay busy to the end
+    whatever the cases cost; every collected case runs exactly once."""
+    assert workers in (1, 2), workers
+    with tempfile.TemporaryDirectory() as claims:
+        runs = []
+        for worker in range(workers):
+            env = dict(os.environ, TRITON_INTERPRET="1")
+            if workers > 1:
+                env.update(TESSERA_CASE_CLAIMS=claims, TESSERA_CASES_REVERSED=str(worker))
+            runs.append(subprocess.Popen([sys.executable, "-m", "pytest", path, "-q", "-x",
+                                          "-p", "no:cacheprovider", *pytest_args], env=env,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        deadline = time.monotonic() + timeout
+        try:
+            outputs = [run.communicate(timeout=max(deadline - time.monotonic(), 1)) for run in runs]
+        except subprocess.TimeoutExpired:
+            for run in runs:
+                run.kill()
+            raise
+        for run, (stdout, stderr) in zip(runs, outputs):
+            assert run.returncode == 0, stdout[-8000:] + stderr[-2000:]
+        if workers > 1:
+            collected = {open(os.path.join(claims, f"collected-{w}")).read() for w in range(workers)}
+            claimed = len([f for f in os.listdir(claims) if not f.startswith("collected-")])
+            assert collected == {str(claimed)}, (collected, claimed)
 
 
 def step_outputs(fn, q, k, v, do, **kwargs) -> list:
