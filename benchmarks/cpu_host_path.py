@@ -4,8 +4,9 @@ out, on CPU tensors: the part of the host path this machine can measure without 
     OMP_NUM_THREADS=1 python benchmarks/cpu_host_path.py [--profile] [--dim 64] [--hopper]
         [--case 2-d|blocked|padded|swin|shifted-swin|maxvit-grid]
 
-Kernel launches (``Launcher._launch``) do nothing, the backend takes CPU tensors as if interpreted
-(``backend.INTERPRETED``: interpreter tile configs, no TMA descriptors), so the numbers leave out
+Kernel launches (``Launcher._launch``) do nothing (``hopper_compile.stubbed_launches``), the
+backend takes CPU tensors as if interpreted (``backend.INTERPRETED``: interpreter tile configs, no
+TMA descriptors), so the numbers leave out
 launch costs, CUDA allocations, streams and descriptor building; outputs are garbage. Cases: 2-D
 128 x 128, 17 x 17, tiled 8 x 8 (default), 3-D 16 x 48 x 48 blocked 4 x 8 x 8, or 2-D 100 x 100 padded to 104 x 104; bf16, H = 16,
 D = 128 (or --dim); ``swin``: ``tessera.attention`` with 8 x 8 Swin windows over 64 x 64 tokens,
@@ -22,16 +23,13 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import dataclasses
 import pstats
 import time
 
 import torch
 
-import tessera.kernels.triton.backend as backend
-import tessera.kernels.triton.launcher as launcher
-from tessera.kernels.triton import forward_route
 import tessera.natten as natten
+from tessera.bench.hopper_compile import stubbed_launches
 from tessera.natten import _auto_layout, na2d, na3d
 
 
@@ -44,13 +42,12 @@ def main() -> None:
     parser.add_argument("--hopper", action="store_true",
                         help="GPU tile configs, and the Gluon routes as on a Hopper GPU")
     args = parser.parse_args()
-    launcher.Launcher._launch = lambda self, grid, stream, launch_args, kwargs: None
-    backend.INTERPRETED = True
-    if args.hopper:
-        configs = backend._configs
-        backend._configs = lambda spec, q, k, v: configs(dataclasses.replace(spec, interpret=False),
-                                                         q, k, v)
-        forward_route.on_hopper = lambda t: True
+    with stubbed_launches(as_hopper=args.hopper, record=False):
+        time_calls(args)
+
+
+def time_calls(args) -> None:
+    """Prints the host time per forward and per fwd+bwd step of ``args.case`` (launches stubbed)."""
     if args.case == "2-d":
         shape, attend = (1, 128, 128, 16, args.dim), lambda: na2d(q, k, v, 17, layout=(8, 8),
                                                                   backend="triton")

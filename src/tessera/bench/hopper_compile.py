@@ -8,7 +8,8 @@ Used by ``benchmarks/compile_check.py``, ``benchmarks/linear_compile_check.py`` 
 kernels' compile test. ``as_launched`` compiles one launch through Triton's own argument binder
 instead (every specialization a GPU launch makes); ``routed_as_on_hopper`` records the launches a
 tessera call makes on a Hopper GPU, and ``programs_per_sm`` reads the occupancy of a compiled
-kernel (the Gluon kernels' compile check and test).
+kernel (the Gluon kernels' compile check and test). ``stubbed_launches``, under it, also stubs
+the launches of ``benchmarks/cpu_host_path.py``.
 """
 
 from __future__ import annotations
@@ -151,12 +152,14 @@ def as_launched(fn: JITFunction, args: tuple, kwargs: dict):
 
 
 @contextlib.contextmanager
-def routed_as_on_hopper():
-    """Context in which tessera's Triton backend takes CPU tensors as a Hopper GPU's: the routes
-    see sm_90 (``forward_route.on_hopper``), calls get the GPU's tile configs, and every launch
+def stubbed_launches(as_hopper: bool = True, record: bool = True):
+    """Context in which tessera's Triton backend takes CPU tensors and runs nothing: every launch
     through a ``launcher.Launcher`` is appended to the yielded list as ``(jit function, args,
-    kwargs)`` instead of running (outputs are garbage). With ``as_launched`` it gives the kernels a
-    call runs on the GPU, as the GPU compiles them."""
+    kwargs)`` (dropped when not ``record``, so host timings keep no tensors alive) and outputs are
+    garbage. The backend takes the tensors as interpreted (``backend.INTERPRETED``: no TMA
+    descriptors) unless ``as_hopper``: then the routes see sm_90 (``forward_route.on_hopper``) and
+    calls get the GPU's tile configs, so the Gluon paths run up to their launches, descriptors
+    included."""
     from ..kernels.triton import backend, forward_route, launcher
     launches = []
     configs = backend._configs
@@ -164,14 +167,23 @@ def routed_as_on_hopper():
     def gpu_configs(spec, q, k, v):
         return configs(dataclasses.replace(spec, interpret=False), q, k, v)
 
-    def record(self, grid, stream, args, kwargs):
-        launches.append((self.kernel, args, kwargs))
+    def launch(self, grid, stream, args, kwargs):
+        if record:
+            launches.append((self.kernel, args, kwargs))
 
-    with mock.patch.object(launcher.Launcher, "_launch", record), \
-            mock.patch.object(backend, "INTERPRETED", True), \
-            mock.patch.object(backend, "_configs", gpu_configs), \
-            mock.patch.object(forward_route, "on_hopper", lambda t: True):
+    with contextlib.ExitStack() as patches:
+        patches.enter_context(mock.patch.object(launcher.Launcher, "_launch", launch))
+        patches.enter_context(mock.patch.object(backend, "INTERPRETED", True))
+        if as_hopper:
+            patches.enter_context(mock.patch.object(backend, "_configs", gpu_configs))
+            patches.enter_context(mock.patch.object(forward_route, "on_hopper", lambda t: True))
         yield launches
+
+
+def routed_as_on_hopper():
+    """``stubbed_launches`` as on a Hopper GPU, recording: with ``as_launched`` it gives the
+    kernels a call runs on the GPU, as the GPU compiles them."""
+    return stubbed_launches(as_hopper=True, record=True)
 
 
 def programs_per_sm(kernel) -> int:
