@@ -232,11 +232,11 @@ def test_key_boxes_scope_and_arguments_without_a_gpu():
 
 
 def _check_forward(op, grid, kernel, stride, dim, dtype, block_m, q_scale=1.0, scale=None,
-                   block_n=64, **forward_args):
-    """``na_forward(**forward_args)`` on the plan at ``block_m`` x ``block_n`` tiles (GQA, B = 2)
-    against the float64 reference: o and lse at most 2x the reference's own error in the input
-    dtype, plus a small floor. q is standard normal times ``q_scale``; ``scale`` defaults to
-    ``dim ** -0.5``."""
+                   block_n=64, forward=None, **forward_args):
+    """``forward(**forward_args)`` (default ``na_forward``) on the plan at ``block_m`` x
+    ``block_n`` tiles (GQA, B = 2) against the float64 reference: o and lse at most 2x the
+    reference's own error in the input dtype, plus a small floor. q is standard normal times
+    ``q_scale``; ``scale`` defaults to ``dim ** -0.5``."""
     from tessera.kernels.gluon import na_forward as gluon_forward
     gen = torch.Generator(device="cuda").manual_seed(0)
     batch, heads, kv_heads = 2, 4, 2
@@ -248,12 +248,60 @@ def _check_forward(op, grid, kernel, stride, dim, dtype, block_m, q_scale=1.0, s
     flat = [t.reshape(batch, seq, t.shape[-2], dim) for t in (q, k, v)]
     assert gluon_forward.supports(*flat, plan)
     scale = dim ** -0.5 if scale is None else scale
-    o, lse = gluon_forward.na_forward(*flat, plan, scale=scale, **forward_args)
+    o, lse = (forward or gluon_forward.na_forward)(*flat, plan, scale=scale, **forward_args)
     got = [o.reshape(q.shape), lse.reshape(batch, heads, *grid)]
     same = op(q, k, v, kernel, stride=stride, backend="reference", return_lse=True, scale=scale)
     want = op(*(t.double() for t in (q, k, v)), kernel, stride=stride, backend="reference",
               return_lse=True, scale=scale)
     assert_error_rule(("o", "lse"), got, same, want, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
+@pytest.mark.parametrize("buffers", [2, 4])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("op, grid, kernel, stride, dim", KERNEL_CASES)
+def test_gluon_forward_with_a_shared_key_stream_against_float64(op, grid, kernel, stride, dim, dtype,
+                                                                buffers):
+    """``na_forward_shared`` (three query tiles per program over the union of their key lists;
+    64 x 64 over 64 x 64 tiles leaves the last group one query tile)."""
+    from tessera.kernels.gluon.na_forward_shared import na_forward_shared
+    _check_forward(op, grid, kernel, stride, dim, dtype, 64, forward=na_forward_shared,
+                   num_buffers=buffers)
+
+
+def test_shared_key_lists_hold_each_listed_pair_once():
+    from tessera.kernels.gluon.na_forward_shared import QUERIES, shared_lists
+    plan = _plan((40, 48), (7, 9), 2, torch.device("cpu"))
+    count, index, bits = shared_lists(plan, torch.device("cpu"))
+    listed = set()
+    rows = plan.rows
+    for r in range(plan.n_q_tiles):
+        for tiles, width in ((rows.part_index, rows.part_count), (rows.full_index, rows.full_count)):
+            listed |= {(r, t) for t in tiles.reshape(plan.n_q_tiles, -1)[r, :width.reshape(-1)[r]].tolist()}
+    assert count.numel() == -(-plan.n_q_tiles // QUERIES)
+    held = set()
+    for g in range(count.numel()):
+        tiles = index[g, :count[g]].tolist()
+        assert tiles == sorted(set(tiles))
+        for t, mark in zip(tiles, bits[g, :count[g]].tolist()):
+            assert 0 < mark < 2 ** QUERIES
+            held |= {(g * QUERIES + w, t) for w in range(QUERIES) if mark >> w & 1}
+    assert held == listed
+
+
+def test_shared_key_stream_arguments_without_a_gpu():
+    from tessera.kernels.gluon.na_forward_shared import na_forward_shared, shared_supports
+    plan = _plan((32, 32), (7, 7), 2, torch.device("cpu"))
+    q = torch.empty(1, 1024, 2, 128, dtype=torch.bfloat16)
+    assert shared_supports(q, q, q, plan)
+    assert not shared_supports(q.float(), q.float(), q.float(), plan)
+    with pytest.raises(ValueError, match="num_buffers"):
+        na_forward_shared(q, q, q, plan, scale=0.1, num_buffers=1)
+    with pytest.raises(ValueError, match="consumer_registers"):
+        na_forward_shared(q, q, q, plan, scale=0.1, consumer_registers=170)
+    with pytest.raises(ValueError, match="scope"):
+        na_forward_shared(q.float(), q.float(), q.float(), plan, scale=0.1)
 
 
 # Head dim 32 (Swin's and DiNAT's heads) through the variants the routes take: 2-D, 3-D, blocked.
