@@ -4,7 +4,7 @@ launches compile them (``hopper_compile.routed_as_on_hopper`` and ``as_launched`
 Programs per SM decide these kernels' speed and no result shows them: the 2-D kernel-17 forward
 at D = 128 once took 175 registers for a field it did not need, two programs per SM instead of
 three, 0.185 -> 0.226 ms on an H200. Each case pins the programs per SM of every Gluon kernel
-its forward and backward launch, at D = 128 and 64 (at least the counts of today's suite runs).
+its forward and backward launch, at D = 128 and 64 (at least the counts measured on 2026-12-03).
 """
 
 import pytest
