@@ -16,13 +16,12 @@ line per (case, head dim, variant); with ``--out``, ``forward-ablation.json`` th
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
+from pathlib import Path
 
 import torch
 import triton
 
+from tessera.bench.report import write_results
 from tessera.kernels.triton import launcher
 from tessera.natten import na2d, na3d
 
@@ -77,10 +76,7 @@ def main() -> None:
                 print(f"RESULT {name} D={dim} {fn.__name__} {variant}: {ms:.4f} ms "
                       f"({ms / routed_ms:.3f} of routed)", flush=True)
     if args.out:
-        meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-                    date=datetime.date.today().isoformat())
-        with open(os.path.join(args.out, "forward-ablation.json"), "w") as f:
-            json.dump(dict(meta, records=records), f, indent=1)
+        write_results(Path(args.out) / "forward-ablation.json", torch.device("cuda"), records)
 
 
 if __name__ == "__main__":

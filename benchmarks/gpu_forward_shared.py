@@ -16,14 +16,13 @@ against the routed one's error), then each is timed (``triton.testing.do_bench``
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
+from pathlib import Path
 from unittest import mock
 
 import torch
 import triton
 
+from tessera.bench.report import write_results
 from tessera.kernels.gluon import na_forward as routed
 from tessera.kernels.gluon.na_forward_shared import na_forward_shared
 from tessera.natten import na2d
@@ -88,10 +87,7 @@ def main() -> None:
                       f"o err {errors[0]:.2e}, lse err {errors[1]:.2e}, "
                       f"{'passes' if passes else 'FAILS'} the error rule", flush=True)
     if args.out:
-        meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-                    date=datetime.date.today().isoformat())
-        with open(os.path.join(args.out, "forward-shared.json"), "w") as f:
-            json.dump(dict(meta, records=records), f, indent=1)
+        write_results(Path(args.out) / "forward-shared.json", torch.device("cuda"), records)
 
 
 if __name__ == "__main__":
