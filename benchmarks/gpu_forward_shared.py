@@ -3,7 +3,7 @@ producer warp copying the union of their key tiles once) against the routed Gluo
 (``na_forward`` as ``tessera.natten`` calls it) on the suite's 2-D kernel-17 case. GPU only.
 
     python benchmarks/gpu_forward_shared.py [--dims 128 64] [--buffers 2 3 4] [--registers 152 160]
-        [--out DIR]
+        [--membership-word 0 1] [--out DIR]
 
 For each head dim: the call's plan and tensors are captured from one ``na2d`` forward (B = 1,
 H = 16, bf16, 128 x 128, layout "auto"); both kernels' o and lse are checked against the float64
@@ -16,6 +16,7 @@ against the routed one's error), then each is timed (``triton.testing.do_bench``
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 from unittest import mock
 
@@ -54,6 +55,8 @@ def main() -> None:
     parser.add_argument("--dims", nargs="*", type=int, default=[128, 64])
     parser.add_argument("--buffers", nargs="*", type=int, default=[2, 3, 4])
     parser.add_argument("--registers", nargs="*", type=int, default=[152, 160])
+    parser.add_argument("--membership-word", nargs="*", type=int, default=[0, 1],
+                        help="1: each consumer gathers its bits once (na_forward_shared's membership_word)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     records = []
@@ -71,21 +74,22 @@ def main() -> None:
                             lse_error=routed_errors[1], passes=True))
         print(f"RESULT D={dim} routed: {routed_ms:.4f} ms, o err {routed_errors[0]:.2e}, "
               f"lse err {routed_errors[1]:.2e}", flush=True)
-        for buffers in args.buffers:
-            for registers in args.registers:
-                call = dict(scale=kwargs["scale"], num_buffers=buffers, consumer_registers=registers)
-                o, lse = na_forward_shared(q, k, v, plan, **call)
-                torch.cuda.synchronize()
-                errors = (relative_error(o, want), relative_error(lse, want_lse))
-                passes = all(e <= 2 * r + 2e-2 and e == e for e, r in zip(errors, routed_errors))
-                ms = triton.testing.do_bench(lambda: na_forward_shared(q, k, v, plan, **call),
-                                             warmup=50, rep=300, return_mode="median")
-                variant = f"shared buffers={buffers} registers={registers}"
-                records.append(dict(dim=dim, variant=variant, ms=ms, o_error=errors[0],
-                                    lse_error=errors[1], passes=passes))
-                print(f"RESULT D={dim} {variant}: {ms:.4f} ms ({routed_ms / ms:.3f}x routed), "
-                      f"o err {errors[0]:.2e}, lse err {errors[1]:.2e}, "
-                      f"{'passes' if passes else 'FAILS'} the error rule", flush=True)
+        for buffers, registers, word in itertools.product(args.buffers, args.registers,
+                                                       args.membership_word):
+            call = dict(scale=kwargs["scale"], num_buffers=buffers, consumer_registers=registers,
+                        membership_word=bool(word))
+            o, lse = na_forward_shared(q, k, v, plan, **call)
+            torch.cuda.synchronize()
+            errors = (relative_error(o, want), relative_error(lse, want_lse))
+            passes = all(e <= 2 * r + 2e-2 and e == e for e, r in zip(errors, routed_errors))
+            ms = triton.testing.do_bench(lambda: na_forward_shared(q, k, v, plan, **call),
+                                         warmup=50, rep=300, return_mode="median")
+            variant = f"shared buffers={buffers} registers={registers} word={word}"
+            records.append(dict(dim=dim, variant=variant, ms=ms, o_error=errors[0],
+                                lse_error=errors[1], passes=passes))
+            print(f"RESULT D={dim} {variant}: {ms:.4f} ms ({routed_ms / ms:.3f}x routed), "
+                  f"o err {errors[0]:.2e}, lse err {errors[1]:.2e}, "
+                  f"{'passes' if passes else 'FAILS'} the error rule", flush=True)
     if args.out:
         write_results(Path(args.out) / "forward-shared.json", torch.device("cuda"), records)
 

@@ -258,16 +258,17 @@ def _check_forward(op, grid, kernel, stride, dim, dtype, block_m, q_scale=1.0, s
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
-@pytest.mark.parametrize("buffers", [2, 4])
+@pytest.mark.parametrize("buffers, membership_word", [(2, False), (4, False), (3, True)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("op, grid, kernel, stride, dim", KERNEL_CASES)
 def test_gluon_forward_with_a_shared_key_stream_against_float64(op, grid, kernel, stride, dim, dtype,
-                                                                buffers):
+                                                                buffers, membership_word):
     """``na_forward_shared`` (three query tiles per program over the union of their key lists;
-    64 x 64 over 64 x 64 tiles leaves the last group one query tile)."""
+    64 x 64 over 64 x 64 tiles leaves the last group one query tile), its consumers' bits read per
+    entry or gathered once (``membership_word``)."""
     from tessera.kernels.gluon.na_forward_shared import na_forward_shared
     _check_forward(op, grid, kernel, stride, dim, dtype, 64, forward=na_forward_shared,
-                   num_buffers=buffers)
+                   num_buffers=buffers, membership_word=membership_word)
 
 
 def test_shared_key_lists_hold_each_listed_pair_once():

@@ -17,6 +17,10 @@ Measured (H200, bf16, 2-D 128 x 128 kernel 17, B = 1, H = 16): L2 43% busy inste
 3 or 5 ring slots (``results/tuning/2026-12-03-h200-forward-shared.json``). The three
 warpgroups move in step through the shared ring (each waits for every entry and frees it), and
 each runs the plain sequential loop (no P @ V left in flight, which the routed forward does).
+Its SASS shows a third cause: every entry waits on a global load of its membership bit before it
+can branch (``LDG`` then ``R2UR`` at the loop's top: about an L2 latency per entry, some 15% of
+a program's time). ``membership_word`` gathers a consumer's bits once before the loop; compiled
+for sm_90 without a GPU (the per-entry load is gone from the loop), not yet run on one.
 
 Scope as ``na_forward.supports`` without a dilation fold; no padded extents (``NA_PADDED``),
 no batch axis view. Host side: ``shared_lists`` builds, per group of ``QUERIES`` consecutive
@@ -54,8 +58,11 @@ def _shared_consumer(q_bufs, k_bufs, v_bufs, q_bars, kv_bars, free_bars, O_DESC,
                      WHICH: gl.constexpr, HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr,
                      BLOCK_N: gl.constexpr, NA_STATIC: gl.constexpr, NUM_BUF: gl.constexpr,
                      QUERIES: gl.constexpr, MASKED: gl.constexpr,
-                     SCALE_NONNEGATIVE: gl.constexpr, LAZY_RESCALE: gl.constexpr):
-    """Warpgroup ``WHICH``: query tile ``QUERIES * g + WHICH`` over the union stream."""
+                     SCALE_NONNEGATIVE: gl.constexpr, LAZY_RESCALE: gl.constexpr,
+                     MEMBERSHIP_WORD: gl.constexpr):
+    """Warpgroup ``WHICH``: query tile ``QUERIES * g + WHICH`` over the union stream. With
+    ``MEMBERSHIP_WORD`` its bits of the group's entries (at most 64) are gathered into one int64
+    before the loop, so no entry waits on a load of its bit."""
     dtype: gl.constexpr = q_bufs.dtype
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
@@ -77,13 +84,21 @@ def _shared_consumer(q_bufs, k_bufs, v_bufs, q_bars, kv_bars, free_bars, O_DESC,
     s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
     q_smem = q_bufs.index(WHICH)
     q_tile = q_smem.reshape([BLOCK_M, HEAD_D])
+    if MEMBERSHIP_WORD:
+        entries_layout: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
+        offs_e = gl.arange(0, 64, layout=entries_layout)
+        marks = gl.load(U_BITS + grow.to(gl.int64) * U_W + offs_e, mask=offs_e < total, other=0)
+        word = gl.sum(((marks >> WHICH) & 1).to(gl.int64) << offs_e.to(gl.int64), 0)
     if valid:
         mbarrier.wait(q_bars.index(WHICH), 0)
     for t in range(total):
         slot = t % NUM_BUF
         mbarrier.wait(kv_bars.index(slot), (t // NUM_BUF) & 1)
         entry = grow.to(gl.int64) * U_W + t
-        listed = ((gl.load(U_BITS + entry) >> WHICH) & 1) != 0
+        if MEMBERSHIP_WORD:
+            listed = ((word >> t) & 1) != 0
+        else:
+            listed = ((gl.load(U_BITS + entry) >> WHICH) & 1) != 0
         if listed & valid:
             s = warpgroup_mma(q_tile, k_bufs.index(slot).reshape([BLOCK_N, HEAD_D]).permute((1, 0)),
                               s_zero, use_acc=False, is_async=True)
@@ -124,7 +139,8 @@ def _na_fwd_shared(Q_DESC, K_DESC, V_DESC, O_DESC, LSE, U_CNT, U_IDX, U_BITS, NA
                    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NA_STATIC: gl.constexpr,
                    NUM_BUF: gl.constexpr, QUERIES: gl.constexpr, MASKED: gl.constexpr,
                    SCALE_NONNEGATIVE: gl.constexpr, LAZY_RESCALE: gl.constexpr,
-                   CONSUMER_REGISTERS: gl.constexpr, num_warps: gl.constexpr):
+                   MEMBERSHIP_WORD: gl.constexpr, CONSUMER_REGISTERS: gl.constexpr,
+                   num_warps: gl.constexpr):
     g = gl.program_id(0)
     entry_head = gl.program_id(1)
     b = entry_head // H_Q
@@ -157,15 +173,15 @@ def _na_fwd_shared(Q_DESC, K_DESC, V_DESC, O_DESC, LSE, U_CNT, U_IDX, U_BITS, NA
         (_shared_consumer, (q_bufs, k_bufs, v_bufs, q_bars, kv_bars, free_bars, O_DESC, LSE, U_IDX,
                             U_BITS, NA, grow, total, g, batch, lse_base, h, U_W, N_Q_TILES,
                             qk_scale, 0, HEAD_D, BLOCK_M, BLOCK_N, NA_STATIC, NUM_BUF, QUERIES,
-                            MASKED, SCALE_NONNEGATIVE, LAZY_RESCALE)),
+                            MASKED, SCALE_NONNEGATIVE, LAZY_RESCALE, MEMBERSHIP_WORD)),
         (_shared_consumer, (q_bufs, k_bufs, v_bufs, q_bars, kv_bars, free_bars, O_DESC, LSE, U_IDX,
                             U_BITS, NA, grow, total, g, batch, lse_base, h, U_W, N_Q_TILES,
                             qk_scale, 1, HEAD_D, BLOCK_M, BLOCK_N, NA_STATIC, NUM_BUF, QUERIES,
-                            MASKED, SCALE_NONNEGATIVE, LAZY_RESCALE)),
+                            MASKED, SCALE_NONNEGATIVE, LAZY_RESCALE, MEMBERSHIP_WORD)),
         (_shared_consumer, (q_bufs, k_bufs, v_bufs, q_bars, kv_bars, free_bars, O_DESC, LSE, U_IDX,
                             U_BITS, NA, grow, total, g, batch, lse_base, h, U_W, N_Q_TILES,
                             qk_scale, 2, HEAD_D, BLOCK_M, BLOCK_N, NA_STATIC, NUM_BUF, QUERIES,
-                            MASKED, SCALE_NONNEGATIVE, LAZY_RESCALE)),
+                            MASKED, SCALE_NONNEGATIVE, LAZY_RESCALE, MEMBERSHIP_WORD)),
         (_shared_producer, (K_DESC, V_DESC, k_bufs, v_bufs, kv_bars, free_bars, U_IDX, grow, total,
                             U_W, batch, hk, NA, NA_STATIC, HEAD_D, BLOCK_N, NUM_BUF)),
     ], [4, 4, 1], [CONSUMER_REGISTERS, CONSUMER_REGISTERS, PRODUCER_REGISTERS])
@@ -231,10 +247,13 @@ def shared_supports(q, k, v, plan) -> bool:
 
 def na_forward_shared(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale: float,
                       num_buffers: int = 3, lazy_rescale: float = 8.0,
-                      consumer_registers: int = 152) -> tuple[torch.Tensor, torch.Tensor]:
+                      consumer_registers: int = 152,
+                      membership_word: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``na_forward``'s ``(o, lse)`` with ``QUERIES`` query tiles per program sharing one stream of
     key tiles (``num_buffers`` K/V ring slots, at least 2; ``consumer_registers`` per consumer
-    thread, the producer warp at ``PRODUCER_REGISTERS``); ``shared_supports`` must hold."""
+    thread, the producer warp at ``PRODUCER_REGISTERS``; ``membership_word``: each consumer
+    gathers its bits of the group's entries once, groups of at most 64 entries);
+    ``shared_supports`` must hold."""
     if not shared_supports(q, k, v, plan):
         raise ValueError("na_forward_shared: this call is outside its scope (see shared_supports)")
     if num_buffers < 2:
@@ -247,6 +266,9 @@ def na_forward_shared(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *
     o = torch.empty_like(q)
     lse = torch.empty(batch, heads, plan_rows(plan), dtype=torch.float32, device=q.device)
     u_cnt, u_idx, u_bits = shared_lists(plan, q.device)
+    if membership_word and u_idx.shape[1] > 64:
+        raise ValueError(f"na_forward_shared: membership_word needs at most 64 key tiles per group, "
+                         f"the plan's groups list up to {u_idx.shape[1]}")
     q_box, k_box = grid_box(plan, plan.block_m), grid_box(plan, plan.block_n)
     q_desc, o_desc = (_descriptor(t, plan, q_box) for t in (q, o))
     k_desc, v_desc = (_descriptor(t, plan, k_box) for t in (k, v))
@@ -258,6 +280,7 @@ def na_forward_shared(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *
     _LAUNCH[grid](*args, HEAD_D=dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
                   NA_STATIC=plan.na_static, NUM_BUF=num_buffers, QUERIES=QUERIES,
                   MASKED=plan.mask_mode == masks.MASK_NEIGHBORHOOD, SCALE_NONNEGATIVE=scale >= 0,
-                  LAZY_RESCALE=float(lazy_rescale), CONSUMER_REGISTERS=consumer_registers,
+                  LAZY_RESCALE=float(lazy_rescale), MEMBERSHIP_WORD=membership_word,
+                  CONSUMER_REGISTERS=consumer_registers,
                   num_warps=4, maxnreg=128)
     return o, lse
