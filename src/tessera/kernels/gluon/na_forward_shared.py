@@ -18,8 +18,8 @@ Measured (H200, bf16, 2-D 128 x 128 kernel 17, B = 1, H = 16): L2 43% busy inste
 warpgroups move in step through the shared ring (each waits for every entry and frees it), and
 each runs the plain sequential loop (no P @ V left in flight, which the routed forward does).
 Its SASS shows a third cause: every entry waits on a global load of its membership bit before it
-can branch (``LDG`` then ``R2UR`` at the loop's top: about an L2 latency per entry, some 15% of
-a program's time). ``membership_word`` gathers a consumer's bits once before the loop; compiled
+can branch (``LDG`` then ``R2UR`` at the loop's top; estimated from the latency, an L2 hit per
+entry is some 15-20% of a program's time). ``membership_word`` gathers a consumer's bits once before the loop; compiled
 for sm_90 without a GPU (the per-entry load is gone from the loop), not yet run on one.
 
 Scope as ``na_forward.supports`` without a dilation fold; no padded extents (``NA_PADDED``),
