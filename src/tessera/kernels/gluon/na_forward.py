@@ -381,6 +381,24 @@ def _deferred_pv_loop(q_tile, k_bufs, v_bufs, kv_bars, v_bars, K_DESC, V_DESC, P
 
 
 @gluon.jit
+def _query_tile_start(m, NA, HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                      NA_STATIC: gl.constexpr, s_layout: gl.constexpr, o_layout: gl.constexpr):
+    """What a consumer holds before the tile loop of query tile ``m``: ``(offs_m, offs_n,
+    windows, acc, m_i, l_i, s_zero)``, the row and column offsets (in the logits' layout
+    ``s_layout``), the query windows (``na_query_windows``), the zero running output (in
+    ``o_layout``), the running max (-inf) and sum, and the zero accumulator of QK^T."""
+    rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    offs_m = gl.arange(0, BLOCK_M, layout=rows_s)
+    offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+    windows = na_query_windows(offs_m[:, None], m * BLOCK_M, NA, NA_STATIC)
+    acc = gl.zeros([BLOCK_M, HEAD_D], gl.float32, o_layout)
+    m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, rows_s)
+    l_i = gl.zeros([BLOCK_M], gl.float32, rows_s)
+    s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
+    return offs_m, offs_n, windows, acc, m_i, l_i, s_zero
+
+
+@gluon.jit
 def _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC, V_DESC, O_DESC, LSE,
               PART_IDX, FULL_IDX, NA, row, n_part, total, m, batch, lse_base, hk, q_origin, PART_W,
               FULL_W, qk_scale, HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr,
@@ -396,17 +414,10 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC,
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
                                                        instr_shape=[16, HEAD_D, 16])
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-    rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
-    cols_s: gl.constexpr = gl.SliceLayout(0, s_layout)
     rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)
 
-    offs_m = gl.arange(0, BLOCK_M, layout=rows_s)
-    offs_n = gl.arange(0, BLOCK_N, layout=cols_s)
-    windows = na_query_windows(offs_m[:, None], m * BLOCK_M, NA, NA_STATIC)
-    acc = gl.zeros([BLOCK_M, HEAD_D], gl.float32, o_layout)
-    m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, rows_s)
-    l_i = gl.zeros([BLOCK_M], gl.float32, rows_s)
-    s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
+    offs_m, offs_n, windows, acc, m_i, l_i, s_zero = _query_tile_start(
+        m, NA, HEAD_D, BLOCK_M, BLOCK_N, NA_STATIC, s_layout, o_layout)
 
     mbarrier.wait(q_bar, 0)
     q_tile = q_smem.reshape([BLOCK_M, HEAD_D])

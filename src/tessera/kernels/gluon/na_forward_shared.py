@@ -44,10 +44,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (mbarrier, tma, war
 from ..triton import masks
 from ..triton.flash_fwd import LOG2E, grid_box
 from ..triton.launcher import Launcher
-from ..triton.na_mask import na_query_windows
 from ..triton.row_addressing import bulk_copy_batch, row_tile_origin
-from .na_forward import (PRODUCER_REGISTERS, _descriptor, _issue_kv, _penalty, _store_output,
-                         _tile_softmax, batch_axis, plan_rows, supports)
+from .na_forward import (PRODUCER_REGISTERS, _descriptor, _issue_kv, _penalty, _query_tile_start,
+                         _store_output, _tile_softmax, batch_axis, plan_rows, supports)
 
 QUERIES = 3
 
@@ -69,19 +68,12 @@ def _shared_consumer(q_bufs, k_bufs, v_bufs, q_bars, kv_bars, free_bars, O_DESC,
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, HEAD_D, 16])
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-    rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
-    cols_s: gl.constexpr = gl.SliceLayout(0, s_layout)
     rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)
 
     m = g * QUERIES + WHICH
     valid = m < N_Q_TILES
-    offs_m = gl.arange(0, BLOCK_M, layout=rows_s)
-    offs_n = gl.arange(0, BLOCK_N, layout=cols_s)
-    windows = na_query_windows(offs_m[:, None], m * BLOCK_M, NA, NA_STATIC)
-    acc = gl.zeros([BLOCK_M, HEAD_D], gl.float32, o_layout)
-    m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, rows_s)
-    l_i = gl.zeros([BLOCK_M], gl.float32, rows_s)
-    s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
+    offs_m, offs_n, windows, acc, m_i, l_i, s_zero = _query_tile_start(
+        m, NA, HEAD_D, BLOCK_M, BLOCK_N, NA_STATIC, s_layout, o_layout)
     q_smem = q_bufs.index(WHICH)
     q_tile = q_smem.reshape([BLOCK_M, HEAD_D])
     if MEMBERSHIP_WORD:
