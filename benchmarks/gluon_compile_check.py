@@ -53,6 +53,8 @@ def main() -> None:
                         help="the forward's lazy_rescale threshold (with --no-overlap)")
     parser.add_argument("--defer-pv", action="store_true",
                         help="the forward's defer_pv loop (--no-overlap --num-buffers 1 --v-buffers 2)")
+    parser.add_argument("--parts-off", type=int, default=0,
+                        help="the forward's PARTS_OFF bits (timing only: 1 no softmax, 2 no copies)")
     parser.add_argument("--cases", nargs="*", default=list(CASES), help=f"of {list(CASES)}")
     parser.add_argument("--loops", action="store_true",
                         help="print each innermost loop's instruction count and commonest opcodes "
@@ -119,11 +121,14 @@ def main() -> None:
         finally:
             type(jit_fn).__getitem__ = original
         (launch_args, launch_kwargs), = captured
+        if args.parts_off:
+            launch_kwargs = {**launch_kwargs, "PARTS_OFF": args.parts_off}
         compiled = as_launched(jit_fn, launch_args, launch_kwargs)
         regs, stack = resources(compiled)
         variant = (f"overlap={not args.no_overlap} specialized={args.specialized} "
                    f"v_buffers={args.v_buffers} max_registers={args.max_registers} "
                    f"lazy_rescale={args.lazy_rescale} defer_pv={args.defer_pv} "
+                   f"parts_off={args.parts_off} "
                    if args.kernel == "fwd" else
                    f"lazy_rescale={args.lazy_rescale} max_registers={args.max_registers} "
                    if args.kernel == "boxes" else

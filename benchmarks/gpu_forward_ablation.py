@@ -8,7 +8,9 @@ B = 1, H = 16, bf16, layout "auto") runs once through ``tessera.natten`` with it
 recorded (``Launcher._launch``); that launch is then timed by itself (``triton.testing.do_bench``
 median, warmup 50, rep 300) as routed and under each variant whose switches it takes:
 ``MASKED=False`` (the neighborhood penalty left out: the same tiles and loop without the mask's
-arithmetic) and ``LAZY_RESCALE=0`` (every tile rescales the running output). The ratio of a
+arithmetic), ``LAZY_RESCALE=0`` (every tile rescales the running output), and in the deferred
+loop ``PARTS_OFF`` (``na_forward.NO_SOFTMAX``: the logits taken as weights; ``NO_COPIES``: the
+first K/V tile reused for every step; both: the products and the loop alone). The ratio of a
 variant to the routed time bounds what removing that part could gain. Prints one ``RESULT``
 line per (case, head dim, variant); with ``--out``, ``forward-ablation.json`` there.
 """
@@ -27,7 +29,9 @@ from tessera.natten import na2d, na3d
 
 CASES = {"2-d": (na2d, (128, 128), 17), "3-d": (na3d, (16, 48, 48), (5, 13, 13))}
 VARIANTS = {"routed": {}, "no mask": {"MASKED": False}, "rescale every tile": {"LAZY_RESCALE": 0.0},
-            "no mask, rescale every tile": {"MASKED": False, "LAZY_RESCALE": 0.0}}
+            "no mask, rescale every tile": {"MASKED": False, "LAZY_RESCALE": 0.0},
+            "no softmax": {"PARTS_OFF": 1}, "no copies": {"PARTS_OFF": 2},
+            "products only": {"PARTS_OFF": 3}}
 
 
 def recorded_gluon_launch(op, grid, kernel, dim):

@@ -62,6 +62,9 @@ PRODUCER_REGISTERS = gl.constexpr(24)
 # The largest ``lazy_rescale`` threshold: weights stay below 2 ** 15, inside fp16's range with
 # the headroom a 16-bit P @ V needs.
 MAX_LAZY_RESCALE = 15.0
+# ``PARTS_OFF`` bits of the deferred loop (timing only: ``benchmarks/gpu_forward_ablation.py``).
+NO_SOFTMAX = gl.constexpr(1)
+NO_COPIES = gl.constexpr(2)
 
 
 @gluon.jit
@@ -338,9 +341,13 @@ def _deferred_pv_loop(q_tile, k_bufs, v_bufs, kv_bars, v_bars, K_DESC, V_DESC, P
                       s_zero, qk_scale, HEAD_D: gl.constexpr, BLOCK_N: gl.constexpr,
                       NA_STATIC: gl.constexpr, rows_o: gl.constexpr, p_layout: gl.constexpr,
                       MASKED: gl.constexpr, SCALE_NONNEGATIVE: gl.constexpr,
-                      LAZY_RESCALE: gl.constexpr):
+                      LAZY_RESCALE: gl.constexpr, PARTS_OFF: gl.constexpr):
     """The sequential loop with one K slot and two V slots, each tile's P @ V left in flight
     until the next tile's QK^T is waited for: ``(acc, m_i, l_i)``, acc complete.
+
+    ``PARTS_OFF`` (timing only, outputs wrong; 0 as routed): ``NO_SOFTMAX`` takes the logits as
+    the weights (no mask, max, exponential or rescale), ``NO_COPIES`` copies the first tile only
+    and reuses it for every step.
 
     Step t: the penalty of tile t (the wait on tile t - 1's P @ V would otherwise leave the
     warps idle), QK^T of tile t, one wait for both products, then the copies of tile t + 1
@@ -355,27 +362,37 @@ def _deferred_pv_loop(q_tile, k_bufs, v_bufs, kv_bars, v_bars, K_DESC, V_DESC, P
     _issue_box(K_DESC, k_bufs, kv_bars, box, 0)
     _issue_box(V_DESC, v_bufs, v_bars, box, 0)
     acc = warpgroup_mma_init(acc)
+    no_softmax: gl.constexpr = (PARTS_OFF & NO_SOFTMAX) != 0
+    no_copies: gl.constexpr = (PARTS_OFF & NO_COPIES) != 0
     for t in range(total):
         nxt = _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, gl.minimum(t + 1, total - 1))
-        if MASKED:
+        if MASKED and not no_softmax:
             penalty = _penalty_at((c0, c1, c2), tile, windows, offs_n, NA, BLOCK_N, NA_STATIC)
         else:
             penalty = 0.0
-        mbarrier.wait(kv_bars.index(0), t & 1)
+        if not no_copies or t == 0:
+            mbarrier.wait(kv_bars.index(0), t & 1)
         s = warpgroup_mma(q_tile, k_bufs.index(0).reshape([BLOCK_N, HEAD_D]).permute((1, 0)),
                           s_zero, use_acc=False, is_async=True)
         s, acc = warpgroup_mma_wait(num_outstanding=0, deps=(s, acc))
         n0, n1, n2 = na_coords(nxt * 0, nxt * BLOCK_N, NA, 1, NA_STATIC)
-        if t + 1 < total:
+        if t + 1 < total and not no_copies:
             box = _box_origin(row0 + n0, n1, n2, hk, batch, NA, NA_STATIC, HEAD_D)
             _issue_box(K_DESC, k_bufs, kv_bars, box, 0)
             _issue_box(V_DESC, v_bufs, v_bars, box, (t + 1) % 2)
-        p, acc, m_i, l_i = _tile_softmax(s, penalty, m_i, l_i, acc, qk_scale, rows_o, MASKED,
-                                         SCALE_NONNEGATIVE, LAZY_RESCALE)
-        mbarrier.wait(v_bars.index(t % 2), (t // 2) & 1)
+        if no_softmax:
+            p = s
+        else:
+            p, acc, m_i, l_i = _tile_softmax(s, penalty, m_i, l_i, acc, qk_scale, rows_o, MASKED,
+                                             SCALE_NONNEGATIVE, LAZY_RESCALE)
+        v_slot = 0 if no_copies else t % 2
+        if not no_copies or t == 0:
+            mbarrier.wait(v_bars.index(v_slot), (t // 2) & 1)
         acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout),
-                            v_bufs.index(t % 2).reshape([BLOCK_N, HEAD_D]), acc, is_async=True)
+                            v_bufs.index(v_slot).reshape([BLOCK_N, HEAD_D]), acc, is_async=True)
         tile, c0, c1, c2 = nxt, n0, n1, n2
+    if no_softmax:
+        l_i = l_i + 1.0
     acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
     return acc, m_i, l_i
 
@@ -405,7 +422,7 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC,
               BLOCK_N: gl.constexpr, NA_STATIC: gl.constexpr, NUM_BUF: gl.constexpr,
               V_BUF: gl.constexpr, OVERLAP: gl.constexpr, MASKED: gl.constexpr,
               SPECIALIZED: gl.constexpr, LAZY_RESCALE: gl.constexpr, DEFER_PV: gl.constexpr,
-              SCALE_NONNEGATIVE: gl.constexpr, WARPS: gl.constexpr):
+              SCALE_NONNEGATIVE: gl.constexpr, PARTS_OFF: gl.constexpr, WARPS: gl.constexpr):
     """The warpgroup that computes: QK^T, softmax and P @ V over the listed key tiles, then o
     (through q's buffer, by a bulk store) and lse."""
     dtype: gl.constexpr = q_smem.dtype
@@ -465,7 +482,7 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC,
                                           PART_IDX, FULL_IDX, NA, row, n_part, total, batch, hk, PART_W,
                                           FULL_W, windows, offs_n, acc, m_i, l_i, s_zero, qk_scale,
                                           HEAD_D, BLOCK_N, NA_STATIC, rows_o, p_layout, MASKED,
-                                          SCALE_NONNEGATIVE, LAZY_RESCALE)
+                                          SCALE_NONNEGATIVE, LAZY_RESCALE, PARTS_OFF)
     else:
         # K tiles in a ring of NUM_BUF slots under kv_bars, V tiles in one of V_BUF under v_bars:
         # tile t + NUM_BUF - 1 of k and t + V_BUF - 1 of v are copied at step t, into the slots
@@ -556,7 +573,7 @@ def _na_fwd(Q_DESC, K_DESC, V_DESC, O_DESC, LSE, PART_CNT, PART_IDX, FULL_CNT, F
             NA_STATIC: gl.constexpr, NUM_BUF: gl.constexpr, V_BUF: gl.constexpr,
             OVERLAP: gl.constexpr, MASKED: gl.constexpr, SPECIALIZED: gl.constexpr,
             LAZY_RESCALE: gl.constexpr, DEFER_PV: gl.constexpr, SCALE_NONNEGATIVE: gl.constexpr,
-            num_warps: gl.constexpr):
+            PARTS_OFF: gl.constexpr, num_warps: gl.constexpr):
     m = gl.program_id(0)
     entry_head = gl.program_id(1)
     entry = entry_head // H_Q
@@ -594,7 +611,7 @@ def _na_fwd(Q_DESC, K_DESC, V_DESC, O_DESC, LSE, PART_CNT, PART_IDX, FULL_CNT, F
                          O_DESC, LSE, PART_IDX, FULL_IDX, NA, row, n_part, total, m, batch, lse_base, hk,
                          q_origin, PART_W, FULL_W, qk_scale, HEAD_D, BLOCK_M, BLOCK_N,
                          NA_STATIC, NUM_BUF, V_BUF, OVERLAP, MASKED, SPECIALIZED, LAZY_RESCALE,
-                         DEFER_PV, SCALE_NONNEGATIVE, num_warps)),
+                         DEFER_PV, SCALE_NONNEGATIVE, PARTS_OFF, num_warps)),
             (_kv_producer, (K_DESC, V_DESC, k_bufs, v_bufs, kv_bars, free_bars, PART_IDX, FULL_IDX,
                             row, PART_W, FULL_W, n_part, total, batch, hk, NA, NA_STATIC, HEAD_D,
                             BLOCK_N, NUM_BUF)),
@@ -615,7 +632,8 @@ def _na_fwd(Q_DESC, K_DESC, V_DESC, O_DESC, LSE, PART_CNT, PART_IDX, FULL_CNT, F
         _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC, V_DESC, O_DESC,
                   LSE, PART_IDX, FULL_IDX, NA, row, n_part, total, m, batch, lse_base, hk, q_origin,
                   PART_W, FULL_W, qk_scale, HEAD_D, BLOCK_M, BLOCK_N, NA_STATIC, NUM_BUF, V_BUF,
-                  OVERLAP, MASKED, SPECIALIZED, LAZY_RESCALE, DEFER_PV, SCALE_NONNEGATIVE, num_warps)
+                  OVERLAP, MASKED, SPECIALIZED, LAZY_RESCALE, DEFER_PV, SCALE_NONNEGATIVE,
+                  PARTS_OFF, num_warps)
 
 
 _LAUNCH = Launcher(_na_fwd)
@@ -812,7 +830,7 @@ def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale
         NUM_BUF=num_buffers, V_BUF=v_buffers, OVERLAP=overlap,
         MASKED=plan.mask_mode == masks.MASK_NEIGHBORHOOD, SPECIALIZED=specialized,
         LAZY_RESCALE=float(lazy_rescale), DEFER_PV=defer_pv, SCALE_NONNEGATIVE=scale >= 0,
-        num_warps=plan.block_m // 16, **({"maxnreg": cap} if cap else {}))
+        PARTS_OFF=0, num_warps=plan.block_m // 16, **({"maxnreg": cap} if cap else {}))
     _LAUNCH[grid](*args, **options)
     _BOUND.remember(key, _LAUNCH, grid, args, options, live=(0, 1, 2, 3, 4), owners=(plan, fold))
     return o, lse
