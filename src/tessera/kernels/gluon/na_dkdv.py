@@ -35,6 +35,7 @@ from ..triton.flash_fwd import LOG2E, grid_box
 from ..triton.launcher import BoundLaunches, Launcher
 from ..triton.na_mask import na_codes, na_key_windows, na_penalty
 from ..triton.row_addressing import memory_rows, row_tile_origin
+from .layouts import wgmma_accumulator, wgmma_register_operand
 from .na_forward import _descriptor, _tile_of, check_row_stats, plan_rows, static_switches, supports
 
 
@@ -76,11 +77,9 @@ def _na_dkdv(Q_DESC, K_DESC, V_DESC, DO_DESC, DK_DESC, DV_DESC, LSE, DELTA, PART
     dtype: gl.constexpr = Q_DESC.dtype
 
     # Scores are transposed, [BLOCK_N keys, BLOCK_M queries]; dk and dv are [BLOCK_N, HEAD_D].
-    t_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, BLOCK_M, 16])
-    g_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, HEAD_D, 16])
-    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=g_layout, k_width=2)
+    t_layout: gl.constexpr = wgmma_accumulator(num_warps, BLOCK_M)
+    g_layout: gl.constexpr = wgmma_accumulator(num_warps, HEAD_D)
+    a_layout: gl.constexpr = wgmma_register_operand(g_layout)
     keys: gl.constexpr = gl.SliceLayout(1, t_layout)
     queries: gl.constexpr = gl.SliceLayout(0, t_layout)
 

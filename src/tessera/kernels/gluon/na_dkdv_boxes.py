@@ -33,6 +33,7 @@ from ..triton.launcher import BoundLaunches, Launcher
 from ..triton.na_mask import NA_GRID, na_key_windows, na_param
 from ..triton.row_addressing import row_tile_origin
 from . import key_boxes
+from .layouts import wgmma_accumulator, wgmma_register_operand
 from .na_dkdv import _store_dk_dv
 from .na_forward import _box_origin, _descriptor, check_row_stats, plan_rows, static_switches
 from .na_forward_boxes import (_FULL, _FULL_SHIFT, _HALF_1, _HALF_1_SHIFT, _HALF_2, _HALF_2_SHIFT,
@@ -49,9 +50,8 @@ def _dkdv_box_step(k_tile, v_tile, q_view, do_view, q_bar, do_bar, phase, c0, c1
     ``[BLOCK_Q, D]``) whose first token is ``(c0, c1, c2)`` and whose rows along grid axis 2 hold
     ``2 ** X_SHIFT`` queries; ``windows``: the key rows' ``na_key_windows`` (1-D, any layout);
     ``stats``: the query head's offset into lse and delta."""
-    t_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
-                                                       instr_shape=[16, BLOCK_Q, 16])
-    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=g_layout, k_width=2)
+    t_layout: gl.constexpr = wgmma_accumulator(WARPS, BLOCK_Q)
+    a_layout: gl.constexpr = wgmma_register_operand(g_layout)
     keys: gl.constexpr = gl.SliceLayout(1, t_layout)
     queries: gl.constexpr = gl.SliceLayout(0, t_layout)
     offs_q = gl.arange(0, BLOCK_Q, layout=queries)
@@ -138,8 +138,7 @@ def _na_dkdv_boxes(Q_DESC, DO_DESC, Q_HALF1, DO_HALF1, Q_HALF2, DO_HALF2, Q_WIDE
         _issue_query_box(0, total, ENTRIES, n, WIDTH, hk, GROUP, b, row0, Q_DESCS, DO_DESCS, q_bufs,
                          do_bufs, q_bars, do_bars, NA, NA_STATIC, HEAD_D)
 
-    g_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, HEAD_D, 16])
+    g_layout: gl.constexpr = wgmma_accumulator(num_warps, HEAD_D)
     offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, g_layout))
     windows = na_key_windows(offs_n, n * BLOCK_N, NA, NA_STATIC)
     dk = gl.zeros([BLOCK_N, HEAD_D], gl.float32, g_layout)

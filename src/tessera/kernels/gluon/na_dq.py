@@ -36,6 +36,7 @@ from ..triton.flash_fwd import grid_box, LOG2E
 from ..triton.launcher import BoundLaunches, Launcher
 from ..triton.na_mask import NA_GRID, na_param, na_query_windows
 from ..triton.row_addressing import memory_rows, row_tile_origin
+from .layouts import wgmma_accumulator, wgmma_register_operand
 from .na_forward import (_box_origin, _descriptor, _issue_box, _issue_one, _key_tile_at,
                          _penalty_at, _tile_of, check_row_stats, plan_rows, static_switches, supports)
 
@@ -57,11 +58,9 @@ def _na_dq(Q_DESC, K_DESC, V_DESC, DO_DESC, DQ_DESC, LSE, DELTA, PART_CNT, PART_
     total = n_part + gl.load(FULL_CNT + row)
     dtype: gl.constexpr = Q_DESC.dtype
 
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
-    g_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, HEAD_D, 16])
-    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=g_layout, k_width=2)
+    s_layout: gl.constexpr = wgmma_accumulator(num_warps, BLOCK_N)
+    g_layout: gl.constexpr = wgmma_accumulator(num_warps, HEAD_D)
+    a_layout: gl.constexpr = wgmma_register_operand(g_layout)
     rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     cols_s: gl.constexpr = gl.SliceLayout(0, s_layout)
 

@@ -28,6 +28,7 @@ from ..triton.launcher import BoundLaunches, Launcher
 from ..triton.na_mask import NA_GRID, na_param, na_query_windows
 from ..triton.row_addressing import memory_rows, row_tile_origin
 from . import key_boxes
+from .layouts import wgmma_accumulator, wgmma_register_operand
 from .na_forward import _box_origin, _descriptor, check_row_stats, plan_rows, static_switches
 from .na_forward_boxes import (_FULL, _FULL_SHIFT, _HALF_1, _HALF_1_SHIFT, _HALF_2, _HALF_2_SHIFT,
                                _TALL_SHIFT, _WIDE, _WIDE_SHIFT, _box_penalty, _entry_at, _half_view,
@@ -41,9 +42,8 @@ def _dq_box_step(q_tile, do_tile, k_view, v_view, k_bar, v_bar, phase, c0, c1, c
     """S = QK^T and dP = dO V^T of one box of ``BLOCK_N`` keys (``k_view``, ``v_view``
     ``[BLOCK_N, D]``), then dS and ``dq += dS K``, complete; ``lse2`` (lse in log2 units, +inf
     for rows that saw nothing) and ``delta`` in the rows of ``g_layout``."""
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
-    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=g_layout, k_width=2)
+    s_layout: gl.constexpr = wgmma_accumulator(WARPS, BLOCK_N)
+    a_layout: gl.constexpr = wgmma_register_operand(g_layout)
     rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     penalty = _box_penalty(c0, c1, c2, X_SHIFT, windows, BLOCK_N, s_layout, AXIS0_UNIFORM)
     s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
@@ -98,8 +98,7 @@ def _na_dq_boxes(Q_DESC, DO_DESC, DQ_DESC, K_DESC, V_DESC, K_HALF1, V_HALF1, K_H
     _issue_box_copy(kind, V_DESCS, v_bufs, v_bars, origin, 0)
     following = _entry_at(ENTRIES, m, WIDTH, gl.minimum(1, total - 1))
 
-    g_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, HEAD_D, 16])
+    g_layout: gl.constexpr = wgmma_accumulator(num_warps, HEAD_D)
     rows_g: gl.constexpr = gl.SliceLayout(1, g_layout)
     offs_m = gl.arange(0, BLOCK_M, layout=rows_g)
     windows = na_query_windows(offs_m, m * BLOCK_M, NA, NA_STATIC)

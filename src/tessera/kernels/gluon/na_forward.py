@@ -55,6 +55,7 @@ from ..triton.launcher import BoundLaunches, Launcher
 from ..triton.na_mask import (NA_BATCH_AXIS, NA_FOLDED, NA_GRID, NA_GROUPS, na_codes, na_codes_at,
                               na_coords, na_param, na_penalty, na_query_windows)
 from ..triton.row_addressing import bulk_copy_batch, memory_rows, row_tile_origin
+from .layouts import wgmma_accumulator, wgmma_register_operand
 
 # Registers per thread of the producer warp (the consumer warpgroup gets what the kernel's cap
 # leaves: ``na_forward`` launches specialized kernels with ``maxnreg=128``, two programs per SM).
@@ -426,11 +427,9 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC,
     """The warpgroup that computes: QK^T, softmax and P @ V over the listed key tiles, then o
     (through q's buffer, by a bulk store) and lse."""
     dtype: gl.constexpr = q_smem.dtype
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
-                                                       instr_shape=[16, HEAD_D, 16])
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    s_layout: gl.constexpr = wgmma_accumulator(WARPS, BLOCK_N)
+    o_layout: gl.constexpr = wgmma_accumulator(WARPS, HEAD_D)
+    p_layout: gl.constexpr = wgmma_register_operand(o_layout)
     rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)
 
     offs_m, offs_n, windows, acc, m_i, l_i, s_zero = _query_tile_start(

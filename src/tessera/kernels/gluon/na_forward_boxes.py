@@ -29,6 +29,7 @@ from ..triton.launcher import BoundLaunches, Launcher
 from ..triton.na_mask import NA_GRID, na_param, na_query_windows
 from ..triton.row_addressing import row_tile_origin
 from . import key_boxes
+from .layouts import wgmma_accumulator, wgmma_register_operand
 from .na_forward import (MAX_LAZY_RESCALE, _box_origin, _descriptor, _lazy_softmax, _store_output,
                          plan_rows, static_switches, supports)
 
@@ -126,9 +127,8 @@ def _box_step(q_tile, k_view, v_view, kv_bar, kv_phase, v_bar, v_phase, c0, c1, 
     """QK^T, penalty (``_box_penalty``), softmax and P @ V of one box of ``BLOCK_N`` keys
     (``k_view``, ``v_view`` ``[BLOCK_N, D]``): ``(acc, m_i, l_i)`` with P @ V complete (``m_i``,
     ``l_i`` in the rows of ``o_layout``)."""
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    s_layout: gl.constexpr = wgmma_accumulator(WARPS, BLOCK_N)
+    p_layout: gl.constexpr = wgmma_register_operand(o_layout)
     rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     penalty = _box_penalty(c0, c1, c2, X_SHIFT, windows, BLOCK_N, s_layout, AXIS0_UNIFORM)
@@ -174,8 +174,7 @@ def _na_fwd_boxes(Q_DESC, K_DESC, V_DESC, K_HALF1, V_HALF1, K_HALF2, V_HALF2, K_
     mbarrier.expect(q_bar, Q_DESC.block_type.nbytes)
     tma.async_copy_global_to_shared(Q_DESC, q_origin, q_bar, q_smem)
 
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, HEAD_D, 16])
+    o_layout: gl.constexpr = wgmma_accumulator(num_warps, HEAD_D)
     rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     offs_m = gl.arange(0, BLOCK_M, layout=rows_o)
     windows = na_query_windows(offs_m, m * BLOCK_M, NA, NA_STATIC)

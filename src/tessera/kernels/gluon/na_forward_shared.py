@@ -45,6 +45,7 @@ from ..triton import masks
 from ..triton.flash_fwd import LOG2E, grid_box
 from ..triton.launcher import Launcher
 from ..triton.row_addressing import bulk_copy_batch, row_tile_origin
+from .layouts import wgmma_accumulator, wgmma_register_operand
 from .na_forward import (PRODUCER_REGISTERS, _descriptor, _issue_kv, _penalty, _query_tile_start,
                          _store_output, _tile_softmax, batch_axis, plan_rows, supports)
 
@@ -63,11 +64,9 @@ def _shared_consumer(q_bufs, k_bufs, v_bufs, q_bars, kv_bars, free_bars, O_DESC,
     ``MEMBERSHIP_WORD`` its bits of the group's entries (at most 64) are gathered into one int64
     before the loop, so no entry waits on a load of its bit."""
     dtype: gl.constexpr = q_bufs.dtype
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, HEAD_D, 16])
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    s_layout: gl.constexpr = wgmma_accumulator(4, BLOCK_N)
+    o_layout: gl.constexpr = wgmma_accumulator(4, HEAD_D)
+    p_layout: gl.constexpr = wgmma_register_operand(o_layout)
     rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)
 
     m = g * QUERIES + WHICH
