@@ -24,14 +24,15 @@ import torch
 import triton
 
 from tessera.bench.report import write_results
+from tessera.kernels.gluon.na_forward import NO_COPIES, NO_SOFTMAX
 from tessera.kernels.triton import launcher
 from tessera.natten import na2d, na3d
 
 CASES = {"2-d": (na2d, (128, 128), 17), "3-d": (na3d, (16, 48, 48), (5, 13, 13))}
 VARIANTS = {"routed": {}, "no mask": {"MASKED": False}, "rescale every tile": {"LAZY_RESCALE": 0.0},
             "no mask, rescale every tile": {"MASKED": False, "LAZY_RESCALE": 0.0},
-            "no softmax": {"PARTS_OFF": 1}, "no copies": {"PARTS_OFF": 2},
-            "products only": {"PARTS_OFF": 3}}
+            "no softmax": {"PARTS_OFF": NO_SOFTMAX.value}, "no copies": {"PARTS_OFF": NO_COPIES.value},
+            "products only": {"PARTS_OFF": NO_SOFTMAX.value | NO_COPIES.value}}
 
 
 def recorded_gluon_launch(op, grid, kernel, dim):
