@@ -15,6 +15,8 @@ import zlib
 import pytest
 import torch
 
+from tessera.bench.error_rule import within_rule
+
 
 # Set in the workers of ``assert_passes_interpreted``: a directory where each case is claimed by
 # the first worker to reach it, and the worker's direction through the cases.
@@ -91,20 +93,18 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return diff if denom == 0 else diff / denom
 
 
-# Floors of the error rule per input dtype (tests/kernels/flash_cases.py states the rule).
-RULE_ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 
 
 def assert_error_rule(names, got, same, want, dtype, forward=("o", "lse")) -> None:
     """The FlashAttention error rule against the float64 results ``want``: each of ``got``
     (named by ``names``) is finite and its ``rel_err`` is at most 2x (outputs named in
-    ``forward``) or 3x (gradients) the same-dtype reference's (``same``), plus
-    ``RULE_ATOL[dtype]``."""
+    ``forward``) or 3x (gradients) the same-dtype reference's (``same``), plus the rule's floor
+    for ``dtype`` (``tessera.bench.error_rule.within_rule``)."""
     for name, g, s_, w in zip(names, got, same, want):
         assert torch.isfinite(g).all(), name
         err, err_same = rel_err(g, w), rel_err(s_, w)
         factor = 2 if name in forward else 3
-        assert err <= factor * err_same + RULE_ATOL[dtype], \
+        assert within_rule(err, err_same, dtype, factor), \
             f"{name}: kernel {err:.3g} vs reference {err_same:.3g}"
 
 

@@ -1,9 +1,9 @@
 """Shared helpers of the Triton flash-kernel tests: build a call, run the ``triton`` backend and the
 reference, and check the FlashAttention error rule against float64.
 
-Rule: ``err(kernel) <= factor * err(same-dtype reference) + atol`` where both errors are
-``||x - x64|| / ||x64||`` against the float64 reference; factor 2 for the forward (o, lse), 3 for
-the gradients.
+Rule: ``tessera.bench.error_rule`` (``err(kernel) <= factor * err(same-dtype reference) +
+atol``, both errors ``rel_err`` against the float64 reference; factor 2 for the forward (o, lse),
+3 for the gradients).
 """
 
 from __future__ import annotations
@@ -12,24 +12,10 @@ import math
 
 import torch
 
+from tessera.bench.error_rule import rel_err, within_rule
 from tessera.kernels.reference import reference_attention
 from tessera.kernels.registry import AttentionCall
 from tessera.kernels.triton.backend import run, supports
-
-ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.double(), ref.double()
-    if torch.isnan(out).any():
-        return float("inf")
-    finite = torch.isfinite(ref)
-    if not bool((torch.isfinite(out) == finite).all()) or not bool((out[~finite] == ref[~finite]).all()):
-        return float("inf")
-    out, ref = out[finite], ref[finite]
-    denom = ref.norm().item()
-    diff = (out - ref).norm().item()
-    return diff if denom == 0 else diff / denom
 
 
 def make_inputs(batch, q_len, k_len, heads, kv_heads, dim, dtype, device="cpu", dim_v=None,
@@ -131,7 +117,6 @@ def check_against_reference(q, k, v, pattern=None, *, backward=True, fwd_factor=
     qs, ks, vs = (_leaf_like(t, dtype) for t in (q, k, v))
     os_, lses, gradss = _attend(reference_attention, qs, ks, vs, pattern, esame, do, dlse)
 
-    atol = ATOL[dtype]
     errors = {}
     pairs = [("o", o, os_, o64, fwd_factor)]
     if lse64 is not None:
@@ -145,7 +130,8 @@ def check_against_reference(q, k, v, pattern=None, *, backward=True, fwd_factor=
         assert not torch.isnan(out).any(), f"{name} has NaN"
         err, err_same = rel_err(out, ref), rel_err(same, ref)
         errors[name] = (err, err_same)
-        assert err <= factor * err_same + atol, f"{name}: kernel {err:.3g} vs reference {err_same:.3g}"
+        assert within_rule(err, err_same, dtype, factor), \
+            f"{name}: kernel {err:.3g} vs reference {err_same:.3g}"
     return errors
 
 
