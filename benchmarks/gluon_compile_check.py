@@ -55,8 +55,6 @@ def main() -> None:
                         help="the forward's defer_pv loop (--no-overlap --num-buffers 1 --v-buffers 2)")
     parser.add_argument("--parts-off", type=int, default=0,
                         help="the forward's PARTS_OFF bits (timing only: 1 no softmax, 2 no copies)")
-    parser.add_argument("--row-sum-mma", action="store_true",
-                        help="the deferred loop's ROW_SUM_MMA: row sums by a P @ ones wgmma")
     parser.add_argument("--cases", nargs="*", default=list(CASES), help=f"of {list(CASES)}")
     parser.add_argument("--loops", action="store_true",
                         help="print each innermost loop's instruction count and commonest opcodes "
@@ -125,14 +123,12 @@ def main() -> None:
         (launch_args, launch_kwargs), = captured
         if args.parts_off:
             launch_kwargs = {**launch_kwargs, "PARTS_OFF": args.parts_off}
-        if args.row_sum_mma:
-            launch_kwargs = {**launch_kwargs, "ROW_SUM_MMA": True}
         compiled = as_launched(jit_fn, launch_args, launch_kwargs)
         regs, stack = resources(compiled)
         variant = (f"overlap={not args.no_overlap} specialized={args.specialized} "
                    f"v_buffers={args.v_buffers} max_registers={args.max_registers} "
                    f"lazy_rescale={args.lazy_rescale} defer_pv={args.defer_pv} "
-                   f"parts_off={args.parts_off} row_sum_mma={args.row_sum_mma} "
+                   f"parts_off={args.parts_off} "
                    if args.kernel == "fwd" else
                    f"lazy_rescale={args.lazy_rescale} max_registers={args.max_registers} "
                    if args.kernel == "boxes" else

@@ -37,11 +37,10 @@ VARIANTS = {"routed": {}, "no mask": {"MASKED": False}, "rescale every tile": {"
             "no mask, rescale every tile": {"MASKED": False, "LAZY_RESCALE": 0.0},
             "no softmax": {"PARTS_OFF": NO_SOFTMAX.value}, "no copies": {"PARTS_OFF": NO_COPIES.value},
             "products only": {"PARTS_OFF": NO_SOFTMAX.value | NO_COPIES.value},
-            "row sums by wgmma": {"ROW_SUM_MMA": True},
             "96 registers": {"maxnreg": 96}}
 # Variants that compute the routed results (up to rounding): their o and lse are compared with the
 # routed launch's.
-EXACT = ("rescale every tile", "row sums by wgmma", "96 registers")
+EXACT = ("rescale every tile", "96 registers")
 # Launch options a variant may add that the routed launch need not have.
 ADDED_OPTIONS = ("maxnreg",)
 

@@ -222,14 +222,6 @@ def _lazy_softmax(z, m_i, l_i, acc, rows_o: gl.constexpr, THRESHOLD: gl.constexp
     weights against it (each at most ``2 ** THRESHOLD``, exact in fp32 sums and 16-bit P).
     After the first tiles rows rarely move, and the rescale (one multiply per output element)
     is jumped over; the decision is a warp vote, with no exchange between warps."""
-    p, alpha, acc, m_ref = _lazy_weights(z, m_i, acc, rows_o, THRESHOLD)
-    return p, acc, m_ref, l_i * alpha + gl.sum(p, 1)
-
-
-@gluon.jit
-def _lazy_weights(z, m_i, acc, rows_o: gl.constexpr, THRESHOLD: gl.constexpr):
-    """``_lazy_softmax`` without the running sum: ``(p, alpha, acc, m_i)``, alpha the factor
-    that rescales the running sum (1 on rows that kept their max)."""
     m_new = gl.maximum(m_i, gl.max(z, 1))
     m_ref = gl.where(m_new > m_i + THRESHOLD, m_new, m_i)
     m_safe = gl.where(m_ref == float("-inf"), 0.0, m_ref)
@@ -241,7 +233,7 @@ def _lazy_weights(z, m_i, acc, rows_o: gl.constexpr, THRESHOLD: gl.constexpr):
                                     [acc, gl.convert_layout(moved, rows_o)[:, None],
                                      gl.convert_layout(alpha, rows_o)[:, None]],
                                     dtype=gl.float32, is_pure=True, pack=_RESCALE_PACK)
-    return p, alpha, acc, m_ref
+    return p, acc, m_ref, l_i * alpha + gl.sum(p, 1)
 
 
 @gluon.jit
@@ -350,15 +342,9 @@ def _deferred_pv_loop(q_tile, k_bufs, v_bufs, kv_bars, v_bars, K_DESC, V_DESC, P
                       s_zero, qk_scale, HEAD_D: gl.constexpr, BLOCK_N: gl.constexpr,
                       NA_STATIC: gl.constexpr, rows_o: gl.constexpr, p_layout: gl.constexpr,
                       MASKED: gl.constexpr, SCALE_NONNEGATIVE: gl.constexpr,
-                      LAZY_RESCALE: gl.constexpr, PARTS_OFF: gl.constexpr,
-                      ROW_SUM_MMA: gl.constexpr, WARPS: gl.constexpr):
+                      LAZY_RESCALE: gl.constexpr, PARTS_OFF: gl.constexpr):
     """The sequential loop with one K slot and two V slots, each tile's P @ V left in flight
     until the next tile's QK^T is waited for: ``(acc, m_i, l_i)``, acc complete.
-
-    ``ROW_SUM_MMA`` (with ``LAZY_RESCALE``): the running sum is not added up from each tile's
-    weights in registers but by the tensor cores, as ``P @ ones [BLOCK_N, 8]`` into an 8-column
-    accumulator issued after each P @ V (every column holds the row sum of the 16-bit weights
-    that P @ V multiplies).
 
     ``PARTS_OFF`` (timing only, outputs wrong; 0 as routed): ``NO_SOFTMAX`` takes the logits as
     the weights (no mask, max, exponential or rescale), ``NO_COPIES`` copies the first tile only
@@ -377,16 +363,6 @@ def _deferred_pv_loop(q_tile, k_bufs, v_bufs, kv_bars, v_bars, K_DESC, V_DESC, P
     _issue_box(K_DESC, k_bufs, kv_bars, box, 0)
     _issue_box(V_DESC, v_bufs, v_bars, box, 0)
     acc = warpgroup_mma_init(acc)
-    if ROW_SUM_MMA:
-        sums_layout: gl.constexpr = wgmma_accumulator(WARPS, 8)
-        sums_operand: gl.constexpr = wgmma_register_operand(sums_layout)
-        ones = gl.allocate_shared_memory(
-            dtype, [BLOCK_N, 8], gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16),
-            gl.full([BLOCK_N, 8], 1.0, dtype, gl.BlockedLayout([1, 8], [32, 1], [WARPS, 1], [1, 0])))
-        fence_async_shared()
-        sums = warpgroup_mma_init(gl.zeros([s_zero.shape[0], 8], gl.float32, sums_layout))
-    else:
-        sums = 0.0
     no_softmax: gl.constexpr = (PARTS_OFF & NO_SOFTMAX) != 0
     no_copies: gl.constexpr = (PARTS_OFF & NO_COPIES) != 0
     for t in range(total):
@@ -399,10 +375,7 @@ def _deferred_pv_loop(q_tile, k_bufs, v_bufs, kv_bars, v_bars, K_DESC, V_DESC, P
             mbarrier.wait(kv_bars.index(0), t & 1)
         s = warpgroup_mma(q_tile, k_bufs.index(0).reshape([BLOCK_N, HEAD_D]).permute((1, 0)),
                           s_zero, use_acc=False, is_async=True)
-        if ROW_SUM_MMA:
-            s, acc, sums = warpgroup_mma_wait(num_outstanding=0, deps=(s, acc, sums))
-        else:
-            s, acc = warpgroup_mma_wait(num_outstanding=0, deps=(s, acc))
+        s, acc = warpgroup_mma_wait(num_outstanding=0, deps=(s, acc))
         n0, n1, n2 = na_coords(nxt * 0, nxt * BLOCK_N, NA, 1, NA_STATIC)
         if t + 1 < total and not no_copies:
             box = _box_origin(row0 + n0, n1, n2, hk, batch, NA, NA_STATIC, HEAD_D)
@@ -410,28 +383,18 @@ def _deferred_pv_loop(q_tile, k_bufs, v_bufs, kv_bars, v_bars, K_DESC, V_DESC, P
             _issue_box(V_DESC, v_bufs, v_bars, box, (t + 1) % 2)
         if no_softmax:
             p = s
-        elif ROW_SUM_MMA:
-            z = s * qk_scale + penalty if MASKED else s * qk_scale
-            p, alpha, acc, m_i = _lazy_weights(z, m_i, acc, rows_o, LAZY_RESCALE)
-            sums = sums * gl.convert_layout(alpha, gl.SliceLayout(1, sums_layout))[:, None]
         else:
             p, acc, m_i, l_i = _tile_softmax(s, penalty, m_i, l_i, acc, qk_scale, rows_o, MASKED,
                                              SCALE_NONNEGATIVE, LAZY_RESCALE)
         v_slot = 0 if no_copies else t % 2
         if not no_copies or t == 0:
             mbarrier.wait(v_bars.index(v_slot), (t // 2) & 1)
-        p_op = gl.convert_layout(p.to(dtype), p_layout)
-        acc = warpgroup_mma(p_op, v_bufs.index(v_slot).reshape([BLOCK_N, HEAD_D]), acc, is_async=True)
-        if ROW_SUM_MMA:
-            sums = warpgroup_mma(gl.convert_layout(p_op, sums_operand), ones, sums, is_async=True)
+        acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout),
+                            v_bufs.index(v_slot).reshape([BLOCK_N, HEAD_D]), acc, is_async=True)
         tile, c0, c1, c2 = nxt, n0, n1, n2
     if no_softmax:
         l_i = l_i + 1.0
-    if ROW_SUM_MMA:
-        acc, sums = warpgroup_mma_wait(num_outstanding=0, deps=(acc, sums))
-        l_i = gl.convert_layout(gl.max(sums, 1), l_i.type.layout)
-    else:
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
     return acc, m_i, l_i
 
 
@@ -460,8 +423,7 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC,
               BLOCK_N: gl.constexpr, NA_STATIC: gl.constexpr, NUM_BUF: gl.constexpr,
               V_BUF: gl.constexpr, OVERLAP: gl.constexpr, MASKED: gl.constexpr,
               SPECIALIZED: gl.constexpr, LAZY_RESCALE: gl.constexpr, DEFER_PV: gl.constexpr,
-              SCALE_NONNEGATIVE: gl.constexpr, PARTS_OFF: gl.constexpr, ROW_SUM_MMA: gl.constexpr,
-              WARPS: gl.constexpr):
+              SCALE_NONNEGATIVE: gl.constexpr, PARTS_OFF: gl.constexpr, WARPS: gl.constexpr):
     """The warpgroup that computes: QK^T, softmax and P @ V over the listed key tiles, then o
     (through q's buffer, by a bulk store) and lse."""
     dtype: gl.constexpr = q_smem.dtype
@@ -519,8 +481,7 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, kv_bars, v_bars, free_bars, K_DESC,
                                           PART_IDX, FULL_IDX, NA, row, n_part, total, batch, hk, PART_W,
                                           FULL_W, windows, offs_n, acc, m_i, l_i, s_zero, qk_scale,
                                           HEAD_D, BLOCK_N, NA_STATIC, rows_o, p_layout, MASKED,
-                                          SCALE_NONNEGATIVE, LAZY_RESCALE, PARTS_OFF, ROW_SUM_MMA,
-                                          WARPS)
+                                          SCALE_NONNEGATIVE, LAZY_RESCALE, PARTS_OFF)
     else:
         # K tiles in a ring of NUM_BUF slots under kv_bars, V tiles in one of V_BUF under v_bars:
         # tile t + NUM_BUF - 1 of k and t + V_BUF - 1 of v are copied at step t, into the slots
@@ -611,7 +572,7 @@ def _na_fwd(Q_DESC, K_DESC, V_DESC, O_DESC, LSE, PART_CNT, PART_IDX, FULL_CNT, F
             NA_STATIC: gl.constexpr, NUM_BUF: gl.constexpr, V_BUF: gl.constexpr,
             OVERLAP: gl.constexpr, MASKED: gl.constexpr, SPECIALIZED: gl.constexpr,
             LAZY_RESCALE: gl.constexpr, DEFER_PV: gl.constexpr, SCALE_NONNEGATIVE: gl.constexpr,
-            PARTS_OFF: gl.constexpr, ROW_SUM_MMA: gl.constexpr, num_warps: gl.constexpr):
+            PARTS_OFF: gl.constexpr, num_warps: gl.constexpr):
     m = gl.program_id(0)
     entry_head = gl.program_id(1)
     entry = entry_head // H_Q
@@ -649,7 +610,7 @@ def _na_fwd(Q_DESC, K_DESC, V_DESC, O_DESC, LSE, PART_CNT, PART_IDX, FULL_CNT, F
                          O_DESC, LSE, PART_IDX, FULL_IDX, NA, row, n_part, total, m, batch, lse_base, hk,
                          q_origin, PART_W, FULL_W, qk_scale, HEAD_D, BLOCK_M, BLOCK_N,
                          NA_STATIC, NUM_BUF, V_BUF, OVERLAP, MASKED, SPECIALIZED, LAZY_RESCALE,
-                         DEFER_PV, SCALE_NONNEGATIVE, PARTS_OFF, ROW_SUM_MMA, num_warps)),
+                         DEFER_PV, SCALE_NONNEGATIVE, PARTS_OFF, num_warps)),
             (_kv_producer, (K_DESC, V_DESC, k_bufs, v_bufs, kv_bars, free_bars, PART_IDX, FULL_IDX,
                             row, PART_W, FULL_W, n_part, total, batch, hk, NA, NA_STATIC, HEAD_D,
                             BLOCK_N, NUM_BUF)),
@@ -671,7 +632,7 @@ def _na_fwd(Q_DESC, K_DESC, V_DESC, O_DESC, LSE, PART_CNT, PART_IDX, FULL_CNT, F
                   LSE, PART_IDX, FULL_IDX, NA, row, n_part, total, m, batch, lse_base, hk, q_origin,
                   PART_W, FULL_W, qk_scale, HEAD_D, BLOCK_M, BLOCK_N, NA_STATIC, NUM_BUF, V_BUF,
                   OVERLAP, MASKED, SPECIALIZED, LAZY_RESCALE, DEFER_PV, SCALE_NONNEGATIVE,
-                  PARTS_OFF, ROW_SUM_MMA, num_warps)
+                  PARTS_OFF, num_warps)
 
 
 _LAUNCH = Launcher(_na_fwd)
@@ -868,7 +829,7 @@ def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale
         NUM_BUF=num_buffers, V_BUF=v_buffers, OVERLAP=overlap,
         MASKED=plan.mask_mode == masks.MASK_NEIGHBORHOOD, SPECIALIZED=specialized,
         LAZY_RESCALE=float(lazy_rescale), DEFER_PV=defer_pv, SCALE_NONNEGATIVE=scale >= 0,
-        PARTS_OFF=0, ROW_SUM_MMA=False, num_warps=plan.block_m // 16, **({"maxnreg": cap} if cap else {}))
+        PARTS_OFF=0, num_warps=plan.block_m // 16, **({"maxnreg": cap} if cap else {}))
     _LAUNCH[grid](*args, **options)
     _BOUND.remember(key, _LAUNCH, grid, args, options, live=(0, 1, 2, 3, 4), owners=(plan, fold))
     return o, lse
