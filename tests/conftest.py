@@ -15,7 +15,7 @@ import zlib
 import pytest
 import torch
 
-from tessera.bench.error_rule import within_rule
+from tessera.bench.error_rule import rel_err, within_rule
 
 
 # Set in the workers of ``assert_passes_interpreted``: a directory where each case is claimed by
@@ -81,18 +81,6 @@ def nan_poison(monkeypatch):
 
     monkeypatch.setattr(torch, "empty", lambda *a, **kw: poisoned(empty(*a, **kw)))
     monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: poisoned(empty_like(*a, **kw)))
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """``||out - ref|| / ||ref||`` in float64 (0 when both are zero); inf where out has NaN."""
-    out, ref = out.double(), ref.double()
-    if torch.isnan(out).any():
-        return float("inf")
-    denom = ref.norm().item()
-    diff = (out - ref).norm().item()
-    return diff if denom == 0 else diff / denom
-
-
 
 
 def assert_error_rule(names, got, same, want, dtype, forward=("o", "lse")) -> None:
