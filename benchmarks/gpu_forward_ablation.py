@@ -14,9 +14,9 @@ first K/V tile reused for every step; both: the products and the loop alone). Th
 variant to the routed time bounds what removing that part could gain. ``maxnreg=96`` (five
 programs per SM at D = 64, with spills) and ``LAZY_RESCALE=0`` compute the routed results
 another way: their records hold the largest relative difference of o and lse from the routed
-launch's (``vs_routed``). ``--variants`` names variants with ``-`` for spaces
-(``rescale-every-tile``). Prints one ``RESULT`` line per (case, head dim, variant); with
-``--out``, ``forward-ablation.json`` there.
+launch's (``vs_routed``, ``error_rule.rel_err``). ``--variants`` names variants with ``-``
+for spaces (``rescale-every-tile``). Prints one ``RESULT`` line per (case, head dim, variant);
+with ``--out``, ``forward-ablation.json`` there.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import triton
 
+from tessera.bench.error_rule import rel_err
 from tessera.bench.report import write_results
 from tessera.kernels.gluon.na_forward import NO_COPIES, NO_SOFTMAX
 from tessera.kernels.triton import launcher
@@ -65,16 +66,6 @@ def recorded_gluon_launch(op, grid, kernel, dim):
     return gluon[0]
 
 
-def relative_difference(got: torch.Tensor, want: torch.Tensor) -> float:
-    """``||got - want|| / ||want||`` in float64 over ``want``'s finite entries; inf where ``got``
-    is not finite there."""
-    finite = torch.isfinite(want)
-    got, want = got[finite].double(), want[finite].double()
-    if not torch.isfinite(got).all():
-        return float("inf")
-    return ((got - want).norm() / want.norm()).item()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dims", nargs="*", type=int, default=[128, 64])
@@ -104,7 +95,7 @@ def main() -> None:
                 torch.cuda.synchronize()
                 if routed is None:
                     routed = (o.clone(), lse.clone())
-                vs_routed = max(relative_difference(o, routed[0]), relative_difference(lse, routed[1])) \
+                vs_routed = max(rel_err(o, routed[0]), rel_err(lse, routed[1])) \
                     if variant in EXACT else None
                 ms = triton.testing.do_bench(lambda: fn[launch_grid](*launch_args, **options),
                                              warmup=50, rep=300, return_mode="median")
