@@ -1,7 +1,7 @@
 """Compile the Gluon tiled-neighborhood kernels (``tessera.kernels.gluon.na_forward``, ``na_dq``, ``na_dkdv``)
 for Hopper (sm_90) without a GPU, on the N-D suite's shapes, and print shared memory, registers and spills.
 
-    python benchmarks/gluon_compile_check.py [--kernel fwd|boxes|turns|turns-one-shot|dq|dq-boxes|dkdv|dkdv-boxes] [--num-buffers 3] [--dim 128] [--heads 16] [--no-overlap]
+    python benchmarks/gluon_compile_check.py [--kernel fwd|boxes|dq|dq-boxes|dkdv|dkdv-boxes] [--num-buffers 3] [--dim 128] [--heads 16] [--no-overlap]
         [--specialized] [--v-buffers N]
         [--max-registers N] [--block-m 64|128] [--lazy-rescale 8] [--defer-pv] [--cases NAME ...] [--loops] [--dump FILE] [--ptx FILE]
 
@@ -19,7 +19,7 @@ import torch
 from tessera.bench.hopper_compile import as_launched, resources, sass, sass_loops
 from tessera.kernels.gluon import na_dkdv, na_dkdv_boxes, na_dq
 from tessera.kernels.gluon import na_forward as gluon_forward
-from tessera.kernels.gluon import na_dq_boxes, na_forward_boxes, na_forward_turns
+from tessera.kernels.gluon import na_dq_boxes, na_forward_boxes
 from tessera.kernels.triton import masks
 from tessera.kernels.triton.masks import DilationFold
 from tessera.natten import _auto_layout, _group_plan
@@ -37,11 +37,10 @@ CASES = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kernel", choices=("fwd", "boxes", "turns", "turns-one-shot", "dq", "dq-boxes", "dkdv", "dkdv-boxes"), default="fwd",
+    parser.add_argument("--kernel", choices=("fwd", "boxes", "dq", "dq-boxes", "dkdv", "dkdv-boxes"), default="fwd",
                         help="na_forward, na_forward_boxes (--lazy-rescale), na_dq_boxes, na_dq (--num-buffers, --v-buffers: its K and V slots) or "
                              "na_dkdv (--num-buffers: its q/dO slots) or na_dkdv_boxes")
     parser.add_argument("--num-buffers", type=int, default=3)
-    parser.add_argument("--tiles-per-program", type=int, default=3, help="turns: 2 or 3")
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--heads", type=int, default=16, help="query heads (the suite's 16)")
     parser.add_argument("--no-overlap", action="store_true")
@@ -86,9 +85,7 @@ def main() -> None:
         jit_fn = {"dkdv": na_dkdv._na_dkdv, "dq": na_dq._na_dq,
                   "boxes": na_forward_boxes._na_fwd_boxes,
                   "dq-boxes": na_dq_boxes._na_dq_boxes,
-                  "dkdv-boxes": na_dkdv_boxes._na_dkdv_boxes,
-                  "turns": na_forward_turns._na_fwd_turns,
-                  "turns-one-shot": na_forward_turns._na_fwd_turns_one_shot}.get(args.kernel, gluon_forward._na_fwd)
+                  "dkdv-boxes": na_dkdv_boxes._na_dkdv_boxes}.get(args.kernel, gluon_forward._na_fwd)
         original = type(jit_fn).__getitem__
         type(jit_fn).__getitem__ = lambda fn, launch_grid: (lambda *a, **kw: captured.append((a, kw)))
         try:
@@ -110,12 +107,6 @@ def main() -> None:
                 na_dq.na_dq(q, k, v, torch.empty_like(q), stats, stats, plan, scale=args.dim ** -0.5,
                             num_buffers=args.num_buffers, v_buffers=args.v_buffers or 1,
                             max_registers=args.max_registers)
-            elif args.kernel in ("turns", "turns-one-shot"):
-                na_forward_turns.na_forward_turns(q, k, v, plan, scale=args.dim ** -0.5,
-                                                  one_shot=args.kernel == "turns-one-shot",
-                                                  tiles_per_program=args.tiles_per_program,
-                                                  lazy_rescale=args.lazy_rescale or 8.0,
-                                                  registers=args.max_registers or 168)
             elif args.kernel == "boxes":
                 na_forward_boxes.na_forward_boxes(q, k, v, plan, scale=args.dim ** -0.5,
                                                   lazy_rescale=args.lazy_rescale,

@@ -5,7 +5,7 @@
 #                              [natten-reorder] [natten-profile] [natten-configs] [host-overhead] [host-breakdown] [linear] [tests-linear] [linear-final] [linear-accept]
 #                              [linear-profile] [state-sweep] [state-ab] [linear-host] [linear-delta] [candidates] [kernel-next]
 #                              [launch-cost] [blocked-dense] [fp32-ab] [fp32-bisect] [step-jitter] [autograd-floor]
-#                              [backward-profile] [gluon-forward] [gluon-backward] [route-host] [natten-host] [padded-grid] [padded-sweep] [padded-dilated] [natten-additional-kv] [vision] [vision-profile] [vision-wide-ab] [vision-in-kernel-ab] [vision-row-map-ab] [vision-min-gain-ab] [vision-fold-ab] [fold-configs] [token-copies] [tiled-configs] [natten-compile] [forward-ablation] [forward-shared] [forward-turns] [ncu]
+#                              [backward-profile] [gluon-forward] [gluon-backward] [route-host] [natten-host] [padded-grid] [padded-sweep] [padded-dilated] [natten-additional-kv] [vision] [vision-profile] [vision-wide-ab] [vision-in-kernel-ab] [vision-row-map-ab] [vision-min-gain-ab] [vision-fold-ab] [fold-configs] [token-copies] [tiled-configs] [natten-compile] [forward-ablation] [forward-shared] [ncu]
 #   (linear, linear-final, linear-accept, linear-profile, linear-delta: carry .whl for fla)
 #   (default: tests attention natten linear; NATTEN_ARGS / VISION_ARGS: extra arguments of benchmarks/natten.py / vision.py)
 # Triton's cache (compiled kernels, and fla's autotuning timings through Triton's `cache_results`) is
@@ -120,8 +120,6 @@ for step in $steps; do
                         ${ABLATION_ARGS:-} 2>&1 | tee "$OUT/forward-ablation.log" || status=1 ;;
     forward-shared) timeout "${TESSERA_SHARED_TIMEOUT:-400}" python3 benchmarks/gpu_forward_shared.py --out "$OUT" \
                       ${SHARED_ARGS:-} 2>&1 | tee "$OUT/forward-shared.log" || status=1 ;;
-    forward-turns) timeout "${TESSERA_TURNS_TIMEOUT:-300}" python3 benchmarks/gpu_forward_turns.py --out "$OUT" \
-                     ${TURNS_ARGS:-} 2>&1 | tee "$OUT/forward-turns.log" || status=1 ;;
     natten-configs)
       # Forward, dq and dk/dv kernel configurations on the N-D neighborhoods in grid order
       # (NATTEN_SWEEP_CASES: gpu_config_sweep.py case names; NATTEN_SWEEP_ARGS: e.g. --small).

@@ -305,37 +305,6 @@ def test_shared_key_stream_arguments_without_a_gpu():
         na_forward_shared(q.float(), q.float(), q.float(), plan, scale=0.1)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
-@pytest.mark.parametrize("one_shot, tiles_per_program, registers",
-                         [(False, 3, 168), (True, 3, 168), (True, 2, 240)])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("op, grid, kernel, stride, dim", KERNEL_CASES)
-def test_gluon_forward_with_turns_against_float64(op, grid, kernel, stride, dim, dtype, one_shot,
-                                                  tiles_per_program, registers):
-    """``na_forward_turns`` (two or three query tiles per program, their QK^T products issued
-    in rotation): 64 x 64 over 64 x 64 tiles leaves the last program one query tile, whose
-    other warpgroups take empty turns only. ``one_shot``: its workers leave after their
-    partition."""
-    from tessera.kernels.gluon.na_forward_turns import na_forward_turns
-    _check_forward(op, grid, kernel, stride, dim, dtype, 64, forward=na_forward_turns,
-                   one_shot=one_shot, tiles_per_program=tiles_per_program, registers=registers)
-
-
-def test_turns_arguments_without_a_gpu():
-    from tessera.kernels.gluon.na_forward_turns import na_forward_turns
-    plan = _plan((32, 32), (7, 7), 2, torch.device("cpu"))
-    q = torch.empty(1, 1024, 2, 128, dtype=torch.bfloat16)
-    with pytest.raises(ValueError, match="registers"):
-        na_forward_turns(q, q, q, plan, scale=0.1, registers=172)
-    with pytest.raises(ValueError, match="registers"):
-        na_forward_turns(q, q, q, plan, scale=0.1, registers=248, tiles_per_program=2)
-    with pytest.raises(ValueError, match="tiles_per_program"):
-        na_forward_turns(q, q, q, plan, scale=0.1, tiles_per_program=4)
-    with pytest.raises(ValueError, match="scope"):
-        na_forward_turns(q.float(), q.float(), q.float(), plan, scale=0.1)
-
-
 # Head dim 32 (Swin's and DiNAT's heads) through the variants the routes take: 2-D, 3-D, blocked.
 HEAD_DIM_32_CASES = [
     (na2d, (32, 48), (7, 9), 1),

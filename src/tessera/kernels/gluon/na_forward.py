@@ -56,7 +56,6 @@ from ..triton.na_mask import (NA_BATCH_AXIS, NA_FOLDED, NA_GRID, NA_GROUPS, na_c
                               na_coords, na_param, na_penalty, na_query_windows)
 from ..triton.row_addressing import bulk_copy_batch, memory_rows, row_tile_origin
 from .layouts import wgmma_accumulator, wgmma_register_operand
-from .turns import pass_turn, take_turn
 
 # Registers per thread of the producer warp (the consumer warpgroup gets what the kernel's cap
 # leaves: ``na_forward`` launches specialized kernels with ``maxnreg=128``, two programs per SM).
@@ -343,14 +342,9 @@ def _deferred_pv_loop(q_tile, k_bufs, v_bufs, kv_bars, v_bars, K_DESC, V_DESC, P
                       s_zero, qk_scale, HEAD_D: gl.constexpr, BLOCK_N: gl.constexpr,
                       NA_STATIC: gl.constexpr, rows_o: gl.constexpr, p_layout: gl.constexpr,
                       MASKED: gl.constexpr, SCALE_NONNEGATIVE: gl.constexpr,
-                      LAZY_RESCALE: gl.constexpr, PARTS_OFF: gl.constexpr,
-                      TURNS: gl.constexpr = 0, WHICH: gl.constexpr = 0):
+                      LAZY_RESCALE: gl.constexpr, PARTS_OFF: gl.constexpr):
     """The sequential loop with one K slot and two V slots, each tile's P @ V left in flight
     until the next tile's QK^T is waited for: ``(acc, m_i, l_i)``, acc complete.
-
-    ``TURNS`` > 0 (``na_forward_turns``: warpgroup ``WHICH`` of ``TURNS`` in one program): each
-    QK^T is issued in this warpgroup's turn (``turns.take_turn`` / ``turns.pass_turn``), so
-    the warpgroups' products reach the tensor cores in rotation.
 
     ``PARTS_OFF`` (timing only, outputs wrong; 0 as routed): ``NO_SOFTMAX`` takes the logits as
     the weights (no mask, max, exponential or rescale), ``NO_COPIES`` copies the first tile only
@@ -379,12 +373,8 @@ def _deferred_pv_loop(q_tile, k_bufs, v_bufs, kv_bars, v_bars, K_DESC, V_DESC, P
             penalty = 0.0
         if not no_copies or t == 0:
             mbarrier.wait(kv_bars.index(0), t & 1)
-        if TURNS > 0:
-            take_turn(WHICH)
         s = warpgroup_mma(q_tile, k_bufs.index(0).reshape([BLOCK_N, HEAD_D]).permute((1, 0)),
                           s_zero, use_acc=False, is_async=True)
-        if TURNS > 0:
-            pass_turn((WHICH + 1) % TURNS)
         s, acc = warpgroup_mma_wait(num_outstanding=0, deps=(s, acc))
         n0, n1, n2 = na_coords(nxt * 0, nxt * BLOCK_N, NA, 1, NA_STATIC)
         if t + 1 < total and not no_copies:
