@@ -3,7 +3,7 @@ for Hopper (sm_90) without a GPU, on the N-D suite's shapes, and print shared me
 
     python benchmarks/gluon_compile_check.py [--kernel fwd|boxes|dq|dq-boxes|dkdv|dkdv-boxes] [--num-buffers 3] [--dim 128] [--heads 16] [--no-overlap]
         [--specialized] [--v-buffers N]
-        [--max-registers N] [--block-m 64|128] [--lazy-rescale 8] [--defer-pv] [--cases NAME ...] [--loops] [--dump FILE] [--ptx FILE]
+        [--max-registers N] [--pipeline 0|1|2] [--block-m 64|128] [--lazy-rescale 8] [--defer-pv] [--cases NAME ...] [--loops] [--dump FILE] [--ptx FILE]
 
 The call runs on CPU stand-ins of the suite's tensors (B = 1, ``--heads``) up to the launch, which
 is captured instead of executed and compiled as the GPU would compile it
@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--loops", action="store_true",
                         help="print each innermost loop's instruction count and commonest opcodes "
                              "(not the two-instruction mbarrier waits)")
+    parser.add_argument("--pipeline", type=int, default=0,
+                        help="na_dkdv's loop: 0 sequential, 1 dK deferred, 2 dP^T early as well")
     parser.add_argument("--dump", default=None, help="write the SASS of the last case here")
     parser.add_argument("--ptx", default=None, help="write the PTX of the last case here (for ptxas -v)")
     args = parser.parse_args()
@@ -93,7 +95,7 @@ def main() -> None:
                 stats = torch.empty(1, args.heads, seq, dtype=torch.float32)
                 na_dkdv.na_dkdv(q, k, v, torch.empty_like(q), stats, stats, plan,
                                 scale=args.dim ** -0.5, num_buffers=args.num_buffers,
-                                max_registers=args.max_registers)
+                                max_registers=args.max_registers, pipeline=args.pipeline)
             elif args.kernel == "dkdv-boxes":
                 stats = torch.empty(1, args.heads, seq, dtype=torch.float32)
                 na_dkdv_boxes.na_dkdv_boxes(q, k, v, torch.empty_like(q), stats, stats, plan,

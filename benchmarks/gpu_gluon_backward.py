@@ -42,7 +42,7 @@ from tessera.kernels.triton.tuning import KernelConfig
 VARIANTS = {
     "dq": [dict(num_buffers=1, v_buffers=1), dict(num_buffers=2, v_buffers=1),
            dict(num_buffers=2, v_buffers=2), dict(num_buffers=1, v_buffers=1, max_registers=168)],
-    "dkdv": [dict(num_buffers=2), dict(num_buffers=3)],
+    "dkdv": [dict(num_buffers=n, pipeline=mode) for mode in (0, 1, 2) for n in (2, 3)],
 }
 TRITON_KERNEL = {"dq": "_attn_bwd_dq", "dkdv": "_attn_bwd_dkdv"}
 
@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--boxes-registers", nargs="*", type=int, default=[0],
                         help="register caps of the na_dq_boxes rows (0: none)")
     parser.add_argument("--dkdv-registers", nargs="*", type=int, default=[],
-                        help="register caps: na_dkdv rows at 2 and 3 ring slots under each")
+                        help="register caps: na_dkdv rows at 2 and 3 ring slots in each loop under each")
     parser.add_argument("--query-tiles", nargs="*", default=[],
                         help="tile shapes such as 2x8x4: the box rows (na_dq_boxes, na_dkdv_boxes) "
                              "also on the plan of that tiled order")
@@ -103,8 +103,8 @@ def main() -> None:
                 runs = [(f"triton {kernel_name} {config}", triton_step, TRITON_KERNEL[kernel_name])]
                 variants = list(VARIANTS[kernel_name])
                 if kernel_name == "dkdv":
-                    variants += [dict(num_buffers=n, max_registers=cap) for cap in args.dkdv_registers
-                                 for n in (2, 3)]
+                    variants += [dict(num_buffers=n, pipeline=mode, max_registers=cap)
+                                 for cap in args.dkdv_registers for mode in (0, 1, 2) for n in (2, 3)]
                 for variant in variants:
                     text = " ".join(f"{key}={value}" for key, value in variant.items())
                     if kernel_name == "dq":

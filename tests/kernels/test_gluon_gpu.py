@@ -331,8 +331,8 @@ def test_gluon_kernels_at_head_dim_32_against_float64(gluon_kernel, op, grid, ke
                          stride, 32, dtype)
     else:
         from tessera.kernels.gluon.na_dkdv import na_dkdv
-        _check_gradients(lambda *args, scale: na_dkdv(*args, scale=scale,
-                                                      num_buffers=backward_route.dkdv_buffers(32)),
+        variant = backward_route.dkdv_variant(32, stride == 1)
+        _check_gradients(lambda *args, scale: na_dkdv(*args, scale=scale, **variant),
                          ("dk", "dv"), op, grid, kernel, stride, 32, dtype)
 
 
@@ -431,6 +431,8 @@ def test_dkdv_arguments_without_a_gpu():
     stats = torch.empty(1, 2, 1024)
     with pytest.raises(ValueError, match="num_buffers"):
         na_dkdv(q, q, q, q, stats, stats, plan, scale=0.1, num_buffers=1)
+    with pytest.raises(ValueError, match="pipeline"):
+        na_dkdv(q, q, q, q, stats, stats, plan, scale=0.1, pipeline=3)
     with pytest.raises(ValueError, match="scope"):
         na_dkdv(q.float(), q.float(), q.float(), q.float(), stats, stats, plan, scale=0.1)
     with pytest.raises(ValueError, match="lse"):
@@ -441,13 +443,16 @@ def test_dkdv_arguments_without_a_gpu():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
+@pytest.mark.parametrize("pipeline", [0, 1, 2], ids=["sequential", "defer_dk", "early_dp"])
 @pytest.mark.parametrize("buffers", [2, 3])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("op, grid, kernel, stride, dim", KERNEL_CASES)
-def test_gluon_dkdv_against_float64(op, grid, kernel, stride, dim, dtype, buffers):
-    """``na_dkdv`` against the float64 reference's dk and dv (``_check_gradients``)."""
+@pytest.mark.parametrize("op, grid, kernel, stride, dim", KERNEL_CASES + [(na2d, (40, 24), (9, 5), 1, 32)])
+def test_gluon_dkdv_against_float64(op, grid, kernel, stride, dim, dtype, buffers, pipeline):
+    """``na_dkdv`` against the float64 reference's dk and dv (``_check_gradients``), in each of
+    its loops (``pipeline``)."""
     from tessera.kernels.gluon.na_dkdv import na_dkdv
-    _check_gradients(lambda *args, scale: na_dkdv(*args, scale=scale, num_buffers=buffers),
+    _check_gradients(lambda *args, scale: na_dkdv(*args, scale=scale, num_buffers=buffers,
+                                                  pipeline=pipeline),
                      ("dk", "dv"), op, grid, kernel, stride, dim, dtype)
 
 

@@ -13,7 +13,11 @@ lse and delta (``rowsum(o * do)``) read by pointers:
     dV += P^T dO                 dS^T = P^T * (dP^T - delta)            dK += dS^T Q
 
 (``penalty``: ``na_mask.na_penalty`` of the key windows against the query codes, computed
-before the products are waited for.) dk (times ``scale``) and dv leave through k's and v's
+before the products are waited for.) Three loops (``pipeline``): each tile's products waited for
+in turn, one ``[BLOCK_N, BLOCK_M]`` product in registers besides dk and dv (``SEQUENTIAL``); the
+tile's dK left in flight (``DEFER_DK``); or dP^T issued with S^T and dV and dK left in flight
+(``EARLY_DP``), the copy of tile t + NUM_BUF - 1 then issued once tile t - 1's products are
+waited for. dk (times ``scale``) and dv leave through k's and v's
 buffers by bulk stores. The Triton dk/dv kernel holds k and v in registers (255 registers and a
 spill at D = 128); here they stay in shared memory.
 
@@ -28,7 +32,8 @@ import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,
-                                                              warpgroup_mma, warpgroup_mma_wait)
+                                                              warpgroup_mma, warpgroup_mma_init,
+                                                              warpgroup_mma_wait)
 
 from ..triton import masks
 from ..triton.flash_fwd import LOG2E, grid_box
@@ -37,6 +42,12 @@ from ..triton.na_mask import na_codes, na_key_windows, na_penalty
 from ..triton.row_addressing import memory_rows, row_tile_origin
 from .layouts import wgmma_accumulator, wgmma_register_operand
 from .na_forward import _descriptor, _tile_of, check_row_stats, plan_rows, static_switches, supports
+
+
+# ``na_dkdv``'s loops (``pipeline``; the module docstring says what each leaves in flight), and
+# the same as the kernel's constants.
+SEQUENTIAL, DEFER_DK, EARLY_DP = 0, 1, 2
+_SEQUENTIAL, _DEFER_DK, _EARLY_DP = gl.constexpr(SEQUENTIAL), gl.constexpr(DEFER_DK), gl.constexpr(EARLY_DP)
 
 
 @gluon.jit
@@ -68,7 +79,7 @@ def _na_dkdv(Q_DESC, K_DESC, V_DESC, DO_DESC, DK_DESC, DV_DESC, LSE, DELTA, PART
              FULL_CNT, FULL_IDX, NA, H_Q, GROUP, S_Q, MAP_HEADS, N_K_TILES, PART_W, FULL_W, scale,
              qk_scale, HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
              NA_STATIC: gl.constexpr, NUM_BUF: gl.constexpr, MASKED: gl.constexpr,
-             num_warps: gl.constexpr):
+             PIPELINE: gl.constexpr, num_warps: gl.constexpr):
     n = gl.program_id(0)
     bhk = gl.program_id(1)
     h_kv = H_Q // GROUP
@@ -109,6 +120,10 @@ def _na_dkdv(Q_DESC, K_DESC, V_DESC, DO_DESC, DK_DESC, DV_DESC, LSE, DELTA, PART
     v_tile = v_smem.reshape([BLOCK_N, HEAD_D])
     mbarrier.wait(kv_bar, 0)
 
+    if PIPELINE >= _DEFER_DK:
+        dk = warpgroup_mma_init(dk)
+    if PIPELINE == _EARLY_DP:
+        dv = warpgroup_mma_init(dv)
     c = 0  # query tiles taken so far: tile c of the program is in slot c % NUM_BUF
     for g in range(GROUP):
         h = hk * GROUP + g
@@ -123,7 +138,7 @@ def _na_dkdv(Q_DESC, K_DESC, V_DESC, DO_DESC, DK_DESC, DV_DESC, LSE, DELTA, PART
                             (c + i) % NUM_BUF, b, h, NA, NA_STATIC, HEAD_D, BLOCK_M)
         for t in range(total):
             ahead = t + NUM_BUF - 1
-            if ahead < total:
+            if PIPELINE == _SEQUENTIAL and ahead < total:
                 # Into the slot tile t - 1 read (its products completed).
                 _issue_q_do(Q_DESC, DO_DESC, q_bufs, do_bufs, bars,
                             _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, ahead),
@@ -141,21 +156,36 @@ def _na_dkdv(Q_DESC, K_DESC, V_DESC, DO_DESC, DK_DESC, DV_DESC, LSE, DELTA, PART
             mbarrier.wait(bars.index(slot), ((c + t) // NUM_BUF) & 1)
             q_tile = q_bufs.index(slot).reshape([BLOCK_M, HEAD_D])
             do_tile = do_bufs.index(slot).reshape([BLOCK_M, HEAD_D])
-            # One [BLOCK_N, BLOCK_M] product in registers at a time besides dk and dv: S^T is
-            # consumed into P^T before dP^T is issued (both at once spill at D = 128).
             s_t = warpgroup_mma(k_tile, q_tile.permute((1, 0)), t_zero, use_acc=False, is_async=True)
-            s_t = warpgroup_mma_wait(num_outstanding=0, deps=(s_t,))
+            if PIPELINE == _EARLY_DP:
+                dp_t = warpgroup_mma(v_tile, do_tile.permute((1, 0)), t_zero, use_acc=False, is_async=True)
+                s_t, dk, dv = warpgroup_mma_wait(num_outstanding=1, deps=(s_t, dk, dv))
+            elif PIPELINE == _DEFER_DK:
+                s_t, dk = warpgroup_mma_wait(num_outstanding=0, deps=(s_t, dk))
+            else:
+                s_t = warpgroup_mma_wait(num_outstanding=0, deps=(s_t,))
+            if PIPELINE != _SEQUENTIAL and ahead < total:
+                # Into the slot tile t - 1 read (its products completed with the wait above).
+                _issue_q_do(Q_DESC, DO_DESC, q_bufs, do_bufs, bars,
+                            _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, ahead),
+                            (c + ahead) % NUM_BUF, b, h, NA, NA_STATIC, HEAD_D, BLOCK_M)
             z = s_t * qk_scale
             if MASKED:
                 z = z + penalty
             p_t = gl.exp2(z - lse2[None, :])
             dv = warpgroup_mma(gl.convert_layout(p_t.to(dtype), a_layout), do_tile, dv, is_async=True)
-            dp_t = warpgroup_mma(v_tile, do_tile.permute((1, 0)), t_zero, use_acc=False, is_async=True)
-            dp_t, dv = warpgroup_mma_wait(num_outstanding=0, deps=(dp_t, dv))
+            if PIPELINE == _EARLY_DP:
+                dp_t = warpgroup_mma_wait(num_outstanding=1, deps=(dp_t,))
+            else:
+                dp_t = warpgroup_mma(v_tile, do_tile.permute((1, 0)), t_zero, use_acc=False, is_async=True)
+                dp_t, dv = warpgroup_mma_wait(num_outstanding=0, deps=(dp_t, dv))
             ds_t = p_t * (dp_t - delta[None, :])
             dk = warpgroup_mma(gl.convert_layout(ds_t.to(dtype), a_layout), q_tile, dk, is_async=True)
-            dk = warpgroup_mma_wait(num_outstanding=0, deps=(dk,))
+            if PIPELINE == _SEQUENTIAL:
+                dk = warpgroup_mma_wait(num_outstanding=0, deps=(dk,))
         c += total
+    if PIPELINE != _SEQUENTIAL:
+        dk, dv = warpgroup_mma_wait(num_outstanding=0, deps=(dk, dv))
 
     _store_dk_dv(dk, dv, scale, k_smem, v_smem, DK_DESC, DV_DESC, k_origin, BLOCK_N, HEAD_D)
 
@@ -168,18 +198,22 @@ _BOUND = BoundLaunches()
 def na_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, lse: torch.Tensor,
             delta: torch.Tensor, plan, *, scale: float, num_buffers: int = 2,
             dk: torch.Tensor | None = None, dv: torch.Tensor | None = None,
-            max_registers: int | None = None,
+            max_registers: int | None = None, pipeline: int = SEQUENTIAL,
             scope_checked: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(dk, dv)``, like ``k`` and ``v`` ``[B, S, H_kv, D]``, of softmax attention over ``plan``
     for grid-order ``q``, ``do`` ``[B, S, H_q, D]``, ``k``, ``v``, with the forward's ``lse`` and
     ``delta = rowsum(o * do)`` (float32 ``[B, H_q, S]``, contiguous); ``supports(q, k, v, plan)``
     and ``supports(do, k, v, plan)`` must hold. ``num_buffers``: q/dO ring slots (at least 2);
     ``dk``, ``dv``: where to write (contiguous, like ``k`` and ``v``), else new tensors;
-    ``max_registers``: a register cap per thread (None: the compiler's choice);
+    ``max_registers``: a register cap per thread (None: the compiler's choice); ``pipeline``:
+    the loop, ``SEQUENTIAL``, ``DEFER_DK`` or ``EARLY_DP`` (see there);
     ``scope_checked``: the caller has found both ``supports`` true (``backward_route`` does).
     Launched on the current stream."""
     if num_buffers < 2:
         raise ValueError(f"na_dkdv: num_buffers must be at least 2, got {num_buffers}")
+    if pipeline not in (SEQUENTIAL, DEFER_DK, EARLY_DP):
+        raise ValueError(f"na_dkdv: pipeline must be SEQUENTIAL, DEFER_DK or EARLY_DP (0, 1, 2), "
+                         f"got {pipeline!r}")
     if (plan.block_m, plan.block_n) != (64, 64) or not (
             scope_checked or (supports(q, k, v, plan) and supports(do, k, v, plan))):
         raise ValueError("na_dkdv: this call is outside the Gluon kernels' scope (see "
@@ -190,7 +224,7 @@ def na_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor,
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device) if dk is None else dk
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device) if dv is None else dv
     key = (id(plan), q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), do.stride(),
-           dk.stride(), dv.stride(), q.dtype, q.device, scale, num_buffers, max_registers)
+           dk.stride(), dv.stride(), q.dtype, q.device, scale, num_buffers, max_registers, pipeline)
     bound = _BOUND.get(key, (plan,))
     if bound is not None:
         bound(q, k, v, do, dk, dv, lse, delta)
@@ -205,7 +239,8 @@ def na_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor,
             heads // k.shape[2], seq, plan.map_heads, plan.n_k_tiles, cols.part_width, cols.full_width,
             scale, scale * LOG2E)
     options = dict(HEAD_D=dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, NA_STATIC=static_switches(q, plan),
-                   NUM_BUF=num_buffers, MASKED=plan.mask_mode == masks.MASK_NEIGHBORHOOD, num_warps=4,
+                   NUM_BUF=num_buffers, MASKED=plan.mask_mode == masks.MASK_NEIGHBORHOOD,
+                   PIPELINE=pipeline, num_warps=4,
                    **({"maxnreg": max_registers} if max_registers else {}))
     _LAUNCH[grid](*args, **options)
     _BOUND.remember(key, _LAUNCH, grid, args, options, live=(0, 1, 2, 3, 4, 5, 6, 7), owners=(plan,))

@@ -77,10 +77,28 @@ DQ_MAX_MASKED_TILES = 16
 DQ_MIN_PARTIAL = 0.5
 
 
-def dkdv_buffers(dim: int) -> int:
-    """q/dO ring slots of ``na_dkdv`` at head dim ``dim``: two at D = 128 (three take 128 KB of
-    shared memory, one program per SM: 4.34 against 2.94 ms in 3-D), three at D = 64."""
-    return 2 if dim > 64 else 3
+def dkdv_variant(dim: int, masked: bool) -> dict:
+    """``na_dkdv``'s keyword arguments at head dim ``dim`` on a masked plan or on full tiles only:
+    its q/dO ring slots, loop and register cap.
+
+    Ring slots: two at D = 128 (three take 128 KB of shared memory, one program per SM: 4.34
+    against 2.94 ms in 3-D), three below. Loop and cap, measured on an H200
+    (``results/tuning/2026-12-04-h200-gluon-backward-11-dkdv-pipeline.json`` and
+    ``-12-dkdv-pipeline-registers.json``, kernel ms of the sequential loop -> the chosen one):
+    at D = 64 the masked plans take ``EARLY_DP`` (2-D k17 0.260 -> 0.242, 3-D 5x13x13 2.015 ->
+    1.897) and the full-tile plans the sequential loop under 168 registers, three programs per SM
+    instead of two (blocked 4x8x8 0.327 -> 0.259; ``EARLY_DP`` there 0.319, and under the cap
+    0.319, masked plans under the cap 0.270-0.281). At D = 128 ``DEFER_DK`` (0.343 -> 0.363) and
+    ``EARLY_DP`` (spills, 0.731) lose, at D = 32 both lose (2-D 0.183 -> 0.184 / 0.214): the
+    sequential loop stays."""
+    from ..gluon.na_dkdv import EARLY_DP, SEQUENTIAL
+    if dim > 64:
+        return dict(num_buffers=2, pipeline=SEQUENTIAL)
+    if dim == 64:
+        if masked:
+            return dict(num_buffers=3, pipeline=EARLY_DP)
+        return dict(num_buffers=3, pipeline=SEQUENTIAL, max_registers=168)
+    return dict(num_buffers=3, pipeline=SEQUENTIAL)
 
 
 def _in_scope(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, plan) -> bool:

@@ -32,6 +32,7 @@ from .flash_fwd import (LOG2E, broadcast_strides, grid_extent, low_rank_args, ra
                         row_operand, row_operands)
 from .host_math import cdiv, padded_width
 from .launcher import Launcher
+from .masks import MASK_NEIGHBORHOOD
 from .na_mask import na_codes, na_key_windows, na_query_windows
 from .program_ids import RUN_TIME_INTS, listed_tiles, program_ids
 from .row_addressing import bulk_copy_batch, fold_group, load_row_tiles, memory_rows, store_rows
@@ -505,8 +506,8 @@ def _gluon_dkdv(q, k, v, do, lse, delta, plan, scale: float, dk, dv, stream=None
                           scope_checked=True)
             return
         from ..gluon.na_dkdv import na_dkdv
-        na_dkdv(q, k, v, do, lse, delta, plan, scale=scale,
-                num_buffers=backward_route.dkdv_buffers(q.shape[3]), dk=dk, dv=dv, scope_checked=True)
+        na_dkdv(q, k, v, do, lse, delta, plan, scale=scale, dk=dk, dv=dv, scope_checked=True,
+                **backward_route.dkdv_variant(q.shape[3], plan.mask_mode == MASK_NEIGHBORHOOD))
 
 
 def _gluon_dq(q, k, v, do, lse, delta, plan, scale: float, dq) -> None:
