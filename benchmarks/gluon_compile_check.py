@@ -30,7 +30,7 @@ CASES = {
     "na2d 128x128 k17": ((128, 128), (17, 17), 1),
     "na3d 16x48x48 k5x13x13": ((16, 48, 48), (5, 13, 13), 1),
     "na3d blocked 16x48x48 k4x8x8": ((16, 48, 48), (4, 8, 8), (4, 8, 8)),
-    # Dilation 2: one group's plan, every group run through a dilation fold (forward only).
+    # Dilation 2: one group's plan, every group run through a dilation fold (forward, dq, dk/dv).
     "na2d 128x128 k17 dil2": ((128, 128), (17, 17), 1, 2),
 }
 
@@ -95,7 +95,7 @@ def main() -> None:
                 stats = torch.empty(1, args.heads, seq, dtype=torch.float32)
                 na_dkdv.na_dkdv(q, k, v, torch.empty_like(q), stats, stats, plan,
                                 scale=args.dim ** -0.5, num_buffers=args.num_buffers,
-                                max_registers=args.max_registers, pipeline=args.pipeline)
+                                max_registers=args.max_registers, pipeline=args.pipeline, fold=fold)
             elif args.kernel == "dkdv-boxes":
                 stats = torch.empty(1, args.heads, seq, dtype=torch.float32)
                 na_dkdv_boxes.na_dkdv_boxes(q, k, v, torch.empty_like(q), stats, stats, plan,
@@ -108,7 +108,7 @@ def main() -> None:
                 stats = torch.empty(1, args.heads, seq, dtype=torch.float32)
                 na_dq.na_dq(q, k, v, torch.empty_like(q), stats, stats, plan, scale=args.dim ** -0.5,
                             num_buffers=args.num_buffers, v_buffers=args.v_buffers or 1,
-                            max_registers=args.max_registers)
+                            max_registers=args.max_registers, fold=fold)
             elif args.kernel == "boxes":
                 na_forward_boxes.na_forward_boxes(q, k, v, plan, scale=args.dim ** -0.5,
                                                   lazy_rescale=args.lazy_rescale,

@@ -10,9 +10,12 @@ in ``results/2026-12-01-h200-natten-8.json``). One process, bf16, B = 1, H = 16,
 
 each with the Gluon launches bound (``launcher.BIND_LAUNCHES``: only the tensors filled in per
 call) and the encoded tensor maps reused (``launcher.CACHE_TENSOR_MAPS``), then with binding off,
-then with both off (no ``top`` for these two).
+then with both off (no ``top`` for these two). With ``--backward-ab`` instead: bound and cached,
+with the Gluon dq and dk/dv routes on, then off (``backward_route.GLUON_DQ_ENABLED``,
+``GLUON_DKDV_ENABLED``), the Triton kernels taking the backward.
 
-    python benchmarks/gpu_natten_host.py --out DIR   -> DIR/natten_host.json
+    python benchmarks/gpu_natten_host.py --out DIR [--cases dil2 ...] [--backward-ab]
+        -> DIR/natten_host.json
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ import warnings
 import torch
 
 from tessera.bench.timing import host_seconds_per_call, median_ms, top_host_functions, warm_up_gpu
-from tessera.kernels.triton import launcher
+from tessera.kernels.triton import backward_route, launcher
 from tessera.natten import na2d, na3d
 
-CASES = {"2-D 128x128 k17 D=128": (na2d, (128, 128), 17, 1, 128),
-         "2-D 128x128 k17 D=64": (na2d, (128, 128), 17, 1, 64),
-         "3-D 16x48x48 blocked 4x8x8 D=128": (na3d, (16, 48, 48), (4, 8, 8), (4, 8, 8), 128)}
+# name: (op, grid, kernel, stride, dilation, head dim)
+CASES = {"2-D 128x128 k17 D=128": (na2d, (128, 128), 17, 1, 1, 128),
+         "2-D 128x128 k17 D=64": (na2d, (128, 128), 17, 1, 1, 64),
+         "2-D 128x128 k17 dil2 D=128": (na2d, (128, 128), 17, 1, 2, 128),
+         "3-D 16x48x48 blocked 4x8x8 D=128": (na3d, (16, 48, 48), (4, 8, 8), (4, 8, 8), 1, 128)}
 
 
 def sync_warnings(step) -> list[str]:
@@ -49,24 +54,33 @@ def sync_warnings(step) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=".")
+    parser.add_argument("--cases", nargs="*", default=None, help="case names containing any of these")
+    parser.add_argument("--backward-ab", action="store_true",
+                        help="Gluon dq and dk/dv routes on, then off, instead of the binding variants")
     args = parser.parse_args()
     device = torch.device("cuda")
     warm_up_gpu(device)
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": []}
-    for name, (op, grid, kernel, stride, dim) in CASES.items():
+    variants = ([(True, True, True), (True, True, False)] if args.backward_ab
+                else [(True, True, True), (False, True, True), (False, False, True)])
+    for name, (op, grid, kernel, stride, dilation, dim) in CASES.items():
+        if args.cases and not any(part in name for part in args.cases):
+            continue
         q, k, v, do = (torch.randn(1, *grid, 16, dim, device=device, dtype=torch.bfloat16) for _ in range(4))
         leaves = [t.requires_grad_() for t in (q, k, v)]
 
         def step():
-            o = op(q, k, v, kernel, stride=stride)
+            o = op(q, k, v, kernel, dilation, stride=stride)
             torch.autograd.grad(o, leaves, do)
-        for bind, cache in ((True, True), (False, True), (False, False)):
+        for bind, cache, gluon_backward in variants:
             launcher.BIND_LAUNCHES, launcher.CACHE_TENSOR_MAPS = bind, cache
+            backward_route.GLUON_DQ_ENABLED = backward_route.GLUON_DKDV_ENABLED = gluon_backward
             step()
             torch.cuda.synchronize()
             syncs = sync_warnings(step)
             row = {"case": name, "bound_launches": bind, "tensor_map_cache": cache,
+                   "gluon_backward": gluon_backward,
                    "host_ms": host_seconds_per_call(step, calls=30) * 1e3,
                    "bench_ms": median_ms(step, device), "syncs": len(syncs), "sync_messages": syncs[:5],
                    "top": top_host_functions(step, calls=30, top=30) if bind else []}
@@ -75,6 +89,7 @@ def main() -> None:
                 print("    " + entry)
             result["rows"].append(row)
         launcher.BIND_LAUNCHES, launcher.CACHE_TENSOR_MAPS = True, True
+        backward_route.GLUON_DQ_ENABLED = backward_route.GLUON_DKDV_ENABLED = True
     with open(os.path.join(args.out, "natten_host.json"), "w") as f:
         json.dump(result, f, indent=1)
 

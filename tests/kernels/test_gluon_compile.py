@@ -50,3 +50,22 @@ def test_suite_kernels_keep_their_programs_per_sm(op, grid, kernel, stride, layo
         assert programs_per_sm(compiled) >= programs[fn.__name__], (fn.__name__, resources(compiled))
         if fn.__name__ == "_na_fwd":
             assert resources(compiled)[1] == 0                 # no spills
+
+
+def test_dilated_calls_run_every_kernel_in_gluon_under_a_fold(monkeypatch):
+    """The suite's 2-D kernel 17 at dilation 2 (a dilation fold over four groups, each group in
+    the tiled order a GPU gets): forward, dq and dk/dv all launch Gluon kernels, each compiled for
+    two programs per SM or more at D = 128."""
+    from tessera import natten
+    group_plan = natten._group_plan
+    monkeypatch.setattr(natten, "_group_plan", lambda *args: group_plan(*args[:-1], "cuda"))
+    q, k, v = (torch.randn(1, 128, 128, 16, 128, dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
+    with routed_as_on_hopper() as launches:
+        o = na2d(q, k, v, (17, 17), 2, backend="triton")
+        torch.autograd.grad(o, (q, k, v), torch.randn_like(o))
+    names = sorted(fn.__name__ for fn, _, _ in launches if fn.__name__.startswith("_na_"))
+    assert names == ["_na_dkdv", "_na_dq", "_na_fwd"]
+    for fn, args, kwargs in launches:
+        if fn.__name__.startswith("_na_"):
+            assert programs_per_sm(as_launched(fn, args, kwargs)) >= 2, fn.__name__

@@ -391,19 +391,62 @@ def test_gluon_forward_dilation_fold_against_float64(grid, kernel, dilation, dty
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
+@pytest.mark.parametrize("dim", [128, 64])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_dilated_forward_route_through_natten_against_float64(monkeypatch, dtype):
-    """na2d with dilation 2 on the GPU runs its forward through the Gluon kernel under a dilation
-    fold (a spy sees the fold), its backward on the Triton kernels; a repeat call equals the
-    first, and forward and backward (GQA, B = 2) meet the float64 reference by the rule."""
-    from tessera.kernels.gluon import na_forward as gluon_forward
-    folds = []
-    original = gluon_forward.na_forward
+@pytest.mark.parametrize("grid, kernel, dilation", [((32, 48), (7, 9), 2), ((48, 48), (5, 7), 3)])
+@pytest.mark.parametrize("gradient", ["dq", "dkdv"])
+def test_gluon_backward_dilation_fold_against_float64(gradient, grid, kernel, dilation, dtype, dim):
+    """``na_dq`` and ``na_dkdv`` (the route's variant at ``dim``) through a dilation fold (every
+    group's tiles, the whole grid's tensors, lse and delta; GQA, B = 2) against the float64
+    reference's dq, or dk and dv, by the rule."""
+    from tessera.kernels.gluon.na_dkdv import na_dkdv
+    from tessera.kernels.gluon.na_dq import na_dq
+    from tessera.kernels.triton import backward_route
+    from tessera.kernels.triton.row_dot import row_dot
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    batch, heads, kv_heads = 2, 4, 2
+    q, k, v, do = (torch.randn(batch, *grid, h, dim, device="cuda", dtype=dtype, generator=gen)
+                   for h in (heads, kv_heads, kv_heads, heads))
+    plan, fold = _fold_plan(grid, kernel, dilation, heads, q.device)
+    seq = q[0, ..., 0, 0].numel()
+    o, lse = na2d(q, k, v, kernel, dilation, backend="triton", return_lse=True)
+    flat = [t.reshape(batch, seq, t.shape[-2], dim) for t in (q, k, v, do, o)]
+    stats = (lse.reshape(batch, heads, seq).contiguous(), row_dot(flat[4], flat[3]))
+    if gradient == "dq":
+        names = ("dq",)
+        got = [na_dq(*flat[:4], *stats, plan, scale=dim ** -0.5, fold=fold, **backward_route.DQ_VARIANT)]
+    else:
+        names = ("dk", "dv")
+        got = list(na_dkdv(*flat[:4], *stats, plan, scale=dim ** -0.5, fold=fold,
+                           **backward_route.dkdv_variant(dim, True)))
 
-    def spy(*args, **kwargs):
-        folds.append(kwargs.get("fold"))
-        return original(*args, **kwargs)
-    monkeypatch.setattr(gluon_forward, "na_forward", spy)
+    def reference_grads(dt):
+        leaves = [t.detach().to(dt).requires_grad_() for t in (q, k, v)]
+        out = na2d(*leaves, kernel, dilation, backend="reference")
+        grads = dict(zip(("dq", "dk", "dv"), torch.autograd.grad(out, leaves, do.to(dt))))
+        return [grads[name].reshape(batch, seq, grads[name].shape[-2], dim) for name in names]
+    assert_error_rule(names, got, reference_grads(dtype), reference_grads(torch.float64), dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_dilated_route_through_natten_against_float64(monkeypatch, dtype):
+    """na2d with dilation 2 on the GPU runs its forward, dq and dk/dv through the Gluon kernels
+    under a dilation fold (spies see the fold); a repeat call equals the first, and forward and
+    backward (GQA, B = 2) meet the float64 reference by the rule."""
+    from tessera.kernels.gluon import na_dkdv, na_dq
+    from tessera.kernels.gluon import na_forward as gluon_forward
+    folds = {"forward": [], "dq": [], "dkdv": []}
+
+    def spy(name, original):
+        def run(*args, **kwargs):
+            folds[name].append(kwargs.get("fold"))
+            return original(*args, **kwargs)
+        return run
+    monkeypatch.setattr(gluon_forward, "na_forward", spy("forward", gluon_forward.na_forward))
+    monkeypatch.setattr(na_dq, "na_dq", spy("dq", na_dq.na_dq))
+    monkeypatch.setattr(na_dkdv, "na_dkdv", spy("dkdv", na_dkdv.na_dkdv))
     gen = torch.Generator(device="cuda").manual_seed(0)
     grid, kernel, dim = (48, 64), (7, 9), 128
     shapes = [(2, *grid, 4, dim), (2, *grid, 2, dim), (2, *grid, 2, dim)]
@@ -417,7 +460,8 @@ def test_dilated_forward_route_through_natten_against_float64(monkeypatch, dtype
 
     first = run(dtype, "triton")
     got = run(dtype, "triton")
-    assert len(folds) == 2 and all(fold is not None and fold.groups == 4 for fold in folds)
+    for name, seen in folds.items():
+        assert len(seen) == 2 and all(fold is not None and fold.groups == 4 for fold in seen), name
     for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), first, got):
         assert torch.equal(a, b), f"{name}: a repeat call differs from the first"
     assert_error_rule(("o", "lse", "dq", "dk", "dv"), got, run(dtype, "reference"),

@@ -1,13 +1,13 @@
 """dk and dv of a tiled-order N-D neighborhood in grid order, in Gluon (Hopper, sm_90).
 
 Same scope as ``na_forward`` (``supports``: grid-order plans whose 64-token tiles are grid boxes,
-the analytic mask or full tiles only, 16-bit, D in {32, 64, 128}, softmax without biases), for the
-backward's key side. One program per (key tile, batch x key head), one warpgroup. The key
-tile's k and v arrive by bulk copies into shared memory and stay there as the A operands of
-``S^T = K Q^T`` and ``dP^T = V dO^T``; the query tiles that list the key tile (the plan's
-transposed lists, ``plan.cols``, for each query head of the group) stream their q and dO tiles
-through a ring of ``NUM_BUF`` slots under mbarriers, loaded ahead of use. Per query tile, with
-lse and delta (``rowsum(o * do)``) read by pointers:
+the analytic mask or full tiles only, 16-bit, D in {32, 64, 128}, softmax without biases, every
+group of a dilation fold), for the backward's key side. One program per (key tile, batch (x
+dilation group) x key head), one warpgroup. The key tile's k and v arrive by bulk copies into
+shared memory and stay there as the A operands of ``S^T = K Q^T`` and ``dP^T = V dO^T``; the query
+tiles that list the key tile (the plan's transposed lists, ``plan.cols``, for each query head of
+the group) stream their q and dO tiles through a ring of ``NUM_BUF`` slots under mbarriers, loaded
+ahead of use. Per query tile, with lse and delta (``rowsum(o * do)``) read by pointers:
 
     P^T = exp2(S^T * scale * log2(e) + penalty - lse * log2(e))
     dV += P^T dO                 dS^T = P^T * (dP^T - delta)            dK += dS^T Q
@@ -17,9 +17,9 @@ before the products are waited for.) Three loops (``pipeline``): each tile's pro
 in turn, one ``[BLOCK_N, BLOCK_M]`` product in registers besides dk and dv (``SEQUENTIAL``); the
 tile's dK left in flight (``DEFER_DK``); or dP^T issued with S^T and dV and dK left in flight
 (``EARLY_DP``), the copy of tile t + NUM_BUF - 1 then issued once tile t - 1's products are
-waited for. dk (times ``scale``) and dv leave through k's and v's
-buffers by bulk stores. The Triton dk/dv kernel holds k and v in registers (255 registers and a
-spill at D = 128); here they stay in shared memory.
+waited for. dk (times ``scale``) and dv leave through k's and v's buffers by bulk stores. The
+Triton dk/dv kernel holds k and v in registers (255 registers and a spill at D = 128); here they
+stay in shared memory.
 
 Compiled for sm_90 without a GPU by ``benchmarks/gluon_compile_check.py --kernel dkdv``; its
 float64 check is ``tests/kernels/test_gluon_gpu.py::test_gluon_dkdv_against_float64``; the
@@ -39,9 +39,10 @@ from ..triton import masks
 from ..triton.flash_fwd import LOG2E, grid_box
 from ..triton.launcher import BoundLaunches, Launcher
 from ..triton.na_mask import na_codes, na_key_windows, na_penalty
-from ..triton.row_addressing import memory_rows, row_tile_origin
+from ..triton.row_addressing import bulk_copy_batch, memory_rows, row_tile_origin
 from .layouts import wgmma_accumulator, wgmma_register_operand
-from .na_forward import _descriptor, _tile_of, check_row_stats, plan_rows, static_switches, supports
+from .na_forward import (_descriptor, _fold_entry, _tile_of, check_row_stats, plan_rows, static_switches,
+                         supports)
 
 
 # ``na_dkdv``'s loops (``pipeline``; the module docstring says what each leaves in flight), and
@@ -51,10 +52,11 @@ _SEQUENTIAL, _DEFER_DK, _EARLY_DP = gl.constexpr(SEQUENTIAL), gl.constexpr(DEFER
 
 
 @gluon.jit
-def _issue_q_do(Q_DESC, DO_DESC, q_bufs, do_bufs, bars, tile, slot, b, h, NA,
+def _issue_q_do(Q_DESC, DO_DESC, q_bufs, do_bufs, bars, tile, slot, batch, h, NA,
                 NA_STATIC: gl.constexpr, HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr):
-    """Bulk copies of query tile ``tile`` of q and dO (query head ``h``) into ring slot ``slot``."""
-    origin = row_tile_origin(tile * BLOCK_M, (b, 0, 0), h, NA, 0, NA_STATIC, True, HEAD_D)
+    """Bulk copies of query tile ``tile`` of q and dO (batch ``batch``, ``bulk_copy_batch``'s,
+    query head ``h``) into ring slot ``slot``."""
+    origin = row_tile_origin(tile * BLOCK_M, batch, h, NA, 0, NA_STATIC, True, HEAD_D)
     bar = bars.index(slot)
     mbarrier.expect(bar, Q_DESC.block_type.nbytes + DO_DESC.block_type.nbytes)
     tma.async_copy_global_to_shared(Q_DESC, origin, bar, q_bufs.index(slot))
@@ -81,10 +83,12 @@ def _na_dkdv(Q_DESC, K_DESC, V_DESC, DO_DESC, DK_DESC, DV_DESC, LSE, DELTA, PART
              NA_STATIC: gl.constexpr, NUM_BUF: gl.constexpr, MASKED: gl.constexpr,
              PIPELINE: gl.constexpr, num_warps: gl.constexpr):
     n = gl.program_id(0)
-    bhk = gl.program_id(1)
+    entry_head = gl.program_id(1)
     h_kv = H_Q // GROUP
-    b = bhk // h_kv
-    hk = bhk - b * h_kv
+    entry = entry_head // h_kv
+    hk = entry_head - entry * h_kv
+    b, first_row, groups = _fold_entry(entry, NA, NA_STATIC)
+    batch = bulk_copy_batch(b, first_row, NA, NA_STATIC)
     dtype: gl.constexpr = Q_DESC.dtype
 
     # Scores are transposed, [BLOCK_N keys, BLOCK_M queries]; dk and dv are [BLOCK_N, HEAD_D].
@@ -104,7 +108,7 @@ def _na_dkdv(Q_DESC, K_DESC, V_DESC, DO_DESC, DK_DESC, DV_DESC, LSE, DELTA, PART
     for i in gl.static_range(NUM_BUF):
         mbarrier.init(bars.index(i), count=1)
 
-    k_origin = row_tile_origin(n * BLOCK_N, (b, 0, 0), hk, NA, 1, NA_STATIC, True, HEAD_D)
+    k_origin = row_tile_origin(n * BLOCK_N, batch, hk, NA, 1, NA_STATIC, True, HEAD_D)
     mbarrier.expect(kv_bar, K_DESC.block_type.nbytes + V_DESC.block_type.nbytes)
     tma.async_copy_global_to_shared(K_DESC, k_origin, kv_bar, k_smem)
     tma.async_copy_global_to_shared(V_DESC, k_origin, kv_bar, v_smem)
@@ -130,19 +134,20 @@ def _na_dkdv(Q_DESC, K_DESC, V_DESC, DO_DESC, DK_DESC, DV_DESC, LSE, DELTA, PART
         row = (h % MAP_HEADS) * N_K_TILES + n
         n_part = gl.load(PART_CNT + row)
         total = n_part + gl.load(FULL_CNT + row)
-        stats = (b * H_Q + h).to(gl.int64) * S_Q
+        # lse and delta [B, H, S] hold the whole grid's rows (S = S_Q * groups under a fold).
+        stats = (b * H_Q + h).to(gl.int64) * (S_Q * groups) + first_row
         for i in gl.static_range(NUM_BUF - 1):
             if i < total:
                 _issue_q_do(Q_DESC, DO_DESC, q_bufs, do_bufs, bars,
                             _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, i),
-                            (c + i) % NUM_BUF, b, h, NA, NA_STATIC, HEAD_D, BLOCK_M)
+                            (c + i) % NUM_BUF, batch, h, NA, NA_STATIC, HEAD_D, BLOCK_M)
         for t in range(total):
             ahead = t + NUM_BUF - 1
             if PIPELINE == _SEQUENTIAL and ahead < total:
                 # Into the slot tile t - 1 read (its products completed).
                 _issue_q_do(Q_DESC, DO_DESC, q_bufs, do_bufs, bars,
                             _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, ahead),
-                            (c + ahead) % NUM_BUF, b, h, NA, NA_STATIC, HEAD_D, BLOCK_M)
+                            (c + ahead) % NUM_BUF, batch, h, NA, NA_STATIC, HEAD_D, BLOCK_M)
             m = _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, t)
             q_mem = memory_rows(offs_m, m * BLOCK_M, NA, 0, NA_STATIC, True).to(gl.int64)
             lse = gl.load(LSE + stats + q_mem)
@@ -168,7 +173,7 @@ def _na_dkdv(Q_DESC, K_DESC, V_DESC, DO_DESC, DK_DESC, DV_DESC, LSE, DELTA, PART
                 # Into the slot tile t - 1 read (its products completed with the wait above).
                 _issue_q_do(Q_DESC, DO_DESC, q_bufs, do_bufs, bars,
                             _tile_of(PART_IDX, FULL_IDX, row, PART_W, FULL_W, n_part, ahead),
-                            (c + ahead) % NUM_BUF, b, h, NA, NA_STATIC, HEAD_D, BLOCK_M)
+                            (c + ahead) % NUM_BUF, batch, h, NA, NA_STATIC, HEAD_D, BLOCK_M)
             z = s_t * qk_scale
             if MASKED:
                 z = z + penalty
@@ -198,7 +203,7 @@ _BOUND = BoundLaunches()
 def na_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, lse: torch.Tensor,
             delta: torch.Tensor, plan, *, scale: float, num_buffers: int = 2,
             dk: torch.Tensor | None = None, dv: torch.Tensor | None = None,
-            max_registers: int | None = None, pipeline: int = SEQUENTIAL,
+            max_registers: int | None = None, pipeline: int = SEQUENTIAL, fold=None,
             scope_checked: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(dk, dv)``, like ``k`` and ``v`` ``[B, S, H_kv, D]``, of softmax attention over ``plan``
     for grid-order ``q``, ``do`` ``[B, S, H_q, D]``, ``k``, ``v``, with the forward's ``lse`` and
@@ -206,7 +211,9 @@ def na_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor,
     and ``supports(do, k, v, plan)`` must hold. ``num_buffers``: q/dO ring slots (at least 2);
     ``dk``, ``dv``: where to write (contiguous, like ``k`` and ``v``), else new tensors;
     ``max_registers``: a register cap per thread (None: the compiler's choice); ``pipeline``:
-    the loop, ``SEQUENTIAL``, ``DEFER_DK`` or ``EARLY_DP`` (see there);
+    the loop, ``SEQUENTIAL``, ``DEFER_DK`` or ``EARLY_DP`` (see there); ``fold``: a
+    ``masks.DilationFold`` whose groups all run over ``plan`` (one group's; ``supports(...,
+    fold)``), the tensors and lse and delta then covering the whole grid (``plan_rows``);
     ``scope_checked``: the caller has found both ``supports`` true (``backward_route`` does).
     Launched on the current stream."""
     if num_buffers < 2:
@@ -215,33 +222,36 @@ def na_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor,
         raise ValueError(f"na_dkdv: pipeline must be SEQUENTIAL, DEFER_DK or EARLY_DP (0, 1, 2), "
                          f"got {pipeline!r}")
     if (plan.block_m, plan.block_n) != (64, 64) or not (
-            scope_checked or (supports(q, k, v, plan) and supports(do, k, v, plan))):
+            scope_checked or (supports(q, k, v, plan, fold) and supports(do, k, v, plan, fold))):
         raise ValueError("na_dkdv: this call is outside the Gluon kernels' scope (see "
                          "na_forward.supports; 64 x 64 tiles)")
     batch, heads, dim = q.shape[0], q.shape[2], q.shape[3]
-    seq = plan_rows(plan)
+    seq = plan_rows(plan, fold)
     check_row_stats("na_dkdv", lse, delta, (batch, heads, seq))
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device) if dk is None else dk
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device) if dv is None else dv
-    key = (id(plan), q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), do.stride(),
+    key = (id(plan), id(fold), q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), do.stride(),
            dk.stride(), dv.stride(), q.dtype, q.device, scale, num_buffers, max_registers, pipeline)
-    bound = _BOUND.get(key, (plan,))
+    bound = _BOUND.get(key, (plan, fold))
     if bound is not None:
         bound(q, k, v, do, dk, dv, lse, delta)
         return dk, dv
     q_box, k_box = grid_box(plan, plan.block_m), grid_box(plan, plan.block_n)
-    q_desc, do_desc = (_descriptor(t, plan, q_box) for t in (q, do))
-    k_desc, v_desc, dk_desc, dv_desc = (_descriptor(t, plan, k_box) for t in (k, v, dk, dv))
+    q_desc, do_desc = (_descriptor(t, plan, q_box, fold) for t in (q, do))
+    k_desc, v_desc, dk_desc, dv_desc = (_descriptor(t, plan, k_box, fold) for t in (k, v, dk, dv))
+    na_params, na_static, groups = plan.na_params, static_switches(q, plan), 1
+    if fold is not None:
+        (na_params, na_static), groups = fold.params(plan), fold.groups
     cols = plan.cols
-    grid = (plan.n_k_tiles, batch * k.shape[2])
+    grid = (plan.n_k_tiles, batch * groups * k.shape[2])
     args = (q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse, delta, cols.part_count,
-            cols.part_index, cols.full_count, cols.full_index, plan.na_params, heads,
-            heads // k.shape[2], seq, plan.map_heads, plan.n_k_tiles, cols.part_width, cols.full_width,
-            scale, scale * LOG2E)
-    options = dict(HEAD_D=dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, NA_STATIC=static_switches(q, plan),
+            cols.part_index, cols.full_count, cols.full_index, na_params, heads,
+            heads // k.shape[2], seq // groups, plan.map_heads, plan.n_k_tiles, cols.part_width,
+            cols.full_width, scale, scale * LOG2E)
+    options = dict(HEAD_D=dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, NA_STATIC=na_static,
                    NUM_BUF=num_buffers, MASKED=plan.mask_mode == masks.MASK_NEIGHBORHOOD,
                    PIPELINE=pipeline, num_warps=4,
                    **({"maxnreg": max_registers} if max_registers else {}))
     _LAUNCH[grid](*args, **options)
-    _BOUND.remember(key, _LAUNCH, grid, args, options, live=(0, 1, 2, 3, 4, 5, 6, 7), owners=(plan,))
+    _BOUND.remember(key, _LAUNCH, grid, args, options, live=(0, 1, 2, 3, 4, 5, 6, 7), owners=(plan, fold))
     return dk, dv

@@ -1,13 +1,13 @@
 """dq of a tiled-order N-D neighborhood in grid order, in Gluon (Hopper, sm_90).
 
 Same scope as ``na_forward`` (``supports``: grid-order plans whose 64-token tiles are grid boxes,
-the analytic mask or full tiles only, 16-bit, D in {32, 64, 128}, softmax without biases), for the
-backward's query side. One program per (query tile, batch x query head), one warpgroup. The
-query tile's q and dO arrive by bulk copies into shared memory and stay there as the A operands
-of ``S = Q K^T`` and ``dP = dO V^T``; the key tiles the plan lists for the query tile stream
-through a K ring of ``NUM_BUF`` slots and a V ring of ``V_BUF`` slots under mbarriers, loaded
-ahead of use (as in ``na_forward``'s sequential loop). Per key tile, with lse and delta
-(``rowsum(o * do)``) read once by pointers:
+the analytic mask or full tiles only, 16-bit, D in {32, 64, 128}, softmax without biases, every
+group of a dilation fold), for the backward's query side. One program per (query tile, batch (x
+dilation group) x query head), one warpgroup. The query tile's q and dO arrive by bulk copies into
+shared memory and stay there as the A operands of ``S = Q K^T`` and ``dP = dO V^T``; the key tiles
+the plan lists for the query tile stream through a K ring of ``NUM_BUF`` slots and a V ring of
+``V_BUF`` slots under mbarriers, loaded ahead of use (as in ``na_forward``'s sequential loop). Per
+key tile, with lse and delta (``rowsum(o * do)``) read once by pointers:
 
     P = exp2(S * scale * log2(e) + penalty - lse * log2(e))
     dS = P * (dP - delta)                  dQ += dS K
@@ -35,9 +35,9 @@ from ..triton import masks
 from ..triton.flash_fwd import grid_box, LOG2E
 from ..triton.launcher import BoundLaunches, Launcher
 from ..triton.na_mask import NA_GRID, na_param, na_query_windows
-from ..triton.row_addressing import memory_rows, row_tile_origin
+from ..triton.row_addressing import bulk_copy_batch, memory_rows, row_tile_origin
 from .layouts import wgmma_accumulator, wgmma_register_operand
-from .na_forward import (_box_origin, _descriptor, _issue_box, _issue_one, _key_tile_at,
+from .na_forward import (_box_origin, _descriptor, _fold_entry, _issue_box, _issue_one, _key_tile_at,
                          _penalty_at, _tile_of, check_row_stats, plan_rows, static_switches, supports)
 
 
@@ -48,10 +48,11 @@ def _na_dq(Q_DESC, K_DESC, V_DESC, DO_DESC, DQ_DESC, LSE, DELTA, PART_CNT, PART_
            NA_STATIC: gl.constexpr, NUM_BUF: gl.constexpr, V_BUF: gl.constexpr,
            MASKED: gl.constexpr, num_warps: gl.constexpr):
     m = gl.program_id(0)
-    bh = gl.program_id(1)
-    b = bh // H_Q
-    h = bh - b * H_Q
-    batch = (b, 0, 0)
+    entry_head = gl.program_id(1)
+    entry = entry_head // H_Q
+    h = entry_head - entry * H_Q
+    b, first_row, groups = _fold_entry(entry, NA, NA_STATIC)
+    batch = bulk_copy_batch(b, first_row, NA, NA_STATIC)
     hk = h // GROUP
     row = (h % MAP_HEADS) * N_Q_TILES + m
     n_part = gl.load(PART_CNT + row)
@@ -77,7 +78,7 @@ def _na_dq(Q_DESC, K_DESC, V_DESC, DO_DESC, DQ_DESC, LSE, DELTA, PART_CNT, PART_
     for i in gl.static_range(V_BUF):
         mbarrier.init(v_bars.index(i), count=1)
 
-    q_origin = row_tile_origin(m * BLOCK_M, (b, 0, 0), h, NA, 0, NA_STATIC, True, HEAD_D)
+    q_origin = row_tile_origin(m * BLOCK_M, batch, h, NA, 0, NA_STATIC, True, HEAD_D)
     mbarrier.expect(q_bar, Q_DESC.block_type.nbytes + DO_DESC.block_type.nbytes)
     tma.async_copy_global_to_shared(Q_DESC, q_origin, q_bar, q_smem)
     tma.async_copy_global_to_shared(DO_DESC, q_origin, q_bar, do_smem)
@@ -92,7 +93,8 @@ def _na_dq(Q_DESC, K_DESC, V_DESC, DO_DESC, DQ_DESC, LSE, DELTA, PART_CNT, PART_
     offs_n = gl.arange(0, BLOCK_N, layout=cols_s)
     windows = na_query_windows(offs_m[:, None], m * BLOCK_M, NA, NA_STATIC)
     q_mem = memory_rows(offs_m, m * BLOCK_M, NA, 0, NA_STATIC, True).to(gl.int64)
-    stats = bh.to(gl.int64) * S_Q
+    # lse and delta [B, H, S] hold the whole grid's rows (S = S_Q * groups under a fold).
+    stats = (b * H_Q + h).to(gl.int64) * (S_Q * groups) + first_row
     lse = gl.load(LSE + stats + q_mem)
     delta = gl.load(DELTA + stats + q_mem)
     # Fully masked rows have lse = -inf: read as +inf so that p = 0 there.
@@ -170,45 +172,50 @@ _BOUND = BoundLaunches()
 
 def na_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, lse: torch.Tensor,
           delta: torch.Tensor, plan, *, scale: float, num_buffers: int = 2, v_buffers: int = 1,
-          dq: torch.Tensor | None = None, max_registers: int | None = None,
+          dq: torch.Tensor | None = None, max_registers: int | None = None, fold=None,
           scope_checked: bool = False) -> torch.Tensor:
     """``dq``, like ``q`` ``[B, S, H_q, D]``, of softmax attention over ``plan`` for grid-order
     ``q``, ``do``, ``k``, ``v`` ``[B, S, H_kv, D]``, with the forward's ``lse`` and ``delta =
     rowsum(o * do)`` (float32 ``[B, H_q, S]``, contiguous); ``supports(q, k, v, plan)`` and
     ``supports(do, k, v, plan)`` must hold, with 64 x 64 tiles. ``num_buffers``, ``v_buffers``: K
     and V ring slots (``1 <= v_buffers <= num_buffers``); ``dq``: where to write (contiguous,
-    like ``q``), else a new tensor; ``max_registers``: a register cap per thread;
+    like ``q``), else a new tensor; ``max_registers``: a register cap per thread; ``fold``: a
+    ``masks.DilationFold`` whose groups all run over ``plan`` (one group's; ``supports(...,
+    fold)``), the tensors and lse and delta then covering the whole grid (``plan_rows``);
     ``scope_checked``: the caller has found both ``supports`` true (``backward_route`` does).
     Launched on the current stream."""
     if not 1 <= v_buffers <= num_buffers:
         raise ValueError(f"na_dq: need 1 <= v_buffers <= num_buffers, got v_buffers={v_buffers}, "
                          f"num_buffers={num_buffers}")
     if (plan.block_m, plan.block_n) != (64, 64) or not (
-            scope_checked or (supports(q, k, v, plan) and supports(do, k, v, plan))):
+            scope_checked or (supports(q, k, v, plan, fold) and supports(do, k, v, plan, fold))):
         raise ValueError("na_dq: this call is outside the Gluon kernels' scope (see "
                          "na_forward.supports; 64 x 64 tiles)")
     batch, heads, dim = q.shape[0], q.shape[2], q.shape[3]
-    seq = plan_rows(plan)
+    seq = plan_rows(plan, fold)
     check_row_stats("na_dq", lse, delta, (batch, heads, seq))
     dq = torch.empty_like(q) if dq is None else dq
-    key = (id(plan), q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), do.stride(),
+    key = (id(plan), id(fold), q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), do.stride(),
            dq.stride(), q.dtype, q.device, scale, num_buffers, v_buffers, max_registers)
-    bound = _BOUND.get(key, (plan,))
+    bound = _BOUND.get(key, (plan, fold))
     if bound is not None:
         bound(q, k, v, do, dq, lse, delta)
         return dq
     q_box, k_box = grid_box(plan, plan.block_m), grid_box(plan, plan.block_n)
-    q_desc, do_desc, dq_desc = (_descriptor(t, plan, q_box) for t in (q, do, dq))
-    k_desc, v_desc = (_descriptor(t, plan, k_box) for t in (k, v))
+    q_desc, do_desc, dq_desc = (_descriptor(t, plan, q_box, fold) for t in (q, do, dq))
+    k_desc, v_desc = (_descriptor(t, plan, k_box, fold) for t in (k, v))
+    na_params, na_static, groups = plan.na_params, static_switches(q, plan), 1
+    if fold is not None:
+        (na_params, na_static), groups = fold.params(plan), fold.groups
     rows = plan.rows
-    grid = (plan.n_q_tiles, batch * heads)
+    grid = (plan.n_q_tiles, batch * groups * heads)
     args = (q_desc, k_desc, v_desc, do_desc, dq_desc, lse, delta, rows.part_count, rows.part_index,
-            rows.full_count, rows.full_index, plan.na_params, heads, heads // k.shape[2], seq,
+            rows.full_count, rows.full_index, na_params, heads, heads // k.shape[2], seq // groups,
             plan.map_heads, plan.n_q_tiles, rows.part_width, rows.full_width, scale, scale * LOG2E)
     options = dict(
-        HEAD_D=dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, NA_STATIC=static_switches(q, plan),
+        HEAD_D=dim, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, NA_STATIC=na_static,
         NUM_BUF=num_buffers, V_BUF=v_buffers, MASKED=plan.mask_mode == masks.MASK_NEIGHBORHOOD,
         num_warps=4, **({"maxnreg": max_registers} if max_registers else {}))
     _LAUNCH[grid](*args, **options)
-    _BOUND.remember(key, _LAUNCH, grid, args, options, live=(0, 1, 2, 3, 4, 5, 6), owners=(plan,))
+    _BOUND.remember(key, _LAUNCH, grid, args, options, live=(0, 1, 2, 3, 4, 5, 6), owners=(plan, fold))
     return dq

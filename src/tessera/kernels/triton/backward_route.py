@@ -101,15 +101,16 @@ def dkdv_variant(dim: int, masked: bool) -> dict:
     return dict(num_buffers=3, pipeline=SEQUENTIAL)
 
 
-def _in_scope(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, plan) -> bool:
+def _in_scope(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, plan,
+              fold=None) -> bool:
     """A Hopper GPU, 64 x 64 tiles and the Gluon kernels' scope: ``na_forward.supports`` for q,
-    k, v, and do laid out as q (what ``supports(do, k, v, plan)`` then finds, at one check's
-    host cost)."""
+    k, v (under ``fold``, a ``masks.DilationFold``, where given), and do laid out as q (what
+    ``supports(do, k, v, plan, fold)`` then finds, at one check's host cost)."""
     if (plan.block_m, plan.block_n) != (64, 64) or not forward_route.on_hopper(q):
         return False
     from ..gluon import na_forward
     return (do.dtype == q.dtype and do.shape == q.shape and do.stride() == q.stride()
-            and bulk_aligned(do) and na_forward.supports(q, k, v, plan))
+            and bulk_aligned(do) and na_forward.supports(q, k, v, plan, fold))
 
 
 def dq_on_boxes(plan) -> bool:
@@ -136,18 +137,19 @@ def dkdv_on_boxes(plan) -> bool:
 
 
 def routes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, dq_plan,
-           dkdv_plan) -> tuple[bool, bool]:
-    """``(dq from na_dq, dk and dv from na_dkdv)`` for this grid-order backward (plain softmax, no
-    fold: the caller checks) over ``dq_plan`` and ``dkdv_plan``. Each needs its switch, a Hopper
-    GPU, 64 x 64 tiles and the kernels' scope; dq also full tiles, key boxes
-    (``dq_on_boxes``), at most ``DQ_MAX_MASKED_TILES`` listed key tiles per query tile, or D =
-    128 with at least ``DQ_MIN_PARTIAL`` of them partial (``na_dq`` reads delta: the caller
-    computes it first).
+           dkdv_plan, fold=None) -> tuple[bool, bool]:
+    """``(dq from na_dq, dk and dv from na_dkdv)`` for this grid-order backward (plain softmax:
+    the caller checks) over ``dq_plan`` and ``dkdv_plan``, every group of ``fold`` (a
+    ``masks.DilationFold``) where given. Each needs its switch, a Hopper GPU, 64 x 64 tiles and
+    the kernels' scope; dq also full tiles, key boxes (``dq_on_boxes``, not under a fold), at
+    most ``DQ_MAX_MASKED_TILES`` listed key tiles per query tile, or D = 128 with at least
+    ``DQ_MIN_PARTIAL`` of them partial (``na_dq`` reads delta: the caller computes it first).
     Both kernels then run with ``scope_checked``."""
-    dkdv = GLUON_DKDV_ENABLED and _in_scope(q, k, v, do, dkdv_plan)
+    dkdv = GLUON_DKDV_ENABLED and _in_scope(q, k, v, do, dkdv_plan, fold)
     dq = GLUON_DQ_ENABLED and (dkdv if dq_plan is dkdv_plan and GLUON_DKDV_ENABLED
-                               else _in_scope(q, k, v, do, dq_plan))
+                               else _in_scope(q, k, v, do, dq_plan, fold))
     if dq and dq_plan.mask_mode == MASK_NEIGHBORHOOD:
-        dq = (dq_on_boxes(dq_plan) or forward_route.few_listed_tiles(dq_plan, DQ_MAX_MASKED_TILES)
+        dq = ((fold is None and dq_on_boxes(dq_plan))
+              or forward_route.few_listed_tiles(dq_plan, DQ_MAX_MASKED_TILES)
               or (q.shape[3] == 128 and dq_plan.partial_fraction() >= DQ_MIN_PARTIAL))
     return dq, dkdv

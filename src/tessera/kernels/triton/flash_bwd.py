@@ -496,32 +496,32 @@ def _named_launch(launch, name: str):
     return run
 
 
-def _gluon_dkdv(q, k, v, do, lse, delta, plan, scale: float, dk, dv, stream=None) -> None:
+def _gluon_dkdv(q, k, v, do, lse, delta, plan, scale: float, dk, dv, stream=None, fold=None) -> None:
     """dk and dv into ``dk``, ``dv`` by the Gluon kernel (``backward_route`` chose it), on
-    ``stream`` when given."""
+    ``stream`` when given; every group of a dilation ``fold`` where given (never on boxes)."""
     with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-        if backward_route.dkdv_on_boxes(plan):
+        if fold is None and backward_route.dkdv_on_boxes(plan):
             from ..gluon.na_dkdv_boxes import call_plan, na_dkdv_boxes
             na_dkdv_boxes(q, k, v, do, lse, delta, call_plan(q, k, v, plan), scale=scale, dk=dk, dv=dv,
                           scope_checked=True)
             return
         from ..gluon.na_dkdv import na_dkdv
-        na_dkdv(q, k, v, do, lse, delta, plan, scale=scale, dk=dk, dv=dv, scope_checked=True,
+        na_dkdv(q, k, v, do, lse, delta, plan, scale=scale, dk=dk, dv=dv, fold=fold, scope_checked=True,
                 **backward_route.dkdv_variant(q.shape[3], plan.mask_mode == MASK_NEIGHBORHOOD))
 
 
-def _gluon_dq(q, k, v, do, lse, delta, plan, scale: float, dq) -> None:
+def _gluon_dq(q, k, v, do, lse, delta, plan, scale: float, dq, fold=None) -> None:
     """dq into ``dq`` by a Gluon kernel (``backward_route`` chose it): over key boxes (on the
-    query tiles of ``na_forward_boxes.call_plan``) where ``backward_route.dq_on_boxes``, else over
-    the plan's tiles."""
-    if backward_route.dq_on_boxes(plan):
+    query tiles of ``na_forward_boxes.call_plan``) where ``backward_route.dq_on_boxes`` and there
+    is no dilation ``fold``, else over the plan's tiles (every group of ``fold``)."""
+    if fold is None and backward_route.dq_on_boxes(plan):
         from ..gluon.na_dq_boxes import na_dq_boxes
         from ..gluon.na_forward_boxes import call_plan
         na_dq_boxes(q, k, v, do, lse, delta, call_plan(q, k, v, plan), scale=scale, dq=dq,
                     scope_checked=True, max_registers=backward_route.DQ_BOXES_REGISTERS.get(q.shape[3]))
         return
     from ..gluon.na_dq import na_dq
-    na_dq(q, k, v, do, lse, delta, plan, scale=scale, dq=dq, scope_checked=True,
+    na_dq(q, k, v, do, lse, delta, plan, scale=scale, dq=dq, fold=fold, scope_checked=True,
           **backward_route.DQ_VARIANT)
 
 
@@ -541,12 +541,14 @@ def _row_delta(o, do, dlse, grid=None, extent=None) -> torch.Tensor:
     return delta
 
 
-def _gluon_gradients(do, q, k, v, o, lse, dq_plan, dkdv_plan, scale: float, overlap: bool, dlse=None):
+def _gluon_gradients(do, q, k, v, o, lse, dq_plan, dkdv_plan, scale: float, overlap: bool, dlse=None,
+                     fold=None):
     """``(dq, dk, dv)`` of a plain grid-order backward that both Gluon kernels take
-    (``backward_route.routes``): delta, then dk/dv (on a side stream with ``overlap``) and dq.
-    None of the Triton kernels' arguments are built (host time). Tensors that hold only a
-    ``PaddedNeighborhood``'s extent (``extent_only``) get delta over its whole grid."""
-    if extent_only(q, dq_plan):
+    (``backward_route.routes``), every group of a dilation ``fold`` where given: delta, then
+    dk/dv (on a side stream with ``overlap``) and dq. None of the Triton kernels' arguments are
+    built (host time). Tensors that hold only a ``PaddedNeighborhood``'s extent
+    (``extent_only``) get delta over its whole grid."""
+    if fold is None and extent_only(q, dq_plan):
         delta = _row_delta(o, do, dlse, dq_plan.na_values[0:3], grid_extent(dq_plan))
     else:
         delta = _row_delta(o, do, dlse)
@@ -556,11 +558,11 @@ def _gluon_gradients(do, q, k, v, o, lse, dq_plan, dkdv_plan, scale: float, over
     side = streams.fork(q.device) if overlap else None
     try:
         if side is None:
-            _gluon_dq(q, k, v, do, lse, delta, dq_plan, scale, dq)
-            _gluon_dkdv(q, k, v, do, lse, delta, dkdv_plan, scale, dk, dv)
+            _gluon_dq(q, k, v, do, lse, delta, dq_plan, scale, dq, fold)
+            _gluon_dkdv(q, k, v, do, lse, delta, dkdv_plan, scale, dk, dv, fold=fold)
         else:
-            _gluon_dkdv(q, k, v, do, lse, delta, dkdv_plan, scale, dk, dv, side)
-            _gluon_dq(q, k, v, do, lse, delta, dq_plan, scale, dq)
+            _gluon_dkdv(q, k, v, do, lse, delta, dkdv_plan, scale, dk, dv, side, fold)
+            _gluon_dq(q, k, v, do, lse, delta, dq_plan, scale, dq, fold)
     finally:
         streams.join(side)
     return dq, dk, dv
@@ -604,12 +606,12 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
     sigmoid = sigmoid_bias is not None
     device = q.device
     overlap = streams.possible(device) and overlap_pays(dq_plan, batch * groups, heads, dim + dim_v)
-    plain = (grid_order and fold is None and grid_rows is None and not sigmoid and softcap is None
+    plain = (grid_order and grid_rows is None and not sigmoid and softcap is None
              and slopes is None and bias is None and low_rank is None and rel_pos is None)
-    gluon_dq, gluon_dkdv = (backward_route.routes(q, k, v, do, dq_plan, dkdv_plan) if plain
+    gluon_dq, gluon_dkdv = (backward_route.routes(q, k, v, do, dq_plan, dkdv_plan, fold) if plain
                             else (False, False))
     if gluon_dq and gluon_dkdv:
-        return (*_gluon_gradients(do, q, k, v, o, lse, dq_plan, dkdv_plan, scale, overlap, dlse),
+        return (*_gluon_gradients(do, q, k, v, o, lse, dq_plan, dkdv_plan, scale, overlap, dlse, fold),
                 None, None, None, None, None)
     if extent_only(q, dq_plan):
         raise RuntimeError("flash_bwd.backward: q, k, v hold only a padded grid's extent, which only "
@@ -671,7 +673,7 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
 
     def run_dkdv(stream):
         if gluon_dkdv:
-            _gluon_dkdv(q, k, v, do, lse, delta, dkdv_plan, scale, dk, dv, stream)
+            _gluon_dkdv(q, k, v, do, lse, delta, dkdv_plan, scale, dk, dv, stream, fold)
             return
         cols = dkdv_plan.cols
         q_desc, do_desc, dkdv_tma = (row_operands(q, do, dkdv_plan, dkdv_plan.block_m, grid_order, fold)
@@ -702,7 +704,7 @@ def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config
 
     def run_dq():
         if gluon_dq:
-            _gluon_dq(q, k, v, do, lse, delta, dq_plan, scale, dq)
+            _gluon_dq(q, k, v, do, lse, delta, dq_plan, scale, dq, fold)
             return
         rows = dq_plan.rows
         k_desc, v_desc, dq_tma = (row_operands(k, v, dq_plan, dq_plan.block_n, grid_order, fold)
