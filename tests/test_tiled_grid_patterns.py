@@ -183,13 +183,15 @@ def test_tiled_route_conditions(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("pattern, tiled", [(CSWin((32, 64), 8, 4), True), (CrissCross((32, 64)), True),
-                                            (Halo((32, 64), 8, 3), False), (Swin((32, 64), 8, shifted=True), True),
+                                            (Halo((32, 64), 8, 3), True), (Halo((32, 32), 8, 3), False),
+                                            (Swin((32, 64), 8, shifted=True), True),
                                             (Swin((56, 56), 7, shifted=True), True)],
                          ids=repr)
 def test_gpu_grid_patterns_against_float64(monkeypatch, pattern, tiled, dtype):
-    """CSWin, criss-cross and shifted Swin windows (tiled order, the windows on the rolled grid) and
-    halos (row-major, bitmask tiles) through ``tessera.attention`` on CUDA meet the float64 reference by the rule
-    (GQA, B = 2, D = 32; the loss takes lse too)."""
+    """CSWin, criss-cross, shifted Swin windows (tiled order, the windows on the rolled grid) and
+    halos (tiled where the tiles pay, ``MIN_GAIN``; else row-major, bitmask tiles) through
+    ``tessera.attention`` on CUDA meet the float64 reference by the rule (GQA, B = 2, D = 32; the
+    loss takes lse too)."""
     heads = 4
     routed = []
     original = tiled_grid_patterns.tiled_grid_call
