@@ -420,11 +420,8 @@ def test_gluon_backward_dilation_fold_against_float64(gradient, grid, kernel, di
         got = list(na_dkdv(*flat[:4], *stats, plan, scale=dim ** -0.5, fold=fold,
                            **backward_route.dkdv_variant(dim, True)))
 
-    def reference_grads(dt):
-        leaves = [t.detach().to(dt).requires_grad_() for t in (q, k, v)]
-        out = na2d(*leaves, kernel, dilation, backend="reference")
-        grads = dict(zip(("dq", "dk", "dv"), torch.autograd.grad(out, leaves, do.to(dt))))
-        return [grads[name].reshape(batch, seq, grads[name].shape[-2], dim) for name in names]
+    reference_grads = _reference_gradients(
+        lambda *leaves, backend: na2d(*leaves, kernel, dilation, backend=backend), q, k, v, do, names, seq)
     assert_error_rule(names, got, reference_grads(dtype), reference_grads(torch.float64), dtype)
 
 
@@ -524,12 +521,23 @@ def _check_gradients(run_kernel, names, op, grid, kernel, stride, dim, dtype, ca
     got = run_kernel(*flat[:4], lse.reshape(batch, heads, seq).contiguous(),
                      row_dot(flat[4], flat[3]), plan, scale=dim ** -0.5)
 
-    def reference_grads(dt):
-        leaves = [t.detach().to(dt).requires_grad_() for t in (q, k, v)]
-        out = op(*leaves, kernel, stride=stride, is_causal=causal, backend="reference")
-        grads = dict(zip(("dq", "dk", "dv"), torch.autograd.grad(out, leaves, do.to(dt))))
-        return [grads[name].reshape(batch, seq, grads[name].shape[-2], dim) for name in names]
+    reference_grads = _reference_gradients(
+        lambda *leaves, backend: op(*leaves, kernel, stride=stride, is_causal=causal, backend=backend),
+        q, k, v, do, names, seq)
     assert_error_rule(names, got, reference_grads(dtype), reference_grads(torch.float64), dtype)
+
+
+def _reference_gradients(attend, q, k, v, do, names, rows: int):
+    """``grads(dt)``: the gradients ``names`` (of dq, dk, dv) of ``attend(q, k, v,
+    backend="reference")`` cast to ``dt``, for the output gradient ``do``, each as ``[B, rows, H,
+    D]`` (the kernels' flattened grid)."""
+    def grads(dt):
+        leaves = [t.detach().to(dt).requires_grad_() for t in (q, k, v)]
+        out = attend(*leaves, backend="reference")
+        by_name = dict(zip(("dq", "dk", "dv"), torch.autograd.grad(out, leaves, do.to(dt))))
+        return [by_name[name].reshape(q.shape[0], rows, by_name[name].shape[-2], q.shape[-1])
+                for name in names]
+    return grads
 
 
 @pytest.mark.gpu
