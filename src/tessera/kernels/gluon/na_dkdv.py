@@ -41,7 +41,7 @@ from ..triton.launcher import BoundLaunches, Launcher
 from ..triton.na_mask import na_codes, na_key_windows, na_penalty
 from ..triton.row_addressing import bulk_copy_batch, memory_rows, row_tile_origin
 from .layouts import wgmma_accumulator, wgmma_register_operand
-from .na_forward import (_descriptor, _fold_entry, _tile_of, check_row_stats, plan_rows, static_switches,
+from .na_forward import (_descriptor, _fold_entry, _tile_of, check_row_stats, launch_params, plan_rows,
                          supports)
 
 
@@ -239,9 +239,7 @@ def na_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor,
     q_box, k_box = grid_box(plan, plan.block_m), grid_box(plan, plan.block_n)
     q_desc, do_desc = (_descriptor(t, plan, q_box, fold) for t in (q, do))
     k_desc, v_desc, dk_desc, dv_desc = (_descriptor(t, plan, k_box, fold) for t in (k, v, dk, dv))
-    na_params, na_static, groups = plan.na_params, static_switches(q, plan), 1
-    if fold is not None:
-        (na_params, na_static), groups = fold.params(plan), fold.groups
+    na_params, na_static, groups = launch_params(q, plan, fold)
     cols = plan.cols
     grid = (plan.n_k_tiles, batch * groups * k.shape[2])
     args = (q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse, delta, cols.part_count,

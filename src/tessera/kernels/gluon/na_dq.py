@@ -38,7 +38,7 @@ from ..triton.na_mask import NA_GRID, na_param, na_query_windows
 from ..triton.row_addressing import bulk_copy_batch, memory_rows, row_tile_origin
 from .layouts import wgmma_accumulator, wgmma_register_operand
 from .na_forward import (_box_origin, _descriptor, _fold_entry, _issue_box, _issue_one, _key_tile_at,
-                         _penalty_at, _tile_of, check_row_stats, plan_rows, static_switches, supports)
+                         _penalty_at, _tile_of, check_row_stats, launch_params, plan_rows, supports)
 
 
 @gluon.jit
@@ -204,9 +204,7 @@ def na_dq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, l
     q_box, k_box = grid_box(plan, plan.block_m), grid_box(plan, plan.block_n)
     q_desc, do_desc, dq_desc = (_descriptor(t, plan, q_box, fold) for t in (q, do, dq))
     k_desc, v_desc = (_descriptor(t, plan, k_box, fold) for t in (k, v))
-    na_params, na_static, groups = plan.na_params, static_switches(q, plan), 1
-    if fold is not None:
-        (na_params, na_static), groups = fold.params(plan), fold.groups
+    na_params, na_static, groups = launch_params(q, plan, fold)
     rows = plan.rows
     grid = (plan.n_q_tiles, batch * groups * heads)
     args = (q_desc, k_desc, v_desc, do_desc, dq_desc, lse, delta, rows.part_count, rows.part_index,

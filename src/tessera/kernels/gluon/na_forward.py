@@ -671,6 +671,16 @@ def static_switches(q: torch.Tensor, plan) -> int:
     return plan.na_static | (masks.NA_BATCH_AXIS_BIT if batch_axis(q, plan) else 0)
 
 
+def launch_params(q: torch.Tensor, plan, fold=None) -> tuple:
+    """``(NA, NA_STATIC, groups)`` of a launch over ``plan`` with query ``q``: the plan's
+    parameters and ``static_switches``, one group; under a dilation ``fold`` its parameters
+    (``DilationFold.params``) and its number of groups."""
+    if fold is None:
+        return plan.na_params, static_switches(q, plan), 1
+    na_params, na_static = fold.params(plan)
+    return na_params, na_static, fold.groups
+
+
 def plan_rows(plan, fold=None) -> int:
     """Rows of the per-row statistics (lse, delta ``[B, H, rows]``) of a call over ``plan``: the
     plan's grid, every dilation group's under a ``fold``. A ``PaddedNeighborhood``'s q, k, v
@@ -815,9 +825,7 @@ def na_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan, *, scale
     q_box, k_box = grid_box(plan, plan.block_m), grid_box(plan, plan.block_n)
     q_desc, o_desc = (_descriptor(t, plan, q_box, fold) for t in (q, o))
     k_desc, v_desc = (_descriptor(t, plan, k_box, fold) for t in (k, v))
-    na_params, na_static, groups = plan.na_params, static_switches(q, plan), 1
-    if fold is not None:
-        (na_params, na_static), groups = fold.params(plan), fold.groups
+    na_params, na_static, groups = launch_params(q, plan, fold)
     rows = plan.rows
     cap = 128 if specialized else max_registers
     grid = (plan.n_q_tiles, batch * groups * heads)
