@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import sys
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -27,7 +28,9 @@ from .api import _build_call, _check_backend_name, _choose_backend, unrouted_att
 from .compile_support import recomputed_gradients
 from .grid_padding import pad_grid, pad_grids, unpad_grid
 from .kernels import registry
+from .kernels.triton import route_settings
 from .kernels.triton.masks import DilationFold, pattern_key
+from .kernels.triton.prepared_run import PreparedRun
 from .natten_additional import check_additional_kv, with_additional_kv
 from .patterns.layout import (DilationGroupOrder, GridLayout, Permuted, as_axes, box_tile_counts,
                               choose_padded_tile_shape, choose_tile_shape, padded_grid, rows_box)
@@ -120,11 +123,12 @@ def folds_in_kernel(pattern: Neighborhood, backend: str, device: torch.device) -
     return _fold_plan(pattern, backend, device) is not None
 
 
-def _folded_run(q, k, v, pattern: Neighborhood, na_dim: int, backend: str, scale, return_lse: bool):
+def _folded_run(q, k, v, pattern: Neighborhood, na_dim: int, backend: str, scale, return_lse: bool,
+                chosen=None):
     """``(o, lse)`` (grid-shaped, lse None unless ``return_lse``) of a dilated ``pattern`` whose
     dilations divide the grid, run by the Triton kernels on the whole grid in its row-major
     order, every dilation group at once (``DilationFold``); None when the fold does not take it
-    (``_fold_plan``) or the backend declines."""
+    (``_fold_plan``) or the backend declines. ``chosen``: as ``_extent_only_run``'s."""
     fold_plan = _fold_plan(pattern, backend, q.device)
     if fold_plan is None:
         return None
@@ -134,13 +138,13 @@ def _folded_run(q, k, v, pattern: Neighborhood, na_dim: int, backend: str, scale
     flat = [t.reshape(batch, n, *t.shape[1 + na_dim:]) for t in (q, k, v)]
     signature = _fold_signature(flat, key, pattern.dilation, backend, scale, return_lse)
     prepared = _prepared(signature)
-    out = prepared(*flat) if prepared is not None else None
+    out = _run_prepared(prepared, flat, chosen) if prepared is not None else None
     if out is None:
         # The sub-pattern covers one group, not the call's length: it joins after the checks.
         call, _ = _build_call(*flat, scale=scale, return_lse=return_lse)
         call.pattern, call.pattern_key, call.grid_order = sub_pattern, key, True
         call.dilation_fold = _dilation_fold(grid, pattern.dilation)
-        out = _run_and_prepare(call, signature)
+        out = _run_and_prepare(call, signature, chosen)
         if out is None:
             return None
     o, lse = out
@@ -149,11 +153,12 @@ def _folded_run(q, k, v, pattern: Neighborhood, na_dim: int, backend: str, scale
 
 
 def _per_dilation_group(q, k, v, pattern: Neighborhood, na_dim: int, backend: str, scale,
-                        return_lse: bool):
+                        return_lse: bool, chosen=None):
     """``neighborhood_attention`` of a dilated ``pattern`` whose dilations divide the grid, run as
     the undilated neighborhood of every dilation group, batched (``dilation_groups``): one gather
-    of q, k and v into the groups' tiled order (``DilationGroupOrder``) and one of o back."""
-    folded = _folded_run(q, k, v, pattern, na_dim, backend, scale, return_lse)
+    of q, k and v into the groups' tiled order (``DilationGroupOrder``) and one of o back.
+    ``chosen``: as ``_extent_only_run``'s, for the dilation fold's run alone."""
+    folded = _folded_run(q, k, v, pattern, na_dim, backend, scale, return_lse, chosen)
     if folded is not None:
         return folded if return_lse else folded[0]
     grid = pattern.grid
@@ -430,6 +435,16 @@ def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke
                            additional_keys: Optional[torch.Tensor] = None,
                            additional_values: Optional[torch.Tensor] = None):
     """N-D neighborhood attention (see ``na1d`` / ``na2d`` / ``na3d``) on ``[B, *grid, H, D]``."""
+    key = None
+    if additional_keys is None and additional_values is None and not torch.compiler.is_compiling():
+        key = _grid_call_key(q, k, v, (na_dim, kernel_size, dilation, stride, is_causal, layout,
+                                       backend, scale, return_lse))
+        try:
+            known = _GRID_CALLS.get(key) if key is not None else None
+        except TypeError:  # an unhashable argument: the full path checks it
+            key = known = None
+        if known is not None and known[0] == route_settings.generation():
+            return known[1](q, k, v)
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -456,18 +471,24 @@ def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke
                                       layout=layout, backend=backend, scale=scale, return_lse=return_lse)
     plan = _call_plan(grid, kernel_size, dilation, stride, is_causal, layout, q.device)
     pattern, tiled = plan.pattern, plan.tiled
+    chosen = [] if key is not None else None
     if plan.per_dilation_group:
-        return _per_dilation_group(q, k, v, pattern, na_dim, backend, scale, return_lse)
+        out = _per_dilation_group(q, k, v, pattern, na_dim, backend, scale, return_lse, chosen)
+        _remember_grid_call(key, chosen, grid, None, return_lse)
+        return out
     if plan.padded is not None:
-        padded = _padded_run(q, k, v, plan, na_dim, scale, return_lse, backend)
+        padded = _padded_run(q, k, v, plan, na_dim, scale, return_lse, backend, chosen)
         if padded is not None:
+            _remember_grid_call(key, chosen, grid, plan.padded, return_lse)
             return padded if return_lse else padded[0]
     batch, n = q.shape[0], math.prod(grid)
     flat = [t.reshape(batch, n, *t.shape[1 + na_dim:]) for t in (q, k, v)]
     in_kernel = None
     if plan.grid_order is not None and plan.padded is None:
-        in_kernel = _grid_order_run(flat, plan.grid_order, plan.grid_order_key, scale, return_lse, backend)
+        in_kernel = _grid_order_run(flat, plan.grid_order, plan.grid_order_key, scale, return_lse, backend,
+                                    chosen)
     if in_kernel is not None:
+        _remember_grid_call(key, chosen, grid, None, return_lse)
         o, lse = in_kernel
         o = o.reshape(batch, *grid, *o.shape[2:])
         return (o, lse.reshape(batch, lse.shape[1], *grid)) if return_lse else o
@@ -485,25 +506,63 @@ def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke
     return o, lse.reshape(batch, lse.shape[1], *grid)
 
 
+# Signature of a ``neighborhood_attention`` call (its arguments with their types; q, k, v shapes,
+# strides, dtypes and devices) -> (``route_settings.generation()`` when it was kept, the call as
+# one ``PreparedRun.grid_call``): a repeat call skips the checks, the call plan and the reshapes'
+# autograd nodes. Kept for calls one prepared run took whole (grid order, a dilation fold, or a
+# padded grid read extent-only); valid while no setting of natten or the kernels has changed.
+_GRID_CALLS: dict = {}
+
+
+def _grid_call_key(q, k, v, arguments: tuple) -> Optional[tuple]:
+    """The ``_GRID_CALLS`` key of a call (None where q, k, v are not all tensors); unhashable
+    when an argument is."""
+    if not all(isinstance(t, torch.Tensor) for t in (q, k, v)):
+        return None
+    return arguments, tuple(map(_types, arguments)), _tensor_signature((q, k, v))
+
+
+def _remember_grid_call(key, chosen: Optional[list], grid: tuple, padded: Optional[tuple],
+                        return_lse: bool) -> None:
+    """Keep under ``key`` the call that the one prepared run in ``chosen`` took whole: its lse
+    reshaped to the grid, or cut from the ``padded`` grid (extent-only runs)."""
+    if key is None or len(chosen) != 1 or not isinstance(chosen[0], PreparedRun):
+        return
+    prepared, tokens = chosen[0], math.prod(grid)
+
+    def grid_call(q, k, v):
+        o, lse = prepared.grid_call(q, k, v, tokens)
+        if not return_lse:
+            return o
+        if padded is not None:
+            return o, unpad_grid(lse, grid, padded, 2)
+        return o, lse.reshape(lse.shape[0], lse.shape[1], *grid)
+    if len(_GRID_CALLS) >= MAX_PREPARED:
+        _GRID_CALLS.clear()
+    _GRID_CALLS[key] = (route_settings.generation(), grid_call)
+
+
 def _wants_triton(backend: str, device: torch.device) -> bool:
     _check_backend_name(backend)
     wants = backend == "triton" or (backend == "auto" and device.type == "cuda")
     return wants and "triton" in registry.available_backends()
 
 
-def _padded_run(q, k, v, plan: _CallPlan, na_dim: int, scale, return_lse: bool, backend: str):
+def _padded_run(q, k, v, plan: _CallPlan, na_dim: int, scale, return_lse: bool, backend: str,
+                chosen=None):
     """``(o, lse)`` (grid-shaped; lse None unless ``return_lse``) of a call whose layout's tiles
     do not divide the grid, run in grid order over the padded grid (``PaddedNeighborhood``:
     padding keys are never seen by the grid's queries, padding queries' outputs are dropped), or
     None when the call does not go to the Triton backend or that backend cannot take it. The
     Gluon kernels read q, k, v unpadded where they take the call (``_extent_only_run``); else q,
-    k and v are zero-padded and o cut back."""
+    k and v are zero-padded and o cut back. ``chosen``: as ``_extent_only_run``'s, for the
+    extent-only run alone."""
     if not _wants_triton(backend, q.device):
         return None
     grid, padded = plan.pattern.grid, plan.padded
     batch, n = q.shape[0], math.prod(grid)
     flat = [t.reshape(batch, n, *t.shape[1 + na_dim:]) for t in (q, k, v)]
-    out = _extent_only_run(flat, plan, scale, return_lse, backend) if PAD_IN_KERNEL else None
+    out = _extent_only_run(flat, plan, scale, return_lse, backend, chosen) if PAD_IN_KERNEL else None
     if out is not None:
         o = out[0].reshape(batch, *grid, *out[0].shape[2:])
     else:
@@ -519,20 +578,21 @@ def _padded_run(q, k, v, plan: _CallPlan, na_dim: int, scale, return_lse: bool, 
 _EXTENT_ONLY_DECLINED: set = set()
 
 
-def _extent_only_run(flat, plan: _CallPlan, scale, return_lse: bool, backend: str):
+def _extent_only_run(flat, plan: _CallPlan, scale, return_lse: bool, backend: str, chosen=None):
     """``(o [B, S, H, D_v], lse [B, H, S_padded])`` of a padded grid's call run by the Gluon kernels
     on the unpadded grid-order ``flat`` q, k, v (``AttentionCall.extent_only``), or None where the
-    backend declines it (remembered per signature)."""
+    backend declines it (remembered per signature). ``chosen``: a list the prepared run that ran
+    it is appended to."""
     signature = _extent_only_signature(flat, plan.grid_order_key, backend, scale, return_lse)
     prepared = _prepared(signature)
     if prepared is not None:
-        return prepared(*flat)
+        return _run_prepared(prepared, flat, chosen)
     if signature in _EXTENT_ONLY_DECLINED:
         return None
     call, _ = _build_call(*flat, scale=scale, return_lse=return_lse)
     call.pattern, call.grid_order, call.pattern_key = plan.grid_order, True, plan.grid_order_key
     call.extent_only = True
-    out = _run_and_prepare(call, signature)
+    out = _run_and_prepare(call, signature, chosen)
     if out is None:
         if len(_EXTENT_ONLY_DECLINED) >= MAX_PREPARED:
             _EXTENT_ONLY_DECLINED.clear()
@@ -540,21 +600,21 @@ def _extent_only_run(flat, plan: _CallPlan, scale, return_lse: bool, backend: st
     return out
 
 
-def _grid_order_run(flat, pattern: Permuted, key, scale, return_lse: bool, backend: str):
+def _grid_order_run(flat, pattern: Permuted, key, scale, return_lse: bool, backend: str, chosen=None):
     """``(o, lse)`` of the Triton kernels run on grid-order ``[B, S, H, D]`` tensors with the tiled
     ``pattern`` (whose ``pattern_key`` is ``key``) addressed in-kernel, or None when the call does
     not go to the Triton backend or that backend cannot take it (then the caller reorders the
-    tensors)."""
+    tensors). ``chosen``: as ``_extent_only_run``'s."""
     signature = _grid_order_signature(flat, key, backend, scale, return_lse)
     prepared = _prepared(signature)
     if prepared is not None:
-        return prepared(*flat)
+        return _run_prepared(prepared, flat, chosen)
     if not _wants_triton(backend, flat[0].device):
         return None
     call, _ = _build_call(*flat, pattern=pattern, scale=scale, return_lse=return_lse)
     call.grid_order = True
     call.pattern_key = key
-    return _run_and_prepare(call, signature)
+    return _run_and_prepare(call, signature, chosen)
 
 
 # Signature of a grid-order or folded call (its path, pattern key, backend, scale, return_lse and
@@ -587,9 +647,16 @@ def _prepared(signature):
         return None
 
 
-def _run_and_prepare(call, signature):
+def _run_prepared(prepared, flat, chosen=None):
+    """``prepared(*flat)``, with ``prepared`` appended to ``chosen`` where given."""
+    if chosen is not None:
+        chosen.append(prepared)
+    return prepared(*flat)
+
+
+def _run_and_prepare(call, signature, chosen=None):
     """Run ``call`` on the Triton backend (None when it declines) and keep its prepared run under
-    ``signature`` when the backend prepares it."""
+    ``signature`` when the backend prepares it (appended to ``chosen`` where given)."""
     triton_backend = registry.get_backend("triton")
     if triton_backend.supports(call) is not None:
         return None
@@ -599,7 +666,7 @@ def _run_and_prepare(call, signature):
     if len(_PREPARED) >= MAX_PREPARED:
         _PREPARED.clear()
     _PREPARED[signature] = prepared
-    return prepared(call.q, call.k, call.v)
+    return _run_prepared(prepared, (call.q, call.k, call.v), chosen)
 
 
 def neighborhood_attention_gradients(do, q, k, v, o, lse, kernel_size, dilation=1, stride=1,
@@ -717,3 +784,5 @@ __all__ = ["dilation_groups", "na1d", "na2d", "na3d", "neighborhood_attention",
            "neighborhood_attention_gradients"]
 
 from . import natten_ops  # noqa: E402  (registers the custom ops torch.compile traces to)
+
+route_settings.watch(sys.modules[__name__])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import types
 import weakref
 
 import pytest
@@ -339,3 +340,45 @@ def test_bound_launches_answer_only_their_owners_and_switch(monkeypatch):
     assert cache.get("key", (owner,)) is None
     with pytest.raises(ValueError, match="positional"):
         launcher.bind((1,), args, {}, live=(6,))
+
+
+def test_plain_bound_launch_passes_what_the_keyed_launch_passes(monkeypatch):
+    """A launch without descriptors (``kernel.run`` called directly, as ``row_dot``'s) binds to a
+    ``BoundPlainLaunch``: new tensors in its live slots, every other argument (the tail of
+    defaults and constexprs included) as the keyed launch passes them, on the current stream;
+    it holds none of the tensors it was bound with, and a descriptor in a live slot gets no
+    plain binding."""
+    from tessera.kernels.triton.launcher import BoundPlainLaunch
+
+    received = []
+
+    class Compiled:
+        function, packed_metadata = 11, ("meta",)
+
+        @staticmethod
+        def run(*args):
+            received.append(args)
+
+    first_out, first_in = torch.zeros(4), torch.zeros(8)
+    args = (first_out, None, 5, 0.5, True, first_in)
+    launcher = _bound_launcher(monkeypatch, Compiled, args, {"C": 7})
+    assert launcher._entries[next(iter(launcher._entries))].descriptor_launch is None
+    bound = launcher.bind((4, 2), args, {"C": 7}, live=(0, 5))
+    assert isinstance(bound, BoundPlainLaunch) and bound.usable()
+    refs = [weakref.ref(first_out), weakref.ref(first_in)]
+    del args, first_out, first_in
+    gc.collect()
+    assert all(ref() is None for ref in refs)
+
+    out, inp = torch.zeros(4), torch.zeros(8)
+    bound(out, inp)
+    launcher._launch((4, 2), types.SimpleNamespace(cuda_stream=99), (out, None, 5, 0.5, True, inp), {"C": 7})
+    ours, keyed = received
+    assert len(ours) == len(keyed) and ours[3] == 99
+    assert all(a is b or a == b for a, b in zip(ours, keyed))
+    with pytest.raises(ValueError, match="takes 2 tensors"):
+        bound(out)
+    x = torch.zeros(64, 64, dtype=torch.float16)
+    with_descriptor = (torch.zeros(4), TensorDescriptor(x, [64, 64], [64, 1], [16, 32]), 5, 0.5, True, None)
+    launcher = _bound_launcher(monkeypatch, Compiled, with_descriptor, {})
+    assert launcher.bind((1,), with_descriptor, {}, live=(1,)) is None

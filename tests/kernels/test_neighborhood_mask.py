@@ -526,7 +526,8 @@ else:
     @pytest.mark.parametrize("dilation", [1, 2])
     def test_interpreted_natten_repeat_calls_through_the_prepared_run(dilation, monkeypatch):
         # fp16 grid-order and folded calls: the second call of one signature takes the
-        # backend's prepared run (no call building) and matches float64 like the first.
+        # backend's prepared run (no call building; natten's kept grid call: no call plan, one
+        # autograd node) and matches float64 like the first.
         import tessera
         import tessera.natten as natten
         monkeypatch.setattr(natten, "_PREPARED", {})
@@ -536,14 +537,19 @@ else:
                             natten._auto_layout(grid, kernel, dilation, stride, causal))
         natten._group_plan.cache_clear()
         natten._cached_call_plan.cache_clear()
-        built = []
+        built, planned = [], []
         monkeypatch.setattr(natten, "_build_call", lambda *a, **kw: built.append(1) or tessera.api._build_call(*a, **kw))
+        call_plan = natten._call_plan
+        monkeypatch.setattr(natten, "_call_plan", lambda *a: planned.append(a[5]) or call_plan(*a))
         try:
             for attempt in range(2):
                 exact = [torch.randn(1, 16, 32, h, 32, dtype=torch.float64) for h in (2, 1, 1)]
                 leaves = [t.half().requires_grad_() for t in exact]
                 o = natten.na2d(*leaves, (3, 5), dilation, backend="triton")
                 assert len(built) == 1, "a repeat call built its call again"
+                assert planned.count("auto") == 1, "a repeat call planned again"
+                nodes = [type(fn).__name__ for fn, _ in o.grad_fn.next_functions if fn is not None]
+                assert attempt == 0 or nodes == ["AccumulateGrad"] * 3, nodes
                 ref_leaves = [t.clone().requires_grad_() for t in exact]
                 ref = natten.na2d(*ref_leaves, (3, 5), dilation, layout="row-major", backend="reference")
                 do = torch.randn(ref.shape, dtype=ref.dtype)

@@ -31,6 +31,7 @@ from ...patterns.neighborhood import Neighborhood, PaddedNeighborhood
 from ...patterns.tilemap import EMPTY, FULL, PARTIAL
 from ..registry import AttentionCall, register_backend
 from . import backward_route, flash_bwd, flash_fwd, forward_route, masks, tuning
+from .prepared_run import PreparedRun
 from .row_dot import row_dot
 from .masks import (MASK_BAND, MASK_NEIGHBORHOOD, MASK_NONE, get_plan, grid_order_params, neighborhood_params,
                     offset_band, pattern_key, remembered)
@@ -340,17 +341,23 @@ def _rel_pos(spec: _Spec, table):
     return None if table is None else (table, spec.grid)
 
 
+def _plain(spec: _Spec) -> bool:
+    """Whether calls of ``spec`` (with no bias, sinks, slopes, factors or table) may take the
+    Gluon kernels: plain softmax in grid order, positions addressed by the plan's tiles."""
+    return (spec.grid_order and spec.rows is None and spec.softcap is None
+            and spec.sigmoid_bias is None)
+
+
 def _forward(spec: _Spec, q, k, v, sinks, slopes, bias, u, w, table):
     original = _configs(spec, q, k, v)["fwd"]
     variant = _variant(spec, q, v, sinks, slopes, bias, u, table)
     config = _fitting("fwd", original, variant)
-    plain = (spec.grid_order and spec.rows is None and spec.softcap is None
-             and spec.sigmoid_bias is None and all(t is None for t in (sinks, slopes, bias, u, table)))
+    plain = _plain(spec) and all(t is None for t in (sinks, slopes, bias, u, table))
     while True:
         plan = _plan(spec, q, k, config)
         gluon = _gluon_forward(spec, q, k, v, plan) if plain else None
         if gluon is not None:
-            return gluon()
+            return gluon(q, k, v)
         if spec.lengths is not None:
             raise RuntimeError("an extent-only call reached the Triton forward, which cannot read it "
                                "(the Gluon forward's route declined it after supports accepted it)")
@@ -365,17 +372,31 @@ def _forward(spec: _Spec, q, k, v, sinks, slopes, bias, u, w, table):
             config = _shrink("fwd", original, config, variant, error)
 
 
+def _forward_launch(spec: _Spec, q, k, v) -> Optional[Callable]:
+    """The Gluon forward that ``_forward`` picks for a call of ``spec`` on q, k, v alone (no
+    bias, sinks or factors), as a function ``(q, k, v) -> (o, lse)`` for tensors with these
+    shapes, strides, dtypes, device and base alignment (``prepared_run``); None where the Triton
+    kernel runs it."""
+    if not _plain(spec):
+        return None
+    variant = _variant(spec, q, v, None, None, None, None, None)
+    config = _fitting("fwd", _configs(spec, q, k, v)["fwd"], variant)
+    return _gluon_forward(spec, q, k, v, _plan(spec, q, k, config))
+
+
 def _gluon_forward(spec: _Spec, q, k, v, plan) -> Optional[Callable]:
     """The Gluon forward of a plain grid-order call over ``plan`` (``forward_route.gluon_variant``)
-    as a function ``() -> (o, lse)``, or None where the Triton kernel runs it."""
+    as a function ``(q, k, v) -> (o, lse)`` for tensors like these, or None where the Triton
+    kernel runs it. The kernel functions are looked up per call (spies in tests see them)."""
     gluon = forward_route.gluon_variant(q, k, v, plan, spec.fold)
     if gluon is None:
         return None
     if gluon.pop("boxes", False):
-        from ..gluon.na_forward_boxes import call_plan, na_forward_boxes
-        return lambda: na_forward_boxes(q, k, v, call_plan(q, k, v, plan), scale=spec.scale,
-                                        scope_checked=True, **gluon)
-    from ..gluon.na_forward import na_forward, supports
+        from ..gluon import na_forward_boxes as boxes
+        box_plan = boxes.call_plan(q, k, v, plan)
+        return lambda q, k, v: boxes.na_forward_boxes(q, k, v, box_plan, scale=spec.scale,
+                                                      scope_checked=True, **gluon)
+    from ..gluon import na_forward as gluon_module
     rows = gluon.pop("block_m", plan.block_m)
     gluon_plan = plan
     if rows != plan.block_m:
@@ -383,10 +404,10 @@ def _gluon_forward(spec: _Spec, q, k, v, plan) -> Optional[Callable]:
                               q.shape[2], q.device, spec.pattern_key)
     # The route checked na_forward's scope for ``plan``; a plan at other rows is checked here
     # (cached per plan and tensors).
-    if gluon_plan is not plan and not supports(q, k, v, gluon_plan, spec.fold):
+    if gluon_plan is not plan and not gluon_module.supports(q, k, v, gluon_plan, spec.fold):
         return None
-    return lambda: na_forward(q, k, v, gluon_plan, scale=spec.scale, fold=spec.fold,
-                              scope_checked=True, **gluon)
+    return lambda q, k, v: gluon_module.na_forward(q, k, v, gluon_plan, scale=spec.scale, fold=spec.fold,
+                                                   scope_checked=True, **gluon)
 
 
 def _sum_to(grad: torch.Tensor, shape) -> torch.Tensor:
@@ -475,6 +496,19 @@ def _gradients(spec: _Spec, saved: tuple, needs_input_grad: tuple, do: torch.Ten
     return dq, dk, dv, dsinks, dslopes, dbias, du, dw, dtable, None
 
 
+def _backward_launch(spec: _Spec, q, k, v, do) -> Optional[Callable]:
+    """The Gluon backward (dq and dk/dv) that ``_gradients`` picks for a call of ``spec`` on q,
+    k, v alone with output gradient ``do``, as a function ``(do, q, k, v, o, lse, dlse) -> (dq,
+    dk, dv)`` for tensors with these shapes, strides, dtypes, device and base alignment
+    (``prepared_run``); None where a Triton kernel takes part."""
+    if not _plain(spec):
+        return None
+    original = _configs(spec, q, k, v)
+    variant = _variant(spec, q, v, None, None, None, None, None) + (False,) * 4
+    plans = [_plan(spec, q, k, _fitting(name, original[name], variant)) for name in ("dq", "dkdv")]
+    return flash_bwd.gluon_gradients_launch(q, k, v, do, *plans, scale=spec.scale, fold=spec.fold)
+
+
 def run(call: AttentionCall):
     """Backend entry point (see ``tessera.kernels.registry``). Varlen calls (``cu_seqlens``) run
     one kernel launch per sequence on views of the packed tensors."""
@@ -501,7 +535,8 @@ def prepare(call: AttentionCall) -> Optional[Callable]:
     whose other arguments equal the call's (the caller keys its cache on those). None for calls it
     does not prepare: varlen, bias, sinks, float32 (whose precision follows a global switch), or a
     pattern without a value-based key (dense calls, pattern None, are prepared). Unless the call's
-    score is sigmoid, the function's ``backward(q, k, v, o, lse, do, dlse=None) -> (dq, dk, dv)``
+    score is sigmoid, the function is a ``prepared_run.PreparedRun``, which settles its kernel
+    routes on first use, and its ``backward(q, k, v, o, lse, do, dlse=None) -> (dq, dk, dv)``
     runs the backward kernels on the o and lse it returned, for the gradients ``do`` of o and
     ``dlse`` of lse (``tessera.natten_ops``: the backward of a compiled call)."""
     if (call.cu_seqlens_q is not None or call.bias is not None or call.sinks is not None
@@ -511,22 +546,22 @@ def prepare(call: AttentionCall) -> Optional[Callable]:
     spec = _spec_of(call, q, k, None)
     if spec.pattern_key is None and call.pattern is not None:
         return None
-    contiguous = tuple(t.stride(-1) == 1 for t in (q, k, v))
-    sigmoid = call.score == "sigmoid"
-
-    def run_prepared(q, k, v):
-        if not all(contiguous):
-            q, k, v = (_head_contiguous(t) for t in (q, k, v))
-        return _attend(spec, (q, k, v, None, None, None, None, None, None), sigmoid)
+    contiguous = all(t.stride(-1) == 1 for t in (call.q, call.k, call.v))
+    if call.score == "sigmoid":
+        def run_prepared(q, k, v):
+            if not contiguous:
+                q, k, v = (_head_contiguous(t) for t in (q, k, v))
+            return _attend(spec, (q, k, v, None, None, None, None, None, None), True)
+        return run_prepared
 
     def gradients(q, k, v, o, lse, do, dlse=None):
-        if not all(contiguous):
-            q, k, v = (_head_contiguous(t) for t in (q, k, v))
         saved = (q, k, v, o, lse, None, None, None, None, None, None)
         return _gradients(spec, saved, (True,) * 3 + (False,) * 7, do, dlse)[:3]
-    if not sigmoid:
-        run_prepared.backward = gradients
-    return run_prepared
+    return PreparedRun(
+        settle_forward=lambda q, k, v: _forward_launch(spec, q, k, v),
+        settle_backward=lambda q, k, v, do: _backward_launch(spec, q, k, v, do),
+        forward=lambda q, k, v: _forward(spec, q, k, v, None, None, None, None, None, None),
+        gradients=gradients, head_contiguous=contiguous, contiguous_do=spec.lengths is not None)
 
 
 def _run_one(call: AttentionCall, q, k, v, bias_spec):

@@ -19,7 +19,7 @@ dv leave by bulk stores where their tiles are boxes (``DQ_BULK_ENABLED``, ``DKDV
 
 from __future__ import annotations
 
-import contextlib
+from typing import Callable, Optional
 
 import torch
 import triton
@@ -496,33 +496,59 @@ def _named_launch(launch, name: str):
     return run
 
 
-def _gluon_dkdv(q, k, v, do, lse, delta, plan, scale: float, dk, dv, stream=None, fold=None) -> None:
-    """dk and dv into ``dk``, ``dv`` by the Gluon kernel (``backward_route`` chose it), on
-    ``stream`` when given; every group of a dilation ``fold`` where given (never on boxes)."""
-    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-        if fold is None and backward_route.dkdv_on_boxes(plan):
-            from ..gluon.na_dkdv_boxes import call_plan, na_dkdv_boxes
-            na_dkdv_boxes(q, k, v, do, lse, delta, call_plan(q, k, v, plan), scale=scale, dk=dk, dv=dv,
-                          scope_checked=True)
-            return
-        from ..gluon.na_dkdv import na_dkdv
-        na_dkdv(q, k, v, do, lse, delta, plan, scale=scale, dk=dk, dv=dv, fold=fold, scope_checked=True,
-                **backward_route.dkdv_variant(q.shape[3], plan.mask_mode == MASK_NEIGHBORHOOD))
+def _dkdv_launch(q, k, v, plan, fold=None) -> Callable:
+    """The Gluon dk/dv launch ``backward_route`` chose for a backward over ``plan`` with tensors
+    like these (every group of a dilation ``fold`` where given, never on boxes), as a function
+    ``(q, k, v, do, lse, delta, scale, dk, dv) -> None`` writing dk and dv. The kernel function
+    is looked up per call (spies in tests see it)."""
+    if fold is None and backward_route.dkdv_on_boxes(plan):
+        from ..gluon import na_dkdv_boxes
+        box_plan = na_dkdv_boxes.call_plan(q, k, v, plan)
+        return lambda q, k, v, do, lse, delta, scale, dk, dv: na_dkdv_boxes.na_dkdv_boxes(
+            q, k, v, do, lse, delta, box_plan, scale=scale, dk=dk, dv=dv, scope_checked=True)
+    from ..gluon import na_dkdv
+    variant = backward_route.dkdv_variant(q.shape[3], plan.mask_mode == MASK_NEIGHBORHOOD)
+    return lambda q, k, v, do, lse, delta, scale, dk, dv: na_dkdv.na_dkdv(
+        q, k, v, do, lse, delta, plan, scale=scale, dk=dk, dv=dv, fold=fold, scope_checked=True, **variant)
 
 
-def _gluon_dq(q, k, v, do, lse, delta, plan, scale: float, dq, fold=None) -> None:
-    """dq into ``dq`` by a Gluon kernel (``backward_route`` chose it): over key boxes (on the
-    query tiles of ``na_forward_boxes.call_plan``) where ``backward_route.dq_on_boxes`` and there
-    is no dilation ``fold``, else over the plan's tiles (every group of ``fold``)."""
+def _dq_launch(q, k, v, plan, fold=None) -> Callable:
+    """The Gluon dq launch ``backward_route`` chose, as a function ``(q, k, v, do, lse, delta,
+    scale, dq) -> None``: over key boxes (on the query tiles of ``na_forward_boxes.call_plan``)
+    where ``backward_route.dq_on_boxes`` and there is no dilation ``fold``, else over the plan's
+    tiles (every group of ``fold``)."""
     if fold is None and backward_route.dq_on_boxes(plan):
-        from ..gluon.na_dq_boxes import na_dq_boxes
+        from ..gluon import na_dq_boxes
         from ..gluon.na_forward_boxes import call_plan
-        na_dq_boxes(q, k, v, do, lse, delta, call_plan(q, k, v, plan), scale=scale, dq=dq,
-                    scope_checked=True, max_registers=backward_route.DQ_BOXES_REGISTERS.get(q.shape[3]))
+        box_plan = call_plan(q, k, v, plan)
+        registers = backward_route.DQ_BOXES_REGISTERS.get(q.shape[3])
+        return lambda q, k, v, do, lse, delta, scale, dq: na_dq_boxes.na_dq_boxes(
+            q, k, v, do, lse, delta, box_plan, scale=scale, dq=dq, scope_checked=True,
+            max_registers=registers)
+    from ..gluon import na_dq
+    variant = dict(backward_route.DQ_VARIANT)
+    return lambda q, k, v, do, lse, delta, scale, dq: na_dq.na_dq(
+        q, k, v, do, lse, delta, plan, scale=scale, dq=dq, fold=fold, scope_checked=True, **variant)
+
+
+def _gluon_dkdv(q, k, v, do, lse, delta, plan, scale: float, dk, dv, stream=None, fold=None,
+                launch: Optional[Callable] = None) -> None:
+    """dk and dv into ``dk``, ``dv`` by the Gluon kernel (``backward_route`` chose it; ``launch``:
+    its ``_dkdv_launch`` when already resolved), on ``stream`` when given; every group of a
+    dilation ``fold`` where given."""
+    launch = launch or _dkdv_launch(q, k, v, plan, fold)
+    if stream is None:
+        launch(q, k, v, do, lse, delta, scale, dk, dv)
         return
-    from ..gluon.na_dq import na_dq
-    na_dq(q, k, v, do, lse, delta, plan, scale=scale, dq=dq, fold=fold, scope_checked=True,
-          **backward_route.DQ_VARIANT)
+    with torch.cuda.stream(stream):
+        launch(q, k, v, do, lse, delta, scale, dk, dv)
+
+
+def _gluon_dq(q, k, v, do, lse, delta, plan, scale: float, dq, fold=None,
+              launch: Optional[Callable] = None) -> None:
+    """dq into ``dq`` by a Gluon kernel (``_dq_launch``; ``launch``: that when already
+    resolved)."""
+    (launch or _dq_launch(q, k, v, plan, fold))(q, k, v, do, lse, delta, scale, dq)
 
 
 def extent_only(q: torch.Tensor, plan) -> bool:
@@ -542,12 +568,14 @@ def _row_delta(o, do, dlse, grid=None, extent=None) -> torch.Tensor:
 
 
 def _gluon_gradients(do, q, k, v, o, lse, dq_plan, dkdv_plan, scale: float, overlap: bool, dlse=None,
-                     fold=None):
+                     fold=None, launches: tuple = (None, None)):
     """``(dq, dk, dv)`` of a plain grid-order backward that both Gluon kernels take
     (``backward_route.routes``), every group of a dilation ``fold`` where given: delta, then
     dk/dv (on a side stream with ``overlap``) and dq. None of the Triton kernels' arguments are
     built (host time). Tensors that hold only a ``PaddedNeighborhood``'s extent
-    (``extent_only``) get delta over its whole grid."""
+    (``extent_only``) get delta over its whole grid. ``launches``: the dq and dk/dv launches
+    (``_dq_launch``, ``_dkdv_launch``) where already resolved."""
+    dq_launch, dkdv_launch = launches
     if fold is None and extent_only(q, dq_plan):
         delta = _row_delta(o, do, dlse, dq_plan.na_values[0:3], grid_extent(dq_plan))
     else:
@@ -558,14 +586,32 @@ def _gluon_gradients(do, q, k, v, o, lse, dq_plan, dkdv_plan, scale: float, over
     side = streams.fork(q.device) if overlap else None
     try:
         if side is None:
-            _gluon_dq(q, k, v, do, lse, delta, dq_plan, scale, dq, fold)
-            _gluon_dkdv(q, k, v, do, lse, delta, dkdv_plan, scale, dk, dv, fold=fold)
+            _gluon_dq(q, k, v, do, lse, delta, dq_plan, scale, dq, fold, dq_launch)
+            _gluon_dkdv(q, k, v, do, lse, delta, dkdv_plan, scale, dk, dv, None, fold, dkdv_launch)
         else:
-            _gluon_dkdv(q, k, v, do, lse, delta, dkdv_plan, scale, dk, dv, side, fold)
-            _gluon_dq(q, k, v, do, lse, delta, dq_plan, scale, dq, fold)
+            _gluon_dkdv(q, k, v, do, lse, delta, dkdv_plan, scale, dk, dv, side, fold, dkdv_launch)
+            _gluon_dq(q, k, v, do, lse, delta, dq_plan, scale, dq, fold, dq_launch)
     finally:
         streams.join(side)
     return dq, dk, dv
+
+
+def gluon_gradients_launch(q, k, v, do, dq_plan, dkdv_plan, *, scale: float, fold=None):
+    """What ``backward`` launches for a plain grid-order call (no bias, softcap or sigmoid; q, k,
+    v, do as ``backward`` takes them) that both Gluon kernels take (``backward_route.routes``),
+    with every route settled: a function ``(do, q, k, v, o, lse, dlse) -> (dq, dk, dv)`` for
+    tensors with these shapes, strides, dtypes, device and base alignment; None where a Triton
+    kernel takes part."""
+    if not all(backward_route.routes(q, k, v, do, dq_plan, dkdv_plan, fold)):
+        return None
+    groups = 1 if fold is None else fold.groups
+    overlap = overlap_pays(dq_plan, q.shape[0] * groups, q.shape[2], q.shape[3] + v.shape[3])
+    launches = (_dq_launch(q, k, v, dq_plan, fold), _dkdv_launch(q, k, v, dkdv_plan, fold))
+
+    def launch(do, q, k, v, o, lse, dlse):
+        return _gluon_gradients(do, q, k, v, o, lse, dq_plan, dkdv_plan, scale, overlap, dlse, fold,
+                                launches)
+    return launch
 
 
 def backward(do, q, k, v, o, lse, dq_plan, dkdv_plan, *, scale: float, dq_config, dkdv_config,

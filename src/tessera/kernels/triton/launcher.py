@@ -19,7 +19,8 @@ send every launch through Triton.
 ``Launcher.bind`` goes one step further for a call site that launches one kernel many times
 with the same arguments except a few tensors (the Gluon kernels' q, k, v, o): a ``BoundLaunch``
 keeps the launch's expanded argument list and fills in only those tensors (and the tensor maps
-of descriptors over them) per call.
+of descriptors over them) per call; a ``BoundPlainLaunch`` does the same for a kernel that takes
+no descriptors (``row_dot``).
 """
 
 from __future__ import annotations
@@ -263,6 +264,40 @@ class BoundLaunch:
                  self.cooperative, self.pdl, None, None, self.packed, None, None, None, *values)
 
 
+class BoundPlainLaunch:
+    """``BoundLaunch`` for a compiled kernel that takes no tensor descriptors: ``bound(*tensors)``
+    launches it on the current stream with ``tensors`` at its live slots (in slot order), each
+    with the dtype and 16-byte alignment of the one it replaces (the caller's key guarantees
+    it: the kernel is specialized on both)."""
+
+    __slots__ = ("run", "function", "packed", "grid", "device", "template", "slots", "owners")
+
+    def __init__(self, run, function, packed, grid, device, template, slots, owners):
+        self.run = run
+        self.function = function
+        self.packed = packed
+        self.grid = grid
+        self.device = device
+        self.template = template   # the argument list, live slots emptied
+        self.slots = slots         # positions of the live tensors
+        self.owners = owners
+
+    def usable(self) -> bool:
+        """As ``BoundLaunch.usable``."""
+        return BIND_LAUNCHES and not _hooks_set() and torch.cuda.current_device() == self.device
+
+    def __call__(self, *tensors) -> None:
+        if len(tensors) != len(self.slots):
+            raise ValueError(f"BoundPlainLaunch: takes {len(self.slots)} tensors (its live slots), "
+                             f"got {len(tensors)}")
+        values = self.template.copy()
+        for slot, t in zip(self.slots, tensors):
+            values[slot] = t
+        x, y, z = self.grid
+        self.run(x, y, z, _current_raw_stream(self.device), self.function, self.packed, None, None,
+                 None, *values)
+
+
 class BoundLaunches:
     """A call site's ``BoundLaunch``es: site key -> bound launch. The key names the launch's
     fixed arguments (shapes, strides, dtypes, options; objects such as plans by ``id``, listed
@@ -350,9 +385,9 @@ class Launcher:
              ) -> Optional[BoundLaunch]:
         """A ``BoundLaunch`` of the launch ``self[grid](*args, **kwargs)`` made before on the
         current device, whose positional slots ``live`` (tensors or tensor descriptors) take new
-        tensors per call; ``owners`` are kept alive with it. None where that launch does not take
-        the direct descriptor path (no descriptors, launch hooks, tensor keyword arguments, or
-        not launched yet)."""
+        tensors per call (a ``BoundPlainLaunch`` for a kernel without descriptors); ``owners``
+        are kept alive with it. None where that launch does not take the direct path (launch
+        hooks, tensor keyword arguments, or not launched yet)."""
         if not set(live) <= set(range(len(args))):
             raise ValueError(f"Launcher.bind: live slots {sorted(live)} must be positional")
         if not self._direct or _hooks_set() or make_tensordesc_arg is None:
@@ -362,8 +397,11 @@ class Launcher:
             entry = self._entries.get((device, specialization_key(args, kwargs)))
         except TypeError:
             return None
-        if entry is None or entry.descriptor_launch is None or entry.live:
+        if entry is None or entry.live:
             return None
+        grid3 = (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
+        if entry.descriptor_launch is None:
+            return self._bind_plain(entry, grid3, device, args, live, owners)
         launch = entry.descriptor_launch
         values = list(args + entry.tail)
         places = {position: (meta, meta_key) for position, meta, meta_key in launch.places}
@@ -391,10 +429,24 @@ class Launcher:
                 raise ValueError(f"Launcher.bind: live slot {position} holds a "
                                  f"{type(value).__name__}, not a tensor or descriptor")
             template[start:stop] = [None] * (stop - start)
-        grid3 = (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
         kernel = entry.kernel
         return BoundLaunch(launch.raw, kernel.function, kernel.packed_metadata, launch.cooperative,
                            launch.pdl, grid3, device, template, tuple(slots), owners)
+
+    @staticmethod
+    def _bind_plain(entry: _Entry, grid3: tuple, device: int, args: tuple, live: tuple[int, ...],
+                    owners: tuple) -> Optional["BoundPlainLaunch"]:
+        """``bind`` of a launch through ``kernel.run``: its argument list with the ``live`` slots
+        emptied; None unless every live slot holds a tensor (descriptors there need the direct
+        descriptor path)."""
+        template = list(args + entry.tail)
+        if not all(isinstance(template[position], torch.Tensor) for position in live):
+            return None
+        for position in live:
+            template[position] = None
+        kernel = entry.kernel
+        return BoundPlainLaunch(kernel.run, kernel.function, kernel.packed_metadata, grid3, device,
+                                template, tuple(live), owners)
 
     def _through_triton(self, grid, stream, args: tuple, kwargs: dict):
         if stream is None:

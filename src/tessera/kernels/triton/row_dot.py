@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from .host_math import cdiv, padded_width
-from .launcher import Launcher
+from .launcher import BoundLaunches, Launcher
 
 # Rows per program: memory-bound, so enough rows per program to stream, few programs per row.
 ROWS = 64
@@ -46,6 +46,9 @@ def _row_dot(O, DO, DELTA, s_ob, s_os, s_oh, s_db, s_ds, s_dh, H, S, G1, G2, E0,
 
 
 _ROW_DOT = Launcher(_row_dot)
+# (shapes, strides, dtypes, device, rows, grid, extent, 16-byte alignment of o and do) -> the launch
+# with only o, do and delta filled in per call (``launcher.BoundPlainLaunch``).
+_BOUND = BoundLaunches()
 
 
 def row_dot(o: torch.Tensor, do: torch.Tensor, grid=None, extent=None) -> torch.Tensor:
@@ -72,9 +75,16 @@ def row_dot(o: torch.Tensor, do: torch.Tensor, grid=None, extent=None) -> torch.
     delta = torch.empty(batch, heads, seq, dtype=torch.float32, device=o.device)
     if delta.numel() == 0:
         return delta
+    key = (o.shape, o.stride(), do.stride(), o.dtype, do.dtype, o.device, seq, g1, g2, e0, e1, e2,
+           extent_only, o.data_ptr() % 16 == 0, do.data_ptr() % 16 == 0)
+    bound = _BOUND.get(key)
+    if bound is not None:
+        bound(o, do, delta)
+        return delta
     launch = (cdiv(seq, ROWS), batch * heads)
-    _ROW_DOT[launch](o, do, delta, o.stride(0), o.stride(1), o.stride(2),
-                     do.stride(0), do.stride(1), do.stride(2), heads, seq, g1, g2, e0, e1, e2,
-                     DV=dim_v, DV_PAD=padded_width(dim_v), ROWS=ROWS, EXTENT_ONLY=extent_only,
-                     num_warps=4)
+    args = (o, do, delta, o.stride(0), o.stride(1), o.stride(2), do.stride(0), do.stride(1),
+            do.stride(2), heads, seq, g1, g2, e0, e1, e2)
+    options = dict(DV=dim_v, DV_PAD=padded_width(dim_v), ROWS=ROWS, EXTENT_ONLY=extent_only, num_warps=4)
+    _ROW_DOT[launch](*args, **options)
+    _BOUND.remember(key, _ROW_DOT, launch, args, options, live=(0, 1, 2))
     return delta
