@@ -282,9 +282,7 @@ class BoundPlainLaunch:
         self.slots = slots         # positions of the live tensors
         self.owners = owners
 
-    def usable(self) -> bool:
-        """As ``BoundLaunch.usable``."""
-        return BIND_LAUNCHES and not _hooks_set() and torch.cuda.current_device() == self.device
+    usable = BoundLaunch.usable
 
     def __call__(self, *tensors) -> None:
         if len(tensors) != len(self.slots):
