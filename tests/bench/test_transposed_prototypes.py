@@ -1,6 +1,7 @@
 """The transposed-product prototypes of ``benchmarks/transposed_products.py`` and
-``benchmarks/transposed_na2d.py`` (timing studies for #4's last line, not routed) compute what
-they claim: each script's ``--check`` (float64 references) under the Triton interpreter."""
+``benchmarks/transposed_na2d.py`` (timing studies of the neighborhood forward's fraction of
+ideal, not routed) compute what they claim: each script's ``--check`` (float64 references)
+under the Triton interpreter."""
 
 from __future__ import annotations
 
