@@ -27,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
+from tessera.bench.error_rule import rel_err
+
 
 @triton.jit
 def _na2d_transposed(q_ptr, k_ptr, v_ptr, o_ptr, X, Y, H, qk_scale_log2,
@@ -108,8 +110,7 @@ def check(device: torch.device, dtype: torch.dtype, grid=(24, 24), kernel=(7, 5)
     q, k, v = (torch.randn(2, *grid, 2, dim, generator=gen).to(device, dtype) for _ in range(3))
     want = na2d(q.double().cpu(), k.double().cpu(), v.double().cpu(), kernel, backend="reference")
     for square in [(4, 4)] + ([(4, 8)] if grid[1] % 8 == 0 else []):
-        got = na2d_transposed(q, k, v, kernel, square).double().cpu()
-        err = ((got - want).norm() / want.norm()).item()
+        err = rel_err(na2d_transposed(q, k, v, kernel, square).cpu(), want)
         print(f"check square {square} grid {grid} kernel {kernel}: rel err {err:.2e}")
         if not err < 1e-2:
             raise SystemExit(f"square {square} differs from the float64 reference: {err:.3e}")
@@ -150,8 +151,7 @@ def main() -> None:
                 (f"routed na2d 128x128 k17 D={dim}", median_ms(lambda: na2d(q, k, v, kernel), device), None)]
         for spec in args.sets:
             square = tuple(int(s) for s in spec.split("x"))
-            err = ((na2d_transposed(q, k, v, kernel, square).float() - routed.float()).norm()
-                   / routed.float().norm()).item()
+            err = rel_err(na2d_transposed(q, k, v, kernel, square), routed)
             for stages in args.stages:
                 ms = median_ms(lambda: na2d_transposed(q, k, v, kernel, square, stages), device)
                 rows.append((f"transposed {spec} queries 128x128 k17 D={dim}, {stages} stages, "
