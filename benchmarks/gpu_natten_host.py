@@ -12,9 +12,10 @@ each with the Gluon launches bound (``launcher.BIND_LAUNCHES``: only the tensors
 call) and the encoded tensor maps reused (``launcher.CACHE_TENSOR_MAPS``), then with binding off,
 then with both off (no ``top`` for these two). With ``--backward-ab`` instead: bound and cached,
 with the Gluon dq and dk/dv routes on, then off (``backward_route.GLUON_DQ_ENABLED``,
-``GLUON_DKDV_ENABLED``), the Triton kernels taking the backward.
+``GLUON_DKDV_ENABLED``), the Triton kernels taking the backward. ``--bound-only`` keeps the
+first variant only; ``--trace`` adds torch.profiler's operator table (CPU and CUDA time) per row.
 
-    python benchmarks/gpu_natten_host.py --out DIR [--cases dil2 ...] [--backward-ab]
+    python benchmarks/gpu_natten_host.py --out DIR [--cases dil2 ...] [--backward-ab] [--bound-only] [--trace]
         -> DIR/natten_host.json
 """
 
@@ -36,7 +37,10 @@ from tessera.natten import na2d, na3d
 CASES = {"2-D 128x128 k17 D=128": (na2d, (128, 128), 17, 1, 1, 128),
          "2-D 128x128 k17 D=64": (na2d, (128, 128), 17, 1, 1, 64),
          "2-D 128x128 k17 dil2 D=128": (na2d, (128, 128), 17, 1, 2, 128),
-         "3-D 16x48x48 blocked 4x8x8 D=128": (na3d, (16, 48, 48), (4, 8, 8), (4, 8, 8), 1, 128)}
+         "3-D 16x48x48 blocked 4x8x8 D=128": (na3d, (16, 48, 48), (4, 8, 8), (4, 8, 8), 1, 128),
+         # Grids no tile shape divides, run padded to whole tiles (the suite's padded cases).
+         "2-D 100x100 k17 padded D=128": (na2d, (100, 100), 17, 1, 1, 128),
+         "3-D 21x30x52 k5x13x13 padded D=128": (na3d, (21, 30, 52), (5, 13, 13), 1, 1, 128)}
 
 
 def sync_warnings(step) -> list[str]:
@@ -51,12 +55,26 @@ def sync_warnings(step) -> list[str]:
     return [str(w.message)[:200] for w in caught if "synchroniz" in str(w.message).lower()]
 
 
+def profiler_table(step, calls: int = 10) -> str:
+    """torch.profiler's operator table for ``calls`` calls of ``step``, by total CUDA time."""
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(calls):
+            step()
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=".")
     parser.add_argument("--cases", nargs="*", default=None, help="case names containing any of these")
     parser.add_argument("--backward-ab", action="store_true",
                         help="Gluon dq and dk/dv routes on, then off, instead of the binding variants")
+    parser.add_argument("--bound-only", action="store_true",
+                        help="only the first variant (bound launches, cached tensor maps, Gluon backward)")
+    parser.add_argument("--trace", action="store_true",
+                        help="also print torch.profiler's per-operator CPU and CUDA times over 10 calls")
     args = parser.parse_args()
     device = torch.device("cuda")
     warm_up_gpu(device)
@@ -64,6 +82,8 @@ def main() -> None:
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": []}
     variants = ([(True, True, True), (True, True, False)] if args.backward_ab
                 else [(True, True, True), (False, True, True), (False, False, True)])
+    if args.bound_only:
+        variants = variants[:1]
     for name, (op, grid, kernel, stride, dilation, dim) in CASES.items():
         if args.cases and not any(part in name for part in args.cases):
             continue
@@ -87,6 +107,9 @@ def main() -> None:
             print(json.dumps({key: value for key, value in row.items() if key != "top"}), flush=True)
             for entry in row["top"]:
                 print("    " + entry)
+            if args.trace:
+                row["trace"] = profiler_table(step)
+                print(row["trace"], flush=True)
             result["rows"].append(row)
         launcher.BIND_LAUNCHES, launcher.CACHE_TENSOR_MAPS = True, True
         backward_route.GLUON_DQ_ENABLED = backward_route.GLUON_DKDV_ENABLED = True
