@@ -7,7 +7,8 @@
 #                              [launch-cost] [blocked-dense] [fp32-ab] [fp32-bisect] [step-jitter] [autograd-floor]
 #                              [backward-profile] [gluon-forward] [gluon-backward] [route-host] [natten-host] [padded-grid] [padded-sweep] [padded-dilated] [natten-additional-kv] [vision] [vision-profile] [vision-wide-ab] [vision-in-kernel-ab] [vision-row-map-ab] [vision-min-gain-ab] [vision-fold-ab] [fold-configs] [token-copies] [tiled-configs] [natten-compile] [forward-ablation] [forward-shared] [ncu]
 #   (linear, linear-final, linear-accept, linear-profile, linear-delta: carry .whl for fla)
-#   (default: tests attention natten linear; NATTEN_ARGS / VISION_ARGS: extra arguments of benchmarks/natten.py / vision.py)
+#   (default: tests attention natten linear; NATTEN_ARGS / VISION_ARGS / NATTEN_HOST_ARGS: extra arguments of
+#    benchmarks/natten.py / vision.py / gpu_natten_host.py)
 # Triton's cache (compiled kernels, and fla's autotuning timings through Triton's `cache_results`) is
 # kept per GPU model: at exit its cubins and JSON files are packed into $OUT/<model>.tar.xz.<n> (15 MB
 # parts; only what this call wrote when the whole cache needs more than three parts). Copy those parts into
@@ -158,7 +159,7 @@ for step in $steps; do
         2>&1 | tee "$OUT/gpu-tests-natten-compile.log" || status=1
       timeout 400 python3 benchmarks/natten_compile.py --out "$OUT" ${NATTEN_COMPILE_ARGS:-} 2>&1 \
         | tee "$OUT/natten-compile.log" || status=1 ;;
-    natten-host) timeout 150 python3 benchmarks/gpu_natten_host.py --out "$OUT" 2>&1 | tee "$OUT/natten-host.log" || status=1 ;;
+    natten-host) timeout "${TESSERA_NATTEN_HOST_TIMEOUT:-150}" python3 benchmarks/gpu_natten_host.py --out "$OUT" ${NATTEN_HOST_ARGS:-} 2>&1 | tee "$OUT/natten-host.log" || status=1 ;;
     padded-grid) timeout 200 python3 benchmarks/gpu_padded_grid.py --out "$OUT" 2>&1 | tee "$OUT/padded-grid.log" || status=1 ;;
     padded-sweep) timeout 360 python3 benchmarks/gpu_padded_grid.py --out "$OUT" --sweep 2>&1 \
                     | tee "$OUT/padded-sweep.log" || status=1 ;;
